@@ -1,0 +1,193 @@
+"""Cross-field rules: checks that need more than one key, run on the whole validated config.
+
+They live here, not in the schema's validators, so they see the final composition and name the key
+the user should change.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from llmops.config.schema import AppConfig
+from llmops.env import Environment
+from llmops.errors import Problem
+
+KNOWN_METRICS = ("exact_match", "json_valid_rate", "refusal_rate", "false_refusal_rate")
+TASK_API_TOOLS = ("create_task", "list_tasks", "update_task", "complete_task", "delete_task")
+
+
+def cross_field_problems(cfg: AppConfig, env: Environment) -> list[Problem]:
+    """Returns every cross-field problem of a schema-valid config."""
+    problems: list[Problem] = []
+    for rule in (_model, _adapter, _backend, _precision, _data, _eval, _deploy, _hardware):
+        problems += rule(cfg, env)
+    return problems
+
+
+def _model(cfg: AppConfig, env: Environment) -> list[Problem]:
+    m = cfg.model
+    out = []
+    if m.source == "hub" and not m.hub_id:
+        out.append(Problem("model.hub_id", "is required for a hub model. Set model.hub_id=org/name."))
+    if m.source == "tiny":
+        if m.pretrain is None:
+            out.append(Problem("model.pretrain", "is required for model.source=tiny."))
+        else:
+            bad = [t for t in m.pretrain.tools if t not in TASK_API_TOOLS]
+            if bad:
+                out.append(Problem(
+                    "model.pretrain.tools",
+                    f"unknown tool(s) {', '.join(bad)}. Allowed: {', '.join(TASK_API_TOOLS)}.",
+                ))
+    if m.num_attention_heads % m.num_kv_heads:
+        out.append(Problem(
+            "model.num_kv_heads",
+            f"must divide num_attention_heads ({m.num_attention_heads}); got {m.num_kv_heads}.",
+        ))
+    if cfg.train.method != "none" and cfg.train.max_length > m.context_length:
+        out.append(Problem(
+            "train.max_length",
+            f"{cfg.train.max_length} exceeds {m.name}'s context length {m.context_length}. "
+            f"Use train.max_length={m.context_length} or less.",
+        ))
+    return out
+
+
+def _adapter(cfg: AppConfig, env: Environment) -> list[Problem]:
+    out = []
+    q, lora = cfg.quant.type, cfg.lora
+    if q != "none" and not lora.enabled and cfg.train.method != "none":
+        out.append(Problem(
+            "quant.type",
+            f"'{q}' freezes a quantized base, so it needs a LoRA adapter (got lora=none). "
+            "Use lora=r16 with quant, or quant=none for full fine-tuning.",
+        ))
+    if q != "none" and not env.has("bitsandbytes"):
+        out.append(Problem(
+            "quant.type",
+            f"'{q}' needs bitsandbytes, which is not installed. pip install 'llmops[quant]', "
+            "or use quant=none.",
+        ))
+    if lora.enabled:
+        ratio = lora.alpha / lora.r
+        if not 0.125 <= ratio <= 8:
+            out.append(Problem(
+                "lora.alpha",
+                f"alpha/r = {lora.alpha:g}/{lora.r} = {ratio:g} is outside 1/8..8, which usually "
+                f"means a typo. Common: alpha = r or 2r, e.g. lora.alpha={2 * lora.r}.",
+            ))
+    if "8bit" in cfg.train.optimizer and not env.has("bitsandbytes"):
+        out.append(Problem(
+            "train.optimizer",
+            f"'{cfg.train.optimizer}' needs bitsandbytes. pip install 'llmops[quant]', "
+            "or use train.optimizer=adamw_torch.",
+        ))
+    return out
+
+
+def _backend(cfg: AppConfig, env: Environment) -> list[Problem]:
+    if cfg.train.backend != "unsloth" or cfg.train.method == "none":
+        return []
+    planning_gpu = cfg.dry_run and cfg.hardware.device == "cuda"
+    if planning_gpu:
+        return []
+    missing = []
+    if not env.cuda:
+        missing.append("no CUDA GPU was found")
+    if not env.has("unsloth"):
+        missing.append("unsloth is not installed")
+    if not missing:
+        return []
+    return [Problem(
+        "train.backend",
+        f"'unsloth' needs a CUDA GPU and pip install 'llmops[unsloth]' ({'; '.join(missing)}). "
+        "Use train.backend=hf, or auto to pick unsloth only where it works.",
+    )]
+
+
+def _precision(cfg: AppConfig, env: Environment) -> list[Problem]:
+    p, hw = cfg.train.precision, cfg.hardware
+    device = hw.device if hw.device != "auto" else ("cuda" if env.cuda else "cpu")
+    if p == "fp16" and device == "cpu":
+        return [Problem("train.precision", "'fp16' training needs a GPU. Use train.precision=auto "
+                                           "(fp32 on a CPU) or bf16.")]
+    if p == "bf16" and device == "cuda" and hw.bf16 is False:
+        return [Problem("train.precision", f"'bf16' is not supported on {hw.gpu_name}. "
+                                           "Use train.precision=fp16 or auto.")]
+    return []
+
+
+def _data(cfg: AppConfig, env: Environment) -> list[Problem]:
+    d = cfg.data
+    out = []
+    if d.val_fraction + d.test_fraction >= 1:
+        out.append(Problem(
+            "data.val_fraction",
+            f"val_fraction + test_fraction = {d.val_fraction + d.test_fraction:g} leaves no "
+            "training rows; the sum must be below 1, e.g. data.val_fraction=0.1 "
+            "data.test_fraction=0.1.",
+        ))
+    if d.source == "jsonl":
+        if not d.path:
+            out.append(Problem("data.path", "is required for data=jsonl. Set data.path=FILE.jsonl."))
+        elif not Path(d.path).expanduser().is_file():
+            out.append(Problem(
+                "data.path",
+                f"file not found: {Path(d.path).expanduser().resolve()} (relative paths resolve "
+                "against the folder you run llmops from). Check the path.",
+            ))
+    if d.source == "hf" and not d.hf_id:
+        out.append(Problem("data.hf_id", "is required for data=hf. Set data.hf_id=org/dataset."))
+    return out
+
+
+def _eval(cfg: AppConfig, env: Environment) -> list[Problem]:
+    out = []
+    if not cfg.eval.enabled:
+        return out
+    for name, gate in cfg.eval.gates.items():
+        key = f"eval.gates.{name}"
+        if gate.metric not in KNOWN_METRICS:
+            from llmops.config.compose import did_you_mean
+
+            out.append(Problem(
+                f"{key}.metric",
+                f"unknown metric '{gate.metric}'.{did_you_mean(gate.metric, KNOWN_METRICS)} "
+                f"Known: {', '.join(KNOWN_METRICS)}.",
+            ))
+        if gate.threshold is None and gate.tolerance is None:
+            out.append(Problem(
+                f"{key}.threshold",
+                "is required: set a threshold (e.g. 0.8), or a tolerance for a no-regression "
+                "gate against the base model.",
+            ))
+        if gate.threshold is not None and not 0 <= gate.threshold <= 1:
+            out.append(Problem(
+                f"{key}.threshold",
+                f"{gate.threshold:g} is outside 0..1; metrics are rates. E.g. {key}.threshold=0.8.",
+            ))
+    return out
+
+
+def _deploy(cfg: AppConfig, env: Environment) -> list[Problem]:
+    d = cfg.deploy
+    if d.target == "none" or cfg.train.method == "none":
+        return []
+    if not d.formats:
+        return [Problem("deploy.formats", "is empty; list what to export, e.g. "
+                                          "deploy.formats=[adapter,merged], or use deploy=none.")]
+    if d.formats == ["adapter"] and not cfg.lora.enabled:
+        return [Problem("deploy.formats", "'adapter' needs a LoRA adapter (got lora=none). "
+                                          "Use deploy.formats=[merged].")]
+    return []
+
+
+def _hardware(cfg: AppConfig, env: Environment) -> list[Problem]:
+    hw = cfg.hardware
+    if hw.device == "cuda" and not env.cuda and not cfg.dry_run:
+        return [Problem(
+            "hardware",
+            f"'{hw.name}' is a GPU profile, but this machine has no CUDA GPU. Add dry_run=true "
+            "to plan for it without running, or use hardware=auto (or cpu) to run here.",
+        )]
+    return []

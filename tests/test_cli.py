@@ -1,0 +1,91 @@
+"""The commands README.md gives, run exactly as written, in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+HEAVY = ("torch", "transformers", "peft", "trl", "datasets", "wandb", "unsloth")
+
+
+def llmops(*args: str, cwd: Path, timeout: int = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "llmops", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_dry_run_prints_the_plan_and_writes_plan_json(tmp_path):
+    r = llmops("model=qwen3b", "lora=r16", "hardware=t4", "dry_run=true", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "llmops plan: model=qwen3b lora=r16 quant=none on t4 [NVIDIA T4]" in r.stdout
+    for stage in ("data", "sft", "eval_base", "eval", "export"):
+        assert f" {stage} " in r.stdout
+    plans = list(tmp_path.glob("outputs/runs/*/*/plan.json"))
+    assert len(plans) == 1
+    plan = json.loads(plans[0].read_text())
+    assert [s["kind"] for s in plan["stages"]] == ["data", "sft", "eval_base", "eval", "export"]
+    assert plan["stages"][1]["params"]["lora"]["r"] == 16
+    assert not (tmp_path / "outputs" / "store").exists(), "a dry run runs no stage"
+
+
+def test_compile_path_imports_no_heavy_library(tmp_path):
+    code = (
+        "import sys\n"
+        "from llmops.cli import preflight, execute\n"
+        "from llmops.config.compose import compose\n"
+        "from llmops.runner.run import run_plan\n"
+        "preflight(['model=qwen3b', 'lora=r16', 'hardware=t4', 'dry_run=true'])\n"
+        f"heavy = sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})\n"
+        "print(heavy)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+
+
+def test_dry_run_imports_no_heavy_library(tmp_path):
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "llmops", "model=qwen3b",
+                        "lora=r16", "dry_run=true"], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert not imported & set(HEAVY)
+
+
+def test_typo_exits_2_naming_the_key_and_writes_nothing(tmp_path):
+    r = llmops("lora.rnak=16", cwd=tmp_path)
+    assert r.returncode == 2
+    assert "Config is invalid (1 problem):" in r.stderr
+    assert "lora.rnak: unknown key. Did you mean 'r'?" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_bad_values_exit_2_naming_every_key(tmp_path):
+    r = llmops("lora.r=0", "train.learning_rate=-1", cwd=tmp_path)
+    assert r.returncode == 2
+    assert "Config is invalid (2 problems):" in r.stderr
+    assert "  - lora.r: must be ≥ 1 (got 0)." in r.stderr
+    assert "  - train.learning_rate: must be > 0.0 (got -1)." in r.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_unknown_option_and_bad_syntax_exit_2(tmp_path):
+    r = llmops("lora=r17", "train.epochs=[", cwd=tmp_path)
+    assert r.returncode == 2
+    assert "  - lora: 'r17' is not an option of this group. Did you mean 'r16'?" in r.stderr
+    assert "  - train.epochs: cannot parse override" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_sweep_points_are_all_checked_before_launch(tmp_path):
+    r = llmops("-m", "lora=r8,r16", "train.learning_rate=1e-4,-1", cwd=tmp_path)
+    assert r.returncode == 2
+    assert "[sweep point: lora=r8 train.learning_rate=-1]" in r.stderr
+    assert "[sweep point: lora=r16 train.learning_rate=-1]" in r.stderr
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()
