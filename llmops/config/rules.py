@@ -12,7 +12,7 @@ from llmops.config.schema import AppConfig
 from llmops.env import Environment
 from llmops.errors import Problem
 
-KNOWN_METRICS = ("exact_match", "json_valid_rate", "refusal_rate", "false_refusal_rate")
+from llmops.evaluation import METRICS as KNOWN_METRICS
 TASK_API_TOOLS = ("create_task", "list_tasks", "update_task", "complete_task", "delete_task")
 
 

@@ -1,0 +1,205 @@
+"""Typed schema of every config group. Field constraints live here; cross-field rules in rules.py.
+
+Pure: imports no torch. Every model forbids unknown keys so typos are errors, never ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Group(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PretrainConfig(_Group):
+    """How the tiny model is pre-trained on part of the Task-API task before fine-tuning."""
+
+    tools: list[str] = Field(description="Task-API tools the base model sees in pre-training.")
+    include_refusals: bool = Field(True, description="Pre-train on refusals too.")
+    n_examples: int = Field(800, ge=16, description="Pre-training rows.")
+    steps: int = Field(200, ge=1, description="Pre-training optimiser steps.")
+    batch_size: int = Field(16, ge=1, description="Pre-training batch size.")
+    learning_rate: float = Field(3e-3, gt=0, description="Pre-training learning rate.")
+
+
+class ModelConfig(_Group):
+    """The base model: where it comes from and the architecture facts planning needs."""
+
+    name: str = Field(description="Preset name, e.g. tiny, qwen3b.")
+    source: Literal["tiny", "hub"] = Field(description="tiny: built locally; hub: downloaded.")
+    hub_id: str | None = Field(None, description="Hugging Face hub id (required for source=hub).")
+    family: str = Field(description="Architecture family, e.g. llama, qwen2.")
+    chat_template: Literal["chatml", "llama3"] = Field(description="Chat template family.")
+    params: int = Field(gt=0, description="Total parameter count.")
+    num_layers: int = Field(gt=0, description="Transformer layers.")
+    hidden_size: int = Field(gt=0, description="Hidden size.")
+    intermediate_size: int = Field(gt=0, description="MLP intermediate size.")
+    num_attention_heads: int = Field(gt=0, description="Attention heads.")
+    num_kv_heads: int = Field(gt=0, description="Key/value heads (GQA).")
+    vocab_size: int = Field(gt=0, description="Vocabulary size.")
+    context_length: int = Field(gt=0, description="Maximum context length in tokens.")
+    tie_embeddings: bool = Field(False, description="Input and output embeddings are shared.")
+    recommended_lr: float = Field(gt=0, description="Default train.learning_rate for this model.")
+    trust_remote_code: bool = Field(False, description="Allow the hub repo's own model code.")
+    pretrain: PretrainConfig | None = Field(None, description="Tiny model pre-training recipe.")
+
+
+class LoraConfig(_Group):
+    """The LoRA adapter; enabled=false (lora=none) means full fine-tuning."""
+
+    enabled: bool = Field(True, description="Train a LoRA adapter instead of all weights.")
+    r: int = Field(16, ge=1, le=1024, description="Adapter rank.")
+    alpha: float = Field(32, gt=0, description="Scaling numerator: the update is scaled by alpha/r.")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter input.")
+    target_modules: str | list[str] = Field(
+        "all-linear", description="'all-linear' or module names, e.g. [q_proj, v_proj]."
+    )
+
+
+class QuantConfig(_Group):
+    """Quantization of the frozen base weights (bitsandbytes)."""
+
+    type: Literal["none", "nf4", "int8"] = Field("none", description="Base weight format.")
+    double_quant: bool = Field(False, description="Quantize the 4-bit quantization constants too.")
+    compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Dtype of the matmuls on quantized weights."
+    )
+
+
+class DataConfig(_Group):
+    """Training data: the bundled Task-API set, a local JSONL file, or a hub dataset."""
+
+    source: Literal["task_api", "jsonl", "hf"] = Field(description="Where rows come from.")
+    path: str | None = Field(None, description="Local JSONL file (source=jsonl).")
+    format: Literal["auto", "chat", "instruct", "completion"] = Field(
+        "auto", description="Row format; auto detects it."
+    )
+    hf_id: str | None = Field(None, description="Hub dataset id (source=hf).")
+    hf_split: str = Field("train", description="Hub dataset split (source=hf).")
+    system_prompt: str | None = Field(None, description="System prompt added to converted rows.")
+    n_examples: int = Field(1200, ge=20, description="Rows to generate (source=task_api).")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="Share of rows held out for validation.")
+    test_fraction: float = Field(0.1, gt=0, lt=1, description="Share of rows held out for testing.")
+    seed: int = Field(0, description="Seed of generation and splitting.")
+    dedup: bool = Field(True, description="Drop exact duplicate rows.")
+    max_length: int = Field(512, ge=16, description="Token length above which rows are flagged.")
+
+
+class TrainConfig(_Group):
+    """The training method and its hyper-parameters."""
+
+    method: Literal["sft", "none"] = Field("sft", description="Training method.")
+    backend: Literal["auto", "hf", "unsloth"] = Field("auto", description="Training backend.")
+    learning_rate: float = Field(2e-4, gt=0, lt=1, description="Peak learning rate.")
+    epochs: float = Field(1, gt=0, description="Passes over the training split.")
+    max_steps: int = Field(-1, ge=-1, description="Stop after this many steps (-1: use epochs).")
+    batch_size: int = Field(16, ge=1, description="Per-device batch size.")
+    grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
+    seed: int = Field(0, description="Training seed.")
+    max_length: int = Field(512, ge=16, description="Training sequence length (tokens).")
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
+        "linear", description="Learning-rate schedule."
+    )
+    optimizer: Literal["adamw_torch", "adamw_8bit", "paged_adamw_8bit", "sgd"] = Field(
+        "adamw_torch", description="Optimizer."
+    )
+    logging_steps: int = Field(10, ge=1, description="Log the loss every N steps.")
+    save_steps: int = Field(50, ge=1, description="Checkpoint every N steps.")
+    save_total_limit: int = Field(2, ge=1, description="Checkpoints kept.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
+    assistant_only_loss: bool = Field(True, description="Loss on the assistant's tokens only.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="Training dtype.")
+
+
+class GateConfig(_Group):
+    """One quality gate: a metric of the tuned model against a threshold, or against the base."""
+
+    metric: str = Field(description="Metric name, e.g. exact_match.")
+    threshold: float | None = Field(None, description="Bound the tuned metric must meet.")
+    direction: Literal["min", "max"] | None = Field(
+        None, description="min: value ≥ threshold; max: value ≤ threshold; default: the metric's."
+    )
+    tolerance: float | None = Field(None, ge=0, description="no_regression: allowed drop vs base.")
+
+
+class EvalConfig(_Group):
+    """Evaluation of base vs tuned on the test split, and the gates that block export."""
+
+    enabled: bool = Field(True, description="Run evaluation.")
+    max_new_tokens: int = Field(96, ge=1, description="Generation budget per answer.")
+    batch_size: int = Field(32, ge=1, description="Generation batch size.")
+    limit: int | None = Field(None, ge=1, description="Evaluate only the first N test rows.")
+    enforce: bool = Field(True, description="A failed gate stops the plan before export.")
+    gates: dict[str, GateConfig] = Field(default_factory=dict, description="Named quality gates.")
+
+
+class DeployConfig(_Group):
+    """What is exported after evaluation, and where it goes."""
+
+    target: Literal["none", "local"] = Field("local", description="Deployment target.")
+    formats: list[Literal["adapter", "merged"]] = Field(
+        default_factory=list, description="Artifacts to export."
+    )
+    merge_dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Dtype of the merged weights."
+    )
+
+
+class HardwareConfig(_Group):
+    """The machine the plan is for; auto detects it without importing torch."""
+
+    name: str = Field(description="Profile name.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where training runs.")
+    gpu_name: str | None = Field(None, description="GPU model.")
+    gpu_memory_gb: float | None = Field(None, gt=0, description="Memory of one GPU (GB).")
+    num_gpus: int | None = Field(None, ge=0, description="GPUs available.")
+    bf16: bool | None = Field(None, description="Whether the GPU supports bf16.")
+    tflops: float | None = Field(None, gt=0, description="Dense 16-bit TFLOPS of one device.")
+    hourly_usd: float | None = Field(None, ge=0, description="Price per hour, for cost estimates.")
+
+
+class TrackingConfig(_Group):
+    """Experiment tracking sink; the run folder's own JSON metrics stay the source of truth."""
+
+    backend: Literal["none", "wandb"] = Field("none", description="Tracker.")
+    project: str = Field("llmops", description="W&B project.")
+    entity: str | None = Field(None, description="W&B entity (team or user).")
+    group: str | None = Field(None, description="W&B group; defaults to the sweep.")
+    mode: Literal["auto", "online", "offline", "disabled"] = Field("auto", description="W&B mode.")
+    tags: list[str] = Field(default_factory=list, description="Extra W&B tags.")
+
+
+class UsecaseConfig(_Group):
+    """The business case the decide stage weighs (see the decide stage)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    enabled: bool = Field(False, description="Run the decide stage.")
+
+
+class AppConfig(_Group):
+    """The whole composed configuration."""
+
+    model: ModelConfig
+    lora: LoraConfig
+    quant: QuantConfig
+    data: DataConfig
+    train: TrainConfig
+    eval: EvalConfig
+    deploy: DeployConfig
+    hardware: HardwareConfig
+    tracking: TrackingConfig
+    usecase: UsecaseConfig
+    dry_run: bool = Field(False, description="Compile and print the plan; run nothing.")
+    seed: int = Field(0, description="Global seed.")
+    store_dir: str = Field("outputs/store", description="Content-addressed stage cache.")
+    progress: bool = Field(True, description="Draw progress bars inside stages.")
+
+
+GROUPS = (
+    "model", "lora", "quant", "data", "train", "eval", "deploy", "hardware", "tracking", "usecase",
+)

@@ -1,0 +1,141 @@
+"""Stage "eval": evaluates the tuned model, compares it with the base, applies gates.
+
+Writes eval_report.json {base, tuned, gates, passed, deltas, n, samples, seconds}. A failed gate is
+reported, never raised: the runner decides from params["enforce"] whether the plan stops.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from llmops.errors import StageError
+from llmops.stages.context import StageContext
+
+REPORT_NAME = "eval_report.json"
+
+
+def tuned_artifact(sft_dir: Path, stage: str) -> tuple[str, Path]:
+    """Finds what the sft stage produced.
+
+    Returns:
+        ("adapter", sft_dir/adapter) or ("model", sft_dir/model).
+
+    Raises:
+        StageError: If the sft folder holds neither.
+    """
+    sft_dir = Path(sft_dir)
+    artifact = None
+    report = sft_dir / "training_report.json"
+    if report.is_file():
+        artifact = json.loads(report.read_text(encoding="utf-8")).get("artifact")
+    for kind in ([artifact] if artifact else []) + ["adapter", "model"]:
+        if kind in ("adapter", "model") and (sft_dir / kind).is_dir():
+            return kind, sft_dir / kind
+    raise StageError(
+        f"{stage}: {sft_dir} holds neither adapter/ nor model/ (artifact={artifact!r}). "
+        "Rerun the sft stage."
+    )
+
+
+def read_base_eval(inputs: dict[str, Path]) -> dict[str, Any] | None:
+    """Reads eval_base's base_eval.json, or returns None when there is no eval_base input.
+
+    Raises:
+        StageError: If the eval_base input exists but its report is missing or unreadable.
+    """
+    from llmops.stages.eval_base import REPORT_NAME as BASE_REPORT
+
+    if inputs.get("eval_base") is None:
+        return None
+    path = Path(inputs["eval_base"]) / BASE_REPORT
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise StageError(f"eval: cannot read {path} ({e}). Rerun the eval_base stage.") from e
+    if not isinstance(report.get("metrics"), dict):
+        raise StageError(f"eval: {path} has no 'metrics' mapping. Rerun the eval_base stage.")
+    return report
+
+
+def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext) -> dict:
+    """Evaluates base + adapter (or the fully fine-tuned model) and checks the quality gates.
+
+    Params read: model (hub_id, trust_remote_code), quant, max_new_tokens, batch_size, limit,
+    gates. (enforce is read by the runner, not here.)
+    Inputs: "data" (test.jsonl), "sft" (adapter/ or model/), "eval_base" (base_eval.json; when
+    absent the base is evaluated here), "base" for the tiny model.
+
+    Returns:
+        The report written to eval_report.json.
+    """
+    from llmops.evaluation import check_gates, metric_deltas, validate_gates
+    from llmops.generation import load_model
+    from llmops.stages.common import base_model_path, set_seed, write_json
+    from llmops.stages.eval_base import (
+        eval_quant,
+        evaluate_base,
+        evaluate_model,
+        load_test_rows,
+    )
+
+    start = time.perf_counter()
+    problems = validate_gates(params.get("gates"))
+    if problems:  # fail before the slow part
+        raise StageError("eval: invalid gates: " + "; ".join(map(str, problems)))
+    if inputs.get("sft") is None:
+        raise StageError("eval: no 'sft' input. The plan must run the sft stage first.")
+    artifact, path = tuned_artifact(inputs["sft"], "eval")
+    base_report = read_base_eval(inputs)
+    if base_report is None:
+        ctx.logger.info("eval: no eval_base input; evaluating the base model here.")
+        base_report = evaluate_base(params, inputs, ctx, stage="eval")
+
+    set_seed(ctx.seed)
+    rows = load_test_rows(params, inputs, "eval")
+    if base_report.get("n") not in (None, len(rows)):
+        ctx.logger.warning(
+            "eval: base was evaluated on %s rows, tuned on %d; compare with care.",
+            base_report.get("n"),
+            len(rows),
+        )
+    model, tokenizer = load_model(
+        base_model_path(params, inputs),
+        adapter=path if artifact == "adapter" else None,
+        full_model=path if artifact == "model" else None,
+        quant=eval_quant(params, ctx),
+        device=ctx.device,
+        trust_remote_code=bool((params.get("model") or {}).get("trust_remote_code", False)),
+    )
+    tuned = evaluate_model(model, tokenizer, rows, params, ctx, desc="eval: tuned")
+    base_samples = base_report.get("samples") or []
+    for sample, base_sample in zip(tuned["samples"], base_samples, strict=False):
+        if base_sample.get("prompt") == sample["prompt"]:
+            sample["base_prediction"] = base_sample.get("prediction")
+    gates, passed = check_gates(params.get("gates"), tuned["metrics"], base_report["metrics"])
+    for gate in gates:
+        ctx.logger.info(
+            "gate %s: %s=%s vs %s (%s) -> %s",
+            gate["name"],
+            gate["metric"],
+            gate["value"],
+            gate["threshold"],
+            gate["direction"],
+            "skipped" if gate.get("skipped") else ("pass" if gate["passed"] else "FAIL"),
+        )
+    report = {
+        "base": base_report["metrics"],
+        "tuned": tuned["metrics"],
+        "gates": gates,
+        "passed": passed,
+        "deltas": metric_deltas(tuned["metrics"], base_report["metrics"]),
+        "n": tuned["n"],
+        "artifact": artifact,
+        "samples": tuned["samples"],
+        "seconds": round(time.perf_counter() - start, 3),
+        "generation_seconds": tuned["seconds"],
+    }
+    write_json(Path(out_dir) / REPORT_NAME, report)
+    return report
