@@ -1,0 +1,6 @@
+"""Runs llmops: python -m llmops [group=option ...] [key=value ...]."""
+
+from llmops.cli import main
+
+if __name__ == "__main__":
+    main()

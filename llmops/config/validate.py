@@ -1,0 +1,193 @@
+"""Validates a composed config against the schema and the cross-field rules, all problems at once."""
+
+from __future__ import annotations
+
+import types
+import typing
+from typing import Any, Literal
+
+from pydantic import BaseModel, ValidationError
+
+from llmops.config.compose import did_you_mean
+from llmops.config.schema import AppConfig
+from llmops.errors import ConfigError, Problem
+
+MISSING = "???"
+
+# Extra advice appended to a schema error on these keys.
+_HINTS = {
+    "lora.r": "Use lora=none to train without LoRA.",
+    "train.learning_rate": "Typical values: 1e-4 to 2e-4 for 1B+ models, 2e-3 for model=tiny.",
+    "data.test_fraction": "The test split feeds evaluation; e.g. data.test_fraction=0.1.",
+}
+_BOUNDS = {
+    "greater_than": ">", "greater_than_equal": "≥", "less_than": "<", "less_than_equal": "≤",
+}
+_KINDS = {
+    "int_parsing": "an integer", "int_from_float": "an integer", "int_type": "an integer",
+    "float_parsing": "a number", "float_type": "a number", "bool_parsing": "true or false",
+    "bool_type": "true or false", "string_type": "a string", "list_type": "a list",
+    "dict_type": "a mapping of keys to values", "model_type": "a mapping of keys to values",
+}
+
+
+def _field_model(path: list[str | int]) -> tuple[type[BaseModel] | None, Any]:
+    """Walks the schema along a key path; returns (model owning the last key, its annotation)."""
+    model: Any = AppConfig
+    annotation: Any = AppConfig
+    for part in path:
+        owner = _as_model(annotation)
+        if owner is not None:
+            model = owner
+            field = owner.model_fields.get(str(part))
+            if field is None:
+                return owner, None
+            annotation = field.annotation
+            continue
+        args = typing.get_args(annotation)
+        if typing.get_origin(annotation) is dict and len(args) == 2:
+            annotation = args[1]
+            model = None
+            continue
+        return None, None
+    return (model if isinstance(model, type) else None), annotation
+
+
+def _as_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                return arg
+    return None
+
+
+def _literal_values(annotation: Any) -> list[str]:
+    if typing.get_origin(annotation) is Literal:
+        return [str(a) for a in typing.get_args(annotation)]
+    for arg in typing.get_args(annotation):
+        values = _literal_values(arg)
+        if values:
+            return values
+    return []
+
+
+def _key_path(loc: tuple[Any, ...], data: Any) -> list[str | int]:
+    """Keeps the parts of a pydantic error location that are real keys (drops union tags)."""
+    path: list[str | int] = []
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            path.append(part)
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            path.append(part)
+            node = node[part]
+        elif isinstance(node, dict) and isinstance(part, str) and not path_is_union_tag(part):
+            path.append(part)  # a missing key
+            break
+        else:
+            break
+    return path
+
+
+def path_is_union_tag(part: str) -> bool:
+    """Tells whether a pydantic location part names a union member rather than a key."""
+    return any(ch in part for ch in "[]") or part in {"str", "int", "float", "bool", "list"}
+
+
+def _message(err: dict[str, Any], path: list[str | int]) -> str:
+    kind = err["type"]
+    value = err.get("input")
+    key = ".".join(str(p) for p in path)
+    ctx = err.get("ctx") or {}
+    if kind == "extra_forbidden":
+        _, parent = _field_model(path[:-1])
+        owner = _as_model(parent)
+        allowed = sorted(owner.model_fields) if owner else []
+        hint = did_you_mean(str(path[-1]), allowed)
+        return f"unknown key.{hint} Allowed keys here: {', '.join(allowed)}."
+    if kind == "missing":
+        return f"is required but not set. Set it, e.g. {key}=..."
+    if kind in _BOUNDS:
+        bound = next(iter(ctx.values()), "?")
+        return f"must be {_BOUNDS[kind]} {bound} (got {value!r})."
+    if kind == "literal_error":
+        _, annotation = _field_model(path)
+        allowed = _literal_values(annotation) or [str(ctx.get("expected", ""))]
+        return (
+            f"'{value}' is not one of {', '.join(allowed)}.{did_you_mean(str(value), allowed)}"
+        )
+    if kind in _KINDS:
+        _, annotation = _field_model(path)
+        kinds = {_KINDS.get(f"{getattr(a, '__name__', '')}_type") for a in typing.get_args(annotation)}
+        kinds.discard(None)
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(kinds) > 1:
+            return f"must be {' or '.join(sorted(k for k in kinds if k))} (got {value!r})."
+        return f"must be {_KINDS[kind]} (got {value!r})."
+    return f"{err['msg']} (got {value!r})."
+
+
+def _missing_values(data: Any, prefix: str = "") -> list[str]:
+    found = []
+    if isinstance(data, dict):
+        for k, v in data.items():
+            found += _missing_values(v, f"{prefix}{k}.")
+    elif data == MISSING:
+        found.append(prefix[:-1])
+    return found
+
+
+def _drop(data: dict[str, Any], dotted: str) -> None:
+    *parents, last = dotted.split(".")
+    node = data
+    for p in parents:
+        node = node[p]
+    node.pop(last, None)
+
+
+def schema_problems(data: dict[str, Any]) -> tuple[AppConfig | None, list[Problem]]:
+    """Checks the config against the typed schema; returns the model (if valid) and problems."""
+    problems = []
+    for key in _missing_values(data):
+        problems.append(Problem(key, f"is required (it is ???). Set it on the command line: {key}=..."))
+        _drop(data, key)
+    try:
+        model = AppConfig.model_validate(data)
+    except ValidationError as exc:
+        seen: set[str] = set()
+        for err in exc.errors():
+            path = _key_path(tuple(err["loc"]), data)
+            key = ".".join(str(p) for p in path) or "config"
+            if key in seen or key in {p.key for p in problems}:
+                continue
+            seen.add(key)
+            text = _message(dict(err), path)
+            if key in _HINTS:
+                text = f"{text} {_HINTS[key]}"
+            problems.append(Problem(key, text))
+        return None, problems
+    return (model, problems) if not problems else (None, problems)
+
+
+def validate(data: dict[str, Any], env: Any = None) -> AppConfig:
+    """Validates a plain (resolved) config dict; raises ConfigError with every problem found.
+
+    Args:
+        data: The composed config as plain containers (no hydra node).
+        env: The environment facts (llmops.env.Environment); detected when None.
+    """
+    from llmops.config.rules import cross_field_problems
+    from llmops.env import detect
+
+    data = dict(data)
+    data.pop("hydra", None)
+    data.pop("sweeps", None)
+    cfg, problems = schema_problems(data)
+    if cfg is not None:
+        problems += cross_field_problems(cfg, env or detect())
+    if problems:
+        raise ConfigError(problems)
+    assert cfg is not None
+    return cfg

@@ -1,0 +1,157 @@
+"""Runs a Plan: cache lookup, locks, atomic publish, progress, reports and manifest."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from llmops.compiler.plan import Plan, StageSpec
+from llmops.errors import GateFailed, LlmopsError, StageError
+from llmops.runner.manifest import Manifest
+from llmops.runner.store import Store
+from llmops.stages.context import StageContext
+
+log = logging.getLogger("llmops")
+
+
+def _stage_module(kind: str) -> Any:
+    return importlib.import_module(f"llmops.stages.{kind}")
+
+
+def _link_into_run(spec: StageSpec, entry: Path, run_dir: Path) -> None:
+    """Copies the stage's report and plots into the run folder and links its full output."""
+    report = entry / spec.report
+    if report.is_file():
+        shutil.copy2(report, run_dir / spec.report)
+    for png in entry.glob("*.png"):
+        shutil.copy2(png, run_dir / png.name)
+    stages = run_dir / "stages"
+    stages.mkdir(exist_ok=True)
+    link = stages / spec.name
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(entry.resolve(), target_is_directory=True)
+
+
+def _gate_failure(report: dict[str, Any]) -> str:
+    lines = []
+    for g in report.get("gates", []):
+        if not g.get("passed", True):
+            value, threshold = g.get("value"), g.get("threshold")
+            lines.append(f"  - {g.get('name')}: {g.get('metric')} = {value} "
+                         f"(needs {'≥' if g.get('direction', 'min') == 'min' else '≤'} "
+                         f"{threshold}; short by {abs(g.get('margin', 0) or 0):.3f})")
+    return "\n".join(lines)
+
+
+def run_plan(plan: Plan, run_dir: Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Executes every stage of the plan in order, reusing finished stages from the store.
+
+    Args:
+        plan: The compiled plan.
+        run_dir: The run folder; receives plan.json, manifest.json, reports and stage links.
+        overrides: The command-line overrides, recorded in the manifest.
+
+    Returns:
+        The final manifest data.
+
+    Raises:
+        LlmopsError: A stage failed or a gate blocked the plan; the manifest says which.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    plan.write(run_dir / "plan.json")
+    store = Store(Path(plan.run["store_dir"]))
+    manifest = Manifest(plan, run_dir, overrides)
+    outputs: dict[str, Path] = {}
+    total = len(plan.stages)
+    blocked: str | None = None
+    t_run = time.perf_counter()
+    for i, spec in enumerate(plan.stages, 1):
+        if blocked:
+            manifest.stage(spec.name, status="skipped", reason=blocked)
+            log.info("[%d/%d] %s: skipped (%s)", i, total, spec.name, blocked)
+            continue
+        try:
+            entry, status, seconds = _execute(spec, plan, store, outputs, run_dir, i, total)
+        except BaseException as exc:
+            manifest.stage(spec.name, status="failed", error=str(exc) or type(exc).__name__)
+            manifest.finish("failed", failed_stage=spec.name)
+            if isinstance(exc, LlmopsError | KeyboardInterrupt):
+                raise
+            raise StageError(f"{spec.name}: {type(exc).__name__}: {exc}") from exc
+        outputs[spec.name] = entry
+        _link_into_run(spec, entry, run_dir)
+        report = _read_report(entry / spec.report)
+        manifest.stage(spec.name, status=status, duration_s=round(seconds, 2), path=str(entry),
+                       report=spec.report)
+        if spec.kind == "data":
+            manifest.data["data_hashes"] = {
+                **spec.input_files,
+                **{f.name: _sha(f) for f in sorted(entry.glob("*.jsonl"))},
+            }
+            manifest.write()
+        if spec.kind == "eval" and report.get("passed") is False and spec.params.get("enforce"):
+            blocked = f"eval gates failed in {spec.name}"
+            detail = _gate_failure(report)
+            manifest.finish("gate_failed", duration_s=round(time.perf_counter() - t_run, 2))
+            for rest in plan.stages[i:]:
+                manifest.stage(rest.name, status="skipped", reason=blocked)
+            raise GateFailed(
+                f"Evaluation gates failed, so export and deploy did not run:\n{detail}\n"
+                f"Report: {run_dir / spec.report}. Improve the model, or lower the threshold "
+                "(eval.gates.<name>.threshold=...), or record without blocking: eval.enforce=false."
+            )
+    manifest.finish("succeeded", duration_s=round(time.perf_counter() - t_run, 2))
+    return manifest.data
+
+
+def _sha(path: Path) -> str:
+    from llmops.compiler.fingerprint import file_sha256
+
+    return file_sha256(path)
+
+
+def _read_report(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _execute(spec: StageSpec, plan: Plan, store: Store, outputs: dict[str, Path],
+             run_dir: Path, i: int, total: int) -> tuple[Path, str, float]:
+    """Returns (entry, status, seconds) for one stage: from the store, or by running it."""
+    t0 = time.perf_counter()
+    entry = store.lookup(spec)
+    if entry is not None:
+        log.info("[%d/%d] %s: cached (%s)", i, total, spec.name, spec.fingerprint[:12])
+        return entry, "cached", time.perf_counter() - t0
+    with store.lock(spec):
+        entry = store.lookup(spec)  # another job may have finished it while we waited
+        if entry is not None:
+            log.info("[%d/%d] %s: cached (%s), finished by another job", i, total, spec.name,
+                     spec.fingerprint[:12])
+            return entry, "cached", time.perf_counter() - t0
+        log.info("[%d/%d] %s: running: %s", i, total, spec.name, spec.summary)
+        tmp = store.new_tmp(spec)
+        ctx = StageContext(
+            run_dir=run_dir, device=plan.run["device"], seed=plan.run["seed"],
+            logger=logging.getLogger(f"llmops.stage.{spec.kind}"),
+            show_progress=bool(plan.run.get("progress", True)),
+        )
+        inputs = {name: outputs[name] for name in spec.needs}
+        try:
+            _stage_module(spec.kind).run(dict(spec.params), inputs, tmp, ctx)
+            seconds = time.perf_counter() - t0
+            entry = store.publish(spec, tmp, {"duration_s": round(seconds, 2)})
+        except BaseException:
+            store.discard(tmp)
+            raise
+    log.info("[%d/%d] %s: done in %.1fs", i, total, spec.name, seconds)
+    return entry, "ran", seconds
