@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from llmops import __version__
+from llmops.backends import resolve_backend
 from llmops.compiler.fingerprint import file_sha256, fingerprint
 from llmops.compiler.plan import Plan, StageSpec
 from llmops.config.schema import AppConfig
@@ -26,13 +27,6 @@ def resolve_hardware(cfg: AppConfig, env: Environment) -> dict[str, Any]:
     hw["cpu_count"] = env.cpu_count
     hw["memory_gb"] = env.memory_gb
     return hw
-
-
-def resolve_backend(requested: str, cuda: bool, unsloth_installed: bool) -> str:
-    """Picks the training backend: auto means unsloth only with unsloth installed and CUDA."""
-    if requested == "auto":
-        return "unsloth" if (cuda and unsloth_installed) else "hf"
-    return requested
 
 
 def _precision(cfg: AppConfig, hw: dict[str, Any]) -> str:
@@ -87,8 +81,7 @@ def compile_plan(cfg: AppConfig, env: Environment) -> Plan:
     """
     hw = resolve_hardware(cfg, env)
     device = hw["device"]
-    backend = resolve_backend(cfg.train.backend, device == "cuda" and env.cuda,
-                              env.has("unsloth"))
+    backend = resolve_backend(cfg.train.backend, device == "cuda" and env.cuda)
     precision = _precision(cfg, hw)
     model = _model_params(cfg)
     quant = {**cfg.quant.model_dump(), "compute_dtype": _compute_dtype(cfg, precision)}

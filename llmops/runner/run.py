@@ -38,11 +38,15 @@ def _link_into_run(spec: StageSpec, entry: Path, run_dir: Path) -> None:
     link.symlink_to(entry.resolve(), target_is_directory=True)
 
 
+def _fmt(x: Any) -> str:
+    return f"{x:.3f}" if isinstance(x, float) else str(x)
+
+
 def _gate_failure(report: dict[str, Any]) -> str:
     lines = []
     for g in report.get("gates", []):
         if not g.get("passed", True):
-            value, threshold = g.get("value"), g.get("threshold")
+            value, threshold = _fmt(g.get("value")), _fmt(g.get("threshold"))
             lines.append(f"  - {g.get('name')}: {g.get('metric')} = {value} "
                          f"(needs {'≥' if g.get('direction', 'min') == 'min' else '≤'} "
                          f"{threshold}; short by {abs(g.get('margin', 0) or 0):.3f})")

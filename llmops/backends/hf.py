@@ -1,0 +1,420 @@
+"""The `hf` training backend: transformers + peft + TRL's SFTTrainer (LoRA, QLoRA or full).
+
+Also holds the pieces the unsloth backend reuses: dataset loading, SFTConfig construction, the
+training run with its report, and saving the artifact.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from llmops.errors import StageError
+from llmops.stages.common import peak_memory_mb, read_jsonl, write_json
+
+REPORT_NAME = "training_report.json"
+EVAL_LOSS_MAX_ROWS = 2000
+
+
+def load_datasets(data_dir: Path) -> tuple[Any, Any | None]:
+    """Loads train.jsonl (and val.jsonl if present) as `datasets.Dataset`s with a `messages` column.
+
+    Raises:
+        StageError: When train.jsonl is missing or empty.
+    """
+    from datasets import Dataset
+
+    train_path = Path(data_dir) / "train.jsonl"
+    if not train_path.is_file():
+        raise StageError(
+            f"sft: no training data at {train_path}. The data stage must write train.jsonl."
+        )
+    train_rows = [{"messages": r["messages"]} for r in read_jsonl(train_path)]
+    if not train_rows:
+        raise StageError(f"sft: {train_path} has no rows. Check data.n_examples / data.path.")
+    val_path = Path(data_dir) / "val.jsonl"
+    val_rows = (
+        [{"messages": r["messages"]} for r in read_jsonl(val_path)] if val_path.is_file() else []
+    )
+    val = Dataset.from_list(val_rows[:EVAL_LOSS_MAX_ROWS]) if val_rows else None
+    return Dataset.from_list(train_rows), val
+
+
+def find_resume_checkpoint(resume_from: str | Path | None) -> str | None:
+    """Finds the latest `checkpoint-N` folder to resume from.
+
+    Args:
+        resume_from: A checkpoint-N folder, a folder holding checkpoint-N folders, or an earlier sft
+            output folder (its checkpoints/ subfolder is searched). None or missing → None.
+    """
+    if not resume_from:
+        return None
+    from transformers.trainer_utils import get_last_checkpoint
+
+    path = Path(resume_from)
+    if not path.is_dir():
+        return None
+    if path.name.startswith("checkpoint-") and (path / "trainer_state.json").is_file():
+        return str(path)
+    for folder in (path / "checkpoints", path):
+        if folder.is_dir():
+            last = get_last_checkpoint(str(folder))
+            if last and (Path(last) / "trainer_state.json").is_file():
+                return last
+    return None
+
+
+def precision_flags(precision: str, device: str) -> dict[str, bool]:
+    """Returns SFTConfig's bf16/fp16 flags for train.precision ("fp32", "bf16", "fp16").
+
+    Raises:
+        StageError: For fp16 on a CPU or an unknown precision.
+    """
+    if precision == "fp32":
+        return {"bf16": False, "fp16": False}
+    if precision == "bf16":
+        return {"bf16": True, "fp16": False}
+    if precision == "fp16":
+        if device == "cpu":
+            raise StageError(
+                "sft: train.precision=fp16 needs a CUDA GPU (device is cpu). "
+                "Use train.precision=fp32 (or bf16) on a CPU."
+            )
+        return {"bf16": False, "fp16": True}
+    raise StageError(
+        f"sft: train.precision {precision!r} is not one of fp32, bf16, fp16. "
+        "Use train.precision=fp32."
+    )
+
+
+def sft_config(params: dict[str, Any], out_dir: Path, ctx: Any) -> Any:
+    """Builds TRL's SFTConfig from the sft params (checkpoints go to out_dir/checkpoints)."""
+    from trl import SFTConfig
+
+    train = params["train"]
+    on_cpu = ctx.device == "cpu"
+    return SFTConfig(
+        output_dir=str(Path(out_dir) / "checkpoints"),
+        per_device_train_batch_size=int(train.get("batch_size", 16)),
+        per_device_eval_batch_size=int(train.get("batch_size", 16)),
+        gradient_accumulation_steps=int(train.get("grad_accum", 1)),
+        learning_rate=float(train.get("learning_rate", 2e-4)),
+        num_train_epochs=float(train.get("epochs", 1)),
+        max_steps=int(train.get("max_steps", -1)),
+        warmup_steps=int(train.get("warmup_steps", 0)),
+        weight_decay=float(train.get("weight_decay", 0.0)),
+        lr_scheduler_type=str(train.get("lr_scheduler", "linear")),
+        optim=str(train.get("optimizer", "adamw_torch")),
+        logging_steps=int(train.get("logging_steps", 10)),
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=int(train.get("save_steps", 50)),
+        save_total_limit=train.get("save_total_limit", 2),
+        eval_strategy="no",
+        gradient_checkpointing=bool(train.get("gradient_checkpointing", False)),
+        assistant_only_loss=bool(train.get("assistant_only_loss", True)),
+        max_length=int(train.get("max_length", 512)),
+        seed=int(train.get("seed", 0)),
+        data_seed=int(train.get("seed", 0)),
+        use_cpu=on_cpu,
+        report_to=train.get("report_to", "none"),
+        run_name=train.get("run_name"),
+        disable_tqdm=not ctx.show_progress,
+        include_num_input_tokens_seen="non_padding",
+        dataloader_num_workers=0,
+        **precision_flags(str(train.get("precision", "fp32")), ctx.device),
+    )
+
+
+def lora_config(lora: dict[str, Any] | None) -> Any:
+    """Builds a peft LoraConfig from the lora params, or returns None (full fine-tune)."""
+    if not lora:
+        return None
+    from peft import LoraConfig
+
+    target = lora.get("target_modules", "all-linear")
+    return LoraConfig(
+        r=int(lora.get("r", 16)),
+        lora_alpha=int(lora.get("alpha", 2 * int(lora.get("r", 16)))),
+        lora_dropout=float(lora.get("dropout", 0.05)),
+        target_modules=target if isinstance(target, str) else list(target),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def quantization_config(quant: dict[str, Any] | None) -> Any:
+    """Builds a BitsAndBytesConfig for quant.type nf4/fp4 (4-bit) or int8, or None for none."""
+    qtype = (quant or {}).get("type", "none")
+    if qtype in (None, "none"):
+        return None
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if qtype in ("nf4", "fp4"):
+        dtype_name = str(quant.get("compute_dtype", "float32"))
+        if not hasattr(torch, dtype_name):
+            raise StageError(
+                f"sft: quant.compute_dtype {dtype_name!r} is not a torch dtype. "
+                "Use float32 or bfloat16."
+            )
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=qtype,
+            bnb_4bit_use_double_quant=bool(quant.get("double_quant", True)),
+            bnb_4bit_compute_dtype=getattr(torch, dtype_name),
+        )
+    if qtype == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    raise StageError(
+        f"sft: quant.type {qtype!r} is not one of none, nf4, fp4, int8. Use quant=none."
+    )
+
+
+def load_model(params: dict[str, Any], base_model: str, ctx: Any) -> tuple[Any, Any]:
+    """Loads the base model (quantized if asked, prepared for k-bit training) and its tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    trust = bool((params.get("model") or {}).get("trust_remote_code", False))
+    tokenizer = AutoTokenizer.from_pretrained(base_model, trust_remote_code=trust)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    bnb = quantization_config(params.get("quant"))
+    precision = str(params["train"].get("precision", "fp32"))
+    dtype = torch.bfloat16 if precision == "bf16" and ctx.device != "cpu" else torch.float32
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust}
+    if bnb is not None:
+        if importlib_missing("bitsandbytes"):
+            raise StageError(
+                f"sft: quant.type={params['quant']['type']} needs bitsandbytes, which is not "
+                "installed. `pip install bitsandbytes`, or use quant=none."
+            )
+        kwargs["quantization_config"] = bnb
+        kwargs["device_map"] = "cpu" if ctx.device == "cpu" else {"": 0}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(base_model, **kwargs)
+    except OSError as e:
+        raise StageError(
+            f"sft: cannot load base model {base_model!r} ({e}). "
+            "Check model.hub_id or the base stage."
+        ) from e
+    if bnb is not None:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=bool(params["train"].get("gradient_checkpointing", False)),
+        )
+    return model, tokenizer
+
+
+def importlib_missing(name: str) -> bool:
+    """Tells whether a package is not installed, without importing it."""
+    import importlib.util
+
+    return importlib.util.find_spec(name) is None
+
+
+def set_cpu_threads(requested: int | None, model: Any, ctx: Any) -> None:
+    """Sets torch's CPU threads: train.cpu_threads if given, else 1 for models under 5M parameters.
+
+    Tiny models gain little from more threads and slow down badly when another process shares the
+    cores; bigger models keep torch's default (all cores).
+    """
+    if ctx.device != "cpu":
+        return
+    import torch
+
+    if requested is None:
+        if sum(p.numel() for p in model.parameters()) >= 5_000_000:
+            return
+        requested = 1
+    torch.set_num_threads(max(1, int(requested)))
+
+
+def count_params(model: Any) -> tuple[int, int]:
+    """Returns (trainable, total) parameter counts (peft's count when it is a PeftModel)."""
+    if hasattr(model, "get_nb_trainable_parameters"):
+        trainable, total = model.get_nb_trainable_parameters()
+        return int(trainable), int(total)
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return int(trainable), int(total)
+
+
+def make_callbacks(ctx: Any) -> tuple[list[Any], dict[str, float]]:
+    """Returns trainer callbacks that log progress to ctx.logger and note where a run started."""
+    from transformers import TrainerCallback
+
+    start: dict[str, float] = {"step": 0, "tokens": 0}
+
+    class _Progress(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            start["step"] = state.global_step
+            start["tokens"] = state.num_input_tokens_seen
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                ctx.logger.info(
+                    "sft: step %d/%d loss %.4f lr %.2e",
+                    state.global_step,
+                    state.max_steps,
+                    logs["loss"],
+                    logs.get("learning_rate", 0.0),
+                )
+
+    return [_Progress()], start
+
+
+def plot_loss_curve(curve: list[dict], path: Path, title: str) -> bool:
+    """Saves the loss curve as a PNG (matplotlib, Agg); returns False if matplotlib is missing."""
+    if not curve or importlib_missing("matplotlib"):
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([p["step"] for p in curve], [p["loss"] for p in curve], marker=".")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def run_training(
+    trainer: Any,
+    tokenizer: Any,
+    params: dict[str, Any],
+    out_dir: Path,
+    ctx: Any,
+    backend: str,
+    start: dict[str, float],
+) -> dict[str, Any]:
+    """Trains (resuming from train.resume_dir if it holds a checkpoint), saves, writes the report.
+
+    Returns:
+        The training report, also written to out_dir/training_report.json, with loss_curve.png.
+    """
+    out_dir = Path(out_dir)
+    resume = find_resume_checkpoint(params["train"].get("resume_dir"))
+    if resume:
+        ctx.logger.info("sft: resuming from %s", resume)
+    t0 = time.perf_counter()
+    try:
+        result = trainer.train(resume_from_checkpoint=resume)
+    except KeyboardInterrupt:
+        raise
+    runtime = time.perf_counter() - t0
+    state = trainer.state
+    curve = [
+        {
+            "step": h["step"],
+            "loss": round(float(h["loss"]), 5),
+            "learning_rate": float(h.get("learning_rate", 0.0)),
+        }
+        for h in state.log_history
+        if "loss" in h and "step" in h
+    ]
+    eval_loss = None
+    if trainer.eval_dataset is not None:
+        metrics = trainer.evaluate()
+        eval_loss = metrics.get("eval_loss")
+    is_lora = bool(params.get("lora"))
+    artifact = "adapter" if is_lora else "model"
+    art_dir = out_dir / artifact
+    if is_lora:
+        trainer.model.save_pretrained(str(art_dir))
+    else:
+        trainer.save_model(str(art_dir))
+    tokenizer.save_pretrained(str(art_dir))
+    trainable, total = count_params(trainer.model)
+    tokens = int(state.num_input_tokens_seen - start.get("tokens", 0))
+    final_loss = curve[-1]["loss"] if curve else result.training_loss
+    report = {
+        "backend": backend,
+        "artifact": artifact,
+        "artifact_dir": artifact,
+        "base_model": params.get("_base_model"),
+        "lora": params.get("lora"),
+        "quant": (params.get("quant") or {}).get("type", "none"),
+        "loss_curve": curve,
+        "final_loss": final_loss,
+        "train_loss_mean": float(result.training_loss),
+        "eval_loss": None if eval_loss is None or math.isnan(eval_loss) else float(eval_loss),
+        "train_runtime_s": round(runtime, 3),
+        "tokens_seen": tokens,
+        "tokens_per_s": round(tokens / runtime, 1) if runtime > 0 else None,
+        "peak_memory_mb": peak_memory_mb(ctx.device),
+        "trainable_params": trainable,
+        "total_params": total,
+        "trainable_fraction": round(trainable / total, 6) if total else None,
+        "steps": int(state.global_step),
+        "epochs": round(float(state.epoch or 0.0), 4),
+        "resumed_from_step": int(start.get("step", 0)) if resume else 0,
+        "resumed_from": resume,
+        "device": ctx.device,
+        "precision": params["train"].get("precision", "fp32"),
+    }
+    if plot_loss_curve(curve, out_dir / "loss_curve.png", f"sft ({backend}, {artifact})"):
+        report["loss_curve_png"] = "loss_curve.png"
+    write_json(out_dir / REPORT_NAME, report)
+    ctx.logger.info(
+        "sft: %d steps in %.1fs, final loss %.4f, %s tokens/s -> %s/",
+        report["steps"],
+        runtime,
+        final_loss or 0.0,
+        report["tokens_per_s"],
+        artifact,
+    )
+    return report
+
+
+class HFBackend:
+    """Fine-tunes with transformers + peft + TRL SFTTrainer on CPU or GPU."""
+
+    name = "hf"
+
+    def train_sft(
+        self, params: dict[str, Any], data_dir: Path, base_model: str, out_dir: Path, ctx: Any
+    ) -> dict[str, Any]:
+        """Fine-tunes base_model on data_dir with LoRA/QLoRA (or fully when lora is None).
+
+        See `llmops.backends.TrainingBackend.train_sft`.
+        """
+        from trl import SFTTrainer
+
+        train_ds, val_ds = load_datasets(data_dir)
+        model, tokenizer = load_model(params, base_model, ctx)
+        set_cpu_threads(params["train"].get("cpu_threads"), model, ctx)
+        args = sft_config(params, out_dir, ctx)
+        callbacks, start = make_callbacks(ctx)
+        trainer = SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=train_ds,
+            eval_dataset=val_ds,
+            processing_class=tokenizer,
+            peft_config=lora_config(params.get("lora")),
+            callbacks=callbacks,
+        )
+        return run_training(
+            trainer,
+            tokenizer,
+            {**params, "_base_model": base_model},
+            out_dir,
+            ctx,
+            self.name,
+            start,
+        )
+
+
+BACKEND = HFBackend()

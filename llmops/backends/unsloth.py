@@ -1,0 +1,108 @@
+"""The `unsloth` training backend: unsloth's FastLanguageModel + TRL SFTTrainer on a CUDA GPU.
+
+unsloth patches transformers and trl when imported, so it is imported inside `train_sft`, before
+trl/transformers are imported in that function. Importing unsloth without a GPU raises
+NotImplementedError, so availability is probed with `importlib.util.find_spec` only.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+from llmops.errors import StageError
+
+NEEDS = (
+    "train.backend=unsloth needs a CUDA GPU and `pip install llmops[unsloth]`; use train.backend=hf"
+)
+
+
+def check_available(device: str) -> None:
+    """Raises StageError unless unsloth is installed and the run has a CUDA GPU.
+
+    Args:
+        device: The run's device from the context ("cpu" or "cuda").
+    """
+    if importlib.util.find_spec("unsloth") is None:
+        raise StageError(f"sft: unsloth is not installed. {NEEDS}.")
+    if not str(device).startswith("cuda"):
+        raise StageError(f"sft: no CUDA GPU on this run (device={device}). {NEEDS}.")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise StageError(f"sft: torch sees no CUDA GPU. {NEEDS}.")
+
+
+class UnslothBackend:
+    """Fine-tunes with unsloth's FastLanguageModel (LoRA/QLoRA) and TRL's SFTTrainer."""
+
+    name = "unsloth"
+
+    def train_sft(
+        self, params: dict[str, Any], data_dir: Path, base_model: str, out_dir: Path, ctx: Any
+    ) -> dict[str, Any]:
+        """Fine-tunes base_model on data_dir with unsloth; see `TrainingBackend.train_sft`.
+
+        Raises:
+            StageError: Without a CUDA GPU or unsloth, or for lora=none (use the hf backend).
+        """
+        check_available(ctx.device)
+        if not params.get("lora"):
+            raise StageError(
+                "sft: train.backend=unsloth trains LoRA adapters only (lora=none). "
+                "Pick a lora option (e.g. lora=r16) or use train.backend=hf for a full fine-tune."
+            )
+        from trl import SFTTrainer
+        from unsloth import FastLanguageModel  # must come before trl/transformers
+
+        from llmops.backends.hf import load_datasets, make_callbacks, run_training, sft_config
+
+        train = params["train"]
+        lora = params["lora"]
+        qtype = (params.get("quant") or {}).get("type", "none")
+        model, tokenizer = FastLanguageModel.from_pretrained(
+            model_name=base_model,
+            max_seq_length=int(train.get("max_length", 512)),
+            load_in_4bit=qtype in ("nf4", "fp4"),
+            load_in_8bit=qtype == "int8",
+            dtype=None,
+            trust_remote_code=bool((params.get("model") or {}).get("trust_remote_code", False)),
+        )
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        target = lora.get("target_modules", "all-linear")
+        if target == "all-linear":
+            target = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        model = FastLanguageModel.get_peft_model(
+            model,
+            r=int(lora.get("r", 16)),
+            lora_alpha=int(lora.get("alpha", 2 * int(lora.get("r", 16)))),
+            lora_dropout=float(lora.get("dropout", 0.0)),
+            target_modules=list(target),
+            bias="none",
+            use_gradient_checkpointing="unsloth" if train.get("gradient_checkpointing") else False,
+            random_state=int(train.get("seed", 0)),
+        )
+        train_ds, val_ds = load_datasets(data_dir)
+        callbacks, start = make_callbacks(ctx)
+        trainer = SFTTrainer(
+            model=model,
+            args=sft_config(params, out_dir, ctx),
+            train_dataset=train_ds,
+            eval_dataset=val_ds,
+            processing_class=tokenizer,
+            callbacks=callbacks,
+        )
+        return run_training(
+            trainer,
+            tokenizer,
+            {**params, "_base_model": base_model},
+            out_dir,
+            ctx,
+            self.name,
+            start,
+        )
+
+
+BACKEND = UnslothBackend()

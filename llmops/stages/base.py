@@ -1,0 +1,39 @@
+"""Stage `base`: builds and pre-trains the tiny default model offline (model=tiny only).
+
+Writes a Hugging Face folder (config.json, model.safetensors, generation_config.json, tokenizer
+files with the ChatML chat template) and base_report.json into out_dir.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from llmops.stages.context import StageContext
+
+REPORT_NAME = "base_report.json"
+
+
+def run(
+    params: dict[str, Any], inputs: dict[str, Path], out_dir: Path, ctx: StageContext
+) -> dict[str, Any]:
+    """Builds the tiny base model from params.arch and pre-trains it per params.pretrain.
+
+    Args:
+        params: {"arch": {...}, "pretrain": {...}} (see PARAMS.md); missing keys take defaults.
+        inputs: None needed.
+        out_dir: The stage's output folder.
+        ctx: Run context (logger, progress).
+
+    Returns:
+        The base report (arch, parameters, loss curve, steps, seconds), also in base_report.json.
+    """
+    from llmops.tiny import build_tiny_base
+
+    return build_tiny_base(
+        out_dir,
+        arch=params.get("arch"),
+        pretrain_params=params.get("pretrain"),
+        show_progress=ctx.show_progress,
+        logger=ctx.logger,
+    )

@@ -1,0 +1,341 @@
+"""Builds the embedded default model: a tiny Llama pre-trained offline on part of the Task-API task.
+
+The result is a Hugging Face folder (config, safetensors weights, generation config, a byte-level
+BPE tokenizer with a ChatML chat template) that AutoModelForCausalLM / AutoTokenizer load like a hub
+model. It is pre-trained on only some tools (by default create_task and list_tasks) plus refusals,
+so it knows the output format but not every tool: LoRA SFT on all tools then shows real learning.
+
+Heavy libraries (torch, transformers, tokenizers) are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+PAD = "<|pad|>"
+SPECIAL_TOKENS = [PAD, IM_START, IM_END]
+
+#: llama.cpp's GGUF converter identifies BPE pre-tokenizers by hash and does not know a self-trained
+#: vocabulary. The tiny tokenizer uses GPT-2's byte-level regex, so export may declare "gpt-2".
+GGUF_PRE_TOKENIZER = "gpt-2"
+
+#: ChatML; the assistant turn (content and its <|im_end|>) sits inside {% generation %} so that
+#: `return_assistant_tokens_mask` / TRL's `assistant_only_loss=True` train on exactly those tokens.
+CHATML_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{%- if message['role'] == 'assistant' %}"
+    "{{- '<|im_start|>assistant\\n' }}"
+    "{%- generation %}{{- message['content'] + '<|im_end|>' }}{%- endgeneration %}"
+    "{{- '\\n' }}"
+    "{%- else %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+DEFAULT_ARCH: dict[str, int] = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 512,
+    "vocab_size": 512,
+}
+
+DEFAULT_PRETRAIN: dict[str, Any] = {
+    "tools": ["create_task", "list_tasks"],
+    "include_refusals": True,
+    "n_examples": 4000,
+    "steps": 400,
+    "batch_size": 16,
+    "learning_rate": 6e-3,
+    "seed": 0,
+}
+
+log = logging.getLogger("llmops.tiny")
+
+
+def corpus_texts(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Returns the texts a tokenizer is trained on: every message of every row, with its role.
+
+    Every run of digits is cut to its first digit, so BPE learns no digit-digit merge and numbers
+    are encoded one digit per token (copying "task 430" then means copying three digits the model
+    has seen everywhere, not one rare token). The pre-tokenizer stays GPT-2's.
+    """
+    import re
+
+    texts = []
+    for row in rows:
+        for m in row["messages"]:
+            texts.append(re.sub(r"(\d)\d+", r"\1", f"{m['role']}\n{m['content']}"))
+    return texts
+
+
+def build_tokenizer(texts: Sequence[str], vocab_size: int):
+    """Trains a byte-level BPE tokenizer (GPT-2 pre-tokenizer) and wraps it for transformers.
+
+    Args:
+        texts: Training texts.
+        vocab_size: Target vocabulary size, special tokens included.
+
+    Returns:
+        A `PreTrainedTokenizerFast` with <|im_start|>, <|im_end|> (eos) and <|pad|> (pad) as special
+        tokens and the ChatML chat template.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token=IM_END,
+        pad_token=PAD,
+        bos_token=None,
+        unk_token=None,
+        additional_special_tokens=[IM_START],
+        clean_up_tokenization_spaces=False,
+        model_max_length=DEFAULT_ARCH["max_position_embeddings"],
+    )
+    fast.chat_template = CHATML_TEMPLATE
+    fast.padding_side = "right"
+    return fast
+
+
+def encode_rows(tokenizer, rows: Sequence[Mapping[str, Any]], max_length: int) -> list[tuple]:
+    """Renders rows with the chat template; returns truncated (input_ids, assistant_mask) pairs."""
+    out = []
+    for row in rows:
+        enc = tokenizer.apply_chat_template(
+            row["messages"], tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+        )
+        ids = list(enc["input_ids"])[:max_length]
+        mask = list(enc["assistant_masks"])[:max_length]
+        out.append((ids, mask))
+    return out
+
+
+def pretrain(
+    model,
+    encoded: Sequence[tuple],
+    *,
+    steps: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int,
+    pad_id: int,
+    loss_on: str = "assistant",
+    show_progress: bool = True,
+) -> list[dict]:
+    """Trains all weights of model with AdamW and a cosine schedule; returns the loss curve.
+
+    Args:
+        model: A causal LM in training mode.
+        encoded: (input_ids, assistant_mask) pairs from `encode_rows`.
+        steps: Optimiser steps.
+        batch_size: Rows per step (sampled by a seeded permutation, epoch after epoch).
+        learning_rate: Peak learning rate (10% linear warm-up, cosine decay to 10%).
+        seed: Seed of the sampling order.
+        pad_id: Padding token id.
+        loss_on: "assistant" (assistant tokens only) or "all" (every real token).
+        show_progress: Whether to draw a tqdm bar.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)
+    warm = max(1, steps // 10)
+
+    def lr_at(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        progress = (step - warm) / max(1, steps - warm)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    order: list[int] = []
+    curve: list[dict] = []
+    model.train()
+    bar = tqdm(range(steps), desc="pretrain tiny base", disable=not show_progress, leave=False)
+    for step in bar:
+        if len(order) < batch_size:
+            order += torch.randperm(len(encoded), generator=gen).tolist()
+        idx, order = order[:batch_size], order[batch_size:]
+        batch = [encoded[i] for i in idx]
+        width = max(len(ids) for ids, _ in batch)
+        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        attn = torch.zeros((len(batch), width), dtype=torch.long)
+        labels = torch.full((len(batch), width), -100, dtype=torch.long)
+        for r, (ids, mask) in enumerate(batch):
+            n = len(ids)
+            t = torch.tensor(ids, dtype=torch.long)
+            input_ids[r, :n] = t
+            attn[r, :n] = 1
+            keep = (
+                torch.tensor(mask, dtype=torch.bool) if loss_on == "assistant" else attn[r, :n] > 0
+            )
+            labels[r, :n] = torch.where(keep, t, torch.tensor(-100))
+        loss = model(input_ids=input_ids, attention_mask=attn, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        value = float(loss.detach())
+        if step % 10 == 0 or step == steps - 1:
+            curve.append(
+                {"step": step + 1, "loss": round(value, 4), "learning_rate": sched.get_last_lr()[0]}
+            )
+            bar.set_postfix(loss=f"{value:.3f}")
+    model.eval()
+    return curve
+
+
+def build_tiny_base(
+    out_dir: str | Path,
+    arch: Mapping[str, Any] | None = None,
+    pretrain_params: Mapping[str, Any] | None = None,
+    *,
+    show_progress: bool = True,
+    logger: logging.Logger | None = None,
+) -> dict:
+    """Builds, pre-trains and saves the tiny base model into out_dir; returns base_report.
+
+    Args:
+        out_dir: Folder to write the HF model, tokenizer and base_report.json into.
+        arch: Llama architecture (see DEFAULT_ARCH); missing keys take the defaults.
+        pretrain_params: Pre-training settings (see DEFAULT_PRETRAIN); missing keys take defaults.
+        show_progress: Whether to draw a progress bar.
+        logger: Where to log progress.
+
+    Returns:
+        The report also written as out_dir/base_report.json.
+    """
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    from llmops.data import task_api
+    from llmops.errors import StageError
+    from llmops.stages.common import torch_threads, write_json
+
+    logger = logger or log
+    arch = {**DEFAULT_ARCH, **(arch or {})}
+    pp = {**DEFAULT_PRETRAIN, **(pretrain_params or {})}
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    known = list(task_api.TOOLS)
+    unknown = [t for t in pp["tools"] if t not in known]
+    if unknown:
+        raise StageError(
+            f"base: base.pretrain.tools has unknown tool(s) {unknown}. Allowed: {', '.join(known)}."
+        )
+    t0 = time.perf_counter()
+    seed = int(pp["seed"])
+    # One thread: a 64-wide model gains little from more, a second thread collapses (4x slower)
+    # when another process shares the cores, and one thread makes the weights machine-independent.
+    previous_threads = torch.get_num_threads()
+    threads = torch_threads(int(pp.get("threads", 1)))
+    torch.manual_seed(seed)
+
+    # Tokenizer vocabulary covers every tool (fixed seed), so SFT on all tools needs no new tokens.
+    vocab_rows = task_api.generate(2000, seed=10_000 + seed)
+    tokenizer = build_tokenizer(corpus_texts(vocab_rows), int(arch["vocab_size"]))
+
+    rows = task_api.generate(
+        int(pp["n_examples"]),
+        seed=seed,
+        tools=list(pp["tools"]),
+        include_refusals=bool(pp["include_refusals"]),
+    )
+    max_len = int(arch["max_position_embeddings"])
+    encoded = encode_rows(tokenizer, rows, max_len)
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=int(arch["hidden_size"]),
+        intermediate_size=int(arch["intermediate_size"]),
+        num_hidden_layers=int(arch["num_hidden_layers"]),
+        num_attention_heads=int(arch["num_attention_heads"]),
+        num_key_value_heads=int(arch["num_key_value_heads"]),
+        max_position_embeddings=max_len,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=bool(arch.get("tie_word_embeddings", True)),
+    )
+    model = LlamaForCausalLM(config)
+    n_params = sum(p.numel() for p in model.parameters())
+    logger.info(
+        "base: tiny Llama %s params, vocab %d, pre-training %d steps on %d rows (tools %s)",
+        f"{n_params:,}",
+        len(tokenizer),
+        pp["steps"],
+        len(rows),
+        ",".join(pp["tools"]),
+    )
+    t1 = time.perf_counter()
+    curve = pretrain(
+        model,
+        encoded,
+        steps=int(pp["steps"]),
+        batch_size=int(pp["batch_size"]),
+        learning_rate=float(pp["learning_rate"]),
+        seed=seed,
+        pad_id=tokenizer.pad_token_id,
+        loss_on=str(pp.get("loss_on", "assistant")),
+        show_progress=show_progress,
+    )
+    train_s = time.perf_counter() - t1
+    torch.set_num_threads(previous_threads)
+    model.generation_config = GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        do_sample=False,
+        max_new_tokens=96,
+    )
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    seq_lens = [len(ids) for ids, _ in encoded]
+    report = {
+        "model": "tiny",
+        "architecture": "LlamaForCausalLM",
+        "arch": {**arch, "vocab_size": len(tokenizer)},
+        "parameters": n_params,
+        "pretrain": pp,
+        "pretrain_rows": len(rows),
+        "steps": int(pp["steps"]),
+        "loss_curve": curve,
+        "final_loss": curve[-1]["loss"] if curve else None,
+        "seq_len": {"mean": round(sum(seq_lens) / len(seq_lens), 1), "max": max(seq_lens)},
+        "tokenizer": {
+            "type": "byte-level BPE",
+            "vocab_size": len(tokenizer),
+            "special_tokens": SPECIAL_TOKENS,
+            "gguf_pre_tokenizer": GGUF_PRE_TOKENIZER,
+            "chat_template": "chatml",
+        },
+        "threads": threads,
+        "train_seconds": round(train_s, 2),
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    write_json(out_dir / "base_report.json", report)
+    logger.info("base: pre-trained in %.1fs, final loss %.3f", train_s, report["final_loss"] or 0.0)
+    return report

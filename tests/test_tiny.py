@@ -1,0 +1,95 @@
+"""The tiny base model: builds offline, loads with Auto classes, masks assistant tokens."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+from fixtures_model import tiny_base  # noqa: F401  (session fixture)
+
+from llmops.data import task_api
+
+
+def test_base_folder_loads_with_auto_classes(tiny_base):  # noqa: F811
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "base_report.json",
+    ):
+        assert (tiny_base / name).is_file(), name
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    model = AutoModelForCausalLM.from_pretrained(tiny_base)
+    assert model.config.model_type == "llama"
+    assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|pad|>"
+    assert model.config.eos_token_id == tok.eos_token_id
+    assert model.generation_config.eos_token_id == tok.eos_token_id
+    assert model.config.vocab_size == len(tok) <= 512
+    report = json.loads((tiny_base / "base_report.json").read_text())
+    assert report["parameters"] == sum(p.numel() for p in model.parameters())
+    assert report["steps"] == 30 and len(report["loss_curve"]) >= 2
+    assert report["loss_curve"][-1]["loss"] < report["loss_curve"][0]["loss"]
+    assert report["tokenizer"]["gguf_pre_tokenizer"] == "gpt-2"
+
+
+def test_chat_template_marks_exactly_the_assistant_turn(tiny_base):  # noqa: F811
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    assert "{% generation %}" in tok.chat_template or "{%- generation %}" in tok.chat_template
+    row = task_api.generate(1, seed=5)[0]
+    enc = tok.apply_chat_template(
+        row["messages"], tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
+    ids = [i for i, m in zip(enc["input_ids"], enc["assistant_masks"], strict=False) if m]
+    assert tok.decode(ids) == row["messages"][-1]["content"] + "<|im_end|>"
+    prompt = tok.apply_chat_template(
+        row["messages"][:-1], tokenize=False, add_generation_prompt=True
+    )
+    assert prompt.endswith("<|im_start|>assistant\n")
+    assert prompt.startswith("<|im_start|>system\n" + task_api.SYSTEM_PROMPT + "<|im_end|>\n")
+
+
+def test_tokenizer_splits_numbers_into_digits_and_round_trips(tiny_base):  # noqa: F811
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    text = 'Delete task 430. {"tool":"delete_task","arguments":{"task_id":430}}'
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids) == text
+    pieces = tok.convert_ids_to_tokens(tok(" 430", add_special_tokens=False)["input_ids"])
+    assert [p.lstrip("Ġ") for p in pieces if p.lstrip("Ġ")] == ["4", "3", "0"]
+
+
+def test_build_is_deterministic_for_a_seed(tmp_path):
+    from safetensors.torch import load_file
+
+    from llmops.tiny import build_tiny_base
+
+    quick = {"n_examples": 48, "steps": 3, "batch_size": 4}
+    build_tiny_base(tmp_path / "a", pretrain_params=quick, show_progress=False)
+    build_tiny_base(tmp_path / "b", pretrain_params=quick, show_progress=False)
+    a = load_file(tmp_path / "a" / "model.safetensors")
+    b = load_file(tmp_path / "b" / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert all((a[k] == b[k]).all() for k in a)
+    assert (tmp_path / "a" / "tokenizer.json").read_text() == (
+        tmp_path / "b" / "tokenizer.json"
+    ).read_text()
+
+
+def test_unknown_pretrain_tool_is_a_stage_error(tmp_path):
+    from llmops.errors import StageError
+    from llmops.stages import base
+    from llmops.stages.context import StageContext
+
+    ctx = StageContext(run_dir=tmp_path, show_progress=False, logger=logging.getLogger("t"))
+    with pytest.raises(
+        StageError, match=r"base.pretrain.tools has unknown tool\(s\) \['send_mail'\]"
+    ):
+        base.run({"pretrain": {"tools": ["create_task", "send_mail"]}}, {}, tmp_path, ctx)
