@@ -100,6 +100,14 @@ def execute(cfg: Any, run_dir: Path | None = None, overrides: list[str] | None =
     console.print(plan_table(plan))
     if app.dry_run:
         plan.write(Path(run_dir) / "plan.json")
+        if any(s.kind == "compute" for s in plan.stages):
+            from llmops.compiler.render import compute_table
+            from llmops.runner.files import write_json_atomic
+            from llmops.stages.compute import plan as compute_plan
+
+            estimate = compute_plan(plan.stage("compute").params)
+            write_json_atomic(Path(run_dir) / "compute_plan.json", estimate)
+            console.print(compute_table(estimate))
         console.print(f"dry run: nothing ran. Plan written to {Path(run_dir) / 'plan.json'}")
         return None
     manifest = run_plan(plan, Path(run_dir), overrides)

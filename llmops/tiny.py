@@ -262,8 +262,9 @@ def build_tiny_base(
     rows = task_api.generate(
         int(pp["n_examples"]),
         seed=seed,
-        tools=list(pp["tools"]),
+        tools=[*pp["tools"], *pp.get("legacy_tools", [])],
         include_refusals=bool(pp["include_refusals"]),
+        legacy_tools=tuple(pp.get("legacy_tools", ())),
     )
     max_len = int(arch["max_position_embeddings"])
     encoded = encode_rows(tokenizer, rows, max_len)

@@ -21,13 +21,17 @@ def test_dry_run_prints_the_plan_and_writes_plan_json(tmp_path):
     r = llmops("model=qwen3b", "lora=r16", "hardware=t4", "dry_run=true", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "llmops plan: model=qwen3b lora=r16 quant=none on t4 [NVIDIA T4]" in r.stdout
-    for stage in ("data", "sft", "eval_base", "eval", "export"):
+    for stage in ("decide", "compute", "data", "sft", "eval_base", "eval", "export"):
         assert f" {stage} " in r.stdout
+    assert "compute plan: qwen3b on t4:" in r.stdout and "(fits)" in r.stdout
     plans = list(tmp_path.glob("outputs/runs/*/*/plan.json"))
     assert len(plans) == 1
     plan = json.loads(plans[0].read_text())
-    assert [s["kind"] for s in plan["stages"]] == ["data", "sft", "eval_base", "eval", "export"]
-    assert plan["stages"][1]["params"]["lora"]["r"] == 16
+    assert [s["kind"] for s in plan["stages"]] == ["decide", "compute", "data", "sft",
+                                                   "eval_base", "eval", "export"]
+    assert plan["stages"][3]["params"]["lora"]["r"] == 16
+    compute = json.loads((plans[0].parent / "compute_plan.json").read_text())
+    assert compute["fits"] is True and compute["hardware"] == "t4"
     assert not (tmp_path / "outputs" / "store").exists(), "a dry run runs no stage"
 
 

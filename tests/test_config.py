@@ -67,7 +67,8 @@ def test_readme_example_composes_as_written(compose_plan):
     assert cfg.model.hub_id == "Qwen/Qwen2.5-3B-Instruct"
     assert cfg.lora.r == 16 and cfg.lora.alpha == 32
     assert cfg.train.learning_rate == cfg.model.recommended_lr
-    assert [s.name for s in plan.stages] == ["data", "sft", "eval_base", "eval", "export"]
+    assert [s.name for s in plan.stages] == ["decide", "compute", "data", "sft", "eval_base",
+                                            "eval", "export"]
 
 
 def _problems(compose_plan, overrides):

@@ -13,7 +13,7 @@ import pytest
 
 from llmops.errors import StageError
 
-DATA_ONLY = ["model=qwen0.5b", "train=none", "eval=none", "deploy=none"]
+DATA_ONLY = ["model=qwen0.5b", "train=none", "eval=none", "deploy=none", "usecase=none"]
 
 
 def _plan(compose_plan, store: Path, *extra: str):

@@ -184,7 +184,13 @@ def load_model(params: dict[str, Any], base_model: str, ctx: Any) -> tuple[Any, 
         tokenizer.pad_token = tokenizer.eos_token
     bnb = quantization_config(params.get("quant"))
     precision = str(params["train"].get("precision", "fp32"))
-    dtype = torch.bfloat16 if precision == "bf16" and ctx.device != "cpu" else torch.float32
+    # On a GPU: bf16 weights for bf16; for fp16 AMP a frozen base under LoRA can sit in fp16 (the
+    # fp32 adapter is what the grad scaler sees), while a full fine-tune needs fp32 master weights.
+    dtype = torch.float32
+    if ctx.device != "cpu" and precision == "bf16":
+        dtype = torch.bfloat16
+    elif ctx.device != "cpu" and precision == "fp16" and params.get("lora"):
+        dtype = torch.float16
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust}
     if bnb is not None:
         if importlib_missing("bitsandbytes"):

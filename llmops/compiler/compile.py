@@ -88,6 +88,27 @@ def compile_plan(cfg: AppConfig, env: Environment) -> Plan:
     lora = cfg.lora.model_dump(exclude={"enabled"}) if cfg.lora.enabled else None
     b = _Builder()
     base = ["base"] if cfg.model.source == "tiny" else []
+    train = cfg.train.model_dump(exclude={"method"})
+    train.update(backend=backend, precision=precision)
+    if cfg.train.method != "none":
+        from llmops.planning.rules import resolved_train
+
+        planned = resolved_train(cfg, hw)
+        train.update(batch_size=planned["batch_size"], grad_accum=planned["grad_accum"])
+    d = cfg.data
+
+    if cfg.usecase.enabled:
+        b.add("decide", {"usecase": cfg.usecase.model_dump(), "model": model, "train": train,
+                         "hardware": hw}, [],
+              f"go/no-go for '{cfg.usecase.name}': criteria, red flags, method, ROI"
+              f"{'' if cfg.usecase.enforce else ' (not enforced)'}")
+    if cfg.train.method != "none":
+        n_train = (round(d.n_examples * (1 - d.val_fraction - d.test_fraction))
+                   if d.source == "task_api" else None)
+        b.add("compute", {"model": cfg.model.model_dump(exclude={"pretrain"}), "lora": lora,
+                          "quant": quant, "train": train, "hardware": hw,
+                          "data": {"n_train_rows": n_train, "avg_tokens": None}}, [],
+              f"memory by part, fit on {hw['name']}, step time and cost")
 
     if cfg.model.source == "tiny":
         m = cfg.model
@@ -103,7 +124,6 @@ def compile_plan(cfg: AppConfig, env: Environment) -> Plan:
               f"build + pre-train tiny Llama ({m.num_layers}L, d={m.hidden_size}, "
               f"{m.pretrain.steps} steps)")
 
-    d = cfg.data
     files: dict[str, str] = {}
     path = None
     if d.source == "jsonl" and d.path:
@@ -123,15 +143,13 @@ def compile_plan(cfg: AppConfig, env: Environment) -> Plan:
 
     t = cfg.train
     if t.method != "none":
-        train = t.model_dump(exclude={"method"})
-        train.update(backend=backend, precision=precision)
         sft = {"model": model, "lora": lora, "quant": quant, "train": train}
         adapter = f"LoRA r{cfg.lora.r}" if lora else "full fine-tune"
         qtxt = f" on {cfg.quant.type}" if cfg.quant.type != "none" else ""
         steps = f"{t.max_steps} steps" if t.max_steps > 0 else f"{t.epochs:g} epochs"
         b.add("sft", sft, ["data", *base],
-              f"{adapter}{qtxt}, lr {t.learning_rate:g}, {steps}, batch {t.batch_size}x"
-              f"{t.grad_accum}, {backend} on {device}")
+              f"{adapter}{qtxt}, lr {t.learning_rate:g}, {steps}, batch {train['batch_size']}x"
+              f"{train['grad_accum']}, {backend} on {device}")
 
     e = cfg.eval
     if e.enabled:

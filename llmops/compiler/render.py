@@ -61,3 +61,23 @@ def summary_table(manifest: dict[str, Any], eval_report: dict[str, Any] | None) 
                           "yes" if g.get("passed") else "NO")
         out.append(gates)
     return out
+
+
+def compute_table(report: dict[str, Any]) -> Any:
+    """Returns a rich Table of the compute plan: memory by part, fit, time and cost."""
+    from rich.table import Table
+
+    fits = "fits" if report["fits"] else "does NOT fit"
+    title = (f"compute plan: {report['model']} on {report['hardware']}: "
+             f"~{report['total_gb']:.1f} GB of {report['capacity_gb']:.1f} GB ({fits})")
+    table = Table(title=title, title_justify="left", min_width=len(title))
+    table.add_column("part")
+    table.add_column("GB", justify="right")
+    for part, gb in report["parts_gb"].items():
+        table.add_row(part, f"{gb:.2f}")
+    table.add_row("total", f"{report['total_gb']:.2f}")
+    for key, label in (("step_time_s", "step time (s)"), ("run_time_h", "run time (h)"),
+                       ("cost_usd", "cost (USD)")):
+        if report.get(key) is not None:
+            table.add_row(label, f"{report[key]:.3g}")
+    return table

@@ -19,7 +19,7 @@ TASK_API_TOOLS = ("create_task", "list_tasks", "update_task", "complete_task", "
 def cross_field_problems(cfg: AppConfig, env: Environment) -> list[Problem]:
     """Returns every cross-field problem of a schema-valid config."""
     problems: list[Problem] = []
-    for rule in (_model, _adapter, _backend, _precision, _data, _eval, _deploy, _hardware):
+    for rule in (_model, _adapter, _backend, _precision, _data, _eval, _deploy, _hardware, _compute):
         problems += rule(cfg, env)
     return problems
 
@@ -33,7 +33,8 @@ def _model(cfg: AppConfig, env: Environment) -> list[Problem]:
         if m.pretrain is None:
             out.append(Problem("model.pretrain", "is required for model.source=tiny."))
         else:
-            bad = [t for t in m.pretrain.tools if t not in TASK_API_TOOLS]
+            bad = [t for t in [*m.pretrain.tools, *m.pretrain.legacy_tools]
+                   if t not in TASK_API_TOOLS]
             if bad:
                 out.append(Problem(
                     "model.pretrain.tools",
@@ -191,3 +192,10 @@ def _hardware(cfg: AppConfig, env: Environment) -> list[Problem]:
             "to plan for it without running, or use hardware=auto (or cpu) to run here.",
         )]
     return []
+
+
+def _compute(cfg: AppConfig, env: Environment) -> list[Problem]:
+    from llmops.compiler.compile import resolve_hardware
+    from llmops.planning.rules import compute_problems
+
+    return compute_problems(cfg, resolve_hardware(cfg, env))

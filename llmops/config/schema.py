@@ -5,9 +5,11 @@ Pure: imports no torch. Every model forbids unknown keys so typos are errors, ne
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from llmops.config.usecase import UsecaseConfig
 
 
 class _Group(BaseModel):
@@ -18,6 +20,9 @@ class PretrainConfig(_Group):
     """How the tiny model is pre-trained on part of the Task-API task before fine-tuning."""
 
     tools: list[str] = Field(description="Task-API tools the base model sees in pre-training.")
+    legacy_tools: list[str] = Field(
+        default_factory=list, description="Tools pre-trained in the legacy v1 call schema."
+    )
     include_refusals: bool = Field(True, description="Pre-train on refusals too.")
     n_examples: int = Field(800, ge=16, description="Pre-training rows.")
     steps: int = Field(200, ge=1, description="Pre-training optimiser steps.")
@@ -96,8 +101,13 @@ class TrainConfig(_Group):
     learning_rate: float = Field(2e-4, gt=0, lt=1, description="Peak learning rate.")
     epochs: float = Field(1, gt=0, description="Passes over the training split.")
     max_steps: int = Field(-1, ge=-1, description="Stop after this many steps (-1: use epochs).")
-    batch_size: int = Field(16, ge=1, description="Per-device batch size.")
-    grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
+    batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        "auto", description="Per-device batch size; auto: the largest that fits the hardware."
+    )
+    grad_accum: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        "auto", description="Gradient accumulation steps; auto: effective_batch / batch_size."
+    )
+    effective_batch: int = Field(16, ge=1, description="batch_size x grad_accum that auto keeps.")
     seed: int = Field(0, description="Training seed.")
     max_length: int = Field(512, ge=16, description="Training sequence length (tokens).")
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
@@ -172,13 +182,6 @@ class TrackingConfig(_Group):
     group: str | None = Field(None, description="W&B group; defaults to the sweep.")
     mode: Literal["auto", "online", "offline", "disabled"] = Field("auto", description="W&B mode.")
     tags: list[str] = Field(default_factory=list, description="Extra W&B tags.")
-
-
-class UsecaseConfig(_Group):
-    """The business case the decide stage weighs (see the decide stage)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    enabled: bool = Field(False, description="Run the decide stage.")
 
 
 class AppConfig(_Group):

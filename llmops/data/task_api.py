@@ -201,8 +201,14 @@ def _refusal_request(rng: random.Random) -> str:
     return _sentence(rng, body)
 
 
-def format_call(tool: str, arguments: dict[str, Any]) -> str:
-    """Renders a tool call as compact JSON with ``tool`` first, then ``arguments``."""
+def format_call(tool: str, arguments: dict[str, Any], schema: str = "v2") -> str:
+    """Renders a tool call as compact JSON with ``tool`` first, then ``arguments``.
+
+    Schema "v1" is the Task-API's legacy wire format, ``{"action": ..., "params": ...}``: the tiny
+    base model is pre-trained on it for some tools, so fine-tuning has a real migration to learn.
+    """
+    if schema == "v1":
+        return json.dumps({"action": tool, "params": arguments}, separators=(",", ":"))
     return json.dumps({"tool": tool, "arguments": arguments}, separators=(",", ":"))
 
 
@@ -223,6 +229,7 @@ def generate(
     tools: Sequence[str] | None = None,
     include_refusals: bool = True,
     refusal_fraction: float = 0.15,
+    legacy_tools: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """Generates ``n`` Task-API chat rows, the same rows for the same arguments.
 
@@ -237,6 +244,7 @@ def generate(
         tools: Tools to draw calls from, a subset of ``TOOLS``; None means all of them.
         include_refusals: Whether to add out-of-scope requests answered with ``REFUSAL``.
         refusal_fraction: Share of refusal rows, in [0, 1].
+        legacy_tools: Tools whose calls are rendered in the legacy v1 schema (see format_call).
 
     Returns:
         Rows ``{"messages": [system, user, assistant], "meta": {"source", "tool", "refuse"}}``;
@@ -273,7 +281,8 @@ def generate(
     for i in range(n - n_refusals):
         tool = chosen[i % len(chosen)]
         user, args = unique(lambda tool=tool: _BUILDERS[tool](rng))
-        rows.append(_row(user, format_call(tool, args), tool))
+        schema = "v1" if tool in legacy_tools else "v2"
+        rows.append(_row(user, format_call(tool, args, schema), tool))
     for _ in range(n_refusals):
         user, _ = unique(lambda: (_refusal_request(rng), None))
         rows.append(_row(user, REFUSAL, None))

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from llmops.compiler.plan import Plan, StageSpec
-from llmops.errors import GateFailed, LlmopsError, StageError
+from llmops.errors import GateFailed, LlmopsError, NoGo, StageError
 from llmops.runner.manifest import Manifest
 from llmops.runner.store import Store
 from llmops.stages.context import StageContext
@@ -100,6 +100,15 @@ def run_plan(plan: Plan, run_dir: Path, overrides: list[str] | None = None) -> d
                 **{f.name: _sha(f) for f in sorted(entry.glob("*.jsonl"))},
             }
             manifest.write()
+        if spec.kind == "decide" and report.get("go") is False and spec.params["usecase"].get(
+                "enforce", True):
+            from llmops.planning.decide import no_go_message
+
+            blocked = "the decide stage said no-go"
+            manifest.finish("no_go", duration_s=round(time.perf_counter() - t_run, 2))
+            for rest in plan.stages[i:]:
+                manifest.stage(rest.name, status="skipped", reason=blocked)
+            raise NoGo(no_go_message(report, str(run_dir / spec.report)))
         if spec.kind == "eval" and report.get("passed") is False and spec.params.get("enforce"):
             blocked = f"eval gates failed in {spec.name}"
             detail = _gate_failure(report)

@@ -1,0 +1,157 @@
+"""Concrete config overrides that make an infeasible training plan fit, each with its own estimate.
+
+Pure: reads the model presets' YAML with OmegaConf, imports no torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llmops.planning.memory import USABLE_FRACTION, total_gb
+
+DEFAULT_LORA = {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"}
+NF4 = {"type": "nf4", "double_quant": True, "compute_dtype": "auto"}
+MIN_LENGTH = 256
+
+
+def model_presets() -> dict[str, dict[str, Any]]:
+    """Returns the hub model presets of conf/model by name (architecture facts only)."""
+    from omegaconf import OmegaConf
+
+    from llmops.config.compose import conf_dir
+
+    out = {}
+    for path in sorted((conf_dir() / "model").glob("*.yaml")):
+        data = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        if isinstance(data, dict) and data.get("source") == "hub":
+            out[path.stem] = data
+    return out
+
+
+def _usable(hardware: dict[str, Any]) -> float | None:
+    cap = hardware.get("gpu_memory_gb") if hardware.get("device") == "cuda" \
+        else hardware.get("memory_gb")
+    return float(cap) * USABLE_FRACTION if cap else None
+
+
+class _Plan:
+    """One candidate configuration and the overrides that lead to it."""
+
+    def __init__(self, model: dict, lora: dict | None, quant: dict, train: dict,
+                 overrides: list[str]):
+        self.model, self.lora, self.quant, self.train = model, lora, quant, dict(train)
+        self.overrides = overrides
+
+    def gb(self, hardware: dict) -> float:
+        return total_gb(self.model, self.lora, self.quant, self.train, hardware)
+
+    def with_(self, override: str, **kw: Any) -> _Plan:
+        p = _Plan(kw.get("model", self.model), kw.get("lora", self.lora),
+                  kw.get("quant", self.quant), {**self.train, **kw.get("train", {})},
+                  [*self.overrides, override])
+        return p
+
+
+def _qlora(p: _Plan) -> _Plan | None:
+    if (p.quant or {}).get("type") == "nf4":
+        return None
+    if p.lora:
+        return p.with_("quant=nf4", quant=NF4)
+    return p.with_("quant=nf4 lora=r16", quant=NF4, lora=DEFAULT_LORA)
+
+
+def _checkpointing(p: _Plan) -> _Plan | None:
+    if p.train.get("gradient_checkpointing"):
+        return None
+    return p.with_("train.gradient_checkpointing=true", train={"gradient_checkpointing": True})
+
+
+def _smaller_batch(p: _Plan, hardware: dict, usable: float) -> _Plan | None:
+    b, ga = int(p.train.get("batch_size", 1)), int(p.train.get("grad_accum", 1))
+    eff, last = b * ga, None
+    while b > 1:
+        b //= 2
+        last = p.with_(f"train.batch_size={b} train.grad_accum={max(1, eff // b)}",
+                       train={"batch_size": b, "grad_accum": max(1, eff // b)})
+        if last.gb(hardware) <= usable:
+            return last
+    return last
+
+
+def _shorter(p: _Plan, hardware: dict, usable: float) -> _Plan | None:
+    s, last = int(p.train.get("max_length", 512)), None
+    while s // 2 >= MIN_LENGTH:
+        s //= 2
+        last = p.with_(f"train.max_length={s}", train={"max_length": s})
+        if last.gb(hardware) <= usable:
+            return last
+    return last
+
+
+def suggest_fixes(model: dict, lora: dict | None, quant: dict, train: dict, hardware: dict,
+                  presets: dict[str, dict] | None = None, limit: int = 6) -> list[dict[str, Any]]:
+    """Tries overrides that shrink the plan and returns them with their estimates, fitting first.
+
+    Tried alone: quant=nf4 (with lora=r16 when there is no adapter), gradient checkpointing, a
+    smaller batch with more accumulation (same effective batch), a shorter train.max_length.
+    Then the same cumulatively (QLoRA, + checkpointing, + smaller batch, + shorter sequences), and
+    smaller presets of the same family, as configured and with the cumulative fixes.
+
+    Args:
+        model, lora, quant, train, hardware: As for ``memory.estimate``.
+        presets: Model presets by name (default: conf/model); for the smaller-model fixes.
+        limit: The most fixes returned.
+
+    Returns:
+        [{"override": "quant=nf4 lora=r16", "total_gb": 9.8, "fits": True}, ...]
+    """
+    usable = _usable(hardware)
+    if usable is None:
+        return []
+    start = _Plan(model, lora, quant, train, [])
+    tried: list[_Plan] = []
+    for step in (_qlora, _checkpointing):
+        cand = step(start)
+        if cand:
+            tried.append(cand)
+    for step2 in (_smaller_batch, _shorter):
+        cand = step2(start, hardware, usable)
+        if cand:
+            tried.append(cand)
+    chain = start
+    for step in (_qlora, _checkpointing):
+        chain = step(chain) or chain
+        tried.append(chain)
+    for step2 in (_smaller_batch, _shorter):
+        if chain.gb(hardware) > usable:
+            chain = step2(chain, hardware, usable) or chain
+            tried.append(chain)
+    if presets is None:
+        try:
+            presets = model_presets()
+        except Exception:  # noqa: BLE001 - presets are optional; the other fixes still stand
+            presets = {}
+    smaller = sorted(
+        ((n, m) for n, m in presets.items()
+         if m.get("family") == model.get("family") and m["params"] < model["params"]),
+        key=lambda nm: -nm[1]["params"],
+    )
+    for name, m in smaller:
+        as_is = start.with_(f"model={name}", model=m)
+        tried.append(as_is)
+        if as_is.gb(hardware) <= usable:
+            break
+        tried.append(_Plan(m, chain.lora, chain.quant, chain.train,
+                           [f"model={name}", *chain.overrides]))
+    out, seen = [], set()
+    for p in tried:
+        key = " ".join(p.overrides)
+        if not key or key in seen:
+            continue
+        seen.add(key)
+        gb = p.gb(hardware)
+        out.append({"override": key, "total_gb": round(gb, 1), "fits": gb <= usable,
+                    "changes": len(p.overrides)})
+    fitting = sorted((f for f in out if f["fits"]), key=lambda f: (f["changes"], -f["total_gb"]))
+    rest = sorted((f for f in out if not f["fits"]), key=lambda f: f["total_gb"])
+    return (fitting + rest)[:limit]

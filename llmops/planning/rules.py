@@ -1,0 +1,76 @@
+"""The compute feasibility rule: a GPU plan that does not fit fails at compile time, with fixes.
+
+Pure: called from the config rules with the resolved hardware profile; imports no torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llmops.errors import Problem
+from llmops.planning.fixes import suggest_fixes
+from llmops.planning.memory import estimate
+
+PART_ORDER = ("weights", "lora", "gradients", "optimizer", "activations", "logits", "overhead")
+
+
+def plan_inputs(cfg: Any) -> tuple[dict, dict | None, dict, dict]:
+    """Returns (model, lora, quant, train) dicts for the planner from a validated AppConfig."""
+    model = cfg.model.model_dump(exclude={"pretrain"})
+    lora = cfg.lora.model_dump(exclude={"enabled"}) if cfg.lora.enabled else None
+    quant = cfg.quant.model_dump()
+    train = cfg.train.model_dump()
+    if train.get("backend") == "auto":
+        train["backend"] = "hf"  # the larger of the two; unsloth needs less
+    return model, lora, quant, train
+
+
+def resolved_train(cfg: Any, hw: dict[str, Any]) -> dict[str, Any]:
+    """Returns the train settings for planning with batch_size/grad_accum 'auto' resolved."""
+    from llmops.planning.batch import resolve_batch
+
+    model, lora, quant, train = plan_inputs(cfg)
+    train["batch_size"], train["grad_accum"] = resolve_batch(model, lora, quant, train, hw)
+    return train
+
+
+def breakdown(parts_gb: dict[str, float]) -> str:
+    """Renders the parts as 'weights 16.1, gradients 16.1, ...' (non-zero parts only)."""
+    return ", ".join(f"{k} {parts_gb[k]:.1f}" for k in PART_ORDER if parts_gb.get(k, 0) >= 0.05)
+
+
+def compute_problems(cfg: Any, hw: dict[str, Any]) -> list[Problem]:
+    """Returns one 'hardware' problem when a training plan for a GPU does not fit its memory.
+
+    Args:
+        cfg: The validated AppConfig.
+        hw: The resolved hardware profile (``compiler.compile.resolve_hardware``).
+
+    Returns:
+        [] when nothing trains, the plan is for a CPU (estimated, never blocked), or it fits;
+        else one Problem naming the estimate by part and the fixes that fit, each with its own
+        estimate.
+    """
+    if cfg.train.method == "none" or hw.get("device") != "cuda" or not hw.get("gpu_memory_gb"):
+        return []
+    model, lora, quant, _ = plan_inputs(cfg)
+    train = resolved_train(cfg, hw)
+    est = estimate(model, lora, quant, train, hw)
+    if est["fits"]:
+        return []
+    fixes = suggest_fixes(model, lora, quant, train, hw)
+    good = [f for f in fixes if f["fits"]][:4]
+    gpu = hw.get("gpu_name") or hw.get("name")
+    what = "full fine-tune" if lora is None else f"LoRA r{lora['r']}"
+    if quant.get("type", "none") != "none":
+        what += f" on {quant['type']}"
+    msg = (f"{cfg.model.name} ({what}, batch {train['batch_size']} x {train['max_length']} "
+           f"tokens) needs ~{est['total_gb']:.1f} GB on {hw.get('name')} ({gpu}, "
+           f"{hw['gpu_memory_gb']:g} GB, ~{est['usable_gb']:.1f} usable): "
+           f"{breakdown(est['parts_gb'])}.")
+    if good:
+        msg += " Fixes that fit: " + "; ".join(
+            f"{f['override']} (~{f['total_gb']:.1f} GB)" for f in good) + "."
+    else:
+        msg += " No single fix fits; use a larger GPU profile (e.g. hardware=a100_80g)."
+    return [Problem("hardware", msg)]

@@ -1,0 +1,60 @@
+"""Stage `compute`: the pre-flight memory, time and cost plan of the training step.
+
+Pure arithmetic (llmops.planning); writes compute_plan.json. The compiler already refused plans
+that do not fit a GPU (llmops.planning.rules), so here the estimate is recorded, never enforced.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from llmops.planning.fixes import suggest_fixes
+from llmops.planning.memory import estimate
+from llmops.stages.common import write_json
+from llmops.stages.context import StageContext
+
+REPORT_NAME = "compute_plan.json"
+
+
+def plan(params: dict[str, Any]) -> dict[str, Any]:
+    """Builds the compute plan (estimate + fixes) from the stage params, without writing it.
+
+    Args:
+        params: {"model": architecture facts (ModelConfig fields), "lora": dict | None,
+            "quant": dict, "train": dict (resolved backend/precision), "hardware": the resolved
+            profile, "data": {"n_train_rows": int | None, "avg_tokens": int | None}}.
+    """
+    data = params.get("data") or {}
+    args = (params["model"], params.get("lora"), params.get("quant") or {"type": "none"},
+            params["train"], params["hardware"])
+    report = estimate(*args, n_train_rows=data.get("n_train_rows"),
+                      avg_tokens=data.get("avg_tokens"))
+    report["model"] = params["model"].get("name")
+    report["hardware"] = params["hardware"].get("name")
+    report["fixes"] = [] if report["fits"] else suggest_fixes(*args)
+    return report
+
+
+def run(params: dict[str, Any], inputs: dict[str, Path], out_dir: Path,
+        ctx: StageContext) -> dict[str, Any]:
+    """Estimates peak memory by part, fit, batch advice, step/run time and cost.
+
+    Args:
+        params: See ``plan``.
+        inputs: None needed.
+        out_dir: The stage's output folder; receives compute_plan.json.
+        ctx: Run context (logger).
+
+    Returns:
+        The compute plan, as written to compute_plan.json.
+    """
+    report = plan(params)
+    ctx.logger.info(
+        "compute: %s on %s needs ~%.1f GB of %s GB (%s); ~%.2f s/step, run %s h, cost %s USD",
+        report["model"], report["hardware"], report["total_gb"], report["capacity_gb"],
+        "fits" if report["fits"] else "does NOT fit", report["step_time_s"],
+        report["run_time_h"], report["cost_usd"],
+    )
+    write_json(Path(out_dir) / REPORT_NAME, report)
+    return report
