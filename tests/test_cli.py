@@ -93,3 +93,52 @@ def test_sweep_points_are_all_checked_before_launch(tmp_path):
     assert "[sweep point: lora=r8 train.learning_rate=-1]" in r.stderr
     assert "[sweep point: lora=r16 train.learning_rate=-1]" in r.stderr
     assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()
+
+
+def test_default_pipeline_end_to_end(tmp_path):
+    """`python -m llmops` exactly as README writes it: the whole plan offline on the CPU."""
+    r = llmops(cwd=tmp_path, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    runs = list(tmp_path.glob("outputs/runs/*/*"))
+    assert len(runs) == 1
+    run = runs[0]
+    for name in ("plan.json", "manifest.json", "decision_report.json", "compute_plan.json",
+                 "base_report.json", "data_report.json", "training_report.json",
+                 "base_eval.json", "eval_report.json", "export_report.json", "loss_curve.png"):
+        assert (run / name).is_file(), name
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "succeeded"
+    assert {s["status"] for s in manifest["stages"].values()} == {"ran"}
+    assert manifest["libraries"]["torch"] and manifest["hardware"]["device"] == "cpu"
+    assert set(manifest["data_hashes"]) >= {"train.jsonl", "val.jsonl", "test.jsonl"}
+
+    report = json.loads((run / "eval_report.json").read_text())
+    assert set(report) >= {"base", "tuned", "gates", "passed"}
+    assert report["passed"] is True
+    base, tuned = report["base"]["exact_match"], report["tuned"]["exact_match"]
+    assert tuned >= base + 0.3, (base, tuned)
+    assert tuned >= 0.8
+
+    training = json.loads((run / "training_report.json").read_text())
+    assert training["loss_curve"][-1]["loss"] < training["loss_curve"][0]["loss"]
+    assert training["resumed_from_step"] == 0
+
+    # The merged model is a plain transformers model that carries the chat template.
+    code = (
+        "import sys\n"
+        "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        "m = AutoModelForCausalLM.from_pretrained(sys.argv[1])\n"
+        "t = AutoTokenizer.from_pretrained(sys.argv[1])\n"
+        "print(type(m).__name__, bool(t.chat_template))\n"
+    )
+    merged = run / "stages" / "export" / "merged"
+    out = subprocess.run([sys.executable, "-c", code, str(merged)], capture_output=True,
+                         text=True, timeout=120)
+    assert out.stdout.split() == ["LlamaForCausalLM", "True"], out.stderr[-2000:]
+
+    # The same command again reuses every finished stage from the store.
+    again = llmops(cwd=tmp_path, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    second = max(tmp_path.glob("outputs/runs/*/*/manifest.json"), key=lambda p: p.parent.name)
+    statuses = {s["status"] for s in json.loads(second.read_text())["stages"].values()}
+    assert statuses == {"cached"}
