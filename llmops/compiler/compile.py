@@ -7,6 +7,10 @@ from typing import Any
 
 from llmops import __version__
 from llmops.backends import resolve_backend
+from llmops.compiler.align import add_dpo as _add_dpo
+from llmops.compiler.align import add_lm_eval as _add_lm_eval
+from llmops.compiler.align import add_merge as _add_merge
+from llmops.compiler.align import preference_params as _preference_params
 from llmops.compiler.fingerprint import file_sha256, fingerprint
 from llmops.compiler.plan import Plan, StageSpec
 from llmops.config.schema import AppConfig
@@ -88,7 +92,7 @@ def compile_plan(cfg: AppConfig, env: Environment) -> Plan:
     lora = cfg.lora.model_dump(exclude={"enabled"}) if cfg.lora.enabled else None
     b = _Builder()
     base = ["base"] if cfg.model.source == "tiny" else []
-    train = cfg.train.model_dump(exclude={"method"})
+    train = cfg.train.model_dump(exclude={"method", "dpo"})
     train.update(backend=backend, precision=precision)
     if cfg.train.method != "none":
         from llmops.planning.rules import resolved_train
@@ -98,7 +102,8 @@ def compile_plan(cfg: AppConfig, env: Environment) -> Plan:
     d = cfg.data
 
     if cfg.usecase.enabled:
-        b.add("decide", {"usecase": cfg.usecase.model_dump(), "model": model, "train": train,
+        b.add("decide", {"usecase": cfg.usecase.model_dump(),
+                         "model": cfg.model.model_dump(exclude={"pretrain"}), "train": train,
                          "hardware": hw}, [],
               f"go/no-go for '{cfg.usecase.name}': criteria, red flags, method, ROI"
               f"{'' if cfg.usecase.enforce else ' (not enforced)'}")
@@ -136,13 +141,15 @@ def compile_plan(cfg: AppConfig, env: Environment) -> Plan:
         "val_fraction": d.val_fraction, "test_fraction": d.test_fraction, "seed": d.seed,
         "dedup": d.dedup, "max_length": d.max_length, "model": model,
     }
+    if cfg.train.method in ("dpo", "sft_dpo"):  # only then: the SFT-only data fingerprint stays
+        data_params.update(_preference_params(d, files))
     what = {"task_api": f"Task-API x{d.n_examples}", "jsonl": path, "hf": d.hf_id}[d.source]
     b.add("data", data_params, list(base), f"{what} -> train/val/test "
           f"({1 - d.val_fraction - d.test_fraction:.0%}/{d.val_fraction:.0%}/{d.test_fraction:.0%})",
           files)
 
     t = cfg.train
-    if t.method != "none":
+    if t.method in ("sft", "sft_dpo"):
         sft = {"model": model, "lora": lora, "quant": quant, "train": train}
         adapter = f"LoRA r{cfg.lora.r}" if lora else "full fine-tune"
         qtxt = f" on {cfg.quant.type}" if cfg.quant.type != "none" else ""
@@ -150,6 +157,11 @@ def compile_plan(cfg: AppConfig, env: Environment) -> Plan:
         b.add("sft", sft, ["data", *base],
               f"{adapter}{qtxt}, lr {t.learning_rate:g}, {steps}, batch {train['batch_size']}x"
               f"{train['grad_accum']}, {backend} on {device}")
+    if t.method in ("dpo", "sft_dpo"):
+        _add_dpo(b, cfg, model, lora, quant, train, base)
+    if cfg.merge.method != "none":
+        _add_merge(b, cfg, model, base)
+    tuned = next((n for n in ("merge", "dpo", "sft") if b.has(n)), None)
 
     e = cfg.eval
     if e.enabled:
@@ -157,16 +169,18 @@ def compile_plan(cfg: AppConfig, env: Environment) -> Plan:
               "batch_size": e.batch_size, "limit": e.limit}
         b.add("eval_base", ev, ["data", *base], f"base model on the test split"
               f"{f' (first {e.limit})' if e.limit else ''}")
-        if b.has("sft"):
+        if e.lm_eval.tasks:
+            _add_lm_eval(b, cfg, model, tuned, base)
+        if tuned:
             gates = {k: g.model_dump(exclude_none=True) for k, g in e.gates.items()}
             b.add("eval", {**ev, "gates": gates, "enforce": e.enforce},
-                  ["data", "sft", "eval_base", *base],
+                  ["data", tuned, "eval_base", *base],
                   f"tuned vs base; gates: {', '.join(gates) or 'none'}"
                   f"{'' if e.enforce else ' (not enforced)'}")
 
     dp = cfg.deploy
-    if dp.target != "none" and b.has("sft"):
-        needs = ["sft", *(["eval"] if b.has("eval") else []), *base]
+    if dp.target != "none" and tuned:
+        needs = [tuned, *(["eval"] if b.has("eval") else []), *base]
         formats = [f for f in dp.formats if lora or f != "adapter"]
         b.add("export", {"model": model, "formats": formats,
                          "merge_dtype": dp.merge_dtype}, needs, ", ".join(formats))
