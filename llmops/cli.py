@@ -41,39 +41,68 @@ def to_plain(cfg: Any) -> dict[str, Any]:
 
 def check(overrides: list[str]) -> Any:
     """Composes, validates and compiles one point; returns its Plan or raises ConfigError."""
-    from llmops.compiler.compile import compile_plan
     from llmops.config.compose import compose
+
+    return _compile(compose(overrides))
+
+
+def _compile(cfg: Any, env: Any = None) -> Any:
+    from llmops.compiler.compile import compile_plan
     from llmops.config.validate import validate
     from llmops.env import detect
 
-    cfg = compose(overrides)
-    app = validate(to_plain(cfg))
-    return compile_plan(app, detect())
+    return compile_plan(validate(to_plain(cfg)), env or detect())
 
 
-def preflight(argv: list[str]) -> None:
-    """Checks every point the command would run; raises ConfigError listing all problems."""
+def preflight(argv: list[str]) -> Any:
+    """Checks every point the command would run; raises ConfigError listing all problems.
+
+    Returns:
+        The Sweep for a multirun (named sweep or -m), else None. With skip_invalid=true, points
+        that compose but fail validation are listed on stderr and left to skip themselves.
+    """
+    from llmops.config.compose import compose
+    from llmops.env import detect
+    from llmops.sweep import plan_sweep
+
     overrides = [a for a in argv if not a.startswith("-")]
-    multirun = any(a in ("-m", "--multirun") for a in argv)
-    if not multirun:
+    sweep = plan_sweep(overrides, any(a in ("-m", "--multirun") for a in argv))
+    if sweep is None:
         check(overrides)
-        return
-    from llmops.sweep import expand_points
-
-    problems: list[Problem] = []
-    for point in expand_points(overrides):
+        return None
+    env = detect()
+    hard: list[Problem] = []
+    soft: list[Problem] = []
+    for point in sweep.points:
+        tag = f" [sweep point: {sweep.label(point)}]"
         try:
-            check(point)
+            cfg = compose(point)
+        except ConfigError as exc:  # Hydra could not even launch this point
+            hard += [Problem(p.key, p.message + tag) for p in exc.problems]
+            continue
+        try:
+            _compile(cfg, env)
         except ConfigError as exc:
-            label = " ".join(o for o in point if o not in overrides) or "base"
-            problems += [Problem(p.key, f"{p.message} [sweep point: {label}]")
-                         for p in exc.problems]
-    if problems:
-        raise ConfigError(problems)
+            soft += [Problem(p.key, p.message + tag) for p in exc.problems]
+            sweep.invalid.append(sweep.label(point))
+    if hard or (soft and (not sweep.skip_invalid or len(sweep.invalid) == len(sweep.points))):
+        raise ConfigError(hard + soft)
+    if soft:
+        print(f"skip_invalid: {len(sweep.invalid)} of {len(sweep.points)} sweep points are "
+              f"invalid and will be skipped:\n" + "\n".join(f"  - {p}" for p in soft),
+              file=sys.stderr)
+    return sweep
 
 
-def execute(cfg: Any, run_dir: Path | None = None, overrides: list[str] | None = None) -> Any:
+def execute(cfg: Any, run_dir: Path | None = None, overrides: list[str] | None = None,
+            meta: dict[str, Any] | None = None) -> Any:
     """Runs the pipeline for one composed config (the pure task function behind the CLI).
+
+    Args:
+        cfg: The composed config.
+        run_dir: The run folder (default: Hydra's output dir).
+        overrides: The overrides to record (default: Hydra's task overrides).
+        meta: Extra manifest fields (a sweep job's sweep id, sweep folder and job number).
 
     Returns:
         The tuned model's exact match (the metric sweepers optimise), or None when nothing ran.
@@ -110,7 +139,7 @@ def execute(cfg: Any, run_dir: Path | None = None, overrides: list[str] | None =
             console.print(compute_table(estimate))
         console.print(f"dry run: nothing ran. Plan written to {Path(run_dir) / 'plan.json'}")
         return None
-    manifest = run_plan(plan, Path(run_dir), overrides)
+    manifest = run_plan(plan, Path(run_dir), overrides, meta)
     report_path = Path(run_dir) / "eval_report.json"
     report = json.loads(report_path.read_text()) if report_path.is_file() else None
     for renderable in summary_table(manifest, report):
@@ -126,15 +155,63 @@ def _fail(exc: LlmopsError) -> None:
     sys.exit(exc.exit_code)
 
 
+def run_job(cfg: Any) -> Any:
+    """The Hydra task: runs one point; returns the metric sweepers optimise.
+
+    In a multirun a failing point (stage error, gate failure, invalid point) is recorded in its
+    run folder (sweep_job.json, manifest.json) and returns None, or the tuned metric for a gate
+    failure, so Hydra goes on with the other points; `main` exits non-zero at the end.
+    """
+    from llmops.sweep import job_context, record_job
+
+    job = job_context()
+    if job is None:
+        try:
+            return execute(cfg)
+        except LlmopsError as exc:
+            _fail(exc)
+    from hydra.core.hydra_config import HydraConfig
+
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    info = {**job, "overrides": list(hc.overrides.task)}
+    try:
+        metric = execute(cfg, run_dir, list(hc.overrides.task), meta=job)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # one point's failure must not end the sweep
+        status = {"GateFailed": "gate_failed", "NoGo": "no_go"}.get(type(exc).__name__, "failed")
+        if isinstance(exc, ConfigError) and cfg.get("skip_invalid"):
+            status = "invalid"
+        if not isinstance(exc, LlmopsError):
+            log.exception("job %s crashed", job["job_num"])
+        log.error("job %s %s: %s", job["job_num"], status, exc)
+        metric = _tuned_metric(run_dir) if status == "gate_failed" else None
+        error = ("; ".join(str(p) for p in exc.problems) if isinstance(exc, ConfigError)
+                 else str(exc))
+        record_job(run_dir, status, metric, error=error, **info)
+        return metric
+    record_job(run_dir, "dry_run" if cfg.get("dry_run") else "succeeded", metric, **info)
+    return metric
+
+
+def _tuned_metric(run_dir: Path) -> float | None:
+    import json
+
+    try:
+        report = json.loads((run_dir / "eval_report.json").read_text())
+        return float(report["tuned"]["exact_match"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _hydra_app() -> None:
     import hydra
 
     @hydra.main(config_path="pkg://llmops.conf", config_name="config", version_base="1.3")
     def app(cfg: Any) -> Any:
         try:
-            return execute(cfg)
-        except LlmopsError as exc:
-            _fail(exc)
+            return run_job(cfg)
         except KeyboardInterrupt:
             print("\ninterrupted: finished stages stay in the store; rerun to resume.",
                   file=sys.stderr)
@@ -146,11 +223,22 @@ def _hydra_app() -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of `python -m llmops` and the `llmops` console script."""
     args = list(sys.argv[1:] if argv is None else argv)
+    sweep = None
     if not any(a.split("=")[0] in _PASSTHROUGH for a in args):
         try:
-            preflight(args)
+            sweep = preflight(args)
         except ConfigError as exc:
             print(exc.render(), file=sys.stderr)
             sys.exit(EXIT_CONFIG)
+    if sweep is not None and sweep.sweep_dir:
+        from llmops.sweep import pin_override
+
+        args.append(pin_override(sweep.sweep_dir))  # jobs and the summary share one folder
     sys.argv = [sys.argv[0], *args]
     _hydra_app()
+    if sweep is not None and sweep.sweep_dir:
+        from llmops.sweep import print_summary
+
+        code = print_summary(Path(sweep.sweep_dir))
+        if code:
+            sys.exit(code)

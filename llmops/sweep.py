@@ -1,31 +1,212 @@
-"""Expands a multirun command line into its points, with Hydra's own override parser."""
+"""Sweeps: expands a multirun into its points for the pre-flight, records each job's outcome,
+and sums a finished sweep up (so one failing point neither stops the others nor goes unnoticed).
+
+A sweep comes from `-m` with comma lists on the command line, from a named sweep (`sweeps=NAME`,
+whose file sets `hydra.mode: MULTIRUN` and `hydra.sweeper.params`), or both; command-line values
+win over the sweep file's for the same key, as in Hydra's basic sweeper.
+"""
 
 from __future__ import annotations
 
 import itertools
+import json
+import math
+import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmops.errors import EXIT_GATE_FAILED, EXIT_NO_GO, EXIT_OK, EXIT_STAGE_FAILED
+
+JOB_FILE = "sweep_job.json"
+_FAILED = {"failed": EXIT_STAGE_FAILED, "gate_failed": EXIT_GATE_FAILED, "no_go": EXIT_NO_GO}
+
+
+@dataclass
+class Sweep:
+    """What a multirun command will launch, as the pre-flight sees it.
+
+    Attributes:
+        points: The override list of every point (Hydra basic sweeper order; for Optuna, the
+            choice values crossed with each interval's two ends).
+        base: The command-line overrides (a point's label is what it adds to these).
+        sweep_dir: Hydra's sweep folder, resolved once so every job and the summary agree.
+        skip_invalid: The `skip_invalid` key: launch valid points, list invalid ones.
+        invalid: The labels of the points the pre-flight found invalid (and left to skip).
+    """
+
+    points: list[list[str]]
+    base: list[str]
+    sweep_dir: str | None = None
+    skip_invalid: bool = False
+    invalid: list[str] = field(default_factory=list)
+
+    def label(self, point: Sequence[str]) -> str:
+        """Returns what a point adds to the command line, e.g. 'lora=r8 train.epochs=2'."""
+        return " ".join(o for o in point if o not in self.base) or "base"
+
+
+def _values(ov: Any) -> list[str]:
+    """Returns the values to check for one sweep override (ranges and intervals: both ends)."""
+    try:
+        return [str(v) for v in ov.sweep_string_iterator()]
+    except Exception:  # interval() has no finite list of values: check its two ends
+        value = ov.value()
+        ends = [getattr(value, "start", None), getattr(value, "end", None)]
+        return [str(v) for v in ends if v is not None]
 
 
 def expand_points(overrides: Sequence[str]) -> list[list[str]]:
     """Returns the override list of every point of a grid sweep (Hydra basic sweeper order).
 
-    Sweeps Hydra cannot enumerate (ranges for Optuna, intervals) are checked at their first
-    value only.
+    A later override of the same key replaces an earlier one (the command line over the sweep
+    file). Sweeps Hydra cannot enumerate (Optuna's interval) are checked at both ends.
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parser = OverridesParser.create()
-    axes: list[list[str]] = []
+    axes: dict[str, list[str]] = {}
     for ov in parser.parse_overrides(list(overrides)):
         key = ov.get_key_element()
         if ov.is_sweep_override():
-            try:
-                values = list(ov.sweep_string_iterator())
-            except Exception:  # interval()/tag() sweeps have no finite list of values
-                values = []
-            axes.append([f"{key}={v}" for v in values] or [])
-            if not values:
-                axes.pop()
+            axes[key] = [f"{key}={v}" for v in _values(ov)]
         else:
-            axes.append([ov.input_line])
-    return [list(p) for p in itertools.product(*axes)]
+            axes[key] = [ov.input_line]
+    return [list(p) for p in itertools.product(*axes.values())]
+
+
+def plan_sweep(overrides: list[str], multirun_flag: bool) -> Sweep | None:
+    """Reads the sweep a command line launches, or returns None when it is a single run.
+
+    Raises:
+        ConfigError: The fixed (non-swept) overrides do not compose.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    from llmops.config.compose import compose
+    from llmops.errors import ConfigError, Problem
+
+    parser = OverridesParser.create()
+    fixed, sweeps, bad = [], [], False
+    for line in overrides:
+        try:
+            ov = parser.parse_overrides([line])[0]
+        except Exception:  # compose() below reports it with the others
+            fixed.append(line)
+            bad = True
+            continue
+        (sweeps if ov.is_sweep_override() else fixed).append(ov)
+    fixed = [ov if isinstance(ov, str) else ov.input_line for ov in fixed]
+    if bad:
+        compose(fixed)
+    cfg = compose(fixed, return_hydra_config=True)
+    hydra = cfg.hydra
+    if not (multirun_flag or str(hydra.mode).endswith("MULTIRUN")):
+        if sweeps:
+            raise ConfigError([Problem(
+                ov.get_key_element(), f"'{ov.input_line.split('=', 1)[-1]}' is a sweep (several "
+                "values): add -m to run every point, or give one value.") for ov in sweeps])
+        return None
+    node = hydra.sweeper.get("params")
+    params = OmegaConf.to_container(node, resolve=True) if node else {}
+    sweep_dir = None
+    try:
+        sweep_dir = os.path.abspath(str(hydra.sweep.dir))
+    except Exception:  # an interpolation only Hydra's launcher can resolve: leave it to Hydra
+        sweep_dir = None
+    points = expand_points([*(f"{k}={v}" for k, v in params.items()), *overrides])
+    return Sweep(points, list(overrides), sweep_dir, bool(cfg.get("skip_invalid", False)))
+
+
+def pin_override(sweep_dir: str) -> str:
+    """Returns `hydra.sweep.dir='...'`, quoted for Hydra's override grammar."""
+    quoted = sweep_dir.replace("\\", "\\\\").replace("'", "\\'")
+    return f"hydra.sweep.dir='{quoted}'"
+
+
+# ---- inside a job ----
+
+
+def job_context() -> dict[str, Any] | None:
+    """Returns {sweep, sweep_dir, job_num} when running as a job of a multirun, else None.
+
+    `sweep` (the sweep id) is the sweep folder's last two parts, e.g. '2026-11-23/10-38-00'.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN:
+        return None
+    folder = Path(str(hc.sweep.dir)).resolve()
+    return {"sweep": f"{folder.parent.name}/{folder.name}", "sweep_dir": str(folder),
+            "job_num": int(hc.job.num)}
+
+
+def record_job(run_dir: Path, status: str, metric: float | None = None, **fields: Any) -> None:
+    """Writes the job's outcome (sweep_job.json) into its run folder."""
+    from llmops.runner.files import write_json_atomic
+
+    if metric is not None and not math.isfinite(metric):
+        metric = None
+    write_json_atomic(Path(run_dir) / JOB_FILE, {"status": status, "metric": metric, **fields})
+
+
+# ---- after the sweep ----
+
+
+def summarize(sweep_dir: Path) -> tuple[int, list[dict[str, Any]]]:
+    """Reads every job's outcome in a sweep folder; returns (exit code, one row per job).
+
+    A job folder (one holding Hydra's .hydra/) without sweep_job.json died without reporting
+    (killed): it counts as failed. Invalid points skipped on purpose (skip_invalid) do not.
+    """
+    rows = []
+    for hydra_dir in sorted(Path(sweep_dir).glob("**/.hydra")):
+        job_dir = hydra_dir.parent
+        try:
+            row = json.loads((job_dir / JOB_FILE).read_text())
+        except (OSError, ValueError):
+            row = {"status": "failed", "error": "the job ended without reporting (killed?)"}
+        rows.append({"dir": str(job_dir), **row})
+    rows.sort(key=lambda r: (r.get("job_num") is None, r.get("job_num") or 0, r["dir"]))
+    codes = {_FAILED[r["status"]] for r in rows if r["status"] in _FAILED}
+    if not codes:
+        return EXIT_OK, rows
+    return (EXIT_STAGE_FAILED if EXIT_STAGE_FAILED in codes or len(codes) > 1
+            else codes.pop()), rows
+
+
+def swept(rows: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Returns each job's swept overrides (the keys whose value differs between jobs)."""
+    values: dict[str, set[str]] = {}
+    for r in rows:
+        for ov in r.get("overrides") or []:
+            key, _, value = ov.partition("=")
+            values.setdefault(key, set()).add(value)
+    keys = {k for k, v in values.items() if len(v) > 1}
+    return {r["dir"]: [o for o in r.get("overrides") or [] if o.partition("=")[0] in keys]
+            for r in rows}
+
+
+def print_summary(sweep_dir: Path) -> int:
+    """Prints the failed and skipped points of a finished sweep; returns the exit code."""
+    import sys
+
+    code, rows = summarize(sweep_dir)
+    labels = swept(rows)
+    bad = [r for r in rows if r["status"] not in ("succeeded", "dry_run")]
+    skipped = sum(r["status"] == "invalid" for r in rows)
+    lines = [f"sweep finished: {len(rows) - len(bad)} of {len(rows)} points succeeded"
+             f"{f', {skipped} skipped as invalid' if skipped else ''} ({sweep_dir})"]
+    for r in bad:
+        what = " ".join(labels[r["dir"]]) or Path(r["dir"]).name
+        error = (r.get("error") or "").strip().splitlines()
+        lines.append(f"  - job {r.get('job_num', '?')} [{what}]: {r['status']}"
+                     f"{': ' + error[0] if error else ''}")
+    print("\n".join(lines), file=sys.stderr if code else sys.stdout)
+    return code

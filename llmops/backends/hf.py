@@ -251,7 +251,7 @@ def count_params(model: Any) -> tuple[int, int]:
     return int(trainable), int(total)
 
 
-def make_callbacks(ctx: Any) -> tuple[list[Any], dict[str, float]]:
+def make_callbacks(ctx: Any, label: str = "sft") -> tuple[list[Any], dict[str, float]]:
     """Returns trainer callbacks that log progress to ctx.logger and note where a run started."""
     from transformers import TrainerCallback
 
@@ -265,7 +265,8 @@ def make_callbacks(ctx: Any) -> tuple[list[Any], dict[str, float]]:
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "loss" in logs:
                 ctx.logger.info(
-                    "sft: step %d/%d loss %.4f lr %.2e",
+                    "%s: step %d/%d loss %.4f lr %.2e",
+                    label,
                     state.global_step,
                     state.max_steps,
                     logs["loss"],

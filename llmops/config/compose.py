@@ -33,8 +33,9 @@ def group_options(group: str) -> list[str]:
 
 
 def groups() -> list[str]:
-    """Lists the config groups (folders under conf/)."""
-    return sorted(p.name for p in conf_dir().iterdir() if p.is_dir() and not p.name.startswith("_"))
+    """Lists the config groups (folders under conf/; hydra/ holds Hydra's own, e.g. launchers)."""
+    return sorted(p.name for p in conf_dir().iterdir()
+                  if p.is_dir() and not p.name.startswith("_") and p.name != "hydra")
 
 
 # Names users bring from other tools (HF, axolotl, ...) mapped to llmops keys.

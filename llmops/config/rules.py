@@ -19,8 +19,12 @@ TASK_API_TOOLS = ("create_task", "list_tasks", "update_task", "complete_task", "
 def cross_field_problems(cfg: AppConfig, env: Environment) -> list[Problem]:
     """Returns every cross-field problem of a schema-valid config."""
     problems: list[Problem] = []
-    for rule in (_model, _adapter, _backend, _precision, _data, _eval, _deploy, _hardware, _compute):
+    for rule in (_model, _adapter, _backend, _precision, _data, _eval, _deploy, _hardware, _compute,
+                 _tracking):
         problems += rule(cfg, env)
+    from llmops.config.align_rules import alignment_problems
+
+    problems += alignment_problems(cfg, env)
     return problems
 
 
@@ -192,6 +196,14 @@ def _hardware(cfg: AppConfig, env: Environment) -> list[Problem]:
             "to plan for it without running, or use hardware=auto (or cpu) to run here.",
         )]
     return []
+
+
+def _tracking(cfg: AppConfig, env: Environment) -> list[Problem]:
+    t = cfg.tracking
+    if t.backend != "wandb" or t.mode == "disabled" or cfg.dry_run or env.has("wandb"):
+        return []
+    return [Problem("tracking.backend", "'wandb' needs wandb, which is not installed. "
+                                        "pip install 'llmops[tracking]', or use tracking=none.")]
 
 
 def _compute(cfg: AppConfig, env: Environment) -> list[Problem]:

@@ -91,12 +91,36 @@ class DataConfig(_Group):
     seed: int = Field(0, description="Seed of generation and splitting.")
     dedup: bool = Field(True, description="Drop exact duplicate rows.")
     max_length: int = Field(512, ge=16, description="Token length above which rows are flagged.")
+    preference_path: str | None = Field(
+        None, description="DPO pairs JSONL (prompt/chosen/rejected); null: derive from the rows."
+    )
+
+
+class DpoConfig(_Group):
+    """Direct preference optimisation (TRL DPOTrainer) on a LoRA adapter; used by dpo, sft_dpo."""
+
+    beta: float = Field(0.1, gt=0, description="Strength of the pull towards the reference model.")
+    loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = Field(
+        "sigmoid", description="DPO loss; sigmoid is the paper's."
+    )
+    learning_rate: float | None = Field(
+        None, gt=0, lt=1, description="Peak learning rate; null: train.learning_rate / 25."
+    )
+    epochs: float = Field(1, gt=0, description="Passes over the preference pairs.")
+    max_steps: int = Field(-1, ge=-1, description="Stop after this many steps (-1: use epochs).")
+    batch_size: int | None = Field(None, ge=1, description="Pairs per step; null: train's.")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Robust DPO label noise.")
+    init_adapter: str | None = Field(
+        None, description="train=dpo: adapter folder to start from; null: a new adapter on the base."
+    )
 
 
 class TrainConfig(_Group):
     """The training method and its hyper-parameters."""
 
-    method: Literal["sft", "none"] = Field("sft", description="Training method.")
+    method: Literal["sft", "dpo", "sft_dpo", "none"] = Field(
+        "sft", description="sft; dpo (preference pairs only); sft_dpo (SFT, then DPO on it); none."
+    )
     backend: Literal["auto", "hf", "unsloth"] = Field("auto", description="Training backend.")
     learning_rate: float = Field(2e-4, gt=0, lt=1, description="Peak learning rate.")
     epochs: float = Field(1, gt=0, description="Passes over the training split.")
@@ -124,6 +148,7 @@ class TrainConfig(_Group):
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
     assistant_only_loss: bool = Field(True, description="Loss on the assistant's tokens only.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="Training dtype.")
+    dpo: DpoConfig = Field(default_factory=DpoConfig, description="DPO knobs (dpo, sft_dpo).")
 
 
 class GateConfig(_Group):
@@ -137,6 +162,17 @@ class GateConfig(_Group):
     tolerance: float | None = Field(None, ge=0, description="no_regression: allowed drop vs base.")
 
 
+class LmEvalConfig(_Group):
+    """lm-evaluation-harness tasks run on base and tuned (the lm_eval stage)."""
+
+    tasks: list[str] = Field(
+        default_factory=list, description="Harness task names; llmops_* run on the test split."
+    )
+    limit: int | None = Field(None, ge=1, description="Documents per task (null: all).")
+    num_fewshot: int | None = Field(None, ge=0, description="Few-shot examples (null: task's).")
+    batch_size: int = Field(16, ge=1, description="Harness batch size.")
+
+
 class EvalConfig(_Group):
     """Evaluation of base vs tuned on the test split, and the gates that block export."""
 
@@ -146,6 +182,31 @@ class EvalConfig(_Group):
     limit: int | None = Field(None, ge=1, description="Evaluate only the first N test rows.")
     enforce: bool = Field(True, description="A failed gate stops the plan before export.")
     gates: dict[str, GateConfig] = Field(default_factory=dict, description="Named quality gates.")
+    lm_eval: LmEvalConfig = Field(
+        default_factory=LmEvalConfig, description="lm-evaluation-harness tasks."
+    )
+
+
+class MergeConfig(_Group):
+    """Merging adapters into a full-precision standalone model (the merge stage)."""
+
+    method: Literal["none", "linear", "cat", "ties", "dare_linear", "dare_ties", "svd"] = Field(
+        "none", description="none: no merge stage; else peft add_weighted_adapter's combination."
+    )
+    adapters: list[str] = Field(
+        default_factory=list,
+        description="'sft', 'dpo' or adapter folders; empty: the plan's trained adapter.",
+    )
+    weights: list[float] = Field(
+        default_factory=list, description="One weight per adapter; empty: 1.0 each."
+    )
+    density: float = Field(0.5, gt=0, le=1, description="ties/dare: share of weights kept.")
+    majority_sign_method: Literal["total", "frequency"] = Field(
+        "total", description="ties: how the sign of each weight is elected."
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Dtype of the saved merged weights (the merge runs in float32)."
+    )
 
 
 class DeployConfig(_Group):
@@ -193,6 +254,7 @@ class AppConfig(_Group):
     data: DataConfig
     train: TrainConfig
     eval: EvalConfig
+    merge: MergeConfig = Field(default_factory=MergeConfig)
     deploy: DeployConfig
     hardware: HardwareConfig
     tracking: TrackingConfig
@@ -201,8 +263,12 @@ class AppConfig(_Group):
     seed: int = Field(0, description="Global seed.")
     store_dir: str = Field("outputs/store", description="Content-addressed stage cache.")
     progress: bool = Field(True, description="Draw progress bars inside stages.")
+    skip_invalid: bool = Field(
+        False, description="Sweeps: launch the valid points and report invalid ones, not refuse."
+    )
 
 
 GROUPS = (
-    "model", "lora", "quant", "data", "train", "eval", "deploy", "hardware", "tracking", "usecase",
+    "model", "lora", "quant", "data", "train", "eval", "merge", "deploy", "hardware", "tracking",
+    "usecase",
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import platform
 import sys
 import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,8 @@ def library_versions() -> dict[str, str | None]:
 class Manifest:
     """Keeps manifest.json in the run folder true after every stage."""
 
-    def __init__(self, plan: Plan, run_dir: Path, overrides: list[str] | None = None):
+    def __init__(self, plan: Plan, run_dir: Path, overrides: list[str] | None = None,
+                 meta: dict[str, Any] | None = None):
         self.path = Path(run_dir) / "manifest.json"
         self.data: dict[str, Any] = {
             "llmops_version": plan.version,
@@ -49,7 +51,9 @@ class Manifest:
             "data_hashes": {},
             "stages": {s.name: {"kind": s.kind, "status": "pending", "fingerprint": s.fingerprint,
                                 "needs": list(s.needs)} for s in plan.stages},
+            **(meta or {}),
         }
+        self.on_finish: list[Callable[[str], None]] = []  # e.g. tracking sinks' finish(status)
         self.write()
 
     def stage(self, name: str, **fields: Any) -> None:
@@ -61,6 +65,8 @@ class Manifest:
         """Records the run's final status."""
         self.data.update(status=status, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **fields)
         self.write()
+        for callback in self.on_finish:
+            callback(status)
 
     def write(self) -> None:
         """Writes manifest.json atomically."""

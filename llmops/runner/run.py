@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib
 import json
 import logging
@@ -13,8 +14,9 @@ from typing import Any
 from llmops.compiler.plan import Plan, StageSpec
 from llmops.errors import GateFailed, LlmopsError, NoGo, StageError
 from llmops.runner.manifest import Manifest
-from llmops.runner.store import Store
+from llmops.runner.store import Store, latest_checkpoint
 from llmops.stages.context import StageContext
+from llmops.tracking import start_tracking
 
 log = logging.getLogger("llmops")
 
@@ -53,13 +55,15 @@ def _gate_failure(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run_plan(plan: Plan, run_dir: Path, overrides: list[str] | None = None) -> dict[str, Any]:
+def run_plan(plan: Plan, run_dir: Path, overrides: list[str] | None = None,
+             meta: dict[str, Any] | None = None) -> dict[str, Any]:
     """Executes every stage of the plan in order, reusing finished stages from the store.
 
     Args:
         plan: The compiled plan.
         run_dir: The run folder; receives plan.json, manifest.json, reports and stage links.
         overrides: The command-line overrides, recorded in the manifest.
+        meta: Extra top-level manifest fields (a sweep job's `sweep`, `sweep_dir`, `job_num`).
 
     Returns:
         The final manifest data.
@@ -71,7 +75,9 @@ def run_plan(plan: Plan, run_dir: Path, overrides: list[str] | None = None) -> d
     run_dir.mkdir(parents=True, exist_ok=True)
     plan.write(run_dir / "plan.json")
     store = Store(Path(plan.run["store_dir"]))
-    manifest = Manifest(plan, run_dir, overrides)
+    manifest = Manifest(plan, run_dir, overrides, meta)
+    store.register_run(run_dir)
+    tracking = start_tracking(plan, run_dir, manifest)  # metrics.json (+ W&B); finishes with it
     outputs: dict[str, Path] = {}
     total = len(plan.stages)
     blocked: str | None = None
@@ -82,7 +88,7 @@ def run_plan(plan: Plan, run_dir: Path, overrides: list[str] | None = None) -> d
             log.info("[%d/%d] %s: skipped (%s)", i, total, spec.name, blocked)
             continue
         try:
-            entry, status, seconds = _execute(spec, plan, store, outputs, run_dir, i, total)
+            entry, status, seconds, extra = _execute(spec, plan, store, outputs, run_dir, i, total)
         except BaseException as exc:
             manifest.stage(spec.name, status="failed", error=str(exc) or type(exc).__name__)
             manifest.finish("failed", failed_stage=spec.name)
@@ -93,7 +99,8 @@ def run_plan(plan: Plan, run_dir: Path, overrides: list[str] | None = None) -> d
         _link_into_run(spec, entry, run_dir)
         report = _read_report(entry / spec.report)
         manifest.stage(spec.name, status=status, duration_s=round(seconds, 2), path=str(entry),
-                       report=spec.report)
+                       report=spec.report, **extra)
+        tracking.log_stage(spec, report)
         if spec.kind == "data":
             manifest.data["data_hashes"] = {
                 **spec.input_files,
@@ -138,21 +145,47 @@ def _read_report(path: Path) -> dict[str, Any]:
 
 
 def _execute(spec: StageSpec, plan: Plan, store: Store, outputs: dict[str, Path],
-             run_dir: Path, i: int, total: int) -> tuple[Path, str, float]:
-    """Returns (entry, status, seconds) for one stage: from the store, or by running it."""
+             run_dir: Path, i: int, total: int) -> tuple[Path, str, float, dict[str, Any]]:
+    """Returns (entry, status, seconds, extra manifest fields) for one stage.
+
+    The stage comes from the store (cached), or runs in a private .tmp folder, or, for a resumable
+    stage (module attribute RESUMABLE), in its stable .work folder: when that folder holds a
+    checkpoint from an interrupted attempt, training resumes from it (status resumed).
+    """
     t0 = time.perf_counter()
     entry = store.lookup(spec)
     if entry is not None:
         log.info("[%d/%d] %s: cached (%s)", i, total, spec.name, spec.fingerprint[:12])
-        return entry, "cached", time.perf_counter() - t0
+        return entry, "cached", time.perf_counter() - t0, {}
+    module = _stage_module(spec.kind)
+    resumable = bool(getattr(module, "RESUMABLE", False))
     with store.lock(spec):
         entry = store.lookup(spec)  # another job may have finished it while we waited
         if entry is not None:
             log.info("[%d/%d] %s: cached (%s), finished by another job", i, total, spec.name,
                      spec.fingerprint[:12])
-            return entry, "cached", time.perf_counter() - t0
-        log.info("[%d/%d] %s: running: %s", i, total, spec.name, spec.summary)
-        tmp = store.new_tmp(spec)
+            return entry, "cached", time.perf_counter() - t0, {}
+        params, status, extra = dict(spec.params), "ran", {}
+        if resumable:
+            work = store.work_dir(spec)
+            found = latest_checkpoint(work)
+            if found:
+                # Resuming is a run-time fact, not part of the fingerprint.
+                params = copy.deepcopy(spec.params)
+                params.setdefault("train", {})["resume_dir"] = str(found[0])
+                status, extra = "resumed", {"resumed_from_step": found[1]}
+                log.info("[%d/%d] %s: resuming from step %d (%s)", i, total, spec.name,
+                         found[1], found[0])
+            else:
+                for leftover in work.iterdir():  # a crash before the first checkpoint
+                    if leftover.is_dir():
+                        shutil.rmtree(leftover)
+                    else:
+                        leftover.unlink()
+        else:
+            work = store.new_tmp(spec)
+        if status == "ran":
+            log.info("[%d/%d] %s: running: %s", i, total, spec.name, spec.summary)
         ctx = StageContext(
             run_dir=run_dir, device=plan.run["device"], seed=plan.run["seed"],
             logger=logging.getLogger(f"llmops.stage.{spec.kind}"),
@@ -160,11 +193,21 @@ def _execute(spec: StageSpec, plan: Plan, store: Store, outputs: dict[str, Path]
         )
         inputs = {name: outputs[name] for name in spec.needs}
         try:
-            _stage_module(spec.kind).run(dict(spec.params), inputs, tmp, ctx)
+            module.run(params, inputs, work, ctx)
             seconds = time.perf_counter() - t0
-            entry = store.publish(spec, tmp, {"duration_s": round(seconds, 2)})
-        except BaseException:
-            store.discard(tmp)
+            if status == "resumed":
+                report = _read_report(work / spec.report)
+                extra["resumed_from_step"] = int(report.get("resumed_from_step")
+                                                 or extra["resumed_from_step"])
+            entry = store.publish(spec, work, {"duration_s": round(seconds, 2), **extra})
+        except BaseException as exc:
+            if not resumable:  # a resumable stage keeps its checkpoints for the next attempt
+                store.discard(work)
+            elif status == "resumed" and not isinstance(exc, KeyboardInterrupt):
+                log.warning("%s failed while resuming from %s. If the checkpoint is the problem, "
+                            "remove %s (or run python -m llmops.store gc) to start over.",
+                            spec.name, params["train"]["resume_dir"], work)
             raise
-    log.info("[%d/%d] %s: done in %.1fs", i, total, spec.name, seconds)
-    return entry, "ran", seconds
+    log.info("[%d/%d] %s: %s in %.1fs", i, total, spec.name,
+             "resumed and done" if status == "resumed" else "done", seconds)
+    return entry, status, seconds, extra

@@ -86,6 +86,8 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
         "token_lengths": token_stats(rows, params, inputs, ctx),
         "files": [f"{name}.jsonl" for name in splits],
     }
+    if params.get("preferences") in ("derive", "path"):
+        report["preferences"] = _write_preferences(params, splits, seed, out_dir, ctx)
     write_json(out_dir / REPORT_NAME, report)
     c = report["counts"]
     ctx.logger.info(
@@ -338,3 +340,43 @@ def _measure(rows: list[dict], name: str, model: dict) -> tuple[list[int], str]:
         return [len(e.ids) for e in fast.encode_batch(texts, add_special_tokens=special)], method
     ids = tok(texts, add_special_tokens=special)["input_ids"]
     return [len(x) for x in ids], method
+
+
+def _write_preferences(params: dict, splits: dict[str, list[dict]], seed: int, out_dir: Path,
+                       ctx: StageContext) -> dict[str, Any]:
+    """Writes pref_{train,val,test}.jsonl (DPO pairs) and returns their report section.
+
+    params["preferences"] is "derive" (one pair per row of each split, so held-out pairs come from
+    held-out prompts) or "path" (the user's file at preference_path, split like the rows).
+    """
+    from llmops.data import preferences
+
+    if params["preferences"] == "path":
+        path = _input_file(params.get("preference_path"))
+        pairs, rejects, n_read = preferences.read_pairs(path, params.get("system_prompt"))
+        if not pairs:
+            first = "; ".join(f"line {r['line']}: {r['reason']}" for r in rejects[:3])
+            raise StageError(f"data.preference_path: no valid pair in {path} ({n_read} read"
+                             f"{': ' + first if first else ''}). Each line needs prompt, chosen, "
+                             "rejected.")
+        parts = split_rows(pairs, float(params.get("val_fraction", 0.1)),
+                           float(params.get("test_fraction", 0.1)), seed)
+        section: dict[str, Any] = {"method": "path", "origin": str(path), "read": n_read,
+                                   "rejects": rejects[:MAX_LISTED]}
+    else:
+        parts, kinds = {}, Counter()
+        for i, (name, rows) in enumerate(splits.items()):
+            parts[name], k = preferences.derive(rows, seed + 1000 * (i + 1))
+            kinds.update(k)
+        if not parts["train"]:
+            raise StageError("data: no preference pair could be derived from the rows. Give "
+                             "pairs with data.preference_path=FILE.jsonl (prompt/chosen/rejected).")
+        section = {"method": "derive", "kinds": dict(sorted(kinds.items())),
+                   "derivation": {k: preferences.DERIVATION[k] for k in sorted(kinds)}}
+    for name, part in parts.items():
+        write_jsonl(out_dir / f"pref_{name}.jsonl", part)
+    section["counts"] = {name: len(part) for name, part in parts.items()}
+    section["files"] = [f"pref_{name}.jsonl" for name in parts]
+    ctx.logger.info("data: preference pairs (%s) train %d / val %d / test %d", section["method"],
+                    *(section["counts"][n] for n in ("train", "val", "test")))
+    return section

@@ -28,9 +28,11 @@ def tuned_artifact(sft_dir: Path, stage: str) -> tuple[str, Path]:
     """
     sft_dir = Path(sft_dir)
     artifact = None
-    report = sft_dir / "training_report.json"
-    if report.is_file():
-        artifact = json.loads(report.read_text(encoding="utf-8")).get("artifact")
+    for name in ("training_report.json", "dpo_report.json", "merge_report.json"):
+        report = sft_dir / name
+        if report.is_file():
+            artifact = json.loads(report.read_text(encoding="utf-8")).get("artifact")
+            break
     for kind in ([artifact] if artifact else []) + ["adapter", "model"]:
         if kind in ("adapter", "model") and (sft_dir / kind).is_dir():
             return kind, sft_dir / kind
@@ -38,6 +40,17 @@ def tuned_artifact(sft_dir: Path, stage: str) -> tuple[str, Path]:
         f"{stage}: {sft_dir} holds neither adapter/ nor model/ (artifact={artifact!r}). "
         "Rerun the sft stage."
     )
+
+
+TUNED_STAGES = ("merge", "dpo", "sft")
+
+
+def tuned_input(inputs: dict[str, Path]) -> tuple[str, Path] | None:
+    """Returns (stage, folder) of the model to evaluate/export: merge, else dpo, else sft."""
+    for stage in TUNED_STAGES:
+        if inputs.get(stage) is not None:
+            return stage, Path(inputs[stage])
+    return None
 
 
 def read_base_eval(inputs: dict[str, Path]) -> dict[str, Any] | None:
@@ -85,9 +98,11 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
     problems = validate_gates(params.get("gates"))
     if problems:  # fail before the slow part
         raise StageError("eval: invalid gates: " + "; ".join(map(str, problems)))
-    if inputs.get("sft") is None:
+    tuned_in = tuned_input(inputs)
+    if tuned_in is None:
         raise StageError("eval: no 'sft' input. The plan must run the sft stage first.")
-    artifact, path = tuned_artifact(inputs["sft"], "eval")
+    tuned_stage, tuned_dir = tuned_in
+    artifact, path = tuned_artifact(tuned_dir, "eval")
     base_report = read_base_eval(inputs)
     if base_report is None:
         ctx.logger.info("eval: no eval_base input; evaluating the base model here.")
@@ -133,6 +148,7 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
         "deltas": metric_deltas(tuned["metrics"], base_report["metrics"]),
         "n": tuned["n"],
         "artifact": artifact,
+        "tuned_stage": tuned_stage,
         "samples": tuned["samples"],
         "seconds": round(time.perf_counter() - start, 3),
         "generation_seconds": tuned["seconds"],

@@ -162,7 +162,7 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
         {formats, paths (relative to out_dir), parity, size_mb, artifact, eval_passed}.
     """
     from llmops.stages.common import base_model_path, write_json
-    from llmops.stages.eval import tuned_artifact
+    from llmops.stages.eval import tuned_artifact, tuned_input
 
     out_dir = Path(out_dir)
     formats = list(params["formats"] if params.get("formats") is not None else FORMATS)
@@ -171,15 +171,27 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
         raise StageError(
             f"export: formats {unknown} not supported here. Use a subset of {', '.join(FORMATS)}."
         )
-    if inputs.get("sft") is None:
+    tuned_in = tuned_input(inputs)
+    if tuned_in is None:
         raise StageError("export: no 'sft' input. The plan must run the sft stage first.")
-    artifact, src = tuned_artifact(inputs["sft"], "export")
+    tuned_stage, tuned_dir = tuned_in
+    artifact, src = tuned_artifact(tuned_dir, "export")
     trust = bool((params.get("model") or {}).get("trust_remote_code", False))
     paths: dict[str, str] = {}
     parity: dict[str, Any] | None = None
     done: list[str] = []
 
-    if artifact == "adapter":
+    if tuned_stage == "merge":
+        # The merge stage already merged (and checked) the model: copy its outputs.
+        merge_report = json.loads((tuned_dir / "merge_report.json").read_text(encoding="utf-8"))
+        for fmt, sub in (("adapter", "adapter"), ("merged", "model")):
+            if fmt in formats and (tuned_dir / sub).is_dir():
+                shutil.copytree(tuned_dir / sub, out_dir / fmt)
+                paths[fmt] = fmt
+                done.append(fmt)
+        parity = {**merge_report.get("parity", {}), "from": "merge stage",
+                  "note": merge_report.get("note")}
+    elif artifact == "adapter":
         if "adapter" in formats:
             shutil.copytree(src, out_dir / "adapter")
             paths["adapter"] = "adapter"
@@ -207,7 +219,7 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
             "passed": True,
             "skipped": "full fine-tune copied as is; nothing was merged",
         }
-    if artifact == "model" and "adapter" in formats:
+    if artifact == "model" and "adapter" in formats and tuned_stage != "merge":
         ctx.logger.warning("export: sft trained the full model (lora=none); no adapter to copy.")
 
     eval_passed = None
@@ -221,6 +233,7 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
         "parity": parity,
         "size_mb": _dir_size_mb(out_dir),
         "artifact": artifact,
+        "source_stage": tuned_stage,
         "eval_passed": eval_passed,
     }
     write_json(out_dir / REPORT_NAME, report)

@@ -11,6 +11,9 @@ from typing import Any
 from llmops.stages.context import StageContext
 
 REPORT_NAME = "training_report.json"
+# The runner gives this stage a stable work folder per fingerprint and, when an interrupted
+# attempt left a checkpoint there, sets params["train"]["resume_dir"] to it.
+RESUMABLE = True
 
 
 def run(

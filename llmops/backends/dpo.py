@@ -1,0 +1,246 @@
+"""DPO with TRL's DPOTrainer on a LoRA adapter (transformers + peft + trl), CPU or GPU.
+
+Starting from an adapter (the SFT one), TRL keeps a frozen copy of it as the reference ("ref"
+adapter), so DPO pulls towards the SFT model, not the base. Starting from the base, a new adapter is
+created and the reference is the base (adapter disabled). Only the trained adapter is saved.
+
+Held-out pairs (pref_test.jsonl) are scored before and after training with the same code:
+sequence log-probabilities of chosen and rejected answers under the policy, and DPO's implicit
+rewards beta * (log pi - log pi_ref) against the starting model.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from llmops.backends.hf import (
+    count_params,
+    load_model,
+    lora_config,
+    plot_loss_curve,
+    precision_flags,
+    set_cpu_threads,
+)
+from llmops.errors import StageError
+from llmops.stages.common import peak_memory_mb, read_jsonl, write_json
+
+REPORT_NAME = "dpo_report.json"
+PAIR_KEYS = ("prompt", "chosen", "rejected")
+LOGGED = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
+
+
+def load_pairs(data_dir: Path, split: str) -> list[dict[str, Any]]:
+    """Reads pref_<split>.jsonl from the data stage folder (empty list when absent)."""
+    path = Path(data_dir) / f"pref_{split}.jsonl"
+    return read_jsonl(path) if path.is_file() else []
+
+
+def sequence_logps(model: Any, tokenizer: Any, pairs: list[dict[str, Any]]) -> list[tuple]:
+    """Returns (logp chosen, logp rejected) per pair: summed over the answer's tokens.
+
+    The prompt is rendered with the chat template and the generation prompt; the answer is what the
+    template adds after it for the whole conversation (so end-of-turn tokens count too).
+    """
+    import torch
+
+    from llmops.generation import small_model_threads
+
+    device = next(model.parameters()).device
+    out = []
+    with small_model_threads(model), torch.inference_mode():
+        for pair in pairs:
+            prompt = tokenizer.apply_chat_template(pair["prompt"], tokenize=False,
+                                                   add_generation_prompt=True)
+            n_prompt = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+            scores = []
+            for key in ("chosen", "rejected"):
+                full = tokenizer.apply_chat_template(pair["prompt"] + pair[key], tokenize=False)
+                ids = tokenizer(full, add_special_tokens=False, return_tensors="pt")["input_ids"]
+                ids = ids.to(device)
+                logits = model(input_ids=ids).logits[0, :-1].float()
+                logp = torch.log_softmax(logits, -1).gather(1, ids[0, 1:, None])[:, 0]
+                scores.append(float(logp[n_prompt - 1:].sum()))
+            out.append(tuple(scores))
+    return out
+
+
+def preference_metrics(logps: list[tuple], pairs: list[dict[str, Any]],
+                       ref: list[tuple] | None = None, beta: float = 0.1) -> dict[str, Any]:
+    """Scores held-out pairs: how often and by how much the model prefers chosen over rejected.
+
+    Returns:
+        {"n", "logp_accuracy", "logp_margin", "by_kind": {kind: logp_accuracy}} plus, against a
+        reference, DPO's implicit rewards: "rewards/chosen", "rewards/rejected", "rewards/margins",
+        "rewards/accuracies" (as TRL defines them).
+    """
+    if not logps:
+        return {"n": 0}
+    n = len(logps)
+    wins = [c > r for c, r in logps]
+    kinds: dict[str, list[bool]] = {}
+    for pair, win in zip(pairs, wins, strict=True):
+        kinds.setdefault(str((pair.get("meta") or {}).get("kind")), []).append(win)
+    out: dict[str, Any] = {
+        "n": n,
+        "logp_accuracy": round(sum(wins) / n, 6),
+        "logp_margin": round(sum(c - r for c, r in logps) / n, 6),
+        "by_kind": {k: round(sum(v) / len(v), 6) for k, v in sorted(kinds.items())},
+    }
+    if ref is not None:
+        rc = [beta * (c - rc_) for (c, _), (rc_, _) in zip(logps, ref, strict=True)]
+        rr = [beta * (r - rr_) for (_, r), (_, rr_) in zip(logps, ref, strict=True)]
+        out.update({
+            "rewards/chosen": round(sum(rc) / n, 6),
+            "rewards/rejected": round(sum(rr) / n, 6),
+            "rewards/margins": round(sum(a - b for a, b in zip(rc, rr, strict=True)) / n, 6),
+            "rewards/accuracies": round(sum(a > b for a, b in zip(rc, rr, strict=True)) / n, 6),
+        })
+    return out
+
+
+def dpo_config(params: dict[str, Any], out_dir: Path, ctx: Any) -> Any:
+    """Builds TRL's DPOConfig from the dpo stage params."""
+    from trl import DPOConfig
+
+    train, dpo = params["train"], params.get("dpo") or {}
+    return DPOConfig(
+        output_dir=str(Path(out_dir) / "checkpoints"),
+        per_device_train_batch_size=int(train.get("batch_size", 16)),
+        per_device_eval_batch_size=int(train.get("batch_size", 16)),
+        gradient_accumulation_steps=int(train.get("grad_accum", 1)),
+        learning_rate=float(train.get("learning_rate", 5e-5)),
+        num_train_epochs=float(train.get("epochs", 1)),
+        max_steps=int(train.get("max_steps", -1)),
+        warmup_steps=int(train.get("warmup_steps", 0)),
+        weight_decay=float(train.get("weight_decay", 0.0)),
+        lr_scheduler_type=str(train.get("lr_scheduler", "linear")),
+        optim=str(train.get("optimizer", "adamw_torch")),
+        logging_steps=int(train.get("logging_steps", 10)),
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=int(train.get("save_steps", 50)),
+        save_total_limit=train.get("save_total_limit", 2),
+        eval_strategy="no",
+        gradient_checkpointing=bool(train.get("gradient_checkpointing", False)),
+        max_length=int(train.get("max_length", 512)),
+        beta=float(dpo.get("beta", 0.1)),
+        loss_type=[str(dpo.get("loss_type", "sigmoid"))],
+        label_smoothing=float(dpo.get("label_smoothing", 0.0)),
+        seed=int(train.get("seed", 0)),
+        data_seed=int(train.get("seed", 0)),
+        use_cpu=ctx.device == "cpu",
+        report_to=train.get("report_to", "none"),
+        run_name=train.get("run_name"),
+        disable_tqdm=not ctx.show_progress,
+        dataloader_num_workers=0,
+        **precision_flags(str(train.get("precision", "fp32")), ctx.device),
+    )
+
+
+def train_dpo(params: dict[str, Any], data_dir: Path, base_model: str, init_adapter: Path | None,
+              out_dir: Path, ctx: Any) -> dict[str, Any]:
+    """Trains a LoRA adapter with DPO on data_dir/pref_train.jsonl; writes adapter/ and the report.
+
+    Args:
+        params: {"model", "lora", "quant", "train", "dpo"} (see PARAMS.md).
+        data_dir: The data stage folder (pref_train.jsonl, pref_test.jsonl).
+        base_model: Base model folder or hub id.
+        init_adapter: Adapter to continue (the SFT one) or None for a new adapter on the base.
+        out_dir: The stage's output folder.
+        ctx: Run context.
+
+    Raises:
+        StageError: When there are no training pairs.
+    """
+    from datasets import Dataset
+    from peft import PeftModel
+    from trl import DPOTrainer
+
+    from llmops.backends.hf import make_callbacks
+
+    out_dir = Path(out_dir)
+    train_pairs = load_pairs(data_dir, "train")
+    if not train_pairs:
+        raise StageError(f"dpo: no preference pairs in {data_dir}/pref_train.jsonl. The data stage "
+                         "writes them when train.method is dpo or sft_dpo; rerun it.")
+    test_pairs = load_pairs(data_dir, "test")
+    beta = float((params.get("dpo") or {}).get("beta", 0.1))
+    model, tokenizer = load_model(params, base_model, ctx)
+    set_cpu_threads(params["train"].get("cpu_threads"), model, ctx)
+    peft_config = None
+    if init_adapter is not None:
+        model = PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True)
+    else:
+        peft_config = lora_config(params.get("lora"))
+    model.eval()
+    before = sequence_logps(model, tokenizer, test_pairs)
+    args = dpo_config(params, out_dir, ctx)
+    callbacks, start = make_callbacks(ctx, "dpo")
+    trainer = DPOTrainer(
+        model=model, args=args,
+        train_dataset=Dataset.from_list([{k: p[k] for k in PAIR_KEYS} for p in train_pairs]),
+        processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks,
+    )
+    t0 = time.perf_counter()
+    result = trainer.train()
+    runtime = time.perf_counter() - t0
+    trained = trainer.model
+    trained.eval()
+    after = sequence_logps(trained, tokenizer, test_pairs)
+    art_dir = out_dir / "adapter"
+    names = list(getattr(trained, "peft_config", {}) or {})
+    trained.save_pretrained(str(art_dir), selected_adapters=["default"] if "ref" in names else None)
+    tokenizer.save_pretrained(str(art_dir))
+    state = trainer.state
+    curve = [{"step": h["step"], **{k: round(float(h[k]), 6) for k in LOGGED if k in h}}
+             for h in state.log_history if "loss" in h and "step" in h]
+    start_name = "sft" if init_adapter is not None else "base"
+    held_out = {
+        "start": start_name,
+        start_name: preference_metrics(before, test_pairs, before, beta),
+        "dpo": preference_metrics(after, test_pairs, before, beta),
+    }
+    if test_pairs:
+        s, d = held_out[start_name], held_out["dpo"]
+        held_out["improved"] = bool(d["logp_margin"] > s["logp_margin"]
+                                    and d["logp_accuracy"] >= s["logp_accuracy"])
+    last = curve[-1] if curve else {}
+    trainable, total = count_params(trained)
+    report = {
+        "backend": "hf",
+        "method": "dpo",
+        "artifact": "adapter",
+        "artifact_dir": "adapter",
+        "base_model": base_model,
+        "init_adapter": str(init_adapter) if init_adapter else None,
+        "reference": ("the starting adapter (a frozen copy)" if init_adapter is not None
+                      else "the base model (adapter disabled)"),
+        "dpo": params.get("dpo"),
+        "pairs": {"train": len(train_pairs), "test": len(test_pairs)},
+        "train_metrics": {k: last.get(k) for k in LOGGED},
+        "held_out": held_out,
+        "loss_curve": curve,
+        "final_loss": last.get("loss", float(result.training_loss)),
+        "train_loss_mean": float(result.training_loss),
+        "train_runtime_s": round(runtime, 3),
+        "steps": int(state.global_step),
+        "epochs": round(float(state.epoch or 0.0), 4),
+        "trainable_params": trainable,
+        "total_params": total,
+        "peak_memory_mb": peak_memory_mb(ctx.device),
+        "device": ctx.device,
+        "resumed_from_step": 0,
+        "start_step": int(start.get("step", 0)),
+    }
+    if plot_loss_curve([p for p in curve if "loss" in p], out_dir / "dpo_loss_curve.png",
+                       "dpo (hf, adapter)"):
+        report["loss_curve_png"] = "dpo_loss_curve.png"
+    write_json(out_dir / REPORT_NAME, report)
+    if test_pairs:
+        ctx.logger.info("dpo: held-out pairs: %s logp accuracy %.3f margin %.2f -> dpo %.3f / %.2f",
+                        start_name, held_out[start_name]["logp_accuracy"],
+                        held_out[start_name]["logp_margin"], held_out["dpo"]["logp_accuracy"],
+                        held_out["dpo"]["logp_margin"])
+    return report

@@ -1,0 +1,157 @@
+"""Preference pairs for DPO: derived from SFT rows, or read from the user's JSONL file.
+
+A pair is ``{"prompt": [messages], "chosen": [assistant], "rejected": [assistant], "meta": {...}}``
+(TRL's conversational preference format). Pure Python and deterministic for a seed.
+
+Derivation from a chat row whose answer is a Task-API call rotates over plausible mistakes:
+``legacy_v1`` (the old ``{"action","params"}`` schema the tiny base was pre-trained on),
+``wrong_tool``, ``wrong_argument`` (one argument value changed), ``malformed_json`` and
+``false_refusal``. A must-refuse row gets a ``complied`` call; any other row gets another row's
+answer (``other_answer``).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from llmops.data import task_api
+
+CALL_KINDS = ("legacy_v1", "wrong_tool", "wrong_argument", "malformed_json", "false_refusal")
+DERIVATION = {
+    "legacy_v1": "the same call in the legacy v1 schema {\"action\", \"params\"}",
+    "wrong_tool": "the same arguments sent to another tool",
+    "wrong_argument": "one argument value changed (id, title, date, priority or status)",
+    "malformed_json": "the correct call with its closing brace cut off",
+    "false_refusal": "the refusal sentence instead of the call",
+    "complied": "a create_task call instead of the refusal the request needed",
+    "other_answer": "another row's answer (rows that are not tool calls)",
+}
+
+
+def _other(rng: random.Random, value: Any, pool: tuple) -> Any:
+    return rng.choice([v for v in pool if v != value])
+
+
+def _wrong_argument(rng: random.Random, tool: str, args: dict[str, Any]) -> dict[str, Any]:
+    args = dict(args)
+    if not args:  # list_tasks with no filter: add one
+        return {"status": rng.choice(("open", "done"))}
+    key = rng.choice(sorted(args))
+    value = args[key]
+    if key == "task_id":
+        args[key] = value + rng.choice((1, 2, 10)) if value < 990 else value - 7
+    elif key == "title":
+        args[key] = _other(rng, value, task_api._TITLES)
+    elif key == "priority":
+        args[key] = _other(rng, value, task_api._PRIORITIES)
+    elif key == "status":
+        args[key] = _other(rng, value, task_api._STATUSES)
+    elif key == "due":
+        args[key] = value[:-2] + f"{(int(value[-2:]) % 28) + 1:02d}"
+    else:
+        args.pop(key)
+    return args
+
+
+def rejected_for(row: dict[str, Any], rng: random.Random, kind: str) -> str:
+    """Returns a plausible wrong answer of the given kind for a row whose answer is a tool call."""
+    call = task_api.parse_call(row["messages"][-1]["content"])
+    tool, args = call["tool"], call.get("arguments") or {}
+    if kind == "legacy_v1":
+        return task_api.format_call(tool, args, schema="v1")
+    if kind == "wrong_tool":
+        return task_api.format_call(_other(rng, tool, task_api.TOOLS), args)
+    if kind == "wrong_argument":
+        return task_api.format_call(tool, _wrong_argument(rng, tool, args))
+    if kind == "malformed_json":
+        return task_api.format_call(tool, args)[:-1]
+    return task_api.REFUSAL
+
+
+def _pair(prompt: list, chosen: str, rejected: str, meta: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "prompt": prompt,
+        "chosen": [{"role": "assistant", "content": chosen}],
+        "rejected": [{"role": "assistant", "content": rejected}],
+        "meta": meta,
+    }
+
+
+def derive(rows: list[dict[str, Any]], seed: int) -> tuple[list[dict[str, Any]], Counter]:
+    """Derives one preference pair per chat row (see the module docstring); returns pairs, kinds."""
+    rng = random.Random(seed)
+    pairs, kinds = [], Counter()
+    answers = [r["messages"][-1]["content"] for r in rows]
+    for i, row in enumerate(rows):
+        chosen = row["messages"][-1]["content"]
+        meta = row.get("meta") or {}
+        if task_api.parse_call(chosen) is not None:
+            kind = CALL_KINDS[(i + rng.randrange(len(CALL_KINDS))) % len(CALL_KINDS)]
+            rejected = rejected_for(row, rng, kind)
+        elif meta.get("refuse"):
+            kind = "complied"
+            title = rng.choice(task_api._TITLES)
+            rejected = task_api.format_call("create_task", {"title": title})
+        else:
+            others = [a for a in answers if a != chosen]
+            if not others:
+                continue
+            kind, rejected = "other_answer", rng.choice(others)
+        kinds[kind] += 1
+        pairs.append(_pair(row["messages"][:-1], chosen, rejected,
+                           {"source": meta.get("source"), "tool": meta.get("tool"),
+                            "refuse": bool(meta.get("refuse")), "kind": kind}))
+    return pairs, kinds
+
+
+def _as_messages(value: Any, role: str) -> list[dict[str, str]] | None:
+    if isinstance(value, str) and value.strip():
+        return [{"role": role, "content": value}]
+    if isinstance(value, list) and value and all(
+        isinstance(m, dict) and isinstance(m.get("content"), str) and m.get("role") for m in value
+    ):
+        return [{"role": m["role"], "content": m["content"]} for m in value]
+    return None
+
+
+def read_pairs(path: str | Path, system_prompt: str | None = None
+               ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
+    """Reads the user's preference JSONL (prompt/chosen/rejected, plain strings or chat messages).
+
+    Returns:
+        (pairs, rejects with line numbers and reasons, lines read).
+    """
+    pairs, rejects, n = [], [], 0
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            n += 1
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                rejects.append({"line": line_no, "reason": f"invalid JSON ({e.msg})"})
+                continue
+            if not isinstance(obj, dict) or not {"prompt", "chosen", "rejected"} <= set(obj):
+                rejects.append({"line": line_no, "reason": "needs prompt, chosen and rejected"})
+                continue
+            prompt = _as_messages(obj["prompt"], "user")
+            chosen = _as_messages(obj["chosen"], "assistant")
+            rejected = _as_messages(obj["rejected"], "assistant")
+            if prompt is None or chosen is None or rejected is None:
+                rejects.append({"line": line_no, "reason": "prompt/chosen/rejected must be "
+                                "non-empty strings or lists of {role, content} messages"})
+                continue
+            if chosen == rejected:
+                rejects.append({"line": line_no, "reason": "chosen equals rejected"})
+                continue
+            if system_prompt and prompt[0]["role"] != "system":
+                prompt = [{"role": "system", "content": system_prompt}, *prompt]
+            pairs.append({"prompt": prompt, "chosen": chosen, "rejected": rejected,
+                          "meta": {"source": "preference_path", "line": line_no,
+                                   "tool": None, "refuse": False, "kind": "user"}})
+    return pairs, rejects, n

@@ -1,0 +1,52 @@
+"""Stage `dpo`: direct preference optimisation on a LoRA adapter (TRL DPOTrainer).
+
+Starts from the sft stage's adapter (train=sft_dpo), from train.dpo.init_adapter, or from a new
+adapter on the base (train=dpo). Writes adapter/, checkpoints/, dpo_report.json (TRL's DPO metrics
+and held-out preference accuracy / margin before vs after) and dpo_loss_curve.png.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from llmops.stages.context import StageContext
+
+REPORT_NAME = "dpo_report.json"
+
+
+def run(params: dict[str, Any], inputs: dict[str, Path], out_dir: Path, ctx: StageContext
+        ) -> dict[str, Any]:
+    """Trains the adapter with DPO on the data stage's preference pairs; returns the report.
+
+    Args:
+        params: {"model", "lora", "quant", "train", "dpo", "init_adapter"} (see PARAMS.md).
+        inputs: {"data"}, plus {"sft"} for sft_dpo and {"base"} for the tiny model.
+        out_dir: The stage's output folder.
+        ctx: Run context.
+
+    Raises:
+        StageError: When the data input or the starting adapter is missing.
+    """
+    from llmops.backends.dpo import train_dpo
+    from llmops.errors import StageError
+    from llmops.stages.common import base_model_path, set_seed
+
+    if "data" not in inputs:
+        raise StageError("dpo: no 'data' input. The plan must run the data stage before dpo.")
+    init = None
+    if inputs.get("sft") is not None:
+        init = Path(inputs["sft"]) / "adapter"
+        if not init.is_dir():
+            raise StageError(f"dpo: the sft stage left no adapter ({init}); DPO here trains a LoRA "
+                             "adapter. Use lora=r16 with train=sft_dpo.")
+    elif params.get("init_adapter"):
+        init = Path(params["init_adapter"])
+        if not (init / "adapter_config.json").is_file():
+            raise StageError(f"dpo: train.dpo.init_adapter {init} holds no adapter_config.json. "
+                             "Point it at a PEFT adapter folder.")
+    set_seed(int(params["train"].get("seed", ctx.seed)))
+    base = base_model_path(params, inputs)
+    ctx.logger.info("dpo: base=%s start=%s beta=%s", base, init or "new adapter",
+                    (params.get("dpo") or {}).get("beta"))
+    return train_dpo(params, Path(inputs["data"]), base, init, Path(out_dir), ctx)

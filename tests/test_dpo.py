@@ -1,0 +1,137 @@
+"""DPO: preference pairs (derived and user-given), the plan, and the dpo stage on the tiny model."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from fixtures_model import sft_data, tiny_base  # noqa: F401  (session fixtures)
+
+from llmops.data import preferences, task_api
+from llmops.stages.common import write_jsonl
+from llmops.stages.context import StageContext
+
+LORA = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"}
+
+
+def _ctx(root: Path) -> StageContext:
+    return StageContext(run_dir=root, show_progress=False, logger=logging.getLogger("test.dpo"))
+
+
+def test_derived_pairs_cover_every_kind_and_prefer_the_reference():
+    rows = task_api.generate(120, seed=1)
+    pairs, kinds = preferences.derive(rows, seed=0)
+    assert len(pairs) == 120
+    assert set(kinds) == {*preferences.CALL_KINDS, "complied"}
+    for pair in pairs:
+        chosen, rejected = pair["chosen"][0]["content"], pair["rejected"][0]["content"]
+        assert chosen != rejected and pair["prompt"][-1]["role"] == "user"
+        if pair["meta"]["kind"] == "legacy_v1":
+            assert json.loads(rejected).keys() == {"action", "params"}
+        if pair["meta"]["kind"] == "malformed_json":
+            assert task_api.parse_call(rejected) is None
+    assert preferences.derive(rows, seed=0)[0] == pairs  # deterministic
+
+
+def test_user_pairs_plain_and_chat_with_rejects_by_line(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("\n".join([
+        json.dumps({"prompt": "Delete task 3.", "chosen": "ok", "rejected": "no"}),
+        json.dumps({"prompt": [{"role": "user", "content": "hi"}],
+                    "chosen": [{"role": "assistant", "content": "a"}],
+                    "rejected": [{"role": "assistant", "content": "b"}]}),
+        json.dumps({"prompt": "x", "chosen": "same", "rejected": "same"}),
+        "{not json",
+        json.dumps({"prompt": "x", "chosen": "y"}),
+    ]) + "\n")
+    pairs, rejects, n = preferences.read_pairs(path, system_prompt="S")
+    assert n == 5 and len(pairs) == 2
+    assert pairs[0]["prompt"] == [{"role": "system", "content": "S"},
+                                  {"role": "user", "content": "Delete task 3."}]
+    assert [r["line"] for r in rejects] == [3, 4, 5]
+    assert rejects[0]["reason"] == "chosen equals rejected"
+
+
+def test_data_stage_writes_pairs_only_when_asked(tmp_path):
+    from llmops.stages import data
+
+    params = {"source": "task_api", "n_examples": 100, "seed": 0, "model": {}}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    plain = data.run(params, {}, tmp_path / "a", _ctx(tmp_path))
+    assert "preferences" not in plain and not list((tmp_path / "a").glob("pref_*"))
+    report = data.run({**params, "preferences": "derive"}, {}, tmp_path / "b", _ctx(tmp_path))
+    prefs = report["preferences"]
+    assert prefs["method"] == "derive" and prefs["counts"] == {"train": 80, "val": 10, "test": 10}
+    assert set(prefs["derivation"]) == set(prefs["kinds"])
+    assert (tmp_path / "b" / "pref_test.jsonl").is_file()
+
+
+def test_plans_add_dpo_without_touching_the_sft_only_plan(compose_plan):
+    _, default = compose_plan(["usecase=none"])
+    assert "preferences" not in default.stage("data").params
+    assert not any(s.kind in ("dpo", "merge", "lm_eval") for s in default.stages)
+    _, plan = compose_plan(["usecase=none", "train=sft_dpo", "train.dpo.beta=0.2"])
+    dpo = plan.stage("dpo")
+    assert dpo.needs == ("data", "sft", "base") and dpo.params["dpo"]["beta"] == 0.2
+    assert plan.stage("data").params["preferences"] == "derive"
+    assert plan.stage("eval").needs[1] == "dpo" and plan.stage("export").needs[0] == "dpo"
+    _, only = compose_plan(["usecase=none", "train=dpo"])
+    assert not any(s.kind == "sft" for s in only.stages)
+    assert only.stage("dpo").needs == ("data", "base")
+
+
+def test_dpo_rules_name_the_key():
+    from llmops.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        from llmops.cli import check
+
+        check(["usecase=none", "train=sft_dpo", "lora=none", "train.dpo.init_adapter=/nope",
+               "data.preference_path=/nope.jsonl"])
+    keys = {p.key for p in e.value.problems}
+    assert {"lora", "train.dpo.init_adapter", "data.preference_path"} <= keys
+
+
+def _train_params(**train):
+    t = {"backend": "hf", "learning_rate": 3e-3, "epochs": 1, "max_steps": 16, "batch_size": 8,
+         "grad_accum": 1, "seed": 0, "max_length": 256, "logging_steps": 4, "save_steps": 100,
+         "save_total_limit": 1, "precision": "fp32", **train}
+    return {"model": {"name": "tiny", "hub_id": None}, "lora": LORA, "quant": {"type": "none"},
+            "train": t, "dpo": {"beta": 0.1, "loss_type": "sigmoid", "label_smoothing": 0.0}}
+
+
+@pytest.mark.slow
+def test_sft_then_dpo_raises_held_out_margin(tiny_base, sft_data, tmp_path):  # noqa: F811
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from llmops.stages import dpo, sft
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = [json.loads(line) for line in (sft_data / "train.jsonl").read_text().splitlines()]
+    for name, part, seed in (("train", rows[:128], 1), ("test", rows[128:], 2)):
+        write_jsonl(data / f"{name}.jsonl", part)
+        write_jsonl(data / f"pref_{name}.jsonl", preferences.derive(part, seed)[0])
+    ctx = _ctx(tmp_path)
+    sft.run(_train_params(max_steps=12), {"data": data, "base": tiny_base}, tmp_path / "sft", ctx)
+    report = dpo.run(_train_params(learning_rate=1e-3), {"data": data, "sft": tmp_path / "sft",
+                                                         "base": tiny_base}, tmp_path / "dpo", ctx)
+    saved = json.loads((tmp_path / "dpo" / "dpo_report.json").read_text())
+    assert saved["held_out"] == report["held_out"]
+    held = report["held_out"]
+    assert held["start"] == "sft" and held["sft"]["n"] == 32
+    assert held["dpo"]["logp_margin"] > held["sft"]["logp_margin"]
+    assert held["dpo"]["rewards/margins"] > 0 and held["sft"]["rewards/margins"] == 0
+    assert set(report["train_metrics"]) >= {"rewards/chosen", "rewards/rejected",
+                                            "rewards/margins", "rewards/accuracies"}
+    adapter = tmp_path / "dpo" / "adapter"
+    assert (adapter / "adapter_model.safetensors").is_file() and not (adapter / "ref").exists()
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny_base)), str(adapter))
+
+    fresh = dpo.run(_train_params(max_steps=4), {"data": data, "base": tiny_base},
+                    tmp_path / "dpo_base", ctx)
+    assert fresh["held_out"]["start"] == "base" and fresh["init_adapter"] is None
