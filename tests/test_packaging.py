@@ -19,7 +19,8 @@ def test_every_python_package_is_declared():
         ".".join(p.parent.relative_to(REPO).parts)
         for p in (REPO / "llmops").rglob("__init__.py")
     }
-    assert found <= _declared_packages(), f"add to setup.cfg packages: {found - _declared_packages()}"
+    missing = found - _declared_packages()
+    assert not missing, f"add to setup.cfg packages: {missing}"
     assert "llmops.conf" in _declared_packages()
 
 

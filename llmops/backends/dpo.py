@@ -20,8 +20,8 @@ from llmops.backends.hf import (
     load_model,
     lora_config,
     plot_loss_curve,
-    precision_flags,
     set_cpu_threads,
+    trainer_kwargs,
 )
 from llmops.errors import StageError
 from llmops.stages.common import peak_memory_mb, read_jsonl, write_json
@@ -106,36 +106,10 @@ def dpo_config(params: dict[str, Any], out_dir: Path, ctx: Any) -> Any:
 
     train, dpo = params["train"], params.get("dpo") or {}
     return DPOConfig(
-        output_dir=str(Path(out_dir) / "checkpoints"),
-        per_device_train_batch_size=int(train.get("batch_size", 16)),
-        per_device_eval_batch_size=int(train.get("batch_size", 16)),
-        gradient_accumulation_steps=int(train.get("grad_accum", 1)),
-        learning_rate=float(train.get("learning_rate", 5e-5)),
-        num_train_epochs=float(train.get("epochs", 1)),
-        max_steps=int(train.get("max_steps", -1)),
-        warmup_steps=int(train.get("warmup_steps", 0)),
-        weight_decay=float(train.get("weight_decay", 0.0)),
-        lr_scheduler_type=str(train.get("lr_scheduler", "linear")),
-        optim=str(train.get("optimizer", "adamw_torch")),
-        logging_steps=int(train.get("logging_steps", 10)),
-        logging_first_step=True,
-        save_strategy="steps",
-        save_steps=int(train.get("save_steps", 50)),
-        save_total_limit=train.get("save_total_limit", 2),
-        eval_strategy="no",
-        gradient_checkpointing=bool(train.get("gradient_checkpointing", False)),
-        max_length=int(train.get("max_length", 512)),
+        **trainer_kwargs(train, out_dir, ctx, default_lr=5e-5),
         beta=float(dpo.get("beta", 0.1)),
         loss_type=[str(dpo.get("loss_type", "sigmoid"))],
         label_smoothing=float(dpo.get("label_smoothing", 0.0)),
-        seed=int(train.get("seed", 0)),
-        data_seed=int(train.get("seed", 0)),
-        use_cpu=ctx.device == "cpu",
-        report_to=train.get("report_to", "none"),
-        run_name=train.get("run_name"),
-        disable_tqdm=not ctx.show_progress,
-        dataloader_num_workers=0,
-        **precision_flags(str(train.get("precision", "fp32")), ctx.device),
     )
 
 

@@ -89,18 +89,16 @@ def precision_flags(precision: str, device: str) -> dict[str, bool]:
     )
 
 
-def sft_config(params: dict[str, Any], out_dir: Path, ctx: Any) -> Any:
-    """Builds TRL's SFTConfig from the sft params (checkpoints go to out_dir/checkpoints)."""
-    from trl import SFTConfig
-
-    train = params["train"]
-    on_cpu = ctx.device == "cpu"
-    return SFTConfig(
+def trainer_kwargs(train: dict[str, Any], out_dir: Path, ctx: Any,
+                   default_lr: float) -> dict[str, Any]:
+    """Returns the TrainingArguments shared by the SFT and DPO configs (checkpoints, schedule,
+    logging, seeds, device and precision)."""
+    return dict(
         output_dir=str(Path(out_dir) / "checkpoints"),
         per_device_train_batch_size=int(train.get("batch_size", 16)),
         per_device_eval_batch_size=int(train.get("batch_size", 16)),
         gradient_accumulation_steps=int(train.get("grad_accum", 1)),
-        learning_rate=float(train.get("learning_rate", 2e-4)),
+        learning_rate=float(train.get("learning_rate", default_lr)),
         num_train_epochs=float(train.get("epochs", 1)),
         max_steps=int(train.get("max_steps", -1)),
         warmup_steps=int(train.get("warmup_steps", 0)),
@@ -114,17 +112,27 @@ def sft_config(params: dict[str, Any], out_dir: Path, ctx: Any) -> Any:
         save_total_limit=train.get("save_total_limit", 2),
         eval_strategy="no",
         gradient_checkpointing=bool(train.get("gradient_checkpointing", False)),
-        assistant_only_loss=bool(train.get("assistant_only_loss", True)),
         max_length=int(train.get("max_length", 512)),
         seed=int(train.get("seed", 0)),
         data_seed=int(train.get("seed", 0)),
-        use_cpu=on_cpu,
+        use_cpu=ctx.device == "cpu",
         report_to=train.get("report_to", "none"),
         run_name=train.get("run_name"),
         disable_tqdm=not ctx.show_progress,
-        include_num_input_tokens_seen="non_padding",
         dataloader_num_workers=0,
         **precision_flags(str(train.get("precision", "fp32")), ctx.device),
+    )
+
+
+def sft_config(params: dict[str, Any], out_dir: Path, ctx: Any) -> Any:
+    """Builds TRL's SFTConfig from the sft params (checkpoints go to out_dir/checkpoints)."""
+    from trl import SFTConfig
+
+    train = params["train"]
+    return SFTConfig(
+        **trainer_kwargs(train, out_dir, ctx, default_lr=2e-4),
+        assistant_only_loss=bool(train.get("assistant_only_loss", True)),
+        include_num_input_tokens_seen="non_padding",
     )
 
 

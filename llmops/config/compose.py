@@ -27,7 +27,7 @@ def conf_dir() -> Path:
 
 
 def group_options(group: str) -> list[str]:
-    """Lists the option names of a config group, e.g. group_options('lora') -> ['none', 'r16', ...]."""
+    """Lists the option names of a config group: group_options('lora') -> ['none', 'r16', ...]."""
     folder = conf_dir() / group
     return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
 
@@ -114,7 +114,8 @@ def parse_problems(overrides: Sequence[str]) -> list[tuple[str, Problem]]:
             key = re.split(r"[=@]", ov.lstrip("+~"), maxsplit=1)[0] or ov
             text = (
                 f"cannot parse override '{ov}' ({reason}). Write key=value or group=option "
-                f"(key=a,b sweeps with -m); quote values that hold spaces or brackets: 'key=\"a b\"'."
+                "(key=a,b sweeps with -m); quote values that hold spaces or brackets: "
+                "'key=\"a b\"'."
             )
             found.append((ov, Problem(key, text)))
     return found
@@ -173,7 +174,8 @@ def hydra_problem(exc: BaseException, overrides: Sequence[str]) -> tuple[Problem
                 f"To add a new top-level key on purpose, write +{culprit}."
             )
         else:
-            text = f"unknown key.{_key_suggestion(key)} Fix the spelling, or list keys with --cfg job."
+            hint = _key_suggestion(key)
+            text = f"unknown key.{hint} Fix the spelling, or list keys with --cfg job."
         return Problem(key, text), culprit
     m = re.search(r"Could not append to config. An item is already at '([^']+)'", msg)
     if m:
@@ -194,6 +196,7 @@ def hydra_problem(exc: BaseException, overrides: Sequence[str]) -> tuple[Problem
         return Problem(group, text), culprit
     m = re.search(r"Interpolation key '([^']+)' not found", msg)
     if m:
-        return Problem(m.group(1), f"referenced by an interpolation but not set ({msg.splitlines()[0]})."), None
+        first = msg.splitlines()[0]
+        return Problem(m.group(1), f"referenced by an interpolation but not set ({first})."), None
     first_line = msg.strip().splitlines()[0] if msg.strip() else type(exc).__name__
     return Problem("config", f"{first_line}"), None

@@ -1,4 +1,4 @@
-"""Validates a composed config against the schema and the cross-field rules, all problems at once."""
+"""Validates a composed config against the schema and the cross-field rules, all at once."""
 
 from __future__ import annotations
 
@@ -121,7 +121,8 @@ def _message(err: dict[str, Any], path: list[str | int]) -> str:
         )
     if kind in _KINDS:
         _, annotation = _field_model(path)
-        kinds = {_KINDS.get(f"{getattr(a, '__name__', '')}_type") for a in typing.get_args(annotation)}
+        members = typing.get_args(annotation)
+        kinds = {_KINDS.get(f"{getattr(a, '__name__', '')}_type") for a in members}
         kinds.discard(None)
         if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(kinds) > 1:
             return f"must be {' or '.join(sorted(k for k in kinds if k))} (got {value!r})."
@@ -151,7 +152,8 @@ def schema_problems(data: dict[str, Any]) -> tuple[AppConfig | None, list[Proble
     """Checks the config against the typed schema; returns the model (if valid) and problems."""
     problems = []
     for key in _missing_values(data):
-        problems.append(Problem(key, f"is required (it is ???). Set it on the command line: {key}=..."))
+        text = f"is required (it is ???). Set it on the command line: {key}=..."
+        problems.append(Problem(key, text))
         _drop(data, key)
     try:
         model = AppConfig.model_validate(data)
