@@ -43,7 +43,8 @@ def check(overrides: list[str]) -> Any:
     """Composes, validates and compiles one point; returns its Plan or raises ConfigError."""
     from llmops.config.compose import compose
 
-    return _compile(compose(overrides))
+    # Composed with the hydra node, as plan_sweep does: the memoised composition is reused.
+    return _compile(compose(overrides, return_hydra_config=True))
 
 
 def _compile(cfg: Any, env: Any = None) -> Any:

@@ -60,12 +60,24 @@ def did_you_mean(word: str, choices: Sequence[str]) -> str:
     return f" Did you mean '{close[0]}'?" if close else ""
 
 
+_COMPOSED: dict[tuple[tuple[str, ...], bool], Any] = {}
+
+
 def compose(overrides: Sequence[str], *, return_hydra_config: bool = False) -> Any:
     """Composes the primary config with overrides; raises ConfigError listing every problem.
 
     Hydra stops at its first error, so each failing override is recorded, dropped, and the
-    composition retried: the user sees all bad overrides at once.
+    composition retried: the user sees all bad overrides at once. Successful compositions are
+    memoised per process (the pre-flight asks for the same point more than once); callers must
+    not mutate the returned config.
     """
+    key = (tuple(overrides), return_hydra_config)
+    if key not in _COMPOSED:
+        _COMPOSED[key] = _compose(overrides, return_hydra_config)
+    return _COMPOSED[key]
+
+
+def _compose(overrides: Sequence[str], return_hydra_config: bool) -> Any:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
