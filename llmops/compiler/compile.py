@@ -11,6 +11,7 @@ from llmops.compiler.align import add_dpo as _add_dpo
 from llmops.compiler.align import add_lm_eval as _add_lm_eval
 from llmops.compiler.align import add_merge as _add_merge
 from llmops.compiler.align import preference_params as _preference_params
+from llmops.compiler.deploy import add_serving as _add_serving
 from llmops.compiler.fingerprint import file_sha256, fingerprint
 from llmops.compiler.plan import Plan, StageSpec
 from llmops.config.schema import AppConfig
@@ -144,9 +145,9 @@ def compile_plan(cfg: AppConfig, env: Environment) -> Plan:
     if cfg.train.method in ("dpo", "sft_dpo"):  # only then: the SFT-only data fingerprint stays
         data_params.update(_preference_params(d, files))
     what = {"task_api": f"Task-API x{d.n_examples}", "jsonl": path, "hf": d.hf_id}[d.source]
-    b.add("data", data_params, list(base), f"{what} -> train/val/test "
-          f"({1 - d.val_fraction - d.test_fraction:.0%}/{d.val_fraction:.0%}/{d.test_fraction:.0%})",
-          files)
+    train_share = 1 - d.val_fraction - d.test_fraction
+    shares = f"{train_share:.0%}/{d.val_fraction:.0%}/{d.test_fraction:.0%}"
+    b.add("data", data_params, list(base), f"{what} -> train/val/test ({shares})", files)
 
     t = cfg.train
     if t.method in ("sft", "sft_dpo"):
@@ -184,6 +185,7 @@ def compile_plan(cfg: AppConfig, env: Environment) -> Plan:
         formats = [f for f in dp.formats if lora or f != "adapter"]
         b.add("export", {"model": model, "formats": formats,
                          "merge_dtype": dp.merge_dtype}, needs, ", ".join(formats))
+        _add_serving(b, cfg, model, base)
 
     run = {
         "device": device, "backend": backend, "precision": precision, "seed": cfg.seed,

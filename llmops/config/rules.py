@@ -11,8 +11,8 @@ from pathlib import Path
 from llmops.config.schema import AppConfig
 from llmops.env import Environment
 from llmops.errors import Problem
-
 from llmops.evaluation import METRICS as KNOWN_METRICS
+
 TASK_API_TOOLS = ("create_task", "list_tasks", "update_task", "complete_task", "delete_task")
 
 
@@ -32,7 +32,8 @@ def _model(cfg: AppConfig, env: Environment) -> list[Problem]:
     m = cfg.model
     out = []
     if m.source == "hub" and not m.hub_id:
-        out.append(Problem("model.hub_id", "is required for a hub model. Set model.hub_id=org/name."))
+        out.append(Problem("model.hub_id",
+                           "is required for a hub model. Set model.hub_id=org/name."))
     if m.source == "tiny":
         if m.pretrain is None:
             out.append(Problem("model.pretrain", "is required for model.source=tiny."))
@@ -134,7 +135,8 @@ def _data(cfg: AppConfig, env: Environment) -> list[Problem]:
         ))
     if d.source == "jsonl":
         if not d.path:
-            out.append(Problem("data.path", "is required for data=jsonl. Set data.path=FILE.jsonl."))
+            out.append(Problem("data.path",
+                               "is required for data=jsonl. Set data.path=FILE.jsonl."))
         elif not Path(d.path).expanduser().is_file():
             out.append(Problem(
                 "data.path",
@@ -184,7 +186,9 @@ def _deploy(cfg: AppConfig, env: Environment) -> list[Problem]:
     if d.formats == ["adapter"] and not cfg.lora.enabled:
         return [Problem("deploy.formats", "'adapter' needs a LoRA adapter (got lora=none). "
                                           "Use deploy.formats=[merged].")]
-    return []
+    from llmops.config.deploy_rules import serving_problems
+
+    return serving_problems(cfg, env)
 
 
 def _hardware(cfg: AppConfig, env: Environment) -> list[Problem]:

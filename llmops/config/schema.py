@@ -57,7 +57,7 @@ class LoraConfig(_Group):
 
     enabled: bool = Field(True, description="Train a LoRA adapter instead of all weights.")
     r: int = Field(16, ge=1, le=1024, description="Adapter rank.")
-    alpha: float = Field(32, gt=0, description="Scaling numerator: the update is scaled by alpha/r.")
+    alpha: float = Field(32, gt=0, description="Scaling numerator: updates scale by alpha/r.")
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter input.")
     target_modules: str | list[str] = Field(
         "all-linear", description="'all-linear' or module names, e.g. [q_proj, v_proj]."
@@ -86,7 +86,7 @@ class DataConfig(_Group):
     hf_split: str = Field("train", description="Hub dataset split (source=hf).")
     system_prompt: str | None = Field(None, description="System prompt added to converted rows.")
     n_examples: int = Field(1200, ge=20, description="Rows to generate (source=task_api).")
-    val_fraction: float = Field(0.1, ge=0, lt=1, description="Share of rows held out for validation.")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="Share of rows held out to validate.")
     test_fraction: float = Field(0.1, gt=0, lt=1, description="Share of rows held out for testing.")
     seed: int = Field(0, description="Seed of generation and splitting.")
     dedup: bool = Field(True, description="Drop exact duplicate rows.")
@@ -111,7 +111,7 @@ class DpoConfig(_Group):
     batch_size: int | None = Field(None, ge=1, description="Pairs per step; null: train's.")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Robust DPO label noise.")
     init_adapter: str | None = Field(
-        None, description="train=dpo: adapter folder to start from; null: a new adapter on the base."
+        None, description="train=dpo: adapter folder to start from; null: a new adapter."
     )
 
 
@@ -147,7 +147,9 @@ class TrainConfig(_Group):
     save_total_limit: int = Field(2, ge=1, description="Checkpoints kept.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
     assistant_only_loss: bool = Field(True, description="Loss on the assistant's tokens only.")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="Training dtype.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="Training dtype."
+    )
     dpo: DpoConfig = Field(default_factory=DpoConfig, description="DPO knobs (dpo, sft_dpo).")
 
 
@@ -209,15 +211,57 @@ class MergeConfig(_Group):
     )
 
 
+class GgufConfig(_Group):
+    """GGUF conversion through llama.cpp's own converter (the gguf stage; needs llmops[gguf])."""
+
+    quantization: list[Literal["f16", "q8_0", "q4_k_m"]] = Field(
+        default_factory=list, description="GGUF files to write; empty: no gguf stage."
+    )
+    parity_prompts: int = Field(4, ge=1, description="Held-out prompts answered by HF and GGUF.")
+    max_new_tokens: int = Field(32, ge=1, description="Greedy tokens per parity answer.")
+
+
+class OllamaConfig(_Group):
+    """deploy=ollama: where `ollama create` goes, and under which name."""
+
+    host: str = Field("http://127.0.0.1:11434", description="Ollama server URL.")
+    model_name: str | None = Field(None, description="Name to create; default llmops-<model>.")
+    timeout_s: float = Field(3.0, gt=0, description="How long to wait for the server to answer.")
+
+
+class OpenAIServeConfig(_Group):
+    """deploy=openai: the local OpenAI-compatible server (llama-cpp-python's) and its smoke test."""
+
+    host: str = Field("127.0.0.1", description="Interface to bind; keep it local.")
+    port: int = Field(0, ge=0, le=65535, description="Port; 0 picks a free one.")
+    startup_timeout_s: float = Field(120.0, gt=0, description="Wait for /v1/models this long.")
+    smoke_prompts: list[str] = Field(
+        default_factory=list, description="Prompts to send; empty: held-out test prompts."
+    )
+    n_smoke: int = Field(3, ge=1, description="Held-out prompts used when smoke_prompts is empty.")
+    max_tokens: int = Field(64, ge=1, description="max_tokens of each smoke request.")
+
+
 class DeployConfig(_Group):
     """What is exported after evaluation, and where it goes."""
 
-    target: Literal["none", "local"] = Field("local", description="Deployment target.")
+    target: Literal["none", "local", "ollama", "openai"] = Field(
+        "local", description="Deployment target."
+    )
     formats: list[Literal["adapter", "merged"]] = Field(
         default_factory=list, description="Artifacts to export."
     )
     merge_dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="Dtype of the merged weights."
+    )
+    gguf: GgufConfig = Field(default_factory=GgufConfig, description="GGUF conversion.")
+    ollama: OllamaConfig = Field(default_factory=OllamaConfig, description="deploy=ollama.")
+    openai: OpenAIServeConfig = Field(
+        default_factory=OpenAIServeConfig, description="deploy=openai."
+    )
+    keep_serving: bool = Field(False, description="openai: leave the server running afterwards.")
+    allow_failed_gates: bool = Field(
+        False, description="Deploy even when eval did not pass its gates (or did not run)."
     )
 
 

@@ -153,14 +153,16 @@ def _execute(spec: StageSpec, plan: Plan, store: Store, outputs: dict[str, Path]
     checkpoint from an interrupted attempt, training resumes from it (status resumed).
     """
     t0 = time.perf_counter()
-    entry = store.lookup(spec)
+    module = _stage_module(spec.kind)
+    # A stage with side effects outside its folder (deploy: a server, an Ollama model) always runs.
+    always = bool(getattr(module, "ALWAYS_RUN", False))
+    entry = None if always else store.lookup(spec)
     if entry is not None:
         log.info("[%d/%d] %s: cached (%s)", i, total, spec.name, spec.fingerprint[:12])
         return entry, "cached", time.perf_counter() - t0, {}
-    module = _stage_module(spec.kind)
     resumable = bool(getattr(module, "RESUMABLE", False))
     with store.lock(spec):
-        entry = store.lookup(spec)  # another job may have finished it while we waited
+        entry = None if always else store.lookup(spec)  # another job may have finished it
         if entry is not None:
             log.info("[%d/%d] %s: cached (%s), finished by another job", i, total, spec.name,
                      spec.fingerprint[:12])

@@ -1,0 +1,34 @@
+"""Cross-field rules of GGUF export and the serving targets (deploy=ollama, deploy=openai). Pure."""
+
+from __future__ import annotations
+
+from llmops.config.schema import AppConfig
+from llmops.env import Environment
+from llmops.errors import Problem
+
+SERVING = ("ollama", "openai")
+
+
+def serving_problems(cfg: AppConfig, env: Environment) -> list[Problem]:
+    """Returns the problems of deploy.gguf and the serving targets in a config that trains."""
+    d, out = cfg.deploy, []
+    serving = d.target in SERVING
+    if serving and not d.gguf.quantization:
+        out.append(Problem("deploy.gguf.quantization",
+                           f"is empty, but deploy={d.target} serves a GGUF file. "
+                           "Set deploy.gguf.quantization=[f16] (or q8_0, q4_k_m)."))
+    if (serving or d.gguf.quantization) and "merged" not in d.formats:
+        out.append(Problem("deploy.formats",
+                           f"{list(d.formats)} lacks 'merged'; GGUF conversion starts from the "
+                           "merged model. Use deploy.formats=[adapter,merged]."))
+    if (serving or d.gguf.quantization) and not cfg.dry_run and not env.has("llama_cpp"):
+        key = "deploy.target" if serving else "deploy.gguf.quantization"
+        out.append(Problem(key, "GGUF export needs llama-cpp-python, which is not installed. "
+                                "pip install 'llmops[gguf]' && python -m llmops.gguf_setup, "
+                                "or add dry_run=true to only plan."))
+    if serving and not cfg.eval.enabled and not d.allow_failed_gates:
+        out.append(Problem("deploy.allow_failed_gates",
+                           f"eval is off, so nothing shows the model passed its gates; "
+                           f"deploy={d.target} refuses it. Enable eval (eval=default), or "
+                           "deploy.allow_failed_gates=true to deploy anyway."))
+    return out

@@ -1,0 +1,141 @@
+"""Installs llama.cpp's HF -> GGUF converter at the pinned version: python -m llmops.gguf_setup.
+
+The converter (convert_hf_to_gguf.py, its conversion/ package and gguf-py) is not on PyPI as a
+package; it ships inside the llama-cpp-python source distribution. This command fetches that sdist
+from the package registry through pip (or takes one already downloaded, --sdist PATH), unpacks only
+the converter into a cache folder, and records the version. Nothing is cloned or downloaded when a
+plan runs: the gguf stage only looks the folder up (converter_dir) and names this command when it is
+missing.
+
+    pip install 'llmops[gguf]'
+    python -m llmops.gguf_setup                 # ~75 MB download, once
+    python -m llmops.gguf_setup --sdist llama_cpp_python-0.3.36.tar.gz
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+from llmops.errors import StageError
+
+#: The llama-cpp-python release whose llama.cpp converts and serves; keep equal to setup.cfg's pin.
+LLAMA_CPP_PYTHON_VERSION = "0.3.36"
+SETUP_COMMAND = "python -m llmops.gguf_setup"
+_VENDOR = "vendor/llama.cpp/"
+_KEEP = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/", "LICENSE")
+_MARKER = "llmops_gguf_setup.json"
+
+
+def cache_root() -> Path:
+    """Returns the folder holding unpacked converters ($LLMOPS_CACHE or ~/.cache/llmops)."""
+    return Path(os.environ.get("LLMOPS_CACHE") or Path.home() / ".cache" / "llmops").expanduser()
+
+
+def converter_dir(version: str = LLAMA_CPP_PYTHON_VERSION) -> Path:
+    """Returns where the converter of a llama-cpp-python version is (or would be) unpacked."""
+    return cache_root() / f"llama.cpp-{version}"
+
+
+def require_converter(version: str = LLAMA_CPP_PYTHON_VERSION) -> Path:
+    """Returns the unpacked converter folder.
+
+    Raises:
+        StageError: If the converter or llama-cpp-python is missing, naming the command to run.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise StageError(
+            "gguf: llama-cpp-python is not installed. pip install 'llmops[gguf]' "
+            f"(builds llama.cpp, ~7 min on 2 cores), then {SETUP_COMMAND}."
+        )
+    folder = converter_dir(version)
+    if not (folder / _MARKER).is_file() or not (folder / "convert_hf_to_gguf.py").is_file():
+        raise StageError(
+            f"gguf: llama.cpp's converter (llama-cpp-python {version}) is not set up in {folder}. "
+            f"Run: {SETUP_COMMAND}"
+        )
+    return folder
+
+
+def _download_sdist(version: str, dest: Path) -> Path:
+    """Downloads the llama-cpp-python sdist of the given version with pip; returns its path."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+           f"llama-cpp-python=={version}", "-d", str(dest)]
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+    found = sorted(dest.glob("llama_cpp_python-*.tar.gz"))
+    if not found:
+        raise StageError(f"gguf_setup: pip downloaded no llama-cpp-python sdist into {dest}.")
+    return found[0]
+
+
+def unpack_converter(sdist: Path, version: str = LLAMA_CPP_PYTHON_VERSION) -> Path:
+    """Unpacks convert_hf_to_gguf.py, conversion/ and gguf-py/ from the sdist into the cache."""
+    target = converter_dir(version)
+    tmp = Path(tempfile.mkdtemp(prefix="llama.cpp-", dir=target.parent if target.parent.exists()
+                                else None))
+    n = 0
+    with tarfile.open(sdist, "r:gz") as tar:
+        members = []
+        for m in tar.getmembers():
+            _, _, rel = m.name.partition("/")
+            if not rel.startswith(_VENDOR):
+                continue
+            inner = rel[len(_VENDOR):]
+            if (m.isfile() or m.isdir()) and any(inner == k or inner.startswith(k) for k in _KEEP):
+                m.name = inner
+                members.append(m)
+        tar.extractall(tmp, members=members, filter="data")
+        n = sum(1 for m in members if m.isfile())
+    if not (tmp / "convert_hf_to_gguf.py").is_file():
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise StageError(f"gguf_setup: {sdist} holds no {_VENDOR}convert_hf_to_gguf.py.")
+    (tmp / _MARKER).write_text(json.dumps({"llama_cpp_python": version, "sdist": sdist.name,
+                                           "files": n}, indent=2))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.rename(target)
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Fetches (or takes) the pinned sdist and unpacks the converter; prints where it went."""
+    ap = argparse.ArgumentParser(prog="python -m llmops.gguf_setup", description=__doc__.split(
+        "\n")[0])
+    ap.add_argument("--sdist", type=Path, help="an already downloaded llama-cpp-python sdist")
+    ap.add_argument("--version", default=LLAMA_CPP_PYTHON_VERSION)
+    ap.add_argument("--force", action="store_true", help="unpack again even when present")
+    args = ap.parse_args(argv)
+    folder = converter_dir(args.version)
+    if (folder / _MARKER).is_file() and not args.force and args.sdist is None:
+        print(f"llama.cpp converter (llama-cpp-python {args.version}) already in {folder}")
+        return 0
+    try:
+        import llama_cpp  # noqa: F401 - only to compare versions
+
+        installed = getattr(llama_cpp, "__version__", None)
+        if installed and installed != args.version:
+            print(f"warning: llama-cpp-python {installed} is installed, converter is "
+                  f"{args.version}; pip install 'llmops[gguf]' to match.", file=sys.stderr)
+    except ImportError:
+        print("note: llama-cpp-python is not installed; pip install 'llmops[gguf]' to run and "
+              "serve GGUF models.", file=sys.stderr)
+    with tempfile.TemporaryDirectory() as tmp:
+        sdist = args.sdist or _download_sdist(args.version, Path(tmp))
+        out = unpack_converter(Path(sdist), args.version)
+    print(f"llama.cpp converter (llama-cpp-python {args.version}) unpacked into {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,263 @@
+"""Stage "deploy": the evaluated GGUF to Ollama or to a local OpenAI-compatible endpoint.
+
+- ollama: a Modelfile whose TEMPLATE and stops come from the training chat template (checked by
+  rendering sample conversations both ways, llmops.modelfile), `ollama create` through the Ollama
+  API when deploy.ollama.host answers, else the Modelfile and the one-line command to run.
+- openai: llama-cpp-python's server on 127.0.0.1 (a free port), health wait on /v1/models, smoke
+  prompts through the official openai client -> smoke_test.json, server stopped unless
+  keep_serving.
+Both write integration_config.json (base_url, model name, OpenAI SDK and Ollama client snippets).
+Deploy refuses a model whose eval did not pass its gates unless deploy.allow_failed_gates=true.
+Always runs (ALWAYS_RUN): its effects live outside its folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from llmops.errors import StageError
+from llmops.stages.context import StageContext
+
+REPORT_NAME = "deploy_report.json"
+ALWAYS_RUN = True
+DEFAULT_SMOKE = ("Add a task to buy milk due 2025-03-14.", "List my open tasks.",
+                 "Tell me the weather in Paris.")
+
+
+def check_gates(params: dict, inputs: dict[str, Path]) -> dict[str, Any]:
+    """Returns the eval verdict; raises when it failed (or is missing) without the override.
+
+    Raises:
+        StageError: Eval did not pass (also with eval.enforce=false) or did not run, and
+            deploy.allow_failed_gates is false.
+    """
+    allow = bool(params.get("allow_failed_gates"))
+    passed, failed = None, []
+    if inputs.get("eval") is not None and (Path(inputs["eval"]) / "eval_report.json").is_file():
+        report = json.loads((Path(inputs["eval"]) / "eval_report.json").read_text("utf-8"))
+        passed = report.get("passed")
+        failed = [g.get("name") for g in report.get("gates", []) if not g.get("passed", True)]
+    verdict = {"eval_passed": passed, "failed_gates": failed, "allow_failed_gates": allow}
+    if passed is True or allow:
+        return verdict
+    why = (f"eval did not pass its gates ({', '.join(map(str, failed)) or 'see eval_report.json'})"
+           if passed is False else "eval did not run, so nothing shows the model passed its gates")
+    raise StageError(f"deploy: refusing to deploy: {why}. Improve the model, or deploy anyway "
+                     "with deploy.allow_failed_gates=true.")
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _get(url: str, timeout: float) -> dict | None:
+    """GETs a JSON URL; None when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 - local URLs
+            return json.loads(r.read().decode() or "{}")
+    except (OSError, urllib.error.URLError, ValueError):
+        return None
+
+
+def _snippets(base_url: str, name: str, ollama_host: str) -> dict[str, str]:
+    msg = '[{"role": "user", "content": "List my open tasks."}]'
+    return {
+        "openai_sdk": ("from openai import OpenAI\n"
+                       f'client = OpenAI(base_url="{base_url}", api_key="not-needed")\n'
+                       f'reply = client.chat.completions.create(model="{name}", messages={msg})\n'
+                       "print(reply.choices[0].message.content)"),
+        "ollama_client": ("from ollama import Client\n"
+                          f'reply = Client(host="{ollama_host}").chat(model="{name}", '
+                          f"messages={msg})\n"
+                          'print(reply["message"]["content"])'),
+        "env": f"OPENAI_BASE_URL={base_url} OPENAI_API_KEY=not-needed",
+    }
+
+
+def _smoke_prompts(params: dict, inputs: dict[str, Path], n: int) -> list[list[dict[str, str]]]:
+    given = list((params.get("openai") or {}).get("smoke_prompts") or [])
+    if given:
+        return [[{"role": "user", "content": p}] for p in given]
+    data = inputs.get("data")
+    if data is not None and (Path(data) / "test.jsonl").is_file():
+        from llmops.stages.common import read_jsonl
+
+        rows = read_jsonl(Path(data) / "test.jsonl")[:n]
+        if rows:
+            return [[dict(m) for m in r["messages"][:-1]] for r in rows]
+    return [[{"role": "user", "content": p}] for p in DEFAULT_SMOKE[:n]]
+
+
+def _ollama(params: dict, gguf: Path, tokenizer: Any, out_dir: Path, ctx: StageContext,
+            name: str) -> dict[str, Any]:
+    from llmops import modelfile as mf
+
+    family = params["model"]["chat_template"]
+    check = mf.check_template(
+        lambda m: tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True),
+        family, bos_token=tokenizer.bos_token)
+    if not check["identical"]:
+        first = check["mismatches"][0]
+        raise StageError(
+            f"deploy: the Ollama template for chat_template={family!r} renders conversation "
+            f"{first['index']} differently from the training template:\n  training: "
+            f"{first['training']!r}\n  ollama:   {first['ollama']!r}\nSet model.chat_template "
+            "to the family the tokenizer's template belongs to.")
+    stops = mf.stop_tokens(family, tokenizer.chat_template or "", tokenizer.eos_token)
+    parameters = {"temperature": 0, "num_ctx": int(params["model"].get("context_length") or 2048)}
+    text = mf.modelfile(str(gguf.resolve()), family, stops, parameters)
+    (out_dir / "Modelfile").write_text(text, encoding="utf-8")
+    o = params.get("ollama") or {}
+    host = str(o.get("host", "http://127.0.0.1:11434")).rstrip("/")
+    final = Path(ctx.run_dir) / "stages" / "deploy" / "Modelfile"
+    record: dict[str, Any] = {
+        "modelfile": "Modelfile", "template_check": check, "stop": stops,
+        "parameters": parameters, "host": host, "command": f"ollama create {name} -f {final}",
+    }
+    version = _get(f"{host}/api/version", float(o.get("timeout_s", 3.0)))
+    if version is None:
+        record.update(created=False, reason=f"no Ollama server answered at {host}")
+        ctx.logger.warning("deploy: no Ollama server at %s; run: %s", host, record["command"])
+        return record
+    import ollama
+
+    client = ollama.Client(host=host)
+    digest = client.create_blob(gguf)
+    client.create(model=name, files={gguf.name: digest}, template=mf.go_template(family),
+                  parameters={"stop": stops, **parameters}, stream=False)
+    reply = client.chat(model=name, messages=[{"role": "user", "content": DEFAULT_SMOKE[1]}],
+                        options={"num_predict": 32})
+    record.update(created=True, server_version=version.get("version"),
+                  smoke_answer=reply["message"]["content"])
+    return record
+
+
+def _openai(params: dict, inputs: dict[str, Path], gguf: Path, out_dir: Path, ctx: StageContext,
+            name: str) -> tuple[dict[str, Any], str]:
+    o = params.get("openai") or {}
+    host = str(o.get("host", "127.0.0.1"))
+    port = int(o.get("port") or 0) or _free_port(host)
+    base_url = f"http://{host}:{port}/v1"
+    n_ctx = int(params["model"].get("context_length") or 2048)
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf.resolve()),
+           "--host", host, "--port", str(port), "--model_alias", name, "--n_ctx", str(n_ctx),
+           "--n_threads", str(min(4, os.cpu_count() or 1))]
+    keep = bool(params.get("keep_serving"))
+    log_path = (Path(ctx.run_dir) / "llama_server.log") if keep else out_dir / "server.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    log = open(log_path, "w")  # noqa: SIM115 - the server outlives this block when kept
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=keep)
+    record: dict[str, Any] = {"base_url": base_url, "command": " ".join(cmd), "pid": proc.pid}
+    try:
+        deadline = time.monotonic() + float(o.get("startup_timeout_s", 120))
+        while _get(f"{base_url}/models", 1.0) is None:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log.flush()
+                tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
+                raise StageError(f"deploy: llama-cpp-python's server did not answer {base_url}"
+                                 f"/models (exit {proc.poll()}):\n{tail}\nCheck pip install "
+                                 "'llmops[gguf]' (the [server] extra) and the port.")
+            time.sleep(0.25)
+        record["startup_seconds"] = round(time.perf_counter() - t0, 2)
+        ctx.logger.info("deploy: serving %s at %s (up in %.1fs)", gguf.name, base_url,
+                        record["startup_seconds"])
+        from openai import OpenAI
+
+        client = OpenAI(base_url=base_url, api_key="not-needed", timeout=120, max_retries=0)
+        served = [m.id for m in client.models.list().data]
+        results = []
+        for messages in _smoke_prompts(params, inputs, int(o.get("n_smoke", 3))):
+            t1 = time.perf_counter()
+            reply = client.chat.completions.create(
+                model=name, messages=messages, max_tokens=int(o.get("max_tokens", 64)),
+                temperature=0.0, seed=0)
+            choice = reply.choices[0]
+            results.append({"messages": messages, "answer": choice.message.content,
+                            "finish_reason": choice.finish_reason,
+                            "completion_tokens": getattr(reply.usage, "completion_tokens", None),
+                            "seconds": round(time.perf_counter() - t1, 3)})
+        ok = bool(results) and all(r["answer"] is not None for r in results) and name in served
+        smoke = {"base_url": base_url, "model": name, "served_models": served,
+                 "client": "openai", "prompts": len(results), "passed": ok, "results": results}
+        from llmops.stages.common import write_json
+
+        write_json(out_dir / "smoke_test.json", smoke)
+        record.update(smoke_passed=ok, smoke_prompts=len(results))
+        if not ok:
+            raise StageError(f"deploy: smoke test failed at {base_url}; see smoke_test.json "
+                             f"(served models {served}, expected {name!r}).")
+    finally:
+        if keep and proc.poll() is None and record.get("smoke_passed"):
+            record.update(serving=True, log=str(log_path), stop_command=f"kill {proc.pid}")
+            ctx.logger.info("deploy: keep_serving: server pid %d at %s (log %s)", proc.pid,
+                            base_url, log_path)
+        else:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            record["serving"] = False
+            record["stopped_cleanly"] = proc.returncode is not None
+        log.close()
+    return record, base_url
+
+
+def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext) -> dict:
+    """Deploys the GGUF of the gguf stage to deploy.target (ollama or openai).
+
+    Params read: target, model (name, chat_template, context_length), serve_quantization,
+    allow_failed_gates, ollama {host, model_name, timeout_s}, openai {...}, keep_serving.
+    Inputs: "gguf", "export" (merged tokenizer), "eval" (gate verdict), "data" (smoke prompts).
+
+    Returns:
+        The deploy report (also written with integration_config.json, smoke_test.json).
+    """
+    from transformers import AutoTokenizer
+
+    from llmops.stages.common import write_json
+
+    out_dir = Path(out_dir)
+    gates = check_gates(params, inputs)
+    gguf_dir = Path(inputs["gguf"])
+    greport = json.loads((gguf_dir / "gguf_report.json").read_text("utf-8"))
+    q = params.get("serve_quantization") or greport["quantization"][0]
+    gguf = gguf_dir / greport["files"][q]["path"]
+    tokenizer = AutoTokenizer.from_pretrained(str(Path(inputs["export"]) / "merged"))
+    target = params["target"]
+    o = params.get("ollama") or {}
+    name = o.get("model_name") if target == "ollama" and o.get("model_name") else \
+        f"llmops-{params['model'].get('name') or 'model'}"
+    ollama_host = str(o.get("host") or "http://127.0.0.1:11434").rstrip("/")
+    report: dict[str, Any] = {"target": target, "model": name, "gguf": str(gguf.resolve()),
+                              "quantization": q, "gates": gates,
+                              "gguf_parity": greport["files"][q]["parity"]}
+    if target == "ollama":
+        report["ollama"] = _ollama(params, gguf, tokenizer, out_dir, ctx, name)
+        base_url = f"{ollama_host}/v1"
+    elif target == "openai":
+        report["openai"], base_url = _openai(params, inputs, gguf, out_dir, ctx, name)
+    else:
+        raise StageError(f"deploy: target {target!r} is not one of ollama, openai.")
+    integration = {"base_url": base_url, "model": name, "api_key": "not-needed",
+                   "target": target, "snippets": _snippets(base_url, name, ollama_host)}
+    if target == "openai":
+        integration["serve_command"] = report["openai"]["command"]
+        integration["serving"] = report["openai"].get("serving", False)
+    write_json(out_dir / "integration_config.json", integration)
+    report["integration_config"] = "integration_config.json"
+    write_json(out_dir / REPORT_NAME, report)
+    return report

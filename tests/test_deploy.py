@@ -1,0 +1,317 @@
+"""GGUF export, the Ollama Modelfile, the OpenAI-compatible endpoint and the deploy gate.
+
+The Modelfile, config, gate and set-up tests need no llama.cpp. The GGUF conversion and serving
+tests need the extra (pip install 'llmops[gguf]' && python -m llmops.gguf_setup) and skip with that
+reason without it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+from fixtures_model import sft_data, tiny_base  # noqa: F401 - pytest fixtures
+
+from llmops.errors import ConfigError, StageError
+from llmops.modelfile import (
+    SAMPLE_CONVERSATIONS,
+    check_template,
+    go_template,
+    modelfile,
+    render_go,
+    stop_tokens,
+)
+from llmops.stages.context import StageContext
+
+HAS_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
+
+
+def _converter_ready() -> bool:
+    from llmops.gguf_setup import converter_dir
+
+    return (converter_dir() / "llmops_gguf_setup.json").is_file()
+
+
+needs_gguf = pytest.mark.skipif(
+    not (HAS_LLAMA_CPP and _converter_ready()),
+    reason="needs the gguf extra: pip install 'llmops[gguf]' && python -m llmops.gguf_setup",
+)
+
+LLAMA3_JINJA = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}"
+    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + "
+    "message['content'] + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
+    "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
+    "{% endif %}"
+)
+MORE_CONVERSATIONS = (
+    [{"role": "user", "content": "Two\n\nparagraphs, trailing space "},
+     {"role": "assistant", "content": "ok"},
+     {"role": "user", "content": "Ünïcödé 🦙 and {{ braces }}"}],
+)
+
+
+@pytest.fixture(scope="module")
+def chat_tokenizer():
+    """A small byte-level BPE tokenizer carrying the training ChatML template (trained in ~1 s)."""
+    from llmops.tiny import build_tokenizer
+
+    return build_tokenizer(["Add a task to buy milk. List my open tasks. Delete task 42."] * 20,
+                           300)
+
+
+def _hf_render(tokenizer):
+    return lambda m: tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True)
+
+
+# -- Modelfile template == training template (no llama.cpp) ---------------------------------------
+
+def test_modelfile_template_reproduces_the_training_chatml_prompt(chat_tokenizer):
+    convs = [*SAMPLE_CONVERSATIONS, *MORE_CONVERSATIONS]
+    check = check_template(_hf_render(chat_tokenizer), "chatml", conversations=convs)
+    assert check == {"identical": True, "conversations": len(convs), "mismatches": []}
+    # The very string the training template produces, rendered by Ollama's Go template.
+    conv = SAMPLE_CONVERSATIONS[2]
+    assert render_go(go_template("chatml"), conv) == _hf_render(chat_tokenizer)(conv)
+    assert render_go(go_template("chatml"), conv).endswith(
+        "<|im_start|>user\n  And task 43, please.\n<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_modelfile_template_reproduces_a_llama3_prompt_without_its_bos():
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    tpl = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(
+        LLAMA3_JINJA)
+    bos = "<|begin_of_text|>"
+
+    def render(messages):
+        return tpl.render(messages=messages, bos_token=bos, add_generation_prompt=True)
+
+    check = check_template(render, "llama3", bos_token=bos,
+                           conversations=[*SAMPLE_CONVERSATIONS, *MORE_CONVERSATIONS])
+    assert check["identical"], check["mismatches"]
+    assert stop_tokens("llama3", LLAMA3_JINJA, "<|eot_id|>") == [
+        "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>"]
+
+
+def test_a_drifting_template_is_caught(chat_tokenizer):
+    check = check_template(_hf_render(chat_tokenizer), "llama3")
+    assert not check["identical"] and len(check["mismatches"]) == len(SAMPLE_CONVERSATIONS)
+    assert check["mismatches"][0]["training"].startswith("<|im_start|>user\n")
+
+
+def test_modelfile_text_has_template_stops_and_parameters(chat_tokenizer):
+    stops = stop_tokens("chatml", chat_tokenizer.chat_template, chat_tokenizer.eos_token)
+    assert stops == ["<|im_end|>", "<|im_start|>"]
+    text = modelfile("/models/model-f16.gguf", "chatml", stops,
+                     {"temperature": 0, "num_ctx": 512})
+    assert text.splitlines()[0] == "FROM /models/model-f16.gguf"
+    assert f'TEMPLATE """{go_template("chatml")}"""' in text
+    assert 'PARAMETER stop "<|im_end|>"' in text and "PARAMETER num_ctx 512" in text
+
+
+def test_go_renderer_trims_and_branches_like_text_template():
+    tpl = ('{{- if eq .System "" }}none{{ else }}sys={{ .System }}{{ end -}}  \n '
+           "{{ range .Messages -}}\n[{{ .Role }}]{{ end }}")
+    msgs = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
+    assert render_go(tpl, msgs, system="S") == "sys=S[user][assistant]"
+    assert render_go(tpl, [], system="") == "none"
+
+
+# -- config and plan (no llama.cpp) ---------------------------------------------------------------
+
+def test_default_plan_has_no_gguf_or_deploy_stage(compose_plan):
+    _, plan = compose_plan([])
+    _, local = compose_plan(["deploy=local"])
+    assert [s.name for s in plan.stages][-1] == "export"
+    assert [s.fingerprint for s in plan.stages] == [s.fingerprint for s in local.stages]
+
+
+def test_serving_targets_add_gguf_and_deploy_after_export(compose_plan):
+    _, plan = compose_plan(["deploy=openai", "dry_run=true"])
+    names = [s.name for s in plan.stages]
+    assert names[-3:] == ["export", "gguf", "deploy"]
+    deploy = plan.stages[-1]
+    assert deploy.params["serve_quantization"] == "f16" and "eval" in deploy.needs
+    _, ollama = compose_plan(["deploy=ollama", "dry_run=true"])
+    assert ollama.stages[-1].params["ollama"]["host"] == "http://127.0.0.1:11434"
+    _, local = compose_plan(["deploy.gguf.quantization=[q8_0]", "dry_run=true"])
+    assert [s.name for s in local.stages][-2:] == ["export", "gguf"]
+
+
+@pytest.mark.parametrize(("overrides", "key", "message"), [
+    (["deploy=openai", "deploy.gguf.quantization=[]"], "deploy.gguf.quantization",
+     "is empty, but deploy=openai serves a GGUF file"),
+    (["deploy=ollama", "deploy.formats=[adapter]"], "deploy.formats", "lacks 'merged'"),
+    (["deploy=openai", "eval=none"], "deploy.allow_failed_gates", "eval is off"),
+])
+def test_serving_config_problems_name_the_key(compose_plan, overrides, key, message):
+    with pytest.raises(ConfigError) as exc:
+        compose_plan([*overrides, "dry_run=true"])
+    assert any(p.key == key and message in p.message for p in exc.value.problems), exc.value
+
+
+def test_eval_off_is_allowed_with_the_explicit_override(compose_plan):
+    _, plan = compose_plan(["deploy=openai", "eval=none", "deploy.allow_failed_gates=true",
+                            "dry_run=true"])
+    assert "eval" not in plan.stages[-1].needs
+
+
+# -- the gate (no llama.cpp) ----------------------------------------------------------------------
+
+def _eval_dir(tmp_path: Path, passed: bool) -> Path:
+    d = tmp_path / f"eval_{passed}"
+    d.mkdir()
+    gates = [{"name": "accuracy", "passed": passed}, {"name": "format", "passed": True}]
+    (d / "eval_report.json").write_text(json.dumps({"passed": passed, "gates": gates}))
+    return d
+
+
+def test_deploy_refuses_failed_gates_unless_overridden(tmp_path):
+    from llmops.stages.deploy import check_gates
+
+    failed = {"eval": _eval_dir(tmp_path, False)}
+    with pytest.raises(StageError, match=r"eval did not pass its gates \(accuracy\).*"
+                                         r"deploy.allow_failed_gates=true"):
+        check_gates({"allow_failed_gates": False, "eval_enforce": False}, failed)
+    assert check_gates({"allow_failed_gates": True}, failed)["failed_gates"] == ["accuracy"]
+    with pytest.raises(StageError, match="eval did not run"):
+        check_gates({"allow_failed_gates": False}, {})
+    assert check_gates({}, {"eval": _eval_dir(tmp_path, True)})["eval_passed"] is True
+
+
+# -- deploy=ollama without a server (no llama.cpp) ------------------------------------------------
+
+def _unreachable_host() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"  # nothing listens there once the socket is closed
+
+
+def test_ollama_without_server_writes_modelfile_and_command(tmp_path, chat_tokenizer):
+    from llmops.stages import deploy
+
+    export = tmp_path / "export"
+    chat_tokenizer.save_pretrained(str(export / "merged"))
+    gguf = tmp_path / "gguf"
+    gguf.mkdir()
+    (gguf / "model-q8_0.gguf").write_bytes(b"GGUF")
+    (gguf / "gguf_report.json").write_text(json.dumps({
+        "quantization": ["q8_0"], "files": {"q8_0": {"path": "model-q8_0.gguf", "parity": {}}}}))
+    run_dir, out = tmp_path / "run", tmp_path / "out"
+    out.mkdir()
+    host = _unreachable_host()
+    params = {"target": "ollama", "model": {"name": "tiny", "chat_template": "chatml",
+                                            "context_length": 512},
+              "serve_quantization": "q8_0", "allow_failed_gates": False,
+              "ollama": {"host": host, "model_name": None, "timeout_s": 1.0}}
+    ctx = StageContext(run_dir=run_dir, show_progress=False, logger=logging.getLogger("test"))
+    report = deploy.run(params, {"gguf": gguf, "export": export,
+                                 "eval": _eval_dir(tmp_path, True)}, out, ctx)
+    o = report["ollama"]
+    assert o["created"] is False and host in o["reason"]
+    assert o["command"] == f"ollama create llmops-tiny -f {run_dir}/stages/deploy/Modelfile"
+    assert o["template_check"]["identical"] and o["stop"] == ["<|im_end|>", "<|im_start|>"]
+    text = (out / "Modelfile").read_text()
+    assert text.startswith(f"FROM {(gguf / 'model-q8_0.gguf').resolve()}\n")
+    integration = json.loads((out / "integration_config.json").read_text())
+    assert integration["base_url"] == f"{host}/v1" and integration["model"] == "llmops-tiny"
+    assert 'OpenAI(base_url="' in integration["snippets"]["openai_sdk"]
+    assert "Client(host=" in integration["snippets"]["ollama_client"]
+
+
+# -- set-up of the converter (no llama.cpp) -------------------------------------------------------
+
+def _fake_sdist(path: Path) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in {
+            "llama_cpp_python-0.0.0/vendor/llama.cpp/convert_hf_to_gguf.py": b"print('hi')\n",
+            "llama_cpp_python-0.0.0/vendor/llama.cpp/conversion/__init__.py": b"",
+            "llama_cpp_python-0.0.0/vendor/llama.cpp/gguf-py/gguf/__init__.py": b"",
+            "llama_cpp_python-0.0.0/vendor/llama.cpp/ggml/src/big.c": b"int x;",
+            "llama_cpp_python-0.0.0/llama_cpp/llama.py": b"",
+        }.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_setup_unpacks_only_the_converter_and_stages_name_the_command(tmp_path, monkeypatch):
+    from llmops import gguf_setup
+
+    monkeypatch.setenv("LLMOPS_CACHE", str(tmp_path / "cache"))
+    if HAS_LLAMA_CPP:
+        with pytest.raises(StageError, match=r"not set up .* Run: python -m llmops.gguf_setup"):
+            gguf_setup.require_converter("0.0.0")
+    else:
+        with pytest.raises(StageError, match=r"pip install 'llmops\[gguf\]'.*gguf_setup"):
+            gguf_setup.require_converter("0.0.0")
+    assert gguf_setup.main(["--sdist", str(_fake_sdist(tmp_path / "s.tar.gz")),
+                            "--version", "0.0.0"]) == 0
+    root = gguf_setup.converter_dir("0.0.0")
+    files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    assert files == ["conversion/__init__.py", "convert_hf_to_gguf.py", "gguf-py/gguf/__init__.py",
+                     "llmops_gguf_setup.json"]
+
+
+# -- with the gguf extra --------------------------------------------------------------------------
+
+@needs_gguf
+def test_gguf_f16_and_q8_conversion_of_the_tiny_model_matches_hf(
+        tmp_path, tiny_base, sft_data):  # noqa: F811 - pytest fixtures
+    from llmops.stages import gguf
+
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "merged").symlink_to(tiny_base, target_is_directory=True)
+    out = tmp_path / "out"
+    out.mkdir()
+    ctx = StageContext(run_dir=tmp_path, show_progress=False, logger=logging.getLogger("test"))
+    report = gguf.run({"quantization": ["f16", "q8_0"], "parity_prompts": 4,
+                       "max_new_tokens": 24},
+                      {"export": export, "data": sft_data, "base": tiny_base}, out, ctx)
+    assert report["passed"] and report["pre_tokenizer"] == "gpt-2"
+    for q in ("f16", "q8_0"):
+        parity = report["files"][q]["parity"]
+        assert parity["tokenizer"]["passed"], parity["tokenizer"]["mismatches"]
+        assert parity["chat_template"] == {"identical": True, "present": True}
+        assert (out / f"model-{q}.gguf").is_file()
+    assert report["f16_greedy_agreement"] == 1.0, report["files"]["f16"]["parity"]["greedy"]
+    assert json.loads((out / "gguf_report.json").read_text())["passed"]
+
+
+@needs_gguf
+@pytest.mark.slow
+def test_deploy_openai_end_to_end_answers_through_the_openai_client(tmp_path):
+    """`python -m llmops deploy=openai` as README writes it: train, gate, GGUF, serve, stop."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    r = subprocess.run([sys.executable, "-m", "llmops", "deploy=openai"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=1500)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = next(tmp_path.glob("outputs/runs/*/*"))
+    report = json.loads((run / "deploy_report.json").read_text())
+    assert report["gates"]["eval_passed"] is True
+    assert report["openai"]["smoke_passed"] and report["openai"]["serving"] is False
+    smoke = json.loads((run / "stages" / "deploy" / "smoke_test.json").read_text())
+    assert smoke["passed"] and smoke["client"] == "openai" and smoke["prompts"] == 3
+    assert all(isinstance(x["answer"], str) for x in smoke["results"])
+    integration = json.loads((run / "stages" / "deploy" / "integration_config.json").read_text())
+    assert integration["base_url"].startswith("http://127.0.0.1:")
+    gguf = json.loads((run / "gguf_report.json").read_text())
+    assert gguf["f16_greedy_agreement"] == 1.0
+    # The server is gone: nothing answers on its port any more.
+    from llmops.stages.deploy import _get
+
+    assert _get(integration["base_url"] + "/models", 1.0) is None
