@@ -315,3 +315,141 @@ def test_deploy_openai_end_to_end_answers_through_the_openai_client(tmp_path):
     from llmops.stages.deploy import _get
 
     assert _get(integration["base_url"] + "/models", 1.0) is None
+
+
+# -- deploy=ollama against a stand-in Ollama server (Ollama itself cannot run here) ---------------
+
+class _FakeOllama:
+    """A real HTTP server on 127.0.0.1 speaking the few Ollama API routes deploy uses.
+
+    It checks what a real server checks: the blob's bytes match its sha256 digest, and create names
+    only blobs that were uploaded. Requests are recorded for the test to inspect.
+    """
+
+    def __init__(self, fail_create: bool = False):
+        import hashlib
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.blobs: dict[str, bytes] = {}
+        self.requests: list[tuple[str, str, dict]] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep pytest's output clean
+                pass
+
+            def _reply(self, code: int, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _body(self) -> bytes:
+                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+            def do_GET(self):  # noqa: N802 - http.server's naming
+                if self.path == "/api/version":
+                    return self._reply(200, {"version": "0.0.0-test"})
+                return self._reply(404, {"error": "not found"})
+
+            def do_POST(self):  # noqa: N802
+                body = self._body()
+                if self.path.startswith("/api/blobs/sha256:"):
+                    digest = self.path.rsplit("/", 1)[1]
+                    if "sha256:" + hashlib.sha256(body).hexdigest() != digest:
+                        return self._reply(400, {"error": "digest mismatch"})
+                    fake.blobs[digest] = body
+                    fake.requests.append(("POST", "/api/blobs", {"digest": digest}))
+                    return self._reply(201, {})
+                payload = json.loads(body or b"{}")
+                fake.requests.append(("POST", self.path, payload))
+                if self.path == "/api/create":
+                    if fail_create:
+                        return self._reply(500, {"error": "unsupported model format"})
+                    missing = [d for d in payload["files"].values() if d not in fake.blobs]
+                    if missing:
+                        return self._reply(400, {"error": f"missing blob {missing}"})
+                    return self._reply(200, {"status": "success"})
+                if self.path == "/api/chat":
+                    return self._reply(200, {
+                        "model": payload["model"], "created_at": "2026-01-01T00:00:00Z",
+                        "message": {"role": "assistant", "content": "create_task(...)"},
+                        "done": True, "done_reason": "stop"})
+                return self._reply(404, {"error": "not found"})
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.host = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _ollama_inputs(tmp_path: Path, chat_tokenizer) -> tuple[dict, Path]:
+    export = tmp_path / "export"
+    chat_tokenizer.save_pretrained(str(export / "merged"))
+    gguf = tmp_path / "gguf"
+    gguf.mkdir()
+    (gguf / "model-q8_0.gguf").write_bytes(b"GGUF" + bytes(range(256)) * 64)
+    (gguf / "gguf_report.json").write_text(json.dumps({
+        "quantization": ["q8_0"], "files": {"q8_0": {"path": "model-q8_0.gguf", "parity": {}}}}))
+    return {"gguf": gguf, "export": export, "eval": _eval_dir(tmp_path, True)}, gguf
+
+
+def _ollama_params(host: str) -> dict:
+    return {"target": "ollama", "model": {"name": "tiny", "chat_template": "chatml",
+                                          "context_length": 512},
+            "serve_quantization": "q8_0", "allow_failed_gates": False,
+            "ollama": {"host": host, "model_name": "my-agent", "timeout_s": 2.0}}
+
+
+def test_ollama_with_a_server_uploads_the_gguf_and_creates_the_model(tmp_path, chat_tokenizer):
+    import hashlib
+
+    from llmops.stages import deploy
+
+    inputs, gguf = _ollama_inputs(tmp_path, chat_tokenizer)
+    out = tmp_path / "out"
+    out.mkdir()
+    ctx = StageContext(run_dir=tmp_path / "run", show_progress=False,
+                       logger=logging.getLogger("test"))
+    with _FakeOllama() as server:
+        report = deploy.run(_ollama_params(server.host), inputs, out, ctx)
+    o = report["ollama"]
+    assert o["created"] is True and o["server_version"] == "0.0.0-test"
+    assert o["smoke_answer"] == "create_task(...)"
+    digest = "sha256:" + hashlib.sha256((gguf / "model-q8_0.gguf").read_bytes()).hexdigest()
+    assert server.blobs[digest] == (gguf / "model-q8_0.gguf").read_bytes()
+    create = next(p for m, path, p in server.requests if path == "/api/create")
+    assert create["model"] == "my-agent" and create["files"] == {"model-q8_0.gguf": digest}
+    # What Ollama is told is what the Modelfile says: the checked template, stops, parameters.
+    assert create["template"] == go_template("chatml")
+    assert create["parameters"] == {"stop": ["<|im_end|>", "<|im_start|>"], "temperature": 0,
+                                    "num_ctx": 512}
+    assert f'TEMPLATE """{create["template"]}"""' in (out / "Modelfile").read_text()
+    chat = next(p for m, path, p in server.requests if path == "/api/chat")
+    assert chat["model"] == "my-agent"
+    integration = json.loads((out / "integration_config.json").read_text())
+    assert integration["base_url"] == f"{server.host}/v1" and integration["model"] == "my-agent"
+
+
+def test_ollama_server_errors_name_the_host_and_the_fix(tmp_path, chat_tokenizer):
+    from llmops.stages import deploy
+
+    inputs, _ = _ollama_inputs(tmp_path, chat_tokenizer)
+    out = tmp_path / "out"
+    out.mkdir()
+    ctx = StageContext(run_dir=tmp_path / "run", show_progress=False,
+                       logger=logging.getLogger("test"))
+    with _FakeOllama(fail_create=True) as server:
+        with pytest.raises(StageError, match=r"Ollama server at http://127\.0\.0\.1:\d+ failed "
+                                             r"to create 'my-agent': unsupported model format"):
+            deploy.run(_ollama_params(server.host), inputs, out, ctx)

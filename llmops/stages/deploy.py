@@ -133,11 +133,17 @@ def _ollama(params: dict, gguf: Path, tokenizer: Any, out_dir: Path, ctx: StageC
     import ollama
 
     client = ollama.Client(host=host)
-    digest = client.create_blob(gguf)
-    client.create(model=name, files={gguf.name: digest}, template=mf.go_template(family),
-                  parameters={"stop": stops, **parameters}, stream=False)
-    reply = client.chat(model=name, messages=[{"role": "user", "content": DEFAULT_SMOKE[1]}],
-                        options={"num_predict": 32})
+    try:
+        digest = client.create_blob(gguf)
+        client.create(model=name, files={gguf.name: digest}, template=mf.go_template(family),
+                      parameters={"stop": stops, **parameters}, stream=False)
+        reply = client.chat(model=name, messages=[{"role": "user", "content": DEFAULT_SMOKE[1]}],
+                            options={"num_predict": 32})
+    except (ollama.ResponseError, ConnectionError) as exc:
+        raise StageError(
+            f"deploy: the Ollama server at {host} failed to create {name!r}: {exc}. Fix the "
+            "server (or set deploy.ollama.host to one that works) and rerun; the finished "
+            "stages are reused and nothing of this stage was published.") from exc
     record.update(created=True, server_version=version.get("version"),
                   smoke_answer=reply["message"]["content"])
     return record
