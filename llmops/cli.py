@@ -206,19 +206,54 @@ def _tuned_metric(run_dir: Path) -> float | None:
         return None
 
 
+def _task(cfg: Any) -> Any:
+    try:
+        return run_job(cfg)
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished stages stay in the store; rerun to resume.",
+              file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+
+
 def _hydra_app() -> None:
     import hydra
 
-    @hydra.main(config_path="pkg://llmops.conf", config_name="config", version_base="1.3")
-    def app(cfg: Any) -> Any:
-        try:
-            return run_job(cfg)
-        except KeyboardInterrupt:
-            print("\ninterrupted: finished stages stay in the store; rerun to resume.",
-                  file=sys.stderr)
-            sys.exit(EXIT_INTERRUPTED)
+    hydra.main(config_path="pkg://llmops.conf", config_name="config", version_base="1.3")(_task)()
 
-    app()
+
+def _run_single(overrides: list[str]) -> None:
+    """Runs one point the way Hydra's `run` does, on the pre-flight's composition.
+
+    Hydra's app would compose the config twice more (once to find the mode, once to run); a single
+    run reuses the composition the pre-flight checked and hands it to Hydra's own run_job (output
+    folder, .hydra/ files, logging, HydraConfig), so the job sees exactly what Hydra would give it.
+    """
+    import copy
+
+    from hydra._internal.callbacks import Callbacks
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.utils import configure_log, run_job
+    from hydra.types import HydraContext, RunMode
+    from omegaconf import open_dict
+
+    from llmops.config.compose import compose, config_loader
+
+    cfg = copy.deepcopy(compose(overrides, return_hydra_config=True))
+    with open_dict(cfg.hydra):
+        cfg.hydra.mode = RunMode.RUN
+        cfg.hydra.overrides.hydra.append("hydra.mode=RUN")  # as Hydra's app records it
+    configure_log(cfg.hydra.hydra_logging, cfg.hydra.verbose)
+    callbacks = Callbacks(cfg)
+    callbacks.on_run_start(config=cfg, config_name="config")
+    try:
+        ret = run_job(hydra_context=HydraContext(config_loader=config_loader(),
+                                                 callbacks=callbacks),
+                      task_function=_task, config=cfg, job_dir_key="hydra.run.dir",
+                      job_subdir_key=None, configure_logging=True)
+        callbacks.on_run_end(config=cfg, config_name="config", job_return=ret)
+        _ = ret.return_value  # re-raises the task's exception
+    finally:
+        GlobalHydra.instance().clear()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -231,6 +266,9 @@ def main(argv: list[str] | None = None) -> None:
         except ConfigError as exc:
             print(exc.render(), file=sys.stderr)
             sys.exit(EXIT_CONFIG)
+    if sweep is None and not any(a.startswith("-") for a in args):
+        _run_single(args)
+        return
     if sweep is not None and sweep.sweep_dir:
         from llmops.sweep import pin_override
 

@@ -61,6 +61,26 @@ def test_dry_run_imports_no_heavy_library(tmp_path):
     assert not imported & set(HEAVY)
 
 
+def test_single_run_gives_the_job_what_hydras_own_app_gives_it(tmp_path):
+    """A single run skips Hydra's re-composition; its run folder must match Hydra's app's."""
+    args = ["model=qwen3b", "lora=r8", "train.learning_rate=1e-4", "dry_run=true"]
+    fast = llmops(*args, "hydra.run.dir=fastrun", cwd=tmp_path)
+    assert fast.returncode == 0, fast.stderr
+    env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    app = subprocess.run([sys.executable, "-c", "from llmops import cli; cli._hydra_app()", *args,
+                          "hydra.run.dir=apprun"], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert app.returncode == 0, app.stderr
+    for name in ("config.yaml", "overrides.yaml", "hydra.yaml"):
+        texts = [(tmp_path / run / ".hydra" / name).read_text().replace(run, "RUN")
+                 for run in ("fastrun", "apprun")]
+        assert texts[0] == texts[1], name
+    for run in ("fastrun", "apprun"):
+        plan = json.loads((tmp_path / run / "plan.json").read_text())
+        assert plan["stages"][3]["params"]["train"]["learning_rate"] == 1e-4
+        assert (tmp_path / run / "llmops.log").is_file()
+
+
 def test_typo_exits_2_naming_the_key_and_writes_nothing(tmp_path):
     r = llmops("lora.rnak=16", cwd=tmp_path)
     assert r.returncode == 2

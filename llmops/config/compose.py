@@ -60,6 +60,14 @@ def did_you_mean(word: str, choices: Sequence[str]) -> str:
     return f" Did you mean '{close[0]}'?" if close else ""
 
 
+def config_loader() -> Any:
+    """Returns a Hydra ConfigLoader over the packaged config (what Hydra's app builds for itself)."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.utils import create_config_search_path
+
+    return ConfigLoaderImpl(config_search_path=create_config_search_path(f"pkg://{CONFIG_MODULE}"))
+
+
 _COMPOSED: dict[tuple[tuple[str, ...], bool], Any] = {}
 
 
