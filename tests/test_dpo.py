@@ -135,3 +135,28 @@ def test_sft_then_dpo_raises_held_out_margin(tiny_base, sft_data, tmp_path):  # 
     fresh = dpo.run(_train_params(max_steps=4), {"data": data, "base": tiny_base},
                     tmp_path / "dpo_base", ctx)
     assert fresh["held_out"]["start"] == "base" and fresh["init_adapter"] is None
+
+
+@pytest.mark.slow
+def test_dpo_resumes_from_its_latest_checkpoint(tiny_base, sft_data, tmp_path):  # noqa: F811
+    """An interrupted sft_dpo run continues from its checkpoint (both adapters restored)."""
+    from llmops.stages import dpo, sft
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = [json.loads(line) for line in (sft_data / "train.jsonl").read_text().splitlines()]
+    write_jsonl(data / "train.jsonl", rows[:64])
+    write_jsonl(data / "pref_train.jsonl", preferences.derive(rows[:64], 1)[0])
+    ctx = _ctx(tmp_path)
+    sft.run(_train_params(max_steps=4), {"data": data, "base": tiny_base}, tmp_path / "sft", ctx)
+    inputs = {"data": data, "sft": tmp_path / "sft", "base": tiny_base}
+    first = dpo.run(_train_params(max_steps=4, save_steps=2, batch_size=4, logging_steps=1), inputs,
+                    tmp_path / "a", ctx)
+    assert first["steps"] == 4 and first["resumed_from_step"] == 0
+    second = dpo.run(_train_params(max_steps=6, save_steps=2, batch_size=4, logging_steps=1,
+                                   resume_dir=str(tmp_path / "a")), inputs, tmp_path / "b", ctx)
+    assert second["resumed_from_step"] == 4 and second["resumed_from"].endswith("checkpoint-4")
+    assert second["steps"] == 6
+    # The curve carries on from the first attempt's history (restored with the checkpoint).
+    assert [p["step"] for p in second["loss_curve"]] == [1, 2, 3, 4, 5, 6]
+    assert (tmp_path / "b" / "adapter" / "adapter_model.safetensors").is_file()

@@ -132,7 +132,7 @@ def train_dpo(params: dict[str, Any], data_dir: Path, base_model: str, init_adap
     from peft import PeftModel
     from trl import DPOTrainer
 
-    from llmops.backends.hf import make_callbacks
+    from llmops.backends.hf import find_resume_checkpoint, make_callbacks
 
     out_dir = Path(out_dir)
     train_pairs = load_pairs(data_dir, "train")
@@ -157,8 +157,11 @@ def train_dpo(params: dict[str, Any], data_dir: Path, base_model: str, init_adap
         train_dataset=Dataset.from_list([{k: p[k] for k in PAIR_KEYS} for p in train_pairs]),
         processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks,
     )
+    resume = find_resume_checkpoint(params["train"].get("resume_dir"))
+    if resume:
+        ctx.logger.info("dpo: resuming from %s", resume)
     t0 = time.perf_counter()
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=resume)
     runtime = time.perf_counter() - t0
     trained = trainer.model
     trained.eval()
@@ -205,7 +208,8 @@ def train_dpo(params: dict[str, Any], data_dir: Path, base_model: str, init_adap
         "total_params": total,
         "peak_memory_mb": peak_memory_mb(ctx.device),
         "device": ctx.device,
-        "resumed_from_step": 0,
+        "resumed_from_step": int(start.get("step", 0)) if resume else 0,
+        "resumed_from": resume,
         "start_step": int(start.get("step", 0)),
     }
     if plot_loss_curve([p for p in curve if "loss" in p], out_dir / "dpo_loss_curve.png",

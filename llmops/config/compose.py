@@ -61,7 +61,7 @@ def did_you_mean(word: str, choices: Sequence[str]) -> str:
 
 
 def config_loader() -> Any:
-    """Returns a Hydra ConfigLoader over the packaged config (what Hydra's app builds for itself)."""
+    """Returns a Hydra ConfigLoader over the packaged config (as Hydra's app builds its own)."""
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
     from hydra._internal.utils import create_config_search_path
 

@@ -13,6 +13,9 @@ from typing import Any
 from llmops.stages.context import StageContext
 
 REPORT_NAME = "dpo_report.json"
+# Like sft: the runner gives this stage a stable work folder per fingerprint and, when an
+# interrupted attempt left a checkpoint there, sets params["train"]["resume_dir"] to it.
+RESUMABLE = True
 
 
 def run(params: dict[str, Any], inputs: dict[str, Path], out_dir: Path, ctx: StageContext
