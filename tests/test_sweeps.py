@@ -218,6 +218,51 @@ def test_rerun_after_kill_resumes_training_from_the_last_checkpoint(tmp_path):
     assert list((store / ".work").iterdir()) == []  # published, so nothing left to resume
 
 
+@pytest.mark.slow
+def test_preempted_submitit_job_is_requeued_and_resumes_from_its_checkpoint(tmp_path):
+    """What SLURM does to a point at its time limit, through submitit's local executor.
+
+    submitit signals the job (SIGUSR2); the launcher checkpoints the job, submitit requeues it
+    (here: restarts it locally, on SLURM: scontrol requeue) and the rerun resumes training.
+    """
+    import psutil
+
+    args = ["-m", "hydra/launcher=submitit_local", "train.max_steps=60", "train.save_steps=10",
+            "data.n_examples=200", "model.pretrain.steps=20", "eval=none", "deploy=none",
+            "usecase=none", "progress=false"]
+    env = {k: v for k, v in os.environ.items() if k != "LLMOPS_STORE"}
+    env.update(WANDB_MODE="disabled", HF_HUB_OFFLINE="1")
+    proc = subprocess.Popen([sys.executable, "-m", "llmops", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    pattern = str(tmp_path / "outputs/store/.work/sft-*/checkpoints/checkpoint-*/"
+                  "trainer_state.json")
+    deadline = time.time() + 240
+    while not glob.glob(pattern) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert glob.glob(pattern), "no checkpoint appeared before the job ended"
+    tasks = [p for p in psutil.process_iter(["cmdline"])
+             if "submitit.core._submit" in " ".join(p.info["cmdline"] or [])
+             and str(tmp_path) in " ".join(p.info["cmdline"] or [])]
+    assert len(tasks) == 1, tasks
+    tasks[0].send_signal(signal.SIGUSR2)  # submitit's timeout / preemption signal
+    try:
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, err[-3000:]
+    logs = "\n".join(Path(f).read_text() for f in
+                     glob.glob(str(tmp_path / "outputs/multirun/*/*/.submitit/*/*_log.*")))
+    assert "this job is preempted" in logs and "Requeued job" in logs
+    (job,) = _jobs(tmp_path)
+    sft = job["stages"]["sft"]
+    assert sft["status"] == "resumed" and sft["resumed_from_step"] >= 10
+    assert job["job"]["status"] == "succeeded"
+    report = json.loads((Path(sft["path"]) / "training_report.json").read_text())
+    assert report["steps"] == 60 and report["resumed_from_step"] == sft["resumed_from_step"]
+
+
 def _data_run(compose_plan, store: Path, run_dir: Path, n: int) -> dict:
     from llmops.runner.run import run_plan
 

@@ -90,9 +90,13 @@ def run_plan(plan: Plan, run_dir: Path, overrides: list[str] | None = None,
         try:
             entry, status, seconds, extra = _execute(spec, plan, store, outputs, run_dir, i, total)
         except BaseException as exc:
-            manifest.stage(spec.name, status="failed", error=str(exc) or type(exc).__name__)
-            manifest.finish("failed", failed_stage=spec.name)
-            if isinstance(exc, LlmopsError | KeyboardInterrupt):
+            # Ctrl-C, or SystemExit from a signal handler (submitit's requeue on a time limit or
+            # preemption): the process is asked to stop, and the rerun resumes.
+            stopped = isinstance(exc, KeyboardInterrupt | SystemExit)
+            status = "interrupted" if stopped else "failed"
+            manifest.stage(spec.name, status=status, error=str(exc) or type(exc).__name__)
+            manifest.finish(status, failed_stage=spec.name)
+            if stopped or isinstance(exc, LlmopsError):
                 raise
             raise StageError(f"{spec.name}: {type(exc).__name__}: {exc}") from exc
         outputs[spec.name] = entry
