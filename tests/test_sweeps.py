@@ -219,6 +219,33 @@ def test_rerun_after_kill_resumes_training_from_the_last_checkpoint(tmp_path):
 
 
 @pytest.mark.slow
+def test_ctrl_c_exits_130_marks_the_run_interrupted_and_keeps_the_checkpoint(tmp_path):
+    args = ["train.max_steps=200", "train.save_steps=5", "data.n_examples=200",
+            "model.pretrain.steps=20", "eval=none", "deploy=none", "usecase=none", "progress=false"]
+    env = {k: v for k, v in os.environ.items() if k != "LLMOPS_STORE"}
+    env.update(WANDB_MODE="disabled", HF_HUB_OFFLINE="1")
+    proc = subprocess.Popen([sys.executable, "-m", "llmops", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pattern = str(tmp_path / "outputs/store/.work/sft-*/checkpoints/checkpoint-*/"
+                  "trainer_state.json")
+    deadline = time.time() + 180
+    while not glob.glob(pattern) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert glob.glob(pattern), "no checkpoint appeared before the run ended"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted: finished stages stay in the store; rerun to resume." in err
+    (manifest_path,) = (tmp_path / "outputs/runs").glob("*/*/manifest.json")
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["status"] == "interrupted" and manifest["failed_stage"] == "sft"
+    assert manifest["stages"]["sft"]["status"] == "interrupted"
+    assert manifest["stages"]["data"]["status"] == "ran"
+    assert glob.glob(pattern), "the checkpoint is kept for the rerun"
+    assert not (tmp_path / "outputs/store/sft").exists()
+
+
+@pytest.mark.slow
 def test_preempted_submitit_job_is_requeued_and_resumes_from_its_checkpoint(tmp_path):
     """What SLURM does to a point at its time limit, through submitit's local executor.
 
