@@ -200,28 +200,11 @@ def _unreachable_host() -> str:
 
 
 def test_ollama_without_server_writes_modelfile_and_command(tmp_path, chat_tokenizer):
-    from llmops.stages import deploy
-
-    export = tmp_path / "export"
-    chat_tokenizer.save_pretrained(str(export / "merged"))
-    gguf = tmp_path / "gguf"
-    gguf.mkdir()
-    (gguf / "model-q8_0.gguf").write_bytes(b"GGUF")
-    (gguf / "gguf_report.json").write_text(json.dumps({
-        "quantization": ["q8_0"], "files": {"q8_0": {"path": "model-q8_0.gguf", "parity": {}}}}))
-    run_dir, out = tmp_path / "run", tmp_path / "out"
-    out.mkdir()
     host = _unreachable_host()
-    params = {"target": "ollama", "model": {"name": "tiny", "chat_template": "chatml",
-                                            "context_length": 512},
-              "serve_quantization": "q8_0", "allow_failed_gates": False,
-              "ollama": {"host": host, "model_name": None, "timeout_s": 1.0}}
-    ctx = StageContext(run_dir=run_dir, show_progress=False, logger=logging.getLogger("test"))
-    report = deploy.run(params, {"gguf": gguf, "export": export,
-                                 "eval": _eval_dir(tmp_path, True)}, out, ctx)
+    report, out, gguf = _deploy_ollama(tmp_path, chat_tokenizer, host, model_name=None)
     o = report["ollama"]
     assert o["created"] is False and host in o["reason"]
-    assert o["command"] == f"ollama create llmops-tiny -f {run_dir}/stages/deploy/Modelfile"
+    assert o["command"] == f"ollama create llmops-tiny -f {tmp_path}/run/stages/deploy/Modelfile"
     assert o["template_check"]["identical"] and o["stop"] == ["<|im_end|>", "<|im_start|>"]
     text = (out / "Modelfile").read_text()
     assert text.startswith(f"FROM {(gguf / 'model-q8_0.gguf').resolve()}\n")
@@ -229,6 +212,31 @@ def test_ollama_without_server_writes_modelfile_and_command(tmp_path, chat_token
     assert integration["base_url"] == f"{host}/v1" and integration["model"] == "llmops-tiny"
     assert 'OpenAI(base_url="' in integration["snippets"]["openai_sdk"]
     assert "Client(host=" in integration["snippets"]["ollama_client"]
+
+
+def _deploy_ollama(tmp_path: Path, chat_tokenizer, host: str, model_name: str | None = "my-agent"
+                   ) -> tuple[dict, Path, Path]:
+    """Runs the deploy stage for target ollama on a stand-in GGUF; returns (report, out, gguf)."""
+    from llmops.stages import deploy
+
+    export = tmp_path / "export"
+    chat_tokenizer.save_pretrained(str(export / "merged"))
+    gguf = tmp_path / "gguf"
+    gguf.mkdir()
+    (gguf / "model-q8_0.gguf").write_bytes(b"GGUF" + bytes(range(256)) * 64)
+    (gguf / "gguf_report.json").write_text(json.dumps({
+        "quantization": ["q8_0"], "files": {"q8_0": {"path": "model-q8_0.gguf", "parity": {}}}}))
+    out = tmp_path / "out"
+    out.mkdir()
+    params = {"target": "ollama", "model": {"name": "tiny", "chat_template": "chatml",
+                                            "context_length": 512},
+              "serve_quantization": "q8_0", "allow_failed_gates": False,
+              "ollama": {"host": host, "model_name": model_name, "timeout_s": 2.0}}
+    ctx = StageContext(run_dir=tmp_path / "run", show_progress=False,
+                       logger=logging.getLogger("test"))
+    report = deploy.run(params, {"gguf": gguf, "export": export,
+                                 "eval": _eval_dir(tmp_path, True)}, out, ctx)
+    return report, out, gguf
 
 
 # -- set-up of the converter (no llama.cpp) -------------------------------------------------------
@@ -393,36 +401,11 @@ class _FakeOllama:
         self.server.server_close()
 
 
-def _ollama_inputs(tmp_path: Path, chat_tokenizer) -> tuple[dict, Path]:
-    export = tmp_path / "export"
-    chat_tokenizer.save_pretrained(str(export / "merged"))
-    gguf = tmp_path / "gguf"
-    gguf.mkdir()
-    (gguf / "model-q8_0.gguf").write_bytes(b"GGUF" + bytes(range(256)) * 64)
-    (gguf / "gguf_report.json").write_text(json.dumps({
-        "quantization": ["q8_0"], "files": {"q8_0": {"path": "model-q8_0.gguf", "parity": {}}}}))
-    return {"gguf": gguf, "export": export, "eval": _eval_dir(tmp_path, True)}, gguf
-
-
-def _ollama_params(host: str) -> dict:
-    return {"target": "ollama", "model": {"name": "tiny", "chat_template": "chatml",
-                                          "context_length": 512},
-            "serve_quantization": "q8_0", "allow_failed_gates": False,
-            "ollama": {"host": host, "model_name": "my-agent", "timeout_s": 2.0}}
-
-
 def test_ollama_with_a_server_uploads_the_gguf_and_creates_the_model(tmp_path, chat_tokenizer):
     import hashlib
 
-    from llmops.stages import deploy
-
-    inputs, gguf = _ollama_inputs(tmp_path, chat_tokenizer)
-    out = tmp_path / "out"
-    out.mkdir()
-    ctx = StageContext(run_dir=tmp_path / "run", show_progress=False,
-                       logger=logging.getLogger("test"))
     with _FakeOllama() as server:
-        report = deploy.run(_ollama_params(server.host), inputs, out, ctx)
+        report, out, gguf = _deploy_ollama(tmp_path, chat_tokenizer, server.host)
     o = report["ollama"]
     assert o["created"] is True and o["server_version"] == "0.0.0-test"
     assert o["smoke_answer"] == "create_task(...)"
@@ -442,14 +425,7 @@ def test_ollama_with_a_server_uploads_the_gguf_and_creates_the_model(tmp_path, c
 
 
 def test_ollama_server_errors_name_the_host_and_the_fix(tmp_path, chat_tokenizer):
-    from llmops.stages import deploy
-
-    inputs, _ = _ollama_inputs(tmp_path, chat_tokenizer)
-    out = tmp_path / "out"
-    out.mkdir()
-    ctx = StageContext(run_dir=tmp_path / "run", show_progress=False,
-                       logger=logging.getLogger("test"))
     with _FakeOllama(fail_create=True) as server:
         with pytest.raises(StageError, match=r"Ollama server at http://127\.0\.0\.1:\d+ failed "
                                              r"to create 'my-agent': unsupported model format"):
-            deploy.run(_ollama_params(server.host), inputs, out, ctx)
+            _deploy_ollama(tmp_path, chat_tokenizer, server.host)

@@ -186,23 +186,42 @@ def test_joblib_points_share_the_store_and_a_gate_failure_exits_3_at_the_end(tmp
     assert "job 0 [eval.enforce=True]: gate_failed" in r.stderr
 
 
-@pytest.mark.slow
-def test_rerun_after_kill_resumes_training_from_the_last_checkpoint(tmp_path):
-    args = ["train.max_steps=60", "train.save_steps=10", "data.n_examples=200",
-            "model.pretrain.steps=20", "eval=none", "deploy=none", "usecase=none", "progress=false"]
+TRAIN_ONLY = ["data.n_examples=200", "model.pretrain.steps=20", "eval=none", "deploy=none",
+              "usecase=none", "progress=false"]
+CHECKPOINT = "outputs/store/.work/sft-*/checkpoints/checkpoint-*/trainer_state.json"
+
+
+def _start_until_checkpoint(tmp_path: Path, args: list[str]) -> subprocess.Popen:
+    """Starts `python -m llmops ARGS` (own process group) and returns once sft has a checkpoint."""
     env = {k: v for k, v in os.environ.items() if k != "LLMOPS_STORE"}
     env.update(WANDB_MODE="disabled", HF_HUB_OFFLINE="1")
-    proc = subprocess.Popen([sys.executable, "-m", "llmops", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    store = tmp_path / "outputs" / "store"
-    pattern = str(store / ".work/sft-*/checkpoints/checkpoint-*/trainer_state.json")
-    deadline = time.time() + 180
-    while not glob.glob(pattern) and proc.poll() is None and time.time() < deadline:
+    with open(tmp_path / "stdout.txt", "w") as out, open(tmp_path / "stderr.txt", "w") as err:
+        # Files, not pipes: a full pipe would stall the run before its first checkpoint.
+        proc = subprocess.Popen([sys.executable, "-m", "llmops", *args], cwd=tmp_path, env=env,
+                                stdout=out, stderr=err, start_new_session=True)
+    deadline = time.time() + 240
+    while not glob.glob(str(tmp_path / CHECKPOINT)) and proc.poll() is None \
+            and time.time() < deadline:
         time.sleep(0.1)
+    if not glob.glob(str(tmp_path / CHECKPOINT)):
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        pytest.fail(f"no checkpoint appeared before the run ended:\n{_stderr(tmp_path)[-2000:]}")
+    return proc
+
+
+def _stderr(tmp_path: Path) -> str:
+    return (tmp_path / "stderr.txt").read_text()
+
+
+@pytest.mark.slow
+def test_rerun_after_kill_resumes_training_from_the_last_checkpoint(tmp_path):
+    args = ["train.max_steps=60", "train.save_steps=10", *TRAIN_ONLY]
+    proc = _start_until_checkpoint(tmp_path, args)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert glob.glob(pattern), "no checkpoint appeared before the run ended"
+    store = tmp_path / "outputs" / "store"
+    assert glob.glob(str(tmp_path / CHECKPOINT))
     assert not (store / "sft").exists(), "a killed job must publish nothing"
 
     r = llmops(*args, cwd=tmp_path)
@@ -220,20 +239,11 @@ def test_rerun_after_kill_resumes_training_from_the_last_checkpoint(tmp_path):
 
 @pytest.mark.slow
 def test_ctrl_c_exits_130_marks_the_run_interrupted_and_keeps_the_checkpoint(tmp_path):
-    args = ["train.max_steps=200", "train.save_steps=5", "data.n_examples=200",
-            "model.pretrain.steps=20", "eval=none", "deploy=none", "usecase=none", "progress=false"]
-    env = {k: v for k, v in os.environ.items() if k != "LLMOPS_STORE"}
-    env.update(WANDB_MODE="disabled", HF_HUB_OFFLINE="1")
-    proc = subprocess.Popen([sys.executable, "-m", "llmops", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    pattern = str(tmp_path / "outputs/store/.work/sft-*/checkpoints/checkpoint-*/"
-                  "trainer_state.json")
-    deadline = time.time() + 180
-    while not glob.glob(pattern) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.1)
-    assert glob.glob(pattern), "no checkpoint appeared before the run ended"
+    proc = _start_until_checkpoint(tmp_path, ["train.max_steps=200", "train.save_steps=5",
+                                              *TRAIN_ONLY])
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    proc.wait(timeout=120)
+    err = _stderr(tmp_path)
     assert proc.returncode == 130, err[-2000:]
     assert "interrupted: finished stages stay in the store; rerun to resume." in err
     (manifest_path,) = (tmp_path / "outputs/runs").glob("*/*/manifest.json")
@@ -241,7 +251,7 @@ def test_ctrl_c_exits_130_marks_the_run_interrupted_and_keeps_the_checkpoint(tmp
     assert manifest["status"] == "interrupted" and manifest["failed_stage"] == "sft"
     assert manifest["stages"]["sft"]["status"] == "interrupted"
     assert manifest["stages"]["data"]["status"] == "ran"
-    assert glob.glob(pattern), "the checkpoint is kept for the rerun"
+    assert glob.glob(str(tmp_path / CHECKPOINT)), "the checkpoint is kept for the rerun"
     assert not (tmp_path / "outputs/store/sft").exists()
 
 
@@ -254,31 +264,20 @@ def test_preempted_submitit_job_is_requeued_and_resumes_from_its_checkpoint(tmp_
     """
     import psutil
 
-    args = ["-m", "hydra/launcher=submitit_local", "train.max_steps=60", "train.save_steps=10",
-            "data.n_examples=200", "model.pretrain.steps=20", "eval=none", "deploy=none",
-            "usecase=none", "progress=false"]
-    env = {k: v for k, v in os.environ.items() if k != "LLMOPS_STORE"}
-    env.update(WANDB_MODE="disabled", HF_HUB_OFFLINE="1")
-    proc = subprocess.Popen([sys.executable, "-m", "llmops", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    pattern = str(tmp_path / "outputs/store/.work/sft-*/checkpoints/checkpoint-*/"
-                  "trainer_state.json")
-    deadline = time.time() + 240
-    while not glob.glob(pattern) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.1)
-    assert glob.glob(pattern), "no checkpoint appeared before the job ended"
+    proc = _start_until_checkpoint(tmp_path, ["-m", "hydra/launcher=submitit_local",
+                                              "train.max_steps=60", "train.save_steps=10",
+                                              *TRAIN_ONLY])
     tasks = [p for p in psutil.process_iter(["cmdline"])
              if "submitit.core._submit" in " ".join(p.info["cmdline"] or [])
              and str(tmp_path) in " ".join(p.info["cmdline"] or [])]
     assert len(tasks) == 1, tasks
     tasks[0].send_signal(signal.SIGUSR2)  # submitit's timeout / preemption signal
     try:
-        out, err = proc.communicate(timeout=300)
+        proc.wait(timeout=300)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 0, err[-3000:]
+    assert proc.returncode == 0, _stderr(tmp_path)[-3000:]
     logs = "\n".join(Path(f).read_text() for f in
                      glob.glob(str(tmp_path / "outputs/multirun/*/*/.submitit/*/*_log.*")))
     assert "this job is preempted" in logs and "Requeued job" in logs
