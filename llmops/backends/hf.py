@@ -393,6 +393,28 @@ def run_training(
     return report
 
 
+def train_with_sft_trainer(model: Any, tokenizer: Any, params: dict[str, Any], base_model: str,
+                           data_dir: Path, out_dir: Path, ctx: Any, backend: str,
+                           peft_config: Any = None) -> dict[str, Any]:
+    """Trains a loaded model with TRL's SFTTrainer on data_dir (shared by the hf and unsloth
+    backends) and returns run_training's report."""
+    from trl import SFTTrainer
+
+    train_ds, val_ds = load_datasets(data_dir)
+    callbacks, start = make_callbacks(ctx)
+    trainer = SFTTrainer(
+        model=model,
+        args=sft_config(params, out_dir, ctx),
+        train_dataset=train_ds,
+        eval_dataset=val_ds,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=callbacks,
+    )
+    return run_training(trainer, tokenizer, {**params, "_base_model": base_model}, out_dir, ctx,
+                        backend, start)
+
+
 class HFBackend:
     """Fine-tunes with transformers + peft + TRL SFTTrainer on CPU or GPU."""
 
@@ -405,31 +427,10 @@ class HFBackend:
 
         See `llmops.backends.TrainingBackend.train_sft`.
         """
-        from trl import SFTTrainer
-
-        train_ds, val_ds = load_datasets(data_dir)
         model, tokenizer = load_model(params, base_model, ctx)
         set_cpu_threads(params["train"].get("cpu_threads"), model, ctx)
-        args = sft_config(params, out_dir, ctx)
-        callbacks, start = make_callbacks(ctx)
-        trainer = SFTTrainer(
-            model=model,
-            args=args,
-            train_dataset=train_ds,
-            eval_dataset=val_ds,
-            processing_class=tokenizer,
-            peft_config=lora_config(params.get("lora")),
-            callbacks=callbacks,
-        )
-        return run_training(
-            trainer,
-            tokenizer,
-            {**params, "_base_model": base_model},
-            out_dir,
-            ctx,
-            self.name,
-            start,
-        )
+        return train_with_sft_trainer(model, tokenizer, params, base_model, data_dir, out_dir, ctx,
+                                      self.name, peft_config=lora_config(params.get("lora")))
 
 
 BACKEND = HFBackend()

@@ -53,10 +53,9 @@ class UnslothBackend:
                 "sft: train.backend=unsloth trains LoRA adapters only (lora=none). "
                 "Pick a lora option (e.g. lora=r16) or use train.backend=hf for a full fine-tune."
             )
-        from trl import SFTTrainer
         from unsloth import FastLanguageModel  # must come before trl/transformers
 
-        from llmops.backends.hf import load_datasets, make_callbacks, run_training, sft_config
+        from llmops.backends.hf import train_with_sft_trainer
 
         train = params["train"]
         lora = params["lora"]
@@ -84,25 +83,8 @@ class UnslothBackend:
             use_gradient_checkpointing="unsloth" if train.get("gradient_checkpointing") else False,
             random_state=int(train.get("seed", 0)),
         )
-        train_ds, val_ds = load_datasets(data_dir)
-        callbacks, start = make_callbacks(ctx)
-        trainer = SFTTrainer(
-            model=model,
-            args=sft_config(params, out_dir, ctx),
-            train_dataset=train_ds,
-            eval_dataset=val_ds,
-            processing_class=tokenizer,
-            callbacks=callbacks,
-        )
-        return run_training(
-            trainer,
-            tokenizer,
-            {**params, "_base_model": base_model},
-            out_dir,
-            ctx,
-            self.name,
-            start,
-        )
+        return train_with_sft_trainer(model, tokenizer, params, base_model, data_dir, out_dir, ctx,
+                                      self.name)
 
 
 BACKEND = UnslothBackend()
