@@ -44,3 +44,24 @@ def sft_data(tmp_path_factory) -> Path:
         write_jsonl(out / "val.jsonl", rows[160:])
         _CACHE["data"] = out
     return _CACHE["data"]
+
+
+def random_adapter(base: Path, folder: Path, seed: int, scale: float) -> Path:
+    """Saves a real LoRA adapter (r4, all linear layers) on base with random non-zero lora_B, so it
+    changes the outputs; the tokenizer is saved beside it."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    peft_model = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM")
+    )
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * scale)
+    peft_model.save_pretrained(str(folder))
+    AutoTokenizer.from_pretrained(str(base)).save_pretrained(str(folder))
+    return folder

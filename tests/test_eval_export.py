@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 import pytest
+from fixtures_model import random_adapter
 
 from llmops.data import task_api
 from llmops.stages.context import StageContext
@@ -41,25 +42,6 @@ def _build_tiny_base(folder: Path) -> None:
     tok.save_pretrained(str(folder))
 
 
-def _build_adapter(base: Path, folder: Path) -> None:
-    """Creates a real LoRA adapter on the base whose lora_B weights are non-zero."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
-    peft_model = get_peft_model(
-        model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM")
-    )
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=gen) * 0.5)
-    peft_model.save_pretrained(str(folder))
-    AutoTokenizer.from_pretrained(str(base)).save_pretrained(str(folder))
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """Folders of a tiny base, a data split, an sft output with an adapter, and an eval_base run."""
@@ -71,7 +53,7 @@ def tiny(tmp_path_factory):
         d.mkdir()
     _build_tiny_base(base)
     write_jsonl(data / "test.jsonl", task_api.generate(N_TEST, seed=7))
-    _build_adapter(base, sft / "adapter")
+    random_adapter(base, sft / "adapter", seed=1, scale=0.5)
     (sft / "training_report.json").write_text(json.dumps({"artifact": "adapter"}))
     return {"root": root, "base": base, "data": data, "sft": sft}
 

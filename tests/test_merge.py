@@ -7,37 +7,17 @@ import logging
 from pathlib import Path
 
 import pytest
-from fixtures_model import tiny_base  # noqa: F401  (session fixture)
+from fixtures_model import random_adapter, tiny_base  # noqa: F401  (session fixture)
 
 from llmops.stages.context import StageContext
 
 pytestmark = pytest.mark.slow
 
 
-def _adapter(base: Path, folder: Path, seed: int) -> Path:
-    """Saves a LoRA adapter on base with random non-zero lora_B (so it changes the outputs)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
-    peft_model = get_peft_model(
-        model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM")
-    )
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=gen) * 0.3)
-    peft_model.save_pretrained(str(folder))
-    AutoTokenizer.from_pretrained(str(base)).save_pretrained(str(folder))
-    return folder
-
-
 @pytest.fixture(scope="module")
 def adapters(tiny_base, tmp_path_factory):  # noqa: F811
     root = tmp_path_factory.mktemp("adapters")
-    return [_adapter(tiny_base, root / f"a{i}", seed=i) for i in range(2)]
+    return [random_adapter(tiny_base, root / f"a{i}", seed=i, scale=0.3) for i in range(2)]
 
 
 def _merge(tiny_base, out: Path, adapters, **params):  # noqa: F811
