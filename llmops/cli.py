@@ -106,17 +106,17 @@ def execute(cfg: Any, run_dir: Path | None = None, overrides: list[str] | None =
         meta: Extra manifest fields (a sweep job's sweep id, sweep folder and job number).
 
     Returns:
-        The tuned model's exact match (the metric sweepers optimise), or None when nothing ran.
+        The tuned model's exact match (the metric sweepers optimise) as a finite float, or None
+        when nothing ran or it was not measured.
     """
-    import json
-
     from rich.console import Console
 
     from llmops.compiler.compile import compile_plan
-    from llmops.compiler.render import plan_table, summary_table
+    from llmops.compiler.render import plan_table, print_summary
     from llmops.config.validate import validate
     from llmops.env import detect
     from llmops.runner.run import run_plan
+    from llmops.sweep import job_metric
 
     if run_dir is None or overrides is None:
         from hydra.core.hydra_config import HydraConfig
@@ -141,14 +141,9 @@ def execute(cfg: Any, run_dir: Path | None = None, overrides: list[str] | None =
         console.print(f"dry run: nothing ran. Plan written to {Path(run_dir) / 'plan.json'}")
         return None
     manifest = run_plan(plan, Path(run_dir), overrides, meta)
-    report_path = Path(run_dir) / "eval_report.json"
-    report = json.loads(report_path.read_text()) if report_path.is_file() else None
-    for renderable in summary_table(manifest, report):
-        console.print(renderable)
-    console.print(f"run folder: {run_dir}")
-    if report:
-        return report.get("tuned", {}).get("exact_match")
-    return None
+    report = _eval_report(Path(run_dir))
+    print_summary(console, manifest, report, Path(run_dir))  # never fails the finished run
+    return job_metric(report)
 
 
 def _fail(exc: LlmopsError) -> None:
@@ -196,14 +191,21 @@ def run_job(cfg: Any) -> Any:
     return metric
 
 
-def _tuned_metric(run_dir: Path) -> float | None:
+def _eval_report(run_dir: Path) -> dict[str, Any] | None:
+    """Returns the run's eval_report.json, or None when it is missing or unreadable."""
     import json
 
     try:
-        report = json.loads((run_dir / "eval_report.json").read_text())
-        return float(report["tuned"]["exact_match"])
-    except (OSError, ValueError, KeyError, TypeError):
+        report = json.loads((run_dir / "eval_report.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
         return None
+    return report if isinstance(report, dict) else None
+
+
+def _tuned_metric(run_dir: Path) -> float | None:
+    from llmops.sweep import job_metric
+
+    return job_metric(_eval_report(run_dir))
 
 
 def _task(cfg: Any) -> Any:

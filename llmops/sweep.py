@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import numbers
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from typing import Any
 from llmops.errors import EXIT_GATE_FAILED, EXIT_NO_GO, EXIT_OK, EXIT_STAGE_FAILED
 
 JOB_FILE = "sweep_job.json"
+METRIC = "exact_match"  # of the tuned model: what a job returns to the sweeper
 _FAILED = {"failed": EXIT_STAGE_FAILED, "gate_failed": EXIT_GATE_FAILED, "no_go": EXIT_NO_GO}
 
 
@@ -147,13 +149,29 @@ def job_context() -> dict[str, Any] | None:
             "job_num": int(hc.job.num)}
 
 
-def record_job(run_dir: Path, status: str, metric: float | None = None, **fields: Any) -> None:
-    """Writes the job's outcome (sweep_job.json) into its run folder."""
+def as_metric(value: Any) -> float | None:
+    """Returns value as the finite float a sweeper can optimise, or None (missing, NaN, text)."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def job_metric(eval_report: Any) -> float | None:
+    """Returns the metric a job hands the sweeper: the tuned exact match, or None without one.
+
+    Args:
+        eval_report: The run's eval_report.json as read (None or {} when there is none).
+    """
+    tuned = eval_report.get("tuned") if isinstance(eval_report, dict) else None
+    return as_metric(tuned.get(METRIC)) if isinstance(tuned, dict) else None
+
+
+def record_job(run_dir: Path, status: str, metric: Any = None, **fields: Any) -> None:
+    """Writes the job's outcome (sweep_job.json) into its run folder (metric: a float or null)."""
     from llmops.runner.files import write_json_atomic
 
-    if metric is not None and not math.isfinite(metric):
-        metric = None
-    write_json_atomic(Path(run_dir) / JOB_FILE, {"status": status, "metric": metric, **fields})
+    write_json_atomic(Path(run_dir) / JOB_FILE,
+                      {"status": status, "metric": as_metric(metric), **fields})
 
 
 # ---- after the sweep ----
@@ -172,6 +190,8 @@ def summarize(sweep_dir: Path) -> tuple[int, list[dict[str, Any]]]:
             row = json.loads((job_dir / JOB_FILE).read_text())
         except (OSError, ValueError):
             row = {"status": "failed", "error": "the job ended without reporting (killed?)"}
+        if not isinstance(row, dict) or not isinstance(row.get("status"), str):
+            row = {"status": "failed", "error": f"its {JOB_FILE} holds no status"}
         rows.append({"dir": str(job_dir), **row})
     rows.sort(key=lambda r: (r.get("job_num") is None, r.get("job_num") or 0, r["dir"]))
     codes = {_FAILED[r["status"]] for r in rows if r["status"] in _FAILED}
@@ -194,19 +214,25 @@ def swept(rows: list[dict[str, Any]]) -> dict[str, list[str]]:
 
 
 def print_summary(sweep_dir: Path) -> int:
-    """Prints the failed and skipped points of a finished sweep; returns the exit code."""
+    """Prints every point of a finished sweep (status, metric or error); returns the exit code."""
     import sys
+
+    from llmops.compiler.render import fmt_value
 
     code, rows = summarize(sweep_dir)
     labels = swept(rows)
-    bad = [r for r in rows if r["status"] not in ("succeeded", "dry_run")]
+    ok = sum(r["status"] in ("succeeded", "dry_run") for r in rows)
     skipped = sum(r["status"] == "invalid" for r in rows)
-    lines = [f"sweep finished: {len(rows) - len(bad)} of {len(rows)} points succeeded"
+    lines = [f"sweep finished: {ok} of {len(rows)} points succeeded"
              f"{f', {skipped} skipped as invalid' if skipped else ''} ({sweep_dir})"]
-    for r in bad:
+    for r in rows:
         what = " ".join(labels[r["dir"]]) or Path(r["dir"]).name
-        error = (r.get("error") or "").strip().splitlines()
-        lines.append(f"  - job {r.get('job_num', '?')} [{what}]: {r['status']}"
-                     f"{': ' + error[0] if error else ''}")
+        line = f"  - job {r.get('job_num', '?')} [{what}]: {r['status']}"
+        if r["status"] == "succeeded":
+            line += f", {METRIC} {fmt_value(as_metric(r.get('metric')))}"
+        elif r["status"] != "dry_run":
+            error = str(r.get("error") or "").strip().splitlines()
+            line += (": " + error[0]) if error else ""
+        lines.append(line)
     print("\n".join(lines), file=sys.stderr if code else sys.stdout)
     return code

@@ -107,6 +107,24 @@ def test_token_lengths_from_tokenizer_json(tmp_path, tokenizer_dir):
     assert 0 < stats["over_max_length"] <= 400 and stats["max_length"] == 40
 
 
+def test_over_long_rows_are_kept_and_named_by_line(tmp_path, tokenizer_dir):
+    from tokenizers import Tokenizer
+
+    rows = [{"messages": r["messages"][1:]} for r in task_api.generate(40, 3)[:20]]
+    rows[6]["messages"][0]["content"] = "Please create a task to " + "buy milk and " * 60
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report, out = run(tmp_path, params(source="jsonl", path=str(path), max_length=64),
+                      {"base": tokenizer_dir})
+    tok = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
+    tokens = len(tok.encode("\n".join(m["content"] for m in rows[6]["messages"])).ids)
+    assert tokens > 64
+    assert report["token_lengths"]["over_max_length_rows"] == [{"line": 7, "tokens": tokens}]
+    assert report["token_lengths"]["over_max_length"] == 1
+    kept = [r["meta"]["line"] for n in ("train", "val", "test") for r in read(out / f"{n}.jsonl")]
+    assert 7 in kept and report["counts"]["rejected"] == 0
+
+
 def test_token_lengths_with_chat_template(tmp_path, tokenizer_dir):
     folder = tmp_path / "tok"
     folder.mkdir()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from llmops.config.schema import AppConfig
+from llmops.data import formats
 from llmops.env import Environment
 from llmops.errors import Problem
 
@@ -24,7 +25,11 @@ def alignment_problems(cfg: AppConfig, env: Environment) -> list[Problem]:
     if dpo and not cfg.lora.enabled:
         out.append(Problem("lora", f"train.method={t.method} trains a LoRA adapter "
                                    "(got lora=none). Use lora=r16."))
-    if dpo and d.preference_path and not Path(d.preference_path).expanduser().is_file():
+    if dpo and d.preference_path and (kind := formats.not_regular(d.preference_path)):
+        out.append(Problem("data.preference_path", f"{Path(d.preference_path).expanduser()} is "
+                                                   f"{kind}, not a regular file. Point it at a "
+                                                   "JSONL of prompt/chosen/rejected rows."))
+    elif dpo and d.preference_path and not Path(d.preference_path).expanduser().is_file():
         out.append(Problem(
             "data.preference_path",
             f"file not found: {Path(d.preference_path).expanduser().resolve()}. Point it at a "

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from llmops.config.schema import AppConfig
+from llmops.data import formats
 from llmops.env import Environment
 from llmops.errors import Problem
 from llmops.evaluation import METRICS as KNOWN_METRICS
@@ -137,6 +138,9 @@ def _data(cfg: AppConfig, env: Environment) -> list[Problem]:
         if not d.path:
             out.append(Problem("data.path",
                                "is required for data=jsonl. Set data.path=FILE.jsonl."))
+        elif kind := formats.not_regular(d.path):
+            out.append(Problem("data.path", f"{Path(d.path).expanduser().resolve()} is {kind}, not "
+                                            "a regular file. Point data.path at a JSONL file."))
         elif not Path(d.path).expanduser().is_file():
             out.append(Problem(
                 "data.path",

@@ -15,6 +15,8 @@ Every row becomes ``{"messages": [...], "meta": {"source": ..., "line": n, ...}}
 from __future__ import annotations
 
 import json
+import os
+import stat
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -63,6 +65,26 @@ class LoadResult:
     n_read: int = 0
 
 
+def not_regular(path: str | Path) -> str | None:
+    """Tells what is at path when it is there but is not a regular file, without opening it.
+
+    Opening a FIFO would block until a writer comes, so only ``os.stat`` looks (links followed).
+
+    Returns:
+        None for a regular file or when nothing is there, else e.g. ``"a folder"``,
+        ``"a FIFO (named pipe)"``.
+    """
+    try:
+        mode = os.stat(Path(path).expanduser()).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+             (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"))
+    return next((kind for test, kind in kinds if test(mode)), "not a file")
+
+
 def parse_lines(lines: Iterable[bytes | str]) -> tuple[list[tuple[int, Any]], list[Reject], int]:
     """Parses JSONL lines, skipping blank ones.
 
@@ -71,21 +93,22 @@ def parse_lines(lines: Iterable[bytes | str]) -> tuple[list[tuple[int, Any]], li
 
     Returns:
         ``(records, rejects, n_read)``: ``(line, value)`` for each line that parsed, a reject for
-        each that did not (not UTF-8, bad JSON), and the number of non-blank lines.
+        each that did not (not UTF-8, bad JSON), and the number of non-blank lines. A UTF-8 byte
+        order mark opening line 1 is not part of the row.
     """
     records: list[tuple[int, Any]] = []
     rejects: list[Reject] = []
     n_read = 0
     for number, raw in enumerate(lines, start=1):
         if isinstance(raw, bytes):
-            try:
-                text = raw.decode("utf-8")
+            try:  # utf-8-sig on line 1: a byte order mark at the start of the file is dropped
+                text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as exc:
                 n_read += 1
                 rejects.append(Reject(number, f"not UTF-8 text (byte {exc.start})"))
                 continue
         else:
-            text = raw
+            text = raw.removeprefix("\ufeff") if number == 1 else raw
         if not text.strip():
             continue
         n_read += 1
@@ -186,6 +209,34 @@ def _check_chat(obj: dict[str, Any]) -> str | None:
     return None
 
 
+def _lone_surrogate(value: Any, where: str = "") -> str | None:
+    """Finds text that is not valid Unicode (a lone surrogate such as JSON's "\\ud800").
+
+    Returns:
+        None when every string (keys included) encodes as UTF-8, else where the first bad one is.
+    """
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            char = value[exc.start].encode("unicode_escape").decode("ascii")
+            return (f"{where or 'the row'} holds a lone surrogate {char} at character "
+                    f"{exc.start}, which is not valid Unicode text; fix or remove it")
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = (_lone_surrogate(key, f"a key of {where or 'the row'}")
+                     or _lone_surrogate(item, f"{where}.{key}" if where else str(key)))
+            if found:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _lone_surrogate(item, f"{where}[{i}]")
+            if found:
+                return found
+    return None
+
+
 def check_row(obj: Any, fmt: str) -> str | None:
     """Checks one parsed row against a format.
 
@@ -198,6 +249,9 @@ def check_row(obj: Any, fmt: str) -> str | None:
     """
     if not isinstance(obj, dict):
         return f"expected a JSON object (got {type(obj).__name__})"
+    bad_text = _lone_surrogate(obj)
+    if bad_text:
+        return bad_text
     seen = detect_row_format(obj)
     if seen is not None and seen != fmt:
         keys = ", ".join(sorted(obj))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +18,19 @@ def _default(obj: Any) -> Any:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Writes JSON to a temp file in the same folder, then renames it over path."""
+    """Writes JSON to a temp file in the same folder, then renames it over path.
+
+    The file gets the mode `open()` would give it (0666 less the umask, so 0644 by default),
+    not mkstemp's private 0600: run folders are often shared.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
     try:
-        with os.fdopen(fd, "w") as f:
+        with open(tmp, "x", encoding="utf-8") as f:  # "x": a fresh file, never someone else's
             json.dump(data, f, indent=2, default=_default)
             f.write("\n")
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise

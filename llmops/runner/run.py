@@ -40,19 +40,23 @@ def _link_into_run(spec: StageSpec, entry: Path, run_dir: Path) -> None:
     link.symlink_to(entry.resolve(), target_is_directory=True)
 
 
-def _fmt(x: Any) -> str:
-    return f"{x:.3f}" if isinstance(x, float) else str(x)
-
-
 def _gate_failure(report: dict[str, Any]) -> str:
+    """Lists the failed gates of an eval report, one line each; never raises.
+
+    A skipped gate (its metric was not measured) is not a failure and is not listed.
+    """
+    from llmops.compiler.render import fmt_value, gate_state
+
     lines = []
-    for g in report.get("gates", []):
-        if not g.get("passed", True):
-            value, threshold = _fmt(g.get("value")), _fmt(g.get("threshold"))
-            lines.append(f"  - {g.get('name')}: {g.get('metric')} = {value} "
-                         f"(needs {'≥' if g.get('direction', 'min') == 'min' else '≤'} "
-                         f"{threshold}; short by {abs(g.get('margin', 0) or 0):.3f})")
-    return "\n".join(lines)
+    for g in report.get("gates") or []:
+        if not isinstance(g, dict) or gate_state(g) != "NO":
+            continue
+        sign = "≤" if g.get("direction") == "max" else "≥"
+        margin = g.get("margin")
+        short = f"; short by {fmt_value(abs(margin))}" if isinstance(margin, int | float) else ""
+        lines.append(f"  - {g.get('name')}: {g.get('metric')} = {fmt_value(g.get('value'))} "
+                     f"(needs {sign} {fmt_value(g.get('threshold'))}{short})")
+    return "\n".join(lines) or "  - (no failed gate is recorded in the report)"
 
 
 def run_plan(plan: Plan, run_dir: Path, overrides: list[str] | None = None,

@@ -128,15 +128,18 @@ def _load(params: dict, source: str) -> tuple[formats.LoadResult, str]:
     )
 
 
-def _input_file(path: str | None) -> Path:
+def _input_file(path: str | None, key: str = "data.path") -> Path:
     if not path:
         raise StageError(
             "data.path: not set (None) while data.source=jsonl. Set data.path=/abs/path/file.jsonl."
         )
     file = Path(path).expanduser()
+    kind = formats.not_regular(file)
+    if kind is not None:
+        raise StageError(f"{key}: {file} is {kind}, not a regular file. Point {key} at a JSONL "
+                         "file.")
     if not file.is_file():
-        what = "is a folder" if file.is_dir() else "does not exist"
-        raise StageError(f"data.path: {file} {what}. Point data.path at a JSONL file.")
+        raise StageError(f"{key}: {file} does not exist. Point {key} at a JSONL file.")
     return file
 
 
@@ -264,9 +267,12 @@ def token_stats(rows: list[dict], params: dict, inputs: dict[str, Path], ctx: St
     tokenizer can be loaded the stats are skipped with the reason, and a warning is logged: they
     are informational, the sft stage loads the tokenizer itself and reports its own errors.
 
+    Rows longer than ``max_length`` tokens are kept (training truncates them) and named by line
+    in ``over_max_length_rows`` (the first ``MAX_LISTED``), with their token count.
+
     Returns:
         ``{"tokenizer", "method", "count", "min", "mean", "p50", "p95", "max", "max_length",
-        "over_max_length"}``, or ``{"tokenizer", "skipped": reason}``.
+        "over_max_length", "over_max_length_rows"}``, or ``{"tokenizer", "skipped": reason}``.
     """
     max_length = int(params.get("max_length", 512))
     name = None
@@ -277,6 +283,8 @@ def token_stats(rows: list[dict], params: dict, inputs: dict[str, Path], ctx: St
         ctx.logger.warning("data: token lengths skipped (%s: %s)", type(exc).__name__, exc)
         return {"tokenizer": name, "skipped": f"{type(exc).__name__}: {exc}"}
     ordered = sorted(lengths)
+    over = [{"line": row["meta"].get("line"), "tokens": n}
+            for row, n in zip(rows, lengths, strict=True) if n > max_length]
 
     def pct(q: int) -> int:  # nearest rank
         return ordered[max(0, math.ceil(len(ordered) * q / 100) - 1)]
@@ -291,7 +299,8 @@ def token_stats(rows: list[dict], params: dict, inputs: dict[str, Path], ctx: St
         "p95": pct(95),
         "max": ordered[-1],
         "max_length": max_length,
-        "over_max_length": sum(1 for n in ordered if n > max_length),
+        "over_max_length": len(over),
+        "over_max_length_rows": over[:MAX_LISTED],
     }
 
 
@@ -352,7 +361,7 @@ def _write_preferences(params: dict, splits: dict[str, list[dict]], seed: int, o
     from llmops.data import preferences
 
     if params["preferences"] == "path":
-        path = _input_file(params.get("preference_path"))
+        path = _input_file(params.get("preference_path"), "data.preference_path")
         pairs, rejects, n_read = preferences.read_pairs(path, params.get("system_prompt"))
         if not pairs:
             first = "; ".join(f"line {r['line']}: {r['reason']}" for r in rejects[:3])
