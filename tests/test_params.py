@@ -131,6 +131,8 @@ def test_tiny_base_is_built_as_tiny_yaml_says(tiny_base, tmp_path, stage_params)
     from llmops.stages.context import StageContext
 
     assert AutoConfig.from_pretrained(str(tiny_base)).tie_word_embeddings is True  # tiny.yaml
+    planned = stage_params("compute")["model"]["params"]  # what compute planning assumes
+    assert json.loads((tiny_base / "base_report.json").read_text())["parameters"] == planned
     params = stage_params("base", "model.tie_embeddings=false", "model.context_length=256",
                           "train.max_length=256", "data.max_length=256",
                           "model.pretrain.n_examples=32", "model.pretrain.steps=2")
