@@ -21,27 +21,6 @@ STOP_TOKENS: tuple[str, ...] = ("<|im_end|>", "<|eot_id|>", "<|end|>")
 """End-of-turn tokens generation stops at, besides the tokenizer's eos (when in the vocab)."""
 
 
-def _quant_config(quant: Mapping[str, Any] | None) -> Any:
-    """Builds a BitsAndBytesConfig from the quant params, or None for full precision."""
-    qtype = (quant or {}).get("type", "none") or "none"
-    if qtype == "none":
-        return None
-    import torch
-    from transformers import BitsAndBytesConfig
-
-    if qtype in ("nf4", "fp4"):
-        compute = getattr(torch, str(quant.get("compute_dtype", "float32")))
-        return BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type=qtype,
-            bnb_4bit_use_double_quant=bool(quant.get("double_quant", True)),
-            bnb_4bit_compute_dtype=compute,
-        )
-    if qtype == "int8":
-        return BitsAndBytesConfig(load_in_8bit=True)
-    raise StageError(f"eval: quant.type {qtype!r} is not supported. Use none, nf4, fp4 or int8.")
-
-
 @contextmanager
 def small_model_threads(model: Any) -> Iterator[None]:
     """Runs the block on one torch thread when the model is small and on the CPU.
@@ -119,12 +98,14 @@ def load_model(
     import torch
     from transformers import AutoModelForCausalLM
 
+    from llmops.backends.hf import quantization_config
+
     for label, path in (("adapter", adapter), ("full model", full_model)):
         if path is not None and not Path(path).is_dir():
             raise StageError(f"eval: {label} folder {path} does not exist. Rerun the sft stage.")
     weights = full_model if full_model is not None else base
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
-    qconfig = _quant_config(quant)
+    qconfig = None if quant is None else quantization_config(dict(quant), "eval")
     if qconfig is not None:
         kwargs["quantization_config"] = qconfig
         kwargs["device_map"] = device

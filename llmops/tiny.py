@@ -2,7 +2,7 @@
 
 The result is a Hugging Face folder (config, safetensors weights, generation config, a byte-level
 BPE tokenizer with a ChatML chat template) that AutoModelForCausalLM / AutoTokenizer load like a hub
-model. It is pre-trained on only some tools (by default create_task and list_tasks) plus refusals,
+model. It is pre-trained on only some tools (model.pretrain in conf/model/tiny.yaml) plus refusals,
 so it knows the output format but not every tool: LoRA SFT on all tools then shows real learning.
 
 Heavy libraries (torch, transformers, tokenizers) are imported inside the functions.
@@ -41,25 +41,10 @@ CHATML_TEMPLATE = (
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
 
-DEFAULT_ARCH: dict[str, int] = {
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 512,
-    "vocab_size": 512,
-}
-
-DEFAULT_PRETRAIN: dict[str, Any] = {
-    "tools": ["create_task", "list_tasks"],
-    "include_refusals": True,
-    "n_examples": 4000,
-    "steps": 400,
-    "batch_size": 16,
-    "learning_rate": 6e-3,
-    "seed": 0,
-}
+#: Pre-training runs on one thread: a 64-wide model gains little from more, a second thread
+#: collapses (4x slower) when another process shares the cores, and one thread makes the weights
+#: machine-independent.
+PRETRAIN_THREADS = 1
 
 log = logging.getLogger("llmops.tiny")
 
@@ -80,12 +65,13 @@ def corpus_texts(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return texts
 
 
-def build_tokenizer(texts: Sequence[str], vocab_size: int):
+def build_tokenizer(texts: Sequence[str], vocab_size: int, model_max_length: int):
     """Trains a byte-level BPE tokenizer (GPT-2 pre-tokenizer) and wraps it for transformers.
 
     Args:
         texts: Training texts.
         vocab_size: Target vocabulary size, special tokens included.
+        model_max_length: The model's context length (model.context_length).
 
     Returns:
         A `PreTrainedTokenizerFast` with <|im_start|>, <|im_end|> (eos) and <|pad|> (pad) as special
@@ -112,7 +98,7 @@ def build_tokenizer(texts: Sequence[str], vocab_size: int):
         unk_token=None,
         additional_special_tokens=[IM_START],
         clean_up_tokenization_spaces=False,
-        model_max_length=DEFAULT_ARCH["max_position_embeddings"],
+        model_max_length=model_max_length,
     )
     fast.chat_template = CHATML_TEMPLATE
     fast.padding_side = "right"
@@ -211,8 +197,8 @@ def pretrain(
 
 def build_tiny_base(
     out_dir: str | Path,
-    arch: Mapping[str, Any] | None = None,
-    pretrain_params: Mapping[str, Any] | None = None,
+    arch: Mapping[str, Any],
+    pretrain_params: Mapping[str, Any],
     *,
     show_progress: bool = True,
     logger: logging.Logger | None = None,
@@ -221,13 +207,16 @@ def build_tiny_base(
 
     Args:
         out_dir: Folder to write the HF model, tokenizer and base_report.json into.
-        arch: Llama architecture (see DEFAULT_ARCH); missing keys take the defaults.
-        pretrain_params: Pre-training settings (see DEFAULT_PRETRAIN); missing keys take defaults.
+        arch: The base stage's compiled arch params (from conf/model/tiny.yaml; see PARAMS.md).
+        pretrain_params: The compiled pre-training params (model.pretrain plus the run's seed).
         show_progress: Whether to draw a progress bar.
         logger: Where to log progress.
 
     Returns:
         The report also written as out_dir/base_report.json.
+
+    Raises:
+        StageError: When pretrain_params names a tool the Task-API task does not have.
     """
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
@@ -237,8 +226,7 @@ def build_tiny_base(
     from llmops.stages.common import torch_threads, write_json
 
     logger = logger or log
-    arch = {**DEFAULT_ARCH, **(arch or {})}
-    pp = {**DEFAULT_PRETRAIN, **(pretrain_params or {})}
+    arch, pp = dict(arch), dict(pretrain_params)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     known = list(task_api.TOOLS)
@@ -249,24 +237,22 @@ def build_tiny_base(
         )
     t0 = time.perf_counter()
     seed = int(pp["seed"])
-    # One thread: a 64-wide model gains little from more, a second thread collapses (4x slower)
-    # when another process shares the cores, and one thread makes the weights machine-independent.
     previous_threads = torch.get_num_threads()
-    threads = torch_threads(int(pp.get("threads", 1)))
+    threads = torch_threads(PRETRAIN_THREADS)
     torch.manual_seed(seed)
 
     # Tokenizer vocabulary covers every tool (fixed seed), so SFT on all tools needs no new tokens.
     vocab_rows = task_api.generate(2000, seed=10_000 + seed)
-    tokenizer = build_tokenizer(corpus_texts(vocab_rows), int(arch["vocab_size"]))
+    max_len = int(arch["max_position_embeddings"])
+    tokenizer = build_tokenizer(corpus_texts(vocab_rows), int(arch["vocab_size"]), max_len)
 
     rows = task_api.generate(
         int(pp["n_examples"]),
         seed=seed,
-        tools=[*pp["tools"], *pp.get("legacy_tools", [])],
+        tools=[*pp["tools"], *pp["legacy_tools"]],
         include_refusals=bool(pp["include_refusals"]),
-        legacy_tools=tuple(pp.get("legacy_tools", ())),
+        legacy_tools=tuple(pp["legacy_tools"]),
     )
-    max_len = int(arch["max_position_embeddings"])
     encoded = encode_rows(tokenizer, rows, max_len)
 
     config = LlamaConfig(
@@ -280,7 +266,7 @@ def build_tiny_base(
         bos_token_id=None,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=bool(arch.get("tie_word_embeddings", True)),
+        tie_word_embeddings=bool(arch["tie_word_embeddings"]),
     )
     model = LlamaForCausalLM(config)
     n_params = sum(p.numel() for p in model.parameters())
@@ -301,7 +287,6 @@ def build_tiny_base(
         learning_rate=float(pp["learning_rate"]),
         seed=seed,
         pad_id=tokenizer.pad_token_id,
-        loss_on=str(pp.get("loss_on", "assistant")),
         show_progress=show_progress,
     )
     train_s = time.perf_counter() - t1

@@ -1,9 +1,19 @@
-"""Shared fixtures: config composition, and the tiny model and data built once per session."""
+"""Shared fixtures: config composition, compiled stage params, and the tiny model and data built
+once per session.
+
+Stage tests take their params from a compiled plan (`stage_params`), so they exercise exactly what
+a run passes and restate no default. Tests marked `gpu` skip cleanly when torch sees no CUDA GPU
+(`python -m pytest -m gpu` selects them).
+"""
 
 from __future__ import annotations
 
+import copy
+import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,18 +24,74 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_JSONL = REPO / "llmops" / "data" / "samples" / "tasks_chat.jsonl"
 
+# A quick pre-training of the tiny base: the tests check mechanics, not accuracy.
+QUICK_PRETRAIN = (
+    "model.pretrain.n_examples=200", "model.pretrain.steps=30", "model.pretrain.batch_size=8",
+    "model.pretrain.learning_rate=3e-3", "model.pretrain.legacy_tools=[]",
+)
 
-@pytest.fixture
-def compose_plan():
-    """Returns a function: overrides -> (validated AppConfig, Plan), with Hydra state cleared."""
+
+def _compile(overrides: list[str]):
     from llmops.cli import to_plain
     from llmops.compiler.compile import compile_plan
     from llmops.config.compose import compose
     from llmops.config.validate import validate
     from llmops.env import detect
 
-    def _compose(overrides: list[str]):
-        cfg = validate(to_plain(compose(overrides)))
-        return cfg, compile_plan(cfg, detect())
+    cfg = validate(to_plain(compose(overrides)))
+    return cfg, compile_plan(cfg, detect())
 
-    return _compose
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skips tests marked `gpu` unless torch sees a CUDA GPU (torch is imported only then)."""
+    if item.get_closest_marker("gpu") is None:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("gpu test: torch.cuda.is_available() is False on this machine")
+
+
+@pytest.fixture
+def compose_plan():
+    """Returns a function: overrides -> (validated AppConfig, Plan)."""
+    return _compile
+
+
+@pytest.fixture(scope="session")
+def stage_params() -> Callable[..., dict[str, Any]]:
+    """Returns a function: (stage, *overrides, hardware="cpu") -> that stage's compiled params.
+
+    The params are a deep copy, so a test may add keys (e.g. train.resume_dir) or break them.
+    """
+
+    def _params(stage: str, *overrides: str, hardware: str = "cpu") -> dict[str, Any]:
+        _, plan = _compile([f"hardware={hardware}", *overrides])
+        return copy.deepcopy(plan.stage(stage).params)
+
+    return _params
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory, stage_params) -> Path:
+    """Returns the folder of a tiny base model built by the base stage from compiled params."""
+    from llmops.stages import base
+    from llmops.stages.context import StageContext
+
+    out = tmp_path_factory.mktemp("tiny_base")
+    ctx = StageContext(run_dir=out, show_progress=False, logger=logging.getLogger("test"))
+    base.run(stage_params("base", *QUICK_PRETRAIN), {}, out, ctx)
+    return out
+
+
+@pytest.fixture(scope="session")
+def sft_data(tmp_path_factory) -> Path:
+    """Returns a data folder (train.jsonl 160 rows, val.jsonl 16 rows, all tools)."""
+    from llmops.data import task_api
+    from llmops.stages.common import write_jsonl
+
+    out = tmp_path_factory.mktemp("sft_data")
+    rows = task_api.generate(176, seed=3)
+    write_jsonl(out / "train.jsonl", rows[:160])
+    write_jsonl(out / "val.jsonl", rows[160:])
+    return out

@@ -19,7 +19,6 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from fixtures_model import sft_data, tiny_base  # noqa: F401 - pytest fixtures
 
 from llmops.errors import ConfigError, StageError
 from llmops.modelfile import (
@@ -67,7 +66,7 @@ def chat_tokenizer():
     from llmops.tiny import build_tokenizer
 
     return build_tokenizer(["Add a task to buy milk. List my open tasks. Delete task 42."] * 20,
-                           300)
+                           300, model_max_length=512)
 
 
 def _hf_render(tokenizer):
@@ -278,7 +277,7 @@ def test_setup_unpacks_only_the_converter_and_stages_name_the_command(tmp_path, 
 
 @needs_gguf
 def test_gguf_f16_and_q8_conversion_of_the_tiny_model_matches_hf(
-        tmp_path, tiny_base, sft_data):  # noqa: F811 - pytest fixtures
+        tmp_path, tiny_base, sft_data):
     from llmops.stages import gguf
 
     export = tmp_path / "export"

@@ -7,13 +7,18 @@ import logging
 from pathlib import Path
 
 import pytest
-from fixtures_model import sft_data, tiny_base  # noqa: F401  (session fixtures)
 
 from llmops.data import preferences, task_api
 from llmops.stages.common import write_jsonl
 from llmops.stages.context import StageContext
 
-LORA = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"}
+# A short sft_dpo run on the tiny base (LoRA r8); tests add the steps they need.
+SHORT = (
+    "train=sft_dpo", "lora=r8", "lora.dropout=0.0", "train.backend=hf", "train.learning_rate=3e-3",
+    "train.epochs=1", "train.batch_size=8", "train.grad_accum=1", "train.max_length=256",
+    "train.logging_steps=4", "train.save_steps=100", "train.save_total_limit=1",
+    "train.dpo.learning_rate=3e-3", "train.dpo.max_steps=16", "train.dpo.batch_size=8",
+)
 
 
 def _ctx(root: Path) -> StageContext:
@@ -95,16 +100,8 @@ def test_dpo_rules_name_the_key():
     assert {"lora", "train.dpo.init_adapter", "data.preference_path"} <= keys
 
 
-def _train_params(**train):
-    t = {"backend": "hf", "learning_rate": 3e-3, "epochs": 1, "max_steps": 16, "batch_size": 8,
-         "grad_accum": 1, "seed": 0, "max_length": 256, "logging_steps": 4, "save_steps": 100,
-         "save_total_limit": 1, "precision": "fp32", **train}
-    return {"model": {"name": "tiny", "hub_id": None}, "lora": LORA, "quant": {"type": "none"},
-            "train": t, "dpo": {"beta": 0.1, "loss_type": "sigmoid", "label_smoothing": 0.0}}
-
-
 @pytest.mark.slow
-def test_sft_then_dpo_raises_held_out_margin(tiny_base, sft_data, tmp_path):  # noqa: F811
+def test_sft_then_dpo_raises_held_out_margin(tiny_base, sft_data, tmp_path, stage_params):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -117,9 +114,11 @@ def test_sft_then_dpo_raises_held_out_margin(tiny_base, sft_data, tmp_path):  # 
         write_jsonl(data / f"{name}.jsonl", part)
         write_jsonl(data / f"pref_{name}.jsonl", preferences.derive(part, seed)[0])
     ctx = _ctx(tmp_path)
-    sft.run(_train_params(max_steps=12), {"data": data, "base": tiny_base}, tmp_path / "sft", ctx)
-    report = dpo.run(_train_params(learning_rate=1e-3), {"data": data, "sft": tmp_path / "sft",
-                                                         "base": tiny_base}, tmp_path / "dpo", ctx)
+    sft.run(stage_params("sft", *SHORT, "train.max_steps=12"), {"data": data, "base": tiny_base},
+            tmp_path / "sft", ctx)
+    report = dpo.run(stage_params("dpo", *SHORT, "train.dpo.learning_rate=1e-3"),
+                     {"data": data, "sft": tmp_path / "sft", "base": tiny_base}, tmp_path / "dpo",
+                     ctx)
     saved = json.loads((tmp_path / "dpo" / "dpo_report.json").read_text())
     assert saved["held_out"] == report["held_out"]
     held = report["held_out"]
@@ -132,13 +131,13 @@ def test_sft_then_dpo_raises_held_out_margin(tiny_base, sft_data, tmp_path):  # 
     assert (adapter / "adapter_model.safetensors").is_file() and not (adapter / "ref").exists()
     PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny_base)), str(adapter))
 
-    fresh = dpo.run(_train_params(max_steps=4), {"data": data, "base": tiny_base},
-                    tmp_path / "dpo_base", ctx)
+    fresh = dpo.run(stage_params("dpo", *SHORT, "train=dpo", "train.dpo.max_steps=4"),
+                    {"data": data, "base": tiny_base}, tmp_path / "dpo_base", ctx)
     assert fresh["held_out"]["start"] == "base" and fresh["init_adapter"] is None
 
 
 @pytest.mark.slow
-def test_dpo_resumes_from_its_latest_checkpoint(tiny_base, sft_data, tmp_path):  # noqa: F811
+def test_dpo_resumes_from_its_latest_checkpoint(tiny_base, sft_data, tmp_path, stage_params):
     """An interrupted sft_dpo run continues from its checkpoint (both adapters restored)."""
     from llmops.stages import dpo, sft
 
@@ -148,13 +147,16 @@ def test_dpo_resumes_from_its_latest_checkpoint(tiny_base, sft_data, tmp_path): 
     write_jsonl(data / "train.jsonl", rows[:64])
     write_jsonl(data / "pref_train.jsonl", preferences.derive(rows[:64], 1)[0])
     ctx = _ctx(tmp_path)
-    sft.run(_train_params(max_steps=4), {"data": data, "base": tiny_base}, tmp_path / "sft", ctx)
+    sft.run(stage_params("sft", *SHORT, "train.max_steps=4"), {"data": data, "base": tiny_base},
+            tmp_path / "sft", ctx)
     inputs = {"data": data, "sft": tmp_path / "sft", "base": tiny_base}
-    first = dpo.run(_train_params(max_steps=4, save_steps=2, batch_size=4, logging_steps=1), inputs,
+    steps = ("train.save_steps=2", "train.dpo.batch_size=4", "train.logging_steps=1")
+    first = dpo.run(stage_params("dpo", *SHORT, *steps, "train.dpo.max_steps=4"), inputs,
                     tmp_path / "a", ctx)
     assert first["steps"] == 4 and first["resumed_from_step"] == 0
-    second = dpo.run(_train_params(max_steps=6, save_steps=2, batch_size=4, logging_steps=1,
-                                   resume_dir=str(tmp_path / "a")), inputs, tmp_path / "b", ctx)
+    params = stage_params("dpo", *SHORT, *steps, "train.dpo.max_steps=6")
+    params["train"]["resume_dir"] = str(tmp_path / "a")  # as the runner sets it
+    second = dpo.run(params, inputs, tmp_path / "b", ctx)
     assert second["resumed_from_step"] == 4 and second["resumed_from"].endswith("checkpoint-4")
     assert second["steps"] == 6
     # The curve carries on from the first attempt's history (restored with the checkpoint).

@@ -23,7 +23,7 @@ def _build_tiny_base(folder: Path) -> None:
 
     from llmops.tiny import build_tokenizer, corpus_texts
 
-    tok = build_tokenizer(corpus_texts(task_api.generate(300, seed=1)), 384)
+    tok = build_tokenizer(corpus_texts(task_api.generate(300, seed=1)), 384, model_max_length=512)
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=len(tok),

@@ -7,7 +7,6 @@ import logging
 from pathlib import Path
 
 import pytest
-from fixtures_model import sft_data, tiny_base  # noqa: F401  (session fixtures)
 
 from llmops.data import task_api
 from llmops.stages.common import write_jsonl
@@ -30,7 +29,8 @@ def test_lm_eval_plan_and_rules(compose_plan):
 
 
 @pytest.mark.slow
-def test_local_tasks_run_offline_and_tuned_differs_from_base(tiny_base, sft_data, tmp_path):  # noqa: F811
+def test_local_tasks_run_offline_and_tuned_differs_from_base(tiny_base, sft_data, tmp_path,
+                                                             stage_params):
     from llmops.stages import lm_eval, sft
 
     data = tmp_path / "data"
@@ -39,12 +39,11 @@ def test_local_tasks_run_offline_and_tuned_differs_from_base(tiny_base, sft_data
         (data / f"{name}.jsonl").write_text((sft_data / f"{name}.jsonl").read_text())
     write_jsonl(data / "test.jsonl", task_api.generate(24, seed=11))
     ctx = StageContext(run_dir=tmp_path, show_progress=False, logger=logging.getLogger("t.lm"))
-    train = {"backend": "hf", "learning_rate": 3e-3, "epochs": 1, "max_steps": 20,
-             "batch_size": 8, "grad_accum": 1, "seed": 0, "max_length": 256, "logging_steps": 10,
-             "save_steps": 100, "save_total_limit": 1, "precision": "fp32"}
-    lora = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"}
-    sft.run({"model": {"name": "tiny", "hub_id": None}, "lora": lora, "quant": {"type": "none"},
-             "train": train}, {"data": data, "base": tiny_base}, tmp_path / "sft", ctx)
+    params = stage_params("sft", "lora=r8", "lora.dropout=0.0", "train.backend=hf",
+                          "train.learning_rate=3e-3", "train.max_steps=20", "train.batch_size=8",
+                          "train.grad_accum=1", "train.max_length=256", "train.save_steps=100",
+                          "train.save_total_limit=1")
+    sft.run(params, {"data": data, "base": tiny_base}, tmp_path / "sft", ctx)
     out = tmp_path / "lm"
     out.mkdir()
     params = {"model": {"name": "tiny", "hub_id": None}, "batch_size": 8, "max_gen_toks": 48,

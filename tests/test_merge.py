@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 import pytest
-from fixtures_model import random_adapter, tiny_base  # noqa: F401  (session fixture)
+from fixtures_model import random_adapter
 
 from llmops.stages.context import StageContext
 
@@ -15,19 +15,20 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def adapters(tiny_base, tmp_path_factory):  # noqa: F811
+def adapters(tiny_base, tmp_path_factory):
     root = tmp_path_factory.mktemp("adapters")
     return [random_adapter(tiny_base, root / f"a{i}", seed=i, scale=0.3) for i in range(2)]
 
 
-def _merge(tiny_base, out: Path, adapters, **params):  # noqa: F811
+def _merge(tiny_base, out: Path, adapters, **params):
     from llmops.stages import merge
 
     out.mkdir()
     ctx = StageContext(run_dir=out, show_progress=False, logger=logging.getLogger("test.merge"))
-    p = {"model": {"name": "tiny", "hub_id": None}, "method": "linear",
-         "adapters": [{"path": str(a)} for a in adapters], "weights": [], "density": 0.5,
-         "majority_sign_method": "total", "dtype": "float32", "quant_trained": "none", **params}
+    p = {"model": {"name": "tiny", "hub_id": None, "trust_remote_code": False}, "method": "linear",
+         "adapters": [{"path": str(a)} for a in adapters], "weights": [1.0] * len(adapters),
+         "density": 0.5, "majority_sign_method": "total", "dtype": "float32",
+         "quant_trained": "none", **params}
     return merge.run(p, {"base": tiny_base}, out, ctx)
 
 
@@ -41,7 +42,7 @@ def _logits(model, tok):
         return model(**enc).logits
 
 
-def test_merged_model_reloads_with_plain_transformers_and_matches(tiny_base, adapters, tmp_path):  # noqa: F811
+def test_merged_model_reloads_with_plain_transformers_and_matches(tiny_base, adapters, tmp_path):
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -63,7 +64,7 @@ def test_merged_model_reloads_with_plain_transformers_and_matches(tiny_base, ada
 
 @pytest.mark.parametrize("method,weights", [("linear", [0.5, 0.5]), ("ties", [1.0, 1.0]),
                                             ("dare_ties", [1.0, 0.5]), ("cat", [1.0, 1.0])])
-def test_several_adapters_combine_and_merge(tiny_base, adapters, tmp_path, method, weights):  # noqa: F811
+def test_several_adapters_combine_and_merge(tiny_base, adapters, tmp_path, method, weights):
     from peft import PeftConfig
 
     report = _merge(tiny_base, tmp_path / method, adapters, method=method, weights=weights,
@@ -73,7 +74,7 @@ def test_several_adapters_combine_and_merge(tiny_base, adapters, tmp_path, metho
     assert PeftConfig.from_pretrained(str(tmp_path / method / "adapter")).r in (4, 8)
 
 
-def test_export_uses_the_merge_stage_output(tiny_base, adapters, tmp_path):  # noqa: F811
+def test_export_uses_the_merge_stage_output(tiny_base, adapters, tmp_path):
     from llmops.stages import export
 
     _merge(tiny_base, tmp_path / "m", adapters[:1])

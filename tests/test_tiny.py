@@ -6,12 +6,11 @@ import json
 import logging
 
 import pytest
-from fixtures_model import tiny_base  # noqa: F401  (session fixture)
 
 from llmops.data import task_api
 
 
-def test_base_folder_loads_with_auto_classes(tiny_base):  # noqa: F811
+def test_base_folder_loads_with_auto_classes(tiny_base):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     for name in (
@@ -37,7 +36,7 @@ def test_base_folder_loads_with_auto_classes(tiny_base):  # noqa: F811
     assert report["tokenizer"]["gguf_pre_tokenizer"] == "gpt-2"
 
 
-def test_chat_template_marks_exactly_the_assistant_turn(tiny_base):  # noqa: F811
+def test_chat_template_marks_exactly_the_assistant_turn(tiny_base):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_base)
@@ -55,7 +54,7 @@ def test_chat_template_marks_exactly_the_assistant_turn(tiny_base):  # noqa: F81
     assert prompt.startswith("<|im_start|>system\n" + task_api.SYSTEM_PROMPT + "<|im_end|>\n")
 
 
-def test_tokenizer_splits_numbers_into_digits_and_round_trips(tiny_base):  # noqa: F811
+def test_tokenizer_splits_numbers_into_digits_and_round_trips(tiny_base):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_base)
@@ -66,14 +65,15 @@ def test_tokenizer_splits_numbers_into_digits_and_round_trips(tiny_base):  # noq
     assert [p.lstrip("Ġ") for p in pieces if p.lstrip("Ġ")] == ["4", "3", "0"]
 
 
-def test_build_is_deterministic_for_a_seed(tmp_path):
+def test_build_is_deterministic_for_a_seed(tmp_path, stage_params):
     from safetensors.torch import load_file
 
     from llmops.tiny import build_tiny_base
 
-    quick = {"n_examples": 48, "steps": 3, "batch_size": 4}
-    build_tiny_base(tmp_path / "a", pretrain_params=quick, show_progress=False)
-    build_tiny_base(tmp_path / "b", pretrain_params=quick, show_progress=False)
+    quick = stage_params("base", "model.pretrain.n_examples=48", "model.pretrain.steps=3",
+                         "model.pretrain.batch_size=4")
+    build_tiny_base(tmp_path / "a", quick["arch"], quick["pretrain"], show_progress=False)
+    build_tiny_base(tmp_path / "b", quick["arch"], quick["pretrain"], show_progress=False)
     a = load_file(tmp_path / "a" / "model.safetensors")
     b = load_file(tmp_path / "b" / "model.safetensors")
     assert a.keys() == b.keys()
@@ -83,13 +83,15 @@ def test_build_is_deterministic_for_a_seed(tmp_path):
     ).read_text()
 
 
-def test_unknown_pretrain_tool_is_a_stage_error(tmp_path):
+def test_unknown_pretrain_tool_is_a_stage_error(tmp_path, stage_params):
     from llmops.errors import StageError
     from llmops.stages import base
     from llmops.stages.context import StageContext
 
+    params = stage_params("base")
+    params["pretrain"]["tools"] = ["create_task", "send_mail"]
     ctx = StageContext(run_dir=tmp_path, show_progress=False, logger=logging.getLogger("t"))
     with pytest.raises(
         StageError, match=r"base.pretrain.tools has unknown tool\(s\) \['send_mail'\]"
     ):
-        base.run({"pretrain": {"tools": ["create_task", "send_mail"]}}, {}, tmp_path, ctx)
+        base.run(params, {}, tmp_path, ctx)

@@ -104,12 +104,12 @@ def dpo_config(params: dict[str, Any], out_dir: Path, ctx: Any) -> Any:
     """Builds TRL's DPOConfig from the dpo stage params."""
     from trl import DPOConfig
 
-    train, dpo = params["train"], params.get("dpo") or {}
+    dpo = params["dpo"]
     return DPOConfig(
-        **trainer_kwargs(train, out_dir, ctx, default_lr=5e-5),
-        beta=float(dpo.get("beta", 0.1)),
-        loss_type=[str(dpo.get("loss_type", "sigmoid"))],
-        label_smoothing=float(dpo.get("label_smoothing", 0.0)),
+        **trainer_kwargs(params["train"], out_dir, ctx),
+        beta=float(dpo["beta"]),
+        loss_type=[str(dpo["loss_type"])],
+        label_smoothing=float(dpo["label_smoothing"]),
     )
 
 
@@ -140,14 +140,14 @@ def train_dpo(params: dict[str, Any], data_dir: Path, base_model: str, init_adap
         raise StageError(f"dpo: no preference pairs in {data_dir}/pref_train.jsonl. The data stage "
                          "writes them when train.method is dpo or sft_dpo; rerun it.")
     test_pairs = load_pairs(data_dir, "test")
-    beta = float((params.get("dpo") or {}).get("beta", 0.1))
+    beta = float(params["dpo"]["beta"])
     model, tokenizer = load_model(params, base_model, ctx)
     set_cpu_threads(params["train"].get("cpu_threads"), model, ctx)
     peft_config = None
     if init_adapter is not None:
         model = PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True)
     else:
-        peft_config = lora_config(params.get("lora"))
+        peft_config = lora_config(params["lora"])
     model.eval()
     before = sequence_logps(model, tokenizer, test_pairs)
     args = dpo_config(params, out_dir, ctx)
@@ -194,7 +194,7 @@ def train_dpo(params: dict[str, Any], data_dir: Path, base_model: str, init_adap
         "init_adapter": str(init_adapter) if init_adapter else None,
         "reference": ("the starting adapter (a frozen copy)" if init_adapter is not None
                       else "the base model (adapter disabled)"),
-        "dpo": params.get("dpo"),
+        "dpo": params["dpo"],
         "pairs": {"train": len(train_pairs), "test": len(test_pairs)},
         "train_metrics": {k: last.get(k) for k in LOGGED},
         "held_out": held_out,

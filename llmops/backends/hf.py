@@ -89,38 +89,37 @@ def precision_flags(precision: str, device: str) -> dict[str, bool]:
     )
 
 
-def trainer_kwargs(train: dict[str, Any], out_dir: Path, ctx: Any,
-                   default_lr: float) -> dict[str, Any]:
+def trainer_kwargs(train: dict[str, Any], out_dir: Path, ctx: Any) -> dict[str, Any]:
     """Returns the TrainingArguments shared by the SFT and DPO configs (checkpoints, schedule,
-    logging, seeds, device and precision)."""
+    logging, seeds, device and precision), read from the compiled train params."""
     return dict(
         output_dir=str(Path(out_dir) / "checkpoints"),
-        per_device_train_batch_size=int(train.get("batch_size", 16)),
-        per_device_eval_batch_size=int(train.get("batch_size", 16)),
-        gradient_accumulation_steps=int(train.get("grad_accum", 1)),
-        learning_rate=float(train.get("learning_rate", default_lr)),
-        num_train_epochs=float(train.get("epochs", 1)),
-        max_steps=int(train.get("max_steps", -1)),
-        warmup_steps=int(train.get("warmup_steps", 0)),
-        weight_decay=float(train.get("weight_decay", 0.0)),
-        lr_scheduler_type=str(train.get("lr_scheduler", "linear")),
-        optim=str(train.get("optimizer", "adamw_torch")),
-        logging_steps=int(train.get("logging_steps", 10)),
+        per_device_train_batch_size=int(train["batch_size"]),
+        per_device_eval_batch_size=int(train["batch_size"]),
+        gradient_accumulation_steps=int(train["grad_accum"]),
+        learning_rate=float(train["learning_rate"]),
+        num_train_epochs=float(train["epochs"]),
+        max_steps=int(train["max_steps"]),
+        warmup_steps=int(train["warmup_steps"]),
+        weight_decay=float(train["weight_decay"]),
+        lr_scheduler_type=str(train["lr_scheduler"]),
+        optim=str(train["optimizer"]),
+        logging_steps=int(train["logging_steps"]),
         logging_first_step=True,
         save_strategy="steps",
-        save_steps=int(train.get("save_steps", 50)),
-        save_total_limit=train.get("save_total_limit", 2),
+        save_steps=int(train["save_steps"]),
+        save_total_limit=int(train["save_total_limit"]),
         eval_strategy="no",
-        gradient_checkpointing=bool(train.get("gradient_checkpointing", False)),
-        max_length=int(train.get("max_length", 512)),
-        seed=int(train.get("seed", 0)),
-        data_seed=int(train.get("seed", 0)),
+        gradient_checkpointing=bool(train["gradient_checkpointing"]),
+        max_length=int(train["max_length"]),
+        seed=int(train["seed"]),
+        data_seed=int(train["seed"]),
         use_cpu=ctx.device == "cpu",
         report_to=train.get("report_to", "none"),
         run_name=train.get("run_name"),
         disable_tqdm=not ctx.show_progress,
         dataloader_num_workers=0,
-        **precision_flags(str(train.get("precision", "fp32")), ctx.device),
+        **precision_flags(str(train["precision"]), ctx.device),
     )
 
 
@@ -130,54 +129,67 @@ def sft_config(params: dict[str, Any], out_dir: Path, ctx: Any) -> Any:
 
     train = params["train"]
     return SFTConfig(
-        **trainer_kwargs(train, out_dir, ctx, default_lr=2e-4),
-        assistant_only_loss=bool(train.get("assistant_only_loss", True)),
+        **trainer_kwargs(train, out_dir, ctx),
+        assistant_only_loss=bool(train["assistant_only_loss"]),
         include_num_input_tokens_seen="non_padding",
     )
 
 
 def lora_config(lora: dict[str, Any] | None) -> Any:
-    """Builds a peft LoraConfig from the lora params, or returns None (full fine-tune)."""
+    """Builds a peft LoraConfig from the compiled lora params, or returns None (full fine-tune).
+
+    alpha stays a float: LoRA scales the update by alpha/r, so lora.alpha=0.5 must not become 0.
+    """
     if not lora:
         return None
     from peft import LoraConfig
 
-    target = lora.get("target_modules", "all-linear")
+    target = lora["target_modules"]
     return LoraConfig(
-        r=int(lora.get("r", 16)),
-        lora_alpha=int(lora.get("alpha", 2 * int(lora.get("r", 16)))),
-        lora_dropout=float(lora.get("dropout", 0.05)),
+        r=int(lora["r"]),
+        lora_alpha=float(lora["alpha"]),
+        lora_dropout=float(lora["dropout"]),
         target_modules=target if isinstance(target, str) else list(target),
         bias="none",
         task_type="CAUSAL_LM",
     )
 
 
-def quantization_config(quant: dict[str, Any] | None) -> Any:
-    """Builds a BitsAndBytesConfig for quant.type nf4/fp4 (4-bit) or int8, or None for none."""
-    qtype = (quant or {}).get("type", "none")
-    if qtype in (None, "none"):
+def quantization_config(quant: dict[str, Any], stage: str) -> Any:
+    """Builds the BitsAndBytesConfig for the compiled quant params (nf4/fp4 4-bit or int8), or None.
+
+    The one builder for every stage that loads a quantized base (sft, dpo, eval).
+
+    Args:
+        quant: {"type", "double_quant", "compute_dtype"}; compute_dtype is resolved (never auto).
+        stage: The stage name that errors start with.
+
+    Raises:
+        StageError: For an unknown quant.type or compute_dtype.
+    """
+    qtype = quant["type"]
+    if qtype == "none":
         return None
     import torch
     from transformers import BitsAndBytesConfig
 
     if qtype in ("nf4", "fp4"):
-        dtype_name = str(quant.get("compute_dtype", "float32"))
-        if not hasattr(torch, dtype_name):
+        dtype_name = str(quant["compute_dtype"])
+        if not isinstance(getattr(torch, dtype_name, None), torch.dtype):
             raise StageError(
-                f"sft: quant.compute_dtype {dtype_name!r} is not a torch dtype. "
-                "Use float32 or bfloat16."
+                f"{stage}: quant.compute_dtype {dtype_name!r} is not a torch dtype. "
+                "Use float32, bfloat16 or float16."
             )
         return BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type=qtype,
-            bnb_4bit_use_double_quant=bool(quant.get("double_quant", True)),
+            bnb_4bit_use_double_quant=bool(quant["double_quant"]),
             bnb_4bit_compute_dtype=getattr(torch, dtype_name),
         )
     if qtype == "int8":
         return BitsAndBytesConfig(load_in_8bit=True)
     raise StageError(
-        f"sft: quant.type {qtype!r} is not one of none, nf4, fp4, int8. Use quant=none."
+        f"{stage}: quant.type {qtype!r} is not one of none, nf4, fp4, int8. Use quant=none."
     )
 
 
@@ -186,18 +198,18 @@ def load_model(params: dict[str, Any], base_model: str, ctx: Any) -> tuple[Any, 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    trust = bool((params.get("model") or {}).get("trust_remote_code", False))
+    trust = bool(params["model"]["trust_remote_code"])
     tokenizer = AutoTokenizer.from_pretrained(base_model, trust_remote_code=trust)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    bnb = quantization_config(params.get("quant"))
-    precision = str(params["train"].get("precision", "fp32"))
+    bnb = quantization_config(params["quant"], "sft")
+    precision = str(params["train"]["precision"])
     # On a GPU: bf16 weights for bf16; for fp16 AMP a frozen base under LoRA can sit in fp16 (the
     # fp32 adapter is what the grad scaler sees), while a full fine-tune needs fp32 master weights.
     dtype = torch.float32
     if ctx.device != "cpu" and precision == "bf16":
         dtype = torch.bfloat16
-    elif ctx.device != "cpu" and precision == "fp16" and params.get("lora"):
+    elif ctx.device != "cpu" and precision == "fp16" and params["lora"]:
         dtype = torch.float16
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust}
     if bnb is not None:
@@ -220,7 +232,7 @@ def load_model(params: dict[str, Any], base_model: str, ctx: Any) -> tuple[Any, 
 
         model = prepare_model_for_kbit_training(
             model,
-            use_gradient_checkpointing=bool(params["train"].get("gradient_checkpointing", False)),
+            use_gradient_checkpointing=bool(params["train"]["gradient_checkpointing"]),
         )
     return model, tokenizer
 
@@ -343,7 +355,7 @@ def run_training(
     if trainer.eval_dataset is not None:
         metrics = trainer.evaluate()
         eval_loss = metrics.get("eval_loss")
-    is_lora = bool(params.get("lora"))
+    is_lora = bool(params["lora"])
     artifact = "adapter" if is_lora else "model"
     art_dir = out_dir / artifact
     if is_lora:
@@ -359,8 +371,8 @@ def run_training(
         "artifact": artifact,
         "artifact_dir": artifact,
         "base_model": params.get("_base_model"),
-        "lora": params.get("lora"),
-        "quant": (params.get("quant") or {}).get("type", "none"),
+        "lora": params["lora"],
+        "quant": params["quant"]["type"],
         "loss_curve": curve,
         "final_loss": final_loss,
         "train_loss_mean": float(result.training_loss),
@@ -377,7 +389,7 @@ def run_training(
         "resumed_from_step": int(start.get("step", 0)) if resume else 0,
         "resumed_from": resume,
         "device": ctx.device,
-        "precision": params["train"].get("precision", "fp32"),
+        "precision": params["train"]["precision"],
     }
     if plot_loss_curve(curve, out_dir / "loss_curve.png", f"sft ({backend}, {artifact})"):
         report["loss_curve_png"] = "loss_curve.png"
@@ -430,7 +442,7 @@ class HFBackend:
         model, tokenizer = load_model(params, base_model, ctx)
         set_cpu_threads(params["train"].get("cpu_threads"), model, ctx)
         return train_with_sft_trainer(model, tokenizer, params, base_model, data_dir, out_dir, ctx,
-                                      self.name, peft_config=lora_config(params.get("lora")))
+                                      self.name, peft_config=lora_config(params["lora"]))
 
 
 BACKEND = HFBackend()

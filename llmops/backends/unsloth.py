@@ -34,6 +34,32 @@ def check_available(device: str) -> None:
         raise StageError(f"sft: torch sees no CUDA GPU. {NEEDS}.")
 
 
+#: What target_modules="all-linear" means for unsloth (it takes module names only).
+ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def peft_kwargs(lora: dict[str, Any], train: dict[str, Any]) -> dict[str, Any]:
+    """Returns the keyword arguments for `FastLanguageModel.get_peft_model` (without the model).
+
+    Pure (no unsloth import), so the mapping from compiled params to the adapter can be tested
+    without a GPU. alpha stays a float: the update scales by alpha/r.
+
+    Args:
+        lora: The compiled lora params (r, alpha, dropout, target_modules).
+        train: The compiled train params (gradient_checkpointing, seed).
+    """
+    target = lora["target_modules"]
+    return {
+        "r": int(lora["r"]),
+        "lora_alpha": float(lora["alpha"]),
+        "lora_dropout": float(lora["dropout"]),
+        "target_modules": list(ALL_LINEAR if target == "all-linear" else target),
+        "bias": "none",
+        "use_gradient_checkpointing": "unsloth" if train["gradient_checkpointing"] else False,
+        "random_state": int(train["seed"]),
+    }
+
+
 class UnslothBackend:
     """Fine-tunes with unsloth's FastLanguageModel (LoRA/QLoRA) and TRL's SFTTrainer."""
 
@@ -48,7 +74,7 @@ class UnslothBackend:
             StageError: Without a CUDA GPU or unsloth, or for lora=none (use the hf backend).
         """
         check_available(ctx.device)
-        if not params.get("lora"):
+        if not params["lora"]:
             raise StageError(
                 "sft: train.backend=unsloth trains LoRA adapters only (lora=none). "
                 "Pick a lora option (e.g. lora=r16) or use train.backend=hf for a full fine-tune."
@@ -58,31 +84,18 @@ class UnslothBackend:
         from llmops.backends.hf import train_with_sft_trainer
 
         train = params["train"]
-        lora = params["lora"]
-        qtype = (params.get("quant") or {}).get("type", "none")
+        qtype = params["quant"]["type"]
         model, tokenizer = FastLanguageModel.from_pretrained(
             model_name=base_model,
-            max_seq_length=int(train.get("max_length", 512)),
+            max_seq_length=int(train["max_length"]),
             load_in_4bit=qtype in ("nf4", "fp4"),
             load_in_8bit=qtype == "int8",
             dtype=None,
-            trust_remote_code=bool((params.get("model") or {}).get("trust_remote_code", False)),
+            trust_remote_code=bool(params["model"]["trust_remote_code"]),
         )
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        target = lora.get("target_modules", "all-linear")
-        if target == "all-linear":
-            target = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-        model = FastLanguageModel.get_peft_model(
-            model,
-            r=int(lora.get("r", 16)),
-            lora_alpha=int(lora.get("alpha", 2 * int(lora.get("r", 16)))),
-            lora_dropout=float(lora.get("dropout", 0.0)),
-            target_modules=list(target),
-            bias="none",
-            use_gradient_checkpointing="unsloth" if train.get("gradient_checkpointing") else False,
-            random_state=int(train.get("seed", 0)),
-        )
+        model = FastLanguageModel.get_peft_model(model, **peft_kwargs(params["lora"], train))
         return train_with_sft_trainer(model, tokenizer, params, base_model, data_dir, out_dir, ctx,
                                       self.name)
 

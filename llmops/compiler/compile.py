@@ -123,7 +123,7 @@ def compile_plan(cfg: AppConfig, env: Environment) -> Plan:
             "hidden_size": m.hidden_size, "intermediate_size": m.intermediate_size,
             "num_hidden_layers": m.num_layers, "num_attention_heads": m.num_attention_heads,
             "num_key_value_heads": m.num_kv_heads, "max_position_embeddings": m.context_length,
-            "vocab_size": m.vocab_size,
+            "vocab_size": m.vocab_size, "tie_word_embeddings": m.tie_embeddings,
         }
         pretrain = {**m.pretrain.model_dump(), "seed": cfg.seed}
         b.add("base", {"arch": arch, "pretrain": pretrain}, [],

@@ -1,6 +1,11 @@
 """Typed schema of every config group. Field constraints live here; cross-field rules in rules.py.
 
 Pure: imports no torch. Every model forbids unknown keys so typos are errors, never ignored.
+
+One source per default: a value lives in the group's option YAML or here, never both. Where every
+option file of a group sets a field (lora, quant, model.pretrain), the field is required here, so an
+option file that forgets it is refused instead of silently taking a second default. Stages and
+backends read the compiled params and restate none of these values.
 """
 
 from __future__ import annotations
@@ -21,13 +26,13 @@ class PretrainConfig(_Group):
 
     tools: list[str] = Field(description="Task-API tools the base model sees in pre-training.")
     legacy_tools: list[str] = Field(
-        default_factory=list, description="Tools pre-trained in the legacy v1 call schema."
+        description="Tools pre-trained in the legacy v1 call schema."
     )
-    include_refusals: bool = Field(True, description="Pre-train on refusals too.")
-    n_examples: int = Field(800, ge=16, description="Pre-training rows.")
-    steps: int = Field(200, ge=1, description="Pre-training optimiser steps.")
-    batch_size: int = Field(16, ge=1, description="Pre-training batch size.")
-    learning_rate: float = Field(3e-3, gt=0, description="Pre-training learning rate.")
+    include_refusals: bool = Field(description="Pre-train on refusals too.")
+    n_examples: int = Field(ge=16, description="Pre-training rows.")
+    steps: int = Field(ge=1, description="Pre-training optimiser steps.")
+    batch_size: int = Field(ge=1, description="Pre-training batch size.")
+    learning_rate: float = Field(gt=0, description="Pre-training learning rate.")
 
 
 class ModelConfig(_Group):
@@ -55,22 +60,22 @@ class ModelConfig(_Group):
 class LoraConfig(_Group):
     """The LoRA adapter; enabled=false (lora=none) means full fine-tuning."""
 
-    enabled: bool = Field(True, description="Train a LoRA adapter instead of all weights.")
-    r: int = Field(16, ge=1, le=1024, description="Adapter rank.")
-    alpha: float = Field(32, gt=0, description="Scaling numerator: updates scale by alpha/r.")
-    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter input.")
+    enabled: bool = Field(description="Train a LoRA adapter instead of all weights.")
+    r: int = Field(ge=1, le=1024, description="Adapter rank.")
+    alpha: float = Field(gt=0, description="Scaling numerator: updates scale by alpha/r.")
+    dropout: float = Field(ge=0, lt=1, description="Dropout on the adapter input.")
     target_modules: str | list[str] = Field(
-        "all-linear", description="'all-linear' or module names, e.g. [q_proj, v_proj]."
+        description="'all-linear' or module names, e.g. [q_proj, v_proj]."
     )
 
 
 class QuantConfig(_Group):
     """Quantization of the frozen base weights (bitsandbytes)."""
 
-    type: Literal["none", "nf4", "int8"] = Field("none", description="Base weight format.")
-    double_quant: bool = Field(False, description="Quantize the 4-bit quantization constants too.")
+    type: Literal["none", "nf4", "int8"] = Field(description="Base weight format.")
+    double_quant: bool = Field(description="Quantize the 4-bit quantization constants too.")
     compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="Dtype of the matmuls on quantized weights."
+        description="Dtype of the matmuls on quantized weights."
     )
 
 

@@ -20,7 +20,7 @@ def run(
     """Builds the tiny base model from params.arch and pre-trains it per params.pretrain.
 
     Args:
-        params: {"arch": {...}, "pretrain": {...}} (see PARAMS.md); missing keys take defaults.
+        params: {"arch": {...}, "pretrain": {...}} as compiled from model=tiny (see PARAMS.md).
         inputs: None needed.
         out_dir: The stage's output folder.
         ctx: Run context (logger, progress).
@@ -32,8 +32,8 @@ def run(
 
     return build_tiny_base(
         out_dir,
-        arch=params.get("arch"),
-        pretrain_params=params.get("pretrain"),
+        arch=params["arch"],
+        pretrain_params=params["pretrain"],
         show_progress=ctx.show_progress,
         logger=ctx.logger,
     )

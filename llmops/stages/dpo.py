@@ -43,13 +43,13 @@ def run(params: dict[str, Any], inputs: dict[str, Path], out_dir: Path, ctx: Sta
         if not init.is_dir():
             raise StageError(f"dpo: the sft stage left no adapter ({init}); DPO here trains a LoRA "
                              "adapter. Use lora=r16 with train=sft_dpo.")
-    elif params.get("init_adapter"):
+    elif params["init_adapter"]:
         init = Path(params["init_adapter"])
         if not (init / "adapter_config.json").is_file():
             raise StageError(f"dpo: train.dpo.init_adapter {init} holds no adapter_config.json. "
                              "Point it at a PEFT adapter folder.")
-    set_seed(int(params["train"].get("seed", ctx.seed)))
+    set_seed(int(params["train"]["seed"]))
     base = base_model_path(params, inputs)
     ctx.logger.info("dpo: base=%s start=%s beta=%s", base, init or "new adapter",
-                    (params.get("dpo") or {}).get("beta"))
+                    params["dpo"]["beta"])
     return train_dpo(params, Path(inputs["data"]), base, init, Path(out_dir), ctx)

@@ -28,7 +28,7 @@ NOTE_QUANT = ("Training used quant.type={q}: the adapter was learned against {q}
 
 def _adapter_dirs(params: dict[str, Any], inputs: dict[str, Path]) -> list[Path]:
     dirs = []
-    for a in params.get("adapters") or []:
+    for a in params["adapters"]:
         if "stage" in a:
             if inputs.get(a["stage"]) is None:
                 raise StageError(f"merge: no '{a['stage']}' input. The plan must run it first.")
@@ -69,16 +69,16 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
 
     out_dir = Path(out_dir)
     dirs = _adapter_dirs(params, inputs)
-    weights = [float(w) for w in (params.get("weights") or [1.0] * len(dirs))]
+    weights = [float(w) for w in params["weights"]]
     if len(weights) != len(dirs):
         raise StageError(f"merge: {len(weights)} weights for {len(dirs)} adapters. Give one "
                          "weight per adapter in merge.weights.")
-    method = str(params.get("method", "linear"))
-    dtype = str(params.get("dtype", "float32"))
+    method = str(params["method"])
+    dtype = str(params["dtype"])
     if dtype not in DEFAULT_TOLERANCE:
         raise StageError(f"merge: dtype {dtype!r} is not one of {', '.join(DEFAULT_TOLERANCE)}.")
     tol = float(params.get("parity_tolerance") or DEFAULT_TOLERANCE[dtype])
-    trust = bool((params.get("model") or {}).get("trust_remote_code", False))
+    trust = bool(params["model"]["trust_remote_code"])
     set_seed(ctx.seed)  # dare drops weights at random
     base = base_model_path(params, inputs)
     tokenizer = AutoTokenizer.from_pretrained(str(dirs[0]) if (dirs[0] / "tokenizer_config.json")
@@ -93,9 +93,9 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
     if len(dirs) > 1 or weights != [1.0]:
         kwargs: dict[str, Any] = {}
         if method in ("ties", "dare_ties", "dare_linear"):
-            kwargs["density"] = float(params.get("density", 0.5))
+            kwargs["density"] = float(params["density"])
         if method in ("ties", "dare_ties"):
-            kwargs["majority_sign_method"] = params.get("majority_sign_method", "total")
+            kwargs["majority_sign_method"] = params["majority_sign_method"]
         try:
             model.add_weighted_adapter(names, weights, "merged", combination_type=method,
                                        **kwargs)
@@ -127,14 +127,14 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
     diff = _max_abs_diff(_logits(reloaded, probes), reference)
     parity = {"max_abs_logit_diff": diff, "tolerance": tol, "passed": diff <= tol,
               "probes": len(probes), "against": "base + combined adapter (peft), float32"}
-    quant = params.get("quant_trained") or "none"
+    quant = params["quant_trained"]
     report = {
         "artifact": "model",
         "artifact_dir": "model",
         "method": method if combined == "merged" else "merge_and_unload",
         "adapters": [str(d) for d in dirs],
         "weights": weights,
-        "density": params.get("density") if method in ("ties", "dare_ties", "dare_linear")
+        "density": params["density"] if method in ("ties", "dare_ties", "dare_linear")
         else None,
         "dtype": dtype,
         "base_model": base,

@@ -22,7 +22,8 @@ def run(
     """Fine-tunes the base model on the data stage's train.jsonl; returns the training report.
 
     Args:
-        params: {"model", "lora", "quant", "train"} (see PARAMS.md); train.backend is resolved.
+        params: {"model", "lora", "quant", "train"} as compiled (see PARAMS.md); train.backend is
+            resolved by the compiler (hf or unsloth, never auto).
         inputs: {"data": Path} plus {"base": Path} for the tiny model.
         out_dir: The stage's output folder.
         ctx: Run context.
@@ -36,20 +37,15 @@ def run(
 
     if "data" not in inputs:
         raise StageError("sft: no 'data' input. The plan must run the data stage before sft.")
-    train = params.get("train") or {}
-    backend_name = str(train.get("backend", "hf"))
-    if backend_name == "auto":
-        from llmops.backends import resolve_backend
-
-        backend_name = resolve_backend("auto", ctx.device.startswith("cuda"))
-    set_seed(int(train.get("seed", ctx.seed)))
+    train = params["train"]
+    set_seed(int(train["seed"]))
     base = base_model_path(params, inputs)
     ctx.logger.info(
         "sft: backend=%s base=%s lora=%s quant=%s",
-        backend_name,
+        train["backend"],
         base,
-        "r{}".format(params["lora"]["r"]) if params.get("lora") else "none",
-        (params.get("quant") or {}).get("type", "none"),
+        "r{}".format(params["lora"]["r"]) if params["lora"] else "none",
+        params["quant"]["type"],
     )
-    backend = get_backend(backend_name)
+    backend = get_backend(train["backend"])
     return backend.train_sft(params, Path(inputs["data"]), base, Path(out_dir), ctx)
