@@ -119,7 +119,7 @@ def test_gc_never_leaves_a_readable_run_folder_with_dangling_links(compose_plan,
     _data_run(compose_plan, store, run, 100)
     (run / "manifest.json").write_text('{"stages": {"data": ')  # damaged
 
-    out = _gc(capsys, store, "--older-than", "0")
+    out = _gc(capsys, store)
     assert f"manifest unreadable: {run / 'manifest.json'}" in out
     assert f"linked from {run / 'stages'}" in out
     assert "gc removed 0 folders" in out
@@ -138,7 +138,7 @@ def test_gc_keeps_everything_a_run_record_cannot_rule_out(compose_plan, tmp_path
     legacy.write_text(json.dumps({"run_dir": str(tmp_path / "runs" / "gone")}))
     (store / ".runs" / "fedcba9876543210.json").write_text("{not json")
 
-    out = _gc(capsys, store, "--older-than", "0")
+    out = _gc(capsys, store)
     assert (f"run folder missing: {tmp_path / 'runs' / 'gone'} (its record lists no stages) "
             "(+1 more)") in out
     assert "gc removed 0 folders" in out and entry.is_dir()

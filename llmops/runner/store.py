@@ -18,7 +18,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,13 +153,7 @@ class Store:
         Checkpoints newer than it that are truncated or unreadable are moved aside (named in a
         warning), so the trainer never sees them.
         """
-        for step, ckpt, problem in scan_checkpoints(work):
-            if problem is None:
-                return ckpt, step
-            aside = self.move_aside(ckpt, problem)
-            log.warning("checkpoint %s is incomplete (%s): moved aside to %s; resuming from the "
-                        "previous complete one.", ckpt, problem, aside)
-        return None
+        return latest_checkpoint(work, set_aside=self.move_aside)
 
     # -- run registry: which run folders use which entries (for `llmops.store list/gc`) --
 
@@ -238,14 +232,22 @@ def scan_checkpoints(work: Path) -> list[tuple[int, Path, str | None]]:
     return sorted(found, key=lambda f: (f[0], f[1].name), reverse=True)
 
 
-def latest_checkpoint(work: Path) -> tuple[Path, int] | None:
+def latest_checkpoint(work: Path, set_aside: Callable[[Path, str], Path] | None = None
+                      ) -> tuple[Path, int] | None:
     """Returns the newest complete `checkpoints/checkpoint-N` in a work folder and its step.
 
     A checkpoint counts when all its files are whole (see `checkpoint_problem`); a truncated or
-    unreadable newer one is skipped, so training resumes from the previous complete one.
+    unreadable newer one is skipped with a warning, so training resumes from the previous complete
+    one.
+
+    Args:
+        work: The stage's work folder.
+        set_aside: Called with each skipped checkpoint and its problem; returns where it went.
     """
     for step, ckpt, problem in scan_checkpoints(work):
         if problem is None:
             return ckpt, step
-        log.warning("skipping checkpoint %s: %s", ckpt, problem)
+        where = f"moved aside to {set_aside(ckpt, problem)}" if set_aside else "skipped"
+        log.warning("checkpoint %s is incomplete (%s): %s; resuming from the previous complete "
+                    "one.", ckpt, problem, where)
     return None
