@@ -6,6 +6,7 @@ Uses the real data stage (pure Python, fast) as the workload.
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing as mp
 from pathlib import Path
 
@@ -81,3 +82,89 @@ def test_concurrent_jobs_do_the_work_once(compose_plan, tmp_path):
     entries = list((tmp_path / "store" / "data").iterdir())
     assert len(entries) == 1
     assert (entries[0] / "_stage.json").is_file()
+
+
+def _damage(entry: Path, how: str) -> None:
+    """Damages a real published data entry the way disks and people do."""
+    if how == "truncate":  # the first 5 rows survive
+        rows = (entry / "train.jsonl").read_text().splitlines()
+        (entry / "train.jsonl").write_text("\n".join(rows[:5]) + "\n")
+    elif how == "delete":
+        (entry / "test.jsonl").unlink()
+    elif how == "meta":
+        (entry / "_stage.json").write_text('{"kind": "da')
+
+
+@pytest.mark.parametrize("how, problem", [
+    ("truncate", "train.jsonl: size "), ("delete", "test.jsonl: missing"),
+    ("meta", "_stage.json: unreadable"),
+])
+def test_damaged_entry_is_moved_aside_and_rebuilt(compose_plan, tmp_path, caplog, how, problem):
+    from llmops.runner.run import run_plan
+
+    plan = _plan(compose_plan, tmp_path / "store")
+    first = run_plan(plan, tmp_path / "run1")
+    entry = Path(first["stages"]["data"]["path"])
+    n_rows = len((entry / "train.jsonl").read_text().splitlines())
+    _damage(entry, how)
+    with caplog.at_level(logging.WARNING, logger="llmops"):
+        second = run_plan(plan, tmp_path / "run2")
+    data = second["stages"]["data"]
+    assert data["status"] == "ran" and problem in data["rebuilt"]
+    assert f"store entry {entry} is damaged ({problem}" in caplog.text
+    aside = Path(data["moved_aside"])
+    assert aside.parent == tmp_path / "store" / ".corrupt" and aside.name.startswith("data-")
+    assert (aside / "_moved_aside.json").is_file(), "kept for inspection, with the reason"
+    assert len((entry / "train.jsonl").read_text().splitlines()) == n_rows
+    assert run_plan(plan, tmp_path / "run3")["stages"]["data"]["status"] == "cached"
+
+
+def test_full_verify_catches_a_same_size_change_the_size_check_lets_through(compose_plan,
+                                                                            tmp_path):
+    from llmops.runner.run import run_plan
+
+    plan = _plan(compose_plan, tmp_path / "store")
+    entry = Path(run_plan(plan, tmp_path / "run1")["stages"]["data"]["path"])
+    text = (entry / "val.jsonl").read_text()
+    (entry / "val.jsonl").write_text(text.replace('"user"', '"usex"', 1))
+    assert run_plan(plan, tmp_path / "run2")["stages"]["data"]["status"] == "cached"
+    full = _plan(compose_plan, tmp_path / "store", "store.verify=full")
+    assert full.run["store_verify"] == "full"
+    data = run_plan(full, tmp_path / "run3")["stages"]["data"]
+    assert data["status"] == "ran"
+    assert "val.jsonl: content hash differs from the one recorded at publish" in data["rebuilt"]
+
+
+def test_entry_published_without_hashes_is_used_with_a_warning(compose_plan, tmp_path, caplog):
+    from llmops.runner.run import run_plan
+
+    plan = _plan(compose_plan, tmp_path / "store")
+    entry = Path(run_plan(plan, tmp_path / "run1")["stages"]["data"]["path"])
+    meta = json.loads((entry / "_stage.json").read_text())
+    assert set(meta["files"]) == {"train.jsonl", "val.jsonl", "test.jsonl", "data_report.json"}
+    del meta["files"], meta["hash"]  # what llmops wrote before it recorded hashes
+    (entry / "_stage.json").write_text(json.dumps(meta))
+    with caplog.at_level(logging.WARNING, logger="llmops"):
+        second = run_plan(plan, tmp_path / "run2")
+    assert second["stages"]["data"]["status"] == "cached"
+    assert f"store entry {entry} has no content hashes" in caplog.text
+
+
+def test_concurrent_jobs_move_a_damaged_entry_aside_once_and_rebuild_it_once(compose_plan,
+                                                                              tmp_path):
+    from llmops.runner.run import run_plan
+
+    plan = _plan(compose_plan, tmp_path / "store", "data.n_examples=20000")
+    _damage(Path(run_plan(plan, tmp_path / "run0")["stages"]["data"]["path"]), "truncate")
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_run_in_process,
+                         args=(plan.to_dict(), str(tmp_path / f"run{i}"), queue))
+             for i in range(1, 4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    assert sorted(queue.get(timeout=5) for _ in procs) == ["cached", "cached", "ran"]
+    assert len(list((tmp_path / "store" / ".corrupt").iterdir())) == 1

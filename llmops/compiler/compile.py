@@ -190,6 +190,7 @@ def compile_plan(cfg: AppConfig, env: Environment) -> Plan:
     run = {
         "device": device, "backend": backend, "precision": precision, "seed": cfg.seed,
         "store_dir": str(Path(cfg.store_dir).expanduser().resolve()),
+        "store_verify": cfg.store.verify,
         "progress": cfg.progress, "dry_run": cfg.dry_run, "hardware": hw,
     }
     return Plan(stages=tuple(b.stages), run=run, config=cfg.model_dump(), version=__version__)

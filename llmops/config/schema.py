@@ -294,6 +294,14 @@ class TrackingConfig(_Group):
     tags: list[str] = Field(default_factory=list, description="Extra W&B tags.")
 
 
+class StoreConfig(_Group):
+    """How the stage store checks an entry before a run reuses it."""
+
+    verify: Literal["size", "full"] = Field(
+        "size", description="size: every file's size as published; full: its content hash too."
+    )
+
+
 class AppConfig(_Group):
     """The whole composed configuration."""
 
@@ -311,6 +319,7 @@ class AppConfig(_Group):
     dry_run: bool = Field(False, description="Compile and print the plan; run nothing.")
     seed: int = Field(0, description="Global seed.")
     store_dir: str = Field("outputs/store", description="Content-addressed stage cache.")
+    store: StoreConfig = Field(default_factory=StoreConfig, description="Stage store checks.")
     progress: bool = Field(True, description="Draw progress bars inside stages.")
     skip_invalid: bool = Field(
         False, description="Sweeps: launch the valid points and report invalid ones, not refuse."

@@ -14,7 +14,7 @@ from typing import Any
 from llmops.compiler.plan import Plan, StageSpec
 from llmops.errors import GateFailed, LlmopsError, NoGo, StageError
 from llmops.runner.manifest import Manifest
-from llmops.runner.store import Store, latest_checkpoint
+from llmops.runner.store import Store
 from llmops.stages.context import StageContext
 from llmops.tracking import start_tracking
 
@@ -156,34 +156,34 @@ def _execute(spec: StageSpec, plan: Plan, store: Store, outputs: dict[str, Path]
              run_dir: Path, i: int, total: int) -> tuple[Path, str, float, dict[str, Any]]:
     """Returns (entry, status, seconds, extra manifest fields) for one stage.
 
-    The stage comes from the store (cached), or runs in a private .tmp folder, or, for a resumable
-    stage (module attribute RESUMABLE), in its stable .work folder: when that folder holds a
-    checkpoint from an interrupted attempt, training resumes from it (status resumed).
+    The stage comes from the store (cached) when its entry passes the check (`store.verify`), or
+    runs in a private .tmp folder, or, for a resumable stage (module attribute RESUMABLE), in its
+    stable .work folder: when that folder holds a complete checkpoint from an interrupted attempt,
+    training resumes from it (status resumed). A damaged entry is moved aside and rebuilt; the
+    manifest's `rebuilt` says why.
     """
     t0 = time.perf_counter()
     module = _stage_module(spec.kind)
     # A stage with side effects outside its folder (deploy: a server, an Ollama model) always runs.
     always = bool(getattr(module, "ALWAYS_RUN", False))
-    entry = None if always else store.lookup(spec)
-    if entry is not None:
-        log.info("[%d/%d] %s: cached (%s)", i, total, spec.name, spec.fingerprint[:12])
-        return entry, "cached", time.perf_counter() - t0, {}
     resumable = bool(getattr(module, "RESUMABLE", False))
-    with store.lock(spec):
-        entry = None if always else store.lookup(spec)  # another job may have finished it
+    store.record_use(run_dir, spec)  # first, so that gc keeps what this run is about to use
+    seen = None if always else store.lookup(spec)
+    with store.lock(spec):  # checks, moves aside and builds happen under the lock
+        entry, extra = (None, {}) if always else _reuse(spec, store, plan.run["store_verify"])
         if entry is not None:
-            log.info("[%d/%d] %s: cached (%s), finished by another job", i, total, spec.name,
-                     spec.fingerprint[:12])
+            log.info("[%d/%d] %s: cached (%s)%s", i, total, spec.name, spec.fingerprint[:12],
+                     "" if seen else ", finished by another job")
             return entry, "cached", time.perf_counter() - t0, {}
-        params, status, extra = dict(spec.params), "ran", {}
+        params, status = dict(spec.params), "ran"
         if resumable:
             work = store.work_dir(spec)
-            found = latest_checkpoint(work)
+            found = store.resume_point(work)
             if found:
                 # Resuming is a run-time fact, not part of the fingerprint.
                 params = copy.deepcopy(spec.params)
                 params.setdefault("train", {})["resume_dir"] = str(found[0])
-                status, extra = "resumed", {"resumed_from_step": found[1]}
+                status, extra = "resumed", {**extra, "resumed_from_step": found[1]}
                 log.info("[%d/%d] %s: resuming from step %d (%s)", i, total, spec.name,
                          found[1], found[0])
             else:
@@ -221,3 +221,27 @@ def _execute(spec: StageSpec, plan: Plan, store: Store, outputs: dict[str, Path]
     log.info("[%d/%d] %s: %s in %.1fs", i, total, spec.name,
              "resumed and done" if status == "resumed" else "done", seconds)
     return entry, status, seconds, extra
+
+
+def _reuse(spec: StageSpec, store: Store, verify: str) -> tuple[Path | None, dict[str, Any]]:
+    """Returns (the stage's entry if it can be reused, extra manifest fields); lock held.
+
+    An entry that fails its check is moved aside (to .corrupt/, named in a warning) and the extra
+    fields say it is rebuilt and why. An entry published without hashes is used with a warning.
+    """
+    entry = store.lookup(spec)
+    if entry is None:
+        return None, {}
+    check = store.check(entry, full=verify == "full")
+    if check.state == "ok":
+        return entry, {}
+    if check.state == "unverified":
+        log.warning("store entry %s has no content hashes (published by an older llmops), so it "
+                    "is used unchecked. Delete it to have the next run rebuild it with hashes.",
+                    entry)
+        return entry, {}
+    reason = "; ".join(check.problems)
+    aside = store.move_aside(entry, reason)
+    log.warning("store entry %s is damaged (%s): moved aside to %s; running %s again.",
+                entry, reason, aside, spec.name)
+    return None, {"rebuilt": f"the store entry was damaged: {reason}", "moved_aside": str(aside)}

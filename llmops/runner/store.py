@@ -1,32 +1,54 @@
 """The content-addressed stage store: finished outputs keyed by fingerprint.
 
-An entry is published by one atomic directory rename after the stage succeeded, so an entry that
-exists is complete. A file lock per fingerprint makes concurrent jobs wait for each other instead
-of doing the same work twice. Resumable stages (sft) work in a stable folder per fingerprint,
-`.work/<kind>-<fp24>/`, so a rerun after a crash finds their checkpoints; anything under `.work/`
-or `.tmp/` is never trusted as an entry.
+An entry is published by one atomic directory rename after the stage succeeded; its `_stage.json`
+records the size and xxh3 hash of every file, so a reuse can tell a damaged entry from a good one.
+A damaged entry is moved aside to `.corrupt/` (kept for inspection) and rebuilt, never used. A file
+lock per fingerprint makes concurrent jobs wait for each other instead of doing the same work twice;
+checks, moves and removals of an entry happen under it. Resumable stages (sft) work in a stable
+folder per fingerprint, `.work/<kind>-<fp24>/`, so a rerun after a crash finds their checkpoints;
+anything under `.work/` or `.tmp/` is never trusted as an entry. The run registry (`.runs/`) records
+every run folder and the entries it uses, so gc keeps them even when the folder moves or breaks.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import logging
 import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
 
 from llmops.compiler.plan import StageSpec
+from llmops.runner import registry
 from llmops.runner.files import write_json_atomic
+from llmops.runner.integrity import HASH, checkpoint_problem, entry_problems, record_files
 
 META = "_stage.json"
+ASIDE = "_moved_aside.json"
 FP_LEN = 24
-_HIDDEN = (".locks", ".tmp", ".work", ".runs", ".trash")
+_HIDDEN = (".locks", ".tmp", ".work", ".runs", ".trash", ".corrupt")
+
+log = logging.getLogger("llmops")
+
+
+@dataclass(frozen=True)
+class EntryCheck:
+    """The verdict on one entry: ok, bad (with what failed) or unverified (no hashes recorded)."""
+
+    state: str
+    problems: list[str] = field(default_factory=list)
+
+
+def key_of(kind: str, fingerprint: str) -> str:
+    """Returns the registry's name of an entry: "kind/fp24"."""
+    return f"{kind}/{fingerprint[:FP_LEN]}"
 
 
 class Store:
@@ -40,7 +62,7 @@ class Store:
         return self.root / spec.kind / spec.fingerprint[:FP_LEN]
 
     def lookup(self, spec: StageSpec) -> Path | None:
-        """Returns the finished entry for this stage, or None."""
+        """Returns the published entry for this stage, or None (check it before use)."""
         entry = self.entry(spec)
         return entry if (entry / META).is_file() else None
 
@@ -68,9 +90,14 @@ class Store:
         return work
 
     def publish(self, spec: StageSpec, tmp: Path, meta: dict[str, Any]) -> Path:
-        """Moves a finished work folder into place with one atomic rename; returns the entry."""
+        """Records every file's size and hash, then moves the folder into place with one rename.
+
+        Call with the lock held; returns the entry.
+        """
+        files = record_files(tmp, skip=META)
         write_json_atomic(tmp / META, {"kind": spec.kind, "fingerprint": spec.fingerprint,
-                                       "params": spec.params, "published_at": time.time(), **meta})
+                                       "params": spec.params, "published_at": time.time(),
+                                       **meta, "hash": HASH, "files": files})
         entry = self.entry(spec)
         entry.parent.mkdir(parents=True, exist_ok=True)
         if entry.exists():  # an incomplete leftover without META: never trusted, replace it
@@ -87,25 +114,60 @@ class Store:
         """Reads an entry's metadata."""
         return json.loads((entry / META).read_text())
 
-    # -- run registry: which run folders use the store (for `llmops.store list/gc`) --
+    def check(self, entry: Path, full: bool) -> EntryCheck:
+        """Compares an entry's files with the record made at publish.
+
+        Args:
+            entry: A published entry folder.
+            full: Also compare content hashes; otherwise sizes (and links) only.
+        """
+        try:
+            meta = self.meta(entry)
+        except (OSError, ValueError) as exc:
+            return EntryCheck("bad", [f"{META}: unreadable ({type(exc).__name__})"])
+        files = meta.get("files") if isinstance(meta, dict) else None
+        if files is None:
+            return EntryCheck("unverified")
+        problems = entry_problems(entry, files, full)
+        return EntryCheck("bad", problems) if problems else EntryCheck("ok")
+
+    def move_aside(self, folder: Path, reason: str) -> Path:
+        """Moves a damaged entry or checkpoint to .corrupt/ (call with its lock held).
+
+        Returns:
+            Its new place; `_moved_aside.json` there says where it came from and why.
+        """
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        name = "-".join(p.lstrip(".") for p in folder.relative_to(self.root).parts)
+        target = self.root / ".corrupt" / f"{name}-{stamp}-{uuid.uuid4().hex[:6]}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        origin = folder.resolve()
+        os.rename(folder, target)
+        write_json_atomic(target / ASIDE, {"from": str(origin), "reason": reason,
+                                           "moved_at": time.time()})
+        return target
+
+    def resume_point(self, work: Path) -> tuple[Path, int] | None:
+        """Returns the newest complete checkpoint of a work folder and its step (lock held).
+
+        Checkpoints newer than it that are truncated or unreadable are moved aside (named in a
+        warning), so the trainer never sees them.
+        """
+        return latest_checkpoint(work, set_aside=self.move_aside)
+
+    # -- run registry: which run folders use which entries (for `llmops.store list/gc`) --
 
     def register_run(self, run_dir: Path) -> None:
-        """Records that a run folder uses this store, so gc can find its manifest."""
-        run_dir = Path(run_dir).resolve()
-        key = hashlib.sha1(str(run_dir).encode()).hexdigest()[:16]
-        write_json_atomic(self.root / ".runs" / f"{key}.json", {"run_dir": str(run_dir)})
+        """Records that a run folder uses this store (see llmops.runner.registry)."""
+        registry.register(self.root, run_dir)
 
-    def run_dirs(self) -> list[Path]:
-        """Returns the registered run folders that still exist."""
-        out = []
-        for path in sorted((self.root / ".runs").glob("*.json")):
-            try:
-                run_dir = Path(json.loads(path.read_text())["run_dir"])
-            except (OSError, ValueError, KeyError):
-                continue
-            if run_dir.is_dir():
-                out.append(run_dir)
-        return out
+    def record_use(self, run_dir: Path, spec: StageSpec) -> None:
+        """Adds a stage's entry to its run's record (before the run looks it up or builds it)."""
+        registry.register(self.root, run_dir, (key_of(spec.kind, spec.fingerprint),))
+
+    def run_records(self) -> list[registry.RunRecord]:
+        """Returns every record of the run registry, readable or not."""
+        return registry.records(self.root)
 
     def entries(self) -> Iterator[Path]:
         """Yields every published entry folder."""
@@ -119,17 +181,16 @@ class Store:
                     yield entry
 
     def scratch(self) -> Iterator[Path]:
-        """Yields the folders under .tmp/ and .work/ (unfinished or resumable work)."""
-        for sub in (".tmp", ".work", ".trash"):
+        """Yields the folders under .tmp/, .work/, .corrupt/ and .trash/."""
+        for sub in (".tmp", ".work", ".corrupt", ".trash"):
             folder = self.root / sub
             if folder.is_dir():
                 yield from sorted(p for p in folder.iterdir() if p.is_dir())
 
     def in_use(self, folder: Path) -> bool:
         """Tells whether some process holds the lock of a scratch folder's fingerprint."""
-        parts = folder.name.split("-")
-        fp24 = next((p for p in parts if len(p) == FP_LEN), None)
-        if folder.parent.name == ".trash" or fp24 is None:
+        fp24 = fingerprint_of(folder)
+        if folder.parent.name in (".trash", ".corrupt") or fp24 is None:
             return False
         lock = self.lock_for(fp24)
         try:
@@ -148,20 +209,45 @@ class Store:
         shutil.rmtree(target, ignore_errors=True)
 
 
-def latest_checkpoint(work: Path) -> tuple[Path, int] | None:
-    """Returns the newest complete `checkpoints/checkpoint-N` in a work folder and its step.
+def fingerprint_of(folder: Path) -> str | None:
+    """Returns the fingerprint prefix in an entry's or scratch folder's name, if any."""
+    if len(folder.name) == FP_LEN:
+        return folder.name
+    return next((p for p in folder.name.split("-") if len(p) == FP_LEN), None)
 
-    A checkpoint counts when its trainer_state.json (written last by the Trainer) parses.
-    """
+
+def scan_checkpoints(work: Path) -> list[tuple[int, Path, str | None]]:
+    """Returns (step, folder, problem or None) for each `checkpoints/checkpoint-N`, newest first."""
     found = []
     for ckpt in Path(work).glob("checkpoints/checkpoint-*"):
         try:
             step = int(ckpt.name.rsplit("-", 1)[1])
-            state = json.loads((ckpt / "trainer_state.json").read_text())
-        except (ValueError, OSError, IndexError):
+        except (ValueError, IndexError):
             continue
-        found.append((step, int(state.get("global_step", step)), ckpt))
-    if not found:
-        return None
-    _, step, ckpt = max(found)
-    return ckpt, step
+        problem = checkpoint_problem(ckpt)
+        if problem is None:
+            state = json.loads((ckpt / "trainer_state.json").read_text())
+            step = int(state.get("global_step", step))
+        found.append((step, ckpt, problem))
+    return sorted(found, key=lambda f: (f[0], f[1].name), reverse=True)
+
+
+def latest_checkpoint(work: Path, set_aside: Callable[[Path, str], Path] | None = None
+                      ) -> tuple[Path, int] | None:
+    """Returns the newest complete `checkpoints/checkpoint-N` in a work folder and its step.
+
+    A checkpoint counts when all its files are whole (see `checkpoint_problem`); a truncated or
+    unreadable newer one is skipped with a warning, so training resumes from the previous complete
+    one.
+
+    Args:
+        work: The stage's work folder.
+        set_aside: Called with each skipped checkpoint and its problem; returns where it went.
+    """
+    for step, ckpt, problem in scan_checkpoints(work):
+        if problem is None:
+            return ckpt, step
+        where = f"moved aside to {set_aside(ckpt, problem)}" if set_aside else "skipped"
+        log.warning("checkpoint %s is incomplete (%s): %s; resuming from the previous complete "
+                    "one.", ckpt, problem, where)
+    return None
