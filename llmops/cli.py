@@ -9,42 +9,70 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmops.errors import EXIT_CONFIG, EXIT_INTERRUPTED, ConfigError, LlmopsError, Problem
 
-log = logging.getLogger("llmops")
+if TYPE_CHECKING:
+    from llmops.config.command import Command
+    from llmops.config.compose import Source
 
-# Hydra flags after which llmops does not pre-flight (they do not run the pipeline, or change
-# where configs come from).
-_PASSTHROUGH = {"--help", "-h", "--hydra-help", "--version", "--cfg", "-c", "--info", "-i",
-                "--shell-completion", "-sc", "--config-path", "-cp", "--config-name", "-cn",
-                "--config-dir", "-cd", "--experimental-rerun", "--package", "-p", "--resolve"}
+log = logging.getLogger("llmops")
 
 
 def to_plain(cfg: Any) -> dict[str, Any]:
-    """Resolves a composed DictConfig into plain containers, dropping the hydra node."""
+    """Resolves a composed DictConfig into plain containers, dropping the hydra node.
+
+    Secrets stay out: `${oc.env:NAME}` of a secret-looking NAME resolves to its own text, and a
+    secret's value found anywhere is replaced by that text (llmops.config.secrets).
+    """
     from omegaconf import DictConfig, OmegaConf, open_dict
     from omegaconf.errors import OmegaConfBaseException
+
+    from llmops.config.secrets import redact, secrets_unresolved
 
     if isinstance(cfg, DictConfig) and "hydra" in cfg:
         cfg = cfg.copy()
         with open_dict(cfg):
             del cfg["hydra"]
     try:
-        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)  # type: ignore
+        with secrets_unresolved():
+            plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or "config"
         first = str(exc).splitlines()[0]
         raise ConfigError([Problem(str(key), f"cannot be resolved: {first}")]) from None
+    return redact(plain)  # type: ignore[no-any-return]
 
 
-def check(overrides: list[str]) -> Any:
-    """Composes, validates and compiles one point; returns its Plan or raises ConfigError."""
-    from llmops.config.compose import compose
+def check(overrides: list[str], source: Source | None = None) -> Any:
+    """Composes, checks (hydra node included), validates and compiles one point.
+
+    Returns:
+        The point's Plan.
+
+    Raises:
+        ConfigError: Every problem found.
+    """
+    from llmops.config.compose import DEFAULT, compose
+    from llmops.config.hydra_checks import RUN_DIR, hydra_problems
 
     # Composed with the hydra node, as plan_sweep does: the memoised composition is reused.
-    return _compile(compose(overrides, return_hydra_config=True))
+    cfg = compose(overrides, return_hydra_config=True, source=source or DEFAULT)
+    hard = hydra_problems(cfg, RUN_DIR)
+    try:
+        plan = _compile(cfg)
+    except ConfigError as exc:
+        raise ConfigError(_merge(hard, exc.problems)) from None
+    if hard:
+        raise ConfigError(hard)
+    return plan
+
+
+def _merge(first: list[Problem], more: list[Problem]) -> list[Problem]:
+    """Adds the problems of `more` whose key `first` does not already report."""
+    keys = {p.key for p in first}
+    return first + [p for p in more if p.key not in keys]
 
 
 def _compile(cfg: Any, env: Any = None) -> Any:
@@ -62,24 +90,53 @@ def preflight(argv: list[str]) -> Any:
         The Sweep for a multirun (named sweep or -m), else None. With skip_invalid=true, points
         that compose but fail validation are listed on stderr and left to skip themselves.
     """
+    from llmops.config.command import parse_command
+
+    command = parse_command(argv)
+    if command.show_cfg:
+        show_cfg_check(command)
+        return None
+    return _preflight(command)
+
+
+def show_cfg_check(command: Command) -> None:
+    """Checks what `--cfg` prints: it must compose, and name nothing Hydra would run."""
     from llmops.config.compose import compose
+    from llmops.config.hydra_checks import hydra_problems
+
+    cfg = compose(command.overrides, return_hydra_config=True, source=command.source)
+    problems = hydra_problems(cfg, dir_key=None)
+    if problems:
+        raise ConfigError(problems)
+
+
+def _preflight(command: Command) -> Any:
+    from llmops.config.compose import compose
+    from llmops.config.hydra_checks import SWEEP_DIR, hydra_problems
     from llmops.env import detect
     from llmops.sweep import plan_sweep
 
-    overrides = [a for a in argv if not a.startswith("-")]
-    sweep = plan_sweep(overrides, any(a in ("-m", "--multirun") for a in argv))
+    overrides, source = command.overrides, command.source
+    sweep = plan_sweep(overrides, command.multirun, source)
     if sweep is None:
-        check(overrides)
+        check(overrides, source)
         return None
+    # The multirun's own composition: Hydra instantiates its callbacks, sweeper and launcher.
+    own = compose(_fixed(overrides), return_hydra_config=True, source=source)
+    hard = hydra_problems(own, SWEEP_DIR)
+    if hard:
+        raise ConfigError(hard)
     env = detect()
-    hard: list[Problem] = []
     soft: list[Problem] = []
     for point in sweep.points:
         tag = f" [sweep point: {sweep.label(point)}]"
-        try:
-            cfg = compose(point)
+        try:  # a point's hydra node configures its job's logging: checked like the sweep's
+            cfg = compose(point, return_hydra_config=True, source=source)
+            problems = hydra_problems(cfg, dir_key=None)
         except ConfigError as exc:  # Hydra could not even launch this point
-            hard += [Problem(p.key, p.message + tag) for p in exc.problems]
+            problems = exc.problems
+        if problems:
+            hard += [Problem(p.key, p.message + tag) for p in problems]
             continue
         try:
             _compile(cfg, env)
@@ -93,6 +150,14 @@ def preflight(argv: list[str]) -> Any:
               f"invalid and will be skipped:\n" + "\n".join(f"  - {p}" for p in soft),
               file=sys.stderr)
     return sweep
+
+
+def _fixed(overrides: list[str]) -> list[str]:
+    """Returns the overrides that are not sweeps (what Hydra's multirun composes itself with)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    return [o for o in overrides if not parser.parse_overrides([o])[0].is_sweep_override()]
 
 
 def execute(cfg: Any, run_dir: Path | None = None, overrides: list[str] | None = None,
@@ -123,7 +188,7 @@ def execute(cfg: Any, run_dir: Path | None = None, overrides: list[str] | None =
 
         hc = HydraConfig.get()
         run_dir = run_dir or Path(hc.runtime.output_dir)
-        overrides = overrides if overrides is not None else list(hc.overrides.task)
+        overrides = overrides if overrides is not None else task_overrides(hc)
     app = validate(to_plain(cfg))
     plan = compile_plan(app, detect())
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
@@ -144,6 +209,13 @@ def execute(cfg: Any, run_dir: Path | None = None, overrides: list[str] | None =
     report = _eval_report(Path(run_dir))
     print_summary(console, manifest, report, Path(run_dir))  # never fails the finished run
     return job_metric(report)
+
+
+def task_overrides(hc: Any) -> list[str]:
+    """Returns the job's overrides as typed: `${oc.env:NAME}` stays text, as in overrides.yaml."""
+    from omegaconf import OmegaConf
+
+    return [str(o) for o in OmegaConf.to_container(hc.overrides.task, resolve=False)]
 
 
 def _fail(exc: LlmopsError) -> None:
@@ -170,9 +242,9 @@ def run_job(cfg: Any) -> Any:
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
-    info = {**job, "overrides": list(hc.overrides.task)}
+    info = {**job, "overrides": task_overrides(hc)}
     try:
-        metric = execute(cfg, run_dir, list(hc.overrides.task), meta=job)
+        metric = execute(cfg, run_dir, info["overrides"], meta=job)
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # one point's failure must not end the sweep
@@ -223,7 +295,7 @@ def _hydra_app() -> None:
     hydra.main(config_path="pkg://llmops.conf", config_name="config", version_base="1.3")(_task)()
 
 
-def _run_single(overrides: list[str]) -> None:
+def _run_single(overrides: list[str], source: Source | None = None) -> None:
     """Runs one point the way Hydra's `run` does, on the pre-flight's composition.
 
     Hydra's app would compose the config twice more (once to find the mode, once to run); a single
@@ -238,46 +310,66 @@ def _run_single(overrides: list[str]) -> None:
     from hydra.types import HydraContext, RunMode
     from omegaconf import open_dict
 
-    from llmops.config.compose import compose, config_loader
+    from llmops.config.compose import DEFAULT, compose, config_loader
 
-    cfg = copy.deepcopy(compose(overrides, return_hydra_config=True))
+    source = source or DEFAULT
+    cfg = copy.deepcopy(compose(overrides, return_hydra_config=True, source=source))
     with open_dict(cfg.hydra):
         cfg.hydra.mode = RunMode.RUN
         cfg.hydra.overrides.hydra.append("hydra.mode=RUN")  # as Hydra's app records it
     configure_log(cfg.hydra.hydra_logging, cfg.hydra.verbose)
     callbacks = Callbacks(cfg)
-    callbacks.on_run_start(config=cfg, config_name="config")
+    callbacks.on_run_start(config=cfg, config_name=source.config_name)
     try:
-        ret = run_job(hydra_context=HydraContext(config_loader=config_loader(),
+        ret = run_job(hydra_context=HydraContext(config_loader=config_loader(source),
                                                  callbacks=callbacks),
                       task_function=_task, config=cfg, job_dir_key="hydra.run.dir",
                       job_subdir_key=None, configure_logging=True)
-        callbacks.on_run_end(config=cfg, config_name="config", job_return=ret)
+        callbacks.on_run_end(config=cfg, config_name=source.config_name, job_return=ret)
         _ = ret.return_value  # re-raises the task's exception
     finally:
         GlobalHydra.instance().clear()
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of `python -m llmops` and the `llmops` console script."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    sweep = None
-    if not any(a.split("=")[0] in _PASSTHROUGH for a in args):
-        try:
-            sweep = preflight(args)
-        except ConfigError as exc:
-            print(exc.render(), file=sys.stderr)
-            sys.exit(EXIT_CONFIG)
-    if sweep is None and not any(a.startswith("-") for a in args):
-        _run_single(args)
+    """Entry point of `python -m llmops` and the `llmops` console script.
+
+    Every command but help, version, info and shell completion goes through the pre-flight
+    first (--cfg, -cp/-cn/-cd and --package included): config errors exit 2 before Hydra writes
+    or instantiates anything. A secret's value on the command line (a shell-expanded
+    $WANDB_API_KEY) is replaced by `${oc.env:NAME}` before anything records it.
+    """
+    from llmops.config.command import parse_command
+    from llmops.config.secrets import redact
+
+    args = redact(list(sys.argv[1:] if argv is None else argv))
+    sys.argv = [sys.argv[0], *args]
+    try:
+        command = parse_command(args)
+        if command.passthrough:
+            _hydra_app()
+            return
+        if command.show_cfg:
+            show_cfg_check(command)
+            sweep = None
+        else:
+            sweep = _preflight(command)
+    except ConfigError as exc:
+        print(exc.render(), file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+    if command.show_cfg:
+        _hydra_app()
         return
-    if sweep is not None and sweep.sweep_dir:
+    if sweep is None:
+        _run_single(command.overrides, command.source)
+        return
+    if sweep.sweep_dir:
         from llmops.sweep import pin_override
 
         args.append(pin_override(sweep.sweep_dir))  # jobs and the summary share one folder
     sys.argv = [sys.argv[0], *args]
     _hydra_app()
-    if sweep is not None and sweep.sweep_dir:
+    if sweep.sweep_dir:
         from llmops.sweep import print_summary
 
         code = print_summary(Path(sweep.sweep_dir))

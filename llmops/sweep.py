@@ -78,8 +78,10 @@ def expand_points(overrides: Sequence[str]) -> list[list[str]]:
     return [list(p) for p in itertools.product(*axes.values())]
 
 
-def plan_sweep(overrides: list[str], multirun_flag: bool) -> Sweep | None:
+def plan_sweep(overrides: list[str], multirun_flag: bool, source: Any = None) -> Sweep | None:
     """Reads the sweep a command line launches, or returns None when it is a single run.
+
+    `source` is where the configs come from (llmops.config.compose.Source; default: llmops's).
 
     Raises:
         ConfigError: The fixed (non-swept) overrides do not compose.
@@ -87,9 +89,10 @@ def plan_sweep(overrides: list[str], multirun_flag: bool) -> Sweep | None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
-    from llmops.config.compose import compose
+    from llmops.config.compose import DEFAULT, compose
     from llmops.errors import ConfigError, Problem
 
+    source = source or DEFAULT
     parser = OverridesParser.create()
     fixed, sweeps, bad = [], [], False
     for line in overrides:
@@ -102,8 +105,8 @@ def plan_sweep(overrides: list[str], multirun_flag: bool) -> Sweep | None:
         (sweeps if ov.is_sweep_override() else fixed).append(ov)
     fixed = [ov if isinstance(ov, str) else ov.input_line for ov in fixed]
     if bad:
-        compose(fixed)
-    cfg = compose(fixed, return_hydra_config=True)
+        compose(fixed, source=source)
+    cfg = compose(fixed, return_hydra_config=True, source=source)
     hydra = cfg.hydra
     if not (multirun_flag or str(hydra.mode).endswith("MULTIRUN")):
         if sweeps:

@@ -85,7 +85,7 @@ def test_typo_exits_2_naming_the_key_and_writes_nothing(tmp_path):
     r = llmops("lora.rnak=16", cwd=tmp_path)
     assert r.returncode == 2
     assert "Config is invalid (1 problem):" in r.stderr
-    assert "lora.rnak: unknown key. Did you mean 'r'?" in r.stderr
+    assert "lora.rnak: unknown key. Did you mean 'lora.r'?" in r.stderr
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "outputs").exists()
 

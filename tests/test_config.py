@@ -82,13 +82,13 @@ def _problems(compose_plan, overrides):
 def test_typo_in_key_is_an_error_with_did_you_mean(compose_plan):
     problems = _problems(compose_plan, ["lora.rnak=16"])
     assert list(problems) == ["lora.rnak"]
-    assert problems["lora.rnak"].startswith("unknown key. Did you mean 'r'?")
+    assert problems["lora.rnak"].startswith("unknown key. Did you mean 'lora.r'?")
     assert "alpha, dropout, enabled, r, target_modules" in problems["lora.rnak"]
 
 
 def test_added_unknown_key_is_still_an_error(compose_plan):
     problems = _problems(compose_plan, ["+train.lr=1e-4"])
-    assert problems["train.lr"].startswith("unknown key. Did you mean 'learning_rate'?")
+    assert problems["train.lr"].startswith("unknown key. Did you mean 'train.learning_rate'?")
 
 
 def test_all_bad_values_reported_at_once(compose_plan):

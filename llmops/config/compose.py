@@ -1,22 +1,28 @@
-"""Composes the config with Hydra's compose API and turns Hydra's own errors into Problems.
+"""Composes the config as Hydra's app will, and turns Hydra's own errors into Problems.
 
 Used before Hydra's app runs (the pre-flight), so that a typo, an unknown group option or bad
 override syntax is reported like every other config error: all at once, with the key, exit code 2.
+The search path is the app's, `-cp`/`-cn`/`-cd` included (Source).
 """
 
 from __future__ import annotations
 
-import difflib
+import os
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llmops.config.hints import did_you_mean
 from llmops.errors import ConfigError, Problem
 
 CONFIG_MODULE = "llmops.conf"
 CONFIG_NAME = "config"
+# The module of the Hydra task (llmops.cli._task): Hydra's app derives its search path from it.
+APP_MODULE = "llmops.cli"
 _MAX_RETRIES = 20
+UNKNOWN_KEY = "unknown key."
 
 
 def conf_dir() -> Path:
@@ -38,40 +44,57 @@ def groups() -> list[str]:
                   if p.is_dir() and not p.name.startswith("_") and p.name != "hydra")
 
 
-# Names users bring from other tools (HF, axolotl, ...) mapped to llmops keys.
-_ALIASES = {
-    "rank": "r", "lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout",
-    "target": "target_modules", "lr": "learning_rate", "learning-rate": "learning_rate",
-    "bs": "batch_size", "batch": "batch_size", "per_device_train_batch_size": "batch_size",
-    "gradient_accumulation_steps": "grad_accum", "num_train_epochs": "epochs",
-    "epoch": "epochs", "max_seq_length": "max_length", "seq_len": "max_length",
-    "sequence_len": "max_length", "warmup": "warmup_steps", "steps": "max_steps",
-}
+@dataclass(frozen=True)
+class Source:
+    """Where Hydra's app finds its configs: `-cp PATH`, `-cn NAME` and `-cd DIR` change it.
+
+    The search path is built the way Hydra's app builds it for the task in llmops.cli, so the
+    pre-flight composes exactly what the app would.
+    """
+
+    config_path: str = f"pkg://{CONFIG_MODULE}"
+    config_name: str = CONFIG_NAME
+    config_dir: str | None = None
+
+    def search_path(self) -> Any:
+        """Returns Hydra's ConfigSearchPath for this source; raises ConfigError if it is bad."""
+        from hydra._internal.utils import create_automatic_config_search_path
+        from hydra.core.config_search_path import SearchPathQuery
+        from hydra.core.utils import validate_config_path
+
+        try:
+            validate_config_path(self.config_path)
+        except ValueError:
+            raise ConfigError([Problem("--config-path", (
+                f"'{self.config_path}' names a file. Give the folder with --config-path and "
+                "the file's name (without .yaml) with --config-name."))]) from None
+        path = create_automatic_config_search_path(None, APP_MODULE, self.config_path)
+        if self.config_dir is not None:
+            folder = os.path.abspath(self.config_dir)
+            if not os.path.isdir(folder):
+                raise ConfigError([Problem("--config-dir", (
+                    f"'{self.config_dir}' is not a folder. Give a folder of config groups, "
+                    "e.g. --config-dir ./my_conf (with my_conf/model/my_model.yaml)."))])
+            path.prepend(provider="command-line", path=f"file://{folder}",
+                         anchor=SearchPathQuery(provider="schema"))
+        return path
 
 
-def did_you_mean(word: str, choices: Sequence[str]) -> str:
-    """Returns " Did you mean 'x'?" for the closest choice (or known alias), else ''."""
-    choices = [str(c) for c in choices]
-    close = difflib.get_close_matches(str(word), choices, n=1, cutoff=0.6)
-    if not close:
-        aliases = [a for a, target in _ALIASES.items() if target in choices]
-        alias = difflib.get_close_matches(str(word), aliases, n=1, cutoff=0.7)
-        close = [_ALIASES[alias[0]]] if alias else []
-    return f" Did you mean '{close[0]}'?" if close else ""
+DEFAULT = Source()
 
 
-def config_loader() -> Any:
-    """Returns a Hydra ConfigLoader over the packaged config (as Hydra's app builds its own)."""
+def config_loader(source: Source = DEFAULT) -> Any:
+    """Returns a Hydra ConfigLoader over the source's search path (as Hydra's app builds it)."""
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
-    from hydra._internal.utils import create_config_search_path
 
-    return ConfigLoaderImpl(config_search_path=create_config_search_path(f"pkg://{CONFIG_MODULE}"))
-
-
-_COMPOSED: dict[tuple[tuple[str, ...], bool], Any] = {}
+    return ConfigLoaderImpl(config_search_path=source.search_path())
 
 
-def compose(overrides: Sequence[str], *, return_hydra_config: bool = False) -> Any:
+_COMPOSED: dict[tuple[Source, tuple[str, ...], bool], Any] = {}
+
+
+def compose(overrides: Sequence[str], *, return_hydra_config: bool = False,
+            source: Source = DEFAULT) -> Any:
     """Composes the primary config with overrides; raises ConfigError listing every problem.
 
     Hydra stops at its first error, so each failing override is recorded, dropped, and the
@@ -79,43 +102,87 @@ def compose(overrides: Sequence[str], *, return_hydra_config: bool = False) -> A
     memoised per process (the pre-flight asks for the same point more than once); callers must
     not mutate the returned config.
     """
-    key = (tuple(overrides), return_hydra_config)
+    key = (source, tuple(overrides), return_hydra_config)
     if key not in _COMPOSED:
-        _COMPOSED[key] = _compose(overrides, return_hydra_config)
+        _COMPOSED[key] = _compose(list(overrides), return_hydra_config, source)
     return _COMPOSED[key]
 
 
-def _compose(overrides: Sequence[str], return_hydra_config: bool) -> Any:
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
+def _hydra_compose(overrides: list[str], source: Source) -> Any:
+    """Composes once with Hydra, as its app does for a run; returns the config with `hydra`."""
+    from hydra import version
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import detect_task_name
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    version.setbase("1.3")
+    search_path = source.search_path()
+    GlobalHydra.instance().clear()
+    try:
+        hydra = Hydra.create_main_hydra2(task_name=detect_task_name(None, APP_MODULE),
+                                         config_search_path=search_path)
+        return hydra.compose_config(config_name=source.config_name, overrides=overrides,
+                                    run_mode=RunMode.RUN, from_shell=False,
+                                    with_log_configuration=False)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _compose(overrides: list[str], return_hydra_config: bool, source: Source) -> Any:
+    from omegaconf import open_dict
 
     problems = parse_problems(overrides)
     bad = {ov for ov, _ in problems}
     remaining = [ov for ov in overrides if ov not in bad]
     problems = [p for _, p in problems]
+    unknown: dict[int, str | None] = {}  # problem index -> override naming an unknown key
+    source.search_path()  # a bad -cp/-cd is reported as itself, not as a composition error
     for _ in range(_MAX_RETRIES):
-        GlobalHydra.instance().clear()
         try:
-            with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-                cfg = hydra_compose(
-                    config_name=CONFIG_NAME,
-                    overrides=remaining,
-                    return_hydra_config=return_hydra_config,
-                )
+            cfg = _hydra_compose(remaining, source)
         except Exception as exc:  # Hydra raises several unrelated exception types here.
+            bad_source = _source_problem(exc, source)
+            if bad_source:
+                raise ConfigError([*problems, bad_source]) from None
             problem, culprit = hydra_problem(exc, remaining)
+            if problem.message.startswith(UNKNOWN_KEY):
+                unknown[len(problems)] = culprit
             problems.append(problem)
             if culprit is None or culprit not in remaining:
                 raise ConfigError(problems) from None
             remaining.remove(culprit)
             continue
-        finally:
-            GlobalHydra.instance().clear()
-        if problems:
-            raise ConfigError(problems)
+        if problems:  # hints come from the user's composition, less the bad overrides
+            raise ConfigError([_with_hint(p, unknown[i], cfg) if i in unknown else p
+                               for i, p in enumerate(problems)])
+        if not return_hydra_config:
+            with open_dict(cfg):
+                del cfg["hydra"]
         return cfg
     raise ConfigError(problems)
+
+
+def _source_problem(exc: BaseException, source: Source) -> Problem | None:
+    """Names the -cp/-cn flag whose value Hydra could not find, if that is the error."""
+    msg = str(exc)
+    if "Primary config directory not found" in msg:
+        return Problem("--config-path", (
+            f"'{source.config_path}' is not a folder of configs. Give a folder holding "
+            f"{source.config_name}.yaml, or leave --config-path out for llmops's own configs."))
+    if "Cannot find primary config" in msg:
+        return Problem("--config-name", (
+            f"'{source.config_name}' is not a config in the search path. Give the name of a YAML "
+            "file (without .yaml) in --config-path or --config-dir; llmops's own is 'config'."))
+    return None
+
+
+def _with_hint(problem: Problem, culprit: str | None, cfg: Any) -> Problem:
+    from llmops.config.hints import unknown_key_hint
+
+    hint = unknown_key_hint(problem.key, culprit, cfg)
+    return Problem(problem.key, f"{UNKNOWN_KEY}{hint} Fix the spelling, or list keys with "
+                                "--cfg job.")
 
 
 def parse_problems(overrides: Sequence[str]) -> list[tuple[str, Problem]]:
@@ -149,39 +216,12 @@ def _find_override(key: str, overrides: Sequence[str]) -> str | None:
     return None
 
 
-def _key_suggestion(key: str) -> str:
-    """Suggests the closest existing key for a dotted key that Hydra could not find."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import DictConfig
-
-    parts = key.split(".")
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-            node: Any = hydra_compose(config_name=CONFIG_NAME)
-    except Exception:
-        return ""
-    finally:
-        GlobalHydra.instance().clear()
-    for i, part in enumerate(parts):
-        if not isinstance(node, DictConfig):
-            return ""
-        keys = [str(k) for k in node.keys()]
-        if part not in keys:
-            if i == 0:
-                keys = sorted(set(keys) | set(groups()))
-            hint = did_you_mean(part, keys)
-            under = ".".join(parts[:i])
-            where = f"under '{under}'" if under else "at the top level"
-            return f"{hint} Keys allowed {where}: {', '.join(sorted(keys))}."
-        node = node[part]
-    return ""
-
-
 def hydra_problem(exc: BaseException, overrides: Sequence[str]) -> tuple[Problem, str | None]:
-    """Translates one Hydra composition error into a Problem and the override that caused it."""
+    """Translates one Hydra composition error into a Problem and the override that caused it.
+
+    An unknown key's problem says only "unknown key."; compose() adds the hint once it has the
+    user's composition.
+    """
     msg = str(exc)
     m = re.search(r"Could not override '([^']+)'", msg)
     if m:
@@ -194,8 +234,7 @@ def hydra_problem(exc: BaseException, overrides: Sequence[str]) -> tuple[Problem
                 f"To add a new top-level key on purpose, write +{culprit}."
             )
         else:
-            hint = _key_suggestion(key)
-            text = f"unknown key.{hint} Fix the spelling, or list keys with --cfg job."
+            text = UNKNOWN_KEY
         return Problem(key, text), culprit
     m = re.search(r"Could not append to config. An item is already at '([^']+)'", msg)
     if m:
@@ -214,6 +253,11 @@ def hydra_problem(exc: BaseException, overrides: Sequence[str]) -> tuple[Problem
             f"Options: {', '.join(options)}."
         )
         return Problem(group, text), culprit
+    if isinstance(exc, KeyError) and _find_override("hydra.job.env_copy", overrides):
+        culprit = _find_override("hydra.job.env_copy", overrides)
+        return Problem("hydra.job.env_copy", (
+            f"{msg} is not set in the environment, so Hydra cannot copy it. Set it, or remove it "
+            "from hydra.job.env_copy.")), culprit
     m = re.search(r"Interpolation key '([^']+)' not found", msg)
     if m:
         first = msg.splitlines()[0]

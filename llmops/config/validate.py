@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
-from llmops.config.compose import did_you_mean
+from llmops.config.hints import did_you_mean
 from llmops.config.schema import AppConfig
 from llmops.errors import ConfigError, Problem
 
@@ -51,6 +51,13 @@ def _field_model(path: list[str | int]) -> tuple[type[BaseModel] | None, Any]:
             continue
         return None, None
     return (model if isinstance(model, type) else None), annotation
+
+
+def schema_fields(path: list[str | int] | list[str]) -> list[str]:
+    """Lists the keys the schema allows under a key path (['tracking'] -> backend, entity, ...)."""
+    _, annotation = _field_model(list(path))
+    owner = _as_model(annotation)
+    return sorted(owner.model_fields) if owner else []
 
 
 def _as_model(annotation: Any) -> type[BaseModel] | None:
@@ -103,10 +110,9 @@ def _message(err: dict[str, Any], path: list[str | int]) -> str:
     key = ".".join(str(p) for p in path)
     ctx = err.get("ctx") or {}
     if kind == "extra_forbidden":
-        _, parent = _field_model(path[:-1])
-        owner = _as_model(parent)
-        allowed = sorted(owner.model_fields) if owner else []
-        hint = did_you_mean(str(path[-1]), allowed)
+        allowed = schema_fields(path[:-1])
+        under = ".".join(str(p) for p in path[:-1])
+        hint = did_you_mean(str(path[-1]), allowed, prefix=f"{under}." if under else "")
         return f"unknown key.{hint} Allowed keys here: {', '.join(allowed)}."
     if kind == "missing":
         return f"is required but not set. Set it, e.g. {key}=..."
