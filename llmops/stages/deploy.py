@@ -156,7 +156,7 @@ def _openai(params: dict, inputs: dict[str, Path], gguf: Path, out_dir: Path, ct
     port = int(o.get("port") or 0) or _free_port(host)
     base_url = f"http://{host}:{port}/v1"
     n_ctx = int(params["model"].get("context_length") or 2048)
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf.resolve()),
+    cmd = [sys.executable, "-m", "llmops.backends.llama_cpp_runtime", "--model", str(gguf.resolve()),
            "--host", host, "--port", str(port), "--model_alias", name, "--n_ctx", str(n_ctx),
            "--n_threads", str(min(4, os.cpu_count() or 1))]
     keep = bool(params.get("keep_serving"))

@@ -105,11 +105,10 @@ def quantize(src: Path, dst: Path, kind: str = "q4_k_m") -> float:
 
 
 def load_gguf(path: Path, n_ctx: int = 0, vocab_only: bool = False) -> Any:
-    """Loads a GGUF with llama-cpp-python on the CPU, quietly."""
-    from llama_cpp import Llama
+    """Loads a GGUF with llama-cpp-python on the CPU, quietly (see backends.llama_cpp_runtime)."""
+    from llmops.backends.llama_cpp_runtime import load_gguf as load
 
-    return Llama(model_path=str(path), n_ctx=n_ctx, n_threads=2, n_gpu_layers=0, seed=0,
-                 vocab_only=vocab_only, verbose=False)
+    return load(path, n_ctx=n_ctx, vocab_only=vocab_only)
 
 
 def tokenizer_parity(llm: Any, tokenizer: Any, texts: list[str]) -> dict[str, Any]:
