@@ -6,12 +6,24 @@ config problem, Hydra's own included, exits with code 2 and a readable message, 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llmops.errors import EXIT_CONFIG, EXIT_INTERRUPTED, ConfigError, LlmopsError, Problem
+from llmops.errors import (
+    EXIT_CONFIG,
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    ConfigError,
+    LlmopsError,
+    Problem,
+    Terminated,
+)
 
 if TYPE_CHECKING:
     from llmops.config.command import Command
@@ -282,11 +294,35 @@ def _tuned_metric(run_dir: Path) -> float | None:
 
 def _task(cfg: Any) -> Any:
     try:
-        return run_job(cfg)
-    except KeyboardInterrupt:
-        print("\ninterrupted: finished stages stay in the store; rerun to resume.",
-              file=sys.stderr)
-        sys.exit(EXIT_INTERRUPTED)
+        with _sigterm_as_interrupt():
+            return run_job(cfg)
+    except KeyboardInterrupt as exc:
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        print(f"\n{what}: finished stages stay in the store; rerun to resume.", file=sys.stderr)
+        sys.exit(EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Makes SIGTERM stop the job like Ctrl-C (raised in the main thread) while the job runs.
+
+    Only where SIGTERM still has its default action: submitit's job environment handles it (and
+    SIGUSR2, its requeue signal) itself. A second SIGTERM ends the process at once.
+    """
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+        yield
+        return
+
+    def _raise(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _hydra_app() -> None:

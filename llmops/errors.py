@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 EXIT_OK = 0
 EXIT_STAGE_FAILED = 1
@@ -10,6 +13,7 @@ EXIT_CONFIG = 2
 EXIT_GATE_FAILED = 3
 EXIT_NO_GO = 4
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, what a shell reports for a process SIGTERM ended
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,43 @@ class StageError(LlmopsError):
     """A stage could not do its work; the message names the stage, the cause and the fix."""
 
     exit_code = EXIT_STAGE_FAILED
+
+
+class StoreError(LlmopsError):
+    """The stage store could not be created or written; names the path and the fix."""
+
+    exit_code = EXIT_STAGE_FAILED
+
+    @classmethod
+    def from_os_error(cls, root: Path, exc: OSError) -> StoreError | None:
+        """Returns the error for an OSError on a path inside the store root, else None."""
+        paths = [Path(os.path.abspath(p)) for p in (exc.filename, exc.filename2)
+                 if isinstance(p, str | Path)]
+        root = Path(os.path.abspath(root))
+        path = next((p for p in paths if p == root or root in p.parents), None)
+        if path is None:
+            return None
+        first = {
+            errno.ENOSPC: "free space (python -m llmops.store gc)",
+            errno.EDQUOT: "free space (python -m llmops.store gc)",
+            errno.ENOTDIR: "a file is in the way: remove it",
+            errno.EEXIST: "a file is in the way: remove it",
+            errno.EACCES: "make it writable (its permissions, a read-only mount, lsattr's "
+                          "immutable flag)",
+        }.get(errno.EACCES if exc.errno in (errno.EPERM, errno.EROFS) else exc.errno)
+        fix = "point store_dir=DIR (or LLMOPS_STORE) at a folder you can write to"
+        fix = f"{first}, or {fix}" if first else fix
+        return cls(f"store {root}: cannot write {path} ({exc.strerror or exc}). "
+                   f"{fix[0].upper()}{fix[1:]}.")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, `docker stop`, `kill`) asked the run to stop: handled like Ctrl-C."""
+
+    exit_code = EXIT_TERMINATED
+
+    def __str__(self) -> str:
+        return "terminated by SIGTERM"
 
 
 class GateFailed(LlmopsError):

@@ -6,6 +6,7 @@ the user should change.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from llmops.config.schema import AppConfig
@@ -21,11 +22,12 @@ def cross_field_problems(cfg: AppConfig, env: Environment) -> list[Problem]:
     """Returns every cross-field problem of a schema-valid config."""
     problems: list[Problem] = []
     for rule in (_model, _adapter, _backend, _precision, _data, _eval, _deploy, _hardware, _compute,
-                 _tracking):
+                 _tracking, _store):
         problems += rule(cfg, env)
     from llmops.config.align_rules import alignment_problems
+    from llmops.config.lora_rules import target_problems
 
-    problems += alignment_problems(cfg, env)
+    problems += alignment_problems(cfg, env) + target_problems(cfg, env)
     return problems
 
 
@@ -172,11 +174,6 @@ def _eval(cfg: AppConfig, env: Environment) -> list[Problem]:
                 "is required: set a threshold (e.g. 0.8), or a tolerance for a no-regression "
                 "gate against the base model.",
             ))
-        if gate.threshold is not None and not 0 <= gate.threshold <= 1:
-            out.append(Problem(
-                f"{key}.threshold",
-                f"{gate.threshold:g} is outside 0..1; metrics are rates. E.g. {key}.threshold=0.8.",
-            ))
     return out
 
 
@@ -212,6 +209,28 @@ def _tracking(cfg: AppConfig, env: Environment) -> list[Problem]:
         return []
     return [Problem("tracking.backend", "'wandb' needs wandb, which is not installed. "
                                         "pip install 'llmops[tracking]', or use tracking=none.")]
+
+
+def _store(cfg: AppConfig, env: Environment) -> list[Problem]:
+    """Checks, without writing, that store_dir is or can become a folder this process can write.
+
+    A dry run writes nothing to the store, so it is not checked there (it may plan for another
+    machine's shared filesystem).
+    """
+    if cfg.dry_run:
+        return []
+    store = Path(cfg.store_dir).expanduser().absolute()
+    fix = "Point store_dir=DIR (or LLMOPS_STORE) at a folder you can write to."
+    existing = next(p for p in (store, *store.parents) if p.exists())
+    if not existing.is_dir():
+        what = "is a file" if existing == store else f"cannot be created: {existing} is a file"
+        return [Problem("store_dir", f"{store} {what}. Remove that file, or use another folder. "
+                                     f"{fix}")]
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = "" if existing == store else f" ({store} would be created in it)"
+        return [Problem("store_dir", f"{existing} is not writable{where}: check its permissions, "
+                                     f"a read-only mount, or the immutable flag (lsattr). {fix}")]
+    return []
 
 
 def _compute(cfg: AppConfig, env: Environment) -> list[Problem]:

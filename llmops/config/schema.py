@@ -1,6 +1,7 @@
 """Typed schema of every config group. Field constraints live here; cross-field rules in rules.py.
 
-Pure: imports no torch. Every model forbids unknown keys so typos are errors, never ignored.
+Pure: imports no torch. Every model is strict (types.STRICT): unknown keys are errors, never
+ignored; `true` is not a number and inf/nan are not numbers at all.
 
 One source per default: a value lives in the group's option YAML or here, never both. Where every
 option file of a group sets a field (lora, quant, model.pretrain), the field is required here, so an
@@ -10,49 +11,66 @@ backends read the compiled params and restate none of these values.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
+from llmops.config.types import (
+    MAX_BATCH,
+    MAX_EPOCHS,
+    MAX_ROWS,
+    MAX_STEPS,
+    MAX_TOKENS,
+    STRICT,
+    Batch,
+    Dim,
+    Fraction,
+    LearningRate,
+    Names,
+    Rows,
+    Seed,
+    Steps,
+    Text,
+    Timeout,
+    Tokens,
+)
 from llmops.config.usecase import UsecaseConfig
 
 
 class _Group(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT
 
 
 class PretrainConfig(_Group):
     """How the tiny model is pre-trained on part of the Task-API task before fine-tuning."""
 
-    tools: list[str] = Field(description="Task-API tools the base model sees in pre-training.")
-    legacy_tools: list[str] = Field(
-        description="Tools pre-trained in the legacy v1 call schema."
-    )
+    tools: list[Text] = Field(description="Task-API tools the base model sees in pre-training.")
+    legacy_tools: list[Text] = Field(description="Tools pre-trained in the legacy v1 call schema.")
     include_refusals: bool = Field(description="Pre-train on refusals too.")
-    n_examples: int = Field(ge=16, description="Pre-training rows.")
-    steps: int = Field(ge=1, description="Pre-training optimiser steps.")
-    batch_size: int = Field(ge=1, description="Pre-training batch size.")
-    learning_rate: float = Field(gt=0, description="Pre-training learning rate.")
+    n_examples: int = Field(ge=16, le=MAX_ROWS, description="Pre-training rows.")
+    steps: Steps = Field(description="Pre-training optimiser steps.")
+    batch_size: Batch = Field(description="Pre-training batch size.")
+    learning_rate: LearningRate = Field(description="Pre-training learning rate.")
 
 
 class ModelConfig(_Group):
     """The base model: where it comes from and the architecture facts planning needs."""
 
-    name: str = Field(description="Preset name, e.g. tiny, qwen3b.")
+    name: Text = Field(description="Preset name, e.g. tiny, qwen3b.")
     source: Literal["tiny", "hub"] = Field(description="tiny: built locally; hub: downloaded.")
-    hub_id: str | None = Field(None, description="Hugging Face hub id (required for source=hub).")
-    family: str = Field(description="Architecture family, e.g. llama, qwen2.")
+    hub_id: Text | None = Field(None, description="Hugging Face hub id (required for source=hub).")
+    family: Text = Field(description="Architecture family, e.g. llama, qwen2.")
     chat_template: Literal["chatml", "llama3"] = Field(description="Chat template family.")
-    params: int = Field(gt=0, description="Total parameter count.")
-    num_layers: int = Field(gt=0, description="Transformer layers.")
-    hidden_size: int = Field(gt=0, description="Hidden size.")
-    intermediate_size: int = Field(gt=0, description="MLP intermediate size.")
-    num_attention_heads: int = Field(gt=0, description="Attention heads.")
-    num_kv_heads: int = Field(gt=0, description="Key/value heads (GQA).")
-    vocab_size: int = Field(gt=0, description="Vocabulary size.")
-    context_length: int = Field(gt=0, description="Maximum context length in tokens.")
+    params: int = Field(gt=0, le=10**14, description="Total parameter count.")
+    num_layers: Dim = Field(description="Transformer layers.")
+    hidden_size: Dim = Field(description="Hidden size.")
+    intermediate_size: Dim = Field(description="MLP intermediate size.")
+    num_attention_heads: Dim = Field(description="Attention heads.")
+    num_kv_heads: Dim = Field(description="Key/value heads (GQA).")
+    vocab_size: int = Field(gt=0, le=MAX_TOKENS, description="Vocabulary size.")
+    context_length: int = Field(gt=0, le=MAX_TOKENS, description="Maximum context in tokens.")
     tie_embeddings: bool = Field(False, description="Input and output embeddings are shared.")
-    recommended_lr: float = Field(gt=0, description="Default train.learning_rate for this model.")
+    recommended_lr: LearningRate = Field(description="Default train.learning_rate for this model.")
     trust_remote_code: bool = Field(False, description="Allow the hub repo's own model code.")
     pretrain: PretrainConfig | None = Field(None, description="Tiny model pre-training recipe.")
 
@@ -64,8 +82,8 @@ class LoraConfig(_Group):
     r: int = Field(ge=1, le=1024, description="Adapter rank.")
     alpha: float = Field(gt=0, description="Scaling numerator: updates scale by alpha/r.")
     dropout: float = Field(ge=0, lt=1, description="Dropout on the adapter input.")
-    target_modules: str | list[str] = Field(
-        description="'all-linear' or module names, e.g. [q_proj, v_proj]."
+    target_modules: Names = Field(
+        description="'all-linear', module names, e.g. [q_proj, v_proj], or a regex."
     )
 
 
@@ -83,20 +101,24 @@ class DataConfig(_Group):
     """Training data: the bundled Task-API set, a local JSONL file, or a hub dataset."""
 
     source: Literal["task_api", "jsonl", "hf"] = Field(description="Where rows come from.")
-    path: str | None = Field(None, description="Local JSONL file (source=jsonl).")
+    path: Text | None = Field(None, description="Local JSONL file (source=jsonl).")
     format: Literal["auto", "chat", "instruct", "completion"] = Field(
         "auto", description="Row format; auto detects it."
     )
-    hf_id: str | None = Field(None, description="Hub dataset id (source=hf).")
-    hf_split: str = Field("train", description="Hub dataset split (source=hf).")
+    hf_id: Text | None = Field(None, description="Hub dataset id (source=hf).")
+    hf_split: Text = Field("train", description="Hub dataset split (source=hf).")
     system_prompt: str | None = Field(None, description="System prompt added to converted rows.")
-    n_examples: int = Field(1200, ge=20, description="Rows to generate (source=task_api).")
+    n_examples: int = Field(
+        1200, ge=20, le=MAX_ROWS, description="Rows to generate (source=task_api)."
+    )
     val_fraction: float = Field(0.1, ge=0, lt=1, description="Share of rows held out to validate.")
     test_fraction: float = Field(0.1, gt=0, lt=1, description="Share of rows held out for testing.")
-    seed: int = Field(0, description="Seed of generation and splitting.")
+    seed: Seed = Field(0, description="Seed of generation and splitting.")
     dedup: bool = Field(True, description="Drop exact duplicate rows.")
-    max_length: int = Field(512, ge=16, description="Token length above which rows are flagged.")
-    preference_path: str | None = Field(
+    max_length: int = Field(
+        512, ge=16, le=MAX_TOKENS, description="Token length above which rows are flagged."
+    )
+    preference_path: Text | None = Field(
         None, description="DPO pairs JSONL (prompt/chosen/rejected); null: derive from the rows."
     )
 
@@ -104,18 +126,22 @@ class DataConfig(_Group):
 class DpoConfig(_Group):
     """Direct preference optimisation (TRL DPOTrainer) on a LoRA adapter; used by dpo, sft_dpo."""
 
-    beta: float = Field(0.1, gt=0, description="Strength of the pull towards the reference model.")
+    beta: float = Field(
+        0.1, gt=0, le=100, description="Strength of the pull towards the reference model."
+    )
     loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = Field(
         "sigmoid", description="DPO loss; sigmoid is the paper's."
     )
-    learning_rate: float | None = Field(
-        None, gt=0, lt=1, description="Peak learning rate; null: train.learning_rate / 25."
+    learning_rate: LearningRate | None = Field(
+        None, description="Peak learning rate; null: train.learning_rate / 25."
     )
-    epochs: float = Field(1, gt=0, description="Passes over the preference pairs.")
-    max_steps: int = Field(-1, ge=-1, description="Stop after this many steps (-1: use epochs).")
-    batch_size: int | None = Field(None, ge=1, description="Pairs per step; null: train's.")
+    epochs: float = Field(1, gt=0, le=MAX_EPOCHS, description="Passes over the preference pairs.")
+    max_steps: int = Field(
+        -1, ge=-1, le=MAX_STEPS, description="Stop after this many steps (-1: use epochs)."
+    )
+    batch_size: Batch | None = Field(None, description="Pairs per step; null: train's.")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Robust DPO label noise.")
-    init_adapter: str | None = Field(
+    init_adapter: Text | None = Field(
         None, description="train=dpo: adapter folder to start from; null: a new adapter."
     )
 
@@ -127,29 +153,33 @@ class TrainConfig(_Group):
         "sft", description="sft; dpo (preference pairs only); sft_dpo (SFT, then DPO on it); none."
     )
     backend: Literal["auto", "hf", "unsloth"] = Field("auto", description="Training backend.")
-    learning_rate: float = Field(2e-4, gt=0, lt=1, description="Peak learning rate.")
-    epochs: float = Field(1, gt=0, description="Passes over the training split.")
-    max_steps: int = Field(-1, ge=-1, description="Stop after this many steps (-1: use epochs).")
-    batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+    learning_rate: LearningRate = Field(2e-4, description="Peak learning rate.")
+    epochs: float = Field(1, gt=0, le=MAX_EPOCHS, description="Passes over the training split.")
+    max_steps: int = Field(
+        -1, ge=-1, le=MAX_STEPS, description="Stop after this many steps (-1: use epochs)."
+    )
+    batch_size: Batch | Literal["auto"] = Field(
         "auto", description="Per-device batch size; auto: the largest that fits the hardware."
     )
-    grad_accum: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+    grad_accum: Batch | Literal["auto"] = Field(
         "auto", description="Gradient accumulation steps; auto: effective_batch / batch_size."
     )
-    effective_batch: int = Field(16, ge=1, description="batch_size x grad_accum that auto keeps.")
-    seed: int = Field(0, description="Training seed.")
-    max_length: int = Field(512, ge=16, description="Training sequence length (tokens).")
-    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    effective_batch: Batch = Field(16, description="batch_size x grad_accum that auto keeps.")
+    seed: Seed = Field(0, description="Training seed.")
+    max_length: int = Field(
+        512, ge=16, le=MAX_TOKENS, description="Training sequence length (tokens)."
+    )
+    warmup_steps: int = Field(0, ge=0, le=MAX_STEPS, description="Linear warm-up steps.")
+    weight_decay: float = Field(0.0, ge=0, le=1, description="AdamW weight decay.")
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
         "linear", description="Learning-rate schedule."
     )
     optimizer: Literal["adamw_torch", "adamw_8bit", "paged_adamw_8bit", "sgd"] = Field(
         "adamw_torch", description="Optimizer."
     )
-    logging_steps: int = Field(10, ge=1, description="Log the loss every N steps.")
-    save_steps: int = Field(50, ge=1, description="Checkpoint every N steps.")
-    save_total_limit: int = Field(2, ge=1, description="Checkpoints kept.")
+    logging_steps: Steps = Field(10, description="Log the loss every N steps.")
+    save_steps: Steps = Field(50, description="Checkpoint every N steps.")
+    save_total_limit: Steps = Field(2, description="Checkpoints kept.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
     assistant_only_loss: bool = Field(True, description="Loss on the assistant's tokens only.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
@@ -161,32 +191,34 @@ class TrainConfig(_Group):
 class GateConfig(_Group):
     """One quality gate: a metric of the tuned model against a threshold, or against the base."""
 
-    metric: str = Field(description="Metric name, e.g. exact_match.")
-    threshold: float | None = Field(None, description="Bound the tuned metric must meet.")
+    metric: Text = Field(description="Metric name, e.g. exact_match.")
+    threshold: Fraction | None = Field(None, description="Bound the tuned metric must meet (0..1).")
     direction: Literal["min", "max"] | None = Field(
         None, description="min: value ≥ threshold; max: value ≤ threshold; default: the metric's."
     )
-    tolerance: float | None = Field(None, ge=0, description="no_regression: allowed drop vs base.")
+    tolerance: Fraction | None = Field(None, description="no_regression: allowed drop vs base.")
 
 
 class LmEvalConfig(_Group):
     """lm-evaluation-harness tasks run on base and tuned (the lm_eval stage)."""
 
-    tasks: list[str] = Field(
+    tasks: list[Text] = Field(
         default_factory=list, description="Harness task names; llmops_* run on the test split."
     )
-    limit: int | None = Field(None, ge=1, description="Documents per task (null: all).")
-    num_fewshot: int | None = Field(None, ge=0, description="Few-shot examples (null: task's).")
-    batch_size: int = Field(16, ge=1, description="Harness batch size.")
+    limit: Rows | None = Field(None, description="Documents per task; null: all.")
+    num_fewshot: int | None = Field(
+        None, ge=0, le=MAX_ROWS, description="Few-shot examples (null: task's)."
+    )
+    batch_size: Batch = Field(16, description="Harness batch size.")
 
 
 class EvalConfig(_Group):
     """Evaluation of base vs tuned on the test split, and the gates that block export."""
 
     enabled: bool = Field(True, description="Run evaluation.")
-    max_new_tokens: int = Field(96, ge=1, description="Generation budget per answer.")
-    batch_size: int = Field(32, ge=1, description="Generation batch size.")
-    limit: int | None = Field(None, ge=1, description="Evaluate only the first N test rows.")
+    max_new_tokens: Tokens = Field(96, description="Tokens generated per answer.")
+    batch_size: Batch = Field(32, description="Generation batch size.")
+    limit: Rows | None = Field(None, description="Evaluate only the first N test rows.")
     enforce: bool = Field(True, description="A failed gate stops the plan before export.")
     gates: dict[str, GateConfig] = Field(default_factory=dict, description="Named quality gates.")
     lm_eval: LmEvalConfig = Field(
@@ -200,7 +232,7 @@ class MergeConfig(_Group):
     method: Literal["none", "linear", "cat", "ties", "dare_linear", "dare_ties", "svd"] = Field(
         "none", description="none: no merge stage; else peft add_weighted_adapter's combination."
     )
-    adapters: list[str] = Field(
+    adapters: list[Text] = Field(
         default_factory=list,
         description="'sft', 'dpo' or adapter folders; empty: the plan's trained adapter.",
     )
@@ -222,29 +254,29 @@ class GgufConfig(_Group):
     quantization: list[Literal["f16", "q8_0", "q4_k_m"]] = Field(
         default_factory=list, description="GGUF files to write; empty: no gguf stage."
     )
-    parity_prompts: int = Field(4, ge=1, description="Held-out prompts answered by HF and GGUF.")
-    max_new_tokens: int = Field(32, ge=1, description="Greedy tokens per parity answer.")
+    parity_prompts: Rows = Field(4, description="Held-out prompts answered by HF and GGUF.")
+    max_new_tokens: Tokens = Field(32, description="Greedy tokens per parity answer.")
 
 
 class OllamaConfig(_Group):
     """deploy=ollama: where `ollama create` goes, and under which name."""
 
-    host: str = Field("http://127.0.0.1:11434", description="Ollama server URL.")
-    model_name: str | None = Field(None, description="Name to create; default llmops-<model>.")
-    timeout_s: float = Field(3.0, gt=0, description="How long to wait for the server to answer.")
+    host: Text = Field("http://127.0.0.1:11434", description="Ollama server URL.")
+    model_name: Text | None = Field(None, description="Name to create; default llmops-<model>.")
+    timeout_s: Timeout = Field(3.0, description="How long to wait for the server to answer.")
 
 
 class OpenAIServeConfig(_Group):
     """deploy=openai: the local OpenAI-compatible server (llama-cpp-python's) and its smoke test."""
 
-    host: str = Field("127.0.0.1", description="Interface to bind; keep it local.")
+    host: Text = Field("127.0.0.1", description="Interface to bind; keep it local.")
     port: int = Field(0, ge=0, le=65535, description="Port; 0 picks a free one.")
-    startup_timeout_s: float = Field(120.0, gt=0, description="Wait for /v1/models this long.")
-    smoke_prompts: list[str] = Field(
+    startup_timeout_s: Timeout = Field(120.0, description="Wait for /v1/models this long.")
+    smoke_prompts: list[Text] = Field(
         default_factory=list, description="Prompts to send; empty: held-out test prompts."
     )
-    n_smoke: int = Field(3, ge=1, description="Held-out prompts used when smoke_prompts is empty.")
-    max_tokens: int = Field(64, ge=1, description="max_tokens of each smoke request.")
+    n_smoke: Rows = Field(3, description="Held-out prompts used when smoke_prompts is empty.")
+    max_tokens: Tokens = Field(64, description="max_tokens of a smoke request.")
 
 
 class DeployConfig(_Group):
@@ -273,25 +305,31 @@ class DeployConfig(_Group):
 class HardwareConfig(_Group):
     """The machine the plan is for; auto detects it without importing torch."""
 
-    name: str = Field(description="Profile name.")
+    name: Text = Field(description="Profile name.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where training runs.")
-    gpu_name: str | None = Field(None, description="GPU model.")
-    gpu_memory_gb: float | None = Field(None, gt=0, description="Memory of one GPU (GB).")
-    num_gpus: int | None = Field(None, ge=0, description="GPUs available.")
+    gpu_name: Text | None = Field(None, description="GPU model.")
+    gpu_memory_gb: float | None = Field(
+        None, gt=0, le=100_000, description="Memory of one GPU (GB)."
+    )
+    num_gpus: int | None = Field(None, ge=0, le=MAX_BATCH, description="GPUs available.")
     bf16: bool | None = Field(None, description="Whether the GPU supports bf16.")
-    tflops: float | None = Field(None, gt=0, description="Dense 16-bit TFLOPS of one device.")
-    hourly_usd: float | None = Field(None, ge=0, description="Price per hour, for cost estimates.")
+    tflops: float | None = Field(
+        None, gt=0, le=1_000_000, description="Dense 16-bit TFLOPS of one device."
+    )
+    hourly_usd: float | None = Field(
+        None, ge=0, le=1_000_000, description="Price per hour, for cost estimates."
+    )
 
 
 class TrackingConfig(_Group):
     """Experiment tracking sink; the run folder's own JSON metrics stay the source of truth."""
 
     backend: Literal["none", "wandb"] = Field("none", description="Tracker.")
-    project: str = Field("llmops", description="W&B project.")
-    entity: str | None = Field(None, description="W&B entity (team or user).")
-    group: str | None = Field(None, description="W&B group; defaults to the sweep.")
+    project: Text = Field("llmops", description="W&B project.")
+    entity: Text | None = Field(None, description="W&B entity (team or user).")
+    group: Text | None = Field(None, description="W&B group; defaults to the sweep.")
     mode: Literal["auto", "online", "offline", "disabled"] = Field("auto", description="W&B mode.")
-    tags: list[str] = Field(default_factory=list, description="Extra W&B tags.")
+    tags: list[Text] = Field(default_factory=list, description="Extra W&B tags.")
 
 
 class StoreConfig(_Group):
@@ -317,8 +355,8 @@ class AppConfig(_Group):
     tracking: TrackingConfig
     usecase: UsecaseConfig
     dry_run: bool = Field(False, description="Compile and print the plan; run nothing.")
-    seed: int = Field(0, description="Global seed.")
-    store_dir: str = Field("outputs/store", description="Content-addressed stage cache.")
+    seed: Seed = Field(0, description="Global seed.")
+    store_dir: Text = Field("outputs/store", description="Content-addressed stage cache.")
     store: StoreConfig = Field(default_factory=StoreConfig, description="Stage store checks.")
     progress: bool = Field(True, description="Draw progress bars inside stages.")
     skip_invalid: bool = Field(

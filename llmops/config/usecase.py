@@ -7,13 +7,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
+
+from llmops.config.types import STRICT, Amount, Count
 
 
 class UsecaseConfig(BaseModel):
     """The use case behind a fine-tune: the go/no-go criteria inputs and the ROI inputs."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT
 
     enabled: bool = Field(False, description="Run the decide stage (usecase=none turns it off).")
     name: str = Field("none", description="Short name of the use case, for reports.")
@@ -24,28 +26,28 @@ class UsecaseConfig(BaseModel):
         "other", description="Kind of behaviour to teach; 'knowledge' points to RAG.")
     refinement: bool = Field(
         False, description="The model already does the task; only preferences need tuning (DPO).")
-    examples_available: int = Field(0, ge=0, description="Labelled examples on hand.")
-    stability_months: float = Field(
-        0, ge=0, description="How long the task's requirements are expected to stay stable.")
+    examples_available: Count = Field(0, description="Labelled examples on hand.")
+    stability_months: Amount = Field(
+        0, description="How long the task's requirements are expected to stay stable.")
     measurable: bool = Field(False, description="Success has an automatic metric or test set.")
-    hours_available: float = Field(
-        0, ge=0, description="Team hours committed to data, training, evaluation and upkeep.")
+    hours_available: Amount = Field(
+        0, description="Team hours committed to data, training, evaluation and upkeep.")
     prompting_error_rate: float = Field(
         0, ge=0, le=1, description="Error rate of the best prompting baseline today (0..1).")
     target_error_rate: float = Field(
         0.05, ge=0, le=1, description="Error rate the use case needs (0..1).")
-    monthly_queries: int = Field(0, ge=0, description="Expected queries per month in production.")
-    hours_per_task: float = Field(0, ge=0, description="Human hours one task takes today.")
+    monthly_queries: Count = Field(0, description="Expected queries per month in production.")
+    hours_per_task: Amount = Field(0, description="Human hours one task takes today.")
     automation_rate: float = Field(
         0.8, ge=0, le=1, description="Share of those hours the model is expected to save.")
-    hourly_rate_usd: float = Field(0, ge=0, description="Loaded cost of one human hour (USD).")
-    tasks_per_month: int = Field(0, ge=0, description="Tasks per month the model would handle.")
-    infra_cost_monthly_usd: float = Field(
-        0, ge=0, description="Monthly serving infrastructure cost of the self-hosted model.")
-    maintenance_cost_monthly_usd: float = Field(
-        0, ge=0, description="Monthly upkeep: retraining, monitoring, on-call (USD).")
-    investment_usd: float = Field(
-        0, ge=0, description="One-off cost: data labelling, engineering, training runs (USD).")
-    api_cost_per_1k_queries_usd: float = Field(
-        0, ge=0, description="Hosted-API price per 1,000 queries, for the break-even.")
+    hourly_rate_usd: Amount = Field(0, description="Loaded cost of one human hour (USD).")
+    tasks_per_month: Count = Field(0, description="Tasks per month the model would handle.")
+    infra_cost_monthly_usd: Amount = Field(
+        0, description="Monthly serving infrastructure cost of the self-hosted model.")
+    maintenance_cost_monthly_usd: Amount = Field(
+        0, description="Monthly upkeep: retraining, monitoring, on-call (USD).")
+    investment_usd: Amount = Field(
+        0, description="One-off cost: data labelling, engineering, training runs (USD).")
+    api_cost_per_1k_queries_usd: Amount = Field(
+        0, description="Hosted-API price per 1,000 queries, for the break-even.")
     enforce: bool = Field(True, description="A no-go stops the plan (decide.enforce=false: warn).")

@@ -14,11 +14,22 @@ from llmops.errors import ConfigError, Problem
 
 MISSING = "???"
 
-# Extra advice appended to a schema error on these keys.
+# Extra advice appended to a schema error on these keys (`*`: any one key, e.g. a gate's name).
+_SEED = "Seeds must fit numpy and torch: 0 ≤ seed < 2**32, e.g. {key}=0."
 _HINTS = {
     "lora.r": "Use lora=none to train without LoRA.",
+    "lora.target_modules": "List module names, e.g. lora.target_modules=[q_proj,v_proj], or use "
+                           "lora.target_modules=all-linear.",
     "train.learning_rate": "Typical values: 1e-4 to 2e-4 for 1B+ models, 2e-3 for model=tiny.",
     "data.test_fraction": "The test split feeds evaluation; e.g. data.test_fraction=0.1.",
+    "seed": _SEED, "train.seed": _SEED, "data.seed": _SEED,
+    "store_dir": "Set store_dir=DIR (or the LLMOPS_STORE environment variable) to the folder "
+                 "that keeps finished stages.",
+    "model.hub_id": "Set model.hub_id=org/name (a Hugging Face model id or a local model folder), "
+                    "or null for model=tiny.",
+    "merge.weights": "One finite weight per adapter, e.g. merge.weights=[0.5,0.5].",
+    "eval.gates.*.threshold": "Metrics are rates; e.g. {key}=0.8.",
+    "eval.gates.*.tolerance": "Metrics are rates; e.g. {key}=0.02 allows a 2-point drop.",
 }
 _BOUNDS = {
     "greater_than": ">", "greater_than_equal": "≥", "less_than": "<", "less_than_equal": "≤",
@@ -119,6 +130,9 @@ def _message(err: dict[str, Any], path: list[str | int]) -> str:
     if kind in _BOUNDS:
         bound = next(iter(ctx.values()), "?")
         return f"must be {_BOUNDS[kind]} {bound} (got {value!r})."
+    if kind == "finite_number":
+        allowed = _range(path)
+        return f"must be a finite number{' ' + allowed if allowed else ''} (got {value!r})."
     if kind == "literal_error":
         _, annotation = _field_model(path)
         allowed = _literal_values(annotation) or [str(ctx.get("expected", ""))]
@@ -132,8 +146,39 @@ def _message(err: dict[str, Any], path: list[str | int]) -> str:
         kinds.discard(None)
         if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(kinds) > 1:
             return f"must be {' or '.join(sorted(k for k in kinds if k))} (got {value!r})."
-        return f"must be {_KINDS[kind]} (got {value!r})."
+        words = [f"'{v}'" for v in _literal_values(annotation)]
+        alternatives = f" or {', '.join(words)}" if words else ""
+        allowed = _range(path) if kind.startswith(("int", "float")) else ""
+        return f"must be {_KINDS[kind]}{' ' + allowed if allowed else ''}{alternatives} " \
+               f"(got {value!r})."
     return f"{err['msg']} (got {value!r})."
+
+
+def _range(path: list[str | int]) -> str:
+    """Describes a numeric field's bounds from the schema, e.g. '> 0 and ≤ 1000'."""
+    owner = _as_model(_field_model(path[:-1])[1]) if path else None
+    field = owner.model_fields.get(str(path[-1])) if owner else None
+    if field is None:
+        return ""
+    metadata = list(field.metadata)
+    for member in typing.get_args(field.annotation):  # e.g. LearningRate | None
+        for extra in getattr(member, "__metadata__", ()):
+            metadata += getattr(extra, "metadata", [extra])
+    names = {"gt": ">", "ge": "≥", "lt": "<", "le": "≤"}
+    parts = [f"{sign} {getattr(m, name)}" for m in metadata for name, sign in names.items()
+             if getattr(m, name, None) is not None]
+    return " and ".join(parts)
+
+
+def _hint(key: str) -> str:
+    """Returns the advice for a key, with {key} filled in.
+
+    A gate's keys share theirs (eval.gates.*.threshold); a list item its list's (merge.weights).
+    """
+    parts = key.split(".")
+    pattern = ".".join([*parts[:2], "*", *parts[3:]]) if key.startswith("eval.gates.") else key
+    parent = ".".join(parts[:-1]) if parts[-1].isdigit() else key
+    return (_HINTS.get(key) or _HINTS.get(pattern) or _HINTS.get(parent, "")).format(key=key)
 
 
 def _missing_values(data: Any, prefix: str = "") -> list[str]:
@@ -172,8 +217,8 @@ def schema_problems(data: dict[str, Any]) -> tuple[AppConfig | None, list[Proble
                 continue
             seen.add(key)
             text = _message(dict(err), path)
-            if key in _HINTS:
-                text = f"{text} {_HINTS[key]}"
+            if _hint(key):
+                text = f"{text} {_hint(key)}"
             problems.append(Problem(key, text))
         return None, problems
     return (model, problems) if not problems else (None, problems)

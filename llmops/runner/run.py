@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from llmops.compiler.plan import Plan, StageSpec
-from llmops.errors import GateFailed, LlmopsError, NoGo, StageError
+from llmops.errors import GateFailed, LlmopsError, NoGo, StageError, StoreError
 from llmops.runner.manifest import Manifest
 from llmops.runner.store import Store
 from llmops.stages.context import StageContext
@@ -63,6 +63,9 @@ def run_plan(plan: Plan, run_dir: Path, overrides: list[str] | None = None,
              meta: dict[str, Any] | None = None) -> dict[str, Any]:
     """Executes every stage of the plan in order, reusing finished stages from the store.
 
+    Whatever stops the run once its manifest exists (a stage error, an unwritable store, Ctrl-C,
+    SIGTERM, submitit's requeue) is recorded there: the manifest never stays `running`.
+
     Args:
         plan: The compiled plan.
         run_dir: The run folder; receives plan.json, manifest.json, reports and stage links.
@@ -73,13 +76,49 @@ def run_plan(plan: Plan, run_dir: Path, overrides: list[str] | None = None,
         The final manifest data.
 
     Raises:
-        LlmopsError: A stage failed or a gate blocked the plan; the manifest says which.
+        LlmopsError: A stage failed, the store is not writable (StoreError) or a gate blocked the
+            plan; the manifest says which.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     plan.write(run_dir / "plan.json")
     store = Store(Path(plan.run["store_dir"]))
     manifest = Manifest(plan, run_dir, overrides, meta)
+    try:
+        _run_stages(plan, run_dir, store, manifest)
+    except BaseException as exc:
+        error = _stop(manifest, store, exc)
+        if error is exc:
+            raise
+        raise error from exc
+    return manifest.data
+
+
+def _stop(manifest: Manifest, store: Store, exc: BaseException,
+          stage: str | None = None) -> BaseException:
+    """Records why the run stopped (unless already recorded); returns the error to raise.
+
+    Ctrl-C, SIGTERM and SystemExit from a signal handler (submitit's requeue on a time limit or
+    preemption) mean the process was asked to stop: `interrupted`, and the rerun resumes. An
+    OSError on a path inside the store becomes a StoreError naming the path and the fix.
+    """
+    stopped = isinstance(exc, KeyboardInterrupt | SystemExit)
+    error: BaseException = exc
+    if isinstance(exc, OSError):
+        error = StoreError.from_os_error(store.root, exc) or exc
+    if not stopped and not isinstance(error, LlmopsError):
+        error = StageError(f"{stage + ': ' if stage else ''}{type(exc).__name__}: {exc}")
+    if manifest.data["status"] == "running":
+        status = "interrupted" if stopped else "failed"
+        message = str(error) or type(error).__name__
+        if stage:
+            manifest.stage(stage, status=status, error=message)
+        manifest.finish(status, **({"failed_stage": stage} if stage else {"error": message}))
+    return error
+
+
+def _run_stages(plan: Plan, run_dir: Path, store: Store, manifest: Manifest) -> None:
+    """Runs the stages in order, recording each; run_plan records why they stopped, if they did."""
     store.register_run(run_dir)
     tracking = start_tracking(plan, run_dir, manifest)  # metrics.json (+ W&B); finishes with it
     outputs: dict[str, Path] = {}
@@ -94,15 +133,10 @@ def run_plan(plan: Plan, run_dir: Path, overrides: list[str] | None = None,
         try:
             entry, status, seconds, extra = _execute(spec, plan, store, outputs, run_dir, i, total)
         except BaseException as exc:
-            # Ctrl-C, or SystemExit from a signal handler (submitit's requeue on a time limit or
-            # preemption): the process is asked to stop, and the rerun resumes.
-            stopped = isinstance(exc, KeyboardInterrupt | SystemExit)
-            status = "interrupted" if stopped else "failed"
-            manifest.stage(spec.name, status=status, error=str(exc) or type(exc).__name__)
-            manifest.finish(status, failed_stage=spec.name)
-            if stopped or isinstance(exc, LlmopsError):
+            error = _stop(manifest, store, exc, spec.name)
+            if error is exc:
                 raise
-            raise StageError(f"{spec.name}: {type(exc).__name__}: {exc}") from exc
+            raise error from exc
         outputs[spec.name] = entry
         _link_into_run(spec, entry, run_dir)
         report = _read_report(entry / spec.report)
@@ -136,7 +170,6 @@ def run_plan(plan: Plan, run_dir: Path, overrides: list[str] | None = None,
                 "(eval.gates.<name>.threshold=...), or record without blocking: eval.enforce=false."
             )
     manifest.finish("succeeded", duration_s=round(time.perf_counter() - t_run, 2))
-    return manifest.data
 
 
 def _sha(path: Path) -> str:
