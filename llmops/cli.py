@@ -49,10 +49,10 @@ def check(overrides: list[str]) -> Any:
 
 def _compile(cfg: Any, env: Any = None) -> Any:
     from llmops.compiler.compile import compile_plan
-    from llmops.config.validate import validate
+    from llmops.config.validate import validate_and_resolve
     from llmops.env import detect
 
-    return compile_plan(validate(to_plain(cfg)), env or detect())
+    return compile_plan(*validate_and_resolve(to_plain(cfg), env or detect()))
 
 
 def preflight(argv: list[str]) -> Any:
@@ -113,8 +113,9 @@ def execute(cfg: Any, run_dir: Path | None = None, overrides: list[str] | None =
     from rich.console import Console
 
     from llmops.compiler.compile import compile_plan
+    from llmops.compiler.plan import report_name
     from llmops.compiler.render import plan_table, summary_table
-    from llmops.config.validate import validate
+    from llmops.config.validate import validate_and_resolve
     from llmops.env import detect
     from llmops.runner.run import run_plan
 
@@ -124,8 +125,8 @@ def execute(cfg: Any, run_dir: Path | None = None, overrides: list[str] | None =
         hc = HydraConfig.get()
         run_dir = run_dir or Path(hc.runtime.output_dir)
         overrides = overrides if overrides is not None else list(hc.overrides.task)
-    app = validate(to_plain(cfg))
-    plan = compile_plan(app, detect())
+    app, resolved = validate_and_resolve(to_plain(cfg), detect())
+    plan = compile_plan(app, resolved)
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
     console.print(plan_table(plan))
     if app.dry_run:
@@ -136,12 +137,12 @@ def execute(cfg: Any, run_dir: Path | None = None, overrides: list[str] | None =
             from llmops.stages.compute import plan as compute_plan
 
             estimate = compute_plan(plan.stage("compute").params)
-            write_json_atomic(Path(run_dir) / "compute_plan.json", estimate)
+            write_json_atomic(Path(run_dir) / plan.stage("compute").report, estimate)
             console.print(compute_table(estimate))
         console.print(f"dry run: nothing ran. Plan written to {Path(run_dir) / 'plan.json'}")
         return None
     manifest = run_plan(plan, Path(run_dir), overrides, meta)
-    report_path = Path(run_dir) / "eval_report.json"
+    report_path = Path(run_dir) / report_name("eval")
     report = json.loads(report_path.read_text()) if report_path.is_file() else None
     for renderable in summary_table(manifest, report):
         console.print(renderable)
@@ -199,8 +200,10 @@ def run_job(cfg: Any) -> Any:
 def _tuned_metric(run_dir: Path) -> float | None:
     import json
 
+    from llmops.compiler.plan import report_name
+
     try:
-        report = json.loads((run_dir / "eval_report.json").read_text())
+        report = json.loads((run_dir / report_name("eval")).read_text())
         return float(report["tuned"]["exact_match"])
     except (OSError, ValueError, KeyError, TypeError):
         return None

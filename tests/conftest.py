@@ -21,11 +21,10 @@ def compose_plan():
     from llmops.cli import to_plain
     from llmops.compiler.compile import compile_plan
     from llmops.config.compose import compose
-    from llmops.config.validate import validate
-    from llmops.env import detect
+    from llmops.config.validate import validate_and_resolve
 
     def _compose(overrides: list[str]):
-        cfg = validate(to_plain(compose(overrides)))
-        return cfg, compile_plan(cfg, detect())
+        cfg, resolved = validate_and_resolve(to_plain(compose(overrides)))
+        return cfg, compile_plan(cfg, resolved)
 
     return _compose

@@ -7,21 +7,31 @@ the user should change.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from llmops.config.schema import AppConfig
 from llmops.env import Environment
 from llmops.errors import Problem
 from llmops.evaluation import METRICS as KNOWN_METRICS
 
+if TYPE_CHECKING:
+    from llmops.planning.resolve import Resolved
+
 TASK_API_TOOLS = ("create_task", "list_tasks", "update_task", "complete_task", "delete_task")
 
 
-def cross_field_problems(cfg: AppConfig, env: Environment) -> list[Problem]:
-    """Returns every cross-field problem of a schema-valid config."""
+def cross_field_problems(cfg: AppConfig, env: Environment, resolved: Resolved) -> list[Problem]:
+    """Returns every cross-field problem of a schema-valid config.
+
+    Args:
+        cfg: The schema-valid config.
+        env: Facts about this machine (installed packages, GPUs).
+        resolved: The config's "auto" values, resolved once (``llmops.planning.resolve``).
+    """
     problems: list[Problem] = []
-    for rule in (_model, _adapter, _backend, _precision, _data, _eval, _deploy, _hardware, _compute,
-                 _tracking):
+    for rule in (_model, _adapter, _backend, _data, _eval, _deploy, _hardware, _tracking):
         problems += rule(cfg, env)
+    problems += _precision(cfg, resolved) + _compute(cfg, resolved)
     from llmops.config.align_rules import alignment_problems
 
     problems += alignment_problems(cfg, env)
@@ -111,14 +121,13 @@ def _backend(cfg: AppConfig, env: Environment) -> list[Problem]:
     )]
 
 
-def _precision(cfg: AppConfig, env: Environment) -> list[Problem]:
-    p, hw = cfg.train.precision, cfg.hardware
-    device = hw.device if hw.device != "auto" else ("cuda" if env.cuda else "cpu")
-    if p == "fp16" and device == "cpu":
+def _precision(cfg: AppConfig, resolved: Resolved) -> list[Problem]:
+    p, hw = cfg.train.precision, resolved.hardware
+    if p == "fp16" and resolved.device == "cpu":
         return [Problem("train.precision", "'fp16' training needs a GPU. Use train.precision=auto "
                                            "(fp32 on a CPU) or bf16.")]
-    if p == "bf16" and device == "cuda" and hw.bf16 is False:
-        return [Problem("train.precision", f"'bf16' is not supported on {hw.gpu_name}. "
+    if p == "bf16" and resolved.device == "cuda" and hw["bf16"] is False:
+        return [Problem("train.precision", f"'bf16' is not supported on {hw['gpu_name']}. "
                                            "Use train.precision=fp16 or auto.")]
     return []
 
@@ -210,8 +219,7 @@ def _tracking(cfg: AppConfig, env: Environment) -> list[Problem]:
                                         "pip install 'llmops[tracking]', or use tracking=none.")]
 
 
-def _compute(cfg: AppConfig, env: Environment) -> list[Problem]:
-    from llmops.compiler.compile import resolve_hardware
+def _compute(cfg: AppConfig, resolved: Resolved) -> list[Problem]:
     from llmops.planning.rules import compute_problems
 
-    return compute_problems(cfg, resolve_hardware(cfg, env))
+    return compute_problems(cfg, resolved)

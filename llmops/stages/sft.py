@@ -8,9 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from llmops.compiler.plan import report_name
 from llmops.stages.context import StageContext
 
-REPORT_NAME = "training_report.json"
+REPORT_NAME = report_name("sft")
 # The runner gives this stage a stable work folder per fingerprint and, when an interrupted
 # attempt left a checkpoint there, sets params["train"]["resume_dir"] to it.
 RESUMABLE = True
@@ -37,11 +38,7 @@ def run(
     if "data" not in inputs:
         raise StageError("sft: no 'data' input. The plan must run the data stage before sft.")
     train = params.get("train") or {}
-    backend_name = str(train.get("backend", "hf"))
-    if backend_name == "auto":
-        from llmops.backends import resolve_backend
-
-        backend_name = resolve_backend("auto", ctx.device.startswith("cuda"))
+    backend_name = str(train.get("backend", "hf"))  # resolved by the compiler; never "auto"
     set_seed(int(train.get("seed", ctx.seed)))
     base = base_model_path(params, inputs)
     ctx.logger.info(
