@@ -89,10 +89,10 @@ def _merge(first: list[Problem], more: list[Problem]) -> list[Problem]:
 
 def _compile(cfg: Any, env: Any = None) -> Any:
     from llmops.compiler.compile import compile_plan
-    from llmops.config.validate import validate
+    from llmops.config.validate import validate_and_resolve
     from llmops.env import detect
 
-    return compile_plan(validate(to_plain(cfg)), env or detect())
+    return compile_plan(*validate_and_resolve(to_plain(cfg), env or detect()))
 
 
 def preflight(argv: list[str]) -> Any:
@@ -190,7 +190,7 @@ def execute(cfg: Any, run_dir: Path | None = None, overrides: list[str] | None =
 
     from llmops.compiler.compile import compile_plan
     from llmops.compiler.render import plan_table, print_summary
-    from llmops.config.validate import validate
+    from llmops.config.validate import validate_and_resolve
     from llmops.env import detect
     from llmops.runner.run import run_plan
     from llmops.sweep import job_metric
@@ -201,8 +201,8 @@ def execute(cfg: Any, run_dir: Path | None = None, overrides: list[str] | None =
         hc = HydraConfig.get()
         run_dir = run_dir or Path(hc.runtime.output_dir)
         overrides = overrides if overrides is not None else task_overrides(hc)
-    app = validate(to_plain(cfg))
-    plan = compile_plan(app, detect())
+    app, resolved = validate_and_resolve(to_plain(cfg), detect())
+    plan = compile_plan(app, resolved)
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
     console.print(plan_table(plan))
     if app.dry_run:
@@ -213,7 +213,7 @@ def execute(cfg: Any, run_dir: Path | None = None, overrides: list[str] | None =
             from llmops.stages.compute import plan as compute_plan
 
             estimate = compute_plan(plan.stage("compute").params)
-            write_json_atomic(Path(run_dir) / "compute_plan.json", estimate)
+            write_json_atomic(Path(run_dir) / plan.stage("compute").report, estimate)
             console.print(compute_table(estimate))
         console.print(f"dry run: nothing ran. Plan written to {Path(run_dir) / 'plan.json'}")
         return None
@@ -279,8 +279,10 @@ def _eval_report(run_dir: Path) -> dict[str, Any] | None:
     """Returns the run's eval_report.json, or None when it is missing or unreadable."""
     import json
 
+    from llmops.compiler.plan import report_name
+
     try:
-        report = json.loads((run_dir / "eval_report.json").read_text(encoding="utf-8"))
+        report = json.loads((run_dir / report_name("eval")).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return report if isinstance(report, dict) else None

@@ -18,7 +18,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from llmops.tracking import METRICS_FILE, is_noise, override_params, reproduce_command, swept_keys
+from llmops.compiler.plan import report_name
+from llmops.tracking import (
+    METRICS_FILE,
+    is_noise,
+    override_params,
+    reproduce_command,
+    swept_keys,
+    varying_keys,
+)
 
 LOWER_IS_BETTER = ("loss", "seconds", "false_refusal", "runtime")
 SKIP_DIRS = {"stages", "wandb", ".hydra", "checkpoints"}
@@ -52,8 +60,8 @@ def row_from_run_dir(run_dir: Path) -> dict[str, Any] | None:
         from omegaconf import OmegaConf
 
         overrides = list(OmegaConf.load(run_dir / ".hydra" / "overrides.yaml"))
-    evals = _read(run_dir / "eval_report.json")
-    training = _read(run_dir / "training_report.json")
+    evals = _read(run_dir / report_name("eval"))
+    training = _read(run_dir / report_name("sft"))
     gates = m.get("gates") or {g["name"]: g for g in evals.get("gates", []) if "name" in g}
     row: dict[str, Any] = {
         "run_dir": str(run_dir.resolve()),
@@ -126,11 +134,7 @@ def swept_columns(rows: list[dict[str, Any]]) -> list[str]:
     keys: list[str] = []
     for r in rows:
         keys += [k for k in r.get("swept", []) if k not in keys]
-    for r in rows:
-        for k in r["params"]:
-            if k not in keys and len({str(x["params"].get(k)) for x in rows}) > 1:
-                keys.append(k)
-    return keys
+    return keys + [k for k in varying_keys([r["params"] for r in rows]) if k not in keys]
 
 
 def metric_of(row: dict[str, Any], metric: str) -> float | None:

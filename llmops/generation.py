@@ -5,39 +5,14 @@ Heavy imports (torch, transformers, peft) stay inside the functions.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from llmops.errors import StageError
 
-SMALL_MODEL_PARAMS = 20_000_000
-"""Below this many parameters, CPU generation runs on one thread: for tiny matrices extra threads
-only add synchronisation, and with other processes on the cores they slow it down many times over
-(measured here: 120 rows in 0.7 s on 1 thread vs 17-43 s on 2 under load)."""
-
 STOP_TOKENS: tuple[str, ...] = ("<|im_end|>", "<|eot_id|>", "<|end|>")
 """End-of-turn tokens generation stops at, besides the tokenizer's eos (when in the vocab)."""
-
-
-@contextmanager
-def small_model_threads(model: Any) -> Iterator[None]:
-    """Runs the block on one torch thread when the model is small and on the CPU.
-
-    See SMALL_MODEL_PARAMS. The previous thread count is restored afterwards.
-    """
-    import torch
-
-    threads = torch.get_num_threads()
-    params = list(model.parameters())
-    small = sum(p.numel() for p in params) < SMALL_MODEL_PARAMS
-    if small and params and params[0].device.type == "cpu":
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> Any:
@@ -154,6 +129,7 @@ def generate(
     batch_size: int = 32,
     show_progress: bool = True,
     desc: str = "generate",
+    threads: int | None = None,
 ) -> tuple[list[str], list[str]]:
     """Generates one answer per chat row, greedily, in left-padded batches.
 
@@ -168,12 +144,16 @@ def generate(
         batch_size: Prompts per forward batch.
         show_progress: Whether to draw a tqdm bar.
         desc: Label of the progress bar.
+        threads: Torch CPU threads to generate on (a stage passes StageContext.threads); None
+            leaves them as they are.
 
     Returns:
         (predictions, prompts), both in row order.
     """
     import torch
     from tqdm.auto import tqdm
+
+    from llmops.stages.common import cpu_threads
 
     prompts = [build_prompt(tokenizer, row["messages"]) for row in rows]
     lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
@@ -183,7 +163,7 @@ def generate(
     predictions: list[str] = [""] * len(prompts)
     batch_size = max(1, int(batch_size))
     with (
-        small_model_threads(model),
+        cpu_threads(threads),
         torch.inference_mode(),
         tqdm(total=len(prompts), desc=desc, disable=not show_progress, unit="row") as bar,
     ):

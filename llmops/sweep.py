@@ -134,22 +134,34 @@ def pin_override(sweep_dir: str) -> str:
 # ---- inside a job ----
 
 
+def multirun_job() -> tuple[Path, int] | None:
+    """Returns (sweep folder, job number) when Hydra runs this process as a multirun job, else
+    None. The one test of "is this a sweep job" (the CLI, metrics.json and W&B all ask it)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if not HydraConfig.initialized():
+            return None
+        hc = HydraConfig.get()
+        if hc.mode != RunMode.MULTIRUN:
+            return None
+        return Path(str(hc.sweep.dir)).resolve(), int(hc.job.num)
+    except (ImportError, ValueError, AttributeError):
+        return None
+
+
 def job_context() -> dict[str, Any] | None:
     """Returns {sweep, sweep_dir, job_num} when running as a job of a multirun, else None.
 
     `sweep` (the sweep id) is the sweep folder's last two parts, e.g. '2026-11-23/10-38-00'.
     """
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if not HydraConfig.initialized():
+    job = multirun_job()
+    if job is None:
         return None
-    hc = HydraConfig.get()
-    if hc.mode != RunMode.MULTIRUN:
-        return None
-    folder = Path(str(hc.sweep.dir)).resolve()
+    folder, num = job
     return {"sweep": f"{folder.parent.name}/{folder.name}", "sweep_dir": str(folder),
-            "job_num": int(hc.job.num)}
+            "job_num": num}
 
 
 def as_metric(value: Any) -> float | None:
@@ -206,13 +218,10 @@ def summarize(sweep_dir: Path) -> tuple[int, list[dict[str, Any]]]:
 
 def swept(rows: list[dict[str, Any]]) -> dict[str, list[str]]:
     """Returns each job's swept overrides (the keys whose value differs between jobs)."""
-    values: dict[str, set[str]] = {}
-    for r in rows:
-        for ov in r.get("overrides") or []:
-            key, _, value = ov.partition("=")
-            values.setdefault(key, set()).add(value)
-    keys = {k for k, v in values.items() if len(v) > 1}
-    return {r["dir"]: [o for o in r.get("overrides") or [] if o.partition("=")[0] in keys]
+    from llmops.tracking import override_key, override_params, varying_keys
+
+    keys = set(varying_keys([override_params(r.get("overrides") or []) for r in rows]))
+    return {r["dir"]: [o for o in r.get("overrides") or [] if override_key(o) in keys]
             for r in rows}
 
 

@@ -221,6 +221,7 @@ def build_tiny_base(
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
+    from llmops.compiler.plan import report_name
     from llmops.data import task_api
     from llmops.errors import StageError
     from llmops.stages.common import torch_threads, write_json
@@ -322,6 +323,6 @@ def build_tiny_base(
         "train_seconds": round(train_s, 2),
         "seconds": round(time.perf_counter() - t0, 2),
     }
-    write_json(out_dir / "base_report.json", report)
+    write_json(out_dir / report_name("base"), report)
     logger.info("base: pre-trained in %.1fs, final loss %.3f", train_s, report["final_loss"] or 0.0)
     return report

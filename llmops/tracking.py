@@ -63,17 +63,16 @@ def reproduce_command(overrides: list[str]) -> str:
 
 
 def sweep_info(run_dir: Path) -> tuple[Path, int | None] | None:
-    """Returns (sweep folder, job number) when this job is part of a Hydra multirun, else None."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
+    """Returns (sweep folder, job number) when this job is part of a Hydra multirun, else None.
 
-        if HydraConfig.initialized():
-            hc = HydraConfig.get()
-            if hc.mode == RunMode.MULTIRUN:
-                return Path(hc.sweep.dir).resolve(), int(hc.job.num)
-    except (ImportError, ValueError, AttributeError):
-        pass
+    Hydra's own answer (``llmops.sweep.multirun_job``) first; else a job folder of a multirun
+    folder (its parent holds multirun.yaml), as when a finished sweep's runs are read again.
+    """
+    from llmops.sweep import multirun_job
+
+    job = multirun_job()
+    if job is not None:
+        return job
     parent = Path(run_dir).resolve().parent
     if (parent / "multirun.yaml").is_file():
         name = Path(run_dir).name
@@ -109,6 +108,18 @@ def swept_keys(sweep_dir: Path) -> list[str]:
         return []
     keys = [k.lstrip("+~") for k in keys]
     return [k for i, k in enumerate(keys) if k not in keys[:i] and not is_noise(k)]
+
+
+def varying_keys(params: list[dict[str, Any]]) -> list[str]:
+    """Returns the keys whose value differs between jobs (missing counts as a value), in order.
+
+    Args:
+        params: Each job's override params ({key: value}, see override_params).
+    """
+    keys: list[str] = []
+    for p in params:
+        keys += [k for k in p if k not in keys]
+    return [k for k in keys if len({str(p.get(k)) for p in params}) > 1]
 
 
 def _scalars(metrics: dict[str, Any] | None) -> dict[str, Any]:

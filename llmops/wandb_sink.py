@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from llmops.compiler.plan import Plan, StageSpec
+from llmops.compiler.plan import Plan, StageSpec, report_name
 from llmops.errors import StageError
 from llmops.tracking import (
     is_noise,
@@ -32,7 +32,7 @@ from llmops.tracking import (
 log = logging.getLogger("llmops")
 
 INSTALL_HINT = "pip install 'llmops[tracking]' (or pip install wandb), or use tracking=none"
-SAVED_FILES = ("metrics.json", "eval_report.json", "training_report.json", "manifest.json")
+SAVED_FILES = ("metrics.json", report_name("eval"), report_name("sft"), "manifest.json")
 
 
 def has_credentials() -> bool:

@@ -35,11 +35,10 @@ def _compile(overrides: list[str]):
     from llmops.cli import to_plain
     from llmops.compiler.compile import compile_plan
     from llmops.config.compose import compose
-    from llmops.config.validate import validate
-    from llmops.env import detect
+    from llmops.config.validate import validate_and_resolve
 
-    cfg = validate(to_plain(compose(overrides)))
-    return cfg, compile_plan(cfg, detect())
+    cfg, resolved = validate_and_resolve(to_plain(compose(overrides)))
+    return cfg, compile_plan(cfg, resolved)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -52,14 +52,17 @@ def unsloth_available() -> bool:
     return importlib.util.find_spec("unsloth") is not None
 
 
-def resolve_backend(requested: str, cuda_available: bool) -> str:
+def resolve_backend(requested: str, cuda_available: bool,
+                    unsloth_installed: bool | None = None) -> str:
     """Resolves a train.backend value to a concrete backend name.
 
-    Pure and fast: probes for unsloth with `find_spec` and never imports torch or unsloth.
+    Pure and fast: probes for unsloth with `find_spec` and never imports torch or unsloth. The
+    compiler calls it once, through ``llmops.planning.resolve``; stages read the result.
 
     Args:
         requested: "auto", "hf" or "unsloth".
         cuda_available: Whether the target hardware has a CUDA GPU.
+        unsloth_installed: Whether unsloth is installed (the Environment's probe); None probes.
 
     Returns:
         "unsloth" for auto when unsloth is installed and CUDA is available, otherwise "hf" for auto;
@@ -69,7 +72,10 @@ def resolve_backend(requested: str, cuda_available: bool) -> str:
         ValueError: When requested is not one of auto, hf, unsloth.
     """
     if requested == "auto":
-        return "unsloth" if cuda_available and unsloth_available() else "hf"
+        if not cuda_available:
+            return "hf"
+        installed = unsloth_available() if unsloth_installed is None else unsloth_installed
+        return "unsloth" if installed else "hf"
     if requested in BACKENDS:
         return requested
     raise ValueError(

@@ -23,10 +23,11 @@ from llmops.backends.hf import (
     set_cpu_threads,
     trainer_kwargs,
 )
+from llmops.compiler.plan import report_name
 from llmops.errors import StageError
 from llmops.stages.common import peak_memory_mb, read_jsonl, write_json
 
-REPORT_NAME = "dpo_report.json"
+REPORT_NAME = report_name("dpo")
 PAIR_KEYS = ("prompt", "chosen", "rejected")
 LOGGED = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
 
@@ -45,11 +46,9 @@ def sequence_logps(model: Any, tokenizer: Any, pairs: list[dict[str, Any]]) -> l
     """
     import torch
 
-    from llmops.generation import small_model_threads
-
     device = next(model.parameters()).device
     out = []
-    with small_model_threads(model), torch.inference_mode():
+    with torch.inference_mode():  # on the run's CPU threads: train_dpo set them (set_cpu_threads)
         for pair in pairs:
             prompt = tokenizer.apply_chat_template(pair["prompt"], tokenize=False,
                                                    add_generation_prompt=True)
@@ -142,7 +141,7 @@ def train_dpo(params: dict[str, Any], data_dir: Path, base_model: str, init_adap
     test_pairs = load_pairs(data_dir, "test")
     beta = float(params["dpo"]["beta"])
     model, tokenizer = load_model(params, base_model, ctx)
-    set_cpu_threads(params["train"].get("cpu_threads"), model, ctx)
+    set_cpu_threads(ctx)
     peft_config = None
     if init_adapter is not None:
         model = PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True)

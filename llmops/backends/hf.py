@@ -11,10 +11,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from llmops.compiler.plan import report_name
 from llmops.errors import StageError
 from llmops.stages.common import peak_memory_mb, read_jsonl, write_json
 
-REPORT_NAME = "training_report.json"
+REPORT_NAME = report_name("sft")
 EVAL_LOSS_MAX_ROWS = 2000
 
 
@@ -244,21 +245,13 @@ def importlib_missing(name: str) -> bool:
     return importlib.util.find_spec(name) is None
 
 
-def set_cpu_threads(requested: int | None, model: Any, ctx: Any) -> None:
-    """Sets torch's CPU threads: train.cpu_threads if given, else 1 for models under 5M parameters.
+def set_cpu_threads(ctx: Any) -> None:
+    """Sets torch's CPU threads for training to the run's ctx.threads (resolved once by
+    llmops.planning.resolve: 1 for a small model on a CPU); None keeps torch's default."""
+    from llmops.stages.common import torch_threads
 
-    Tiny models gain little from more threads and slow down badly when another process shares the
-    cores; bigger models keep torch's default (all cores).
-    """
-    if ctx.device != "cpu":
-        return
-    import torch
-
-    if requested is None:
-        if sum(p.numel() for p in model.parameters()) >= 5_000_000:
-            return
-        requested = 1
-    torch.set_num_threads(max(1, int(requested)))
+    if ctx.threads is not None:
+        torch_threads(ctx.threads)
 
 
 def count_params(model: Any) -> tuple[int, int]:
@@ -440,7 +433,7 @@ class HFBackend:
         See `llmops.backends.TrainingBackend.train_sft`.
         """
         model, tokenizer = load_model(params, base_model, ctx)
-        set_cpu_threads(params["train"].get("cpu_threads"), model, ctx)
+        set_cpu_threads(ctx)
         return train_with_sft_trainer(model, tokenizer, params, base_model, data_dir, out_dir, ctx,
                                       self.name, peft_config=lora_config(params["lora"]))
 

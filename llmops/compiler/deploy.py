@@ -1,33 +1,43 @@
-"""Compiles the gguf and deploy stages. Pure: no torch.
+"""Builds the gguf and deploy stages. Pure: no torch.
 
-compile_plan calls add_serving only after export; a plan whose deploy.gguf.quantization is empty and
-whose target is local gets no new stage, so its fingerprints stay as they were.
+The gguf stage needs export and deploy.gguf.quantization; the deploy stage (ollama, openai) needs
+the gguf stage. A plan whose quantization is empty and whose target is local gets neither, so its
+fingerprints stay as they were.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
-from llmops.config.schema import AppConfig
+if TYPE_CHECKING:
+    from llmops.compiler.compile import PlanBuilder, StageInputs
 
 
-def add_serving(b: Any, cfg: AppConfig, model: dict[str, Any], base: list[str]) -> None:
-    """Adds the gguf stage (deploy.gguf.quantization) and the deploy stage (ollama, openai)."""
-    dp = cfg.deploy
-    if not dp.gguf.quantization or not b.has("export"):
+def _data(b: PlanBuilder) -> list[str]:
+    return ["data"] if b.has("data") else []
+
+
+def add_gguf(b: PlanBuilder, s: StageInputs) -> None:
+    """Adds the gguf stage (deploy.gguf.quantization set, after export): llama.cpp conversion."""
+    g = s.cfg.deploy.gguf
+    if not g.quantization or not b.has("export"):
         return
-    g = dp.gguf
-    data = ["data"] if b.has("data") else []
-    b.add("gguf", {"model": model, "quantization": list(g.quantization),
+    b.add("gguf", {"model": s.model, "quantization": list(g.quantization),
                    "parity_prompts": g.parity_prompts, "max_new_tokens": g.max_new_tokens},
-          ["export", *data, *base],
+          ["export", *_data(b), *s.base],
           f"llama.cpp convert -> {', '.join(g.quantization)}; tokenizer, template and greedy "
           f"parity on {g.parity_prompts} held-out prompts")
-    if dp.target not in ("ollama", "openai"):
+
+
+def add_deploy(b: PlanBuilder, s: StageInputs) -> None:
+    """Adds the deploy stage (deploy=ollama, openai, after gguf): serve and smoke-test the GGUF."""
+    cfg = s.cfg
+    dp, g = cfg.deploy, cfg.deploy.gguf
+    if dp.target not in ("ollama", "openai") or not b.has("gguf"):
         return
     has_eval = b.has("eval")
     params = {
-        "target": dp.target, "model": {**model, "context_length": cfg.model.context_length},
+        "target": dp.target, "model": {**s.model, "context_length": cfg.model.context_length},
         "serve_quantization": g.quantization[0], "allow_failed_gates": dp.allow_failed_gates,
         "eval_enabled": has_eval, "eval_enforce": cfg.eval.enforce,
         "max_new_tokens": cfg.eval.max_new_tokens,
@@ -41,4 +51,4 @@ def add_serving(b: Any, cfg: AppConfig, model: dict[str, Any], base: list[str]) 
         params["keep_serving"] = dp.keep_serving
         what = (f"serve {g.quantization[0]} GGUF on {dp.openai.host} (llama-cpp-python), smoke "
                 f"test via the openai client{', keep serving' if dp.keep_serving else ''}")
-    b.add("deploy", params, ["gguf", "export", *(["eval"] if has_eval else []), *data], what)
+    b.add("deploy", params, ["gguf", "export", *(["eval"] if has_eval else []), *_data(b)], what)

@@ -1,4 +1,7 @@
-"""The Plan: stages with their params, inputs and fingerprints, as compiled from a config."""
+"""The stage table, and the Plan: stages with their params, inputs and fingerprints.
+
+Pure: the compiler, the runner, the stages and compare all import the table from here.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +10,57 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPORTS = {
-    "decide": "decision_report.json",
-    "compute": "compute_plan.json",
-    "base": "base_report.json",
-    "data": "data_report.json",
-    "sft": "training_report.json",
-    "eval_base": "base_eval.json",
-    "eval": "eval_report.json",
-    "export": "export_report.json",
-}
+
+@dataclass(frozen=True)
+class StageKind:
+    """One row of the stage table.
+
+    Attributes:
+        kind: Registry name (llmops/stages/<kind>.py); the compiler adds stages in table order.
+        report: File name of the JSON report the stage writes into its folder.
+        trains: Whether the stage trains (an adapter, or the full model) on the data.
+        tunes: Whether the stage produces a tuned model (adapter/ or model/) that eval, lm_eval
+            and export read; the latest such stage in the plan is "the tuned model".
+    """
+
+    kind: str
+    report: str
+    trains: bool = False
+    tunes: bool = False
+
+
+# The stage table: every layer (compiler, runner, stages, compare) reads kinds, report names and
+# order from here.
+STAGE_KINDS: tuple[StageKind, ...] = (
+    StageKind("decide", "decision_report.json"),
+    StageKind("compute", "compute_plan.json"),
+    StageKind("base", "base_report.json"),
+    StageKind("data", "data_report.json"),
+    StageKind("sft", "training_report.json", trains=True, tunes=True),
+    StageKind("dpo", "dpo_report.json", trains=True, tunes=True),
+    StageKind("merge", "merge_report.json", tunes=True),
+    StageKind("eval_base", "base_eval.json"),
+    StageKind("lm_eval", "lm_eval_report.json"),
+    StageKind("eval", "eval_report.json"),
+    StageKind("export", "export_report.json"),
+    StageKind("gguf", "gguf_report.json"),
+    StageKind("deploy", "deploy_report.json"),
+)
+STAGE_ORDER: tuple[str, ...] = tuple(k.kind for k in STAGE_KINDS)
+# Where the model to evaluate and export comes from, first match wins: merge, dpo, sft.
+TUNED_STAGES: tuple[str, ...] = tuple(k.kind for k in reversed(STAGE_KINDS) if k.tunes)
+# The stages whose adapter a merge can name (merge.adapters: sft, dpo).
+TRAINING_STAGES: tuple[str, ...] = tuple(k.kind for k in STAGE_KINDS if k.trains)
+_BY_KIND = {k.kind: k for k in STAGE_KINDS}
+
+
+def report_name(kind: str) -> str:
+    """Returns the file name of a stage kind's JSON report, e.g. 'training_report.json' for sft.
+
+    Raises:
+        KeyError: When kind is not in the stage table.
+    """
+    return _BY_KIND[kind].report
 
 
 @dataclass(frozen=True)
@@ -44,7 +88,7 @@ class StageSpec:
     @property
     def report(self) -> str:
         """Returns the file name of the stage's JSON report."""
-        return REPORTS.get(self.kind, f"{self.kind}_report.json")
+        return report_name(self.kind)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from llmops.config.schema import AppConfig
 from llmops.data import formats
@@ -15,15 +16,24 @@ from llmops.env import Environment
 from llmops.errors import Problem
 from llmops.evaluation import METRICS as KNOWN_METRICS
 
+if TYPE_CHECKING:
+    from llmops.planning.resolve import Resolved
+
 TASK_API_TOOLS = ("create_task", "list_tasks", "update_task", "complete_task", "delete_task")
 
 
-def cross_field_problems(cfg: AppConfig, env: Environment) -> list[Problem]:
-    """Returns every cross-field problem of a schema-valid config."""
+def cross_field_problems(cfg: AppConfig, env: Environment, resolved: Resolved) -> list[Problem]:
+    """Returns every cross-field problem of a schema-valid config.
+
+    Args:
+        cfg: The schema-valid config.
+        env: Facts about this machine (installed packages, GPUs).
+        resolved: The config's "auto" values, resolved once (``llmops.planning.resolve``).
+    """
     problems: list[Problem] = []
-    for rule in (_model, _adapter, _backend, _precision, _data, _eval, _deploy, _hardware, _compute,
-                 _tracking, _store):
+    for rule in (_model, _adapter, _backend, _data, _eval, _deploy, _hardware, _tracking, _store):
         problems += rule(cfg, env)
+    problems += _precision(cfg, resolved) + _compute(cfg, resolved)
     from llmops.config.align_rules import alignment_problems
     from llmops.config.lora_rules import target_problems
 
@@ -114,14 +124,13 @@ def _backend(cfg: AppConfig, env: Environment) -> list[Problem]:
     )]
 
 
-def _precision(cfg: AppConfig, env: Environment) -> list[Problem]:
-    p, hw = cfg.train.precision, cfg.hardware
-    device = hw.device if hw.device != "auto" else ("cuda" if env.cuda else "cpu")
-    if p == "fp16" and device == "cpu":
+def _precision(cfg: AppConfig, resolved: Resolved) -> list[Problem]:
+    p, hw = cfg.train.precision, resolved.hardware
+    if p == "fp16" and resolved.device == "cpu":
         return [Problem("train.precision", "'fp16' training needs a GPU. Use train.precision=auto "
                                            "(fp32 on a CPU) or bf16.")]
-    if p == "bf16" and device == "cuda" and hw.bf16 is False:
-        return [Problem("train.precision", f"'bf16' is not supported on {hw.gpu_name}. "
+    if p == "bf16" and resolved.device == "cuda" and hw["bf16"] is False:
+        return [Problem("train.precision", f"'bf16' is not supported on {hw['gpu_name']}. "
                                            "Use train.precision=fp16 or auto.")]
     return []
 
@@ -233,8 +242,7 @@ def _store(cfg: AppConfig, env: Environment) -> list[Problem]:
     return []
 
 
-def _compute(cfg: AppConfig, env: Environment) -> list[Problem]:
-    from llmops.compiler.compile import resolve_hardware
+def _compute(cfg: AppConfig, resolved: Resolved) -> list[Problem]:
     from llmops.planning.rules import compute_problems
 
-    return compute_problems(cfg, resolve_hardware(cfg, env))
+    return compute_problems(cfg, resolved)

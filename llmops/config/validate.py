@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import types
 import typing
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
 from llmops.config.hints import did_you_mean
 from llmops.config.schema import AppConfig
 from llmops.errors import ConfigError, Problem
+
+if TYPE_CHECKING:
+    from llmops.planning.resolve import Resolved
 
 MISSING = "???"
 
@@ -224,6 +227,41 @@ def schema_problems(data: dict[str, Any]) -> tuple[AppConfig | None, list[Proble
     return (model, problems) if not problems else (None, problems)
 
 
+def validate_and_resolve(data: dict[str, Any], env: Any = None) -> tuple[AppConfig, Resolved]:
+    """Validates a plain (resolved) config dict and resolves its "auto" values, once.
+
+    The cross-field rules see the same `Resolved` that compile_plan then takes, so the batch
+    search and every other "auto" is decided a single time.
+
+    Args:
+        data: The composed config as plain containers (no hydra node).
+        env: The environment facts (llmops.env.Environment); detected when None.
+
+    Returns:
+        (the validated config, its resolution for env).
+
+    Raises:
+        ConfigError: With every problem found.
+    """
+    from llmops.config.rules import cross_field_problems
+    from llmops.env import detect
+    from llmops.planning.resolve import resolve
+
+    env = env or detect()
+    data = dict(data)
+    data.pop("hydra", None)
+    data.pop("sweeps", None)
+    cfg, problems = schema_problems(data)
+    resolved = None
+    if cfg is not None:
+        resolved = resolve(cfg, env)
+        problems += cross_field_problems(cfg, env, resolved)
+    if problems:
+        raise ConfigError(problems)
+    assert cfg is not None and resolved is not None
+    return cfg, resolved
+
+
 def validate(data: dict[str, Any], env: Any = None) -> AppConfig:
     """Validates a plain (resolved) config dict; raises ConfigError with every problem found.
 
@@ -231,16 +269,4 @@ def validate(data: dict[str, Any], env: Any = None) -> AppConfig:
         data: The composed config as plain containers (no hydra node).
         env: The environment facts (llmops.env.Environment); detected when None.
     """
-    from llmops.config.rules import cross_field_problems
-    from llmops.env import detect
-
-    data = dict(data)
-    data.pop("hydra", None)
-    data.pop("sweeps", None)
-    cfg, problems = schema_problems(data)
-    if cfg is not None:
-        problems += cross_field_problems(cfg, env or detect())
-    if problems:
-        raise ConfigError(problems)
-    assert cfg is not None
-    return cfg
+    return validate_and_resolve(data, env)[0]

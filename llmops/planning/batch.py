@@ -15,13 +15,13 @@ def resolve_batch(model: dict[str, Any], lora: dict[str, Any] | None, quant: dic
     memory (1 when none does: the compute rule then reports the plan with its fixes); auto
     grad_accum keeps batch_size x grad_accum = effective_batch.
     """
-    eff = int(train.get("effective_batch", 16))
-    batch = train.get("batch_size", "auto")
+    eff = int(train["effective_batch"])
+    batch = train["batch_size"]
     if batch == "auto":
         probe = {**train, "batch_size": eff, "grad_accum": 1}
         advice = estimate(model, lora, quant, probe, hardware)["batch_advice"]
         batch = advice.get("batch_size") or 1
     batch = int(batch)
-    accum = train.get("grad_accum", "auto")
+    accum = train["grad_accum"]
     accum = max(1, eff // batch) if accum == "auto" else int(accum)
     return batch, accum

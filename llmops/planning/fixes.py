@@ -9,23 +9,34 @@ from typing import Any
 
 from llmops.planning.memory import USABLE_FRACTION, total_gb
 
-DEFAULT_LORA = {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"}
-NF4 = {"type": "nf4", "double_quant": True, "compute_dtype": "auto"}
 MIN_LENGTH = 256
+
+
+def _load(path: Any) -> Any:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
 
 
 def model_presets() -> dict[str, dict[str, Any]]:
     """Returns the hub model presets of conf/model by name (architecture facts only)."""
-    from omegaconf import OmegaConf
-
     from llmops.config.compose import conf_dir
 
     out = {}
     for path in sorted((conf_dir() / "model").glob("*.yaml")):
-        data = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        data = _load(path)
         if isinstance(data, dict) and data.get("source") == "hub":
             out[path.stem] = data
     return out
+
+
+def option(group: str, name: str) -> dict[str, Any]:
+    """Returns the option file conf/<group>/<name>.yaml, the one a fix's override names."""
+    from llmops.config.compose import conf_dir
+
+    data = _load(conf_dir() / group / f"{name}.yaml")
+    data.pop("enabled", None)  # lora: the planner's adapter dict has no switch
+    return data
 
 
 def _usable(hardware: dict[str, Any]) -> float | None:
@@ -55,9 +66,10 @@ class _Plan:
 def _qlora(p: _Plan) -> _Plan | None:
     if (p.quant or {}).get("type") == "nf4":
         return None
+    nf4 = option("quant", "nf4")
     if p.lora:
-        return p.with_("quant=nf4", quant=NF4)
-    return p.with_("quant=nf4 lora=r16", quant=NF4, lora=DEFAULT_LORA)
+        return p.with_("quant=nf4", quant=nf4)
+    return p.with_("quant=nf4 lora=r16", quant=nf4, lora=option("lora", "r16"))
 
 
 def _checkpointing(p: _Plan) -> _Plan | None:
@@ -127,9 +139,11 @@ def suggest_fixes(model: dict, lora: dict | None, quant: dict, train: dict, hard
             chain = step2(chain, hardware, usable) or chain
             tried.append(chain)
     if presets is None:
+        from yaml import YAMLError
+
         try:
             presets = model_presets()
-        except Exception:  # noqa: BLE001 - presets are optional; the other fixes still stand
+        except (OSError, YAMLError):  # presets are optional; the other fixes still stand
             presets = {}
     smaller = sorted(
         ((n, m) for n, m in presets.items()

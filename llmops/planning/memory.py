@@ -71,13 +71,11 @@ def lora_params(model: dict[str, Any], lora: dict[str, Any] | None) -> int:
 
 
 def resolve_precision(train: dict[str, Any], hardware: dict[str, Any]) -> str:
-    """Returns fp32, bf16 or fp16 the way the compiler resolves train.precision=auto."""
-    p = train.get("precision", "auto")
-    if p != "auto":
-        return p
-    if hardware.get("device") != "cuda":
-        return "fp32"
-    return "bf16" if hardware.get("bf16") else "fp16"
+    """Returns train["precision"]; "auto" (a caller outside the compiler) resolves by the one rule
+    in ``llmops.planning.resolve``."""
+    from llmops.planning.resolve import precision_for
+
+    return precision_for(train.get("precision", "auto"), hardware)
 
 
 def _tflops(hardware: dict[str, Any]) -> tuple[float, str | None]:

@@ -1,37 +1,22 @@
 """The compute feasibility rule: a GPU plan that does not fit fails at compile time, with fixes.
 
-Pure: called from the config rules with the resolved hardware profile; imports no torch.
+Pure: called from the config rules with the config's `Resolved` (hardware, precision, batch), the
+same one compile_plan receives; imports no torch.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from llmops.errors import Problem
 from llmops.planning.fixes import suggest_fixes
 from llmops.planning.memory import estimate
 
+if TYPE_CHECKING:
+    from llmops.config.schema import AppConfig
+    from llmops.planning.resolve import Resolved
+
 PART_ORDER = ("weights", "lora", "gradients", "optimizer", "activations", "logits", "overhead")
-
-
-def plan_inputs(cfg: Any) -> tuple[dict, dict | None, dict, dict]:
-    """Returns (model, lora, quant, train) dicts for the planner from a validated AppConfig."""
-    model = cfg.model.model_dump(exclude={"pretrain"})
-    lora = cfg.lora.model_dump(exclude={"enabled"}) if cfg.lora.enabled else None
-    quant = cfg.quant.model_dump()
-    train = cfg.train.model_dump()
-    if train.get("backend") == "auto":
-        train["backend"] = "hf"  # the larger of the two; unsloth needs less
-    return model, lora, quant, train
-
-
-def resolved_train(cfg: Any, hw: dict[str, Any]) -> dict[str, Any]:
-    """Returns the train settings for planning with batch_size/grad_accum 'auto' resolved."""
-    from llmops.planning.batch import resolve_batch
-
-    model, lora, quant, train = plan_inputs(cfg)
-    train["batch_size"], train["grad_accum"] = resolve_batch(model, lora, quant, train, hw)
-    return train
 
 
 def breakdown(parts_gb: dict[str, float]) -> str:
@@ -39,22 +24,22 @@ def breakdown(parts_gb: dict[str, float]) -> str:
     return ", ".join(f"{k} {parts_gb[k]:.1f}" for k in PART_ORDER if parts_gb.get(k, 0) >= 0.05)
 
 
-def compute_problems(cfg: Any, hw: dict[str, Any]) -> list[Problem]:
+def compute_problems(cfg: AppConfig, resolved: Resolved) -> list[Problem]:
     """Returns one 'hardware' problem when a training plan for a GPU does not fit its memory.
 
     Args:
         cfg: The validated AppConfig.
-        hw: The resolved hardware profile (``compiler.compile.resolve_hardware``).
+        resolved: Its resolution (``llmops.planning.resolve``): hardware, precision, batch.
 
     Returns:
         [] when nothing trains, the plan is for a CPU (estimated, never blocked), or it fits;
         else one Problem naming the estimate by part and the fixes that fit, each with its own
         estimate.
     """
-    if cfg.train.method == "none" or hw.get("device") != "cuda" or not hw.get("gpu_memory_gb"):
+    hw = dict(resolved.hardware)
+    if cfg.train.method == "none" or resolved.device != "cuda" or not hw.get("gpu_memory_gb"):
         return []
-    model, lora, quant, _ = plan_inputs(cfg)
-    train = resolved_train(cfg, hw)
+    model, lora, quant, train = resolved.planner_inputs(cfg)
     est = estimate(model, lora, quant, train, hw)
     if est["fits"]:
         return []

@@ -233,6 +233,7 @@ def _execute(spec: StageSpec, plan: Plan, store: Store, outputs: dict[str, Path]
             run_dir=run_dir, device=plan.run["device"], seed=plan.run["seed"],
             logger=logging.getLogger(f"llmops.stage.{spec.kind}"),
             show_progress=bool(plan.run.get("progress", True)),
+            threads=plan.run["threads"],
         )
         inputs = {name: outputs[name] for name in spec.needs}
         try:

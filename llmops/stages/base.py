@@ -9,9 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from llmops.compiler.plan import report_name
 from llmops.stages.context import StageContext
 
-REPORT_NAME = "base_report.json"
+REPORT_NAME = report_name("base")
 
 
 def run(

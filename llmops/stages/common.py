@@ -9,7 +9,8 @@ import json
 import os
 import random
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -143,3 +144,24 @@ def torch_threads(n: int | None = None) -> int:
             n = os.cpu_count() or 1
     torch.set_num_threads(max(1, n))
     return torch.get_num_threads()
+
+
+@contextmanager
+def cpu_threads(threads: int | None) -> Iterator[None]:
+    """Runs the block on the run's torch CPU threads, then restores the previous count.
+
+    Args:
+        threads: StageContext.threads, resolved once by llmops.planning.resolve (1 for a small
+            model on a CPU); None leaves torch's count as it is.
+    """
+    if threads is None:
+        yield
+        return
+    import torch
+
+    previous = torch.get_num_threads()
+    torch_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

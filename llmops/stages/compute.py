@@ -9,12 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from llmops.compiler.plan import report_name
 from llmops.planning.fixes import suggest_fixes
 from llmops.planning.memory import estimate
 from llmops.stages.common import write_json
 from llmops.stages.context import StageContext
 
-REPORT_NAME = "compute_plan.json"
+REPORT_NAME = report_name("compute")
 
 
 def plan(params: dict[str, Any]) -> dict[str, Any]:

@@ -18,6 +18,9 @@ class StageContext:
         seed: The run's global seed.
         logger: Logger to report progress on ("llmops.stage.<kind>").
         show_progress: Whether to draw progress bars (tqdm) inside the stage.
+        threads: Torch CPU threads for training and generation: the plan's run.threads, resolved
+            once by llmops.planning.resolve (1 for a small model on a CPU, None for torch's
+            default). The runner always sets it; 1 here matches the defaults above (tiny, CPU).
     """
 
     run_dir: Path
@@ -25,3 +28,4 @@ class StageContext:
     seed: int = 0
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("llmops.stage"))
     show_progress: bool = True
+    threads: int | None = 1

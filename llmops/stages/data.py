@@ -18,12 +18,13 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from llmops.compiler.plan import report_name
 from llmops.data import formats, task_api
 from llmops.errors import StageError
 from llmops.stages.common import base_model_path, write_json, write_jsonl
 from llmops.stages.context import StageContext
 
-REPORT_NAME = "data_report.json"
+REPORT_NAME = report_name("data")
 MAX_LISTED = 200
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from llmops.compiler.plan import report_name
 from llmops.planning.decide import assess
 from llmops.stages.common import write_json
 from llmops.stages.context import StageContext
 
-REPORT_NAME = "decision_report.json"
+REPORT_NAME = report_name("decide")
 
 
 def run(params: dict[str, Any], inputs: dict[str, Path], out_dir: Path,

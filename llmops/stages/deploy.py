@@ -24,10 +24,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from llmops.compiler.plan import report_name
 from llmops.errors import StageError
 from llmops.stages.context import StageContext
 
-REPORT_NAME = "deploy_report.json"
+REPORT_NAME = report_name("deploy")
 ALWAYS_RUN = True
 DEFAULT_SMOKE = ("Add a task to buy milk due 2025-03-14.", "List my open tasks.",
                  "Tell me the weather in Paris.")
@@ -42,8 +43,10 @@ def check_gates(params: dict, inputs: dict[str, Path]) -> dict[str, Any]:
     """
     allow = bool(params.get("allow_failed_gates"))
     passed, failed = None, []
-    if inputs.get("eval") is not None and (Path(inputs["eval"]) / "eval_report.json").is_file():
-        report = json.loads((Path(inputs["eval"]) / "eval_report.json").read_text("utf-8"))
+    has_eval = inputs.get("eval") is not None
+    eval_report = Path(inputs["eval"]) / report_name("eval") if has_eval else None
+    if eval_report is not None and eval_report.is_file():
+        report = json.loads(eval_report.read_text("utf-8"))
         passed = report.get("passed")
         failed = [g.get("name") for g in report.get("gates", []) if not g.get("passed", True)]
     verdict = {"eval_passed": passed, "failed_gates": failed, "allow_failed_gates": allow}
@@ -156,8 +159,9 @@ def _openai(params: dict, inputs: dict[str, Path], gguf: Path, out_dir: Path, ct
     port = int(o.get("port") or 0) or _free_port(host)
     base_url = f"http://{host}:{port}/v1"
     n_ctx = int(params["model"].get("context_length") or 2048)
-    cmd = [sys.executable, "-m", "llmops.backends.llama_cpp_runtime", "--model", str(gguf.resolve()),
-           "--host", host, "--port", str(port), "--model_alias", name, "--n_ctx", str(n_ctx),
+    cmd = [sys.executable, "-m", "llmops.backends.llama_cpp_runtime",
+           "--model", str(gguf.resolve()), "--host", host, "--port", str(port),
+           "--model_alias", name, "--n_ctx", str(n_ctx),
            "--n_threads", str(min(4, os.cpu_count() or 1))]
     keep = bool(params.get("keep_serving"))
     log_path = (Path(ctx.run_dir) / "llama_server.log") if keep else out_dir / "server.log"
@@ -239,7 +243,7 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
     out_dir = Path(out_dir)
     gates = check_gates(params, inputs)
     gguf_dir = Path(inputs["gguf"])
-    greport = json.loads((gguf_dir / "gguf_report.json").read_text("utf-8"))
+    greport = json.loads((gguf_dir / report_name("gguf")).read_text("utf-8"))
     q = params.get("serve_quantization") or greport["quantization"][0]
     gguf = gguf_dir / greport["files"][q]["path"]
     tokenizer = AutoTokenizer.from_pretrained(str(Path(inputs["export"]) / "merged"))

@@ -10,9 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from llmops.compiler.plan import report_name
 from llmops.stages.context import StageContext
 
-REPORT_NAME = "dpo_report.json"
+REPORT_NAME = report_name("dpo")
 # Like sft: the runner gives this stage a stable work folder per fingerprint and, when an
 # interrupted attempt left a checkpoint there, sets params["train"]["resume_dir"] to it.
 RESUMABLE = True

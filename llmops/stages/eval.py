@@ -11,10 +11,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from llmops.compiler.plan import TUNED_STAGES, report_name
 from llmops.errors import StageError
 from llmops.stages.context import StageContext
 
-REPORT_NAME = "eval_report.json"
+REPORT_NAME = report_name("eval")
 
 
 def tuned_artifact(sft_dir: Path, stage: str) -> tuple[str, Path]:
@@ -28,8 +29,8 @@ def tuned_artifact(sft_dir: Path, stage: str) -> tuple[str, Path]:
     """
     sft_dir = Path(sft_dir)
     artifact = None
-    for name in ("training_report.json", "dpo_report.json", "merge_report.json"):
-        report = sft_dir / name
+    for producer in reversed(TUNED_STAGES):  # sft, dpo, merge
+        report = sft_dir / report_name(producer)
         if report.is_file():
             artifact = json.loads(report.read_text(encoding="utf-8")).get("artifact")
             break
@@ -40,9 +41,6 @@ def tuned_artifact(sft_dir: Path, stage: str) -> tuple[str, Path]:
         f"{stage}: {sft_dir} holds neither adapter/ nor model/ (artifact={artifact!r}). "
         "Rerun the sft stage."
     )
-
-
-TUNED_STAGES = ("merge", "dpo", "sft")
 
 
 def tuned_input(inputs: dict[str, Path]) -> tuple[str, Path] | None:
@@ -59,11 +57,9 @@ def read_base_eval(inputs: dict[str, Path]) -> dict[str, Any] | None:
     Raises:
         StageError: If the eval_base input exists but its report is missing or unreadable.
     """
-    from llmops.stages.eval_base import REPORT_NAME as BASE_REPORT
-
     if inputs.get("eval_base") is None:
         return None
-    path = Path(inputs["eval_base"]) / BASE_REPORT
+    path = Path(inputs["eval_base"]) / report_name("eval_base")
     try:
         report = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:

@@ -10,10 +10,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from llmops.compiler.plan import report_name
 from llmops.errors import StageError
 from llmops.stages.context import StageContext
 
-REPORT_NAME = "base_eval.json"
+REPORT_NAME = report_name("eval_base")
 N_SAMPLES = 20
 
 
@@ -79,6 +80,7 @@ def evaluate_model(
         batch_size=int(params.get("batch_size", 32)),
         show_progress=ctx.show_progress,
         desc=desc,
+        threads=ctx.threads,
     )
     seconds = time.perf_counter() - start
     metrics = compute_metrics(rows, predictions)

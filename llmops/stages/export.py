@@ -12,10 +12,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from llmops.compiler.plan import report_name
 from llmops.errors import StageError
 from llmops.stages.context import StageContext
 
-REPORT_NAME = "export_report.json"
+REPORT_NAME = report_name("export")
 FORMATS: tuple[str, ...] = ("adapter", "merged")
 DEFAULT_TOLERANCE = {"float32": 1e-3, "float16": 5e-2, "bfloat16": 2.5e-1}
 PROBES: tuple[list[dict[str, str]], ...] = (
@@ -43,9 +44,7 @@ def _logits(model: Any, probes: list[Any]) -> list[Any]:
     """Returns the float32 logits of the model on each probe."""
     import torch
 
-    from llmops.generation import small_model_threads
-
-    with small_model_threads(model), torch.inference_mode():
+    with torch.inference_mode():
         return [model(**enc).logits.float() for enc in probes]
 
 
@@ -161,7 +160,7 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
     Returns:
         {formats, paths (relative to out_dir), parity, size_mb, artifact, eval_passed}.
     """
-    from llmops.stages.common import base_model_path, write_json
+    from llmops.stages.common import base_model_path, cpu_threads, write_json
     from llmops.stages.eval import tuned_artifact, tuned_input
 
     out_dir = Path(out_dir)
@@ -183,7 +182,7 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
 
     if tuned_stage == "merge":
         # The merge stage already merged (and checked) the model: copy its outputs.
-        merge_report = json.loads((tuned_dir / "merge_report.json").read_text(encoding="utf-8"))
+        merge_report = json.loads((tuned_dir / report_name("merge")).read_text(encoding="utf-8"))
         for fmt, sub in (("adapter", "adapter"), ("merged", "model")):
             if fmt in formats and (tuned_dir / sub).is_dir():
                 shutil.copytree(tuned_dir / sub, out_dir / fmt)
@@ -198,14 +197,15 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
             done.append("adapter")
         if "merged" in formats:
             ctx.logger.info("export: merging %s into the base model", src)
-            parity = merge_adapter(
-                base_model_path(params, inputs),
-                src,
-                out_dir / "merged",
-                dtype=str(params.get("merge_dtype", "float32")),
-                tolerance=params.get("parity_tolerance"),
-                trust_remote_code=trust,
-            )
+            with cpu_threads(ctx.threads):
+                parity = merge_adapter(
+                    base_model_path(params, inputs),
+                    src,
+                    out_dir / "merged",
+                    dtype=str(params.get("merge_dtype", "float32")),
+                    tolerance=params.get("parity_tolerance"),
+                    trust_remote_code=trust,
+                )
             paths["merged"] = "merged"
             done.append("merged")
     elif "merged" in formats:
@@ -224,7 +224,7 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
 
     eval_passed = None
     if inputs.get("eval") is not None:
-        eval_report = Path(inputs["eval"]) / "eval_report.json"
+        eval_report = Path(inputs["eval"]) / report_name("eval")
         if eval_report.is_file():
             eval_passed = json.loads(eval_report.read_text(encoding="utf-8")).get("passed")
     report = {

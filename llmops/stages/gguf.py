@@ -23,10 +23,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from llmops.compiler.plan import report_name
 from llmops.errors import StageError
 from llmops.stages.context import StageContext
 
-REPORT_NAME = "gguf_report.json"
+REPORT_NAME = report_name("gguf")
 QUANTIZATIONS = ("f16", "q8_0", "q4_k_m")
 EXTRA_PROBES = (
     "Hello, world!  Two  spaces,\ttabs\nand new lines.\n\n",
@@ -156,9 +157,9 @@ def _held_out(inputs: dict[str, Path], n: int) -> list[dict]:
 
 def _pre_tokenizer(inputs: dict[str, Path]) -> str | None:
     base = inputs.get("base")
-    if base is None or not (Path(base) / "base_report.json").is_file():
+    if base is None or not (Path(base) / report_name("base")).is_file():
         return None
-    report = json.loads((Path(base) / "base_report.json").read_text(encoding="utf-8"))
+    report = json.loads((Path(base) / report_name("base")).read_text(encoding="utf-8"))
     return (report.get("tokenizer") or {}).get("gguf_pre_tokenizer")
 
 
@@ -210,7 +211,7 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
     prompts = [build_prompt(tokenizer, r["messages"]) for r in rows]
     max_new = int(params.get("max_new_tokens", 32))
     hf_answers, _ = generate(model, tokenizer, rows, max_new_tokens=max_new, batch_size=1,
-                             show_progress=False, desc="hf")
+                             show_progress=False, desc="hf", threads=ctx.threads)
     del model
     probes = [*prompts, *(r["messages"][-1]["content"] for r in rows), *EXTRA_PROBES]
     template = getattr(tokenizer, "chat_template", None)

@@ -14,10 +14,11 @@ import random
 from pathlib import Path
 from typing import Any
 
+from llmops.compiler.plan import report_name
 from llmops.errors import StageError
 from llmops.stages.context import StageContext
 
-REPORT_NAME = "lm_eval_report.json"
+REPORT_NAME = report_name("lm_eval")
 TASKS_DIR = Path(__file__).resolve().parent.parent / "lm_eval_tasks"
 LOCAL_TASKS = ("llmops_task_api_choice", "llmops_task_api_call")
 STOPS = ("<|im_end|>", "<|eot_id|>", "<|end|>")

@@ -13,10 +13,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from llmops.compiler.plan import report_name
 from llmops.errors import StageError
 from llmops.stages.context import StageContext
 
-REPORT_NAME = "merge_report.json"
+REPORT_NAME = report_name("merge")
 NOTE_FULL = ("Merged into the full-precision (float32) base: the merged model needs no peft and "
              "loads with AutoModelForCausalLM.from_pretrained.")
 NOTE_QUANT = ("Training used quant.type={q}: the adapter was learned against {q}-quantized base "

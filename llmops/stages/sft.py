@@ -8,9 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from llmops.compiler.plan import report_name
 from llmops.stages.context import StageContext
 
-REPORT_NAME = "training_report.json"
+REPORT_NAME = report_name("sft")
 # The runner gives this stage a stable work folder per fingerprint and, when an interrupted
 # attempt left a checkpoint there, sets params["train"]["resume_dir"] to it.
 RESUMABLE = True

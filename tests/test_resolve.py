@@ -1,0 +1,288 @@
+"""One resolve step (llmops.planning.resolve), one stage table, and the fingerprints they keep."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import subprocess
+import sys
+
+import pytest
+
+from llmops.cli import to_plain
+from llmops.compiler.compile import BUILDERS, compile_plan
+from llmops.compiler.plan import STAGE_ORDER, TUNED_STAGES, report_name
+from llmops.config.compose import compose
+from llmops.config.validate import validate_and_resolve
+from llmops.env import Environment, Gpu
+from llmops.planning.memory import estimate
+
+PKGS = frozenset({"bitsandbytes", "wandb", "lm_eval", "llama_cpp"})
+CPU = Environment(cpu_count=2, memory_gb=15.6, installed=PKGS)
+H100 = Environment(gpus=(Gpu("NVIDIA H100 80GB HBM3", 79.6),), cpu_count=16, memory_gb=128.0,
+                   installed=PKGS)
+H100_UNSLOTH = dataclasses.replace(H100, installed=PKGS | {"unsloth"})
+
+
+def _resolve(env: Environment, *overrides: str):
+    return validate_and_resolve(to_plain(compose(list(overrides))), env)
+
+
+def test_cpu_resolves_device_precision_dtype_backend_and_one_thread_for_tiny():
+    cfg, r = _resolve(CPU)
+    assert dict(r.hardware) == {**cfg.hardware.model_dump(), "device": "cpu", "num_gpus": 0,
+                                "bf16": False, "cpu_count": 2, "memory_gb": 15.6}
+    assert (r.device, r.precision, r.compute_dtype, r.backend) == ("cpu", "fp32", "float32", "hf")
+    assert r.threads == 1
+    # A 3B model on the same CPU keeps torch's own thread count.
+    assert _resolve(CPU, "model=qwen3b")[1].threads is None
+
+
+def test_faked_cuda_machine_resolves_the_gpu_from_the_environment():
+    _, r = _resolve(H100, "model=qwen1.5b")
+    hw = r.hardware
+    assert (hw["device"], hw["gpu_name"], hw["gpu_memory_gb"], hw["num_gpus"]) == (
+        "cuda", "NVIDIA H100 80GB HBM3", 79.6, 1)
+    assert (hw["cpu_count"], hw["memory_gb"]) == (16, 128.0)
+    # hardware=auto cannot tell whether the GPU has bf16 (the profile's bf16 is null): fp16.
+    assert (r.precision, r.compute_dtype, r.threads) == ("fp16", "float16", None)
+
+
+def test_gpu_profiles_and_explicit_values_resolve_as_written():
+    _, h100 = _resolve(CPU, "model=qwen1.5b", "quant=nf4", "hardware=h100", "dry_run=true")
+    assert (h100.device, h100.precision, h100.compute_dtype) == ("cuda", "bf16", "bfloat16")
+    _, t4 = _resolve(CPU, "model=qwen1.5b", "hardware=t4", "dry_run=true")
+    assert (t4.precision, t4.compute_dtype) == ("fp16", "float16")
+    _, pinned = _resolve(CPU, "model=qwen1.5b", "quant=nf4", "hardware=h100", "dry_run=true",
+                         "train.precision=fp32", "quant.compute_dtype=float16")
+    assert (pinned.precision, pinned.compute_dtype) == ("fp32", "float16")
+
+
+def test_backend_auto_takes_unsloth_only_with_a_real_gpu_and_the_package():
+    assert _resolve(H100_UNSLOTH, "model=qwen1.5b")[1].backend == "unsloth"
+    assert _resolve(H100, "model=qwen1.5b")[1].backend == "hf"
+    assert _resolve(H100_UNSLOTH, "model=qwen1.5b", "train.backend=hf")[1].backend == "hf"
+    # Planning for a GPU profile on a CPU machine: unsloth cannot run here, so hf.
+    cpu_unsloth = dataclasses.replace(CPU, installed=PKGS | {"unsloth"})
+    assert _resolve(cpu_unsloth, "model=qwen1.5b", "hardware=h100", "dry_run=true")[1].backend \
+        == "hf"
+
+
+def test_auto_batch_is_the_largest_divisor_of_the_effective_batch_that_fits():
+    cfg, r = _resolve(CPU, "model=qwen3b", "hardware=t4", "dry_run=true")
+    model, lora, quant, train = r.planner_inputs(cfg)
+    eff = cfg.train.effective_batch
+    assert r.batch_size * r.grad_accum == eff
+    assert estimate(model, lora, quant, train, dict(r.hardware))["fits"]
+    bigger = [d for d in range(r.batch_size + 1, eff + 1) if eff % d == 0]
+    assert bigger, "the case must leave a larger divisor to reject"
+    assert not estimate(model, lora, quant, {**train, "batch_size": bigger[0]},
+                        dict(r.hardware))["fits"]
+
+
+def test_explicit_batch_and_accumulation_are_kept_and_nothing_trains_without_a_batch():
+    r = _resolve(CPU, "train.batch_size=4")[1]
+    assert (r.batch_size, r.grad_accum) == (4, 4)
+    r = _resolve(CPU, "train.batch_size=4", "train.grad_accum=3")[1]
+    assert (r.batch_size, r.grad_accum) == (4, 3)
+    r = _resolve(CPU, "train=none", "usecase=none")[1]
+    assert (r.batch_size, r.grad_accum) == (None, None)
+
+
+def test_resolved_is_frozen_and_the_plan_carries_it_unchanged():
+    cfg, r = _resolve(CPU)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        r.batch_size = 2  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        r.hardware["device"] = "cuda"  # type: ignore[index]
+    plan = compile_plan(cfg, r)
+    sft = plan.stage("sft").params["train"]
+    assert (sft["batch_size"], sft["grad_accum"], sft["backend"], sft["precision"]) == (
+        r.batch_size, r.grad_accum, r.backend, r.precision)
+    assert plan.stage("sft").params["quant"]["compute_dtype"] == r.compute_dtype
+    assert plan.run["threads"] == r.threads and plan.run["hardware"] == dict(r.hardware)
+
+
+def test_compute_rule_and_compile_share_one_batch_search(monkeypatch):
+    import llmops.planning.batch as batch
+    from llmops.cli import check
+
+    real, found = batch.resolve_batch, []
+
+    def counting(*args, **kwargs):
+        found.append(real(*args, **kwargs))
+        return found[-1]
+
+    monkeypatch.setattr(batch, "resolve_batch", counting)
+    plan = check(["model=qwen3b", "lora=r16", "hardware=t4", "dry_run=true"])
+    assert len(found) == 1  # the compute rule (a GPU profile) and compile_plan share it
+    train = plan.stage("sft").params["train"]
+    assert (train["batch_size"], train["grad_accum"]) == found[0]
+    assert plan.stage("compute").params["train"] is train
+
+
+def test_config_rules_import_neither_the_compiler_nor_torch():
+    code = (
+        "import sys\n"
+        "from llmops.cli import to_plain\n"
+        "from llmops.config.compose import compose\n"
+        "from llmops.config.validate import validate_and_resolve\n"
+        "validate_and_resolve(to_plain(compose(['model=qwen3b', 'hardware=t4', "
+        "'dry_run=true'])))\n"
+        "bad = [m for m in ('llmops.compiler.compile', 'torch', 'transformers') "
+        "if m in sys.modules]\n"
+        "print(bad); sys.exit(1 if bad else 0)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_sft_stage_does_not_re_resolve_an_auto_backend(tmp_path):
+    from llmops.errors import StageError
+    from llmops.stages import sft
+    from llmops.stages.context import StageContext
+
+    params = {"model": {"hub_id": None}, "lora": None, "quant": {"type": "none"},
+              "train": {"backend": "auto", "seed": 0}}
+    with pytest.raises(StageError, match=r"auto is resolved by the compiler"):
+        sft.run(params, {"data": tmp_path, "base": tmp_path}, tmp_path / "out",
+                StageContext(run_dir=tmp_path, show_progress=False))
+
+
+def test_cpu_threads_apply_the_resolved_count_and_restore_it():
+    import torch
+
+    from llmops.backends.hf import set_cpu_threads
+    from llmops.stages.common import cpu_threads
+    from llmops.stages.context import StageContext
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with cpu_threads(1):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with cpu_threads(None):
+            assert torch.get_num_threads() == 2
+        set_cpu_threads(StageContext(run_dir=".", threads=None))
+        assert torch.get_num_threads() == 2
+        set_cpu_threads(StageContext(run_dir=".", threads=1))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+# ---- the stage table ----
+
+
+def test_every_stage_module_writes_the_report_the_table_names():
+    for kind in STAGE_ORDER:
+        module = importlib.import_module(f"llmops.stages.{kind}")
+        assert module.REPORT_NAME == report_name(kind), kind
+    assert report_name("sft") == "training_report.json"  # what compare and W&B read
+    with pytest.raises(KeyError):
+        report_name("nope")
+
+
+def test_compile_plan_adds_stages_in_table_order_and_evaluates_the_last_tuned_model():
+    assert set(BUILDERS) == set(STAGE_ORDER)
+    cfg, r = _resolve(CPU, "train=sft_dpo", "merge=ties", "eval=lm_eval", "deploy=openai")
+    plan = compile_plan(cfg, r)
+    kinds = [s.kind for s in plan.stages]
+    assert kinds == ["decide", "compute", "base", "data", "sft", "dpo", "merge", "eval_base",
+                     "lm_eval", "eval", "export", "gguf", "deploy"]
+    assert kinds == [k for k in STAGE_ORDER if k in kinds]
+    assert TUNED_STAGES == ("merge", "dpo", "sft")
+    for name in ("lm_eval", "eval", "export"):
+        assert "merge" in plan.stage(name).needs, name
+    assert [s.report for s in plan.stages] == [report_name(k) for k in kinds]
+
+
+def test_sweep_summary_and_compare_name_the_same_swept_keys():
+    from llmops.compare import swept_columns
+    from llmops.sweep import swept
+    from llmops.tracking import override_params
+
+    jobs = [{"dir": "0", "overrides": ["lora=r8", "seed=1"]},
+            {"dir": "1", "overrides": ["lora=r16", "seed=1", "train.epochs=2"]}]
+    labels = swept(jobs)
+    assert labels == {"0": ["lora=r8"], "1": ["lora=r16", "train.epochs=2"]}
+    rows = [{"params": override_params(j["overrides"]), "swept": []} for j in jobs]
+    assert swept_columns(rows) == ["lora", "train.epochs"]
+
+
+def test_one_multirun_test_answers_the_cli_metrics_and_wandb(tmp_path):
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from llmops.sweep import job_context, multirun_job
+    from llmops.tracking import sweep_info
+
+    assert multirun_job() is None and job_context() is None
+    assert sweep_info(tmp_path / "run") is None
+    cfg = compose(["hydra.mode=MULTIRUN", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+                  return_hydra_config=True).copy()
+    with open_dict(cfg):
+        cfg.hydra.job.num = 3
+    HydraConfig.instance().set_config(cfg)
+    try:
+        folder = (tmp_path / "sweep").resolve()
+        assert multirun_job() == (folder, 3)
+        assert sweep_info(tmp_path / "elsewhere") == (folder, 3)
+        assert job_context() == {"sweep": f"{folder.parent.name}/{folder.name}",
+                                 "sweep_dir": str(folder), "job_num": 3}
+    finally:
+        HydraConfig.instance().cfg = None
+
+
+# ---- fingerprint stability ----
+
+# Recorded with the code BEFORE this change (commit 164ecb2), under the fixed environments above.
+# Fingerprints are the store's keys: a changed value silently invalidates every user's cache. Only
+# a deliberate change (a new llmops version, a new param) may update them.
+FINGERPRINTS = {
+    ("cpu", ()): {
+        "decide": "9b45e3ec689f42f2", "compute": "85560d34338500af", "base": "782ba198a93d01a4",
+        "data": "c3db15a8731ef155", "sft": "ad0250c26ab67ca7", "eval_base": "212515a5ad1c36da",
+        "eval": "b37fabbc9bc87d72", "export": "f3fd5a568282cdcb",
+    },
+    ("cpu", ("model=qwen3b", "lora=r16")): {
+        "decide": "a42c4286585803be", "compute": "141819db7410a9c9", "data": "1f42b2449cf3c439",
+        "sft": "46675a8ecf4d15b1", "eval_base": "6af2c4fcb21ef797", "eval": "95b167c898d6f7d7",
+        "export": "4ec55ac0c2f93784",
+    },
+    ("cpu", ("train=sft_dpo", "merge=ties")): {
+        "decide": "9b45e3ec689f42f2", "compute": "85560d34338500af", "base": "782ba198a93d01a4",
+        "data": "1f13d3db4a61f4a7", "sft": "dad9039208e5714e", "dpo": "f7e6634733739631",
+        "merge": "685a9464c202c0cf", "eval_base": "a88b76f2a830fdd1", "eval": "dc8a235b18ec46a5",
+        "export": "536b39aba22fba8b",
+    },
+    ("cpu", ("deploy=openai",)): {
+        "decide": "9b45e3ec689f42f2", "compute": "85560d34338500af", "base": "782ba198a93d01a4",
+        "data": "c3db15a8731ef155", "sft": "ad0250c26ab67ca7", "eval_base": "212515a5ad1c36da",
+        "eval": "b37fabbc9bc87d72", "export": "f3fd5a568282cdcb", "gguf": "3f9893455879fa55",
+        "deploy": "4fa150fa24003381",
+    },
+    ("cpu", ("eval=lm_eval",)): {
+        "decide": "9b45e3ec689f42f2", "compute": "85560d34338500af", "base": "782ba198a93d01a4",
+        "data": "c3db15a8731ef155", "sft": "ad0250c26ab67ca7", "eval_base": "212515a5ad1c36da",
+        "lm_eval": "85372cb2ba46c710", "eval": "b37fabbc9bc87d72", "export": "f3fd5a568282cdcb",
+    },
+    ("cpu", ("model=llama8b", "hardware=t4", "dry_run=true", "quant=nf4")): {
+        "decide": "13e19c5eba97f163", "compute": "8005a494bb32143d", "data": "b549c30fe398537b",
+        "sft": "48801d525fc0ee5e", "eval_base": "e51deb5c21ac1e37", "eval": "1e73ccb141a07449",
+        "export": "2b5bb8b7861dbc33",
+    },
+    ("h100", ("model=qwen1.5b",)): {
+        "decide": "0acf9b2a45ac4ba9", "compute": "a6f8e6e5dcbc7c78", "data": "3eb301937aeaea9b",
+        "sft": "6edc1bd2fb4175e2", "eval_base": "a9d05389317373ee", "eval": "0fb8a3c77d8d9125",
+        "export": "9cc194f53e4c6721",
+    },
+}
+
+
+@pytest.mark.parametrize("case", list(FINGERPRINTS), ids=lambda c: f"{c[0]}:{' '.join(c[1])}")
+def test_stage_fingerprints_are_those_recorded_before_the_resolve_step(case):
+    env = {"cpu": CPU, "h100": H100}[case[0]]
+    plan = compile_plan(*_resolve(env, *case[1]))
+    assert {s.name: s.fingerprint[:16] for s in plan.stages} == FINGERPRINTS[case]
