@@ -1,4 +1,4 @@
-"""Defines llmops's canonical row (OpenAI's chat form) and normalises messages, calls and tools to it.
+"""Defines llmops's canonical row (OpenAI's chat form); normalises messages, calls and tools to it.
 
 A canonical *chat* row has three columns (plus ``reject`` while it is being read and checked):
 
@@ -20,7 +20,7 @@ A *preference* row has ``prompt``, ``chosen`` and ``rejected`` message lists ins
 ``{"code", "path", "message"}``: a stable reason code, the JSON path inside the source row, and a
 sentence that names the value and the fix.
 
-Pure Python: the readers turn these descriptions into ``datasets.Features``.
+Pure Python; ``features(kind)`` imports ``datasets`` to give a kind's ``datasets.Features``.
 """
 
 from __future__ import annotations
@@ -223,3 +223,21 @@ def to_openai_row(row: dict[str, Any], parse_arguments: bool = False) -> dict[st
     if "meta" in row:
         out["meta"] = row["meta"]
     return out
+
+
+def features(kind: str):
+    """Returns the ``datasets.Features`` of a canonical kind's columns (``reject`` included)."""
+    from datasets import Features, List, Value
+
+    call = {"id": Value("string"), "type": Value("string"),
+            "function": {"name": Value("string"), "arguments": Value("string")}}
+    message = List({"role": Value("string"), "content": Value("string"),
+                    "tool_calls": List(call), "tool_call_id": Value("string"),
+                    "name": Value("string"), "weight": Value("float64")})
+    types = {"messages": message, "prompt": message, "chosen": message, "rejected": message,
+             "tools": Value("string"), "text": Value("string"),
+             "meta": {"file": Value("string"), "line": Value("int64"), "row": Value("int64"),
+                      "format": Value("string")},
+             "reject": {"code": Value("string"), "path": Value("string"),
+                        "message": Value("string")}}
+    return Features({name: types[name] for name in COLUMNS[kind]})

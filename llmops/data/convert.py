@@ -1,4 +1,4 @@
-"""Converts source rows of every known format to canonical rows (see ``canonical``), a batch at a time.
+"""Converts source rows of every known format to canonical rows (``canonical``), a batch at a time.
 
 Contract, for the readers and the data stage:
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import difflib
 import json
-from collections import Counter
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -84,7 +83,7 @@ def _text(row: dict[str, Any], col: str, required: bool = True) -> str | None:
     return value
 
 
-def _json_value(row: dict[str, Any], col: str) -> Any:
+def json_value(row: dict[str, Any], col: str) -> Any:
     """Returns ``row[col]``, parsed when it is JSON text of a list (CSV columns hold text)."""
     value = row.get(col)
     if isinstance(value, str) and value.lstrip().startswith("["):
@@ -144,17 +143,17 @@ def _system(row: dict[str, Any], cols: dict[str, str]) -> list[dict[str, Any]]:
 
 def _chat(fmt: str, row: dict[str, Any], cols: dict[str, str], tags: dict[str, str]) -> dict:
     if fmt == "openai":
-        return {"messages": openai_messages(_json_value(row, cols["messages"]), cols["messages"])}
+        return {"messages": openai_messages(json_value(row, cols["messages"]), cols["messages"])}
     if fmt == "sharegpt":
         col = _sharegpt_column(row, cols)
         return {"messages": _system(row, cols) + sharegpt_to_messages(
-            _json_value(row, col), col, tags)}
+            json_value(row, col), col, tags)}
     if fmt == "completion":
         return {"messages": [c.message("user", _text(row, cols["prompt"])),
                              c.message("assistant", _text(row, cols["completion"]))]}
     user = _text(row, cols["instruction"])
     extra = _text(row, cols["input"], required=False)
-    history = _json_value(row, cols["history"]) or []
+    history = json_value(row, cols["history"]) or []
     if not isinstance(history, list) or not all(
         isinstance(t, list) and len(t) == 2 and all(isinstance(s, str) for s in t)
         for t in history
@@ -187,77 +186,20 @@ def convert_row(fmt: str, row: Any, cols: dict[str, str], tags: dict[str, str]) 
     kind = KIND[fmt]
     if kind == "text":
         return {"text": _text(row, cols["text"])}
-    tools = c.tools_json(_json_value(row, cols["tools"]), cols["tools"])
+    tools = c.tools_json(json_value(row, cols["tools"]), cols["tools"])
     if kind == "chat":
         return {**_chat(fmt, row, cols, tags), "tools": tools}
     if fmt == "sharegpt_preference":
         col = _sharegpt_column(row, cols)
         prompt, chosen, rejected = sharegpt_preference(
-            _system(row, cols), _json_value(row, col), col, row.get(cols["chosen"]),
+            _system(row, cols), json_value(row, col), col, row.get(cols["chosen"]),
             row.get(cols["rejected"]), (cols["chosen"], cols["rejected"]), tags)
     else:
-        prompt = _system(row, cols) + _turns(_json_value(row, cols["prompt"]), cols["prompt"],
+        prompt = _system(row, cols) + _turns(json_value(row, cols["prompt"]), cols["prompt"],
                                              "user")
-        chosen = _turns(_json_value(row, cols["chosen"]), cols["chosen"], "assistant")
-        rejected = _turns(_json_value(row, cols["rejected"]), cols["rejected"], "assistant")
+        chosen = _turns(json_value(row, cols["chosen"]), cols["chosen"], "assistant")
+        rejected = _turns(json_value(row, cols["rejected"]), cols["rejected"], "assistant")
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected, "tools": tools}
-
-
-def detect_row(row: Any, cols: Mapping[str, str] = DEFAULT_COLUMNS,
-               tags: Mapping[str, str] = DEFAULT_TAGS) -> str | None:
-    """Returns the format a row's keys point to, or None when they point to none."""
-    if not isinstance(row, dict):
-        return None
-    keys = {k for k, v in row.items() if v is not None}
-    conv = cols["messages"] if cols["messages"] in keys else (
-        "conversations" if "conversations" in keys else None)
-    first = _json_value(row, conv) if conv else None
-    first = first[0] if isinstance(first, list) and first else None
-    sharegpt = isinstance(first, dict) and tags["role"] in first
-    if {cols["chosen"], cols["rejected"]} <= keys:
-        if conv and sharegpt:
-            return "sharegpt_preference"
-        return "preference" if cols["prompt"] in keys else None
-    if conv:
-        return "sharegpt" if sharegpt or conv == "conversations" else "openai"
-    for fmt, need in (("alpaca", ("instruction", "output")), ("completion", ("prompt",
-                      "completion")), ("text", ("text",))):
-        if all(cols[n] in keys for n in need):
-            return fmt
-    return None
-
-
-def detect_format(rows: list[tuple[int, Any]], file: str, cols: Mapping[str, str] = DEFAULT_COLUMNS,
-                  tags: Mapping[str, str] = DEFAULT_TAGS) -> str:
-    """Decides a file's format from sample rows ``(row number, value)`` by majority.
-
-    Raises:
-        FormatError: If no row tells, or two formats are equally common; names rows and the fix.
-    """
-    votes: Counter[str] = Counter()
-    example: dict[str, int] = {}
-    for number, row in rows:
-        fmt = detect_row(row, cols, tags)
-        if fmt:
-            votes[fmt] += 1
-            example.setdefault(fmt, number)
-    ranked = votes.most_common(2)
-    if not ranked:
-        first = next((r for _, r in rows if isinstance(r, dict)), None)
-        keys = ", ".join(sorted(first)) if first else "no JSON object"
-        raise FormatError(
-            f"data.format: cannot tell the format of {file} (first row's keys: {keys}). Expected "
-            "messages (openai), conversations (sharegpt), instruction + output (alpaca), prompt + "
-            "completion, text, or chosen + rejected (preference). Set data.format to one of "
-            f"{', '.join(FORMATS)}, or map the keys with data.columns."
-        )
-    if len(ranked) == 2 and ranked[0][1] == ranked[1][1]:
-        (a, n), (b, _) = ranked
-        raise FormatError(
-            f"data.format: {file} has {n} rows like {a} (e.g. row {example[a]}) and {n} like {b} "
-            f"(e.g. row {example[b]}). Split the file, or set data.format={a} or {b}."
-        )
-    return ranked[0][0]
 
 
 def source_rows(batch: Mapping[str, list]) -> Iterator[tuple[Any, str | None]]:

@@ -13,7 +13,8 @@ Contract, for the data stage:
   ``cache_dir``, or datasets' cache) so nothing holds all rows in Python.
 - ``rejects``: ``meta`` and ``reject`` (``{"code", "path", "message"}``) of each record that could
   not be read or converted: a line that is not JSON or UTF-8, a broken element of a JSON array
-  (its index and line), a row that does not fit its format. ``count_rejects`` counts them by code.
+  (its index and line), a row that does not fit its format. ``prepare.count_rejects`` counts
+  them by code.
 
 JSON and JSON Lines are cut into records here (one JSON text per record, with its line), so a
 broken record rejects only itself; parsing and conversion run in ``Dataset.map`` (``num_proc``).
@@ -30,9 +31,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from llmops.data import canonical
-from llmops.data.convert import ERROR, LINE, RAW, Converter, FormatError, detect_format
-from llmops.data.convert import source_rows
+from llmops.data.canonical import features
+from llmops.data.convert import ERROR, LINE, RAW, Converter, FormatError, source_rows
+from llmops.data.detect import detect_format
+from llmops.data.prepare import split_rejects
 
 SUFFIXES: tuple[str, ...] = (".jsonl", ".json", ".parquet", ".csv")
 DETECT_SAMPLE = 200
@@ -63,10 +65,11 @@ def expand(path_or_glob: str | Path) -> list[Path]:
     return paths
 
 
-def _is_array(path: Path) -> bool:
+def _head(path: Path, size: int = 1 << 16) -> bytes:
+    """Returns the file's first bytes without a BOM and whitespace (all of it when small)."""
     with open(path, "rb") as f:
-        head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
-    return head.startswith(b"[")
+        head = f.read(size).removeprefix(b"\xef\xbb\xbf")
+    return b"".join(head.split()) if len(head) < size else head.lstrip()
 
 
 def _jsonl_records(path: str, stamp: tuple) -> Iterator[dict[str, Any]]:
@@ -169,57 +172,25 @@ def load_records(path: Path, cache_dir: str | None = None):
         if suffix in (".parquet", ".csv"):
             return datasets.load_dataset(suffix[1:], data_files=str(path), split="train",
                                          cache_dir=cache_dir)
+        head = _head(path)
+        if head in (b"", b"[]"):
+            raise FormatError(f"data.path: {path} holds no rows. Fill it or point data.path at "
+                              "another file.")
         stat = path.stat()
-        gen = _array_records if suffix == ".json" and _is_array(path) else _jsonl_records
+        gen = _array_records if suffix == ".json" and head.startswith(b"[") else _jsonl_records
         return datasets.Dataset.from_generator(
             gen, gen_kwargs={"path": str(path), "stamp": (stat.st_size, stat.st_mtime_ns)},
             features=_raw_features(), cache_dir=cache_dir)
     except (UnicodeDecodeError, ValueError, OSError, DatasetGenerationError) as exc:
-        cause = exc.__cause__ if isinstance(exc, DatasetGenerationError) else None
-        exc = cause or exc
-        raise FormatError(f"data.path: cannot read {path} ({type(exc).__name__}: {exc}). "
-                          "Check that it is UTF-8 JSON Lines, a JSON array, Parquet or CSV.") from exc
-
-
-def features(kind: str):
-    """Returns the ``datasets.Features`` of a canonical kind's columns (``reject`` included)."""
-    from datasets import Features, List, Value
-
-    call = {"id": Value("string"), "type": Value("string"),
-            "function": {"name": Value("string"), "arguments": Value("string")}}
-    message = List({"role": Value("string"), "content": Value("string"),
-                    "tool_calls": List(call), "tool_call_id": Value("string"),
-                    "name": Value("string"), "weight": Value("float64")})
-    types = {"messages": message, "prompt": message, "chosen": message, "rejected": message,
-             "tools": Value("string"), "text": Value("string"),
-             "meta": {"file": Value("string"), "line": Value("int64"), "row": Value("int64"),
-                      "format": Value("string")},
-             "reject": {"code": Value("string"), "path": Value("string"),
-                        "message": Value("string")}}
-    return Features({name: types[name] for name in canonical.COLUMNS[kind]})
+        cause = (exc.__cause__ if isinstance(exc, DatasetGenerationError) else None) or exc
+        raise FormatError(f"data.path: cannot read {path} ({type(cause).__name__}: {cause}). "
+                          "Check that it is UTF-8 JSON Lines, a JSON array, Parquet or "
+                          "CSV.") from exc
 
 
 def _sample(records, n: int = DETECT_SAMPLE) -> list[tuple[int, Any]]:
     batch = records.select(range(min(n, len(records))))[:]
     return [(i + 1, row) for i, (row, _) in enumerate(source_rows(batch))]
-
-
-def split_rejects(ds, num_proc: int | None = None):
-    """Splits a dataset with a ``reject`` column into (rows without it, meta + reject of the rest)."""
-    clean = ds.filter(lambda r: [x is None for x in r], input_columns="reject", batched=True,
-                      num_proc=num_proc)
-    bad = ds.filter(lambda r: [x is not None for x in r], input_columns="reject", batched=True,
-                    num_proc=num_proc)
-    return clean.remove_columns("reject"), bad.select_columns(["meta", "reject"])
-
-
-def count_rejects(rejects) -> dict[str, int]:
-    """Counts rejects by reason code, most common first (Arrow compute, no Python rows)."""
-    import pyarrow.compute as pc
-
-    table = rejects.with_format("arrow")[:]
-    counts = pc.value_counts(pc.struct_field(table.column("reject"), "code")).to_pylist()
-    return dict(sorted(((d["values"], d["counts"]) for d in counts), key=lambda x: (-x[1], x[0])))
 
 
 def read_source(path_or_glob: str | Path, format: str = "auto", columns: dict | None = None,

@@ -7,8 +7,8 @@ Contract, for the data stage:
 
 ``check_batch(batch, indices)`` takes a batch of canonical rows of any kind (``canonical``) and
 returns ``{"reject": reasons}``: one ``{"code", "path", "message"}`` or None per row, the first
-problem found (a reject the batch already carries is kept). ``lint`` does the map and splits the
-result like ``readers.split_rejects``. What is checked, with its stable code:
+problem found (a reject the batch already carries is kept); ``prepare.lint`` maps it over a
+Dataset and splits off the rejects. What is checked, with its stable code:
 
 - every tool call names a tool the row declares, when it declares any (``unknown_tool``); its
   arguments parse as JSON (``arguments_not_json``), are an object (``arguments_not_object``) and
@@ -24,7 +24,7 @@ result like ``readers.split_rejects``. What is checked, with its stable code:
   (``empty_content``), a row with no messages or text (``empty_row``), a preference pair whose
   chosen equals its rejected (``same_pair``), and with ``max_length`` a row longer than that in
   the model's tokens (``too_long``, never truncated): ``measure(rows)`` returns the token count
-  of each canonical row given (``chat_token_counter`` builds one from a tokenizer).
+  of each canonical row given (``prepare.chat_token_counter`` builds one from a tokenizer).
 
 Paths are JSON paths inside the canonical row, e.g.
 ``messages[3].tool_calls[0].function.arguments.due``. Pure Python plus ``jsonschema``.
@@ -41,7 +41,7 @@ from typing import Any
 from jsonschema import exceptions as js_exceptions
 from jsonschema import validators
 
-from llmops.data.canonical import Rejected, to_openai_row
+from llmops.data.canonical import Rejected
 
 Measure = Callable[[list[dict[str, Any]]], Sequence[int]]
 _SCHEMA_CODES = {"type": "argument_type", "required": "argument_missing", "enum":
@@ -210,7 +210,8 @@ def check_batch(batch: Mapping[str, list], indices: Sequence[int], max_length: i
                 measure: Measure | None = None) -> dict[str, list]:
     """Returns ``{"reject": [...]}`` for a batch of canonical rows (see the module docstring)."""
     names = [k for k in batch if k not in ("meta", "reject")]
-    rows = [dict(zip(names, values, strict=True)) for values in zip(*(batch[k] for k in names))]
+    columns = [batch[k] for k in names]
+    rows = [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
     reasons: list[dict[str, str] | None] = list(batch.get("reject") or [None] * len(indices))
     for i, row in enumerate(rows):
         if reasons[i] is None:
@@ -226,40 +227,3 @@ def check_batch(batch: Mapping[str, list], indices: Sequence[int], max_length: i
                                       f"{max_length}. Raise data.max_length or shorten the "
                                       "row; it is not truncated.").to_dict()
     return {"reject": reasons}
-
-
-def chat_token_counter(tokenizer: Any) -> Measure:
-    """Returns a ``measure`` that counts a row's tokens as the tokenizer's chat template renders
-    it (tools included); text rows and tokenizers without a template count the plain text."""
-
-    def measure(rows: list[dict[str, Any]]) -> list[int]:
-        counts = []
-        for row in rows:
-            if "text" in row or not getattr(tokenizer, "chat_template", None):
-                text = row.get("text") or "\n".join(
-                    m["content"] or "" for m in row.get("messages") or [])
-                counts.append(len(tokenizer(text)["input_ids"]))
-                continue
-            plain = to_openai_row(row, parse_arguments=True)
-            ids = tokenizer.apply_chat_template(
-                plain.get("messages") or [*plain["prompt"], *plain["chosen"]],
-                tools=plain.get("tools"), tokenize=True, return_dict=True)["input_ids"]
-            counts.append(len(ids))
-        return counts
-
-    return measure
-
-
-def lint(rows, max_length: int | None = None, measure: Measure | None = None,
-         num_proc: int | None = None):
-    """Checks a Dataset of canonical rows; returns ``(clean rows, meta + reject of the rest)``."""
-    from functools import partial
-
-    from llmops.data.readers import features, split_rejects
-
-    types = rows.features.copy()
-    types["reject"] = features("text")["reject"]
-    checked = rows.map(partial(check_batch, max_length=max_length, measure=measure),
-                       batched=True, with_indices=True, num_proc=num_proc, features=types,
-                       desc="check rows")
-    return split_rejects(checked, num_proc)
