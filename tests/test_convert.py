@@ -95,6 +95,17 @@ def test_sharegpt_unknown_role_is_rejected_with_its_path_and_the_mapping_to_fix_
     assert out["messages"] == [None]
 
 
+@pytest.mark.parametrize("fmt, row, path", [
+    ("openai", {"messages": [{"role": "user", "content": "x", "weight": 0.5}]},
+     "messages[0].weight"),
+    ("sharegpt", {"conversations": [{"from": "gpt", "value": "x", "weight": "1"}]},
+     "conversations[0].weight"),
+])
+def test_a_weight_other_than_0_or_1_is_rejected(fmt, row, path):
+    out = convert(fmt, [row])
+    assert out["reject"][0]["code"] == "bad_weight" and out["reject"][0]["path"] == path
+
+
 def test_sharegpt_function_call_that_is_not_json_is_rejected():
     out = convert("sharegpt", [{"conversations": [{"from": "human", "value": "Hi"},
                                                   {"from": "function_call", "value": "create("}]}])

@@ -166,3 +166,15 @@ def test_rouge_l_and_chrf_on_known_cases():
     assert rouge_l([], []) is None and chrf([], []) is None
     with pytest.raises(ValueError, match="got 1 predictions for 2 references"):
         rouge_l(["a"], ["a", "b"])
+
+
+def test_converters_checks_and_scorers_import_no_heavy_library():
+    import subprocess
+    import sys
+
+    code = ("import sys, llmops.data.convert, llmops.data.detect, llmops.data.toolcheck, "
+            "llmops.data.readers, llmops.data.prepare, llmops.scoring.tools, llmops.scoring.text; "
+            "heavy = ('torch', 'transformers', 'datasets', 'pyarrow', 'rouge_score', 'sacrebleu'); "
+            "print(sorted(m for m in heavy if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -109,6 +109,11 @@ def test_calls_are_not_checked_against_tools_when_the_row_declares_none():
     check_row(_row(M("user", "x"), M("assistant", None, CALLS)))
 
 
+def test_an_empty_assistant_answer_without_calls_is_rejected():
+    assert reject_of(_row(M("user", "x"), M("assistant", "  "))) == (
+        "empty_content", "messages[1].content")
+
+
 def test_every_assistant_turn_at_weight_zero_leaves_nothing_to_learn():
     assert reject_of(_row(M("user", "x"), M("assistant", "y", weight=0.0))) == (
         "nothing_to_learn", "messages")

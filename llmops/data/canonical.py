@@ -103,6 +103,16 @@ def content_text(value: Any, path: str) -> str | None:
     )
 
 
+def weight(value: Any, path: str) -> float | None:
+    """Returns a message weight as None, 0.0 or 1.0."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or value not in (0, 1):
+        raise Rejected("bad_weight", path, f"must be 0 or 1 (got {value!r}). 0 leaves the "
+                       "message out of the loss.")
+    return float(value)
+
+
 def arguments_text(value: Any) -> str:
     """Returns call arguments as JSON text: a string is kept verbatim, None becomes ``{}``."""
     if value is None:

@@ -111,10 +111,6 @@ def openai_messages(value: Any, path: str) -> list[dict[str, Any]]:
         calls = m.get("tool_calls")
         if calls is not None and not isinstance(calls, list):
             raise c.Rejected("bad_tool_call", f"{where}.tool_calls", "must be a list of calls.")
-        weight = m.get("weight")
-        if weight is not None and (isinstance(weight, bool) or weight not in (0, 1)):
-            raise c.Rejected("bad_weight", f"{where}.weight", f"must be 0 or 1 (got {weight!r}). "
-                             "0 leaves the message out of the loss.")
         out.append(c.message(
             role,
             c.content_text(m.get("content"), f"{where}.content"),
@@ -122,7 +118,7 @@ def openai_messages(value: Any, path: str) -> list[dict[str, Any]]:
             if calls else None,
             m.get("tool_call_id") if isinstance(m.get("tool_call_id"), str) else None,
             m.get("name") if isinstance(m.get("name"), str) else None,
-            None if weight is None else float(weight),
+            c.weight(m.get("weight"), f"{where}.weight"),
         ))
     return out
 

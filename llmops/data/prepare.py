@@ -15,13 +15,46 @@ from llmops.data.canonical import to_openai_row
 from llmops.data.toolcheck import Measure, check_batch
 
 
-def split_rejects(ds, num_proc: int | None = None):
+class ArrowBatches:
+    """Wraps a batch function (dict of column lists out) so that it returns a ``pyarrow.Table``
+    of the given ``datasets.Features``: one C++ conversion per batch instead of datasets' casts
+    value by value (the difference is most of the run time at a million rows)."""
+
+    def __init__(self, fn: Any, types: Any):
+        self.fn, self.schema = fn, types.arrow_schema
+
+    def __call__(self, batch: dict, indices: list[int]) -> Any:
+        """Returns the function's output for the batch as an Arrow table."""
+        import pyarrow as pa
+
+        return pa.Table.from_pydict(self.fn(batch, indices), schema=self.schema)
+
+
+def split_on(rows, reasons):
+    """Splits rows by a same-length Dataset whose ``reject`` column says why a row is out.
+
+    Returns:
+        ``(rows without a reject, meta + reject of the others)``; the kept rows are an index
+        selection over ``rows`` (numpy indices, no copy of the rows).
+    """
+    import datasets
+    import numpy as np
+    import pyarrow.compute as pc
+
+    column = reasons.with_format("arrow")[:].column("reject")
+    bad = pc.is_valid(column).to_numpy(zero_copy_only=False)
+    bad_idx, good_idx = np.flatnonzero(bad), np.flatnonzero(~bad)
+    clean = rows.select(good_idx) if bad_idx.size else rows
+    rejects = datasets.concatenate_datasets(
+        [rows.select(bad_idx).select_columns(["meta"]).flatten_indices(),
+         reasons.select(bad_idx).select_columns(["reject"]).flatten_indices()], axis=1)
+    return clean, rejects
+
+
+def split_rejects(ds):
     """Splits a Dataset on its ``reject`` column: (rows without one, meta + reject of the rest)."""
-    clean = ds.filter(lambda r: [x is None for x in r], input_columns="reject", batched=True,
-                      num_proc=num_proc)
-    bad = ds.filter(lambda r: [x is not None for x in r], input_columns="reject", batched=True,
-                    num_proc=num_proc)
-    return clean.remove_columns("reject"), bad.select_columns(["meta", "reject"])
+    clean, rejects = split_on(ds, ds.select_columns(["reject"]))
+    return clean.remove_columns("reject"), rejects
 
 
 def count_rejects(rejects) -> dict[str, int]:
@@ -57,12 +90,17 @@ def chat_token_counter(tokenizer: Any) -> Measure:
 
 def lint(rows, max_length: int | None = None, measure: Measure | None = None,
          num_proc: int | None = None):
-    """Checks a Dataset of canonical rows; returns ``(clean rows, meta + reject of the rest)``."""
+    """Checks a Dataset of canonical rows; returns ``(clean rows, meta + reject of the rest)``.
+
+    Only the reject column is written (the rows are not copied); clean rows are an index
+    selection over ``rows``.
+    """
+    from datasets import Features
+
     from llmops.data.canonical import features
 
-    types = rows.features.copy()
-    types["reject"] = features("text")["reject"]
-    checked = rows.map(partial(check_batch, max_length=max_length, measure=measure),
-                       batched=True, with_indices=True, num_proc=num_proc, features=types,
-                       desc="check rows")
-    return split_rejects(checked, num_proc)
+    types = Features({"reject": features("text")["reject"]})
+    check = ArrowBatches(partial(check_batch, max_length=max_length, measure=measure), types)
+    reasons = rows.map(check, batched=True, with_indices=True, num_proc=num_proc,
+                       remove_columns=rows.column_names, features=types, desc="check rows")
+    return split_on(rows, reasons)

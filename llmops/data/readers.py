@@ -25,7 +25,10 @@ functions. Checks of tool calls, order and length are ``toolcheck``'s, run after
 from __future__ import annotations
 
 import glob
+import hashlib
+import itertools
 import json
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,10 +37,11 @@ from typing import Any
 from llmops.data.canonical import features
 from llmops.data.convert import ERROR, LINE, RAW, Converter, FormatError, source_rows
 from llmops.data.detect import detect_format
-from llmops.data.prepare import split_rejects
+from llmops.data.prepare import ArrowBatches, split_rejects
 
 SUFFIXES: tuple[str, ...] = (".jsonl", ".json", ".parquet", ".csv")
 DETECT_SAMPLE = 200
+BATCH = 10_000
 
 
 def expand(path_or_glob: str | Path) -> list[Path]:
@@ -72,17 +76,17 @@ def _head(path: Path, size: int = 1 << 16) -> bytes:
     return b"".join(head.split()) if len(head) < size else head.lstrip()
 
 
-def _jsonl_records(path: str, stamp: tuple) -> Iterator[dict[str, Any]]:
-    """Yields one record per non-blank line; ``stamp`` keeps datasets' cache per file version."""
+def _jsonl_records(path: str) -> Iterator[tuple[str | None, str | None, int]]:
+    """Yields ``(json text, error, line)`` per non-blank line."""
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                yield {RAW: None, ERROR: f"not UTF-8 text (byte {exc.start})", LINE: number}
+                yield None, f"not UTF-8 text (byte {exc.start})", number
                 continue
             if text.strip():
-                yield {RAW: text.rstrip("\r\n"), ERROR: None, LINE: number}
+                yield text.rstrip("\r\n"), None, number
 
 
 _LINE_START = re.compile(r"\n([ \t,]*)([{\[])")
@@ -102,8 +106,8 @@ def _resync(text: str, start: int, column: int) -> int | None:
     return None
 
 
-def _array_records(path: str, stamp: tuple) -> Iterator[dict[str, Any]]:
-    """Yields one record per element of a JSON array file, broken elements as errors."""
+def _array_records(path: str) -> Iterator[tuple[str | None, str | None, int]]:
+    """Yields ``(json text, error, line)`` per element of a JSON array file."""
     text = Path(path).read_bytes().decode("utf-8-sig")
     decoder = json.JSONDecoder()
     ws = " \t\r\n"
@@ -133,13 +137,13 @@ def _array_records(path: str, stamp: tuple) -> Iterator[dict[str, Any]]:
             where = f"line {exc.lineno}, column {exc.colno}"
             nxt = _resync(text, pos, column)
             rest = "" if nxt is not None else "; no element after it could be found"
-            yield {RAW: None, ERROR: f"element {index} of the JSON array is not valid JSON "
-                   f"({exc.msg} at {where}{rest})", LINE: start_line}
+            yield None, (f"element {index} of the JSON array is not valid JSON "
+                         f"({exc.msg} at {where}{rest})"), start_line
             if nxt is None:
                 return
             pos, index = nxt, index + 1
             continue
-        yield {RAW: text[pos:end], ERROR: None, LINE: start_line}
+        yield text[pos:end], None, start_line
         pos, index = (after + 1 if after < len(text) and text[after] == "," else after), index + 1
 
 
@@ -150,6 +154,32 @@ def _raw_features():
                               LINE: datasets.Value("int64")})
 
 
+def _records_dataset(path: Path, gen: Any, cache_dir: str | None):
+    """Writes a JSON file's records to an Arrow file once per file version (path, size, mtime),
+    published by an atomic rename, and returns it memory-mapped."""
+    import datasets
+    from datasets.arrow_writer import ArrowWriter
+
+    stat = path.stat()
+    version = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{gen.__name__}"
+    folder = Path(cache_dir or datasets.config.HF_DATASETS_CACHE) / "llmops_records"
+    target = folder / f"{hashlib.sha256(version.encode()).hexdigest()[:24]}.arrow"
+    if not target.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(f".{os.getpid()}.partial")
+        try:
+            with ArrowWriter(features=_raw_features(), path=str(partial)) as writer:
+                records = gen(str(path))
+                for chunk in iter(lambda: list(itertools.islice(records, BATCH)), []):
+                    raw, error, line = zip(*chunk, strict=True)
+                    writer.write_batch({RAW: list(raw), ERROR: list(error), LINE: list(line)})
+                writer.finalize()
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
+    return datasets.Dataset.from_file(str(target))
+
+
 def load_records(path: Path, cache_dir: str | None = None):
     """Loads one file's records as a Dataset: JSON texts for JSON files, else the file's columns.
 
@@ -157,7 +187,6 @@ def load_records(path: Path, cache_dir: str | None = None):
         FormatError: If the file cannot be read (not UTF-8, not a JSON array, not Parquet/CSV).
     """
     import datasets
-    from datasets.exceptions import DatasetGenerationError
 
     try:
         if path.is_dir():
@@ -176,14 +205,10 @@ def load_records(path: Path, cache_dir: str | None = None):
         if head in (b"", b"[]"):
             raise FormatError(f"data.path: {path} holds no rows. Fill it or point data.path at "
                               "another file.")
-        stat = path.stat()
         gen = _array_records if suffix == ".json" and head.startswith(b"[") else _jsonl_records
-        return datasets.Dataset.from_generator(
-            gen, gen_kwargs={"path": str(path), "stamp": (stat.st_size, stat.st_mtime_ns)},
-            features=_raw_features(), cache_dir=cache_dir)
-    except (UnicodeDecodeError, ValueError, OSError, DatasetGenerationError) as exc:
-        cause = (exc.__cause__ if isinstance(exc, DatasetGenerationError) else None) or exc
-        raise FormatError(f"data.path: cannot read {path} ({type(cause).__name__}: {cause}). "
+        return _records_dataset(path, gen, cache_dir)
+    except (UnicodeDecodeError, ValueError, OSError) as exc:
+        raise FormatError(f"data.path: cannot read {path} ({type(exc).__name__}: {exc}). "
                           "Check that it is UTF-8 JSON Lines, a JSON array, Parquet or "
                           "CSV.") from exc
 
@@ -226,11 +251,12 @@ def read_source(path_or_glob: str | Path, format: str = "auto", columns: dict | 
             (k1, p1), (k2, p2) = kinds.items()
             raise FormatError(f"data.path: {p1} holds {k1} rows but {p2} holds {k2} rows. Read "
                               "them as separate sources.")
-        parts.append(records.map(convert, batched=True, with_indices=True,
+        types = features(convert.kind)
+        parts.append(records.map(ArrowBatches(convert, types), batched=True, with_indices=True,
                                  remove_columns=records.column_names, num_proc=num_proc,
-                                 features=features(convert.kind), desc=f"convert {path.name}"))
+                                 features=types, desc=f"convert {path.name}"))
     merged = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
-    return split_rejects(merged, num_proc)
+    return split_rejects(merged)
 
 
 def _mapping(columns: dict | None, tags: dict | None) -> tuple[dict, dict]:

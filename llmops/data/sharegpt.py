@@ -79,8 +79,7 @@ def sharegpt_to_messages(
             out.append(c.message("assistant", None, calls))
             continue
         text = c.content_text(value, f"{where}.{tags['content']}")
-        weight = turn.get("weight")
-        weight = float(weight) if isinstance(weight, (int, float)) and weight in (0, 1) else None
+        weight = c.weight(turn.get("weight"), f"{where}.weight")
         if name == "observation":
             call = pending.pop(0) if pending else None
             out.append(c.message("tool", text, None, call and call["id"],

@@ -20,7 +20,7 @@ Dataset and splits off the rejects. What is checked, with its stable code:
   when it has no id): ``orphan_tool_message``; roles follow system? → (user → assistant
   [→ tool+ → assistant])*: ``bad_role_order``; the row ends with an assistant turn
   (``no_assistant_end``) that is trained on (``nothing_to_learn``, every weight 0);
-- ``content`` null without ``tool_calls`` (``null_content``), an empty user/system/tool turn
+- ``content`` null without ``tool_calls`` (``null_content``), an empty turn without calls
   (``empty_content``), a row with no messages or text (``empty_row``), a preference pair whose
   chosen equals its rejected (``same_pair``), and with ``max_length`` a row longer than that in
   the model's tokens (``too_long``, never truncated): ``measure(rows)`` returns the token count
@@ -150,7 +150,7 @@ def check_messages(messages: Sequence[Mapping[str, Any]], tools: str | None,
         if m["content"] is None and not calls:
             raise Rejected("null_content", f"{path}.content", "is null but the message has no "
                            "tool_calls. Give it text or calls.")
-        if role != "assistant" and not (m["content"] or "").strip():
+        if not calls and not (m["content"] or "").strip():
             raise Rejected("empty_content", f"{path}.content", f"the {role} turn is empty. "
                            "Fill it or drop the turn.")
         for k, call in enumerate(calls or []):
