@@ -1,0 +1,253 @@
+"""Defines llmops's canonical row (OpenAI's chat form); normalises messages, calls and tools to it.
+
+A canonical *chat* row has three columns (plus ``reject`` while it is being read and checked):
+
+- ``messages``: a list of ``{"role", "content", "tool_calls", "tool_call_id", "name", "weight"}``,
+  every key present (Arrow structs have fixed fields; an unused one is None). ``role`` is one of
+  ``ROLES``; ``content`` is a string or None (a list of text parts is joined); ``tool_calls`` is
+  None or a list of ``{"id", "type": "function", "function": {"name", "arguments"}}`` where
+  ``arguments`` is always a *string*, kept verbatim when the input gave a string (so the checks
+  can still reject one that is not JSON) and JSON-encoded when it gave an object; ``weight`` is
+  None, 0 (not trained on) or 1.
+- ``tools``: the JSON text of the row's OpenAI ``tools`` list (``[{"type": "function",
+  "function": {"name", "description", "parameters"}}]``), or None when the row declares none.
+  JSON text, because Arrow cannot hold arbitrary JSON Schemas as typed columns.
+- ``meta``: ``{"file", "line", "row", "format"}``: the source file, its 1-based line (None for
+  columnar files), the 1-based record number in that file, and the format it was read as.
+
+A *preference* row has ``prompt``, ``chosen`` and ``rejected`` message lists instead of
+``messages``; a *text* row (continued pre-training) has ``text``. ``reject`` is None or
+``{"code", "path", "message"}``: a stable reason code, the JSON path inside the source row, and a
+sentence that names the value and the fix.
+
+Pure Python; ``features(kind)`` imports ``datasets`` to give a kind's ``datasets.Features``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
+KINDS: tuple[str, ...] = ("chat", "preference", "text")
+
+#: Columns of each kind, in order, ``reject`` included.
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "chat": ("messages", "tools", "meta", "reject"),
+    "preference": ("prompt", "chosen", "rejected", "tools", "meta", "reject"),
+    "text": ("text", "meta", "reject"),
+}
+
+
+class Rejected(ValueError):
+    """One source row cannot become a canonical row: a reason code, a JSON path and a message."""
+
+    def __init__(self, code: str, path: str, message: str):
+        super().__init__(f"{path}: {message}")
+        self.code, self.path, self.message = code, path, message
+
+    def to_dict(self) -> dict[str, str]:
+        """Returns the reject as the ``reject`` column holds it."""
+        return {"code": self.code, "path": self.path, "message": self.message}
+
+
+def message(
+    role: str,
+    content: str | None = None,
+    tool_calls: list[dict[str, Any]] | None = None,
+    tool_call_id: str | None = None,
+    name: str | None = None,
+    weight: float | None = None,
+) -> dict[str, Any]:
+    """Returns one canonical message with every key present."""
+    return {
+        "role": role,
+        "content": content,
+        "tool_calls": tool_calls,
+        "tool_call_id": tool_call_id,
+        "name": name,
+        "weight": weight,
+    }
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def content_text(value: Any, path: str) -> str | None:
+    """Returns a message content as a string or None; joins a list of text parts."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        parts = []
+        for k, part in enumerate(value):
+            if isinstance(part, str):
+                parts.append(part)
+            elif isinstance(part, dict) and part.get("type", "text") == "text" and isinstance(
+                part.get("text"), str
+            ):
+                parts.append(part["text"])
+            else:
+                kind = part.get("type") if isinstance(part, dict) else _kind(part)
+                raise Rejected(
+                    "content_part",
+                    f"{path}[{k}]",
+                    f"content part of type {kind!r} is not supported; only text parts "
+                    '({"type": "text", "text": ...}) are. Remove it or turn it into text.',
+                )
+        return "".join(parts)
+    raise Rejected(
+        "bad_content",
+        path,
+        f"must be a string, null or a list of text parts (got {_kind(value)}).",
+    )
+
+
+def weight(value: Any, path: str) -> float | None:
+    """Returns a message weight as None, 0.0 or 1.0."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or value not in (0, 1):
+        raise Rejected("bad_weight", path, f"must be 0 or 1 (got {value!r}). 0 leaves the "
+                       "message out of the loss.")
+    return float(value)
+
+
+def arguments_text(value: Any) -> str:
+    """Returns call arguments as JSON text: a string is kept verbatim, None becomes ``{}``."""
+    if value is None:
+        return "{}"
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
+def tool_call(value: Any, path: str, call_id: str | None = None) -> dict[str, Any]:
+    """Normalises one tool call: OpenAI's ``{"id", "type", "function"}`` or a flat ``{"name",
+    "arguments"}``; ``call_id`` is used when the call has no id of its own."""
+    if not isinstance(value, dict):
+        raise Rejected(
+            "bad_tool_call",
+            path,
+            f"must be an object with 'function' (got {_kind(value)}). "
+            'Write {"id": ..., "type": "function", "function": {"name": ..., "arguments": ...}}.',
+        )
+    fn = value.get("function")
+    fn_path = f"{path}.function"
+    if fn is None and "name" in value:
+        fn, fn_path = value, path
+    if not isinstance(fn, dict):
+        raise Rejected(
+            "bad_tool_call",
+            fn_path,
+            f"must be an object with 'name' and 'arguments' (got {_kind(fn)}).",
+        )
+    name = fn.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise Rejected(
+            "tool_call_name",
+            f"{fn_path}.name",
+            f"must be the called tool's name (got {name!r}). Name the tool.",
+        )
+    ident = value.get("id") if fn is not value else None
+    return {
+        "id": ident if isinstance(ident, str) and ident else call_id,
+        "type": "function",
+        "function": {"name": name, "arguments": arguments_text(fn.get("arguments"))},
+    }
+
+
+def tools_json(value: Any, path: str = "tools") -> str | None:
+    """Normalises a row's tools (a list, or its JSON text) to OpenAI's form; returns JSON text.
+
+    Each tool may be ``{"type": "function", "function": {...}}`` or the bare function schema
+    ``{"name", "description", "parameters"}`` (ShareGPT). None, ``""`` and ``[]`` declare none.
+    """
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise Rejected(
+                "tools_not_json",
+                path,
+                f"is a string but not JSON ({exc.msg} at column {exc.colno}). "
+                "Write the tools as a JSON list of function schemas.",
+            ) from exc
+    if not isinstance(value, list):
+        raise Rejected(
+            "bad_tools", path, f"must be a list of function schemas (got {_kind(value)})."
+        )
+    out = []
+    for i, tool in enumerate(value):
+        fn = tool.get("function") if isinstance(tool, dict) and "function" in tool else tool
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise Rejected(
+                "bad_tools",
+                f"{path}[{i}]",
+                "must be a function schema with a string 'name' "
+                '({"type": "function", "function": {"name": ..., "parameters": {...}}}).',
+            )
+        out.append({"type": "function", "function": fn})
+    return json.dumps(out, ensure_ascii=False) if out else None
+
+
+def _plain_message(m: dict[str, Any], parse_arguments: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": m["role"], "content": m["content"]}
+    if m.get("tool_calls"):
+        calls = []
+        for c in m["tool_calls"]:
+            args = c["function"]["arguments"]
+            if parse_arguments:
+                try:
+                    args = json.loads(args)
+                except json.JSONDecodeError:
+                    pass
+            call = {"type": "function", "function": {"name": c["function"]["name"],
+                                                     "arguments": args}}
+            if c.get("id"):
+                call["id"] = c["id"]
+            calls.append(call)
+        out["tool_calls"] = calls
+    for key in ("tool_call_id", "name", "weight"):
+        if m.get(key) is not None:
+            out[key] = m[key]
+    return out
+
+
+def to_openai_row(row: dict[str, Any], parse_arguments: bool = False) -> dict[str, Any]:
+    """Returns a canonical row as a plain OpenAI row: unused keys dropped, ``tools`` parsed.
+
+    Args:
+        row: A canonical row (chat or preference kind), e.g. ``dataset[i]``.
+        parse_arguments: Whether to turn ``function.arguments`` into objects (what most chat
+            templates expect); arguments that are not JSON stay strings.
+    """
+    out: dict[str, Any] = {}
+    for key in ("messages", "prompt", "chosen", "rejected"):
+        if key in row:
+            out[key] = [_plain_message(m, parse_arguments) for m in row[key]]
+    if row.get("tools"):
+        out["tools"] = json.loads(row["tools"])
+    if "meta" in row:
+        out["meta"] = row["meta"]
+    return out
+
+
+def features(kind: str):
+    """Returns the ``datasets.Features`` of a canonical kind's columns (``reject`` included)."""
+    from datasets import Features, List, Value
+
+    call = {"id": Value("string"), "type": Value("string"),
+            "function": {"name": Value("string"), "arguments": Value("string")}}
+    message = List({"role": Value("string"), "content": Value("string"),
+                    "tool_calls": List(call), "tool_call_id": Value("string"),
+                    "name": Value("string"), "weight": Value("float64")})
+    types = {"messages": message, "prompt": message, "chosen": message, "rejected": message,
+             "tools": Value("string"), "text": Value("string"),
+             "meta": {"file": Value("string"), "line": Value("int64"), "row": Value("int64"),
+                      "format": Value("string")},
+             "reject": {"code": Value("string"), "path": Value("string"),
+                        "message": Value("string")}}
+    return Features({name: types[name] for name in COLUMNS[kind]})

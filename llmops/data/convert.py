@@ -1,0 +1,249 @@
+"""Converts source rows of every known format to canonical rows (``canonical``), a batch at a time.
+
+Contract, for the readers and the data stage:
+
+- ``Converter(fmt, file, columns, tags)`` is a picklable callable for
+  ``Dataset.map(batched=True, with_indices=True)``. Its input batch holds, per record, either
+  ``__raw__`` (the record's JSON text) and ``__error__`` (why the reader could not cut it out, or
+  None), as the readers produce for JSON and JSON Lines files, or the file's own columns (Parquet,
+  CSV, ``save_to_disk`` folders; a column holding JSON text is parsed); ``__line__`` gives the
+  1-based source line or None. ``indices`` are the 0-based record numbers inside that file.
+- It returns, one entry per input record, the columns ``canonical.COLUMNS[KIND[fmt]]``; a
+  record that cannot be converted keeps its ``meta`` and gets a ``reject`` (its other columns are
+  None). Conversion only reshapes: whether calls match their tools is ``toolcheck``'s business.
+- ``columns`` renames source columns (keys of ``DEFAULT_COLUMNS``) and ``tags`` renames ShareGPT's
+  keys and role names (keys of ``DEFAULT_TAGS``), as LLaMA-Factory's dataset_info does; both only
+  hold overrides, the defaults live here.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from llmops.data import canonical as c
+from llmops.data.sharegpt import TAG_ROLES, sharegpt_preference, sharegpt_to_messages
+from llmops.errors import LlmopsError
+
+RAW, ERROR, LINE = "__raw__", "__error__", "__line__"
+
+FORMATS: tuple[str, ...] = (
+    "openai", "sharegpt", "alpaca", "completion", "text", "preference", "sharegpt_preference",
+)
+KIND: dict[str, str] = {
+    "openai": "chat", "sharegpt": "chat", "alpaca": "chat", "completion": "chat",
+    "text": "text", "preference": "preference", "sharegpt_preference": "preference",
+}
+#: Source column of each canonical field; ShareGPT reads ``messages`` from "conversations" first.
+DEFAULT_COLUMNS: dict[str, str] = {
+    "messages": "messages", "system": "system", "tools": "tools", "instruction": "instruction",
+    "input": "input", "output": "output", "history": "history", "prompt": "prompt",
+    "completion": "completion", "text": "text", "chosen": "chosen", "rejected": "rejected",
+}
+#: ShareGPT's turn keys and role names.
+DEFAULT_TAGS: dict[str, str] = {
+    "role": "from", "content": "value", **{tag: tag for tag in TAG_ROLES},
+}
+DEFAULT_TAGS.update(user="human", assistant="gpt")
+
+
+class FormatError(LlmopsError):
+    """A format, a column mapping or a file's rows cannot be understood."""
+
+
+def _check_names(given: Mapping[str, str] | None, allowed: Mapping[str, str], key: str) -> dict:
+    given = dict(given or {})
+    for name, value in given.items():
+        if name not in allowed:
+            close = difflib.get_close_matches(name, allowed, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise FormatError(
+                f"{key}.{name}: not a known name (allowed: {', '.join(allowed)}).{hint}"
+            )
+        if not isinstance(value, str) or not value:
+            raise FormatError(f"{key}.{name}: must be a non-empty string (got {value!r}).")
+    return {**allowed, **given}
+
+
+def _text(row: dict[str, Any], col: str, required: bool = True) -> str | None:
+    value = row.get(col)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or (required and not value.strip()):
+        what = "missing" if value is None else f"{value!r}" if isinstance(value, str) else (
+            type(value).__name__)
+        raise c.Rejected(
+            "missing_field" if value is None else "bad_field",
+            col,
+            f"must be a non-empty string (got {what}). Fill it, or map another column with "
+            f"data.columns.",
+        )
+    return value
+
+
+def json_value(row: dict[str, Any], col: str) -> Any:
+    """Returns ``row[col]``, parsed when it is JSON text of a list (CSV columns hold text)."""
+    value = row.get(col)
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise c.Rejected("bad_field", col, f"holds text that is not JSON ({exc.msg}).") from exc
+    return value
+
+
+def openai_messages(value: Any, path: str) -> list[dict[str, Any]]:
+    """Normalises a list of OpenAI messages (see ``canonical``)."""
+    if not isinstance(value, list):
+        raise c.Rejected("bad_messages", path, f"must be a list of messages (got "
+                         f"{'null' if value is None else type(value).__name__}).")
+    out = []
+    for i, m in enumerate(value):
+        where = f"{path}[{i}]"
+        if not isinstance(m, dict):
+            raise c.Rejected("bad_message", where, "must be an object with 'role' and 'content'.")
+        role = m.get("role")
+        if role not in c.ROLES:
+            raise c.Rejected("unknown_role", f"{where}.role", f"{role!r} is not one of "
+                             f"{', '.join(c.ROLES)}. Rename the role.")
+        calls = m.get("tool_calls")
+        if calls is not None and not isinstance(calls, list):
+            raise c.Rejected("bad_tool_call", f"{where}.tool_calls", "must be a list of calls.")
+        out.append(c.message(
+            role,
+            c.content_text(m.get("content"), f"{where}.content"),
+            [c.tool_call(x, f"{where}.tool_calls[{k}]") for k, x in enumerate(calls)] or None
+            if calls else None,
+            m.get("tool_call_id") if isinstance(m.get("tool_call_id"), str) else None,
+            m.get("name") if isinstance(m.get("name"), str) else None,
+            c.weight(m.get("weight"), f"{where}.weight"),
+        ))
+    return out
+
+
+def _turns(value: Any, col: str, role: str) -> list[dict[str, Any]]:
+    """Returns a prompt/chosen/rejected value (a string or a message list) as messages."""
+    if isinstance(value, str) and value.strip():
+        return [c.message(role, value)]
+    if isinstance(value, list) and value:
+        return openai_messages(value, col)
+    raise c.Rejected("bad_field", col, "must be a non-empty string or a list of messages.")
+
+
+def _system(row: dict[str, Any], cols: dict[str, str]) -> list[dict[str, Any]]:
+    value = _text(row, cols["system"], required=False)
+    return [c.message("system", value)] if value and value.strip() else []
+
+
+def _chat(fmt: str, row: dict[str, Any], cols: dict[str, str], tags: dict[str, str]) -> dict:
+    if fmt == "openai":
+        return {"messages": openai_messages(json_value(row, cols["messages"]), cols["messages"])}
+    if fmt == "sharegpt":
+        col = _sharegpt_column(row, cols)
+        return {"messages": _system(row, cols) + sharegpt_to_messages(
+            json_value(row, col), col, tags)}
+    if fmt == "completion":
+        return {"messages": [c.message("user", _text(row, cols["prompt"])),
+                             c.message("assistant", _text(row, cols["completion"]))]}
+    user = _text(row, cols["instruction"])
+    extra = _text(row, cols["input"], required=False)
+    history = json_value(row, cols["history"]) or []
+    if not isinstance(history, list) or not all(
+        isinstance(t, list) and len(t) == 2 and all(isinstance(s, str) for s in t)
+        for t in history
+    ):
+        raise c.Rejected("bad_field", cols["history"],
+                         "must be a list of [instruction, answer] string pairs.")
+    messages = _system(row, cols)
+    for q, a in history:
+        messages += [c.message("user", q), c.message("assistant", a)]
+    if extra and extra.strip():
+        user = f"{user}\n\n{extra}"
+    return {"messages": messages + [c.message("user", user),
+                                    c.message("assistant", _text(row, cols["output"]))]}
+
+
+def _sharegpt_column(row: dict[str, Any], cols: dict[str, str]) -> str:
+    if cols["messages"] != DEFAULT_COLUMNS["messages"] or "conversations" not in row:
+        return cols["messages"]
+    return "conversations"
+
+
+def convert_row(fmt: str, row: Any, cols: dict[str, str], tags: dict[str, str]) -> dict:
+    """Converts one parsed source row to the canonical columns of its kind (no ``meta``).
+
+    Raises:
+        canonical.Rejected: If the row does not fit ``fmt``.
+    """
+    if not isinstance(row, dict):
+        raise c.Rejected("not_object", "$", f"must be a JSON object (got {type(row).__name__}).")
+    kind = KIND[fmt]
+    if kind == "text":
+        return {"text": _text(row, cols["text"])}
+    tools = c.tools_json(json_value(row, cols["tools"]), cols["tools"])
+    if kind == "chat":
+        return {**_chat(fmt, row, cols, tags), "tools": tools}
+    if fmt == "sharegpt_preference":
+        col = _sharegpt_column(row, cols)
+        prompt, chosen, rejected = sharegpt_preference(
+            _system(row, cols), json_value(row, col), col, row.get(cols["chosen"]),
+            row.get(cols["rejected"]), (cols["chosen"], cols["rejected"]), tags)
+    else:
+        prompt = _system(row, cols) + _turns(json_value(row, cols["prompt"]), cols["prompt"],
+                                             "user")
+        chosen = _turns(json_value(row, cols["chosen"]), cols["chosen"], "assistant")
+        rejected = _turns(json_value(row, cols["rejected"]), cols["rejected"], "assistant")
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected, "tools": tools}
+
+
+def source_rows(batch: Mapping[str, list]) -> Iterator[tuple[Any, str | None]]:
+    """Yields each record of a batch as ``(value, error)``; value None when it cannot be read."""
+    if RAW in batch:
+        for raw, error in zip(batch[RAW], batch[ERROR], strict=True):
+            if error is not None:
+                yield None, error
+                continue
+            try:
+                yield json.loads(raw), None
+            except json.JSONDecodeError as exc:
+                yield None, f"invalid JSON: {exc.msg} (column {exc.colno})"
+        return
+    names = [k for k in batch if k != LINE]
+    for values in zip(*(batch[k] for k in names), strict=True):
+        yield dict(zip(names, values, strict=True)), None
+
+
+class Converter:
+    """Converts batches of one file's records to canonical rows (see the module docstring)."""
+
+    def __init__(self, fmt: str, file: str, columns: Mapping[str, str] | None = None,
+                 tags: Mapping[str, str] | None = None):
+        if fmt not in FORMATS:
+            close = difflib.get_close_matches(str(fmt), FORMATS, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise FormatError(f"data.format: {fmt!r} is not one of auto, {', '.join(FORMATS)}."
+                              f"{hint}")
+        self.fmt, self.kind, self.file = fmt, KIND[fmt], file
+        self.cols = _check_names(columns, DEFAULT_COLUMNS, "data.columns")
+        self.tags = _check_names(tags, DEFAULT_TAGS, "data.tags")
+
+    def __call__(self, batch: Mapping[str, list], indices: list[int]) -> dict[str, list]:
+        """Returns the canonical columns of the batch's records, a reject for each that fails."""
+        out: dict[str, list] = {name: [] for name in c.COLUMNS[self.kind]}
+        lines = batch.get(LINE) or [None] * len(indices)
+        for (row, error), index, line in zip(source_rows(batch), indices, lines, strict=True):
+            out["meta"].append({"file": self.file, "line": line, "row": index + 1,
+                                "format": self.fmt})
+            try:
+                if error is not None:
+                    raise c.Rejected("invalid_json", "$", f"{error}. Fix the JSON.")
+                values, reject = convert_row(self.fmt, row, self.cols, self.tags), None
+            except c.Rejected as exc:
+                values, reject = {}, exc.to_dict()
+            for name in c.COLUMNS[self.kind]:
+                if name not in ("meta", "reject"):
+                    out[name].append(values.get(name))
+            out["reject"].append(reject)
+        return out

@@ -1,0 +1,198 @@
+"""Scores predicted tool calls against the reference calls structurally, per call, and aggregates.
+
+``score_calls(reference, predicted, tools, refusal)`` scores one row. ``reference`` is the list of
+calls the row expects (canonical ``tool_calls`` or ``{"name", "arguments"}``); an empty list makes
+a *no-call* row (refusal or irrelevance: the right answer is not to call). ``predicted`` is what a
+parser (``parsers``) read from the model's answer. Calls are matched one to one by tool name
+(order free, parallel calls included), most equal arguments first. Arguments compare as parsed
+JSON: key order and spacing are free, ``1`` equals ``1.0``, ``true`` does not equal ``1``.
+
+``aggregate(scores)`` turns row scores into metrics (None where nothing of that kind was scored):
+exact_match (every row), tool_accuracy and call_exact (per reference call), arg_precision,
+arg_recall and arg_f1 (per top-level argument, over all calls), call_count_accuracy,
+json_valid_rate and schema_valid_rate (call rows), no_call_accuracy and refusal_rate (no-call
+rows), false_refusal_rate (call rows answered with a refusal), per_tool exact match, counts.
+``task_api_metrics`` is the bundled Task-API's evaluation as a case of this scorer.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from llmops.data import task_api
+from llmops.data.toolcheck import declared_tools
+from llmops.scoring.parsers import ParsedAnswer, parse_task_api
+
+_BAD = object()  # arguments that are not JSON
+
+
+def _call(call: Mapping[str, Any]) -> tuple[str, Any]:
+    """Returns ``(name, parsed arguments or _BAD)`` of a canonical or flat call."""
+    fn = call.get("function") or call
+    args = fn.get("arguments")
+    if args is None:
+        args = {}
+    if isinstance(args, str):
+        try:
+            args = json.loads(args)
+        except json.JSONDecodeError:
+            args = _BAD
+    return str(fn.get("name")), args
+
+
+def same(a: Any, b: Any) -> bool:
+    """Tells whether two parsed JSON values are equal (numbers by value, booleans only to
+    booleans, objects regardless of key order)."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return a == b
+    return type(a) is type(b) and a == b
+
+
+def _hits(ref: Any, pred: Any) -> int:
+    if not isinstance(ref, dict) or not isinstance(pred, dict):
+        return 0
+    return sum(1 for k in ref if k in pred and same(ref[k], pred[k]))
+
+
+def _size(args: Any) -> int:
+    return len(args) if isinstance(args, dict) else 0
+
+
+def _match(ref: list, pred: list) -> list[tuple[int, int]]:
+    pairs = sorted(((-_hits(r[1], p[1]), i, j) for i, r in enumerate(ref)
+                    for j, p in enumerate(pred) if r[0] == p[0]))
+    used_r, used_p, out = set(), set(), []
+    for _, i, j in pairs:
+        if i not in used_r and j not in used_p:
+            used_r.add(i)
+            used_p.add(j)
+            out.append((i, j))
+    return out
+
+
+def _schema_valid(pred: list, tools: Any) -> bool | None:
+    if tools is None:
+        return None
+    declared = declared_tools(tools if isinstance(tools, str) or tools is None
+                              else json.dumps(tools))
+    for name, args in pred:
+        entry = declared.get(name)
+        if entry is None or isinstance(entry[1], str) or not isinstance(args, dict):
+            return False
+        if not entry[1].is_valid(args):
+            return False
+    return bool(pred)
+
+
+def score_calls(reference: Sequence[Mapping[str, Any]], predicted: ParsedAnswer,
+                tools: Any = None, refusal: Callable[[str], bool] | None = None) -> dict:
+    """Scores one row's predicted calls (see the module docstring).
+
+    Args:
+        reference: The expected calls; empty for a no-call row.
+        predicted: The parsed answer.
+        tools: The row's tools (JSON text or list) for schema validity; None skips it.
+        refusal: Tells whether an answer's text declines; None counts any answer without a call
+            (and without a begun call) as declining.
+
+    Returns:
+        The row's counts and flags, as ``aggregate`` reads them.
+    """
+    ref = [_call(c) for c in reference]
+    pred = [_call(c) for c in predicted.calls]
+    declined = not pred and not predicted.errors
+    refused = declined and (refusal(predicted.text) if refusal else True)
+    pairs = _match(ref, pred)
+    exact_calls = sum(1 for i, j in pairs if ref[i][1] is not _BAD and same(ref[i][1], pred[j][1]))
+    json_valid = bool(pred) and not predicted.errors and all(a is not _BAD for _, a in pred)
+    score = {
+        "kind": "call" if ref else "no_call",
+        "tool": ref[0][0] if ref else None,
+        "n_ref": len(ref), "n_pred": len(pred), "tool_hits": len(pairs), "exact_calls":
+        exact_calls, "arg_tp": sum(_hits(ref[i][1], pred[j][1]) for i, j in pairs),
+        "arg_ref": sum(_size(a) for _, a in ref), "arg_pred": sum(_size(a) for _, a in pred),
+        "count_ok": len(pred) == len(ref), "json_valid": json_valid,
+        "schema_valid": _schema_valid(pred, tools) if ref else None,
+        "no_call": declined, "refused": refused,
+    }
+    if ref:
+        score["exact"] = (len(pred) == len(ref) == exact_calls) and not predicted.errors
+    else:
+        score["exact"] = refused
+    return score
+
+
+def _rate(flags: Sequence[bool | None]) -> float | None:
+    measured = [f for f in flags if f is not None]
+    return sum(measured) / len(measured) if measured else None
+
+
+def _ratio(num: int, den: int) -> float | None:
+    return num / den if den else None
+
+
+def aggregate(scores: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Aggregates row scores into metrics (see the module docstring)."""
+    calls = [s for s in scores if s["kind"] == "call"]
+    none = [s for s in scores if s["kind"] == "no_call"]
+
+    def total(key: str) -> int:
+        return sum(s[key] for s in scores)
+
+    precision = _ratio(total("arg_tp"), total("arg_pred"))
+    recall = _ratio(total("arg_tp"), total("arg_ref"))
+    f1 = None if precision is None or recall is None else (
+        2 * precision * recall / (precision + recall) if precision + recall else 0.0)
+    per_tool: dict[str, list[int]] = {}
+    for s in calls:
+        hit = per_tool.setdefault(s["tool"], [0, 0])
+        hit[0], hit[1] = hit[0] + int(s["exact"]), hit[1] + 1
+    return {
+        "exact_match": _rate([s["exact"] for s in scores]),
+        "tool_accuracy": _ratio(total("tool_hits"), total("n_ref")),
+        "call_exact": _ratio(total("exact_calls"), total("n_ref")),
+        "arg_precision": precision, "arg_recall": recall, "arg_f1": f1,
+        "call_count_accuracy": _rate([s["count_ok"] for s in calls]),
+        "json_valid_rate": _rate([s["json_valid"] for s in calls]),
+        "schema_valid_rate": _rate([s["schema_valid"] for s in calls]),
+        "no_call_accuracy": _rate([s["no_call"] for s in none]),
+        "refusal_rate": _rate([s["refused"] for s in none]),
+        "false_refusal_rate": _rate([s["refused"] for s in calls]),
+        "per_tool": {t: h / n for t, (h, n) in sorted(per_tool.items())},
+        "counts": {"total": len(scores), "call": len(calls), "no_call": len(none)},
+    }
+
+
+def reference_calls(row: Mapping[str, Any], parser: Callable[[str], ParsedAnswer]) -> list:
+    """Returns the calls a row expects: its last message's ``tool_calls``, else the calls the
+    parser reads from its content (a row whose ``meta.refuse`` is true expects none)."""
+    if (row.get("meta") or {}).get("refuse"):
+        return []
+    last = row["messages"][-1]
+    return list(last.get("tool_calls") or parser(last.get("content") or "").calls)
+
+
+def task_api_metrics(rows: Sequence[Mapping[str, Any]], predictions: Sequence[str]) -> dict:
+    """Scores Task-API answers with the tiny model's syntax and ``task_api.is_refusal``.
+
+    Its exact_match, json_valid_rate, refusal_rate, false_refusal_rate and per_tool are those of
+    ``llmops.evaluation.compute_metrics`` on Task-API rows (calls and must-refuse rows).
+
+    Raises:
+        ValueError: If rows and predictions differ in length.
+    """
+    if len(rows) != len(predictions):
+        raise ValueError(f"got {len(rows)} rows but {len(predictions)} predictions. Pass one "
+                         "prediction per row.")
+    return aggregate([
+        score_calls(reference_calls(row, parse_task_api), parse_task_api(pred),
+                    row.get("tools"), task_api.is_refusal)
+        for row, pred in zip(rows, predictions, strict=True)])
