@@ -32,9 +32,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("cli", "compare", "gguf_setup", "__main__"),
 )
 LAYER = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}
-# What the top level of llmops/ may hold: the foundation modules and the commands.
-TOP_LEVEL = {"__init__.py", "__main__.py", "errors.py", "env.py", "files.py", "compare.py",
-             "gguf_setup.py", "store", "cli"}
+# The loose modules the top level of llmops/ may hold: the package itself, the foundation modules
+# every layer may import, and the commands (`python -m llmops.X`); all else lives in a package.
+TOP_LEVEL_MODULES = {"__init__", "__main__", "errors", "env", "files", "compare", "gguf_setup"}
 
 
 def _module_name(path: Path) -> str:
@@ -147,9 +147,12 @@ def test_no_import_cycle_between_the_modules_of(unit):
         pytest.fail(f"import cycle inside {unit}: {' -> '.join(exc.args[1])}")
 
 
-def test_top_level_holds_only_foundation_modules_and_commands():
-    entries = {p.name for p in ROOT.iterdir() if p.name != "__pycache__"}
-    assert sorted(entries - TOP_LEVEL) == []
+def test_top_level_holds_only_foundation_modules_commands_and_packages():
+    loose = {p.stem for p in ROOT.glob("*.py")}
+    folders = {p.name for p in ROOT.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert sorted(loose - TOP_LEVEL_MODULES) == []
+    assert sorted(f for f in folders if not (ROOT / f / "__init__.py").is_file()) == []
+    assert sorted(folders - set(LAYER)) == []
 
 
 def test_the_checker_sees_function_level_and_relative_imports_and_skips_type_checking():

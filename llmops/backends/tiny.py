@@ -46,7 +46,7 @@ CHATML_TEMPLATE = (
 #: machine-independent.
 PRETRAIN_THREADS = 1
 
-log = logging.getLogger("llmops.tiny")
+log = logging.getLogger("llmops.backends.tiny")
 
 
 def corpus_texts(rows: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -221,10 +221,10 @@ def build_tiny_base(
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
+    from llmops.backends.common import torch_threads, write_json
     from llmops.compiler.plan import report_name
     from llmops.data import task_api
     from llmops.errors import StageError
-    from llmops.stages.common import torch_threads, write_json
 
     logger = logger or log
     arch, pp = dict(arch), dict(pretrain_params)
