@@ -19,14 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from llmops.compiler.plan import report_name
-from llmops.tracking import (
-    METRICS_FILE,
+from llmops.tracking.jobs import (
     is_noise,
     override_params,
     reproduce_command,
     swept_keys,
     varying_keys,
 )
+from llmops.tracking.metrics import METRICS_FILE
 
 LOWER_IS_BETTER = ("loss", "seconds", "false_refusal", "runtime")
 SKIP_DIRS = {"stages", "wandb", ".hydra", "checkpoints"}

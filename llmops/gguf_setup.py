@@ -4,8 +4,8 @@ The converter (convert_hf_to_gguf.py, its conversion/ package and gguf-py) is no
 package; it ships inside the llama-cpp-python source distribution. This command fetches that sdist
 from the package registry through pip (or takes one already downloaded, --sdist PATH), unpacks only
 the converter into a cache folder, and records the version. Nothing is cloned or downloaded when a
-plan runs: the gguf stage only looks the folder up (converter_dir) and names this command when it is
-missing.
+plan runs: the gguf stage only looks the folder up (llmops.serving.converter) and names this command
+when it is missing.
 
     pip install 'llmops[gguf]'
     python -m llmops.gguf_setup                 # ~75 MB download, once
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -25,45 +24,10 @@ import tempfile
 from pathlib import Path
 
 from llmops.errors import StageError
+from llmops.serving.converter import LLAMA_CPP_PYTHON_VERSION, MARKER, converter_dir
 
-#: The llama-cpp-python release whose llama.cpp converts and serves; keep equal to setup.cfg's pin.
-LLAMA_CPP_PYTHON_VERSION = "0.3.36"
-SETUP_COMMAND = "python -m llmops.gguf_setup"
 _VENDOR = "vendor/llama.cpp/"
 _KEEP = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/", "LICENSE")
-_MARKER = "llmops_gguf_setup.json"
-
-
-def cache_root() -> Path:
-    """Returns the folder holding unpacked converters ($LLMOPS_CACHE or ~/.cache/llmops)."""
-    return Path(os.environ.get("LLMOPS_CACHE") or Path.home() / ".cache" / "llmops").expanduser()
-
-
-def converter_dir(version: str = LLAMA_CPP_PYTHON_VERSION) -> Path:
-    """Returns where the converter of a llama-cpp-python version is (or would be) unpacked."""
-    return cache_root() / f"llama.cpp-{version}"
-
-
-def require_converter(version: str = LLAMA_CPP_PYTHON_VERSION) -> Path:
-    """Returns the unpacked converter folder.
-
-    Raises:
-        StageError: If the converter or llama-cpp-python is missing, naming the command to run.
-    """
-    import importlib.util
-
-    if importlib.util.find_spec("llama_cpp") is None:
-        raise StageError(
-            "gguf: llama-cpp-python is not installed. pip install 'llmops[gguf]' "
-            f"(builds llama.cpp, ~7 min on 2 cores), then {SETUP_COMMAND}."
-        )
-    folder = converter_dir(version)
-    if not (folder / _MARKER).is_file() or not (folder / "convert_hf_to_gguf.py").is_file():
-        raise StageError(
-            f"gguf: llama.cpp's converter (llama-cpp-python {version}) is not set up in {folder}. "
-            f"Run: {SETUP_COMMAND}"
-        )
-    return folder
 
 
 def _download_sdist(version: str, dest: Path) -> Path:
@@ -99,7 +63,7 @@ def unpack_converter(sdist: Path, version: str = LLAMA_CPP_PYTHON_VERSION) -> Pa
     if not (tmp / "convert_hf_to_gguf.py").is_file():
         shutil.rmtree(tmp, ignore_errors=True)
         raise StageError(f"gguf_setup: {sdist} holds no {_VENDOR}convert_hf_to_gguf.py.")
-    (tmp / _MARKER).write_text(json.dumps({"llama_cpp_python": version, "sdist": sdist.name,
+    (tmp / MARKER).write_text(json.dumps({"llama_cpp_python": version, "sdist": sdist.name,
                                            "files": n}, indent=2))
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists():
@@ -117,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--force", action="store_true", help="unpack again even when present")
     args = ap.parse_args(argv)
     folder = converter_dir(args.version)
-    if (folder / _MARKER).is_file() and not args.force and args.sdist is None:
+    if (folder / MARKER).is_file() and not args.force and args.sdist is None:
         print(f"llama.cpp converter (llama-cpp-python {args.version}) already in {folder}")
         return 0
     try:

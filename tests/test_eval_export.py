@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from fixtures_model import random_adapter
 
+from llmops.backends.tiny import CHATML_TEMPLATE
 from llmops.data import task_api
-from llmops.stages.context import StageContext
-from llmops.tiny import CHATML_TEMPLATE
+from llmops.runner.context import StageContext
 
 N_TEST = 24
 
@@ -21,7 +21,7 @@ def _build_tiny_base(folder: Path) -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from llmops.tiny import build_tokenizer, corpus_texts
+    from llmops.backends.tiny import build_tokenizer, corpus_texts
 
     tok = build_tokenizer(corpus_texts(task_api.generate(300, seed=1)), 384, model_max_length=512)
     torch.manual_seed(0)
@@ -45,7 +45,7 @@ def _build_tiny_base(folder: Path) -> None:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """Folders of a tiny base, a data split, an sft output with an adapter, and an eval_base run."""
-    from llmops.stages.common import write_jsonl
+    from llmops.backends.common import write_jsonl
 
     root = tmp_path_factory.mktemp("tiny")
     base, data, sft = root / "base", root / "data", root / "sft"
@@ -177,8 +177,8 @@ def test_eval_without_sft_output_raises(tiny, tmp_path):
 def test_generation_is_deterministic_and_batch_independent(tiny):
     import torch
 
-    import llmops.stages.common as common
-    from llmops.generation import generate, load_model
+    import llmops.backends.common as common
+    from llmops.backends.generation import generate, load_model
 
     rows = common.read_jsonl(tiny["data"] / "test.jsonl")[:6]
     model, tok = load_model(tiny["base"], adapter=tiny["sft"] / "adapter")

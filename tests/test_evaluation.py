@@ -1,4 +1,4 @@
-"""Metric and gate functions of llmops.evaluation, on hand-made predictions."""
+"""Metric and gate functions of llmops.scoring (metrics, gates), on hand-made predictions."""
 
 from __future__ import annotations
 
@@ -6,14 +6,8 @@ import pytest
 
 from llmops.data.task_api import REFUSAL, SYSTEM_PROMPT, format_call
 from llmops.errors import StageError
-from llmops.evaluation import (
-    METRICS,
-    check_gates,
-    compute_metrics,
-    metric_deltas,
-    score_row,
-    validate_gates,
-)
+from llmops.scoring.gates import check_gates, validate_gates
+from llmops.scoring.metrics import METRICS, compute_metrics, metric_deltas, score_row
 
 
 def _row(answer: str, tool: str | None, refuse: bool = False) -> dict:

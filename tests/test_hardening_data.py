@@ -31,7 +31,8 @@ def _chat_rows(n: int, seed: int = 1) -> list[dict]:
 
 def _gate_records() -> dict[str, dict]:
     """Returns real check_gates records, by state: passed, failed, skipped (None), missing."""
-    from llmops.evaluation import check_gates, compute_metrics
+    from llmops.scoring.gates import check_gates
+    from llmops.scoring.metrics import compute_metrics
 
     rows = _chat_rows(10)
     answers = [r["messages"][-1]["content"] for r in rows]
@@ -139,14 +140,14 @@ def test_summary_that_cannot_print_is_logged_and_does_not_raise(tmp_path, caplog
     (None, None),                     # no tuned section
 ])
 def test_job_metric_is_a_finite_float_or_none(tuned, expected):
-    from llmops.sweep import job_metric
+    from llmops.cli.sweep import job_metric
 
     assert job_metric({"tuned": tuned}) == expected
     assert job_metric(None) is None
 
 
 def test_sweep_summary_renders_numeric_null_and_unusable_metrics(tmp_path, capsys):
-    from llmops.sweep import print_summary, record_job
+    from llmops.cli.sweep import print_summary, record_job
 
     metrics = [0.8, None, "high", float("nan")]
     for num, metric in enumerate(metrics):
@@ -177,8 +178,8 @@ def _write_rows(path: Path, rows: list[dict], bad: dict[int, str]) -> Path:
 
 
 def _run_data(tmp_path: Path, path: Path) -> tuple[dict, Path]:
+    from llmops.runner.context import StageContext
     from llmops.stages import data
-    from llmops.stages.context import StageContext
 
     out = tmp_path / "out"
     out.mkdir()
@@ -271,7 +272,7 @@ def test_the_data_stage_refuses_a_path_that_is_not_a_regular_file(tmp_path, kind
 
 @pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
 def test_json_files_get_the_mode_open_would_give_them(tmp_path, umask, mode):
-    from llmops.runner.files import write_json_atomic
+    from llmops.files import write_json_atomic
 
     old = os.umask(umask)
     try:

@@ -212,7 +212,7 @@ def test_an_immutable_store_is_refused_before_the_run_and_fails_cleanly_at_run_t
 
 
 def test_sigterm_is_raised_like_ctrl_c_only_where_sigterm_has_its_default_action():
-    from llmops.cli import _sigterm_as_interrupt
+    from llmops.cli.job import _sigterm_as_interrupt
     from llmops.errors import Terminated
 
     previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)

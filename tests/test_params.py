@@ -66,8 +66,8 @@ def test_fractional_alpha_trains_an_adapter_that_changes_the_output(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from llmops.runner.context import StageContext
     from llmops.stages import sft
-    from llmops.stages.context import StageContext
 
     params = stage_params("sft", *FRACTIONAL, "train.backend=hf", "train.learning_rate=1e-2",
                           "train.max_steps=2", "train.batch_size=8", "train.grad_accum=1",
@@ -100,7 +100,7 @@ def test_training_and_eval_load_the_quantized_base_as_configured(double_quant, s
     assert train.load_in_4bit and train.bnb_4bit_quant_type == "nf4"
     assert train.bnb_4bit_use_double_quant is double_quant
     assert train.bnb_4bit_compute_dtype == torch.float32  # auto on a CPU
-    from llmops.stages.context import StageContext
+    from llmops.runner.context import StageContext
 
     on_gpu = StageContext(run_dir=".", device="cuda")
     quant = eval_quant(stage_params("eval_base", *overrides), on_gpu)
@@ -127,8 +127,8 @@ def test_an_option_file_without_a_key_is_refused_not_given_a_second_default(key)
 def test_tiny_base_is_built_as_tiny_yaml_says(tiny_base, tmp_path, stage_params):
     from transformers import AutoConfig, AutoTokenizer
 
-    from llmops.stages import base
-    from llmops.stages.context import StageContext
+    from llmops.runner.context import StageContext
+    from llmops.stages import tiny_base as base_stage
 
     assert AutoConfig.from_pretrained(str(tiny_base)).tie_word_embeddings is True  # tiny.yaml
     planned = stage_params("compute")["model"]["params"]  # what compute planning assumes
@@ -137,7 +137,7 @@ def test_tiny_base_is_built_as_tiny_yaml_says(tiny_base, tmp_path, stage_params)
                           "train.max_length=256", "data.max_length=256",
                           "model.pretrain.n_examples=32", "model.pretrain.steps=2")
     ctx = StageContext(run_dir=tmp_path, show_progress=False, logger=logging.getLogger("t"))
-    report = base.run(params, {}, tmp_path, ctx)
+    report = base_stage.run(params, {}, tmp_path, ctx)
     config = AutoConfig.from_pretrained(str(tmp_path))
     assert config.tie_word_embeddings is False
     assert config.max_position_embeddings == 256

@@ -11,7 +11,7 @@ import pytest
 
 from llmops.cli import to_plain
 from llmops.compiler.compile import BUILDERS, compile_plan
-from llmops.compiler.plan import STAGE_ORDER, TUNED_STAGES, report_name
+from llmops.compiler.plan import STAGE_ORDER, TUNED_STAGES, report_name, stage_module
 from llmops.config.compose import compose
 from llmops.config.validate import validate_and_resolve
 from llmops.env import Environment, Gpu
@@ -139,8 +139,8 @@ def test_config_rules_import_neither_the_compiler_nor_torch():
 
 def test_sft_stage_does_not_re_resolve_an_auto_backend(tmp_path):
     from llmops.errors import StageError
+    from llmops.runner.context import StageContext
     from llmops.stages import sft
-    from llmops.stages.context import StageContext
 
     params = {"model": {"hub_id": None}, "lora": None, "quant": {"type": "none"},
               "train": {"backend": "auto", "seed": 0}}
@@ -152,9 +152,9 @@ def test_sft_stage_does_not_re_resolve_an_auto_backend(tmp_path):
 def test_cpu_threads_apply_the_resolved_count_and_restore_it():
     import torch
 
+    from llmops.backends.common import cpu_threads
     from llmops.backends.hf import set_cpu_threads
-    from llmops.stages.common import cpu_threads
-    from llmops.stages.context import StageContext
+    from llmops.runner.context import StageContext
 
     before = torch.get_num_threads()
     try:
@@ -177,8 +177,9 @@ def test_cpu_threads_apply_the_resolved_count_and_restore_it():
 
 def test_every_stage_module_writes_the_report_the_table_names():
     for kind in STAGE_ORDER:
-        module = importlib.import_module(f"llmops.stages.{kind}")
+        module = importlib.import_module(stage_module(kind))
         assert module.REPORT_NAME == report_name(kind), kind
+    assert stage_module("base") == "llmops.stages.tiny_base"  # the kind, fingerprinted, stays
     assert report_name("sft") == "training_report.json"  # what compare and W&B read
     with pytest.raises(KeyError):
         report_name("nope")
@@ -199,9 +200,9 @@ def test_compile_plan_adds_stages_in_table_order_and_evaluates_the_last_tuned_mo
 
 
 def test_sweep_summary_and_compare_name_the_same_swept_keys():
+    from llmops.cli.sweep import swept
     from llmops.compare import swept_columns
-    from llmops.sweep import swept
-    from llmops.tracking import override_params
+    from llmops.tracking.jobs import override_params
 
     jobs = [{"dir": "0", "overrides": ["lora=r8", "seed=1"]},
             {"dir": "1", "overrides": ["lora=r16", "seed=1", "train.epochs=2"]}]
@@ -215,8 +216,8 @@ def test_one_multirun_test_answers_the_cli_metrics_and_wandb(tmp_path):
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from llmops.sweep import job_context, multirun_job
-    from llmops.tracking import sweep_info
+    from llmops.cli.sweep import job_context
+    from llmops.tracking.jobs import multirun_job, sweep_info
 
     assert multirun_job() is None and job_context() is None
     assert sweep_info(tmp_path / "run") is None

@@ -8,8 +8,9 @@ import logging
 
 import pytest
 
-from llmops.backends import get_backend, resolve_backend
+from llmops.backends import get_backend
 from llmops.errors import StageError
+from llmops.planning.backend import resolve_backend
 
 # A short LoRA r8 run on the tiny base (the overrides a user would type).
 QUICK = (
@@ -20,8 +21,8 @@ QUICK = (
 
 
 def _run(params, tiny_base, sft_data, out, device="cpu"):
+    from llmops.runner.context import StageContext
     from llmops.stages import sft
-    from llmops.stages.context import StageContext
 
     out.mkdir(parents=True, exist_ok=True)
     ctx = StageContext(run_dir=out, device=device, show_progress=False,
@@ -98,8 +99,8 @@ def test_unsloth_backend_explains_what_it_needs_on_cpu(tiny_base, sft_data, tmp_
 
 
 def test_sft_without_data_input_is_a_stage_error(tmp_path, stage_params):
+    from llmops.runner.context import StageContext
     from llmops.stages import sft
-    from llmops.stages.context import StageContext
 
     with pytest.raises(StageError, match="sft: no 'data' input"):
         sft.run(stage_params("sft", *QUICK), {}, tmp_path,

@@ -31,7 +31,7 @@ def _data_run(compose_plan, store: Path, run_dir: Path, n: int) -> Path:
 
 
 def _gc(capsys, store: Path, *args: str) -> str:
-    from llmops.store import main
+    from llmops.store.command import main
 
     assert main(["gc", "--store", str(store), *args]) == 0
     return capsys.readouterr().out
@@ -152,7 +152,7 @@ def test_gc_keeps_everything_a_run_record_cannot_rule_out(compose_plan, tmp_path
 
 
 def test_gc_leaves_an_entry_alone_while_a_job_holds_its_lock(compose_plan, tmp_path, capsys):
-    from llmops.runner.store import Store
+    from llmops.store.cas import Store
 
     store = tmp_path / "store"
     entry = _data_run(compose_plan, store, tmp_path / "runs" / "d", 100)
@@ -173,7 +173,7 @@ def test_gc_rejects_an_age_it_cannot_read(tmp_path):
 
 
 def _complete(pattern: str) -> list[Path]:
-    from llmops.runner.integrity import checkpoint_problem
+    from llmops.store.integrity import checkpoint_problem
 
     found = [Path(p).parent for p in glob.glob(pattern)]
     return sorted((c for c in found if checkpoint_problem(c) is None),
@@ -182,8 +182,8 @@ def _complete(pattern: str) -> list[Path]:
 
 @pytest.mark.slow
 def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_complete_one(tmp_path):
-    from llmops.runner.integrity import checkpoint_problem
-    from llmops.runner.store import latest_checkpoint
+    from llmops.store.cas import latest_checkpoint
+    from llmops.store.integrity import checkpoint_problem
 
     args = ["train.max_steps=80", "train.save_steps=5", *TRAIN_ONLY]
     proc = _start_until_checkpoint(tmp_path, args)

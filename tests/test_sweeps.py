@@ -69,7 +69,7 @@ def test_optuna_sweep_maximises_and_keeps_the_study_in_memory():
 
 
 def test_sweep_points_command_line_wins_and_intervals_are_checked_at_both_ends():
-    from llmops.sweep import expand_points, plan_sweep
+    from llmops.cli.sweep import expand_points, plan_sweep
 
     sweep = plan_sweep(["sweeps=rank_lr", "lora=r32,r64"], False)
     assert sweep is not None
@@ -299,8 +299,8 @@ def _data_run(compose_plan, store: Path, run_dir: Path, n: int) -> dict:
 def test_store_list_and_gc(compose_plan, tmp_path, capsys):
     import shutil
 
-    from llmops.runner.store import Store
-    from llmops.store import main as store_main
+    from llmops.store.cas import Store
+    from llmops.store.command import main as store_main
 
     store = tmp_path / "store"
     keep = _data_run(compose_plan, store, tmp_path / "runs" / "keep", 100)

@@ -68,7 +68,7 @@ def test_tokenizer_splits_numbers_into_digits_and_round_trips(tiny_base):
 def test_build_is_deterministic_for_a_seed(tmp_path, stage_params):
     from safetensors.torch import load_file
 
-    from llmops.tiny import build_tiny_base
+    from llmops.backends.tiny import build_tiny_base
 
     quick = stage_params("base", "model.pretrain.n_examples=48", "model.pretrain.steps=3",
                          "model.pretrain.batch_size=4")
@@ -85,8 +85,8 @@ def test_build_is_deterministic_for_a_seed(tmp_path, stage_params):
 
 def test_unknown_pretrain_tool_is_a_stage_error(tmp_path, stage_params):
     from llmops.errors import StageError
-    from llmops.stages import base
-    from llmops.stages.context import StageContext
+    from llmops.runner.context import StageContext
+    from llmops.stages import tiny_base as base_stage
 
     params = stage_params("base")
     params["pretrain"]["tools"] = ["create_task", "send_mail"]
@@ -94,4 +94,4 @@ def test_unknown_pretrain_tool_is_a_stage_error(tmp_path, stage_params):
     with pytest.raises(
         StageError, match=r"base.pretrain.tools has unknown tool\(s\) \['send_mail'\]"
     ):
-        base.run(params, {}, tmp_path, ctx)
+        base_stage.run(params, {}, tmp_path, ctx)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from llmops.data import task_api
-from llmops.evaluation import compute_metrics
+from llmops.scoring.metrics import compute_metrics
 from llmops.scoring.parsers import ParsedAnswer, get_parser, parse_hermes, parse_task_api
 from llmops.scoring.text import chrf, rouge_l
 from llmops.scoring.tools import aggregate, same, score_calls, task_api_metrics

@@ -133,7 +133,7 @@ def test_check_batch_keeps_an_earlier_reject():
 
 
 def test_rows_over_max_length_in_model_tokens_are_reported_not_truncated(tmp_path):
-    from llmops.tiny import build_tokenizer
+    from llmops.backends.tiny import build_tokenizer
 
     rows, _ = read_source(DATA / "alpaca.json", cache_dir=str(tmp_path / "cache"))
     texts = [m["content"] for r in rows for m in r["messages"]]

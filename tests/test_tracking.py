@@ -46,7 +46,7 @@ REPORTS = {"sft": TRAINING_REPORT, "eval_base": {"metrics": BASE_METRICS}, "eval
 def _replay(plan, run_dir: Path, overrides: list[str]) -> dict:
     """Feeds the tracking hooks exactly as run_plan does, with real report shapes."""
     from llmops.runner.manifest import Manifest
-    from llmops.tracking import start_tracking
+    from llmops.tracking.metrics import start_tracking
 
     manifest = Manifest(plan, run_dir, overrides)
     tracking = start_tracking(plan, run_dir, manifest)
@@ -156,7 +156,7 @@ def test_api_key_is_never_written(compose_plan, tmp_path, offline, monkeypatch):
 
 
 def test_mode_auto_is_offline_without_credentials_and_online_with_them(offline, monkeypatch):
-    from llmops.wandb_sink import resolve_mode
+    from llmops.tracking.wandb_sink import resolve_mode
 
     monkeypatch.delenv("WANDB_MODE")
     assert resolve_mode("auto")[0] == "offline"
@@ -191,7 +191,7 @@ def test_compile_and_runner_import_no_wandb_with_tracking_wandb(tmp_path):
     code = (
         "import sys\n"
         "from llmops.cli import preflight\n"
-        "import llmops.runner.run, llmops.tracking, llmops.compare\n"
+        "import llmops.runner.run, llmops.tracking.metrics, llmops.compare\n"
         "preflight(['tracking=wandb', 'dry_run=true'])\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'wandb'))\n"
     )
@@ -202,7 +202,7 @@ def test_compile_and_runner_import_no_wandb_with_tracking_wandb(tmp_path):
 
 
 def test_reproduce_command_reruns_one_point_of_a_named_sweep():
-    from llmops.tracking import reproduce_command, sweep_group
+    from llmops.tracking.jobs import reproduce_command, sweep_group
 
     assert reproduce_command(["lora=r16", "train.learning_rate=2e-4"]) == (
         "python -m llmops lora=r16 train.learning_rate=2e-4")

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from llmops.backends.common import peak_memory_mb, read_jsonl, write_json
 from llmops.backends.hf import (
     count_params,
     load_model,
@@ -25,7 +26,6 @@ from llmops.backends.hf import (
 )
 from llmops.compiler.plan import report_name
 from llmops.errors import StageError
-from llmops.stages.common import peak_memory_mb, read_jsonl, write_json
 
 REPORT_NAME = report_name("dpo")
 PAIR_KEYS = ("prompt", "chosen", "rejected")

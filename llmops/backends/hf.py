@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from llmops.backends.common import peak_memory_mb, read_jsonl, write_json
 from llmops.compiler.plan import report_name
 from llmops.errors import StageError
-from llmops.stages.common import peak_memory_mb, read_jsonl, write_json
 
 REPORT_NAME = report_name("sft")
 EVAL_LOSS_MAX_ROWS = 2000
@@ -248,7 +248,7 @@ def importlib_missing(name: str) -> bool:
 def set_cpu_threads(ctx: Any) -> None:
     """Sets torch's CPU threads for training to the run's ctx.threads (resolved once by
     llmops.planning.resolve: 1 for a small model on a CPU); None keeps torch's default."""
-    from llmops.stages.common import torch_threads
+    from llmops.backends.common import torch_threads
 
     if ctx.threads is not None:
         torch_threads(ctx.threads)

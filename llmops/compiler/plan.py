@@ -16,8 +16,10 @@ class StageKind:
     """One row of the stage table.
 
     Attributes:
-        kind: Registry name (llmops/stages/<kind>.py); the compiler adds stages in table order.
+        kind: Registry name, part of every fingerprint; the compiler adds stages in table order.
         report: File name of the JSON report the stage writes into its folder.
+        module: The module under llmops/stages that implements the kind, when its name is not
+            the kind's (the tiny base model is built by tiny_base.py); see `stage_module`.
         trains: Whether the stage trains (an adapter, or the full model) on the data.
         tunes: Whether the stage produces a tuned model (adapter/ or model/) that eval, lm_eval
             and export read; the latest such stage in the plan is "the tuned model".
@@ -27,6 +29,7 @@ class StageKind:
     report: str
     trains: bool = False
     tunes: bool = False
+    module: str = ""
 
 
 # The stage table: every layer (compiler, runner, stages, compare) reads kinds, report names and
@@ -34,7 +37,7 @@ class StageKind:
 STAGE_KINDS: tuple[StageKind, ...] = (
     StageKind("decide", "decision_report.json"),
     StageKind("compute", "compute_plan.json"),
-    StageKind("base", "base_report.json"),
+    StageKind("base", "base_report.json", module="tiny_base"),
     StageKind("data", "data_report.json"),
     StageKind("sft", "training_report.json", trains=True, tunes=True),
     StageKind("dpo", "dpo_report.json", trains=True, tunes=True),
@@ -63,13 +66,22 @@ def report_name(kind: str) -> str:
     return _BY_KIND[kind].report
 
 
+def stage_module(kind: str) -> str:
+    """Returns the module that implements a stage kind, e.g. 'llmops.stages.tiny_base' for base.
+
+    Raises:
+        KeyError: When kind is not in the stage table.
+    """
+    return f"llmops.stages.{_BY_KIND[kind].module or kind}"
+
+
 @dataclass(frozen=True)
 class StageSpec:
     """One stage of a plan.
 
     Attributes:
         name: Unique name in the plan (equal to kind for now).
-        kind: Registry name of the stage implementation (llmops/stages/<kind>.py).
+        kind: Registry name of the stage implementation (its module: `stage_module(kind)`).
         params: The stage's own typed params as plain JSON data.
         needs: Names of the stages whose outputs this stage reads.
         fingerprint: Hash of kind, params, upstream fingerprints, input file hashes, version.
@@ -114,7 +126,7 @@ class Plan:
 
     def write(self, path: Path) -> None:
         """Writes the plan as JSON, atomically."""
-        from llmops.runner.files import write_json_atomic
+        from llmops.files import write_json_atomic
 
         write_json_atomic(path, self.to_dict())
 

@@ -14,7 +14,7 @@ from llmops.config.schema import AppConfig
 from llmops.data import formats
 from llmops.env import Environment
 from llmops.errors import Problem
-from llmops.evaluation import METRICS as KNOWN_METRICS
+from llmops.scoring.metrics import METRICS as KNOWN_METRICS
 
 if TYPE_CHECKING:
     from llmops.planning.resolve import Resolved

@@ -5,6 +5,7 @@ Pure: reads the model presets' YAML with OmegaConf, imports no torch.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from llmops.planning.memory import USABLE_FRACTION, total_gb
@@ -18,12 +19,19 @@ def _load(path: Any) -> Any:
     return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
 
 
+def _conf_dir() -> Path:
+    """Returns the folder of the config groups: the package llmops.conf, as
+    ``llmops.config.compose.conf_dir`` finds it (planning sits below config, so it asks the
+    package itself)."""
+    import llmops.conf
+
+    return Path(llmops.conf.__file__).parent
+
+
 def model_presets() -> dict[str, dict[str, Any]]:
     """Returns the hub model presets of conf/model by name (architecture facts only)."""
-    from llmops.config.compose import conf_dir
-
     out = {}
-    for path in sorted((conf_dir() / "model").glob("*.yaml")):
+    for path in sorted((_conf_dir() / "model").glob("*.yaml")):
         data = _load(path)
         if isinstance(data, dict) and data.get("source") == "hub":
             out[path.stem] = data
@@ -32,9 +40,7 @@ def model_presets() -> dict[str, dict[str, Any]]:
 
 def option(group: str, name: str) -> dict[str, Any]:
     """Returns the option file conf/<group>/<name>.yaml, the one a fix's override names."""
-    from llmops.config.compose import conf_dir
-
-    data = _load(conf_dir() / group / f"{name}.yaml")
+    data = _load(_conf_dir() / group / f"{name}.yaml")
     data.pop("enabled", None)  # lora: the planner's adapter dict has no switch
     return data
 

@@ -72,8 +72,8 @@ def lora_params(model: dict[str, Any], lora: dict[str, Any] | None) -> int:
 
 def resolve_precision(train: dict[str, Any], hardware: dict[str, Any]) -> str:
     """Returns train["precision"]; "auto" (a caller outside the compiler) resolves by the one rule
-    in ``llmops.planning.resolve``."""
-    from llmops.planning.resolve import precision_for
+    in ``llmops.planning.precision``."""
+    from llmops.planning.precision import precision_for
 
     return precision_for(train.get("precision", "auto"), hardware)
 

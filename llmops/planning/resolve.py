@@ -13,20 +13,21 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from llmops.backends import resolve_backend
-from llmops.config.schema import AppConfig
 from llmops.env import Environment
 from llmops.planning import batch
+from llmops.planning.backend import resolve_backend
+from llmops.planning.precision import compute_dtype_for, precision_for
+
+if TYPE_CHECKING:
+    from llmops.config.schema import AppConfig  # config imports planning, not the reverse
 
 SMALL_MODEL_PARAMS = 20_000_000
 """Below this many parameters a CPU run keeps torch on one thread (training, generation, logits):
 for tiny matrices extra threads only add synchronisation, and with other processes on the cores
 they slow it down many times over (measured here: 120 eval rows in 0.7 s on 1 thread vs 17-43 s on
 2 under load; 180 SFT steps in 11 s vs 171 s)."""
-
-_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
 @dataclass(frozen=True)
@@ -80,21 +81,6 @@ def resolve_hardware(cfg: AppConfig, env: Environment) -> dict[str, Any]:
             hw.update(device="cpu", num_gpus=0, bf16=False)
     hw.update(cpu_count=env.cpu_count, memory_gb=env.memory_gb)
     return hw
-
-
-def precision_for(requested: str, hardware: Mapping[str, Any]) -> str:
-    """Returns train.precision with auto resolved: fp32 on a CPU, bf16 where the GPU has it, else
-    fp16."""
-    if requested != "auto":
-        return requested
-    if hardware.get("device") != "cuda":
-        return "fp32"
-    return "bf16" if hardware.get("bf16") else "fp16"
-
-
-def compute_dtype_for(requested: str, precision: str) -> str:
-    """Returns quant.compute_dtype with auto resolved: the training precision's dtype."""
-    return _DTYPES[precision] if requested == "auto" else requested
 
 
 def cpu_threads(device: str, model_params: int) -> int | None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from llmops.compiler.plan import Plan
-from llmops.runner.files import write_json_atomic
+from llmops.files import write_json_atomic
 
 LIBRARIES = (
     "llmops", "torch", "transformers", "peft", "trl", "datasets", "accelerate", "tokenizers",

@@ -11,18 +11,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from llmops.compiler.plan import Plan, StageSpec
+from llmops.compiler.plan import Plan, StageSpec, stage_module
 from llmops.errors import GateFailed, LlmopsError, NoGo, StageError, StoreError
+from llmops.runner.context import StageContext
 from llmops.runner.manifest import Manifest
-from llmops.runner.store import Store
-from llmops.stages.context import StageContext
-from llmops.tracking import start_tracking
+from llmops.store.cas import Store
+from llmops.tracking.metrics import start_tracking
 
 log = logging.getLogger("llmops")
 
 
 def _stage_module(kind: str) -> Any:
-    return importlib.import_module(f"llmops.stages.{kind}")
+    """Imports the stage's module, found through the stage table (the runner's one dispatch)."""
+    return importlib.import_module(stage_module(kind))
 
 
 def _link_into_run(spec: StageSpec, entry: Path, run_dir: Path) -> None:

@@ -1,2 +1,3 @@
-"""Scoring of model answers: tool calls structurally (``tools``, read with ``parsers``), free text
-with ROUGE-L and chrF (``text``). Pure Python; no torch."""
+"""Scoring of model answers: the eval metrics and their names (``metrics``), quality gates on them
+(``gates``), tool calls structurally (``tools``, read with ``parsers``), free text with ROUGE-L and
+chrF (``text``). Pure Python; no torch."""

@@ -184,7 +184,7 @@ def task_api_metrics(rows: Sequence[Mapping[str, Any]], predictions: Sequence[st
     """Scores Task-API answers with the tiny model's syntax and ``task_api.is_refusal``.
 
     Its exact_match, json_valid_rate, refusal_rate, false_refusal_rate and per_tool are those of
-    ``llmops.evaluation.compute_metrics`` on Task-API rows (calls and must-refuse rows).
+    ``llmops.scoring.metrics.compute_metrics`` on Task-API rows (calls and must-refuse rows).
 
     Raises:
         ValueError: If rows and predictions differ in length.

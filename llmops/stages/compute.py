@@ -9,11 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from llmops.backends.common import write_json
 from llmops.compiler.plan import report_name
 from llmops.planning.fixes import suggest_fixes
 from llmops.planning.memory import estimate
-from llmops.stages.common import write_json
-from llmops.stages.context import StageContext
+from llmops.runner.context import StageContext
 
 REPORT_NAME = report_name("compute")
 

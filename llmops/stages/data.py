@@ -18,11 +18,11 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from llmops.backends.common import base_model_path, write_json, write_jsonl
 from llmops.compiler.plan import report_name
 from llmops.data import formats, task_api
 from llmops.errors import StageError
-from llmops.stages.common import base_model_path, write_json, write_jsonl
-from llmops.stages.context import StageContext
+from llmops.runner.context import StageContext
 
 REPORT_NAME = report_name("data")
 MAX_LISTED = 200

@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from llmops.backends.common import write_json
 from llmops.compiler.plan import report_name
 from llmops.planning.decide import assess
-from llmops.stages.common import write_json
-from llmops.stages.context import StageContext
+from llmops.runner.context import StageContext
 
 REPORT_NAME = report_name("decide")
 

@@ -1,8 +1,8 @@
 """Stage "deploy": the evaluated GGUF to Ollama or to a local OpenAI-compatible endpoint.
 
 - ollama: a Modelfile whose TEMPLATE and stops come from the training chat template (checked by
-  rendering sample conversations both ways, llmops.modelfile), `ollama create` through the Ollama
-  API when deploy.ollama.host answers, else the Modelfile and the one-line command to run.
+  rendering sample conversations both ways, llmops.serving.modelfile), `ollama create` through the
+  Ollama API when deploy.ollama.host answers, else the Modelfile and the one-line command to run.
 - openai: llama-cpp-python's server on 127.0.0.1 (a free port), health wait on /v1/models, smoke
   prompts through the official openai client -> smoke_test.json, server stopped unless
   keep_serving.
@@ -26,7 +26,7 @@ from typing import Any
 
 from llmops.compiler.plan import report_name
 from llmops.errors import StageError
-from llmops.stages.context import StageContext
+from llmops.runner.context import StageContext
 
 REPORT_NAME = report_name("deploy")
 ALWAYS_RUN = True
@@ -94,7 +94,7 @@ def _smoke_prompts(params: dict, inputs: dict[str, Path], n: int) -> list[list[d
         return [[{"role": "user", "content": p}] for p in given]
     data = inputs.get("data")
     if data is not None and (Path(data) / "test.jsonl").is_file():
-        from llmops.stages.common import read_jsonl
+        from llmops.backends.common import read_jsonl
 
         rows = read_jsonl(Path(data) / "test.jsonl")[:n]
         if rows:
@@ -104,7 +104,7 @@ def _smoke_prompts(params: dict, inputs: dict[str, Path], n: int) -> list[list[d
 
 def _ollama(params: dict, gguf: Path, tokenizer: Any, out_dir: Path, ctx: StageContext,
             name: str) -> dict[str, Any]:
-    from llmops import modelfile as mf
+    from llmops.serving import modelfile as mf
 
     family = params["model"]["chat_template"]
     check = mf.check_template(
@@ -159,7 +159,7 @@ def _openai(params: dict, inputs: dict[str, Path], gguf: Path, out_dir: Path, ct
     port = int(o.get("port") or 0) or _free_port(host)
     base_url = f"http://{host}:{port}/v1"
     n_ctx = int(params["model"].get("context_length") or 2048)
-    cmd = [sys.executable, "-m", "llmops.backends.llama_cpp_runtime",
+    cmd = [sys.executable, "-m", "llmops.serving.llama_cpp_runtime",
            "--model", str(gguf.resolve()), "--host", host, "--port", str(port),
            "--model_alias", name, "--n_ctx", str(n_ctx),
            "--n_threads", str(min(4, os.cpu_count() or 1))]
@@ -201,7 +201,7 @@ def _openai(params: dict, inputs: dict[str, Path], gguf: Path, out_dir: Path, ct
         ok = bool(results) and all(r["answer"] is not None for r in results) and name in served
         smoke = {"base_url": base_url, "model": name, "served_models": served,
                  "client": "openai", "prompts": len(results), "passed": ok, "results": results}
-        from llmops.stages.common import write_json
+        from llmops.backends.common import write_json
 
         write_json(out_dir / "smoke_test.json", smoke)
         record.update(smoke_passed=ok, smoke_prompts=len(results))
@@ -238,7 +238,7 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
     """
     from transformers import AutoTokenizer
 
-    from llmops.stages.common import write_json
+    from llmops.backends.common import write_json
 
     out_dir = Path(out_dir)
     gates = check_gates(params, inputs)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from llmops.compiler.plan import report_name
-from llmops.stages.context import StageContext
+from llmops.runner.context import StageContext
 
 REPORT_NAME = report_name("dpo")
 # Like sft: the runner gives this stage a stable work folder per fingerprint and, when an
@@ -32,9 +32,9 @@ def run(params: dict[str, Any], inputs: dict[str, Path], out_dir: Path, ctx: Sta
     Raises:
         StageError: When the data input or the starting adapter is missing.
     """
+    from llmops.backends.common import base_model_path, set_seed
     from llmops.backends.dpo import train_dpo
     from llmops.errors import StageError
-    from llmops.stages.common import base_model_path, set_seed
 
     if "data" not in inputs:
         raise StageError("dpo: no 'data' input. The plan must run the data stage before dpo.")

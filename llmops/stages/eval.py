@@ -13,7 +13,7 @@ from typing import Any
 
 from llmops.compiler.plan import TUNED_STAGES, report_name
 from llmops.errors import StageError
-from llmops.stages.context import StageContext
+from llmops.runner.context import StageContext
 
 REPORT_NAME = report_name("eval")
 
@@ -80,9 +80,10 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
     Returns:
         The report written to eval_report.json.
     """
-    from llmops.evaluation import check_gates, metric_deltas, validate_gates
-    from llmops.generation import load_model
-    from llmops.stages.common import base_model_path, set_seed, write_json
+    from llmops.backends.common import base_model_path, set_seed, write_json
+    from llmops.backends.generation import load_model
+    from llmops.scoring.gates import check_gates, validate_gates
+    from llmops.scoring.metrics import metric_deltas
     from llmops.stages.eval_base import (
         eval_quant,
         evaluate_base,

@@ -12,7 +12,7 @@ from typing import Any
 
 from llmops.compiler.plan import report_name
 from llmops.errors import StageError
-from llmops.stages.context import StageContext
+from llmops.runner.context import StageContext
 
 REPORT_NAME = report_name("eval_base")
 N_SAMPLES = 20
@@ -24,7 +24,7 @@ def load_test_rows(params: Mapping[str, Any], inputs: Mapping[str, Path], stage:
     Raises:
         StageError: If there is no data input, no test.jsonl, or it holds no rows.
     """
-    from llmops.stages.common import read_jsonl
+    from llmops.backends.common import read_jsonl
 
     if inputs.get("data") is None:
         raise StageError(f"{stage}: no 'data' input. The plan must run the data stage first.")
@@ -68,8 +68,8 @@ def evaluate_model(
         {"metrics", "n", "samples", "seconds"}; samples are the first N_SAMPLES rows with prompt,
         reference, prediction and exact.
     """
-    from llmops.evaluation import compute_metrics, score_row
-    from llmops.generation import generate
+    from llmops.backends.generation import generate
+    from llmops.scoring.metrics import compute_metrics, score_row
 
     start = time.perf_counter()
     predictions, prompts = generate(
@@ -103,8 +103,8 @@ def evaluate_base(
     params: Mapping[str, Any], inputs: Mapping[str, Path], ctx: StageContext, stage: str
 ):
     """Loads the base model and evaluates it on the test rows (see evaluate_model)."""
-    from llmops.generation import load_model
-    from llmops.stages.common import base_model_path, set_seed
+    from llmops.backends.common import base_model_path, set_seed
+    from llmops.backends.generation import load_model
 
     set_seed(ctx.seed)
     rows = load_test_rows(params, inputs, stage)
@@ -126,7 +126,7 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
     Returns:
         {"metrics", "n", "samples", "seconds"}.
     """
-    from llmops.stages.common import write_json
+    from llmops.backends.common import write_json
 
     report = evaluate_base(params, inputs, ctx, stage="eval_base")
     write_json(Path(out_dir) / REPORT_NAME, report)

@@ -14,7 +14,7 @@ from typing import Any
 
 from llmops.compiler.plan import report_name
 from llmops.errors import StageError
-from llmops.stages.context import StageContext
+from llmops.runner.context import StageContext
 
 REPORT_NAME = report_name("export")
 FORMATS: tuple[str, ...] = ("adapter", "merged")
@@ -160,7 +160,7 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
     Returns:
         {formats, paths (relative to out_dir), parity, size_mb, artifact, eval_passed}.
     """
-    from llmops.stages.common import base_model_path, cpu_threads, write_json
+    from llmops.backends.common import base_model_path, cpu_threads, write_json
     from llmops.stages.eval import tuned_artifact, tuned_input
 
     out_dir = Path(out_dir)

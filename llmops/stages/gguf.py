@@ -25,7 +25,7 @@ from typing import Any
 
 from llmops.compiler.plan import report_name
 from llmops.errors import StageError
-from llmops.stages.context import StageContext
+from llmops.runner.context import StageContext
 
 REPORT_NAME = report_name("gguf")
 QUANTIZATIONS = ("f16", "q8_0", "q4_k_m")
@@ -74,7 +74,7 @@ def convert(model_dir: Path, outfile: Path, outtype: str, pre_tokenizer: str | N
     Raises:
         StageError: If the converter is not set up or fails.
     """
-    from llmops.gguf_setup import require_converter
+    from llmops.serving.converter import require_converter
 
     root = require_converter()
     cmd = [sys.executable, "-c", _WRAPPER, str(root), pre_tokenizer or "", str(model_dir),
@@ -106,8 +106,8 @@ def quantize(src: Path, dst: Path, kind: str = "q4_k_m") -> float:
 
 
 def load_gguf(path: Path, n_ctx: int = 0, vocab_only: bool = False) -> Any:
-    """Loads a GGUF with llama-cpp-python on the CPU, quietly (see backends.llama_cpp_runtime)."""
-    from llmops.backends.llama_cpp_runtime import load_gguf as load
+    """Loads a GGUF with llama-cpp-python on the CPU, quietly (see serving.llama_cpp_runtime)."""
+    from llmops.serving.llama_cpp_runtime import load_gguf as load
 
     return load(path, n_ctx=n_ctx, vocab_only=vocab_only)
 
@@ -142,7 +142,7 @@ def greedy_gguf(llm: Any, prompts: list[str], max_new_tokens: int) -> list[str]:
 
 
 def _held_out(inputs: dict[str, Path], n: int) -> list[dict]:
-    from llmops.stages.common import read_jsonl
+    from llmops.backends.common import read_jsonl
 
     data = inputs.get("data")
     for split in ("test.jsonl", "val.jsonl"):
@@ -175,9 +175,9 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
     """
     import importlib.metadata
 
-    from llmops.generation import build_prompt, generate, load_model
-    from llmops.gguf_setup import LLAMA_CPP_PYTHON_VERSION
-    from llmops.stages.common import write_json
+    from llmops.backends.common import write_json
+    from llmops.backends.generation import build_prompt, generate, load_model
+    from llmops.serving.converter import LLAMA_CPP_PYTHON_VERSION
 
     out_dir = Path(out_dir)
     quants = list(params.get("quantization") or [])

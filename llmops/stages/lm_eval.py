@@ -1,6 +1,6 @@
 """Stage `lm_eval`: lm-evaluation-harness tasks on the base and the tuned model.
 
-Local tasks (llmops_task_api_choice, llmops_task_api_call; YAMLs shipped in llmops/lm_eval_tasks/)
+Local tasks (llmops_task_api_choice, llmops_task_api_call; YAMLs in llmops/stages/lm_eval_tasks/)
 run offline over the data stage's test.jsonl: the stage renders each prompt with the model's chat
 template, writes the task data and YAMLs with absolute paths into its own folder, and points the
 harness there. Any other name is a standard harness task (hellaswag, arc_easy, mmlu_*; these
@@ -16,10 +16,10 @@ from typing import Any
 
 from llmops.compiler.plan import report_name
 from llmops.errors import StageError
-from llmops.stages.context import StageContext
+from llmops.runner.context import StageContext
 
 REPORT_NAME = report_name("lm_eval")
-TASKS_DIR = Path(__file__).resolve().parent.parent / "lm_eval_tasks"
+TASKS_DIR = Path(__file__).resolve().parent / "lm_eval_tasks"
 LOCAL_TASKS = ("llmops_task_api_choice", "llmops_task_api_call")
 STOPS = ("<|im_end|>", "<|eot_id|>", "<|end|>")
 
@@ -51,7 +51,7 @@ def write_local_tasks(rows: list[dict], tokenizer: Any, out: Path, max_tokens: i
     Returns:
         The folder to pass to the harness's TaskManager(include_path=...).
     """
-    from llmops.stages.common import write_jsonl
+    from llmops.backends.common import write_jsonl
 
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
@@ -119,8 +119,8 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
     """
     import importlib.util
 
-    from llmops.generation import load_tokenizer
-    from llmops.stages.common import base_model_path, read_jsonl, set_seed, write_json
+    from llmops.backends.common import base_model_path, read_jsonl, set_seed, write_json
+    from llmops.backends.generation import load_tokenizer
     from llmops.stages.eval import tuned_artifact, tuned_input
 
     if importlib.util.find_spec("lm_eval") is None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from llmops.compiler.plan import report_name
 from llmops.errors import StageError
-from llmops.stages.context import StageContext
+from llmops.runner.context import StageContext
 
 REPORT_NAME = report_name("merge")
 NOTE_FULL = ("Merged into the full-precision (float32) base: the merged model needs no peft and "
@@ -59,7 +59,7 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llmops.stages.common import base_model_path, set_seed, write_json
+    from llmops.backends.common import base_model_path, set_seed, write_json
     from llmops.stages.export import (
         DEFAULT_TOLERANCE,
         _check_chat_template,

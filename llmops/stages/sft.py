@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from llmops.compiler.plan import report_name
-from llmops.stages.context import StageContext
+from llmops.runner.context import StageContext
 
 REPORT_NAME = report_name("sft")
 # The runner gives this stage a stable work folder per fingerprint and, when an interrupted
@@ -33,8 +33,8 @@ def run(
         StageError: When the data input is missing, or the backend cannot run here.
     """
     from llmops.backends import get_backend
+    from llmops.backends.common import base_model_path, set_seed
     from llmops.errors import StageError
-    from llmops.stages.common import base_model_path, set_seed
 
     if "data" not in inputs:
         raise StageError("sft: no 'data' input. The plan must run the data stage before sft.")

@@ -26,9 +26,9 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from llmops.compiler.plan import StageSpec
-from llmops.runner import registry
-from llmops.runner.files import write_json_atomic
-from llmops.runner.integrity import HASH, checkpoint_problem, entry_problems, record_files
+from llmops.files import write_json_atomic
+from llmops.store import registry
+from llmops.store.integrity import HASH, checkpoint_problem, entry_problems, record_files
 
 META = "_stage.json"
 ASIDE = "_moved_aside.json"
@@ -158,7 +158,7 @@ class Store:
     # -- run registry: which run folders use which entries (for `llmops.store list/gc`) --
 
     def register_run(self, run_dir: Path) -> None:
-        """Records that a run folder uses this store (see llmops.runner.registry)."""
+        """Records that a run folder uses this store (see llmops.store.registry)."""
         registry.register(self.root, run_dir)
 
     def record_use(self, run_dir: Path, spec: StageSpec) -> None:

@@ -46,7 +46,7 @@ CHATML_TEMPLATE = (
 #: machine-independent.
 PRETRAIN_THREADS = 1
 
-log = logging.getLogger("llmops.tiny")
+log = logging.getLogger("llmops.backends.tiny")
 
 
 def corpus_texts(rows: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -195,6 +195,97 @@ def pretrain(
     return curve
 
 
+def _check_tools(tools: Sequence[str]) -> None:
+    """Raises StageError when a pre-training tool is not one of the Task-API task's tools."""
+    from llmops.data import task_api
+    from llmops.errors import StageError
+
+    known = list(task_api.TOOLS)
+    unknown = [t for t in tools if t not in known]
+    if unknown:
+        raise StageError(
+            f"base: base.pretrain.tools has unknown tool(s) {unknown}. Allowed: {', '.join(known)}."
+        )
+
+
+def _tokenizer_and_rows(arch: Mapping[str, Any], pp: Mapping[str, Any]) -> tuple[Any, list, list]:
+    """Returns (tokenizer, pre-training rows, encoded rows) for the compiled arch and pretrain."""
+    from llmops.data import task_api
+
+    seed = int(pp["seed"])
+    # Tokenizer vocabulary covers every tool (fixed seed), so SFT on all tools needs no new tokens.
+    vocab_rows = task_api.generate(2000, seed=10_000 + seed)
+    max_len = int(arch["max_position_embeddings"])
+    tokenizer = build_tokenizer(corpus_texts(vocab_rows), int(arch["vocab_size"]), max_len)
+    rows = task_api.generate(
+        int(pp["n_examples"]),
+        seed=seed,
+        tools=[*pp["tools"], *pp["legacy_tools"]],
+        include_refusals=bool(pp["include_refusals"]),
+        legacy_tools=tuple(pp["legacy_tools"]),
+    )
+    return tokenizer, rows, encode_rows(tokenizer, rows, max_len)
+
+
+def _llama(arch: Mapping[str, Any], tokenizer: Any) -> Any:
+    """Returns a randomly initialised LlamaForCausalLM of the compiled arch and the tokenizer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=int(arch["hidden_size"]),
+        intermediate_size=int(arch["intermediate_size"]),
+        num_hidden_layers=int(arch["num_hidden_layers"]),
+        num_attention_heads=int(arch["num_attention_heads"]),
+        num_key_value_heads=int(arch["num_key_value_heads"]),
+        max_position_embeddings=int(arch["max_position_embeddings"]),
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=bool(arch["tie_word_embeddings"]),
+    )
+    return LlamaForCausalLM(config)
+
+
+def _save(model: Any, tokenizer: Any, out_dir: Path) -> None:
+    """Saves the model (safetensors, greedy generation config) and the tokenizer into out_dir."""
+    from transformers import GenerationConfig
+
+    model.generation_config = GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        do_sample=False,
+        max_new_tokens=96,
+    )
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+
+
+def _report(arch: Mapping[str, Any], pp: Mapping[str, Any], tokenizer: Any, n_params: int,
+            rows: list, encoded: list, curve: list[dict]) -> dict[str, Any]:
+    """Returns base_report.json's content, timings and threads left to the caller."""
+    seq_lens = [len(ids) for ids, _ in encoded]
+    return {
+        "model": "tiny",
+        "architecture": "LlamaForCausalLM",
+        "arch": {**arch, "vocab_size": len(tokenizer)},
+        "parameters": n_params,
+        "pretrain": pp,
+        "pretrain_rows": len(rows),
+        "steps": int(pp["steps"]),
+        "loss_curve": curve,
+        "final_loss": curve[-1]["loss"] if curve else None,
+        "seq_len": {"mean": round(sum(seq_lens) / len(seq_lens), 1), "max": max(seq_lens)},
+        "tokenizer": {
+            "type": "byte-level BPE",
+            "vocab_size": len(tokenizer),
+            "special_tokens": SPECIAL_TOKENS,
+            "gguf_pre_tokenizer": GGUF_PRE_TOKENIZER,
+            "chat_template": "chatml",
+        },
+    }
+
+
 def build_tiny_base(
     out_dir: str | Path,
     arch: Mapping[str, Any],
@@ -219,110 +310,34 @@ def build_tiny_base(
         StageError: When pretrain_params names a tool the Task-API task does not have.
     """
     import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
+    from llmops.backends.common import torch_threads, write_json
     from llmops.compiler.plan import report_name
-    from llmops.data import task_api
-    from llmops.errors import StageError
-    from llmops.stages.common import torch_threads, write_json
 
     logger = logger or log
     arch, pp = dict(arch), dict(pretrain_params)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    known = list(task_api.TOOLS)
-    unknown = [t for t in pp["tools"] if t not in known]
-    if unknown:
-        raise StageError(
-            f"base: base.pretrain.tools has unknown tool(s) {unknown}. Allowed: {', '.join(known)}."
-        )
+    _check_tools(pp["tools"])
     t0 = time.perf_counter()
     seed = int(pp["seed"])
     previous_threads = torch.get_num_threads()
     threads = torch_threads(PRETRAIN_THREADS)
     torch.manual_seed(seed)
-
-    # Tokenizer vocabulary covers every tool (fixed seed), so SFT on all tools needs no new tokens.
-    vocab_rows = task_api.generate(2000, seed=10_000 + seed)
-    max_len = int(arch["max_position_embeddings"])
-    tokenizer = build_tokenizer(corpus_texts(vocab_rows), int(arch["vocab_size"]), max_len)
-
-    rows = task_api.generate(
-        int(pp["n_examples"]),
-        seed=seed,
-        tools=[*pp["tools"], *pp["legacy_tools"]],
-        include_refusals=bool(pp["include_refusals"]),
-        legacy_tools=tuple(pp["legacy_tools"]),
-    )
-    encoded = encode_rows(tokenizer, rows, max_len)
-
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=int(arch["hidden_size"]),
-        intermediate_size=int(arch["intermediate_size"]),
-        num_hidden_layers=int(arch["num_hidden_layers"]),
-        num_attention_heads=int(arch["num_attention_heads"]),
-        num_key_value_heads=int(arch["num_key_value_heads"]),
-        max_position_embeddings=max_len,
-        bos_token_id=None,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=bool(arch["tie_word_embeddings"]),
-    )
-    model = LlamaForCausalLM(config)
+    tokenizer, rows, encoded = _tokenizer_and_rows(arch, pp)
+    model = _llama(arch, tokenizer)
     n_params = sum(p.numel() for p in model.parameters())
-    logger.info(
-        "base: tiny Llama %s params, vocab %d, pre-training %d steps on %d rows (tools %s)",
-        f"{n_params:,}",
-        len(tokenizer),
-        pp["steps"],
-        len(rows),
-        ",".join(pp["tools"]),
-    )
+    logger.info("base: tiny Llama %s params, vocab %d, pre-training %d steps on %d rows (tools %s)",
+                f"{n_params:,}", len(tokenizer), pp["steps"], len(rows), ",".join(pp["tools"]))
     t1 = time.perf_counter()
-    curve = pretrain(
-        model,
-        encoded,
-        steps=int(pp["steps"]),
-        batch_size=int(pp["batch_size"]),
-        learning_rate=float(pp["learning_rate"]),
-        seed=seed,
-        pad_id=tokenizer.pad_token_id,
-        show_progress=show_progress,
-    )
+    curve = pretrain(model, encoded, steps=int(pp["steps"]), batch_size=int(pp["batch_size"]),
+                     learning_rate=float(pp["learning_rate"]), seed=seed,
+                     pad_id=tokenizer.pad_token_id, show_progress=show_progress)
     train_s = time.perf_counter() - t1
     torch.set_num_threads(previous_threads)
-    model.generation_config = GenerationConfig(
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        do_sample=False,
-        max_new_tokens=96,
-    )
-    model.save_pretrained(out_dir, safe_serialization=True)
-    tokenizer.save_pretrained(out_dir)
-    seq_lens = [len(ids) for ids, _ in encoded]
-    report = {
-        "model": "tiny",
-        "architecture": "LlamaForCausalLM",
-        "arch": {**arch, "vocab_size": len(tokenizer)},
-        "parameters": n_params,
-        "pretrain": pp,
-        "pretrain_rows": len(rows),
-        "steps": int(pp["steps"]),
-        "loss_curve": curve,
-        "final_loss": curve[-1]["loss"] if curve else None,
-        "seq_len": {"mean": round(sum(seq_lens) / len(seq_lens), 1), "max": max(seq_lens)},
-        "tokenizer": {
-            "type": "byte-level BPE",
-            "vocab_size": len(tokenizer),
-            "special_tokens": SPECIAL_TOKENS,
-            "gguf_pre_tokenizer": GGUF_PRE_TOKENIZER,
-            "chat_template": "chatml",
-        },
-        "threads": threads,
-        "train_seconds": round(train_s, 2),
-        "seconds": round(time.perf_counter() - t0, 2),
-    }
+    _save(model, tokenizer, out_dir)
+    report = {**_report(arch, pp, tokenizer, n_params, rows, encoded, curve), "threads": threads,
+              "train_seconds": round(train_s, 2), "seconds": round(time.perf_counter() - t0, 2)}
     write_json(out_dir / report_name("base"), report)
     logger.info("base: pre-trained in %.1fs, final loss %.3f", train_s, report["final_loss"] or 0.0)
     return report

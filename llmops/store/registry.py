@@ -15,7 +15,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from llmops.runner.files import write_json_atomic
+from llmops.files import write_json_atomic
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from typing import Any
 
 from filelock import Timeout
 
-from llmops.runner.store import FP_LEN, META, Store, fingerprint_of, key_of
+from llmops.store.cas import FP_LEN, META, Store, fingerprint_of, key_of
 
 DEFAULT_GRACE = "1d"
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}

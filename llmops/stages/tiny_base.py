@@ -1,5 +1,7 @@
 """Stage `base`: builds and pre-trains the tiny default model offline (model=tiny only).
 
+The kind stays "base" (it is in every fingerprint); the stage table maps it to this module.
+
 Writes a Hugging Face folder (config.json, model.safetensors, generation_config.json, tokenizer
 files with the ChatML chat template) and base_report.json into out_dir.
 """
@@ -10,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from llmops.compiler.plan import report_name
-from llmops.stages.context import StageContext
+from llmops.runner.context import StageContext
 
 REPORT_NAME = report_name("base")
 
@@ -29,7 +31,7 @@ def run(
     Returns:
         The base report (arch, parameters, loss curve, steps, seconds), also in base_report.json.
     """
-    from llmops.tiny import build_tiny_base
+    from llmops.backends.tiny import build_tiny_base
 
     return build_tiny_base(
         out_dir,

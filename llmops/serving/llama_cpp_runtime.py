@@ -9,7 +9,7 @@ this module patch the default model params that `Llama()` starts from. Parity ch
 endpoint then compute with ggml's plain CPU kernels: slower prompt processing on some CPUs, the same
 numbers.
 
-    python -m llmops.backends.llama_cpp_runtime --model M.gguf --host 127.0.0.1 --port 8000
+    python -m llmops.serving.llama_cpp_runtime --model M.gguf --host 127.0.0.1 --port 8000
 starts llama-cpp-python's OpenAI-compatible server (same arguments) with the same setting.
 """
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from llmops.errors import EXIT_GATE_FAILED, EXIT_NO_GO, EXIT_OK, EXIT_STAGE_FAILED
+from llmops.tracking.jobs import multirun_job
 
 JOB_FILE = "sweep_job.json"
 METRIC = "exact_match"  # of the tuned model: what a job returns to the sweeper
@@ -134,23 +135,6 @@ def pin_override(sweep_dir: str) -> str:
 # ---- inside a job ----
 
 
-def multirun_job() -> tuple[Path, int] | None:
-    """Returns (sweep folder, job number) when Hydra runs this process as a multirun job, else
-    None. The one test of "is this a sweep job" (the CLI, metrics.json and W&B all ask it)."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
-        if not HydraConfig.initialized():
-            return None
-        hc = HydraConfig.get()
-        if hc.mode != RunMode.MULTIRUN:
-            return None
-        return Path(str(hc.sweep.dir)).resolve(), int(hc.job.num)
-    except (ImportError, ValueError, AttributeError):
-        return None
-
-
 def job_context() -> dict[str, Any] | None:
     """Returns {sweep, sweep_dir, job_num} when running as a job of a multirun, else None.
 
@@ -183,7 +167,7 @@ def job_metric(eval_report: Any) -> float | None:
 
 def record_job(run_dir: Path, status: str, metric: Any = None, **fields: Any) -> None:
     """Writes the job's outcome (sweep_job.json) into its run folder (metric: a float or null)."""
-    from llmops.runner.files import write_json_atomic
+    from llmops.files import write_json_atomic
 
     write_json_atomic(Path(run_dir) / JOB_FILE,
                       {"status": status, "metric": as_metric(metric), **fields})
@@ -218,7 +202,7 @@ def summarize(sweep_dir: Path) -> tuple[int, list[dict[str, Any]]]:
 
 def swept(rows: list[dict[str, Any]]) -> dict[str, list[str]]:
     """Returns each job's swept overrides (the keys whose value differs between jobs)."""
-    from llmops.tracking import override_key, override_params, varying_keys
+    from llmops.tracking.jobs import override_key, override_params, varying_keys
 
     keys = set(varying_keys([override_params(r.get("overrides") or []) for r in rows]))
     return {r["dir"]: [o for o in r.get("overrides") or [] if override_key(o) in keys]

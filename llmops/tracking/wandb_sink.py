@@ -20,7 +20,7 @@ from typing import Any
 
 from llmops.compiler.plan import Plan, StageSpec, report_name
 from llmops.errors import StageError
-from llmops.tracking import (
+from llmops.tracking.jobs import (
     is_noise,
     override_params,
     reproduce_command,

@@ -26,7 +26,8 @@ from typing import Any
 
 from filelock import Timeout
 
-from llmops.runner.gc import (
+from llmops.store.cas import META, Store
+from llmops.store.gc import (
     DEFAULT_GRACE,
     REMOVABLE,
     classify,
@@ -35,7 +36,6 @@ from llmops.runner.gc import (
     human_age,
     parse_age,
 )
-from llmops.runner.store import META, Store
 
 __all__ = ["folder_size", "human_age", "main", "verify"]
 
@@ -202,6 +202,3 @@ def main(argv: Sequence[str] | None = None) -> int:
                       "where they are now; to drop their entries, gc --force.")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

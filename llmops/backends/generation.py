@@ -153,7 +153,7 @@ def generate(
     import torch
     from tqdm.auto import tqdm
 
-    from llmops.stages.common import cpu_threads
+    from llmops.backends.common import cpu_threads
 
     prompts = [build_prompt(tokenizer, row["messages"]) for row in rows]
     lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]

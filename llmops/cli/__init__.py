@@ -1,0 +1,109 @@
+"""The command line: `python -m llmops [overrides]` (a Hydra app with a pre-flight check).
+
+The pre-flight (preflight.py) composes, validates and compiles every point before Hydra launches
+anything, so any config problem, Hydra's own included, exits with code 2 and a readable message,
+and writes nothing. job.py runs one point; sweep.py plans and sums up a multirun.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from llmops.cli.job import _task, execute, run_job
+from llmops.cli.preflight import _preflight, check, preflight, show_cfg_check, to_plain
+from llmops.errors import EXIT_CONFIG, ConfigError
+
+if TYPE_CHECKING:
+    from llmops.config.compose import Source
+
+__all__ = ["check", "execute", "main", "preflight", "run_job", "show_cfg_check", "to_plain"]
+
+
+def _hydra_app() -> None:
+    import hydra
+
+    hydra.main(config_path="pkg://llmops.conf", config_name="config", version_base="1.3")(_task)()
+
+
+def _run_single(overrides: list[str], source: Source | None = None) -> None:
+    """Runs one point the way Hydra's `run` does, on the pre-flight's composition.
+
+    Hydra's app would compose the config twice more (once to find the mode, once to run); a single
+    run reuses the composition the pre-flight checked and hands it to Hydra's own run_job (output
+    folder, .hydra/ files, logging, HydraConfig), so the job sees exactly what Hydra would give it.
+    """
+    import copy
+
+    from hydra._internal.callbacks import Callbacks
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.utils import configure_log, run_job
+    from hydra.types import HydraContext, RunMode
+    from omegaconf import open_dict
+
+    from llmops.config.compose import DEFAULT, compose, config_loader
+
+    source = source or DEFAULT
+    cfg = copy.deepcopy(compose(overrides, return_hydra_config=True, source=source))
+    with open_dict(cfg.hydra):
+        cfg.hydra.mode = RunMode.RUN
+        cfg.hydra.overrides.hydra.append("hydra.mode=RUN")  # as Hydra's app records it
+    configure_log(cfg.hydra.hydra_logging, cfg.hydra.verbose)
+    callbacks = Callbacks(cfg)
+    callbacks.on_run_start(config=cfg, config_name=source.config_name)
+    try:
+        ret = run_job(hydra_context=HydraContext(config_loader=config_loader(source),
+                                                 callbacks=callbacks),
+                      task_function=_task, config=cfg, job_dir_key="hydra.run.dir",
+                      job_subdir_key=None, configure_logging=True)
+        callbacks.on_run_end(config=cfg, config_name=source.config_name, job_return=ret)
+        _ = ret.return_value  # re-raises the task's exception
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of `python -m llmops` and the `llmops` console script.
+
+    Every command but help, version, info and shell completion goes through the pre-flight
+    first (--cfg, -cp/-cn/-cd and --package included): config errors exit 2 before Hydra writes
+    or instantiates anything. A secret's value on the command line (a shell-expanded
+    $WANDB_API_KEY) is replaced by `${oc.env:NAME}` before anything records it.
+    """
+    from llmops.config.command import parse_command
+    from llmops.config.secrets import redact
+
+    args = redact(list(sys.argv[1:] if argv is None else argv))
+    sys.argv = [sys.argv[0], *args]
+    try:
+        command = parse_command(args)
+        if command.passthrough:
+            _hydra_app()
+            return
+        if command.show_cfg:
+            show_cfg_check(command)
+            sweep = None
+        else:
+            sweep = _preflight(command)
+    except ConfigError as exc:
+        print(exc.render(), file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+    if command.show_cfg:
+        _hydra_app()
+        return
+    if sweep is None:
+        _run_single(command.overrides, command.source)
+        return
+    if sweep.sweep_dir:
+        from llmops.cli.sweep import pin_override
+
+        args.append(pin_override(sweep.sweep_dir))  # jobs and the summary share one folder
+    sys.argv = [sys.argv[0], *args]
+    _hydra_app()
+    if sweep.sweep_dir:
+        from llmops.cli.sweep import print_summary
+
+        code = print_summary(Path(sweep.sweep_dir))
+        if code:
+            sys.exit(code)

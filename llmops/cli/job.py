@@ -1,0 +1,182 @@
+"""One job: the pure task function (`execute`) and the Hydra task around it (`run_job`).
+
+A sweep job's failure is recorded in its run folder and the sweep goes on; Ctrl-C and SIGTERM stop
+the job with finished stages kept in the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from llmops.cli.preflight import to_plain
+from llmops.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    ConfigError,
+    LlmopsError,
+    Terminated,
+)
+
+log = logging.getLogger("llmops")
+
+
+def execute(cfg: Any, run_dir: Path | None = None, overrides: list[str] | None = None,
+            meta: dict[str, Any] | None = None) -> Any:
+    """Runs the pipeline for one composed config (the pure task function behind the CLI).
+
+    Args:
+        cfg: The composed config.
+        run_dir: The run folder (default: Hydra's output dir).
+        overrides: The overrides to record (default: Hydra's task overrides).
+        meta: Extra manifest fields (a sweep job's sweep id, sweep folder and job number).
+
+    Returns:
+        The tuned model's exact match (the metric sweepers optimise) as a finite float, or None
+        when nothing ran or it was not measured.
+    """
+    from rich.console import Console
+
+    from llmops.cli.sweep import job_metric
+    from llmops.compiler.compile import compile_plan
+    from llmops.compiler.render import plan_table, print_summary
+    from llmops.config.validate import validate_and_resolve
+    from llmops.env import detect
+    from llmops.runner.run import run_plan
+
+    if run_dir is None or overrides is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get()
+        run_dir = run_dir or Path(hc.runtime.output_dir)
+        overrides = overrides if overrides is not None else task_overrides(hc)
+    app, resolved = validate_and_resolve(to_plain(cfg), detect())
+    plan = compile_plan(app, resolved)
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+    console.print(plan_table(plan))
+    if app.dry_run:
+        plan.write(Path(run_dir) / "plan.json")
+        if any(s.kind == "compute" for s in plan.stages):
+            from llmops.compiler.render import compute_table
+            from llmops.files import write_json_atomic
+            from llmops.stages.compute import plan as compute_plan
+
+            estimate = compute_plan(plan.stage("compute").params)
+            write_json_atomic(Path(run_dir) / plan.stage("compute").report, estimate)
+            console.print(compute_table(estimate))
+        console.print(f"dry run: nothing ran. Plan written to {Path(run_dir) / 'plan.json'}")
+        return None
+    manifest = run_plan(plan, Path(run_dir), overrides, meta)
+    report = _eval_report(Path(run_dir))
+    print_summary(console, manifest, report, Path(run_dir))  # never fails the finished run
+    return job_metric(report)
+
+
+def task_overrides(hc: Any) -> list[str]:
+    """Returns the job's overrides as typed: `${oc.env:NAME}` stays text, as in overrides.yaml."""
+    from omegaconf import OmegaConf
+
+    return [str(o) for o in OmegaConf.to_container(hc.overrides.task, resolve=False)]
+
+
+def _fail(exc: LlmopsError) -> None:
+    print(f"\n{exc}", file=sys.stderr)
+    sys.exit(exc.exit_code)
+
+
+def run_job(cfg: Any) -> Any:
+    """The Hydra task: runs one point; returns the metric sweepers optimise.
+
+    In a multirun a failing point (stage error, gate failure, invalid point) is recorded in its
+    run folder (sweep_job.json, manifest.json) and returns None, or the tuned metric for a gate
+    failure, so Hydra goes on with the other points; `main` exits non-zero at the end.
+    """
+    from llmops.cli.sweep import job_context, record_job
+
+    job = job_context()
+    if job is None:
+        try:
+            return execute(cfg)
+        except LlmopsError as exc:
+            _fail(exc)
+    from hydra.core.hydra_config import HydraConfig
+
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    info = {**job, "overrides": task_overrides(hc)}
+    try:
+        metric = execute(cfg, run_dir, info["overrides"], meta=job)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # one point's failure must not end the sweep
+        status = {"GateFailed": "gate_failed", "NoGo": "no_go"}.get(type(exc).__name__, "failed")
+        if isinstance(exc, ConfigError) and cfg.get("skip_invalid"):
+            status = "invalid"
+        if not isinstance(exc, LlmopsError):
+            log.exception("job %s crashed", job["job_num"])
+        log.error("job %s %s: %s", job["job_num"], status, exc)
+        metric = _tuned_metric(run_dir) if status == "gate_failed" else None
+        error = ("; ".join(str(p) for p in exc.problems) if isinstance(exc, ConfigError)
+                 else str(exc))
+        record_job(run_dir, status, metric, error=error, **info)
+        return metric
+    record_job(run_dir, "dry_run" if cfg.get("dry_run") else "succeeded", metric, **info)
+    return metric
+
+
+def _eval_report(run_dir: Path) -> dict[str, Any] | None:
+    """Returns the run's eval_report.json, or None when it is missing or unreadable."""
+    import json
+
+    from llmops.compiler.plan import report_name
+
+    try:
+        report = json.loads((run_dir / report_name("eval")).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return report if isinstance(report, dict) else None
+
+
+def _tuned_metric(run_dir: Path) -> float | None:
+    from llmops.cli.sweep import job_metric
+
+    return job_metric(_eval_report(run_dir))
+
+
+def _task(cfg: Any) -> Any:
+    try:
+        with _sigterm_as_interrupt():
+            return run_job(cfg)
+    except KeyboardInterrupt as exc:
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        print(f"\n{what}: finished stages stay in the store; rerun to resume.", file=sys.stderr)
+        sys.exit(EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Makes SIGTERM stop the job like Ctrl-C (raised in the main thread) while the job runs.
+
+    Only where SIGTERM still has its default action: submitit's job environment handles it (and
+    SIGUSR2, its requeue signal) itself. A second SIGTERM ends the process at once.
+    """
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+        yield
+        return
+
+    def _raise(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)

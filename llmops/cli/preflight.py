@@ -1,0 +1,156 @@
+"""The pre-flight: compose, validate and compile every point before Hydra launches anything.
+
+Any config problem, Hydra's own included, raises one ConfigError listing every problem, so the
+command exits with code 2 and a readable message, and writes nothing.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Any
+
+from llmops.errors import ConfigError, Problem
+
+if TYPE_CHECKING:
+    from llmops.config.command import Command
+    from llmops.config.compose import Source
+
+
+def to_plain(cfg: Any) -> dict[str, Any]:
+    """Resolves a composed DictConfig into plain containers, dropping the hydra node.
+
+    Secrets stay out: `${oc.env:NAME}` of a secret-looking NAME resolves to its own text, and a
+    secret's value found anywhere is replaced by that text (llmops.config.secrets).
+    """
+    from omegaconf import DictConfig, OmegaConf, open_dict
+    from omegaconf.errors import OmegaConfBaseException
+
+    from llmops.config.secrets import redact, secrets_unresolved
+
+    if isinstance(cfg, DictConfig) and "hydra" in cfg:
+        cfg = cfg.copy()
+        with open_dict(cfg):
+            del cfg["hydra"]
+    try:
+        with secrets_unresolved():
+            plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or "config"
+        first = str(exc).splitlines()[0]
+        raise ConfigError([Problem(str(key), f"cannot be resolved: {first}")]) from None
+    return redact(plain)  # type: ignore[no-any-return]
+
+
+def check(overrides: list[str], source: Source | None = None) -> Any:
+    """Composes, checks (hydra node included), validates and compiles one point.
+
+    Returns:
+        The point's Plan.
+
+    Raises:
+        ConfigError: Every problem found.
+    """
+    from llmops.config.compose import DEFAULT, compose
+    from llmops.config.hydra_checks import RUN_DIR, hydra_problems
+
+    # Composed with the hydra node, as plan_sweep does: the memoised composition is reused.
+    cfg = compose(overrides, return_hydra_config=True, source=source or DEFAULT)
+    hard = hydra_problems(cfg, RUN_DIR)
+    try:
+        plan = _compile(cfg)
+    except ConfigError as exc:
+        raise ConfigError(_merge(hard, exc.problems)) from None
+    if hard:
+        raise ConfigError(hard)
+    return plan
+
+
+def _merge(first: list[Problem], more: list[Problem]) -> list[Problem]:
+    """Adds the problems of `more` whose key `first` does not already report."""
+    keys = {p.key for p in first}
+    return first + [p for p in more if p.key not in keys]
+
+
+def _compile(cfg: Any, env: Any = None) -> Any:
+    from llmops.compiler.compile import compile_plan
+    from llmops.config.validate import validate_and_resolve
+    from llmops.env import detect
+
+    return compile_plan(*validate_and_resolve(to_plain(cfg), env or detect()))
+
+
+def preflight(argv: list[str]) -> Any:
+    """Checks every point the command would run; raises ConfigError listing all problems.
+
+    Returns:
+        The Sweep for a multirun (named sweep or -m), else None. With skip_invalid=true, points
+        that compose but fail validation are listed on stderr and left to skip themselves.
+    """
+    from llmops.config.command import parse_command
+
+    command = parse_command(argv)
+    if command.show_cfg:
+        show_cfg_check(command)
+        return None
+    return _preflight(command)
+
+
+def show_cfg_check(command: Command) -> None:
+    """Checks what `--cfg` prints: it must compose, and name nothing Hydra would run."""
+    from llmops.config.compose import compose
+    from llmops.config.hydra_checks import hydra_problems
+
+    cfg = compose(command.overrides, return_hydra_config=True, source=command.source)
+    problems = hydra_problems(cfg, dir_key=None)
+    if problems:
+        raise ConfigError(problems)
+
+
+def _preflight(command: Command) -> Any:
+    from llmops.cli.sweep import plan_sweep
+    from llmops.config.compose import compose
+    from llmops.config.hydra_checks import SWEEP_DIR, hydra_problems
+    from llmops.env import detect
+
+    overrides, source = command.overrides, command.source
+    sweep = plan_sweep(overrides, command.multirun, source)
+    if sweep is None:
+        check(overrides, source)
+        return None
+    # The multirun's own composition: Hydra instantiates its callbacks, sweeper and launcher.
+    own = compose(_fixed(overrides), return_hydra_config=True, source=source)
+    hard = hydra_problems(own, SWEEP_DIR)
+    if hard:
+        raise ConfigError(hard)
+    env = detect()
+    soft: list[Problem] = []
+    for point in sweep.points:
+        tag = f" [sweep point: {sweep.label(point)}]"
+        try:  # a point's hydra node configures its job's logging: checked like the sweep's
+            cfg = compose(point, return_hydra_config=True, source=source)
+            problems = hydra_problems(cfg, dir_key=None)
+        except ConfigError as exc:  # Hydra could not even launch this point
+            problems = exc.problems
+        if problems:
+            hard += [Problem(p.key, p.message + tag) for p in problems]
+            continue
+        try:
+            _compile(cfg, env)
+        except ConfigError as exc:
+            soft += [Problem(p.key, p.message + tag) for p in exc.problems]
+            sweep.invalid.append(sweep.label(point))
+    if hard or (soft and (not sweep.skip_invalid or len(sweep.invalid) == len(sweep.points))):
+        raise ConfigError(hard + soft)
+    if soft:
+        print(f"skip_invalid: {len(sweep.invalid)} of {len(sweep.points)} sweep points are "
+              f"invalid and will be skipped:\n" + "\n".join(f"  - {p}" for p in soft),
+              file=sys.stderr)
+    return sweep
+
+
+def _fixed(overrides: list[str]) -> list[str]:
+    """Returns the overrides that are not sweeps (what Hydra's multirun composes itself with)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    return [o for o in overrides if not parser.parse_overrides([o])[0].is_sweep_override()]
