@@ -137,7 +137,7 @@ def test_rows_over_max_length_in_model_tokens_are_reported_not_truncated(tmp_pat
 
     rows, _ = read_source(DATA / "alpaca.json", cache_dir=str(tmp_path / "cache"))
     texts = [m["content"] for r in rows for m in r["messages"]]
-    tokenizer = build_tokenizer(texts * 20, vocab_size=300)
+    tokenizer = build_tokenizer(texts * 20, vocab_size=300, model_max_length=512)
     measure = chat_token_counter(tokenizer)
     lengths = list(measure([dict(r) for r in rows]))
     expected = [len(tokenizer.apply_chat_template(
