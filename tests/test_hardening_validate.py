@@ -234,25 +234,40 @@ def test_sigterm_is_raised_like_ctrl_c_only_where_sigterm_has_its_default_action
         signal.signal(signal.SIGTERM, previous)
 
 
+# Ctrl-C (SIGINT) and SIGTERM (what docker stop and schedulers send, to this process only) stop a
+# run the same way: stage and run `interrupted`, no half-written stage, the checkpoint kept, resume.
+STOPS = {
+    "ctrl_c": (signal.SIGINT, 130,
+               "interrupted: finished stages stay in the store; rerun to resume.",
+               "KeyboardInterrupt"),
+    "sigterm": (signal.SIGTERM, 143,
+                "terminated (SIGTERM): finished stages stay in the store; rerun to resume.",
+                "terminated by SIGTERM"),
+}
+
+
 @pytest.mark.slow
-def test_sigterm_exits_143_marks_the_run_interrupted_and_the_rerun_resumes(tmp_path):
+@pytest.mark.parametrize("stop", list(STOPS))
+def test_a_stop_signal_marks_the_run_interrupted_keeps_the_checkpoint_and_the_rerun_resumes(
+        tmp_path, stop):
+    sig, code, message, error = STOPS[stop]
     args = ["train.max_steps=100", "train.save_steps=5", *TRAIN_ONLY]
     proc = _start_until_checkpoint(tmp_path, args)
-    proc.send_signal(signal.SIGTERM)  # what docker stop and schedulers send, to this process only
+    proc.send_signal(sig)
     proc.wait(timeout=120)
     err = _stderr(tmp_path)
-    assert proc.returncode == 143, err[-2000:]
-    assert "terminated (SIGTERM): finished stages stay in the store; rerun to resume." in err
+    assert proc.returncode == code, err[-2000:]
+    assert message in err
     (manifest_path,) = (tmp_path / "outputs/runs").glob("*/*/manifest.json")
     manifest = json.loads(manifest_path.read_text())
     assert manifest["status"] == "interrupted" and manifest["failed_stage"] == "sft"
     assert manifest["stages"]["sft"]["status"] == "interrupted"
-    assert manifest["stages"]["sft"]["error"] == "terminated by SIGTERM"
+    assert manifest["stages"]["sft"]["error"] == error
+    assert manifest["stages"]["data"]["status"] == "ran"
     store = tmp_path / "outputs" / "store"
     assert list((store / ".tmp").glob("*")) == [], "no half-written stage folder is left"
     assert glob.glob(str(tmp_path / CHECKPOINT)), "the checkpoint is kept for the rerun"
     assert not (store / "sft").exists()
-
     r = llmops(*args, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     runs = sorted((tmp_path / "outputs/runs").glob("*/*/manifest.json"),

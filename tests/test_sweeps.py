@@ -238,24 +238,6 @@ def test_rerun_after_kill_resumes_training_from_the_last_checkpoint(tmp_path):
 
 
 @pytest.mark.slow
-def test_ctrl_c_exits_130_marks_the_run_interrupted_and_keeps_the_checkpoint(tmp_path):
-    proc = _start_until_checkpoint(tmp_path, ["train.max_steps=200", "train.save_steps=5",
-                                              *TRAIN_ONLY])
-    proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=120)
-    err = _stderr(tmp_path)
-    assert proc.returncode == 130, err[-2000:]
-    assert "interrupted: finished stages stay in the store; rerun to resume." in err
-    (manifest_path,) = (tmp_path / "outputs/runs").glob("*/*/manifest.json")
-    manifest = json.loads(manifest_path.read_text())
-    assert manifest["status"] == "interrupted" and manifest["failed_stage"] == "sft"
-    assert manifest["stages"]["sft"]["status"] == "interrupted"
-    assert manifest["stages"]["data"]["status"] == "ran"
-    assert glob.glob(str(tmp_path / CHECKPOINT)), "the checkpoint is kept for the rerun"
-    assert not (tmp_path / "outputs/store/sft").exists()
-
-
-@pytest.mark.slow
 def test_preempted_submitit_job_is_requeued_and_resumes_from_its_checkpoint(tmp_path):
     """What SLURM does to a point at its time limit, through submitit's local executor.
 
