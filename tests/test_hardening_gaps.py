@@ -8,7 +8,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_hardening_config import assert_refused, files_under, llmops
+from test_hardening_config import (
+    VICTIM_TEXT,
+    assert_refused,
+    files_under,
+    llmops,
+)
 
 PWN = 'open("pwned.txt", "w").write("imported")\n'
 
@@ -73,3 +78,66 @@ def test_searchpath_allows_folders_and_installed_packages_and_names_the_primary_
                "hydra.run.dir=run", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "run" / "plan.json").is_file() and not (tmp_path / "pwned.txt").exists()
+
+
+@pytest.mark.parametrize("name", ["LD_PRELOAD", "LD_LIBRARY_PATH", "DYLD_INSERT_LIBRARIES",
+                                  "PYTHONPATH", "PYTHONSTARTUP", "BASH_ENV", "PATH"])
+def test_env_set_of_a_variable_that_changes_code_exits_2(tmp_path, name):
+    r = llmops(f"+hydra.job.env_set.{name}=/tmp/evil", "dry_run=true", cwd=tmp_path)
+    assert_refused(r, tmp_path, set(), f"hydra.job.env_set.{name}")
+    assert (f"'/tmp/evil': {name} changes what code runs in the job and its torchrun "
+            f"subprocesses, so a config may not set it. Remove it; if you really mean it, set "
+            f"it in your shell: {name}=... python -m llmops ...") in r.stderr
+
+
+def test_env_set_is_checked_in_a_multirun_and_plain_names_still_run(tmp_path):
+    r = llmops("-m", "lora=r8,r16", "+hydra.job.env_set.LD_PRELOAD=/tmp/evil.so",
+               "dry_run=true", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert_refused(r, tmp_path, set(), "hydra.job.env_set.LD_PRELOAD")
+    r = llmops("+hydra.job.env_set.TOKENIZERS_PARALLELISM=false", "dry_run=true",
+               "hydra.run.dir=run", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+LOG_FILE = "hydra.job_logging.handlers.file.filename"
+
+
+@pytest.mark.parametrize(("args", "victim", "key"), [
+    ([f"{LOG_FILE}=victim.txt", "+hydra.job_logging.handlers.file.mode=w"], "victim.txt",
+     LOG_FILE),
+    (["hydra.job.name=../victim"], "victim.log", LOG_FILE),  # ${hydra.runtime.output_dir}/../
+    (["hydra/hydra_logging=hydra_debug"], "hydra-llmops.log",  # Hydra's own, mode: w
+     "hydra.hydra_logging.handlers.file.filename"),
+    (["-m", "lora=r8,r16", f"{LOG_FILE}=victim.txt", "hydra.sweep.dir=sweep"], "victim.txt",
+     LOG_FILE),
+], ids=["relative_mode_w", "job_name_dotdot", "hydra_debug", "multirun"])
+def test_log_file_outside_the_run_folder_exits_2_and_leaves_the_file(tmp_path, args, victim,
+                                                                       key):
+    (tmp_path / victim).write_text(VICTIM_TEXT)
+    before = files_under(tmp_path)
+    r = llmops(*args, "dry_run=true", "hydra.run.dir=run", cwd=tmp_path)
+    assert_refused(r, tmp_path, before, key)
+    assert f"is {tmp_path / victim}, not a file inside the run folder" in r.stderr
+    assert (tmp_path / victim).read_text() == VICTIM_TEXT
+
+
+def test_log_file_from_a_config_file_is_refused_and_one_inside_the_run_folder_is_written(
+        tmp_path):
+    folder = tmp_path / "user_conf" / "model"
+    folder.mkdir(parents=True)
+    (folder / "evil.yaml").write_text(
+        "# @package _global_\n# A model option that points the job's log at a user's file.\n"
+        "defaults:\n  - /model/tiny@model\nhydra:\n  job_logging:\n    handlers:\n"
+        "      file:\n        filename: ${oc.env:HOME}/.bashrc\n        mode: w\n")
+    (tmp_path / ".bashrc").write_text(VICTIM_TEXT)
+    before = files_under(tmp_path)
+    r = llmops("-cd", "user_conf", "model=evil", "dry_run=true", cwd=tmp_path,
+               env={"HOME": str(tmp_path)})
+    assert_refused(r, tmp_path, before, LOG_FILE)
+    assert f"'${{oc.env:HOME}}/.bashrc' is {tmp_path / '.bashrc'}, not a file inside" in r.stderr
+    assert (tmp_path / ".bashrc").read_text() == VICTIM_TEXT
+    r = llmops(f"{LOG_FILE}=${{hydra:runtime.output_dir}}/job.log", "dry_run=true",
+               "hydra.run.dir=run", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path / "run" / "job.log").is_file() and not (tmp_path / "run" / "llmops.log"
+                                                            ).exists()
