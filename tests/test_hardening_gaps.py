@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 from test_hardening_config import (
+    FAKE_KEY,
+    FAKE_TOKEN,
     VICTIM_TEXT,
     assert_refused,
     files_under,
@@ -141,3 +143,36 @@ def test_log_file_from_a_config_file_is_refused_and_one_inside_the_run_folder_is
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "run" / "job.log").is_file() and not (tmp_path / "run" / "llmops.log"
                                                             ).exists()
+
+
+def test_secret_in_a_key_that_leaves_llmops_exits_2(tmp_path):
+    env = {"WANDB_API_KEY": FAKE_KEY, "MY_SERVICE_TOKEN": FAKE_TOKEN}
+    r = llmops("tracking=wandb", "tracking.mode=offline", "tracking.entity=${oc.env:WANDB_API_KEY}",
+               f"tracking.tags=[ok,{FAKE_TOKEN}]", "dry_run=true", cwd=tmp_path, env=env)
+    assert_refused(r, tmp_path, set(), "tracking.entity", "tracking.tags")
+    assert ("  - tracking.entity: reads WANDB_API_KEY, a secret: W&B would receive it as the "
+            "entity name. llmops never resolves a secret, so it would send the text "
+            "'${oc.env:WANDB_API_KEY}'. Give the value itself, e.g. tracking.entity=my-team"
+            ) in r.stderr
+    assert "  - tracking.tags: reads MY_SERVICE_TOKEN, a secret: W&B would receive it as a tag" \
+        in r.stderr  # typed shell-expanded: its value is masked first
+    assert FAKE_KEY not in r.stderr + r.stdout and FAKE_TOKEN not in r.stderr + r.stdout
+
+
+def test_every_key_that_leaves_llmops_refuses_a_secret_and_others_keep_the_mask():
+    from llmops.cli import to_plain
+    from llmops.config.compose import compose
+    from llmops.config.secrets import OUTBOUND
+    from llmops.config.validate import validate
+    from llmops.errors import ConfigError
+
+    for key in OUTBOUND:
+        value = "[${oc.env:HF_TOKEN}]" if key == "tracking.tags" else "${oc.env:HF_TOKEN}"
+        with pytest.raises(ConfigError) as info:
+            validate(to_plain(compose(["tracking=wandb", "deploy=ollama", f"++{key}={value}"])))
+        assert [p.message for p in info.value.problems if p.key == key] == [
+            f"reads HF_TOKEN, a secret: {OUTBOUND[key][0]}. llmops never resolves a secret, so "
+            f"it would send the text '${{oc.env:HF_TOKEN}}'. Give the value itself, e.g. "
+            f"{key}={OUTBOUND[key][1]}; the services read their own keys from the environment."]
+    plain = to_plain(compose(["usecase.description=${oc.env:HF_TOKEN}"]))
+    assert validate(plain).usecase.description == "${oc.env:HF_TOKEN}"  # stays inside llmops
