@@ -269,15 +269,17 @@ def test_env_copy_of_a_secret_exits_2(tmp_path):
 
 def test_secrets_from_the_environment_reach_no_file_log_or_output(tmp_path):
     """A real (cheap) run with W&B offline: one secret through ${oc.env:...}, one shell-expanded
-    on the command line. Every file under the working folder (run folder, .hydra, llmops.log,
-    the W&B run, the store) is read back byte by byte."""
+    on the command line, both in keys that stay inside llmops (W&B gets the config, masked).
+    Every file under the working folder (run folder, .hydra, llmops.log, the W&B run, the store)
+    is read back byte by byte. A key that leaves llmops (tracking.entity) may not read a secret:
+    test_hardening_gaps."""
     home = tmp_path / "home"
     home.mkdir()
     env = {"WANDB_API_KEY": FAKE_KEY, "MY_SERVICE_TOKEN": FAKE_TOKEN, "WANDB_MODE": "offline",
            "HOME": str(home), "WANDB_CONFIG_DIR": str(home / ".config"),
            "WANDB_CACHE_DIR": str(home / ".cache"), "WANDB_DATA_DIR": str(home / ".data")}
     r = llmops(*CHEAP, "tracking=wandb", "tracking.mode=offline",
-               "tracking.entity=${oc.env:WANDB_API_KEY}", f"tracking.group={FAKE_TOKEN}",
+               "++usecase.description=${oc.env:WANDB_API_KEY}", f"++usecase.name={FAKE_TOKEN}",
                "hydra.run.dir=run", "store_dir=store", cwd=tmp_path, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     written = [p for p in tmp_path.rglob("*") if p.is_file() and home not in p.parents]
@@ -290,9 +292,9 @@ def test_secrets_from_the_environment_reach_no_file_log_or_output(tmp_path):
         leaks = [str(p) for p in written if secret.encode() in p.read_bytes()]
         assert leaks == [], secret
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
-    assert manifest["config"]["tracking"]["entity"] == "${oc.env:WANDB_API_KEY}"
-    assert manifest["config"]["tracking"]["group"] == "${oc.env:MY_SERVICE_TOKEN}"
-    assert "tracking.entity=${oc.env:WANDB_API_KEY}" in manifest["overrides"]
+    assert manifest["config"]["usecase"]["description"] == "${oc.env:WANDB_API_KEY}"
+    assert manifest["config"]["usecase"]["name"] == "${oc.env:MY_SERVICE_TOKEN}"
+    assert "++usecase.description=${oc.env:WANDB_API_KEY}" in manifest["overrides"]
 
 
 # ---- 4. hints ----

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from llmops.config.hints import did_you_mean
+from llmops.config.searchpath import search_path_problems
 from llmops.errors import ConfigError, Problem
 
 CONFIG_MODULE = "llmops.conf"
@@ -138,6 +139,9 @@ def _compose(overrides: list[str], return_hydra_config: bool, source: Source) ->
     problems = [p for _, p in problems]
     unknown: dict[int, str | None] = {}  # problem index -> override naming an unknown key
     source.search_path()  # a bad -cp/-cd is reported as itself, not as a composition error
+    unsafe = search_path_problems(remaining, source)  # before Hydra imports a pkg:// entry
+    if unsafe:
+        raise ConfigError([*problems, *unsafe])
     for _ in range(_MAX_RETRIES):
         try:
             cfg = _hydra_compose(remaining, source)

@@ -2,7 +2,9 @@
 
 Everything here runs in the pre-flight, before Hydra creates a folder, configures logging or
 instantiates anything: code it would run (targets.py), a run folder it cannot create, a change
-of working folder that breaks relative paths, and secrets it would copy into .hydra/hydra.yaml.
+of working folder that breaks relative paths, secrets it would copy into .hydra/hydra.yaml,
+environment variables that change what code runs (job_env.py) and log files outside the run
+folder (log_files.py).
 """
 
 from __future__ import annotations
@@ -11,27 +13,37 @@ import os
 from pathlib import Path
 from typing import Any
 
+from llmops.config.job_env import env_set_problems
+from llmops.config.log_files import log_file_problems
 from llmops.config.secrets import is_secret_name
 from llmops.config.targets import logging_problems, target_problems
 from llmops.errors import Problem
 
 RUN_DIR = "hydra.run.dir"
 SWEEP_DIR = "hydra.sweep.dir"
+SUBDIR = "hydra.sweep.subdir"
 
 
-def hydra_problems(cfg: Any, dir_key: str | None = RUN_DIR) -> list[Problem]:
+def hydra_problems(cfg: Any, dir_key: str | None = RUN_DIR,
+                   logs_in: str | None = None) -> list[Problem]:
     """Lists every problem of the hydra node (and every `_target_` of the whole config).
 
     Args:
         cfg: A composition with its hydra node (compose(..., return_hydra_config=True)).
         dir_key: The output folder key Hydra will create (hydra.run.dir for a single run,
             hydra.sweep.dir for a multirun), or None to leave folders unchecked.
+        logs_in: The run folder key log files must lie in; default: dir_key (None: unchecked,
+            for --cfg, which configures no logging).
     """
     from omegaconf import OmegaConf
 
     problems = target_problems(cfg) + logging_problems(cfg)
     if OmegaConf.select(cfg, "hydra") is None:
         return problems
+    problems += env_set_problems(cfg)
+    logs_in = logs_in or dir_key
+    if logs_in:  # a multirun job's folder is hydra.sweep.dir/hydra.sweep.subdir
+        problems += log_file_problems(cfg, logs_in, SUBDIR if logs_in == SWEEP_DIR else None)
     if OmegaConf.select(cfg, "hydra.job.chdir", default=None):
         problems.append(Problem("hydra.job.chdir", (
             "must be false (got true): llmops reads data.path, store_dir and other relative "

@@ -6,7 +6,8 @@ the interpolation text, so plan.json, manifest.json, metrics.json, the W&B confi
 record `${oc.env:WANDB_API_KEY}`, never the key. A secret's value that reaches the config some
 other way (a shell-expanded `$WANDB_API_KEY` on the command line) is replaced by the same text.
 No llmops key needs a secret: W&B, the hub and the OpenAI client read theirs from the
-environment themselves.
+environment themselves, so a key whose value leaves llmops (OUTBOUND: the W&B entity, a hub id,
+...) and reads a secret is a config error rather than the masked text sent as that value.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
+
+from llmops.errors import Problem
 
 # Parts of a variable name that mark a secret wherever they occur (HFTOKEN, MY_SECRET_X) ...
 _SECRET_WORDS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "PASSPHRASE", "CREDENTIAL",
@@ -94,3 +97,50 @@ def secrets_unresolved() -> Iterator[None]:
         yield
     finally:
         OmegaConf.register_new_resolver("oc.env", oc.env, replace=True)
+
+
+# Keys whose value leaves llmops: the service that receives it, as what, and a good value.
+OUTBOUND = {
+    "tracking.project": ("W&B would receive it as the project name", "my-project"),
+    "tracking.entity": ("W&B would receive it as the entity name", "my-team"),
+    "tracking.group": ("W&B would receive it as the group name", "my-group"),
+    "tracking.tags": ("W&B would receive it as a tag", "[my-tag]"),
+    "model.name": ("W&B would receive it in the run's model= tag", "my-model"),
+    "model.hub_id": ("the Hugging Face Hub would receive it as a model id", "org/name"),
+    "data.hf_id": ("the Hugging Face Hub would receive it as a dataset id", "org/name"),
+    "deploy.ollama.host": ("llmops would send the model to it as the Ollama server's address",
+                           "http://gpu-box:11434"),
+    "deploy.ollama.model_name": ("Ollama would receive it as the model's name", "my-model"),
+}
+_MASKED = re.compile(r"\$\{oc\.env:([^,}]+)[^}]*\}")
+
+
+def _at(data: Mapping[str, Any], key: str) -> Any:
+    node: Any = data
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, Mapping) else None
+    return node
+
+
+def outbound_secret_problems(data: Mapping[str, Any]) -> list[Problem]:
+    """Lists the keys that leave llmops (OUTBOUND) but read a secret.
+
+    llmops never resolves a secret (the config keeps `${oc.env:NAME}` as text), so such a key
+    would send that text, e.g. to W&B as the entity name, instead of what the user meant.
+
+    Args:
+        data: The config as plain containers (to_plain's output: secrets still masked).
+    """
+    problems = []
+    for key, (what, example) in OUTBOUND.items():
+        value = _at(data, key)
+        for item in value if isinstance(value, list) else [value]:
+            found = _MASKED.search(item) if isinstance(item, str) else None
+            if found and is_secret_name(found.group(1)):
+                name = found.group(1)
+                problems.append(Problem(key, (
+                    f"reads {name}, a secret: {what}. llmops never resolves a secret, so it "
+                    f"would send the text '{item}'. Give the value itself, e.g. "
+                    f"{key}={example}; the services read their own keys from the environment.")))
+                break
+    return problems

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ValidationError
 
 from llmops.config.hints import did_you_mean
 from llmops.config.schema import AppConfig
+from llmops.config.secrets import outbound_secret_problems
 from llmops.errors import ConfigError, Problem
 
 if TYPE_CHECKING:
@@ -252,6 +253,8 @@ def validate_and_resolve(data: dict[str, Any], env: Any = None) -> tuple[AppConf
     data.pop("hydra", None)
     data.pop("sweeps", None)
     cfg, problems = schema_problems(data)
+    reported = {p.key for p in problems}
+    problems += [p for p in outbound_secret_problems(data) if p.key not in reported]
     resolved = None
     if cfg is not None:
         resolved = resolve(cfg, env)
