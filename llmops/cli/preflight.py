@@ -128,7 +128,7 @@ def _preflight(command: Command) -> Any:
         tag = f" [sweep point: {sweep.label(point)}]"
         try:  # a point's hydra node configures its job's logging: checked like the sweep's
             cfg = compose(point, return_hydra_config=True, source=source)
-            problems = hydra_problems(cfg, dir_key=None)
+            problems = hydra_problems(cfg, dir_key=None, logs_in=SWEEP_DIR)
         except ConfigError as exc:  # Hydra could not even launch this point
             problems = exc.problems
         if problems:
