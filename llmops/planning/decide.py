@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from llmops.planning.fixes import option
 from llmops.planning.memory import estimate
 
 MIN_EXAMPLES = 500
@@ -55,9 +56,9 @@ def _crit(ok: bool, value: Any, threshold: Any, reason: str) -> dict[str, Any]:
 
 def criteria(u: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Evaluates the five go/no-go criteria, each with verdict and reason."""
-    err, target = float(u.get("prompting_error_rate", 0)), float(u.get("target_error_rate", 0.05))
-    n, months = int(u.get("examples_available", 0)), float(u.get("stability_months", 0))
-    hours, measurable = float(u.get("hours_available", 0)), bool(u.get("measurable", False))
+    err, target = float(u["prompting_error_rate"]), float(u["target_error_rate"])
+    n, months = int(u["examples_available"]), float(u["stability_months"])
+    hours, measurable = float(u["hours_available"]), bool(u["measurable"])
     return {
         "capability_gap": _crit(
             err > target, err, target,
@@ -87,11 +88,11 @@ def criteria(u: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def roi(u: dict[str, Any]) -> dict[str, Any]:
     """Monthly savings vs costs, payback period, and the API-vs-self-host break-even volume."""
-    savings = (float(u.get("hours_per_task", 0)) * float(u.get("automation_rate", 0.8))
-               * float(u.get("hourly_rate_usd", 0)) * int(u.get("tasks_per_month", 0)))
-    costs = (float(u.get("infra_cost_monthly_usd", 0))
-             + float(u.get("maintenance_cost_monthly_usd", 0)))
-    invest = float(u.get("investment_usd", 0))
+    savings = (float(u["hours_per_task"]) * float(u["automation_rate"])
+               * float(u["hourly_rate_usd"]) * int(u["tasks_per_month"]))
+    costs = (float(u["infra_cost_monthly_usd"])
+             + float(u["maintenance_cost_monthly_usd"]))
+    invest = float(u["investment_usd"])
     net = savings - costs
     assessed = savings > 0 or costs > 0 or invest > 0
     payback = round(invest / net, 2) if net > 0 else None
@@ -103,8 +104,8 @@ def roi(u: dict[str, Any]) -> dict[str, Any]:
         "roi_12_months": round((12 * net - invest) / invest, 2) if invest > 0 else None,
         "positive": net > 0,
     }
-    price = float(u.get("api_cost_per_1k_queries_usd", 0))
-    q = int(u.get("monthly_queries", 0))
+    price = float(u["api_cost_per_1k_queries_usd"])
+    q = int(u["monthly_queries"])
     if price > 0:
         be = costs / price * 1000
         be_amortized = (costs + invest / 12) / price * 1000
@@ -122,12 +123,12 @@ def roi(u: dict[str, Any]) -> dict[str, Any]:
 
 
 def _method(u: dict[str, Any], compute: dict[str, Any] | None) -> dict[str, Any]:
-    domain = str(u.get("domain", "")).lower()
+    domain = str(u["domain"]).lower()
     critical = any(k in domain for k in SAFETY_CRITICAL)
     if critical:
         training, why = "SFT+DPO", [f"'{domain}' is safety-critical: SFT for the format, then DPO "
                                     "on expert-ranked pairs to push away harmful answers"]
-    elif u.get("refinement"):
+    elif u["refinement"]:
         training, why = "DPO", ["the model already does the task: DPO refines preferences"]
     else:
         training, why = "SFT", ["teaching a behaviour/format from examples: supervised fine-tuning"]
@@ -139,14 +140,15 @@ def _method(u: dict[str, Any], compute: dict[str, Any] | None) -> dict[str, Any]
     # Judge by the leanest step (batch 1, checkpointing): batch size is tuned afterwards.
     train = {**(compute.get("train") or {}), "batch_size": 1, "grad_accum": 1,
              "gradient_checkpointing": True}
-    r16 = {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"}
+    # The options the advice names (lora=r16, quant=nf4) are read from their option files.
+    r16, none, nf4 = option("lora", "r16"), option("quant", "none"), option("quant", "nf4")
     options = {
-        "full": estimate(model, None, {"type": "none"}, train, hw),
-        "LoRA": estimate(model, r16, {"type": "none"}, train, hw),
-        "QLoRA": estimate(model, r16, {"type": "nf4", "double_quant": True}, train, hw),
+        "full": estimate(model, None, none, train, hw),
+        "LoRA": estimate(model, r16, none, train, hw),
+        "QLoRA": estimate(model, r16, nf4, train, hw),
     }
     out["options"] = {k: {"total_gb": v["total_gb"], "fits": v["fits"]} for k, v in options.items()}
-    big_data = int(u.get("examples_available", 0)) >= FULL_FT_MIN_EXAMPLES
+    big_data = int(u["examples_available"]) >= FULL_FT_MIN_EXAMPLES
     where = f"{hw.get('name')} ({hw.get('gpu_memory_gb') or hw.get('memory_gb')} GB)"
     if options["full"]["fits"] and big_data:
         out["adapter"] = "full"
@@ -165,11 +167,11 @@ def _method(u: dict[str, Any], compute: dict[str, Any] | None) -> dict[str, Any]
 
 
 def _rigor(u: dict[str, Any], method: dict[str, Any]) -> dict[str, Any]:
-    domain = str(u.get("domain", "")).lower()
+    domain = str(u["domain"]).lower()
     reasons = []
     if any(k in domain for k in SAFETY_CRITICAL):
         reasons.append(f"safety-critical domain '{domain}'")
-    if float(u.get("target_error_rate", 0.05)) <= 0.01:
+    if float(u["target_error_rate"]) <= 0.01:
         reasons.append("target error rate <= 1%")
     if not reasons:
         return {"flagged": False, "reasons": [], "requirements": []}
@@ -191,8 +193,8 @@ def assess(usecase: dict[str, Any], compute: dict[str, Any] | None = None) -> di
         The decision report (decision_report.json).
     """
     crit = criteria(usecase)
-    flags = red_flags(usecase.get("description", ""))
-    if usecase.get("task_type") == "knowledge" and not any(f["flag"] == "knowledge" for f in flags):
+    flags = red_flags(usecase["description"])
+    if usecase["task_type"] == "knowledge" and not any(f["flag"] == "knowledge" for f in flags):
         flags.append({"flag": "knowledge", "phrase": "task_type=knowledge", "blocking": True,
                       "suggestion": RED_FLAGS[0][3]})
     money = roi(usecase)
@@ -212,8 +214,8 @@ def assess(usecase: dict[str, Any], compute: dict[str, Any] | None = None) -> di
     if crit["capability_gap"]["verdict"] == "fail" or crit["stability"]["verdict"] == "fail":
         alternatives.append("prompt engineering / few-shot prompting")
     return {
-        "usecase": usecase.get("name", "unnamed"),
-        "domain": usecase.get("domain"),
+        "usecase": usecase["name"],
+        "domain": usecase["domain"],
         "go": go,
         "verdict": "go" if go else "no-go",
         "reasons": reasons or ["all five criteria pass, no blocking red flag, ROI not negative"],
@@ -223,7 +225,7 @@ def assess(usecase: dict[str, Any], compute: dict[str, Any] | None = None) -> di
         "evaluation_rigor": _rigor(usecase, method),
         "roi": money,
         "alternatives": alternatives,
-        "enforce": bool(usecase.get("enforce", True)),
+        "enforce": bool(usecase["enforce"]),
     }
 
 

@@ -85,7 +85,7 @@ def _checkpointing(p: _Plan) -> _Plan | None:
 
 
 def _smaller_batch(p: _Plan, hardware: dict, usable: float) -> _Plan | None:
-    b, ga = int(p.train.get("batch_size", 1)), int(p.train.get("grad_accum", 1))
+    b, ga = int(p.train["batch_size"]), int(p.train["grad_accum"])
     eff, last = b * ga, None
     while b > 1:
         b //= 2
@@ -97,7 +97,7 @@ def _smaller_batch(p: _Plan, hardware: dict, usable: float) -> _Plan | None:
 
 
 def _shorter(p: _Plan, hardware: dict, usable: float) -> _Plan | None:
-    s, last = int(p.train.get("max_length", 512)), None
+    s, last = int(p.train["max_length"]), None
     while s // 2 >= MIN_LENGTH:
         s //= 2
         last = p.with_(f"train.max_length={s}", train={"max_length": s})

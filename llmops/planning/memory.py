@@ -56,7 +56,7 @@ def lora_targets(lora: dict[str, Any] | None) -> list[str]:
     """Returns the decoder linear layers a LoRA adapter wraps ('all-linear': all seven)."""
     if not lora:
         return []
-    target = lora.get("target_modules", "all-linear")
+    target = lora["target_modules"]
     if isinstance(target, str):
         return list(LINEARS) if target == "all-linear" else [t for t in LINEARS if t == target]
     return [t for t in LINEARS if t in set(target)]
@@ -66,7 +66,7 @@ def lora_params(model: dict[str, Any], lora: dict[str, Any] | None) -> int:
     """Counts LoRA parameters: r * (in + out) per wrapped linear, per layer."""
     if not lora:
         return 0
-    shapes, r = linear_shapes(model), int(lora.get("r", 16))
+    shapes, r = linear_shapes(model), int(lora["r"])
     return model["num_layers"] * sum(r * sum(shapes[t]) for t in lora_targets(lora))
 
 
@@ -162,7 +162,7 @@ def memory_parts(model: dict, lora: dict | None, quant: dict, train: dict,
     per_layer = a * (5 * h + 4 * kv + 4 * i) + norm
     targets = lora_targets(lora)
     if lora:
-        per_layer += a * int(lora.get("r", 16)) * len(targets)
+        per_layer += a * int(lora["r"]) * len(targets)
         if float(lora.get("dropout", 0.0)) > 0:
             per_layer += (a + 1) * sum(shapes[t][0] for t in targets)
             notes.append("LoRA dropout > 0 keeps a dropped copy of each wrapped layer's input")
