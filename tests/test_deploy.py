@@ -186,7 +186,8 @@ def test_deploy_refuses_failed_gates_unless_overridden(tmp_path):
     assert check_gates({"allow_failed_gates": True}, failed)["failed_gates"] == ["accuracy"]
     with pytest.raises(StageError, match="eval did not run"):
         check_gates({"allow_failed_gates": False}, {})
-    assert check_gates({}, {"eval": _eval_dir(tmp_path, True)})["eval_passed"] is True
+    passed = {"eval": _eval_dir(tmp_path, True)}
+    assert check_gates({"allow_failed_gates": False}, passed)["eval_passed"] is True
 
 
 # -- deploy=ollama without a server (no llama.cpp) ------------------------------------------------
@@ -198,9 +199,11 @@ def _unreachable_host() -> str:
     return f"http://127.0.0.1:{port}"  # nothing listens there once the socket is closed
 
 
-def test_ollama_without_server_writes_modelfile_and_command(tmp_path, chat_tokenizer):
+def test_ollama_without_server_writes_modelfile_and_command(tmp_path, chat_tokenizer,
+                                                           stage_params):
     host = _unreachable_host()
-    report, out, gguf = _deploy_ollama(tmp_path, chat_tokenizer, host, model_name=None)
+    report, out, gguf = _deploy_ollama(tmp_path, chat_tokenizer, host, stage_params,
+                                       model_name=None)
     o = report["ollama"]
     assert o["created"] is False and host in o["reason"]
     assert o["command"] == f"ollama create llmops-tiny -f {tmp_path}/run/stages/deploy/Modelfile"
@@ -213,8 +216,8 @@ def test_ollama_without_server_writes_modelfile_and_command(tmp_path, chat_token
     assert "Client(host=" in integration["snippets"]["ollama_client"]
 
 
-def _deploy_ollama(tmp_path: Path, chat_tokenizer, host: str, model_name: str | None = "my-agent"
-                   ) -> tuple[dict, Path, Path]:
+def _deploy_ollama(tmp_path: Path, chat_tokenizer, host: str, stage_params,
+                   model_name: str | None = "my-agent") -> tuple[dict, Path, Path]:
     """Runs the deploy stage for target ollama on a stand-in GGUF; returns (report, out, gguf)."""
     from llmops.stages import deploy
 
@@ -227,10 +230,9 @@ def _deploy_ollama(tmp_path: Path, chat_tokenizer, host: str, model_name: str | 
         "quantization": ["q8_0"], "files": {"q8_0": {"path": "model-q8_0.gguf", "parity": {}}}}))
     out = tmp_path / "out"
     out.mkdir()
-    params = {"target": "ollama", "model": {"name": "tiny", "chat_template": "chatml",
-                                            "context_length": 512},
-              "serve_quantization": "q8_0", "allow_failed_gates": False,
-              "ollama": {"host": host, "model_name": model_name, "timeout_s": 2.0}}
+    params = stage_params("deploy", "deploy=ollama")
+    params.update(serve_quantization="q8_0", allow_failed_gates=False)
+    params["ollama"].update(host=host, model_name=model_name, timeout_s=2.0)
     ctx = StageContext(run_dir=tmp_path / "run", show_progress=False,
                        logger=logging.getLogger("test"))
     report = deploy.run(params, {"gguf": gguf, "export": export,
@@ -278,7 +280,7 @@ def test_setup_unpacks_only_the_converter_and_stages_name_the_command(tmp_path, 
 
 @needs_gguf
 def test_gguf_f16_and_q8_conversion_of_the_tiny_model_matches_hf(
-        tmp_path, tiny_base, sft_data):
+        tmp_path, tiny_base, sft_data, stage_params):
     from llmops.stages import gguf
 
     export = tmp_path / "export"
@@ -287,8 +289,9 @@ def test_gguf_f16_and_q8_conversion_of_the_tiny_model_matches_hf(
     out = tmp_path / "out"
     out.mkdir()
     ctx = StageContext(run_dir=tmp_path, show_progress=False, logger=logging.getLogger("test"))
-    report = gguf.run({"quantization": ["f16", "q8_0"], "parity_prompts": 4,
-                       "max_new_tokens": 24},
+    params = {**stage_params("gguf", "deploy.gguf.quantization=[f16,q8_0]"),
+              "parity_prompts": 4, "max_new_tokens": 24}
+    report = gguf.run(params,
                       {"export": export, "data": sft_data, "base": tiny_base}, out, ctx)
     assert report["passed"] and report["pre_tokenizer"] == "gpt-2"
     for q in ("f16", "q8_0"):
@@ -401,11 +404,12 @@ class _FakeOllama:
         self.server.server_close()
 
 
-def test_ollama_with_a_server_uploads_the_gguf_and_creates_the_model(tmp_path, chat_tokenizer):
+def test_ollama_with_a_server_uploads_the_gguf_and_creates_the_model(tmp_path, chat_tokenizer,
+                                                                    stage_params):
     import hashlib
 
     with _FakeOllama() as server:
-        report, out, gguf = _deploy_ollama(tmp_path, chat_tokenizer, server.host)
+        report, out, gguf = _deploy_ollama(tmp_path, chat_tokenizer, server.host, stage_params)
     o = report["ollama"]
     assert o["created"] is True and o["server_version"] == "0.0.0-test"
     assert o["smoke_answer"] == "create_task(...)"
@@ -424,8 +428,8 @@ def test_ollama_with_a_server_uploads_the_gguf_and_creates_the_model(tmp_path, c
     assert integration["base_url"] == f"{server.host}/v1" and integration["model"] == "my-agent"
 
 
-def test_ollama_server_errors_name_the_host_and_the_fix(tmp_path, chat_tokenizer):
+def test_ollama_server_errors_name_the_host_and_the_fix(tmp_path, chat_tokenizer, stage_params):
     with _FakeOllama(fail_create=True) as server:
         with pytest.raises(StageError, match=r"Ollama server at http://127\.0\.0\.1:\d+ failed "
                                              r"to create 'my-agent': unsupported model format"):
-            _deploy_ollama(tmp_path, chat_tokenizer, server.host)
+            _deploy_ollama(tmp_path, chat_tokenizer, server.host, stage_params)

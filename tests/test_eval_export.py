@@ -191,7 +191,7 @@ def test_generation_is_deterministic_and_batch_independent(tiny):
     assert torch.get_num_threads() == threads  # the one-thread mode for tiny models is undone
 
 
-def test_export_merges_and_matches_base_plus_adapter(tiny):
+def test_export_merges_and_matches_base_plus_adapter(tiny, stage_params):
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -200,11 +200,7 @@ def test_export_merges_and_matches_base_plus_adapter(tiny):
 
     out = tiny["root"] / "export"
     out.mkdir()
-    params = {
-        "model": {"name": "tiny", "hub_id": None},
-        "formats": ["adapter", "merged"],
-        "merge_dtype": "float32",
-    }
+    params = {**stage_params("export"), "formats": ["adapter", "merged"], "merge_dtype": "float32"}
     inputs = {"sft": tiny["sft"], "base": tiny["base"]}
     report = export.run(params, inputs, out, _ctx(tiny["root"]))
 
@@ -239,7 +235,7 @@ def test_export_merges_and_matches_base_plus_adapter(tiny):
     assert (want - before).abs().max() > 1e-2  # the adapter really changes the model
 
 
-def test_export_full_finetune_copies_model(tiny, tmp_path):
+def test_export_full_finetune_copies_model(tiny, tmp_path, stage_params):
     import shutil
 
     from llmops.stages import export
@@ -250,7 +246,7 @@ def test_export_full_finetune_copies_model(tiny, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     report = export.run(
-        {"model": {"hub_id": None}, "formats": ["adapter", "merged"]},
+        {**stage_params("export"), "formats": ["adapter", "merged"]},
         {"sft": sft},
         out,
         _ctx(tmp_path),
@@ -260,17 +256,19 @@ def test_export_full_finetune_copies_model(tiny, tmp_path):
     assert (out / "merged" / "config.json").is_file()
 
 
-def test_export_with_no_formats_exports_nothing(tiny, tmp_path):
+def test_export_with_no_formats_exports_nothing(tiny, tmp_path, stage_params):
     from llmops.stages import export
 
-    report = export.run({"formats": []}, {"sft": tiny["sft"]}, tmp_path, _ctx(tmp_path))
+    report = export.run({**stage_params("export"), "formats": []}, {"sft": tiny["sft"]}, tmp_path,
+                        _ctx(tmp_path))
     assert (report["formats"], report["paths"], report["parity"]) == ([], {}, None)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export_report.json"]
 
 
-def test_export_unknown_format_raises(tiny, tmp_path):
+def test_export_unknown_format_raises(tiny, tmp_path, stage_params):
     from llmops.errors import StageError
     from llmops.stages import export
 
     with pytest.raises(StageError, match=r"formats \['onnx'\] not supported"):
-        export.run({"formats": ["onnx"]}, {"sft": tiny["sft"]}, tmp_path, _ctx(tmp_path))
+        export.run({**stage_params("export"), "formats": ["onnx"]}, {"sft": tiny["sft"]},
+                   tmp_path, _ctx(tmp_path))

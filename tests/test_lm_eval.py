@@ -46,7 +46,7 @@ def test_local_tasks_run_offline_and_tuned_differs_from_base(tiny_base, sft_data
     sft.run(params, {"data": data, "base": tiny_base}, tmp_path / "sft", ctx)
     out = tmp_path / "lm"
     out.mkdir()
-    params = {"model": {"name": "tiny", "hub_id": None}, "batch_size": 8, "max_gen_toks": 48,
+    params = {**stage_params("lm_eval", "eval=lm_eval"), "batch_size": 8, "max_gen_toks": 48,
               "tasks": ["llmops_task_api_choice", "llmops_task_api_call"], "limit": 12,
               "num_fewshot": None}
     report = lm_eval.run(params, {"data": data, "sft": tmp_path / "sft", "base": tiny_base},

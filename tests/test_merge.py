@@ -74,14 +74,14 @@ def test_several_adapters_combine_and_merge(tiny_base, adapters, tmp_path, metho
     assert PeftConfig.from_pretrained(str(tmp_path / method / "adapter")).r in (4, 8)
 
 
-def test_export_uses_the_merge_stage_output(tiny_base, adapters, tmp_path):
+def test_export_uses_the_merge_stage_output(tiny_base, adapters, tmp_path, stage_params):
     from llmops.stages import export
 
     _merge(tiny_base, tmp_path / "m", adapters[:1])
     out = tmp_path / "export"
     out.mkdir()
     ctx = StageContext(run_dir=out, show_progress=False, logger=logging.getLogger("test.merge"))
-    report = export.run({"model": {"name": "tiny"}, "formats": ["adapter", "merged"]},
+    report = export.run({**stage_params("export"), "formats": ["adapter", "merged"]},
                         {"merge": tmp_path / "m", "base": tiny_base}, out, ctx)
     assert report["source_stage"] == "merge" and report["formats"] == ["adapter", "merged"]
     assert (out / "merged" / "model.safetensors").is_file()

@@ -41,7 +41,7 @@ def check_gates(params: dict, inputs: dict[str, Path]) -> dict[str, Any]:
         StageError: Eval did not pass (also with eval.enforce=false) or did not run, and
             deploy.allow_failed_gates is false.
     """
-    allow = bool(params.get("allow_failed_gates"))
+    allow = bool(params["allow_failed_gates"])
     passed, failed = None, []
     has_eval = inputs.get("eval") is not None
     eval_report = Path(inputs["eval"]) / report_name("eval") if has_eval else None
@@ -89,7 +89,7 @@ def _snippets(base_url: str, name: str, ollama_host: str) -> dict[str, str]:
 
 
 def _smoke_prompts(params: dict, inputs: dict[str, Path], n: int) -> list[list[dict[str, str]]]:
-    given = list((params.get("openai") or {}).get("smoke_prompts") or [])
+    given = list(params["openai"]["smoke_prompts"] or [])
     if given:
         return [[{"role": "user", "content": p}] for p in given]
     data = inputs.get("data")
@@ -118,17 +118,17 @@ def _ollama(params: dict, gguf: Path, tokenizer: Any, out_dir: Path, ctx: StageC
             f"{first['training']!r}\n  ollama:   {first['ollama']!r}\nSet model.chat_template "
             "to the family the tokenizer's template belongs to.")
     stops = mf.stop_tokens(family, tokenizer.chat_template or "", tokenizer.eos_token)
-    parameters = {"temperature": 0, "num_ctx": int(params["model"].get("context_length") or 2048)}
+    parameters = {"temperature": 0, "num_ctx": int(params["model"]["context_length"])}
     text = mf.modelfile(str(gguf.resolve()), family, stops, parameters)
     (out_dir / "Modelfile").write_text(text, encoding="utf-8")
-    o = params.get("ollama") or {}
-    host = str(o.get("host", "http://127.0.0.1:11434")).rstrip("/")
+    o = params["ollama"]
+    host = str(o["host"]).rstrip("/")
     final = Path(ctx.run_dir) / "stages" / "deploy" / "Modelfile"
     record: dict[str, Any] = {
         "modelfile": "Modelfile", "template_check": check, "stop": stops,
         "parameters": parameters, "host": host, "command": f"ollama create {name} -f {final}",
     }
-    version = _get(f"{host}/api/version", float(o.get("timeout_s", 3.0)))
+    version = _get(f"{host}/api/version", float(o["timeout_s"]))
     if version is None:
         record.update(created=False, reason=f"no Ollama server answered at {host}")
         ctx.logger.warning("deploy: no Ollama server at %s; run: %s", host, record["command"])
@@ -154,16 +154,16 @@ def _ollama(params: dict, gguf: Path, tokenizer: Any, out_dir: Path, ctx: StageC
 
 def _openai(params: dict, inputs: dict[str, Path], gguf: Path, out_dir: Path, ctx: StageContext,
             name: str) -> tuple[dict[str, Any], str]:
-    o = params.get("openai") or {}
-    host = str(o.get("host", "127.0.0.1"))
-    port = int(o.get("port") or 0) or _free_port(host)
+    o = params["openai"]
+    host = str(o["host"])
+    port = int(o["port"] or 0) or _free_port(host)
     base_url = f"http://{host}:{port}/v1"
-    n_ctx = int(params["model"].get("context_length") or 2048)
+    n_ctx = int(params["model"]["context_length"])
     cmd = [sys.executable, "-m", "llmops.serving.llama_cpp_runtime",
            "--model", str(gguf.resolve()), "--host", host, "--port", str(port),
            "--model_alias", name, "--n_ctx", str(n_ctx),
            "--n_threads", str(min(4, os.cpu_count() or 1))]
-    keep = bool(params.get("keep_serving"))
+    keep = bool(params["keep_serving"])
     log_path = (Path(ctx.run_dir) / "llama_server.log") if keep else out_dir / "server.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -171,7 +171,7 @@ def _openai(params: dict, inputs: dict[str, Path], gguf: Path, out_dir: Path, ct
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=keep)
     record: dict[str, Any] = {"base_url": base_url, "command": " ".join(cmd), "pid": proc.pid}
     try:
-        deadline = time.monotonic() + float(o.get("startup_timeout_s", 120))
+        deadline = time.monotonic() + float(o["startup_timeout_s"])
         while _get(f"{base_url}/models", 1.0) is None:
             if proc.poll() is not None or time.monotonic() > deadline:
                 log.flush()
@@ -188,10 +188,10 @@ def _openai(params: dict, inputs: dict[str, Path], gguf: Path, out_dir: Path, ct
         client = OpenAI(base_url=base_url, api_key="not-needed", timeout=120, max_retries=0)
         served = [m.id for m in client.models.list().data]
         results = []
-        for messages in _smoke_prompts(params, inputs, int(o.get("n_smoke", 3))):
+        for messages in _smoke_prompts(params, inputs, int(o["n_smoke"])):
             t1 = time.perf_counter()
             reply = client.chat.completions.create(
-                model=name, messages=messages, max_tokens=int(o.get("max_tokens", 64)),
+                model=name, messages=messages, max_tokens=int(o["max_tokens"]),
                 temperature=0.0, seed=0)
             choice = reply.choices[0]
             results.append({"messages": messages, "answer": choice.message.content,
@@ -244,7 +244,7 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
     gates = check_gates(params, inputs)
     gguf_dir = Path(inputs["gguf"])
     greport = json.loads((gguf_dir / report_name("gguf")).read_text("utf-8"))
-    q = params.get("serve_quantization") or greport["quantization"][0]
+    q = params["serve_quantization"]
     gguf = gguf_dir / greport["files"][q]["path"]
     tokenizer = AutoTokenizer.from_pretrained(str(Path(inputs["export"]) / "merged"))
     target = params["target"]

@@ -164,7 +164,7 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
     from llmops.stages.eval import tuned_artifact, tuned_input
 
     out_dir = Path(out_dir)
-    formats = list(params["formats"] if params.get("formats") is not None else FORMATS)
+    formats = list(params["formats"])
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise StageError(
@@ -175,7 +175,7 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
         raise StageError("export: no 'sft' input. The plan must run the sft stage first.")
     tuned_stage, tuned_dir = tuned_in
     artifact, src = tuned_artifact(tuned_dir, "export")
-    trust = bool((params.get("model") or {}).get("trust_remote_code", False))
+    trust = bool(params["model"]["trust_remote_code"])
     paths: dict[str, str] = {}
     parity: dict[str, Any] | None = None
     done: list[str] = []
@@ -202,7 +202,7 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
                     base_model_path(params, inputs),
                     src,
                     out_dir / "merged",
-                    dtype=str(params.get("merge_dtype", "float32")),
+                    dtype=str(params["merge_dtype"]),
                     tolerance=params.get("parity_tolerance"),
                     trust_remote_code=trust,
                 )

@@ -180,7 +180,7 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
     from llmops.serving.converter import LLAMA_CPP_PYTHON_VERSION
 
     out_dir = Path(out_dir)
-    quants = list(params.get("quantization") or [])
+    quants = list(params["quantization"])
     bad = [q for q in quants if q not in QUANTIZATIONS]
     if bad or not quants:
         raise StageError(f"gguf: quantization {bad or quants} not supported. "
@@ -191,7 +191,7 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
                          "Add 'merged' to deploy.formats.")
     pre = _pre_tokenizer(inputs)
     src = _overlay(merged, out_dir / ".hf")
-    trust = bool((params.get("model") or {}).get("trust_remote_code", False))
+    trust = bool(params["model"]["trust_remote_code"])
     t_conv: dict[str, float] = {}
     files: dict[str, Path] = {}
     for q in ("f16", "q8_0"):
@@ -206,10 +206,10 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
 
     if src != merged:
         shutil.rmtree(src)  # links only; the store entry must not point into another entry
-    rows = _held_out(inputs, int(params.get("parity_prompts", 4)))
+    rows = _held_out(inputs, int(params["parity_prompts"]))
     model, tokenizer = load_model(merged, full_model=merged, trust_remote_code=trust)
     prompts = [build_prompt(tokenizer, r["messages"]) for r in rows]
-    max_new = int(params.get("max_new_tokens", 32))
+    max_new = int(params["max_new_tokens"])
     hf_answers, _ = generate(model, tokenizer, rows, max_new_tokens=max_new, batch_size=1,
                              show_progress=False, desc="hf", threads=ctx.threads)
     del model

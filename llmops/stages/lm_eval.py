@@ -102,7 +102,7 @@ def evaluate(model_args: dict[str, Any], tasks: list[str], task_dir: Path | None
         model="hf", model_args={**model_args, "device": device,
                                 "dtype": "float32" if device == "cpu" else "auto"},
         tasks=tasks, num_fewshot=params.get("num_fewshot"), limit=params.get("limit"),
-        batch_size=int(params.get("batch_size", 16)), task_manager=manager,
+        batch_size=int(params["batch_size"]), task_manager=manager,
         log_samples=False, bootstrap_iters=0, random_seed=0, numpy_random_seed=0,
         torch_random_seed=0, fewshot_random_seed=0,
     ) or {}
@@ -132,7 +132,7 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
     set_seed(ctx.seed)
     out_dir = Path(out_dir)
     base = base_model_path(params, inputs)
-    trust = bool((params.get("model") or {}).get("trust_remote_code", False))
+    trust = bool(params["model"]["trust_remote_code"])
     model_args: dict[str, Any] = {"pretrained": base, "trust_remote_code": trust}
     tuned_args = None
     tuned_in = tuned_input(inputs)
@@ -149,7 +149,7 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
         tokenizer = load_tokenizer(tok_dir if Path(tok_dir, "tokenizer_config.json").is_file()
                                    else base, trust_remote_code=trust)
         task_dir = write_local_tasks(rows, tokenizer, out_dir / "tasks",
-                                     int(params.get("max_gen_toks", 96)), ctx.seed)
+                                     int(params["max_gen_toks"]), ctx.seed)
     report: dict[str, Any] = {"tasks": tasks, "limit": params.get("limit"),
                               "num_fewshot": params.get("num_fewshot"),
                               "task_dir": "tasks" if task_dir else None,
