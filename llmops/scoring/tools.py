@@ -180,21 +180,38 @@ def _norm(text: str) -> str:
     return " ".join(text.replace("\u2019", "'").split()).lower()
 
 
-def row_kind(row: Mapping[str, Any], refusal_texts: Sequence[str] = (task_api.REFUSAL,)) -> str:
+def _text_calls(row: Mapping[str, Any], parse: Callable[[str], ParsedAnswer] | None) -> list:
+    """Returns the calls a row's answer text holds in the model's syntax (all of it calls)."""
+    content = row["messages"][-1].get("content")
+    if parse is None or not isinstance(content, str):
+        return []
+    parsed = parse(content)
+    return parsed.calls if parsed.calls and not parsed.errors and not parsed.text else []
+
+
+def reference_calls(row: Mapping[str, Any], parse: Callable[[str], ParsedAnswer] | None = None
+                    ) -> list:
+    """Returns the calls a row expects: its last turn's ``tool_calls``, else the calls its text
+    holds in the model's syntax when ``parse`` is given (plain-chat data written that way)."""
+    return list(row["messages"][-1].get("tool_calls") or _text_calls(row, parse))
+
+
+def row_kind(row: Mapping[str, Any], refusal_texts: Sequence[str] = (task_api.REFUSAL,),
+             parse: Callable[[str], ParsedAnswer] | None = None) -> str:
     """Tells what a test row asks for, from the row itself (never from a dataset name).
 
     Returns:
-        ``"tool"`` when its last turn has ``tool_calls``; ``"refusal"`` when ``meta.kind`` is
-        ``refusal`` (or the legacy ``meta.refuse`` is true) or its answer is one of
-        ``refusal_texts`` (case and spacing ignored); ``"text"`` otherwise.
+        ``"tool"`` when its last turn has ``tool_calls`` (or, with ``parse``, its text is only
+        calls in the model's syntax); ``"refusal"`` when ``meta.kind`` is ``refusal`` (or the
+        legacy ``meta.refuse`` is true) or its answer is one of ``refusal_texts`` (case and
+        spacing ignored); ``"text"`` otherwise.
     """
-    last = row["messages"][-1]
-    if last.get("tool_calls"):
+    if reference_calls(row, parse):
         return "tool"
     meta = row.get("meta") or {}
     if meta.get("kind") == "refusal" or meta.get("refuse"):
         return "refusal"
-    content = last.get("content")
+    content = row["messages"][-1].get("content")
     if isinstance(content, str) and _norm(content) in {_norm(t) for t in refusal_texts}:
         return "refusal"
     return "text"
@@ -207,8 +224,8 @@ def score_tool_rows(rows: Sequence[Mapping[str, Any]], answers: Sequence[str],
     """Scores a model's answers on the tool and refusal rows of a test split (see ``row_kind``).
 
     Each answer is read with ``parse`` (the model's own call syntax, ``parsers.parser_for``) and
-    compared with the row's ``tool_calls`` and ``tools`` by ``score_calls``; a refusal row is
-    answered right by no call and a declining text (one of ``refusal_texts`` or
+    compared with the row's calls (``reference_calls``) and ``tools`` by ``score_calls``; a
+    refusal row is answered right by no call and a declining text (one of ``refusal_texts`` or
     ``task_api.is_refusal``). Free-text rows are left to the text metrics.
 
     Args:
@@ -236,12 +253,12 @@ def score_tool_rows(rows: Sequence[Mapping[str, Any]], answers: Sequence[str],
 
     per_row: list[dict[str, Any] | None] = []
     for row, answer in zip(rows, answers, strict=True):
-        kind = row_kind(row, refusal_texts)
+        kind = row_kind(row, refusal_texts, parse)
         if kind == "text":
             per_row.append(None)
             continue
         parsed = parse(answer)
-        reference = (row["messages"][-1].get("tool_calls") or []) if kind == "tool" else []
+        reference = reference_calls(row, parse) if kind == "tool" else []
         score = score_calls(reference, parsed, row.get("tools"), declines)
         per_row.append({**score, "calls": parsed.calls, "syntax_errors": parsed.errors})
     metrics = aggregate([s for s in per_row if s is not None])
