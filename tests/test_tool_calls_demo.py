@@ -69,7 +69,7 @@ def test_prompts_carry_the_tools_and_tool_turns(tok):
 
     row = task_api.generate(1, seed=1)[0]
     with_tools = build_prompt(tok, row["messages"], json.dumps(row["tools"]))
-    assert "\nTools: create_task(title,due?,priority?) " in with_tools
+    assert "\nTools: create_task list_tasks update_task complete_task delete_task<" in with_tools
     assert with_tools.endswith("<|im_start|>assistant\n")
     assert "Tools:" not in build_prompt(tok, row["messages"])
     chat = [*row["messages"][:2],

@@ -33,9 +33,10 @@ GGUF_PRE_TOKENIZER = "gpt-2"
 TOOL_SYNTAX = "task_api"
 
 #: ChatML with tools, kept compact for a 512-token vocabulary. A row's ``tools`` become one line
-#: at the end of the system turn, a signature per tool (``Tools: create_task(title,due?,priority?)
-#: list_tasks(status?,priority?)``; ``?`` = optional; properties Arrow filled with null are
-#: skipped). An assistant turn is its text, then one line per call, ``{"tool":NAME,"arguments":
+#: at the end of the system turn, their names (``Tools: create_task list_tasks ...``; a one-line
+#: signature per tool made the demo's rows a third longer, 125 tokens instead of 92, and cut the
+#: tiny base's exact match from 0.49 to 0.34 and the tuned one's from 0.99 to 0.79 for the same
+#: steps). An assistant turn is its text, then one line per call, ``{"tool":NAME,"arguments":
 #: {...}}`` (arguments given as JSON text are written verbatim, objects as compact JSON). The
 #: assistant turn (answer and its <|im_end|>) sits inside {% generation %} so that
 #: `return_assistant_tokens_mask` / TRL's `assistant_only_loss=True` train on exactly those tokens,
@@ -46,13 +47,7 @@ CHATML_TEMPLATE = (
 {{- 'Tools:' -}}
 {%- for t in tools -%}
 {%- set f = t.function if t.function is defined else t -%}
-{%- set p = f.parameters or {} -%}
-{%- set req = p.required or [] -%}
-{{- ' ' + f.name + '(' -}}
-{%- for k, v in (p.properties or {}).items() if v is not none -%}
-{{- k + ('' if k in req else '?') + ('' if loop.last else ',') -}}
-{%- endfor -%}
-{{- ')' -}}
+{{- ' ' + f.name -}}
 {%- endfor -%}
 {%- endmacro -%}
 {%- macro answer(m) -%}
