@@ -56,6 +56,7 @@ TOOL_SCHEMAS: list[dict[str, Any]] = [
     _tool("delete_task", "Deletes a task.", {"task_id": _TASK_ID}, ["task_id"]),
 ]
 """The row-level ``tools`` of every Task-API row, in OpenAI's form, in the order of ``TOOLS``."""
+_TOOLS_JSON = json.dumps(TOOL_SCHEMAS)
 
 SYSTEM_PROMPT: str = (
     "You are Task-API. Answer with one JSON tool call, or refuse requests outside the task tools."
@@ -267,7 +268,7 @@ def _row(user: str, tool: str | None, arguments: dict[str, Any] | None, legacy: 
             {"role": "user", "content": user},
             answer,
         ],
-        "tools": TOOL_SCHEMAS,
+        "tools": json.loads(_TOOLS_JSON),  # a copy per row: a caller may edit its rows
         "meta": {"source": SOURCE, "kind": kind, "tool": tool, "refuse": tool is None},
     }
 
