@@ -44,7 +44,8 @@ def tokenizer_dir(tmp_path_factory) -> Path:
     """Builds a small byte-level BPE tokenizer on generated rows (tokenizer.json only)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    texts = ["\n".join(m["content"] for m in r["messages"]) for r in task_api.generate(300, 1)]
+    texts = ["\n".join(m["content"] or "" for m in r["messages"])
+             for r in task_api.generate(300, 1)]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -110,14 +111,15 @@ def test_token_lengths_from_tokenizer_json(tmp_path, tokenizer_dir):
 def test_over_long_rows_are_kept_and_named_by_line(tmp_path, tokenizer_dir):
     from tokenizers import Tokenizer
 
-    rows = [{"messages": r["messages"][1:]} for r in task_api.generate(40, 3)[:20]]
+    rows = [{"messages": [r["messages"][1], {"role": "assistant", "content": "Done."}]}
+            for r in task_api.generate(40, 3)[:20]]
     rows[6]["messages"][0]["content"] = "Please create a task to " + "buy milk and " * 60
     path = tmp_path / "rows.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     report, out = run(tmp_path, params(source="jsonl", path=str(path), max_length=64),
                       {"base": tokenizer_dir})
     tok = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
-    tokens = len(tok.encode("\n".join(m["content"] for m in rows[6]["messages"])).ids)
+    tokens = len(tok.encode("\n".join(m["content"] or "" for m in rows[6]["messages"])).ids)
     assert tokens > 64
     assert report["token_lengths"]["over_max_length_rows"] == [{"line": 7, "tokens": tokens}]
     assert report["token_lengths"]["over_max_length"] == 1

@@ -31,12 +31,13 @@ def test_derived_pairs_cover_every_kind_and_prefer_the_reference():
     assert len(pairs) == 120
     assert set(kinds) == {*preferences.CALL_KINDS, "complied"}
     for pair in pairs:
-        chosen, rejected = pair["chosen"][0]["content"], pair["rejected"][0]["content"]
+        chosen, rejected = pair["chosen"][0], pair["rejected"][0]
         assert chosen != rejected and pair["prompt"][-1]["role"] == "user"
         if pair["meta"]["kind"] == "legacy_v1":
-            assert json.loads(rejected).keys() == {"action", "params"}
+            assert json.loads(rejected["content"]).keys() == {"action", "params"}
         if pair["meta"]["kind"] == "malformed_json":
-            assert task_api.parse_call(rejected) is None
+            with pytest.raises(json.JSONDecodeError):
+                json.loads(rejected["tool_calls"][0]["function"]["arguments"])
     assert preferences.derive(rows, seed=0)[0] == pairs  # deterministic
 
 

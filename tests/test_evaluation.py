@@ -1,35 +1,42 @@
-"""Metric and gate functions of llmops.scoring (metrics, gates), on hand-made predictions."""
+"""Metric and gate functions of llmops.scoring (the structural scorer's Task-API metrics, gates),
+on hand-made predictions."""
 
 from __future__ import annotations
 
 import pytest
 
-from llmops.data.task_api import REFUSAL, SYSTEM_PROMPT, format_call
+from llmops.data.task_api import REFUSAL, SYSTEM_PROMPT, TOOL_SCHEMAS, format_call, tool_call
 from llmops.errors import StageError
 from llmops.scoring.gates import check_gates, validate_gates
-from llmops.scoring.metrics import METRICS, compute_metrics, metric_deltas, score_row
+from llmops.scoring.metrics import METRICS, metric_deltas
+from llmops.scoring.parsers import parse_task_api
+from llmops.scoring.tools import score_tool_rows
 
 
-def _row(answer: str, tool: str | None, refuse: bool = False) -> dict:
+def _row(answer: dict, kind: str) -> dict:
     return {
         "messages": [
             {"role": "system", "content": SYSTEM_PROMPT},
             {"role": "user", "content": "request"},
-            {"role": "assistant", "content": answer},
+            {"role": "assistant", **answer},
         ],
-        "meta": {"source": "task_api", "tool": tool, "refuse": refuse},
+        "tools": TOOL_SCHEMAS,
+        "meta": {"source": "task_api", "kind": kind},
     }
 
 
-CREATE = format_call("create_task", {"title": "buy milk", "priority": "high"})
-DELETE = format_call("delete_task", {"task_id": 7})
+def _calls(tool: str, args: dict) -> dict:
+    return {"content": None, "tool_calls": [tool_call(tool, args, "call_1")]}
+
+
+CREATE = {"title": "buy milk", "priority": "high"}
 ROWS = [
-    _row(CREATE, "create_task"),
-    _row(CREATE, "create_task"),
-    _row(DELETE, "delete_task"),
-    _row(DELETE, "delete_task"),
-    _row(REFUSAL, None, refuse=True),
-    _row(REFUSAL, None, refuse=True),
+    _row(_calls("create_task", CREATE), "tool_call"),
+    _row(_calls("create_task", CREATE), "tool_call"),
+    _row(_calls("delete_task", {"task_id": 7}), "tool_call"),
+    _row(_calls("delete_task", {"task_id": 7}), "tool_call"),
+    _row({"content": REFUSAL}, "refusal"),
+    _row({"content": REFUSAL}, "refusal"),
 ]
 PREDICTIONS = [
     '{"arguments": {"priority": "high", "title": "buy milk"}, "tool": "create_task"}',  # reordered
@@ -37,50 +44,55 @@ PREDICTIONS = [
     REFUSAL,  # false refusal on a tool row
     "delete task 7 please",  # not JSON
     "Sorry, I cannot do that.",  # refusal worded differently
-    DELETE,  # should have refused
+    format_call("delete_task", {"task_id": 7}),  # should have refused
 ]
 
 
-def test_compute_metrics_exact_values():
-    m = compute_metrics(ROWS, PREDICTIONS)
+def _metrics(rows, predictions):
+    return score_tool_rows(rows, predictions, parse_task_api)[0]
+
+
+def test_task_api_metrics_exact_values():
+    m = _metrics(ROWS, PREDICTIONS)
     assert m["exact_match"] == pytest.approx(2 / 6)
     assert m["json_valid_rate"] == pytest.approx(2 / 4)
     assert m["refusal_rate"] == pytest.approx(1 / 2)
     assert m["false_refusal_rate"] == pytest.approx(1 / 4)
+    assert m["tool_accuracy"] == pytest.approx(2 / 4)
+    # 3 arguments right, of 5 predicted (the call on a refusal row counts; precision 3/5) and
+    # 6 expected (recall 1/2)
+    assert m["arg_f1"] == pytest.approx(2 * 0.6 * 0.5 / 1.1)
+    assert m["schema_valid_rate"] == pytest.approx(2 / 4)
     assert m["per_tool"] == {"create_task": 0.5, "delete_task": 0.0}
-    assert m["counts"] == {"total": 6, "tool": 4, "refuse": 2, "plain": 0}
+    assert m["counts"] == {"total": 6, "call": 4, "no_call": 2, "text": 0}
 
 
 def test_perfect_predictions_score_one():
-    m = compute_metrics(ROWS, [r["messages"][-1]["content"] for r in ROWS])
-    assert [m[k] for k in METRICS] == [1.0, 1.0, 1.0, 0.0]
+    m = _metrics(ROWS, [format_call("create_task", CREATE)] * 2
+                 + [format_call("delete_task", {"task_id": 7})] * 2 + [REFUSAL] * 2)
+    assert [m[k] for k in METRICS] == [1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0]
     assert m["per_tool"] == {"create_task": 1.0, "delete_task": 1.0}
 
 
 def test_rates_are_none_without_rows_of_their_kind():
-    m = compute_metrics([_row("Paris", None)], [" Paris "])
-    assert m["exact_match"] == 1.0
-    assert m["json_valid_rate"] is None
-    assert m["refusal_rate"] is None
-    assert m["false_refusal_rate"] is None
-    assert m["counts"]["plain"] == 1
+    metrics, per_row = score_tool_rows([_row({"content": "Paris"}, "text")], [" Paris "],
+                                       parse_task_api)
+    assert per_row == [None]
+    assert {metrics[k] for k in METRICS} == {None}
+    assert metrics["counts"]["text"] == 1
 
 
-def test_score_row_kinds():
-    assert score_row(ROWS[0], PREDICTIONS[0]) == {
-        "kind": "tool",
-        "tool": "create_task",
-        "exact": True,
-        "parsed": True,
-        "refused": False,
-    }
-    assert score_row(ROWS[4], PREDICTIONS[4])["kind"] == "refuse"
-    assert score_row(ROWS[4], PREDICTIONS[4])["exact"] is True
+def test_per_row_scores_name_the_kind_and_the_parsed_calls():
+    _, per_row = score_tool_rows(ROWS, PREDICTIONS, parse_task_api)
+    assert per_row[0]["kind"] == "call" and per_row[0]["exact"] is True
+    assert per_row[0]["calls"] == [{"name": "create_task", "arguments": CREATE}]
+    assert per_row[4]["kind"] == "no_call" and per_row[4]["exact"] is True
+    assert per_row[5]["exact"] is False
 
 
 def test_length_mismatch_raises():
-    with pytest.raises(ValueError, match="2 rows but 1 predictions"):
-        compute_metrics(ROWS[:2], PREDICTIONS[:1])
+    with pytest.raises(ValueError, match="2 rows but 1 answers"):
+        score_tool_rows(ROWS[:2], PREDICTIONS[:1], parse_task_api)
 
 
 GATES = {

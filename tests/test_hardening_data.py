@@ -26,18 +26,26 @@ GATES = {
 def _chat_rows(n: int, seed: int = 1) -> list[dict]:
     """Returns n Task-API chat rows without must-refuse rows (what most users' data looks like)."""
     rows = [r for r in task_api.generate(3 * n, seed) if not r["meta"].get("refuse")]
-    return [{"messages": r["messages"]} for r in rows[:n]]
+    return [{"messages": [*r["messages"][:-1], {"role": "assistant", "content": _text(r)}]}
+            for r in rows[:n]]
+
+
+def _text(row: dict) -> str:
+    """Returns a row's call as plain text in the tiny model's syntax (plain chat data)."""
+    fn = row["messages"][-1]["tool_calls"][0]["function"]
+    return task_api.format_call(fn["name"], json.loads(fn["arguments"]))
 
 
 def _gate_records() -> dict[str, dict]:
     """Returns real check_gates records, by state: passed, failed, skipped (None), missing."""
     from llmops.scoring.gates import check_gates
-    from llmops.scoring.metrics import compute_metrics
+    from llmops.scoring.parsers import parse_task_api
+    from llmops.scoring.tools import score_tool_rows
 
     rows = _chat_rows(10)
     answers = [r["messages"][-1]["content"] for r in rows]
     predictions = answers[:7] + ["no idea"] * 3  # exact match 0.7, no refusal rows
-    metrics = compute_metrics(rows, predictions)
+    metrics, _ = score_tool_rows(rows, predictions, parse_task_api)
     assert metrics["refusal_rate"] is None
     gates, _ = check_gates(GATES, metrics, metrics)
     by_name = {g["name"]: g for g in gates}

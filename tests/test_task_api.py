@@ -25,23 +25,76 @@ def test_does_not_touch_global_random_state():
     assert random.random() == expected
 
 
-def test_rows_have_chat_shape_and_meta():
+def _call(row: dict) -> dict | None:
+    """Returns the row's one call as {"tool", "arguments"} (arguments parsed), None if none."""
+    calls = row["messages"][-1].get("tool_calls")
+    if not calls:
+        return None
+    assert len(calls) == 1
+    return {"tool": calls[0]["function"]["name"],
+            "arguments": json.loads(calls[0]["function"]["arguments"])}
+
+
+def test_rows_are_openai_chat_rows_with_tools_and_tool_calls():
     rows = task_api.generate(300, seed=0)
     assert len(rows) == 300
     for row in rows:
         roles = [m["role"] for m in row["messages"]]
         assert roles == ["system", "user", "assistant"]
         assert row["messages"][0]["content"] == SYSTEM_PROMPT
+        assert [t["function"]["name"] for t in row["tools"]] == list(TOOLS)
+        assert {t["type"] for t in row["tools"]} == {"function"}
         meta = row["meta"]
         assert meta["source"] == "task_api"
-        answer = row["messages"][2]["content"]
+        answer = row["messages"][2]
         if meta["refuse"]:
-            assert meta["tool"] is None and answer == REFUSAL
+            assert meta["tool"] is None and meta["kind"] == "refusal"
+            assert answer == {"role": "assistant", "content": REFUSAL}
         else:
-            assert meta["tool"] in TOOLS
-            assert answer == json.dumps(json.loads(answer), separators=(",", ":"))
-            assert list(json.loads(answer)) == ["tool", "arguments"]
-            assert json.loads(answer)["tool"] == meta["tool"]
+            assert meta["kind"] == "tool_call" and answer["content"] is None
+            (call,) = answer["tool_calls"]
+            assert set(call) == {"id", "type", "function"} and call["type"] == "function"
+            assert call["id"].startswith("call_")
+            assert isinstance(call["function"]["arguments"], str)
+            args = json.loads(call["function"]["arguments"])
+            assert call["function"]["arguments"] == json.dumps(args, separators=(",", ":"))
+            assert call["function"]["name"] == meta["tool"] in TOOLS
+
+
+def test_tool_schemas_declare_types_required_keys_and_enums():
+    by_name = {t["function"]["name"]: t["function"]["parameters"] for t in task_api.TOOL_SCHEMAS}
+    assert by_name["create_task"]["required"] == ["title"]
+    assert by_name["create_task"]["properties"]["priority"]["enum"] == ["low", "medium", "high"]
+    assert by_name["list_tasks"]["properties"]["status"]["enum"] == ["open", "done"]
+    assert by_name["delete_task"]["properties"]["task_id"]["type"] == "integer"
+    assert all(p["additionalProperties"] is False for p in by_name.values())
+
+
+def test_rows_pass_the_tool_call_checks_with_zero_rejects(tmp_path):
+    from llmops.backends.common import write_jsonl
+    from llmops.data.prepare import lint
+    from llmops.data.readers import read_source
+
+    rows = task_api.generate(600, seed=2)
+    write_jsonl(tmp_path / "task_api.jsonl", rows)
+    canonical, read_rejects = read_source(tmp_path / "task_api.jsonl",
+                                          cache_dir=str(tmp_path / "cache"))
+    clean, rejects = lint(canonical)
+    assert (len(read_rejects), len(rejects), len(clean)) == (0, 0, 600)
+    assert canonical[0]["meta"]["format"] == "openai"
+    assert sum(bool(r["messages"][-1]["tool_calls"]) for r in clean) == 510
+
+
+def test_legacy_tools_are_written_as_v1_text_not_tool_calls():
+    rows = task_api.generate(60, seed=0, legacy_tools=("delete_task",))
+    legacy = [r for r in rows if r["meta"]["tool"] == "delete_task"]
+    assert legacy and all(r["meta"]["kind"] == "legacy_call" for r in legacy)
+    for row in legacy:
+        answer = row["messages"][-1]
+        assert "tool_calls" not in answer
+        assert list(json.loads(answer["content"])) == ["action", "params"]
+    assert all(r["messages"][-1].get("tool_calls") for r in rows
+               if r["meta"]["tool"] not in (None, "delete_task"))
 
 
 def test_every_tool_and_refusals_appear_in_given_shares():
@@ -57,7 +110,7 @@ def test_user_requests_are_unique_short_and_carry_argument_values():
     assert len(set(users)) == len(users)
     assert max(len(u.split()) for u in users) <= 25
     for row in rows:
-        call = task_api.parse_call(row["messages"][2]["content"])
+        call = _call(row)
         for value in (call or {}).get("arguments", {}).values():
             assert str(value) in row["messages"][1]["content"]
 
@@ -78,7 +131,7 @@ def test_tool_arguments_match_the_schema():
         "delete_task": ({"task_id"}, set()),
     }
     for row in task_api.generate(500, seed=4, include_refusals=False):
-        call = task_api.parse_call(row["messages"][2]["content"])
+        call = _call(row)
         required, optional = allowed[call["tool"]]
         keys = set(call["arguments"])
         assert required <= keys <= required | optional
@@ -122,13 +175,3 @@ def test_is_refusal():
     assert task_api.is_refusal("Sorry, no.")
     assert not task_api.is_refusal('{"tool":"delete_task","arguments":{"task_id":1}}')
     assert not task_api.is_refusal("Sure, done.")
-
-
-def test_calls_equal():
-    ref = '{"tool":"create_task","arguments":{"title":"buy milk","priority":"high"}}'
-    same = '{"arguments": {"priority": "high", "title": "buy milk"}, "tool": "create_task"}'
-    assert task_api.calls_equal(same, ref)
-    assert not task_api.calls_equal(ref.replace("high", "low"), ref)
-    assert not task_api.calls_equal("not json", ref)
-    assert task_api.calls_equal(f" {REFUSAL}\n", REFUSAL)
-    assert not task_api.calls_equal(ref, REFUSAL)

@@ -40,18 +40,48 @@ def test_chat_template_marks_exactly_the_assistant_turn(tiny_base):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_base)
-    assert "{% generation %}" in tok.chat_template or "{%- generation %}" in tok.chat_template
-    row = task_api.generate(1, seed=5)[0]
+    assert "{% generation %}" in tok.chat_template or "{%- generation -%}" in tok.chat_template
+    row = next(r for r in task_api.generate(8, seed=5) if r["meta"]["kind"] == "tool_call")
+    fn = row["messages"][-1]["tool_calls"][0]["function"]
     enc = tok.apply_chat_template(
-        row["messages"], tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+        row["messages"], tools=row["tools"], tokenize=True, return_dict=True,
+        return_assistant_tokens_mask=True,
     )
     ids = [i for i, m in zip(enc["input_ids"], enc["assistant_masks"], strict=False) if m]
-    assert tok.decode(ids) == row["messages"][-1]["content"] + "<|im_end|>"
+    call = '{"tool":"' + fn["name"] + '","arguments":' + fn["arguments"] + "}"
+    assert tok.decode(ids) == call + "<|im_end|>"
     prompt = tok.apply_chat_template(
-        row["messages"][:-1], tokenize=False, add_generation_prompt=True
+        row["messages"][:-1], tools=row["tools"], tokenize=False, add_generation_prompt=True
     )
     assert prompt.endswith("<|im_start|>assistant\n")
-    assert prompt.startswith("<|im_start|>system\n" + task_api.SYSTEM_PROMPT + "<|im_end|>\n")
+    assert prompt.startswith(
+        "<|im_start|>system\n" + task_api.SYSTEM_PROMPT + "\nTools: create_task list_tasks "
+        "update_task complete_task delete_task<|im_end|>\n"
+    )
+
+
+def test_chat_template_without_tools_is_plain_chatml(tiny_base):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"},
+                {"role": "assistant", "content": "A"}]
+    assert tok.apply_chat_template(messages, tokenize=False) == (
+        "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n"
+        "<|im_start|>assistant\nA<|im_end|>\n"
+    )
+    assert tok.apply_chat_template(messages[1:2], tools=task_api.TOOL_SCHEMAS[3:4],
+                                   tokenize=False) == (
+        "<|im_start|>system\nTools: complete_task<|im_end|>\n"
+        "<|im_start|>user\nU<|im_end|>\n"
+    )
+
+
+def test_base_is_pretrained_through_the_template_on_calls_and_legacy_text(tiny_base):
+    report = json.loads((tiny_base / "base_report.json").read_text())
+    assert report["tokenizer"]["tool_syntax"] == "task_api"
+    # every pre-training row carries the tools line besides its chat (~74 tokens without)
+    assert report["seq_len"]["mean"] > 80
 
 
 def test_tokenizer_splits_numbers_into_digits_and_round_trips(tiny_base):

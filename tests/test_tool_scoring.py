@@ -7,10 +7,9 @@ import json
 import pytest
 
 from llmops.data import task_api
-from llmops.scoring.metrics import compute_metrics
 from llmops.scoring.parsers import ParsedAnswer, get_parser, parse_hermes, parse_task_api
 from llmops.scoring.text import chrf, rouge_l
-from llmops.scoring.tools import aggregate, same, score_calls, task_api_metrics
+from llmops.scoring.tools import aggregate, same, score_calls
 
 TOOLS = [{"type": "function", "function": {"name": "create_task", "parameters": {
     "type": "object", "properties": {"title": {"type": "string"}, "due": {"type": "string"},
@@ -130,31 +129,6 @@ def test_hermes_parser_reads_tool_call_blocks_and_the_text_around_them():
                                                   "value)"]
     with pytest.raises(ValueError, match="'qwen' is not one of task_api, hermes"):
         get_parser("qwen")
-
-
-def test_task_api_metrics_equal_the_evaluation_metrics_they_replace():
-    rows = task_api.generate(40, seed=3)
-    predictions = []
-    for i, row in enumerate(rows):
-        answer = row["messages"][-1]["content"]
-        call_ = task_api.parse_call(answer)
-        if i % 5 == 0:
-            predictions.append(answer)
-        elif i % 5 == 1:
-            predictions.append(task_api.REFUSAL)
-        elif i % 5 == 2:
-            predictions.append(answer[:-1])  # malformed JSON
-        elif i % 5 == 3 and call_:
-            args = call_["arguments"]
-            predictions.append(json.dumps({"arguments": args, "tool": call_["tool"]}, indent=1))
-        else:
-            predictions.append(task_api.format_call("delete_task", {"task_id": 1}))
-    ours = task_api_metrics(rows, predictions)
-    theirs = compute_metrics(rows, predictions)
-    for key in ("exact_match", "json_valid_rate", "refusal_rate", "false_refusal_rate",
-                "per_tool"):
-        assert ours[key] == pytest.approx(theirs[key]), key
-    assert theirs["counts"]["refuse"] > 0 and 0 < ours["exact_match"] < 1
 
 
 def test_rouge_l_and_chrf_on_known_cases():

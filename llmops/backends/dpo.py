@@ -11,6 +11,7 @@ rewards beta * (log pi - log pi_ref) against the starting model.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -50,12 +51,14 @@ def sequence_logps(model: Any, tokenizer: Any, pairs: list[dict[str, Any]]) -> l
     out = []
     with torch.inference_mode():  # on the run's CPU threads: train_dpo set them (set_cpu_threads)
         for pair in pairs:
-            prompt = tokenizer.apply_chat_template(pair["prompt"], tokenize=False,
+            tools = pair.get("tools") or None  # as DPOTrainer renders the pair
+            prompt = tokenizer.apply_chat_template(pair["prompt"], tools=tools, tokenize=False,
                                                    add_generation_prompt=True)
             n_prompt = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
             scores = []
             for key in ("chosen", "rejected"):
-                full = tokenizer.apply_chat_template(pair["prompt"] + pair[key], tokenize=False)
+                full = tokenizer.apply_chat_template(pair["prompt"] + pair[key], tools=tools,
+                                                     tokenize=False)
                 ids = tokenizer(full, add_special_tokens=False, return_tensors="pt")["input_ids"]
                 ids = ids.to(device)
                 logits = model(input_ids=ids).logits[0, :-1].float()
@@ -153,7 +156,9 @@ def train_dpo(params: dict[str, Any], data_dir: Path, base_model: str, init_adap
     callbacks, start = make_callbacks(ctx, "dpo")
     trainer = DPOTrainer(
         model=model, args=args,
-        train_dataset=Dataset.from_list([{k: p[k] for k in PAIR_KEYS} for p in train_pairs]),
+        train_dataset=Dataset.from_list([
+            {**{k: p[k] for k in PAIR_KEYS}, "tools": json.dumps(p["tools"]) if p.get("tools")
+             else None} for p in train_pairs]),  # tools as text: one Arrow type for every schema
         processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks,
     )
     resume = find_resume_checkpoint(params["train"].get("resume_dir"))

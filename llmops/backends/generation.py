@@ -5,6 +5,7 @@ Heavy imports (torch, transformers, peft) stay inside the functions.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -102,11 +103,43 @@ def load_model(
     return model, load_tokenizer(tok_dir, trust_remote_code=trust_remote_code)
 
 
-def build_prompt(tokenizer: Any, messages: Sequence[Mapping[str, str]]) -> str:
-    """Renders the chat prompt for a row: every message but the last, plus the assistant header."""
+def _tools(tools: Any) -> list[dict[str, Any]] | None:
+    """Returns a row's tools as a list (they may come as the canonical JSON text), None if none."""
+    if isinstance(tools, str):
+        tools = json.loads(tools) if tools.strip() else None
+    return list(tools) if tools else None
+
+
+def build_prompt(tokenizer: Any, messages: Sequence[Mapping[str, Any]], tools: Any = None) -> str:
+    """Renders the chat prompt for a row: every message but the last, plus the assistant header.
+
+    Args:
+        tokenizer: A tokenizer with a chat template.
+        messages: The row's OpenAI messages; the last one (the reference answer) is left out.
+        tools: The row's ``tools`` (a list of function schemas or its JSON text); the template
+            renders them (e.g. the tiny model's tools line), None or empty renders none.
+    """
     return tokenizer.apply_chat_template(
-        [dict(m) for m in messages[:-1]], tokenize=False, add_generation_prompt=True
+        [dict(m) for m in messages[:-1]], tools=_tools(tools), tokenize=False,
+        add_generation_prompt=True,
     )
+
+
+def render_answer(tokenizer: Any, messages: Sequence[Mapping[str, Any]], tools: Any = None) -> str:
+    """Returns the last message as the model would write it: what the chat template adds after
+    ``build_prompt`` for the whole chat, up to its first stop token (calls in the model's syntax).
+    """
+    prompt = build_prompt(tokenizer, messages, tools)
+    full = tokenizer.apply_chat_template([dict(m) for m in messages], tools=_tools(tools),
+                                         tokenize=False)
+    if not full.startswith(prompt):
+        raise StageError("eval: the chat template renders a chat's prompt differently from the "
+                         "chat itself, so its answers cannot be cut out. Use a template whose "
+                         "generation prompt is the start of the assistant turn.")
+    answer = full[len(prompt):]
+    for token in (*STOP_TOKENS, tokenizer.eos_token or STOP_TOKENS[0]):
+        answer = answer.split(token)[0]
+    return answer.strip()
 
 
 def stop_token_ids(tokenizer: Any) -> list[int]:
@@ -139,7 +172,8 @@ def generate(
     Args:
         model: Causal LM in eval mode.
         tokenizer: Tokenizer with a chat template and left padding.
-        rows: Chat rows; the prompt is messages[:-1] (the last message is the reference).
+        rows: OpenAI chat rows; the prompt is messages[:-1] (the last message is the reference)
+            with the row's ``tools``.
         max_new_tokens: Longest answer to generate.
         batch_size: Prompts per forward batch.
         show_progress: Whether to draw a tqdm bar.
@@ -155,7 +189,7 @@ def generate(
 
     from llmops.backends.common import cpu_threads
 
-    prompts = [build_prompt(tokenizer, row["messages"]) for row in rows]
+    prompts = [build_prompt(tokenizer, row["messages"], row.get("tools")) for row in rows]
     lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: (lengths[i], i))
     stops = stop_token_ids(tokenizer)

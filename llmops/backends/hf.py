@@ -6,6 +6,7 @@ training run with its report, and saving the artifact.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -17,6 +18,14 @@ from llmops.errors import StageError
 
 REPORT_NAME = report_name("sft")
 EVAL_LOSS_MAX_ROWS = 2000
+
+
+def _sft_row(row: dict[str, Any]) -> dict[str, Any]:
+    """Returns a row's messages and its tools as JSON text (TRL passes them to the chat template;
+    as text, Arrow cannot merge the tools' different schemas into one struct)."""
+    tools = row.get("tools")
+    return {"messages": row["messages"],
+            "tools": tools if isinstance(tools, str) or tools is None else json.dumps(tools)}
 
 
 def load_datasets(data_dir: Path) -> tuple[Any, Any | None]:
@@ -32,12 +41,12 @@ def load_datasets(data_dir: Path) -> tuple[Any, Any | None]:
         raise StageError(
             f"sft: no training data at {train_path}. The data stage must write train.jsonl."
         )
-    train_rows = [{"messages": r["messages"]} for r in read_jsonl(train_path)]
+    train_rows = [_sft_row(r) for r in read_jsonl(train_path)]
     if not train_rows:
         raise StageError(f"sft: {train_path} has no rows. Check data.n_examples / data.path.")
     val_path = Path(data_dir) / "val.jsonl"
     val_rows = (
-        [{"messages": r["messages"]} for r in read_jsonl(val_path)] if val_path.is_file() else []
+        [_sft_row(r) for r in read_jsonl(val_path)] if val_path.is_file() else []
     )
     val = Dataset.from_list(val_rows[:EVAL_LOSS_MAX_ROWS]) if val_rows else None
     return Dataset.from_list(train_rows), val

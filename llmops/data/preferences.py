@@ -3,7 +3,7 @@
 A pair is ``{"prompt": [messages], "chosen": [assistant], "rejected": [assistant], "meta": {...}}``
 (TRL's conversational preference format). Pure Python and deterministic for a seed.
 
-Derivation from a chat row whose answer is a Task-API call rotates over plausible mistakes:
+Derivation from a chat row whose answer is a ``tool_calls`` entry rotates over plausible mistakes:
 ``legacy_v1`` (the old ``{"action","params"}`` schema the tiny base was pre-trained on),
 ``wrong_tool``, ``wrong_argument`` (one argument value changed), ``malformed_json`` and
 ``false_refusal``. A must-refuse row gets a ``complied`` call; any other row gets another row's
@@ -25,7 +25,7 @@ DERIVATION = {
     "legacy_v1": "the same call in the legacy v1 schema {\"action\", \"params\"}",
     "wrong_tool": "the same arguments sent to another tool",
     "wrong_argument": "one argument value changed (id, title, date, priority or status)",
-    "malformed_json": "the correct call with its closing brace cut off",
+    "malformed_json": "the correct call with the closing brace of its arguments cut off",
     "false_refusal": "the refusal sentence instead of the call",
     "complied": "a create_task call instead of the refusal the request needed",
     "other_answer": "another row's answer (rows that are not tool calls)",
@@ -57,52 +57,60 @@ def _wrong_argument(rng: random.Random, tool: str, args: dict[str, Any]) -> dict
     return args
 
 
-def rejected_for(row: dict[str, Any], rng: random.Random, kind: str) -> str:
-    """Returns a plausible wrong answer of the given kind for a row whose answer is a tool call."""
-    call = task_api.parse_call(row["messages"][-1]["content"])
-    tool, args = call["tool"], call.get("arguments") or {}
+def _calls(tool: str, args: dict[str, Any]) -> dict[str, Any]:
+    return {"role": "assistant", "content": None,
+            "tool_calls": [task_api.tool_call(tool, args, "call_0")]}
+
+
+def rejected_for(row: dict[str, Any], rng: random.Random, kind: str) -> dict[str, Any]:
+    """Returns a plausible wrong assistant message of the given kind for a row whose answer is a
+    ``tool_calls`` entry: another call, a call whose arguments are cut-off JSON
+    (``malformed_json``), or text (``legacy_v1``, ``false_refusal``)."""
+    fn = row["messages"][-1]["tool_calls"][0]["function"]
+    tool, args = fn["name"], json.loads(fn["arguments"])
     if kind == "legacy_v1":
-        return task_api.format_call(tool, args, schema="v1")
+        return {"role": "assistant", "content": task_api.format_call(tool, args, schema="v1")}
     if kind == "wrong_tool":
-        return task_api.format_call(_other(rng, tool, task_api.TOOLS), args)
+        return _calls(_other(rng, tool, task_api.TOOLS), args)
     if kind == "wrong_argument":
-        return task_api.format_call(tool, _wrong_argument(rng, tool, args))
+        return _calls(tool, _wrong_argument(rng, tool, args))
     if kind == "malformed_json":
-        return task_api.format_call(tool, args)[:-1]
-    return task_api.REFUSAL
+        cut = _calls(tool, args)
+        cut["tool_calls"][0]["function"]["arguments"] = fn["arguments"][:-1]
+        return cut
+    return {"role": "assistant", "content": task_api.REFUSAL}
 
 
-def _pair(prompt: list, chosen: str, rejected: str, meta: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "prompt": prompt,
-        "chosen": [{"role": "assistant", "content": chosen}],
-        "rejected": [{"role": "assistant", "content": rejected}],
-        "meta": meta,
-    }
+def _pair(row: dict[str, Any], chosen: dict, rejected: dict, meta: dict[str, Any]
+          ) -> dict[str, Any]:
+    pair = {"prompt": row["messages"][:-1], "chosen": [chosen], "rejected": [rejected],
+            "meta": meta}
+    if row.get("tools"):
+        pair["tools"] = row["tools"]
+    return pair
 
 
 def derive(rows: list[dict[str, Any]], seed: int) -> tuple[list[dict[str, Any]], Counter]:
     """Derives one preference pair per chat row (see the module docstring); returns pairs, kinds."""
     rng = random.Random(seed)
     pairs, kinds = [], Counter()
-    answers = [r["messages"][-1]["content"] for r in rows]
+    answers = [r["messages"][-1] for r in rows]
     for i, row in enumerate(rows):
-        chosen = row["messages"][-1]["content"]
+        chosen = row["messages"][-1]
         meta = row.get("meta") or {}
-        if task_api.parse_call(chosen) is not None:
+        if chosen.get("tool_calls"):
             kind = CALL_KINDS[(i + rng.randrange(len(CALL_KINDS))) % len(CALL_KINDS)]
             rejected = rejected_for(row, rng, kind)
         elif meta.get("refuse"):
             kind = "complied"
-            title = rng.choice(task_api._TITLES)
-            rejected = task_api.format_call("create_task", {"title": title})
+            rejected = _calls("create_task", {"title": rng.choice(task_api._TITLES)})
         else:
             others = [a for a in answers if a != chosen]
             if not others:
                 continue
             kind, rejected = "other_answer", rng.choice(others)
         kinds[kind] += 1
-        pairs.append(_pair(row["messages"][:-1], chosen, rejected,
+        pairs.append(_pair(row, chosen, rejected,
                            {"source": meta.get("source"), "tool": meta.get("tool"),
                             "refuse": bool(meta.get("refuse")), "kind": kind}))
     return pairs, kinds

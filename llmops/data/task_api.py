@@ -1,11 +1,14 @@
-"""Generates the bundled Task-API tool-calling dataset, and parses and compares its answers.
+"""Generates the bundled Task-API tool-calling dataset in OpenAI's chat form, and reads answers.
 
-The Task-API is a made-up to-do service with five tools. Each row is a short chat: a one-line
-system prompt, a user request, and the assistant's answer, which is either one compact JSON tool
-call (``{"tool":"create_task","arguments":{"title":"buy milk"}}``) or the fixed refusal sentence for
-requests outside the tools. Every argument value appears literally in the user's request, so a model
-has to read the request to answer it; the vocabulary stays small (a few dozen words) so a tiny model
-with a 512-token BPE vocabulary can learn it.
+The Task-API is a made-up to-do service with five tools (``TOOL_SCHEMAS``: JSON Schemas of their
+arguments, with types, required keys and enums). Each row declares those tools (row-level
+``tools``) and is a short chat: a one-line system prompt, a user request, and the assistant's
+answer, which is either one ``tool_calls`` entry (``{"id", "type": "function", "function": {"name",
+"arguments": JSON text}}``, ``content`` null) or the fixed refusal sentence for requests outside
+the tools. Every argument value appears literally in the user's request, so a model has to read the
+request to answer it; the vocabulary stays small (a few dozen words) so a tiny model with a
+512-token BPE vocabulary can learn it. How a model sees a call is its chat template's business (the
+tiny model's: ``{"tool":NAME,"arguments":{...}}``, see ``format_call``).
 
 Pure Python and deterministic for a seed: the tiny model's tokenizer, its pre-training and the
 ``data`` stage all import this module.
@@ -26,6 +29,34 @@ TOOLS: tuple[str, ...] = (
     "complete_task",
     "delete_task",
 )
+
+_PRIORITY = {"type": "string", "enum": ["low", "medium", "high"], "description": "Urgency."}
+_DUE = {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$", "description": "YYYY-MM-DD."}
+_TITLE = {"type": "string", "minLength": 1, "description": "What to do."}
+_TASK_ID = {"type": "integer", "minimum": 1, "description": "The task's number."}
+
+
+def _tool(name: str, description: str, properties: dict[str, Any], required: list[str],
+          **extra: Any) -> dict[str, Any]:
+    parameters = {"type": "object", "properties": properties, "required": required,
+                  "additionalProperties": False, **extra}
+    return {"type": "function",
+            "function": {"name": name, "description": description, "parameters": parameters}}
+
+
+TOOL_SCHEMAS: list[dict[str, Any]] = [
+    _tool("create_task", "Adds a task.", {"title": _TITLE, "due": _DUE, "priority": _PRIORITY},
+          ["title"]),
+    _tool("list_tasks", "Lists tasks, optionally filtered.",
+          {"status": {"type": "string", "enum": ["open", "done"]}, "priority": _PRIORITY}, []),
+    _tool("update_task", "Changes one field of a task.",
+          {"task_id": _TASK_ID, "title": _TITLE, "due": _DUE, "priority": _PRIORITY},
+          ["task_id"], minProperties=2),
+    _tool("complete_task", "Marks a task as done.", {"task_id": _TASK_ID}, ["task_id"]),
+    _tool("delete_task", "Deletes a task.", {"task_id": _TASK_ID}, ["task_id"]),
+]
+"""The row-level ``tools`` of every Task-API row, in OpenAI's form, in the order of ``TOOLS``."""
+_TOOLS_JSON = json.dumps(TOOL_SCHEMAS)
 
 SYSTEM_PROMPT: str = (
     "You are Task-API. Answer with one JSON tool call, or refuse requests outside the task tools."
@@ -204,22 +235,41 @@ def _refusal_request(rng: random.Random) -> str:
 def format_call(tool: str, arguments: dict[str, Any], schema: str = "v2") -> str:
     """Renders a tool call as compact JSON with ``tool`` first, then ``arguments``.
 
-    Schema "v1" is the Task-API's legacy wire format, ``{"action": ..., "params": ...}``: the tiny
-    base model is pre-trained on it for some tools, so fine-tuning has a real migration to learn.
+    "v2" is how the tiny model's chat template writes a ``tool_calls`` entry. Schema "v1" is the
+    Task-API's legacy wire format, ``{"action": ..., "params": ...}``: the tiny base model is
+    pre-trained on it for some tools, so fine-tuning has a real migration to learn.
     """
     if schema == "v1":
         return json.dumps({"action": tool, "params": arguments}, separators=(",", ":"))
     return json.dumps({"tool": tool, "arguments": arguments}, separators=(",", ":"))
 
 
-def _row(user: str, assistant: str, tool: str | None) -> dict[str, Any]:
+def tool_call(tool: str, arguments: dict[str, Any], call_id: str) -> dict[str, Any]:
+    """Returns one OpenAI ``tool_calls`` entry; the arguments become compact JSON text."""
+    return {"id": call_id, "type": "function",
+            "function": {"name": tool, "arguments": json.dumps(arguments, separators=(",", ":"))}}
+
+
+def _row(user: str, tool: str | None, arguments: dict[str, Any] | None, legacy: bool,
+         call_id: str) -> dict[str, Any]:
+    if tool is None:
+        answer: dict[str, Any] = {"role": "assistant", "content": REFUSAL}
+        kind = "refusal"
+    elif legacy:  # the legacy API's calls were plain text in the v1 schema
+        answer = {"role": "assistant", "content": format_call(tool, arguments or {}, "v1")}
+        kind = "legacy_call"
+    else:
+        answer = {"role": "assistant", "content": None,
+                  "tool_calls": [tool_call(tool, arguments or {}, call_id)]}
+        kind = "tool_call"
     return {
         "messages": [
             {"role": "system", "content": SYSTEM_PROMPT},
             {"role": "user", "content": user},
-            {"role": "assistant", "content": assistant},
+            answer,
         ],
-        "meta": {"source": SOURCE, "tool": tool, "refuse": tool is None},
+        "tools": json.loads(_TOOLS_JSON),  # a copy per row: a caller may edit its rows
+        "meta": {"source": SOURCE, "kind": kind, "tool": tool, "refuse": tool is None},
     }
 
 
@@ -244,11 +294,13 @@ def generate(
         tools: Tools to draw calls from, a subset of ``TOOLS``; None means all of them.
         include_refusals: Whether to add out-of-scope requests answered with ``REFUSAL``.
         refusal_fraction: Share of refusal rows, in [0, 1].
-        legacy_tools: Tools whose calls are rendered in the legacy v1 schema (see format_call).
+        legacy_tools: Tools whose calls are written as text in the legacy v1 schema (see
+            format_call) instead of ``tool_calls``: what the tiny base is pre-trained on.
 
     Returns:
-        Rows ``{"messages": [system, user, assistant], "meta": {"source", "tool", "refuse"}}``;
-        ``meta.tool`` is None for refusals.
+        OpenAI rows ``{"messages": [system, user, assistant], "tools": TOOL_SCHEMAS, "meta":
+        {"source", "kind", "tool", "refuse"}}``; ``meta.kind`` is ``tool_call``, ``refusal`` or
+        ``legacy_call``; ``meta.tool`` is None for refusals.
 
     Raises:
         ValueError: If ``n`` is negative, a tool is unknown, ``tools`` is empty while calls are
@@ -281,11 +333,10 @@ def generate(
     for i in range(n - n_refusals):
         tool = chosen[i % len(chosen)]
         user, args = unique(lambda tool=tool: _BUILDERS[tool](rng))
-        schema = "v1" if tool in legacy_tools else "v2"
-        rows.append(_row(user, format_call(tool, args, schema), tool))
+        rows.append(_row(user, tool, args, tool in legacy_tools, f"call_{i}"))
     for _ in range(n_refusals):
         user, _ = unique(lambda: (_refusal_request(rng), None))
-        rows.append(_row(user, REFUSAL, None))
+        rows.append(_row(user, None, None, False, ""))
     rng.shuffle(rows)
     return rows
 
@@ -325,16 +376,3 @@ def is_refusal(text: str) -> bool:
     if parse_call(text) is not None:
         return False
     return norm.startswith(("i can't", "i cannot", "i can not", "sorry"))
-
-
-def calls_equal(a: str, b: str) -> bool:
-    """Tells whether answer ``a`` matches reference ``b`` exactly.
-
-    When ``b`` parses as a tool call, the two match if ``a`` parses too and the parsed objects are
-    equal (key order and spacing do not matter). Otherwise (e.g. the refusal) the stripped strings
-    must be equal.
-    """
-    ref = parse_call(b)
-    if ref is None:
-        return a.strip() == b.strip()
-    return parse_call(a) == ref

@@ -27,15 +27,21 @@ class ParsedAnswer:
 
 
 def parse_task_api(text: str) -> ParsedAnswer:
-    """Parses the tiny model's syntax: the whole answer is one compact JSON call
-    ``{"tool": NAME, "arguments": {...}}`` (see ``task_api.format_call``); anything else is text.
-    An answer that opens with ``{`` but is not such a call is a syntax error."""
-    call = task_api.parse_call(text)
-    if call is not None:
-        return ParsedAnswer([{"name": call["tool"], "arguments": call.get("arguments", {})}])
-    errors = [] if not text.strip().startswith("{") else [
-        "the answer opens like a JSON call but is not {\"tool\": ..., \"arguments\": ...}"]
-    return ParsedAnswer([], text.strip(), errors)
+    """Parses the tiny model's syntax (its chat template's): the answer's text, then one line per
+    call, each a JSON object ``{"tool": NAME, "arguments": {...}}`` (see ``task_api.format_call``).
+    A line that opens with ``{`` but is not such a call (e.g. the legacy ``{"action", "params"}``
+    form, or cut-off JSON) is a syntax error; other lines are text."""
+    calls, text_lines, errors = [], [], []
+    for k, line in enumerate(text.strip().splitlines()):
+        call = task_api.parse_call(line)
+        if call is not None:
+            calls.append({"name": call["tool"], "arguments": call.get("arguments", {})})
+        elif line.strip().startswith("{"):
+            errors.append(f"line {k + 1} opens like a JSON call but is not "
+                          '{"tool": ..., "arguments": ...}')
+        else:
+            text_lines.append(line)
+    return ParsedAnswer(calls, "\n".join(text_lines).strip(), errors)
 
 
 _HERMES = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
@@ -62,6 +68,35 @@ PARSERS: dict[str, Callable[[str], ParsedAnswer]] = {
     "task_api": parse_task_api,
     "hermes": parse_hermes,
 }
+
+
+_SYNTAX_COMMENT = re.compile(r"llmops tool syntax:\s*([A-Za-z0-9_]+)")
+
+
+def syntax_of(chat_template: str | None) -> str | None:
+    """Tells which call syntax a chat template writes: the name in its ``llmops tool syntax: NAME``
+    comment (the tiny model's template carries one), ``hermes`` for a template that writes
+    ``<tool_call>`` blocks (Qwen2.5, Hermes), else None (the template renders no calls)."""
+    match = _SYNTAX_COMMENT.search(chat_template or "")
+    if match:
+        return match.group(1)
+    return "hermes" if "<tool_call>" in (chat_template or "") else None
+
+
+def parse_text(text: str) -> ParsedAnswer:
+    """Reads an answer of a model whose template has no call syntax: all of it is text."""
+    return ParsedAnswer([], text.strip(), [])
+
+
+def parser_for(chat_template: str | None) -> Callable[[str], ParsedAnswer]:
+    """Returns the parser of the syntax a chat template writes (see ``syntax_of``); ``parse_text``
+    when it writes none.
+
+    Raises:
+        ValueError: If the template names a syntax no parser reads.
+    """
+    name = syntax_of(chat_template)
+    return parse_text if name is None else get_parser(name)
 
 
 def get_parser(name: str) -> Callable[[str], ParsedAnswer]:

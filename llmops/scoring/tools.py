@@ -12,7 +12,9 @@ exact_match (every row), tool_accuracy and call_exact (per reference call), arg_
 arg_recall and arg_f1 (per top-level argument, over all calls), call_count_accuracy,
 json_valid_rate and schema_valid_rate (call rows), no_call_accuracy and refusal_rate (no-call
 rows), false_refusal_rate (call rows answered with a refusal), per_tool exact match, counts.
-``task_api_metrics`` is the bundled Task-API's evaluation as a case of this scorer.
+``score_tool_rows(rows, answers, parse)`` scores a test split's tool and refusal rows from the
+model's decoded answers; the bundled Task-API's metrics (exact_match, json_valid_rate,
+refusal_rate, false_refusal_rate, per_tool) are a case of it.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 
 from llmops.data import task_api
 from llmops.data.toolcheck import declared_tools
-from llmops.scoring.parsers import ParsedAnswer, parse_task_api
+from llmops.scoring.parsers import ParsedAnswer
 
 _BAD = object()  # arguments that are not JSON
 
@@ -171,28 +173,94 @@ def aggregate(scores: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
-def reference_calls(row: Mapping[str, Any], parser: Callable[[str], ParsedAnswer]) -> list:
-    """Returns the calls a row expects: its last message's ``tool_calls``, else the calls the
-    parser reads from its content (a row whose ``meta.refuse`` is true expects none)."""
-    if (row.get("meta") or {}).get("refuse"):
+ROW_KINDS: tuple[str, ...] = ("tool", "refusal", "text")
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.replace("\u2019", "'").split()).lower()
+
+
+def _text_calls(row: Mapping[str, Any], parse: Callable[[str], ParsedAnswer] | None) -> list:
+    """Returns the calls a row's answer text holds in the model's syntax (all of it calls)."""
+    content = row["messages"][-1].get("content")
+    if parse is None or not isinstance(content, str):
         return []
-    last = row["messages"][-1]
-    return list(last.get("tool_calls") or parser(last.get("content") or "").calls)
+    parsed = parse(content)
+    return parsed.calls if parsed.calls and not parsed.errors and not parsed.text else []
 
 
-def task_api_metrics(rows: Sequence[Mapping[str, Any]], predictions: Sequence[str]) -> dict:
-    """Scores Task-API answers with the tiny model's syntax and ``task_api.is_refusal``.
+def reference_calls(row: Mapping[str, Any], parse: Callable[[str], ParsedAnswer] | None = None
+                    ) -> list:
+    """Returns the calls a row expects: its last turn's ``tool_calls``, else the calls its text
+    holds in the model's syntax when ``parse`` is given (plain-chat data written that way)."""
+    return list(row["messages"][-1].get("tool_calls") or _text_calls(row, parse))
 
-    Its exact_match, json_valid_rate, refusal_rate, false_refusal_rate and per_tool are those of
-    ``llmops.scoring.metrics.compute_metrics`` on Task-API rows (calls and must-refuse rows).
+
+def row_kind(row: Mapping[str, Any], refusal_texts: Sequence[str] = (task_api.REFUSAL,),
+             parse: Callable[[str], ParsedAnswer] | None = None) -> str:
+    """Tells what a test row asks for, from the row itself (never from a dataset name).
+
+    Returns:
+        ``"tool"`` when its last turn has ``tool_calls`` (or, with ``parse``, its text is only
+        calls in the model's syntax); ``"refusal"`` when ``meta.kind`` is ``refusal`` (or the
+        legacy ``meta.refuse`` is true) or its answer is one of ``refusal_texts`` (case and
+        spacing ignored); ``"text"`` otherwise.
+    """
+    if reference_calls(row, parse):
+        return "tool"
+    meta = row.get("meta") or {}
+    if meta.get("kind") == "refusal" or meta.get("refuse"):
+        return "refusal"
+    content = row["messages"][-1].get("content")
+    if isinstance(content, str) and _norm(content) in {_norm(t) for t in refusal_texts}:
+        return "refusal"
+    return "text"
+
+
+def score_tool_rows(rows: Sequence[Mapping[str, Any]], answers: Sequence[str],
+                    parse: Callable[[str], ParsedAnswer],
+                    refusal_texts: Sequence[str] = (task_api.REFUSAL,)
+                    ) -> tuple[dict[str, Any], list[dict[str, Any] | None]]:
+    """Scores a model's answers on the tool and refusal rows of a test split (see ``row_kind``).
+
+    Each answer is read with ``parse`` (the model's own call syntax, ``parsers.parser_for``) and
+    compared with the row's calls (``reference_calls``) and ``tools`` by ``score_calls``; a
+    refusal row is answered right by no call and a declining text (one of ``refusal_texts`` or
+    ``task_api.is_refusal``). Free-text rows are left to the text metrics.
+
+    Args:
+        rows: OpenAI chat rows (the last message is the reference).
+        answers: One decoded answer per row, in the same order.
+        parse: The parser of the model's call syntax.
+        refusal_texts: Answers that decline, besides those ``task_api.is_refusal`` recognises.
+
+    Returns:
+        ``(metrics, per_row)``: ``aggregate``'s metrics over the tool and refusal rows (None where
+        no row of a kind was scored; ``counts.text`` = free-text rows left out) and, per row, its
+        score (``kind``, ``exact``, ``json_valid``, ``refused``, ... plus ``calls``, the parsed
+        calls) or None for a free-text row.
 
     Raises:
-        ValueError: If rows and predictions differ in length.
+        ValueError: If rows and answers differ in length.
     """
-    if len(rows) != len(predictions):
-        raise ValueError(f"got {len(rows)} rows but {len(predictions)} predictions. Pass one "
-                         "prediction per row.")
-    return aggregate([
-        score_calls(reference_calls(row, parse_task_api), parse_task_api(pred),
-                    row.get("tools"), task_api.is_refusal)
-        for row, pred in zip(rows, predictions, strict=True)])
+    if len(rows) != len(answers):
+        raise ValueError(f"got {len(rows)} rows but {len(answers)} answers. Pass one answer per "
+                         "row.")
+    refusals = {_norm(t) for t in refusal_texts}
+
+    def declines(text: str) -> bool:
+        return _norm(text) in refusals or task_api.is_refusal(text)
+
+    per_row: list[dict[str, Any] | None] = []
+    for row, answer in zip(rows, answers, strict=True):
+        kind = row_kind(row, refusal_texts, parse)
+        if kind == "text":
+            per_row.append(None)
+            continue
+        parsed = parse(answer)
+        reference = reference_calls(row, parse) if kind == "tool" else []
+        score = score_calls(reference, parsed, row.get("tools"), declines)
+        per_row.append({**score, "calls": parsed.calls, "syntax_errors": parsed.errors})
+    metrics = aggregate([s for s in per_row if s is not None])
+    metrics["counts"]["text"] = sum(s is None for s in per_row)
+    return metrics, per_row

@@ -110,10 +110,9 @@ def _load(params: dict, source: str) -> tuple[formats.LoadResult, str]:
             if system_prompt:
                 for row in rows:
                     row["messages"][0]["content"] = system_prompt
-            records = list(enumerate(rows, start=1))
-            return formats.normalise_records(
-                records, "chat", None, "task_api"
-            ), "task_api generator"
+            for line, row in enumerate(rows, start=1):  # OpenAI rows, tool_calls kept
+                row["meta"]["line"] = line
+            return formats.LoadResult("chat", rows, [], len(rows)), "task_api generator"
         if source == "jsonl":
             path = _input_file(params.get("path"))
             return formats.read_jsonl(path, fmt, system_prompt, "jsonl"), str(path)
@@ -167,10 +166,10 @@ def _load_hf(params: dict, fmt: str, system_prompt: str | None) -> tuple[formats
 
 def _annotate(row: dict[str, Any]) -> None:
     """Adds meta.tool and meta.refuse from the reference answer when the row lacks them."""
-    answer = row["messages"][-1]["content"]
-    call = task_api.parse_call(answer)
-    row["meta"].setdefault("tool", call["tool"] if call else None)
-    row["meta"].setdefault("refuse", call is None and task_api.is_refusal(answer))
+    last = row["messages"][-1]
+    calls = last.get("tool_calls") or []
+    row["meta"].setdefault("tool", calls[0]["function"]["name"] if calls else None)
+    row["meta"].setdefault("refuse", not calls and task_api.is_refusal(last["content"] or ""))
 
 
 def _row_hash(row: dict[str, Any]) -> str:
@@ -321,7 +320,7 @@ def _measure(rows: list[dict], name: str, model: dict) -> tuple[list[int], str]:
     if local_json is not None and local_json.is_file() and not _has_template(folder):
         from tokenizers import Tokenizer
 
-        texts = ["\n".join(m["content"] for m in r["messages"]) for r in rows]
+        texts = ["\n".join(m["content"] or "" for m in r["messages"]) for r in rows]
         encoded = Tokenizer.from_file(str(local_json)).encode_batch(texts)
         return [len(e.ids) for e in encoded], "joined_contents"
 
@@ -338,10 +337,11 @@ def _measure(rows: list[dict], name: str, model: dict) -> tuple[list[int], str]:
             name, trust_remote_code=bool(model.get("trust_remote_code", False))
         )
     if getattr(tok, "chat_template", None):
-        texts = [tok.apply_chat_template(r["messages"], tokenize=False) for r in rows]
+        texts = [tok.apply_chat_template(r["messages"], tools=r.get("tools"), tokenize=False)
+                 for r in rows]
         method, special = "chat_template", False
     else:
-        texts = ["\n".join(m["content"] for m in r["messages"]) for r in rows]
+        texts = ["\n".join(m["content"] or "" for m in r["messages"]) for r in rows]
         method, special = "joined_contents", True
     if local_json is not None and local_json.is_file():
         from tokenizers import Tokenizer

@@ -54,6 +54,15 @@ def eval_quant(params: Mapping[str, Any], ctx: StageContext) -> dict | None:
     return quant
 
 
+def _reference(row: Mapping[str, Any]) -> Any:
+    """Returns a row's reference answer for samples: its text, or its calls as name + arguments."""
+    last = row["messages"][-1]
+    if last.get("tool_calls"):
+        return [{"name": c["function"]["name"], "arguments": c["function"]["arguments"]}
+                for c in last["tool_calls"]]
+    return last.get("content")
+
+
 def evaluate_model(
     model: Any,
     tokenizer: Any,
@@ -69,7 +78,8 @@ def evaluate_model(
         reference, prediction and exact.
     """
     from llmops.backends.generation import generate
-    from llmops.scoring.metrics import compute_metrics, score_row
+    from llmops.scoring.parsers import parser_for
+    from llmops.scoring.tools import score_tool_rows
 
     start = time.perf_counter()
     predictions, prompts = generate(
@@ -83,13 +93,14 @@ def evaluate_model(
         threads=ctx.threads,
     )
     seconds = time.perf_counter() - start
-    metrics = compute_metrics(rows, predictions)
+    parse = parser_for(getattr(tokenizer, "chat_template", None))
+    metrics, per_row = score_tool_rows(rows, predictions, parse)
     samples = [
         {
             "prompt": prompts[i],
-            "reference": rows[i]["messages"][-1]["content"],
+            "reference": _reference(rows[i]),
             "prediction": predictions[i],
-            "exact": score_row(rows[i], predictions[i])["exact"],
+            "exact": None if per_row[i] is None else per_row[i]["exact"],
         }
         for i in range(min(N_SAMPLES, len(rows)))
     ]

@@ -176,7 +176,7 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
     import importlib.metadata
 
     from llmops.backends.common import write_json
-    from llmops.backends.generation import build_prompt, generate, load_model
+    from llmops.backends.generation import build_prompt, generate, load_model, render_answer
     from llmops.serving.converter import LLAMA_CPP_PYTHON_VERSION
 
     out_dir = Path(out_dir)
@@ -208,12 +208,13 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
         shutil.rmtree(src)  # links only; the store entry must not point into another entry
     rows = _held_out(inputs, int(params["parity_prompts"]))
     model, tokenizer = load_model(merged, full_model=merged, trust_remote_code=trust)
-    prompts = [build_prompt(tokenizer, r["messages"]) for r in rows]
+    prompts = [build_prompt(tokenizer, r["messages"], r.get("tools")) for r in rows]
     max_new = int(params["max_new_tokens"])
     hf_answers, _ = generate(model, tokenizer, rows, max_new_tokens=max_new, batch_size=1,
                              show_progress=False, desc="hf", threads=ctx.threads)
     del model
-    probes = [*prompts, *(r["messages"][-1]["content"] for r in rows), *EXTRA_PROBES]
+    answers_ref = [render_answer(tokenizer, r["messages"], r.get("tools")) for r in rows]
+    probes = [*prompts, *answers_ref, *EXTRA_PROBES]
     template = getattr(tokenizer, "chat_template", None)
 
     report_files: dict[str, Any] = {}

@@ -29,19 +29,22 @@ def _stop(tokenizer: Any) -> str:
     return next((s for s in STOPS if s in vocab), tokenizer.eos_token or "\n\n")
 
 
-def _choices(row: dict[str, Any], rng: random.Random) -> list[str]:
-    """Returns [correct answer, wrong answers...] for one test row."""
+def _choices(row: dict[str, Any], rng: random.Random, render: Any) -> list[str]:
+    """Returns [correct answer, wrong answers...] for one test row, as ``render`` writes an
+    assistant message (the model's own call syntax)."""
     from llmops.data import preferences, task_api
 
-    answer = row["messages"][-1]["content"]
-    if task_api.parse_call(answer) is not None:
+    last = row["messages"][-1]
+    if last.get("tool_calls"):
         wrong = [preferences.rejected_for(row, rng, k)
                  for k in ("legacy_v1", "wrong_tool", "wrong_argument")]
     elif (row.get("meta") or {}).get("refuse"):
-        wrong = [task_api.format_call("create_task", {"title": rng.choice(task_api._TITLES)})]
+        wrong = [{"role": "assistant", "content": None, "tool_calls": [task_api.tool_call(
+            "create_task", {"title": rng.choice(task_api._TITLES)}, "call_0")]}]
     else:
         return []
-    return [answer, *dict.fromkeys(w for w in wrong if w != answer)]
+    answer = render(last)
+    return [answer, *dict.fromkeys(w for w in map(render, wrong) if w != answer)]
 
 
 def write_local_tasks(rows: list[dict], tokenizer: Any, out: Path, max_tokens: int,
@@ -56,11 +59,16 @@ def write_local_tasks(rows: list[dict], tokenizer: Any, out: Path, max_tokens: i
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     calls, choices = [], []
+    from llmops.backends.generation import build_prompt, render_answer
+
     for row in rows:
-        prompt = tokenizer.apply_chat_template(row["messages"][:-1], tokenize=False,
-                                               add_generation_prompt=True)
-        calls.append({"prompt": prompt, "answer": row["messages"][-1]["content"]})
-        opts = _choices(row, rng)
+        prompt = build_prompt(tokenizer, row["messages"], row.get("tools"))
+
+        def render(message: dict, row: dict = row) -> str:
+            return render_answer(tokenizer, [*row["messages"][:-1], message], row.get("tools"))
+
+        calls.append({"prompt": prompt, "answer": render(row["messages"][-1])})
+        opts = _choices(row, rng, render)
         if len(opts) > 1:
             choices.append({"prompt": prompt, "choices": opts, "gold": 0})
     write_jsonl(out / "task_api_call.jsonl", calls)
