@@ -142,9 +142,8 @@ def score_split(rows: Sequence[Mapping[str, Any]], answers: Sequence[str],
         per_row[i] = {**s, "kind": kinds[i]}
     by_kind: dict[str, dict[str, Any]] = {}
     for kind in ("tool", "refusal"):
-        part = [per_row[i] for i in idx[kind]]
-        agg = _aggregate(part)
-        by_kind[kind] = {"count": len(part), **{m: agg.get(m) for m in KIND_METRICS[kind]
+        agg = _aggregate([s for i, s in zip(calls, scores, strict=True) if kinds[i] == kind])
+        by_kind[kind] = {"count": len(idx[kind]), **{m: agg.get(m) for m in KIND_METRICS[kind]
                                                 if m in agg}}
     texts = idx["text"]
     text_answers, refs = [answers[i] for i in texts], [reference_text(rows[i]) for i in texts]
@@ -194,6 +193,15 @@ def _samples(per_row: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     return {k: s.to_dict() for k, s in out.items() if s is not None}
 
 
+MAX_LOSS = 100.0
+"""Nats per token a row's loss is capped at: diverged weights (inf, nan) count as this bad, so a
+destroyed model fails its perplexity gate and every report number stays finite."""
+
+
+def _capped(nll: float, tokens: int) -> float:
+    return nll if math.isfinite(nll) and nll <= MAX_LOSS * tokens else MAX_LOSS * tokens
+
+
 def add_losses(scored: dict[str, Any], losses: Sequence[tuple[float, int] | None]) -> None:
     """Adds held-out loss and perplexity (whole split and by kind) to a ``score_split`` result.
 
@@ -203,17 +211,18 @@ def add_losses(scored: dict[str, Any], losses: Sequence[tuple[float, int] | None
             row that could not be measured.
     """
     per_row = scored["per_row"]
+    losses = [None if not x or not x[1] else (_capped(x[0], x[1]), x[1]) for x in losses]
     for s, loss in zip(per_row, losses, strict=True):
-        s["loss"] = None if not loss or not loss[1] else loss[0] / loss[1]
+        s["loss"] = None if loss is None else loss[0] / loss[1]
 
     def measure(rows: list[int]) -> tuple[float | None, float | None, Sample | None]:
-        nll = sum(losses[i][0] for i in rows if losses[i] and losses[i][1])  # type: ignore[index]
+        nll = sum(losses[i][0] for i in rows if losses[i])  # type: ignore[index]
         tokens = sum(losses[i][1] for i in rows if losses[i])  # type: ignore[index]
         if not tokens:
             return None, None, None
         loss = nll / tokens
         sample = mean_sample([per_row[i]["loss"] for i in rows if per_row[i]["loss"] is not None])
-        return loss, math.exp(min(loss, 700.0)), sample
+        return loss, math.exp(loss), sample
 
     everything = list(range(len(per_row)))
     loss, ppl, sample = measure(everything)
