@@ -16,9 +16,9 @@ from llmops import __version__
 from llmops.compiler import align, deploy
 from llmops.compiler.fingerprint import file_sha256, fingerprint
 from llmops.compiler.plan import STAGE_ORDER, TUNED_STAGES, Plan, StageSpec
+from llmops.compiler.render import gates_summary, known_kinds
 from llmops.config.schema import AppConfig
 from llmops.planning.resolve import Resolved
-from llmops.compiler.render import gates_summary, known_kinds
 from llmops.scoring.gates import choose_gates
 
 
