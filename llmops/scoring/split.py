@@ -13,6 +13,7 @@ Python, no torch: the config validator imports ``GATE_METRICS`` from here.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -67,8 +68,6 @@ def row_kind(row: Mapping[str, Any], parse: Parser) -> str:
 
 def reference_text(row: Mapping[str, Any]) -> str:
     """Returns the row's reference answer as text: its content, or its calls as JSON."""
-    import json
-
     last = row["messages"][-1]
     if last.get("content"):
         return str(last["content"])
@@ -85,7 +84,11 @@ def _refusal(reference: str) -> Callable[[str], bool]:
 
 def tool_scores(rows: Sequence[Mapping[str, Any]], answers: Sequence[str],
                 parse: Parser) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Scores tool and refusal rows structurally; returns (metrics, per-row scores)."""
+    """Scores tool and refusal rows structurally; returns (metrics, per-row scores).
+
+    A refusal row expects no call; the model declines when ``task_api.is_refusal`` says so or its
+    answer is the row's own refusal text.
+    """
     from llmops.scoring.tools import aggregate, reference_calls, score_calls
 
     per_row = [score_calls(reference_calls(row, parse), parse(answer), row.get("tools"),
@@ -130,6 +133,8 @@ def score_split(rows: Sequence[Mapping[str, Any]], answers: Sequence[str],
     Raises:
         ValueError: If rows and answers differ in length.
     """
+    from llmops.scoring.tools import aggregate
+
     if len(rows) != len(answers):
         raise ValueError(f"got {len(rows)} rows but {len(answers)} answers. Pass one answer per "
                          "row.")
@@ -142,7 +147,7 @@ def score_split(rows: Sequence[Mapping[str, Any]], answers: Sequence[str],
         per_row[i] = {**s, "kind": kinds[i]}
     by_kind: dict[str, dict[str, Any]] = {}
     for kind in ("tool", "refusal"):
-        agg = _aggregate([s for i, s in zip(calls, scores, strict=True) if kinds[i] == kind])
+        agg = aggregate([s for i, s in zip(calls, scores, strict=True) if kinds[i] == kind])
         by_kind[kind] = {"count": len(idx[kind]), **{m: agg.get(m) for m in KIND_METRICS[kind]
                                                 if m in agg}}
     texts = idx["text"]
@@ -157,12 +162,6 @@ def score_split(rows: Sequence[Mapping[str, Any]], answers: Sequence[str],
                    counts={"total": len(rows), **{k: len(idx[k]) for k in KINDS}})
     return {"metrics": metrics, "by_kind": by_kind, "per_row": per_row,
             "samples": _samples(per_row)}
-
-
-def _aggregate(scores: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    from llmops.scoring.tools import aggregate
-
-    return aggregate(scores)
 
 
 def _mean(values: Sequence[float]) -> float | None:
