@@ -69,6 +69,9 @@ def _params(**extra):
         "max_new_tokens": 12,
         "batch_size": 8,
         "limit": None,
+        "worst_examples": 2,
+        "gate_mode": "explicit",
+        "confidence": 0.95,
         "gates": {
             "accuracy": {"metric": "exact_match", "threshold": 0.0, "direction": "min"},
             "format": {"metric": "json_valid_rate", "threshold": 0.9, "direction": "min"},
@@ -95,7 +98,8 @@ def test_eval_base_writes_report(base_eval):
     out, report = base_eval
     on_disk = json.loads((out / "base_eval.json").read_text())
     assert on_disk == json.loads(json.dumps(report))
-    assert set(report) == {"metrics", "n", "samples", "seconds"}
+    assert set(report) == {"metrics", "by_kind", "stats", "n", "samples", "predictions",
+                           "worst_examples", "seconds"}
     assert report["n"] == N_TEST
     assert len(report["samples"]) == 20
     sample = report["samples"][0]

@@ -31,7 +31,7 @@ def _llmops(tmp: Path, run: str, *args: str) -> subprocess.CompletedProcess:
 def test_unreachable_gate_exits_3_before_export_and_reachable_one_exports(tmp_path):
     r = _llmops(tmp_path, "fail", "eval.gates.accuracy.threshold=0.99")
     assert r.returncode == 3, r.stdout[-2000:] + r.stderr[-2000:]
-    assert "accuracy: exact_match" in r.stderr and "needs ≥ 0.990" in r.stderr
+    assert "accuracy: tool.exact_match" in r.stderr and "needs ≥ 0.990" in r.stderr
     assert "short by" in r.stderr
     manifest = json.loads((tmp_path / "fail" / "manifest.json").read_text())
     assert manifest["stages"]["export"]["status"] == "skipped"

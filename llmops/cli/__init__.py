@@ -69,12 +69,14 @@ def main(argv: list[str] | None = None) -> None:
     Every command but help, version, info and shell completion goes through the pre-flight
     first (--cfg, -cp/-cn/-cd and --package included): config errors exit 2 before Hydra writes
     or instantiates anything. A secret's value on the command line (a shell-expanded
-    $WANDB_API_KEY) is replaced by `${oc.env:NAME}` before anything records it.
+    $WANDB_API_KEY) is replaced by `${oc.env:NAME}` before anything records it, and
+    `eval.gates.NAME.FIELD=V` becomes `++eval.gates...` (compose.gate_overrides).
     """
     from llmops.config.command import parse_command
+    from llmops.config.compose import gate_overrides
     from llmops.config.secrets import redact
 
-    args = redact(list(sys.argv[1:] if argv is None else argv))
+    args = gate_overrides(redact(list(sys.argv[1:] if argv is None else argv)))
     sys.argv = [sys.argv[0], *args]
     try:
         command = parse_command(args)

@@ -16,8 +16,10 @@ from llmops import __version__
 from llmops.compiler import align, deploy
 from llmops.compiler.fingerprint import file_sha256, fingerprint
 from llmops.compiler.plan import STAGE_ORDER, TUNED_STAGES, Plan, StageSpec
+from llmops.compiler.render import gates_summary, known_kinds
 from llmops.config.schema import AppConfig
 from llmops.planning.resolve import Resolved
+from llmops.scoring.gates import choose_gates
 
 
 @dataclass(frozen=True)
@@ -171,7 +173,7 @@ def add_sft(b: PlanBuilder, s: StageInputs) -> None:
 def _eval_params(s: StageInputs) -> dict[str, Any]:
     e = s.cfg.eval
     return {"model": s.model, "quant": s.quant, "max_new_tokens": e.max_new_tokens,
-            "batch_size": e.batch_size, "limit": e.limit}
+            "batch_size": e.batch_size, "limit": e.limit, "worst_examples": e.worst_examples}
 
 
 def add_eval_base(b: PlanBuilder, s: StageInputs) -> None:
@@ -184,14 +186,22 @@ def add_eval_base(b: PlanBuilder, s: StageInputs) -> None:
 
 
 def add_eval(b: PlanBuilder, s: StageInputs) -> None:
-    """Adds the eval stage (eval enabled, a tuned model): tuned vs base, and the gates."""
+    """Adds the eval stage (eval enabled, a tuned model): tuned vs base, and the gates.
+
+    The gates are resolved here (``choose_gates``): auto or the user's, with the primary
+    threshold from the use case's quality target when it sets one.
+    """
     e, tuned = s.cfg.eval, b.tuned()
     if not e.enabled or not tuned:
         return
-    gates = {k: g.model_dump(exclude_none=True) for k, g in e.gates.items()}
-    b.add("eval", {**_eval_params(s), "gates": gates, "enforce": e.enforce},
+    given = e.gates if isinstance(e.gates, str) else {
+        k: g.model_dump(exclude_none=True) for k, g in e.gates.items()}
+    target = s.cfg.usecase.target_error_rate if s.cfg.usecase.enabled else None
+    mode, gates = choose_gates(given, e.auto.model_dump(), target)
+    b.add("eval", {**_eval_params(s), "gates": gates, "gate_mode": mode,
+                   "confidence": e.confidence, "enforce": e.enforce},
           ["data", tuned, "eval_base", *s.base],
-          f"tuned vs base; gates: {', '.join(gates) or 'none'}"
+          f"tuned vs base; gates: {gates_summary(mode, gates, known_kinds(s.cfg.data.source))}"
           f"{'' if e.enforce else ' (not enforced)'}")
 
 

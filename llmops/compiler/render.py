@@ -11,6 +11,69 @@ from llmops.compiler.plan import Plan
 
 log = logging.getLogger("llmops")
 
+_KIND_ROWS = {"tool": "tool rows", "refusal": "refusal rows", "text": "free-text rows"}
+
+
+def known_kinds(data_source: str) -> tuple[str, ...] | None:
+    """Returns the row kinds the test split will hold when the plan knows them: the bundled
+    Task-API set holds tool calls and refusals; a user's data is known only at eval time (None)."""
+    return ("tool", "refusal") if data_source == "task_api" else None
+
+
+def describe_gate(name: str, gate: dict[str, Any]) -> str:
+    """Returns one gate as the plan shows it, e.g. 'accuracy: tool.exact_match ≥ 0.900 (basis)'."""
+    metric, tol = gate.get("metric"), gate.get("tolerance")
+    sign = "≤" if gate.get("direction") == "max" else "≥"
+    if tol == "auto":
+        bound = "no worse than base (tolerance by test split size)"
+    elif tol is not None:
+        bound = f"no worse than base by more than {fmt_value(tol)}"
+    else:
+        bound = f"{sign} {fmt_value(gate.get('threshold'))}"
+    basis = gate.get("basis")
+    extra = f" ({basis})" if basis and tol is None else ""
+    return f"{name}: {metric} {bound}{extra}"
+
+
+def _gate_kind(gate: dict[str, Any]) -> str | None:
+    metric = str(gate.get("metric"))
+    return metric.split(".", 1)[0] if "." in metric else None
+
+
+def gates_summary(mode: str, gates: dict[str, dict[str, Any]],
+                  kinds: tuple[str, ...] | None) -> str:
+    """Returns the eval stage's one-line gate summary for the plan table."""
+    if not gates:
+        return "none"
+    if mode != "auto":
+        return ", ".join(gates)
+    if kinds is None:
+        return "auto, chosen from the test split at eval time (listed below)"
+    names = [n for n, g in gates.items() if _gate_kind(g) in (None, *kinds)]
+    return f"auto for {' and '.join(_KIND_ROWS[k] for k in kinds)}: {', '.join(names)}"
+
+
+def gates_caption(plan: Plan) -> str | None:
+    """Returns the lines under the plan table that list the eval gates and when each applies."""
+    spec = next((s for s in plan.stages if s.kind == "eval"), None)
+    gates = (spec.params.get("gates") or {}) if spec else {}
+    if not gates:
+        return None
+    if spec.params.get("gate_mode") != "auto":
+        lines = ["eval gates (yours; a gate whose rows the test split lacks is skipped):"]
+        return "\n".join([*lines, *(f"  {describe_gate(n, g)}" for n, g in gates.items())])
+    kinds = known_kinds(str(plan.config.get("data", {}).get("source")))
+    where = ("the bundled set's " + " and ".join(_KIND_ROWS[k] for k in kinds) if kinds else
+             "the test split at eval time (listed in eval_report.json gate_choice)")
+    lines = [f"eval gates: auto, chosen from {where}:"]
+    for n, g in gates.items():
+        kind = _gate_kind(g)
+        if kinds is not None and kind not in (None, *kinds):
+            continue
+        when = f"  {_KIND_ROWS[kind]} -> " if kind else "  all rows -> "
+        lines.append(when + describe_gate(n, g))
+    return "\n".join(lines)
+
 
 def plan_table(plan: Plan) -> Any:
     """Returns a rich Table listing the plan's stages."""
@@ -22,7 +85,8 @@ def plan_table(plan: Plan) -> Any:
     title = (f"llmops plan: model={cfg['model']['name']} "
              f"lora={'r' + str(cfg['lora']['r']) if cfg['lora']['enabled'] else 'none'} "
              f"quant={cfg['quant']['type']} on {hw['name']} [{where}]")
-    table = Table(title=title, title_justify="left")
+    table = Table(title=title, title_justify="left", caption=gates_caption(plan),
+                  caption_justify="left")
     table.add_column("#", justify="right")
     table.add_column("stage")
     table.add_column("needs")
@@ -79,9 +143,12 @@ def _gate_note(gate: dict[str, Any]) -> str:
     if gate_state(gate) == "skipped":
         return str(gate.get("reason") or "its metric was not measured")
     margin = gate.get("margin")
+    vs_base = ""
+    if gate.get("base") is not None and isinstance(gate.get("tolerance"), numbers.Real):
+        vs_base = (f"base {fmt_value(gate['base'])}, tolerance {fmt_value(gate['tolerance'])}")
     if gate.get("passed") is False and isinstance(margin, numbers.Real):
-        return f"short by {fmt_value(abs(margin))}"
-    return ""
+        return f"short by {fmt_value(abs(margin))}" + (f" ({vs_base})" if vs_base else "")
+    return vs_base
 
 
 def summary_table(manifest: dict[str, Any], eval_report: dict[str, Any] | None) -> list[Any]:

@@ -92,6 +92,16 @@ def config_loader(source: Source = DEFAULT) -> Any:
 
 
 _COMPOSED: dict[tuple[Source, tuple[str, ...], bool], Any] = {}
+_GATE_OVERRIDE = re.compile(r"^eval\.gates\.[^=]+=")
+
+
+def gate_overrides(overrides: Sequence[str]) -> list[str]:
+    """Lets `eval.gates.NAME.FIELD=VALUE` set a gate whatever eval.gates holds.
+
+    Under `eval.gates: auto` (a string) Hydra cannot set a key without `+`; `++` sets it either
+    way (a new key under a fresh mapping, or an existing one), so users never need the prefix.
+    """
+    return [f"++{ov}" if _GATE_OVERRIDE.match(ov) else ov for ov in overrides]
 
 
 def compose(overrides: Sequence[str], *, return_hydra_config: bool = False,
@@ -103,6 +113,7 @@ def compose(overrides: Sequence[str], *, return_hydra_config: bool = False,
     memoised per process (the pre-flight asks for the same point more than once); callers must
     not mutate the returned config.
     """
+    overrides = gate_overrides(overrides)
     key = (source, tuple(overrides), return_hydra_config)
     if key not in _COMPOSED:
         _COMPOSED[key] = _compose(list(overrides), return_hydra_config, source)

@@ -11,9 +11,9 @@ backends read the compiled params and restate none of these values.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Discriminator, Field, Tag
 
 from llmops.config.types import (
     MAX_BATCH,
@@ -191,12 +191,25 @@ class TrainConfig(_Group):
 class GateConfig(_Group):
     """One quality gate: a metric of the tuned model against a threshold, or against the base."""
 
-    metric: Text = Field(description="Metric name, e.g. exact_match.")
+    metric: Text | None = Field(
+        None, description="Metric name, e.g. exact_match or text.rouge_l; leave it out to adjust "
+                          "the auto gate of this name.")
     threshold: Fraction | None = Field(None, description="Bound the tuned metric must meet (0..1).")
     direction: Literal["min", "max"] | None = Field(
         None, description="min: value ≥ threshold; max: value ≤ threshold; default: the metric's."
     )
-    tolerance: Fraction | None = Field(None, description="no_regression: allowed drop vs base.")
+    tolerance: Fraction | Literal["auto"] | None = Field(
+        None, description="Allowed drop vs base; auto: by the test split's size (eval.confidence).")
+
+
+class AutoGatesConfig(_Group):
+    """The bounds of the auto gates (eval.gates: auto)."""
+
+    accuracy: Fraction = Field(
+        description="Call exact match the tuned model must reach, where the use case sets no "
+                    "target (else 1 - usecase.target_error_rate).")
+    format: Fraction = Field(description="JSON validity of the tuned model's calls.")
+    safety: Fraction = Field(description="Refusal rate on the rows that must be refused.")
 
 
 class LmEvalConfig(_Group):
@@ -212,6 +225,18 @@ class LmEvalConfig(_Group):
     batch_size: Batch = Field(16, description="Harness batch size.")
 
 
+def _gate_set_tag(value: Any) -> str:
+    return "literal['auto']" if isinstance(value, str) else "dict[str,GateConfig]"
+
+
+# "auto" or named gates; the tag picks one member, so an error names the gate's key, not both.
+GateSet = Annotated[
+    Annotated[Literal["auto"], Tag("literal['auto']")]
+    | Annotated[dict[str, GateConfig], Tag("dict[str,GateConfig]")],
+    Discriminator(_gate_set_tag),
+]
+
+
 class EvalConfig(_Group):
     """Evaluation of base vs tuned on the test split, and the gates that block export."""
 
@@ -220,7 +245,13 @@ class EvalConfig(_Group):
     batch_size: Batch = Field(32, description="Generation batch size.")
     limit: Rows | None = Field(None, description="Evaluate only the first N test rows.")
     enforce: bool = Field(True, description="A failed gate stops the plan before export.")
-    gates: dict[str, GateConfig] = Field(default_factory=dict, description="Named quality gates.")
+    gates: GateSet = Field(
+        description="auto: gates chosen from what the test split holds; or named gates.")
+    auto: AutoGatesConfig = Field(description="Bounds of the auto gates.")
+    confidence: float = Field(
+        gt=0.5, lt=1, description="One-sided confidence of the no-regression tests (tolerance: "
+                                  "auto): the tuned model fails only when surely worse.")
+    worst_examples: int = Field(ge=0, le=100, description="Worst rows listed per metric.")
     lm_eval: LmEvalConfig = Field(
         default_factory=LmEvalConfig, description="lm-evaluation-harness tasks."
     )

@@ -35,7 +35,8 @@ class UsecaseConfig(BaseModel):
     prompting_error_rate: float = Field(
         0, ge=0, le=1, description="Error rate of the best prompting baseline today (0..1).")
     target_error_rate: float = Field(
-        0.05, ge=0, le=1, description="Error rate the use case needs (0..1).")
+        0.05, ge=0, le=1, description="Error rate the use case needs (0..1): the quality target; "
+                                      "eval's auto accuracy gate needs 1 - this.")
     monthly_queries: Count = Field(0, description="Expected queries per month in production.")
     hours_per_task: Amount = Field(0, description="Human hours one task takes today.")
     automation_rate: float = Field(

@@ -59,6 +59,7 @@ def _field_model(path: list[str | int]) -> tuple[type[BaseModel] | None, Any]:
                 return owner, None
             annotation = field.annotation
             continue
+        annotation = _mapping_member(annotation)
         args = typing.get_args(annotation)
         if typing.get_origin(annotation) is dict and len(args) == 2:
             annotation = args[1]
@@ -66,6 +67,16 @@ def _field_model(path: list[str | int]) -> tuple[type[BaseModel] | None, Any]:
             continue
         return None, None
     return (model if isinstance(model, type) else None), annotation
+
+
+def _mapping_member(annotation: Any) -> Any:
+    """Returns the mapping member of a union (eval.gates: "auto" | {name: gate}), else itself."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            inner = typing.get_args(arg)[0] if typing.get_origin(arg) is typing.Annotated else arg
+            if typing.get_origin(inner) is dict:
+                return inner
+    return annotation
 
 
 def schema_fields(path: list[str | int] | list[str]) -> list[str]:
@@ -106,7 +117,9 @@ def _key_path(loc: tuple[Any, ...], data: Any) -> list[str | int]:
         elif isinstance(node, list) and isinstance(part, int) and part < len(node):
             path.append(part)
             node = node[part]
-        elif isinstance(node, dict) and isinstance(part, str) and not path_is_union_tag(part):
+        elif isinstance(node, dict) and isinstance(part, str) and path_is_union_tag(part):
+            continue  # a tagged union's member (eval.gates), not a key
+        elif isinstance(node, dict) and isinstance(part, str):
             path.append(part)  # a missing key
             break
         else:

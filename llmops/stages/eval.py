@@ -1,13 +1,15 @@
 """Stage "eval": evaluates the tuned model, compares it with the base, applies gates.
 
-Writes eval_report.json {base, tuned, gates, passed, deltas, n, samples, seconds}. A failed gate is
-reported, never raised: the runner decides from params["enforce"] whether the plan stops.
+Writes eval_report.json {base, tuned, gates, passed, gate_choice, metrics_by_kind, worst_examples,
+deltas, n, samples, seconds}. A failed gate is reported, never raised: the runner decides from
+params["enforce"] whether the plan stops.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -69,11 +71,65 @@ def read_base_eval(inputs: dict[str, Path]) -> dict[str, Any] | None:
     return report
 
 
+def _by_kind(base: Mapping[str, Any], tuned: Mapping[str, Any]) -> dict[str, Any]:
+    """Returns metrics_by_kind: per row kind, its count and the base and tuned metrics."""
+    from llmops.scoring.split import KINDS
+
+    out = {}
+    for kind in KINDS:
+        b, t = dict(base["by_kind"][kind]), dict(tuned["by_kind"][kind])
+        count = t.pop("count")
+        b.pop("count", None)
+        out[kind] = {"count": count, "base": b, "tuned": t}
+    return out
+
+
+def _view(side: Mapping[str, Any]) -> dict[str, Any]:
+    """Returns one model's metrics by gate name: whole-split names and KIND.METRIC names."""
+    view = dict(side["metrics"])
+    for kind, metrics in side["by_kind"].items():
+        view.update({f"{kind}.{k}": v for k, v in metrics.items() if k != "count"})
+    return view
+
+
+def _choice(params: Mapping[str, Any], gates: list[dict[str, Any]],
+            counts: Mapping[str, int]) -> dict[str, Any]:
+    """Returns how the gates were chosen: mode, the split's rows by kind, applied and skipped."""
+    return {
+        "mode": params["gate_mode"],
+        "rows": {k: v for k, v in counts.items() if k != "total"},
+        "applied": [g["name"] for g in gates if not g.get("skipped")],
+        "skipped": {g["name"]: g.get("reason") for g in gates if g.get("skipped")},
+    }
+
+
+def _worst(tuned: Mapping[str, Any], base: Mapping[str, Any]) -> dict[str, list[dict]]:
+    """Returns the tuned model's worst examples, each with the base model's answer to the row."""
+    answers = base.get("predictions") or []
+    return {metric: [{**ex, "base_prediction": answers[ex["row"]]
+                      if ex["row"] < len(answers) else None} for ex in examples]
+            for metric, examples in tuned["worst_examples"].items()}
+
+
+def _log_gates(gates: list[dict[str, Any]], ctx: StageContext) -> None:
+    for gate in gates:
+        ctx.logger.info(
+            "gate %s: %s=%s vs %s (%s) -> %s",
+            gate["name"],
+            gate["metric"],
+            gate["value"],
+            gate["threshold"],
+            gate["direction"],
+            "skipped" if gate.get("skipped") else ("pass" if gate["passed"] else "FAIL"),
+        )
+
+
 def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext) -> dict:
     """Evaluates base + adapter (or the fully fine-tuned model) and checks the quality gates.
 
     Params read: model (hub_id, trust_remote_code), quant, max_new_tokens, batch_size, limit,
-    gates. (enforce is read by the runner, not here.)
+    worst_examples, gates (resolved: ``llmops.scoring.gates.choose_gates``), gate_mode,
+    confidence. (enforce is read by the runner, not here.)
     Inputs: "data" (test.jsonl), "sft" (adapter/ or model/), "eval_base" (base_eval.json; when
     absent the base is evaluated here), "base" for the tiny model.
 
@@ -83,7 +139,7 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
     from llmops.backends.common import base_model_path, set_seed, write_json
     from llmops.backends.generation import load_model
     from llmops.scoring.gates import check_gates, validate_gates
-    from llmops.scoring.metrics import metric_deltas
+    from llmops.scoring.split import deltas
     from llmops.stages.eval_base import (
         eval_quant,
         evaluate_base,
@@ -101,8 +157,8 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
     tuned_stage, tuned_dir = tuned_in
     artifact, path = tuned_artifact(tuned_dir, "eval")
     base_report = read_base_eval(inputs)
-    if base_report is None:
-        ctx.logger.info("eval: no eval_base input; evaluating the base model here.")
+    if base_report is None or "by_kind" not in base_report:
+        ctx.logger.info("eval: no eval_base report by row kind; evaluating the base model here.")
         base_report = evaluate_base(params, inputs, ctx, stage="eval")
 
     set_seed(ctx.seed)
@@ -126,23 +182,19 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
     for sample, base_sample in zip(tuned["samples"], base_samples, strict=False):
         if base_sample.get("prompt") == sample["prompt"]:
             sample["base_prediction"] = base_sample.get("prediction")
-    gates, passed = check_gates(params.get("gates"), tuned["metrics"], base_report["metrics"])
-    for gate in gates:
-        ctx.logger.info(
-            "gate %s: %s=%s vs %s (%s) -> %s",
-            gate["name"],
-            gate["metric"],
-            gate["value"],
-            gate["threshold"],
-            gate["direction"],
-            "skipped" if gate.get("skipped") else ("pass" if gate["passed"] else "FAIL"),
-        )
+    gates, passed = check_gates(params["gates"], _view(tuned), _view(base_report),
+                                {"base": base_report["stats"], "tuned": tuned["stats"]},
+                                float(params["confidence"]))
+    _log_gates(gates, ctx)
     report = {
         "base": base_report["metrics"],
         "tuned": tuned["metrics"],
         "gates": gates,
         "passed": passed,
-        "deltas": metric_deltas(tuned["metrics"], base_report["metrics"]),
+        "gate_choice": _choice(params, gates, tuned["metrics"]["counts"]),
+        "metrics_by_kind": _by_kind(base_report, tuned),
+        "worst_examples": _worst(tuned, base_report),
+        "deltas": deltas(tuned["metrics"], base_report["metrics"]),
         "n": tuned["n"],
         "artifact": artifact,
         "tuned_stage": tuned_stage,

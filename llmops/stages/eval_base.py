@@ -54,15 +54,6 @@ def eval_quant(params: Mapping[str, Any], ctx: StageContext) -> dict | None:
     return quant
 
 
-def _reference(row: Mapping[str, Any]) -> Any:
-    """Returns a row's reference answer for samples: its text, or its calls as name + arguments."""
-    last = row["messages"][-1]
-    if last.get("tool_calls"):
-        return [{"name": c["function"]["name"], "arguments": c["function"]["arguments"]}
-                for c in last["tool_calls"]]
-    return last.get("content")
-
-
 def evaluate_model(
     model: Any,
     tokenizer: Any,
@@ -71,43 +62,56 @@ def evaluate_model(
     ctx: StageContext,
     desc: str,
 ) -> dict[str, Any]:
-    """Generates answers for the rows and scores them.
+    """Generates answers for the rows, measures the held-out loss, and scores both by row kind.
 
     Returns:
-        {"metrics", "n", "samples", "seconds"}; samples are the first N_SAMPLES rows with prompt,
-        reference, prediction and exact.
+        {"metrics", "by_kind", "stats", "n", "samples", "predictions", "worst_examples",
+        "seconds"}: whole-split metrics, metrics by row kind (tool, refusal, text), each gateable
+        metric's value/n/sd (for tolerance by split size), the first N_SAMPLES rows with prompt,
+        reference, prediction and exact, every answer, and the worst rows per metric.
     """
     from llmops.backends.generation import generate
+    from llmops.backends.heldout import row_losses
+    from llmops.scoring.examples import worst_examples
     from llmops.scoring.parsers import parser_for
-    from llmops.scoring.tools import score_tool_rows
+    from llmops.scoring.split import add_losses, reference_text, score_split
 
     start = time.perf_counter()
     predictions, prompts = generate(
         model,
         tokenizer,
         rows,
-        max_new_tokens=int(params.get("max_new_tokens", 96)),
-        batch_size=int(params.get("batch_size", 32)),
+        max_new_tokens=int(params["max_new_tokens"]),
+        batch_size=int(params["batch_size"]),
         show_progress=ctx.show_progress,
         desc=desc,
         threads=ctx.threads,
     )
+    losses = row_losses(model, tokenizer, rows, int(params["batch_size"]), ctx.threads)
     seconds = time.perf_counter() - start
-    parse = parser_for(getattr(tokenizer, "chat_template", None))
-    metrics, per_row = score_tool_rows(rows, predictions, parse)
+    scored = score_split(rows, predictions, parser_for(getattr(tokenizer, "chat_template", None)))
+    add_losses(scored, losses)
+    per_row = scored["per_row"]
     samples = [
         {
             "prompt": prompts[i],
-            "reference": _reference(rows[i]),
+            "reference": reference_text(rows[i]),
             "prediction": predictions[i],
-            "exact": None if per_row[i] is None else per_row[i]["exact"],
+            "kind": per_row[i]["kind"],
+            "exact": bool(per_row[i]["exact"]),
         }
         for i in range(min(N_SAMPLES, len(rows)))
     ]
+    m = scored["metrics"]
     ctx.logger.info(
-        "%s: exact_match=%s on %d rows in %.1f s", desc, metrics["exact_match"], len(rows), seconds
+        "%s: exact_match=%s loss=%s on %d rows (%s) in %.1f s", desc, m["exact_match"], m["loss"],
+        len(rows), ", ".join(f"{k} {v}" for k, v in m["counts"].items() if k != "total"), seconds,
     )
-    return {"metrics": metrics, "n": len(rows), "samples": samples, "seconds": round(seconds, 3)}
+    return {"metrics": m, "by_kind": scored["by_kind"], "stats": scored["samples"],
+            "n": len(rows), "samples": samples, "predictions": predictions,
+            "worst_examples": worst_examples(rows, predictions, per_row,
+                                             int(params["worst_examples"])),
+            "seconds": round(seconds, 3)}
 
 
 def evaluate_base(
@@ -131,11 +135,12 @@ def evaluate_base(
 def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext) -> dict:
     """Evaluates the base model on data's test.jsonl and writes base_eval.json.
 
-    Params read: model (hub_id, trust_remote_code), quant, max_new_tokens, batch_size, limit.
+    Params read: model (hub_id, trust_remote_code), quant, max_new_tokens, batch_size, limit,
+    worst_examples.
     Inputs: "data" (test.jsonl), "base" for the tiny model.
 
     Returns:
-        {"metrics", "n", "samples", "seconds"}.
+        What ``evaluate_model`` returns.
     """
     from llmops.backends.common import write_json
 
