@@ -6,6 +6,7 @@ training run with its report, and saving the artifact.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -19,8 +20,18 @@ REPORT_NAME = report_name("sft")
 EVAL_LOSS_MAX_ROWS = 2000
 
 
+def _sft_row(row: dict[str, Any]) -> dict[str, Any]:
+    """Returns what TRL trains on from a data-stage row: raw text, or the chat and its tools
+    (as JSON text, which TRL parses, so Arrow does not merge the schemas of different rows)."""
+    if "text" in row:
+        return {"text": row["text"]}
+    tools = row.get("tools")
+    return {"messages": row["messages"], "tools": json.dumps(tools) if tools else None}
+
+
 def load_datasets(data_dir: Path) -> tuple[Any, Any | None]:
-    """Loads train.jsonl (and val.jsonl if present) as `datasets.Dataset`s with a `messages` column.
+    """Loads train.jsonl (and val.jsonl if present) as `datasets.Dataset`s: `messages` + `tools`
+    for chat rows, `text` for raw-text rows (continued pre-training).
 
     Raises:
         StageError: When train.jsonl is missing or empty.
@@ -32,13 +43,11 @@ def load_datasets(data_dir: Path) -> tuple[Any, Any | None]:
         raise StageError(
             f"sft: no training data at {train_path}. The data stage must write train.jsonl."
         )
-    train_rows = [{"messages": r["messages"]} for r in read_jsonl(train_path)]
+    train_rows = [_sft_row(r) for r in read_jsonl(train_path)]
     if not train_rows:
         raise StageError(f"sft: {train_path} has no rows. Check data.n_examples / data.path.")
     val_path = Path(data_dir) / "val.jsonl"
-    val_rows = (
-        [{"messages": r["messages"]} for r in read_jsonl(val_path)] if val_path.is_file() else []
-    )
+    val_rows = [_sft_row(r) for r in read_jsonl(val_path)] if val_path.is_file() else []
     val = Dataset.from_list(val_rows[:EVAL_LOSS_MAX_ROWS]) if val_rows else None
     return Dataset.from_list(train_rows), val
 
@@ -124,14 +133,17 @@ def trainer_kwargs(train: dict[str, Any], out_dir: Path, ctx: Any) -> dict[str, 
     )
 
 
-def sft_config(params: dict[str, Any], out_dir: Path, ctx: Any) -> Any:
-    """Builds TRL's SFTConfig from the sft params (checkpoints go to out_dir/checkpoints)."""
+def sft_config(params: dict[str, Any], out_dir: Path, ctx: Any, chat: bool = True) -> Any:
+    """Builds TRL's SFTConfig from the sft params (checkpoints go to out_dir/checkpoints).
+
+    ``chat`` False (raw-text rows) trains on every token: there is no assistant turn to select.
+    """
     from trl import SFTConfig
 
     train = params["train"]
     return SFTConfig(
         **trainer_kwargs(train, out_dir, ctx),
-        assistant_only_loss=bool(train["assistant_only_loss"]),
+        assistant_only_loss=bool(train["assistant_only_loss"]) and chat,
         include_num_input_tokens_seen="non_padding",
     )
 
@@ -409,7 +421,7 @@ def train_with_sft_trainer(model: Any, tokenizer: Any, params: dict[str, Any], b
     callbacks, start = make_callbacks(ctx)
     trainer = SFTTrainer(
         model=model,
-        args=sft_config(params, out_dir, ctx),
+        args=sft_config(params, out_dir, ctx, chat="messages" in train_ds.column_names),
         train_dataset=train_ds,
         eval_dataset=val_ds,
         processing_class=tokenizer,

@@ -98,8 +98,8 @@ def _prepare(params: dict, inputs: dict[str, Path], out_dir: Path, cache: str,
         _fail(sources, n_rejected)
     import datasets
 
-    rows = datasets.concatenate_datasets([s.rows for s in sources]) if len(sources) > 1 else (
-        sources[0].rows)
+    filled = [s.rows for s in sources if len(s.rows)]
+    rows = datasets.concatenate_datasets(filled) if len(filled) > 1 else filled[0]
     offsets = np.cumsum([0, *valid])
     ann = rows.select_columns([mix.HASH, mix.KIND, mix.TOOL, lengths.TOKENS,
                                lengths.MEASURED]).with_format("arrow")[:]
@@ -181,9 +181,11 @@ def _checked(name: str, spec: dict[str, Any], params: dict, counter: Any, cache:
 
     try:
         rows, rejects = data_io.read(name, spec, params, cache)
-    except FormatError as exc:
-        raise StageError(f"data: {exc}") from exc
+    except FormatError as exc:  # its message names the key (data.path, data.format, ...)
+        raise StageError(str(exc)) from exc
     n_read = len(rows) + len(rejects)
+    if not len(rows):
+        return Source(name, spec, rows, rejects, n_read)
     if params["system_prompt"] and name != task_api.SOURCE:
         rows = data_io.with_system_prompt(rows, params["system_prompt"], params["num_proc"])
     annotate = data_io.Annotator(counter)
@@ -306,7 +308,7 @@ def _preferences(params: dict, kind: str, rows: Any, splits: dict[str, np.ndarra
             pairs, rejects, n_read = preferences.read_pairs(params["preference_path"],
                                                             params["system_prompt"], cache)
         except FormatError as exc:
-            raise StageError(f"data: {exc}") from exc
+            raise StageError(str(exc)) from exc
         if not pairs:
             first = "; ".join(f"line {r['line']}: {r['message']}" for r in rejects[:3])
             raise StageError(f"data.preference_path: no valid pair in "
