@@ -171,6 +171,29 @@ def _sharegpt_column(row: dict[str, Any], cols: dict[str, str]) -> str:
     return "conversations"
 
 
+def lone_surrogate(value: Any, where: str = "$") -> c.Rejected | None:
+    """Finds text that is not valid Unicode (a lone surrogate such as JSON's "\\ud800"), which
+    Arrow cannot store; returns the reject naming where the first one is, else None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            char = value[exc.start].encode("unicode_escape").decode("ascii")
+            return c.Rejected("not_unicode", where, f"holds a lone surrogate {char} at character "
+                              f"{exc.start}, which is not valid Unicode text. Fix or remove it.")
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(
+        value, list) else ()
+    for key, item in items:
+        found = lone_surrogate(key, f"a key of {where}") if isinstance(key, str) else None
+        path = f"{where}[{key}]" if isinstance(key, int) else (
+            str(key) if where == "$" else f"{where}.{key}")
+        found = found or lone_surrogate(item, path)
+        if found:
+            return found
+    return None
+
+
 def convert_row(fmt: str, row: Any, cols: dict[str, str], tags: dict[str, str]) -> dict:
     """Converts one parsed source row to the canonical columns of its kind (no ``meta``).
 
@@ -179,6 +202,9 @@ def convert_row(fmt: str, row: Any, cols: dict[str, str], tags: dict[str, str]) 
     """
     if not isinstance(row, dict):
         raise c.Rejected("not_object", "$", f"must be a JSON object (got {type(row).__name__}).")
+    bad_text = lone_surrogate(row)
+    if bad_text is not None:
+        raise bad_text
     kind = KIND[fmt]
     if kind == "text":
         return {"text": _text(row, cols["text"])}

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from llmops.backends.common import base_model_path, json_default
-from llmops.data import lengths, mix, task_api
+from llmops.data import formats, lengths, mix, task_api
 from llmops.data.canonical import features, to_openai_row
 from llmops.errors import StageError
 from llmops.runner.context import StageContext
@@ -90,6 +90,10 @@ def read(name: str, spec: dict[str, Any], params: dict, cache: str):
                         f"{params['hf_id']}[{params['hf_split']}]", spec, num_proc)
     from llmops.data.readers import read_source
 
+    try:  # the config rules checked this; the files may have changed since (or a FIFO appeared)
+        formats.input_paths(spec["path"], "data.path")
+    except ValueError as exc:
+        raise StageError(str(exc)) from exc
     return read_source(spec["path"], spec["format"], spec.get("columns"), spec.get("tags"),
                        num_proc=num_proc, cache_dir=cache)
 
