@@ -18,8 +18,8 @@ import xxhash
 
 from llmops.data import task_api
 
-#: Columns ``annotate`` adds.
-HASH, KIND, TOOL = "_hash", "_kind", "_tool"
+#: Columns ``annotate`` adds: content hash, kind, first called tool, tool calls, declared tools.
+HASH, KIND, TOOL, CALLS, DECLARED = "_hash", "_kind", "_tool", "_calls", "_declared"
 CONTENT = ("messages", "prompt", "chosen", "rejected", "tools", "text")
 
 
@@ -44,9 +44,9 @@ def row_kind(messages: Sequence[Mapping[str, Any]] | None) -> tuple[str, str | N
 
 
 def annotate(batch: Mapping[str, list], indices: Sequence[int]) -> dict[str, list]:
-    """Returns the hash, kind and tool of each canonical row of a batch (any kind of row)."""
+    """Returns the annotation columns of each canonical row of a batch (any kind of row)."""
     names = [k for k in CONTENT if k in batch]
-    hashes, kinds, tools = [], [], []
+    hashes, kinds, tools, calls, declared = [], [], [], [], []
     for values in zip(*(batch[k] for k in names), strict=True):
         row = dict(zip(names, values, strict=True))
         text = json.dumps(row, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
@@ -58,7 +58,10 @@ def annotate(batch: Mapping[str, list], indices: Sequence[int]) -> dict[str, lis
                                                          *(row.get("chosen") or [])])
         kinds.append(kind)
         tools.append(tool)
-    return {HASH: hashes, KIND: kinds, TOOL: tools}
+        turns = [*(row.get("messages") or row.get("prompt") or []), *(row.get("chosen") or [])]
+        calls.append(sum(len(m.get("tool_calls") or []) for m in turns))
+        declared.append(len(json.loads(row["tools"])) if row.get("tools") else 0)
+    return {HASH: hashes, KIND: kinds, TOOL: tools, CALLS: calls, DECLARED: declared}
 
 
 def first_occurrences(hashes: np.ndarray) -> np.ndarray:

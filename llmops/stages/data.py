@@ -101,8 +101,8 @@ def _prepare(params: dict, inputs: dict[str, Path], out_dir: Path, cache: str,
     filled = [s.rows for s in sources if len(s.rows)]
     rows = datasets.concatenate_datasets(filled) if len(filled) > 1 else filled[0]
     offsets = np.cumsum([0, *valid])
-    ann = rows.select_columns([mix.HASH, mix.KIND, mix.TOOL, lengths.TOKENS,
-                               lengths.MEASURED]).with_format("arrow")[:]
+    ann = rows.select_columns([mix.HASH, mix.KIND, mix.TOOL, mix.CALLS, mix.DECLARED,
+                               lengths.TOKENS, lengths.MEASURED]).with_format("arrow")[:]
     positions = np.arange(len(rows))
     first = mix.first_occurrences(ann[mix.HASH].to_numpy()) if params["dedup"] else positions
     duplicate = first != positions
@@ -143,6 +143,7 @@ def _prepare(params: dict, inputs: dict[str, Path], out_dir: Path, cache: str,
                    **{name: int(idx.size) for name, idx in splits.items()}},
         "kinds": {"all": _count(kinds[chosen_all]),
                   **{name: _count(kinds[idx]) for name, idx in splits.items()}},
+        "tool_calls": _tool_calls(ann, chosen_all, splits),
         "sources": [_source_report(s, i, source_of, duplicate, chosen[i], repeated[i], splits)
                     for i, s in enumerate(sources)],
         "rejects_by_code": _by_code(sources),
@@ -256,6 +257,15 @@ def _by_code(sources: list[Source]) -> dict[str, int]:
 def _count(values: np.ndarray) -> dict[str, int]:
     names, counts = np.unique(values.astype(str), return_counts=True) if values.size else ([], [])
     return {str(k): int(v) for k, v in zip(names, counts, strict=True)}
+
+
+def _tool_calls(ann: Any, chosen: np.ndarray, splits: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Counts the rows that call tools (any assistant turn), their calls, and the rows that
+    declare tools, over the chosen rows and per split."""
+    calls, declared = ann[mix.CALLS].to_numpy(), ann[mix.DECLARED].to_numpy()
+    return {"rows_with_calls": int((calls[chosen] > 0).sum()), "calls": int(calls[chosen].sum()),
+            "rows_with_tools": int((declared[chosen] > 0).sum()),
+            "rows_with_calls_by_split": {n: int((calls[i] > 0).sum()) for n, i in splits.items()}}
 
 
 def _strata(kinds: np.ndarray, tools: np.ndarray) -> dict[str, int]:
