@@ -88,14 +88,14 @@ def _prepare(params: dict, inputs: dict[str, Path], out_dir: Path, cache: str,
     kind = _one_kind(sources)
     n_rejected = sum(len(s.rejects) for s in sources)
     valid = [len(s.rows) for s in sources]
+    if params["on_error"] == "fail" and n_rejected:
+        _fail(sources, n_rejected)
     if not sum(valid):
         first = "; ".join(_reject_line(r) for r in _listed(sources, 3))
         n_read = sum(s.n_read for s in sources)
         raise StageError(f"data: no valid rows in {_origin(params)} ({n_read} read, "
                          f"{n_rejected} rejected{': ' + first if first else ''}). Fix the "
                          "rows or point data at other data.")
-    if params["on_error"] == "fail" and n_rejected:
-        _fail(sources, n_rejected)
     import datasets
 
     filled = [s.rows for s in sources if len(s.rows)]
