@@ -202,9 +202,6 @@ def convert_row(fmt: str, row: Any, cols: dict[str, str], tags: dict[str, str]) 
     """
     if not isinstance(row, dict):
         raise c.Rejected("not_object", "$", f"must be a JSON object (got {type(row).__name__}).")
-    bad_text = lone_surrogate(row)
-    if bad_text is not None:
-        raise bad_text
     kind = KIND[fmt]
     if kind == "text":
         return {"text": _text(row, cols["text"])}
@@ -259,12 +256,20 @@ class Converter:
         """Returns the canonical columns of the batch's records, a reject for each that fails."""
         out: dict[str, list] = {name: [] for name in c.COLUMNS[self.kind]}
         lines = batch.get(LINE) or [None] * len(indices)
-        for (row, error), index, line in zip(source_rows(batch), indices, lines, strict=True):
+        # Only JSON text can hold a lone surrogate (as a \ud800-\udfff escape); Arrow columns
+        # are valid UTF-8, so only records whose text has such an escape are walked.
+        raws = batch.get(RAW) or [None] * len(indices)
+        for (row, error), index, line, raw in zip(source_rows(batch), indices, lines, raws,
+                                                  strict=True):
             out["meta"].append({"file": self.file, "line": line, "row": index + 1,
                                 "format": self.fmt})
             try:
                 if error is not None:
                     raise c.Rejected("invalid_json", "$", f"{error}. Fix the JSON.")
+                if raw is not None and ("\\ud" in raw or "\\uD" in raw):
+                    bad_text = lone_surrogate(row)
+                    if bad_text is not None:
+                        raise bad_text
                 values, reject = convert_row(self.fmt, row, self.cols, self.tags), None
             except c.Rejected as exc:
                 values, reject = {}, exc.to_dict()

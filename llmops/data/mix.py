@@ -49,7 +49,8 @@ def annotate(batch: Mapping[str, list], indices: Sequence[int]) -> dict[str, lis
     hashes, kinds, tools, calls, declared = [], [], [], [], []
     for values in zip(*(batch[k] for k in names), strict=True):
         row = dict(zip(names, values, strict=True))
-        text = json.dumps(row, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        # Canonical rows have a fixed key order (Arrow structs), so the text is stable unsorted.
+        text = json.dumps(values, ensure_ascii=False, separators=(",", ":"))
         hashes.append(xxhash.xxh3_64_intdigest(text.encode()) >> 1)  # fits int64
         if "text" in row:
             kind, tool = "text", None

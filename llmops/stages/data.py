@@ -189,9 +189,7 @@ def _checked(name: str, spec: dict[str, Any], params: dict, counter: Any, cache:
         return Source(name, spec, rows, rejects, n_read)
     if params["system_prompt"] and name != task_api.SOURCE:
         rows = data_io.with_system_prompt(rows, params["system_prompt"], params["num_proc"])
-    annotate = data_io.Annotator(counter)
-    rows = rows.map(annotate, batched=True, with_indices=True, num_proc=params["num_proc"],
-                    desc=f"measure {Path(name).name}")
+    rows = data_io.annotated(rows, counter, params["num_proc"], Path(name).name)
     measured = counter is not lengths.estimate
     clean, problems = lint(rows, max_length=params["max_length"] if measured else None,
                            measure=data_io.precomputed if measured else None,
