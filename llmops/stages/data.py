@@ -112,7 +112,7 @@ def _prepare(params: dict, inputs: dict[str, Path], out_dir: Path, cache: str,
     for i, s in enumerate(sources):
         own = positions[offsets[i]:offsets[i + 1]]
         own = own[~duplicate[own]]
-        picked, n_repeat = mix.take(own.size, s.spec.get("weight"), s.spec.get("samples"), rng)
+        picked, n_repeat = mix.take(own.size, s.spec["weight"], s.spec["samples"], rng)
         chosen.append(own[picked])
         extra.append(n_repeat)
     chosen_all = np.concatenate(chosen)
@@ -289,7 +289,7 @@ def _source_report(s: Source, i: int, source_of: np.ndarray, duplicate: np.ndarr
                    ) -> dict[str, Any]:
     mine = source_of == i
     return {
-        "name": s.name, "weight": s.spec.get("weight"), "samples": s.spec.get("samples"),
+        "name": s.name, "weight": s.spec["weight"], "samples": s.spec["samples"],
         "counts": {"read": s.n_read, "valid": len(s.rows), "rejected": len(s.rejects),
                    "duplicates": int((duplicate & mine).sum()), "selected": int(chosen.size),
                    "repeated": int(repeated.size),

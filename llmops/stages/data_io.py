@@ -24,11 +24,12 @@ _SENTENCE = re.compile(r"(?<=[.?!])\s+(?=[A-Z0-9'\"(])")
 
 def specs(params: dict) -> list[tuple[str, dict[str, Any]]]:
     """Returns ``(name, spec)`` per source; a name is what ``meta.source`` says."""
+    whole = {"weight": None, "samples": None}  # a single source is taken whole
     if params["source"] == "task_api":
-        return [(task_api.SOURCE, {"format": "openai"})]
+        return [(task_api.SOURCE, {"format": "openai", "columns": {}, "tags": {}, **whole})]
     if params["source"] == "hf":
         return [("hf", {"format": params["format"], "columns": params["columns"],
-                        "tags": params["tags"]})]
+                        "tags": params["tags"], **whole})]
     if params["source"] == "files":
         return [(s["path"], s) for s in params["sources"]]
     raise StageError(f"data.source: {params['source']!r} is not one of task_api, files, hf. Use "
@@ -53,13 +54,12 @@ def _convert(records, fmt: str, file: str, spec: dict[str, Any], num_proc: int |
     from llmops.data.detect import detect_format
     from llmops.data.prepare import ArrowBatches, split_rejects
 
-    convert = Converter("openai" if fmt == "auto" else fmt, file, spec.get("columns"),
-                        spec.get("tags"))
+    convert = Converter("openai" if fmt == "auto" else fmt, file, spec["columns"], spec["tags"])
     if fmt == "auto":
         head = records.select(range(min(200, len(records))))[:]
         sample = [(i + 1, row) for i, (row, _) in enumerate(source_rows(head))]
         convert = Converter(detect_format(sample, file, convert.cols, convert.tags), file,
-                            spec.get("columns"), spec.get("tags"))
+                            spec["columns"], spec["tags"])
     types = features(convert.kind)
     rows = records.map(ArrowBatches(convert, types), batched=True, with_indices=True,
                        remove_columns=records.column_names, num_proc=num_proc, features=types,
@@ -94,7 +94,7 @@ def read(name: str, spec: dict[str, Any], params: dict, cache: str):
         formats.input_paths(spec["path"], "data.path")
     except ValueError as exc:
         raise StageError(str(exc)) from exc
-    return read_source(spec["path"], spec["format"], spec.get("columns"), spec.get("tags"),
+    return read_source(spec["path"], spec["format"], spec["columns"], spec["tags"],
                        num_proc=num_proc, cache_dir=cache)
 
 
@@ -184,7 +184,7 @@ def token_counter(params: dict, inputs: dict[str, Path], ctx: StageContext) -> t
 
             tok = AutoTokenizer.from_pretrained(
                 name, local_files_only=True,
-                trust_remote_code=bool(params["model"].get("trust_remote_code", False)))
+                trust_remote_code=bool(params["model"]["trust_remote_code"]))
     except Exception as exc:  # noqa: BLE001 - lengths are then estimated; the reason is reported
         why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         ctx.logger.warning("data: no tokenizer for %s could be loaded offline (%s); token lengths "
