@@ -6,13 +6,18 @@ process with an empty datasets cache:
 
 - ``llmops``: ``readers.read_source`` + ``prepare.lint`` (every tool call parsed and validated
   against its JSON Schema, turn order, answers to call ids) + a 90/10 ``train_test_split``;
-- ``plain``: ``datasets.load_dataset("json")`` + the same split (no conversion, no checks).
+- ``plain``: ``datasets.load_dataset("json")`` + the same split (no conversion, no checks);
+- ``stage``: the real data stage (``llmops.stages.data.run`` with the params ``data=files
+  data.path=FILE`` compiles to): read, measure, check, dedup, split, and write train/val/test.jsonl
+  and data_report.json. Token lengths come from ``--tokenizer DIR`` (a model folder, e.g. the tiny
+  base from the store), else they are estimated, as the stage does without a tokenizer.
 
 Prints rows/s and peak memory (the process's max RSS plus its largest worker's) of each, and the
 time ratio. The target for llmops is 1M rows in under 2 minutes on 2 cores, peak under 2 GB.
 
     python benchmarks/data_scale.py                 # 100K rows
     python benchmarks/data_scale.py --rows 1000000  # 1M rows (~1 GB of JSONL)
+    python benchmarks/data_scale.py --tokenizer outputs/store/base/<fp>   # lengths in real tokens
 """
 
 from __future__ import annotations
@@ -81,13 +86,39 @@ def _peak_mb() -> float:
     return (own + children) / 1024
 
 
-def run_arm(arm: str, path: str, num_proc: int | None) -> dict:
+def run_stage(path: str, num_proc: int | None, tokenizer: str | None) -> dict:
+    """Runs the data stage on the file with compiled params; returns its counts and codes."""
+    import logging
+
+    from llmops.cli import to_plain
+    from llmops.compiler.compile import compile_plan
+    from llmops.config.compose import compose
+    from llmops.config.validate import validate_and_resolve
+    from llmops.runner.context import StageContext
+    from llmops.stages import data
+
+    overrides = ["data=files", f"data.path={path}", f"data.num_proc={num_proc or 'null'}"]
+    params = compile_plan(*validate_and_resolve(to_plain(compose(overrides)))).stage(
+        "data").params
+    out = Path(tempfile.mkdtemp(prefix="data_scale_stage_"))
+    ctx = StageContext(run_dir=out, show_progress=False, logger=logging.getLogger("bench"))
+    report = data.run(params, {"base": Path(tokenizer)} if tokenizer else {}, out, ctx)
+    return {"rows": sum(report["counts"][k] for k in ("train", "val", "test")),
+            "rejects": report["counts"]["rejected"], "reject_codes": report["rejects_by_code"],
+            "lengths": report["token_lengths"]["method"]}
+
+
+def run_arm(arm: str, path: str, num_proc: int | None, tokenizer: str | None = None) -> dict:
     """Runs one arm in this process; returns rows kept, rejects, seconds and peak memory."""
     import datasets
 
     datasets.disable_progress_bars()
     cache = tempfile.mkdtemp(prefix=f"data_scale_{arm}_")
     t0 = time.perf_counter()
+    if arm == "stage":
+        out = run_stage(path, num_proc, tokenizer)
+        return {"arm": arm, **out, "seconds": round(time.perf_counter() - t0, 2),
+                "peak_mb": round(_peak_mb())}
     if arm == "plain":
         rows = datasets.load_dataset("json", data_files=path, split="train", cache_dir=cache)
         n_rejects = 0
@@ -114,11 +145,12 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--num-proc", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--workdir", default=None, help="where to write the JSONL (temp dir)")
-    parser.add_argument("--arm", choices=("llmops", "plain"), help=argparse.SUPPRESS)
+    parser.add_argument("--tokenizer", default=None, help="model folder whose tokenizer measures")
+    parser.add_argument("--arm", choices=("llmops", "plain", "stage"), help=argparse.SUPPRESS)
     parser.add_argument("--file", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.arm:
-        print(json.dumps(run_arm(args.arm, args.file, args.num_proc)))
+        print(json.dumps(run_arm(args.arm, args.file, args.num_proc, args.tokenizer)))
         return
     work = Path(args.workdir or tempfile.mkdtemp(prefix="data_scale_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -129,9 +161,10 @@ def main() -> None:
           f"{time.perf_counter() - t0:.1f} s: {path}")
     results = {}
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_DATASETS_OFFLINE": "1"}
-    for arm in ("plain", "llmops"):
+    for arm in ("plain", "llmops", "stage"):
         cmd = [sys.executable, __file__, "--arm", arm, "--file", str(path),
-               "--num-proc", str(args.num_proc)]
+               "--num-proc", str(args.num_proc),
+               *(["--tokenizer", args.tokenizer] if args.tokenizer else [])]
         done = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if done.returncode != 0:
             sys.exit(f"{arm} failed ({done.returncode}):\n{done.stderr[-3000:]}")
@@ -141,10 +174,13 @@ def main() -> None:
         print(f"{arm:8} {r['rows']:>9} {r['rejects']:>8} {r['seconds']:>8} "
               f"{r['rows'] / r['seconds']:>9.0f} {r['peak_mb']:>8}")
     ratio = results["llmops"]["seconds"] / results["plain"]["seconds"]
-    print(f"llmops / plain time: {ratio:.1f}x; rejects by code: "
+    stage = results["stage"]["seconds"] / results["plain"]["seconds"]
+    print(f"llmops / plain time: {ratio:.1f}x; stage / plain: {stage:.1f}x (lengths "
+          f"{results['stage']['lengths']}); rejects by code: "
           f"{results['llmops']['reject_codes']}; num_proc={args.num_proc}")
     (work / "data_scale.json").write_text(json.dumps({"rows": args.rows, **results,
-                                                      "ratio": ratio}, indent=2))
+                                                      "ratio": ratio, "stage_ratio": stage},
+                                                     indent=2))
 
 
 if __name__ == "__main__":

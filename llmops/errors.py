@@ -12,6 +12,7 @@ EXIT_STAGE_FAILED = 1
 EXIT_CONFIG = 2
 EXIT_GATE_FAILED = 3
 EXIT_NO_GO = 4
+EXIT_DATA_REJECTED = 5
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143  # 128 + SIGTERM, what a shell reports for a process SIGTERM ended
 
@@ -96,6 +97,12 @@ class GateFailed(LlmopsError):
     """Evaluation did not pass its quality gates, so the plan stops before export."""
 
     exit_code = EXIT_GATE_FAILED
+
+
+class DataRejected(LlmopsError):
+    """The data stage found rows it rejects while ``data.on_error=fail``: nothing trains."""
+
+    exit_code = EXIT_DATA_REJECTED
 
 
 class NoGo(LlmopsError):

@@ -13,6 +13,7 @@ SAMPLE_JSONL = samples_dir() / "tasks_chat.jsonl"
 # What an option needs besides itself to make a runnable composition.
 _NEEDS = {
     ("data", "jsonl"): [f"data.path={SAMPLE_JSONL}"],
+    ("data", "files"): [f"data.path={SAMPLE_JSONL}"],
     ("data", "hf"): ["data.hf_id=org/dataset"],
     # GGUF serving targets need llmops[gguf] to run; planning them does not.
     ("deploy", "ollama"): ["dry_run=true"],
@@ -137,14 +138,14 @@ def test_alpha_r_sanity(compose_plan):
 def test_missing_data_file_and_fractions(compose_plan):
     problems = _problems(compose_plan, ["data=jsonl", "data.path=/nonexistent/x.jsonl",
                                         "data.val_fraction=0.6", "data.test_fraction=0.5"])
-    assert problems["data.path"].startswith("file not found: /nonexistent/x.jsonl")
+    assert problems["data.path"].startswith("/nonexistent/x.jsonl matches no file.")
     assert problems["data.val_fraction"].startswith("val_fraction + test_fraction = 1.1 leaves no")
 
 
 def test_required_value_left_unset(compose_plan):
-    problems = _problems(compose_plan, ["data=jsonl"])
-    assert problems["data.path"] == (
-        "is required (it is ???). Set it on the command line: data.path=...")
+    problems = _problems(compose_plan, ["data=hf"])
+    assert problems["data.hf_id"] == (
+        "is required (it is ???). Set it on the command line: data.hf_id=...")
 
 
 def test_unknown_gate_metric(compose_plan):

@@ -1,42 +1,24 @@
-"""Tests for the data stage: sources, rejects, duplicates, splits, token lengths, report."""
+"""Tests for the data stage: sources, rejects, duplicates, splits, token lengths, report.
+
+Params come from compiled plans (``stage_params``), so every test runs what a real run passes.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-import sys
 import tempfile
-import types
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from llmops.data import task_api
-from llmops.errors import StageError
+from llmops.errors import EXIT_DATA_REJECTED, DataRejected, StageError
 from llmops.runner.context import StageContext
 from llmops.stages import data
 
 SAMPLE = Path(task_api.__file__).parent / "samples" / "tasks_chat.jsonl"
-
-
-def params(**overrides) -> dict:
-    base = {
-        "source": "task_api",
-        "path": None,
-        "format": "auto",
-        "hf_id": None,
-        "hf_split": "train",
-        "system_prompt": None,
-        "n_examples": 400,
-        "val_fraction": 0.1,
-        "test_fraction": 0.1,
-        "seed": 0,
-        "dedup": True,
-        "max_length": 512,
-        "model": {"name": "tiny", "hub_id": None, "chat_template": "chatml"},
-    }
-    return {**base, **overrides}
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +45,8 @@ def tokenizer_dir(tmp_path_factory) -> Path:
 
 def run(tmp_path: Path, p: dict, inputs: dict | None = None) -> tuple[dict, Path]:
     out = Path(tempfile.mkdtemp(dir=tmp_path))
-    ctx = StageContext(run_dir=tmp_path, logger=logging.getLogger("test.data"))
+    ctx = StageContext(run_dir=tmp_path, logger=logging.getLogger("test.data"),
+                       show_progress=False)
     return data.run(p, inputs or {}, out, ctx), out
 
 
@@ -71,8 +54,15 @@ def read(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
-def test_task_api_splits_are_disjoint_sized_and_stratified(tmp_path, tokenizer_dir):
-    report, out = run(tmp_path, params(), {"base": tokenizer_dir})
+def write_rows(path: Path, rows: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def test_task_api_splits_are_disjoint_sized_and_stratified(tmp_path, stage_params,
+                                                           tokenizer_dir):
+    report, out = run(tmp_path, stage_params("data", "data.n_examples=400"),
+                      {"base": tokenizer_dir})
     splits = {name: read(out / f"{name}.jsonl") for name in ("train", "val", "test")}
     assert {k: len(v) for k, v in splits.items()} == {"train": 320, "val": 40, "test": 40}
     users = {k: {r["messages"][1]["content"] for r in v} for k, v in splits.items()}
@@ -83,51 +73,56 @@ def test_task_api_splits_are_disjoint_sized_and_stratified(tmp_path, tokenizer_d
         assert set(seen) == set(task_api.TOOLS) | {None}
     assert all(r["messages"][-1]["role"] == "assistant" for r in splits["test"])
     assert report["counts"] == {
-        "read": 400, "valid": 400, "rejected": 0, "duplicates": 0,
+        "read": 400, "valid": 400, "rejected": 0, "duplicates": 0, "repeated": 0,
         "train": 320, "val": 40, "test": 40,
     }  # fmt: skip
     assert report["tool_distribution"]["test"]["refusal"] == 6
+    assert report["sources"][0]["name"] == "task_api"
     assert json.loads((out / "data_report.json").read_text()) == report
 
 
-def test_same_seed_same_split_other_seed_other_split(tmp_path, tokenizer_dir):
-    _, a = run(tmp_path, params(), {"base": tokenizer_dir})
-    _, b = run(tmp_path, params(), {"base": tokenizer_dir})
-    _, c = run(tmp_path, params(seed=1), {"base": tokenizer_dir})
+def test_same_seed_same_split_other_seed_other_split(tmp_path, stage_params):
+    p = stage_params("data", "data.n_examples=200")
+    _, a = run(tmp_path, p)
+    _, b = run(tmp_path, p)
+    _, c = run(tmp_path, {**p, "seed": 1})
     assert (a / "test.jsonl").read_bytes() == (b / "test.jsonl").read_bytes()
     assert (a / "test.jsonl").read_bytes() != (c / "test.jsonl").read_bytes()
 
 
-def test_token_lengths_from_tokenizer_json(tmp_path, tokenizer_dir):
-    report, _ = run(tmp_path, params(max_length=40), {"base": tokenizer_dir})
+def test_token_lengths_from_the_model_tokenizer(tmp_path, stage_params, tokenizer_dir):
+    report, _ = run(tmp_path, stage_params("data", "data.n_examples=200"),
+                    {"base": tokenizer_dir})
     stats = report["token_lengths"]
-    assert stats["method"] == "joined_contents"
-    assert stats["count"] == 400
+    assert (stats["tokenizer"], stats["method"]) == (str(tokenizer_dir), "plain_text")
+    assert stats["count"] == 200
     assert 0 < stats["min"] <= stats["p50"] <= stats["p95"] <= stats["max"]
     assert stats["min"] <= stats["mean"] <= stats["max"]
-    assert 0 < stats["over_max_length"] <= 400 and stats["max_length"] == 40
 
 
-def test_over_long_rows_are_kept_and_named_by_line(tmp_path, tokenizer_dir):
+def test_over_long_rows_are_rejected_by_line_not_truncated(tmp_path, stage_params,
+                                                           tokenizer_dir):
     from tokenizers import Tokenizer
 
     rows = [{"messages": [r["messages"][1], {"role": "assistant", "content": "Done."}]}
             for r in task_api.generate(40, 3)[:20]]
     rows[6]["messages"][0]["content"] = "Please create a task to " + "buy milk and " * 60
-    path = tmp_path / "rows.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    report, out = run(tmp_path, params(source="jsonl", path=str(path), max_length=64),
-                      {"base": tokenizer_dir})
+    path = write_rows(tmp_path / "rows.jsonl", rows)
+    report, out = run(tmp_path, stage_params("data", "data=files", f"data.path={path}",
+                                             "data.max_length=64"), {"base": tokenizer_dir})
     tok = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
-    tokens = len(tok.encode("\n".join(m["content"] or "" for m in rows[6]["messages"])).ids)
+    tokens = len(tok.encode("\n".join(m["content"] or "" for m in rows[6]["messages"]) + "\n").ids)
     assert tokens > 64
-    assert report["token_lengths"]["over_max_length_rows"] == [{"line": 7, "tokens": tokens}]
-    assert report["token_lengths"]["over_max_length"] == 1
+    assert report["rejects_by_code"] == {"too_long": 1}
+    (reject,) = report["rejects"]
+    assert (reject["line"], reject["code"], reject["path"]) == (7, "too_long", "$")
+    assert reject["message"] == (f"{tokens} tokens > data.max_length=64. Raise data.max_length "
+                                 "or shorten the row; it is not truncated.")
     kept = [r["meta"]["line"] for n in ("train", "val", "test") for r in read(out / f"{n}.jsonl")]
-    assert 7 in kept and report["counts"]["rejected"] == 0
+    assert 7 not in kept and len(kept) == 19
 
 
-def test_token_lengths_with_chat_template(tmp_path, tokenizer_dir):
+def test_token_lengths_with_chat_template(tmp_path, stage_params, tokenizer_dir):
     folder = tmp_path / "tok"
     folder.mkdir()
     (folder / "tokenizer.json").write_bytes((tokenizer_dir / "tokenizer.json").read_bytes())
@@ -137,116 +132,127 @@ def test_token_lengths_with_chat_template(tmp_path, tokenizer_dir):
     )
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "chat_template": template}
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
-    plain, _ = run(tmp_path, params(), {"base": tokenizer_dir})
-    templated, _ = run(tmp_path, params(), {"base": folder})
+    p = stage_params("data", "data.n_examples=100")
+    plain, _ = run(tmp_path, p, {"base": tokenizer_dir})
+    templated, _ = run(tmp_path, p, {"base": folder})
     assert templated["token_lengths"]["method"] == "chat_template"
     # Each of the 3 messages adds <|im_start|>, <|im_end|> and the role to the plain text.
     assert templated["token_lengths"]["min"] > plain["token_lengths"]["min"] + 6
 
 
-def test_token_lengths_skipped_without_a_tokenizer(tmp_path):
-    report, _ = run(tmp_path, params(n_examples=50))
-    assert report["token_lengths"]["tokenizer"] is None
-    assert "model.hub_id is empty" in report["token_lengths"]["skipped"]
+def test_without_a_tokenizer_lengths_are_estimated_and_long_rows_only_flagged(
+        tmp_path, stage_params):
+    rows = [{"prompt": f"Question {i}?", "completion": f"Answer {i}."} for i in range(10)]
+    rows[4]["completion"] = "long " * 100
+    path = write_rows(tmp_path / "c.jsonl", rows)
+    p = stage_params("data", "data=files", f"data.path={path}", "data.max_length=64",
+                     "model=qwen3b")
+    p["model"]["hub_id"] = str(tmp_path / "no_such_model")
+    report, _ = run(tmp_path, p)
+    stats = report["token_lengths"]
+    assert stats["method"] == "estimated"
+    assert stats["note"].startswith("no tokenizer could be loaded offline (")
+    assert "estimated at about 4 characters a token" in stats["note"]
+    assert stats["over_max_length"] == 1
+    assert [(r["line"], r["tokens"]) for r in stats["over_max_length_rows"]] == [(5, 129)]
+    assert report["counts"]["rejected"] == 0 and report["counts"]["valid"] == 10
 
 
-def test_jsonl_sample_rejects_and_duplicates(tmp_path):
-    report, out = run(tmp_path, params(source="jsonl", path=str(SAMPLE), system_prompt="ignored"))
-    assert report["format"] == "chat"
+def test_jsonl_sample_rejects_and_duplicates(tmp_path, stage_params):
+    report, out = run(tmp_path, stage_params("data", "data=jsonl", f"data.path={SAMPLE}",
+                                             "data.system_prompt=ignored"))
+    assert report["formats"] == {"openai": 28}
     counts = report["counts"]
     assert (counts["read"], counts["valid"], counts["rejected"], counts["duplicates"]) == (
         30, 28, 2, 1,
     )  # fmt: skip
     assert counts["train"] + counts["val"] + counts["test"] == 27
-    assert [r["line"] for r in report["rejects"]] == [7, 15]
-    assert report["duplicate_lines"] == [{"line": 22, "duplicate_of": 3}]
-    assert len(report["input_sha256"]) == 64
+    assert [(r["line"], r["code"]) for r in report["rejects"]] == [
+        (7, "invalid_json"), (15, "no_assistant_end")]
+    assert report["duplicate_rows"] == [{"file": str(SAMPLE), "line": 22, "row": 22,
+                                         "duplicate_of": {"file": str(SAMPLE), "line": 3,
+                                                          "row": 3}}]
     row = read(out / "train.jsonl")[0]
-    assert row["meta"]["source"] == "jsonl" and "line" in row["meta"]
-    assert "tool" in row["meta"] and "refuse" in row["meta"]
+    assert row["meta"]["source"] == str(SAMPLE) and row["meta"]["file"] == str(SAMPLE)
+    assert {"line", "row", "kind", "tool", "refuse"} <= set(row["meta"])
     assert row["messages"][0]["content"] == task_api.SYSTEM_PROMPT
 
 
-def test_dedup_off_keeps_duplicates(tmp_path):
-    report, _ = run(tmp_path, params(source="jsonl", path=str(SAMPLE), dedup=False))
+def test_dedup_off_keeps_duplicates(tmp_path, stage_params):
+    report, _ = run(tmp_path, stage_params("data", "data=jsonl", f"data.path={SAMPLE}",
+                                           "data.dedup=false"))
     assert report["counts"]["duplicates"] == 0
     assert sum(report["counts"][k] for k in ("train", "val", "test")) == 28
 
 
-def test_instruct_file_gets_system_prompt(tmp_path):
-    path = tmp_path / "in.jsonl"
-    rows = [{"instruction": f"Say {i}", "output": str(i)} for i in range(20)]
-    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    report, out = run(tmp_path, params(source="jsonl", path=str(path), system_prompt="Be brief."))
-    assert report["format"] == "instruct"
+def test_instruct_alias_reads_alpaca_and_gets_the_system_prompt(tmp_path, stage_params):
+    path = write_rows(tmp_path / "in.jsonl",
+                      [{"instruction": f"Say {i}", "output": str(i)} for i in range(20)])
+    report, out = run(tmp_path, stage_params("data", "data=jsonl", f"data.path={path}",
+                                             "data.format=instruct",
+                                             "data.system_prompt=Be brief."))
+    assert report["formats"] == {"alpaca": 20}
     assert (report["counts"]["val"], report["counts"]["test"]) == (2, 2)
     first = read(out / "train.jsonl")[0]
     assert [m["role"] for m in first["messages"]] == ["system", "user", "assistant"]
-    assert first["meta"]["tool"] is None and first["meta"]["refuse"] is False
+    assert first["messages"][0]["content"] == "Be brief."
+    assert first["meta"]["kind"] == "chat" and first["meta"]["refuse"] is False
 
 
-def test_missing_file_names_data_path(tmp_path):
-    missing = tmp_path / "nope.jsonl"
-    with pytest.raises(StageError) as info:
-        run(tmp_path, params(source="jsonl", path=str(missing)))
-    assert str(info.value) == (
-        f"data.path: {missing} does not exist. Point data.path at a JSONL file."
-    )
+def test_file_without_valid_rows_is_a_stage_error(tmp_path, stage_params):
+    path = write_rows(tmp_path / "bad.jsonl", ["{oops", {"prompt": "x"}])
+    with pytest.raises(StageError, match=r"^data: no valid rows in .*bad\.jsonl \(2 read, 2 "
+                                         r"rejected: .*bad\.jsonl:1 \$: \[invalid_json\]"):
+        run(tmp_path, stage_params("data", "data=files", f"data.path={path}",
+                                   "data.format=completion"))
 
 
-def test_unset_path_names_data_path(tmp_path):
-    with pytest.raises(StageError, match=r"^data\.path: not set \(None\)"):
-        run(tmp_path, params(source="jsonl"))
+def test_too_few_rows_to_split_names_the_fractions(tmp_path, stage_params):
+    path = write_rows(tmp_path / "four.jsonl", [{"text": t} for t in "abcd"])
+    p = stage_params("data", "data=files", f"data.path={path}", "data.val_fraction=0.45",
+                     "data.test_fraction=0.45")
+    with pytest.raises(StageError, match=r"^data: 4 valid rows are too few to split with "
+                                         r"val_fraction=0\.45 and test_fraction=0\.45"):
+        run(tmp_path, p)
 
 
-def test_undecidable_format_is_a_stage_error(tmp_path):
-    path = tmp_path / "odd.jsonl"
-    path.write_text('{"text": "a"}\n')
-    with pytest.raises(StageError, match=r"data\.format: cannot tell the format of line 1"):
-        run(tmp_path, params(source="jsonl", path=str(path)))
+def test_undecidable_format_names_the_file_and_keys(tmp_path, stage_params):
+    path = write_rows(tmp_path / "odd.jsonl", [{"label": 1, "body": "a"}])
+    with pytest.raises(StageError, match=r"^data\.format: cannot tell the format of "
+                                         r".*odd\.jsonl \(first row's keys: body, label\)"):
+        run(tmp_path, stage_params("data", "data=files", f"data.path={path}"))
 
 
-def test_file_without_valid_rows_is_a_stage_error(tmp_path):
-    path = tmp_path / "bad.jsonl"
-    path.write_text("{oops\n")
-    with pytest.raises(StageError, match=r"no valid rows in .*line 1: invalid JSON"):
-        run(tmp_path, params(source="jsonl", path=str(path)))
+def test_on_error_fail_stops_before_writing_with_its_exit_code(tmp_path, stage_params):
+    rows = [{"prompt": f"q{i}", "completion": f"a{i}"} for i in range(10)] + [{"prompt": "x"}]
+    path = write_rows(tmp_path / "c.jsonl", rows)
+    p = stage_params("data", "data=files", f"data.path={path}", "data.on_error=fail")
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(DataRejected) as info:
+        data.run(p, {}, out, StageContext(run_dir=tmp_path, show_progress=False))
+    assert info.value.exit_code == EXIT_DATA_REJECTED == 5
+    text = str(info.value)
+    assert text.startswith("data: 1 rows rejected (missing_field 1) and data.on_error=fail")
+    assert f"{path}:11 completion: [missing_field]" in text
+    assert "set data.on_error=keep to train on the 10 valid rows" in text
+    assert list(out.iterdir()) == []
 
 
-def test_bad_fractions_name_the_keys(tmp_path):
-    with pytest.raises(StageError, match=r"^data\.val_fraction/test_fraction: must be"):
-        run(tmp_path, params(val_fraction=0.6, test_fraction=0.5))
-
-
-def test_hf_without_id_names_the_key(tmp_path):
-    with pytest.raises(StageError, match=r"^data\.hf_id: not set"):
-        run(tmp_path, params(source="hf"))
-
-
-def test_unknown_source_is_named(tmp_path):
-    with pytest.raises(StageError, match=r"^data\.source: 'csv' is not one of task_api"):
-        run(tmp_path, params(source="csv"))
-
-
-def test_hf_source_goes_through_load_dataset(tmp_path, monkeypatch):
-    calls = []
-
-    def load_dataset(name, split):
-        calls.append((name, split))
-        return [{"prompt": f"q{i}", "completion": f"a{i}"} for i in range(10)] + [{"prompt": "x"}]
-
-    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
-    report, out = run(tmp_path, params(source="hf", hf_id="org/set", hf_split="test"))
-    assert calls == [("org/set", "test")]
-    assert (report["format"], report["origin"]) == ("completion", "org/set[test]")
-    assert report["rejects"] == [{"line": 11, "reason": "missing key 'completion'"}]
+def test_hf_source_reads_a_local_dataset_folder_through_load_dataset(tmp_path, stage_params):
+    folder = tmp_path / "hub_set"
+    folder.mkdir()
+    write_rows(folder / "train.jsonl",
+               [{"prompt": f"q{i}", "completion": f"a{i}"} for i in range(10)] + [{"prompt": "x"}])
+    report, out = run(tmp_path, stage_params("data", "data=hf", f"data.hf_id={folder}"))
+    assert report["origin"] == f"{folder}[train]"
+    assert report["formats"] == {"completion": 10}
+    assert [(r["row"], r["code"], r["path"]) for r in report["rejects"]] == [
+        (11, "missing_field", "completion")]
     assert read(out / "test.jsonl")[0]["meta"]["source"] == "hf"
 
 
-def test_hf_load_failure_names_hf_id(tmp_path, monkeypatch):
-    def load_dataset(name, split):
-        raise FileNotFoundError("no such dataset")
-
-    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
-    with pytest.raises(StageError, match=r"^data\.hf_id: cannot load 'org/none' split 'train'"):
-        run(tmp_path, params(source="hf", hf_id="org/none"))
+def test_hf_load_failure_names_hf_id(tmp_path, stage_params):
+    missing = tmp_path / "none"
+    with pytest.raises(StageError, match=r"^data\.hf_id: cannot load '.*none' split 'train'"):
+        run(tmp_path, stage_params("data", "data=hf", f"data.hf_id={missing}"))

@@ -52,18 +52,20 @@ def test_user_pairs_plain_and_chat_with_rejects_by_line(tmp_path):
         "{not json",
         json.dumps({"prompt": "x", "chosen": "y"}),
     ]) + "\n")
-    pairs, rejects, n = preferences.read_pairs(path, system_prompt="S")
+    pairs, rejects, n = preferences.read_pairs(path, system_prompt="S", cache_dir=str(tmp_path))
     assert n == 5 and len(pairs) == 2
     assert pairs[0]["prompt"] == [{"role": "system", "content": "S"},
                                   {"role": "user", "content": "Delete task 3."}]
-    assert [r["line"] for r in rejects] == [3, 4, 5]
-    assert rejects[0]["reason"] == "chosen equals rejected"
+    assert [(r["line"], r["code"]) for r in rejects] == [
+        (3, "same_pair"), (4, "invalid_json"), (5, "bad_field")]
+    assert rejects[0]["message"] == ("equals chosen; the pair teaches nothing. Give a worse "
+                                     "answer or drop the pair.")
 
 
-def test_data_stage_writes_pairs_only_when_asked(tmp_path):
+def test_data_stage_writes_pairs_only_when_asked(tmp_path, stage_params):
     from llmops.stages import data
 
-    params = {"source": "task_api", "n_examples": 100, "seed": 0, "model": {}}
+    params = stage_params("data", "data.n_examples=100")
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     plain = data.run(params, {}, tmp_path / "a", _ctx(tmp_path))

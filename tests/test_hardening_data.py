@@ -191,9 +191,13 @@ def _run_data(tmp_path: Path, path: Path) -> tuple[dict, Path]:
 
     out = tmp_path / "out"
     out.mkdir()
-    params = {"source": "jsonl", "path": str(path), "format": "auto", "system_prompt": None,
-              "val_fraction": 0.1, "test_fraction": 0.1, "seed": 0, "dedup": True,
-              "max_length": 512, "model": {"name": "x", "hub_id": None}}
+    source = {"path": str(path), "format": "auto", "weight": None, "samples": None,
+              "columns": {}, "tags": {}}
+    params = {"source": "files", "sources": [source], "format": "auto", "columns": {},
+              "tags": {}, "hf_id": None, "hf_split": "train", "n_examples": 1200,
+              "system_prompt": None, "val_fraction": 0.1, "test_fraction": 0.1, "seed": 0,
+              "dedup": True, "max_length": 512, "on_error": "keep", "num_proc": None,
+              "model": {"name": "x", "hub_id": None}}
     ctx = StageContext(run_dir=tmp_path, logger=logging.getLogger("test.data"))
     return data.run(params, {}, out, ctx), out
 
@@ -205,9 +209,11 @@ def test_a_lone_surrogate_row_is_one_reject_with_its_line(tmp_path):
     path = _write_rows(tmp_path / "rows.jsonl", _chat_rows(20), {5: lone})
     report, out = _run_data(tmp_path, path)
     assert report["counts"]["read"] == 20 and report["counts"]["rejected"] == 1
-    assert report["rejects"] == [{"line": 5, "reason": (
-        "messages[0].content holds a lone surrogate \\ud800 at character 11, which is not valid "
-        "Unicode text; fix or remove it")}]
+    (reject,) = report["rejects"]
+    assert (reject["line"], reject["code"], reject["path"]) == (5, "not_unicode",
+                                                                "messages[0].content")
+    assert reject["message"] == ("holds a lone surrogate \\ud800 at character 11, which is not "
+                                 "valid Unicode text. Fix or remove it.")
     written = [json.loads(x) for name in ("train", "val", "test")
                for x in (out / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()]
     assert len(written) == 19 and 5 not in {r["meta"]["line"] for r in written}
@@ -232,8 +238,9 @@ def test_a_folder_as_data_path_is_not_a_regular_file(compose_plan, tmp_path):
     with pytest.raises(ConfigError) as err:
         compose_plan(["data=jsonl", f"data.path={tmp_path}"])
     problems = {p.key: p.message for p in err.value.problems}
-    assert problems["data.path"] == (f"{tmp_path.resolve()} is a folder, not a regular file. "
-                                     "Point data.path at a JSONL file.")
+    assert problems["data.path"] == (f"{tmp_path} is a folder but not one written by "
+                                     "Dataset.save_to_disk. Point at its files, e.g. "
+                                     f"{tmp_path}/*.jsonl.")
 
 
 def test_a_folder_as_preference_path_is_not_a_regular_file(compose_plan, tmp_path):
@@ -255,7 +262,7 @@ def test_a_fifo_as_data_path_exits_2_at_compile_time_without_blocking(tmp_path):
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2, r.stderr[-2000:]
     assert (f"data.path: {fifo.resolve()} is a FIFO (named pipe), not a regular file. Point "
-            "data.path at a JSONL file.") in r.stderr
+            "data.path at a data file, a save_to_disk folder or a glob.") in r.stderr
     assert not (tmp_path / "outputs").exists()
 
 
@@ -270,9 +277,11 @@ def test_the_data_stage_refuses_a_path_that_is_not_a_regular_file(tmp_path, kind
         os.mkfifo(path)
     with pytest.raises(StageError) as err:
         _run_data(tmp_path, path)
-    what = "a folder" if kind == "folder" else "a FIFO (named pipe)"
-    assert str(err.value) == (f"data.path: {path} is {what}, not a regular file. Point data.path "
-                              "at a JSONL file.")
+    assert str(err.value) == ({
+        "folder": f"data.path: {path} is a folder but not one written by Dataset.save_to_disk. "
+                  f"Point at its files, e.g. {path}/*.jsonl.",
+        "fifo": f"data.path: {path} is a FIFO (named pipe), not a regular file. Point data.path "
+                "at a data file, a save_to_disk folder or a glob."}[kind])
 
 
 # ---- file modes ----

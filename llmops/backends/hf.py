@@ -21,15 +21,19 @@ EVAL_LOSS_MAX_ROWS = 2000
 
 
 def _sft_row(row: dict[str, Any]) -> dict[str, Any]:
-    """Returns a row's messages and its tools as JSON text (TRL passes them to the chat template;
-    as text, Arrow cannot merge the tools' different schemas into one struct)."""
+    """Returns what TRL trains on from a data-stage row: raw text, or the chat and its tools
+    (as JSON text, which TRL parses, so Arrow does not merge the schemas of different rows)."""
+    if "text" in row:
+        return {"text": row["text"]}
     tools = row.get("tools")
-    return {"messages": row["messages"],
-            "tools": tools if isinstance(tools, str) or tools is None else json.dumps(tools)}
+    if tools is not None and not isinstance(tools, str):
+        tools = json.dumps(tools)
+    return {"messages": row["messages"], "tools": tools or None}
 
 
 def load_datasets(data_dir: Path) -> tuple[Any, Any | None]:
-    """Loads train.jsonl (and val.jsonl if present) as `datasets.Dataset`s with a `messages` column.
+    """Loads train.jsonl (and val.jsonl if present) as `datasets.Dataset`s: `messages` + `tools`
+    for chat rows, `text` for raw-text rows (continued pre-training).
 
     Raises:
         StageError: When train.jsonl is missing or empty.
@@ -45,9 +49,7 @@ def load_datasets(data_dir: Path) -> tuple[Any, Any | None]:
     if not train_rows:
         raise StageError(f"sft: {train_path} has no rows. Check data.n_examples / data.path.")
     val_path = Path(data_dir) / "val.jsonl"
-    val_rows = (
-        [_sft_row(r) for r in read_jsonl(val_path)] if val_path.is_file() else []
-    )
+    val_rows = [_sft_row(r) for r in read_jsonl(val_path)] if val_path.is_file() else []
     val = Dataset.from_list(val_rows[:EVAL_LOSS_MAX_ROWS]) if val_rows else None
     return Dataset.from_list(train_rows), val
 
@@ -133,14 +135,17 @@ def trainer_kwargs(train: dict[str, Any], out_dir: Path, ctx: Any) -> dict[str, 
     )
 
 
-def sft_config(params: dict[str, Any], out_dir: Path, ctx: Any) -> Any:
-    """Builds TRL's SFTConfig from the sft params (checkpoints go to out_dir/checkpoints)."""
+def sft_config(params: dict[str, Any], out_dir: Path, ctx: Any, chat: bool = True) -> Any:
+    """Builds TRL's SFTConfig from the sft params (checkpoints go to out_dir/checkpoints).
+
+    ``chat`` False (raw-text rows) trains on every token: there is no assistant turn to select.
+    """
     from trl import SFTConfig
 
     train = params["train"]
     return SFTConfig(
         **trainer_kwargs(train, out_dir, ctx),
-        assistant_only_loss=bool(train["assistant_only_loss"]),
+        assistant_only_loss=bool(train["assistant_only_loss"]) and chat,
         include_num_input_tokens_seen="non_padding",
     )
 
@@ -418,7 +423,7 @@ def train_with_sft_trainer(model: Any, tokenizer: Any, params: dict[str, Any], b
     callbacks, start = make_callbacks(ctx)
     trainer = SFTTrainer(
         model=model,
-        args=sft_config(params, out_dir, ctx),
+        args=sft_config(params, out_dir, ctx, chat="messages" in train_ds.column_names),
         train_dataset=train_ds,
         eval_dataset=val_ds,
         processing_class=tokenizer,

@@ -14,10 +14,11 @@ from typing import Any
 
 from llmops import __version__
 from llmops.compiler import align, deploy
-from llmops.compiler.fingerprint import file_sha256, fingerprint
+from llmops.compiler.fingerprint import data_file_hash, fingerprint
 from llmops.compiler.plan import STAGE_ORDER, TUNED_STAGES, Plan, StageSpec
 from llmops.compiler.render import gates_summary, known_kinds
-from llmops.config.schema import AppConfig
+from llmops.config.schema import AppConfig, DataConfig, DataSource
+from llmops.data import formats
 from llmops.planning.resolve import Resolved
 from llmops.scoring.gates import choose_gates
 
@@ -133,27 +134,64 @@ def add_base(b: PlanBuilder, s: StageInputs) -> None:
           f"{m.pretrain.steps} steps)")
 
 
+def data_sources(d: DataConfig) -> list[dict[str, Any]]:
+    """Returns the sources of a files config as the data stage reads them: ``data.path`` as a
+    one-source list, paths made absolute, aliases resolved, only the mappings set."""
+    given = [DataSource(path=d.path, format=d.format, columns=d.columns, tags=d.tags)] if d.path \
+        else list(d.sources)
+    out = []
+    for src in given:
+        out.append({
+            "path": str(Path(src.path).expanduser().resolve()),
+            "format": formats.reader_format(src.format), "weight": src.weight,
+            "samples": src.samples, "columns": src.columns.model_dump(exclude_none=True),
+            "tags": src.tags.model_dump(exclude_none=True),
+        })
+    return out
+
+
 def add_data(b: PlanBuilder, s: StageInputs) -> None:
-    """Adds the data stage: rows to train/val/test splits (+ preference pairs for DPO)."""
+    """Adds the data stage: rows to checked train/val/test splits (+ preference pairs for DPO).
+
+    Every file of every source (a dataset folder's files included) is hashed into the stage's
+    fingerprint, so editing any of them prepares the data again.
+    """
     d = s.cfg.data
     files: dict[str, str] = {}
-    path = None
-    if d.source == "jsonl" and d.path:
-        p = Path(d.path).expanduser().resolve()
-        path = str(p)
-        files[path] = file_sha256(p)
+    sources = data_sources(d) if d.source in ("files", "jsonl") else []
+    for src in sources:
+        for f in formats.files_of(formats.input_paths(src["path"])):
+            files[str(f)] = data_file_hash(f)
     params = {
-        "source": d.source, "path": path, "format": d.format, "hf_id": d.hf_id,
-        "hf_split": d.hf_split, "system_prompt": d.system_prompt, "n_examples": d.n_examples,
-        "val_fraction": d.val_fraction, "test_fraction": d.test_fraction, "seed": d.seed,
-        "dedup": d.dedup, "max_length": d.max_length, "model": s.model,
+        "source": "files" if sources else d.source, "sources": sources,
+        "format": formats.reader_format(d.format), "columns": d.columns.model_dump(
+            exclude_none=True), "tags": d.tags.model_dump(exclude_none=True),
+        "hf_id": d.hf_id, "hf_split": d.hf_split, "system_prompt": d.system_prompt,
+        "n_examples": d.n_examples, "val_fraction": d.val_fraction,
+        "test_fraction": d.test_fraction, "seed": d.seed, "dedup": d.dedup,
+        "max_length": d.max_length, "on_error": d.on_error, "num_proc": d.num_proc,
+        "model": s.model,
     }
     if s.cfg.train.method in ("dpo", "sft_dpo"):  # only then: the SFT-only data fingerprint stays
         params.update(align.preference_params(d, files))
-    what = {"task_api": f"Task-API x{d.n_examples}", "jsonl": path, "hf": d.hf_id}[d.source]
+    if d.source == "task_api":
+        what = f"Task-API x{d.n_examples}"
+    elif d.source == "hf":
+        what = f"{d.hf_id}[{d.hf_split}]"
+    else:
+        what = " + ".join(_source_text(src) for src in sources)
     train_share = 1 - d.val_fraction - d.test_fraction
     shares = f"{train_share:.0%}/{d.val_fraction:.0%}/{d.test_fraction:.0%}"
-    b.add("data", params, list(s.base), f"{what} -> train/val/test ({shares})", files)
+    checks = "on_error=fail" if d.on_error == "fail" else "rejects reported"
+    b.add("data", params, list(s.base),
+          f"{what} -> checked ({checks}) -> train/val/test ({shares})", files)
+
+
+def _source_text(src: dict[str, Any]) -> str:
+    share = (f" x{src['samples']} rows" if src["samples"] is not None else
+             f" weight {src['weight']:g}" if src["weight"] is not None else "")
+    fmt = "" if src["format"] == "auto" else f" ({src['format']})"
+    return f"{Path(src['path']).name}{fmt}{share}"
 
 
 def add_sft(b: PlanBuilder, s: StageInputs) -> None:

@@ -38,3 +38,15 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def data_file_hash(path: Path, chunk: int = 1 << 20) -> str:
+    """Returns ``xxh3_128:<hex>`` of a data file's content: fast on files of gigabytes, and the
+    same hash the stage store records (``llmops.store.integrity.HASH``)."""
+    import xxhash
+
+    h = xxhash.xxh3_128()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return f"xxh3_128:{h.hexdigest()}"

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llmops.config.schema import AppConfig
-from llmops.data import formats
 from llmops.env import Environment
 from llmops.errors import Problem
 from llmops.scoring.gates import AUTO_GATES
@@ -139,31 +138,9 @@ def _precision(cfg: AppConfig, resolved: Resolved) -> list[Problem]:
 
 
 def _data(cfg: AppConfig, env: Environment) -> list[Problem]:
-    d = cfg.data
-    out = []
-    if d.val_fraction + d.test_fraction >= 1:
-        out.append(Problem(
-            "data.val_fraction",
-            f"val_fraction + test_fraction = {d.val_fraction + d.test_fraction:g} leaves no "
-            "training rows; the sum must be below 1, e.g. data.val_fraction=0.1 "
-            "data.test_fraction=0.1.",
-        ))
-    if d.source == "jsonl":
-        if not d.path:
-            out.append(Problem("data.path",
-                               "is required for data=jsonl. Set data.path=FILE.jsonl."))
-        elif kind := formats.not_regular(d.path):
-            out.append(Problem("data.path", f"{Path(d.path).expanduser().resolve()} is {kind}, not "
-                                            "a regular file. Point data.path at a JSONL file."))
-        elif not Path(d.path).expanduser().is_file():
-            out.append(Problem(
-                "data.path",
-                f"file not found: {Path(d.path).expanduser().resolve()} (relative paths resolve "
-                "against the folder you run llmops from). Check the path.",
-            ))
-    if d.source == "hf" and not d.hf_id:
-        out.append(Problem("data.hf_id", "is required for data=hf. Set data.hf_id=org/dataset."))
-    return out
+    from llmops.config.data_rules import data_problems
+
+    return data_problems(cfg.data, cfg.train.method)
 
 
 def _eval(cfg: AppConfig, env: Environment) -> list[Problem]:

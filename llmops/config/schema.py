@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Discriminator, Field, Tag
+from pydantic import BaseModel, Discriminator, Field, Tag, create_model
 
 from llmops.config.types import (
     MAX_BATCH,
@@ -35,6 +35,8 @@ from llmops.config.types import (
     Tokens,
 )
 from llmops.config.usecase import UsecaseConfig
+from llmops.data import formats
+from llmops.data.convert import DEFAULT_COLUMNS, DEFAULT_TAGS
 
 
 class _Group(BaseModel):
@@ -97,14 +99,44 @@ class QuantConfig(_Group):
     )
 
 
-class DataConfig(_Group):
-    """Training data: the bundled Task-API set, a local JSONL file, or a hub dataset."""
+def _mapping_model(name: str, names: dict[str, str], what: str) -> type[BaseModel]:
+    """Builds a strict model with one optional field per name (the readers own the defaults)."""
+    fields = {key: (Text | None, Field(None, description=f"{what} '{key}' (null: '{default}')."))
+              for key, default in names.items()}
+    return create_model(name, __base__=_Group, **fields)
 
-    source: Literal["task_api", "jsonl", "hf"] = Field(description="Where rows come from.")
-    path: Text | None = Field(None, description="Local JSONL file (source=jsonl).")
-    format: Literal["auto", "chat", "instruct", "completion"] = Field(
-        "auto", description="Row format; auto detects it."
+
+DataColumns = _mapping_model("DataColumns", DEFAULT_COLUMNS, "Source column read as")
+DataTags = _mapping_model("DataTags", DEFAULT_TAGS, "ShareGPT key or role name for")
+DataFormat = Literal[formats.NAMES]
+
+
+class DataSource(_Group):
+    """One source of a mixture (data.sources): its files, format, mapping and share."""
+
+    path: Text = Field(description="A file, a save_to_disk folder or a glob (required).")
+    format: DataFormat = Field("auto", description="Row format of this source; auto detects it.")
+    weight: float | None = Field(
+        None, gt=0, le=1000, description="Rows taken = weight x valid rows (>1 repeats train rows)."
     )
+    samples: Rows | None = Field(None, description="Exact number of rows taken from this source.")
+    columns: DataColumns = Field(default_factory=DataColumns, description="Column renames.")
+    tags: DataTags = Field(default_factory=DataTags, description="ShareGPT key/role renames.")
+
+
+class DataConfig(_Group):
+    """Training data: the bundled Task-API set, the user's files (one or a mixture), or the hub."""
+
+    source: Literal["task_api", "files", "jsonl", "hf"] = Field(
+        description="Where rows come from (jsonl: the former name of files)."
+    )
+    path: Text | None = Field(None, description="A file, save_to_disk folder or glob (files).")
+    sources: list[DataSource] = Field(
+        default_factory=list, description="Several sources mixed in one run (files), not with path."
+    )
+    format: DataFormat = Field("auto", description="Row format; auto detects it per file.")
+    columns: DataColumns = Field(default_factory=DataColumns, description="Column renames.")
+    tags: DataTags = Field(default_factory=DataTags, description="ShareGPT key/role renames.")
     hf_id: Text | None = Field(None, description="Hub dataset id (source=hf).")
     hf_split: Text = Field("train", description="Hub dataset split (source=hf).")
     system_prompt: str | None = Field(None, description="System prompt added to converted rows.")
@@ -113,13 +145,18 @@ class DataConfig(_Group):
     )
     val_fraction: float = Field(0.1, ge=0, lt=1, description="Share of rows held out to validate.")
     test_fraction: float = Field(0.1, gt=0, lt=1, description="Share of rows held out for testing.")
-    seed: Seed = Field(0, description="Seed of generation and splitting.")
+    seed: Seed = Field(0, description="Seed of generation, sampling and splitting.")
     dedup: bool = Field(True, description="Drop exact duplicate rows.")
     max_length: int = Field(
-        512, ge=16, le=MAX_TOKENS, description="Token length above which rows are flagged."
+        512, ge=16, le=MAX_TOKENS, description="Rows longer than this (in tokens) are rejected."
     )
+    on_error: Literal["keep", "fail"] = Field(
+        description="keep: train on the valid rows and report the rest; fail: any reject stops "
+                    "the run before training (exit 5)."
+    )
+    num_proc: int | None = Field(ge=1, le=256, description="Processes reading and checking rows.")
     preference_path: Text | None = Field(
-        None, description="DPO pairs JSONL (prompt/chosen/rejected); null: derive from the rows."
+        None, description="DPO pairs (any preference format); null: derive from the rows."
     )
 
 

@@ -171,6 +171,29 @@ def _sharegpt_column(row: dict[str, Any], cols: dict[str, str]) -> str:
     return "conversations"
 
 
+def lone_surrogate(value: Any, where: str = "$") -> c.Rejected | None:
+    """Finds text that is not valid Unicode (a lone surrogate such as JSON's "\\ud800"), which
+    Arrow cannot store; returns the reject naming where the first one is, else None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            char = value[exc.start].encode("unicode_escape").decode("ascii")
+            return c.Rejected("not_unicode", where, f"holds a lone surrogate {char} at character "
+                              f"{exc.start}, which is not valid Unicode text. Fix or remove it.")
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(
+        value, list) else ()
+    for key, item in items:
+        found = lone_surrogate(key, f"a key of {where}") if isinstance(key, str) else None
+        path = f"{where}[{key}]" if isinstance(key, int) else (
+            str(key) if where == "$" else f"{where}.{key}")
+        found = found or lone_surrogate(item, path)
+        if found:
+            return found
+    return None
+
+
 def convert_row(fmt: str, row: Any, cols: dict[str, str], tags: dict[str, str]) -> dict:
     """Converts one parsed source row to the canonical columns of its kind (no ``meta``).
 
@@ -233,12 +256,20 @@ class Converter:
         """Returns the canonical columns of the batch's records, a reject for each that fails."""
         out: dict[str, list] = {name: [] for name in c.COLUMNS[self.kind]}
         lines = batch.get(LINE) or [None] * len(indices)
-        for (row, error), index, line in zip(source_rows(batch), indices, lines, strict=True):
+        # Only JSON text can hold a lone surrogate (as a \ud800-\udfff escape); Arrow columns
+        # are valid UTF-8, so only records whose text has such an escape are walked.
+        raws = batch.get(RAW) or [None] * len(indices)
+        for (row, error), index, line, raw in zip(source_rows(batch), indices, lines, raws,
+                                                  strict=True):
             out["meta"].append({"file": self.file, "line": line, "row": index + 1,
                                 "format": self.fmt})
             try:
                 if error is not None:
                     raise c.Rejected("invalid_json", "$", f"{error}. Fix the JSON.")
+                if raw is not None and ("\\ud" in raw or "\\uD" in raw):
+                    bad_text = lone_surrogate(row)
+                    if bad_text is not None:
+                        raise bad_text
                 values, reject = convert_row(self.fmt, row, self.cols, self.tags), None
             except c.Rejected as exc:
                 values, reject = {}, exc.to_dict()

@@ -1,4 +1,4 @@
-"""Preference pairs for DPO: derived from SFT rows, or read from the user's JSONL file.
+"""Preference pairs for DPO: derived from SFT rows, or read from the user's files.
 
 A pair is ``{"prompt": [messages], "chosen": [assistant], "rejected": [assistant], "meta": {...}}``
 (TRL's conversational preference format). Pure Python and deterministic for a seed.
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from llmops.data import task_api
+from llmops.data.canonical import to_openai_row
 
 CALL_KINDS = ("legacy_v1", "wrong_tool", "wrong_argument", "malformed_json", "false_refusal")
 DERIVATION = {
@@ -116,50 +117,42 @@ def derive(rows: list[dict[str, Any]], seed: int) -> tuple[list[dict[str, Any]],
     return pairs, kinds
 
 
-def _as_messages(value: Any, role: str) -> list[dict[str, str]] | None:
-    if isinstance(value, str) and value.strip():
-        return [{"role": role, "content": value}]
-    if isinstance(value, list) and value and all(
-        isinstance(m, dict) and isinstance(m.get("content"), str) and m.get("role") for m in value
-    ):
-        return [{"role": m["role"], "content": m["content"]} for m in value]
-    return None
+def read_pairs(path: str | Path, system_prompt: str | None = None,
+               cache_dir: str | None = None) -> tuple[list[dict], list[dict], int]:
+    """Reads the user's preference pairs through the readers, and checks them.
 
-
-def read_pairs(path: str | Path, system_prompt: str | None = None
-               ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
-    """Reads the user's preference JSONL (prompt/chosen/rejected, plain strings or chat messages).
+    Any preference format the readers take (``prompt``/``chosen``/``rejected`` as strings or
+    message lists, ShareGPT ``conversations`` + ``chosen``/``rejected`` turns), in any file kind
+    they read (JSONL, a JSON array, Parquet, CSV, a save_to_disk folder, a glob). Pairs are
+    checked like rows (``prepare.lint``: calls against tools, order, ``same_pair``).
 
     Returns:
-        (pairs, rejects with line numbers and reasons, lines read).
+        ``(pairs as OpenAI pair rows + meta, rejects {"file", "line", "row", "code", "path",
+        "message"} in file order, records read)``.
+
+    Raises:
+        FormatError: If the files cannot be read or hold no preference pairs.
     """
-    pairs, rejects, n = [], [], 0
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            n += 1
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                rejects.append({"line": line_no, "reason": f"invalid JSON ({e.msg})"})
-                continue
-            if not isinstance(obj, dict) or not {"prompt", "chosen", "rejected"} <= set(obj):
-                rejects.append({"line": line_no, "reason": "needs prompt, chosen and rejected"})
-                continue
-            prompt = _as_messages(obj["prompt"], "user")
-            chosen = _as_messages(obj["chosen"], "assistant")
-            rejected = _as_messages(obj["rejected"], "assistant")
-            if prompt is None or chosen is None or rejected is None:
-                rejects.append({"line": line_no, "reason": "prompt/chosen/rejected must be "
-                                "non-empty strings or lists of {role, content} messages"})
-                continue
-            if chosen == rejected:
-                rejects.append({"line": line_no, "reason": "chosen equals rejected"})
-                continue
-            if system_prompt and prompt[0]["role"] != "system":
-                prompt = [{"role": "system", "content": system_prompt}, *prompt]
-            pairs.append({"prompt": prompt, "chosen": chosen, "rejected": rejected,
-                          "meta": {"source": "preference_path", "line": line_no,
-                                   "tool": None, "refuse": False, "kind": "user"}})
-    return pairs, rejects, n
+    from llmops.data.convert import FormatError
+    from llmops.data.mix import row_kind
+    from llmops.data.prepare import lint
+    from llmops.data.readers import read_source
+
+    rows, rejects = read_source(path, "auto", cache_dir=cache_dir)
+    if "prompt" not in rows.column_names:
+        raise FormatError(f"data.preference_path: {path} holds no preference pairs (its rows "
+                          "convert to chat or text rows). Give prompt/chosen/rejected rows, or "
+                          "ShareGPT conversations with chosen and rejected turns.")
+    n_read = len(rows) + len(rejects)
+    clean, problems = lint(rows)
+    pairs = []
+    for row in clean:
+        pair = to_openai_row(row)
+        if system_prompt and pair["prompt"][0]["role"] != "system":
+            pair["prompt"] = [{"role": "system", "content": system_prompt}, *pair["prompt"]]
+        kind, tool = row_kind([*row["prompt"], *row["chosen"]])
+        pair["meta"] = {"source": "preference_path", **row["meta"], "kind": kind, "tool": tool,
+                        "refuse": kind == "refusal"}
+        pairs.append(pair)
+    listed = [{**r["meta"], **r["reject"]} for part in (rejects, problems) for r in part]
+    return pairs, sorted(listed, key=lambda r: (r["file"], r["row"])), n_read

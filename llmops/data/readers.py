@@ -80,8 +80,8 @@ def _jsonl_records(path: str) -> Iterator[tuple[str | None, str | None, int]]:
     """Yields ``(json text, error, line)`` per non-blank line."""
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
-            try:
-                text = raw.decode("utf-8")
+            try:  # utf-8-sig on line 1: a byte order mark opening the file is not part of row 1
+                text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as exc:
                 yield None, f"not UTF-8 text (byte {exc.start})", number
                 continue

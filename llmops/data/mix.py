@@ -1,0 +1,139 @@
+"""Row keys, duplicates, mixtures and splits over Arrow datasets, as index arithmetic.
+
+The data stage annotates canonical rows once (``annotate``: a content hash, the row's kind and
+its called tool), then works on those columns with numpy: the first of identical rows is kept
+(``first_occurrences``), each source contributes its share (``take``), and the rows are split
+stratified by kind and tool (``split_indices``). Nothing here holds the rows as Python objects.
+``numpy`` and ``xxhash`` only.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import xxhash
+
+from llmops.data import task_api
+
+#: Columns ``annotate`` adds: content hash, kind, first called tool, tool calls, declared tools.
+HASH, KIND, TOOL, CALLS, DECLARED = "_hash", "_kind", "_tool", "_calls", "_declared"
+CONTENT = ("messages", "prompt", "chosen", "rejected", "tools", "text")
+
+
+def row_kind(messages: Sequence[Mapping[str, Any]] | None) -> tuple[str, str | None]:
+    """Returns a chat's kind by its last assistant turn and the tool it calls first.
+
+    ``tool_call`` when that turn calls tools, ``refusal`` when it declines
+    (``task_api.is_refusal``), else ``chat``. The tool of a ``chat`` answer written as a
+    Task-API call in text (the bundled set's earlier form) is named too, so splits stay
+    stratified by tool.
+    """
+    last = next((m for m in reversed(messages or []) if m["role"] == "assistant"), None)
+    if last is None:
+        return "chat", None
+    if last.get("tool_calls"):
+        return "tool_call", last["tool_calls"][0]["function"]["name"]
+    text = last.get("content") or ""
+    if task_api.is_refusal(text):
+        return "refusal", None
+    call = task_api.parse_call(text)
+    return "chat", call["tool"] if call else None
+
+
+def annotate(batch: Mapping[str, list], indices: Sequence[int]) -> dict[str, list]:
+    """Returns the annotation columns of each canonical row of a batch (any kind of row)."""
+    names = [k for k in CONTENT if k in batch]
+    hashes, kinds, tools, calls, declared = [], [], [], [], []
+    for values in zip(*(batch[k] for k in names), strict=True):
+        row = dict(zip(names, values, strict=True))
+        # Canonical rows have a fixed key order (Arrow structs), so the text is stable unsorted.
+        text = json.dumps(values, ensure_ascii=False, separators=(",", ":"))
+        hashes.append(xxhash.xxh3_64_intdigest(text.encode()) >> 1)  # fits int64
+        if "text" in row:
+            kind, tool = "text", None
+        else:
+            kind, tool = row_kind(row.get("messages") or [*(row.get("prompt") or []),
+                                                         *(row.get("chosen") or [])])
+        kinds.append(kind)
+        tools.append(tool)
+        turns = [*(row.get("messages") or row.get("prompt") or []), *(row.get("chosen") or [])]
+        calls.append(sum(len(m.get("tool_calls") or []) for m in turns))
+        declared.append(len(json.loads(row["tools"])) if row.get("tools") else 0)
+    return {HASH: hashes, KIND: kinds, TOOL: tools, CALLS: calls, DECLARED: declared}
+
+
+def first_occurrences(hashes: np.ndarray) -> np.ndarray:
+    """Returns, per row, the index of the first row with the same hash (itself when first)."""
+    _, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
+    return first[inverse.reshape(-1)]
+
+
+def take(n_valid: int, weight: float | None, samples: int | None,
+         rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    """Chooses a source's rows for the mix.
+
+    ``samples`` rows, or ``round(weight * n_valid)``, or all rows when neither is set. At most
+    the ``n_valid`` distinct rows are chosen (a seeded sample, in file order); what is asked
+    beyond them is returned as a count of repeats, which the caller draws from training rows.
+
+    Returns:
+        ``(chosen row positions, repeats)``.
+    """
+    wanted = samples if samples is not None else (
+        round(weight * n_valid) if weight is not None else n_valid)
+    unique = min(wanted, n_valid)
+    chosen = np.arange(n_valid) if unique == n_valid else np.sort(
+        rng.choice(n_valid, size=unique, replace=False))
+    return chosen, wanted - unique
+
+
+def repeats(train: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Returns ``n`` positions drawn from ``train``: whole copies first, then a seeded sample."""
+    if n <= 0 or train.size == 0:
+        return np.empty(0, dtype=np.int64)
+    full, rest = divmod(n, train.size)
+    return np.concatenate([np.tile(train, full), np.sort(rng.choice(train, rest,
+                                                                     replace=False))])
+
+
+def _size(n: int, fraction: float) -> int:
+    if fraction <= 0:
+        return 0
+    return max(1, round(n * fraction)) if n >= 3 else 0
+
+
+def split_indices(strata: np.ndarray, val_fraction: float, test_fraction: float,
+                  seed: int) -> dict[str, np.ndarray]:
+    """Splits positions ``0..n-1`` into train/val/test, stratified by ``strata``.
+
+    Each stratum is shuffled with ``seed``; all positions are then ordered by their rank inside
+    their stratum relative to its size, so any prefix holds every stratum in proportion. Test
+    takes the first ``round(n * test_fraction)``, val the next ``round(n * val_fraction)``, train
+    the rest; a non-zero fraction gets at least one row when there are 3 rows or more.
+
+    Raises:
+        ValueError: If no training row would be left (the message names both fractions).
+    """
+    rng = np.random.default_rng(seed)
+    positions, ranks, ties = [], [], []
+    for name in sorted(set(strata.tolist())):
+        group = np.flatnonzero(strata == name)
+        rng.shuffle(group)
+        positions.append(group)
+        ranks.append((np.arange(group.size) + 0.5) / group.size)
+        ties.append(rng.random(group.size))
+    n = int(strata.size)
+    if n == 0:
+        ordered = np.empty(0, dtype=np.int64)
+    else:
+        rank, tie = np.concatenate(ranks), np.concatenate(ties)
+        ordered = np.concatenate(positions)[np.lexsort((tie, rank))]
+    n_test, n_val = _size(n, test_fraction), _size(n, val_fraction)
+    if n - n_test - n_val < 1:
+        raise ValueError(f"{n} valid rows are too few to split with val_fraction={val_fraction} "
+                         f"and test_fraction={test_fraction}. Add rows or lower the fractions.")
+    return {"train": ordered[n_test + n_val:], "val": ordered[n_test:n_test + n_val],
+            "test": ordered[:n_test]}

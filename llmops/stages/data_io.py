@@ -1,0 +1,312 @@
+"""The data stage's reading and writing: sources to canonical Datasets, tokenizer lengths, and
+rows, rejects and duplicates out as JSON (``llmops.stages.data`` runs the pipeline)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llmops.backends.common import base_model_path, json_default
+from llmops.data import formats, lengths, mix, task_api
+from llmops.data.canonical import features, to_openai_row
+from llmops.errors import StageError
+from llmops.runner.context import StageContext
+
+BATCH = 10_000
+_SENTENCE = re.compile(r"(?<=[.?!])\s+(?=[A-Z0-9'\"(])")
+
+
+def specs(params: dict) -> list[tuple[str, dict[str, Any]]]:
+    """Returns ``(name, spec)`` per source; a name is what ``meta.source`` says."""
+    whole = {"weight": None, "samples": None}  # a single source is taken whole
+    if params["source"] == "task_api":
+        return [(task_api.SOURCE, {"format": "openai", "columns": {}, "tags": {}, **whole})]
+    if params["source"] == "hf":
+        return [("hf", {"format": params["format"], "columns": params["columns"],
+                        "tags": params["tags"], **whole})]
+    if params["source"] == "files":
+        return [(s["path"], s) for s in params["sources"]]
+    raise StageError(f"data.source: {params['source']!r} is not one of task_api, files, hf. Use "
+                     "data=task_api, data=files data.path=FILE, or data=hf data.hf_id=NAME.")
+
+
+def _records(texts: list[str]):
+    """Returns a records Dataset (``__raw__`` JSON texts) as the readers write for JSON files."""
+    import datasets
+
+    from llmops.data.convert import ERROR, LINE, RAW
+
+    return datasets.Dataset.from_dict(
+        {RAW: texts, ERROR: [None] * len(texts), LINE: list(range(1, len(texts) + 1))},
+        features=datasets.Features({RAW: datasets.Value("string"),
+                                    ERROR: datasets.Value("string"),
+                                    LINE: datasets.Value("int64")}))
+
+
+def _convert(records, fmt: str, file: str, spec: dict[str, Any], num_proc: int | None):
+    from llmops.data.convert import Converter, source_rows
+    from llmops.data.detect import detect_format
+    from llmops.data.prepare import ArrowBatches, split_rejects
+
+    convert = Converter("openai" if fmt == "auto" else fmt, file, spec["columns"], spec["tags"])
+    if fmt == "auto":
+        head = records.select(range(min(200, len(records))))[:]
+        sample = [(i + 1, row) for i, (row, _) in enumerate(source_rows(head))]
+        convert = Converter(detect_format(sample, file, convert.cols, convert.tags), file,
+                            spec["columns"], spec["tags"])
+    types = features(convert.kind)
+    rows = records.map(ArrowBatches(convert, types), batched=True, with_indices=True,
+                       remove_columns=records.column_names, num_proc=num_proc, features=types,
+                       desc=f"convert {Path(file).name}")
+    return split_rejects(rows)
+
+
+def read(name: str, spec: dict[str, Any], params: dict, cache: str):
+    """Reads one source into ``(canonical rows, meta + reject of the rest)``.
+
+    Raises:
+        FormatError: If the source's files or format cannot be understood.
+        StageError: If task_api's arguments are out of range or the hub dataset cannot load.
+    """
+    num_proc = params["num_proc"]
+    if name == task_api.SOURCE:
+        try:
+            generated = task_api.generate(params["n_examples"], params["seed"])
+        except ValueError as exc:  # task_api.generate's argument checks
+            raise StageError(f"data: {exc} Check data.n_examples.") from exc
+        if params["system_prompt"]:
+            for row in generated:
+                row["messages"][0]["content"] = params["system_prompt"]
+        texts = [json.dumps(row, ensure_ascii=False) for row in generated]
+        return _convert(_records(texts), "openai", task_api.SOURCE, spec, num_proc)
+    if name == "hf":
+        return _convert(_hub(params, cache), spec["format"],
+                        f"{params['hf_id']}[{params['hf_split']}]", spec, num_proc)
+    from llmops.data.readers import read_source
+
+    try:  # the config rules checked this; the files may have changed since (or a FIFO appeared)
+        formats.input_paths(spec["path"], "data.path")
+    except ValueError as exc:
+        raise StageError(str(exc)) from exc
+    return read_source(spec["path"], spec["format"], spec["columns"], spec["tags"],
+                       num_proc=num_proc, cache_dir=cache)
+
+
+def _hub(params: dict, cache: str):
+    import datasets
+
+    hf_id, split = params["hf_id"], params["hf_split"]
+    try:
+        return datasets.load_dataset(hf_id, split=split)
+    except Exception as exc:  # noqa: BLE001 - datasets raises many types; report them all the same
+        raise StageError(
+            f"data.hf_id: cannot load {hf_id!r} split {split!r} ({type(exc).__name__}: {exc}). "
+            "Check the name, data.hf_split, and that the hub can be reached."
+        ) from exc
+
+
+class _SystemPrompt:
+    def __init__(self, text: str):
+        self.text = text
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        key = "messages" if "messages" in batch else "prompt" if "prompt" in batch else None
+        if key is None:
+            return {}
+        system = {"role": "system", "content": self.text, "tool_calls": None,
+                  "tool_call_id": None, "name": None, "weight": None}
+        return {key: [m if m and m[0]["role"] == "system" else [system, *(m or [])]
+                      for m in batch[key]]}
+
+
+def with_system_prompt(rows, text: str, num_proc: int | None):
+    """Prepends ``text`` as a system message to every chat (or prompt) that opens without one."""
+    return rows.map(_SystemPrompt(text), batched=True, num_proc=num_proc, desc="system prompt")
+
+
+class Annotator:
+    """Adds the hash/kind/tool columns (``mix.annotate``) and the token counts of each row."""
+
+    def __init__(self, counter: Any):
+        self.counter = counter
+
+    def __call__(self, batch: dict[str, list], indices: list[int]) -> dict[str, list]:
+        """Returns the annotation columns of a batch."""
+        return {**mix.annotate(batch, indices), **self.counter(batch, indices)}
+
+
+def annotated(rows, counter: Any, num_proc: int | None, label: str):
+    """Returns rows with the annotation columns beside them: only the new columns are written
+    (one narrow Arrow file), then joined to the rows without copying them."""
+    import datasets
+
+    extra = rows.map(Annotator(counter), batched=True, with_indices=True, num_proc=num_proc,
+                     remove_columns=rows.column_names, desc=f"measure {label}")
+    return datasets.concatenate_datasets([rows, extra], axis=1)
+
+
+def precomputed(rows: list[dict[str, Any]]) -> list[int]:
+    """Returns the token counts ``Annotator`` stored on the rows (the lint's ``measure``)."""
+    return [row[lengths.TOKENS] for row in rows]
+
+
+def kind_of(rows) -> str:
+    """Returns the canonical kind of a Dataset's rows: chat, preference or text."""
+    names = set(rows.column_names)
+    return "text" if "text" in names else "preference" if "prompt" in names else "chat"
+
+
+def token_counter(params: dict, inputs: dict[str, Path], ctx: StageContext) -> tuple[Any, dict]:
+    """Returns the batch function that counts tokens and what the report says about it.
+
+    The tiny model's tokenizer comes from the base stage's folder; a hub model's from the local
+    hub cache only (``local_files_only``: no network, no retries). When neither loads, lengths are
+    estimated (``lengths.estimate``), the report says so, and over-long rows are flagged, not
+    rejected.
+    """
+    name = None
+    try:
+        name = base_model_path(params, inputs)
+        folder = Path(name)
+        if (folder / "tokenizer.json").is_file():
+            # The generic fast class loads a local folder without AutoTokenizer's torch import.
+            from transformers import PreTrainedTokenizerFast
+
+            tok = PreTrainedTokenizerFast.from_pretrained(name)
+        else:
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(
+                name, local_files_only=True,
+                trust_remote_code=bool(params["model"]["trust_remote_code"]))
+    except Exception as exc:  # noqa: BLE001 - lengths are then estimated; the reason is reported
+        why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        ctx.logger.warning("data: no tokenizer for %s could be loaded offline (%s); token lengths "
+                           "are estimated at %d characters a token", name, why,
+                           lengths.CHARS_PER_TOKEN)
+        return lengths.estimate, {
+            "tokenizer": name, "method": "estimated",
+            "note": f"no tokenizer could be loaded offline ({why}); lengths are estimated at "
+                    f"about {lengths.CHARS_PER_TOKEN} characters a token, and rows over "
+                    "max_length are listed here, not rejected.",
+        }
+    method = "chat_template" if getattr(tok, "chat_template", None) else "plain_text"
+    return lengths.TokenCounter(tok), {"tokenizer": name, "method": method}
+
+
+def token_stats(ann, positions: np.ndarray, max_length: int, info: dict, rows,
+                limit: int) -> dict[str, Any]:
+    """Returns the token-length section of the report over the given rows."""
+    counts = ann[lengths.TOKENS].to_numpy()[positions]
+    measured = ann[lengths.MEASURED].to_numpy(zero_copy_only=False)[positions]
+    out = dict(info)
+    if counts.size == 0:
+        return {**out, "count": 0}
+    ordered = np.sort(counts)
+
+    def pct(q: int) -> int:  # nearest rank
+        return int(ordered[max(0, math.ceil(ordered.size * q / 100) - 1)])
+
+    over = positions[counts > max_length]
+    out.update(count=int(counts.size), min=int(ordered[0]), mean=round(float(counts.mean()), 2),
+               p50=pct(50), p95=pct(95), max=int(ordered[-1]), max_length=max_length,
+               over_max_length=int(over.size))
+    if info["method"] == "estimated":
+        metas = rows.select(over[:limit])["meta"] if over.size else []
+        out["over_max_length_rows"] = [
+            {"file": m["file"], "line": m["line"], "row": m["row"], "tokens": int(n)}
+            for m, n in zip(metas, counts[counts > max_length][:limit], strict=False)]
+    elif not measured.all():
+        out["not_rendered"] = int((~measured).sum())
+        out["note"] = ("the chat template could not render these rows; they were counted from "
+                       "their plain text")
+    return out
+
+
+def _batches(rows, positions: np.ndarray) -> Iterator[tuple[np.ndarray, dict[str, list]]]:
+    for start in range(0, positions.size, BATCH):
+        chunk = positions[start:start + BATCH]
+        yield chunk, rows.select(chunk)[:]
+
+
+def _meta(m: dict, source: str, kind: str, tool: str | None) -> dict[str, Any]:
+    return {"source": source, "file": m["file"], "line": m["line"], "row": m["row"],
+            "format": m["format"], "kind": kind, "tool": tool, "refuse": kind == "refusal"}
+
+
+def _shape(row: dict[str, Any], kind: str) -> dict[str, Any]:
+    if kind == "text":
+        return {"text": row["text"]}
+    if kind == "preference":  # the chat split trains on the chosen answer
+        row = {"messages": [*row["prompt"], *row["chosen"]], "tools": row["tools"]}
+    if kind == "pairs":
+        row = {k: row[k] for k in ("prompt", "chosen", "rejected", "tools")}
+    return to_openai_row(row)
+
+
+def write_rows(path: Path, rows, positions: np.ndarray, source_of: np.ndarray,
+               names: list[str], kind: str, keep: bool) -> list[dict] | None:
+    """Writes the rows at ``positions`` as OpenAI rows + meta, one JSON line each.
+
+    Args:
+        kind: The rows' canonical kind; ``"pairs"`` writes preference rows as pairs.
+        keep: Also return the written rows (for deriving preference pairs).
+    """
+    kept: list[dict] | None = [] if keep else None
+    with open(path, "w", encoding="utf-8") as f:
+        for chunk, batch in _batches(rows, positions):
+            names_in = [k for k in batch if not k.startswith("_") and k != "meta"]
+            for j, pos in enumerate(chunk):
+                row = {k: batch[k][j] for k in names_in}
+                out = _shape(row, kind)
+                out["meta"] = _meta(batch["meta"][j], names[source_of[pos]], batch[mix.KIND][j],
+                                    batch[mix.TOOL][j])
+                f.write(json.dumps(out, ensure_ascii=False, default=json_default) + "\n")
+                if kept is not None:
+                    kept.append(out)
+    return kept
+
+
+def write_jsonl_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Writes already-shaped rows as JSON lines."""
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False, default=json_default) + "\n")
+
+
+def duplicates(rows, positions: np.ndarray, first: np.ndarray) -> list[dict[str, Any]]:
+    """Lists duplicate rows with where their first occurrence is."""
+    if positions.size == 0:
+        return []
+    metas = rows.select(positions)["meta"]
+    originals = rows.select(first[positions])["meta"]
+    return [{"file": m["file"], "line": m["line"], "row": m["row"],
+             "duplicate_of": {"file": o["file"], "line": o["line"], "row": o["row"]}}
+            for m, o in zip(metas, originals, strict=True)]
+
+
+def fix_of(message: str) -> str:
+    """Returns the fix a reject message ends with: its last sentence (the checks write the
+    problem first and the fix last)."""
+    return _SENTENCE.split(message.strip())[-1]
+
+
+def reject_entries(rejects, source: str, limit: int) -> list[dict[str, Any]]:
+    """Returns up to ``limit`` rejects of one source, in file order, as report entries."""
+    import pyarrow.compute as pc
+
+    if not len(rejects) or limit <= 0:
+        return []
+    meta = rejects.select_columns(["meta"]).with_format("arrow")[:]["meta"]
+    order = pc.sort_indices(pc.struct_field(meta, "row")).to_numpy().astype(np.int64)[:limit]
+    picked = rejects.select(order)[:]
+    return [{"source": source, "file": m["file"], "line": m["line"], "row": m["row"],
+             "code": r["code"], "path": r["path"], "message": r["message"],
+             "fix": fix_of(r["message"])}
+            for m, r in zip(picked["meta"], picked["reject"], strict=True)]
