@@ -61,7 +61,7 @@ def write_rows(path: Path, rows: list) -> Path:
 
 def test_task_api_splits_are_disjoint_sized_and_stratified(tmp_path, stage_params,
                                                            tokenizer_dir):
-    report, out = run(tmp_path, stage_params("data", "data.n_examples=400"),
+    report, out = run(tmp_path, stage_params("data", "data.n_examples=400", "data.max_length=4096"),
                       {"base": tokenizer_dir})
     splits = {name: read(out / f"{name}.jsonl") for name in ("train", "val", "test")}
     assert {k: len(v) for k, v in splits.items()} == {"train": 320, "val": 40, "test": 40}
@@ -91,7 +91,7 @@ def test_same_seed_same_split_other_seed_other_split(tmp_path, stage_params):
 
 
 def test_token_lengths_from_the_model_tokenizer(tmp_path, stage_params, tokenizer_dir):
-    report, _ = run(tmp_path, stage_params("data", "data.n_examples=200"),
+    report, _ = run(tmp_path, stage_params("data", "data.n_examples=200", "data.max_length=4096"),
                     {"base": tokenizer_dir})
     stats = report["token_lengths"]
     assert (stats["tokenizer"], stats["method"]) == (str(tokenizer_dir), "plain_text")
@@ -132,7 +132,11 @@ def test_token_lengths_with_chat_template(tmp_path, stage_params, tokenizer_dir)
     )
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "chat_template": template}
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
-    p = stage_params("data", "data.n_examples=100")
+    # Rows without tools: this template renders messages only, and plain text would count tools.
+    rows = [{"messages": r["messages"]} for r in task_api.generate(100, 0)
+            if not r["meta"]["refuse"]]
+    p = stage_params("data", "data=files", f"data.path={write_rows(tmp_path / 'rows.jsonl', rows)}",
+                     "data.max_length=4096")
     plain, _ = run(tmp_path, p, {"base": tokenizer_dir})
     templated, _ = run(tmp_path, p, {"base": folder})
     assert templated["token_lengths"]["method"] == "chat_template"

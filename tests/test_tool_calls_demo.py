@@ -24,14 +24,14 @@ def _expected(message: dict) -> list[dict]:
             for c in message.get("tool_calls") or []]
 
 
-def test_every_test_row_renders_and_parses_back_to_the_same_calls(tok, tmp_path):
+def test_every_test_row_renders_and_parses_back_to_the_same_calls(tok, tmp_path, stage_params):
     from llmops.backends.common import read_jsonl
     from llmops.backends.generation import render_answer
     from llmops.runner.context import StageContext
     from llmops.stages import data as data_stage
 
-    params = {"source": "task_api", "n_examples": 400, "seed": 3, "val_fraction": 0.1,
-              "test_fraction": 0.25, "model": {}}
+    params = stage_params("data", "data.n_examples=400", "data.seed=3", "data.val_fraction=0.1",
+                          "data.test_fraction=0.25")
     ctx = StageContext(run_dir=tmp_path, show_progress=False)
     (tmp_path / "data").mkdir()
     data_stage.run(params, {}, tmp_path / "data", ctx)
