@@ -1,3 +1,3 @@
 """llmops: a declarative config compiler for fine-tuning language models."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -244,47 +244,49 @@ def test_one_multirun_test_answers_the_cli_metrics_and_wandb(tmp_path):
 # the tiny model's recorded facts were wrong (its embeddings were always tied while tiny.yaml said
 # tie_embeddings: false, and params said 115,000 for 106,816), and the base stage now receives
 # tie_word_embeddings; every tiny-model stage was rebuilt once. The hub-model plans are unchanged.
+# Then llmops 0.2.0 (the data form changed: OpenAI rows with tools/tool_calls, a new tiny
+# template): every fingerprint changes once, so no 0.1 entry is reused by 0.2 code.
 # Updated once more on purpose (issue 12, evaluation that fits the test split): eval_base and eval
 # take new params (worst_examples; resolved auto gates, gate_mode, confidence) and write new
 # reports, so they and the stages after them (export, gguf, deploy) are rebuilt once; data, sft,
 # dpo, merge and lm_eval keep their fingerprints.
 FINGERPRINTS = {
     ("cpu", ()): {
-        "decide": "754160bcaa1fe65f", "compute": "959b4bcd2fa19038", "base": "49560129e0a653df",
-        "data": "8a51bd323a5124a8", "sft": "012ba5cbf677a507", "eval_base": "ff9f4251bf5b4029",
-        "eval": "3217d474fa827d3d", "export": "f0bda6325436a97e",
+        "decide": "2c736766fa02e413", "compute": "996099736481a3d5", "base": "4278ac84084edaea",
+        "data": "a112df402bee00d4", "sft": "f10ce2d605e25838", "eval_base": "ad608540222f66a4",
+        "eval": "511dd2310a1ca6a7", "export": "f40a49810c1f5f06",
     },
     ("cpu", ("model=qwen3b", "lora=r16")): {
-        "decide": "a42c4286585803be", "compute": "141819db7410a9c9", "data": "1f42b2449cf3c439",
-        "sft": "46675a8ecf4d15b1", "eval_base": "1918f7bdb0337e66", "eval": "807d6c519f89b933",
-        "export": "879a6b26289c9cb3",
+        "decide": "b932f34977e3253c", "compute": "a7a8d82001c2727d", "data": "1648df440238a2b7",
+        "sft": "c5870b0392b22100", "eval_base": "abf075861eb3d0f2", "eval": "7ab0bc995f38b526",
+        "export": "35b8fb5ce6fd636c",
     },
     ("cpu", ("train=sft_dpo", "merge=ties")): {
-        "decide": "754160bcaa1fe65f", "compute": "959b4bcd2fa19038", "base": "49560129e0a653df",
-        "data": "68e984d1673a88a5", "sft": "fdf7b8a6cf4d2401", "dpo": "1502a27330d0c78d",
-        "merge": "97dac4b0f28c28ae", "eval_base": "75d49da400656d16", "eval": "f13e8f5f72014559",
-        "export": "e45e4b4d6e14b485",
+        "decide": "2c736766fa02e413", "compute": "996099736481a3d5", "base": "4278ac84084edaea",
+        "data": "894679f3e0b7bd24", "sft": "5b49d8c6b0767b6c", "dpo": "97835985c26bb2d3",
+        "merge": "c3eec32df9397dea", "eval_base": "ba678f503d5dcbba", "eval": "adcfad528cb0013e",
+        "export": "cd210503c5a2c16f",
     },
     ("cpu", ("deploy=openai",)): {
-        "decide": "754160bcaa1fe65f", "compute": "959b4bcd2fa19038", "base": "49560129e0a653df",
-        "data": "8a51bd323a5124a8", "sft": "012ba5cbf677a507", "eval_base": "ff9f4251bf5b4029",
-        "eval": "3217d474fa827d3d", "export": "f0bda6325436a97e", "gguf": "4ee071aacc5598cb",
-        "deploy": "6cdad2bfde03cda2",
+        "decide": "2c736766fa02e413", "compute": "996099736481a3d5", "base": "4278ac84084edaea",
+        "data": "a112df402bee00d4", "sft": "f10ce2d605e25838", "eval_base": "ad608540222f66a4",
+        "eval": "511dd2310a1ca6a7", "export": "f40a49810c1f5f06", "gguf": "c859dbfb5434d838",
+        "deploy": "9485ce15b09038f8",
     },
     ("cpu", ("eval=lm_eval",)): {
-        "decide": "754160bcaa1fe65f", "compute": "959b4bcd2fa19038", "base": "49560129e0a653df",
-        "data": "8a51bd323a5124a8", "sft": "012ba5cbf677a507", "eval_base": "ff9f4251bf5b4029",
-        "lm_eval": "569b8103bdfe9d14", "eval": "3217d474fa827d3d", "export": "f0bda6325436a97e",
+        "decide": "2c736766fa02e413", "compute": "996099736481a3d5", "base": "4278ac84084edaea",
+        "data": "a112df402bee00d4", "sft": "f10ce2d605e25838", "eval_base": "ad608540222f66a4",
+        "lm_eval": "0303438259eec559", "eval": "511dd2310a1ca6a7", "export": "f40a49810c1f5f06",
     },
     ("cpu", ("model=llama8b", "hardware=t4", "dry_run=true", "quant=nf4")): {
-        "decide": "13e19c5eba97f163", "compute": "8005a494bb32143d", "data": "b549c30fe398537b",
-        "sft": "48801d525fc0ee5e", "eval_base": "04fa0a72eb450040", "eval": "c564eb3adb6c13b3",
-        "export": "d6cf05593985703d",
+        "decide": "14f60f64120b3566", "compute": "d3c997157e1d0718", "data": "37c44d42d4705854",
+        "sft": "5e9f28cd3a5a2bad", "eval_base": "31327bcbe559c3e7", "eval": "95e4c50400c5b6dc",
+        "export": "49b10b414953ac9f",
     },
     ("h100", ("model=qwen1.5b",)): {
-        "decide": "0acf9b2a45ac4ba9", "compute": "a6f8e6e5dcbc7c78", "data": "3eb301937aeaea9b",
-        "sft": "6edc1bd2fb4175e2", "eval_base": "91c31bdda0a92be6", "eval": "817258604004a1a6",
-        "export": "ffed99e15e0ea921",
+        "decide": "582b103ac9ca75d1", "compute": "9cc0775be57b21b8", "data": "4b8c060f2874b2b3",
+        "sft": "0c001ea4c47d2d27", "eval_base": "c8f52e9cd6d35b55", "eval": "4541c0843d8a4104",
+        "export": "84831408e1f2aa44",
     },
 }
 
