@@ -7,7 +7,7 @@ checks them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 METRICS: tuple[str, ...] = (
@@ -33,10 +33,11 @@ METRIC_DIRECTIONS: dict[str, str] = {
 """Natural direction of each metric: "min" = higher is better (value must reach a minimum)."""
 
 
-def metric_deltas(tuned: Mapping[str, Any], base: Mapping[str, Any]) -> dict[str, float | None]:
-    """Returns tuned - base for every scalar metric (None where either side is unmeasured)."""
+def metric_deltas(tuned: Mapping[str, Any], base: Mapping[str, Any],
+                  metrics: Sequence[str] = METRICS) -> dict[str, float | None]:
+    """Returns tuned - base for each metric (None where either side is unmeasured)."""
     out: dict[str, float | None] = {}
-    for metric in METRICS:
+    for metric in metrics:
         t, b = tuned.get(metric), base.get(metric)
         out[metric] = None if t is None or b is None else round(float(t) - float(b), 10)
     return out

@@ -210,8 +210,6 @@ def lookup(metrics: Mapping[str, Any], by_kind: Mapping[str, Any], name: str) ->
 
 def deltas(tuned: Mapping[str, Any], base: Mapping[str, Any]) -> dict[str, float | None]:
     """Returns tuned - base for every whole-split metric (None where either is unmeasured)."""
-    out: dict[str, float | None] = {}
-    for metric in METRICS:
-        t, b = tuned.get(metric), base.get(metric)
-        out[metric] = None if t is None or b is None else round(float(t) - float(b), 10)
-    return out
+    from llmops.scoring.metrics import metric_deltas
+
+    return metric_deltas(tuned, base, METRICS)
