@@ -64,7 +64,8 @@ def _ctx(root: Path) -> StageContext:
 
 def _params(**extra):
     params = {
-        "model": {"name": "tiny", "hub_id": None, "chat_template": "chatml"},
+        "model": {"name": "tiny", "hub_id": None, "chat_template": "chatml",
+                  "trust_remote_code": False},
         "quant": {"type": "none"},
         "max_new_tokens": 12,
         "batch_size": 8,

@@ -280,13 +280,16 @@ def test_held_out_loss_is_the_models_loss_on_the_answer_tokens(tiny_base):
 
 # ---- end to end: free text with auto gates; a destroyed model is caught ----
 
-def _llmops(cwd: Path, run: str, *args: str) -> subprocess.CompletedProcess:
+FREE_TEXT = ("data=jsonl", f"data.path={INSTRUCT}", "data.test_fraction=0.3")
+
+
+def _llmops(cwd: Path, run: str, *args: str, data: tuple[str, ...] = FREE_TEXT
+            ) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "LLMOPS_STORE"}
     env.update(WANDB_MODE="disabled", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     return subprocess.run(
-        [sys.executable, "-m", "llmops", "usecase=none", "progress=false", "data=jsonl",
-         f"data.path={INSTRUCT}", "data.test_fraction=0.3", f"store_dir={cwd / 'store'}",
-         f"hydra.run.dir={cwd / run}", *args],
+        [sys.executable, "-m", "llmops", "usecase=none", "progress=false", *data,
+         f"store_dir={cwd / 'store'}", f"hydra.run.dir={cwd / run}", *args],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
 
 
@@ -311,11 +314,15 @@ def test_free_text_passes_auto_gates_and_a_destroyed_model_is_caught(tmp_path):
         report["worst_examples"]["text.rouge_l"][0])
     assert (tmp_path / "good" / "export_report.json").is_file()
 
-    r = _llmops(tmp_path, "destroyed", "train.max_steps=30", "train.learning_rate=0.9")
+    # The tiny base was pre-trained on the Task-API calls only: on free text it scores ROUGE-L
+    # ~0.01, so no model can be measurably worse there. A destroyed model is caught where the
+    # base is good: on the bundled tool calls (base exact match ~0.5), by the no-regression gate.
+    r = _llmops(tmp_path, "destroyed", "train.max_steps=30", "train.learning_rate=0.9",
+                data=("data.n_examples=300",))
     assert r.returncode == 3, r.stdout[-2000:] + r.stderr[-3000:]
-    assert "text_quality: text.rouge_l" in r.stderr
+    assert "no_regression: tool.exact_match" in r.stderr
     report = json.loads((tmp_path / "destroyed" / "eval_report.json").read_text())
-    gate = next(g for g in report["gates"] if g["name"] == "text_quality")
+    gate = next(g for g in report["gates"] if g["name"] == "no_regression")
     assert gate["passed"] is False and gate["value"] < gate["threshold"] < gate["base"]
-    assert "two-proportion" not in gate["rule"] and "standard-error bound" in gate["rule"]
+    assert "two-proportion" in gate["rule"]
     assert not (tmp_path / "destroyed" / "export_report.json").exists()

@@ -175,7 +175,7 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
         full_model=path if artifact == "model" else None,
         quant=eval_quant(params, ctx),
         device=ctx.device,
-        trust_remote_code=bool((params.get("model") or {}).get("trust_remote_code", False)),
+        trust_remote_code=bool(params["model"]["trust_remote_code"]),
     )
     tuned = evaluate_model(model, tokenizer, rows, params, ctx, desc="eval: tuned")
     base_samples = base_report.get("samples") or []

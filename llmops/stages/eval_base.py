@@ -45,8 +45,8 @@ def load_test_rows(params: Mapping[str, Any], inputs: Mapping[str, Path], stage:
 
 def eval_quant(params: Mapping[str, Any], ctx: StageContext) -> dict | None:
     """Returns the quant params to evaluate with: the configured ones on a GPU, none on a CPU."""
-    quant = params.get("quant") or None
-    if quant and quant.get("type", "none") != "none" and not ctx.device.startswith("cuda"):
+    quant = params["quant"]
+    if quant["type"] != "none" and not ctx.device.startswith("cuda"):
         ctx.logger.info(
             "quant.type=%s applies on a GPU only; evaluating in float32 on the CPU.", quant["type"]
         )
@@ -127,7 +127,7 @@ def evaluate_base(
         base_model_path(params, inputs),
         quant=eval_quant(params, ctx),
         device=ctx.device,
-        trust_remote_code=bool((params.get("model") or {}).get("trust_remote_code", False)),
+        trust_remote_code=bool(params["model"]["trust_remote_code"]),
     )
     return evaluate_model(model, tokenizer, rows, params, ctx, desc=f"{stage}: base")
 
