@@ -24,10 +24,14 @@ import tempfile
 from pathlib import Path
 
 from llmops.errors import StageError
-from llmops.serving.converter import LLAMA_CPP_PYTHON_VERSION, MARKER, converter_dir
+from llmops.serving.converter import LLAMA_CPP_PYTHON_VERSION, MARKER, VOCAB_FILES, converter_dir
 
 _VENDOR = "vendor/llama.cpp/"
-_KEEP = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/", "LICENSE")
+#: The converter, plus the vocab-only GGUF files of real tokenizers that llama.cpp ships for its own
+#: tokenizer tests (Qwen2, Llama 3, Phi-3): offline tests build small real-vocabulary models from
+#: them (tests/real_models.py); nothing in a plan reads them.
+_KEEP = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/", "LICENSE",
+         *(f"models/{name}" for name in VOCAB_FILES))
 
 
 def _download_sdist(version: str, dest: Path) -> Path:
@@ -81,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--force", action="store_true", help="unpack again even when present")
     args = ap.parse_args(argv)
     folder = converter_dir(args.version)
-    if (folder / MARKER).is_file() and not args.force and args.sdist is None:
+    complete = all((folder / "models" / name).is_file() for name in VOCAB_FILES)
+    if (folder / MARKER).is_file() and complete and not args.force and args.sdist is None:
         print(f"llama.cpp converter (llama-cpp-python {args.version}) already in {folder}")
         return 0
     try:

@@ -94,3 +94,27 @@ def sft_data(tmp_path_factory) -> Path:
     write_jsonl(out / "train.jsonl", rows[:160])
     write_jsonl(out / "val.jsonl", rows[160:])
     return out
+
+
+@pytest.fixture(scope="session")
+def real_model(request) -> Callable[[str], Path]:
+    """Returns a function: family ("qwen2" | "llama") -> a small saved HF model folder on that
+    family's real vocabulary and chat template (tests/real_models.py).
+
+    The folders are cached in .pytest_cache/d/real-models, so only the first session
+    pays the ~15 s per family of converting a GGUF vocab. Without `python -m llmops.gguf_setup` the
+    test skips with that command as the reason, unless LLMOPS_REQUIRE_GGUF=1 (CI), where it fails.
+    """
+    from real_models import build_real_model, vocab_path
+
+    cache = Path(request.config.cache.mkdir("real-models"))
+
+    def _get(family: str) -> Path:
+        if vocab_path(family) is None:
+            reason = f"{family} vocab GGUF not set up; run: python -m llmops.gguf_setup"
+            if os.environ.get("LLMOPS_REQUIRE_GGUF") == "1":
+                pytest.fail(reason)
+            pytest.skip(reason)
+        return build_real_model(family, cache)
+
+    return _get

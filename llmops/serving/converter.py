@@ -15,6 +15,8 @@ from llmops.errors import StageError
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 SETUP_COMMAND = "python -m llmops.gguf_setup"
 MARKER = "llmops_gguf_setup.json"
+#: Vocab-only GGUF files unpacked beside the converter (under models/), for offline tests.
+VOCAB_FILES = ("ggml-vocab-qwen2.gguf", "ggml-vocab-llama-bpe.gguf", "ggml-vocab-phi-3.gguf")
 
 
 def cache_root() -> Path:

@@ -1,0 +1,121 @@
+"""Builds small models on real vocabularies and real chat templates, offline (no hub download).
+
+The tokenizers come from llama.cpp's vocab-only GGUF files (unpacked by `llmops.gguf_setup`
+beside the converter): Qwen2's 151,936 tokens and Llama 3's 128,256. The chat templates are the real
+ones TRL ships (`trl/chat_templates/qwen2_5.jinja`, `llama3_1.jinja`). The weights are random and
+small (hidden 64, 2 layers), so a folder is ~40 MB and a forward pass is cheap; everything else (the
+`config.json`, the tokenizer files, the special tokens, the generation config) is what an ordinary
+`save_pretrained` folder of that family holds, so the hub path of llmops runs on it unchanged.
+
+Building a folder converts a GGUF vocab in Python (~15-30 s); `build_real_model` caches the result
+in `cache_dir` keyed by family and this file's recipe version.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+#: Bump when the recipe below changes, so cached folders are rebuilt.
+RECIPE = 1
+
+
+@dataclass(frozen=True)
+class Family:
+    """What it takes to build one model family's small stand-in."""
+
+    name: str
+    vocab_file: str
+    template: str  # a file under trl/chat_templates/
+    architecture: str  # transformers config class name
+    eos: str  # the instruct model's end-of-turn token
+    pad: str
+    bos: str | None
+    tie_embeddings: bool
+
+
+FAMILIES = {
+    "qwen2": Family("qwen2", "ggml-vocab-qwen2.gguf", "qwen2_5.jinja", "Qwen2Config",
+                    eos="<|im_end|>", pad="<|endoftext|>", bos=None, tie_embeddings=True),
+    "llama": Family("llama", "ggml-vocab-llama-bpe.gguf", "llama3_1.jinja", "LlamaConfig",
+                    eos="<|eot_id|>", pad="<|finetune_right_pad_id|>", bos="<|begin_of_text|>",
+                    tie_embeddings=True),
+}
+
+
+def vocab_path(family: str) -> Path | None:
+    """Returns the vocab GGUF of a family if `python -m llmops.gguf_setup` unpacked it."""
+    from llmops.serving.converter import converter_dir
+
+    path = converter_dir() / "models" / FAMILIES[family].vocab_file
+    return path if path.is_file() else None
+
+
+def trl_template(name: str) -> str:
+    """Returns the text of one of TRL's shipped chat templates."""
+    import trl
+
+    return (Path(trl.__file__).parent / "chat_templates" / name).read_text()
+
+
+def _build(fam: Family, dest: Path, hidden: int, layers: int, seed: int) -> None:
+    """Writes one model folder (tokenizer, config, random weights) into dest."""
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    gguf = vocab_path(fam.name)
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tok.chat_template = trl_template(fam.template)
+    tok.eos_token = fam.eos
+    tok.pad_token = fam.pad if fam.pad in tok.get_vocab() else fam.eos
+    if fam.bos is not None:
+        tok.bos_token = fam.bos
+    cfg_cls = getattr(transformers, fam.architecture)
+    vocab = max(len(tok), max(tok.get_vocab().values()) + 1)
+    config = cfg_cls(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 2,
+        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=4096, tie_word_embeddings=fam.tie_embeddings,
+        bos_token_id=tok.bos_token_id if fam.bos else None,
+        eos_token_id=tok.convert_tokens_to_ids(fam.eos),
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.generation_config = GenerationConfig(
+        bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
+        pad_token_id=config.pad_token_id, do_sample=False)
+    model.save_pretrained(str(dest))
+    tok.save_pretrained(str(dest))
+    (dest / "llmops_test_model.json").write_text(json.dumps(
+        {"family": fam.name, "recipe": RECIPE, "template": fam.template, "vocab": fam.vocab_file}))
+
+
+def build_real_model(family: str, cache_dir: Path, hidden: int = 64, layers: int = 2,
+                     seed: int = 0) -> Path:
+    """Returns a saved HF folder of a small `family` model on its real vocabulary and template.
+
+    Raises:
+        FileNotFoundError: If the vocab GGUF is not unpacked (run `python -m llmops.gguf_setup`).
+    """
+    fam = FAMILIES[family]
+    if vocab_path(family) is None:
+        raise FileNotFoundError(f"{fam.vocab_file} is not set up; run: python -m llmops.gguf_setup")
+    dest = Path(cache_dir) / f"{family}-h{hidden}-l{layers}-s{seed}-r{RECIPE}"
+    if (dest / "llmops_test_model.json").is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{family}-", dir=dest.parent))
+    try:
+        _build(fam, tmp, hidden, layers, seed)
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
