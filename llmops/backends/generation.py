@@ -12,16 +12,19 @@ from typing import Any
 
 from llmops.errors import StageError
 
-STOP_TOKENS: tuple[str, ...] = ("<|im_end|>", "<|eot_id|>", "<|end|>")
+STOP_TOKENS: tuple[str, ...] = ("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end|>")
 """End-of-turn tokens generation stops at, besides the tokenizer's eos (when in the vocab)."""
 
 
-def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> Any:
+def load_tokenizer(path: str | Path, trust_remote_code: bool = False,
+                   chat_template: str | None = None) -> Any:
     """Loads a tokenizer set up for batched generation (left padding, a pad token).
 
     Args:
         path: Folder or hub id holding the tokenizer.
         trust_remote_code: Passed to AutoTokenizer.
+        chat_template: model.chat_template; a TRL family or a .jinja path replaces the
+            tokenizer's own template (``llmops.backends.templates.use_template``).
 
     Returns:
         The tokenizer.
@@ -35,6 +38,10 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> Any:
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+    if chat_template is not None:
+        from llmops.backends.templates import use_template
+
+        use_template(tok, chat_template, "eval")
     if not getattr(tok, "chat_template", None):
         raise StageError(
             f"eval: tokenizer at {path} has no chat_template. "
@@ -50,6 +57,7 @@ def load_model(
     quant: Mapping[str, Any] | None = None,
     device: str = "cpu",
     trust_remote_code: bool = False,
+    chat_template: str | None = None,
 ) -> tuple[Any, Any]:
     """Loads a causal LM (optionally with a LoRA adapter, or a fully fine-tuned one) for evaluation.
 
@@ -64,6 +72,7 @@ def load_model(
         quant: Quant params ({"type": "none"|"nf4"|"fp4"|"int8", ...}); None = full precision.
         device: "cpu" or "cuda".
         trust_remote_code: Passed to transformers.
+        chat_template: model.chat_template (see ``load_tokenizer``).
 
     Returns:
         (model in eval mode, tokenizer).
@@ -100,7 +109,8 @@ def load_model(
     for candidate in (adapter, full_model):
         if candidate is not None and (Path(candidate) / "tokenizer_config.json").is_file():
             tok_dir = candidate
-    return model, load_tokenizer(tok_dir, trust_remote_code=trust_remote_code)
+    return model, load_tokenizer(tok_dir, trust_remote_code=trust_remote_code,
+                                 chat_template=chat_template)
 
 
 def _tools(tools: Any) -> list[dict[str, Any]] | None:

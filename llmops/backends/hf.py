@@ -6,7 +6,6 @@ training run with its report, and saving the artifact.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -20,38 +19,57 @@ REPORT_NAME = report_name("sft")
 EVAL_LOSS_MAX_ROWS = 2000
 
 
-def _sft_row(row: dict[str, Any]) -> dict[str, Any]:
-    """Returns what TRL trains on from a data-stage row: raw text, or the chat and its tools
-    (as JSON text, which TRL parses, so Arrow does not merge the schemas of different rows)."""
+def _tokenized_row(row: dict[str, Any], tokenizer: Any, method: tuple[str, str | None],
+                   assistant_only: bool) -> dict[str, Any]:
+    """Returns what TRL trains on from a data-stage row, already tokenized: the chat through the
+    model's own template (``templates.tokenize_chat``) with its assistant mask (every token when
+    ``assistant_only`` is false), or raw text (continued pre-training) ending on eos."""
+    from llmops.backends.templates import tokenize_chat
+
     if "text" in row:
-        return {"text": row["text"]}
-    tools = row.get("tools")
-    if tools is not None and not isinstance(tools, str):
-        tools = json.dumps(tools)
-    return {"messages": row["messages"], "tools": tools or None}
+        ids = tokenizer(row["text"] + (tokenizer.eos_token or ""))["input_ids"]
+        return {"input_ids": list(ids), "assistant_masks": [1] * len(ids)}
+    out = tokenize_chat(tokenizer, row["messages"], row.get("tools"), method)
+    if not assistant_only:
+        out["assistant_masks"] = [1] * len(out["input_ids"])
+    return out
 
 
-def load_datasets(data_dir: Path) -> tuple[Any, Any | None]:
-    """Loads train.jsonl (and val.jsonl if present) as `datasets.Dataset`s: `messages` + `tools`
-    for chat rows, `text` for raw-text rows (continued pre-training).
+def load_datasets(data_dir: Path, tokenizer: Any, params: dict[str, Any]
+                  ) -> tuple[Any, Any | None, dict[str, Any]]:
+    """Loads train.jsonl (and val.jsonl if present) as tokenized `datasets.Dataset`s
+    (`input_ids` + `assistant_masks`, which TRL's SFTTrainer turns into labels).
+
+    Returns:
+        (train, val or None, {"mask": how the loss mask was computed, "loss_tokens", "tokens"}).
 
     Raises:
         StageError: When train.jsonl is missing or empty.
+        ConfigError: When the rows have tools the template cannot render (exit 2).
     """
     from datasets import Dataset
+
+    from llmops.backends.templates import check_tools, mask_method
 
     train_path = Path(data_dir) / "train.jsonl"
     if not train_path.is_file():
         raise StageError(
             f"sft: no training data at {train_path}. The data stage must write train.jsonl."
         )
-    train_rows = [_sft_row(r) for r in read_jsonl(train_path)]
-    if not train_rows:
+    rows = read_jsonl(train_path)
+    if not rows:
         raise StageError(f"sft: {train_path} has no rows. Check data.n_examples / data.path.")
+    check_tools(tokenizer, rows, params["model"]["chat_template"], "sft")
+    method = mask_method(tokenizer)
+    assistant_only = bool(params["train"]["assistant_only_loss"])
+    train = [_tokenized_row(r, tokenizer, method, assistant_only) for r in rows]
     val_path = Path(data_dir) / "val.jsonl"
-    val_rows = [_sft_row(r) for r in read_jsonl(val_path)] if val_path.is_file() else []
-    val = Dataset.from_list(val_rows[:EVAL_LOSS_MAX_ROWS]) if val_rows else None
-    return Dataset.from_list(train_rows), val
+    val_rows = read_jsonl(val_path)[:EVAL_LOSS_MAX_ROWS] if val_path.is_file() else []
+    val = [_tokenized_row(r, tokenizer, method, assistant_only) for r in val_rows]
+    info = {"mask": method[0] if assistant_only else "all_tokens",
+            "loss_tokens": sum(sum(r["assistant_masks"]) for r in train),
+            "tokens": sum(len(r["input_ids"]) for r in train)}
+    return Dataset.from_list(train), Dataset.from_list(val) if val else None, info
 
 
 def find_resume_checkpoint(resume_from: str | Path | None) -> str | None:
@@ -135,17 +153,17 @@ def trainer_kwargs(train: dict[str, Any], out_dir: Path, ctx: Any) -> dict[str, 
     )
 
 
-def sft_config(params: dict[str, Any], out_dir: Path, ctx: Any, chat: bool = True) -> Any:
+def sft_config(params: dict[str, Any], out_dir: Path, ctx: Any) -> Any:
     """Builds TRL's SFTConfig from the sft params (checkpoints go to out_dir/checkpoints).
 
-    ``chat`` False (raw-text rows) trains on every token: there is no assistant turn to select.
+    The datasets come tokenized with their loss mask (``load_datasets``: train.assistant_only_loss
+    is applied there), so TRL's own assistant_only_loss, which needs generation marks, stays off.
     """
     from trl import SFTConfig
 
-    train = params["train"]
     return SFTConfig(
-        **trainer_kwargs(train, out_dir, ctx),
-        assistant_only_loss=bool(train["assistant_only_loss"]) and chat,
+        **trainer_kwargs(params["train"], out_dir, ctx),
+        assistant_only_loss=False,
         include_num_input_tokens_seen="non_padding",
     )
 
@@ -213,8 +231,11 @@ def load_model(params: dict[str, Any], base_model: str, ctx: Any) -> tuple[Any, 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from llmops.backends.templates import use_template
+
     trust = bool(params["model"]["trust_remote_code"])
     tokenizer = AutoTokenizer.from_pretrained(base_model, trust_remote_code=trust)
+    use_template(tokenizer, params["model"]["chat_template"], "sft")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     bnb = quantization_config(params["quant"], "sft")
@@ -397,6 +418,7 @@ def run_training(
         "resumed_from": resume,
         "device": ctx.device,
         "precision": params["train"]["precision"],
+        "loss_mask": params.get("_mask"),
     }
     if plot_loss_curve(curve, out_dir / "loss_curve.png", f"sft ({backend}, {artifact})"):
         report["loss_curve_png"] = "loss_curve.png"
@@ -412,26 +434,44 @@ def run_training(
     return report
 
 
-def train_with_sft_trainer(model: Any, tokenizer: Any, params: dict[str, Any], base_model: str,
-                           data_dir: Path, out_dir: Path, ctx: Any, backend: str,
-                           peft_config: Any = None) -> dict[str, Any]:
-    """Trains a loaded model with TRL's SFTTrainer on data_dir (shared by the hf and unsloth
-    backends) and returns run_training's report."""
+def sft_trainer(model: Any, tokenizer: Any, params: dict[str, Any], data_dir: Path,
+                out_dir: Path, ctx: Any, peft_config: Any = None
+                ) -> tuple[Any, dict[str, float], dict[str, Any]]:
+    """Builds TRL's SFTTrainer on data_dir's rows, tokenized through the model's own template.
+
+    Returns:
+        (trainer, the progress callback's start marks, the mask info of ``load_datasets``).
+    """
     from trl import SFTTrainer
 
-    train_ds, val_ds = load_datasets(data_dir)
+    from llmops.backends.templates import use_template
+
+    use_template(tokenizer, params["model"]["chat_template"], "sft")
+    train_ds, val_ds, mask = load_datasets(data_dir, tokenizer, params)
+    ctx.logger.info("sft: loss on %d of %d tokens (mask: %s)", mask["loss_tokens"],
+                    mask["tokens"], mask["mask"])
     callbacks, start = make_callbacks(ctx)
     trainer = SFTTrainer(
         model=model,
-        args=sft_config(params, out_dir, ctx, chat="messages" in train_ds.column_names),
+        args=sft_config(params, out_dir, ctx),
         train_dataset=train_ds,
         eval_dataset=val_ds,
         processing_class=tokenizer,
         peft_config=peft_config,
         callbacks=callbacks,
     )
-    return run_training(trainer, tokenizer, {**params, "_base_model": base_model}, out_dir, ctx,
-                        backend, start)
+    return trainer, start, mask
+
+
+def train_with_sft_trainer(model: Any, tokenizer: Any, params: dict[str, Any], base_model: str,
+                           data_dir: Path, out_dir: Path, ctx: Any, backend: str,
+                           peft_config: Any = None) -> dict[str, Any]:
+    """Trains a loaded model with TRL's SFTTrainer on data_dir (shared by the hf and unsloth
+    backends) and returns run_training's report, with the loss mask's method and counts."""
+    trainer, start, mask = sft_trainer(model, tokenizer, params, data_dir, out_dir, ctx,
+                                       peft_config)
+    return run_training(trainer, tokenizer, {**params, "_base_model": base_model, "_mask": mask},
+                        out_dir, ctx, backend, start)
 
 
 class HFBackend:

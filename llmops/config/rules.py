@@ -71,7 +71,9 @@ def _model(cfg: AppConfig, env: Environment) -> list[Problem]:
             f"{cfg.train.max_length} exceeds {m.name}'s context length {m.context_length}. "
             f"Use train.max_length={m.context_length} or less.",
         ))
-    return out
+    from llmops.config.templates import template_problems
+
+    return out + template_problems(cfg)
 
 
 def _adapter(cfg: AppConfig, env: Environment) -> list[Problem]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Discriminator, Field, Tag, create_model
+from pydantic import BaseModel, Discriminator, Field, Tag, create_model, field_validator
 
 from llmops.config.types import (
     MAX_BATCH,
@@ -62,7 +62,10 @@ class ModelConfig(_Group):
     source: Literal["tiny", "hub"] = Field(description="tiny: built locally; hub: downloaded.")
     hub_id: Text | None = Field(None, description="Hugging Face hub id (required for source=hub).")
     family: Text = Field(description="Architecture family, e.g. llama, qwen2.")
-    chat_template: Literal["chatml", "llama3"] = Field(description="Chat template family.")
+    chat_template: Text = Field(
+        description="auto (the tokenizer's own), a TRL family (qwen2_5, llama3_1, ...), a .jinja "
+        "path, or chatml (the tiny model's own)."
+    )
     params: int = Field(gt=0, le=10**14, description="Total parameter count.")
     num_layers: Dim = Field(description="Transformer layers.")
     hidden_size: Dim = Field(description="Hidden size.")
@@ -75,6 +78,18 @@ class ModelConfig(_Group):
     recommended_lr: LearningRate = Field(description="Default train.learning_rate for this model.")
     trust_remote_code: bool = Field(False, description="Allow the hub repo's own model code.")
     pretrain: PretrainConfig | None = Field(None, description="Tiny model pre-training recipe.")
+
+    @field_validator("chat_template")
+    @classmethod
+    def _known_template(cls, value: str) -> str:
+        from pydantic_core import PydanticCustomError
+
+        from llmops.config.templates import check_value
+
+        try:
+            return check_value(value)
+        except ValueError as exc:
+            raise PydanticCustomError("chat_template", str(exc)) from exc
 
 
 class LoraConfig(_Group):

@@ -64,9 +64,43 @@ def parse_hermes(text: str) -> ParsedAnswer:
     return ParsedAnswer(calls, _HERMES.sub("", text).strip(), errors)
 
 
+_PYTHON_TAG = "<|python_tag|>"
+
+
+def parse_llama3_json(text: str) -> ParsedAnswer:
+    """Parses Llama 3.1/3.2-style calls: the answer is a JSON object ``{"name": ...,
+    "parameters": {...}}`` (``arguments`` read too), optionally after ``<|python_tag|>``, several
+    separated by ``;`` or new lines. An answer that opens like JSON but is no such call is a
+    syntax error; any other answer is text."""
+    body = text.strip()
+    tagged = body.startswith(_PYTHON_TAG)
+    body = body.removeprefix(_PYTHON_TAG).strip()
+    if not body.startswith("{"):
+        return ParsedAnswer([], text.strip(), [])
+    calls, errors, pos, decoder = [], [], 0, json.JSONDecoder()
+    while pos < len(body):
+        try:
+            obj, end = decoder.raw_decode(body, pos)
+        except json.JSONDecodeError as exc:
+            errors.append(f"call {len(calls)} is not JSON ({exc.msg})")
+            break
+        args = obj.get("parameters", obj.get("arguments", {})) if isinstance(obj, dict) else None
+        if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
+            errors.append(f"call {len(calls)} has no string 'name'")
+            break
+        calls.append({"name": obj["name"], "arguments": args})
+        pos = end
+        while pos < len(body) and body[pos] in " \t\r\n;":
+            pos += 1
+    if not calls and not tagged and not errors:
+        return ParsedAnswer([], text.strip(), [])
+    return ParsedAnswer(calls, "", errors)
+
+
 PARSERS: dict[str, Callable[[str], ParsedAnswer]] = {
     "task_api": parse_task_api,
     "hermes": parse_hermes,
+    "llama3_json": parse_llama3_json,
 }
 
 
@@ -76,11 +110,15 @@ _SYNTAX_COMMENT = re.compile(r"llmops tool syntax:\s*([A-Za-z0-9_]+)")
 def syntax_of(chat_template: str | None) -> str | None:
     """Tells which call syntax a chat template writes: the name in its ``llmops tool syntax: NAME``
     comment (the tiny model's template carries one), ``hermes`` for a template that writes
-    ``<tool_call>`` blocks (Qwen2.5, Hermes), else None (the template renders no calls)."""
-    match = _SYNTAX_COMMENT.search(chat_template or "")
+    ``<tool_call>`` blocks (Qwen2.5, Hermes), ``llama3_json`` for one that writes calls as
+    ``{"name": ..., "parameters": ...}`` (Llama 3.1, 3.2), else None (it renders no calls)."""
+    template = chat_template or ""
+    match = _SYNTAX_COMMENT.search(template)
     if match:
         return match.group(1)
-    return "hermes" if "<tool_call>" in (chat_template or "") else None
+    if "<tool_call>" in template:
+        return "hermes"
+    return "llama3_json" if "\"parameters\": " in template and "tool_call" in template else None
 
 
 def parse_text(text: str) -> ParsedAnswer:

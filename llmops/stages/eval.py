@@ -127,7 +127,8 @@ def _log_gates(gates: list[dict[str, Any]], ctx: StageContext) -> None:
 def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext) -> dict:
     """Evaluates base + adapter (or the fully fine-tuned model) and checks the quality gates.
 
-    Params read: model (hub_id, trust_remote_code), quant, max_new_tokens, batch_size, limit,
+    Params read: model (hub_id, trust_remote_code, chat_template), quant, max_new_tokens,
+    batch_size, limit,
     worst_examples, gates (resolved: ``llmops.scoring.gates.choose_gates``), gate_mode,
     confidence. (enforce is read by the runner, not here.)
     Inputs: "data" (test.jsonl), "sft" (adapter/ or model/), "eval_base" (base_eval.json; when
@@ -176,6 +177,7 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
         quant=eval_quant(params, ctx),
         device=ctx.device,
         trust_remote_code=bool(params["model"]["trust_remote_code"]),
+        chat_template=params["model"]["chat_template"],
     )
     tuned = evaluate_model(model, tokenizer, rows, params, ctx, desc="eval: tuned")
     base_samples = base_report.get("samples") or []

@@ -72,8 +72,8 @@ def evaluate_model(
     """
     from llmops.backends.generation import generate
     from llmops.backends.heldout import row_losses
+    from llmops.backends.templates import answer_parser
     from llmops.scoring.examples import worst_examples
-    from llmops.scoring.parsers import parser_for
     from llmops.scoring.split import add_losses, reference_text, score_split
 
     start = time.perf_counter()
@@ -89,7 +89,7 @@ def evaluate_model(
     )
     losses = row_losses(model, tokenizer, rows, int(params["batch_size"]), ctx.threads)
     seconds = time.perf_counter() - start
-    scored = score_split(rows, predictions, parser_for(getattr(tokenizer, "chat_template", None)))
+    scored = score_split(rows, predictions, answer_parser(tokenizer))
     add_losses(scored, losses)
     per_row = scored["per_row"]
     samples = [
@@ -128,6 +128,7 @@ def evaluate_base(
         quant=eval_quant(params, ctx),
         device=ctx.device,
         trust_remote_code=bool(params["model"]["trust_remote_code"]),
+        chat_template=params["model"]["chat_template"],
     )
     return evaluate_model(model, tokenizer, rows, params, ctx, desc=f"{stage}: base")
 
@@ -135,7 +136,8 @@ def evaluate_base(
 def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext) -> dict:
     """Evaluates the base model on data's test.jsonl and writes base_eval.json.
 
-    Params read: model (hub_id, trust_remote_code), quant, max_new_tokens, batch_size, limit,
+    Params read: model (hub_id, trust_remote_code, chat_template), quant, max_new_tokens,
+    batch_size, limit,
     worst_examples.
     Inputs: "data" (test.jsonl), "base" for the tiny model.
 

@@ -1,0 +1,230 @@
+"""The model's own chat template at run time: choosing it, the assistant-only loss mask, and
+reading answers back in its syntax.
+
+Training, eval and serving see a row only through ``tokenizer.apply_chat_template(messages,
+tools=...)`` with the template model.chat_template names (see ``llmops.config.templates``). The
+loss mask covers the assistant turns, tool calls and end-of-turn token included:
+- from the template's own ``{% generation %}`` marks (the tiny model's template has them),
+- else from TRL's training variant of the template (``get_training_chat_template``), used only for
+  the mask: the tokens are checked to be those of the model's own template,
+- else by rendering: each assistant turn's text is what the template adds to the chat before it
+  (with the generation prompt), up to its end-of-turn token; the tokens whose characters fall in
+  those spans are masked in.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from llmops.config.templates import AUTO, TINY, is_path, template_text
+from llmops.errors import ConfigError, Problem, StageError
+from llmops.scoring.parsers import ParsedAnswer, parser_for
+
+MASK_METHODS = ("generation_marks", "trl_training_template", "rendered")
+_PYTHON_TAG = "<|python_tag|>"
+
+
+def use_template(tokenizer: Any, chat_template: str, stage: str) -> Any:
+    """Sets the tokenizer's chat template to the one model.chat_template names and returns it.
+
+    ``auto`` and ``chatml`` keep the tokenizer's own; a TRL family or a .jinja path replaces it.
+
+    Raises:
+        StageError: When the tokenizer ends up with no template.
+    """
+    if chat_template not in (AUTO, TINY):
+        tokenizer.chat_template = template_text(chat_template, None)
+    if not getattr(tokenizer, "chat_template", None):
+        raise StageError(f"{stage}: the tokenizer has no chat template (model.chat_template="
+                         f"{chat_template}). Set model.chat_template to a TRL family (e.g. "
+                         "qwen2_5, llama3_1) or a .jinja path.")
+    return tokenizer
+
+
+def check_tools(tokenizer: Any, rows: Sequence[Mapping[str, Any]], chat_template: str,
+                stage: str) -> None:
+    """Refuses, before training, a template that cannot render the tools the rows carry.
+
+    Raises:
+        ConfigError: (exit 2) naming model.chat_template and the fix.
+    """
+    from trl.chat_template_utils import supports_tool_calling
+
+    first = next((i for i, r in enumerate(rows) if r.get("tools")), None)
+    if first is None or supports_tool_calling(tokenizer):
+        return
+    what = "a .jinja file" if is_path(chat_template) else repr(chat_template)
+    raise ConfigError([Problem("model.chat_template", (
+        f"{what} cannot render tool calls, but the {stage} rows have tools (train row "
+        f"{first + 1}). Use a template that does, e.g. model.chat_template=qwen2_5 or llama3_1, "
+        "or data without tools."))])
+
+
+def has_generation_marks(template: str | None) -> bool:
+    """Tells whether a chat template marks the assistant turns with {% generation %}."""
+    from trl.chat_template_utils import has_generation_markers
+
+    return bool(template) and has_generation_markers(template)
+
+
+def mask_method(tokenizer: Any) -> tuple[str, str | None]:
+    """Returns how the loss mask is computed for this tokenizer's template, and the template the
+    mask is rendered with (None: the tokenizer's own)."""
+    from trl.chat_template_utils import get_training_chat_template
+
+    if has_generation_marks(tokenizer.chat_template):
+        return "generation_marks", None
+    try:
+        training = get_training_chat_template(tokenizer)
+    except ValueError:  # TRL has no training variant of this template
+        training = None
+    if training and has_generation_marks(training):
+        return "trl_training_template", training
+    return "rendered", None
+
+
+def _tools(tools: Any) -> list[dict[str, Any]] | None:
+    if isinstance(tools, str):
+        tools = json.loads(tools) if tools.strip() else None
+    return list(tools) if tools else None
+
+
+def tokenize_chat(tokenizer: Any, messages: Sequence[Mapping[str, Any]], tools: Any = None,
+                  method: tuple[str, str | None] | None = None) -> dict[str, list[int]]:
+    """Tokenizes a chat through the tokenizer's own template with its assistant-only mask.
+
+    Args:
+        tokenizer: The tokenizer, its chat template set (``use_template``).
+        messages: The row's OpenAI messages.
+        tools: The row's tools (a list or its JSON text).
+        method: ``mask_method(tokenizer)``, computed once per dataset; None computes it.
+
+    Returns:
+        {"input_ids", "assistant_masks"}: the ids the model's template gives, 1 on assistant
+        tokens (tool calls and end-of-turn token included), 0 elsewhere.
+    """
+    kind, training = method or mask_method(tokenizer)
+    msgs, tools = [dict(m) for m in messages], _tools(tools)
+    if kind == "rendered":
+        return rendered_mask(tokenizer, msgs, tools)
+    enc = tokenizer.apply_chat_template(msgs, tools=tools, tokenize=True, return_dict=True,
+                                        return_assistant_tokens_mask=True, chat_template=training)
+    out = {"input_ids": list(enc["input_ids"]), "assistant_masks": list(enc["assistant_masks"])}
+    if training is not None:
+        own = tokenizer.apply_chat_template(msgs, tools=tools, tokenize=True, return_dict=True)
+        if list(own["input_ids"]) != out["input_ids"]:  # the variant renders this row otherwise
+            return rendered_mask(tokenizer, msgs, tools)
+        out["assistant_masks"] = _trim(tokenizer, out["input_ids"], out["assistant_masks"])
+    return out
+
+
+def _trim(tokenizer: Any, ids: list[int], mask: list[int]) -> list[int]:
+    """Unmasks the whitespace tokens at the edges of each masked run (TRL's training variants
+    mark the newline after the assistant header and after the end-of-turn token too)."""
+    mask = list(mask)
+    blank = [not tokenizer.decode([i]).strip() for i in ids]
+    for k in range(len(ids)):
+        if mask[k] and blank[k] and (k == 0 or not mask[k - 1]):
+            j = k
+            while j < len(ids) and mask[j] and blank[j]:
+                mask[j] = 0
+                j += 1
+    for k in range(len(ids) - 1, -1, -1):
+        if mask[k] and blank[k] and (k == len(ids) - 1 or not mask[k + 1]):
+            j = k
+            while j >= 0 and mask[j] and blank[j]:
+                mask[j] = 0
+                j -= 1
+    return mask
+
+
+def end_tokens(tokenizer: Any) -> tuple[str, ...]:
+    """Returns the end-of-turn markers an assistant span ends at (eos and known turn ends)."""
+    from llmops.backends.generation import STOP_TOKENS
+
+    vocab = tokenizer.get_vocab()
+    ends = [t for t in STOP_TOKENS if t in vocab]
+    if tokenizer.eos_token and tokenizer.eos_token not in ends:
+        ends.append(tokenizer.eos_token)
+    return tuple(ends)
+
+
+def assistant_spans(tokenizer: Any, messages: list[dict[str, Any]],
+                    tools: list[dict[str, Any]] | None) -> tuple[str, list[tuple[int, int]]]:
+    """Renders a chat and returns (text, [(start, end)]): each assistant turn's characters, from
+    where the generation prompt ends to its end-of-turn marker included.
+
+    Raises:
+        StageError: When the template renders a turn's prompt or a prefix of the chat otherwise
+            than the whole chat (no mask can be cut out).
+    """
+    def render(msgs: list[dict[str, Any]], prompt: bool) -> str:
+        return tokenizer.apply_chat_template(msgs, tools=tools, tokenize=False,
+                                             add_generation_prompt=prompt)
+
+    full = render(messages, False)
+    ends = end_tokens(tokenizer)
+    spans = []
+    for i, message in enumerate(messages):
+        if message.get("role") != "assistant":
+            continue
+        prompt, upto = render(messages[:i], True), render(messages[: i + 1], False)
+        if not (upto.startswith(prompt) and full.startswith(upto)):
+            raise StageError(
+                "sft: the chat template renders a chat's prefix differently from the chat itself "
+                f"(assistant turn {i}), so no assistant-only loss mask can be cut out. Use a "
+                "template with {% generation %} marks (model.chat_template=PATH.jinja) or "
+                "train.assistant_only_loss=false.")
+        turn = upto[len(prompt):]
+        stop = min((turn.find(t) + len(t) for t in ends if t in turn), default=len(turn.rstrip()))
+        spans.append((len(prompt), len(prompt) + stop))
+    return full, spans
+
+
+def rendered_mask(tokenizer: Any, messages: list[dict[str, Any]],
+                  tools: list[dict[str, Any]] | None) -> dict[str, list[int]]:
+    """Returns the ids of the rendered chat and a mask that is 1 on the tokens whose characters
+    start inside an assistant span (``assistant_spans``)."""
+    text, spans = assistant_spans(tokenizer, messages, tools)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    mask = [int(any(s <= start < e for s, e in spans) and end > start)
+            for start, end in enc["offset_mapping"]]
+    return {"input_ids": list(enc["input_ids"]), "assistant_masks": mask}
+
+
+def answer_parser(tokenizer: Any) -> Callable[[str], ParsedAnswer]:
+    """Returns the parser of the answers a model writes through its tokenizer's template.
+
+    Where TRL recognises the template (``add_response_schema``), its ``parse_response`` reads the
+    calls; an answer it finds none in goes to the family's own parser
+    (``llmops.scoring.parsers.parser_for``: hermes ``<tool_call>`` blocks, Llama 3.1 JSON calls,
+    the tiny model's syntax), which also reports begun calls it cannot read.
+    """
+    import copy
+
+    from trl.chat_template_utils import add_response_schema, parse_response
+
+    own = parser_for(tokenizer.chat_template)
+    reader = copy.copy(tokenizer)
+    try:
+        add_response_schema(reader)
+    except ValueError:  # a template TRL does not know
+        return own
+    prefix = reader.apply_chat_template([{"role": "user", "content": "x"}], tokenize=True,
+                                        add_generation_prompt=True, return_dict=True)["input_ids"]
+    eos = reader.eos_token or ""
+
+    def parse(text: str) -> ParsedAnswer:
+        body = text if not eos or text.endswith(eos) else text + eos
+        ids = reader(body, add_special_tokens=False)["input_ids"]
+        parsed = parse_response(reader, ids, prefix=list(prefix))
+        calls = [c.get("function", c) for c in parsed.get("tool_calls") or []]
+        if not calls:
+            return own(text)
+        text = (parsed.get("content") or "").replace(_PYTHON_TAG, "").strip()
+        return ParsedAnswer([{"name": c["name"], "arguments": c.get("arguments", {})}
+                             for c in calls], text, [])
+
+    return parse

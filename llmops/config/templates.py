@@ -1,0 +1,216 @@
+"""Compile-time checks of model.chat_template: the name or file, and whether it renders tools.
+
+``model.chat_template`` is one of: ``chatml`` (the tiny model's own template, its only value),
+``auto`` (a hub model's tokenizer's own template), a TRL family name (a file of
+``trl/chat_templates/``, e.g. ``qwen2_5``, ``llama3_1``), or a path to a ``.jinja`` file.
+
+Pure: no torch, no transformers, no trl import (TRL's template folder is found with
+``importlib.util.find_spec``); a template is rendered with jinja2 the way transformers renders it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+TINY = "chatml"
+AUTO = "auto"
+_SENTINELS = ("tool_name_a8f3e2b1", "tool_arg_key_b9d4f5c2", "tool_arg_val_d6e7a9f3",
+              "tool_content_c4f9a8e2")
+
+
+def trl_templates_dir() -> Path | None:
+    """Returns TRL's chat_templates folder without importing trl, or None if trl is missing."""
+    spec = importlib.util.find_spec("trl")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(next(iter(spec.submodule_search_locations))) / "chat_templates"
+    return folder if folder.is_dir() else None
+
+
+def family_names() -> list[str]:
+    """Returns the TRL family names (its shipped templates, training variants left out)."""
+    folder = trl_templates_dir()
+    if folder is None:
+        return []
+    return sorted(p.stem for p in folder.glob("*.jinja") if not p.stem.endswith("_training"))
+
+
+def is_path(value: str) -> bool:
+    """Tells whether a model.chat_template value names a file rather than a family."""
+    return value.endswith((".jinja", ".j2")) or "/" in value or "\\" in value
+
+
+def check_value(value: str) -> str:
+    """Checks a model.chat_template value on its own (the schema's field validator).
+
+    Returns:
+        The value, unchanged.
+
+    Raises:
+        ValueError: For an unknown name or a missing file, naming what is allowed and the fix.
+    """
+    if value in (TINY, AUTO):
+        return value
+    if is_path(value):
+        if not Path(value).expanduser().is_file():
+            raise ValueError(f"template file {value!r} does not exist. Give the path of a .jinja "
+                             "chat template, or model.chat_template=auto for the tokenizer's own.")
+        return value
+    names = family_names()
+    if value not in names:
+        close = difflib.get_close_matches(value, names, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ValueError(f"{value!r} is not a known chat template.{hint} Allowed: auto, chatml "
+                         f"(model=tiny), a .jinja path, or a TRL family: {', '.join(names)}.")
+    return value
+
+
+def template_text(value: str, hub_id: str | None) -> str | None:
+    """Returns the Jinja text model.chat_template stands for, None where compile time cannot know
+    it (``auto`` for a hub id that is not a local folder, or the tiny model's own)."""
+    if value == TINY:
+        return None
+    if value == AUTO:
+        return local_template(hub_id)
+    if is_path(value):
+        return Path(value).expanduser().read_text(encoding="utf-8")
+    folder = trl_templates_dir()
+    return (folder / f"{value}.jinja").read_text(encoding="utf-8") if folder else None
+
+
+def local_template(hub_id: str | None) -> str | None:
+    """Returns the chat template a local model folder ships (chat_template.jinja or
+    tokenizer_config.json's), or None when hub_id is no local folder or it ships none."""
+    if not hub_id or not Path(hub_id).is_dir():
+        return None
+    folder = Path(hub_id)
+    if (folder / "chat_template.jinja").is_file():
+        return (folder / "chat_template.jinja").read_text(encoding="utf-8")
+    config = folder / "tokenizer_config.json"
+    if config.is_file():
+        try:
+            template = json.loads(config.read_text(encoding="utf-8")).get("chat_template")
+        except (OSError, json.JSONDecodeError):
+            return None
+        return template if isinstance(template, str) else None
+    return None
+
+
+def renders_tools(template: str) -> bool | None:
+    """Tells whether a chat template renders a tool-calling exchange (the call's name and
+    arguments and the tool's answer all appear), as TRL's ``supports_tool_calling`` checks.
+
+    Returns:
+        True or False, or None when jinja2 cannot render it here (the stage checks it then).
+    """
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    name, key, val, content = _SENTINELS
+    messages = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"type": "function", "function": {"name": name, "arguments": {key: val}}}]},
+        {"role": "tool", "name": name, "content": content},
+    ]
+
+    def _raise(message: str) -> None:
+        raise jinja2.TemplateError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=["jinja2.ext.loopcontrols"])
+    env.filters["tojson"] = _tojson
+    env.globals.update(raise_exception=_raise, strftime_now=lambda fmt: "01 Jan 2026")
+    try:
+        text = env.from_string(template).render(messages=messages, tools=None,
+                                                add_generation_prompt=False, bos_token="",
+                                                eos_token="")
+    except jinja2.TemplateSyntaxError:
+        return None  # e.g. {% generation %}: only transformers' environment knows it
+    except (jinja2.TemplateError, TypeError):
+        return False
+    return all(s in text for s in _SENTINELS)
+
+
+def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None,
+            separators: Any = None, sort_keys: bool = False) -> str:
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
+                      sort_keys=sort_keys)
+
+
+def data_has_tools(cfg: Any) -> str | None:
+    """Tells whether the training data has tools, where compile time can know it.
+
+    Returns:
+        What shows it (e.g. "data=task_api", or "FILE line N"), or None when no tools are seen.
+    """
+    d = cfg.data
+    if d.source == "task_api":
+        return "data=task_api"
+    if d.source not in ("files", "jsonl"):
+        return None
+    from llmops.data import formats
+
+    paths = [d.path] if d.path else [s.path for s in d.sources]
+    for spec in paths:
+        try:
+            files = formats.input_paths(spec, "data.path")
+        except ValueError:
+            continue  # data_rules reports it
+        for file in files:
+            found = _peek_tools(Path(file))
+            if found:
+                return found
+    return None
+
+
+def _peek_tools(path: Path, rows: int = 50) -> str | None:
+    """Returns "FILE line N" for the first of a JSONL file's first rows that has tools or calls."""
+    if path.suffix != ".jsonl":
+        return None
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if number > rows:
+                break
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and (row.get("tools") or any(
+                    isinstance(m, dict) and (m.get("tool_calls") or m.get("from") ==
+                                             "function_call")
+                    for m in row.get("messages") or row.get("conversations") or [])):
+                return f"{path} line {number}"
+    return None
+
+
+def template_problems(cfg: Any) -> list[Any]:
+    """Returns the cross-field problems of model.chat_template: a value that does not fit the
+    model's source, and a template that cannot render the tools the data has."""
+    from llmops.errors import Problem
+
+    m = cfg.model
+    value = m.chat_template
+    if m.source == "tiny" and value != TINY:
+        return [Problem("model.chat_template", f"{value!r}: the tiny model trains through its own "
+                        f"template. Use model.chat_template={TINY}.")]
+    if m.source != "tiny" and value == TINY:
+        return [Problem("model.chat_template", f"'{TINY}' is the tiny model's own template. Use "
+                        "model.chat_template=auto (the tokenizer's own), a TRL family such as "
+                        "qwen2_5 or llama3_1, or a .jinja path.")]
+    if cfg.train.method == "none" and not cfg.eval.enabled:
+        return []
+    text = template_text(value, m.hub_id)
+    if text is None or renders_tools(text) is not False:
+        return []
+    where = data_has_tools(cfg)
+    if where is None:
+        return []
+    with_tools = [n for n in ("llama3_1", "llama3_2", "qwen2_5") if n in family_names()]
+    return [Problem("model.chat_template", f"{value!r} cannot render tool calls, but the data "
+                    f"has tools ({where}). Use a template that does, e.g. model.chat_template="
+                    f"{' or '.join(with_tools) or 'PATH.jinja'}, or data without tools.")]
