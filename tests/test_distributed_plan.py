@@ -102,6 +102,10 @@ def test_ddp_params_reach_sft_and_keep_the_effective_batch_over_the_world():
     assert plan.stage("compute").params["distributed"] == sft["distributed"]
     one = compile_plan(*_resolve(CPU))
     assert "distributed" not in one.stage("sft").params
+    # Two processes on one host share its memory.
+    from llmops.stages.compute import plan as compute_plan
+
+    assert compute_plan(plan.stage("compute").params)["capacity_gb"] == pytest.approx(15.6 / 2)
     assert one.stage("sft").fingerprint != plan.stage("sft").fingerprint
 
 
@@ -118,7 +122,7 @@ def test_deepspeed_on_a_cpu_without_the_package_is_refused_with_the_fix():
     problems = _problems(CPU, "distributed=deepspeed_zero2")
     assert problems["distributed"] == (
         "'deepspeed_zero2' needs CUDA GPUs and pip install 'llmops[deepspeed]' (this plan trains "
-        "on a CPU (DeepSpeed ZeRO needs CUDA GPUs); deepspeed is not installed). Use "
+        "on a CPU; deepspeed is not installed). Use "
         "distributed=ddp (gloo on a CPU) or distributed=fsdp, or add dry_run=true with a GPU "
         "profile (e.g. hardware=8xa100_80g) to plan it for another machine.")
 

@@ -63,7 +63,7 @@ def _deepspeed(cfg: AppConfig, env: Environment, resolved: Resolved) -> list[Pro
         return []
     missing = []
     if resolved.device != "cuda":
-        missing.append("this plan trains on a CPU (DeepSpeed ZeRO needs CUDA GPUs)")
+        missing.append("this plan trains on a CPU")
     if not env.has("deepspeed") and not _planning_gpu(cfg):
         missing.append("deepspeed is not installed")
     if not missing:

@@ -270,6 +270,10 @@ def estimate(model: dict, lora: dict | None, quant: dict, train: dict, hardware:
     cuda = hardware.get("device") == "cuda"
     capacity = hardware.get("gpu_memory_gb") if cuda else hardware.get("memory_gb")
     capacity = float(capacity) if capacity else None
+    procs = int(distributed["nproc_per_node"]) if distributed else 1
+    if capacity and not cuda and procs > 1:
+        capacity /= procs
+        notes.append(f"system memory shared by {procs} processes: {capacity:.1f} GB each")
     usable = capacity * USABLE_FRACTION if capacity else None
     if usable is not None:
         notes.append(f"fits means total <= {USABLE_FRACTION:.0%} of {capacity:g} GB "
