@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Discriminator, Field, Tag, create_model, field_validator
 
+from llmops.config.release import ReleaseConfig
 from llmops.config.types import (
     MAX_BATCH,
     MAX_EPOCHS,
@@ -475,6 +476,7 @@ class AppConfig(_Group):
     tracking: TrackingConfig
     usecase: UsecaseConfig
     distributed: DistributedConfig
+    release: ReleaseConfig
     dry_run: bool = Field(False, description="Compile and print the plan; run nothing.")
     seed: Seed = Field(0, description="Global seed.")
     store_dir: Text = Field("outputs/store", description="Content-addressed stage cache.")
@@ -487,5 +489,5 @@ class AppConfig(_Group):
 
 GROUPS = (
     "model", "lora", "quant", "data", "train", "eval", "merge", "deploy", "hardware", "tracking",
-    "usecase", "distributed",
+    "usecase", "distributed", "release",
 )

@@ -1,0 +1,286 @@
+"""The release stage and group: config rules (exit 2), the plan, and a real release of the tiny
+default (`python -m llmops deploy=openai release=default`): model card, bundle, SHA256SUMS.
+
+The config tests need no torch. The end-to-end tests run the README's command in a subprocess
+(one full run shared by the module, its store reused by the failed-gate run) and need the gguf
+extra, like tests/test_deploy.py's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from llmops.errors import ConfigError
+
+HAS_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
+
+
+def _converter_ready() -> bool:
+    from llmops.serving.converter import converter_dir
+
+    return (converter_dir() / "llmops_gguf_setup.json").is_file()
+
+
+needs_gguf = pytest.mark.skipif(
+    os.environ.get("LLMOPS_REQUIRE_GGUF") != "1" and not (HAS_LLAMA_CPP and _converter_ready()),
+    reason="needs the gguf extra: pip install 'llmops[gguf]' && python -m llmops.gguf_setup",
+)
+
+
+def _problems(compose_plan, overrides: list[str]) -> dict[str, str]:
+    with pytest.raises(ConfigError) as info:
+        compose_plan(overrides)
+    return {p.key: p.message for p in info.value.problems}
+
+
+# -- config: version, formats, license, name, what the plan must hold (no torch) -----------------
+
+@pytest.mark.parametrize("version", ["1.0", "v1.0.0", "1.0.0.0", "01.2.3", "banana"])
+def test_a_version_that_is_not_semver_is_refused_with_the_fix(compose_plan, version):
+    problems = _problems(compose_plan, ["release=default", f"release.version={version}"])
+    assert problems["release.version"].startswith(
+        "must be a semantic version MAJOR.MINOR.PATCH[-PRE][+BUILD], e.g. 1.0.0 or 1.1.0-rc.1")
+
+
+@pytest.mark.parametrize("version", ["0.1.0", "2.10.3", "1.0.0-rc.1", "1.2.3-beta+exp.sha.5114f85"])
+def test_semantic_versions_are_accepted(compose_plan, version):
+    cfg, plan = compose_plan(["release=default", f"release.version={version}"])
+    assert plan.stage("release").params["version"] == version
+
+
+def test_a_format_the_plan_does_not_produce_is_refused_naming_the_fix(compose_plan):
+    problems = _problems(compose_plan, ["release=default", "release.formats=[gguf]"])
+    assert problems["release.formats"] == (
+        "'gguf' is not produced by this plan: deploy.gguf.quantization is empty, so no GGUF is "
+        "written. Set deploy.gguf.quantization=[f16] (deploy=openai and deploy=ollama set it), or "
+        "drop gguf from release.formats.")
+    problems = _problems(compose_plan, ["release=default", "release.formats=[adapter]",
+                                        "lora=none", "deploy.formats=[merged]"])
+    assert problems["release.formats"].startswith(
+        "'adapter' is not produced by this plan: lora=none trains no adapter.")
+    problems = _problems(compose_plan, ["release=default", "release.formats=[merged]",
+                                        "deploy.formats=[adapter]"])
+    assert problems["release.formats"].startswith(
+        "'merged' is not produced by this plan: deploy.formats=['adapter'] does not export it.")
+
+
+def test_a_release_needs_eval_and_an_export(compose_plan):
+    problems = _problems(compose_plan, ["release=default", "eval=none"])
+    assert problems["release.enabled"].startswith(
+        "a release is made only of a model that passed its gates, but eval is off.")
+    problems = _problems(compose_plan, ["release=default", "deploy=none"])
+    assert problems["release.enabled"].startswith(
+        "a release packages the exported model, but deploy=none exports none.")
+
+
+def test_license_and_name_are_checked(compose_plan):
+    problems = _problems(compose_plan, ["release=default", "release.license=apache",
+                                        "release.name=my/model"])
+    assert problems["release.license"].startswith("must be one SPDX license id")
+    assert "(got 'apache')" in problems["release.license"]
+    assert problems["release.name"].startswith("must be a file name of letters, digits")
+    _, plan = compose_plan(["release=default", "release.license=MIT", "release.name=tasks-bot"])
+    params = plan.stage("release").params
+    assert params["license"] == "mit" and params["name"] == "tasks-bot"
+    _, plan = compose_plan(["release=default", "release.license=llama3.1"])
+    assert plan.stage("release").params["license"] == "llama3.1"
+
+
+def test_release_is_off_by_default_and_last_when_on(compose_plan):
+    _, plan = compose_plan([])
+    assert "release" not in [s.name for s in plan.stages]
+    _, plan = compose_plan(["release=default", "deploy=openai", "dry_run=true"])
+    release = plan.stages[-1]
+    assert release.name == "release"
+    assert release.params["formats"] == ["adapter", "merged", "gguf"]  # auto: what is exported
+    assert release.params["serve_quantization"] == "f16"
+    assert {"eval", "export", "sft", "gguf", "deploy", "decide", "compute", "data"} <= set(
+        release.needs)
+    _, local = compose_plan(["release=default"])
+    assert local.stage("release").params["formats"] == ["adapter", "merged"]
+    assert "gguf" not in local.stage("release").needs
+
+
+def test_a_bad_release_config_exits_2_and_writes_nothing(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    for bad, says in (("release.version=1.0", "release.version: must be a semantic version"),
+                      ("release.formats=[gguf]",
+                       "release.formats: 'gguf' is not produced by this plan")):
+        r = subprocess.run([sys.executable, "-m", "llmops", "release=default", bad],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2, r.stderr[-2000:]
+        assert says in r.stderr + r.stdout
+        assert list(tmp_path.iterdir()) == []
+
+
+# -- the release stage on a real run of the tiny default -----------------------------------------
+
+def _env(store: Path) -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled",
+            "OMP_NUM_THREADS": "1", "LLMOPS_STORE": str(store)}
+
+
+@pytest.fixture(scope="module")
+def released(tmp_path_factory) -> dict[str, Path]:
+    """Runs `python -m llmops deploy=openai release=default` once; returns its folders."""
+    root = tmp_path_factory.mktemp("release_run")
+    store = root / "store"
+    r = subprocess.run([sys.executable, "-m", "llmops", "deploy=openai", "release=default"],
+                       cwd=root, env=_env(store), capture_output=True, text=True, timeout=1800)
+    assert r.returncode == 0, r.stderr[-4000:]
+    run = next(root.glob("outputs/runs/*/*"))
+    stage = (run / "stages" / "release").resolve()
+    return {"root": root, "store": store, "run": run, "stage": stage,
+            "release": stage / "release"}
+
+
+@needs_gguf
+@pytest.mark.slow
+def test_the_bundle_unpacks_and_its_sha256sums_verify(released, tmp_path):
+    report = json.loads((released["run"] / "release_report.json").read_text())
+    bundle = released["stage"] / report["bundle"]["path"]
+    assert bundle.name == "llmops-tiny-0.1.0.tar.gz"
+    assert hashlib.sha256(bundle.read_bytes()).hexdigest() == report["bundle"]["sha256"]
+    with tarfile.open(bundle) as tar:
+        names = tar.getnames()
+        tar.extractall(tmp_path, filter="data")
+    assert names == sorted(names) and names[0] == "llmops-tiny-0.1.0"  # deterministic order
+    top = tmp_path / "llmops-tiny-0.1.0"
+    check = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=top, capture_output=True,
+                           text=True, timeout=120)
+    assert check.returncode == 0, check.stdout + check.stderr
+    lines = check.stdout.splitlines()
+    files = sorted(p.relative_to(top).as_posix() for p in top.rglob("*") if p.is_file())
+    assert len(lines) == len(files) - 1 == report["sha256sums"]  # every file but SHA256SUMS
+    assert all(line.endswith(": OK") for line in lines)
+    for want in ("README.md", "model_card.md", "Modelfile", "integration_config.json",
+                 "manifest.json", "reports/eval_report.json", "reports/decision_report.json",
+                 "reports/compute_plan.json", "adapter/adapter_config.json",
+                 "merged/config.json", "gguf/model-f16.gguf"):
+        assert want in files, want
+    # A changed byte is caught: the sums check content, not names.
+    with open(top / "merged" / "config.json", "a") as f:
+        f.write(" ")
+    bad = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=top, capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode != 0 and "merged/config.json: FAILED" in bad.stdout
+
+
+@needs_gguf
+@pytest.mark.slow
+def test_the_model_card_loads_and_carries_the_eval_data_and_value(released):
+    from huggingface_hub import ModelCard
+
+    rel, run = released["release"], released["run"]
+    card = ModelCard.load(rel / "model_card.md")
+    assert (rel / "README.md").read_text() == (rel / "model_card.md").read_text()
+    data = card.data
+    evaluation = json.loads((run / "eval_report.json").read_text())
+    test_sha = hashlib.sha256((run / "stages" / "data" / "test.jsonl").read_bytes()).hexdigest()
+    results = {r.metric_type: r for r in data.eval_results}
+    assert results["exact_match"].metric_value == pytest.approx(
+        evaluation["tuned"]["exact_match"])
+    assert results["json_valid_rate"].metric_value == pytest.approx(
+        evaluation["tuned"]["json_valid_rate"])
+    assert "per_tool" not in results and "counts" not in results
+    first = results["exact_match"]
+    assert (first.task_type, first.dataset_type, first.dataset_split) == (
+        "text-generation", "llmops/task_api", "test")
+    assert first.dataset_revision == f"sha256:{test_sha}"
+    assert data.model_name == "llmops-tiny" and data.license == "apache-2.0"
+    assert data.base_model is None  # the tiny model is not on the Hub: the body describes it
+    assert {"llmops", "sft", "lora", "peft", "gguf"} <= set(data.tags)
+    assert data.to_dict()["dataset_hashes"]["test.jsonl"] == f"sha256:{test_sha}"
+    # The same metadata survives a round trip through the Hub's own parser and writer.
+    again = ModelCard(str(card))
+    assert len(again.data.eval_results) == len(data.eval_results)
+    text = card.text
+    decision = json.loads((run / "decision_report.json").read_text())
+    roi = decision["roi"]
+    assert "## Intended use" in text and "**task_api** (productivity" in text
+    assert "## Limits" in text and "tiny demo model" in text
+    for gate in evaluation["gates"]:
+        if not gate["skipped"]:
+            assert f"| {gate['name']} | {gate['rule']} |" in text and "passed |" in text
+    assert "## Value" in text and f"| net_monthly_usd | {roi['net_monthly_usd']:.4g} |" in text
+    assert f"| cheaper | {roi['break_even']['cheaper']} |" in text
+    assert "ollama create llmops-tiny -f Modelfile" in text
+    assert "python -m llama_cpp.server --model gguf/model-f16.gguf" in text
+    assert 'AutoModelForCausalLM.from_pretrained("merged")' in text
+
+
+@needs_gguf
+@pytest.mark.slow
+def test_the_release_modelfile_points_at_the_bundled_gguf(released):
+    rel = released["release"]
+    text = (rel / "Modelfile").read_text()
+    assert text.splitlines()[0] == "FROM ./gguf/model-f16.gguf"
+    deploy = json.loads((released["run"] / "deploy_report.json").read_text())
+    integration = json.loads((rel / "integration_config.json").read_text())
+    assert integration["model"] == deploy["model"] == "llmops-tiny"
+    manifest = json.loads((rel / "manifest.json").read_text())
+    assert manifest["stages"]["deploy"]["status"] == "ran"
+    assert manifest["stages"]["release"]["status"] == "pending"  # the snapshot release took
+
+
+@needs_gguf
+@pytest.mark.slow
+def test_a_failed_gate_produces_no_release(released, tmp_path):
+    """eval.enforce=false lets the plan go on past a failed gate; the release still refuses."""
+    store = released["store"]
+    before = sorted((store / "release").iterdir())
+    impossible = ["eval.gates.format.direction=max", "eval.gates.format.threshold=0.0"]
+    r = subprocess.run([sys.executable, "-m", "llmops", "release=default", "eval.enforce=false",
+                        *impossible], cwd=tmp_path, env=_env(store), capture_output=True,
+                       text=True, timeout=900)
+    assert r.returncode == 3, r.stderr[-3000:]
+    assert "release: refusing to release a model that failed its gates (format)" in r.stderr
+    run = next(tmp_path.glob("outputs/runs/*/*"))
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["stages"]["export"]["status"] == "ran"
+    assert manifest["stages"]["release"]["status"] == "failed"
+    assert not (run / "stages" / "release").exists()
+    assert not (run / "release_report.json").exists()
+    assert sorted((store / "release").iterdir()) == before  # nothing new in the store
+    leftovers = [p for p in store.rglob("*") if p.name.endswith(".tar.gz")
+                 or p.name == "model_card.md"]
+    assert all(p.is_relative_to(released["stage"]) for p in leftovers), leftovers
+
+
+@needs_gguf
+@pytest.mark.slow
+def test_the_monitor_files_join_the_release_when_the_monitor_stage_ran(released, tmp_path):
+    """The release stage on the run's own inputs plus a monitor stage's output folder."""
+    import logging
+
+    from llmops.compiler.plan import Plan
+    from llmops.runner.context import StageContext
+    from llmops.stages import release
+
+    run = released["run"]
+    spec = Plan.read(run / "plan.json").stage("release")
+    inputs = {name: (run / "stages" / name).resolve() for name in spec.needs}
+    monitor = tmp_path / "monitor_stage"
+    (monitor / "monitor").mkdir(parents=True)
+    (monitor / "monitor" / "baseline.json").write_text('{"metrics": {}}\n')
+    (monitor / "monitor" / "alert_rules.yml").write_text("groups: []\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    ctx = StageContext(run_dir=run, logger=logging.getLogger("test"), show_progress=False)
+    report = release.run(spec.params, {**inputs, "monitor": monitor}, out, ctx)
+    assert report["monitor"] == ["monitor/baseline.json", "monitor/alert_rules.yml"]
+    sums = (out / "release" / "SHA256SUMS").read_text()
+    assert "  monitor/baseline.json\n" in sums and "  monitor/alert_rules.yml\n" in sums
+    card = (out / "release" / "README.md").read_text()
+    assert "`monitor/alert_rules.yml` (monitor stage)" in card
+    with tarfile.open(out / report["bundle"]["path"]) as tar:
+        assert "llmops-tiny-0.1.0/monitor/alert_rules.yml" in tar.getnames()
