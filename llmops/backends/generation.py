@@ -10,9 +10,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from llmops.backends.templates import STOP_TOKENS
 from llmops.errors import StageError
 
-STOP_TOKENS: tuple[str, ...] = ("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end|>")
 """End-of-turn tokens generation stops at, besides the tokenizer's eos (when in the vocab)."""
 
 

@@ -22,6 +22,10 @@ from llmops.config.templates import AUTO, TINY, is_path, template_text
 from llmops.errors import ConfigError, Problem, StageError
 from llmops.scoring.parsers import ParsedAnswer, parser_for
 
+#: End-of-turn markers of the known template families (ChatML, Llama 3, Phi-3); generation stops
+#: at them and the loss mask ends assistant spans there.
+STOP_TOKENS: tuple[str, ...] = ("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end|>")
+
 MASK_METHODS = ("generation_marks", "trl_training_template", "rendered")
 _PYTHON_TAG = "<|python_tag|>"
 
@@ -142,8 +146,6 @@ def _trim(tokenizer: Any, ids: list[int], mask: list[int]) -> list[int]:
 
 def end_tokens(tokenizer: Any) -> tuple[str, ...]:
     """Returns the end-of-turn markers an assistant span ends at (eos and known turn ends)."""
-    from llmops.backends.generation import STOP_TOKENS
-
     vocab = tokenizer.get_vocab()
     ends = [t for t in STOP_TOKENS if t in vocab]
     if tokenizer.eos_token and tokenizer.eos_token not in ends:
