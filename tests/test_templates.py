@@ -189,3 +189,19 @@ def test_wrong_template_exits_2_before_anything_is_written(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "model.chat_template: 'llama3' cannot render tool calls" in proc.stderr + proc.stdout
     assert not (tmp_path / "outputs").exists()
+
+
+def test_a_template_file_is_part_of_the_fingerprint(tmp_path, compose_plan, real_model):
+    """Editing a .jinja template rebuilds what trains and serves with it: its content is hashed."""
+    folder = real_model("qwen2")
+    template = tmp_path / "chat.jinja"
+    template.write_text((folder / "chat_template.jinja").read_text()
+                        if (folder / "chat_template.jinja").is_file()
+                        else __import__("real_models").trl_template("qwen2_5.jinja"))
+    args = ["model=qwen0.5b", f"model.hub_id={folder}", f"model.chat_template={template}",
+            "dry_run=true", "hardware=cpu"]
+    first = {s.name: s.fingerprint for s in compose_plan(args)[1].stages}
+    template.write_text(template.read_text() + "\n")
+    second = {s.name: s.fingerprint for s in compose_plan(args)[1].stages}
+    assert first["sft"] != second["sft"] and first["data"] != second["data"]
+    assert first["decide"] == second["decide"]

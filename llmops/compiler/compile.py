@@ -18,6 +18,7 @@ from llmops.compiler.fingerprint import data_file_hash, fingerprint
 from llmops.compiler.plan import STAGE_ORDER, TUNED_STAGES, Plan, StageSpec
 from llmops.compiler.render import gates_summary, known_kinds
 from llmops.config.schema import AppConfig, DataConfig, DataSource
+from llmops.config.templates import is_path
 from llmops.data import formats
 from llmops.planning.resolve import Resolved
 from llmops.scoring.gates import choose_gates
@@ -61,10 +62,16 @@ class StageInputs:
         train.update(backend=r.backend, precision=r.precision)
         if cfg.train.method != "none":
             train.update(batch_size=r.batch_size, grad_accum=r.grad_accum)
+        model = {"name": m.name, "hub_id": m.hub_id, "chat_template": m.chat_template,
+                 "trust_remote_code": m.trust_remote_code}
+        if is_path(m.chat_template):
+            # A template file is read when a stage runs: its content is part of the fingerprint,
+            # so editing the file rebuilds what was trained and served with it.
+            path = Path(m.chat_template).expanduser().resolve()
+            model.update(chat_template=str(path),
+                         chat_template_hash=data_file_hash(path))
         return cls(
-            cfg=cfg, resolved=r,
-            model={"name": m.name, "hub_id": m.hub_id, "chat_template": m.chat_template,
-                   "trust_remote_code": m.trust_remote_code},
+            cfg=cfg, resolved=r, model=model,
             facts=m.model_dump(exclude={"pretrain"}),
             lora=cfg.lora.model_dump(exclude={"enabled"}) if cfg.lora.enabled else None,
             quant={**cfg.quant.model_dump(), "compute_dtype": r.compute_dtype},
