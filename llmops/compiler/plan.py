@@ -48,6 +48,7 @@ STAGE_KINDS: tuple[StageKind, ...] = (
     StageKind("export", "export_report.json"),
     StageKind("gguf", "gguf_report.json"),
     StageKind("deploy", "deploy_report.json"),
+    StageKind("monitor", "baseline.json"),
 )
 STAGE_ORDER: tuple[str, ...] = tuple(k.kind for k in STAGE_KINDS)
 # Where the model to evaluate and export comes from, first match wins: merge, dpo, sft.

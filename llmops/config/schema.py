@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Discriminator, Field, Tag, create_model
 
+from llmops.config.monitor import MonitorConfig
 from llmops.config.types import (
     MAX_BATCH,
     MAX_EPOCHS,
@@ -419,6 +420,7 @@ class AppConfig(_Group):
     eval: EvalConfig
     merge: MergeConfig = Field(default_factory=MergeConfig)
     deploy: DeployConfig
+    monitor: MonitorConfig
     hardware: HardwareConfig
     tracking: TrackingConfig
     usecase: UsecaseConfig
@@ -433,6 +435,6 @@ class AppConfig(_Group):
 
 
 GROUPS = (
-    "model", "lora", "quant", "data", "train", "eval", "merge", "deploy", "hardware", "tracking",
-    "usecase",
+    "model", "lora", "quant", "data", "train", "eval", "merge", "deploy", "monitor", "hardware",
+    "tracking", "usecase",
 )
