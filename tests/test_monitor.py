@@ -15,10 +15,14 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import yaml
+from test_deploy import needs_gguf
 
 from llmops.errors import EXIT_ALERT, ConfigError, StageError
 from llmops.runner.context import StageContext
@@ -262,3 +266,107 @@ def test_monitor_input_errors_name_the_file(stage_inputs, tmp_path, stage_params
     log.write_text('{"request": {"messages": []}, "response": {"choices": []}}\n')
     r = _monitor(str(run_dir), "--log", str(log), "--no-metrics")
     assert r.returncode == 2 and f"{log}:1: not a logged request/response" in r.stderr
+
+
+# -- end to end: a real pipeline, real llama.cpp servers ------------------------------------------
+
+@contextmanager
+def _serve(gguf: Path, log: Path):
+    """Serves a GGUF with llama-cpp-python's server on 127.0.0.1 as the deployed name."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/v1"
+    cmd = [sys.executable, "-m", "llmops.serving.llama_cpp_runtime", "--model", str(gguf),
+           "--host", "127.0.0.1", "--port", str(port), "--model_alias", "llmops-tiny",
+           "--n_ctx", "512", "--n_threads", "2"]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/models", timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.25)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _metrics_while_running(proc: subprocess.Popen, port: int, probes: int) -> str:
+    """Fetches /metrics over HTTP until every probe is counted; returns the exposition text."""
+    want = f'llmops_monitor_probes_total{{model="llmops-tiny"}} {float(probes)}'
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                text = r.read().decode()
+            if want in text:
+                return text
+        except OSError:
+            pass
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.5)
+    raise AssertionError(f"{want!r} never appeared")
+
+
+def _base_gguf(run: Path, tmp_path: Path) -> Path:
+    """Converts the run's tiny *base* model with the gguf stage (the same params as the run)."""
+    from llmops.compiler.plan import Plan
+    from llmops.stages import gguf
+
+    params = Plan.read(run / "plan.json").stage("gguf").params
+    export = tmp_path / "base_export"
+    export.mkdir()
+    (export / "merged").symlink_to((run / "stages" / "base").resolve(), target_is_directory=True)
+    out = tmp_path / "base_gguf"
+    out.mkdir()
+    report = gguf.run(params, {"export": export, "data": run / "stages" / "data",
+                               "base": run / "stages" / "base"}, out, _ctx(tmp_path))
+    return out / report["files"][params["quantization"][0]]["path"]
+
+
+@needs_gguf
+@pytest.mark.slow
+def test_monitor_is_quiet_on_the_tuned_model_and_pages_on_the_base_model(tmp_path):
+    """The README's commands: the pipeline with monitor=default, then the monitor against a served
+    tuned model (no alert, metrics over HTTP on 127.0.0.1) and a served base model (alerts)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "llmops", "deploy=openai", "monitor=default"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = next(tmp_path.glob("outputs/runs/*/*"))
+    baseline = json.loads((run / "baseline.json").read_text())
+    assert (run / "stages" / "monitor" / "alert_rules.yml").is_file()
+    assert baseline["figures"]["accuracy"]["n"] > 0 and baseline["latency"]["n"] == 3
+    greport = json.loads((run / "gguf_report.json").read_text())
+    tuned = run / "stages" / "gguf" / greport["files"]["f16"]["path"]
+
+    port = _free_port()
+    with _serve(tuned, tmp_path / "tuned.log") as url:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "llmops.monitor", str(run), "--endpoint", url, "--probes",
+             "40", "--metrics-port", str(port), "--serve-seconds", "20"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        text = _metrics_while_running(proc, port, 40)
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out + err
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert {"llmops_monitor_accuracy", "llmops_monitor_json_validity",
+            "llmops_monitor_request_latency_seconds", "llmops_monitor_probes"} <= set(families)
+    assert f"metrics at http://127.0.0.1:{port}/metrics" in out
+    report = json.loads((run / "monitor_report.json").read_text())
+    assert report["probes"] == 40 and report["alerts_firing"] == []
+
+    base = _base_gguf(run, tmp_path)
+    with _serve(base, tmp_path / "base.log") as url:
+        r = _monitor(str(run), "--endpoint", url, "--probes", "40", "--no-metrics", timeout=900)
+    assert r.returncode == EXIT_ALERT, r.stdout + r.stderr
+    report = json.loads((run / "monitor_report.json").read_text())
+    acc = report["figures"]["accuracy"]
+    assert acc["firing"] and acc["significant"] and acc["now"] < acc["threshold"]
+    assert "LlmopsAccuracyBelowBaseline" in report["alerts_firing"]

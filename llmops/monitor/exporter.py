@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from llmops.monitor import rules
+from llmops.serving import alerts as rules
 
 
 class Exporter:

@@ -13,7 +13,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from llmops.monitor.rules import BY_NAME, FIGURES
+from llmops.serving.alerts import BY_NAME, FIGURES
 
 
 def answer_text(message: Mapping[str, Any], syntax: str | None) -> str:
@@ -91,8 +91,7 @@ def compare(baseline: Mapping[str, Any], live: Mapping[str, Any],
         {"figures": {name: {metric, baseline, baseline_n, now, n, delta, threshold, p_value,
         significant, alert, firing}}, "latency": {...}, "alerts_firing": [alert names]}.
     """
-    from llmops.monitor.rules import LATENCY_ALERT, alert_name
-    from llmops.stages.monitor import latency_percentiles
+    from llmops.serving.alerts import LATENCY_ALERT, alert_name, latency_percentiles
 
     alpha = float(baseline["significance"])
     out: dict[str, Any] = {}

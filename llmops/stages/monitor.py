@@ -34,16 +34,6 @@ def _read(path: Path, stage: str) -> dict[str, Any]:
         raise StageError(f"monitor: cannot read {path} ({exc}). Rerun the {stage} stage.") from exc
 
 
-def latency_percentiles(seconds: list[float]) -> dict[str, Any]:
-    """Returns p50/p95/p99 (linear interpolation, numpy) of request latencies in seconds."""
-    import numpy as np
-
-    if not seconds:
-        return {"n": 0, "p50_s": None, "p95_s": None, "p99_s": None}
-    p50, p95, p99 = (round(float(v), 4) for v in np.percentile(seconds, [50, 95, 99]))
-    return {"n": len(seconds), "p50_s": p50, "p95_s": p95, "p99_s": p99}
-
-
 def _gate_threshold(gates: list[dict[str, Any]], metric: str) -> float | None:
     """Returns the highest threshold of the applied min-direction gates on a metric, or None."""
     bounds = [float(g["threshold"]) for g in gates if g.get("metric") == metric
@@ -54,7 +44,7 @@ def _gate_threshold(gates: list[dict[str, Any]], metric: str) -> float | None:
 
 def figures(eval_report: dict[str, Any], params: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Returns the baseline figures: each monitored metric the eval measured, with its rows."""
-    from llmops.monitor.rules import FIGURES, rate_threshold
+    from llmops.serving.alerts import FIGURES, rate_threshold
 
     out = {}
     for f in FIGURES:
@@ -94,7 +84,7 @@ def write_rules(path: Path, rules: dict[str, Any]) -> None:
     import jsonschema
     import yaml
 
-    from llmops.monitor.rules import RULE_FILE_SCHEMA
+    from llmops.serving.alerts import RULE_FILE_SCHEMA
 
     path.write_text(yaml.safe_dump(rules, sort_keys=False, allow_unicode=True), "utf-8")
     back = yaml.safe_load(path.read_text("utf-8"))
@@ -119,7 +109,7 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
         The baseline (also written as baseline.json).
     """
     from llmops.backends.common import read_jsonl, write_json, write_jsonl
-    from llmops.monitor.rules import alert_rules, latency_threshold
+    from llmops.serving.alerts import alert_rules, latency_percentiles, latency_threshold
     from llmops.stages.deploy import check_gates
 
     out_dir = Path(out_dir)

@@ -1,8 +1,9 @@
-"""The monitored figures, their Prometheus names, and the alert rules derived from a baseline.
+"""The monitored figures of a served model, their Prometheus names, and the alert rules derived
+from a baseline.
 
-One table (``FIGURES``) names each figure's eval metric, its gauge, its allowed drop and window,
-so the stage's alert_rules.yml and the monitor command's exported metrics cannot drift apart.
-Pure: no torch, no I/O.
+One table (``FIGURES``) names each figure's eval metric and its gauge, so the monitor stage's
+alert_rules.yml and the metrics `python -m llmops.monitor` exports cannot drift apart. No torch,
+no I/O.
 """
 
 from __future__ import annotations
@@ -56,6 +57,16 @@ def alert_name(figure: str) -> str:
 
 
 LATENCY_ALERT = "LlmopsLatencyP95High"
+
+
+def latency_percentiles(seconds: list[float]) -> dict[str, Any]:
+    """Returns p50/p95/p99 (linear interpolation, numpy) of request latencies in seconds."""
+    import numpy as np
+
+    if not seconds:
+        return {"n": 0, "p50_s": None, "p95_s": None, "p99_s": None}
+    p50, p95, p99 = (round(float(v), 4) for v in np.percentile(seconds, [50, 95, 99]))
+    return {"n": len(seconds), "p50_s": p50, "p95_s": p95, "p99_s": p99}
 
 
 def rate_threshold(value: float, drop: float, gate: float | None) -> float:
