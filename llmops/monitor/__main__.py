@@ -226,8 +226,9 @@ def run(args: argparse.Namespace) -> int:
                   "exit_code": EXIT_ALERT if result["alerts_firing"] else EXIT_OK}
         write_json_atomic(args.report or args.run_dir / "monitor_report.json", report)
         for name, e in result["figures"].items():
-            print(f"monitor: {name}: now {e['now']} (n={e['n']}) vs baseline {e['baseline']:.4g}"
-                  f" (n={e['baseline_n']}), threshold {e['threshold']:g}, p={e['p_value']}"
+            now = "n/a" if e["now"] is None else f"{e['now']:.4g}"
+            print(f"monitor: {name}: now {now} (n={e['n']}) vs baseline {e['baseline']:.4g} "
+                  f"(n={e['baseline_n']}), threshold {e['threshold']:g}, p={e['p_value']}"
                   f"{' FIRING' if e['firing'] else ''}")
         lat = result["latency"]
         print(f"monitor: latency p95 {lat['p95_s']} s vs threshold {lat['threshold_s']:g} s"

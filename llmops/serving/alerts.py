@@ -121,7 +121,7 @@ def alert_rules(baseline: Mapping[str, Any]) -> dict[str, Any]:
                             f"p95 {lat['p95_s']} s on {lat['n']} requests."),
         },
     })
-    return {"groups": [{"name": f"llmops-{model}", "rules": rules}]}
+    return {"groups": [{"name": f"{model}-monitor", "rules": rules}]}
 
 
 RULE_FILE_SCHEMA: dict[str, Any] = {
