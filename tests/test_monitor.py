@@ -256,6 +256,43 @@ def test_monitor_scores_a_log_and_exits_with_the_alert_code(stage_inputs, tmp_pa
     assert "ALERT: LlmopsAccuracyBelowBaseline" in bad.stderr
 
 
+def test_metrics_endpoint_answers_in_prometheus_format_on_localhost(stage_inputs, tmp_path,
+                                                                   stage_params):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    run_dir = _fake_run(stage_inputs, tmp_path, stage_params)
+    probes = [json.loads(x) for x in
+              (run_dir / "stages" / "monitor" / "probes.jsonl").read_text().splitlines()]
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmops.monitor", str(run_dir), "--log",
+         str(_log(tmp_path / "bad.jsonl", probes, True)), "--metrics-port", str(port),
+         "--serve-seconds", "30"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        text = ""
+        deadline = time.monotonic() + 120
+        while 'llmops_monitor_alert_firing{alert="LlmopsAccuracyBelowBaseline"' not in text:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.3)
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                    assert r.headers["Content-Type"].startswith("text/plain; version=")
+                    text = r.read().decode()
+            except OSError:
+                continue
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(text) for s in f.samples}
+    assert samples[("llmops_monitor_accuracy", (("model", "llmops-tiny"),))] == 0.0
+    assert samples[("llmops_monitor_significant_drop",
+                    (("figure", "accuracy"), ("model", "llmops-tiny")))] == 1.0
+    assert samples[("llmops_monitor_alert_firing",
+                    (("alert", "LlmopsAccuracyBelowBaseline"), ("model", "llmops-tiny")))] == 1.0
+    assert f"metrics at http://127.0.0.1:{port}/metrics" in out
+
+
 def test_monitor_input_errors_name_the_file(stage_inputs, tmp_path, stage_params):
     r = _monitor(str(tmp_path), "--no-metrics")
     assert r.returncode == 2

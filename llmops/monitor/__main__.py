@@ -125,7 +125,8 @@ def probe(baseline: dict[str, Any], probes: list[dict[str, Any]], args: argparse
                 temperature=0.0, seed=0, **extra)
         except OpenAIError as exc:
             errors, last_error = errors + 1, f"{type(exc).__name__}: {exc}"
-            exporter and exporter.observe(None, failed=True)
+            if exporter:
+                exporter.observe(None, failed=True)
             continue
         seconds = time.perf_counter() - t0
         latencies.append(seconds)
