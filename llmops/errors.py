@@ -13,6 +13,7 @@ EXIT_CONFIG = 2
 EXIT_GATE_FAILED = 3
 EXIT_NO_GO = 4
 EXIT_DATA_REJECTED = 5
+EXIT_ALERT = 6  # python -m llmops.monitor: an alert fires
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143  # 128 + SIGTERM, what a shell reports for a process SIGTERM ended
 

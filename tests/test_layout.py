@@ -29,7 +29,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("backends",),
     ("serving",),
     ("stages",),
-    ("cli", "compare", "gguf_setup", "__main__"),
+    ("cli", "compare", "gguf_setup", "__main__", "monitor"),
 )
 LAYER = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}
 # The loose modules the top level of llmops/ may hold: the package itself, the foundation modules

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from llmops import __version__
-from llmops.compiler import align, deploy, release
+from llmops.compiler import align, deploy, monitor, release
 from llmops.compiler.fingerprint import data_file_hash, fingerprint
 from llmops.compiler.plan import STAGE_ORDER, TUNED_STAGES, Plan, StageSpec
 from llmops.compiler.render import gates_summary, known_kinds
@@ -287,7 +287,8 @@ BUILDERS: dict[str, Callable[[PlanBuilder, StageInputs], None]] = {
     "decide": add_decide, "compute": add_compute, "base": add_base, "data": add_data,
     "sft": add_sft, "dpo": align.add_dpo, "merge": align.add_merge, "eval_base": add_eval_base,
     "lm_eval": align.add_lm_eval, "eval": add_eval, "export": add_export,
-    "gguf": deploy.add_gguf, "deploy": deploy.add_deploy, "release": release.add_release,
+    "gguf": deploy.add_gguf, "deploy": deploy.add_deploy, "monitor": monitor.add_monitor,
+    "release": release.add_release,
 }
 
 

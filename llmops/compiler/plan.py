@@ -48,6 +48,7 @@ STAGE_KINDS: tuple[StageKind, ...] = (
     StageKind("export", "export_report.json"),
     StageKind("gguf", "gguf_report.json"),
     StageKind("deploy", "deploy_report.json"),
+    StageKind("monitor", "baseline.json"),
     StageKind("release", "release_report.json"),
 )
 STAGE_ORDER: tuple[str, ...] = tuple(k.kind for k in STAGE_KINDS)

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Discriminator, Field, Tag, create_model, field_validator
 
 from llmops.config.release import ReleaseConfig
+from llmops.config.monitor import MonitorConfig
 from llmops.config.types import (
     MAX_BATCH,
     MAX_EPOCHS,
@@ -472,6 +473,7 @@ class AppConfig(_Group):
     eval: EvalConfig
     merge: MergeConfig = Field(default_factory=MergeConfig)
     deploy: DeployConfig
+    monitor: MonitorConfig
     hardware: HardwareConfig
     tracking: TrackingConfig
     usecase: UsecaseConfig
@@ -488,6 +490,6 @@ class AppConfig(_Group):
 
 
 GROUPS = (
-    "model", "lora", "quant", "data", "train", "eval", "merge", "deploy", "hardware", "tracking",
-    "usecase", "distributed", "release",
+    "model", "lora", "quant", "data", "train", "eval", "merge", "deploy", "monitor", "release",
+    "hardware", "tracking", "usecase", "distributed",
 )

@@ -1,0 +1,145 @@
+"""The monitored figures of a served model, their Prometheus names, and the alert rules derived
+from a baseline.
+
+One table (``FIGURES``) names each figure's eval metric and its gauge, so the monitor stage's
+alert_rules.yml and the metrics `python -m llmops.monitor` exports cannot drift apart. No torch,
+no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One monitored rate.
+
+    Attributes:
+        name: The figure's name in baseline.json, monitor_report.json and the alert rules.
+        metric: The eval metric it is measured as (a KIND.METRIC gate name).
+        gauge: The Prometheus gauge the monitor command exports it as.
+        title: What it is, in words, for the alert's summary.
+    """
+
+    name: str
+    metric: str
+    gauge: str
+    title: str
+
+
+FIGURES: tuple[Figure, ...] = (
+    Figure("accuracy", "tool.exact_match", "llmops_monitor_accuracy", "tool-call exact match"),
+    Figure("json_validity", "tool.json_valid_rate", "llmops_monitor_json_validity",
+           "JSON validity of tool calls"),
+    Figure("refusal_rate", "refusal.refusal_rate", "llmops_monitor_refusal_rate",
+           "refusal rate on out-of-scope requests"),
+)
+BY_NAME = {f.name: f for f in FIGURES}
+SIGNIFICANT_DROP = "llmops_monitor_significant_drop"
+"""Gauge {figure=NAME}: 1 while the live rate is significantly below the baseline, else 0."""
+LATENCY = "llmops_monitor_request_latency_seconds"
+"""Histogram of probe request latency."""
+PROBES = "llmops_monitor_probes"
+"""Counter of probes sent (exported as llmops_monitor_probes_total)."""
+ERRORS = "llmops_monitor_request_errors"
+"""Counter of probe requests that failed (llmops_monitor_request_errors_total)."""
+FIRING = "llmops_monitor_alert_firing"
+"""Gauge {alert=NAME}: 1 while the monitor command sees that alert's condition."""
+LATENCY_QUANTILE = 0.95
+
+
+def alert_name(figure: str) -> str:
+    """Returns the alert's name of a figure, e.g. LlmopsAccuracyBelowBaseline."""
+    return "Llmops" + "".join(p.title() for p in figure.split("_")) + "BelowBaseline"
+
+
+LATENCY_ALERT = "LlmopsLatencyP95High"
+
+
+def latency_percentiles(seconds: list[float]) -> dict[str, Any]:
+    """Returns p50/p95/p99 (linear interpolation, numpy) of request latencies in seconds."""
+    import numpy as np
+
+    if not seconds:
+        return {"n": 0, "p50_s": None, "p95_s": None, "p99_s": None}
+    p50, p95, p99 = (round(float(v), 4) for v in np.percentile(seconds, [50, 95, 99]))
+    return {"n": len(seconds), "p50_s": p50, "p95_s": p95, "p99_s": p99}
+
+
+def rate_threshold(value: float, drop: float, gate: float | None) -> float:
+    """Returns a rate's alert threshold: the baseline minus the allowed drop, never below the
+    eval gate's threshold (None: no gate on that metric)."""
+    return round(max(value - drop, gate if gate is not None else 0.0), 6)
+
+
+def latency_threshold(p95: float | None, factor: float, floor: float) -> float:
+    """Returns the p95 latency threshold in seconds: baseline p95 x factor, at least floor."""
+    return round(max((p95 or 0.0) * factor, floor), 6)
+
+
+def alert_rules(baseline: Mapping[str, Any]) -> dict[str, Any]:
+    """Builds the Prometheus rule file (groups/rules) for a baseline.
+
+    Args:
+        baseline: baseline.json's content: ``figures`` {name: {value, n, threshold, for, ...}},
+            ``latency`` {p95_s, threshold_s, for}, ``model``.
+
+    Returns:
+        The rule file as data: {"groups": [{"name", "rules": [{alert, expr, for, labels,
+        annotations}]}]}.
+    """
+    model = str(baseline["model"])
+    rules = []
+    for name, fig in baseline["figures"].items():
+        f = BY_NAME[name]
+        rules.append({
+            "alert": alert_name(name),
+            "expr": (f"{f.gauge} < {fig['threshold']:g} and on(model) "
+                     f'{SIGNIFICANT_DROP}{{figure="{name}"}} == 1'),
+            "for": fig["for"],
+            "labels": {"severity": "page", "model": model, "figure": name},
+            "annotations": {
+                "summary": f"{model}: {f.title} below its evaluated baseline",
+                "description": (f"{f.metric} is {{{{ $value }}}}, below {fig['threshold']:g} "
+                                f"(baseline {fig['value']:.4g} on {fig['n']} rows) and "
+                                f"significantly lower than the baseline."),
+            },
+        })
+    lat = baseline["latency"]
+    rules.append({
+        "alert": LATENCY_ALERT,
+        "expr": (f"histogram_quantile({LATENCY_QUANTILE}, sum by (le) "
+                 f"(rate({LATENCY}_bucket[5m]))) > {lat['threshold_s']:g}"),
+        "for": lat["for"],
+        "labels": {"severity": "ticket", "model": model, "figure": "latency"},
+        "annotations": {
+            "summary": f"{model}: p95 request latency above {lat['threshold_s']:g} s",
+            "description": (f"p95 latency is {{{{ $value }}}} s; the deploy smoke test measured "
+                            f"p95 {lat['p95_s']} s on {lat['n']} requests."),
+        },
+    })
+    return {"groups": [{"name": f"{model}-monitor", "rules": rules}]}
+
+
+RULE_FILE_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["groups"], "additionalProperties": False,
+    "properties": {"groups": {"type": "array", "minItems": 1, "items": {
+        "type": "object", "required": ["name", "rules"], "additionalProperties": False,
+        "properties": {
+            "name": {"type": "string", "minLength": 1},
+            "rules": {"type": "array", "minItems": 1, "items": {
+                "type": "object", "required": ["alert", "expr"], "additionalProperties": False,
+                "properties": {
+                    "alert": {"type": "string", "pattern": "^[a-zA-Z_][a-zA-Z0-9_]*$"},
+                    "expr": {"type": "string", "minLength": 1},
+                    "for": {"type": "string", "pattern": "^([0-9]+(ms|s|m|h|d|w|y))+$"},
+                    "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "annotations": {"type": "object",
+                                    "additionalProperties": {"type": "string"}},
+                }}},
+        }}}},
+}
+"""JSON Schema of a Prometheus alerting-rule file (the subset llmops writes)."""
