@@ -118,3 +118,22 @@ def real_model(request) -> Callable[[str], Path]:
         return build_real_model(family, cache)
 
     return _get
+
+
+@pytest.fixture(scope="session")
+def chain_run(tmp_path_factory) -> dict[str, Path]:
+    """Runs issue 15's whole chain once, `python -m llmops deploy=openai monitor=default
+    release=default` on the tiny default in a fresh folder and store; returns its folders (root,
+    store, run). The monitor and release tests share it (one pipeline, not two)."""
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("chain_run")
+    store = root / "store"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1",
+           "LLMOPS_STORE": str(store)}
+    r = subprocess.run([sys.executable, "-m", "llmops", "deploy=openai", "monitor=default",
+                        "release=default"], cwd=root, env=env, capture_output=True, text=True,
+                       timeout=1800)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    return {"root": root, "store": store, "run": next(root.glob("outputs/runs/*/*"))}

@@ -367,16 +367,14 @@ def _base_gguf(run: Path, tmp_path: Path) -> Path:
 
 @needs_gguf
 @pytest.mark.slow
-def test_monitor_is_quiet_on_the_tuned_model_and_pages_on_the_base_model(tmp_path):
-    """The README's commands: the pipeline with monitor=default, then the monitor against a served
-    tuned model (no alert, metrics over HTTP on 127.0.0.1) and a served base model (alerts)."""
+def test_monitor_is_quiet_on_the_tuned_model_and_pages_on_the_base_model(chain_run, tmp_path):
+    """The README's commands: the pipeline with monitor=default (and release=default: the chain
+    run shared with the release tests), then the monitor against a served tuned model (no alert,
+    metrics over HTTP on 127.0.0.1) and a served base model (alerts)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "llmops", "deploy=openai", "monitor=default"],
-                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800)
-    assert r.returncode == 0, r.stderr[-3000:]
-    run = next(tmp_path.glob("outputs/runs/*/*"))
+    run = chain_run["run"]
     baseline = json.loads((run / "baseline.json").read_text())
     assert (run / "stages" / "monitor" / "alert_rules.yml").is_file()
     assert baseline["figures"]["accuracy"]["n"] > 0 and baseline["latency"]["n"] == 3

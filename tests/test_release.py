@@ -130,17 +130,11 @@ def _env(store: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def released(tmp_path_factory) -> dict[str, Path]:
-    """Runs `python -m llmops deploy=openai release=default` once; returns its folders."""
-    root = tmp_path_factory.mktemp("release_run")
-    store = root / "store"
-    r = subprocess.run([sys.executable, "-m", "llmops", "deploy=openai", "release=default"],
-                       cwd=root, env=_env(store), capture_output=True, text=True, timeout=1800)
-    assert r.returncode == 0, r.stderr[-4000:]
-    run = next(root.glob("outputs/runs/*/*"))
-    stage = (run / "stages" / "release").resolve()
-    return {"root": root, "store": store, "run": run, "stage": stage,
-            "release": stage / "release"}
+def released(chain_run) -> dict[str, Path]:
+    """The folders of `python -m llmops deploy=openai monitor=default release=default` (run once
+    per session, shared with the monitor tests)."""
+    stage = (chain_run["run"] / "stages" / "release").resolve()
+    return {**chain_run, "stage": stage, "release": stage / "release"}
 
 
 @needs_gguf
@@ -258,29 +252,18 @@ def test_a_failed_gate_produces_no_release(released, tmp_path):
 
 @needs_gguf
 @pytest.mark.slow
-def test_the_monitor_files_join_the_release_when_the_monitor_stage_ran(released, tmp_path):
-    """The release stage on the run's own inputs plus a monitor stage's output folder."""
-    import logging
-
-    from llmops.compiler.plan import Plan
-    from llmops.runner.context import StageContext
-    from llmops.stages import release
-
-    run = released["run"]
-    spec = Plan.read(run / "plan.json").stage("release")
-    inputs = {name: (run / "stages" / name).resolve() for name in spec.needs}
-    monitor = tmp_path / "monitor_stage"
-    (monitor / "monitor").mkdir(parents=True)
-    (monitor / "monitor" / "baseline.json").write_text('{"metrics": {}}\n')
-    (monitor / "monitor" / "alert_rules.yml").write_text("groups: []\n")
-    out = tmp_path / "out"
-    out.mkdir()
-    ctx = StageContext(run_dir=run, logger=logging.getLogger("test"), show_progress=False)
-    report = release.run(spec.params, {**inputs, "monitor": monitor}, out, ctx)
+def test_the_monitor_files_join_the_release_when_the_monitor_stage_ran(released):
+    """The chain's monitor stage ran before release: its baseline and alert rules are bundled,
+    byte for byte, listed in SHA256SUMS and named in the card."""
+    monitor = (released["run"] / "stages" / "monitor").resolve()
+    report = json.loads((released["stage"] / "release_report.json").read_text())
     assert report["monitor"] == ["monitor/baseline.json", "monitor/alert_rules.yml"]
-    sums = (out / "release" / "SHA256SUMS").read_text()
+    for name in ("baseline.json", "alert_rules.yml"):
+        source = next(monitor.rglob(name))
+        assert (released["release"] / "monitor" / name).read_bytes() == source.read_bytes()
+    sums = (released["release"] / "SHA256SUMS").read_text()
     assert "  monitor/baseline.json\n" in sums and "  monitor/alert_rules.yml\n" in sums
-    card = (out / "release" / "README.md").read_text()
+    card = (released["release"] / "README.md").read_text()
     assert "`monitor/alert_rules.yml` (monitor stage)" in card
-    with tarfile.open(out / report["bundle"]["path"]) as tar:
+    with tarfile.open(released["stage"] / report["bundle"]["path"]) as tar:
         assert "llmops-tiny-0.1.0/monitor/alert_rules.yml" in tar.getnames()
