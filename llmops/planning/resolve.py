@@ -11,7 +11,7 @@ Environment (``importlib.util.find_spec``), never imports unsloth.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +43,8 @@ class Resolved:
         grad_accum: Gradient accumulation steps; None when nothing trains.
         threads: Torch CPU threads inside stages: 1 for a model under SMALL_MODEL_PARAMS on a
             CPU, None for torch's default (all cores).
+        facts_from: Where each model architecture fact the config left null was read (e.g.
+            {"params": "DIR/config.json (qwen2 arithmetic)"}); empty when the config set them all.
     """
 
     hardware: Mapping[str, Any]
@@ -52,6 +54,7 @@ class Resolved:
     batch_size: int | None
     grad_accum: int | None
     threads: int | None
+    facts_from: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def device(self) -> str:
@@ -104,12 +107,15 @@ def planner_inputs(cfg: AppConfig, precision: str,
     return model, lora, quant, train
 
 
-def resolve(cfg: AppConfig, env: Environment) -> Resolved:
+def resolve(cfg: AppConfig, env: Environment,
+            facts_from: Mapping[str, str] | None = None) -> Resolved:
     """Resolves every "auto" value of a schema-valid config for this machine, once.
 
     Args:
         cfg: The schema-valid config.
         env: Facts about this machine (GPUs, memory, installed packages).
+        facts_from: Where the model facts read from config.json came from
+            (``llmops.config.model_facts``); recorded, not resolved again.
 
     Returns:
         The frozen resolution the config rules and ``compile_plan`` share.
@@ -127,4 +133,5 @@ def resolve(cfg: AppConfig, env: Environment) -> Resolved:
         hardware=MappingProxyType(hw), precision=precision, compute_dtype=compute_dtype,
         backend=backend, batch_size=size[0], grad_accum=size[1],
         threads=cpu_threads(hw["device"], cfg.model.params),
+        facts_from=MappingProxyType(dict(facts_from or {})),
     )
