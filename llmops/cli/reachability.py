@@ -110,8 +110,8 @@ def _hub_problems(hub_id: str, missing: list[str], timeout_s: float) -> list[Pro
     except transport_errors() as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         return [Problem(KEY, f"'{hub_id}' is not in the Hugging Face cache (missing: "
-                             f"{', '.join(missing)}) and the hub at {constants.ENDPOINT} did not "
-                             f"answer within {timeout_s:g} s ({type(exc).__name__}: {reason}). "
+                             f"{', '.join(missing)}) and the hub at {constants.ENDPOINT} could not "
+                             f"be asked ({type(exc).__name__}: {reason}). "
                              f"{_fixes(hub_id)}")]
     files = {s.rfilename for s in info.siblings or []}
     lacking = [part for part, there in (

@@ -242,8 +242,22 @@ def read_config(hub_id: str) -> tuple[dict[str, Any], str, Path | None]:
 def _fetch(hub_id: str) -> tuple[dict[str, Any], str]:
     """Fetches only config.json from the hub: one request, a short timeout, no retries.
 
-    (hf_hub_download retries a dead connection for about half a minute.)
+    (hf_hub_download retries a dead connection for about half a minute.) Kept for the process:
+    the pre-flight and the job validate the same config.
     """
+    from huggingface_hub import constants
+
+    key = (constants.ENDPOINT, hub_id)
+    if key not in _FETCHED:
+        _FETCHED[key] = _fetch_once(hub_id)
+    config, url = _FETCHED[key]
+    return dict(config), url
+
+
+_FETCHED: dict[tuple[str, str], tuple[dict[str, Any], str]] = {}
+
+
+def _fetch_once(hub_id: str) -> tuple[dict[str, Any], str]:
     from huggingface_hub import constants, hf_hub_url
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import (

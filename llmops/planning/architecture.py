@@ -107,7 +107,8 @@ def architecture(config: dict[str, Any]) -> Architecture:
 
 
 def tied(config: dict[str, Any]) -> bool:
-    """Tells whether the input and output embeddings are shared (the architecture's default)."""
+    """Tells whether the input and output embeddings are shared (config.json's, else the
+    architecture's default)."""
     value = config.get("tie_word_embeddings")
     return architecture(config).tie_default if value is None else bool(value)
 
