@@ -127,3 +127,11 @@ def test_a_sharded_checkpoint_in_the_cache_needs_every_shard(tmp_path):
     r, _ = _llmops(*args, cwd=tmp_path, HF_HUB_OFFLINE="1")
     assert r.returncode == 2
     assert "'acme/sharded' is not in the Hugging Face cache (missing: weights)" in r.stderr
+
+
+def test_a_sweep_names_every_model_it_cannot_have(tmp_path):
+    r, _ = _llmops("-m", "model=qwen0.5b,qwen1.5b", cwd=tmp_path, HF_HUB_OFFLINE="1")
+    assert r.returncode == 2, r.stderr[-2000:]
+    for hub_id in ("Qwen/Qwen2.5-0.5B-Instruct", "Qwen/Qwen2.5-1.5B-Instruct"):
+        assert f"model.hub_id: '{hub_id}' is not in the Hugging Face cache" in r.stderr
+    assert _written(tmp_path) == []
