@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from llmops.config.model_facts import cached_file, is_local_path, transport_errors
+from llmops.config.model_files import cached_file, is_local_path, transport_errors
 from llmops.errors import Problem
 
 KEY = "model.hub_id"

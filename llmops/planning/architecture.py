@@ -2,9 +2,10 @@
 
 One table (ARCHITECTURES) says, per Hugging Face ``model_type``, which biases and norms a decoder
 block has, the defaults its transformers config class uses for keys a config.json may leave out,
-and the chat template family its instruct models use. ``facts`` turns a config.json dict into the
-model group's fields; the parameter count is summed layer by layer exactly as transformers builds
-the model (tests check it against ``AutoModelForCausalLM.from_config`` on the meta device).
+and the chat template family its instruct models use. ``count_params`` sums the parameters layer by
+layer exactly as transformers builds the model (tests check it against
+``AutoModelForCausalLM.from_config`` on the meta device); ``llmops.config.model_facts`` reads the
+other facts.
 
 Pure: no torch, no transformers.
 """
@@ -48,11 +49,6 @@ ARCHITECTURES: dict[str, Architecture] = {
                            template="gemma"),
     "phi3": Architecture(qkv_bias=False, o_bias=False, template="phi3"),
 }
-
-#: config.json keys every supported architecture must carry.
-REQUIRED_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                 "vocab_size", "max_position_embeddings")
-
 
 class UnknownArchitecture(ValueError):
     """config.json names a model_type this module cannot count (or lacks a key it needs)."""
@@ -112,27 +108,3 @@ def tied(config: dict[str, Any]) -> bool:
     value = config.get("tie_word_embeddings")
     return architecture(config).tie_default if value is None else bool(value)
 
-
-def facts(config: dict[str, Any]) -> dict[str, Any]:
-    """Returns the model group's architecture facts derived from a config.json.
-
-    Keys: family, params, num_layers, hidden_size, intermediate_size, num_attention_heads,
-    num_kv_heads, vocab_size, context_length, tie_embeddings.
-
-    Raises:
-        UnknownArchitecture: For an unknown model_type or a config.json missing a size key.
-    """
-    for key in REQUIRED_KEYS:
-        _int(config, key)
-    return {
-        "family": config["model_type"],
-        "params": count_params(config),
-        "num_layers": config["num_hidden_layers"],
-        "hidden_size": config["hidden_size"],
-        "intermediate_size": config["intermediate_size"],
-        "num_attention_heads": config["num_attention_heads"],
-        "num_kv_heads": config.get("num_key_value_heads") or config["num_attention_heads"],
-        "vocab_size": config["vocab_size"],
-        "context_length": config["max_position_embeddings"],
-        "tie_embeddings": tied(config),
-    }
