@@ -60,7 +60,9 @@ class ModelConfig(_Group):
 
     name: Text = Field(description="Preset name, e.g. tiny, qwen3b.")
     source: Literal["tiny", "hub"] = Field(description="tiny: built locally; hub: downloaded.")
-    hub_id: Text | None = Field(None, description="Hugging Face hub id (required for source=hub).")
+    hub_id: Text | None = Field(
+        None, description="Hugging Face hub id or local model folder (required for source=hub)."
+    )
     family: Text = Field(description="Architecture family, e.g. llama, qwen2.")
     chat_template: Literal["chatml", "llama3"] = Field(description="Chat template family.")
     params: int = Field(gt=0, le=10**14, description="Total parameter count.")
