@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from llmops.config.compose import conf_dir, group_options, groups
@@ -9,12 +11,15 @@ from llmops.data import samples_dir
 from llmops.errors import ConfigError
 
 SAMPLE_JSONL = samples_dir() / "tasks_chat.jsonl"
+# model=hub reads its facts from this folder's config.json (Qwen2.5-0.5B-Instruct's, as published).
+HUB_DIR = Path(__file__).resolve().parent / "data" / "Qwen2.5-0.5B-Instruct"
 
 # What an option needs besides itself to make a runnable composition.
 _NEEDS = {
     ("data", "jsonl"): [f"data.path={SAMPLE_JSONL}"],
     ("data", "files"): [f"data.path={SAMPLE_JSONL}"],
     ("data", "hf"): ["data.hf_id=org/dataset"],
+    ("model", "hub"): [f"model.hub_id={HUB_DIR}"],
     # GGUF serving targets need llmops[gguf] to run; planning them does not.
     ("deploy", "ollama"): ["dry_run=true"],
     ("deploy", "openai"): ["dry_run=true"],
@@ -43,7 +48,7 @@ def test_every_option_composes_validates_and_compiles(compose_plan, group, optio
     names = [s.name for s in plan.stages]
     assert "data" in names
     if group == "model":
-        assert cfg.model.name == option
+        assert cfg.model.name == (HUB_DIR.name if option == "hub" else option)
         assert ("base" in names) == (option == "tiny")
     fps = [s.fingerprint for s in plan.stages]
     assert len(set(fps)) == len(fps)

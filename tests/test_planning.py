@@ -38,7 +38,7 @@ def t4() -> dict:
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (CONF / "model").glob("*.yaml")
-                                         if p.stem != "tiny"))
+                                         if p.stem not in ("tiny", "hub")))  # hub: no facts
 def test_param_groups_add_up_to_the_preset(name):
     m = _yaml("model", name)
     g = param_groups(m)

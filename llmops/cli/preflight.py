@@ -1,7 +1,8 @@
 """The pre-flight: compose, validate and compile every point before Hydra launches anything.
 
 Any config problem, Hydra's own included, raises one ConfigError listing every problem, so the
-command exits with code 2 and a readable message, and writes nothing.
+command exits with code 2 and a readable message, and writes nothing. A real run (not a dry run)
+of a hub model then checks that the model can be had (reachability.py), also exit 2 if not.
 """
 
 from __future__ import annotations
@@ -62,7 +63,39 @@ def check(overrides: list[str], source: Source | None = None) -> Any:
         raise ConfigError(_merge(hard, exc.problems)) from None
     if hard:
         raise ConfigError(hard)
+    model = model_to_load(cfg, plan)
+    if model:
+        reachable(model)
     return plan
+
+
+#: Stage kinds that never load the model's weights (data only tries its tokenizer, offline).
+NO_WEIGHTS = ("decide", "compute", "data")
+
+
+def model_to_load(cfg: Any, plan: Any) -> str | None:
+    """Returns the hub model (id or folder) a real run of the plan loads.
+
+    None for a dry run, the tiny model, or a plan none of whose stages loads the weights (a
+    data-only plan measures lengths with the cached tokenizer, or estimates them).
+    """
+    if cfg.dry_run or cfg.model.source != "hub":
+        return None
+    loads = any(s.kind not in NO_WEIGHTS for s in plan.stages)
+    return str(cfg.model.hub_id) if loads else None
+
+
+def reachable(*hub_ids: str) -> None:
+    """Checks that each model's config, tokenizer and weights can be had, before any stage.
+
+    Raises:
+        ConfigError: Naming each model that cannot be had, with the fixes.
+    """
+    from llmops.cli.reachability import reachability_problems
+
+    problems = [p for hub_id in dict.fromkeys(hub_ids) for p in reachability_problems(hub_id)]
+    if problems:
+        raise ConfigError(problems)
 
 
 def _merge(first: list[Problem], more: list[Problem]) -> list[Problem]:
@@ -124,6 +157,7 @@ def _preflight(command: Command) -> Any:
         raise ConfigError(hard)
     env = detect()
     soft: list[Problem] = []
+    models: list[str | None] = []
     for point in sweep.points:
         tag = f" [sweep point: {sweep.label(point)}]"
         try:  # a point's hydra node configures its job's logging: checked like the sweep's
@@ -135,12 +169,15 @@ def _preflight(command: Command) -> Any:
             hard += [Problem(p.key, p.message + tag) for p in problems]
             continue
         try:
-            _compile(cfg, env)
+            plan = _compile(cfg, env)
         except ConfigError as exc:
             soft += [Problem(p.key, p.message + tag) for p in exc.problems]
             sweep.invalid.append(sweep.label(point))
+            continue
+        models.append(model_to_load(cfg, plan))
     if hard or (soft and (not sweep.skip_invalid or len(sweep.invalid) == len(sweep.points))):
         raise ConfigError(hard + soft)
+    reachable(*(m for m in models if m))
     if soft:
         print(f"skip_invalid: {len(sweep.invalid)} of {len(sweep.points)} sweep points are "
               f"invalid and will be skipped:\n" + "\n".join(f"  - {p}" for p in soft),

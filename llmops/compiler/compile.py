@@ -129,9 +129,12 @@ def add_compute(b: PlanBuilder, s: StageInputs) -> None:
     n_train = (round(d.n_examples * (1 - d.val_fraction - d.test_fraction))
                if d.source == "task_api" else None)
     data = {"n_train_rows": n_train, "avg_tokens": None}
-    b.add("compute", s.training({"model": s.facts, "lora": s.lora, "quant": s.quant,
-                                 "train": s.train, "hardware": s.hardware, "data": data}),
-          [], f"memory by part, fit on {s.hardware['name']}, step time and cost"
+    params = {"model": s.facts, "lora": s.lora, "quant": s.quant, "train": s.train,
+              "hardware": s.hardware, "data": data}
+    if s.resolved.facts_from:  # only then: a preset's fingerprint (the store key) stays as it was
+        params["facts_from"] = dict(s.resolved.facts_from)
+    b.add("compute", s.training(params), [],
+          f"memory by part, fit on {s.hardware['name']}, step time and cost"
           f"{_procs_text(s.distributed)}")
 
 

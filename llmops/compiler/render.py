@@ -204,7 +204,10 @@ def print_summary(console: Any, manifest: dict[str, Any], eval_report: dict[str,
 
 
 def compute_table(report: dict[str, Any]) -> Any:
-    """Returns a rich Table of the compute plan: memory by part, fit, time and cost."""
+    """Returns a rich Table of the compute plan: memory by part, fit, time and cost.
+
+    Where model facts were read from config.json, the lines saying so follow the table.
+    """
     from rich.table import Table
 
     fits = "fits" if report["fits"] else "does NOT fit"
@@ -233,4 +236,19 @@ def compute_table(report: dict[str, Any]) -> Any:
                        ("cost_usd", "cost (USD)")):
         if report.get(key) is not None:
             table.add_row(label, f"{report[key]:.3g}")
-    return table
+    caption = facts_caption(report.get("facts_read") or {})
+    if caption is None:
+        return table
+    from rich.console import Group
+    from rich.text import Text
+
+    return Group(table, Text(caption, overflow="fold"))
+
+
+def facts_caption(read: dict[str, dict[str, Any]]) -> str | None:
+    """Returns the lines saying which model facts were read and from where (None: none read)."""
+    by_source: dict[str, list[str]] = {}
+    for key, fact in read.items():
+        by_source.setdefault(fact["from"], []).append(f"{key}={fact['value']}")
+    lines = [f"model facts from {where}: {', '.join(facts)}" for where, facts in by_source.items()]
+    return "\n".join(lines) or None

@@ -62,7 +62,9 @@ class ModelConfig(_Group):
 
     name: Text = Field(description="Preset name, e.g. tiny, qwen3b.")
     source: Literal["tiny", "hub"] = Field(description="tiny: built locally; hub: downloaded.")
-    hub_id: Text | None = Field(None, description="Hugging Face hub id (required for source=hub).")
+    hub_id: Text | None = Field(
+        None, description="Hugging Face hub id or local model folder (required for source=hub)."
+    )
     family: Text = Field(description="Architecture family, e.g. llama, qwen2.")
     chat_template: Text = Field(
         description="auto (the tokenizer's own), a TRL family (qwen2_5, llama3_1, ...), a .jinja "

@@ -257,6 +257,7 @@ def validate_and_resolve(data: dict[str, Any], env: Any = None) -> tuple[AppConf
     Raises:
         ConfigError: With every problem found.
     """
+    from llmops.config.model_facts import fill_model_facts
     from llmops.config.rules import cross_field_problems
     from llmops.env import detect
     from llmops.planning.resolve import resolve
@@ -265,17 +266,28 @@ def validate_and_resolve(data: dict[str, Any], env: Any = None) -> tuple[AppConf
     data = dict(data)
     data.pop("hydra", None)
     data.pop("sweeps", None)
+    facts = fill_model_facts(data)
     cfg, problems = schema_problems(data)
+    if facts.unfilled:  # "got None" on a fact left null: the reason it is null says more
+        problems = [p for p in problems if p.key not in facts.unfilled]
+        cfg = None
+    problems = _merge_problems(facts.problems, problems)
     reported = {p.key for p in problems}
     problems += [p for p in outbound_secret_problems(data) if p.key not in reported]
     resolved = None
     if cfg is not None:
-        resolved = resolve(cfg, env)
+        resolved = resolve(cfg, env, facts.sources)
         problems += cross_field_problems(cfg, env, resolved)
     if problems:
         raise ConfigError(problems)
     assert cfg is not None and resolved is not None
     return cfg, resolved
+
+
+def _merge_problems(first: list[Problem], more: list[Problem]) -> list[Problem]:
+    """Returns first plus the problems of more on keys first does not already report."""
+    keys = {p.key for p in first}
+    return first + [p for p in more if p.key not in keys]
 
 
 def validate(data: dict[str, Any], env: Any = None) -> AppConfig:

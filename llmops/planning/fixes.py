@@ -29,11 +29,14 @@ def _conf_dir() -> Path:
 
 
 def model_presets() -> dict[str, dict[str, Any]]:
-    """Returns the hub model presets of conf/model by name (architecture facts only)."""
+    """Returns the hub model presets of conf/model by name (architecture facts only).
+
+    model=hub, whose facts are read from a config.json at validation, is no preset.
+    """
     out = {}
     for path in sorted((_conf_dir() / "model").glob("*.yaml")):
         data = _load(path)
-        if isinstance(data, dict) and data.get("source") == "hub":
+        if isinstance(data, dict) and data.get("source") == "hub" and data.get("params"):
             out[path.stem] = data
     return out
 

@@ -11,7 +11,7 @@ Environment (``importlib.util.find_spec``), never imports unsloth.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +47,8 @@ class Resolved:
             CPU, None for torch's default (all cores).
         distributed: The distributed group, nproc_per_node and backend resolved, plus
             world_size and fsdp_version (``llmops.planning.distributed.resolve_distributed``).
+        facts_from: Where each model architecture fact the config left null was read (e.g.
+            {"params": "DIR/config.json (qwen2 arithmetic)"}); empty when the config set them all.
     """
 
     hardware: Mapping[str, Any]
@@ -57,6 +59,7 @@ class Resolved:
     grad_accum: int | None
     threads: int | None
     distributed: Mapping[str, Any]
+    facts_from: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def device(self) -> str:
@@ -122,12 +125,15 @@ def planner_inputs(cfg: AppConfig, precision: str,
     return model, lora, quant, train
 
 
-def resolve(cfg: AppConfig, env: Environment) -> Resolved:
+def resolve(cfg: AppConfig, env: Environment,
+            facts_from: Mapping[str, str] | None = None) -> Resolved:
     """Resolves every "auto" value of a schema-valid config for this machine, once.
 
     Args:
         cfg: The schema-valid config.
         env: Facts about this machine (GPUs, memory, installed packages).
+        facts_from: Where the model facts read from config.json came from
+            (``llmops.config.model_facts``); recorded, not resolved again.
 
     Returns:
         The frozen resolution the config rules and ``compile_plan`` share.
@@ -148,4 +154,5 @@ def resolve(cfg: AppConfig, env: Environment) -> Resolved:
         backend=backend, batch_size=size[0], grad_accum=size[1],
         threads=cpu_threads(hw["device"], cfg.model.params),
         distributed=MappingProxyType(distributed),
+        facts_from=MappingProxyType(dict(facts_from or {})),
     )

@@ -22,7 +22,9 @@ def plan(params: dict[str, Any]) -> dict[str, Any]:
     """Builds the compute plan (estimate + fixes) from the stage params, without writing it.
 
     Args:
-        params: {"model": architecture facts (ModelConfig fields), "lora": dict | None,
+        params: {"model": architecture facts (ModelConfig fields), "facts_from" (only when
+            facts were read from the model's config.json): where each came from,
+            "lora": dict | None,
             "quant": dict, "train": dict (resolved backend/precision), "hardware": the resolved
             profile, "data": {"n_train_rows": int | None, "avg_tokens": int | None},
             "distributed": the resolved group, only when not none}.
@@ -34,6 +36,9 @@ def plan(params: dict[str, Any]) -> dict[str, Any]:
     report = estimate(*args, n_train_rows=data.get("n_train_rows"),
                       avg_tokens=data.get("avg_tokens"), distributed=dist)
     report["model"] = params["model"].get("name")
+    sources = params.get("facts_from") or {}
+    report["facts_read"] = {key: {"value": params["model"][key], "from": where}
+                            for key, where in sources.items()}
     report["hardware"] = params["hardware"].get("name")
     report["distributed"] = dist["name"] if dist else "none"
     report["fixes"] = [] if report["fits"] else suggest_fixes(*args, distributed=dist)

@@ -1,0 +1,188 @@
+"""Fills a hub model's null architecture facts from its config.json, before schema validation.
+
+`model=hub model.hub_id=ID_OR_DIR` leaves the facts null; they are read from the model's
+config.json: a local folder, the Hugging Face cache (``try_to_load_from_cache``), or, online and
+without HF_HUB_OFFLINE, that one file fetched in one request (no retries). A value the config sets
+(a preset's, or an override) is never replaced. The parameter count is the architecture's
+arithmetic (``llmops.planning.architecture``); the chat template family comes from the folder's
+chat_template.jinja / tokenizer_config.json when present, else from the model_type. Finding the
+files is model_files.py's.
+
+Pure config layer: json and huggingface_hub (imported lazily), never torch or transformers.
+"""
+
+from __future__ import annotations
+
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmops.config.model_files import Unreadable, cached_file, read_config
+from llmops.config.schema import ModelConfig
+from llmops.errors import Problem
+from llmops.planning.architecture import ARCHITECTURES, UnknownArchitecture, count_params, tied
+
+#: The model group's facts config.json can give, and the config.json key each one is read from.
+CONFIG_KEYS = {
+    "num_layers": "num_hidden_layers", "hidden_size": "hidden_size",
+    "intermediate_size": "intermediate_size", "num_attention_heads": "num_attention_heads",
+    "vocab_size": "vocab_size", "context_length": "max_position_embeddings",
+}
+FACTS = ("name", "family", "params", *CONFIG_KEYS, "num_kv_heads", "tie_embeddings",
+         "chat_template")
+#: Markers of each chat template family in a template's text, checked in this order.
+TEMPLATE_MARKERS = (("<|im_start|>", "chatml"), ("<|start_header_id|>", "llama3"),
+                    ("<start_of_turn>", "gemma"), ("<|user|>", "phi3"), ("[INST]", "mistral"))
+TEMPLATE_FILES = ("chat_template.jinja", "tokenizer_config.json", "chat_template.json")
+
+
+@dataclass
+class FilledFacts:
+    """What filling found: where each filled fact came from, and what could not be read.
+
+    Attributes:
+        sources: Fact name -> where its value was read, for the facts the config left null.
+        problems: One problem per fact that could not be read, naming the fix.
+        unfilled: The keys (model.X) still null; their schema errors are replaced by `problems`.
+    """
+
+    sources: dict[str, str] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+    unfilled: set[str] = field(default_factory=set)
+
+
+def fill_model_facts(data: dict[str, Any]) -> FilledFacts:
+    """Replaces data["model"] by a copy whose null facts are read from the model's config.json.
+
+    Args:
+        data: The composed config as plain containers; only its "model" entry is replaced.
+
+    Returns:
+        Where the filled facts came from and the problems of those that could not be read.
+    """
+    model = data.get("model")
+    out = FilledFacts()
+    if not isinstance(model, dict) or model.get("source") != "hub":
+        return out
+    missing = [k for k in FACTS if k in model and model[k] is None]
+    if not missing:
+        return out
+    hub_id = model.get("hub_id")
+    filled: dict[str, Any] = {}
+    if isinstance(hub_id, str) and hub_id.strip() and hub_id != "???":
+        if "name" in missing:
+            filled["name"] = Path(hub_id.rstrip("/")).name or hub_id
+            out.sources["name"] = "model.hub_id"
+        try:
+            config, where, folder = read_config(hub_id)
+        except Unreadable as exc:
+            out.problems.append(Problem("model.hub_id", str(exc)))
+        else:
+            _derive(config, where, folder, hub_id, missing, filled, out)
+    elif hub_id is None:
+        out.problems.append(Problem(
+            "model.hub_id", "is required to read the model's architecture facts "
+            f"({', '.join('model.' + k for k in missing)}) from its config.json. Set "
+            "model.hub_id=org/name (a hub id) or model.hub_id=/path/to/model (a local folder)."))
+    data["model"] = {**model, **filled}
+    out.unfilled = {f"model.{k}" for k in missing if k not in filled}
+    return out
+
+
+def _derive(config: dict[str, Any], where: str, folder: Path | None, hub_id: str,
+            missing: list[str], filled: dict[str, Any], out: FilledFacts) -> None:
+    """Fills each missing fact from config.json; a fact it cannot give becomes a problem."""
+    fix = "Set it as an override (e.g. model.{key}=...) from the model card."
+    for key in (k for k in missing if k != "name"):  # the name comes from hub_id
+        try:
+            value, source = _fact(key, config, where, folder, hub_id)
+        except UnknownArchitecture as exc:
+            out.problems.append(Problem(f"model.{key}", f"cannot be derived from {where}: "
+                                        f"{exc}. {fix.format(key=key)}"))
+            continue
+        filled[key], out.sources[key] = value, source
+    template = filled.get("chat_template")
+    allowed = _allowed_templates()
+    if template is not None and allowed and template not in allowed:
+        source = out.sources.pop("chat_template")
+        del filled["chat_template"]
+        out.problems.append(Problem(
+            "model.chat_template", f"{hub_id} uses a {template} chat template (from "
+            f"{source}), which llmops cannot train with yet (allowed: "
+            f"{', '.join(allowed)}). Set model.chat_template={allowed[0]} only if the model was "
+            "trained on that format, or pick a preset (model=qwen3b, model=llama8b, ...)."))
+
+
+def _fact(key: str, config: dict[str, Any], where: str, folder: Path | None,
+          hub_id: str) -> tuple[Any, str]:
+    """Returns (value, where it came from) of one fact; raises UnknownArchitecture if it can't."""
+    if key == "family":
+        kind = config.get("model_type")
+        if not isinstance(kind, str) or not kind:
+            raise UnknownArchitecture("it names no model_type")
+        return kind, where
+    if key == "params":
+        return count_params(config), f"{where} ({config['model_type']} arithmetic)"
+    if key == "tie_embeddings":
+        return tied(config), where
+    if key == "num_kv_heads":
+        return config.get("num_key_value_heads") or _int(config, "num_attention_heads"), where
+    if key == "chat_template":
+        return _template(config, where, folder, hub_id)
+    return _int(config, CONFIG_KEYS[key]), where
+
+
+def _int(config: dict[str, Any], name: str) -> int:
+    value = config.get(name)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise UnknownArchitecture(f"it has no positive integer '{name}' (got {value!r})")
+    return value
+
+
+def _allowed_templates() -> list[str]:
+    """Returns the chat template families the schema accepts (empty: any name)."""
+    annotation = ModelConfig.model_fields["chat_template"].annotation
+    return [str(a) for a in typing.get_args(annotation)] \
+        if typing.get_origin(annotation) is typing.Literal else []
+
+
+def _template(config: dict[str, Any], where: str, folder: Path | None,
+              hub_id: str) -> tuple[str, str]:
+    """Returns the chat template family: from the tokenizer's template files, else model_type."""
+    for path in _template_files(folder, hub_id):
+        family = template_family(_template_text(path))
+        if family:
+            return family, str(path)
+    kind = config.get("model_type")
+    arch = ARCHITECTURES.get(kind) if isinstance(kind, str) else None
+    if arch is None or arch.template is None:
+        raise UnknownArchitecture(f"no chat template file was found and model_type {kind!r} "
+                                  "has no template family in llmops")
+    return arch.template, f"model_type {kind} in {where}"
+
+
+def _template_files(folder: Path | None, hub_id: str) -> list[Path]:
+    if folder is not None:
+        return [folder / name for name in TEMPLATE_FILES if (folder / name).is_file()]
+    return [path for name in TEMPLATE_FILES if (path := cached_file(hub_id, name))]
+
+
+def _template_text(path: Path) -> str:
+    """Returns the chat template text a template file holds ('' when it holds none)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        if path.suffix != ".json":
+            return text
+        value = json.loads(text).get("chat_template")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    if isinstance(value, list):  # [{"name": "default", "template": ...}, ...]
+        value = " ".join(str(t.get("template", "")) for t in value if isinstance(t, dict))
+    return value if isinstance(value, str) else ""
+
+
+def template_family(text: str) -> str | None:
+    """Returns the chat template family whose markers a template's text uses, or None."""
+    return next((family for marker, family in TEMPLATE_MARKERS if marker in text), None)

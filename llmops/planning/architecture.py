@@ -1,0 +1,110 @@
+"""The architecture facts the planners need, derived from a model's config.json (pure arithmetic).
+
+One table (ARCHITECTURES) says, per Hugging Face ``model_type``, which biases and norms a decoder
+block has, the defaults its transformers config class uses for keys a config.json may leave out,
+and the chat template family its instruct models use. ``count_params`` sums the parameters layer by
+layer exactly as transformers builds the model (tests check it against
+``AutoModelForCausalLM.from_config`` on the meta device); ``llmops.config.model_facts`` reads the
+other facts.
+
+Pure: no torch, no transformers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """How one model_type's decoder is built, for counting its parameters.
+
+    Attributes:
+        qkv_bias: q/k/v projections carry a bias (None: the config's attention_bias decides).
+        o_bias: o_proj carries a bias (None: the config's attention_bias decides).
+        block_norms: RMSNorm weight vectors per block (2; Gemma 2 has 4).
+        qk_norm: Per-head q/k norms (head_dim weights each), as in Qwen3.
+        tie_default: tie_word_embeddings when config.json leaves it out.
+        head_dim_default: head_dim when config.json leaves it out (None: hidden / heads).
+        template: Chat template family of the family's instruct models, or None if llmops has none.
+    """
+
+    qkv_bias: bool | None = None
+    o_bias: bool | None = None
+    block_norms: int = 2
+    qk_norm: bool = False
+    tie_default: bool = False
+    head_dim_default: int | None = None
+    template: str | None = None
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "llama": Architecture(template="llama3"),
+    "mistral": Architecture(qkv_bias=False, o_bias=False, template="mistral"),
+    "qwen2": Architecture(qkv_bias=True, o_bias=False, template="chatml"),
+    "qwen3": Architecture(qk_norm=True, template="chatml"),
+    "gemma": Architecture(tie_default=True, head_dim_default=256, template="gemma"),
+    "gemma2": Architecture(block_norms=4, tie_default=True, head_dim_default=256,
+                           template="gemma"),
+    "phi3": Architecture(qkv_bias=False, o_bias=False, template="phi3"),
+}
+
+class UnknownArchitecture(ValueError):
+    """config.json names a model_type this module cannot count (or lacks a key it needs)."""
+
+
+def _int(config: dict[str, Any], key: str) -> int:
+    value = config.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise UnknownArchitecture(f"config.json has no positive integer '{key}' (got {value!r})")
+    return value
+
+
+def count_params(config: dict[str, Any]) -> int:
+    """Counts a decoder-only model's parameters from its config.json, as transformers builds it.
+
+    Args:
+        config: The parsed config.json.
+
+    Raises:
+        UnknownArchitecture: For a model_type outside ARCHITECTURES or a missing size key.
+    """
+    arch = architecture(config)
+    h, layers, i = (_int(config, k) for k in ("hidden_size", "num_hidden_layers",
+                                              "intermediate_size"))
+    heads, vocab = _int(config, "num_attention_heads"), _int(config, "vocab_size")
+    kv = config.get("num_key_value_heads") or heads
+    hd = config.get("head_dim") or arch.head_dim_default or h // heads
+    bias = bool(config.get("attention_bias", False))
+    qkv_bias = bias if arch.qkv_bias is None else arch.qkv_bias
+    o_bias = bias if arch.o_bias is None else arch.o_bias
+    mlp_bias = bool(config.get("mlp_bias", False))
+    q, k = heads * hd, kv * hd
+    attention = h * (q + 2 * k) + q * h + qkv_bias * (q + 2 * k) + o_bias * h
+    mlp = 3 * h * i + mlp_bias * (2 * i + h)
+    norms = arch.block_norms * h + (2 * hd if arch.qk_norm else 0)
+    embed = vocab * h
+    head = 0 if tied(config) else vocab * h
+    return int(embed + layers * (attention + mlp + norms) + h + head)
+
+
+def architecture(config: dict[str, Any]) -> Architecture:
+    """Returns the table entry of config.json's model_type.
+
+    Raises:
+        UnknownArchitecture: When llmops does not know the model_type.
+    """
+    kind = config.get("model_type")
+    if kind not in ARCHITECTURES:
+        raise UnknownArchitecture(f"model_type {kind!r} is not one llmops can count "
+                                  f"(known: {', '.join(ARCHITECTURES)})")
+    return ARCHITECTURES[kind]
+
+
+def tied(config: dict[str, Any]) -> bool:
+    """Tells whether the input and output embeddings are shared (config.json's, else the
+    architecture's default)."""
+    value = config.get("tie_word_embeddings")
+    return architecture(config).tie_default if value is None else bool(value)
+
