@@ -114,6 +114,11 @@ def test_each_preset_agrees_with_its_published_config_json(compose_plan, tmp_pat
     derived, plan = compose_plan(["model=hub", f"model.hub_id={folder}", "hardware=a100_80g",
                                   "dry_run=true"])
     for key in FACTS:
+        if key == "chat_template":  # config.json alone: the TRL template of its model_type,
+            # the same format as the preset's (llama3_1 for llama3_2: a Llama 3 family template)
+            assert derived.model.chat_template.split("_")[0] == given.model.chat_template.split(
+                "_")[0]
+            continue
         assert getattr(derived.model, key) == getattr(given.model, key), key
     assert abs(derived.model.params - given.model.params) / given.model.params < 0.005
     assert derived.model.params == _meta_count(config)
@@ -129,23 +134,26 @@ def test_each_architecture_counts_as_transformers_builds_it(model_type):
 def test_overrides_win_over_config_json(compose_plan, tmp_path):
     folder = _folder(tmp_path, "m", PUBLISHED["qwen3b"])
     cfg, plan = compose_plan(["model=hub", f"model.hub_id={folder}", "model.num_layers=30",
-                              "model.params=2500000000", "model.chat_template=llama3",
+                              "model.params=2500000000", "model.chat_template=llama3_2",
                               "hardware=a100_80g", "dry_run=true"])
     assert (cfg.model.num_layers, cfg.model.params, cfg.model.chat_template) == (
-        30, 2_500_000_000, "llama3")
+        30, 2_500_000_000, "llama3_2")
     assert cfg.model.hidden_size == 2048 and cfg.model.name == "m"
     sources = plan.stage("compute").params["facts_from"]
     assert not {"num_layers", "params", "chat_template"} & set(sources)
 
 
 def test_the_template_file_decides_the_family_over_model_type(compose_plan, tmp_path):
-    chatml = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>"
-              "{% endfor %}")
+    """A Llama-architecture folder that ships a ChatML template (with tools) trains on its own
+    template (auto), not on the Llama 3 one its model_type would suggest."""
+    from real_models import trl_template
+
+    chatml = trl_template("qwen2_5.jinja")
     folder = _folder(tmp_path, "llama-chatml", PUBLISHED["llama1b"],
                      tokenizer_config__json=json.dumps({"chat_template": chatml}))
     cfg, plan = compose_plan(["model=hub", f"model.hub_id={folder}", "hardware=a100_80g",
                               "dry_run=true"])
-    assert (cfg.model.family, cfg.model.chat_template) == ("llama", "chatml")
+    assert (cfg.model.family, cfg.model.chat_template) == ("llama", "auto")
     sources = plan.stage("compute").params["facts_from"]
     assert sources["chat_template"] == str(folder / "tokenizer_config.json")
     assert sources["params"] == f"{folder / 'config.json'} (llama arithmetic)"
@@ -166,7 +174,7 @@ def test_an_unknown_model_type_names_it_and_the_fix(compose_plan, tmp_path):
                                "model card.",
     }
     cfg, _ = compose_plan(["model=hub", f"model.hub_id={folder}", "model.params=7000000",
-                           "model.chat_template=chatml", "dry_run=true"])
+                           "model.chat_template=qwen2_5", "dry_run=true"])
     assert (cfg.model.family, cfg.model.params, cfg.model.num_layers) == ("falcon", 7_000_000, 2)
 
 
@@ -200,8 +208,7 @@ def test_dry_run_plans_a_local_folder_of_each_family(real_model, tmp_path, famil
                               "from": f"{folder}/config.json ({config['model_type']} arithmetic)"}
     assert read["num_layers"]["value"] == config["num_hidden_layers"]
     assert read["vocab_size"]["value"] == config["vocab_size"]
-    assert read["chat_template"] == {"value": {"qwen2": "chatml", "llama": "llama3"}[family],
-                                     "from": str(folder / "chat_template.jinja")}
+    assert read["chat_template"] == {"value": "auto", "from": str(folder / "chat_template.jinja")}
 
 
 def test_a_hub_id_reads_config_json_from_the_cache_or_one_hub_request(tmp_path):

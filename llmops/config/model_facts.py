@@ -4,9 +4,10 @@
 config.json: a local folder, the Hugging Face cache (``try_to_load_from_cache``), or, online and
 without HF_HUB_OFFLINE, that one file fetched in one request (no retries). A value the config sets
 (a preset's, or an override) is never replaced. The parameter count is the architecture's
-arithmetic (``llmops.planning.architecture``); the chat template family comes from the folder's
-chat_template.jinja / tokenizer_config.json when present, else from the model_type. Finding the
-files is model_files.py's.
+arithmetic (``llmops.planning.architecture``); the chat template is ``auto`` (the tokenizer's own)
+when the model ships one (chat_template.jinja / tokenizer_config.json), else the TRL template of
+its model_type's instruct models (``qwen2_5``, ``llama3_1``, ...). Finding the files is
+model_files.py's.
 
 Pure config layer: json and huggingface_hub (imported lazily), never torch or transformers.
 """
@@ -14,13 +15,11 @@ Pure config layer: json and huggingface_hub (imported lazily), never torch or tr
 from __future__ import annotations
 
 import json
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from llmops.config.model_files import Unreadable, cached_file, read_config
-from llmops.config.schema import ModelConfig
 from llmops.errors import Problem
 from llmops.planning.architecture import ARCHITECTURES, UnknownArchitecture, count_params, tied
 
@@ -32,9 +31,6 @@ CONFIG_KEYS = {
 }
 FACTS = ("name", "family", "params", *CONFIG_KEYS, "num_kv_heads", "tie_embeddings",
          "chat_template")
-#: Markers of each chat template family in a template's text, checked in this order.
-TEMPLATE_MARKERS = (("<|im_start|>", "chatml"), ("<|start_header_id|>", "llama3"),
-                    ("<start_of_turn>", "gemma"), ("<|user|>", "phi3"), ("[INST]", "mistral"))
 TEMPLATE_FILES = ("chat_template.jinja", "tokenizer_config.json", "chat_template.json")
 
 
@@ -103,16 +99,6 @@ def _derive(config: dict[str, Any], where: str, folder: Path | None, hub_id: str
                                         f"{exc}. {fix.format(key=key)}"))
             continue
         filled[key], out.sources[key] = value, source
-    template = filled.get("chat_template")
-    allowed = _allowed_templates()
-    if template is not None and allowed and template not in allowed:
-        source = out.sources.pop("chat_template")
-        del filled["chat_template"]
-        out.problems.append(Problem(
-            "model.chat_template", f"{hub_id} uses a {template} chat template (from "
-            f"{source}), which llmops cannot train with yet (allowed: "
-            f"{', '.join(allowed)}). Set model.chat_template={allowed[0]} only if the model was "
-            "trained on that format, or pick a preset (model=qwen3b, model=llama8b, ...)."))
 
 
 def _fact(key: str, config: dict[str, Any], where: str, folder: Path | None,
@@ -141,20 +127,13 @@ def _int(config: dict[str, Any], name: str) -> int:
     return value
 
 
-def _allowed_templates() -> list[str]:
-    """Returns the chat template families the schema accepts (empty: any name)."""
-    annotation = ModelConfig.model_fields["chat_template"].annotation
-    return [str(a) for a in typing.get_args(annotation)] \
-        if typing.get_origin(annotation) is typing.Literal else []
-
-
 def _template(config: dict[str, Any], where: str, folder: Path | None,
               hub_id: str) -> tuple[str, str]:
-    """Returns the chat template family: from the tokenizer's template files, else model_type."""
+    """Returns the chat template to use: ``auto`` (the tokenizer's own) when the model ships one,
+    else the TRL template of its model_type's instruct models."""
     for path in _template_files(folder, hub_id):
-        family = template_family(_template_text(path))
-        if family:
-            return family, str(path)
+        if _template_text(path).strip():
+            return "auto", str(path)
     kind = config.get("model_type")
     arch = ARCHITECTURES.get(kind) if isinstance(kind, str) else None
     if arch is None or arch.template is None:
@@ -181,8 +160,3 @@ def _template_text(path: Path) -> str:
     if isinstance(value, list):  # [{"name": "default", "template": ...}, ...]
         value = " ".join(str(t.get("template", "")) for t in value if isinstance(t, dict))
     return value if isinstance(value, str) else ""
-
-
-def template_family(text: str) -> str | None:
-    """Returns the chat template family whose markers a template's text uses, or None."""
-    return next((family for marker, family in TEMPLATE_MARKERS if marker in text), None)

@@ -27,7 +27,8 @@ class Architecture:
         qk_norm: Per-head q/k norms (head_dim weights each), as in Qwen3.
         tie_default: tie_word_embeddings when config.json leaves it out.
         head_dim_default: head_dim when config.json leaves it out (None: hidden / heads).
-        template: Chat template family of the family's instruct models, or None if llmops has none.
+        template: The TRL chat template (trl/chat_templates/NAME.jinja) of the family's instruct
+            models, used when the model ships no template; None if TRL has none.
     """
 
     qkv_bias: bool | None = None
@@ -40,10 +41,10 @@ class Architecture:
 
 
 ARCHITECTURES: dict[str, Architecture] = {
-    "llama": Architecture(template="llama3"),
-    "mistral": Architecture(qkv_bias=False, o_bias=False, template="mistral"),
-    "qwen2": Architecture(qkv_bias=True, o_bias=False, template="chatml"),
-    "qwen3": Architecture(qk_norm=True, template="chatml"),
+    "llama": Architecture(template="llama3_1"),
+    "mistral": Architecture(qkv_bias=False, o_bias=False),
+    "qwen2": Architecture(qkv_bias=True, o_bias=False, template="qwen2_5"),
+    "qwen3": Architecture(qk_norm=True, template="qwen3"),
     "gemma": Architecture(tie_default=True, head_dim_default=256, template="gemma"),
     "gemma2": Architecture(block_norms=4, tie_default=True, head_dim_default=256,
                            template="gemma"),
