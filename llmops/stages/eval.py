@@ -1,8 +1,9 @@
 """Stage "eval": evaluates the tuned model, compares it with the base, applies gates.
 
 Writes eval_report.json {base, tuned, gates, passed, gate_choice, metrics_by_kind, worst_examples,
-deltas, n, samples, seconds}. A failed gate is reported, never raised: the runner decides from
-params["enforce"] whether the plan stops.
+deltas, n, samples, answer_syntax, seconds}; answer_syntax is the call syntax the answers were
+read in (the model's own template's: hermes, llama3_json, task_api). A failed gate is reported,
+never raised: the runner decides from params["enforce"] whether the plan stops.
 """
 
 from __future__ import annotations
@@ -201,6 +202,7 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
         "artifact": artifact,
         "tuned_stage": tuned_stage,
         "samples": tuned["samples"],
+        "answer_syntax": tuned["answer_syntax"],
         "seconds": round(time.perf_counter() - start, 3),
         "generation_seconds": tuned["seconds"],
     }

@@ -65,15 +65,18 @@ def evaluate_model(
     """Generates answers for the rows, measures the held-out loss, and scores both by row kind.
 
     Returns:
-        {"metrics", "by_kind", "stats", "n", "samples", "predictions", "worst_examples",
-        "seconds"}: whole-split metrics, metrics by row kind (tool, refusal, text), each gateable
-        metric's value/n/sd (for tolerance by split size), the first N_SAMPLES rows with prompt,
-        reference, prediction and exact, every answer, and the worst rows per metric.
+        {"metrics", "by_kind", "stats", "n", "samples", "predictions", "answer_syntax",
+        "worst_examples", "seconds"}: whole-split metrics, metrics by row kind (tool, refusal,
+        text), each gateable metric's value/n/sd (for tolerance by split size), the first
+        N_SAMPLES rows with prompt, reference, prediction and exact, every answer, the call syntax
+        the answers were read in (``parsers.syntax_of`` the template: hermes, llama3_json,
+        task_api; None when it writes no calls), and the worst rows per metric.
     """
     from llmops.backends.generation import generate
     from llmops.backends.heldout import row_losses
     from llmops.backends.templates import answer_parser
     from llmops.scoring.examples import worst_examples
+    from llmops.scoring.parsers import syntax_of
     from llmops.scoring.split import add_losses, reference_text, score_split
 
     start = time.perf_counter()
@@ -109,6 +112,7 @@ def evaluate_model(
     )
     return {"metrics": m, "by_kind": scored["by_kind"], "stats": scored["samples"],
             "n": len(rows), "samples": samples, "predictions": predictions,
+            "answer_syntax": syntax_of(tokenizer.chat_template),
             "worst_examples": worst_examples(rows, predictions, per_row,
                                              int(params["worst_examples"])),
             "seconds": round(seconds, 3)}
