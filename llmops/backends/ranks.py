@@ -1,0 +1,103 @@
+"""What a training process needs to know about the other processes of its job.
+
+Light at import time (no torch): the parent runner, the launched ranks and the backends all read
+it. A rank learns its place from the environment its launcher set (torchrun, accelerate launch,
+or submitit's TorchDistributedEnvironment): RANK, WORLD_SIZE, LOCAL_RANK.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+# Set by llmops in every process it starts as a rank (or exports as one under submitit), naming
+# who started it; a rank with this set never launches again.
+LAUNCHER_ENV = "LLMOPS_LAUNCHER"
+
+
+def world_size(dist: dict[str, Any]) -> int:
+    """Returns the number of training processes the compiled `distributed` params ask for."""
+    return int(dist["nproc_per_node"]) * int(dist["nnodes"])
+
+
+def rank() -> int:
+    """Returns this process's global rank (0 when it is not one of several)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def current_world() -> int:
+    """Returns the world size the launcher set for this process (1 outside a launched job)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_rank() -> bool:
+    """Tells whether this process writes reports, artifacts and logs: rank 0, or the only one."""
+    return rank() == 0
+
+
+def inside_ranks() -> bool:
+    """Tells whether this process is already one rank of a launched multi-process job."""
+    return bool(os.environ.get(LAUNCHER_ENV)) and current_world() > 1
+
+
+def split_batch(train: dict[str, Any], world: int) -> tuple[dict[str, Any], str]:
+    """Returns the train params for one of `world` ranks, keeping the one-process effective batch.
+
+    batch_size x grad_accum of the compiled plan is the effective batch of one process; with
+    `world` processes each step sees world x per-rank batch, so the accumulation is divided first
+    (fewer, equally large steps), else the per-rank batch, else (neither divides) both stay and
+    the effective batch grows by `world`.
+
+    Returns:
+        (the train params with batch_size / grad_accum for one rank, how: "grad_accum",
+        "batch_size" or "none").
+    """
+    batch, accum = int(train["batch_size"]), int(train["grad_accum"])
+    if world <= 1:
+        return train, "none"
+    if accum % world == 0:
+        return {**train, "grad_accum": accum // world}, "grad_accum"
+    if batch % world == 0:
+        return {**train, "batch_size": batch // world}, "batch_size"
+    return train, "none"
+
+
+def report_fields(dist: dict[str, Any], trainer: Any, split: str = "none") -> dict[str, Any]:
+    """Returns what a training report says about the processes that trained.
+
+    Args:
+        dist: The compiled `distributed` params.
+        trainer: The transformers Trainer (its args' world_size and its accelerator's sharding
+            are what really ran).
+        split: How the one-process batch was divided over the ranks (see split_batch).
+    """
+    args = trainer.args
+    sharded = ("fsdp" if getattr(trainer, "is_fsdp_enabled", False)
+               else "deepspeed" if getattr(trainer, "is_deepspeed_enabled", False) else None)
+    world = int(getattr(args, "world_size", 1) or 1)
+    per_rank = int(args.per_device_train_batch_size)
+    accum = int(args.gradient_accumulation_steps)
+    return {
+        "world_size": world,
+        "strategy": dist["strategy"] if world > 1 else "none",
+        "launcher": os.environ.get(LAUNCHER_ENV) or "none",
+        "per_rank_batch": per_rank,
+        "grad_accum": accum,
+        "effective_batch": per_rank * accum * world,
+        "batch_split": split,
+        "sharded_by": sharded,
+    }
+
+
+def trainer_args(dist: dict[str, Any], device: str) -> dict[str, Any]:
+    """Returns the TrainingArguments keys that depend on the process group (none for one process).
+
+    On a CPU the group runs on gloo; on GPUs `distributed.backend` (auto: nccl). FSDP and DeepSpeed
+    come from the accelerate config the launcher was started with, not from here.
+    """
+    if current_world() <= 1:
+        return {}
+    backend = str(dist["backend"])
+    if backend == "auto":
+        backend = "gloo" if device == "cpu" else "nccl"
+    return {"ddp_backend": backend, "ddp_find_unused_parameters": False}
