@@ -55,8 +55,8 @@ def add_dpo(b: PlanBuilder, s: StageInputs) -> None:
     needs = ["data", *(["sft"] if t.method == "sft_dpo" else []), *s.base]
     start = "the sft adapter" if t.method == "sft_dpo" else (init or "a new adapter on the base")
     steps = f"{dpo.max_steps} steps" if dpo.max_steps > 0 else f"{dpo.epochs:g} epochs"
-    b.add("dpo", params, needs, f"DPO beta {dpo.beta:g} ({dpo.loss_type}) from {start}, "
-          f"lr {lr:g}, {steps}", files)
+    b.add("dpo", s.training(params), needs,
+          f"DPO beta {dpo.beta:g} ({dpo.loss_type}) from {start}, lr {lr:g}, {steps}", files)
 
 
 def add_merge(b: PlanBuilder, s: StageInputs) -> None:

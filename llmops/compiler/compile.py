@@ -36,6 +36,9 @@ class StageInputs:
         quant: The quant params, compute_dtype resolved.
         train: The train params, backend, precision and (when training) the batch resolved.
         hardware: The resolved hardware profile.
+        distributed: The resolved distributed group for the training stages (sft, dpo), or None
+            for one process (distributed=none: absent from their params, so the fingerprints of
+            one-process plans stay those of llmops 0.2.0).
         base: ["base"] for the tiny model (every stage that loads the model needs it), else [].
     """
 
@@ -47,6 +50,7 @@ class StageInputs:
     quant: dict[str, Any]
     train: dict[str, Any]
     hardware: dict[str, Any]
+    distributed: dict[str, Any] | None
     base: list[str]
 
     @classmethod
@@ -64,8 +68,14 @@ class StageInputs:
             facts=m.model_dump(exclude={"pretrain"}),
             lora=cfg.lora.model_dump(exclude={"enabled"}) if cfg.lora.enabled else None,
             quant={**cfg.quant.model_dump(), "compute_dtype": r.compute_dtype},
-            train=train, hardware=dict(r.hardware), base=["base"] if m.source == "tiny" else [],
+            train=train, hardware=dict(r.hardware),
+            distributed=dict(r.distributed) if cfg.distributed.strategy != "none" else None,
+            base=["base"] if m.source == "tiny" else [],
         )
+
+    def training(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Returns a training stage's params with the distributed group added when one is set."""
+        return {**params, "distributed": self.distributed} if self.distributed else params
 
 
 class PlanBuilder:
@@ -202,10 +212,19 @@ def add_sft(b: PlanBuilder, s: StageInputs) -> None:
     adapter = f"LoRA r{cfg.lora.r}" if s.lora else "full fine-tune"
     qtxt = f" on {cfg.quant.type}" if cfg.quant.type != "none" else ""
     steps = f"{t.max_steps} steps" if t.max_steps > 0 else f"{t.epochs:g} epochs"
-    b.add("sft", {"model": s.model, "lora": s.lora, "quant": s.quant, "train": s.train},
+    b.add("sft", s.training({"model": s.model, "lora": s.lora, "quant": s.quant,
+                             "train": s.train}),
           ["data", *s.base],
           f"{adapter}{qtxt}, lr {t.learning_rate:g}, {steps}, batch {s.train['batch_size']}x"
-          f"{s.train['grad_accum']}, {s.resolved.backend} on {s.resolved.device}")
+          f"{s.train['grad_accum']}, {s.resolved.backend} on {s.resolved.device}"
+          f"{_procs_text(s.distributed)}")
+
+
+def _procs_text(d: dict[str, Any] | None) -> str:
+    if not d:
+        return ""
+    nodes = f" x {d['nnodes']} nodes" if d["nnodes"] > 1 else ""
+    return f", {d['name']} x {d['nproc_per_node']} procs{nodes} ({d['launcher']}, {d['backend']})"
 
 
 def _eval_params(s: StageInputs) -> dict[str, Any]:

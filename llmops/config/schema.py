@@ -389,6 +389,37 @@ class HardwareConfig(_Group):
     )
 
 
+MAX_PROCS = 4096  # processes per node, nodes per job: well above any real cluster
+Procs = Annotated[int, Field(ge=1, le=MAX_PROCS)]
+
+
+class DistributedConfig(_Group):
+    """How one training job spans processes, GPUs and nodes (sft, dpo); rules in
+    distributed_rules.py."""
+
+    name: Text = Field(description="Option name, e.g. none, ddp, fsdp.")
+    strategy: Literal["none", "ddp", "fsdp", "zero2", "zero3"] = Field(
+        description="none: one process; ddp: replicas; fsdp, zero2, zero3: sharded states."
+    )
+    launcher: Literal["torchrun", "accelerate"] = Field(
+        description="What starts the processes (accelerate: with a generated config)."
+    )
+    nproc_per_node: Procs | Literal["auto"] = Field(
+        description="Processes per node; auto: the hardware profile's num_gpus (1 on a CPU)."
+    )
+    nnodes: Procs = Field(description="Nodes the job spans.")
+    cpu_offload: bool = Field(description="zero3/fsdp: keep optimizer states and params on host.")
+    activation_checkpointing: bool = Field(
+        description="Recompute activations in backward (FSDP's own under fsdp)."
+    )
+    sharding_strategy: Literal["full_shard", "shard_grad_op", "hybrid_shard"] = Field(
+        description="fsdp: what is sharded; ignored by the other strategies."
+    )
+    backend: Literal["auto", "nccl", "gloo"] = Field(
+        description="Collective backend; auto: nccl on cuda, gloo on a CPU."
+    )
+
+
 class TrackingConfig(_Group):
     """Experiment tracking sink; the run folder's own JSON metrics stay the source of truth."""
 
@@ -422,6 +453,7 @@ class AppConfig(_Group):
     hardware: HardwareConfig
     tracking: TrackingConfig
     usecase: UsecaseConfig
+    distributed: DistributedConfig
     dry_run: bool = Field(False, description="Compile and print the plan; run nothing.")
     seed: Seed = Field(0, description="Global seed.")
     store_dir: Text = Field("outputs/store", description="Content-addressed stage cache.")
@@ -434,5 +466,5 @@ class AppConfig(_Group):
 
 GROUPS = (
     "model", "lora", "quant", "data", "train", "eval", "merge", "deploy", "hardware", "tracking",
-    "usecase",
+    "usecase", "distributed",
 )

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from llmops.env import Environment
 from llmops.planning import batch
 from llmops.planning.backend import resolve_backend
+from llmops.planning.distributed import resolve_distributed
 from llmops.planning.precision import compute_dtype_for, precision_for
 
 if TYPE_CHECKING:
@@ -43,6 +44,8 @@ class Resolved:
         grad_accum: Gradient accumulation steps; None when nothing trains.
         threads: Torch CPU threads inside stages: 1 for a model under SMALL_MODEL_PARAMS on a
             CPU, None for torch's default (all cores).
+        distributed: The distributed group, nproc_per_node and backend resolved, plus
+            world_size and fsdp_version (``llmops.planning.distributed.resolve_distributed``).
     """
 
     hardware: Mapping[str, Any]
@@ -52,6 +55,7 @@ class Resolved:
     batch_size: int | None
     grad_accum: int | None
     threads: int | None
+    distributed: Mapping[str, Any]
 
     @property
     def device(self) -> str:
@@ -127,4 +131,5 @@ def resolve(cfg: AppConfig, env: Environment) -> Resolved:
         hardware=MappingProxyType(hw), precision=precision, compute_dtype=compute_dtype,
         backend=backend, batch_size=size[0], grad_accum=size[1],
         threads=cpu_threads(hw["device"], cfg.model.params),
+        distributed=MappingProxyType(resolve_distributed(cfg.distributed, hw)),
     )
