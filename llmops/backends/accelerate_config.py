@@ -33,7 +33,7 @@ def accelerate_config(dist: dict[str, Any], world: int, device: str) -> dict[str
         sharding = str(dist["sharding_strategy"])
         config["distributed_type"] = "FSDP"
         config["fsdp_config"] = {
-            "fsdp_version": 2,
+            "fsdp_version": int(dist["fsdp_version"] or 2),
             "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
             "fsdp_reshard_after_forward": _FSDP_SHARDING.get(sharding, True),
             "fsdp_offload_params": bool(dist["cpu_offload"]),

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from llmops.backends.common import peak_memory_mb, read_jsonl, write_json
-from llmops.backends.ranks import is_main_rank, report_fields, trainer_args
 from llmops.backends.hf import (
     count_params,
     load_model,
@@ -26,6 +25,7 @@ from llmops.backends.hf import (
     set_cpu_threads,
     trainer_kwargs,
 )
+from llmops.backends.ranks import is_main_rank, report_fields, trainer_args
 from llmops.compiler.plan import report_name
 from llmops.errors import StageError
 
@@ -110,7 +110,7 @@ def dpo_config(params: dict[str, Any], out_dir: Path, ctx: Any) -> Any:
     dpo = params["dpo"]
     return DPOConfig(
         **trainer_kwargs(params["train"], out_dir, ctx),
-        **trainer_args(params["distributed"], ctx.device),
+        **trainer_args(params.get("distributed")),
         beta=float(dpo["beta"]),
         loss_type=[str(dpo["loss_type"])],
         label_smoothing=float(dpo["label_smoothing"]),
@@ -220,7 +220,7 @@ def train_dpo(params: dict[str, Any], data_dir: Path, base_model: str, init_adap
         "resumed_from_step": int(start.get("step", 0)) if resume else 0,
         "resumed_from": resume,
         "start_step": int(start.get("step", 0)),
-        **report_fields(params["distributed"], trainer,
+        **report_fields(params.get("distributed"), trainer,
                         params.get("_launch", {}).get("batch_split", "none")),
     }
     if plot_loss_curve([p for p in curve if "loss" in p], out_dir / "dpo_loss_curve.png",

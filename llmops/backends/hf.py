@@ -146,7 +146,7 @@ def sft_config(params: dict[str, Any], out_dir: Path, ctx: Any, chat: bool = Tru
     train = params["train"]
     return SFTConfig(
         **trainer_kwargs(train, out_dir, ctx),
-        **trainer_args(params["distributed"], ctx.device),
+        **trainer_args(params.get("distributed")),
         assistant_only_loss=bool(train["assistant_only_loss"]) and chat,
         include_num_input_tokens_seen="non_padding",
     )
@@ -396,7 +396,7 @@ def run_training(
         "resumed_from": resume,
         "device": ctx.device,
         "precision": params["train"]["precision"],
-        **report_fields(params["distributed"], trainer,
+        **report_fields(params.get("distributed"), trainer,
                         params.get("_launch", {}).get("batch_split", "none")),
     }
     if plot_loss_curve(curve, out_dir / "loss_curve.png", f"sft ({backend}, {artifact})"):

@@ -4,7 +4,7 @@ The stage's process stays the llmops runner. For a world size above 1 it writes 
 params, inputs and context to out_dir/launch/spec.json and starts, as a real subprocess,
 
     python -m torch.distributed.run --standalone --nproc_per_node N -m llmops.backends.launch SPEC
-    python -m accelerate.commands.launch --config_file ACCELERATE.yaml -m llmops.backends.launch SPEC
+    python -m accelerate.commands.launch --config_file ACCEL.yaml -m llmops.backends.launch SPEC
 
 (`distributed.launcher`); each rank calls the stage's own `train` function. Rank 0 writes the
 report and artifacts; the runner publishes them as for one process. Rank 0's log lines reach the
@@ -42,7 +42,7 @@ def run_stage(kind: str, params: dict[str, Any], inputs: dict[str, Path], out_di
 
     Args:
         kind: The stage kind; its module's `train(params, inputs, out_dir, ctx)` trains one rank.
-        params: The compiled stage params, with "distributed".
+        params: The compiled stage params; "distributed" only when it is not none.
         inputs: The stage inputs by upstream kind.
         out_dir: The stage's output folder (the ranks write there; rank 0 writes the report).
         ctx: Run context.
@@ -53,7 +53,7 @@ def run_stage(kind: str, params: dict[str, Any], inputs: dict[str, Path], out_di
     Raises:
         StageError: When the job cannot be launched here or a rank fails.
     """
-    world = world_size(params["distributed"])
+    world = world_size(params.get("distributed"))
     if world <= 1:
         return train_rank(kind, params, inputs, out_dir, ctx)
     if os.environ.get(LAUNCHER_ENV) == "submitit":

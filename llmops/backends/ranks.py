@@ -15,9 +15,10 @@ from typing import Any
 LAUNCHER_ENV = "LLMOPS_LAUNCHER"
 
 
-def world_size(dist: dict[str, Any]) -> int:
-    """Returns the number of training processes the compiled `distributed` params ask for."""
-    return int(dist["nproc_per_node"]) * int(dist["nnodes"])
+def world_size(dist: dict[str, Any] | None) -> int:
+    """Returns the number of training processes of the compiled `distributed` params (absent,
+    None, for one process: distributed=none)."""
+    return int(dist["world_size"]) if dist else 1
 
 
 def rank() -> int:
@@ -33,11 +34,6 @@ def current_world() -> int:
 def is_main_rank() -> bool:
     """Tells whether this process writes reports, artifacts and logs: rank 0, or the only one."""
     return rank() == 0
-
-
-def inside_ranks() -> bool:
-    """Tells whether this process is already one rank of a launched multi-process job."""
-    return bool(os.environ.get(LAUNCHER_ENV)) and current_world() > 1
 
 
 def split_batch(train: dict[str, Any], world: int) -> tuple[dict[str, Any], str]:
@@ -62,7 +58,7 @@ def split_batch(train: dict[str, Any], world: int) -> tuple[dict[str, Any], str]
     return train, "none"
 
 
-def report_fields(dist: dict[str, Any], trainer: Any, split: str = "none") -> dict[str, Any]:
+def report_fields(dist: dict[str, Any] | None, trainer: Any, split: str = "none") -> dict[str, Any]:
     """Returns what a training report says about the processes that trained.
 
     Args:
@@ -79,7 +75,7 @@ def report_fields(dist: dict[str, Any], trainer: Any, split: str = "none") -> di
     accum = int(args.gradient_accumulation_steps)
     return {
         "world_size": world,
-        "strategy": dist["strategy"] if world > 1 else "none",
+        "strategy": dist["strategy"] if dist and world > 1 else "none",
         "launcher": os.environ.get(LAUNCHER_ENV) or "none",
         "per_rank_batch": per_rank,
         "grad_accum": accum,
@@ -89,15 +85,12 @@ def report_fields(dist: dict[str, Any], trainer: Any, split: str = "none") -> di
     }
 
 
-def trainer_args(dist: dict[str, Any], device: str) -> dict[str, Any]:
+def trainer_args(dist: dict[str, Any] | None) -> dict[str, Any]:
     """Returns the TrainingArguments keys that depend on the process group (none for one process).
 
-    On a CPU the group runs on gloo; on GPUs `distributed.backend` (auto: nccl). FSDP and DeepSpeed
-    come from the accelerate config the launcher was started with, not from here.
+    The collective backend is the resolved `distributed.backend` (gloo on a CPU, nccl on GPUs).
+    FSDP and DeepSpeed come from the accelerate config the launcher was started with.
     """
-    if current_world() <= 1:
+    if not dist or current_world() <= 1:
         return {}
-    backend = str(dist["backend"])
-    if backend == "auto":
-        backend = "gloo" if device == "cpu" else "nccl"
-    return {"ddp_backend": backend, "ddp_find_unused_parameters": False}
+    return {"ddp_backend": str(dist["backend"]), "ddp_find_unused_parameters": False}
