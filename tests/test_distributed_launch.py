@@ -80,6 +80,33 @@ def test_two_processes_train_one_sft_and_rank_0_reports_the_world(
     assert _ranks_left(tmp_path) == []
 
 
+def test_two_process_dpo_continues_the_sft_adapter_and_rank_0_scores_held_out_pairs(
+        tiny_base, sft_data, tmp_path, stage_params):
+    from llmops.backends.common import write_jsonl
+    from llmops.data import preferences
+    from llmops.stages import dpo, sft
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = [json.loads(line) for line in (sft_data / "train.jsonl").read_text().splitlines()]
+    write_jsonl(data / "train.jsonl", rows[:64])
+    pairs = preferences.derive(rows[:72], 1)[0]
+    write_jsonl(data / "pref_train.jsonl", pairs[:-8])
+    write_jsonl(data / "pref_test.jsonl", pairs[-8:])
+    short = ("train=sft_dpo", "train.max_steps=2", "train.dpo.max_steps=2",
+             "train.dpo.batch_size=4")
+    sft.run(stage_params("sft", *short), {"data": data, "base": tiny_base}, tmp_path / "sft",
+            _ctx(tmp_path))
+    out = tmp_path / "dpo"
+    out.mkdir()
+    report = dpo.run(stage_params("dpo", *short, *DDP2), {"data": data, "sft": tmp_path / "sft",
+                                                         "base": tiny_base}, out, _ctx(tmp_path))
+    assert report["world_size"] == 2 and report["steps"] == 2
+    assert report["held_out"]["start"] == "sft" and report["held_out"]["dpo"]["n"] == 8
+    assert json.loads((out / "dpo_report.json").read_text()) == report
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+
+
 def test_a_failing_rank_fails_the_stage_with_the_tail_of_its_output(
         tiny_base, sft_data, tmp_path, stage_params):
     from llmops.stages import sft
