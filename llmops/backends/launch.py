@@ -92,6 +92,18 @@ def train_spec(spec: dict[str, Any]) -> dict[str, Any]:
     return train_rank(spec["stage"], spec["params"], inputs, Path(spec["out_dir"]), ctx)
 
 
+def follow() -> int:
+    """Trains, as a task other than 0 of a multi-task submitit job, every training stage task 0
+    hands over, until it says the job is done; returns how many stages it trained."""
+    from llmops.backends.submitit_ranks import receive
+
+    trained = 0
+    while (spec := receive(trained)) is not None:
+        train_spec(spec)
+        trained += 1
+    return trained
+
+
 def _stage_module(kind: str) -> str:
     from llmops.compiler.plan import stage_module
 

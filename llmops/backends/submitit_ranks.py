@@ -71,14 +71,7 @@ def finish() -> None:
     _store().set(f"spec/{_state['next']}", _DONE)
 
 
-def follow() -> int:
-    """A task other than 0: trains every stage task 0 hands over; returns how many it trained."""
-    from llmops.backends.launch import train_spec
-
-    trained = 0
-    while True:
-        message = _store().get(f"spec/{trained}").decode("utf-8")
-        if message == _DONE:
-            return trained
-        train_spec(json.loads(message))
-        trained += 1
+def receive(n: int) -> dict[str, Any] | None:
+    """A task other than 0: waits for the n-th training stage's spec; None when the job is done."""
+    message = _store().get(f"spec/{n}").decode("utf-8")
+    return None if message == _DONE else json.loads(message)

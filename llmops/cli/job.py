@@ -112,7 +112,7 @@ def run_job(cfg: Any) -> Any:
     info = {**job, "overrides": task_overrides(hc)}
     rank = _submitit_rank()
     if rank:  # one task of a multi-task submitit job, not task 0: it trains, task 0 reports
-        from llmops.backends.submitit_ranks import follow
+        from llmops.backends.launch import follow
 
         follow()
         return None
