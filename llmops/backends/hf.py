@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from llmops.backends.common import peak_memory_mb, read_jsonl, write_json
-from llmops.backends.ranks import current_world, is_main_rank, report_fields, trainer_args
+from llmops.backends.ranks import is_main_rank, launched, report_fields, trainer_args
 from llmops.compiler.plan import report_name
 from llmops.errors import StageError
 
@@ -416,10 +416,10 @@ def run_training(
 def save_artifact(trainer: Any, tokenizer: Any, art_dir: Path, is_lora: bool) -> bool:
     """Saves the trained adapter or model; returns whether this process goes on to report.
 
-    With several ranks every rank takes part in the trainer's save (FSDP gathers the shards) and
+    Under a launcher every rank takes part in the trainer's save (FSDP gathers the shards) and
     only rank 0 writes files; the other ranks write no report.
     """
-    if current_world() > 1:
+    if launched():
         trainer.save_model(str(art_dir))
         return is_main_rank()
     if is_lora:

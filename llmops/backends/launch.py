@@ -40,6 +40,9 @@ def run_stage(kind: str, params: dict[str, Any], inputs: dict[str, Path], out_di
               ctx: Any) -> dict[str, Any]:
     """Trains stage `kind` (sft, dpo) on as many processes as params["distributed"] asks.
 
+    With a distributed group the ranks always run under its launcher, one process included (so a
+    one-GPU check runs the same path as eight); with distributed=none this process trains.
+
     Args:
         kind: The stage kind; its module's `train(params, inputs, out_dir, ctx)` trains one rank.
         params: The compiled stage params; "distributed" only when it is not none.
@@ -53,10 +56,11 @@ def run_stage(kind: str, params: dict[str, Any], inputs: dict[str, Path], out_di
     Raises:
         StageError: When the job cannot be launched here or a rank fails.
     """
-    world = world_size(params.get("distributed"))
-    if world <= 1:
+    dist = params.get("distributed")
+    if not dist:  # distributed=none: this process trains
         return train_rank(kind, params, inputs, out_dir, ctx)
-    if os.environ.get(LAUNCHER_ENV) == "submitit":
+    world = world_size(dist)
+    if os.environ.get(LAUNCHER_ENV) == "submitit" and current_world() > 1:
         from llmops.backends.submitit_ranks import lead
 
         if current_world() != world:

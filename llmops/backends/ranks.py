@@ -36,6 +36,11 @@ def is_main_rank() -> bool:
     return rank() == 0
 
 
+def launched() -> bool:
+    """Tells whether this process is a rank llmops launched (or exported, under submitit)."""
+    return bool(os.environ.get(LAUNCHER_ENV))
+
+
 def split_batch(train: dict[str, Any], world: int) -> tuple[dict[str, Any], str]:
     """Returns the train params for one of `world` ranks, keeping the one-process effective batch.
 
@@ -75,7 +80,7 @@ def report_fields(dist: dict[str, Any] | None, trainer: Any, split: str = "none"
     accum = int(args.gradient_accumulation_steps)
     return {
         "world_size": world,
-        "strategy": dist["strategy"] if dist and world > 1 else "none",
+        "strategy": dist["strategy"] if dist else "none",
         "launcher": os.environ.get(LAUNCHER_ENV) or "none",
         "per_rank_batch": per_rank,
         "grad_accum": accum,
@@ -91,6 +96,6 @@ def trainer_args(dist: dict[str, Any] | None) -> dict[str, Any]:
     The collective backend is the resolved `distributed.backend` (gloo on a CPU, nccl on GPUs).
     FSDP and DeepSpeed come from the accelerate config the launcher was started with.
     """
-    if not dist or current_world() <= 1:
+    if not dist or not launched():
         return {}
     return {"ddp_backend": str(dist["backend"]), "ddp_find_unused_parameters": False}
