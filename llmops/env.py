@@ -37,7 +37,7 @@ class Environment:
         return package in self.installed
 
 
-_PROBED = ("unsloth", "bitsandbytes", "wandb", "lm_eval", "llama_cpp")
+_PROBED = ("unsloth", "bitsandbytes", "wandb", "lm_eval", "llama_cpp", "deepspeed")
 
 
 def _nvidia_gpus() -> tuple[Gpu, ...]:

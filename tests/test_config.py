@@ -18,6 +18,9 @@ _NEEDS = {
     # GGUF serving targets need llmops[gguf] to run; planning them does not.
     ("deploy", "ollama"): ["dry_run=true"],
     ("deploy", "openai"): ["dry_run=true"],
+    # DeepSpeed needs CUDA GPUs and llmops[deepspeed] to run; planning it for a GPU node does not.
+    ("distributed", "deepspeed_zero2"): ["dry_run=true", "hardware=8xa100_80g"],
+    ("distributed", "deepspeed_zero3"): ["dry_run=true", "hardware=8xa100_80g"],
 }
 
 

@@ -30,7 +30,10 @@ def _resolve(env: Environment, *overrides: str):
 
 def test_cpu_resolves_device_precision_dtype_backend_and_one_thread_for_tiny():
     cfg, r = _resolve(CPU)
-    assert dict(r.hardware) == {**cfg.hardware.model_dump(), "device": "cpu", "num_gpus": 0,
+    # The multi-GPU keys (interconnect_gbps, num_nodes) are left out where the profile does not
+    # set them, so one-GPU and CPU plans keep their fingerprints.
+    single = cfg.hardware.model_dump(exclude={"interconnect_gbps", "num_nodes"})
+    assert dict(r.hardware) == {**single, "device": "cpu", "num_gpus": 0,
                                 "bf16": False, "cpu_count": 2, "memory_gb": 15.6}
     assert (r.device, r.precision, r.compute_dtype, r.backend) == ("cpu", "fp32", "float32", "hf")
     assert r.threads == 1

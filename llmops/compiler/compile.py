@@ -74,7 +74,8 @@ class StageInputs:
         )
 
     def training(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Returns a training stage's params with the distributed group added when one is set."""
+        """Returns a training (or compute) stage's params with the distributed group added when
+        one is set."""
         return {**params, "distributed": self.distributed} if self.distributed else params
 
 
@@ -121,9 +122,10 @@ def add_compute(b: PlanBuilder, s: StageInputs) -> None:
     n_train = (round(d.n_examples * (1 - d.val_fraction - d.test_fraction))
                if d.source == "task_api" else None)
     data = {"n_train_rows": n_train, "avg_tokens": None}
-    b.add("compute", {"model": s.facts, "lora": s.lora, "quant": s.quant, "train": s.train,
-                      "hardware": s.hardware, "data": data},
-          [], f"memory by part, fit on {s.hardware['name']}, step time and cost")
+    b.add("compute", s.training({"model": s.facts, "lora": s.lora, "quant": s.quant,
+                                 "train": s.train, "hardware": s.hardware, "data": data}),
+          [], f"memory by part, fit on {s.hardware['name']}, step time and cost"
+          f"{_procs_text(s.distributed)}")
 
 
 def add_base(b: PlanBuilder, s: StageInputs) -> None:

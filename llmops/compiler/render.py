@@ -208,15 +208,28 @@ def compute_table(report: dict[str, Any]) -> Any:
     from rich.table import Table
 
     fits = "fits" if report["fits"] else "does NOT fit"
+    world = report.get("world_size", 1)
+    cap = f"{report['capacity_gb']:.1f} GB" if report["capacity_gb"] else "unknown"
     title = (f"compute plan: {report['model']} on {report['hardware']}: "
-             f"~{report['total_gb']:.1f} GB of {report['capacity_gb']:.1f} GB ({fits})")
+             f"~{report['total_gb']:.1f} GB of {cap} ({fits})")
+    if report.get("distributed", "none") != "none":
+        title = (f"compute plan: {report['model']} on {report['hardware']}, "
+                 f"{report['distributed']} x {world} processes: ~{report['total_gb']:.1f} GB "
+                 f"per device of {cap} ({fits}), {report['all_devices_gb']:.1f} GB in all")
     table = Table(title=title, title_justify="left", min_width=len(title))
     table.add_column("part")
     table.add_column("GB", justify="right")
     for part, gb in report["parts_gb"].items():
         table.add_row(part, f"{gb:.2f}")
-    table.add_row("total", f"{report['total_gb']:.2f}")
-    for key, label in (("step_time_s", "step time (s)"), ("run_time_h", "run time (h)"),
+    table.add_row("total" if world == 1 else "total per device", f"{report['total_gb']:.2f}")
+    extra: tuple[tuple[str, str], ...] = ()
+    if world > 1:
+        table.add_row(f"all {world} devices", f"{report['all_devices_gb']:.2f}")
+        if report.get("host_gb"):
+            table.add_row("host memory per node (offload)", f"{report['host_gb']:.2f}")
+        extra = (("compute_time_s", "compute per step (s)"),
+                 ("comm_time_s", "communication per step (s)"))
+    for key, label in (*extra, ("step_time_s", "step time (s)"), ("run_time_h", "run time (h)"),
                        ("cost_usd", "cost (USD)")):
         if report.get(key) is not None:
             table.add_row(label, f"{report[key]:.3g}")

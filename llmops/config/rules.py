@@ -37,9 +37,11 @@ def cross_field_problems(cfg: AppConfig, env: Environment, resolved: Resolved) -
         problems += rule(cfg, env)
     problems += _precision(cfg, resolved) + _compute(cfg, resolved)
     from llmops.config.align_rules import alignment_problems
+    from llmops.config.distributed_rules import distributed_problems
     from llmops.config.lora_rules import target_problems
 
     problems += alignment_problems(cfg, env) + target_problems(cfg, env)
+    problems += distributed_problems(cfg, env, resolved)
     return problems
 
 

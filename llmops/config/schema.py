@@ -370,6 +370,10 @@ class DeployConfig(_Group):
     )
 
 
+MAX_PROCS = 4096  # processes per node, nodes per job: well above any real cluster
+Procs = Annotated[int, Field(ge=1, le=MAX_PROCS)]
+
+
 class HardwareConfig(_Group):
     """The machine the plan is for; auto detects it without importing torch."""
 
@@ -387,10 +391,12 @@ class HardwareConfig(_Group):
     hourly_usd: float | None = Field(
         None, ge=0, le=1_000_000, description="Price per hour, for cost estimates."
     )
-
-
-MAX_PROCS = 4096  # processes per node, nodes per job: well above any real cluster
-Procs = Annotated[int, Field(ge=1, le=MAX_PROCS)]
+    interconnect_gbps: float | None = Field(
+        None, gt=0, le=1_000_000,
+        description="GPU-to-GPU bandwidth of one GPU, one direction, in Gbit/s (NVLink/PCIe); "
+                    "null: one GPU, or unknown (the planner assumes PCIe 4.0).",
+    )
+    num_nodes: Procs | None = Field(None, description="Nodes of this profile; null: one.")
 
 
 class DistributedConfig(_Group):

@@ -55,17 +55,19 @@ class _Plan:
     """One candidate configuration and the overrides that lead to it."""
 
     def __init__(self, model: dict, lora: dict | None, quant: dict, train: dict,
-                 overrides: list[str]):
+                 overrides: list[str], distributed: dict | None = None):
         self.model, self.lora, self.quant, self.train = model, lora, quant, dict(train)
         self.overrides = overrides
+        self.distributed = distributed
 
     def gb(self, hardware: dict) -> float:
-        return total_gb(self.model, self.lora, self.quant, self.train, hardware)
+        return total_gb(self.model, self.lora, self.quant, self.train, hardware,
+                        self.distributed)
 
     def with_(self, override: str, **kw: Any) -> _Plan:
         p = _Plan(kw.get("model", self.model), kw.get("lora", self.lora),
                   kw.get("quant", self.quant), {**self.train, **kw.get("train", {})},
-                  [*self.overrides, override])
+                  [*self.overrides, override], self.distributed)
         return p
 
 
@@ -106,17 +108,76 @@ def _shorter(p: _Plan, hardware: dict, usable: float) -> _Plan | None:
     return last
 
 
+def multi_gpu_profiles(hardware: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Returns the profiles that shard over several GPUs of this profile's GPU, fewest first.
+
+    The profile itself comes first when it has several GPUs; then conf/hardware's multi-GPU
+    profiles of the same GPU model (gpu_name).
+    """
+    out = []
+    if int(hardware.get("num_gpus") or 0) > 1:
+        out.append((str(hardware["name"]), hardware))
+    from yaml import YAMLError
+
+    try:
+        paths = sorted((_conf_dir() / "hardware").glob("*.yaml"))
+        profiles = [(p.stem, _load(p)) for p in paths]
+    except (OSError, YAMLError):  # profiles are optional; the other fixes still stand
+        profiles = []
+    for name, prof in sorted(profiles, key=lambda np: int(np[1].get("num_gpus") or 0)):
+        if (name != hardware.get("name") and int(prof.get("num_gpus") or 0) > 1
+                and prof.get("gpu_name") == hardware.get("gpu_name")):
+            out.append((name, prof))
+    return out
+
+
+def sharded_fix(p: _Plan, hardware: dict[str, Any]) -> dict[str, Any] | None:
+    """Finds the fewest GPUs over which distributed=fsdp (full shard) makes the plan fit.
+
+    Tried when each GPU holds a whole replica (one process, ddp): N = 2, 4, 8, ... GPUs of this
+    profile, or of a multi-GPU profile of the same GPU.
+
+    Returns:
+        {"override", "total_gb" (per GPU), "fits": True, "changes": 1, "gpus": N}, or None.
+    """
+    from llmops.planning.distributed import resolve_distributed
+
+    if p.distributed and p.distributed["strategy"] not in ("none", "ddp"):
+        return None
+    for name, prof in multi_gpu_profiles(hardware):
+        usable = _usable({**prof, "device": "cuda"})
+        n = 2
+        while usable and n <= int(prof["num_gpus"]):
+            fsdp = resolve_distributed({**option("distributed", "fsdp"), "nproc_per_node": n},
+                                       {**prof, "device": "cuda"})
+            gb = total_gb(p.model, p.lora, p.quant, p.train, {**hardware, **prof}, fsdp)
+            if gb <= usable:
+                words = ["distributed=fsdp"]
+                if name != hardware.get("name"):
+                    words.append(f"hardware={name}")
+                if n != int(prof["num_gpus"]):
+                    words.append(f"distributed.nproc_per_node={n}")
+                return {"override": " ".join(words), "total_gb": round(gb, 1), "fits": True,
+                        "changes": 1, "gpus": n}
+            n *= 2
+    return None
+
+
 def suggest_fixes(model: dict, lora: dict | None, quant: dict, train: dict, hardware: dict,
-                  presets: dict[str, dict] | None = None, limit: int = 6) -> list[dict[str, Any]]:
+                  presets: dict[str, dict] | None = None, limit: int = 6,
+                  distributed: dict | None = None) -> list[dict[str, Any]]:
     """Tries overrides that shrink the plan and returns them with their estimates, fitting first.
 
     Tried alone: quant=nf4 (with lora=r16 when there is no adapter), gradient checkpointing, a
     smaller batch with more accumulation (same effective batch), a shorter train.max_length.
     Then the same cumulatively (QLoRA, + checkpointing, + smaller batch, + shorter sequences), and
-    smaller presets of the same family, as configured and with the cumulative fixes.
+    smaller presets of the same family, as configured and with the cumulative fixes. When each
+    GPU holds a whole replica, sharding with FSDP over the fewest GPUs that fit (``sharded_fix``)
+    comes first among the fixes that fit: it trains the model exactly as configured.
 
     Args:
         model, lora, quant, train, hardware: As for ``memory.estimate``.
+        distributed: The resolved distributed group, or None for one process.
         presets: Model presets by name (default: conf/model); for the smaller-model fixes.
         limit: The most fixes returned.
 
@@ -126,7 +187,7 @@ def suggest_fixes(model: dict, lora: dict | None, quant: dict, train: dict, hard
     usable = _usable(hardware)
     if usable is None:
         return []
-    start = _Plan(model, lora, quant, train, [])
+    start = _Plan(model, lora, quant, train, [], distributed)
     tried: list[_Plan] = []
     for step in (_qlora, _checkpointing):
         cand = step(start)
@@ -162,7 +223,7 @@ def suggest_fixes(model: dict, lora: dict | None, quant: dict, train: dict, hard
         if as_is.gb(hardware) <= usable:
             break
         tried.append(_Plan(m, chain.lora, chain.quant, chain.train,
-                           [f"model={name}", *chain.overrides]))
+                           [f"model={name}", *chain.overrides], distributed))
     out, seen = [], set()
     for p in tried:
         key = " ".join(p.overrides)
@@ -174,4 +235,5 @@ def suggest_fixes(model: dict, lora: dict | None, quant: dict, train: dict, hard
                     "changes": len(p.overrides)})
     fitting = sorted((f for f in out if f["fits"]), key=lambda f: (f["changes"], -f["total_gb"]))
     rest = sorted((f for f in out if not f["fits"]), key=lambda f: f["total_gb"])
-    return (fitting + rest)[:limit]
+    shard = sharded_fix(start, hardware) if hardware.get("device") == "cuda" else None
+    return [*([shard] if shard else []), *fitting, *rest][:limit]

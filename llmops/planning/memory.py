@@ -15,6 +15,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from llmops.planning import sharding
+
 GIB = 2**30
 CUDA_OVERHEAD_GB = 0.8  # CUDA context + cuBLAS workspace: outside torch.cuda.max_memory_allocated
 CPU_OVERHEAD_GB = 0.7  # Python + torch + transformers + peft + trl resident set (measured here)
@@ -90,9 +92,40 @@ def _tflops(hardware: dict[str, Any]) -> tuple[float, str | None]:
     return 100.0, "GPU throughput unknown; assumed 100 TFLOPS (set hardware.tflops)"
 
 
-def memory_parts(model: dict, lora: dict | None, quant: dict, train: dict,
-                 hardware: dict) -> tuple[dict[str, float], list[str]]:
-    """Returns the bytes each part of a training step holds at its peak, and the assumptions."""
+def memory_parts(model: dict, lora: dict | None, quant: dict, train: dict, hardware: dict,
+                 distributed: dict | None = None) -> tuple[dict[str, float], list[str]]:
+    """Returns the bytes each part of a training step holds at its peak on one device, and the
+    assumptions.
+
+    Args:
+        model, lora, quant, train, hardware: As for ``estimate``.
+        distributed: The resolved distributed group, or None for one process.
+    """
+    parts, notes, _, _ = device_parts(model, lora, quant, train, hardware, distributed)
+    return parts, notes
+
+
+def device_parts(model: dict, lora: dict | None, quant: dict, train: dict, hardware: dict,
+                 distributed: dict | None = None
+                 ) -> tuple[dict[str, float], list[str], dict[str, Any], float]:
+    """Returns (parts per device, assumptions, the facts sharding needs, host bytes per process).
+
+    One process: the parts of ``single_parts``. A distributed group reshapes them
+    (``llmops.planning.sharding``); activation_checkpointing counts as gradient checkpointing.
+    """
+    if distributed and distributed["activation_checkpointing"]:
+        train = {**train, "gradient_checkpointing": True}
+    parts, notes, facts = single_parts(model, lora, quant, train, hardware)
+    if not distributed or distributed["strategy"] == "none":
+        return parts, notes, facts, 0.0
+    sharded, host = sharding.shard_parts(parts, facts, distributed, notes)
+    return sharded, notes, facts, host
+
+
+def single_parts(model: dict, lora: dict | None, quant: dict, train: dict, hardware: dict
+                 ) -> tuple[dict[str, float], list[str], dict[str, Any]]:
+    """Returns the bytes each part of a one-process training step holds at its peak, the
+    assumptions, and the facts the multi-device model needs (``sharding.shard_parts``)."""
     notes: list[str] = []
     cuda = hardware.get("device") == "cuda"
     precision = resolve_precision(train, hardware)
@@ -195,11 +228,20 @@ def memory_parts(model: dict, lora: dict | None, quant: dict, train: dict,
         "gradients": trainable * train_b, "optimizer": trainable * opt_b,
         "activations": acts, "logits": logits, "overhead": overhead,
     }
-    return parts, notes
+    layer = g["linear"] // L + 2 * h
+    full = not lora
+    facts = {
+        "trainable": trainable, "a16": float(a), "full": full,
+        "unit": max(layer, g["embed"]),
+        "unit_b": float(a) if full else weights / max(1, g["total"]),
+        "param_bytes": g["total"] * a if full else weights + n_lora * a,
+    }
+    return parts, notes, facts
 
 
 def estimate(model: dict, lora: dict | None, quant: dict, train: dict, hardware: dict,
-             n_train_rows: int | None = None, avg_tokens: int | None = None) -> dict[str, Any]:
+             n_train_rows: int | None = None, avg_tokens: int | None = None,
+             distributed: dict | None = None) -> dict[str, Any]:
     """Estimates peak training memory by part, whether it fits, step/run time and cost.
 
     Args:
@@ -212,16 +254,26 @@ def estimate(model: dict, lora: dict | None, quant: dict, train: dict, hardware:
             hourly_usd).
         n_train_rows: Training rows, for run time; None when unknown.
         avg_tokens: Mean tokens per row, for run time; None assumes half of train.max_length.
+        distributed: The resolved distributed group (``llmops.planning.distributed``), or None
+            for one process.
 
     Returns:
         {parts_gb, total_gb, capacity_gb, usable_gb, fits, headroom_gb, batch_advice,
-         trainable_params, step_time_s, run_time_h, cost_usd, assumptions}.
+         trainable_params, step_time_s, run_time_h, cost_usd, assumptions, world_size,
+         strategy, all_devices_gb, host_gb, compute_time_s, comm_time_s}: memory figures are
+         per device; all_devices_gb sums them over the world, host_gb is the host memory
+         cpu_offload takes per node.
     """
-    parts, notes = memory_parts(model, lora, quant, train, hardware)
+    parts, notes, facts, host = device_parts(model, lora, quant, train, hardware, distributed)
     total = sum(parts.values()) / GIB
+    world = int(distributed["world_size"]) if distributed else 1
     cuda = hardware.get("device") == "cuda"
     capacity = hardware.get("gpu_memory_gb") if cuda else hardware.get("memory_gb")
     capacity = float(capacity) if capacity else None
+    procs = int(distributed["nproc_per_node"]) if distributed else 1
+    if capacity and not cuda and procs > 1:
+        capacity /= procs
+        notes.append(f"system memory shared by {procs} processes: {capacity:.1f} GB each")
     usable = capacity * USABLE_FRACTION if capacity else None
     if usable is not None:
         notes.append(f"fits means total <= {USABLE_FRACTION:.0%} of {capacity:g} GB "
@@ -234,20 +286,30 @@ def estimate(model: dict, lora: dict | None, quant: dict, train: dict, hardware:
         "fits": True if usable is None else total <= usable,
         "headroom_gb": round(usable - total, 2) if usable else None,
         "trainable_params": lora_params(model, lora) if lora else param_groups(model)["total"],
+        "world_size": world,
+        "strategy": distributed["strategy"] if distributed else "none",
+        "all_devices_gb": round(total * world, 2),
+        "host_gb": round(host * (distributed["nproc_per_node"] if distributed else 1) / GIB, 2),
     }
-    out["batch_advice"] = batch_advice(model, lora, quant, train, hardware, usable)
-    out.update(_time_and_cost(model, lora, quant, train, hardware, n_train_rows, avg_tokens, notes))
+    out["batch_advice"] = batch_advice(model, lora, quant, train, hardware, usable, distributed)
+    comm = 0.0
+    if distributed:
+        comm = sharding.comm_seconds(facts, single_parts(model, lora, quant, train, hardware)[0],
+                                     distributed, int(train.get("grad_accum", 1)), hardware, notes)
+    out.update(_time_and_cost(model, lora, quant, train, hardware, n_train_rows, avg_tokens, notes,
+                              world, comm))
     out["assumptions"] = notes
     return out
 
 
-def total_gb(model: dict, lora: dict | None, quant: dict, train: dict, hardware: dict) -> float:
-    """Returns the estimated peak memory in GB (the sum of memory_parts)."""
-    return sum(memory_parts(model, lora, quant, train, hardware)[0].values()) / GIB
+def total_gb(model: dict, lora: dict | None, quant: dict, train: dict, hardware: dict,
+             distributed: dict | None = None) -> float:
+    """Returns the estimated peak memory of one device in GB (the sum of its parts)."""
+    return sum(memory_parts(model, lora, quant, train, hardware, distributed)[0].values()) / GIB
 
 
 def batch_advice(model: dict, lora: dict | None, quant: dict, train: dict, hardware: dict,
-                 usable: float | None) -> dict[str, Any]:
+                 usable: float | None, distributed: dict | None = None) -> dict[str, Any]:
     """Finds the largest per-device batch that fits, and the accumulation that keeps the effective
     batch."""
     b, ga = int(train.get("batch_size", 1)), int(train.get("grad_accum", 1))
@@ -256,7 +318,8 @@ def batch_advice(model: dict, lora: dict | None, quant: dict, train: dict, hardw
         return {"max_batch_size": None, "batch_size": b, "grad_accum": ga, "effective_batch": eff}
     best = 0
     for cand in (1, 2, 4, 8, 16, 32, 64, 128, 256):
-        if total_gb(model, lora, quant, {**train, "batch_size": cand}, hardware) > usable:
+        if total_gb(model, lora, quant, {**train, "batch_size": cand}, hardware,
+                    distributed) > usable:
             break
         best = cand
     if best == 0:
@@ -268,7 +331,13 @@ def batch_advice(model: dict, lora: dict | None, quant: dict, train: dict, hardw
 
 
 def _time_and_cost(model: dict, lora: dict | None, quant: dict, train: dict, hardware: dict,
-                   n_rows: int | None, avg_tokens: int | None, notes: list[str]) -> dict[str, Any]:
+                   n_rows: int | None, avg_tokens: int | None, notes: list[str], world: int = 1,
+                   comm_s: float = 0.0) -> dict[str, Any]:
+    """Returns the step's compute and communication time, the steps, run time and cost.
+
+    Each of the world's devices computes its own batch in the same time; a step consumes
+    world x batch x grad_accum rows.
+    """
     s = int(train.get("max_length", 512))
     if avg_tokens is None:
         avg_tokens = max(1, s // 2)
@@ -290,20 +359,23 @@ def _time_and_cost(model: dict, lora: dict | None, quant: dict, train: dict, har
     mfu = MFU.get((quant or {}).get("type", "none"), 0.35)
     notes.append(f"throughput: {tflops:g} TFLOPS x MFU {mfu}")
     tokens_step = int(train.get("batch_size", 1)) * int(train.get("grad_accum", 1)) * avg_tokens
-    step_s = tokens_step * flops / (tflops * 1e12 * mfu)
+    compute_s = tokens_step * flops / (tflops * 1e12 * mfu)
+    step_s = compute_s + comm_s
     steps = None
     if int(train.get("max_steps", -1)) > 0:
         steps = int(train["max_steps"])
     elif n_rows:
-        eff = int(train.get("batch_size", 1)) * int(train.get("grad_accum", 1))
+        eff = int(train.get("batch_size", 1)) * int(train.get("grad_accum", 1)) * world
         steps = math.ceil(n_rows * float(train.get("epochs", 1)) / eff)
     run_h = steps * step_s / 3600 if steps else None
     price = hardware.get("hourly_usd")
     return {
         "flops_per_token": flops,
-        "tokens_per_step": tokens_step,
+        "tokens_per_step": tokens_step * world,
         "steps": steps,
         "step_time_s": round(step_s, 3),
+        "compute_time_s": round(compute_s, 3),
+        "comm_time_s": round(comm_s, 3),
         "run_time_h": round(run_h, 3) if run_h is not None else None,
         "cost_usd": round(run_h * price, 2) if run_h is not None and price is not None else None,
     }

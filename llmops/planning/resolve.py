@@ -24,6 +24,7 @@ from llmops.planning.precision import compute_dtype_for, precision_for
 if TYPE_CHECKING:
     from llmops.config.schema import AppConfig  # config imports planning, not the reverse
 
+MULTI_GPU_KEYS = ("interconnect_gbps", "num_nodes")
 SMALL_MODEL_PARAMS = 20_000_000
 """Below this many parameters a CPU run keeps torch on one thread (training, generation, logits):
 for tiny matrices extra threads only add synchronisation, and with other processes on the cores
@@ -72,10 +73,23 @@ class Resolved:
         train.update(batch_size=self.batch_size, grad_accum=self.grad_accum)
         return model, lora, quant, train
 
+    @property
+    def planner_distributed(self) -> dict[str, Any] | None:
+        """Returns the distributed group for the memory planner; None for one process."""
+        return sharded(self.distributed)
+
+
+def sharded(distributed: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Returns the resolved distributed group as the planner takes it: None for one process."""
+    return dict(distributed) if distributed["strategy"] != "none" else None
+
 
 def resolve_hardware(cfg: AppConfig, env: Environment) -> dict[str, Any]:
     """Returns the hardware profile with 'auto' replaced by what this machine has."""
-    hw = cfg.hardware.model_dump()
+    # The multi-GPU facts are set only by multi-GPU profiles; left out when unset, so the plans
+    # of every other profile keep their fingerprints (the compute and decide stages hash hw).
+    hw = cfg.hardware.model_dump(exclude={k for k in MULTI_GPU_KEYS
+                                          if getattr(cfg.hardware, k) is None})
     if hw["device"] == "auto":
         if env.cuda:
             gpu = env.gpus[0]
@@ -121,15 +135,17 @@ def resolve(cfg: AppConfig, env: Environment) -> Resolved:
     hw = resolve_hardware(cfg, env)
     precision = precision_for(cfg.train.precision, hw)
     compute_dtype = compute_dtype_for(cfg.quant.compute_dtype, precision)
+    distributed = resolve_distributed(cfg.distributed.model_dump(), hw)
+    # unsloth trains on one GPU: auto picks it only for one process.
     backend = resolve_backend(cfg.train.backend, hw["device"] == "cuda" and env.cuda,
-                              env.has("unsloth"))
+                              env.has("unsloth") and distributed["world_size"] == 1)
     size: tuple[int | None, int | None] = (None, None)
     if cfg.train.method != "none":
         model, lora, quant, train = planner_inputs(cfg, precision, compute_dtype)
-        size = batch.resolve_batch(model, lora, quant, train, hw)
+        size = batch.resolve_batch(model, lora, quant, train, hw, sharded(distributed))
     return Resolved(
         hardware=MappingProxyType(hw), precision=precision, compute_dtype=compute_dtype,
         backend=backend, batch_size=size[0], grad_accum=size[1],
         threads=cpu_threads(hw["device"], cfg.model.params),
-        distributed=MappingProxyType(resolve_distributed(cfg.distributed, hw)),
+        distributed=MappingProxyType(distributed),
     )

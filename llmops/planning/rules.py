@@ -11,12 +11,11 @@ from typing import TYPE_CHECKING
 from llmops.errors import Problem
 from llmops.planning.fixes import suggest_fixes
 from llmops.planning.memory import estimate
+from llmops.planning.sharding import PART_ORDER
 
 if TYPE_CHECKING:
     from llmops.config.schema import AppConfig
     from llmops.planning.resolve import Resolved
-
-PART_ORDER = ("weights", "lora", "gradients", "optimizer", "activations", "logits", "overhead")
 
 
 def breakdown(parts_gb: dict[str, float]) -> str:
@@ -40,22 +39,33 @@ def compute_problems(cfg: AppConfig, resolved: Resolved) -> list[Problem]:
     if cfg.train.method == "none" or resolved.device != "cuda" or not hw.get("gpu_memory_gb"):
         return []
     model, lora, quant, train = resolved.planner_inputs(cfg)
-    est = estimate(model, lora, quant, train, hw)
+    dist = resolved.planner_distributed
+    est = estimate(model, lora, quant, train, hw, distributed=dist)
     if est["fits"]:
         return []
-    fixes = suggest_fixes(model, lora, quant, train, hw)
+    fixes = suggest_fixes(model, lora, quant, train, hw, distributed=dist)
     good = [f for f in fixes if f["fits"]][:4]
     gpu = hw.get("gpu_name") or hw.get("name")
     what = "full fine-tune" if lora is None else f"LoRA r{lora['r']}"
     if quant.get("type", "none") != "none":
         what += f" on {quant['type']}"
+    if dist:
+        what += f", {dist['name']} x {dist['world_size']}"
+    per = " per GPU" if dist else ""
     msg = (f"{cfg.model.name} ({what}, batch {train['batch_size']} x {train['max_length']} "
-           f"tokens) needs ~{est['total_gb']:.1f} GB on {hw.get('name')} ({gpu}, "
+           f"tokens) needs ~{est['total_gb']:.1f} GB{per} on {hw.get('name')} ({gpu}, "
            f"{hw['gpu_memory_gb']:g} GB, ~{est['usable_gb']:.1f} usable): "
            f"{breakdown(est['parts_gb'])}.")
     if good:
-        msg += " Fixes that fit: " + "; ".join(
-            f"{f['override']} (~{f['total_gb']:.1f} GB)" for f in good) + "."
+        msg += " Fixes that fit: " + "; ".join(_fix_text(f) for f in good) + "."
     else:
         msg += " No single fix fits; use a larger GPU profile (e.g. hardware=a100_80g)."
     return [Problem("hardware", msg)]
+
+
+def _fix_text(fix: dict) -> str:
+    """Renders one fix: its override and estimate (per GPU, for a sharded fix)."""
+    if fix.get("gpus"):
+        return (f"{fix['override']} (use distributed=fsdp on {fix['gpus']} GPUs: "
+                f"~{fix['total_gb']:.1f} GB per GPU)")
+    return f"{fix['override']} (~{fix['total_gb']:.1f} GB)"

@@ -24,16 +24,19 @@ def plan(params: dict[str, Any]) -> dict[str, Any]:
     Args:
         params: {"model": architecture facts (ModelConfig fields), "lora": dict | None,
             "quant": dict, "train": dict (resolved backend/precision), "hardware": the resolved
-            profile, "data": {"n_train_rows": int | None, "avg_tokens": int | None}}.
+            profile, "data": {"n_train_rows": int | None, "avg_tokens": int | None},
+            "distributed": the resolved group, only when not none}.
     """
     data = params.get("data") or {}
     args = (params["model"], params.get("lora"), params.get("quant") or {"type": "none"},
             params["train"], params["hardware"])
+    dist = params.get("distributed")  # present only when distributed is not none
     report = estimate(*args, n_train_rows=data.get("n_train_rows"),
-                      avg_tokens=data.get("avg_tokens"))
+                      avg_tokens=data.get("avg_tokens"), distributed=dist)
     report["model"] = params["model"].get("name")
     report["hardware"] = params["hardware"].get("name")
-    report["fixes"] = [] if report["fits"] else suggest_fixes(*args)
+    report["distributed"] = dist["name"] if dist else "none"
+    report["fixes"] = [] if report["fits"] else suggest_fixes(*args, distributed=dist)
     return report
 
 
