@@ -220,8 +220,7 @@ def train_dpo(params: dict[str, Any], data_dir: Path, base_model: str, init_adap
         "resumed_from_step": int(start.get("step", 0)) if resume else 0,
         "resumed_from": resume,
         "start_step": int(start.get("step", 0)),
-        **report_fields(params.get("distributed"), trainer,
-                        params.get("_launch", {}).get("batch_split", "none")),
+        **report_fields(params.get("distributed"), trainer),
     }
     if plot_loss_curve([p for p in curve if "loss" in p], out_dir / "dpo_loss_curve.png",
                        "dpo (hf, adapter)"):

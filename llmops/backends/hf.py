@@ -396,8 +396,7 @@ def run_training(
         "resumed_from": resume,
         "device": ctx.device,
         "precision": params["train"]["precision"],
-        **report_fields(params.get("distributed"), trainer,
-                        params.get("_launch", {}).get("batch_split", "none")),
+        **report_fields(params.get("distributed"), trainer),
     }
     if plot_loss_curve(curve, out_dir / "loss_curve.png", f"sft ({backend}, {artifact})"):
         report["loss_curve_png"] = "loss_curve.png"

@@ -27,7 +27,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from llmops.backends.ranks import LAUNCHER_ENV, current_world, is_main_rank, split_batch, world_size
+from llmops.backends.ranks import LAUNCHER_ENV, current_world, is_main_rank, world_size
 from llmops.errors import StageError
 
 _MARK = "\x1fllmops-log "  # a log record of rank 0, relayed into the runner's logging
@@ -76,11 +76,13 @@ def run_stage(kind: str, params: dict[str, Any], inputs: dict[str, Path], out_di
 
 def train_rank(kind: str, params: dict[str, Any], inputs: dict[str, Path], out_dir: Path,
                ctx: Any) -> dict[str, Any]:
-    """Trains one rank: the stage's `train` on this rank's share of the batch."""
-    train, how = split_batch(params["train"], current_world())
+    """Trains one rank (or the only process): the stage module's `train`.
+
+    The compiled batch_size and grad_accum are already per rank (llmops.planning.batch divides
+    train.effective_batch by the world size).
+    """
     module = importlib.import_module(_stage_module(kind))
-    return module.train({**params, "train": train, "_launch": {"batch_split": how}},
-                        inputs, Path(out_dir), ctx)
+    return module.train(params, inputs, Path(out_dir), ctx)
 
 
 def train_spec(spec: dict[str, Any]) -> dict[str, Any]:

@@ -41,38 +41,15 @@ def launched() -> bool:
     return bool(os.environ.get(LAUNCHER_ENV))
 
 
-def split_batch(train: dict[str, Any], world: int) -> tuple[dict[str, Any], str]:
-    """Returns the train params for one of `world` ranks, keeping the one-process effective batch.
-
-    batch_size x grad_accum of the compiled plan is the effective batch of one process; with
-    `world` processes each step sees world x per-rank batch, so the accumulation is divided first
-    (fewer, equally large steps), else the per-rank batch, else (neither divides) both stay and
-    the effective batch grows by `world`.
-
-    Returns:
-        (the train params with batch_size / grad_accum for one rank, how: "grad_accum",
-        "batch_size" or "none").
-    """
-    batch, accum = int(train["batch_size"]), int(train["grad_accum"])
-    if world <= 1:
-        return train, "none"
-    if accum % world == 0:
-        return {**train, "grad_accum": accum // world}, "grad_accum"
-    if batch % world == 0:
-        return {**train, "batch_size": batch // world}, "batch_size"
-    return train, "none"
-
-
-def report_fields(dist: dict[str, Any] | None, trainer: Any, split: str = "none") -> dict[str, Any]:
+def report_fields(dist: dict[str, Any] | None, trainer: Any) -> dict[str, Any]:
     """Returns what a training report says about the processes that trained.
 
     Args:
         dist: The compiled `distributed` params.
         trainer: The transformers Trainer (its args' world_size and its accelerator's sharding
             are what really ran).
-        split: How the one-process batch was divided over the ranks (see split_batch).
     """
-    args = trainer.args
+    args = trainer.args  # batch_size / grad_accum are per rank: the planner divided them
     sharded = ("fsdp" if getattr(trainer, "is_fsdp_enabled", False)
                else "deepspeed" if getattr(trainer, "is_deepspeed_enabled", False) else None)
     world = int(getattr(args, "world_size", 1) or 1)
@@ -85,7 +62,6 @@ def report_fields(dist: dict[str, Any] | None, trainer: Any, split: str = "none"
         "per_rank_batch": per_rank,
         "grad_accum": accum,
         "effective_batch": per_rank * accum * world,
-        "batch_split": split,
         "sharded_by": sharded,
     }
 
