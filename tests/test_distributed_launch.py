@@ -134,10 +134,16 @@ def test_a_failing_rank_fails_the_stage_with_the_tail_of_its_output(
 
 
 def test_fsdp_on_a_cpu_is_refused_rather_than_trained_as_ddp(tiny_base, sft_data, tmp_path,
-                                                             stage_params):
+                                                             stage_params, compose_plan):
+    """At compile time (exit 2), and by the stage too if its params say fsdp on a CPU anyway."""
+    from llmops.errors import ConfigError
     from llmops.stages import sft
 
-    params = stage_params("sft", "distributed=fsdp", "distributed.nproc_per_node=2")
+    with pytest.raises(ConfigError, match=r"'fsdp' shards over GPUs only: on a CPU accelerate "
+                                          r"runs it as plain DDP"):
+        compose_plan(["distributed=fsdp", "distributed.nproc_per_node=2", "hardware=cpu"])
+    params = stage_params("sft", "distributed=ddp", "distributed.nproc_per_node=2")
+    params["distributed"] = {**params["distributed"], "strategy": "fsdp"}
     with pytest.raises(StageError, match=r"distributed.strategy=fsdp shards over GPUs only: on a "
                                          r"CPU accelerate runs it as plain DDP"):
         sft.run(params, {"base": tiny_base, "data": sft_data}, tmp_path, _ctx(tmp_path))

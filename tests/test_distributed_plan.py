@@ -164,7 +164,9 @@ def test_cpu_offload_without_sharding_and_nodes_without_a_rendezvous_are_refused
     problems = _problems(CPU, "distributed=ddp", "distributed.nnodes=2")
     assert problems["distributed.nnodes"].startswith(
         "2 nodes need a rendezvous, and none is set: run under SLURM")
-    monkeypatch.setenv("MASTER_ADDR", "10.0.0.1")
+    monkeypatch.setenv("MASTER_ADDR", "10.0.0.1")  # a bare rendezvous: every node would run
+    assert "distributed.nnodes" in _problems(CPU, "distributed=ddp", "distributed.nnodes=2")
+    monkeypatch.setenv("SLURM_JOB_ID", "42")  # one rank per SLURM task
     _resolve(CPU, "distributed=ddp", "distributed.nnodes=2")
 
 
