@@ -106,17 +106,23 @@ def _ollama(params: dict, gguf: Path, tokenizer: Any, out_dir: Path, ctx: StageC
             name: str) -> dict[str, Any]:
     from llmops.serving import modelfile as mf
 
-    family = params["model"]["chat_template"]
+    family = mf.resolve_family(params["model"]["chat_template"], tokenizer.chat_template)
     check = mf.check_template(
-        lambda m: tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True),
+        lambda m, tools: tokenizer.apply_chat_template(m, tools=tools, tokenize=False,
+                                                       add_generation_prompt=True),
         family, bos_token=tokenizer.bos_token)
-    if not check["identical"]:
+    if not check["equivalent"]:
         first = check["mismatches"][0]
         raise StageError(
             f"deploy: the Ollama template for chat_template={family!r} renders conversation "
-            f"{first['index']} differently from the training template:\n  training: "
-            f"{first['training']!r}\n  ollama:   {first['ollama']!r}\nSet model.chat_template "
-            "to the family the tokenizer's template belongs to.")
+            f"{first['index']} (tools: {first['tools']}) differently from the training template:"
+            f"\n  training: {first['training']!r}\n  ollama:   {first['ollama']!r}\nSet "
+            "model.chat_template to the family the tokenizer's template belongs to.")
+    if check["json_formatting"]:
+        ctx.logger.warning("deploy: Ollama prints tool schemas and call arguments as compact "
+                           "JSON; the training template spaces them (same data, %d of %d sample "
+                           "conversations)", len(check["json_formatting"]),
+                           check["conversations"] + check["tool_conversations"])
     stops = mf.stop_tokens(family, tokenizer.chat_template or "", tokenizer.eos_token)
     parameters = {"temperature": 0, "num_ctx": int(params["model"]["context_length"])}
     text = mf.modelfile(str(gguf.resolve()), family, stops, parameters)
