@@ -11,6 +11,14 @@ templates (tests/real_models.py), tools included.
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 
 from llmops.serving.gotemplate import TemplateError, execute
@@ -111,3 +119,168 @@ def test_a_template_of_another_family_is_caught(real_model):
     check = check_template(_render(tok), "chatml")
     assert not check["equivalent"] and check["mismatches"][0]["index"] == 0
     assert "You are Qwen" in check["mismatches"][0]["training"]
+
+
+# -- tool calls read back with the template's own syntax (no llama.cpp) ---------------------------
+
+def test_completions_become_openai_tool_calls_in_the_templates_syntax(real_model, chat_template):
+    from transformers import AutoTokenizer
+
+    from llmops.serving.tool_calls import calls_from_text
+
+    qwen = AutoTokenizer.from_pretrained(real_model("qwen2")).chat_template
+    text = ('Sure.\n<tool_call>\n{"name": "create_task", "arguments": {"title": "buy milk", '
+            '"due": "2025-03-14"}}\n</tool_call>')
+    content, calls = calls_from_text(text, qwen)
+    assert content == "Sure." and len(calls) == 1
+    assert calls[0]["type"] == "function" and calls[0]["id"].startswith("call_")
+    assert calls[0]["function"]["name"] == "create_task"
+    assert json.loads(calls[0]["function"]["arguments"]) == {"title": "buy milk",
+                                                            "due": "2025-03-14"}
+    # The tiny template's syntax: one {"tool", "arguments"} line per call.
+    content, calls = calls_from_text('{"tool":"delete_task","arguments":{"task_id":42}}\n'
+                                     '{"tool":"list_tasks","arguments":{}}', chat_template)
+    assert content is None
+    assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in calls] == [
+        ("delete_task", {"task_id": 42}), ("list_tasks", {})]
+    # No call: the text stays content.
+    assert calls_from_text("I can only manage tasks.", qwen) == ("I can only manage tasks.", [])
+
+
+@pytest.fixture(scope="module")
+def chat_template():
+    from llmops.backends.tiny import CHATML_TEMPLATE
+
+    return CHATML_TEMPLATE
+
+
+# -- with the gguf extra --------------------------------------------------------------------------
+
+def _gguf_ready() -> bool:
+    import importlib.util
+
+    from llmops.serving.converter import converter_dir
+
+    return importlib.util.find_spec("llama_cpp") is not None and (
+        converter_dir() / "llmops_gguf_setup.json").is_file()
+
+
+needs_gguf = pytest.mark.skipif(
+    os.environ.get("LLMOPS_REQUIRE_GGUF") != "1" and not _gguf_ready(),
+    reason="needs the gguf extra: pip install 'llmops[gguf]' && python -m llmops.gguf_setup",
+)
+
+
+def _serve(gguf_path: Path, log: Path, alias: str = "m") -> tuple[subprocess.Popen, str]:
+    """Starts `python -m llmops.serving.llama_cpp_runtime` as deploy does; returns it, base_url."""
+    from llmops.stages.deploy import _free_port, _get
+
+    port = _free_port("127.0.0.1")
+    cmd = [sys.executable, "-m", "llmops.serving.llama_cpp_runtime", "--model", str(gguf_path),
+           "--host", "127.0.0.1", "--port", str(port), "--model_alias", alias, "--n_ctx", "1024",
+           "--n_threads", "1", "--chat_format", "llmops-tools"]
+    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    base_url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + 120
+    while _get(f"{base_url}/models", 1.0) is None:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"server did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.25)
+    return proc, base_url
+
+
+@pytest.fixture(scope="module")
+def demo_base(tmp_path_factory, stage_params) -> Path:
+    """Returns a tiny base pre-trained briefly on create_task/list_tasks calls in the template's
+    syntax (the session's tiny_base is too short-trained to write calls; the demo's full
+    pre-training takes minutes on a shared CPU)."""
+    from llmops.runner.context import StageContext
+    from llmops.stages import tiny_base as base_stage
+
+    out = tmp_path_factory.mktemp("demo_base")
+    ctx = StageContext(run_dir=out, show_progress=False, logger=logging.getLogger("test"))
+    params = stage_params("base", "model.pretrain.n_examples=400", "model.pretrain.steps=200",
+                          "model.pretrain.batch_size=8", "model.pretrain.legacy_tools=[]",
+                          "model.pretrain.include_refusals=false")
+    base_stage.run(params, {}, out, ctx)
+    return out
+
+
+@needs_gguf
+def test_endpoint_answers_tools_with_structured_tool_calls(tmp_path, demo_base, sft_data):
+    """The demo's tiny base (pre-trained on Task-API calls) served from a real GGUF through the
+    openai client with tools=[...]: its calls come back as message.tool_calls."""
+    from openai import OpenAI
+
+    from llmops.backends.common import read_jsonl
+    from llmops.data.task_api import TOOLS
+    from llmops.serving.integration import chat_request
+    from llmops.stages import gguf
+
+    path = tmp_path / "model-f16.gguf"
+    gguf.convert(gguf._overlay(demo_base, tmp_path / ".hf"), path, "f16", "gpt-2",
+                 logging.getLogger("test"))
+    proc, base_url = _serve(path, tmp_path / "server.log")
+    try:
+        client = OpenAI(base_url=base_url, api_key="not-needed", max_retries=0, timeout=120)
+        rows = [r for r in read_jsonl(sft_data / "train.jsonl")
+                if r["messages"][-1].get("tool_calls") and r["messages"][-1]["tool_calls"][0][
+                    "function"]["name"] in ("create_task", "list_tasks")][:4]
+        replies = []
+        for row in rows:
+            messages, tools = chat_request(row)
+            assert tools and messages[-1]["role"] == "user"
+            replies.append(client.chat.completions.create(
+                model="m", messages=messages, tools=tools, max_tokens=48, temperature=0.0,
+                seed=0, extra_body={"repeat_penalty": 1.0}).choices[0])
+        with_calls = [c for c in replies if c.message.tool_calls]
+        assert with_calls, [c.message.content for c in replies]
+        for choice in with_calls:
+            assert choice.finish_reason == "tool_calls"
+            for call in choice.message.tool_calls:
+                assert call.type == "function" and call.id.startswith("call_")
+                assert call.function.name in TOOLS
+                assert isinstance(json.loads(call.function.arguments), dict)
+        # Without tools the same server answers plain text through the same template.
+        plain = client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "List my open tasks."}],
+            max_tokens=16, temperature=0.0).choices[0]
+        assert plain.message.tool_calls is None and isinstance(plain.message.content, str)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@needs_gguf
+@pytest.mark.parametrize("family", ["qwen2", "llama"])
+def test_gguf_f16_of_a_real_family_keeps_tokens_template_and_answers(
+        tmp_path, real_model, sft_data, stage_params, family):
+    from transformers import AutoTokenizer
+
+    from llmops.runner.context import StageContext
+    from llmops.stages import gguf
+
+    folder = real_model(family)
+    probes = gguf.template_probes(AutoTokenizer.from_pretrained(folder))
+    needle = {"qwen2": '<tool_call>\n{"name": "create_task", "arguments": {"title": "buy milk"',
+              "llama": '{"name": "create_task", "parameters": {"title": "buy milk"'}[family]
+    assert len(probes) == len(TOOL_CONVERSATIONS) and needle in probes[1]
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "merged").symlink_to(folder, target_is_directory=True)
+    out = tmp_path / "out"
+    out.mkdir()
+    ctx = StageContext(run_dir=tmp_path, show_progress=False, logger=logging.getLogger("test"))
+    params = {**stage_params("gguf", "deploy.gguf.quantization=[f16]"),
+              "parity_prompts": 3, "max_new_tokens": 12}
+    report = gguf.run(params, {"export": export, "data": sft_data}, out, ctx)
+    assert report["passed"] and report["pre_tokenizer"] == "identified by the converter"
+    assert report["tool_probes"] == len(TOOL_CONVERSATIONS)
+    parity = report["files"]["f16"]["parity"]
+    # Held-out prompts (rendered with the rows' tools), their answers, the tool conversations
+    # and the fixed probes: every one tokenized identically by the GGUF.
+    assert parity["tokenizer"]["passed"], parity["tokenizer"]["mismatches"]
+    assert parity["tokenizer"]["probes"] == 3 + 3 + len(probes) + len(gguf.EXTRA_PROBES)
+    assert parity["chat_template"] == {"identical": True, "present": True}
+    assert report["f16_greedy_agreement"] == 1.0, parity["greedy"]

@@ -7,8 +7,10 @@ self-trained BPE vocabulary is unknown to the converter's pre-tokenizer table, s
 the base stage declared (base_report.json tokenizer.gguf_pre_tokenizer, "gpt-2") is passed on.
 
 Parity, per file -> gguf_report.json:
-- tokenizer: the GGUF tokenizes a probe set (held-out prompts, answers, awkward strings) exactly as
-  the HF tokenizer does, special tokens and BOS included;
+- tokenizer: the GGUF tokenizes a probe set (held-out prompts, answers, awkward strings, and
+  conversations with tools, a call, its result and an answer as the model's own template renders
+  them: Qwen2.5's <tool_call> blocks, Llama 3.1's JSON calls) exactly as the HF tokenizer does,
+  special tokens and BOS included;
 - chat template: the GGUF carries the training chat template byte for byte;
 - greedy answers on held-out prompts vs the merged HF model (agreement rate; f16 should match).
 """
@@ -35,6 +37,8 @@ EXTRA_PROBES = (
     "Unicode: café, naïve, 東京, emoji 🦙🚀",
     '{"tool": "create_task", "args": {"title": "buy milk", "due": "2025-03-14"}}',
     "<|im_start|>user\nhi<|im_end|>\n",
+    '<tool_call>\n{"name": "create_task", "arguments": {"title": "buy milk"}}\n</tool_call>',
+    '{"name": "create_task", "parameters": {"title": "buy milk", "due": "2025-03-14"}}',
 )
 #: Runs llama.cpp's converter with its own gguf-py first on sys.path; argv[1] = converter folder,
 #: argv[2] = pre-tokenizer to declare ("" = let the converter identify it by hash), rest = its args.
@@ -122,6 +126,24 @@ def tokenizer_parity(llm: Any, tokenizer: Any, texts: list[str]) -> dict[str, An
             mismatches.append({"text": text[:200], "hf": hf[:64], "gguf": gg[:64]})
     return {"probes": len(texts), "identical": len(texts) - len(mismatches),
             "passed": not mismatches, "mismatches": mismatches[:5]}
+
+
+def template_probes(tokenizer: Any) -> list[str]:
+    """Renders the sample tool conversations (llmops.serving.modelfile) through the tokenizer's
+    chat template: the tool schemas, a call, its result and an answer in the template's syntax.
+    A template that cannot render them (no tool role, ...) adds no probe."""
+    from jinja2 import TemplateError
+
+    from llmops.serving.modelfile import SAMPLE_TOOLS, TOOL_CONVERSATIONS
+
+    probes = []
+    for conv in TOOL_CONVERSATIONS:
+        try:
+            probes.append(tokenizer.apply_chat_template(list(conv), tools=SAMPLE_TOOLS,
+                                                        tokenize=False))
+        except (TemplateError, ValueError, TypeError):
+            continue
+    return probes
 
 
 def gguf_chat_template(llm: Any) -> str | None:
@@ -214,7 +236,8 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
                              show_progress=False, desc="hf", threads=ctx.threads)
     del model
     answers_ref = [render_answer(tokenizer, r["messages"], r.get("tools")) for r in rows]
-    probes = [*prompts, *answers_ref, *EXTRA_PROBES]
+    tool_probes = template_probes(tokenizer)
+    probes = [*prompts, *answers_ref, *tool_probes, *EXTRA_PROBES]
     template = getattr(tokenizer, "chat_template", None)
 
     report_files: dict[str, Any] = {}
@@ -265,6 +288,7 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
                      f"{LLAMA_CPP_PYTHON_VERSION}",
         "llama_cpp_python": importlib.metadata.version("llama_cpp_python"),
         "held_out_prompts": len(prompts),
+        "tool_probes": len(tool_probes),
         "f16_greedy_agreement": greedy_f16.get("agreement_rate"),
         "passed": True,
     }
