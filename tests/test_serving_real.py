@@ -252,6 +252,22 @@ def test_endpoint_answers_tools_with_structured_tool_calls(tmp_path, demo_base, 
         proc.wait(timeout=30)
 
 
+def _peaked(src: Path, dest: Path) -> Path:
+    """Saves a child of a random-weight model whose logits are peaked (embeddings x 30, tied).
+
+    Random weights give near-tied logits, so f16 rounding alone flips greedy picks; scaled
+    embeddings make every greedy step decisive, so agreement measures the conversion."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.mul_(30.0)
+    model.save_pretrained(dest)
+    AutoTokenizer.from_pretrained(src).save_pretrained(dest)
+    return dest
+
+
 @needs_gguf
 @pytest.mark.parametrize("family", ["qwen2", "llama"])
 def test_gguf_f16_of_a_real_family_keeps_tokens_template_and_answers(
@@ -261,7 +277,7 @@ def test_gguf_f16_of_a_real_family_keeps_tokens_template_and_answers(
     from llmops.runner.context import StageContext
     from llmops.stages import gguf
 
-    folder = real_model(family)
+    folder = _peaked(real_model(family), tmp_path / "model")
     probes = gguf.template_probes(AutoTokenizer.from_pretrained(folder))
     needle = {"qwen2": '<tool_call>\n{"name": "create_task", "arguments": {"title": "buy milk"',
               "llama": '{"name": "create_task", "parameters": {"title": "buy milk"'}[family]

@@ -151,15 +151,25 @@ def gguf_chat_template(llm: Any) -> str | None:
     return (getattr(llm, "metadata", None) or {}).get("tokenizer.chat_template")
 
 
-def greedy_gguf(llm: Any, prompts: list[str], max_new_tokens: int) -> list[str]:
-    """Greedy answers of the GGUF model, prompts tokenized by the GGUF itself."""
+def greedy_gguf(llm: Any, prompts: list[str], max_new_tokens: int,
+                stop_ids: list[int] | None = None) -> list[str]:
+    """Greedy answers of the GGUF model, prompts tokenized by the GGUF itself.
+
+    Generation ends at the GGUF's eos and at any of stop_ids (the end-of-turn tokens the HF side
+    stops at, e.g. <|im_end|> where the GGUF's eos is another token).
+    """
+    from llama_cpp import StoppingCriteriaList
+
+    stops = set(stop_ids or ())
+    criteria = StoppingCriteriaList([lambda tokens, logits: int(tokens[-1]) in stops])
     answers = []
     for prompt in prompts:
         llm.reset()
         ids = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
         out = llm.create_completion(ids, max_tokens=max_new_tokens, temperature=0.0, top_k=1,
-                                    top_p=1.0, min_p=0.0, repeat_penalty=1.0, seed=0)
-        answers.append(out["choices"][0]["text"])
+                                    top_p=1.0, min_p=0.0, repeat_penalty=1.0, seed=0,
+                                    stopping_criteria=criteria if stops else None)
+        answers.append(out["choices"][0]["text"].strip())  # as eval's HF answers are
     return answers
 
 
@@ -198,7 +208,13 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
     import importlib.metadata
 
     from llmops.backends.common import write_json
-    from llmops.backends.generation import build_prompt, generate, load_model, render_answer
+    from llmops.backends.generation import (
+        build_prompt,
+        generate,
+        load_model,
+        render_answer,
+        stop_token_ids,
+    )
     from llmops.serving.converter import LLAMA_CPP_PYTHON_VERSION
 
     out_dir = Path(out_dir)
@@ -247,7 +263,7 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
         load_s = time.perf_counter() - t0
         tok = tokenizer_parity(llm, tokenizer, probes)
         stored = gguf_chat_template(llm)
-        answers = greedy_gguf(llm, prompts, max_new)
+        answers = greedy_gguf(llm, prompts, max_new, stop_token_ids(tokenizer))
         del llm
         agree = [a == b for a, b in zip(answers, hf_answers, strict=True)]
         report_files[q] = {
