@@ -326,9 +326,15 @@ def test_deploy_openai_end_to_end_answers_through_the_openai_client(tmp_path):
     assert report["openai"]["smoke_passed"] and report["openai"]["serving"] is False
     smoke = json.loads((run / "stages" / "deploy" / "smoke_test.json").read_text())
     assert smoke["passed"] and smoke["client"] == "openai" and smoke["prompts"] == 3
-    assert all(isinstance(x["answer"], str) for x in smoke["results"])
+    # The demo's test rows carry tools: the smoke chats send them, and the tuned model's calls
+    # come back as structured tool_calls (chat format llmops-tools), text otherwise.
+    assert all(x["tools"] for x in smoke["results"])
+    assert all(isinstance(x["answer"], str) or x["tool_calls"] for x in smoke["results"])
+    assert any(x["tool_calls"] and x["finish_reason"] == "tool_calls" for x in smoke["results"])
     integration = json.loads((run / "stages" / "deploy" / "integration_config.json").read_text())
     assert integration["base_url"].startswith("http://127.0.0.1:")
+    assert integration["tool_calls"]["chat_format"] == "llmops-tools"
+    assert {t["function"]["name"] for t in integration["tools"]} >= {"create_task", "list_tasks"}
     gguf = json.loads((run / "gguf_report.json").read_text())
     assert gguf["f16_greedy_agreement"] == 1.0
     # The server is gone: nothing answers on its port any more.

@@ -242,6 +242,19 @@ def test_endpoint_answers_tools_with_structured_tool_calls(tmp_path, demo_base, 
                 assert call.type == "function" and call.id.startswith("call_")
                 assert call.function.name in TOOLS
                 assert isinstance(json.loads(call.function.arguments), dict)
+        # tool_choice: one named function is forced (llama-cpp-python's grammar path); "none"
+        # renders no tools and parses nothing.
+        messages, tools = chat_request(rows[0])
+        forced = client.chat.completions.create(
+            model="m", messages=messages, tools=tools, max_tokens=48, temperature=0.0,
+            tool_choice={"type": "function", "function": {"name": "list_tasks"}},
+            extra_body={"repeat_penalty": 1.0}).choices[0]
+        assert [c.function.name for c in forced.message.tool_calls] == ["list_tasks"]
+        assert isinstance(json.loads(forced.message.tool_calls[0].function.arguments), dict)
+        none = client.chat.completions.create(
+            model="m", messages=messages, tools=tools, tool_choice="none", max_tokens=16,
+            temperature=0.0).choices[0]
+        assert none.message.tool_calls is None and isinstance(none.message.content, str)
         # Without tools the same server answers plain text through the same template.
         plain = client.chat.completions.create(
             model="m", messages=[{"role": "user", "content": "List my open tasks."}],
@@ -300,3 +313,50 @@ def test_gguf_f16_of_a_real_family_keeps_tokens_template_and_answers(
     assert parity["tokenizer"]["probes"] == 3 + 3 + len(probes) + len(gguf.EXTRA_PROBES)
     assert parity["chat_template"] == {"identical": True, "present": True}
     assert report["f16_greedy_agreement"] == 1.0, parity["greedy"]
+
+
+# -- deploy for a real family: Modelfile and integration_config.json (no llama.cpp) ---------------
+
+def test_deploy_ollama_for_qwen_writes_its_template_and_the_datas_tools(
+        tmp_path, real_model, sft_data, stage_params):
+    import socket
+
+    from transformers import AutoTokenizer
+
+    from llmops.data.task_api import TOOL_SCHEMAS
+    from llmops.runner.context import StageContext
+    from llmops.stages import deploy
+
+    export = tmp_path / "export"
+    AutoTokenizer.from_pretrained(real_model("qwen2")).save_pretrained(export / "merged")
+    gguf_dir = tmp_path / "gguf"
+    gguf_dir.mkdir()
+    (gguf_dir / "model-f16.gguf").write_bytes(b"GGUF" + bytes(64))
+    (gguf_dir / "gguf_report.json").write_text(json.dumps(
+        {"quantization": ["f16"], "files": {"f16": {"path": "model-f16.gguf", "parity": {}}}}))
+    eval_dir = tmp_path / "eval"
+    eval_dir.mkdir()
+    (eval_dir / "eval_report.json").write_text(json.dumps({"passed": True, "gates": []}))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        host = f"http://127.0.0.1:{s.getsockname()[1]}"  # nothing listens once closed
+    params = stage_params("deploy", "deploy=ollama")
+    params["ollama"].update(host=host, timeout_s=2.0)
+    params["serve_quantization"] = "f16"
+    out = tmp_path / "out"
+    out.mkdir()
+    ctx = StageContext(run_dir=tmp_path / "run", show_progress=False,
+                       logger=logging.getLogger("test"))
+    report = deploy.run(params, {"gguf": gguf_dir, "export": export, "eval": eval_dir,
+                                 "data": sft_data}, out, ctx)
+    check = report["ollama"]["template_check"]
+    assert check["family"] == "qwen2.5" and check["equivalent"] and check["tools"]
+    assert f'TEMPLATE """{go_template("qwen2.5")}"""' in (out / "Modelfile").read_text()
+    assert report["ollama"]["stop"] == ["<|im_end|>", "<|im_start|>"]
+    integration = json.loads((out / "integration_config.json").read_text())
+    assert integration["api"] == "chat.completions" and integration["base_url"] == f"{host}/v1"
+    assert [t["function"]["name"] for t in integration["tools"]] == [
+        t["function"]["name"] for t in TOOL_SCHEMAS]
+    assert integration["tool_calls"]["syntax"] == "hermes"
+    assert "tools=tools" in integration["snippets"]["openai_sdk"]
+    assert "OpenAIChatCompletionsModel" in integration["snippets"]["openai_agents_sdk"]
