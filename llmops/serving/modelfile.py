@@ -233,7 +233,11 @@ def resolve_family(family: str, training_template: str | None) -> str:
     for name, needles in _SIGNATURES:
         if all(n in text for n in needles):
             return name
-    return family
+    return TRL_FAMILIES.get(family, family)
+
+
+#: model.chat_template values (TRL template names) -> the Go template family that renders them.
+TRL_FAMILIES = {"qwen2_5": "qwen2.5", "llama3_1": "llama3.1"}
 
 
 def go_template(family: str) -> str:

@@ -103,6 +103,13 @@ def _ollama(params: dict, gguf: Path, tokenizer: Any, out_dir: Path, ctx: StageC
     from llmops.serving import modelfile as mf
 
     family = mf.resolve_family(params["model"]["chat_template"], tokenizer.chat_template)
+    if family not in mf.GO_TEMPLATES:
+        raise StageError(
+            f"deploy: no Ollama template renders this model's chat template "
+            f"(model.chat_template={params['model']['chat_template']!r}); llmops writes Ollama "
+            f"templates for {', '.join(mf.GO_TEMPLATES)} (Qwen2.5's and Llama 3.1's tool-call "
+            "formats included). Use deploy=openai, which serves the GGUF with its own template, "
+            "or model.chat_template=qwen2_5 / llama3_1 if the model was trained on that format.")
     check = mf.check_template(
         lambda m, tools: tokenizer.apply_chat_template(m, tools=tools, tokenize=False,
                                                        add_generation_prompt=True),
