@@ -111,9 +111,9 @@ def launcher(strategy: str) -> dict:
     reports = {p.name: p for p in (run_dir / "run").rglob("*_report.json")}
     if "training_report.json" in reports:
         t = json.loads(reports["training_report.json"].read_text())
-        res["training"] = {k: t.get(k) for k in ("world_size", "strategy", "launcher", "device",
-                                                 "backend", "steps", "peak_memory_mb",
-                                                 "train_seconds")}
+        res["training"] = {k: t.get(k) for k in ("world_size", "strategy", "launcher",
+                                                 "sharded_by", "device", "backend", "steps",
+                                                 "peak_memory_mb", "train_runtime_s")}
     if "eval_report.json" in reports:
         e = json.loads(reports["eval_report.json"].read_text())
         res["exact_match"] = {"base": (e.get("base") or {}).get("exact_match"),

@@ -24,6 +24,7 @@ from llmops.errors import ConfigError, StageError
 from llmops.runner.context import StageContext
 from llmops.serving.modelfile import (
     SAMPLE_CONVERSATIONS,
+    TOOL_CONVERSATIONS,
     check_template,
     go_template,
     modelfile,
@@ -70,7 +71,8 @@ def chat_tokenizer():
 
 
 def _hf_render(tokenizer):
-    return lambda m: tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True)
+    return lambda m, tools=None: tokenizer.apply_chat_template(
+        m, tools=tools, tokenize=False, add_generation_prompt=True)
 
 
 # -- Modelfile template == training template (no llama.cpp) ---------------------------------------
@@ -78,7 +80,10 @@ def _hf_render(tokenizer):
 def test_modelfile_template_reproduces_the_training_chatml_prompt(chat_tokenizer):
     convs = [*SAMPLE_CONVERSATIONS, *MORE_CONVERSATIONS]
     check = check_template(_hf_render(chat_tokenizer), "chatml", conversations=convs)
-    assert check == {"identical": True, "conversations": len(convs), "mismatches": []}
+    assert check["identical"] and check["conversations"] == len(convs)
+    # The tiny template renders tools, so its tool conversations are compared too, byte for byte.
+    assert check["tools"] and check["tool_conversations"] == len(TOOL_CONVERSATIONS)
+    assert check["mismatches"] == [] and check["json_formatting"] == []
     # The very string the training template produces, rendered by Ollama's Go template.
     conv = SAMPLE_CONVERSATIONS[2]
     assert render_go(go_template("chatml"), conv) == _hf_render(chat_tokenizer)(conv)
@@ -93,19 +98,22 @@ def test_modelfile_template_reproduces_a_llama3_prompt_without_its_bos():
         LLAMA3_JINJA)
     bos = "<|begin_of_text|>"
 
-    def render(messages):
-        return tpl.render(messages=messages, bos_token=bos, add_generation_prompt=True)
+    def render(messages, tools=None):
+        return tpl.render(messages=messages, tools=tools, bos_token=bos,
+                          add_generation_prompt=True)
 
     check = check_template(render, "llama3", bos_token=bos,
                            conversations=[*SAMPLE_CONVERSATIONS, *MORE_CONVERSATIONS])
     assert check["identical"], check["mismatches"]
+    assert not check["tools"]  # this template ignores tools, so only plain chats are compared
     assert stop_tokens("llama3", LLAMA3_JINJA, "<|eot_id|>") == [
         "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>"]
 
 
 def test_a_drifting_template_is_caught(chat_tokenizer):
     check = check_template(_hf_render(chat_tokenizer), "llama3")
-    assert not check["identical"] and len(check["mismatches"]) == len(SAMPLE_CONVERSATIONS)
+    assert not check["equivalent"]
+    assert len(check["mismatches"]) == len(SAMPLE_CONVERSATIONS) + len(TOOL_CONVERSATIONS)
     assert check["mismatches"][0]["training"].startswith("<|im_start|>user\n")
 
 
@@ -123,7 +131,8 @@ def test_go_renderer_trims_and_branches_like_text_template():
     tpl = ('{{- if eq .System "" }}none{{ else }}sys={{ .System }}{{ end -}}  \n '
            "{{ range .Messages -}}\n[{{ .Role }}]{{ end }}")
     msgs = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
-    assert render_go(tpl, msgs, system="S") == "sys=S[user][assistant]"
+    # A Modelfile SYSTEM reaches the template as Ollama passes it: .System and a system message.
+    assert render_go(tpl, msgs, system="S") == "sys=S[system][user][assistant]"
     assert render_go(tpl, [], system="") == "none"
 
 
@@ -317,9 +326,15 @@ def test_deploy_openai_end_to_end_answers_through_the_openai_client(tmp_path):
     assert report["openai"]["smoke_passed"] and report["openai"]["serving"] is False
     smoke = json.loads((run / "stages" / "deploy" / "smoke_test.json").read_text())
     assert smoke["passed"] and smoke["client"] == "openai" and smoke["prompts"] == 3
-    assert all(isinstance(x["answer"], str) for x in smoke["results"])
+    # The demo's test rows carry tools: the smoke chats send them, and the tuned model's calls
+    # come back as structured tool_calls (chat format llmops-tools), text otherwise.
+    assert all(x["tools"] for x in smoke["results"])
+    assert all(isinstance(x["answer"], str) or x["tool_calls"] for x in smoke["results"])
+    assert any(x["tool_calls"] and x["finish_reason"] == "tool_calls" for x in smoke["results"])
     integration = json.loads((run / "stages" / "deploy" / "integration_config.json").read_text())
     assert integration["base_url"].startswith("http://127.0.0.1:")
+    assert integration["tool_calls"]["chat_format"] == "llmops-tools"
+    assert {t["function"]["name"] for t in integration["tools"]} >= {"create_task", "list_tasks"}
     gguf = json.loads((run / "gguf_report.json").read_text())
     assert gguf["f16_greedy_agreement"] == 1.0
     # The server is gone: nothing answers on its port any more.

@@ -68,6 +68,22 @@ def test_fsdp_on_8xa100_80g_plans_per_gpu_memory_well_under_the_one_gpu_figure(t
     assert sharded["comm_time_s"] > 0 and single["comm_time_s"] == 0
 
 
+def test_a_lora_plan_that_fits_one_a100_40g_lists_its_scale_out_options(tmp_path):
+    """llama8b LoRA r16 in bf16 fits one A100 40 GB (~28 GB): no fix is needed, and the plan
+    still shows what ddp (a replica per GPU, faster) and fsdp (sharded) on 8 of them give."""
+    r, report = llmops(tmp_path, "model=llama8b", "quant=none", "hardware=a100_40g",
+                       "dry_run=true")
+    assert r.returncode == 0, r.stderr
+    assert report["fits"] and report["fixes"] == []
+    options = {o["override"]: o for o in report["scale_out"]}
+    ddp, fsdp = (options[f"distributed={s} hardware=8xa100_40g"] for s in ("ddp", "fsdp"))
+    assert ddp["gpus"] == fsdp["gpus"] == 8 and ddp["fits"] and fsdp["fits"]
+    assert fsdp["per_gpu_gb"] < report["total_gb"] * 0.7
+    assert ddp["run_time_h"] < report["run_time_h"] / 4  # 8 replicas share the epochs
+    assert "scale out (the same training over several GPUs):" in r.stdout
+    assert "distributed=fsdp hardware=8xa100_40g: 8 GPUs, ~" in r.stdout
+
+
 def test_full_fine_tune_that_does_not_fit_one_a100_40g_lists_the_sharded_fix(tmp_path):
     r, _ = llmops(tmp_path, "model=llama8b", "quant=none", "lora=none", "hardware=a100_40g",
                   "dry_run=true")
@@ -164,7 +180,9 @@ def test_cpu_offload_without_sharding_and_nodes_without_a_rendezvous_are_refused
     problems = _problems(CPU, "distributed=ddp", "distributed.nnodes=2")
     assert problems["distributed.nnodes"].startswith(
         "2 nodes need a rendezvous, and none is set: run under SLURM")
-    monkeypatch.setenv("MASTER_ADDR", "10.0.0.1")
+    monkeypatch.setenv("MASTER_ADDR", "10.0.0.1")  # a bare rendezvous: every node would run
+    assert "distributed.nnodes" in _problems(CPU, "distributed=ddp", "distributed.nnodes=2")
+    monkeypatch.setenv("SLURM_JOB_ID", "42")  # one rank per SLURM task
     _resolve(CPU, "distributed=ddp", "distributed.nnodes=2")
 
 

@@ -25,6 +25,7 @@ from llmops.backends.hf import (
     set_cpu_threads,
     trainer_kwargs,
 )
+from llmops.backends.ranks import is_main_rank, report_fields, trainer_args
 from llmops.compiler.plan import report_name
 from llmops.errors import StageError
 
@@ -109,6 +110,7 @@ def dpo_config(params: dict[str, Any], out_dir: Path, ctx: Any) -> Any:
     dpo = params["dpo"]
     return DPOConfig(
         **trainer_kwargs(params["train"], out_dir, ctx),
+        **trainer_args(params.get("distributed")),
         beta=float(dpo["beta"]),
         loss_type=[str(dpo["loss_type"])],
         label_smoothing=float(dpo["label_smoothing"]),
@@ -151,7 +153,8 @@ def train_dpo(params: dict[str, Any], data_dir: Path, base_model: str, init_adap
     else:
         peft_config = lora_config(params["lora"])
     model.eval()
-    before = sequence_logps(model, tokenizer, test_pairs)
+    main = is_main_rank()  # the held-out scores and every file come from rank 0
+    before = sequence_logps(model, tokenizer, test_pairs) if main else []
     args = dpo_config(params, out_dir, ctx)
     callbacks, start = make_callbacks(ctx, "dpo")
     trainer = DPOTrainer(
@@ -169,6 +172,8 @@ def train_dpo(params: dict[str, Any], data_dir: Path, base_model: str, init_adap
     runtime = time.perf_counter() - t0
     trained = trainer.model
     trained.eval()
+    if not main:
+        return {}
     after = sequence_logps(trained, tokenizer, test_pairs)
     art_dir = out_dir / "adapter"
     names = list(getattr(trained, "peft_config", {}) or {})
@@ -215,6 +220,7 @@ def train_dpo(params: dict[str, Any], data_dir: Path, base_model: str, init_adap
         "resumed_from_step": int(start.get("step", 0)) if resume else 0,
         "resumed_from": resume,
         "start_step": int(start.get("step", 0)),
+        **report_fields(params.get("distributed"), trainer),
     }
     if plot_loss_curve([p for p in curve if "loss" in p], out_dir / "dpo_loss_curve.png",
                        "dpo (hf, adapter)"):

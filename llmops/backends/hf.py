@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from llmops.backends.common import peak_memory_mb, read_jsonl, write_json
+from llmops.backends.ranks import is_main_rank, launched, report_fields, trainer_args
 from llmops.compiler.plan import report_name
 from llmops.errors import StageError
 
@@ -163,6 +164,7 @@ def sft_config(params: dict[str, Any], out_dir: Path, ctx: Any) -> Any:
 
     return SFTConfig(
         **trainer_kwargs(params["train"], out_dir, ctx),
+        **trainer_args(params.get("distributed")),
         assistant_only_loss=False,
         include_num_input_tokens_seen="non_padding",
     )
@@ -386,11 +388,8 @@ def run_training(
     is_lora = bool(params["lora"])
     artifact = "adapter" if is_lora else "model"
     art_dir = out_dir / artifact
-    if is_lora:
-        trainer.model.save_pretrained(str(art_dir))
-    else:
-        trainer.save_model(str(art_dir))
-    tokenizer.save_pretrained(str(art_dir))
+    if not save_artifact(trainer, tokenizer, art_dir, is_lora):
+        return {}
     trainable, total = count_params(trainer.model)
     tokens = int(state.num_input_tokens_seen - start.get("tokens", 0))
     final_loss = curve[-1]["loss"] if curve else result.training_loss
@@ -419,6 +418,7 @@ def run_training(
         "device": ctx.device,
         "precision": params["train"]["precision"],
         "loss_mask": params.get("_mask"),
+        **report_fields(params.get("distributed"), trainer),
     }
     if plot_loss_curve(curve, out_dir / "loss_curve.png", f"sft ({backend}, {artifact})"):
         report["loss_curve_png"] = "loss_curve.png"
@@ -432,6 +432,23 @@ def run_training(
         artifact,
     )
     return report
+
+
+def save_artifact(trainer: Any, tokenizer: Any, art_dir: Path, is_lora: bool) -> bool:
+    """Saves the trained adapter or model; returns whether this process goes on to report.
+
+    Under a launcher every rank takes part in the trainer's save (FSDP gathers the shards) and
+    only rank 0 writes files; the other ranks write no report.
+    """
+    if launched():
+        trainer.save_model(str(art_dir))
+        return is_main_rank()
+    if is_lora:
+        trainer.model.save_pretrained(str(art_dir))
+    else:
+        trainer.save_model(str(art_dir))
+    tokenizer.save_pretrained(str(art_dir))
+    return True
 
 
 def sft_trainer(model: Any, tokenizer: Any, params: dict[str, Any], data_dir: Path,

@@ -110,8 +110,14 @@ def run_job(cfg: Any) -> Any:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     info = {**job, "overrides": task_overrides(hc)}
+    rank = _submitit_rank()
+    if rank:  # one task of a multi-task submitit job, not task 0: it trains, task 0 reports
+        from llmops.backends.launch import follow
+
+        follow()
+        return None
     try:
-        metric = execute(cfg, run_dir, info["overrides"], meta=job)
+        metric = _execute_as_task_0(cfg, run_dir, info["overrides"], job, rank == 0)
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # one point's failure must not end the sweep
@@ -128,6 +134,30 @@ def run_job(cfg: Any) -> Any:
         return metric
     record_job(run_dir, "dry_run" if cfg.get("dry_run") else "succeeded", metric, **info)
     return metric
+
+
+def _submitit_rank() -> int | None:
+    """Returns this task's rank in a multi-task submitit job (each task one rank), else None."""
+    import importlib.util
+
+    if importlib.util.find_spec("submitit") is None:
+        return None
+    from llmops.backends.submitit_ranks import job_rank
+
+    return job_rank()
+
+
+def _execute_as_task_0(cfg: Any, run_dir: Path, overrides: list[str], job: dict[str, Any],
+                       lead: bool) -> Any:
+    """Runs execute; as task 0 of a multi-task job, then tells the other tasks it is done."""
+    if not lead:
+        return execute(cfg, run_dir, overrides, meta=job)
+    from llmops.backends.submitit_ranks import finish
+
+    try:
+        return execute(cfg, run_dir, overrides, meta=job)
+    finally:
+        finish()
 
 
 def _eval_report(run_dir: Path) -> dict[str, Any] | None:

@@ -203,6 +203,18 @@ def print_summary(console: Any, manifest: dict[str, Any], eval_report: dict[str,
                     "Its reports are in %s.", type(exc).__name__, exc, run_dir)
 
 
+def scale_out_caption(options: list[dict[str, Any]]) -> str | None:
+    """Returns the lines listing the multi-GPU options of a one-process GPU plan, or None."""
+    if not options:
+        return None
+    rows = [f"  {o['override']}: {o['gpus']} GPUs, ~{o['per_gpu_gb']:.1f} GB per GPU"
+            f"{'' if o['fits'] else ' (does NOT fit)'}"
+            + (f", step {o['step_time_s']:.3g} s" if o.get("step_time_s") is not None else "")
+            + (f", run {o['run_time_h']:.3g} h" if o.get("run_time_h") is not None else "")
+            for o in options]
+    return "scale out (the same training over several GPUs):\n" + "\n".join(rows)
+
+
 def compute_table(report: dict[str, Any]) -> Any:
     """Returns a rich Table of the compute plan: memory by part, fit, time and cost.
 
@@ -236,7 +248,9 @@ def compute_table(report: dict[str, Any]) -> Any:
                        ("cost_usd", "cost (USD)")):
         if report.get(key) is not None:
             table.add_row(label, f"{report[key]:.3g}")
-    caption = facts_caption(report.get("facts_read") or {})
+    lines = [c for c in (facts_caption(report.get("facts_read") or {}),
+                         scale_out_caption(report.get("scale_out") or [])) if c]
+    caption = "\n".join(lines) if lines else None
     if caption is None:
         return table
     from rich.console import Group

@@ -43,7 +43,7 @@ def distributed_problems(cfg: AppConfig, env: Environment, resolved: Resolved) -
                 "leave distributed=none for one process."))]
         return []
     out: list[Problem] = []
-    for rule in (_deepspeed, _devices, _unsloth, _quant, _offload, _nodes):
+    for rule in (_deepspeed, _fsdp_cpu, _devices, _unsloth, _quant, _offload, _nodes):
         out += rule(cfg, env, resolved)
     if rd["backend"] == "nccl" and resolved.device != "cuda":
         out.append(Problem("distributed.backend", (
@@ -72,6 +72,17 @@ def _deepspeed(cfg: AppConfig, env: Environment, resolved: Resolved) -> list[Pro
         f"'{d.name}' needs CUDA GPUs and pip install 'llmops[deepspeed]' ({'; '.join(missing)}). "
         "Use distributed=ddp (gloo on a CPU) or distributed=fsdp, or add dry_run=true with a GPU "
         "profile (e.g. hardware=8xa100_80g) to plan it for another machine."))]
+
+
+def _fsdp_cpu(cfg: AppConfig, env: Environment, resolved: Resolved) -> list[Problem]:
+    """FSDP on a CPU: accelerate 1.15 turns FSDP on only for GPU-type setups (its state is
+    MULTI_CPU there), so it would train as plain DDP with nothing sharded."""
+    if cfg.distributed.strategy != "fsdp" or resolved.device == "cuda":
+        return []
+    return [Problem("distributed", (
+        "'fsdp' shards over GPUs only: on a CPU accelerate runs it as plain DDP (nothing "
+        "sharded). Use distributed=ddp on a CPU, a CUDA hardware profile, or add dry_run=true "
+        "with a GPU profile (e.g. hardware=8xa100_80g) to plan it for another machine."))]
 
 
 def _devices(cfg: AppConfig, env: Environment, resolved: Resolved) -> list[Problem]:
@@ -138,12 +149,14 @@ def _nodes(cfg: AppConfig, env: Environment, resolved: Resolved) -> list[Problem
     if d.nnodes > 1 and not cfg.dry_run and not _rendezvous():
         out.append(Problem("distributed.nnodes", (
             f"{d.nnodes} nodes need a rendezvous, and none is set: run under SLURM "
-            f"(hydra/launcher=slurm hydra.launcher.nodes={d.nnodes}) or set MASTER_ADDR and "
-            "MASTER_PORT (torchrun's --rdzv-endpoint) on every node. Use distributed.nnodes=1 "
-            "for one node, or add dry_run=true to plan only.")))
+            f"(hydra/launcher=slurm hydra.launcher.nodes={d.nnodes}: each SLURM task is one rank "
+            "and task 0 runs the pipeline). Use distributed.nnodes=1 for one node, or add "
+            "dry_run=true to plan only.")))
     return out
 
 
 def _rendezvous() -> bool:
-    """Tells whether this process can find its peers: a SLURM job or torchrun's rendezvous."""
-    return bool(os.environ.get("SLURM_JOB_ID") or os.environ.get("MASTER_ADDR"))
+    """Tells whether this process runs where several nodes find each other: a SLURM job (the
+    launch path starts one rank per SLURM task; a bare MASTER_ADDR would make every node run the
+    whole pipeline)."""
+    return bool(os.environ.get("SLURM_JOB_ID"))

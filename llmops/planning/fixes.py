@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from llmops.planning.memory import USABLE_FRACTION, total_gb
+from llmops.planning.memory import USABLE_FRACTION, estimate, total_gb
 
 MIN_LENGTH = 256
 
@@ -164,6 +164,39 @@ def sharded_fix(p: _Plan, hardware: dict[str, Any]) -> dict[str, Any] | None:
                         "changes": 1, "gpus": n}
             n *= 2
     return None
+
+
+def scale_out(model: dict, lora: dict | None, quant: dict, train: dict, hardware: dict,
+              n_train_rows: int | None = None, avg_tokens: int | None = None
+              ) -> list[dict[str, Any]]:
+    """Returns what one-process GPU plan would cost over all GPUs of the multi-GPU profiles of
+    its GPU: with distributed=ddp (a replica per GPU: faster) and distributed=fsdp (sharded: less
+    memory per GPU), each with its per-GPU memory, step time and run time.
+
+    Returns:
+        [{"override": "distributed=fsdp hardware=8xa100_40g", "gpus": 8, "per_gpu_gb": 6.1,
+          "fits": True, "step_time_s": 0.2, "run_time_h": 0.01}, ...]; [] when the profile's GPU
+        has no multi-GPU profile (or the plan is not for a GPU).
+    """
+    from llmops.planning.distributed import resolve_distributed
+
+    if hardware.get("device") != "cuda":
+        return []
+    out = []
+    for name, prof in multi_gpu_profiles(hardware):
+        hw = {**hardware, **prof, "device": "cuda"}
+        usable = _usable(hw)
+        for strategy in ("ddp", "fsdp"):
+            dist = resolve_distributed(option("distributed", strategy), hw)
+            e = estimate(model, lora, quant, train, hw, n_train_rows=n_train_rows,
+                         avg_tokens=avg_tokens, distributed=dist)
+            words = [f"distributed={strategy}"] + (
+                [f"hardware={name}"] if name != hardware.get("name") else [])
+            out.append({"override": " ".join(words), "gpus": int(dist["world_size"]),
+                        "per_gpu_gb": e["total_gb"],
+                        "fits": usable is not None and e["total_gb"] <= usable,
+                        "step_time_s": e.get("step_time_s"), "run_time_h": e.get("run_time_h")})
+    return out
 
 
 def suggest_fixes(model: dict, lora: dict | None, quant: dict, train: dict, hardware: dict,

@@ -10,7 +10,9 @@ endpoint then compute with ggml's plain CPU kernels: slower prompt processing on
 numbers.
 
     python -m llmops.serving.llama_cpp_runtime --model M.gguf --host 127.0.0.1 --port 8000
-starts llama-cpp-python's OpenAI-compatible server (same arguments) with the same setting.
+starts llama-cpp-python's OpenAI-compatible server (same arguments) with the same setting, and
+with chat format ``llmops-tools`` registered (`--chat_format llmops-tools`: the GGUF's own chat
+template, tools included, and structured tool_calls; see llmops.serving.tool_calls).
 """
 
 from __future__ import annotations
@@ -61,10 +63,14 @@ def load_gguf(path: Path, n_ctx: int = 0, vocab_only: bool = False, n_threads: i
 
 
 def serve() -> None:
-    """Runs llama-cpp-python's server (its own command line) with plain CPU buffers."""
+    """Runs llama-cpp-python's server (its own command line) with plain CPU buffers and the
+    llmops-tools chat format registered."""
     _patch()
     from llama_cpp.server.__main__ import main
 
+    from llmops.serving.tool_calls import register
+
+    register()
     main()
 
 

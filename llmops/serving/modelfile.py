@@ -1,38 +1,131 @@
 """Ollama Modelfiles derived from the training chat template, checked by rendering both. Pure.
 
-Ollama does not run Jinja: its TEMPLATE is a Go text/template over .Messages. A hand-written
-guess that differs from the training template by one newline is the most reported cause of a
-deployed model answering gibberish. So the Go template comes from a family table keyed by
-model.chat_template, and `check_template` renders sample conversations through the training
-(Jinja) template and through the Go template (`render_go`, a small interpreter of the
-text/template subset used here) and requires identical strings. Stop tokens are the family's
-end-of-turn markers that the training template really emits, plus the tokenizer's eos.
+Ollama does not run Jinja: its TEMPLATE is a Go text/template over .System, .Messages (.Role,
+.Content, .ToolCalls) and .Tools. A hand-written guess that differs from the training template by
+one newline is the most reported cause of a deployed model answering gibberish. So the Go template
+comes from a table of template families, the family is read off the training template itself
+(`resolve_family`; model.chat_template names it when the text does not), and `check_template`
+renders sample conversations, with and without tools, through the training (Jinja) template and
+through the Go template (`llmops.serving.gotemplate`, an interpreter of the text/template subset
+used here, fed the values Ollama builds) and compares them.
+
+Go's encoding/json prints .Tools and tool-call arguments compactly, where most Jinja templates
+write `tojson` with spaces (or indented): no Go template can reproduce that, so a conversation
+whose renders differ only inside JSON values (same data, other spacing) counts as equivalent and
+is listed under `json_formatting`; every other difference is a mismatch. Stop tokens are the
+family's end-of-turn markers that the training template really emits, plus the tokenizer's eos.
 """
 
 from __future__ import annotations
 
-import re
+import json
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from llmops.serving.gotemplate import GoValue, TemplateError, execute
+
+__all__ = ["TemplateError", "check_template", "go_template", "modelfile", "ollama_values",
+           "render_go", "resolve_family", "stop_tokens"]
+
+_QWEN_DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 
 #: Go templates for Ollama, per chat template family. The generation prompt is always appended:
 #: Ollama renders the conversation so far and generates the assistant's next turn.
 GO_TEMPLATES: dict[str, str] = {
+    # ChatML; tools as llmops's tiny template writes them (a "Tools:" line of names in the system
+    # turn, one {"tool": NAME, "arguments": {...}} line per call).
     "chatml": (
-        "{{- range .Messages }}<|im_start|>{{ .Role }}\n"
-        "{{ .Content }}<|im_end|>\n"
-        "{{ end }}<|im_start|>assistant\n"
+        '{{- if and .Tools (or (not .Messages) (ne (index .Messages 0).Role "system")) }}'
+        "<|im_start|>system\nTools:{{ range .Tools }} {{ .Function.Name }}{{ end }}<|im_end|>\n"
+        "{{ end }}"
+        "{{- range $i, $m := .Messages }}"
+        '{{- if eq .Role "assistant" }}<|im_start|>assistant\n{{ .Content }}'
+        "{{- range $j, $c := .ToolCalls }}{{ if or $m.Content $j }}\n{{ end }}"
+        '{"tool":{{ json .Function.Name }},"arguments":{{ .Function.Arguments }}}{{ end }}'
+        "<|im_end|>\n"
+        '{{ else if and (eq .Role "system") (eq $i 0) $.Tools }}<|im_start|>system\n'
+        "{{ .Content }}\nTools:{{ range $.Tools }} {{ .Function.Name }}{{ end }}<|im_end|>\n"
+        "{{ else }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n"
+        "{{ end }}"
+        "{{- end }}<|im_start|>assistant\n"
     ),
     "llama3": (
         "{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n"
         "{{ .Content }}<|eot_id|>"
         "{{- end }}<|start_header_id|>assistant<|end_header_id|>\n\n"
     ),
+    # Qwen2.5 (its tokenizer's template): a system turn always (Qwen's default text when none is
+    # given), tools in <tools></tools>, calls as <tool_call> blocks, tool results as
+    # <tool_response> blocks inside one user turn per run of tool messages.
+    "qwen2.5": (
+        '{{- $sys := and .Messages (eq (index .Messages 0).Role "system") }}'
+        "<|im_start|>system\n{{ if $sys }}{{ (index .Messages 0).Content }}{{ else }}"
+        + _QWEN_DEFAULT_SYSTEM + "{{ end }}"
+        "{{ if .Tools }}\n\n# Tools\n\nYou may call one or more functions to assist with the user "
+        "query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n"
+        "<tools>{{ range .Tools }}\n{{ . }}{{ end }}\n</tools>\n\nFor each function call, return "
+        "a json object with function name and arguments within <tool_call></tool_call> XML tags:"
+        '\n<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>'
+        "{{ end }}<|im_end|>\n"
+        '{{ $prev := "" }}'
+        "{{- range $i, $m := .Messages }}"
+        '{{- if or (eq .Role "user") (and (eq .Role "system") $i) '
+        '(and (eq .Role "assistant") (not .ToolCalls)) }}'
+        "<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n"
+        '{{ else if eq .Role "assistant" }}<|im_start|>assistant{{ if .Content }}\n'
+        "{{ .Content }}{{ end }}"
+        '{{ range .ToolCalls }}\n<tool_call>\n{"name": "{{ .Function.Name }}", "arguments": '
+        "{{ .Function.Arguments }}}\n</tool_call>{{ end }}<|im_end|>\n"
+        '{{ else if eq .Role "tool" }}{{ if ne $prev "tool" }}<|im_start|>user{{ end }}'
+        "\n<tool_response>\n{{ .Content }}\n</tool_response>"
+        "{{ if or (eq (len (slice $.Messages $i)) 1) "
+        '(ne (index (slice $.Messages $i) 1).Role "tool") }}<|im_end|>\n{{ end }}'
+        "{{ end }}{{ $prev = .Role }}"
+        "{{- end }}<|im_start|>assistant\n"
+    ),
+    # Llama 3.1 (its tokenizer's template, tools_in_user_message): the system header with the
+    # knowledge/today dates, tools in the first user turn, a call as {"name", "parameters"} JSON,
+    # tool results as ipython turns holding the result as a JSON string.
+    "llama3.1": (
+        "{{- $start := 0 }}<|start_header_id|>system<|end_header_id|>\n\n"
+        "{{ if .Tools }}Environment: ipython\n{{ end }}"
+        "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n"
+        '{{ if and .Messages (eq (index .Messages 0).Role "system") }}{{ $start = 1 }}'
+        "{{ (index .Messages 0).Content }}{{ end }}<|eot_id|>"
+        "{{- range $i, $m := .Messages }}"
+        "{{- if lt $i $start }}"
+        "{{- else if and $.Tools (eq $i $start) }}<|start_header_id|>user<|end_header_id|>\n\n"
+        "Given the following functions, please respond with a JSON for a function call with its "
+        "proper arguments that best answers the given prompt.\n\n"
+        'Respond in the format {"name": function name, "parameters": dictionary of argument name '
+        "and its value}.Do not use variables.\n\n"
+        "{{ range $.Tools }}{{ . }}\n\n{{ end }}{{ .Content }}<|eot_id|>"
+        '{{- else if eq .Role "tool" }}<|start_header_id|>ipython<|end_header_id|>\n\n'
+        "{{ json .Content }}<|eot_id|>"
+        "{{- else if .ToolCalls }}<|start_header_id|>assistant<|end_header_id|>\n\n"
+        '{{ range .ToolCalls }}{"name": "{{ .Function.Name }}", "parameters": '
+        "{{ .Function.Arguments }}}{{ end }}<|eot_id|>"
+        "{{- else }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n{{ .Content }}<|eot_id|>"
+        "{{- end }}"
+        "{{- end }}<|start_header_id|>assistant<|end_header_id|>\n\n"
+    ),
 }
+#: What the training template does that its Go template cannot, per family (recorded in checks).
+KNOWN_DIFFERENCES: dict[str, tuple[str, ...]] = {
+    "llama3.1": ("the training template trims each message's text; Go templates cannot, so a "
+                 "message with surrounding whitespace reaches the model with it",),
+}
+#: Text that identifies a family's template (every snippet must occur), checked in this order.
+_SIGNATURES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("qwen2.5", ("<tool_call>", "<tool_response>", "You are Qwen, created by Alibaba Cloud")),
+    ("llama3.1", ("<|start_header_id|>", "Environment: ipython", "Cutting Knowledge Date")),
+)
 #: End-of-turn markers per family; a marker becomes a stop token only if the template emits it.
 STOP_MARKERS: dict[str, tuple[str, ...]] = {
     "chatml": ("<|im_end|>", "<|im_start|>"),
+    "qwen2.5": ("<|im_end|>", "<|im_start|>"),
     "llama3": ("<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>"),
+    "llama3.1": ("<|eot_id|>", "<|eom_id|>", "<|start_header_id|>", "<|end_header_id|>"),
 }
 #: Conversations rendered both ways by check_template (each ends on a user turn).
 SAMPLE_CONVERSATIONS: tuple[list[dict[str, str]], ...] = (
@@ -44,131 +137,111 @@ SAMPLE_CONVERSATIONS: tuple[list[dict[str, str]], ...] = (
      {"role": "assistant", "content": '{"tool": "delete_task", "args": {"id": 42}}'},
      {"role": "user", "content": "  And task 43, please.\n"}],
 )
-
-_TOKEN = re.compile(r"\{\{(-\s+)?(.*?)(\s+-)?\}\}", re.DOTALL)
-
-
-class TemplateError(ValueError):
-    """A Go template uses something this interpreter does not support, or is malformed."""
-
-
-def _parse(template: str) -> list[Any]:
-    """Parses the Go template into a tree of text, {{ expr }}, range and if nodes."""
-    parts: list[Any] = []
-    pos, trim_next = 0, False
-    for m in _TOKEN.finditer(template):
-        text = template[pos:m.start()]
-        if m.group(1):
-            text = text.rstrip(" \t\r\n")
-        if trim_next:
-            text = text.lstrip(" \t\r\n")
-        if text:
-            parts.append(text)
-        parts.append(("action", m.group(2).strip()))
-        trim_next, pos = bool(m.group(3)), m.end()
-    tail = template[pos:].lstrip(" \t\r\n") if trim_next else template[pos:]
-    if tail:
-        parts.append(tail)
-
-    def block(i: int, stop: tuple[str, ...]) -> tuple[list[Any], int, str]:
-        nodes: list[Any] = []
-        while i < len(parts):
-            p = parts[i]
-            if isinstance(p, str):
-                nodes.append(p)
-                i += 1
-                continue
-            act = p[1]
-            word = act.split(None, 1)[0] if act else ""
-            if word in stop:
-                return nodes, i + 1, word
-            if word in ("range", "if"):
-                body, i, ended = block(i + 1, ("end", "else"))
-                other: list[Any] = []
-                if ended == "else":
-                    other, i, _ = block(i, ("end",))
-                nodes.append((word, act[len(word):].strip(), body, other))
-                continue
-            if word in ("end", "else"):
-                raise TemplateError(f"unexpected {{{{ {act} }}}}")
-            nodes.append(("expr", act))
-            i += 1
-        if stop:
-            raise TemplateError(f"missing {{{{ end }}}} (expected one of {stop})")
-        return nodes, i, ""
-
-    return block(0, ())[0]
+SAMPLE_TOOLS: list[dict[str, Any]] = [
+    {"type": "function", "function": {
+        "name": "create_task", "description": "Creates a task.",
+        "parameters": {"type": "object", "properties": {
+            "title": {"type": "string", "description": "What to do."},
+            "due": {"type": "string", "description": "Due date, YYYY-MM-DD."}},
+            "required": ["title"]}}},
+    {"type": "function", "function": {
+        "name": "list_tasks", "description": "Lists tasks.",
+        "parameters": {"type": "object", "properties": {
+            "status": {"type": "string", "enum": ["open", "done"]}}, "required": []}}},
+]
+_CALL = {"type": "function", "function": {"name": "create_task",
+                                          "arguments": {"title": "buy milk", "due": "2025-03-14"}}}
+#: Conversations with tools (a call, its result, an answer), each ending on a user or tool turn.
+TOOL_CONVERSATIONS: tuple[list[dict[str, Any]], ...] = (
+    [{"role": "user", "content": "Add a task to buy milk due 2025-03-14."}],
+    [{"role": "system", "content": "You are a Task-API assistant."},
+     {"role": "user", "content": "Add a task to buy milk due 2025-03-14."},
+     {"role": "assistant", "content": "", "tool_calls": [_CALL]},
+     {"role": "tool", "content": '{"id": 7, "status": "created"}'}],
+    [{"role": "user", "content": "Add a task to buy milk due 2025-03-14."},
+     {"role": "assistant", "content": "", "tool_calls": [_CALL]},
+     {"role": "tool", "content": '{"id": 7, "status": "created"}'},
+     {"role": "assistant", "content": "Done: task 7 is created."},
+     {"role": "user", "content": "Now list my open tasks."}],
+)
 
 
-_FUNCS: dict[str, Callable[..., Any]] = {
-    "eq": lambda a, *b: any(a == x for x in b),
-    "ne": lambda a, b: a != b,
-    "not": lambda a: not a,
-    "and": lambda *a: all(a),
-    "or": lambda *a: any(a),
-    "len": len,
-}
+def _arguments(value: Any) -> Any:
+    """Returns call arguments as Ollama holds them: an object (JSON text is parsed)."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value) if value.strip() else {}
+        except json.JSONDecodeError:
+            return value
+    return {} if value is None else value
 
 
-def _value(word: str, dot: Any, root: Any) -> Any:
-    if word.startswith('"') and word.endswith('"'):
-        return word[1:-1]
-    if word == ".":
-        return dot
-    if word.startswith("$."):
-        obj, path = root, word[2:]
-    elif word.startswith("."):
-        obj, path = dot, word[1:]
-    else:
-        raise TemplateError(f"unsupported operand {word!r}")
-    for name in path.split("."):
-        obj = obj[name] if isinstance(obj, dict) else getattr(obj, name)
-    return obj
+def _message(m: dict[str, Any]) -> GoValue:
+    calls = []
+    for c in m.get("tool_calls") or []:
+        fn = c.get("function", c)
+        args = _arguments(fn.get("arguments"))
+        function = GoValue({"name": fn["name"], "arguments": args}, {
+            "Name": fn["name"], "Arguments": GoValue(args, truthy=bool(args))})
+        calls.append(GoValue({"function": function.data}, {"Function": function}))
+    content = m.get("content") or ""
+    return GoValue(m, {"Role": m["role"], "Content": content, "ToolCalls": calls,
+                       "ToolName": m.get("name") or ""})
 
 
-def _eval(expr: str, dot: Any, root: Any) -> Any:
-    words = re.findall(r'"[^"]*"|\S+', expr)
-    if not words:
-        raise TemplateError("empty action")
-    if words[0] in _FUNCS:
-        return _FUNCS[words[0]](*(_value(w, dot, root) for w in words[1:]))
-    if len(words) != 1:
-        raise TemplateError(f"unsupported pipeline {expr!r}")
-    return _value(words[0], dot, root)
+def _tool(t: dict[str, Any]) -> GoValue:
+    fn = t.get("function", t)
+    function = GoValue(fn, {"Name": fn["name"], "Description": fn.get("description", ""),
+                            "Parameters": GoValue(fn.get("parameters") or {})})
+    return GoValue({"type": t.get("type", "function"), "function": fn},
+                   {"Type": t.get("type", "function"), "Function": function})
 
 
-def _render(nodes: list[Any], dot: Any, root: Any, out: list[str]) -> None:
-    for n in nodes:
-        if isinstance(n, str):
-            out.append(n)
-        elif n[0] == "expr":
-            out.append(str(_eval(n[1], dot, root)))
-        elif n[0] == "if":
-            _render(n[2] if _eval(n[1], dot, root) else n[3], dot, root, out)
-        elif n[0] == "range":
-            items = _eval(n[1], dot, root)
-            if items:
-                for item in items:
-                    _render(n[2], item, root, out)
-            else:
-                _render(n[3], dot, root, out)
+def ollama_values(messages: Sequence[dict[str, Any]], tools: Sequence[dict] | None = None,
+                  system: str = "") -> dict[str, Any]:
+    """Returns the values Ollama executes a chat template with, for an OpenAI-style chat.
 
-
-def render_go(template: str, messages: Sequence[dict[str, str]], system: str = "") -> str:
-    """Renders an Ollama Go chat template for a conversation the way Ollama fills it in.
-
-    Supports text/template's trim markers, {{ .Field }}, {{ $.Field }}, range/if/else/end and the
-    functions eq, ne, not, and, or, len; anything else raises TemplateError.
+    As Ollama's template.collate does: .System joins every system message's text, consecutive
+    messages of one role (tool messages aside) are merged with a blank line, system messages stay
+    in .Messages. `system` (a Modelfile SYSTEM) applies when the chat has no system message.
     """
-    msgs = [{"Role": m["role"], "Content": m["content"]} for m in messages]
-    root = {"Messages": msgs, "System": system, "Prompt": "", "Response": ""}
-    out: list[str] = []
-    _render(_parse(template), root, root, out)
-    return "".join(out)
+    msgs = [dict(m) for m in messages]
+    if system and not any(m["role"] == "system" for m in msgs):
+        msgs.insert(0, {"role": "system", "content": system})
+    collated: list[dict[str, Any]] = []
+    for m in msgs:
+        if collated and collated[-1]["role"] == m["role"] and m["role"] != "tool":
+            collated[-1] = {**collated[-1], "content": (collated[-1].get("content") or "")
+                            + "\n\n" + (m.get("content") or "")}
+        else:
+            collated.append(m)
+    sys_text = "\n\n".join(m.get("content") or "" for m in msgs if m["role"] == "system")
+    return {"System": sys_text, "Messages": [_message(m) for m in collated],
+            "Tools": [_tool(t) for t in tools or []], "Prompt": "", "Response": "", "Suffix": ""}
+
+
+def render_go(template: str, messages: Sequence[dict[str, Any]], system: str = "",
+              tools: Sequence[dict] | None = None) -> str:
+    """Renders an Ollama Go chat template for a conversation the way Ollama fills it in."""
+    return execute(template, ollama_values(messages, tools, system))
+
+
+def resolve_family(family: str, training_template: str | None) -> str:
+    """Returns the Go template family of a training template: read off its text when it is a
+    known family's (Qwen2.5, Llama 3.1), else `family` (model.chat_template)."""
+    text = training_template or ""
+    for name, needles in _SIGNATURES:
+        if all(n in text for n in needles):
+            return name
+    return TRL_FAMILIES.get(family, family)
+
+
+#: model.chat_template values (TRL template names) -> the Go template family that renders them.
+TRL_FAMILIES = {"qwen2_5": "qwen2.5", "llama3_1": "llama3.1"}
 
 
 def go_template(family: str) -> str:
-    """Returns the Ollama Go template of a chat template family (model.chat_template)."""
+    """Returns the Ollama Go template of a chat template family (see resolve_family)."""
     if family not in GO_TEMPLATES:
         raise KeyError(f"no Ollama template for chat_template {family!r}; "
                        f"known: {', '.join(GO_TEMPLATES)}")
@@ -182,33 +255,81 @@ def stop_tokens(family: str, training_template: str, eos_token: str | None) -> l
     return list(dict.fromkeys(stops))
 
 
-def check_template(render_training: Callable[[list[dict[str, str]]], str], family: str,
+def _json_pieces(text: str) -> list[Any]:
+    """Splits text into literal characters and parsed JSON objects/arrays (for equivalence)."""
+    decoder, out, i, literal = json.JSONDecoder(), [], 0, []
+    while i < len(text):
+        if text[i] in "{[":
+            try:
+                value, end = decoder.raw_decode(text, i)
+            except json.JSONDecodeError:
+                value, end = None, -1
+            if end > 0 and isinstance(value, (dict, list)):
+                out += ["".join(literal), value]
+                literal, i = [], end
+                continue
+        literal.append(text[i])
+        i += 1
+    return [*out, "".join(literal)]
+
+
+def json_equivalent(a: str, b: str) -> bool:
+    """Tells whether two renders differ at most in how their JSON values are spaced/ordered."""
+    return _json_pieces(a) == _json_pieces(b)
+
+
+def _renders_tools(render: Callable[..., str]) -> bool:
+    conv = TOOL_CONVERSATIONS[0]
+    try:
+        return render(list(conv), SAMPLE_TOOLS) != render(list(conv), None)
+    except Exception:  # noqa: BLE001 - a template that raises on tools does not render them
+        return False
+
+
+def check_template(render_training: Callable[..., str], family: str,
                    bos_token: str | None = None,
-                   conversations: Sequence[list[dict[str, str]]] = SAMPLE_CONVERSATIONS
-                   ) -> dict[str, Any]:
+                   conversations: Sequence[list[dict[str, Any]]] = SAMPLE_CONVERSATIONS,
+                   tool_conversations: Sequence[list[dict[str, Any]]] = TOOL_CONVERSATIONS,
+                   tools: Sequence[dict] = tuple(SAMPLE_TOOLS)) -> dict[str, Any]:
     """Renders each conversation through the training template and the Go template; compares.
 
     Args:
-        render_training: messages -> the training template's prompt (add_generation_prompt=True),
-            e.g. a tokenizer's apply_chat_template.
-        family: model.chat_template.
+        render_training: (messages, tools) -> the training template's prompt
+            (add_generation_prompt=True), e.g. a tokenizer's apply_chat_template.
+        family: The Go template family (resolve_family).
         bos_token: Stripped from the start of the training render: in a GGUF the tokenizer adds it.
-        conversations: Sample conversations, each ending on a user turn.
+        conversations: Sample conversations without tools.
+        tool_conversations: Sample conversations rendered with `tools`; used only when the
+            training template renders tools at all.
+        tools: The tool schemas of the tool conversations.
 
     Returns:
-        {identical, conversations, mismatches: [{index, training, ollama}]}.
+        {identical, equivalent, family, conversations, tool_conversations, tools, mismatches:
+        [{index, tools, training, ollama}], json_formatting: [same shape], known_differences}.
     """
     template = go_template(family)
-    mismatches = []
-    for i, conv in enumerate(conversations):
-        want = render_training(list(conv))
+    known = list(KNOWN_DIFFERENCES.get(family, ()))
+    trims = bool(known) and family == "llama3.1"
+    with_tools = _renders_tools(render_training)
+    cases = [(c, None) for c in conversations]
+    if with_tools:
+        cases += [(c, list(tools)) for c in tool_conversations]
+    mismatches, formatting = [], []
+    for i, (conv, tl) in enumerate(cases):
+        conv = [dict(m, content=m["content"].strip()) if trims and isinstance(m.get("content"), str)
+                else dict(m) for m in conv]
+        want = render_training(conv, tl)
         if bos_token and want.startswith(bos_token):
             want = want[len(bos_token):]
-        got = render_go(template, conv)
+        got = render_go(template, conv, tools=tl)
         if got != want:
-            mismatches.append({"index": i, "training": want, "ollama": got})
-    return {"identical": not mismatches, "conversations": len(conversations),
-            "mismatches": mismatches}
+            entry = {"index": i, "tools": tl is not None, "training": want, "ollama": got}
+            (formatting if json_equivalent(got, want) else mismatches).append(entry)
+    return {"identical": not mismatches and not formatting, "equivalent": not mismatches,
+            "family": family, "conversations": len(conversations),
+            "tool_conversations": len(tool_conversations) if with_tools else 0,
+            "tools": with_tools, "mismatches": mismatches, "json_formatting": formatting,
+            "known_differences": known}
 
 
 def modelfile(gguf_path: str, family: str, stops: Sequence[str],

@@ -11,7 +11,7 @@ from typing import Any
 
 from llmops.backends.common import write_json
 from llmops.compiler.plan import report_name
-from llmops.planning.fixes import suggest_fixes
+from llmops.planning.fixes import scale_out, suggest_fixes
 from llmops.planning.memory import estimate
 from llmops.runner.context import StageContext
 
@@ -42,6 +42,9 @@ def plan(params: dict[str, Any]) -> dict[str, Any]:
     report["hardware"] = params["hardware"].get("name")
     report["distributed"] = dist["name"] if dist else "none"
     report["fixes"] = [] if report["fits"] else suggest_fixes(*args, distributed=dist)
+    # A one-process GPU plan also shows what the multi-GPU profiles of its GPU would give.
+    report["scale_out"] = [] if dist else scale_out(
+        *args, n_train_rows=data.get("n_train_rows"), avg_tokens=data.get("avg_tokens"))
     return report
 
 

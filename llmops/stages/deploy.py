@@ -6,7 +6,11 @@
 - openai: llama-cpp-python's server on 127.0.0.1 (a free port), health wait on /v1/models, smoke
   prompts through the official openai client -> smoke_test.json, server stopped unless
   keep_serving.
-Both write integration_config.json (base_url, model name, OpenAI SDK and Ollama client snippets).
+Both write integration_config.json (llmops.serving.integration: base_url, model name, the data's
+tools, how calls are read back and which tool_choice values work, OpenAI SDK / Agents SDK / Ollama
+snippets). The endpoint runs chat format llmops-tools (llmops.serving.tool_calls): the GGUF's own
+template renders `tools`, and the calls the model writes come back as structured `tool_calls`;
+smoke chats from data rows carry their tools.
 Deploy refuses a model whose eval did not pass its gates unless deploy.allow_failed_gates=true.
 Always runs (ALWAYS_RUN): its effects live outside its folder.
 """
@@ -27,6 +31,7 @@ from typing import Any
 from llmops.compiler.plan import report_name
 from llmops.errors import StageError
 from llmops.runner.context import StageContext
+from llmops.serving.tool_calls import HANDLER_NAME, TOOL_CHOICE
 
 REPORT_NAME = report_name("deploy")
 ALWAYS_RUN = True
@@ -73,50 +78,54 @@ def _get(url: str, timeout: float) -> dict | None:
         return None
 
 
-def _snippets(base_url: str, name: str, ollama_host: str) -> dict[str, str]:
-    msg = '[{"role": "user", "content": "List my open tasks."}]'
-    return {
-        "openai_sdk": ("from openai import OpenAI\n"
-                       f'client = OpenAI(base_url="{base_url}", api_key="not-needed")\n'
-                       f'reply = client.chat.completions.create(model="{name}", messages={msg})\n'
-                       "print(reply.choices[0].message.content)"),
-        "ollama_client": ("from ollama import Client\n"
-                          f'reply = Client(host="{ollama_host}").chat(model="{name}", '
-                          f"messages={msg})\n"
-                          'print(reply["message"]["content"])'),
-        "env": f"OPENAI_BASE_URL={base_url} OPENAI_API_KEY=not-needed",
-    }
+def _smoke_chats(params: dict, inputs: dict[str, Path],
+                 n: int) -> list[tuple[list[dict[str, Any]], list[dict] | None]]:
+    """Returns the smoke chats as (messages, tools): deploy.openai.smoke_prompts (with the data's
+    tools, if any), else the first test rows with their own tools, else DEFAULT_SMOKE."""
+    from llmops.serving.integration import chat_request, data_tools
 
-
-def _smoke_prompts(params: dict, inputs: dict[str, Path], n: int) -> list[list[dict[str, str]]]:
+    data = inputs.get("data")
     given = list(params["openai"]["smoke_prompts"] or [])
     if given:
-        return [[{"role": "user", "content": p}] for p in given]
-    data = inputs.get("data")
+        tools = data_tools(data) or None
+        return [([{"role": "user", "content": p}], tools) for p in given]
     if data is not None and (Path(data) / "test.jsonl").is_file():
         from llmops.backends.common import read_jsonl
 
         rows = read_jsonl(Path(data) / "test.jsonl")[:n]
         if rows:
-            return [[dict(m) for m in r["messages"][:-1]] for r in rows]
-    return [[{"role": "user", "content": p}] for p in DEFAULT_SMOKE[:n]]
+            return [chat_request(r) for r in rows]
+    return [([{"role": "user", "content": p}], None) for p in DEFAULT_SMOKE[:n]]
 
 
 def _ollama(params: dict, gguf: Path, tokenizer: Any, out_dir: Path, ctx: StageContext,
             name: str) -> dict[str, Any]:
     from llmops.serving import modelfile as mf
 
-    family = params["model"]["chat_template"]
+    family = mf.resolve_family(params["model"]["chat_template"], tokenizer.chat_template)
+    if family not in mf.GO_TEMPLATES:
+        raise StageError(
+            f"deploy: no Ollama template renders this model's chat template "
+            f"(model.chat_template={params['model']['chat_template']!r}); llmops writes Ollama "
+            f"templates for {', '.join(mf.GO_TEMPLATES)} (Qwen2.5's and Llama 3.1's tool-call "
+            "formats included). Use deploy=openai, which serves the GGUF with its own template, "
+            "or model.chat_template=qwen2_5 / llama3_1 if the model was trained on that format.")
     check = mf.check_template(
-        lambda m: tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True),
+        lambda m, tools: tokenizer.apply_chat_template(m, tools=tools, tokenize=False,
+                                                       add_generation_prompt=True),
         family, bos_token=tokenizer.bos_token)
-    if not check["identical"]:
+    if not check["equivalent"]:
         first = check["mismatches"][0]
         raise StageError(
             f"deploy: the Ollama template for chat_template={family!r} renders conversation "
-            f"{first['index']} differently from the training template:\n  training: "
-            f"{first['training']!r}\n  ollama:   {first['ollama']!r}\nSet model.chat_template "
-            "to the family the tokenizer's template belongs to.")
+            f"{first['index']} (tools: {first['tools']}) differently from the training template:"
+            f"\n  training: {first['training']!r}\n  ollama:   {first['ollama']!r}\nSet "
+            "model.chat_template to the family the tokenizer's template belongs to.")
+    if check["json_formatting"]:
+        ctx.logger.warning("deploy: Ollama prints tool schemas and call arguments as compact "
+                           "JSON; the training template spaces them (same data, %d of %d sample "
+                           "conversations)", len(check["json_formatting"]),
+                           check["conversations"] + check["tool_conversations"])
     stops = mf.stop_tokens(family, tokenizer.chat_template or "", tokenizer.eos_token)
     parameters = {"temperature": 0, "num_ctx": int(params["model"]["context_length"])}
     text = mf.modelfile(str(gguf.resolve()), family, stops, parameters)
@@ -161,7 +170,7 @@ def _openai(params: dict, inputs: dict[str, Path], gguf: Path, out_dir: Path, ct
     n_ctx = int(params["model"]["context_length"])
     cmd = [sys.executable, "-m", "llmops.serving.llama_cpp_runtime",
            "--model", str(gguf.resolve()), "--host", host, "--port", str(port),
-           "--model_alias", name, "--n_ctx", str(n_ctx),
+           "--model_alias", name, "--n_ctx", str(n_ctx), "--chat_format", HANDLER_NAME,
            "--n_threads", str(min(4, os.cpu_count() or 1))]
     keep = bool(params["keep_serving"])
     log_path = (Path(ctx.run_dir) / "llama_server.log") if keep else out_dir / "server.log"
@@ -188,17 +197,21 @@ def _openai(params: dict, inputs: dict[str, Path], gguf: Path, out_dir: Path, ct
         client = OpenAI(base_url=base_url, api_key="not-needed", timeout=120, max_retries=0)
         served = [m.id for m in client.models.list().data]
         results = []
-        for messages in _smoke_prompts(params, inputs, int(o["n_smoke"])):
+        for messages, tools in _smoke_chats(params, inputs, int(o["n_smoke"])):
             t1 = time.perf_counter()
             reply = client.chat.completions.create(
                 model=name, messages=messages, max_tokens=int(o["max_tokens"]),
-                temperature=0.0, seed=0)
+                temperature=0.0, seed=0, **({"tools": tools} if tools else {}))
             choice = reply.choices[0]
-            results.append({"messages": messages, "answer": choice.message.content,
-                            "finish_reason": choice.finish_reason,
+            calls = [{"name": c.function.name, "arguments": c.function.arguments}
+                     for c in choice.message.tool_calls or []]
+            results.append({"messages": messages, "tools": [t["function"]["name"] for t in tools]
+                            if tools else [], "answer": choice.message.content,
+                            "tool_calls": calls, "finish_reason": choice.finish_reason,
                             "completion_tokens": getattr(reply.usage, "completion_tokens", None),
                             "seconds": round(time.perf_counter() - t1, 3)})
-        ok = bool(results) and all(r["answer"] is not None for r in results) and name in served
+        ok = bool(results) and name in served and all(
+            r["answer"] is not None or r["tool_calls"] for r in results)
         smoke = {"base_url": base_url, "model": name, "served_models": served,
                  "client": "openai", "prompts": len(results), "passed": ok, "results": results}
         from llmops.backends.common import write_json
@@ -226,6 +239,19 @@ def _openai(params: dict, inputs: dict[str, Path], gguf: Path, out_dir: Path, ct
     return record, base_url
 
 
+def _tool_calls_record(target: str, chat_template: str | None) -> dict[str, Any]:
+    """Says how the endpoint renders tools and reads calls back, and which tool_choice works."""
+    from llmops.scoring.parsers import syntax_of
+
+    syntax = syntax_of(chat_template)
+    if target == "openai":
+        return {"structured": syntax is not None, "chat_format": HANDLER_NAME,
+                "syntax": syntax, "tool_choice": TOOL_CHOICE,
+                "parser": "llmops.scoring.parsers.parser_for(the model's chat template)"}
+    return {"structured": True, "via": "Ollama's TEMPLATE (.Tools, .ToolCalls)",
+            "syntax": syntax, "tool_choice": {"supported": ["auto"]}}
+
+
 def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext) -> dict:
     """Deploys the GGUF of the gguf stage to deploy.target (ollama or openai).
 
@@ -239,6 +265,7 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
     from transformers import AutoTokenizer
 
     from llmops.backends.common import write_json
+    from llmops.serving.integration import data_tools, integration_config
 
     out_dir = Path(out_dir)
     gates = check_gates(params, inputs)
@@ -262,8 +289,9 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
         report["openai"], base_url = _openai(params, inputs, gguf, out_dir, ctx, name)
     else:
         raise StageError(f"deploy: target {target!r} is not one of ollama, openai.")
-    integration = {"base_url": base_url, "model": name, "api_key": "not-needed",
-                   "target": target, "snippets": _snippets(base_url, name, ollama_host)}
+    integration = integration_config(
+        target, base_url, name, ollama_host, data_tools(inputs.get("data")),
+        _tool_calls_record(target, tokenizer.chat_template))
     if target == "openai":
         integration["serve_command"] = report["openai"]["command"]
         integration["serving"] = report["openai"].get("serving", False)

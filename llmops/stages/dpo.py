@@ -23,15 +23,27 @@ def run(params: dict[str, Any], inputs: dict[str, Path], out_dir: Path, ctx: Sta
         ) -> dict[str, Any]:
     """Trains the adapter with DPO on the data stage's preference pairs; returns the report.
 
+    One process, or several ranks started through the launcher (llmops.backends.launch), each
+    running `train`.
+
     Args:
-        params: {"model", "lora", "quant", "train", "dpo", "init_adapter"} (see PARAMS.md).
+        params: {"model", "lora", "quant", "train", "dpo", "init_adapter", "distributed"} (see
+            PARAMS.md).
         inputs: {"data"}, plus {"sft"} for sft_dpo and {"base"} for the tiny model.
         out_dir: The stage's output folder.
         ctx: Run context.
 
     Raises:
-        StageError: When the data input or the starting adapter is missing.
+        StageError: When the data input or the starting adapter is missing, or a rank fails.
     """
+    from llmops.backends.launch import run_stage
+
+    return run_stage("dpo", params, inputs, out_dir, ctx)
+
+
+def train(params: dict[str, Any], inputs: dict[str, Path], out_dir: Path, ctx: StageContext
+          ) -> dict[str, Any]:
+    """Trains in this process (the only one, or one rank of a launched job); see `run`."""
     from llmops.backends.common import base_model_path, set_seed
     from llmops.backends.dpo import train_dpo
     from llmops.errors import StageError

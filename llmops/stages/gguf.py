@@ -7,8 +7,10 @@ self-trained BPE vocabulary is unknown to the converter's pre-tokenizer table, s
 the base stage declared (base_report.json tokenizer.gguf_pre_tokenizer, "gpt-2") is passed on.
 
 Parity, per file -> gguf_report.json:
-- tokenizer: the GGUF tokenizes a probe set (held-out prompts, answers, awkward strings) exactly as
-  the HF tokenizer does, special tokens and BOS included;
+- tokenizer: the GGUF tokenizes a probe set (held-out prompts, answers, awkward strings, and
+  conversations with tools, a call, its result and an answer as the model's own template renders
+  them: Qwen2.5's <tool_call> blocks, Llama 3.1's JSON calls) exactly as the HF tokenizer does,
+  special tokens and BOS included;
 - chat template: the GGUF carries the training chat template byte for byte;
 - greedy answers on held-out prompts vs the merged HF model (agreement rate; f16 should match).
 """
@@ -35,6 +37,8 @@ EXTRA_PROBES = (
     "Unicode: café, naïve, 東京, emoji 🦙🚀",
     '{"tool": "create_task", "args": {"title": "buy milk", "due": "2025-03-14"}}',
     "<|im_start|>user\nhi<|im_end|>\n",
+    '<tool_call>\n{"name": "create_task", "arguments": {"title": "buy milk"}}\n</tool_call>',
+    '{"name": "create_task", "parameters": {"title": "buy milk", "due": "2025-03-14"}}',
 )
 #: Runs llama.cpp's converter with its own gguf-py first on sys.path; argv[1] = converter folder,
 #: argv[2] = pre-tokenizer to declare ("" = let the converter identify it by hash), rest = its args.
@@ -124,20 +128,48 @@ def tokenizer_parity(llm: Any, tokenizer: Any, texts: list[str]) -> dict[str, An
             "passed": not mismatches, "mismatches": mismatches[:5]}
 
 
+def template_probes(tokenizer: Any) -> list[str]:
+    """Renders the sample tool conversations (llmops.serving.modelfile) through the tokenizer's
+    chat template: the tool schemas, a call, its result and an answer in the template's syntax.
+    A template that cannot render them (no tool role, ...) adds no probe."""
+    from jinja2 import TemplateError
+
+    from llmops.serving.modelfile import SAMPLE_TOOLS, TOOL_CONVERSATIONS
+
+    probes = []
+    for conv in TOOL_CONVERSATIONS:
+        try:
+            probes.append(tokenizer.apply_chat_template(list(conv), tools=SAMPLE_TOOLS,
+                                                        tokenize=False))
+        except (TemplateError, ValueError, TypeError):
+            continue
+    return probes
+
+
 def gguf_chat_template(llm: Any) -> str | None:
     """Returns the chat template stored in the GGUF's metadata."""
     return (getattr(llm, "metadata", None) or {}).get("tokenizer.chat_template")
 
 
-def greedy_gguf(llm: Any, prompts: list[str], max_new_tokens: int) -> list[str]:
-    """Greedy answers of the GGUF model, prompts tokenized by the GGUF itself."""
+def greedy_gguf(llm: Any, prompts: list[str], max_new_tokens: int,
+                stop_ids: list[int] | None = None) -> list[str]:
+    """Greedy answers of the GGUF model, prompts tokenized by the GGUF itself.
+
+    Generation ends at the GGUF's eos and at any of stop_ids (the end-of-turn tokens the HF side
+    stops at, e.g. <|im_end|> where the GGUF's eos is another token).
+    """
+    from llama_cpp import StoppingCriteriaList
+
+    stops = set(stop_ids or ())
+    criteria = StoppingCriteriaList([lambda tokens, logits: int(tokens[-1]) in stops])
     answers = []
     for prompt in prompts:
         llm.reset()
         ids = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
         out = llm.create_completion(ids, max_tokens=max_new_tokens, temperature=0.0, top_k=1,
-                                    top_p=1.0, min_p=0.0, repeat_penalty=1.0, seed=0)
-        answers.append(out["choices"][0]["text"])
+                                    top_p=1.0, min_p=0.0, repeat_penalty=1.0, seed=0,
+                                    stopping_criteria=criteria if stops else None)
+        answers.append(out["choices"][0]["text"].strip())  # as eval's HF answers are
     return answers
 
 
@@ -176,7 +208,13 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
     import importlib.metadata
 
     from llmops.backends.common import write_json
-    from llmops.backends.generation import build_prompt, generate, load_model, render_answer
+    from llmops.backends.generation import (
+        build_prompt,
+        generate,
+        load_model,
+        render_answer,
+        stop_token_ids,
+    )
     from llmops.serving.converter import LLAMA_CPP_PYTHON_VERSION
 
     out_dir = Path(out_dir)
@@ -214,7 +252,8 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
                              show_progress=False, desc="hf", threads=ctx.threads)
     del model
     answers_ref = [render_answer(tokenizer, r["messages"], r.get("tools")) for r in rows]
-    probes = [*prompts, *answers_ref, *EXTRA_PROBES]
+    tool_probes = template_probes(tokenizer)
+    probes = [*prompts, *answers_ref, *tool_probes, *EXTRA_PROBES]
     template = getattr(tokenizer, "chat_template", None)
 
     report_files: dict[str, Any] = {}
@@ -224,7 +263,7 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
         load_s = time.perf_counter() - t0
         tok = tokenizer_parity(llm, tokenizer, probes)
         stored = gguf_chat_template(llm)
-        answers = greedy_gguf(llm, prompts, max_new)
+        answers = greedy_gguf(llm, prompts, max_new, stop_token_ids(tokenizer))
         del llm
         agree = [a == b for a, b in zip(answers, hf_answers, strict=True)]
         report_files[q] = {
@@ -265,6 +304,7 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
                      f"{LLAMA_CPP_PYTHON_VERSION}",
         "llama_cpp_python": importlib.metadata.version("llama_cpp_python"),
         "held_out_prompts": len(prompts),
+        "tool_probes": len(tool_probes),
         "f16_greedy_agreement": greedy_f16.get("agreement_rate"),
         "passed": True,
     }

@@ -22,16 +22,28 @@ def run(
 ) -> dict[str, Any]:
     """Fine-tunes the base model on the data stage's train.jsonl; returns the training report.
 
+    One process, or `distributed.nproc_per_node` x `distributed.nnodes` ranks started through
+    the launcher (llmops.backends.launch), each running `train`.
+
     Args:
-        params: {"model", "lora", "quant", "train"} as compiled (see PARAMS.md); train.backend is
-            resolved by the compiler (hf or unsloth, never auto).
+        params: {"model", "lora", "quant", "train", "distributed"} as compiled (see PARAMS.md);
+            train.backend is resolved by the compiler (hf or unsloth, never auto).
         inputs: {"data": Path} plus {"base": Path} for the tiny model.
         out_dir: The stage's output folder.
         ctx: Run context.
 
     Raises:
-        StageError: When the data input is missing, or the backend cannot run here.
+        StageError: When the data input is missing, the backend cannot run here, or a rank fails.
     """
+    from llmops.backends.launch import run_stage
+
+    return run_stage("sft", params, inputs, out_dir, ctx)
+
+
+def train(
+    params: dict[str, Any], inputs: dict[str, Path], out_dir: Path, ctx: StageContext
+) -> dict[str, Any]:
+    """Trains in this process (the only one, or one rank of a launched job); see `run`."""
     from llmops.backends import get_backend
     from llmops.backends.common import base_model_path, set_seed
     from llmops.errors import StageError

@@ -1,0 +1,241 @@
+"""One training job over several processes: torchrun / accelerate launch on gloo (CPU), rank 0
+writes, stops and kills leave no rank behind, a rerun resumes, and submitit tasks as ranks."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from llmops.errors import StageError
+
+DDP2 = ("distributed=ddp", "distributed.nproc_per_node=2")
+TRAIN_ONLY = ["data.n_examples=200", "model.pretrain.steps=20", "eval=none", "deploy=none",
+              "usecase=none", "progress=false"]
+CHECKPOINT = "outputs/store/.work/sft-*/checkpoints/checkpoint-*/trainer_state.json"
+RANK_MARKERS = ("llmops.backends.launch", "torch.distributed.run")
+
+
+def _ctx(tmp_path: Path):
+    from llmops.runner.context import StageContext
+
+    return StageContext(run_dir=tmp_path, show_progress=False, logger=logging.getLogger("test"))
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "LLMOPS_STORE"}
+    env.update(WANDB_MODE="disabled", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               OMP_NUM_THREADS="1")
+    return env
+
+
+def _ranks_left(tmp_path: Path) -> list[str]:
+    """Returns the command lines of launchers or ranks still running on this test's files."""
+    import psutil
+
+    left = []
+    for p in psutil.process_iter(["cmdline"]):
+        line = " ".join(p.info["cmdline"] or [])
+        if str(tmp_path) in line and any(m in line for m in RANK_MARKERS):
+            left.append(line)
+    return left
+
+
+def _wait_no_ranks(tmp_path: Path, seconds: float = 20) -> list[str]:
+    deadline = time.time() + seconds
+    while _ranks_left(tmp_path) and time.time() < deadline:
+        time.sleep(0.2)
+    return _ranks_left(tmp_path)
+
+
+def test_two_processes_train_one_sft_and_rank_0_reports_the_world(
+        tiny_base, sft_data, tmp_path, stage_params, caplog):
+    from llmops.stages import sft
+
+    params = stage_params("sft", *DDP2, "train.max_steps=4", "train.save_steps=2",
+                          "train.logging_steps=1")
+    one = stage_params("sft", "train.max_steps=4")
+    with caplog.at_level(logging.INFO):
+        report = sft.run(params, {"base": tiny_base, "data": sft_data}, tmp_path, _ctx(tmp_path))
+    # Rank 0's progress lines reach the runner's logging, once each (rank 1 stays quiet).
+    steps = [r.getMessage() for r in caplog.records
+             if r.name == "llmops.stage.sft" and r.getMessage().startswith("sft: step ")]
+    assert [m.split(" loss ")[0] for m in steps] == [f"sft: step {i}/4" for i in range(1, 5)]
+
+    assert report["world_size"] == 2 and report["launcher"] == "torchrun"
+    assert report["strategy"] == "ddp" and report["steps"] == 4
+    # The one-process plan's effective batch is kept: each rank takes its share.
+    assert report["effective_batch"] == one["train"]["batch_size"] * one["train"]["grad_accum"]
+    assert report["per_rank_batch"] * report["grad_accum"] * 2 == report["effective_batch"]
+    assert json.loads((tmp_path / "training_report.json").read_text()) == report
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    # Both ranks ran under torchrun: each saved its RNG state in the trainer's checkpoint.
+    assert sorted(p.name for p in (tmp_path / "checkpoints/checkpoint-4").glob("rng_state_*")) \
+        == ["rng_state_0.pth", "rng_state_1.pth"]
+    command = (tmp_path / "launch" / "command.txt").read_text()
+    assert "-m torch.distributed.run --standalone --nproc_per_node=2" in command
+    assert "-m llmops.backends.launch" in command
+    assert _ranks_left(tmp_path) == []
+
+
+def test_two_process_dpo_continues_the_sft_adapter_and_rank_0_scores_held_out_pairs(
+        tiny_base, sft_data, tmp_path, stage_params):
+    from llmops.backends.common import write_jsonl
+    from llmops.data import preferences
+    from llmops.stages import dpo, sft
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = [json.loads(line) for line in (sft_data / "train.jsonl").read_text().splitlines()]
+    write_jsonl(data / "train.jsonl", rows[:64])
+    pairs = preferences.derive(rows[:72], 1)[0]
+    write_jsonl(data / "pref_train.jsonl", pairs[:-8])
+    write_jsonl(data / "pref_test.jsonl", pairs[-8:])
+    short = ("train=sft_dpo", "train.max_steps=2", "train.dpo.max_steps=2",
+             "train.dpo.batch_size=4")
+    sft.run(stage_params("sft", *short), {"data": data, "base": tiny_base}, tmp_path / "sft",
+            _ctx(tmp_path))
+    out = tmp_path / "dpo"
+    out.mkdir()
+    report = dpo.run(stage_params("dpo", *short, *DDP2), {"data": data, "sft": tmp_path / "sft",
+                                                         "base": tiny_base}, out, _ctx(tmp_path))
+    assert report["world_size"] == 2 and report["steps"] == 2
+    assert report["held_out"]["start"] == "sft" and report["held_out"]["dpo"]["n"] == 8
+    assert json.loads((out / "dpo_report.json").read_text()) == report
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_a_failing_rank_fails_the_stage_with_the_tail_of_its_output(
+        tiny_base, sft_data, tmp_path, stage_params):
+    from llmops.stages import sft
+
+    data = tmp_path / "data"
+    data.mkdir()
+    first = (sft_data / "train.jsonl").read_text().splitlines()[0]
+    (data / "train.jsonl").write_text(first + "\n{not json\n")
+    out = tmp_path / "sft"
+    out.mkdir()
+    params = stage_params("sft", *DDP2, "train.max_steps=2")
+    with pytest.raises(StageError) as err:
+        sft.run(params, {"base": tiny_base, "data": data}, out, _ctx(tmp_path))
+    message = str(err.value)
+    assert message.startswith("sft: the 2-process training job failed (torchrun exit code 1)")
+    assert f"invalid JSON at {data / 'train.jsonl'}:2" in message
+    assert not (out / "training_report.json").exists()
+
+
+def test_fsdp_on_a_cpu_is_refused_rather_than_trained_as_ddp(tiny_base, sft_data, tmp_path,
+                                                             stage_params, compose_plan):
+    """At compile time (exit 2), and by the stage too if its params say fsdp on a CPU anyway."""
+    from llmops.errors import ConfigError
+    from llmops.stages import sft
+
+    with pytest.raises(ConfigError, match=r"'fsdp' shards over GPUs only: on a CPU accelerate "
+                                          r"runs it as plain DDP"):
+        compose_plan(["distributed=fsdp", "distributed.nproc_per_node=2", "hardware=cpu"])
+    params = stage_params("sft", "distributed=ddp", "distributed.nproc_per_node=2")
+    params["distributed"] = {**params["distributed"], "strategy": "fsdp"}
+    with pytest.raises(StageError, match=r"distributed.strategy=fsdp shards over GPUs only: on a "
+                                         r"CPU accelerate runs it as plain DDP"):
+        sft.run(params, {"base": tiny_base, "data": sft_data}, tmp_path, _ctx(tmp_path))
+
+
+def _start_until_checkpoint(tmp_path: Path, args: list[str], newer_than: int = 0
+                            ) -> subprocess.Popen:
+    """Starts `python -m llmops ARGS` (own session) and returns once sft has a checkpoint past
+    step `newer_than`."""
+    def steps() -> list[int]:
+        return [int(Path(p).parent.name.split("-")[-1])
+                for p in glob.glob(str(tmp_path / CHECKPOINT))]
+
+    with open(tmp_path / "stdout.txt", "w") as out, open(tmp_path / "stderr.txt", "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "llmops", *args], cwd=tmp_path,
+                                env=_env(), stdout=out, stderr=err, start_new_session=True)
+    deadline = time.time() + 300
+    while max(steps(), default=0) <= newer_than and proc.poll() is None \
+            and time.time() < deadline:
+        time.sleep(0.1)
+    if max(steps(), default=0) <= newer_than:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        pytest.fail("no checkpoint appeared before the run ended:\n"
+                    + (tmp_path / "stderr.txt").read_text()[-3000:])
+    return proc
+
+
+def _last_manifest(tmp_path: Path) -> dict:
+    runs = sorted((tmp_path / "outputs/runs").glob("*/*/manifest.json"),
+                  key=lambda p: p.stat().st_mtime)
+    return json.loads(runs[-1].read_text())
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_runner_stops_every_rank_and_leaves_no_torchrun(tmp_path):
+    args = [*DDP2, "train.max_steps=200", "train.save_steps=5", *TRAIN_ONLY]
+    proc = _start_until_checkpoint(tmp_path, args)
+    assert _ranks_left(tmp_path), "the ranks run under torchrun, as children of the runner"
+    proc.send_signal(signal.SIGTERM)  # to the runner only, as docker stop or a scheduler does
+    try:
+        proc.wait(timeout=90)
+    finally:
+        left = _wait_no_ranks(tmp_path, 5)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 143, (tmp_path / "stderr.txt").read_text()[-3000:]
+    assert left == [], left
+    manifest = _last_manifest(tmp_path)
+    assert manifest["status"] == "interrupted" and manifest["stages"]["sft"]["status"] \
+        == "interrupted"
+
+
+@pytest.mark.slow
+def test_kill_9_of_a_two_process_job_then_a_rerun_resumes_from_its_checkpoint(tmp_path):
+    args = [*DDP2, "train.max_steps=40", "train.save_steps=10", *TRAIN_ONLY]
+    proc = _start_until_checkpoint(tmp_path, args)
+    os.kill(proc.pid, signal.SIGKILL)  # the runner alone: torchrun and the ranks follow it
+    proc.wait()
+    left = _wait_no_ranks(tmp_path)
+    with contextlib.suppress(ProcessLookupError):  # whatever is left of the job (nothing)
+        os.killpg(proc.pid, signal.SIGKILL)
+    assert left == [], left
+    assert not (tmp_path / "outputs/store/sft").exists(), "a killed job publishes nothing"
+
+    r = subprocess.run([sys.executable, "-m", "llmops", *args], cwd=tmp_path, env=_env(),
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    sft = _last_manifest(tmp_path)["stages"]["sft"]
+    assert sft["status"] == "resumed" and sft["resumed_from_step"] >= 10
+    report = json.loads((Path(sft["path"]) / "training_report.json").read_text())
+    assert report["world_size"] == 2 and report["steps"] == 40
+    assert report["resumed_from_step"] == sft["resumed_from_step"]
+
+
+@pytest.mark.slow
+def test_two_submitit_tasks_train_as_two_ranks_and_task_0_reports(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "llmops", "-m", "hydra/launcher=submitit_local",
+         "hydra.launcher.tasks_per_node=2", *DDP2, "train.max_steps=6", *TRAIN_ONLY],
+        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (manifest_path,) = glob.glob(str(tmp_path / "outputs/multirun/*/*/0/manifest.json"))
+    manifest = json.loads(Path(manifest_path).read_text())
+    assert manifest["status"] == "succeeded"
+    job = json.loads((Path(manifest_path).parent / "sweep_job.json").read_text())
+    assert job["status"] == "succeeded"
+    report = json.loads((Path(manifest["stages"]["sft"]["path"]) / "training_report.json")
+                        .read_text())
+    assert report["world_size"] == 2 and report["launcher"] == "submitit"
+    assert report["steps"] == 6
+    logs = "\n".join(Path(f).read_text() for f in
+                     glob.glob(str(tmp_path / "outputs/multirun/*/*/.submitit/*/*_1_log.*")))
+    assert "submitit task 1 of 2" in logs
+    assert _ranks_left(tmp_path) == []

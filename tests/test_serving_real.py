@@ -1,0 +1,362 @@
+"""Export and serving for real families: Qwen2.5 and Llama 3.1 on their real vocabularies and chat
+templates (tests/real_models.py), tools included.
+
+- the Ollama Modelfile TEMPLATE (Go) renders what the tokenizer's own template renders, with and
+  without tools (no llama.cpp needed);
+- GGUF conversion of both families keeps tokens (tool-call text included), the template and the
+  greedy answers (needs the gguf extra);
+- the OpenAI-compatible endpoint answers `tools=` with structured `tool_calls`, parsed with the
+  template's own call syntax (needs the gguf extra).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from llmops.serving.gotemplate import TemplateError, execute
+from llmops.serving.modelfile import (
+    TOOL_CONVERSATIONS,
+    check_template,
+    go_template,
+    modelfile,
+    render_go,
+    resolve_family,
+    stop_tokens,
+)
+
+FAMILIES = {"qwen2": "qwen2.5", "llama": "llama3.1"}
+
+
+def _render(tokenizer):
+    return lambda m, tools=None: tokenizer.apply_chat_template(
+        m, tools=tools, tokenize=False, add_generation_prompt=True)
+
+
+# -- the Go template interpreter ------------------------------------------------------------------
+
+def test_go_interpreter_follows_text_template_rules():
+    data = {"A": [{"R": "s", "C": "x"}, {"R": "u", "C": ""}], "B": [], "S": "a<b"}
+    tpl = ('{{- $x := 0 }}{{ if and .A (eq (index .A 0).R "s") }}{{ $x = 1 }}{{ end }}x={{ $x }}'
+           "{{ range $i, $m := .A }} {{ $i }}:{{ .R }}:{{ len (slice $.A $i) }}"
+           "{{ if .C }}+{{ else if eq $m.R \"u\" }}-{{ end }}{{ end }}"
+           "{{ if and .B (index .B 5) }} never{{ end }} {{ json .S }} {{ .S | json }}"
+           "{{ range .B }}item{{ else }} empty{{ end }}{{/* a comment */}}")
+    # and/or short-circuit (index .B 5 is never evaluated), $x = assigns the outer variable,
+    # slice $.A 1 is A[1:], json escapes HTML characters as Go's encoding/json does.
+    assert execute(tpl, data) == 'x=1 0:s:2+ 1:u:1- "a\\u003cb" "a\\u003cb" empty'
+    with pytest.raises(TemplateError, match="missing"):
+        execute("{{ if .A }}open", data)
+    with pytest.raises(TemplateError, match="can't evaluate field Nope"):
+        execute("{{ .Nope }}", data)
+    with pytest.raises(TemplateError, match="unsupported command"):
+        execute("{{ printf \"%s\" .S }}", data)
+
+
+# -- Modelfile TEMPLATE == the model's own template, tools included (no llama.cpp) ----------------
+
+@pytest.mark.parametrize("family", ["qwen2", "llama"])
+def test_modelfile_template_matches_the_real_template_with_and_without_tools(real_model, family):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(real_model(family))
+    go_family = resolve_family("chatml" if family == "qwen2" else "llama3", tok.chat_template)
+    assert go_family == FAMILIES[family]
+    check = check_template(_render(tok), go_family, bos_token=tok.bos_token)
+    assert check["tools"] and check["tool_conversations"] == len(TOOL_CONVERSATIONS)
+    assert check["mismatches"] == [] and check["equivalent"]
+    # Without tools the renders are identical byte for byte; with tools the only difference is
+    # Go's compact JSON for schemas and arguments (same data), which Ollama cannot avoid.
+    assert all(m["tools"] for m in check["json_formatting"])
+    template = go_template(go_family)
+    assert ".Tools" in template and ".ToolCalls" in template
+    text = modelfile("/m.gguf", go_family, stop_tokens(go_family, tok.chat_template,
+                                                       tok.eos_token), {"temperature": 0})
+    assert f'TEMPLATE """{template}"""' in text and f'PARAMETER stop "{tok.eos_token}"' in text
+
+
+def test_qwen_go_template_renders_calls_and_results_like_qwen():
+    conv = TOOL_CONVERSATIONS[1]
+    from llmops.serving.modelfile import SAMPLE_TOOLS
+
+    got = render_go(go_template("qwen2.5"), conv, tools=SAMPLE_TOOLS)
+    assert got.startswith("<|im_start|>system\nYou are a Task-API assistant.\n\n# Tools\n")
+    assert ('<|im_start|>assistant\n<tool_call>\n{"name": "create_task", "arguments": '
+            '{"title":"buy milk","due":"2025-03-14"}}\n</tool_call><|im_end|>\n') in got
+    assert got.endswith('<|im_start|>user\n<tool_response>\n{"id": 7, "status": "created"}\n'
+                        "</tool_response><|im_end|>\n<|im_start|>assistant\n")
+    # No system message: Qwen's own default system text, as its template writes it.
+    plain = render_go(go_template("qwen2.5"), [{"role": "user", "content": "hi"}])
+    assert plain == ("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a "
+                     "helpful assistant.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n"
+                     "<|im_start|>assistant\n")
+
+
+def test_llama_go_template_puts_tools_in_the_first_user_turn():
+    from llmops.serving.modelfile import SAMPLE_TOOLS
+
+    got = render_go(go_template("llama3.1"), TOOL_CONVERSATIONS[2], tools=SAMPLE_TOOLS)
+    first_user = got.split("<|start_header_id|>user<|end_header_id|>\n\n")[1]
+    assert first_user.startswith("Given the following functions")
+    assert '{"name":"create_task"' in first_user and "Add a task" in first_user
+    assert ('<|start_header_id|>assistant<|end_header_id|>\n\n{"name": "create_task", '
+            '"parameters": {"title":"buy milk","due":"2025-03-14"}}<|eot_id|>') in got
+    assert '<|start_header_id|>ipython<|end_header_id|>\n\n"{\\"id\\": 7' in got
+
+
+def test_a_template_of_another_family_is_caught(real_model):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(real_model("qwen2"))
+    # The generic ChatML template misses Qwen2.5's default system turn and its tool syntax.
+    check = check_template(_render(tok), "chatml")
+    assert not check["equivalent"] and check["mismatches"][0]["index"] == 0
+    assert "You are Qwen" in check["mismatches"][0]["training"]
+
+
+# -- tool calls read back with the template's own syntax (no llama.cpp) ---------------------------
+
+def test_completions_become_openai_tool_calls_in_the_templates_syntax(real_model, chat_template):
+    from transformers import AutoTokenizer
+
+    from llmops.serving.tool_calls import calls_from_text
+
+    qwen = AutoTokenizer.from_pretrained(real_model("qwen2")).chat_template
+    text = ('Sure.\n<tool_call>\n{"name": "create_task", "arguments": {"title": "buy milk", '
+            '"due": "2025-03-14"}}\n</tool_call>')
+    content, calls = calls_from_text(text, qwen)
+    assert content == "Sure." and len(calls) == 1
+    assert calls[0]["type"] == "function" and calls[0]["id"].startswith("call_")
+    assert calls[0]["function"]["name"] == "create_task"
+    assert json.loads(calls[0]["function"]["arguments"]) == {"title": "buy milk",
+                                                            "due": "2025-03-14"}
+    # The tiny template's syntax: one {"tool", "arguments"} line per call.
+    content, calls = calls_from_text('{"tool":"delete_task","arguments":{"task_id":42}}\n'
+                                     '{"tool":"list_tasks","arguments":{}}', chat_template)
+    assert content is None
+    assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in calls] == [
+        ("delete_task", {"task_id": 42}), ("list_tasks", {})]
+    # No call: the text stays content.
+    assert calls_from_text("I can only manage tasks.", qwen) == ("I can only manage tasks.", [])
+
+
+@pytest.fixture(scope="module")
+def chat_template():
+    from llmops.backends.tiny import CHATML_TEMPLATE
+
+    return CHATML_TEMPLATE
+
+
+# -- with the gguf extra --------------------------------------------------------------------------
+
+def _gguf_ready() -> bool:
+    import importlib.util
+
+    from llmops.serving.converter import converter_dir
+
+    return importlib.util.find_spec("llama_cpp") is not None and (
+        converter_dir() / "llmops_gguf_setup.json").is_file()
+
+
+needs_gguf = pytest.mark.skipif(
+    os.environ.get("LLMOPS_REQUIRE_GGUF") != "1" and not _gguf_ready(),
+    reason="needs the gguf extra: pip install 'llmops[gguf]' && python -m llmops.gguf_setup",
+)
+
+
+def _serve(gguf_path: Path, log: Path, alias: str = "m") -> tuple[subprocess.Popen, str]:
+    """Starts `python -m llmops.serving.llama_cpp_runtime` as deploy does; returns it, base_url."""
+    from llmops.stages.deploy import _free_port, _get
+
+    port = _free_port("127.0.0.1")
+    cmd = [sys.executable, "-m", "llmops.serving.llama_cpp_runtime", "--model", str(gguf_path),
+           "--host", "127.0.0.1", "--port", str(port), "--model_alias", alias, "--n_ctx", "1024",
+           "--n_threads", "1", "--chat_format", "llmops-tools"]
+    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    base_url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + 120
+    while _get(f"{base_url}/models", 1.0) is None:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"server did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.25)
+    return proc, base_url
+
+
+@pytest.fixture(scope="module")
+def demo_base(tmp_path_factory, stage_params) -> Path:
+    """Returns a tiny base pre-trained briefly on create_task/list_tasks calls in the template's
+    syntax (the session's tiny_base is too short-trained to write calls; the demo's full
+    pre-training takes minutes on a shared CPU)."""
+    from llmops.runner.context import StageContext
+    from llmops.stages import tiny_base as base_stage
+
+    out = tmp_path_factory.mktemp("demo_base")
+    ctx = StageContext(run_dir=out, show_progress=False, logger=logging.getLogger("test"))
+    params = stage_params("base", "model.pretrain.n_examples=400", "model.pretrain.steps=200",
+                          "model.pretrain.batch_size=8", "model.pretrain.legacy_tools=[]",
+                          "model.pretrain.include_refusals=false")
+    base_stage.run(params, {}, out, ctx)
+    return out
+
+
+@needs_gguf
+def test_endpoint_answers_tools_with_structured_tool_calls(tmp_path, demo_base, sft_data):
+    """The demo's tiny base (pre-trained on Task-API calls) served from a real GGUF through the
+    openai client with tools=[...]: its calls come back as message.tool_calls."""
+    from openai import OpenAI
+
+    from llmops.backends.common import read_jsonl
+    from llmops.data.task_api import TOOLS
+    from llmops.serving.integration import chat_request
+    from llmops.stages import gguf
+
+    path = tmp_path / "model-f16.gguf"
+    gguf.convert(gguf._overlay(demo_base, tmp_path / ".hf"), path, "f16", "gpt-2",
+                 logging.getLogger("test"))
+    proc, base_url = _serve(path, tmp_path / "server.log")
+    try:
+        client = OpenAI(base_url=base_url, api_key="not-needed", max_retries=0, timeout=120)
+        rows = [r for r in read_jsonl(sft_data / "train.jsonl")
+                if r["messages"][-1].get("tool_calls") and r["messages"][-1]["tool_calls"][0][
+                    "function"]["name"] in ("create_task", "list_tasks")][:4]
+        replies = []
+        for row in rows:
+            messages, tools = chat_request(row)
+            assert tools and messages[-1]["role"] == "user"
+            replies.append(client.chat.completions.create(
+                model="m", messages=messages, tools=tools, max_tokens=48, temperature=0.0,
+                seed=0, extra_body={"repeat_penalty": 1.0}).choices[0])
+        with_calls = [c for c in replies if c.message.tool_calls]
+        assert with_calls, [c.message.content for c in replies]
+        for choice in with_calls:
+            assert choice.finish_reason == "tool_calls"
+            for call in choice.message.tool_calls:
+                assert call.type == "function" and call.id.startswith("call_")
+                assert call.function.name in TOOLS
+                assert isinstance(json.loads(call.function.arguments), dict)
+        # tool_choice: one named function is forced (llama-cpp-python's grammar path); "none"
+        # renders no tools and parses nothing.
+        messages, tools = chat_request(rows[0])
+        forced = client.chat.completions.create(
+            model="m", messages=messages, tools=tools, max_tokens=48, temperature=0.0,
+            tool_choice={"type": "function", "function": {"name": "list_tasks"}},
+            extra_body={"repeat_penalty": 1.0}).choices[0]
+        assert [c.function.name for c in forced.message.tool_calls] == ["list_tasks"]
+        assert isinstance(json.loads(forced.message.tool_calls[0].function.arguments), dict)
+        none = client.chat.completions.create(
+            model="m", messages=messages, tools=tools, tool_choice="none", max_tokens=16,
+            temperature=0.0).choices[0]
+        assert none.message.tool_calls is None and isinstance(none.message.content, str)
+        # Without tools the same server answers plain text through the same template.
+        plain = client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "List my open tasks."}],
+            max_tokens=16, temperature=0.0).choices[0]
+        assert plain.message.tool_calls is None and isinstance(plain.message.content, str)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _peaked(src: Path, dest: Path) -> Path:
+    """Saves a child of a random-weight model whose logits are peaked (embeddings x 30, tied).
+
+    Random weights give near-tied logits, so f16 rounding alone flips greedy picks; scaled
+    embeddings make every greedy step decisive, so agreement measures the conversion."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.mul_(30.0)
+    model.save_pretrained(dest)
+    AutoTokenizer.from_pretrained(src).save_pretrained(dest)
+    return dest
+
+
+@needs_gguf
+@pytest.mark.parametrize("family", ["qwen2", "llama"])
+def test_gguf_f16_of_a_real_family_keeps_tokens_template_and_answers(
+        tmp_path, real_model, sft_data, stage_params, family):
+    from transformers import AutoTokenizer
+
+    from llmops.runner.context import StageContext
+    from llmops.stages import gguf
+
+    folder = _peaked(real_model(family), tmp_path / "model")
+    probes = gguf.template_probes(AutoTokenizer.from_pretrained(folder))
+    needle = {"qwen2": '<tool_call>\n{"name": "create_task", "arguments": {"title": "buy milk"',
+              "llama": '{"name": "create_task", "parameters": {"title": "buy milk"'}[family]
+    assert len(probes) == len(TOOL_CONVERSATIONS) and needle in probes[1]
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "merged").symlink_to(folder, target_is_directory=True)
+    out = tmp_path / "out"
+    out.mkdir()
+    ctx = StageContext(run_dir=tmp_path, show_progress=False, logger=logging.getLogger("test"))
+    params = {**stage_params("gguf", "deploy.gguf.quantization=[f16]"),
+              "parity_prompts": 3, "max_new_tokens": 12}
+    report = gguf.run(params, {"export": export, "data": sft_data}, out, ctx)
+    assert report["passed"] and report["pre_tokenizer"] == "identified by the converter"
+    assert report["tool_probes"] == len(TOOL_CONVERSATIONS)
+    parity = report["files"]["f16"]["parity"]
+    # Held-out prompts (rendered with the rows' tools), their answers, the tool conversations
+    # and the fixed probes: every one tokenized identically by the GGUF.
+    assert parity["tokenizer"]["passed"], parity["tokenizer"]["mismatches"]
+    assert parity["tokenizer"]["probes"] == 3 + 3 + len(probes) + len(gguf.EXTRA_PROBES)
+    assert parity["chat_template"] == {"identical": True, "present": True}
+    assert report["f16_greedy_agreement"] == 1.0, parity["greedy"]
+
+
+# -- deploy for a real family: Modelfile and integration_config.json (no llama.cpp) ---------------
+
+def test_deploy_ollama_for_qwen_writes_its_template_and_the_datas_tools(
+        tmp_path, real_model, sft_data, stage_params):
+    import socket
+
+    from transformers import AutoTokenizer
+
+    from llmops.data.task_api import TOOL_SCHEMAS
+    from llmops.runner.context import StageContext
+    from llmops.stages import deploy
+
+    export = tmp_path / "export"
+    AutoTokenizer.from_pretrained(real_model("qwen2")).save_pretrained(export / "merged")
+    gguf_dir = tmp_path / "gguf"
+    gguf_dir.mkdir()
+    (gguf_dir / "model-f16.gguf").write_bytes(b"GGUF" + bytes(64))
+    (gguf_dir / "gguf_report.json").write_text(json.dumps(
+        {"quantization": ["f16"], "files": {"f16": {"path": "model-f16.gguf", "parity": {}}}}))
+    eval_dir = tmp_path / "eval"
+    eval_dir.mkdir()
+    (eval_dir / "eval_report.json").write_text(json.dumps({"passed": True, "gates": []}))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        host = f"http://127.0.0.1:{s.getsockname()[1]}"  # nothing listens once closed
+    params = stage_params("deploy", "deploy=ollama")
+    params["ollama"].update(host=host, timeout_s=2.0)
+    params["serve_quantization"] = "f16"
+    out = tmp_path / "out"
+    out.mkdir()
+    ctx = StageContext(run_dir=tmp_path / "run", show_progress=False,
+                       logger=logging.getLogger("test"))
+    report = deploy.run(params, {"gguf": gguf_dir, "export": export, "eval": eval_dir,
+                                 "data": sft_data}, out, ctx)
+    check = report["ollama"]["template_check"]
+    assert check["family"] == "qwen2.5" and check["equivalent"] and check["tools"]
+    assert f'TEMPLATE """{go_template("qwen2.5")}"""' in (out / "Modelfile").read_text()
+    assert report["ollama"]["stop"] == ["<|im_end|>", "<|im_start|>"]
+    integration = json.loads((out / "integration_config.json").read_text())
+    assert integration["api"] == "chat.completions" and integration["base_url"] == f"{host}/v1"
+    assert [t["function"]["name"] for t in integration["tools"]] == [
+        t["function"]["name"] for t in TOOL_SCHEMAS]
+    assert integration["tool_calls"]["syntax"] == "hermes"
+    assert "tools=tools" in integration["snippets"]["openai_sdk"]
+    assert "OpenAIChatCompletionsModel" in integration["snippets"]["openai_agents_sdk"]
