@@ -324,6 +324,14 @@ def test_unknown_key_hint_says_which_option_sets_a_schema_key():
             "deploy=ollama, or add it with '+deploy.ollama.host=http://h:1'.") in message
 
 
+def test_a_rightly_spelled_key_of_another_option_gets_no_did_you_mean_itself():
+    message = _problem(["deploy=none", "deploy.allow_failed_gates=true"])
+    assert message.startswith("unknown key. deploy=none does not set 'deploy.allow_failed_gates': "
+                              "choose deploy=ollama or deploy=openai, or add it with "
+                              "'+deploy.allow_failed_gates=true'.")
+    assert "Did you mean" not in message
+
+
 def test_did_you_mean_names_the_full_key(tmp_path):
     r = llmops("lora.rr=3", "train.lrr=1e-3", cwd=tmp_path)
     assert r.returncode == 2

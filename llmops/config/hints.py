@@ -100,7 +100,10 @@ def unknown_key_hint(key: str, culprit: str | None, cfg: Any) -> str:
                    if _sets(p, [*parts[1:i], match])]
         options = " or ".join(f"{group}={o}" for o in setters)
         chosen = f"{group}={choice}" if choice else "the chosen option"
-        return (f" Did you mean '{fixed}'? {chosen} does not set it: "
+        # The key is spelled right but belongs to other options: no "did you mean" the same key.
+        lead = f" {chosen} does not set {key!r}:" if fixed == key else \
+            f" Did you mean '{fixed}'? {chosen} does not set it:"
+        return (f"{lead} "
                 f"{f'choose {options}, or ' if options else ''}add it with "
                 f"'+{_override_with(culprit, key, fixed).lstrip('+')}'.{listed}")
     return ""
