@@ -151,3 +151,28 @@ def test_resolve_backend_rejects_unknown_names():
         resolve_backend("tpu", False)
     with pytest.raises(StageError, match="unknown train.backend 'auto'"):
         get_backend("auto")
+
+
+def test_rows_longer_than_train_max_length_stop_sft_before_training(real_model, tmp_path,
+                                                                    stage_params):
+    """A real template puts the tool schemas in the prompt (Qwen2.5: ~740 tokens per bundled
+    row): rows that pass data.max_length=1024 would be cut at train.max_length=512, their tool
+    calls (all the loss) included. The sft stage refuses them, naming the length that fits."""
+    from transformers import AutoTokenizer
+
+    from llmops.backends.common import write_jsonl
+    from llmops.backends.hf import load_datasets
+    from llmops.data import task_api
+
+    folder = real_model("qwen2")
+    write_jsonl(tmp_path / "train.jsonl", task_api.generate(3, seed=0))
+    params = stage_params("sft", "model=hub", f"model.hub_id={folder}", "data.max_length=1024",
+                          "train.max_length=512")
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    with pytest.raises(StageError, match=r"sft: \d of 3 train rows are longer than "
+                                         r"train.max_length=512 tokens .* Use train.max_length="
+                                         r"7\d\d or more"):
+        load_datasets(tmp_path, tokenizer, params)
+    _, _, info = load_datasets(tmp_path, tokenizer, {**params, "train": {
+        **params["train"], "max_length": 1024}})
+    assert info["mask"] == "trl_training_template" and 0 < info["loss_tokens"] < info["tokens"]

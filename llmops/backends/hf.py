@@ -36,6 +36,25 @@ def _tokenized_row(row: dict[str, Any], tokenizer: Any, method: tuple[str, str |
     return out
 
 
+def _check_lengths(train: list[dict[str, Any]], max_length: int) -> None:
+    """Refuses rows longer than train.max_length: TRL would cut their ends, where the assistant's
+    answer (and so all of its loss) sits.
+
+    Raises:
+        StageError: Naming the longest row, its length and the train.max_length that fits it.
+    """
+    lengths = [len(r["input_ids"]) for r in train]
+    over = [i for i, n in enumerate(lengths) if n > max_length]
+    if over:
+        worst = max(over, key=lengths.__getitem__)
+        raise StageError(
+            f"sft: {len(over)} of {len(train)} train rows are longer than train.max_length="
+            f"{max_length} tokens through the model's chat template (train row {worst + 1}: "
+            f"{lengths[worst]} tokens); training would cut off their ends, the assistant's "
+            f"answer included. Use train.max_length={lengths[worst]} or more (or a "
+            f"data.max_length of at most {max_length}, so that the data stage rejects them).")
+
+
 def load_datasets(data_dir: Path, tokenizer: Any, params: dict[str, Any]
                   ) -> tuple[Any, Any | None, dict[str, Any]]:
     """Loads train.jsonl (and val.jsonl if present) as tokenized `datasets.Dataset`s
@@ -45,7 +64,8 @@ def load_datasets(data_dir: Path, tokenizer: Any, params: dict[str, Any]
         (train, val or None, {"mask": how the loss mask was computed, "loss_tokens", "tokens"}).
 
     Raises:
-        StageError: When train.jsonl is missing or empty.
+        StageError: When train.jsonl is missing or empty, or a row is longer than
+            train.max_length.
         ConfigError: When the rows have tools the template cannot render (exit 2).
     """
     from datasets import Dataset
@@ -67,6 +87,7 @@ def load_datasets(data_dir: Path, tokenizer: Any, params: dict[str, Any]
     val_path = Path(data_dir) / "val.jsonl"
     val_rows = read_jsonl(val_path)[:EVAL_LOSS_MAX_ROWS] if val_path.is_file() else []
     val = [_tokenized_row(r, tokenizer, method, assistant_only) for r in val_rows]
+    _check_lengths(train, int(params["train"]["max_length"]))
     info = {"mask": method[0] if assistant_only else "all_tokens",
             "loss_tokens": sum(sum(r["assistant_masks"]) for r in train),
             "tokens": sum(len(r["input_ids"]) for r in train)}
