@@ -57,7 +57,7 @@ TITLES = ["buy milk", "call mom", "pay rent", "water plants", "book dentist", "f
 
 #: Shared by every run: few rows, short sequences, two steps, a few eval rows (random weights).
 QUICK = (
-    "hardware=cpu", "train.backend=hf", "data=files", "data.val_fraction=0.1",
+    "data=files", "data.val_fraction=0.1",
     "data.test_fraction=0.25", "data.max_length=512", "train.max_length=512",
     "train.max_steps=2", "train.batch_size=1", "train.effective_batch=1",
     "eval.enforce=false", "eval.limit=3", "eval.max_new_tokens=16", "eval.batch_size=4",
@@ -66,6 +66,7 @@ QUICK = (
 #: deploy=ollama and deploy=openai share one f16 GGUF (the second run reuses it from the store).
 DEPLOY = ("deploy.gguf.quantization=[f16]", "deploy.gguf.parity_prompts=2",
           "deploy.allow_failed_gates=true")
+ON_CPU = ("hardware=cpu", "train.backend=hf")
 #: The GPU variant: unsloth, bf16, QLoRA nf4 on CUDA (hardware from the machine).
 ON_GPU = ("hardware=auto", "train.backend=unsloth", "train.precision=bf16", "quant=nf4")
 
@@ -133,14 +134,14 @@ def hub_run(request, real_model, e2e_root) -> dict:
     the server kept, and returns {family, variant, ollama, openai (run folders), server}.
 
     The second run reuses data, sft, eval, export and gguf from the store; its server is stopped
-    when the module's tests are done.
+    when this family's tests are done.
     """
     family, variant = request.param
     if variant == "gpu" and importlib.util.find_spec("unsloth") is None:
         pytest.skip(UNSLOTH_SETUP)
     folder = real_model(family)
     common = ("model=hub", f"model.hub_id={folder}", *QUICK,
-              f"data.path={e2e_root / 'tasks.jsonl'}", *(ON_GPU if variant == "gpu" else ()))
+              f"data.path={e2e_root / 'tasks.jsonl'}", *(ON_GPU if variant == "gpu" else ON_CPU))
     runs = {}
     for target in ("ollama", "openai"):
         runs[target] = e2e_root / f"{family}-{variant}-{target}"
@@ -234,7 +235,7 @@ def test_endpoint_answers_with_structured_tool_calls_through_the_openai_client(h
 def qlora_run(real_model, e2e_root) -> Path:
     """Runs QLoRA nf4 on CPU for Qwen2 (bitsandbytes 4-bit on CPU; slow, so no deploy)."""
     run = e2e_root / "qwen2-nf4"
-    _llmops(e2e_root, run, "model=hub", f"model.hub_id={real_model('qwen2')}", *QUICK,
+    _llmops(e2e_root, run, "model=hub", f"model.hub_id={real_model('qwen2')}", *QUICK, *ON_CPU,
             f"data.path={e2e_root / 'tasks.jsonl'}", "quant=nf4", "eval.limit=2", "deploy=none")
     return run
 
