@@ -30,7 +30,7 @@ import itertools
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -220,7 +220,7 @@ def _sample(records, n: int = DETECT_SAMPLE) -> list[tuple[int, Any]]:
 
 def read_source(path_or_glob: str | Path, format: str = "auto", columns: dict | None = None,
                 tags: dict | None = None, num_proc: int | None = None,
-                cache_dir: str | None = None):
+                cache_dir: str | None = None, prepare: Callable[[Converter], Any] | None = None):
     """Reads files into canonical rows and rejects (see the module docstring).
 
     Args:
@@ -230,6 +230,9 @@ def read_source(path_or_glob: str | Path, format: str = "auto", columns: dict | 
         tags: ShareGPT key and role names (``convert.DEFAULT_TAGS`` keys).
         num_proc: Processes for parsing and conversion; None for one.
         cache_dir: Where datasets writes its Arrow files; None for its default cache.
+        prepare: Given each file's converter, returns the batch function to map instead of
+            the plain conversion (with its ``features``); the data stage's one pass
+            (``pipeline.Prepare``) converts, checks and renders there. None: canonical rows.
 
     Returns:
         ``(rows, rejects)``, two ``datasets.Dataset``.
@@ -251,10 +254,10 @@ def read_source(path_or_glob: str | Path, format: str = "auto", columns: dict | 
             (k1, p1), (k2, p2) = kinds.items()
             raise FormatError(f"data.path: {p1} holds {k1} rows but {p2} holds {k2} rows. Read "
                               "them as separate sources.")
-        types = features(convert.kind)
-        parts.append(records.map(ArrowBatches(convert, types), batched=True, with_indices=True,
+        batches = prepare(convert) if prepare else ArrowBatches(convert, features(convert.kind))
+        parts.append(records.map(batches, batched=True, with_indices=True,
                                  remove_columns=records.column_names, num_proc=num_proc,
-                                 features=types, desc=f"convert {path.name}"))
+                                 features=batches.features, desc=f"convert {path.name}"))
     merged = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
     return split_rejects(merged)
 

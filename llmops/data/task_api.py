@@ -351,7 +351,10 @@ def parse_call(text: str) -> dict[str, Any] | None:
         The parsed object when ``text`` is a JSON object with a string ``"tool"``, else None.
     """
     try:
-        obj = json.loads(text.strip())
+        stripped = text.strip()
+        if not stripped.startswith("{"):  # only an object can be a call; skip the parse
+            return None
+        obj = json.loads(stripped)
     except (json.JSONDecodeError, TypeError, AttributeError):
         return None
     if not isinstance(obj, dict) or not isinstance(obj.get("tool"), str):

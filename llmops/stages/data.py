@@ -26,7 +26,7 @@ import numpy as np
 
 from llmops.backends.common import write_json
 from llmops.compiler.plan import report_name
-from llmops.data import lengths, mix, task_api
+from llmops.data import lengths, mix, pipeline, task_api
 from llmops.data.convert import FormatError
 from llmops.errors import DataRejected, StageError
 from llmops.runner.context import StageContext
@@ -44,6 +44,7 @@ class Source:
 
     name: str
     spec: dict[str, Any]
+    kind: str
     rows: Any
     rejects: Any
     n_read: int
@@ -130,10 +131,9 @@ def _prepare(params: dict, inputs: dict[str, Path], out_dir: Path, cache: str,
                 for i, n in enumerate(extra)]
     splits["train"] = np.concatenate([splits["train"], *repeated])
 
-    names = [s.name for s in sources]
     keep = params.get("preferences") == "derive"
-    written = {name: data_io.write_rows(out_dir / f"{name}.jsonl", rows, idx, source_of, names,
-                                        kind, keep) for name, idx in splits.items()}
+    written = {name: data_io.write_rows(out_dir / f"{name}.jsonl", rows, idx, keep=keep)
+               for name, idx in splits.items()}
     report = {
         "source": params["source"], "origin": _origin(params), "kind": kind, "seed": seed,
         "formats": _formats(sources),
@@ -156,8 +156,7 @@ def _prepare(params: dict, inputs: dict[str, Path], out_dir: Path, cache: str,
                                              rows, MAX_LISTED),
         "files": [f"{name}.jsonl" for name in splits],
     }
-    pref = _preferences(params, kind, rows, splits, source_of, names, written, out_dir, cache,
-                        ctx)
+    pref = _preferences(params, kind, rows, splits, written, out_dir, cache, ctx)
     if pref is not None:
         report["preferences"] = pref
     write_json(out_dir / REPORT_NAME, report)
@@ -177,32 +176,20 @@ def _prepare(params: dict, inputs: dict[str, Path], out_dir: Path, cache: str,
 
 def _checked(name: str, spec: dict[str, Any], params: dict, counter: Any, cache: str,
              ctx: StageContext) -> Source:
-    """Reads one source, measures and annotates its rows, and checks them."""
-    from llmops.data.prepare import lint
-
+    """Reads one source and checks it, in one pass per batch (``pipeline``): converted,
+    annotated, measured, checked and rendered as written."""
+    measured = counter is not lengths.estimate
+    prepare = pipeline.Prepare(name, params["system_prompt"] if name != task_api.SOURCE else None,
+                               counter, params["max_length"] if measured else None)
     try:
-        rows, rejects = data_io.read(name, spec, params, cache)
+        rows, rejects = data_io.read(name, spec, params, cache, prepare)
     except FormatError as exc:  # its message names the key (data.path, data.format, ...)
         raise StageError(str(exc)) from exc
-    n_read = len(rows) + len(rejects)
-    if not len(rows):
-        return Source(name, spec, rows, rejects, n_read)
-    if params["system_prompt"] and name != task_api.SOURCE:
-        rows = data_io.with_system_prompt(rows, params["system_prompt"], params["num_proc"])
-    rows = data_io.annotated(rows, counter, params["num_proc"], Path(name).name)
-    measured = counter is not lengths.estimate
-    clean, problems = lint(rows, max_length=params["max_length"] if measured else None,
-                           measure=data_io.precomputed if measured else None,
-                           num_proc=params["num_proc"])
-    if len(problems):
-        import datasets
-
-        rejects = datasets.concatenate_datasets([rejects, problems]) if len(rejects) else problems
-    return Source(name, spec, clean, rejects, n_read)
+    return Source(name, spec, prepare.kind, rows, rejects, len(rows) + len(rejects))
 
 
 def _one_kind(sources: list[Source]) -> str:
-    kinds = {s.name: data_io.kind_of(s.rows) for s in sources}
+    kinds = {s.name: s.kind for s in sources}
     if len(set(kinds.values())) > 1:
         listed = ", ".join(f"{n}: {k}" for n, k in kinds.items())
         raise StageError(f"data.sources: the sources hold different kinds of rows ({listed}). "
@@ -298,8 +285,8 @@ def _source_report(s: Source, i: int, source_of: np.ndarray, duplicate: np.ndarr
 
 
 def _preferences(params: dict, kind: str, rows: Any, splits: dict[str, np.ndarray],
-                 source_of: np.ndarray, names: list[str], written: dict[str, list | None],
-                 out_dir: Path, cache: str, ctx: StageContext) -> dict[str, Any] | None:
+                 written: dict[str, list | None], out_dir: Path, cache: str,
+                 ctx: StageContext) -> dict[str, Any] | None:
     """Writes pref_{train,val,test}.jsonl when the run has preference pairs; returns their
     report section (None when it has none)."""
     from llmops.data import preferences
@@ -307,8 +294,7 @@ def _preferences(params: dict, kind: str, rows: Any, splits: dict[str, np.ndarra
     if kind == "preference":
         counts = {}
         for name, idx in splits.items():
-            data_io.write_rows(out_dir / f"pref_{name}.jsonl", rows, idx, source_of, names,
-                               "pairs", False)
+            data_io.write_rows(out_dir / f"pref_{name}.jsonl", rows, idx, pipeline.PAIR)
             counts[name] = int(idx.size)
         section: dict[str, Any] = {"method": "rows"}
     elif params.get("preferences") == "path":

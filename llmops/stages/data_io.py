@@ -6,15 +6,13 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from llmops.backends.common import base_model_path, json_default
-from llmops.data import formats, lengths, mix, task_api
-from llmops.data.canonical import features, to_openai_row
+from llmops.data import formats, lengths, pipeline, task_api
 from llmops.errors import StageError
 from llmops.runner.context import StageContext
 
@@ -49,10 +47,11 @@ def _records(texts: list[str]):
                                     LINE: datasets.Value("int64")}))
 
 
-def _convert(records, fmt: str, file: str, spec: dict[str, Any], num_proc: int | None):
+def _convert(records, fmt: str, file: str, spec: dict[str, Any], num_proc: int | None,
+             prepare: pipeline.Prepare):
     from llmops.data.convert import Converter, source_rows
     from llmops.data.detect import detect_format
-    from llmops.data.prepare import ArrowBatches, split_rejects
+    from llmops.data.prepare import split_rejects
 
     convert = Converter("openai" if fmt == "auto" else fmt, file, spec["columns"], spec["tags"])
     if fmt == "auto":
@@ -60,15 +59,16 @@ def _convert(records, fmt: str, file: str, spec: dict[str, Any], num_proc: int |
         sample = [(i + 1, row) for i, (row, _) in enumerate(source_rows(head))]
         convert = Converter(detect_format(sample, file, convert.cols, convert.tags), file,
                             spec["columns"], spec["tags"])
-    types = features(convert.kind)
-    rows = records.map(ArrowBatches(convert, types), batched=True, with_indices=True,
-                       remove_columns=records.column_names, num_proc=num_proc, features=types,
-                       desc=f"convert {Path(file).name}")
+    batches = prepare(convert)
+    rows = records.map(batches, batched=True, with_indices=True,
+                       remove_columns=records.column_names, num_proc=num_proc,
+                       features=batches.features, desc=f"convert {Path(file).name}")
     return split_rejects(rows)
 
 
-def read(name: str, spec: dict[str, Any], params: dict, cache: str):
-    """Reads one source into ``(canonical rows, meta + reject of the rest)``.
+def read(name: str, spec: dict[str, Any], params: dict, cache: str, prepare: pipeline.Prepare):
+    """Reads one source through ``prepare``'s pass: ``(its clean rows, meta + reject of the
+    rest)``, the rows' columns as ``pipeline`` describes (``prepare.kind`` says their kind).
 
     Raises:
         FormatError: If the source's files or format cannot be understood.
@@ -84,10 +84,10 @@ def read(name: str, spec: dict[str, Any], params: dict, cache: str):
             for row in generated:
                 row["messages"][0]["content"] = params["system_prompt"]
         texts = [json.dumps(row, ensure_ascii=False) for row in generated]
-        return _convert(_records(texts), "openai", task_api.SOURCE, spec, num_proc)
+        return _convert(_records(texts), "openai", task_api.SOURCE, spec, num_proc, prepare)
     if name == "hf":
         return _convert(_hub(params, cache), spec["format"],
-                        f"{params['hf_id']}[{params['hf_split']}]", spec, num_proc)
+                        f"{params['hf_id']}[{params['hf_split']}]", spec, num_proc, prepare)
     from llmops.data.readers import read_source
 
     try:  # the config rules checked this; the files may have changed since (or a FIFO appeared)
@@ -95,7 +95,7 @@ def read(name: str, spec: dict[str, Any], params: dict, cache: str):
     except ValueError as exc:
         raise StageError(str(exc)) from exc
     return read_source(spec["path"], spec["format"], spec["columns"], spec["tags"],
-                       num_proc=num_proc, cache_dir=cache)
+                       num_proc=num_proc, cache_dir=cache, prepare=prepare)
 
 
 def _hub(params: dict, cache: str):
@@ -109,57 +109,6 @@ def _hub(params: dict, cache: str):
             f"data.hf_id: cannot load {hf_id!r} split {split!r} ({type(exc).__name__}: {exc}). "
             "Check the name, data.hf_split, and that the hub can be reached."
         ) from exc
-
-
-class _SystemPrompt:
-    def __init__(self, text: str):
-        self.text = text
-
-    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
-        key = "messages" if "messages" in batch else "prompt" if "prompt" in batch else None
-        if key is None:
-            return {}
-        system = {"role": "system", "content": self.text, "tool_calls": None,
-                  "tool_call_id": None, "name": None, "weight": None}
-        return {key: [m if m and m[0]["role"] == "system" else [system, *(m or [])]
-                      for m in batch[key]]}
-
-
-def with_system_prompt(rows, text: str, num_proc: int | None):
-    """Prepends ``text`` as a system message to every chat (or prompt) that opens without one."""
-    return rows.map(_SystemPrompt(text), batched=True, num_proc=num_proc, desc="system prompt")
-
-
-class Annotator:
-    """Adds the hash/kind/tool columns (``mix.annotate``) and the token counts of each row."""
-
-    def __init__(self, counter: Any):
-        self.counter = counter
-
-    def __call__(self, batch: dict[str, list], indices: list[int]) -> dict[str, list]:
-        """Returns the annotation columns of a batch."""
-        return {**mix.annotate(batch, indices), **self.counter(batch, indices)}
-
-
-def annotated(rows, counter: Any, num_proc: int | None, label: str):
-    """Returns rows with the annotation columns beside them: only the new columns are written
-    (one narrow Arrow file), then joined to the rows without copying them."""
-    import datasets
-
-    extra = rows.map(Annotator(counter), batched=True, with_indices=True, num_proc=num_proc,
-                     remove_columns=rows.column_names, desc=f"measure {label}")
-    return datasets.concatenate_datasets([rows, extra], axis=1)
-
-
-def precomputed(rows: list[dict[str, Any]]) -> list[int]:
-    """Returns the token counts ``Annotator`` stored on the rows (the lint's ``measure``)."""
-    return [row[lengths.TOKENS] for row in rows]
-
-
-def kind_of(rows) -> str:
-    """Returns the canonical kind of a Dataset's rows: chat, preference or text."""
-    names = set(rows.column_names)
-    return "text" if "text" in names else "preference" if "prompt" in names else "chat"
 
 
 def token_counter(params: dict, inputs: dict[str, Path], ctx: StageContext) -> tuple[Any, dict]:
@@ -229,47 +178,22 @@ def token_stats(ann, positions: np.ndarray, max_length: int, info: dict, rows,
     return out
 
 
-def _batches(rows, positions: np.ndarray) -> Iterator[tuple[np.ndarray, dict[str, list]]]:
-    for start in range(0, positions.size, BATCH):
-        chunk = positions[start:start + BATCH]
-        yield chunk, rows.select(chunk)[:]
-
-
-def _meta(m: dict, source: str, kind: str, tool: str | None) -> dict[str, Any]:
-    return {"source": source, "file": m["file"], "line": m["line"], "row": m["row"],
-            "format": m["format"], "kind": kind, "tool": tool, "refuse": kind == "refusal"}
-
-
-def _shape(row: dict[str, Any], kind: str) -> dict[str, Any]:
-    if kind == "text":
-        return {"text": row["text"]}
-    if kind == "preference":  # the chat split trains on the chosen answer
-        row = {"messages": [*row["prompt"], *row["chosen"]], "tools": row["tools"]}
-    if kind == "pairs":
-        row = {k: row[k] for k in ("prompt", "chosen", "rejected", "tools")}
-    return to_openai_row(row)
-
-
-def write_rows(path: Path, rows, positions: np.ndarray, source_of: np.ndarray,
-               names: list[str], kind: str, keep: bool) -> list[dict] | None:
-    """Writes the rows at ``positions`` as OpenAI rows + meta, one JSON line each.
+def write_rows(path: Path, rows, positions: np.ndarray, column: str = pipeline.LINE,
+               keep: bool = False) -> list[dict] | None:
+    """Writes the rendered rows at ``positions`` (``pipeline``'s ``_line`` or ``_pair``), one
+    JSON line each, a batch of positions at a time (only that batch is in memory).
 
     Args:
-        kind: The rows' canonical kind; ``"pairs"`` writes preference rows as pairs.
-        keep: Also return the written rows (for deriving preference pairs).
+        keep: Also return the written rows as dicts (for deriving preference pairs).
     """
     kept: list[dict] | None = [] if keep else None
+    lines = rows.select_columns([column]).with_format("arrow")
     with open(path, "w", encoding="utf-8") as f:
-        for chunk, batch in _batches(rows, positions):
-            names_in = [k for k in batch if not k.startswith("_") and k != "meta"]
-            for j, pos in enumerate(chunk):
-                row = {k: batch[k][j] for k in names_in}
-                out = _shape(row, kind)
-                out["meta"] = _meta(batch["meta"][j], names[source_of[pos]], batch[mix.KIND][j],
-                                    batch[mix.TOOL][j])
-                f.write(json.dumps(out, ensure_ascii=False, default=json_default) + "\n")
-                if kept is not None:
-                    kept.append(out)
+        for start in range(0, positions.size, BATCH):
+            texts = lines[positions[start:start + BATCH]][column].to_pylist()
+            f.write("".join(f"{t}\n" for t in texts))
+            if kept is not None:
+                kept += [json.loads(t) for t in texts]
     return kept
 
 
