@@ -24,7 +24,7 @@ from typing import Any
 from llmops.backends.common import json_default
 from llmops.data import lengths, mix
 from llmops.data.canonical import plain_message
-from llmops.data.toolcheck import check_batch
+from llmops.data.toolcheck import check_rows
 
 LINE, PAIR = "_line", "_pair"
 ANNOTATIONS = (mix.HASH, mix.KIND, mix.TOOL, mix.CALLS, mix.DECLARED)
@@ -143,9 +143,9 @@ class RowPass:
                 for values in zip(*(sub[k] for k in content), strict=True)]
         picked = [indices[i] for i in ok]
         counts = self.counter(sub, picked) if ok else {lengths.TOKENS: [], lengths.MEASURED: []}
-        measure = (lambda rs: [r[lengths.TOKENS] for r in rs]) if self.max_length else None
-        reasons = check_batch({**sub, lengths.TOKENS: counts[lengths.TOKENS]}, picked,
-                              max_length=self.max_length, measure=measure)["reject"]
+        tokens = dict(zip(map(id, rows), counts[lengths.TOKENS], strict=True))
+        reasons = check_rows(rows, [None] * len(rows), self.max_length,
+                             lambda rs: [tokens[id(r)] for r in rs])
         columns: dict[str, list] = {"meta": out["meta"], "reject": out["reject"],
                                     **{k: [None] * n for k in (*ANNOTATIONS, *counts, LINE)}}
         if self.kind == "preference":

@@ -366,6 +366,9 @@ def _norm(text: str) -> str:
     return re.sub(r"\s+", " ", text.replace("’", "'")).strip().lower()
 
 
+_REFUSAL_NORM = _norm(REFUSAL)
+
+
 def is_refusal(text: str) -> bool:
     """Tells whether an answer declines the request.
 
@@ -374,7 +377,7 @@ def is_refusal(text: str) -> bool:
     refusal slightly differently still counts as refusing.
     """
     norm = _norm(text)
-    if norm == _norm(REFUSAL):
+    if norm == _REFUSAL_NORM:
         return True
     if parse_call(text) is not None:
         return False
