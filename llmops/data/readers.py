@@ -42,6 +42,7 @@ from llmops.data.prepare import ArrowBatches, split_rejects
 SUFFIXES: tuple[str, ...] = (".jsonl", ".json", ".parquet", ".csv")
 DETECT_SAMPLE = 200
 BATCH = 10_000
+BLOCK = 1 << 24  # bytes of JSON Lines decoded at once
 
 
 def expand(path_or_glob: str | Path) -> list[Path]:
@@ -77,16 +78,44 @@ def _head(path: Path, size: int = 1 << 16) -> bytes:
 
 
 def _jsonl_records(path: str) -> Iterator[tuple[str | None, str | None, int]]:
-    """Yields ``(json text, error, line)`` per non-blank line."""
+    """Yields ``(json text, error, line)`` per non-blank line.
+
+    The file is read and decoded in blocks of whole lines (one ``decode`` per block); only a
+    block that is not UTF-8 is decoded line by line, to name the line and byte that is not.
+    """
+    number = 0
     with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            try:  # utf-8-sig on line 1: a byte order mark opening the file is not part of row 1
-                text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
-            except UnicodeDecodeError as exc:
-                yield None, f"not UTF-8 text (byte {exc.start})", number
+        rest = b""
+        while True:
+            block = handle.read(BLOCK)
+            data = rest + block
+            cut = data.rfind(b"\n") + 1 if block else len(data)
+            data, rest = data[:cut], data[cut:]
+            if not data:
+                if not block:
+                    return
                 continue
-            if text.strip():
-                yield text.rstrip("\r\n"), None, number
+            lines = data.split(b"\n")
+            if data.endswith(b"\n"):
+                lines.pop()
+            # utf-8-sig on line 1: a byte order mark opening the file is not part of row 1
+            encoding = "utf-8-sig" if number == 0 else "utf-8"
+            try:
+                texts = data.decode(encoding).split("\n")[:len(lines)]
+            except UnicodeDecodeError:
+                texts = None
+            for k, raw in enumerate(lines):
+                number += 1
+                if texts is not None:
+                    text = texts[k]
+                else:
+                    try:
+                        text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+                    except UnicodeDecodeError as exc:
+                        yield None, f"not UTF-8 text (byte {exc.start})", number
+                        continue
+                if text.strip():
+                    yield text.rstrip("\r\n"), None, number
 
 
 _LINE_START = re.compile(r"\n([ \t,]*)([{\[])")

@@ -114,20 +114,24 @@ def _hub(params: dict, cache: str):
 def token_counter(params: dict, inputs: dict[str, Path], ctx: StageContext) -> tuple[Any, dict]:
     """Returns the batch function that counts tokens and what the report says about it.
 
-    The tiny model's tokenizer comes from the base stage's folder; a hub model's from the local
-    hub cache only (``local_files_only``: no network, no retries). When neither loads, lengths are
-    estimated (``lengths.estimate``), the report says so, and over-long rows are flagged, not
-    rejected.
+    The tokenizer is loaded with ``local_files_only`` (no network, no retries): the tiny
+    model's from the base stage's folder, a local model folder given as ``model.hub_id`` from
+    that folder, a hub id from the local hub cache. The report's ``loaded`` says which, with the
+    tokenizer's class and vocabulary size, and the log says it once. When none loads, lengths
+    are estimated (``lengths.estimate``), the report says why, and over-long rows are flagged,
+    not rejected.
     """
-    name = None
+    name, loaded = None, {"from": "local hub cache", "local_files_only": True}
     try:
         name = base_model_path(params, inputs)
         folder = Path(name)
+        if folder.is_dir():
+            loaded["from"] = "local folder"
         if (folder / "tokenizer.json").is_file():
             # The generic fast class loads a local folder without AutoTokenizer's torch import.
             from transformers import PreTrainedTokenizerFast
 
-            tok = PreTrainedTokenizerFast.from_pretrained(name)
+            tok = PreTrainedTokenizerFast.from_pretrained(name, local_files_only=True)
         else:
             from transformers import AutoTokenizer
 
@@ -136,17 +140,25 @@ def token_counter(params: dict, inputs: dict[str, Path], ctx: StageContext) -> t
                 trust_remote_code=bool(params["model"]["trust_remote_code"]))
     except Exception as exc:  # noqa: BLE001 - lengths are then estimated; the reason is reported
         why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        if name is not None and loaded["from"] == "local hub cache":
+            why = f"{name} is not in the local hub cache ({why})"
         ctx.logger.warning("data: no tokenizer for %s could be loaded offline (%s); token lengths "
                            "are estimated at %d characters a token", name, why,
                            lengths.CHARS_PER_TOKEN)
         return lengths.estimate, {
             "tokenizer": name, "method": "estimated",
+            **({"loaded": loaded} if name is not None else {}),
             "note": f"no tokenizer could be loaded offline ({why}); lengths are estimated at "
                     f"about {lengths.CHARS_PER_TOKEN} characters a token, and rows over "
                     "max_length are listed here, not rejected.",
         }
     method = "chat_template" if getattr(tok, "chat_template", None) else "plain_text"
-    return lengths.TokenCounter(tok), {"tokenizer": name, "method": method}
+    loaded.update({"class": type(tok).__name__, "vocab_size": len(tok)})
+    ctx.logger.info("data: token lengths in %s's tokens (%s, %d tokens, from the %s, "
+                    "local_files_only), %s", name, loaded["class"], loaded["vocab_size"],
+                    loaded["from"], "through its chat template" if method == "chat_template"
+                    else "as plain text (it has no chat template)")
+    return lengths.TokenCounter(tok), {"tokenizer": name, "method": method, "loaded": loaded}
 
 
 def token_stats(ann, positions: np.ndarray, max_length: int, info: dict, rows,
