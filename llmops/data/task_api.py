@@ -352,7 +352,7 @@ def parse_call(text: str) -> dict[str, Any] | None:
     """
     try:
         stripped = text.strip()
-        if not stripped.startswith("{"):  # only an object can be a call; skip the parse
+        if isinstance(stripped, str) and not stripped.startswith("{"):  # cannot be an object
             return None
         obj = json.loads(stripped)
     except (json.JSONDecodeError, TypeError, AttributeError):

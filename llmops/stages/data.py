@@ -6,10 +6,12 @@ Sources (``params["source"]``):
   file, a ``save_to_disk`` folder or a glob; see ``llmops.data.readers``).
 - ``hf``: ``datasets.load_dataset(hf_id, split=hf_split)``, converted like a columnar file.
 
-Every source is read into canonical rows (``llmops.data.canonical``) through ``datasets`` (Arrow,
-memory-mapped), measured in the model's tokens, checked (``prepare.lint``: tool calls against
-their schemas, turn order, lengths), deduplicated by a content hash, mixed by its weight or
-sample count, and split stratified by kind and tool, all as index selections. Writes
+Every source is read through ``datasets`` (Arrow, memory-mapped, ``num_proc``) in one pass per
+batch (``llmops.data.pipeline``): converted to canonical rows (``llmops.data.canonical``),
+measured in the model's tokens, checked (``toolcheck``: tool calls against their schemas, turn
+order, lengths) and rendered as the line the split files hold. The rows are then deduplicated
+by a content hash, mixed by each source's weight or sample count, and split stratified by kind
+and tool, all as index selections; writing a split picks its rendered lines. Writes
 train.jsonl, val.jsonl, test.jsonl (OpenAI rows + meta, see CONTRACT.md), pref_*.jsonl when
 the run has preference pairs, and data_report.json. With ``on_error=fail`` any reject stops the
 stage (``DataRejected``, exit 5) before anything trains.
