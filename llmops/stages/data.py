@@ -104,8 +104,8 @@ def _prepare(params: dict, inputs: dict[str, Path], out_dir: Path, cache: str,
     filled = [s.rows for s in sources if len(s.rows)]
     rows = datasets.concatenate_datasets(filled) if len(filled) > 1 else filled[0]
     offsets = np.cumsum([0, *valid])
-    ann = rows.select_columns([mix.HASH, mix.KIND, mix.TOOL, mix.CALLS, mix.DECLARED,
-                               lengths.TOKENS, lengths.MEASURED]).with_format("arrow")[:]
+    ann = data_io.gather(rows, [mix.HASH, mix.KIND, mix.TOOL, mix.CALLS, mix.DECLARED,
+                                lengths.TOKENS, lengths.MEASURED])
     positions = np.arange(len(rows))
     first = mix.first_occurrences(ann[mix.HASH].to_numpy()) if params["dedup"] else positions
     duplicate = first != positions
@@ -267,7 +267,7 @@ def _formats(sources: list[Source]) -> dict[str, int]:
     total: dict[str, int] = {}
     for s in sources:
         if len(s.rows):
-            meta = s.rows.select_columns(["meta"]).with_format("arrow")[:]["meta"]
+            meta = data_io.gather(s.rows, ["meta"])["meta"]
             for d in pc.value_counts(pc.struct_field(meta, "format")).to_pylist():
                 total[d["values"]] = total.get(d["values"], 0) + d["counts"]
     return dict(sorted(total.items()))
