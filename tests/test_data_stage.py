@@ -144,6 +144,48 @@ def test_token_lengths_with_chat_template(tmp_path, stage_params, tokenizer_dir)
     assert templated["token_lengths"]["min"] > plain["token_lengths"]["min"] + 6
 
 
+def test_hub_model_lengths_are_its_tokenizer_tokens_through_its_chat_template(
+        tmp_path, stage_params, real_model):
+    from transformers import AutoTokenizer
+
+    folder = real_model("qwen2")
+    path = Path(__file__).parent / "data" / "openai_tools.jsonl"
+    p = stage_params("data", "data=files", f"data.path={path}", "data.max_length=4096",
+                     "model=qwen0.5b", f"model.hub_id={folder}")
+    report, out = run(tmp_path, p)
+    stats = report["token_lengths"]
+    tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    expected = []
+    for row in (r for n in ("train", "val", "test") for r in read(out / f"{n}.jsonl")):
+        for m in row["messages"]:
+            for call in m.get("tool_calls") or []:
+                call["function"]["arguments"] = json.loads(call["function"]["arguments"])
+        expected.append(len(tok.apply_chat_template(row["messages"], tools=row.get("tools"),
+                                                    tokenize=True, return_dict=True)["input_ids"]))
+    assert len(expected) == 4 and min(expected) > 0
+    assert (stats["count"], stats["min"], stats["max"]) == (4, min(expected), max(expected))
+    assert stats["mean"] == round(sum(expected) / 4, 2)
+    assert (stats["tokenizer"], stats["method"]) == (str(folder), "chat_template")
+    loaded = dict(stats["loaded"])
+    assert loaded.pop("class")  # the tokenizer class the stage used, named
+    assert loaded == {"from": "local folder", "local_files_only": True, "vocab_size": len(tok)}
+    assert len(tok) > 150_000  # Qwen2's real vocabulary, not a stand-in
+
+
+def test_hub_id_lengths_come_from_the_local_hub_cache_only(tmp_path, stage_params):
+    path = Path(__file__).parent / "data" / "openai_tools.jsonl"
+    p = stage_params("data", "data=files", f"data.path={path}", "model=qwen0.5b",
+                     "model.hub_id=llmops-tests/never-downloaded")
+    report, _ = run(tmp_path, p)
+    stats = report["token_lengths"]
+    assert (stats["tokenizer"], stats["method"]) == ("llmops-tests/never-downloaded",
+                                                     "estimated")
+    assert stats["loaded"] == {"from": "local hub cache", "local_files_only": True}
+    assert stats["note"].startswith("no tokenizer could be loaded offline "
+                                    "(llmops-tests/never-downloaded is not in the local hub "
+                                    "cache (")
+
+
 def test_without_a_tokenizer_lengths_are_estimated_and_long_rows_only_flagged(
         tmp_path, stage_params):
     rows = [{"prompt": f"Question {i}?", "completion": f"Answer {i}."} for i in range(10)]

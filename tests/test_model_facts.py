@@ -231,3 +231,26 @@ def test_a_hub_id_reads_config_json_from_the_cache_or_one_hub_request(tmp_path):
                 HF_HUB_OFFLINE="1")
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"model facts from {snapshot / 'config.json'}:" in r.stdout.replace("\n", "")
+
+
+def test_a_local_model_folder_is_part_of_the_fingerprint(compose_plan, real_model, tmp_path):
+    """Retraining or editing a local model folder in place rebuilds what was built from it: the
+    small files count by content, the weights by size and modification time."""
+    import os
+    import shutil
+
+    folder = shutil.copytree(real_model("qwen2"), tmp_path / "m")
+    args = ["model=hub", f"model.hub_id={folder}", "hardware=cpu", "dry_run=true"]
+
+    def prints() -> dict[str, str]:
+        return {s.name: s.fingerprint for s in compose_plan(args)[1].stages}
+
+    first = prints()
+    assert first == prints()
+    (folder / "generation_config.json").write_text(
+        (folder / "generation_config.json").read_text().replace("false", "true"))
+    second = prints()
+    assert second["sft"] != first["sft"] and second["data"] != first["data"]
+    weights = next(folder.glob("*.safetensors"))
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    assert prints()["sft"] != second["sft"]

@@ -23,6 +23,24 @@ from llmops.data import formats
 from llmops.planning.resolve import Resolved
 from llmops.scoring.gates import choose_gates
 
+#: Files of a model folder hashed by content; weights (large) are fingerprinted by name, size and
+#: modification time, which changes when a folder is retrained or replaced in place.
+_SMALL_FILE = 8 << 20
+
+
+def folder_hash(folder: Path) -> str:
+    """Returns an xxh3-128 digest of a local model folder: small files (config, tokenizer,
+    template) by content, large ones (weights) by relative path, size and mtime."""
+    import xxhash
+
+    h = xxhash.xxh3_128()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        stat = path.stat()
+        h.update(f"{path.relative_to(folder)}\0{stat.st_size}\0".encode())
+        h.update(data_file_hash(path).encode() if stat.st_size <= _SMALL_FILE
+                 else str(stat.st_mtime_ns).encode())
+    return f"xxh3_128:{h.hexdigest()}"
+
 
 @dataclass(frozen=True)
 class StageInputs:
@@ -70,6 +88,11 @@ class StageInputs:
             path = Path(m.chat_template).expanduser().resolve()
             model.update(chat_template=str(path),
                          chat_template_hash=data_file_hash(path))
+        if m.source == "hub" and m.hub_id and Path(m.hub_id).expanduser().is_dir():
+            # A local model folder can be retrained or replaced in place: its files are part of
+            # the fingerprint, so no stage reuses what was built from the folder's old content.
+            folder = Path(m.hub_id).expanduser().resolve()
+            model.update(hub_id=str(folder), hub_folder_hash=folder_hash(folder))
         return cls(
             cfg=cfg, resolved=r, model=model,
             facts=m.model_dump(exclude={"pretrain"}),

@@ -193,7 +193,7 @@ def tools_json(value: Any, path: str = "tools") -> str | None:
     return json.dumps(out, ensure_ascii=False) if out else None
 
 
-def _plain_message(m: dict[str, Any], parse_arguments: bool) -> dict[str, Any]:
+def plain_message(m: dict[str, Any], parse_arguments: bool) -> dict[str, Any]:
     out: dict[str, Any] = {"role": m["role"], "content": m["content"]}
     if m.get("tool_calls"):
         calls = []
@@ -227,7 +227,7 @@ def to_openai_row(row: dict[str, Any], parse_arguments: bool = False) -> dict[st
     out: dict[str, Any] = {}
     for key in ("messages", "prompt", "chosen", "rejected"):
         if key in row:
-            out[key] = [_plain_message(m, parse_arguments) for m in row[key]]
+            out[key] = [plain_message(m, parse_arguments) for m in row[key]]
     if row.get("tools"):
         out["tools"] = json.loads(row["tools"])
     if "meta" in row:

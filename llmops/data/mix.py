@@ -1,8 +1,9 @@
 """Row keys, duplicates, mixtures and splits over Arrow datasets, as index arithmetic.
 
-The data stage annotates canonical rows once (``annotate``: a content hash, the row's kind and
-its called tool), then works on those columns with numpy: the first of identical rows is kept
-(``first_occurrences``), each source contributes its share (``take``), and the rows are split
+The data stage annotates canonical rows once (``facts``: the row's kind, its called tool, its
+calls; ``content_hash``: of the row as written), then works on those columns with numpy: the
+first of identical rows is kept (``first_occurrences``), each source contributes its share
+(``take``), and the rows are split
 stratified by kind and tool (``split_indices``). Nothing here holds the rows as Python objects.
 ``numpy`` and ``xxhash`` only.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -18,7 +20,7 @@ import xxhash
 
 from llmops.data import task_api
 
-#: Columns ``annotate`` adds: content hash, kind, first called tool, tool calls, declared tools.
+#: Annotation columns: content hash, kind, first called tool, tool calls, declared tools.
 HASH, KIND, TOOL, CALLS, DECLARED = "_hash", "_kind", "_tool", "_calls", "_declared"
 CONTENT = ("messages", "prompt", "chosen", "rejected", "tools", "text")
 
@@ -43,26 +45,27 @@ def row_kind(messages: Sequence[Mapping[str, Any]] | None) -> tuple[str, str | N
     return "chat", call["tool"] if call else None
 
 
-def annotate(batch: Mapping[str, list], indices: Sequence[int]) -> dict[str, list]:
-    """Returns the annotation columns of each canonical row of a batch (any kind of row)."""
-    names = [k for k in CONTENT if k in batch]
-    hashes, kinds, tools, calls, declared = [], [], [], [], []
-    for values in zip(*(batch[k] for k in names), strict=True):
-        row = dict(zip(names, values, strict=True))
-        # Canonical rows have a fixed key order (Arrow structs), so the text is stable unsorted.
-        text = json.dumps(values, ensure_ascii=False, separators=(",", ":"))
-        hashes.append(xxhash.xxh3_64_intdigest(text.encode()) >> 1)  # fits int64
-        if "text" in row:
-            kind, tool = "text", None
-        else:
-            kind, tool = row_kind(row.get("messages") or [*(row.get("prompt") or []),
-                                                         *(row.get("chosen") or [])])
-        kinds.append(kind)
-        tools.append(tool)
-        turns = [*(row.get("messages") or row.get("prompt") or []), *(row.get("chosen") or [])]
-        calls.append(sum(len(m.get("tool_calls") or []) for m in turns))
-        declared.append(len(json.loads(row["tools"])) if row.get("tools") else 0)
-    return {HASH: hashes, KIND: kinds, TOOL: tools, CALLS: calls, DECLARED: declared}
+def facts(row: Mapping[str, Any]) -> tuple[str, str | None, int, int]:
+    """Returns a canonical row's kind (``text`` or ``row_kind``'s), its first called tool, its
+    number of tool calls (any assistant turn) and of declared tools."""
+    if "text" in row:
+        kind, tool = "text", None
+    else:
+        kind, tool = row_kind(row.get("messages") or [*(row.get("prompt") or []),
+                                                     *(row.get("chosen") or [])])
+    turns = [*(row.get("messages") or row.get("prompt") or []), *(row.get("chosen") or [])]
+    calls = sum(len(m.get("tool_calls") or []) for m in turns)
+    return kind, tool, calls, _n_tools(row.get("tools"))
+
+
+@lru_cache(maxsize=512)
+def _n_tools(tools: str | None) -> int:
+    return len(json.loads(tools)) if tools else 0
+
+
+def content_hash(text: str) -> int:
+    """Returns the hash that finds duplicates: of a row's content as written (no meta)."""
+    return xxhash.xxh3_64_intdigest(text.encode()) >> 1  # fits int64
 
 
 def first_occurrences(hashes: np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ class ArrowBatches:
     value by value (the difference is most of the run time at a million rows)."""
 
     def __init__(self, fn: Any, types: Any):
-        self.fn, self.schema = fn, types.arrow_schema
+        self.fn, self.features, self.schema = fn, types, types.arrow_schema
 
     def __call__(self, batch: dict, indices: list[int]) -> Any:
         """Returns the function's output for the batch as an Arrow table."""

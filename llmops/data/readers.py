@@ -30,7 +30,7 @@ import itertools
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ from llmops.data.prepare import ArrowBatches, split_rejects
 SUFFIXES: tuple[str, ...] = (".jsonl", ".json", ".parquet", ".csv")
 DETECT_SAMPLE = 200
 BATCH = 10_000
+BLOCK = 1 << 24  # bytes of JSON Lines decoded at once
 
 
 def expand(path_or_glob: str | Path) -> list[Path]:
@@ -77,16 +78,44 @@ def _head(path: Path, size: int = 1 << 16) -> bytes:
 
 
 def _jsonl_records(path: str) -> Iterator[tuple[str | None, str | None, int]]:
-    """Yields ``(json text, error, line)`` per non-blank line."""
+    """Yields ``(json text, error, line)`` per non-blank line.
+
+    The file is read and decoded in blocks of whole lines (one ``decode`` per block); only a
+    block that is not UTF-8 is decoded line by line, to name the line and byte that is not.
+    """
+    number = 0
     with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            try:  # utf-8-sig on line 1: a byte order mark opening the file is not part of row 1
-                text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
-            except UnicodeDecodeError as exc:
-                yield None, f"not UTF-8 text (byte {exc.start})", number
+        rest = b""
+        while True:
+            block = handle.read(BLOCK)
+            data = rest + block
+            cut = data.rfind(b"\n") + 1 if block else len(data)
+            data, rest = data[:cut], data[cut:]
+            if not data:
+                if not block:
+                    return
                 continue
-            if text.strip():
-                yield text.rstrip("\r\n"), None, number
+            lines = data.split(b"\n")
+            if data.endswith(b"\n"):
+                lines.pop()
+            # utf-8-sig on line 1: a byte order mark opening the file is not part of row 1
+            encoding = "utf-8-sig" if number == 0 else "utf-8"
+            try:
+                texts = data.decode(encoding).split("\n")[:len(lines)]
+            except UnicodeDecodeError:
+                texts = None
+            for k, raw in enumerate(lines):
+                number += 1
+                if texts is not None:
+                    text = texts[k]
+                else:
+                    try:
+                        text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+                    except UnicodeDecodeError as exc:
+                        yield None, f"not UTF-8 text (byte {exc.start})", number
+                        continue
+                if text.strip():
+                    yield text.rstrip("\r\n"), None, number
 
 
 _LINE_START = re.compile(r"\n([ \t,]*)([{\[])")
@@ -220,7 +249,7 @@ def _sample(records, n: int = DETECT_SAMPLE) -> list[tuple[int, Any]]:
 
 def read_source(path_or_glob: str | Path, format: str = "auto", columns: dict | None = None,
                 tags: dict | None = None, num_proc: int | None = None,
-                cache_dir: str | None = None):
+                cache_dir: str | None = None, prepare: Callable[[Converter], Any] | None = None):
     """Reads files into canonical rows and rejects (see the module docstring).
 
     Args:
@@ -230,6 +259,9 @@ def read_source(path_or_glob: str | Path, format: str = "auto", columns: dict | 
         tags: ShareGPT key and role names (``convert.DEFAULT_TAGS`` keys).
         num_proc: Processes for parsing and conversion; None for one.
         cache_dir: Where datasets writes its Arrow files; None for its default cache.
+        prepare: Given each file's converter, returns the batch function to map instead of
+            the plain conversion (with its ``features``); the data stage's one pass
+            (``pipeline.Prepare``) converts, checks and renders there. None: canonical rows.
 
     Returns:
         ``(rows, rejects)``, two ``datasets.Dataset``.
@@ -251,10 +283,10 @@ def read_source(path_or_glob: str | Path, format: str = "auto", columns: dict | 
             (k1, p1), (k2, p2) = kinds.items()
             raise FormatError(f"data.path: {p1} holds {k1} rows but {p2} holds {k2} rows. Read "
                               "them as separate sources.")
-        types = features(convert.kind)
-        parts.append(records.map(ArrowBatches(convert, types), batched=True, with_indices=True,
+        batches = prepare(convert) if prepare else ArrowBatches(convert, features(convert.kind))
+        parts.append(records.map(batches, batched=True, with_indices=True,
                                  remove_columns=records.column_names, num_proc=num_proc,
-                                 features=types, desc=f"convert {path.name}"))
+                                 features=batches.features, desc=f"convert {path.name}"))
     merged = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
     return split_rejects(merged)
 

@@ -351,7 +351,10 @@ def parse_call(text: str) -> dict[str, Any] | None:
         The parsed object when ``text`` is a JSON object with a string ``"tool"``, else None.
     """
     try:
-        obj = json.loads(text.strip())
+        stripped = text.strip()
+        if isinstance(stripped, str) and not stripped.startswith("{"):  # cannot be an object
+            return None
+        obj = json.loads(stripped)
     except (json.JSONDecodeError, TypeError, AttributeError):
         return None
     if not isinstance(obj, dict) or not isinstance(obj.get("tool"), str):
@@ -363,6 +366,9 @@ def _norm(text: str) -> str:
     return re.sub(r"\s+", " ", text.replace("’", "'")).strip().lower()
 
 
+_REFUSAL_NORM = _norm(REFUSAL)
+
+
 def is_refusal(text: str) -> bool:
     """Tells whether an answer declines the request.
 
@@ -371,7 +377,7 @@ def is_refusal(text: str) -> bool:
     refusal slightly differently still counts as refusing.
     """
     norm = _norm(text)
-    if norm == _norm(REFUSAL):
+    if norm == _REFUSAL_NORM:
         return True
     if parse_call(text) is not None:
         return False

@@ -212,7 +212,15 @@ def check_batch(batch: Mapping[str, list], indices: Sequence[int], max_length: i
     names = [k for k in batch if k not in ("meta", "reject")]
     columns = [batch[k] for k in names]
     rows = [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
-    reasons: list[dict[str, str] | None] = list(batch.get("reject") or [None] * len(indices))
+    reasons = list(batch.get("reject") or [None] * len(indices))
+    return {"reject": check_rows(rows, reasons, max_length, measure)}
+
+
+def check_rows(rows: Sequence[Mapping[str, Any]], reasons: list[dict[str, str] | None],
+               max_length: int | None = None, measure: Measure | None = None
+               ) -> list[dict[str, str] | None]:
+    """Checks canonical rows (``check_batch`` on rows already built); fills ``reasons`` (None
+    where a row has no reject yet) and returns it."""
     for i, row in enumerate(rows):
         if reasons[i] is None:
             try:
@@ -226,4 +234,4 @@ def check_batch(batch: Mapping[str, list], indices: Sequence[int], max_length: i
                 reasons[i] = Rejected("too_long", "$", f"{n} tokens > data.max_length="
                                       f"{max_length}. Raise data.max_length or shorten the "
                                       "row; it is not truncated.").to_dict()
-    return {"reject": reasons}
+    return reasons

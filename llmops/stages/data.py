@@ -6,10 +6,12 @@ Sources (``params["source"]``):
   file, a ``save_to_disk`` folder or a glob; see ``llmops.data.readers``).
 - ``hf``: ``datasets.load_dataset(hf_id, split=hf_split)``, converted like a columnar file.
 
-Every source is read into canonical rows (``llmops.data.canonical``) through ``datasets`` (Arrow,
-memory-mapped), measured in the model's tokens, checked (``prepare.lint``: tool calls against
-their schemas, turn order, lengths), deduplicated by a content hash, mixed by its weight or
-sample count, and split stratified by kind and tool, all as index selections. Writes
+Every source is read through ``datasets`` (Arrow, memory-mapped, ``num_proc``) in one pass per
+batch (``llmops.data.pipeline``): converted to canonical rows (``llmops.data.canonical``),
+measured in the model's tokens, checked (``toolcheck``: tool calls against their schemas, turn
+order, lengths) and rendered as the line the split files hold. The rows are then deduplicated
+by a content hash, mixed by each source's weight or sample count, and split stratified by kind
+and tool, all as index selections; writing a split picks its rendered lines. Writes
 train.jsonl, val.jsonl, test.jsonl (OpenAI rows + meta, see CONTRACT.md), pref_*.jsonl when
 the run has preference pairs, and data_report.json. With ``on_error=fail`` any reject stops the
 stage (``DataRejected``, exit 5) before anything trains.
@@ -26,7 +28,7 @@ import numpy as np
 
 from llmops.backends.common import write_json
 from llmops.compiler.plan import report_name
-from llmops.data import lengths, mix, task_api
+from llmops.data import lengths, mix, pipeline, task_api
 from llmops.data.convert import FormatError
 from llmops.errors import DataRejected, StageError
 from llmops.runner.context import StageContext
@@ -44,6 +46,7 @@ class Source:
 
     name: str
     spec: dict[str, Any]
+    kind: str
     rows: Any
     rejects: Any
     n_read: int
@@ -101,8 +104,8 @@ def _prepare(params: dict, inputs: dict[str, Path], out_dir: Path, cache: str,
     filled = [s.rows for s in sources if len(s.rows)]
     rows = datasets.concatenate_datasets(filled) if len(filled) > 1 else filled[0]
     offsets = np.cumsum([0, *valid])
-    ann = rows.select_columns([mix.HASH, mix.KIND, mix.TOOL, mix.CALLS, mix.DECLARED,
-                               lengths.TOKENS, lengths.MEASURED]).with_format("arrow")[:]
+    ann = data_io.gather(rows, [mix.HASH, mix.KIND, mix.TOOL, mix.CALLS, mix.DECLARED,
+                                lengths.TOKENS, lengths.MEASURED])
     positions = np.arange(len(rows))
     first = mix.first_occurrences(ann[mix.HASH].to_numpy()) if params["dedup"] else positions
     duplicate = first != positions
@@ -130,10 +133,9 @@ def _prepare(params: dict, inputs: dict[str, Path], out_dir: Path, cache: str,
                 for i, n in enumerate(extra)]
     splits["train"] = np.concatenate([splits["train"], *repeated])
 
-    names = [s.name for s in sources]
     keep = params.get("preferences") == "derive"
-    written = {name: data_io.write_rows(out_dir / f"{name}.jsonl", rows, idx, source_of, names,
-                                        kind, keep) for name, idx in splits.items()}
+    written = {name: data_io.write_rows(out_dir / f"{name}.jsonl", rows, idx, keep=keep)
+               for name, idx in splits.items()}
     report = {
         "source": params["source"], "origin": _origin(params), "kind": kind, "seed": seed,
         "formats": _formats(sources),
@@ -156,8 +158,7 @@ def _prepare(params: dict, inputs: dict[str, Path], out_dir: Path, cache: str,
                                              rows, MAX_LISTED),
         "files": [f"{name}.jsonl" for name in splits],
     }
-    pref = _preferences(params, kind, rows, splits, source_of, names, written, out_dir, cache,
-                        ctx)
+    pref = _preferences(params, kind, rows, splits, written, out_dir, cache, ctx)
     if pref is not None:
         report["preferences"] = pref
     write_json(out_dir / REPORT_NAME, report)
@@ -177,32 +178,20 @@ def _prepare(params: dict, inputs: dict[str, Path], out_dir: Path, cache: str,
 
 def _checked(name: str, spec: dict[str, Any], params: dict, counter: Any, cache: str,
              ctx: StageContext) -> Source:
-    """Reads one source, measures and annotates its rows, and checks them."""
-    from llmops.data.prepare import lint
-
+    """Reads one source and checks it, in one pass per batch (``pipeline``): converted,
+    annotated, measured, checked and rendered as written."""
+    measured = counter is not lengths.estimate
+    prepare = pipeline.Prepare(name, params["system_prompt"] if name != task_api.SOURCE else None,
+                               counter, params["max_length"] if measured else None)
     try:
-        rows, rejects = data_io.read(name, spec, params, cache)
+        rows, rejects = data_io.read(name, spec, params, cache, prepare)
     except FormatError as exc:  # its message names the key (data.path, data.format, ...)
         raise StageError(str(exc)) from exc
-    n_read = len(rows) + len(rejects)
-    if not len(rows):
-        return Source(name, spec, rows, rejects, n_read)
-    if params["system_prompt"] and name != task_api.SOURCE:
-        rows = data_io.with_system_prompt(rows, params["system_prompt"], params["num_proc"])
-    rows = data_io.annotated(rows, counter, params["num_proc"], Path(name).name)
-    measured = counter is not lengths.estimate
-    clean, problems = lint(rows, max_length=params["max_length"] if measured else None,
-                           measure=data_io.precomputed if measured else None,
-                           num_proc=params["num_proc"])
-    if len(problems):
-        import datasets
-
-        rejects = datasets.concatenate_datasets([rejects, problems]) if len(rejects) else problems
-    return Source(name, spec, clean, rejects, n_read)
+    return Source(name, spec, prepare.kind, rows, rejects, len(rows) + len(rejects))
 
 
 def _one_kind(sources: list[Source]) -> str:
-    kinds = {s.name: data_io.kind_of(s.rows) for s in sources}
+    kinds = {s.name: s.kind for s in sources}
     if len(set(kinds.values())) > 1:
         listed = ", ".join(f"{n}: {k}" for n, k in kinds.items())
         raise StageError(f"data.sources: the sources hold different kinds of rows ({listed}). "
@@ -278,7 +267,7 @@ def _formats(sources: list[Source]) -> dict[str, int]:
     total: dict[str, int] = {}
     for s in sources:
         if len(s.rows):
-            meta = s.rows.select_columns(["meta"]).with_format("arrow")[:]["meta"]
+            meta = data_io.gather(s.rows, ["meta"])["meta"]
             for d in pc.value_counts(pc.struct_field(meta, "format")).to_pylist():
                 total[d["values"]] = total.get(d["values"], 0) + d["counts"]
     return dict(sorted(total.items()))
@@ -298,8 +287,8 @@ def _source_report(s: Source, i: int, source_of: np.ndarray, duplicate: np.ndarr
 
 
 def _preferences(params: dict, kind: str, rows: Any, splits: dict[str, np.ndarray],
-                 source_of: np.ndarray, names: list[str], written: dict[str, list | None],
-                 out_dir: Path, cache: str, ctx: StageContext) -> dict[str, Any] | None:
+                 written: dict[str, list | None], out_dir: Path, cache: str,
+                 ctx: StageContext) -> dict[str, Any] | None:
     """Writes pref_{train,val,test}.jsonl when the run has preference pairs; returns their
     report section (None when it has none)."""
     from llmops.data import preferences
@@ -307,8 +296,7 @@ def _preferences(params: dict, kind: str, rows: Any, splits: dict[str, np.ndarra
     if kind == "preference":
         counts = {}
         for name, idx in splits.items():
-            data_io.write_rows(out_dir / f"pref_{name}.jsonl", rows, idx, source_of, names,
-                               "pairs", False)
+            data_io.write_rows(out_dir / f"pref_{name}.jsonl", rows, idx, pipeline.PAIR)
             counts[name] = int(idx.size)
         section: dict[str, Any] = {"method": "rows"}
     elif params.get("preferences") == "path":

@@ -6,15 +6,13 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from llmops.backends.common import base_model_path, json_default
-from llmops.data import formats, lengths, mix, task_api
-from llmops.data.canonical import features, to_openai_row
+from llmops.data import formats, lengths, pipeline, task_api
 from llmops.errors import StageError
 from llmops.runner.context import StageContext
 
@@ -49,10 +47,11 @@ def _records(texts: list[str]):
                                     LINE: datasets.Value("int64")}))
 
 
-def _convert(records, fmt: str, file: str, spec: dict[str, Any], num_proc: int | None):
+def _convert(records, fmt: str, file: str, spec: dict[str, Any], num_proc: int | None,
+             prepare: pipeline.Prepare):
     from llmops.data.convert import Converter, source_rows
     from llmops.data.detect import detect_format
-    from llmops.data.prepare import ArrowBatches, split_rejects
+    from llmops.data.prepare import split_rejects
 
     convert = Converter("openai" if fmt == "auto" else fmt, file, spec["columns"], spec["tags"])
     if fmt == "auto":
@@ -60,15 +59,16 @@ def _convert(records, fmt: str, file: str, spec: dict[str, Any], num_proc: int |
         sample = [(i + 1, row) for i, (row, _) in enumerate(source_rows(head))]
         convert = Converter(detect_format(sample, file, convert.cols, convert.tags), file,
                             spec["columns"], spec["tags"])
-    types = features(convert.kind)
-    rows = records.map(ArrowBatches(convert, types), batched=True, with_indices=True,
-                       remove_columns=records.column_names, num_proc=num_proc, features=types,
-                       desc=f"convert {Path(file).name}")
+    batches = prepare(convert)
+    rows = records.map(batches, batched=True, with_indices=True,
+                       remove_columns=records.column_names, num_proc=num_proc,
+                       features=batches.features, desc=f"convert {Path(file).name}")
     return split_rejects(rows)
 
 
-def read(name: str, spec: dict[str, Any], params: dict, cache: str):
-    """Reads one source into ``(canonical rows, meta + reject of the rest)``.
+def read(name: str, spec: dict[str, Any], params: dict, cache: str, prepare: pipeline.Prepare):
+    """Reads one source through ``prepare``'s pass: ``(its clean rows, meta + reject of the
+    rest)``, the rows' columns as ``pipeline`` describes (``prepare.kind`` says their kind).
 
     Raises:
         FormatError: If the source's files or format cannot be understood.
@@ -84,10 +84,10 @@ def read(name: str, spec: dict[str, Any], params: dict, cache: str):
             for row in generated:
                 row["messages"][0]["content"] = params["system_prompt"]
         texts = [json.dumps(row, ensure_ascii=False) for row in generated]
-        return _convert(_records(texts), "openai", task_api.SOURCE, spec, num_proc)
+        return _convert(_records(texts), "openai", task_api.SOURCE, spec, num_proc, prepare)
     if name == "hf":
         return _convert(_hub(params, cache), spec["format"],
-                        f"{params['hf_id']}[{params['hf_split']}]", spec, num_proc)
+                        f"{params['hf_id']}[{params['hf_split']}]", spec, num_proc, prepare)
     from llmops.data.readers import read_source
 
     try:  # the config rules checked this; the files may have changed since (or a FIFO appeared)
@@ -95,7 +95,7 @@ def read(name: str, spec: dict[str, Any], params: dict, cache: str):
     except ValueError as exc:
         raise StageError(str(exc)) from exc
     return read_source(spec["path"], spec["format"], spec["columns"], spec["tags"],
-                       num_proc=num_proc, cache_dir=cache)
+                       num_proc=num_proc, cache_dir=cache, prepare=prepare)
 
 
 def _hub(params: dict, cache: str):
@@ -111,74 +111,27 @@ def _hub(params: dict, cache: str):
         ) from exc
 
 
-class _SystemPrompt:
-    def __init__(self, text: str):
-        self.text = text
-
-    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
-        key = "messages" if "messages" in batch else "prompt" if "prompt" in batch else None
-        if key is None:
-            return {}
-        system = {"role": "system", "content": self.text, "tool_calls": None,
-                  "tool_call_id": None, "name": None, "weight": None}
-        return {key: [m if m and m[0]["role"] == "system" else [system, *(m or [])]
-                      for m in batch[key]]}
-
-
-def with_system_prompt(rows, text: str, num_proc: int | None):
-    """Prepends ``text`` as a system message to every chat (or prompt) that opens without one."""
-    return rows.map(_SystemPrompt(text), batched=True, num_proc=num_proc, desc="system prompt")
-
-
-class Annotator:
-    """Adds the hash/kind/tool columns (``mix.annotate``) and the token counts of each row."""
-
-    def __init__(self, counter: Any):
-        self.counter = counter
-
-    def __call__(self, batch: dict[str, list], indices: list[int]) -> dict[str, list]:
-        """Returns the annotation columns of a batch."""
-        return {**mix.annotate(batch, indices), **self.counter(batch, indices)}
-
-
-def annotated(rows, counter: Any, num_proc: int | None, label: str):
-    """Returns rows with the annotation columns beside them: only the new columns are written
-    (one narrow Arrow file), then joined to the rows without copying them."""
-    import datasets
-
-    extra = rows.map(Annotator(counter), batched=True, with_indices=True, num_proc=num_proc,
-                     remove_columns=rows.column_names, desc=f"measure {label}")
-    return datasets.concatenate_datasets([rows, extra], axis=1)
-
-
-def precomputed(rows: list[dict[str, Any]]) -> list[int]:
-    """Returns the token counts ``Annotator`` stored on the rows (the lint's ``measure``)."""
-    return [row[lengths.TOKENS] for row in rows]
-
-
-def kind_of(rows) -> str:
-    """Returns the canonical kind of a Dataset's rows: chat, preference or text."""
-    names = set(rows.column_names)
-    return "text" if "text" in names else "preference" if "prompt" in names else "chat"
-
-
 def token_counter(params: dict, inputs: dict[str, Path], ctx: StageContext) -> tuple[Any, dict]:
     """Returns the batch function that counts tokens and what the report says about it.
 
-    The tiny model's tokenizer comes from the base stage's folder; a hub model's from the local
-    hub cache only (``local_files_only``: no network, no retries). When neither loads, lengths are
-    estimated (``lengths.estimate``), the report says so, and over-long rows are flagged, not
-    rejected.
+    The tokenizer is loaded with ``local_files_only`` (no network, no retries): the tiny
+    model's from the base stage's folder, a local model folder given as ``model.hub_id`` from
+    that folder, a hub id from the local hub cache. The report's ``loaded`` says which, with the
+    tokenizer's class and vocabulary size, and the log says it once. When none loads, lengths
+    are estimated (``lengths.estimate``), the report says why, and over-long rows are flagged,
+    not rejected.
     """
-    name = None
+    name, loaded = None, {"from": "local hub cache", "local_files_only": True}
     try:
         name = base_model_path(params, inputs)
         folder = Path(name)
+        if folder.is_dir():
+            loaded["from"] = "local folder"
         if (folder / "tokenizer.json").is_file():
             # The generic fast class loads a local folder without AutoTokenizer's torch import.
             from transformers import PreTrainedTokenizerFast
 
-            tok = PreTrainedTokenizerFast.from_pretrained(name)
+            tok = PreTrainedTokenizerFast.from_pretrained(name, local_files_only=True)
         else:
             from transformers import AutoTokenizer
 
@@ -187,17 +140,25 @@ def token_counter(params: dict, inputs: dict[str, Path], ctx: StageContext) -> t
                 trust_remote_code=bool(params["model"]["trust_remote_code"]))
     except Exception as exc:  # noqa: BLE001 - lengths are then estimated; the reason is reported
         why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        if name is not None and loaded["from"] == "local hub cache":
+            why = f"{name} is not in the local hub cache ({why})"
         ctx.logger.warning("data: no tokenizer for %s could be loaded offline (%s); token lengths "
                            "are estimated at %d characters a token", name, why,
                            lengths.CHARS_PER_TOKEN)
         return lengths.estimate, {
             "tokenizer": name, "method": "estimated",
+            **({"loaded": loaded} if name is not None else {}),
             "note": f"no tokenizer could be loaded offline ({why}); lengths are estimated at "
                     f"about {lengths.CHARS_PER_TOKEN} characters a token, and rows over "
                     "max_length are listed here, not rejected.",
         }
     method = "chat_template" if getattr(tok, "chat_template", None) else "plain_text"
-    return lengths.TokenCounter(tok), {"tokenizer": name, "method": method}
+    loaded.update({"class": type(tok).__name__, "vocab_size": len(tok)})
+    ctx.logger.info("data: token lengths in %s's tokens (%s, %d tokens, from the %s, "
+                    "local_files_only), %s", name, loaded["class"], loaded["vocab_size"],
+                    loaded["from"], "through its chat template" if method == "chat_template"
+                    else "as plain text (it has no chat template)")
+    return lengths.TokenCounter(tok), {"tokenizer": name, "method": method, "loaded": loaded}
 
 
 def token_stats(ann, positions: np.ndarray, max_length: int, info: dict, rows,
@@ -229,47 +190,67 @@ def token_stats(ann, positions: np.ndarray, max_length: int, info: dict, rows,
     return out
 
 
-def _batches(rows, positions: np.ndarray) -> Iterator[tuple[np.ndarray, dict[str, list]]]:
-    for start in range(0, positions.size, BATCH):
-        chunk = positions[start:start + BATCH]
-        yield chunk, rows.select(chunk)[:]
+def gather(rows, names: list[str], positions: np.ndarray | None = None):
+    """Returns the named columns of a Dataset (at ``positions``, else all rows) as a
+    ``pyarrow.Table``, taken chunk by chunk (``take_chunked``): datasets' own indexing of an
+    index-mapped Dataset builds one slice per row, which at a million rows costs gigabytes.
+    """
+    import pyarrow as pa
+
+    table = rows.data.table.select(names)
+    mapping = rows._indices  # noqa: SLF001 - datasets has no public accessor for its mapping
+    order = mapping.column(0).to_numpy() if mapping is not None else None
+    if positions is not None:
+        order = positions if order is None else order[positions]
+    if order is None:
+        return table
+    return pa.table({n: take_chunked(table.column(n), order) for n in names})
 
 
-def _meta(m: dict, source: str, kind: str, tool: str | None) -> dict[str, Any]:
-    return {"source": source, "file": m["file"], "line": m["line"], "row": m["row"],
-            "format": m["format"], "kind": kind, "tool": tool, "refuse": kind == "refusal"}
+def take_chunked(column, order: np.ndarray):
+    """Returns ``column[order]`` for a ``pyarrow.ChunkedArray``, taking from each chunk only
+    what it holds (Arrow's ``take`` on a chunked array first concatenates every chunk: the
+    whole column copied for each call)."""
+    import pyarrow as pa
+
+    order = np.asarray(order, dtype=np.int64)
+    if order.size == 0:
+        return pa.array([], type=column.type)
+    offsets = np.cumsum([0, *(len(c) for c in column.chunks)])
+    chunk_of = np.searchsorted(offsets, order, side="right") - 1
+    by_chunk = np.argsort(chunk_of, kind="stable")
+    ids, starts = np.unique(chunk_of[by_chunk], return_index=True)
+    ends = [*starts[1:], order.size]
+    parts = [column.chunk(int(c)).take(pa.array(order[by_chunk[a:b]] - offsets[c]))
+             for c, a, b in zip(ids, starts, ends, strict=True)]
+    grouped = pa.concat_arrays(parts)
+    inverse = np.empty_like(by_chunk)
+    inverse[by_chunk] = np.arange(by_chunk.size)
+    return grouped.take(pa.array(inverse))
 
 
-def _shape(row: dict[str, Any], kind: str) -> dict[str, Any]:
-    if kind == "text":
-        return {"text": row["text"]}
-    if kind == "preference":  # the chat split trains on the chosen answer
-        row = {"messages": [*row["prompt"], *row["chosen"]], "tools": row["tools"]}
-    if kind == "pairs":
-        row = {k: row[k] for k in ("prompt", "chosen", "rejected", "tools")}
-    return to_openai_row(row)
-
-
-def write_rows(path: Path, rows, positions: np.ndarray, source_of: np.ndarray,
-               names: list[str], kind: str, keep: bool) -> list[dict] | None:
-    """Writes the rows at ``positions`` as OpenAI rows + meta, one JSON line each.
+def write_rows(path: Path, rows, positions: np.ndarray, column: str = pipeline.LINE,
+               keep: bool = False) -> list[dict] | None:
+    """Writes the rendered rows at ``positions`` (``pipeline``'s ``_line`` or ``_pair``), one
+    JSON line each, a batch of positions at a time (only that batch is in memory).
 
     Args:
-        kind: The rows' canonical kind; ``"pairs"`` writes preference rows as pairs.
-        keep: Also return the written rows (for deriving preference pairs).
+        keep: Also return the written rows as dicts (for deriving preference pairs).
     """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     kept: list[dict] | None = [] if keep else None
-    with open(path, "w", encoding="utf-8") as f:
-        for chunk, batch in _batches(rows, positions):
-            names_in = [k for k in batch if not k.startswith("_") and k != "meta"]
-            for j, pos in enumerate(chunk):
-                row = {k: batch[k][j] for k in names_in}
-                out = _shape(row, kind)
-                out["meta"] = _meta(batch["meta"][j], names[source_of[pos]], batch[mix.KIND][j],
-                                    batch[mix.TOOL][j])
-                f.write(json.dumps(out, ensure_ascii=False, default=json_default) + "\n")
-                if kept is not None:
-                    kept.append(out)
+    with open(path, "wb") as f:
+        for start in range(0, positions.size, BATCH):
+            texts = gather(rows, [column], positions[start:start + BATCH])[column]
+            # Each text + "\n", as one UTF-8 buffer: no Python string per row.
+            lines = pc.binary_join_element_wise(texts, pa.scalar(""), "\n").combine_chunks()
+            offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32)[
+                lines.offset:lines.offset + len(lines) + 1]
+            f.write(memoryview(lines.buffers()[2])[offsets[0]:offsets[-1]])
+            if kept is not None:
+                kept += [json.loads(t) for t in texts.to_pylist()]
     return kept
 
 
