@@ -26,6 +26,8 @@ _NEEDS = {
     # DeepSpeed needs CUDA GPUs and llmops[deepspeed] to run; planning it for a GPU node does not.
     ("distributed", "deepspeed_zero2"): ["dry_run=true", "hardware=8xa100_80g"],
     ("distributed", "deepspeed_zero3"): ["dry_run=true", "hardware=8xa100_80g"],
+    # FSDP shards over GPUs only (accelerate runs it as DDP on a CPU); planning it for them works.
+    ("distributed", "fsdp"): ["dry_run=true", "hardware=8xa100_80g"],
 }
 
 

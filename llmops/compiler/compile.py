@@ -95,7 +95,7 @@ class StageInputs:
             model.update(hub_id=str(folder), hub_folder_hash=folder_hash(folder))
         return cls(
             cfg=cfg, resolved=r, model=model,
-            facts=m.model_dump(exclude={"pretrain"}),
+            facts=m.model_dump(exclude={"pretrain", "recommended_max_length"}),
             lora=cfg.lora.model_dump(exclude={"enabled"}) if cfg.lora.enabled else None,
             quant={**cfg.quant.model_dump(), "compute_dtype": r.compute_dtype},
             train=train, hardware=dict(r.hardware),

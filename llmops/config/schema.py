@@ -80,6 +80,9 @@ class ModelConfig(_Group):
     context_length: int = Field(gt=0, le=MAX_TOKENS, description="Maximum context in tokens.")
     tie_embeddings: bool = Field(False, description="Input and output embeddings are shared.")
     recommended_lr: LearningRate = Field(description="Default train.learning_rate for this model.")
+    recommended_max_length: Annotated[int, Field(ge=16, le=1 << 20)] = Field(
+        description="Default train.max_length (and data.max_length) for this model: tokens of a "
+                    "row through its chat template, tool schemas included.")
     trust_remote_code: bool = Field(False, description="Allow the hub repo's own model code.")
     pretrain: PretrainConfig | None = Field(None, description="Tiny model pre-training recipe.")
 
