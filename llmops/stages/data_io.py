@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from llmops.backends.common import base_model_path, json_default
-from llmops.data import formats, lengths, pipeline, task_api
+from llmops.data import formats, lengths, pages, pipeline, task_api
 from llmops.errors import StageError
 from llmops.runner.context import StageContext
 
@@ -232,7 +232,8 @@ def take_chunked(column, order: np.ndarray):
 def write_rows(path: Path, rows, positions: np.ndarray, column: str = pipeline.LINE,
                keep: bool = False) -> list[dict] | None:
     """Writes the rendered rows at ``positions`` (``pipeline``'s ``_line`` or ``_pair``), one
-    JSON line each, a batch of positions at a time (only that batch is in memory).
+    JSON line each, a batch of positions at a time (only that batch is in memory: the mapped
+    pages each batch read are released, ``pages``).
 
     Args:
         keep: Also return the written rows as dicts (for deriving preference pairs).
@@ -251,6 +252,7 @@ def write_rows(path: Path, rows, positions: np.ndarray, column: str = pipeline.L
             f.write(memoryview(lines.buffers()[2])[offsets[0]:offsets[-1]])
             if kept is not None:
                 kept += [json.loads(t) for t in texts.to_pylist()]
+            pages.release()
     return kept
 
 
