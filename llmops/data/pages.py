@@ -4,8 +4,10 @@
 resident set until the kernel needs it back, so reading a million rows' text once shows up as a
 gigabyte of RSS. ``release()`` tells the kernel (``madvise(MADV_DONTNEED)``) that this process
 no longer needs those pages: they are clean, read-only file pages, so they stay in the page
-cache and a later read maps them in again, unchanged. Linux only (``/proc/self/maps``); a
-no-op elsewhere.
+cache and a later read maps them in again, unchanged. ``read_randomly()`` (``MADV_RANDOM``)
+stops the kernel mapping in the neighbours of each page read (fault-around and readahead, up to
+64 KB a fault): a pass that picks rows in shuffled order would otherwise map the whole file in
+within one batch. Linux only (``/proc/self/maps``); a no-op elsewhere.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import mmap
 import os
 
 _DONTNEED = getattr(mmap, "MADV_DONTNEED", None)
+_RANDOM = getattr(mmap, "MADV_RANDOM", None)
 _MAPS = "/proc/self/maps"
 _libc: ctypes.CDLL | None = None
 
@@ -25,8 +28,22 @@ def release(suffix: str = ".arrow") -> int:
     Returns:
         The bytes of the mappings advised (0 where the platform cannot).
     """
+    return _advise(_DONTNEED, suffix)
+
+
+def read_randomly(suffix: str = ".arrow") -> int:
+    """Marks the read-only mappings of files named ``*suffix`` as read in random order (each
+    fault maps in only its own page).
+
+    Returns:
+        The bytes of the mappings advised (0 where the platform cannot).
+    """
+    return _advise(_RANDOM, suffix)
+
+
+def _advise(advice: int | None, suffix: str) -> int:
     global _libc
-    if _DONTNEED is None or not os.path.exists(_MAPS):
+    if advice is None or not os.path.exists(_MAPS):
         return 0
     if _libc is None:
         _libc = ctypes.CDLL(None, use_errno=True)
@@ -39,6 +56,6 @@ def release(suffix: str = ".arrow") -> int:
                 continue
             start, end = (int(x, 16) for x in fields[0].split("-"))
             if _libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start),
-                             _DONTNEED) == 0:
+                             advice) == 0:
                 done += end - start
     return done
