@@ -4,10 +4,10 @@
 resident set until the kernel needs it back, so reading a million rows' text once shows up as a
 gigabyte of RSS. ``release()`` tells the kernel (``madvise(MADV_DONTNEED)``) that this process
 no longer needs those pages: they are clean, read-only file pages, so they stay in the page
-cache and a later read maps them in again, unchanged. ``read_randomly()`` (``MADV_RANDOM``)
-stops the kernel mapping in the neighbours of each page read (fault-around and readahead, up to
-64 KB a fault): a pass that picks rows in shuffled order would otherwise map the whole file in
-within one batch. Linux only (``/proc/self/maps``); a no-op elsewhere.
+cache and a later read maps them in again, unchanged. Each fault also maps in its neighbours
+(fault-around, 64 KB; ``MADV_RANDOM`` does not stop it on Linux 6.18), so a pass that picks rows
+in shuffled order must read them in file order a step at a time (``data_io.write_rows``).
+Linux only (``/proc/self/maps``); a no-op elsewhere.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import mmap
 import os
 
 _DONTNEED = getattr(mmap, "MADV_DONTNEED", None)
-_RANDOM = getattr(mmap, "MADV_RANDOM", None)
 _MAPS = "/proc/self/maps"
 _libc: ctypes.CDLL | None = None
 
@@ -29,16 +28,6 @@ def release(suffix: str = ".arrow") -> int:
         The bytes of the mappings advised (0 where the platform cannot).
     """
     return _advise(_DONTNEED, suffix)
-
-
-def read_randomly(suffix: str = ".arrow") -> int:
-    """Marks the read-only mappings of files named ``*suffix`` as read in random order (each
-    fault maps in only its own page).
-
-    Returns:
-        The bytes of the mappings advised (0 where the platform cannot).
-    """
-    return _advise(_RANDOM, suffix)
 
 
 def _advise(advice: int | None, suffix: str) -> int:
