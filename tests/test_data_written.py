@@ -2,8 +2,9 @@
 must stay exactly what llmops 0.2.0's row-by-row writer produced (``tests/data/written.json``
 holds their SHA-256, taken from that writer before the stage moved to one pass per batch).
 
-The inputs are copied into a temp folder and that folder's path is replaced by ``<DIR>`` before
-hashing, so the digests do not depend on where the repository lives. To regenerate the digests
+The inputs are copied into a temp folder and that folder's path is replaced by ``<DIR>`` (the
+bundled sample's folder by ``<SAMPLES>``) before hashing, so the digests do not depend on where
+the repository lives. To regenerate the digests
 (only for an intended change of the written form): ``python tests/test_data_written.py``.
 """
 
@@ -60,6 +61,7 @@ def written_digests(root: Path, params_of: Callable[[tuple[str, ...]], dict]) ->
         data.run(params, {}, folder, ctx)
         out[case] = {
             p.name: hashlib.sha256(p.read_bytes().replace(str(inputs).encode(), b"<DIR>")
+                                   .replace(str(SAMPLE.parent).encode(), b"<SAMPLES>")
                                    ).hexdigest()
             for p in sorted(folder.glob("*.jsonl"))}
     return out

@@ -20,13 +20,17 @@ A *preference* row has ``prompt``, ``chosen`` and ``rejected`` message lists ins
 ``{"code", "path", "message"}``: a stable reason code, the JSON path inside the source row, and a
 sentence that names the value and the fix.
 
-Pure Python; ``features(kind)`` imports ``datasets`` to give a kind's ``datasets.Features``.
+Pure Python (plus ``orjson``, see ``jsontext``); ``features(kind)`` imports ``datasets`` to give
+a kind's ``datasets.Features``.
 """
 
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from typing import Any
+
+from llmops.data import jsontext
 
 ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
 KINDS: tuple[str, ...] = ("chat", "preference", "text")
@@ -162,19 +166,31 @@ def tools_json(value: Any, path: str = "tools") -> str | None:
 
     Each tool may be ``{"type": "function", "function": {...}}`` or the bare function schema
     ``{"name", "description", "parameters"}`` (ShareGPT). None, ``""`` and ``[]`` declare none.
+    Rows mostly repeat one tools list, so the result is cached by the list's JSON text.
     """
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise Rejected(
-                "tools_not_json",
-                path,
-                f"is a string but not JSON ({exc.msg} at column {exc.colno}). "
-                "Write the tools as a JSON list of function schemas.",
-            ) from exc
+        return _tools_text(value, path)
+    text = jsontext.key(value) if isinstance(value, list) else None
+    return _tools_text(text, path) if text is not None else _tools(value, path)
+
+
+@lru_cache(maxsize=256)
+def _tools_text(text: str, path: str) -> str | None:
+    try:
+        value = jsontext.loads(text)
+    except json.JSONDecodeError as exc:
+        raise Rejected(
+            "tools_not_json",
+            path,
+            f"is a string but not JSON ({exc.msg} at column {exc.colno}). "
+            "Write the tools as a JSON list of function schemas.",
+        ) from exc
+    return _tools(value, path)
+
+
+def _tools(value: Any, path: str) -> str | None:
     if not isinstance(value, list):
         raise Rejected(
             "bad_tools", path, f"must be a list of function schemas (got {_kind(value)})."

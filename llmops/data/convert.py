@@ -24,6 +24,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from llmops.data import canonical as c
+from llmops.data import jsontext
 from llmops.data.sharegpt import TAG_ROLES, sharegpt_preference, sharegpt_to_messages
 from llmops.errors import LlmopsError
 
@@ -88,7 +89,7 @@ def json_value(row: dict[str, Any], col: str) -> Any:
     value = row.get(col)
     if isinstance(value, str) and value.lstrip().startswith("["):
         try:
-            return json.loads(value)
+            return jsontext.loads(value)
         except json.JSONDecodeError as exc:
             raise c.Rejected("bad_field", col, f"holds text that is not JSON ({exc.msg}).") from exc
     return value
@@ -229,7 +230,7 @@ def source_rows(batch: Mapping[str, list]) -> Iterator[tuple[Any, str | None]]:
                 yield None, error
                 continue
             try:
-                yield json.loads(raw), None
+                yield jsontext.loads(raw), None
             except json.JSONDecodeError as exc:
                 yield None, f"invalid JSON: {exc.msg} (column {exc.colno})"
         return

@@ -4,14 +4,14 @@ The data stage annotates canonical rows once (``facts``: the row's kind, its cal
 calls; ``content_hash``: of the row as written), then works on those columns with numpy: the
 first of identical rows is kept (``first_occurrences``), each source contributes its share
 (``take``), and the rows are split
-stratified by kind and tool (``split_indices``). Nothing here holds the rows as Python objects.
-``numpy`` and ``xxhash`` only.
+stratified by kind and tool (``split_indices``, over ``Labels``' integer codes). Nothing here
+holds the rows as Python objects. ``numpy`` and ``xxhash`` (``pyarrow`` inside ``Labels``).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -66,6 +66,54 @@ def _n_tools(tools: str | None) -> int:
 def content_hash(text: str) -> int:
     """Returns the hash that finds duplicates: of a row's content as written (no meta)."""
     return xxhash.xxh3_64_intdigest(text.encode()) >> 1  # fits int64
+
+
+class Labels:
+    """Per-row labels of (kind, tool) as integer codes, numbered in the labels' sorted order,
+    so splitting and counting by them needs no Python string per row.
+
+    Args:
+        kinds: The rows' kind column (``pyarrow`` strings).
+        tools: Their first-called tool column (strings or null).
+    """
+
+    def __init__(self, kinds: Any, tools: Any):
+        kind_of, self.kinds = _codes(kinds)
+        tool_of, self.tools = _codes(tools)
+        self.pairs = kind_of * len(self.tools) + tool_of
+
+    def codes(self, rows: np.ndarray, label: Callable[[str, str | None], str]
+              ) -> tuple[np.ndarray, list[str]]:
+        """Returns ``label(kind, tool)`` of the given rows as codes and the sorted labels they
+        number (``labels[code]``)."""
+        pairs = self.pairs[rows]
+        present = np.unique(pairs)
+        texts = [label(self.kinds[p // len(self.tools)], self.tools[p % len(self.tools)])
+                 for p in present.tolist()]
+        names = sorted(set(texts))
+        lookup = np.zeros(int(present.max()) + 1 if present.size else 0, dtype=np.int64)
+        lookup[present] = [names.index(t) for t in texts]
+        return lookup[pairs], names
+
+    def count(self, rows: np.ndarray, label: Callable[[str, str | None], str]
+              ) -> dict[str, int]:
+        """Counts the given rows by ``label(kind, tool)``, in the labels' sorted order."""
+        codes, names = self.codes(rows, label)
+        counts = np.bincount(codes, minlength=len(names))
+        return {name: int(n) for name, n in zip(names, counts, strict=True) if n}
+
+
+def _codes(column: Any) -> tuple[np.ndarray, list[Any]]:
+    """Returns a string column as codes and the values they stand for (the last is None, for
+    nulls)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    encoded = pc.dictionary_encode(array)
+    values = encoded.dictionary.to_pylist()
+    codes = pc.fill_null(encoded.indices, len(values)).to_numpy(zero_copy_only=False)
+    return codes.astype(np.int64), [*values, None]
 
 
 def first_occurrences(hashes: np.ndarray) -> np.ndarray:

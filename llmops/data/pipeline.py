@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from llmops.backends.common import json_default
-from llmops.data import lengths, mix
+from llmops.data import lengths, mix, pages
 from llmops.data.canonical import plain_message
 from llmops.data.toolcheck import check_rows
 
@@ -165,4 +165,5 @@ class RowPass:
                 text = body(row, "pairs")
                 columns[PAIR][i] = line(text, out["meta"][i], self.source, kind, tool)
             columns[mix.HASH][i] = mix.content_hash(text)
+        pages.release()  # the records read so far are not read again (``pages``)
         return pa.Table.from_pydict(columns, schema=self.features.arrow_schema)

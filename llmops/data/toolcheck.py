@@ -27,7 +27,9 @@ Dataset and splits off the rejects. What is checked, with its stable code:
   of each canonical row given (``prepare.chat_token_counter`` builds one from a tokenizer).
 
 Paths are JSON paths inside the canonical row, e.g.
-``messages[3].tool_calls[0].function.arguments.due``. Pure Python plus ``jsonschema``.
+``messages[3].tool_calls[0].function.arguments.due``. Pure Python plus ``jsonschema`` (and
+``orjson`` through ``jsontext``); a call that passed once is not checked again (cached by
+tools, name and arguments text).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from typing import Any
 from jsonschema import exceptions as js_exceptions
 from jsonschema import validators
 
+from llmops.data import jsontext
 from llmops.data.canonical import Rejected
 
 Measure = Callable[[list[dict[str, Any]]], Sequence[int]]
@@ -54,7 +57,7 @@ _NEXT = {None: {"user"}, "system": {"user"}, "user": {"assistant"}, "assistant":
 def declared_tools(tools: str | None) -> dict[str, tuple[int, Any]]:
     """Returns ``{name: (index, validator or the schema's error text)}`` for a row's tools JSON."""
     out: dict[str, tuple[int, Any]] = {}
-    for i, tool in enumerate(json.loads(tools) if tools else []):
+    for i, tool in enumerate(jsontext.loads(tools) if tools else []):
         fn = tool["function"]
         schema = fn.get("parameters") or {"type": "object"}
         try:
@@ -103,6 +106,21 @@ def check_call(call: Mapping[str, Any], path: str, tools: str | None) -> None:
         Rejected: With the first problem (see the module docstring).
     """
     name, text = call["function"]["name"], call["function"]["arguments"]
+    if not _passes(tools, name, text):
+        _check_call(name, text, path, tools)
+
+
+@lru_cache(maxsize=1 << 16)
+def _passes(tools: str | None, name: str, text: str) -> bool:
+    """Says whether a call passes ``check_call``; cached, as rows repeat calls and schemas."""
+    try:
+        _check_call(name, text, "", tools)
+    except Rejected:
+        return False
+    return True
+
+
+def _check_call(name: str, text: str, path: str, tools: str | None) -> None:
     declared = declared_tools(tools)
     if declared and name not in declared:
         close = difflib.get_close_matches(name, declared, n=1)
@@ -111,7 +129,7 @@ def check_call(call: Mapping[str, Any], path: str, tools: str | None) -> None:
                        f"row declares ({', '.join(declared)}).{hint} Fix the name or declare it.")
     base = f"{path}.function.arguments"
     try:
-        args = json.loads(text)
+        args = jsontext.loads(text)
     except json.JSONDecodeError as exc:
         raise Rejected("arguments_not_json", base, f"{text[:60]!r} is not JSON ({exc.msg} at "
                        f"column {exc.colno}). Write the arguments as a JSON object.") from exc

@@ -119,10 +119,8 @@ def _prepare(params: dict, inputs: dict[str, Path], out_dir: Path, cache: str,
         chosen.append(own[picked])
         extra.append(n_repeat)
     chosen_all = np.concatenate(chosen)
-    kinds = np.asarray(ann[mix.KIND].to_pylist(), dtype=object)
-    tools = np.asarray(ann[mix.TOOL].to_pylist(), dtype=object)
-    strata = np.asarray([f"{k}:{t or ''}" for k, t in zip(kinds[chosen_all], tools[chosen_all],
-                                                          strict=True)])
+    labels = mix.Labels(ann[mix.KIND], ann[mix.TOOL])
+    strata, _ = labels.codes(chosen_all, _stratum)
     try:
         local = mix.split_indices(strata, params["val_fraction"], params["test_fraction"], seed)
     except ValueError as exc:
@@ -143,8 +141,8 @@ def _prepare(params: dict, inputs: dict[str, Path], out_dir: Path, cache: str,
                    "rejected": n_rejected, "duplicates": int(duplicate.sum()),
                    "repeated": int(sum(r.size for r in repeated)),
                    **{name: int(idx.size) for name, idx in splits.items()}},
-        "kinds": {"all": _count(kinds[chosen_all]),
-                  **{name: _count(kinds[idx]) for name, idx in splits.items()}},
+        "kinds": {"all": labels.count(chosen_all, _kind),
+                  **{name: labels.count(idx, _kind) for name, idx in splits.items()}},
         "tool_calls": _tool_calls(ann, chosen_all, splits),
         "sources": [_source_report(s, i, source_of, duplicate, chosen[i], repeated[i], splits)
                     for i, s in enumerate(sources)],
@@ -152,8 +150,8 @@ def _prepare(params: dict, inputs: dict[str, Path], out_dir: Path, cache: str,
         "rejects": [r for r in _listed(sources, MAX_LISTED)],
         "duplicate_rows": data_io.duplicates(rows, np.flatnonzero(duplicate)[:MAX_LISTED],
                                              first),
-        "tool_distribution": {"all": _strata(kinds[chosen_all], tools[chosen_all]),
-                              **{n: _strata(kinds[i], tools[i]) for n, i in splits.items()}},
+        "tool_distribution": {"all": labels.count(chosen_all, _tool_label),
+                              **{n: labels.count(i, _tool_label) for n, i in splits.items()}},
         "token_lengths": data_io.token_stats(ann, chosen_all, params["max_length"], lengths_info,
                                              rows, MAX_LISTED),
         "files": [f"{name}.jsonl" for name in splits],
@@ -241,9 +239,16 @@ def _by_code(sources: list[Source]) -> dict[str, int]:
     return dict(sorted(total.items(), key=lambda x: (-x[1], x[0])))
 
 
-def _count(values: np.ndarray) -> dict[str, int]:
-    names, counts = np.unique(values.astype(str), return_counts=True) if values.size else ([], [])
-    return {str(k): int(v) for k, v in zip(names, counts, strict=True)}
+def _stratum(kind: str, tool: str | None) -> str:
+    return f"{kind}:{tool or ''}"
+
+
+def _kind(kind: str, tool: str | None) -> str:
+    return kind
+
+
+def _tool_label(kind: str, tool: str | None) -> str:
+    return tool if tool else ("refusal" if kind == "refusal" else "none")
 
 
 def _tool_calls(ann: Any, chosen: np.ndarray, splits: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -253,12 +258,6 @@ def _tool_calls(ann: Any, chosen: np.ndarray, splits: dict[str, np.ndarray]) -> 
     return {"rows_with_calls": int((calls[chosen] > 0).sum()), "calls": int(calls[chosen].sum()),
             "rows_with_tools": int((declared[chosen] > 0).sum()),
             "rows_with_calls_by_split": {n: int((calls[i] > 0).sum()) for n, i in splits.items()}}
-
-
-def _strata(kinds: np.ndarray, tools: np.ndarray) -> dict[str, int]:
-    labels = np.asarray([t if t else ("refusal" if k == "refusal" else "none")
-                         for k, t in zip(kinds, tools, strict=True)], dtype=object)
-    return _count(labels)
 
 
 def _formats(sources: list[Source]) -> dict[str, int]:

@@ -12,11 +12,11 @@ from typing import Any
 import numpy as np
 
 from llmops.backends.common import base_model_path, json_default
-from llmops.data import formats, lengths, pipeline, task_api
+from llmops.data import formats, lengths, pages, pipeline, task_api
 from llmops.errors import StageError
 from llmops.runner.context import StageContext
 
-BATCH = 10_000
+WINDOW, STEP = 20_000, 2_000  # lines written at once; of them, lines read per mapped step
 _SENTENCE = re.compile(r"(?<=[.?!])\s+(?=[A-Z0-9'\"(])")
 
 
@@ -232,7 +232,12 @@ def take_chunked(column, order: np.ndarray):
 def write_rows(path: Path, rows, positions: np.ndarray, column: str = pipeline.LINE,
                keep: bool = False) -> list[dict] | None:
     """Writes the rendered rows at ``positions`` (``pipeline``'s ``_line`` or ``_pair``), one
-    JSON line each, a batch of positions at a time (only that batch is in memory).
+    JSON line each, ``WINDOW`` lines at a time (only those are in memory).
+
+    The positions are shuffled, and each page fault on the mapped column maps in its
+    neighbours too (64 KB), so picking a window's lines in output order would map in the whole
+    column; they are picked in file order, ``STEP`` at a time, each step's mapped pages released
+    (``pages``), then put back in output order.
 
     Args:
         keep: Also return the written rows as dicts (for deriving preference pairs).
@@ -241,11 +246,22 @@ def write_rows(path: Path, rows, positions: np.ndarray, column: str = pipeline.L
     import pyarrow.compute as pc
 
     kept: list[dict] | None = [] if keep else None
+    table = rows.data.table.column(column)
+    mapping = rows._indices  # noqa: SLF001 - datasets has no public accessor for its mapping
+    places = positions if mapping is None else mapping.column(0).to_numpy()[positions]
     with open(path, "wb") as f:
-        for start in range(0, positions.size, BATCH):
-            texts = gather(rows, [column], positions[start:start + BATCH])[column]
+        for start in range(0, places.size, WINDOW):
+            window = places[start:start + WINDOW]
+            by_place = np.argsort(window, kind="stable")
+            parts = []
+            for a in range(0, window.size, STEP):
+                parts.append(take_chunked(table, window[by_place[a:a + STEP]]))
+                pages.release()
+            inverse = np.empty_like(by_place)
+            inverse[by_place] = np.arange(by_place.size)
+            texts = pa.concat_arrays(parts).take(pa.array(inverse))
             # Each text + "\n", as one UTF-8 buffer: no Python string per row.
-            lines = pc.binary_join_element_wise(texts, pa.scalar(""), "\n").combine_chunks()
+            lines = pc.binary_join_element_wise(texts, pa.scalar(""), "\n")
             offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32)[
                 lines.offset:lines.offset + len(lines) + 1]
             f.write(memoryview(lines.buffers()[2])[offsets[0]:offsets[-1]])
