@@ -302,3 +302,21 @@ def test_hf_load_failure_names_hf_id(tmp_path, stage_params):
     missing = tmp_path / "none"
     with pytest.raises(StageError, match=r"^data\.hf_id: cannot load '.*none' split 'train'"):
         run(tmp_path, stage_params("data", "data=hf", f"data.hf_id={missing}"))
+
+
+def test_num_proc_null_uses_the_cores_for_big_inputs_only(tmp_path):
+    """data.num_proc=null: one process for a small file (workers cost more than they save), one
+    per core (at most 4) once the input passes AUTO_PROCS_BYTES."""
+    import os
+
+    from llmops.stages import data_io
+
+    small = tmp_path / "small.jsonl"
+    small.write_text('{"text": "x"}\n')
+    assert data_io.auto_procs([small]) is None
+    big = tmp_path / "big.jsonl"
+    with open(big, "wb") as f:
+        f.truncate(data_io.AUTO_PROCS_BYTES)
+    cores = len(os.sched_getaffinity(0))
+    assert data_io.auto_procs([big]) == (min(4, cores) if cores > 1 else None)
+    assert data_io.auto_procs([tmp_path]) == data_io.auto_procs([big])  # a folder: its files

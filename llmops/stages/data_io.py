@@ -66,6 +66,22 @@ def _convert(records, fmt: str, file: str, spec: dict[str, Any], num_proc: int |
     return split_rejects(rows)
 
 
+#: data.num_proc=null: one process below this many bytes of input (workers cost ~1 s to start),
+#: else one worker per core (at most 4): 1M chat rows are ~1 GB.
+AUTO_PROCS_BYTES = 64 << 20
+
+
+def auto_procs(paths: list[Path]) -> int | None:
+    """Returns the worker count for data.num_proc=null: None (one process) for small inputs or one
+    core, else the cores this process may use (at most 4)."""
+    import os
+
+    size = sum(f.stat().st_size for p in paths
+               for f in (p.rglob("*") if p.is_dir() else [p]) if f.is_file())
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return None if size < AUTO_PROCS_BYTES or (cores or 1) < 2 else min(4, cores)
+
+
 def read(name: str, spec: dict[str, Any], params: dict, cache: str, prepare: pipeline.Prepare):
     """Reads one source through ``prepare``'s pass: ``(its clean rows, meta + reject of the
     rest)``, the rows' columns as ``pipeline`` describes (``prepare.kind`` says their kind).
@@ -91,9 +107,11 @@ def read(name: str, spec: dict[str, Any], params: dict, cache: str, prepare: pip
     from llmops.data.readers import read_source
 
     try:  # the config rules checked this; the files may have changed since (or a FIFO appeared)
-        formats.input_paths(spec["path"], "data.path")
+        paths = formats.input_paths(spec["path"], "data.path")
     except ValueError as exc:
         raise StageError(str(exc)) from exc
+    if num_proc is None:
+        num_proc = auto_procs(paths)
     return read_source(spec["path"], spec["format"], spec["columns"], spec["tags"],
                        num_proc=num_proc, cache_dir=cache, prepare=prepare)
 
