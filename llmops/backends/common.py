@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from llmops.files import json_default  # noqa: F401 - re-exported: stages import it from here
+
 
 def base_model_path(params: Mapping[str, Any], inputs: Mapping[str, Path]) -> str:
     """Returns the model to load: the "base" input folder if present, else model.hub_id.
@@ -66,19 +68,6 @@ def write_jsonl(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:
     with open(path, "w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False, default=json_default) + "\n")
-
-
-def json_default(obj: Any) -> Any:
-    """Converts numpy/torch scalars and arrays, paths and sets into JSON-able values."""
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, (set, frozenset)):
-        return sorted(obj)
-    if hasattr(obj, "tolist"):  # numpy arrays/scalars, torch tensors
-        return obj.tolist()
-    if hasattr(obj, "item"):
-        return obj.item()
-    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
 
 
 def write_json(path: str | Path, obj: Any) -> None:

@@ -15,8 +15,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Discriminator, Field, Tag, create_model, field_validator
 
-from llmops.config.release import ReleaseConfig
 from llmops.config.monitor import MonitorConfig
+from llmops.config.release import ReleaseConfig
 from llmops.config.types import (
     MAX_BATCH,
     MAX_EPOCHS,

@@ -21,10 +21,10 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from llmops.backends.common import json_default
 from llmops.data import lengths, mix, pages
 from llmops.data.canonical import plain_message
 from llmops.data.toolcheck import check_rows
+from llmops.files import json_default
 
 LINE, PAIR = "_line", "_pair"
 ANNOTATIONS = (mix.HASH, mix.KIND, mix.TOOL, mix.CALLS, mix.DECLARED)

@@ -342,3 +342,51 @@ def modelfile(gguf_path: str, family: str, stops: Sequence[str],
     lines += [f'PARAMETER stop "{s}"' for s in stops]
     lines += [f"PARAMETER {k} {v}" for k, v in parameters.items()]
     return "\n".join(lines) + "\n"
+
+
+def checked_modelfile(tokenizer: Any, chat_template: str, gguf_from: str, context_length: int,
+                      who: str) -> dict[str, Any]:
+    """Builds the Modelfile of a GGUF from the model's own template, after checking that its Go
+    TEMPLATE renders sample conversations (with and without tools) like the training template.
+
+    Args:
+        tokenizer: The model's tokenizer (its chat template is the training template).
+        chat_template: The compiled model.chat_template (the fallback family).
+        gguf_from: What the Modelfile's FROM names (a path).
+        context_length: The model's context, for num_ctx.
+        who: The stage name, for the error messages.
+
+    Returns:
+        {"text": the Modelfile, "family", "check": check_template's result, "stop": stop tokens,
+        "parameters": its PARAMETER lines}.
+
+    Raises:
+        StageError: If no Go template renders this family, or the renders differ beyond JSON
+            spacing.
+    """
+    from llmops.errors import StageError
+
+    family = resolve_family(chat_template, tokenizer.chat_template)
+    if family not in GO_TEMPLATES:
+        raise StageError(
+            f"{who}: no Ollama template renders this model's chat template "
+            f"(model.chat_template={chat_template!r}); llmops writes Ollama templates for "
+            f"{', '.join(GO_TEMPLATES)} (Qwen2.5's and Llama 3.1's tool-call formats included). "
+            "Use deploy=openai, which serves the GGUF with its own template, or "
+            "model.chat_template=qwen2_5 / llama3_1 if the model was trained on that format.")
+    check = check_template(
+        lambda m, tools: tokenizer.apply_chat_template(m, tools=tools, tokenize=False,
+                                                       add_generation_prompt=True),
+        family, bos_token=tokenizer.bos_token)
+    if not check["equivalent"]:
+        first = check["mismatches"][0]
+        raise StageError(
+            f"{who}: the Ollama template for chat_template={family!r} renders conversation "
+            f"{first['index']} (tools: {first['tools']}) differently from the training template:"
+            f"\n  training: {first['training']!r}\n  ollama:   {first['ollama']!r}\nSet "
+            "model.chat_template to the family the tokenizer's template belongs to.")
+    stops = stop_tokens(family, tokenizer.chat_template or "", tokenizer.eos_token)
+    parameters = {"temperature": 0, "num_ctx": int(context_length)}
+    text = modelfile(gguf_from, family, stops, parameters)
+    return {"text": text, "family": family, "check": check, "stop": stops,
+            "parameters": parameters}

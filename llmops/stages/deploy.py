@@ -102,33 +102,15 @@ def _ollama(params: dict, gguf: Path, tokenizer: Any, out_dir: Path, ctx: StageC
             name: str) -> dict[str, Any]:
     from llmops.serving import modelfile as mf
 
-    family = mf.resolve_family(params["model"]["chat_template"], tokenizer.chat_template)
-    if family not in mf.GO_TEMPLATES:
-        raise StageError(
-            f"deploy: no Ollama template renders this model's chat template "
-            f"(model.chat_template={params['model']['chat_template']!r}); llmops writes Ollama "
-            f"templates for {', '.join(mf.GO_TEMPLATES)} (Qwen2.5's and Llama 3.1's tool-call "
-            "formats included). Use deploy=openai, which serves the GGUF with its own template, "
-            "or model.chat_template=qwen2_5 / llama3_1 if the model was trained on that format.")
-    check = mf.check_template(
-        lambda m, tools: tokenizer.apply_chat_template(m, tools=tools, tokenize=False,
-                                                       add_generation_prompt=True),
-        family, bos_token=tokenizer.bos_token)
-    if not check["equivalent"]:
-        first = check["mismatches"][0]
-        raise StageError(
-            f"deploy: the Ollama template for chat_template={family!r} renders conversation "
-            f"{first['index']} (tools: {first['tools']}) differently from the training template:"
-            f"\n  training: {first['training']!r}\n  ollama:   {first['ollama']!r}\nSet "
-            "model.chat_template to the family the tokenizer's template belongs to.")
+    built = mf.checked_modelfile(tokenizer, params["model"]["chat_template"],
+                                 str(gguf.resolve()), params["model"]["context_length"], "deploy")
+    family, check, stops, text = built["family"], built["check"], built["stop"], built["text"]
+    parameters = built["parameters"]
     if check["json_formatting"]:
         ctx.logger.warning("deploy: Ollama prints tool schemas and call arguments as compact "
                            "JSON; the training template spaces them (same data, %d of %d sample "
                            "conversations)", len(check["json_formatting"]),
                            check["conversations"] + check["tool_conversations"])
-    stops = mf.stop_tokens(family, tokenizer.chat_template or "", tokenizer.eos_token)
-    parameters = {"temperature": 0, "num_ctx": int(params["model"]["context_length"])}
-    text = mf.modelfile(str(gguf.resolve()), family, stops, parameters)
     (out_dir / "Modelfile").write_text(text, encoding="utf-8")
     o = params["ollama"]
     host = str(o["host"]).rstrip("/")

@@ -63,22 +63,13 @@ def _modelfile(params: dict, export: Path, gguf_rel: str, out: Path) -> dict[str
     from llmops.serving import modelfile as mf
 
     tokenizer = AutoTokenizer.from_pretrained(str(export / "merged"))
-    family = params["model"]["chat_template"]
-    check = mf.check_template(
-        lambda m: tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True),
-        family, bos_token=tokenizer.bos_token)
-    if not check["identical"]:
-        first = check["mismatches"][0]
-        raise StageError(
-            f"release: the Ollama template for chat_template={family!r} renders conversation "
-            f"{first['index']} differently from the training template:\n  training: "
-            f"{first['training']!r}\n  ollama:   {first['ollama']!r}\nSet model.chat_template "
-            "to the family the tokenizer's template belongs to, or drop gguf from "
-            "release.formats.")
-    stops = mf.stop_tokens(family, tokenizer.chat_template or "", tokenizer.eos_token)
-    parameters = {"temperature": 0, "num_ctx": int(params["model"]["context_length"])}
-    out.write_text(mf.modelfile(f"./{gguf_rel}", family, stops, parameters), encoding="utf-8")
-    return {"template_identical": True, "stop": stops, "from": f"./{gguf_rel}"}
+    built = mf.checked_modelfile(tokenizer, params["model"]["chat_template"], f"./{gguf_rel}",
+                                 params["model"]["context_length"], "release")
+    out.write_text(built["text"], encoding="utf-8")
+    return {"template_identical": built["check"]["identical"],
+            "template_equivalent": built["check"]["equivalent"], "family": built["family"],
+            "stop": built["stop"], "from": f"./{gguf_rel}"}
+
 
 
 def _formats(params: dict, inputs: dict[str, Path], rel: Path) -> dict[str, Any]:
