@@ -2,7 +2,28 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from pathlib import Path
+
+import pytest
+
+HAS_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
+
+
+def gguf_ready() -> bool:
+    """Tells whether llama-cpp-python is installed and `python -m llmops.gguf_setup` has run."""
+    from llmops.serving.converter import converter_dir
+
+    return HAS_LLAMA_CPP and (converter_dir() / "llmops_gguf_setup.json").is_file()
+
+
+#: GGUF/serving tests skip without the gguf extra, unless LLMOPS_REQUIRE_GGUF=1 (CI), where they
+#: run and fail instead.
+needs_gguf = pytest.mark.skipif(
+    os.environ.get("LLMOPS_REQUIRE_GGUF") != "1" and not gguf_ready(),
+    reason="needs the gguf extra: pip install 'llmops[gguf]' && python -m llmops.gguf_setup",
+)
 
 
 def random_adapter(base: Path, folder: Path, seed: int, scale: float) -> Path:

@@ -7,16 +7,15 @@ reason without it, unless LLMOPS_REQUIRE_GGUF=1 (set by CI), where they run and 
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import logging
-import os
 import socket
 import tarfile
 from pathlib import Path
 
 import pytest
+from fixtures_model import HAS_LLAMA_CPP, needs_gguf
 
 from llmops.errors import ConfigError, StageError
 from llmops.runner.context import StageContext
@@ -28,20 +27,6 @@ from llmops.serving.modelfile import (
     modelfile,
     render_go,
     stop_tokens,
-)
-
-HAS_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
-
-
-def _converter_ready() -> bool:
-    from llmops.serving.converter import converter_dir
-
-    return (converter_dir() / "llmops_gguf_setup.json").is_file()
-
-
-needs_gguf = pytest.mark.skipif(
-    os.environ.get("LLMOPS_REQUIRE_GGUF") != "1" and not (HAS_LLAMA_CPP and _converter_ready()),
-    reason="needs the gguf extra: pip install 'llmops[gguf]' && python -m llmops.gguf_setup",
 )
 
 LLAMA3_JINJA = (

@@ -9,7 +9,6 @@ extra, like tests/test_deploy.py's.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import subprocess
@@ -18,22 +17,9 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from fixtures_model import needs_gguf
 
 from llmops.errors import ConfigError
-
-HAS_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
-
-
-def _converter_ready() -> bool:
-    from llmops.serving.converter import converter_dir
-
-    return (converter_dir() / "llmops_gguf_setup.json").is_file()
-
-
-needs_gguf = pytest.mark.skipif(
-    os.environ.get("LLMOPS_REQUIRE_GGUF") != "1" and not (HAS_LLAMA_CPP and _converter_ready()),
-    reason="needs the gguf extra: pip install 'llmops[gguf]' && python -m llmops.gguf_setup",
-)
 
 
 def _problems(compose_plan, overrides: list[str]) -> dict[str, str]:

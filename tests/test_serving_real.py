@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
 import sys
 import time
@@ -156,19 +155,7 @@ def chat_template():
 
 # -- with the gguf extra --------------------------------------------------------------------------
 
-def _gguf_ready() -> bool:
-    import importlib.util
-
-    from llmops.serving.converter import converter_dir
-
-    return importlib.util.find_spec("llama_cpp") is not None and (
-        converter_dir() / "llmops_gguf_setup.json").is_file()
-
-
-needs_gguf = pytest.mark.skipif(
-    os.environ.get("LLMOPS_REQUIRE_GGUF") != "1" and not _gguf_ready(),
-    reason="needs the gguf extra: pip install 'llmops[gguf]' && python -m llmops.gguf_setup",
-)
+from fixtures_model import needs_gguf  # noqa: E402
 
 
 def _serve(gguf_path: Path, log: Path, alias: str = "m") -> tuple[subprocess.Popen, str]:
