@@ -467,6 +467,31 @@ class StoreConfig(_Group):
     )
 
 
+class LimitsConfig(_Group):
+    """Bounds on untrusted input (data rows, model folders, templates, endpoints, logs).
+
+    Each is a key with one default in conf/config.yaml, listed in README's Guarantees, so a hostile
+    variant nobody tried is still bounded. Past a bound: a row is one reject, a config is exit 2, a
+    wait ends with the bound named.
+    """
+
+    row_bytes: int = Field(ge=1024, le=2**31, description=(
+        "Largest input row in bytes (a JSONL line, a JSON/Parquet record, a monitor log line); "
+        "a longer one is one reject, never parsed."))
+    json_depth: int = Field(ge=8, le=10_000, description=(
+        "Deepest nesting of a row, a tool's JSON Schema, a model's config.json or a log line."))
+    pattern_seconds: Timeout = Field(description=(
+        "Time a tool schema's `pattern` checks may take on one row; past it the row is one "
+        "reject."))
+    template_seconds: Timeout = Field(description=(
+        "Time one chat-template render may take (the compile-time check, the data stage)."))
+    http_total_seconds: Timeout = Field(description=(
+        "Total time of one HTTP request (probes, smoke calls, hub reads), however slowly the "
+        "answer trickles in; per-read timeouts bound each read within it."))
+    glob_files_warn: int = Field(ge=1, le=MAX_ROWS, description=(
+        "A data.path glob matching more files than this warns once, with the count."))
+
+
 class AppConfig(_Group):
     """The whole composed configuration."""
 
@@ -484,6 +509,7 @@ class AppConfig(_Group):
     usecase: UsecaseConfig
     distributed: DistributedConfig
     release: ReleaseConfig
+    limits: LimitsConfig = Field(description="Bounds on untrusted input (README: Guarantees).")
     dry_run: bool = Field(False, description="Compile and print the plan; run nothing.")
     seed: Seed = Field(0, description="Global seed.")
     store_dir: Text = Field("outputs/store", description="Content-addressed stage cache.")
