@@ -169,23 +169,63 @@ class Store:
         """Returns every record of the run registry, readable or not."""
         return registry.records(self.root)
 
+    def owns(self, path: Path) -> bool:
+        """Tells whether path lies inside the store: no link on the way from the root to it (the
+        path itself included), and its resolved form under the resolved root.
+
+        A store folder (`.tmp`, `.work`, `.runs`, an entry, ...) that is a symbolic link leads
+        outside what the store owns, so nothing under it is the store's to delete.
+        """
+        path = Path(path)
+        try:
+            rel = path.relative_to(self.root)
+            if not rel.parts or ".." in rel.parts:
+                return False
+            here = self.root
+            for part in rel.parts:
+                here = here / part
+                if here.is_symlink():
+                    return False
+            return path.resolve().is_relative_to(self.root.resolve())
+        except (ValueError, OSError):
+            return False
+
+    def linked_away(self) -> list[Path]:
+        """Returns the store's own folders and entries that are symbolic links (gc skips them)."""
+        if not self.root.is_dir():
+            return []
+        out = [self.root / s for s in _HIDDEN if (self.root / s).is_symlink()]
+        for kind in sorted(self.root.iterdir()):
+            if kind.name in _HIDDEN:
+                continue
+            if kind.is_symlink():
+                out.append(kind)
+            elif kind.is_dir():
+                out += [e for e in sorted(kind.iterdir()) if e.is_symlink()]
+        for sub in (".tmp", ".work", ".corrupt", ".trash"):
+            folder = self.root / sub
+            if folder.is_dir() and not folder.is_symlink():
+                out += [p for p in sorted(folder.iterdir()) if p.is_symlink()]
+        return out
+
     def entries(self) -> Iterator[Path]:
-        """Yields every published entry folder."""
+        """Yields every published entry folder (links, and what lies behind them, are skipped)."""
         if not self.root.is_dir():
             return
         for kind in sorted(self.root.iterdir()):
-            if kind.name in _HIDDEN or not kind.is_dir():
+            if kind.name in _HIDDEN or kind.is_symlink() or not kind.is_dir():
                 continue
             for entry in sorted(kind.iterdir()):
-                if (entry / META).is_file():
+                if not entry.is_symlink() and (entry / META).is_file():
                     yield entry
 
     def scratch(self) -> Iterator[Path]:
-        """Yields the folders under .tmp/, .work/, .corrupt/ and .trash/."""
+        """Yields the folders under .tmp/, .work/, .corrupt/ and .trash/ (not through links)."""
         for sub in (".tmp", ".work", ".corrupt", ".trash"):
             folder = self.root / sub
-            if folder.is_dir():
-                yield from sorted(p for p in folder.iterdir() if p.is_dir())
+            if folder.is_dir() and not folder.is_symlink():
+                yield from sorted(p for p in folder.iterdir()
+                                  if p.is_dir() and not p.is_symlink())
 
     def in_use(self, folder: Path) -> bool:
         """Tells whether some process holds the lock of a scratch folder's fingerprint."""
@@ -201,9 +241,18 @@ class Store:
         return False
 
     def remove(self, folder: Path) -> None:
-        """Removes an entry or scratch folder: first renamed away (atomic), then deleted."""
+        """Removes an entry or scratch folder: first renamed away (atomic), then deleted.
+
+        Raises:
+            OSError: The folder (or `.trash`) does not lie inside the store (see `owns`): a link
+                to elsewhere is never followed, and nothing outside the store is deleted.
+        """
         trash = self.root / ".trash"
         trash.mkdir(parents=True, exist_ok=True)
+        for path in (folder, trash):
+            if not self.owns(path):
+                raise OSError(f"{path} does not lie inside the store {self.root} (a symbolic "
+                              "link?); gc removes only what does")
         target = trash / f"{folder.name}-{uuid.uuid4().hex[:8]}"
         os.rename(folder, target)
         shutil.rmtree(target, ignore_errors=True)

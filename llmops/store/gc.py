@@ -202,6 +202,15 @@ def classify(store: Store, roots: Sequence[Path] = (), grace_s: float = 86400.0,
         rows.append({"path": folder, "key": f"{kind}/{fp}" if where == ".work" else None,
                      "kind": f"{kind} ({where[1:]})", "fingerprint": fp,
                      "age_s": age, "bytes": folder_size(folder), "state": state, "why": why})
+    for link in store.linked_away():
+        try:
+            target = os.readlink(link)
+        except OSError:
+            target = "?"
+        rows.append({"path": link, "key": None, "kind": "link", "fingerprint": link.name,
+                     "age_s": 0.0, "bytes": 0, "state": "kept",
+                     "why": f"a symbolic link to {target}: gc never deletes through a link, "
+                            "only what lies inside the store"})
     return rows
 
 
@@ -270,6 +279,8 @@ def gc(store: Store, roots: Sequence[Path] = (), grace_s: float = 86400.0, force
     if not dry_run:
         if force:
             for record in refs.forgettable:
-                record.unlink(missing_ok=True)
-        shutil.rmtree(store.root / ".trash", ignore_errors=True)
+                if store.owns(record):  # never a record reached through a linked .runs
+                    record.unlink(missing_ok=True)
+        if store.owns(store.root / ".trash"):
+            shutil.rmtree(store.root / ".trash", ignore_errors=True)
     return removed, kept
