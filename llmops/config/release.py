@@ -6,22 +6,15 @@ rules (formats the plan must produce, eval on) live in release_rules.py.
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Literal
 
 from packaging.licenses import InvalidLicenseExpression, canonicalize_license_expression
 from pydantic import AfterValidator, BaseModel, BeforeValidator, Field
 from pydantic_core import PydanticCustomError
 
+from llmops.config.names import release_name, semver
 from llmops.config.types import STRICT, Text
 
-# semver.org's own regular expression for a version (2.0.0).
-SEMVER = re.compile(
-    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
-    r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
-    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$"
-)
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # License ids of the Hugging Face Hub that are not SPDX identifiers (model families' own licenses).
 HUB_LICENSES = ("other", "llama2", "llama3", "llama3.1", "llama3.2", "llama3.3", "gemma")
 FORMATS = ("adapter", "merged", "gguf")
@@ -30,22 +23,6 @@ FORMATS = ("adapter", "merged", "gguf")
 def _as_text(value: object) -> object:
     """Turns a number Hydra parsed (release.version=1.0) into text, so the semver check names it."""
     return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
-
-
-def _file_name(value: str) -> str:
-    if not NAME.match(value):
-        raise PydanticCustomError(
-            "release_name", "must be a file name of letters, digits, '.', '_' and '-' that starts "
-                            "with a letter or digit (it names the bundle), e.g. task-api-assistant")
-    return value
-
-
-def _semver(value: str) -> str:
-    if not SEMVER.match(value):
-        raise PydanticCustomError(
-            "semver", "must be a semantic version MAJOR.MINOR.PATCH[-PRE][+BUILD], e.g. 1.0.0 or "
-                      "1.1.0-rc.1 (semver.org)")
-    return value
 
 
 def _license(value: str) -> str:
@@ -63,8 +40,8 @@ def _license(value: str) -> str:
     return canonical.lower()
 
 
-ReleaseName = Annotated[str, AfterValidator(_file_name)]
-SemVer = Annotated[str, BeforeValidator(_as_text), AfterValidator(_semver)]
+ReleaseName = Annotated[str, AfterValidator(release_name)]
+SemVer = Annotated[str, BeforeValidator(_as_text), AfterValidator(semver)]
 License = Annotated[str, AfterValidator(_license)]
 
 

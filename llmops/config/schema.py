@@ -13,9 +13,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Discriminator, Field, Tag, create_model, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    Discriminator,
+    Field,
+    Tag,
+    create_model,
+    field_validator,
+)
 
 from llmops.config.monitor import MonitorConfig
+from llmops.config.names import model_name, ollama_model_name
 from llmops.config.release import ReleaseConfig
 from llmops.config.types import (
     MAX_BATCH,
@@ -40,6 +49,10 @@ from llmops.config.usecase import UsecaseConfig
 from llmops.data import formats
 from llmops.data.convert import DEFAULT_COLUMNS, DEFAULT_TAGS
 
+#: Names that reach file names, Modelfiles and generated code (llmops.config.names).
+ModelName = Annotated[Text, AfterValidator(model_name)]
+OllamaName = Annotated[Text, AfterValidator(ollama_model_name)]
+
 
 class _Group(BaseModel):
     model_config = STRICT
@@ -60,7 +73,8 @@ class PretrainConfig(_Group):
 class ModelConfig(_Group):
     """The base model: where it comes from and the architecture facts planning needs."""
 
-    name: Text = Field(description="Preset name, e.g. tiny, qwen3b.")
+    name: ModelName = Field(
+        description="Preset name, e.g. tiny, qwen3b (hub: null takes the folder's name).")
     source: Literal["tiny", "hub"] = Field(description="tiny: built locally; hub: downloaded.")
     hub_id: Text | None = Field(
         None, description="Hugging Face hub id or local model folder (required for source=hub)."
@@ -352,7 +366,8 @@ class OllamaConfig(_Group):
     """deploy=ollama: where `ollama create` goes, and under which name."""
 
     host: Text = Field("http://127.0.0.1:11434", description="Ollama server URL.")
-    model_name: Text | None = Field(None, description="Name to create; default llmops-<model>.")
+    model_name: OllamaName | None = Field(
+        None, description="Name to create; default llmops-<model>.")
     timeout_s: Timeout = Field(3.0, description="How long to wait for the server to answer.")
 
 

@@ -9,6 +9,7 @@ OpenAI Agents SDK must use its Chat Completions model class (`OpenAIChatCompleti
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -48,16 +49,26 @@ def chat_request(row: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict] 
     return messages, (list(tools) if tools else None)
 
 
+def _py(text: str) -> str:
+    """Returns a Python string literal of text (a JSON string is one, with the same value)."""
+    return json.dumps(text, ensure_ascii=False)
+
+
 def snippets(base_url: str, name: str, ollama_host: str, has_tools: bool) -> dict[str, str]:
-    """Returns copy-paste client snippets: OpenAI SDK (with the tools), Agents SDK, Ollama, env."""
+    """Returns copy-paste client snippets: OpenAI SDK (with the tools), Agents SDK, Ollama, env.
+
+    Every value is quoted for its language (a Python string literal, a shell word), so a name
+    with a quote or a newline stays text; llmops.config.names refuses such names anyway.
+    """
     msg = '[{"role": "user", "content": "List my open tasks."}]'
     load = ("import json\n"
             'tools = json.load(open("integration_config.json"))["tools"]\n') if has_tools else ""
     tools_arg = ", tools=tools" if has_tools else ""
+    url, model, host = _py(base_url), _py(name), _py(ollama_host)
     return {
         "openai_sdk": (f"{load}from openai import OpenAI\n"
-                       f'client = OpenAI(base_url="{base_url}", api_key="not-needed")\n'
-                       f'reply = client.chat.completions.create(model="{name}", messages={msg}'
+                       f'client = OpenAI(base_url={url}, api_key="not-needed")\n'
+                       f"reply = client.chat.completions.create(model={model}, messages={msg}"
                        f"{tools_arg})\n"
                        "print(reply.choices[0].message.content, "
                        "reply.choices[0].message.tool_calls)"),
@@ -65,16 +76,16 @@ def snippets(base_url: str, name: str, ollama_host: str, has_tools: bool) -> dic
             "from agents import Agent, OpenAIChatCompletionsModel, Runner, set_tracing_disabled\n"
             "from openai import AsyncOpenAI\n"
             "set_tracing_disabled(True)  # no OpenAI key: keep traces local\n"
-            f'model = OpenAIChatCompletionsModel(model="{name}", openai_client=AsyncOpenAI('
-            f'base_url="{base_url}", api_key="not-needed"))\n'
+            f"model = OpenAIChatCompletionsModel(model={model}, openai_client=AsyncOpenAI("
+            f'base_url={url}, api_key="not-needed"))\n'
             'agent = Agent(name="assistant", model=model, tools=[...])  # @function_tool '
             "functions named and typed as in integration_config.json tools\n"
             'print(Runner.run_sync(agent, "List my open tasks.").final_output)'),
         "ollama_client": ("from ollama import Client\n"
-                          f'reply = Client(host="{ollama_host}").chat(model="{name}", '
+                          f"reply = Client(host={host}).chat(model={model}, "
                           f"messages={msg})\n"
                           'print(reply["message"]["content"])'),
-        "env": f"OPENAI_BASE_URL={base_url} OPENAI_API_KEY=not-needed",
+        "env": f"OPENAI_BASE_URL={shlex.quote(base_url)} OPENAI_API_KEY=not-needed",
     }
 
 

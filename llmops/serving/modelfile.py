@@ -24,8 +24,8 @@ from typing import Any
 
 from llmops.serving.gotemplate import GoValue, TemplateError, execute
 
-__all__ = ["TemplateError", "check_template", "go_template", "modelfile", "ollama_values",
-           "render_go", "resolve_family", "stop_tokens"]
+__all__ = ["TemplateError", "argument", "check_template", "go_template", "modelfile",
+           "ollama_values", "render_go", "resolve_family", "stop_tokens"]
 
 _QWEN_DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 
@@ -332,15 +332,56 @@ def check_template(render_training: Callable[..., str], family: str,
             "known_differences": known}
 
 
+def argument(value: str, what: str, bare: bool = False, block: bool = False) -> str:
+    """Returns value written as one Modelfile argument that Ollama's parser reads back unchanged.
+
+    A Modelfile has no escapes: an argument is a word, "text" or \"\"\"text\"\"\", and it ends at
+    the first space or newline after its closing quote(s); Ollama drops characters that are not
+    printable. So a value holding no quote is written as "text" (or bare, when asked and it holds
+    no space either), one holding a quote as \"\"\"text\"\"\", and one that cannot be written
+    without changing what Ollama reads is refused.
+
+    Args:
+        value: The text (a stop token, a path, a template, a system prompt).
+        what: What it is, for the error (e.g. "stop token", "TEMPLATE").
+        bare: Write a value without quotes, spaces or line breaks as a plain word (FROM).
+        block: Always write the value as a \"\"\" block (TEMPLATE, SYSTEM).
+
+    Raises:
+        TemplateError: The value holds \"\"\" or a character Ollama drops (a control or format
+            character other than tab, CR and LF), or is empty.
+    """
+    dropped = sorted({c for c in value if not c.isprintable() and c not in "\t\r\n"})
+    if not value or '"""' in value or dropped:
+        why = ("it is empty" if not value else 'it holds """, which ends a Modelfile block'
+               if '"""' in value else f"it holds {', '.join(map(repr, dropped))}, which Ollama "
+               "drops from a Modelfile")
+        raise TemplateError(f"the {what} {value!r} cannot be written in a Modelfile: {why}")
+    if block or '"' in value:
+        return f'"""{value}"""'
+    if bare and not any(c.isspace() for c in value):
+        return value
+    return f'"{value}"'
+
+
 def modelfile(gguf_path: str, family: str, stops: Sequence[str],
-              parameters: dict[str, Any]) -> str:
-    """Returns the Modelfile text: FROM the GGUF, the family's TEMPLATE, stops and parameters."""
+              parameters: dict[str, Any], system: str | None = None) -> str:
+    """Returns the Modelfile text: FROM the GGUF, the family's TEMPLATE, stops and parameters.
+
+    Every value is written by `argument`, so each instruction is the one llmops meant: a stop
+    token or system prompt with a quote or a line break cannot add a line of its own.
+
+    Raises:
+        TemplateError: A value cannot be written in a Modelfile (see `argument`).
+    """
     template = go_template(family)
-    if '"""' in template:
-        raise TemplateError('the template contains """, which a Modelfile cannot quote')
-    lines = [f"FROM {gguf_path}", f'TEMPLATE """{template}"""']
-    lines += [f'PARAMETER stop "{s}"' for s in stops]
-    lines += [f"PARAMETER {k} {v}" for k, v in parameters.items()]
+    lines = [f"FROM {argument(gguf_path, 'GGUF path', bare=True)}",
+             f"TEMPLATE {argument(template, 'TEMPLATE', block=True)}"]
+    if system is not None:
+        lines.append(f"SYSTEM {argument(system, 'SYSTEM prompt', block=True)}")
+    lines += [f"PARAMETER stop {argument(s, 'stop token')}" for s in stops]
+    lines += [f"PARAMETER {k} {argument(str(v), f'PARAMETER {k}', bare=True)}"
+              for k, v in parameters.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -387,6 +428,12 @@ def checked_modelfile(tokenizer: Any, chat_template: str, gguf_from: str, contex
             "model.chat_template to the family the tokenizer's template belongs to.")
     stops = stop_tokens(family, tokenizer.chat_template or "", tokenizer.eos_token)
     parameters = {"temperature": 0, "num_ctx": int(context_length)}
-    text = modelfile(gguf_from, family, stops, parameters)
+    try:
+        text = modelfile(gguf_from, family, stops, parameters)
+    except TemplateError as exc:
+        raise StageError(
+            f"{who}: {exc}. The stop tokens are the tokenizer's eos_token "
+            f"({tokenizer.eos_token!r}) and the template's turn markers; fix eos_token in the "
+            "model folder's tokenizer_config.json, or use deploy=openai (no Modelfile).") from exc
     return {"text": text, "family": family, "check": check, "stop": stops,
             "parameters": parameters}

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -117,7 +118,8 @@ def _ollama(params: dict, gguf: Path, tokenizer: Any, out_dir: Path, ctx: StageC
     final = Path(ctx.run_dir) / "stages" / "deploy" / "Modelfile"
     record: dict[str, Any] = {
         "modelfile": "Modelfile", "template_check": check, "stop": stops,
-        "parameters": parameters, "host": host, "command": f"ollama create {name} -f {final}",
+        "parameters": parameters, "host": host,
+        "command": f"ollama create {shlex.quote(name)} -f {shlex.quote(str(final))}",
     }
     version = _get(f"{host}/api/version", float(o["timeout_s"]))
     if version is None:

@@ -9,6 +9,8 @@ self-host) from the decide report. Every figure is read from a stage's report; n
 
 from __future__ import annotations
 
+import json
+import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -179,17 +181,20 @@ def _training(f: CardFacts) -> list[str]:
 def _how_to_run(f: CardFacts) -> list[str]:
     p, files = f.params, f.files
     name = p["name"]
+    # Names are checked at compile time (llmops.config.names); quoted anyway: a JSON string is a
+    # Python string literal of the same text.
+    sh, py = shlex.quote(name), json.dumps(name, ensure_ascii=False)
     out = ["## How to run", ""]
     if files.get("modelfile"):
-        out += ["### Ollama", "", "```sh", f"ollama create {name} -f Modelfile",
-                f"ollama run {name}", "```", ""]
+        out += ["### Ollama", "", "```sh", f"ollama create {sh} -f Modelfile",
+                f"ollama run {sh}", "```", ""]
     if files.get("gguf"):
-        gguf = files["gguf"][0]
+        gguf = shlex.quote(str(files["gguf"][0]))
         out += ["### An OpenAI-compatible endpoint", "", "```sh",
                 f"python -m llama_cpp.server --model {gguf} --host 127.0.0.1 --port 8000 "
-                f"--model_alias {name}", "```", "", "```python", "from openai import OpenAI",
+                f"--model_alias {sh}", "```", "", "```python", "from openai import OpenAI",
                 'client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="not-needed")',
-                f'reply = client.chat.completions.create(model="{name}", '
+                f'reply = client.chat.completions.create(model={py}, '
                 'messages=[{"role": "user", "content": "..."}])', "```", ""]
     if f.integration:
         out += [f"integration_config.json holds the deploy stage's endpoint settings "
@@ -202,10 +207,10 @@ def _how_to_run(f: CardFacts) -> list[str]:
                 'model = AutoModelForCausalLM.from_pretrained("merged")',
                 'tokenizer = AutoTokenizer.from_pretrained("merged")', "```", ""]
     if files.get("adapter"):
-        base = p["model"]["hub_id"] or "BASE_MODEL_FOLDER"
+        base = json.dumps(p["model"]["hub_id"] or "BASE_MODEL_FOLDER", ensure_ascii=False)
         out += ["The adapter on its base model:", "", "```python", "from peft import PeftModel",
                 "from transformers import AutoModelForCausalLM",
-                f'base = AutoModelForCausalLM.from_pretrained("{base}")',
+                f"base = AutoModelForCausalLM.from_pretrained({base})",
                 'model = PeftModel.from_pretrained(base, "adapter")', "```", ""]
     if files.get("adapter") and not p["model"]["hub_id"]:
         out += ["The adapter applies to the tiny base llmops builds locally (not in this "
