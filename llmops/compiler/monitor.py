@@ -21,7 +21,10 @@ def add_monitor(b: PlanBuilder, s: StageInputs) -> None:
         "probes": m.probes, "seed": s.cfg.seed, "significance": m.significance,
         "thresholds": m.thresholds.model_dump(), "for": m.windows.model_dump(),
         "metrics_host": m.metrics_host, "metrics_port": m.metrics_port,
+        "allow_public_bind": m.allow_public_bind,
         "request_timeout_s": m.request_timeout_s, "max_tokens": s.cfg.eval.max_new_tokens,
+        "limits": {k: getattr(s.cfg.limits, k)
+                   for k in ("row_bytes", "json_depth", "http_total_seconds")},
         "allow_failed_gates": s.cfg.deploy.allow_failed_gates,
     }
     b.add("monitor", params, ["eval", "deploy", "data", "export"],

@@ -52,5 +52,7 @@ class MonitorConfig(BaseModel):
     thresholds: MonitorThresholds = Field(description="Alert thresholds relative to the baseline.")
     windows: MonitorWindows = Field(alias="for", description="`for:` window of each alert.")
     metrics_host: Text = Field(description="Interface the monitor's metrics endpoint binds.")
+    allow_public_bind: bool = Field(description="Allow a metrics_host that is not a loopback "
+                                                "address (exposes the live figures).")
     metrics_port: int = Field(ge=0, le=65535, description="Port of the metrics endpoint; 0: free.")
     request_timeout_s: Timeout = Field(description="Timeout of one probe request.")

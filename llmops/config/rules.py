@@ -37,12 +37,13 @@ def cross_field_problems(cfg: AppConfig, env: Environment, resolved: Resolved) -
         problems += rule(cfg, env)
     problems += _precision(cfg, resolved) + _compute(cfg, resolved)
     from llmops.config.align_rules import alignment_problems
+    from llmops.config.bind_rules import bind_problems
     from llmops.config.distributed_rules import distributed_problems
     from llmops.config.lora_rules import target_problems
     from llmops.config.release_rules import release_problems
 
     problems += alignment_problems(cfg, env) + target_problems(cfg, env) + release_problems(cfg)
-    problems += distributed_problems(cfg, env, resolved)
+    problems += distributed_problems(cfg, env, resolved) + bind_problems(cfg)
     return problems
 
 

@@ -375,6 +375,8 @@ class OpenAIServeConfig(_Group):
     """deploy=openai: the local OpenAI-compatible server (llama-cpp-python's) and its smoke test."""
 
     host: Text = Field("127.0.0.1", description="Interface to bind; keep it local.")
+    allow_public_bind: bool = Field(
+        False, description="Allow a host that is not a loopback address (exposes the model).")
     port: int = Field(0, ge=0, le=65535, description="Port; 0 picks a free one.")
     startup_timeout_s: Timeout = Field(120.0, description="Wait for /v1/models this long.")
     smoke_prompts: list[Text] = Field(

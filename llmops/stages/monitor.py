@@ -101,7 +101,8 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
     """Writes baseline.json, probes.jsonl and alert_rules.yml for the deployed model.
 
     Params read: probes, seed, significance, thresholds, for, metrics_host, metrics_port,
-    request_timeout_s, max_tokens, allow_failed_gates.
+    allow_public_bind, request_timeout_s, max_tokens, allow_failed_gates, limits (row_bytes,
+    json_depth, http_total_seconds: the defaults of `python -m llmops.monitor`).
     Inputs: "eval" (eval_report.json), "deploy" (integration_config.json, smoke_test.json),
     "data" (test.jsonl), "export" (merged/ tokenizer: the call syntax).
 
@@ -147,7 +148,11 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
         "probes": {"file": PROBES_FILE, "n": len(probes), "kinds": kinds,
                    "sha256": hashlib.sha256((out_dir / PROBES_FILE).read_bytes()).hexdigest()},
         "metrics_host": params["metrics_host"], "metrics_port": int(params["metrics_port"]),
+        "allow_public_bind": bool(params["allow_public_bind"]),
         "request_timeout_s": float(params["request_timeout_s"]),
+        "limits": {"row_bytes": int(params["limits"]["row_bytes"]),
+                   "json_depth": int(params["limits"]["json_depth"]),
+                   "http_total_seconds": float(params["limits"]["http_total_seconds"])},
         "max_tokens": int(params["max_tokens"]),
         "eval": {"passed": eval_report.get("passed"), "n": eval_report.get("n"), **verdict},
         "rules": RULES_FILE,
