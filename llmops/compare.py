@@ -5,13 +5,17 @@ DIR is a multirun folder (DIR/0, DIR/1, ... each with metrics.json, manifest.jso
 parameters as columns, gates), writes DIR/comparison.csv and DIR/comparison.png (the metric against
 each swept axis; the training loss curves of all points) and names the best point as the command
 that reproduces it. With W&B online, `--wandb PROJECT --group G` reads the same from the W&B API.
+
+A run whose metrics.json, manifest.json or reports cannot be read (not UTF-8, not strict JSON,
+nested deeper than limits.json_depth, not the shape llmops writes) is skipped with one line on
+stderr naming the file and why; the others are compared.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import json
+import math
 import os
 import re
 import sys
@@ -32,27 +36,78 @@ LOWER_IS_BETTER = ("loss", "seconds", "false_refusal", "runtime")
 SKIP_DIRS = {"stages", "wandb", ".hydra", "checkpoints"}
 
 
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+class Unreadable(ValueError):
+    """A run's file that compare cannot use (its message names the file and why)."""
+
+
+def default_json_depth() -> int:
+    """Returns limits.json_depth's default (conf/config.yaml, its one home)."""
+    from importlib.resources import files
+
+    from omegaconf import OmegaConf
+
+    return int(OmegaConf.load(files("llmops.conf") / "config.yaml").limits.json_depth)
+
+
+def _read(path: Path, depth: int) -> dict[str, Any]:
+    """Returns a run file's JSON object ({} when the file does not exist).
+
+    Raises:
+        Unreadable: Not UTF-8, not strict JSON, nested deeper than depth, or not an object.
+    """
+    from llmops.files import JSONLimitError, loads_bounded
+
+    if not path.is_file():
         return {}
+    try:
+        text = path.read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise Unreadable(f"{path}: cannot read it ({exc})") from exc
+    try:
+        data = loads_bounded(text, depth)
+    except JSONLimitError as exc:
+        raise Unreadable(f"{path}: {exc}") from exc
+    except ValueError as exc:
+        raise Unreadable(f"{path}: not JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise Unreadable(f"{path}: not a JSON object (got {type(data).__name__})")
+    return data
 
 
 def _scalars(prefix: str, metrics: dict[str, Any] | None) -> dict[str, Any]:
     return {f"{prefix}.{k}": v for k, v in (metrics or {}).items()
-            if isinstance(v, int | float) and not isinstance(v, bool)}
+            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)}
 
 
 def _curve(points: list[dict[str, Any]] | None) -> list[tuple[float, float]]:
     return [(p["step"], p["loss"]) for p in points or [] if p.get("loss") is not None]
 
 
-def row_from_run_dir(run_dir: Path) -> dict[str, Any] | None:
-    """Builds one leaderboard row from a run folder: metrics.json, else the stage reports."""
+def row_from_run_dir(run_dir: Path, depth: int | None = None) -> dict[str, Any] | None:
+    """Builds one leaderboard row from a run folder: metrics.json, else the stage reports.
+
+    Raises:
+        Unreadable: A file of the run cannot be read, or is not the shape llmops writes.
+    """
     run_dir = Path(run_dir)
-    m = _read(run_dir / METRICS_FILE)
-    manifest = _read(run_dir / "manifest.json")
+    depth = depth or default_json_depth()
+    try:
+        return _row(run_dir, depth)
+    except (TypeError, AttributeError, KeyError, IndexError) as exc:
+        raise Unreadable(f"{run_dir}: its metrics.json or reports are not the shape llmops "
+                         f"writes ({type(exc).__name__}: {exc})") from exc
+
+
+def _finite(value: Any) -> Any:
+    """Returns a metric value, or None for one that is not a finite number."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return value if value is None or isinstance(value, str) else None
+    return value if math.isfinite(value) else None
+
+
+def _row(run_dir: Path, depth: int) -> dict[str, Any] | None:
+    m = _read(run_dir / METRICS_FILE, depth)
+    manifest = _read(run_dir / "manifest.json", depth)
     if not m and not manifest:
         return None
     overrides = m.get("overrides") or manifest.get("overrides") or []
@@ -60,8 +115,8 @@ def row_from_run_dir(run_dir: Path) -> dict[str, Any] | None:
         from omegaconf import OmegaConf
 
         overrides = list(OmegaConf.load(run_dir / ".hydra" / "overrides.yaml"))
-    evals = _read(run_dir / report_name("eval"))
-    training = _read(run_dir / report_name("sft"))
+    evals = _read(run_dir / report_name("eval"), depth)
+    training = _read(run_dir / report_name("sft"), depth)
     gates = m.get("gates") or {g["name"]: g for g in evals.get("gates", []) if "name" in g}
     row: dict[str, Any] = {
         "run_dir": str(run_dir.resolve()),
@@ -71,10 +126,10 @@ def row_from_run_dir(run_dir: Path) -> dict[str, Any] | None:
         "command": m.get("command") or reproduce_command(overrides),
         "gates_passed": m.get("gates_passed", evals.get("passed")),
         "failed_gates": [n for n, g in gates.items() if g.get("passed") is False],
-        "final_loss": m.get("final_loss", training.get("final_loss")),
-        "eval_loss": m.get("eval_loss", training.get("eval_loss")),
-        "train_seconds": m.get("train_seconds", training.get("train_runtime_s")),
-        "steps": m.get("steps", training.get("steps")),
+        "final_loss": _finite(m.get("final_loss", training.get("final_loss"))),
+        "eval_loss": _finite(m.get("eval_loss", training.get("eval_loss"))),
+        "train_seconds": _finite(m.get("train_seconds", training.get("train_runtime_s"))),
+        "steps": _finite(m.get("steps", training.get("steps"))),
         "loss_curve": _curve(training.get("loss_curve")),
     }
     for part in ("tuned", "base", "deltas"):
@@ -114,14 +169,21 @@ def row_from_wandb_run(run: Any) -> dict[str, Any]:
     return row
 
 
-def find_runs(root: Path) -> list[dict[str, Any]]:
-    """Returns a row for every run folder under root (job folders in numeric order)."""
+def find_runs(root: Path, depth: int | None = None) -> list[dict[str, Any]]:
+    """Returns a row for every run folder under root (job folders in numeric order); a run that
+    cannot be read is skipped with one line on stderr naming the file and why."""
     rows = []
+    depth = depth or default_json_depth()
     for here, dirs, files in os.walk(root):
         dirs[:] = sorted((d for d in dirs if d not in SKIP_DIRS),
                          key=lambda d: (not d.isdigit(), int(d) if d.isdigit() else 0, d))
         if METRICS_FILE in files or "manifest.json" in files:
-            row = row_from_run_dir(Path(here))
+            try:
+                row = row_from_run_dir(Path(here), depth)
+            except Unreadable as exc:
+                print(f"compare: skipped a run: {exc}", file=sys.stderr)
+                dirs[:] = []
+                continue
             if row:
                 row["run"] = str(Path(here).relative_to(root)) if Path(here) != root else "."
                 rows.append(row)
@@ -307,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--group", help="W&B group (the sweep) with --wandb")
     p.add_argument("--entity", help="W&B entity with --wandb")
     p.add_argument("--out", type=Path, help="where to write comparison.csv/.png (default: DIR)")
+    p.add_argument("--json-depth", type=int, help="deepest nesting of a run's JSON files "
+                   "(default: limits.json_depth's default)")
     args = p.parse_args(argv)
     if args.wandb:
         rows = _wandb_rows(args.wandb, args.group, args.entity)
@@ -319,7 +383,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"compare: {args.dir} is not a folder. Give a multirun folder, e.g. "
                   "outputs/multirun/DATE/TIME.", file=sys.stderr)
             return 2
-        rows, out, where = find_runs(args.dir), args.out or args.dir, str(args.dir)
+        rows, out = find_runs(args.dir, args.json_depth), args.out or args.dir
+        where = str(args.dir)
     if not rows:
         print(f"compare: no runs found in {where} (a run folder holds metrics.json or "
               "manifest.json).", file=sys.stderr)
