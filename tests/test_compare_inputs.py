@@ -66,7 +66,7 @@ def test_compare_skips_each_hostile_run_naming_the_file_and_ranks_the_rest(sweep
     r = _compare(str(sweep))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Traceback" not in r.stderr
-    for job, (name, _, says) in enumerate(BAD.values(), start=2):
+    for job, (_, _, says) in enumerate(BAD.values(), start=2):
         line = next((ln for ln in r.stderr.splitlines() if f"{sweep / str(job)}" in ln), "")
         assert line.startswith("compare: skipped a run: ") and says in line, (job, r.stderr)
     assert "leaderboard: 2 runs, best first by exact_match" in r.stdout

@@ -321,7 +321,7 @@ def test_deploy_openai_end_to_end_answers_through_the_openai_client(chain_run):
     # The server is gone: nothing answers on its port any more.
     from llmops.stages.deploy import _get
 
-    assert _get(integration["base_url"] + "/models", 1.0) is None
+    assert _get(integration["base_url"] + "/models", 1.0, 5.0) is None
 
 
 # -- deploy=ollama against a stand-in Ollama server (Ollama itself cannot run here) ---------------

@@ -7,6 +7,7 @@ of a hub model then checks that the model can be had (reachability.py), also exi
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -65,7 +66,7 @@ def check(overrides: list[str], source: Source | None = None) -> Any:
         raise ConfigError(hard)
     model = model_to_load(cfg, plan)
     if model:
-        reachable(model)
+        reachable(model, total_s=float(cfg.limits.http_total_seconds))
     return plan
 
 
@@ -85,15 +86,20 @@ def model_to_load(cfg: Any, plan: Any) -> str | None:
     return str(cfg.model.hub_id) if loads else None
 
 
-def reachable(*hub_ids: str) -> None:
+def reachable(*hub_ids: str, total_s: float) -> None:
     """Checks that each model's config, tokenizer and weights can be had, before any stage.
+
+    Args:
+        hub_ids: The models (model.hub_id) the plans load.
+        total_s: How long one hub request may take in all (limits.http_total_seconds).
 
     Raises:
         ConfigError: Naming each model that cannot be had, with the fixes.
     """
     from llmops.cli.reachability import reachability_problems
 
-    problems = [p for hub_id in dict.fromkeys(hub_ids) for p in reachability_problems(hub_id)]
+    problems = [p for hub_id in dict.fromkeys(hub_ids)
+                for p in reachability_problems(hub_id, total_s)]
     if problems:
         raise ConfigError(problems)
 
@@ -158,6 +164,7 @@ def _preflight(command: Command) -> Any:
     env = detect()
     soft: list[Problem] = []
     models: list[str | None] = []
+    total_s = math.inf  # the smallest limits.http_total_seconds of the points
     for point in sweep.points:
         tag = f" [sweep point: {sweep.label(point)}]"
         try:  # a point's hydra node configures its job's logging: checked like the sweep's
@@ -175,9 +182,10 @@ def _preflight(command: Command) -> Any:
             sweep.invalid.append(sweep.label(point))
             continue
         models.append(model_to_load(cfg, plan))
+        total_s = min(total_s, float(cfg.limits.http_total_seconds))
     if hard or (soft and (not sweep.skip_invalid or len(sweep.invalid) == len(sweep.points))):
         raise ConfigError(hard + soft)
-    reachable(*(m for m in models if m))
+    reachable(*(m for m in models if m), total_s=total_s)
     if soft:
         print(f"skip_invalid: {len(sweep.invalid)} of {len(sweep.points)} sweep points are "
               f"invalid and will be skipped:\n" + "\n".join(f"  - {p}" for p in soft),

@@ -2,7 +2,8 @@
 
 A model can be had from a local folder holding those files, from the Hugging Face cache
 (``try_to_load_from_cache``, no request), or from a hub that answers one request
-(``HfApi().model_info`` with a short timeout, no retries). Otherwise the run stops with exit 2 and
+(``HfApi().model_info`` with a short timeout per read, no retries, and limits.http_total_seconds in
+all). Otherwise the run stops with exit 2 and
 the fixes, instead of spending a minute in huggingface_hub's retries inside the data stage and
 failing in sft. Dry runs never come here: planning a preset needs no download.
 """
@@ -29,12 +30,14 @@ def _fixes(hub_id: str) -> str:
             f"then reads the filled cache.")
 
 
-def reachability_problems(hub_id: str, timeout_s: float = TIMEOUT_S) -> list[Problem]:
+def reachability_problems(hub_id: str, total_s: float,
+                          timeout_s: float = TIMEOUT_S) -> list[Problem]:
     """Returns the problem (at most one) with getting a model's config, tokenizer and weights.
 
     Args:
         hub_id: model.hub_id: a local folder or a hub id.
-        timeout_s: How long the one hub request may take.
+        total_s: How long the one hub request may take in all (limits.http_total_seconds).
+        timeout_s: How long each read of it may take.
     """
     if is_local_path(hub_id):
         return _folder_problems(Path(hub_id).expanduser())
@@ -47,7 +50,7 @@ def reachability_problems(hub_id: str, timeout_s: float = TIMEOUT_S) -> list[Pro
         return [Problem(KEY, f"'{hub_id}' is not in the Hugging Face cache (missing: "
                              f"{', '.join(missing)}) and HF_HUB_OFFLINE is set, so it cannot "
                              f"be downloaded. {_fixes(hub_id)}")]
-    return _hub_problems(hub_id, missing, timeout_s)
+    return _hub_problems(hub_id, missing, timeout_s, total_s)
 
 
 def _folder_problems(folder: Path) -> list[Problem]:
@@ -89,13 +92,20 @@ def _weights_there(find, name: str) -> bool:  # type: ignore[no-untyped-def]
     return all(find(shard) for shard in shards)
 
 
-def _hub_problems(hub_id: str, missing: list[str], timeout_s: float) -> list[Problem]:
+def _hub_problems(hub_id: str, missing: list[str], timeout_s: float,
+                  total_s: float) -> list[Problem]:
     """Asks the hub once whether it has the model; returns the problem when it cannot be had."""
     from huggingface_hub import HfApi, constants
     from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
 
+    from llmops.serving.deadline import DeadlineExceeded, within
+
     try:
-        info = HfApi().model_info(hub_id, timeout=timeout_s)
+        info = within(total_s, HfApi().model_info, hub_id, timeout=timeout_s)
+    except DeadlineExceeded as exc:
+        return [Problem(KEY, f"'{hub_id}' is not in the Hugging Face cache (missing: "
+                             f"{', '.join(missing)}) and the hub at {constants.ENDPOINT} gave "
+                             f"{exc}. {_fixes(hub_id)}")]
     except GatedRepoError:
         return [Problem(KEY, f"'{hub_id}' is gated on {constants.ENDPOINT}: accept its licence "
                              "on the model page and log in (`hf auth login`, or set HF_TOKEN). "

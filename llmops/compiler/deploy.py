@@ -41,6 +41,7 @@ def add_deploy(b: PlanBuilder, s: StageInputs) -> None:
         "serve_quantization": g.quantization[0], "allow_failed_gates": dp.allow_failed_gates,
         "eval_enabled": has_eval, "eval_enforce": cfg.eval.enforce,
         "max_new_tokens": cfg.eval.max_new_tokens,
+        "http_total_seconds": cfg.limits.http_total_seconds,
     }
     if dp.target == "ollama":
         params["ollama"] = dp.ollama.model_dump()

@@ -70,13 +70,20 @@ def _free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
-def _get(url: str, timeout: float) -> dict | None:
-    """GETs a JSON URL; None when nothing answers."""
-    try:
+def _get(url: str, timeout: float, total_s: float) -> dict | None:
+    """GETs a JSON URL (each read within timeout, all of it within total_s); None when nothing
+    answers in time or the answer is not a JSON object."""
+    from llmops.serving.deadline import within
+
+    def fetch() -> Any:
         with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 - local URLs
             return json.loads(r.read().decode() or "{}")
-    except (OSError, urllib.error.URLError, ValueError):
+
+    try:
+        got = within(total_s, fetch)
+    except (OSError, urllib.error.URLError, ValueError):  # DeadlineExceeded is an OSError
         return None
+    return got if isinstance(got, dict) else None
 
 
 def _smoke_chats(params: dict, inputs: dict[str, Path],
@@ -121,21 +128,25 @@ def _ollama(params: dict, gguf: Path, tokenizer: Any, out_dir: Path, ctx: StageC
         "parameters": parameters, "host": host,
         "command": f"ollama create {shlex.quote(name)} -f {shlex.quote(str(final))}",
     }
-    version = _get(f"{host}/api/version", float(o["timeout_s"]))
+    total = float(params["http_total_seconds"])
+    version = _get(f"{host}/api/version", float(o["timeout_s"]), total)
     if version is None:
         record.update(created=False, reason=f"no Ollama server answered at {host}")
         ctx.logger.warning("deploy: no Ollama server at %s; run: %s", host, record["command"])
         return record
     import ollama
 
+    from llmops.serving.deadline import DeadlineExceeded, within
+
     client = ollama.Client(host=host)
     try:
         digest = client.create_blob(gguf)
         client.create(model=name, files={gguf.name: digest}, template=mf.go_template(family),
                       parameters={"stop": stops, **parameters}, stream=False)
-        reply = client.chat(model=name, messages=[{"role": "user", "content": DEFAULT_SMOKE[1]}],
-                            options={"num_predict": 32})
-    except (ollama.ResponseError, ConnectionError) as exc:
+        reply = within(total, client.chat, model=name,
+                       messages=[{"role": "user", "content": DEFAULT_SMOKE[1]}],
+                       options={"num_predict": 32})
+    except (ollama.ResponseError, ConnectionError, DeadlineExceeded) as exc:
         raise StageError(
             f"deploy: the Ollama server at {host} failed to create {name!r}: {exc}. Fix the "
             "server (or set deploy.ollama.host to one that works) and rerun; the finished "
@@ -159,13 +170,14 @@ def _openai(params: dict, inputs: dict[str, Path], gguf: Path, out_dir: Path, ct
     keep = bool(params["keep_serving"])
     log_path = (Path(ctx.run_dir) / "llama_server.log") if keep else out_dir / "server.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    total = float(params["http_total_seconds"])
     t0 = time.perf_counter()
     log = open(log_path, "w")  # noqa: SIM115 - the server outlives this block when kept
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=keep)
     record: dict[str, Any] = {"base_url": base_url, "command": " ".join(cmd), "pid": proc.pid}
     try:
         deadline = time.monotonic() + float(o["startup_timeout_s"])
-        while _get(f"{base_url}/models", 1.0) is None:
+        while _get(f"{base_url}/models", 1.0, total) is None:
             if proc.poll() is not None or time.monotonic() > deadline:
                 log.flush()
                 tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
@@ -178,22 +190,33 @@ def _openai(params: dict, inputs: dict[str, Path], gguf: Path, out_dir: Path, ct
                         record["startup_seconds"])
         from openai import OpenAI
 
-        client = OpenAI(base_url=base_url, api_key="not-needed", timeout=120, max_retries=0)
-        served = [m.id for m in client.models.list().data]
+        from llmops.serving.deadline import DeadlineExceeded, within
+
+        # Each read within 120 s, each request within limits.http_total_seconds in all.
+        client = OpenAI(base_url=base_url, api_key="not-needed", timeout=min(120.0, total),
+                        max_retries=0)
         results = []
-        for messages, tools in _smoke_chats(params, inputs, int(o["n_smoke"])):
-            t1 = time.perf_counter()
-            reply = client.chat.completions.create(
-                model=name, messages=messages, max_tokens=int(o["max_tokens"]),
-                temperature=0.0, seed=0, **({"tools": tools} if tools else {}))
-            choice = reply.choices[0]
-            calls = [{"name": c.function.name, "arguments": c.function.arguments}
-                     for c in choice.message.tool_calls or []]
-            results.append({"messages": messages, "tools": [t["function"]["name"] for t in tools]
-                            if tools else [], "answer": choice.message.content,
-                            "tool_calls": calls, "finish_reason": choice.finish_reason,
-                            "completion_tokens": getattr(reply.usage, "completion_tokens", None),
-                            "seconds": round(time.perf_counter() - t1, 3)})
+        try:
+            served = [m.id for m in within(total, client.models.list).data]
+            for messages, tools in _smoke_chats(params, inputs, int(o["n_smoke"])):
+                t1 = time.perf_counter()
+                reply = within(total, client.chat.completions.create,
+                               model=name, messages=messages, max_tokens=int(o["max_tokens"]),
+                               temperature=0.0, seed=0, **({"tools": tools} if tools else {}))
+                choice = reply.choices[0]
+                calls = [{"name": c.function.name, "arguments": c.function.arguments}
+                         for c in choice.message.tool_calls or []]
+                results.append({
+                    "messages": messages, "tools": [t["function"]["name"] for t in tools]
+                    if tools else [], "answer": choice.message.content, "tool_calls": calls,
+                    "finish_reason": choice.finish_reason,
+                    "completion_tokens": getattr(reply.usage, "completion_tokens", None),
+                    "seconds": round(time.perf_counter() - t1, 3)})
+        except DeadlineExceeded as exc:
+            raise StageError(f"deploy: the smoke test at {base_url} got {exc}. A model this "
+                             "slow would time out its clients too: serve a smaller "
+                             "quantization, lower deploy.openai.max_tokens, or raise "
+                             "limits.http_total_seconds.") from exc
         ok = bool(results) and name in served and all(
             r["answer"] is not None or r["tool_calls"] for r in results)
         smoke = {"base_url": base_url, "model": name, "served_models": served,
@@ -240,7 +263,8 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
     """Deploys the GGUF of the gguf stage to deploy.target (ollama or openai).
 
     Params read: target, model (name, chat_template, context_length), serve_quantization,
-    allow_failed_gates, ollama {host, model_name, timeout_s}, openai {...}, keep_serving.
+    allow_failed_gates, ollama {host, model_name, timeout_s}, openai {...}, keep_serving,
+    http_total_seconds (each HTTP request in all).
     Inputs: "gguf", "export" (merged tokenizer), "eval" (gate verdict), "data" (smoke prompts).
 
     Returns:
