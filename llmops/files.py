@@ -1,10 +1,12 @@
-"""Small file helpers: atomic JSON writes, and JSON read with a bound on its nesting."""
+"""Small file helpers: atomic JSON writes, the modes of written files, and JSON read with a bound
+on its nesting."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import stat
 import uuid
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,44 @@ def write_json_atomic(path: Path, data: Any, allow_nan: bool = True) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def umask() -> int:
+    """Returns the process's umask (from /proc where it can: no thread sees it change)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def share_like_open(folder: Path) -> int:
+    """Gives each file under folder that a library wrote private (mode 0600: safetensors'
+    save_file, transformers and peft through it, mkstemp) the mode `open()` would have given it,
+    0666 less the umask (0644 by default), as README promises; returns how many it changed.
+
+    Links are not followed, and a file of any other mode (e.g. an executable script) keeps it.
+    """
+    mode = 0o666 & ~umask()
+    if mode & 0o777 == 0o600:
+        return 0
+    changed = 0
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            try:
+                st = os.lstat(path)
+                if stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600:
+                    os.chmod(path, mode)
+                    changed += 1
+            except OSError:
+                continue
+    return changed
 
 
 def json_default(obj: Any) -> Any:

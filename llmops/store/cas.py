@@ -26,7 +26,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from llmops.compiler.plan import StageSpec
-from llmops.files import write_json_atomic
+from llmops.files import share_like_open, write_json_atomic
 from llmops.store import registry
 from llmops.store.integrity import HASH, checkpoint_problem, entry_problems, record_files
 
@@ -92,8 +92,11 @@ class Store:
     def publish(self, spec: StageSpec, tmp: Path, meta: dict[str, Any]) -> Path:
         """Records every file's size and hash, then moves the folder into place with one rename.
 
-        Call with the lock held; returns the entry.
+        Every file a library wrote private (0600: safetensors) gets the mode `open()` gives,
+        0666 less the umask (llmops.files.share_like_open): weights, adapters, checkpoints and
+        release copies alike. Call with the lock held; returns the entry.
         """
+        share_like_open(tmp)
         files = record_files(tmp, skip=META)
         write_json_atomic(tmp / META, {"kind": spec.kind, "fingerprint": spec.fingerprint,
                                        "params": spec.params, "published_at": time.time(),
