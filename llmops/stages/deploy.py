@@ -174,7 +174,7 @@ def _openai(params: dict, inputs: dict[str, Path], gguf: Path, out_dir: Path, ct
     t0 = time.perf_counter()
     log = open(log_path, "w")  # noqa: SIM115 - the server outlives this block when kept
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=keep)
-    record: dict[str, Any] = {"base_url": base_url, "command": " ".join(cmd), "pid": proc.pid}
+    record: dict[str, Any] = {"base_url": base_url, "command": shlex.join(cmd), "pid": proc.pid}
     try:
         deadline = time.monotonic() + float(o["startup_timeout_s"])
         while _get(f"{base_url}/models", 1.0, total) is None:
