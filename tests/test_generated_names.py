@@ -154,15 +154,13 @@ def test_snippets_hold_a_hostile_name_only_as_a_string_literal(name):
 
 
 def test_the_ollama_create_hint_and_card_commands_quote_the_name(tmp_path):
-    from llmops.stages.release_card import _how_to_run
+    from llmops.stages.release_card import CardFacts, _how_to_run
 
-    class Facts:  # the card's inputs, as the release stage builds them
-        params = {"name": "bad'; rm -rf ~ #", "model": {"hub_id": "/m/it's \"here\""}}
-        files = {"modelfile": "Modelfile", "gguf": ["gguf/my model.gguf"], "merged": True,
-                 "adapter": True}
-        integration = None
-
-    lines = _how_to_run(Facts)
+    facts = CardFacts(params={"name": "bad'; rm -rf ~ #", "model": {"hub_id": "/m/it's \"here\""}},
+                      eval={}, data_hashes={},
+                      files={"modelfile": "Modelfile", "gguf": ["gguf/my model.gguf"],
+                             "merged": True, "adapter": True})
+    lines = _how_to_run(facts)
     text = "\n".join(lines)
     sh = [ln for ln in lines if ln.startswith(("ollama ", "python -m llama_cpp"))]
     assert shlex.split(sh[0]) == ["ollama", "create", "bad'; rm -rf ~ #", "-f", "Modelfile"]
