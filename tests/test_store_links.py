@@ -68,6 +68,22 @@ def test_a_store_folder_linked_outside_keeps_every_file_it_points_at(tmp_path, c
     assert (store / folder).is_symlink()
 
 
+def test_a_linked_run_registry_is_not_read_and_keeps_every_entry_until_force(tmp_path, capsys):
+    store = tmp_path / "store"
+    entry = store / "data" / FP
+    entry.mkdir(parents=True)
+    (entry / META).write_text(json.dumps({"published_at": time.time() - 30 * 86400}))
+    files = _outside(tmp_path, "registry")
+    (store / ".runs").symlink_to(tmp_path / "registry", target_is_directory=True)
+    out = _gc(capsys, store, "--older-than", "0")
+    assert "is a symbolic link to" in out and "gc reads and deletes nothing through it" in out
+    assert entry.is_dir()
+    _survive(files)
+    out = _gc(capsys, store, "--older-than", "0", "--force")  # --force: the entry may go
+    assert not entry.exists()
+    _survive(files)
+
+
 def test_linked_entries_and_scratch_folders_are_kept_and_real_leftovers_still_go(tmp_path, capsys):
     store = tmp_path / "store"
     files = _outside(tmp_path, "elsewhere")

@@ -105,7 +105,11 @@ def references(store: Store, roots: Sequence[Path] = ()) -> References:
             refs.doubtful.setdefault(key, []).append(reason)
 
     seen: set[Path] = set()
-    for rec in store.run_records():
+    runs = store.root / ".runs"
+    if runs.is_symlink():  # read nothing through it: every entry is kept until --force
+        refs.anything.append(f"the run registry {runs} is a symbolic link to "
+                             f"{os.readlink(runs)}; gc reads and deletes nothing through it")
+    for rec in [] if runs.is_symlink() else store.run_records():
         if rec.run_dir is None:
             refs.anything.append(f"run record unreadable: {rec.file} ({rec.error})")
             refs.forgettable.append(rec.file)
@@ -216,7 +220,9 @@ def classify(store: Store, roots: Sequence[Path] = (), grace_s: float = 86400.0,
 
 def _records(store: Store) -> dict[Path, tuple[int, int]]:
     """Returns each run record's (inode, mtime): an atomic rewrite changes the inode."""
-    out = {}
+    out: dict[Path, tuple[int, int]] = {}
+    if (store.root / ".runs").is_symlink():
+        return out
     for path in (store.root / ".runs").glob("*.json"):
         try:
             st = path.stat()
