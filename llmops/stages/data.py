@@ -159,7 +159,14 @@ def _prepare(params: dict, inputs: dict[str, Path], out_dir: Path, cache: str,
     pref = _preferences(params, kind, rows, splits, written, out_dir, cache, ctx)
     if pref is not None:
         report["preferences"] = pref
+    if params["preview"]["rows"]:
+        from llmops.stages import data_preview
+
+        report["preview"] = data_preview.build(getattr(counter, "tokenizer", None),
+                                               out_dir / "train.jsonl", params)
     write_json(out_dir / REPORT_NAME, report)
+    if params["preview"]["rows"]:
+        data_preview.show(report["preview"], out_dir / REPORT_NAME)
     c = report["counts"]
     ctx.logger.info(
         f"data: {c['read']} read, {c['valid']} valid, {c['rejected']} rejected, "
