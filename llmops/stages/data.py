@@ -13,7 +13,9 @@ order, lengths) and rendered as the line the split files hold. The rows are then
 by a content hash, mixed by each source's weight or sample count, and split stratified by kind
 and tool, all as index selections; writing a split picks its rendered lines. Writes
 train.jsonl, val.jsonl, test.jsonl (OpenAI rows + meta, see CONTRACT.md), pref_*.jsonl when
-the run has preference pairs, and data_report.json. With ``on_error=fail`` any reject stops the
+the run has preference pairs, and data_report.json, whose ``preview`` shows the first
+``preview.rows`` train rows as sft tokenizes them, loss spans marked (``data_preview``; the first
+is printed). With ``on_error=fail`` any reject stops the
 stage (``DataRejected``, exit 5) before anything trains.
 """
 
