@@ -156,7 +156,7 @@ def _sft_rows(stage_params, fam, data_dir: Path, max_length: int):
 
 
 def test_a_row_the_data_stage_keeps_at_the_limit_is_what_sft_trains_on(
-        tmp_path, stage_params, family):
+        tmp_path, stage_params, family, capsys):
     from llmops.errors import StageError
 
     if family["name"] == "qwen3":
@@ -166,8 +166,13 @@ def test_a_row_the_data_stage_keeps_at_the_limit_is_what_sft_trains_on(
     limit = first["token_lengths"]["max"]
     assert first["counts"]["rejected"] == 0 and first["token_lengths"]["method"] == \
         "chat_template"
+    capsys.readouterr()
     at_limit, out = _data(tmp_path, stage_params, family, limit, preview=len(ROWS))
     assert at_limit["counts"]["rejected"] == 0 and at_limit["token_lengths"]["max"] == limit
+    # The run prints the first preview row, the trained call marked (« » outside a terminal).
+    printed = capsys.readouterr().out
+    assert "as the model trains on it" in printed
+    assert "«" + family["call"].split('"title"')[0] in printed
     # All rows, the longest included, as one train.jsonl: sft accepts them at the same limit.
     whole = tmp_path / "whole"
     whole.mkdir()

@@ -66,11 +66,16 @@ def show(preview: dict[str, Any], path: Path) -> None:
     if not preview.get("rows"):
         return
     row = preview["rows"][0]
+    console = Console(highlight=False, soft_wrap=True)
+    plain = not console.is_terminal  # a log file: the loss spans between « and »
     text = Text()
     for seg in row["segments"]:
-        text.append(seg["text"], style="bold black on green" if seg["loss"] else "dim")
-    console = Console(highlight=False, soft_wrap=True)
+        if seg["loss"]:
+            text.append(f"«{seg['text']}»" if plain else seg["text"], style="bold black on green")
+        else:
+            text.append(seg["text"], style="dim")
+    how = "between « and »" if plain else "highlighted"
     console.rule(f"train.jsonl line {row['line']} as the model trains on it: {row['tokens']} "
-                 f"tokens, loss on {row['loss_tokens']} (highlighted; mask: {preview['mask']})")
+                 f"tokens, loss on {row['loss_tokens']} ({how}; mask: {preview['mask']})")
     console.print(text)
     console.rule(f"data.preview: {len(preview['rows'])} rows in {path} (data.preview=0: off)")
