@@ -190,17 +190,25 @@ def test_detect_format_names_the_file_and_the_fix_when_nothing_matches_or_it_is_
         detect_format([(1, {"prompt": "x", "completion": "y"}), (2, {"text": "z"})], "f.jsonl")
 
 
-def test_to_openai_row_drops_unused_keys_and_parses_tools_and_arguments():
+def test_to_openai_row_drops_unused_keys_and_parses_tools_and_the_template_form_has_objects():
+    from llmops.data import chat
+
     out = convert("openai", [{"messages": [
         {"role": "user", "content": "x"},
         {"role": "assistant", "content": None, "tool_calls": [
             {"id": "c", "function": {"name": "create_task", "arguments": '{"title": "a"}'}}]}],
         "tools": [CREATE]}])
     row = {k: out[k][0] for k in ("messages", "tools", "meta")}
-    plain = canonical.to_openai_row(row, parse_arguments=True)
-    assert plain["messages"] == [
+    plain = canonical.to_openai_row(row)
+    assert plain["messages"] == [  # the stored form: arguments stay JSON text
+        {"role": "user", "content": "x"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c", "type": "function", "function": {"name": "create_task",
+                                                         "arguments": '{"title": "a"}'}}]}]
+    assert plain["tools"] == [{"type": "function", "function": CREATE}]
+    assert chat.template_messages(row["messages"]) == [  # what a template receives: objects
         {"role": "user", "content": "x"},
         {"role": "assistant", "content": None, "tool_calls": [
             {"id": "c", "type": "function", "function": {"name": "create_task",
                                                          "arguments": {"title": "a"}}}]}]
-    assert plain["tools"] == [{"type": "function", "function": CREATE}]
+    assert chat.template_tools(row["tools"]) == plain["tools"]

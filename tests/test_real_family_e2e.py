@@ -166,6 +166,24 @@ def test_sft_trains_on_the_models_own_template_with_tool_call_labels(hub_run):
     assert 0 < data_info["loss_tokens"] < data_info["tokens"]
 
 
+def test_the_trained_calls_parse_with_the_familys_parser_without_a_second_decode(hub_run):
+    """data_report.json's preview is what sft trained on (the same tokenization): the call the
+    model learns is in its family's native format, arguments an object."""
+    from llmops.scoring.parsers import get_parser
+
+    preview = _read(hub_run["ollama"] / "data_report.json")["preview"]
+    assert preview["mask"] == FAMILY[hub_run["family"]]["mask"] and preview["rows"]
+    for row in preview["rows"]:
+        learned = next(s["text"] for s in row["segments"] if s["loss"])
+        for end in ("<|im_end|>", "<|eot_id|>"):
+            learned = learned.split(end)[0]
+        assert FAMILY[hub_run["family"]]["call"] in learned
+        assert '"arguments": "{' not in learned and '"parameters": "{' not in learned
+        parsed = get_parser(FAMILY[hub_run["family"]]["syntax"])(learned)
+        assert len(parsed.calls) == 1 and not parsed.errors, (learned, parsed)
+        assert isinstance(parsed.calls[0]["arguments"], dict) and parsed.calls[0]["arguments"]
+
+
 def test_eval_scores_tool_calls_with_the_familys_parser(hub_run):
     fam = FAMILY[hub_run["family"]]
     report = _read(hub_run["ollama"] / "eval_report.json")

@@ -264,44 +264,49 @@ def test_one_multirun_test_answers_the_cli_metrics_and_wandb(tmp_path):
 # And once more (issue 20, hostile inputs): the deploy stage takes limits.http_total_seconds (each
 # smoke request in all) and deploy.openai.allow_public_bind, so the deploy pin changes; deploy
 # always runs anyway, and no other stage changes.
+# Updated once more on purpose (issue 19, one message form): rows reach every template with call
+# arguments as objects and the data stage measures what sft trains on; data (also its new preview
+# param), sft, dpo, eval_base and eval carry the stage table's recipe (MESSAGE_FORM 2), so they
+# and the stages after them (merge, lm_eval, export, gguf, deploy) are rebuilt once; decide,
+# compute and base keep their fingerprints.
 FINGERPRINTS = {
     ("cpu", ()): {
         "decide": "2c736766fa02e413", "compute": "996099736481a3d5", "base": "4278ac84084edaea",
-        "data": "a112df402bee00d4", "sft": "f10ce2d605e25838", "eval_base": "ad608540222f66a4",
-        "eval": "511dd2310a1ca6a7", "export": "f40a49810c1f5f06",
+        "data": "6ae1f15163c80b89", "sft": "33a8d466dbdd5b60", "eval_base": "6142fbb3e12aedfd",
+        "eval": "042b8cf1ee8cf910", "export": "eb01cc60135760f2",
     },
     ("cpu", ("model=qwen3b", "lora=r16")): {
-        "decide": "1d86f93144f3ce38", "compute": "4cdbaeb196f84cf5", "data": "1d8c15490f38f5ba",
-        "sft": "2f58aba557cb166f", "eval_base": "9ce9f52bbdcc00e2", "eval": "184c7805954d2819",
-        "export": "089951cb10b4283a",
+        "decide": "1d86f93144f3ce38", "compute": "4cdbaeb196f84cf5", "data": "585fe4eabaa86a6e",
+        "sft": "46696613ac2a4da4", "eval_base": "32326fd3dc19b98f", "eval": "726b4fbfb9d0072b",
+        "export": "68008d7e19847c41",
     },
     ("cpu", ("train=sft_dpo", "merge=ties")): {
         "decide": "2c736766fa02e413", "compute": "996099736481a3d5", "base": "4278ac84084edaea",
-        "data": "894679f3e0b7bd24", "sft": "5b49d8c6b0767b6c", "dpo": "97835985c26bb2d3",
-        "merge": "c3eec32df9397dea", "eval_base": "ba678f503d5dcbba", "eval": "adcfad528cb0013e",
-        "export": "cd210503c5a2c16f",
+        "data": "19305e9623c477e9", "sft": "afd3f3d17f14e7ae", "dpo": "bc53b80f8288f04e",
+        "merge": "23753d70999489c7", "eval_base": "3e7353c1beb721aa", "eval": "4ac50bd505df9200",
+        "export": "d2126ba41ef15b3e",
     },
     ("cpu", ("deploy=openai",)): {
         "decide": "2c736766fa02e413", "compute": "996099736481a3d5", "base": "4278ac84084edaea",
-        "data": "a112df402bee00d4", "sft": "f10ce2d605e25838", "eval_base": "ad608540222f66a4",
-        "eval": "511dd2310a1ca6a7", "export": "f40a49810c1f5f06", "gguf": "c859dbfb5434d838",
-        "deploy": "4f94b77ec924b428",
+        "data": "6ae1f15163c80b89", "sft": "33a8d466dbdd5b60", "eval_base": "6142fbb3e12aedfd",
+        "eval": "042b8cf1ee8cf910", "export": "eb01cc60135760f2", "gguf": "cc785a7fa83fe1ef",
+        "deploy": "4a7d05e27746602f",
     },
     ("cpu", ("eval=lm_eval",)): {
         "decide": "2c736766fa02e413", "compute": "996099736481a3d5", "base": "4278ac84084edaea",
-        "data": "a112df402bee00d4", "sft": "f10ce2d605e25838", "eval_base": "ad608540222f66a4",
-        "lm_eval": "0303438259eec559", "eval": "511dd2310a1ca6a7", "export": "f40a49810c1f5f06",
+        "data": "6ae1f15163c80b89", "sft": "33a8d466dbdd5b60", "eval_base": "6142fbb3e12aedfd",
+        "lm_eval": "1f2094d42c275c92", "eval": "042b8cf1ee8cf910", "export": "eb01cc60135760f2",
     },
     ("cpu", ("model=llama8b", "hardware=t4", "dry_run=true", "quant=nf4",
              "train.max_length=512")): {
-        "decide": "8f6fe2e6e88d7d6a", "compute": "26a059c1ded868b0", "data": "1611f8f6a77e87af",
-        "sft": "91c6e24a6094d816", "eval_base": "0875671e2a77bb1a", "eval": "899c43d83ed5e9fc",
-        "export": "ba21fb7d74dc0ba6",
+        "decide": "8f6fe2e6e88d7d6a", "compute": "26a059c1ded868b0", "data": "925649e46760f937",
+        "sft": "4e6da9db469e4187", "eval_base": "a8b0b2861647b25f", "eval": "251ef35de0828e85",
+        "export": "e7856097f82a0eae",
     },
     ("h100", ("model=qwen1.5b",)): {
-        "decide": "4c2e77bb9e9c5cff", "compute": "b4fad777a2b68746", "data": "2387631f9ca7a34e",
-        "sft": "88bca6ec6ea22edf", "eval_base": "d55014fc57d193b7", "eval": "80f99ae7067de1fd",
-        "export": "9fe2c14ce4331a3b",
+        "decide": "4c2e77bb9e9c5cff", "compute": "b4fad777a2b68746", "data": "7793e753bce7441e",
+        "sft": "9569db2898aeb871", "eval_base": "5f9b9ed0898e1e07", "eval": "46fc0a15d8075a59",
+        "export": "8d088b5191ad843d",
     },
 }
 

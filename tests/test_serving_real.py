@@ -144,6 +144,11 @@ def test_completions_become_openai_tool_calls_in_the_templates_syntax(real_model
         ("delete_task", {"task_id": 42}), ("list_tasks", {})]
     # No call: the text stays content.
     assert calls_from_text("I can only manage tasks.", qwen) == ("I can only manage tasks.", [])
+    # A double-encoded call (arguments a JSON string) is no call: the endpoint does not pass it
+    # off as a well-formed OpenAI call; the text comes back as content.
+    doubled = ('<tool_call>\n{"name": "create_task", "arguments": "{\\"title\\": \\"x\\"}"}'
+               '\n</tool_call>')
+    assert calls_from_text(doubled, qwen) == (doubled, [])
 
 
 @pytest.fixture(scope="module")

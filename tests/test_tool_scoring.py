@@ -131,6 +131,38 @@ def test_hermes_parser_reads_tool_call_blocks_and_the_text_around_them():
         get_parser("qwen")
 
 
+@pytest.mark.parametrize("syntax,good,doubled", [
+    ("task_api", '{"tool":"delete_task","arguments":{"task_id":3}}',
+     '{"tool":"delete_task","arguments":"{\\"task_id\\":3}"}'),
+    ("hermes", '<tool_call>\n{"name": "delete_task", "arguments": {"task_id": 3}}\n</tool_call>',
+     '<tool_call>\n{"name": "delete_task", "arguments": "{\\"task_id\\": 3}"}\n</tool_call>'),
+    ("llama3_json", '{"name": "delete_task", "parameters": {"task_id": 3}}',
+     '{"name": "delete_task", "parameters": "{\\"task_id\\": 3}"}'),
+])
+def test_a_double_encoded_call_is_a_syntax_error_not_a_call(syntax, good, doubled):
+    """Every native syntax writes arguments as an object: a JSON string holding them (what a model
+    trained on string arguments writes) is refused, counted, and scores neither exact nor valid."""
+    parse = get_parser(syntax)
+    assert parse(good).calls == [{"name": "delete_task", "arguments": {"task_id": 3}}]
+    out = parse(doubled)
+    assert out.calls == [] and out.double_encoded == 1 and len(out.errors) == 1
+    assert "arguments as a JSON string, not an object (double-encoded" in out.errors[0]
+    listed = parse(good.replace('{"task_id":3}', "[3]").replace('{"task_id": 3}', "[3]"))
+    assert listed.calls == [] and listed.double_encoded == 0
+    assert "arguments that are not an object (got list)" in listed.errors[0]
+    ref = [call("delete_task", task_id=3)]  # the stored OpenAI form: arguments as JSON text
+    m = aggregate([score_calls(ref, parse(good), TOOLS), score_calls(ref, parse(doubled), TOOLS)])
+    assert (m["exact_match"], m["json_valid_rate"], m["double_encoded_rate"]) == (0.5, 0.5, 0.5)
+
+
+def test_openai_protocol_string_arguments_are_still_read():
+    """A call as an OpenAI-compatible endpoint returns it (arguments are JSON text by protocol)
+    scores like the object it holds."""
+    ref = [call("create_task", title="milk")]
+    s = score_calls(ref, pred(("create_task", '{"title": "milk"}')), TOOLS)
+    assert s["exact"] and s["json_valid"] and s["double_encoded"] == 0
+
+
 def test_rouge_l_and_chrf_on_known_cases():
     assert rouge_l(["the cat sat"], ["the cat sat"]) == 1.0
     # LCS "the cat on the mat" = 5 of 6 predicted words and 5 of 5 reference words.

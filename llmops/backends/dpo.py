@@ -44,22 +44,23 @@ def sequence_logps(model: Any, tokenizer: Any, pairs: list[dict[str, Any]]) -> l
     """Returns (logp chosen, logp rejected) per pair: summed over the answer's tokens.
 
     The prompt is rendered with the chat template and the generation prompt; the answer is what the
-    template adds after it for the whole conversation (so end-of-turn tokens count too).
+    template adds after it for the whole conversation (so end-of-turn tokens count too). Both go
+    through ``llmops.data.chat.render`` (call arguments as objects), as training renders them.
     """
     import torch
+
+    from llmops.data.chat import render
 
     device = next(model.parameters()).device
     out = []
     with torch.inference_mode():  # on the run's CPU threads: train_dpo set them (set_cpu_threads)
         for pair in pairs:
             tools = pair.get("tools") or None  # as DPOTrainer renders the pair
-            prompt = tokenizer.apply_chat_template(pair["prompt"], tools=tools, tokenize=False,
-                                                   add_generation_prompt=True)
+            prompt = render(tokenizer, pair["prompt"], tools, add_generation_prompt=True)
             n_prompt = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
             scores = []
             for key in ("chosen", "rejected"):
-                full = tokenizer.apply_chat_template(pair["prompt"] + pair[key], tools=tools,
-                                                     tokenize=False)
+                full = render(tokenizer, [*pair["prompt"], *pair[key]], tools)
                 ids = tokenizer(full, add_special_tokens=False, return_tensors="pt")["input_ids"]
                 ids = ids.to(device)
                 logits = model(input_ids=ids).logits[0, :-1].float()
@@ -67,6 +68,22 @@ def sequence_logps(model: Any, tokenizer: Any, pairs: list[dict[str, Any]]) -> l
                 scores.append(float(logp[n_prompt - 1:].sum()))
             out.append(tuple(scores))
     return out
+
+
+def pair_dataset(pairs: list[dict[str, Any]]) -> Any:
+    """Returns the pairs as DPOTrainer's dataset, in the form its chat template renders:
+    messages through ``llmops.data.chat.template_messages`` (call arguments as objects) held as
+    ``datasets.Json`` (Arrow would merge every call's arguments into one struct, adding null keys),
+    tools as JSON text (TRL parses it)."""
+    from datasets import Dataset, Features, Json, Value
+
+    from llmops.data.chat import template_messages, template_tools
+
+    features = Features({**{k: Json() for k in PAIR_KEYS}, "tools": Value("string")})
+    return Dataset.from_list([
+        {**{k: template_messages(p[k]) for k in PAIR_KEYS},
+         "tools": json.dumps(template_tools(p.get("tools"))) if p.get("tools") else None}
+        for p in pairs], features=features)
 
 
 def preference_metrics(logps: list[tuple], pairs: list[dict[str, Any]],
@@ -132,7 +149,6 @@ def train_dpo(params: dict[str, Any], data_dir: Path, base_model: str, init_adap
     Raises:
         StageError: When there are no training pairs.
     """
-    from datasets import Dataset
     from peft import PeftModel
     from trl import DPOTrainer
 
@@ -158,10 +174,7 @@ def train_dpo(params: dict[str, Any], data_dir: Path, base_model: str, init_adap
     args = dpo_config(params, out_dir, ctx)
     callbacks, start = make_callbacks(ctx, "dpo")
     trainer = DPOTrainer(
-        model=model, args=args,
-        train_dataset=Dataset.from_list([
-            {**{k: p[k] for k in PAIR_KEYS}, "tools": json.dumps(p["tools"]) if p.get("tools")
-             else None} for p in train_pairs]),  # tools as text: one Arrow type for every schema
+        model=model, args=args, train_dataset=pair_dataset(train_pairs),
         processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks,
     )
     resume = find_resume_checkpoint(params["train"].get("resume_dir"))

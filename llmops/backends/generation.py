@@ -5,12 +5,12 @@ Heavy imports (torch, transformers, peft) stay inside the functions.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from llmops.backends.templates import STOP_TOKENS
+from llmops.data.chat import render
 from llmops.errors import StageError
 
 """End-of-turn tokens generation stops at, besides the tokenizer's eos (when in the vocab)."""
@@ -113,13 +113,6 @@ def load_model(
                                  chat_template=chat_template)
 
 
-def _tools(tools: Any) -> list[dict[str, Any]] | None:
-    """Returns a row's tools as a list (they may come as the canonical JSON text), None if none."""
-    if isinstance(tools, str):
-        tools = json.loads(tools) if tools.strip() else None
-    return list(tools) if tools else None
-
-
 def build_prompt(tokenizer: Any, messages: Sequence[Mapping[str, Any]], tools: Any = None) -> str:
     """Renders the chat prompt for a row: every message but the last, plus the assistant header.
 
@@ -129,10 +122,7 @@ def build_prompt(tokenizer: Any, messages: Sequence[Mapping[str, Any]], tools: A
         tools: The row's ``tools`` (a list of function schemas or its JSON text); the template
             renders them (e.g. the tiny model's tools line), None or empty renders none.
     """
-    return tokenizer.apply_chat_template(
-        [dict(m) for m in messages[:-1]], tools=_tools(tools), tokenize=False,
-        add_generation_prompt=True,
-    )
+    return render(tokenizer, list(messages)[:-1], tools, add_generation_prompt=True)
 
 
 def render_answer(tokenizer: Any, messages: Sequence[Mapping[str, Any]], tools: Any = None) -> str:
@@ -140,8 +130,7 @@ def render_answer(tokenizer: Any, messages: Sequence[Mapping[str, Any]], tools: 
     ``build_prompt`` for the whole chat, up to its first stop token (calls in the model's syntax).
     """
     prompt = build_prompt(tokenizer, messages, tools)
-    full = tokenizer.apply_chat_template([dict(m) for m in messages], tools=_tools(tools),
-                                         tokenize=False)
+    full = render(tokenizer, list(messages), tools)
     if not full.startswith(prompt):
         raise StageError("eval: the chat template renders a chat's prompt differently from the "
                          "chat itself, so its answers cannot be cut out. Use a template whose "

@@ -12,13 +12,13 @@ from typing import Any
 
 
 def _render(tokenizer: Any, row: Mapping[str, Any]) -> tuple[str, str]:
-    """Returns (prompt, prompt + answer) of a row, as the chat template renders them."""
-    messages = [dict(m) for m in row["messages"]]
-    tools = row.get("tools") or None
-    prompt = tokenizer.apply_chat_template(messages[:-1], tools=tools, tokenize=False,
-                                           add_generation_prompt=True)
-    full = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False)
-    return prompt, full
+    """Returns (prompt, prompt + answer) of a row, as the chat template renders them (through
+    ``llmops.data.chat.render``, as sft trained on them)."""
+    from llmops.data.chat import render
+
+    messages, tools = list(row["messages"]), row.get("tools") or None
+    prompt = render(tokenizer, messages[:-1], tools, add_generation_prompt=True)
+    return prompt, render(tokenizer, messages, tools)
 
 
 def answer_tokens(tokenizer: Any, row: Mapping[str, Any], max_length: int

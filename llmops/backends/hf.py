@@ -20,22 +20,6 @@ REPORT_NAME = report_name("sft")
 EVAL_LOSS_MAX_ROWS = 2000
 
 
-def _tokenized_row(row: dict[str, Any], tokenizer: Any, method: tuple[str, str | None],
-                   assistant_only: bool) -> dict[str, Any]:
-    """Returns what TRL trains on from a data-stage row, already tokenized: the chat through the
-    model's own template (``templates.tokenize_chat``) with its assistant mask (every token when
-    ``assistant_only`` is false), or raw text (continued pre-training) ending on eos."""
-    from llmops.backends.templates import tokenize_chat
-
-    if "text" in row:
-        ids = tokenizer(row["text"] + (tokenizer.eos_token or ""))["input_ids"]
-        return {"input_ids": list(ids), "assistant_masks": [1] * len(ids)}
-    out = tokenize_chat(tokenizer, row["messages"], row.get("tools"), method)
-    if not assistant_only:
-        out["assistant_masks"] = [1] * len(out["input_ids"])
-    return out
-
-
 def _check_lengths(train: list[dict[str, Any]], max_length: int) -> None:
     """Refuses rows longer than train.max_length: TRL would cut their ends, where the assistant's
     answer (and so all of its loss) sits.
@@ -70,7 +54,7 @@ def load_datasets(data_dir: Path, tokenizer: Any, params: dict[str, Any]
     """
     from datasets import Dataset
 
-    from llmops.backends.templates import check_tools, mask_method
+    from llmops.backends.templates import check_tools, mask_method, training_tokens
 
     train_path = Path(data_dir) / "train.jsonl"
     if not train_path.is_file():
@@ -83,10 +67,10 @@ def load_datasets(data_dir: Path, tokenizer: Any, params: dict[str, Any]
     check_tools(tokenizer, rows, params["model"]["chat_template"], "sft")
     method = mask_method(tokenizer)
     assistant_only = bool(params["train"]["assistant_only_loss"])
-    train = [_tokenized_row(r, tokenizer, method, assistant_only) for r in rows]
+    train = [training_tokens(tokenizer, r, method, assistant_only) for r in rows]
     val_path = Path(data_dir) / "val.jsonl"
     val_rows = read_jsonl(val_path)[:EVAL_LOSS_MAX_ROWS] if val_path.is_file() else []
-    val = [_tokenized_row(r, tokenizer, method, assistant_only) for r in val_rows]
+    val = [training_tokens(tokenizer, r, method, assistant_only) for r in val_rows]
     _check_lengths(train, int(params["train"]["max_length"]))
     info = {"mask": method[0] if assistant_only else "all_tokens",
             "loss_tokens": sum(sum(r["assistant_masks"]) for r in train),

@@ -1,9 +1,11 @@
 """The model's own chat template at run time: choosing it, the assistant-only loss mask, and
 reading answers back in its syntax.
 
-Training, eval and serving see a row only through ``tokenizer.apply_chat_template(messages,
-tools=...)`` with the template model.chat_template names (see ``llmops.config.templates``). The
-loss mask covers the assistant turns, tool calls and end-of-turn token included:
+Training, eval and serving see a row only through ``llmops.data.chat.render`` (the tokenizer's
+``apply_chat_template`` on the row with call arguments as objects) with the template
+model.chat_template names (see ``llmops.config.templates``). ``training_tokens`` is what sft
+trains on for a row, and the data stage's preview shows the same. The loss mask covers the
+assistant turns, tool calls and end-of-turn token included:
 - from the template's own ``{% generation %}`` marks (the tiny model's template has them),
 - else from TRL's training variant of the template (``get_training_chat_template``), used only for
   the mask: the tokens are checked to be those of the model's own template,
@@ -14,13 +16,13 @@ loss mask covers the assistant turns, tool calls and end-of-turn token included:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from llmops.config.templates import AUTO, TINY, is_path, template_text
+from llmops.data.chat import render, template_messages, template_tools, training_text
 from llmops.errors import ConfigError, Problem, StageError
-from llmops.scoring.parsers import ParsedAnswer, parser_for
+from llmops.scoring.parsers import ParsedAnswer, arguments_problem, parser_for
 
 #: End-of-turn markers of the known template families (ChatML, Llama 3, Phi-3); generation stops
 #: at them and the loss mask ends assistant spans there.
@@ -89,19 +91,14 @@ def mask_method(tokenizer: Any) -> tuple[str, str | None]:
     return "rendered", None
 
 
-def _tools(tools: Any) -> list[dict[str, Any]] | None:
-    if isinstance(tools, str):
-        tools = json.loads(tools) if tools.strip() else None
-    return list(tools) if tools else None
-
-
 def tokenize_chat(tokenizer: Any, messages: Sequence[Mapping[str, Any]], tools: Any = None,
                   method: tuple[str, str | None] | None = None) -> dict[str, list[int]]:
     """Tokenizes a chat through the tokenizer's own template with its assistant-only mask.
 
     Args:
         tokenizer: The tokenizer, its chat template set (``use_template``).
-        messages: The row's OpenAI messages.
+        messages: The row's OpenAI messages (call arguments as JSON text or objects: the
+            template receives objects, ``llmops.data.chat``).
         tools: The row's tools (a list or its JSON text).
         method: ``mask_method(tokenizer)``, computed once per dataset; None computes it.
 
@@ -110,17 +107,49 @@ def tokenize_chat(tokenizer: Any, messages: Sequence[Mapping[str, Any]], tools: 
         tokens (tool calls and end-of-turn token included), 0 elsewhere.
     """
     kind, training = method or mask_method(tokenizer)
-    msgs, tools = [dict(m) for m in messages], _tools(tools)
+    msgs, tools = template_messages(messages), template_tools(tools)
     if kind == "rendered":
         return rendered_mask(tokenizer, msgs, tools)
-    enc = tokenizer.apply_chat_template(msgs, tools=tools, tokenize=True, return_dict=True,
-                                        return_assistant_tokens_mask=True, chat_template=training)
+    enc = render(tokenizer, msgs, tools, tokenize=True, return_dict=True,
+                 return_assistant_tokens_mask=True, chat_template=training)
     out = {"input_ids": list(enc["input_ids"]), "assistant_masks": list(enc["assistant_masks"])}
     if training is not None:
-        own = tokenizer.apply_chat_template(msgs, tools=tools, tokenize=True, return_dict=True)
+        own = render(tokenizer, msgs, tools, tokenize=True, return_dict=True)
         if list(own["input_ids"]) != out["input_ids"]:  # the variant renders this row otherwise
             return rendered_mask(tokenizer, msgs, tools)
         out["assistant_masks"] = _trim(tokenizer, out["input_ids"], out["assistant_masks"])
+    return out
+
+
+def training_tokens(tokenizer: Any, row: Mapping[str, Any], method: tuple[str, str | None],
+                    assistant_only: bool) -> dict[str, list[int]]:
+    """Returns what sft trains on for a data-stage row, tokenized: a chat through the model's own
+    template (``tokenize_chat``) with its assistant mask (every token when ``assistant_only`` is
+    false), or a text row (continued pre-training) ending on eos, every token trained on.
+
+    The data stage's lengths (``llmops.data.lengths``) count these same tokens, and its preview
+    shows them (``loss_segments``).
+    """
+    if "text" in row:
+        ids = list(tokenizer(training_text(tokenizer, row["text"]))["input_ids"])
+        return {"input_ids": ids, "assistant_masks": [1] * len(ids)}
+    out = tokenize_chat(tokenizer, row["messages"], row.get("tools"), method)
+    if not assistant_only:
+        out["assistant_masks"] = [1] * len(out["input_ids"])
+    return out
+
+
+def loss_segments(tokenizer: Any, ids: Sequence[int], mask: Sequence[int]
+                  ) -> list[dict[str, Any]]:
+    """Returns the tokens as text in runs: ``[{"text", "loss": bool}]``, one entry per run of
+    tokens that carry loss (or do not), special tokens written out."""
+    import itertools
+
+    out = []
+    for on, group in itertools.groupby(zip(ids, mask, strict=True), key=lambda p: bool(p[1])):
+        text = tokenizer.decode([i for i, _ in group], skip_special_tokens=False,
+                                clean_up_tokenization_spaces=False)
+        out.append({"text": text, "loss": on})
     return out
 
 
@@ -162,17 +191,16 @@ def assistant_spans(tokenizer: Any, messages: list[dict[str, Any]],
         StageError: When the template renders a turn's prompt or a prefix of the chat otherwise
             than the whole chat (no mask can be cut out).
     """
-    def render(msgs: list[dict[str, Any]], prompt: bool) -> str:
-        return tokenizer.apply_chat_template(msgs, tools=tools, tokenize=False,
-                                             add_generation_prompt=prompt)
+    def text(msgs: list[dict[str, Any]], prompt: bool) -> str:
+        return render(tokenizer, msgs, tools, add_generation_prompt=prompt)
 
-    full = render(messages, False)
+    full = text(messages, False)
     ends = end_tokens(tokenizer)
     spans = []
     for i, message in enumerate(messages):
         if message.get("role") != "assistant":
             continue
-        prompt, upto = render(messages[:i], True), render(messages[: i + 1], False)
+        prompt, upto = text(messages[:i], True), text(messages[: i + 1], False)
         if not (upto.startswith(prompt) and full.startswith(upto)):
             raise StageError(
                 "sft: the chat template renders a chat's prefix differently from the chat itself "
@@ -202,7 +230,9 @@ def answer_parser(tokenizer: Any) -> Callable[[str], ParsedAnswer]:
     Where TRL recognises the template (``add_response_schema``), its ``parse_response`` reads the
     calls; an answer it finds none in goes to the family's own parser
     (``llmops.scoring.parsers.parser_for``: hermes ``<tool_call>`` blocks, Llama 3.1 JSON calls,
-    the tiny model's syntax), which also reports begun calls it cannot read.
+    the tiny model's syntax), which also reports begun calls it cannot read. A call whose
+    arguments are a JSON string (double-encoded) is the family parser's syntax error, never a
+    call, whatever TRL's schema would decode.
     """
     import copy
 
@@ -214,17 +244,20 @@ def answer_parser(tokenizer: Any) -> Callable[[str], ParsedAnswer]:
         add_response_schema(reader)
     except ValueError:  # a template TRL does not know
         return own
-    prefix = reader.apply_chat_template([{"role": "user", "content": "x"}], tokenize=True,
-                                        add_generation_prompt=True, return_dict=True)["input_ids"]
+    prefix = render(reader, [{"role": "user", "content": "x"}], tokenize=True,
+                    add_generation_prompt=True, return_dict=True)["input_ids"]
     eos = reader.eos_token or ""
 
     def parse(text: str) -> ParsedAnswer:
+        mine = own(text)
+        if mine.double_encoded:  # TRL's schema may decode a string argument once more
+            return mine
         body = text if not eos or text.endswith(eos) else text + eos
         ids = reader(body, add_special_tokens=False)["input_ids"]
         parsed = parse_response(reader, ids, prefix=list(prefix))
         calls = [c.get("function", c) for c in parsed.get("tool_calls") or []]
-        if not calls:
-            return own(text)
+        if not calls or any(arguments_problem(c.get("arguments", {})) for c in calls):
+            return mine
         text = (parsed.get("content") or "").replace(_PYTHON_TAG, "").strip()
         return ParsedAnswer([{"name": c["name"], "arguments": c.get("arguments", {})}
                              for c in calls], text, [])

@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from llmops.data.chat import render, template_messages, template_tools
+
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
 PAD = "<|pad|>"
@@ -105,7 +107,8 @@ def corpus_texts(rows: Sequence[Mapping[str, Any]]) -> list[str]:
 
     texts = []
     for row in rows:
-        (text,), _ = render_jinja_template([list(row["messages"])], tools=row.get("tools"),
+        (text,), _ = render_jinja_template([template_messages(row["messages"])],
+                                           tools=template_tools(row.get("tools")),
                                            chat_template=CHATML_TEMPLATE)
         for token in SPECIAL_TOKENS:
             text = text.replace(token, "\n")
@@ -157,10 +160,8 @@ def encode_rows(tokenizer, rows: Sequence[Mapping[str, Any]], max_length: int) -
     """Renders rows with the chat template; returns truncated (input_ids, assistant_mask) pairs."""
     out = []
     for row in rows:
-        enc = tokenizer.apply_chat_template(
-            row["messages"], tools=row.get("tools"), tokenize=True, return_dict=True,
-            return_assistant_tokens_mask=True,
-        )
+        enc = render(tokenizer, row["messages"], row.get("tools"), tokenize=True,
+                     return_dict=True, return_assistant_tokens_mask=True)
         ids = list(enc["input_ids"])[:max_length]
         mask = list(enc["assistant_masks"])[:max_length]
         out.append((ids, mask))

@@ -15,7 +15,7 @@ from typing import Any
 from llmops import __version__
 from llmops.compiler import align, deploy, monitor, release
 from llmops.compiler.fingerprint import data_file_hash, fingerprint
-from llmops.compiler.plan import STAGE_ORDER, TUNED_STAGES, Plan, StageSpec
+from llmops.compiler.plan import STAGE_ORDER, TUNED_STAGES, Plan, StageSpec, recipe
 from llmops.compiler.render import gates_summary, known_kinds
 from llmops.config.schema import AppConfig, DataConfig, DataSource
 from llmops.config.templates import is_path
@@ -121,7 +121,7 @@ class PlanBuilder:
         fps = {s.name: s.fingerprint for s in self.stages}
         upstream = {n: fps[n] for n in needs}
         files = input_files or {}
-        fp = fingerprint(kind, params, upstream, files, __version__)
+        fp = fingerprint(kind, params, upstream, files, __version__, recipe(kind))
         self.stages.append(StageSpec(kind, kind, params, tuple(needs), fp, files, summary))
 
     def has(self, name: str) -> bool:
@@ -216,6 +216,8 @@ def add_data(b: PlanBuilder, s: StageInputs) -> None:
         "test_fraction": d.test_fraction, "seed": d.seed, "dedup": d.dedup,
         "max_length": d.max_length, "on_error": d.on_error, "num_proc": d.num_proc,
         "model": s.model,
+        # the preview shows the rows as sft tokenizes them, its loss mask included
+        "preview": {"rows": d.preview, "assistant_only_loss": s.cfg.train.assistant_only_loss},
     }
     if s.cfg.train.method in ("dpo", "sft_dpo"):  # only then: the SFT-only data fingerprint stays
         params.update(align.preference_params(d, files))

@@ -19,8 +19,13 @@ def fingerprint(
     upstream: dict[str, str],
     input_files: dict[str, str],
     version: str,
+    recipe: int = 0,
 ) -> str:
-    """Hashes what determines a stage's output; equal fingerprints mean reusable outputs."""
+    """Hashes what determines a stage's output; equal fingerprints mean reusable outputs.
+
+    ``recipe`` (the stage table's version of the stage's code, ``StageKind.recipe``) is hashed
+    only when not 0, so the stages whose code never changed keep their fingerprints.
+    """
     payload = {
         "kind": kind,
         "params": params,
@@ -28,6 +33,8 @@ def fingerprint(
         "inputs": sorted(input_files.values()),
         "version": version,
     }
+    if recipe:
+        payload["recipe"] = recipe
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
 
 

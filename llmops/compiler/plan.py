@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmops.data.chat import MESSAGE_FORM
+
 
 @dataclass(frozen=True)
 class StageKind:
@@ -23,6 +25,11 @@ class StageKind:
         trains: Whether the stage trains (an adapter, or the full model) on the data.
         tunes: Whether the stage produces a tuned model (adapter/ or model/) that eval, lm_eval
             and export read; the latest such stage in the plan is "the tuned model".
+        recipe: The version of what the stage makes of the same params and inputs, part of its
+            fingerprint when not 0: bumped when the code changes its output, so no store entry
+            built by the old code is reused. The stages that render rows through the model's
+            template carry ``llmops.data.chat.MESSAGE_FORM`` (issue 19: call arguments reach the
+            template as objects, and the data stage measures what sft trains on).
     """
 
     kind: str
@@ -30,6 +37,7 @@ class StageKind:
     trains: bool = False
     tunes: bool = False
     module: str = ""
+    recipe: int = 0
 
 
 # The stage table: every layer (compiler, runner, stages, compare) reads kinds, report names and
@@ -38,13 +46,13 @@ STAGE_KINDS: tuple[StageKind, ...] = (
     StageKind("decide", "decision_report.json"),
     StageKind("compute", "compute_plan.json"),
     StageKind("base", "base_report.json", module="tiny_base"),
-    StageKind("data", "data_report.json"),
-    StageKind("sft", "training_report.json", trains=True, tunes=True),
-    StageKind("dpo", "dpo_report.json", trains=True, tunes=True),
+    StageKind("data", "data_report.json", recipe=MESSAGE_FORM),
+    StageKind("sft", "training_report.json", trains=True, tunes=True, recipe=MESSAGE_FORM),
+    StageKind("dpo", "dpo_report.json", trains=True, tunes=True, recipe=MESSAGE_FORM),
     StageKind("merge", "merge_report.json", tunes=True),
-    StageKind("eval_base", "base_eval.json"),
+    StageKind("eval_base", "base_eval.json", recipe=MESSAGE_FORM),
     StageKind("lm_eval", "lm_eval_report.json"),
-    StageKind("eval", "eval_report.json"),
+    StageKind("eval", "eval_report.json", recipe=MESSAGE_FORM),
     StageKind("export", "export_report.json"),
     StageKind("gguf", "gguf_report.json"),
     StageKind("deploy", "deploy_report.json"),
@@ -57,6 +65,15 @@ TUNED_STAGES: tuple[str, ...] = tuple(k.kind for k in reversed(STAGE_KINDS) if k
 # The stages whose adapter a merge can name (merge.adapters: sft, dpo).
 TRAINING_STAGES: tuple[str, ...] = tuple(k.kind for k in STAGE_KINDS if k.trains)
 _BY_KIND = {k.kind: k for k in STAGE_KINDS}
+
+
+def recipe(kind: str) -> int:
+    """Returns a stage kind's recipe version (0 for most; see ``StageKind.recipe``).
+
+    Raises:
+        KeyError: When kind is not in the stage table.
+    """
+    return _BY_KIND[kind].recipe
 
 
 def report_name(kind: str) -> str:

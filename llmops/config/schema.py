@@ -191,6 +191,10 @@ class DataConfig(_Group):
                     "the run before training (exit 5)."
     )
     num_proc: int | None = Field(ge=1, le=256, description="Processes reading and checking rows.")
+    preview: int = Field(
+        ge=0, le=100, description="Train rows written to data_report.json's preview exactly as "
+                                  "the model's template renders them for training, loss spans "
+                                  "marked; the run prints the first. 0: none.")
     preference_path: Text | None = Field(
         None, description="DPO pairs (any preference format); null: derive from the rows."
     )

@@ -209,19 +209,15 @@ def _tools(value: Any, path: str) -> str | None:
     return json.dumps(out, ensure_ascii=False) if out else None
 
 
-def plain_message(m: dict[str, Any], parse_arguments: bool) -> dict[str, Any]:
+def plain_message(m: dict[str, Any]) -> dict[str, Any]:
+    """Returns a canonical message in the stored OpenAI form: unused keys dropped, call arguments
+    kept as JSON text (``llmops.data.chat.template_message`` gives a template its objects)."""
     out: dict[str, Any] = {"role": m["role"], "content": m["content"]}
     if m.get("tool_calls"):
         calls = []
         for c in m["tool_calls"]:
-            args = c["function"]["arguments"]
-            if parse_arguments:
-                try:
-                    args = json.loads(args)
-                except json.JSONDecodeError:
-                    pass
             call = {"type": "function", "function": {"name": c["function"]["name"],
-                                                     "arguments": args}}
+                                                     "arguments": c["function"]["arguments"]}}
             if c.get("id"):
                 call["id"] = c["id"]
             calls.append(call)
@@ -232,18 +228,18 @@ def plain_message(m: dict[str, Any], parse_arguments: bool) -> dict[str, Any]:
     return out
 
 
-def to_openai_row(row: dict[str, Any], parse_arguments: bool = False) -> dict[str, Any]:
-    """Returns a canonical row as a plain OpenAI row: unused keys dropped, ``tools`` parsed.
+def to_openai_row(row: dict[str, Any]) -> dict[str, Any]:
+    """Returns a canonical row as a plain OpenAI row, as the split files hold it: unused keys
+    dropped, ``tools`` parsed, call arguments kept as JSON text (a template gets objects through
+    ``llmops.data.chat``).
 
     Args:
         row: A canonical row (chat or preference kind), e.g. ``dataset[i]``.
-        parse_arguments: Whether to turn ``function.arguments`` into objects (what most chat
-            templates expect); arguments that are not JSON stay strings.
     """
     out: dict[str, Any] = {}
     for key in ("messages", "prompt", "chosen", "rejected"):
         if key in row:
-            out[key] = [plain_message(m, parse_arguments) for m in row[key]]
+            out[key] = [plain_message(m) for m in row[key]]
     if row.get("tools"):
         out["tools"] = json.loads(row["tools"])
     if "meta" in row:

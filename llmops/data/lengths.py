@@ -1,9 +1,11 @@
 """Counts canonical rows in a model's tokens, a batch at a time, or estimates them without one.
 
 ``TokenCounter(tokenizer)`` is a picklable batch function for ``Dataset.map``: it renders each
-chat with the tokenizer's own chat template, ``tools`` included (what the trainer sees), and
-tokenizes the batch's texts in one call (the Rust tokenizer, batched). A text row, or any row of a
-tokenizer without a template, counts its plain text. A row the template cannot render is counted
+chat with the tokenizer's own chat template through ``chat.render`` (the one render sft trains on:
+call arguments as objects, ``tools`` included) and tokenizes the batch's texts in one call (the
+Rust tokenizer, batched), so a row counts the tokens sft will give it. A text row counts what sft
+trains on (its text and the eos token, with the tokenizer's special tokens); any row of a
+tokenizer without a template counts its plain text. A row the template cannot render is counted
 from its plain text and marked not measured, so one odd row does not hide the others' lengths.
 
 ``estimate`` counts about 4 characters per token, for when no tokenizer can be loaded offline.
@@ -14,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from llmops.data.canonical import to_openai_row
+from llmops.data import chat
 
 TOKENS, MEASURED = "_tokens", "_measured"
 CHARS_PER_TOKEN = 4
@@ -46,23 +48,30 @@ class TokenCounter:
         self.tokenizer = tokenizer
         self.template = bool(getattr(tokenizer, "chat_template", None))
 
-    def _render(self, row: dict[str, Any]) -> tuple[str, bool]:
-        if "text" in row or not self.template:
-            return plain_text(row), True
-        plain = to_openai_row(row, parse_arguments=True)
-        messages = plain.get("messages") or [*plain["prompt"], *plain["chosen"]]
+    def _render(self, row: dict[str, Any]) -> tuple[str, bool, bool]:
+        """Returns (the text to tokenize, measured?, with the tokenizer's special tokens?)."""
+        if "text" in row:
+            return chat.training_text(self.tokenizer, row["text"]), True, True
+        if not self.template:
+            return plain_text(row), True, True
         try:
-            return self.tokenizer.apply_chat_template(messages, tools=plain.get("tools"),
-                                                      tokenize=False), True
+            return chat.render(self.tokenizer, chat.row_messages(row), row.get("tools")), True, \
+                False
         except Exception:  # noqa: BLE001 - any template error: count the plain text instead
-            return plain_text(row), False
+            return plain_text(row), False, False
 
     def __call__(self, batch: Mapping[str, list], indices: list[int]) -> dict[str, list]:
         """Returns ``{TOKENS: counts, MEASURED: False where the template failed on the row}``."""
         rendered = [self._render(row) for row in _rows(batch)]
-        texts = [text for text, _ in rendered]
-        ids = self.tokenizer(texts, add_special_tokens=not self.template)["input_ids"]
-        return {TOKENS: [len(x) for x in ids], MEASURED: [ok for _, ok in rendered]}
+        counts = [0] * len(rendered)
+        for special in (False, True):  # one batched call per kind of text
+            picked = [i for i, r in enumerate(rendered) if r[2] is special]
+            if picked:
+                ids = self.tokenizer([rendered[i][0] for i in picked],
+                                     add_special_tokens=special)["input_ids"]
+                for i, x in zip(picked, ids, strict=True):
+                    counts[i] = len(x)
+        return {TOKENS: counts, MEASURED: [ok for _, ok, _ in rendered]}
 
 
 def estimate(batch: Mapping[str, list], indices: list[int]) -> dict[str, list]:

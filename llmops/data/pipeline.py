@@ -47,7 +47,7 @@ def features(kind: str):
 
 
 def _messages(turns: list[dict[str, Any]]) -> str:
-    return dumps([plain_message(m, False) for m in turns])
+    return dumps([plain_message(m) for m in turns])
 
 
 def body(row: Mapping[str, Any], kind: str) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-from llmops.data.canonical import to_openai_row
+from llmops.data import chat
 from llmops.data.toolcheck import Measure, check_batch
 
 
@@ -78,10 +78,8 @@ def chat_token_counter(tokenizer: Any) -> Measure:
                     m["content"] or "" for m in row.get("messages") or [])
                 counts.append(len(tokenizer(text)["input_ids"]))
                 continue
-            plain = to_openai_row(row, parse_arguments=True)
-            ids = tokenizer.apply_chat_template(
-                plain.get("messages") or [*plain["prompt"], *plain["chosen"]],
-                tools=plain.get("tools"), tokenize=True, return_dict=True)["input_ids"]
+            ids = chat.render(tokenizer, chat.row_messages(row), row.get("tools"),
+                              tokenize=True, return_dict=True)["input_ids"]
             counts.append(len(ids))
         return counts
 

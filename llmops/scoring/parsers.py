@@ -1,8 +1,13 @@
 """Reads tool calls back out of a model's answer, in the syntax of the model's chat template.
 
 A parser takes the decoded answer and returns a ``ParsedAnswer``: the calls found (each
-``{"name", "arguments"}``, arguments as given: an object, or text when they are not JSON), the
-text outside the calls, and the syntax errors met (a call that was begun but cannot be read).
+``{"name", "arguments"}``, arguments an object), the text outside the calls, and the syntax errors
+met (a call that was begun but cannot be read). Every syntax read here (the tiny model's, Hermes /
+Qwen ``<tool_call>`` blocks, Llama 3.1 JSON) writes arguments as a JSON *object*: a call whose
+arguments are anything else, a JSON string holding an object above all (double-encoded, what a
+model trained on string arguments writes), is no call but a syntax error, counted in
+``double_encoded`` when it is a string. So scoring cannot read a double-encoded call as right.
+(OpenAI's protocol, where ``arguments`` is JSON text, is read by the endpoint's client, not here.)
 ``PARSERS`` maps a template's syntax name to its parser; eval picks one by name. Pure Python.
 """
 
@@ -24,6 +29,30 @@ class ParsedAnswer:
     calls: list[dict[str, Any]] = field(default_factory=list)
     text: str = ""
     errors: list[str] = field(default_factory=list)
+    double_encoded: int = 0
+
+
+def arguments_problem(args: Any) -> str | None:
+    """Returns why a parsed call's arguments are not the JSON object the syntax writes (None
+    when they are one): a string is double-encoded."""
+    if isinstance(args, dict):
+        return None
+    if isinstance(args, str):
+        return ("has its arguments as a JSON string, not an object (double-encoded: "
+                f"{args[:60]!r})")
+    return f"has arguments that are not an object (got {type(args).__name__})"
+
+
+def _checked(calls: list[dict[str, Any]], errors: list[str], what: str, name: str,
+             args: Any) -> int:
+    """Adds a call with object arguments to calls, else an error; returns 1 when the arguments
+    were a string (double-encoded)."""
+    problem = arguments_problem(args)
+    if problem is None:
+        calls.append({"name": name, "arguments": args})
+        return 0
+    errors.append(f"{what} {problem}")
+    return int(isinstance(args, str))
 
 
 def parse_task_api(text: str) -> ParsedAnswer:
@@ -31,17 +60,18 @@ def parse_task_api(text: str) -> ParsedAnswer:
     call, each a JSON object ``{"tool": NAME, "arguments": {...}}`` (see ``task_api.format_call``).
     A line that opens with ``{`` but is not such a call (e.g. the legacy ``{"action", "params"}``
     form, or cut-off JSON) is a syntax error; other lines are text."""
-    calls, text_lines, errors = [], [], []
+    calls, text_lines, errors, doubled = [], [], [], 0
     for k, line in enumerate(text.strip().splitlines()):
         call = task_api.parse_call(line)
         if call is not None:
-            calls.append({"name": call["tool"], "arguments": call.get("arguments", {})})
+            doubled += _checked(calls, errors, f"line {k + 1}", call["tool"],
+                                call.get("arguments", {}))
         elif line.strip().startswith("{"):
             errors.append(f"line {k + 1} opens like a JSON call but is not "
                           '{"tool": ..., "arguments": ...}')
         else:
             text_lines.append(line)
-    return ParsedAnswer(calls, "\n".join(text_lines).strip(), errors)
+    return ParsedAnswer(calls, "\n".join(text_lines).strip(), errors, doubled)
 
 
 _HERMES = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
@@ -50,7 +80,7 @@ _HERMES = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 def parse_hermes(text: str) -> ParsedAnswer:
     """Parses Hermes/Qwen2.5-style calls: ``<tool_call>{"name": ..., "arguments": {...}}
     </tool_call>`` blocks (an unclosed last block is read to the end); the rest is text."""
-    calls, errors = [], []
+    calls, errors, doubled = [], [], 0
     for k, match in enumerate(_HERMES.finditer(text)):
         try:
             obj = json.loads(match.group(1))
@@ -60,8 +90,9 @@ def parse_hermes(text: str) -> ParsedAnswer:
         if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
             errors.append(f"<tool_call> block {k} has no string 'name'")
             continue
-        calls.append({"name": obj["name"], "arguments": obj.get("arguments", {})})
-    return ParsedAnswer(calls, _HERMES.sub("", text).strip(), errors)
+        doubled += _checked(calls, errors, f"<tool_call> block {k}", obj["name"],
+                            obj.get("arguments", {}))
+    return ParsedAnswer(calls, _HERMES.sub("", text).strip(), errors, doubled)
 
 
 _PYTHON_TAG = "<|python_tag|>"
@@ -77,24 +108,25 @@ def parse_llama3_json(text: str) -> ParsedAnswer:
     body = body.removeprefix(_PYTHON_TAG).strip()
     if not body.startswith("{"):
         return ParsedAnswer([], text.strip(), [])
-    calls, errors, pos, decoder = [], [], 0, json.JSONDecoder()
+    calls, errors, pos, decoder, doubled, found = [], [], 0, json.JSONDecoder(), 0, 0
     while pos < len(body):
         try:
             obj, end = decoder.raw_decode(body, pos)
         except json.JSONDecodeError as exc:
-            errors.append(f"call {len(calls)} is not JSON ({exc.msg})")
+            errors.append(f"call {found} is not JSON ({exc.msg})")
             break
         args = obj.get("parameters", obj.get("arguments", {})) if isinstance(obj, dict) else None
         if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
-            errors.append(f"call {len(calls)} has no string 'name'")
+            errors.append(f"call {found} has no string 'name'")
             break
-        calls.append({"name": obj["name"], "arguments": args})
+        doubled += _checked(calls, errors, f"call {found}", obj["name"], args)
+        found += 1
         pos = end
         while pos < len(body) and body[pos] in " \t\r\n;":
             pos += 1
     if not calls and not tagged and not errors:
         return ParsedAnswer([], text.strip(), [])
-    return ParsedAnswer(calls, "", errors)
+    return ParsedAnswer(calls, "", errors, doubled)
 
 
 PARSERS: dict[str, Callable[[str], ParsedAnswer]] = {

@@ -11,7 +11,11 @@ JSON: key order and spacing are free, ``1`` equals ``1.0``, ``true`` does not eq
 exact_match (every row), tool_accuracy and call_exact (per reference call), arg_precision,
 arg_recall and arg_f1 (per top-level argument, over all calls), call_count_accuracy,
 json_valid_rate and schema_valid_rate (call rows), no_call_accuracy and refusal_rate (no-call
-rows), false_refusal_rate (call rows answered with a refusal), per_tool exact match, counts.
+rows), false_refusal_rate (call rows answered with a refusal), double_encoded_rate (rows whose
+answer wrote a call with its arguments as a JSON string: the parsers refuse such a call, so it
+is a syntax error that makes the row neither exact nor JSON-valid), per_tool exact match,
+counts. A reference call's arguments may be JSON text (the stored OpenAI form) and are parsed;
+a predicted call from a model's text has object arguments (``parsers``).
 ``score_tool_rows(rows, answers, parse)`` scores a test split's tool and refusal rows from the
 model's decoded answers; the bundled Task-API's metrics (exact_match, json_valid_rate,
 refusal_rate, false_refusal_rate, per_tool) are a case of it.
@@ -123,7 +127,7 @@ def score_calls(reference: Sequence[Mapping[str, Any]], predicted: ParsedAnswer,
         "arg_ref": sum(_size(a) for _, a in ref), "arg_pred": sum(_size(a) for _, a in pred),
         "count_ok": len(pred) == len(ref), "json_valid": json_valid,
         "schema_valid": _schema_valid(pred, tools) if ref else None,
-        "no_call": declined, "refused": refused,
+        "no_call": declined, "refused": refused, "double_encoded": predicted.double_encoded,
     }
     if ref:
         score["exact"] = (len(pred) == len(ref) == exact_calls) and not predicted.errors
@@ -168,6 +172,7 @@ def aggregate(scores: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "no_call_accuracy": _rate([s["no_call"] for s in none]),
         "refusal_rate": _rate([s["refused"] for s in none]),
         "false_refusal_rate": _rate([s["refused"] for s in calls]),
+        "double_encoded_rate": _rate([s["double_encoded"] > 0 for s in scores]),
         "per_tool": {t: h / n for t, (h, n) in sorted(per_tool.items())},
         "counts": {"total": len(scores), "call": len(calls), "no_call": len(none)},
     }

@@ -405,6 +405,7 @@ def checked_modelfile(tokenizer: Any, chat_template: str, gguf_from: str, contex
         StageError: If no Go template renders this family, or the renders differ beyond JSON
             spacing.
     """
+    from llmops.data.chat import render
     from llmops.errors import StageError
 
     family = resolve_family(chat_template, tokenizer.chat_template)
@@ -416,8 +417,7 @@ def checked_modelfile(tokenizer: Any, chat_template: str, gguf_from: str, contex
             "Use deploy=openai, which serves the GGUF with its own template, or "
             "model.chat_template=qwen2_5 / llama3_1 if the model was trained on that format.")
     check = check_template(
-        lambda m, tools: tokenizer.apply_chat_template(m, tools=tools, tokenize=False,
-                                                       add_generation_prompt=True),
+        lambda m, tools: render(tokenizer, m, tools, add_generation_prompt=True),
         family, bos_token=tokenizer.bos_token)
     if not check["equivalent"]:
         first = check["mismatches"][0]

@@ -6,7 +6,10 @@ chatml-function-calling handlers; with a model's own Jinja template a call comes
 chat template stored in the GGUF, `tools` included, as training did, generates, and reads the
 answer back with the parser eval uses for that template (`llmops.scoring.parsers.parser_for`):
 calls become `message.tool_calls` (arguments as JSON text, as OpenAI sends them) with
-`finish_reason: "tool_calls"`, the rest stays `content`.
+`finish_reason: "tool_calls"`, the rest stays `content`. The request's messages reach the template
+as training rendered them (`llmops.data.chat.template_messages`: call arguments as objects); a call
+the model writes with its arguments as a JSON string (double-encoded) is no call: the parser
+refuses it, and the answer comes back as `content`.
 
 tool_choice: "auto" (or absent) renders the tools and parses the answer; "none" renders no tools;
 {"type": "function", "function": {"name": ...}} is llama-cpp-python's own path (a grammar forces
@@ -20,6 +23,7 @@ import json
 import uuid
 from typing import Any
 
+from llmops.data.chat import template_messages
 from llmops.scoring.parsers import parser_for
 
 HANDLER_NAME = "llmops-tools"
@@ -37,39 +41,14 @@ def calls_from_text(text: str, chat_template: str | None) -> tuple[str | None, l
     """
     parsed = parser_for(chat_template)(text)
     calls = []
-    for call in parsed.calls:
-        args = call.get("arguments", {})
+    for call in parsed.calls:  # arguments are objects: the parser refuses double-encoded ones
         calls.append({"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
                       "function": {"name": call["name"],
-                                   "arguments": args if isinstance(args, str)
-                                   else json.dumps(args, ensure_ascii=False)}})
+                                   "arguments": json.dumps(call["arguments"],
+                                                           ensure_ascii=False)}})
     if not calls:
         return text, []
     return (parsed.text or None), calls
-
-
-def _plain_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Returns the request's messages as templates expect them: call arguments as objects."""
-    out = []
-    for m in messages:
-        m = dict(m)
-        if m.get("tool_calls"):
-            calls = []
-            for c in m["tool_calls"]:
-                fn = dict(c.get("function") or {})
-                if isinstance(fn.get("arguments"), str):
-                    try:
-                        fn["arguments"] = json.loads(fn["arguments"] or "{}")
-                    except json.JSONDecodeError:
-                        pass
-                calls.append({**c, "function": fn})
-            m["tool_calls"] = calls
-        elif "tool_calls" in m:
-            del m["tool_calls"]  # null: templates test for the key (Llama 3.1)
-        if m.get("content") is None and m["role"] != "assistant":
-            m["content"] = ""
-        out.append(m)
-    return out
 
 
 class _Formatter:
@@ -111,7 +90,7 @@ def handle(*, llama: Any, messages: list[dict[str, Any]], tools: list[dict] | No
     if formatter is None:
         formatter = _FORMATTERS[id(llama)] = _Formatter(llama)
     base = chat_formatter_to_chat_completion_handler(formatter)
-    msgs = _plain_messages(list(messages))
+    msgs = template_messages(list(messages))
     if tool_choice == "none":
         tools, tool_choice = None, None
     if stream or not tools or isinstance(tool_choice, dict):

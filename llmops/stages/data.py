@@ -13,7 +13,9 @@ order, lengths) and rendered as the line the split files hold. The rows are then
 by a content hash, mixed by each source's weight or sample count, and split stratified by kind
 and tool, all as index selections; writing a split picks its rendered lines. Writes
 train.jsonl, val.jsonl, test.jsonl (OpenAI rows + meta, see CONTRACT.md), pref_*.jsonl when
-the run has preference pairs, and data_report.json. With ``on_error=fail`` any reject stops the
+the run has preference pairs, and data_report.json, whose ``preview`` shows the first
+``preview.rows`` train rows as sft tokenizes them, loss spans marked (``data_preview``; the first
+is printed). With ``on_error=fail`` any reject stops the
 stage (``DataRejected``, exit 5) before anything trains.
 """
 
@@ -159,7 +161,14 @@ def _prepare(params: dict, inputs: dict[str, Path], out_dir: Path, cache: str,
     pref = _preferences(params, kind, rows, splits, written, out_dir, cache, ctx)
     if pref is not None:
         report["preferences"] = pref
+    if params["preview"]["rows"]:
+        from llmops.stages import data_preview
+
+        report["preview"] = data_preview.build(getattr(counter, "tokenizer", None),
+                                               out_dir / "train.jsonl", params)
     write_json(out_dir / REPORT_NAME, report)
+    if params["preview"]["rows"]:
+        data_preview.show(report["preview"], out_dir / REPORT_NAME)
     c = report["counts"]
     ctx.logger.info(
         f"data: {c['read']} read, {c['valid']} valid, {c['rejected']} rejected, "

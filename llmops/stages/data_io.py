@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from llmops.backends.common import base_model_path, json_default
+from llmops.config.templates import AUTO, TINY, template_text
 from llmops.data import formats, lengths, pages, pipeline, task_api
 from llmops.errors import StageError
 from llmops.runner.context import StageContext
@@ -170,6 +171,9 @@ def token_counter(params: dict, inputs: dict[str, Path], ctx: StageContext) -> t
                     f"about {lengths.CHARS_PER_TOKEN} characters a token, and rows over "
                     "max_length are listed here, not rejected.",
         }
+    chosen = params["model"]["chat_template"]
+    if chosen not in (AUTO, TINY):  # a TRL family or a .jinja file: what sft renders with
+        tok.chat_template = template_text(chosen, None)
     method = "chat_template" if getattr(tok, "chat_template", None) else "plain_text"
     loaded.update({"class": type(tok).__name__, "vocab_size": len(tok)})
     ctx.logger.info("data: token lengths in %s's tokens (%s, %d tokens, from the %s, "

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from llmops.compiler.plan import report_name
+from llmops.data.chat import render
 from llmops.errors import StageError
 from llmops.runner.context import StageContext
 
@@ -31,9 +32,7 @@ def _probe_inputs(tokenizer: Any) -> list[Any]:
     encoded = []
     for messages in PROBES:
         try:
-            text = tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=True
-            )
+            text = render(tokenizer, messages, add_generation_prompt=True)
         except Exception:  # noqa: BLE001 - a template may reject a role; plain text still probes
             text = messages[-1]["content"]
         encoded.append(tokenizer(text, return_tensors="pt", add_special_tokens=False))

@@ -134,13 +134,13 @@ def template_probes(tokenizer: Any) -> list[str]:
     A template that cannot render them (no tool role, ...) adds no probe."""
     from jinja2 import TemplateError
 
+    from llmops.data.chat import render
     from llmops.serving.modelfile import SAMPLE_TOOLS, TOOL_CONVERSATIONS
 
     probes = []
     for conv in TOOL_CONVERSATIONS:
         try:
-            probes.append(tokenizer.apply_chat_template(list(conv), tools=SAMPLE_TOOLS,
-                                                        tokenize=False))
+            probes.append(render(tokenizer, list(conv), SAMPLE_TOOLS))
         except (TemplateError, ValueError, TypeError):
             continue
     return probes
