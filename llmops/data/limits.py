@@ -2,12 +2,16 @@
 
 The values come from the compiled params (``conf/config.yaml`` holds the defaults); this only
 carries them, frozen and hashable, into the batch functions (``Converter``, ``toolcheck``,
-``lengths``), where ``Dataset.map`` workers get them pickled.
+``lengths``), where ``Dataset.map`` workers get them pickled. ``time_limit`` bounds a block of
+Python code in time (the chat-template renders).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import signal
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -38,3 +42,33 @@ class Limits:
 
 #: The keys of ``limits`` the data stage's params carry.
 DATA_KEYS = tuple(f.name for f in fields(Limits))
+
+
+class TimeLimit(Exception):
+    """Work bounded by ``time_limit`` ran past its bound."""
+
+    def __init__(self, seconds: float):
+        super().__init__(f"took longer than {seconds:g} s")
+        self.seconds = seconds
+
+
+@contextmanager
+def time_limit(seconds: float | None) -> Iterator[None]:
+    """Raises ``TimeLimit`` in the block when it runs longer than ``seconds`` (SIGALRM, which
+    interrupts Python code such as a Jinja render or ``re``); no bound when ``seconds`` is None
+    or outside the main thread (signals reach only it), where callers bound the work otherwise.
+    """
+    if seconds is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _expired(signum: int, frame: Any) -> None:
+        raise TimeLimit(seconds)
+
+    previous = signal.signal(signal.SIGALRM, _expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

@@ -30,7 +30,8 @@ from llmops.backends.common import write_json
 from llmops.compiler.plan import report_name
 from llmops.data import lengths, mix, pipeline, task_api
 from llmops.data.convert import FormatError
-from llmops.errors import DataRejected, StageError
+from llmops.data.limits import Limits, TimeLimit
+from llmops.errors import ConfigError, DataRejected, Problem, StageError
 from llmops.runner.context import StageContext
 from llmops.stages import data_io
 
@@ -180,11 +181,17 @@ def _checked(name: str, spec: dict[str, Any], params: dict, counter: Any, cache:
     annotated, measured, checked and rendered as written."""
     measured = counter is not lengths.estimate
     prepare = pipeline.Prepare(name, params["system_prompt"] if name != task_api.SOURCE else None,
-                               counter, params["max_length"] if measured else None)
+                               counter, params["max_length"] if measured else None,
+                               Limits.of(params["limits"]))
     try:
-        rows, rejects = data_io.read(name, spec, params, cache, prepare)
+        rows, rejects = data_io.read(name, spec, params, cache, prepare, ctx.logger.warning)
     except FormatError as exc:  # its message names the key (data.path, data.format, ...)
         raise StageError(str(exc)) from exc
+    except TimeLimit as exc:
+        raise ConfigError([Problem("model.chat_template", (
+            f"rendering a row of {name} through the chat template took longer than "
+            f"limits.template_seconds={exc.seconds:g} (a loop that runs too long?). Fix the "
+            "template, or raise limits.template_seconds."))]) from None
     return Source(name, spec, prepare.kind, rows, rejects, len(rows) + len(rejects))
 
 
