@@ -19,7 +19,9 @@ stage (``DataRejected``, exit 5) before anything trains.
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,10 +80,29 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
     scratch = out_dir / ".arrow"  # datasets' cache files: this stage's own, gone when it ends
     if not ctx.show_progress:
         datasets.disable_progress_bars()
+    _FORKED_WORKERS_DIE_ON_SIGTERM[0] = True
     try:
         return _prepare(params, inputs, out_dir, str(scratch), ctx)
     finally:
+        _FORKED_WORKERS_DIE_ON_SIGTERM[0] = False
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+# datasets' map workers (num_proc) are forked from this process and inherit its Python SIGTERM
+# and SIGINT handlers (the job's: raise in the main thread). A worker that is inside C code, or
+# blocked on a lock forked in a held state, never runs such a handler, so the pool's terminate
+# (its SIGTERM) never ended it and the stopped job hung. Forked during the stage, a worker gets
+# the default actions back: SIGTERM ends it at once, and the job exits 143.
+_FORKED_WORKERS_DIE_ON_SIGTERM = [False]
+
+
+def _default_signals_in_child() -> None:
+    if _FORKED_WORKERS_DIE_ON_SIGTERM[0]:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+os.register_at_fork(after_in_child=_default_signals_in_child)
 
 
 def _prepare(params: dict, inputs: dict[str, Path], out_dir: Path, cache: str,
