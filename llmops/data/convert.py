@@ -93,12 +93,15 @@ def _text(row: dict[str, Any], col: str, required: bool = True) -> str | None:
     return value
 
 
-def json_value(row: dict[str, Any], col: str) -> Any:
+def json_value(row: dict[str, Any], col: str, max_depth: int | None = None) -> Any:
     """Returns ``row[col]``, parsed when it is JSON text of a list (CSV columns hold text)."""
     value = row.get(col)
     if isinstance(value, str) and value.lstrip().startswith("["):
         try:
-            return jsontext.loads(value)
+            return jsontext.loads(value, max_depth)
+        except jsontext.TooDeep as exc:
+            raise c.Rejected("too_deep", col, f"holds JSON text {exc.msg}; it is not parsed. "
+                             "Flatten it, or raise limits.json_depth.") from None
         except json.JSONDecodeError as exc:
             raise c.Rejected("bad_field", col, f"holds text that is not JSON ({exc.msg}).") from exc
     return value
@@ -204,7 +207,8 @@ def lone_surrogate(value: Any, where: str = "$") -> c.Rejected | None:
     return None
 
 
-def convert_row(fmt: str, row: Any, cols: dict[str, str], tags: dict[str, str]) -> dict:
+def convert_row(fmt: str, row: Any, cols: dict[str, str], tags: dict[str, str],
+                max_depth: int | None = None) -> dict:
     """Converts one parsed source row to the canonical columns of its kind (no ``meta``).
 
     Raises:
@@ -215,7 +219,7 @@ def convert_row(fmt: str, row: Any, cols: dict[str, str], tags: dict[str, str]) 
     kind = KIND[fmt]
     if kind == "text":
         return {"text": _text(row, cols["text"])}
-    tools = c.tools_json(json_value(row, cols["tools"]), cols["tools"])
+    tools = c.tools_json(json_value(row, cols["tools"], max_depth), cols["tools"], max_depth)
     if kind == "chat":
         return {**_chat(fmt, row, cols, tags), "tools": tools}
     if fmt == "sharegpt_preference":
@@ -309,7 +313,8 @@ class Converter:
                     bad_text = lone_surrogate(row)
                     if bad_text is not None:
                         raise bad_text
-                values, reject = convert_row(self.fmt, row, self.cols, self.tags), None
+                values, reject = convert_row(self.fmt, row, self.cols, self.tags,
+                                             self.limits and self.limits.json_depth), None
             except c.Rejected as exc:
                 values, reject = {}, exc.to_dict()
             except RecursionError:  # nested deeper than Python recurses (json_depth allows it)

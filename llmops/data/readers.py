@@ -159,6 +159,11 @@ def _jsonl_records(path: str, row_bytes: int) -> Iterator[tuple[str | None, str 
                 block, skipping = block[cut + 1:], False
                 if not block:
                     continue
+            if block and len(rest) + len(block) > row_bytes and b"\n" not in block:
+                number += 1  # the line so far is already too long: never join it
+                yield None, too_long, number
+                rest, skipping = b"", True
+                continue
             data = rest + block
             cut = data.rfind(b"\n") + 1 if block else len(data)
             data, rest = data[:cut], data[cut:]
@@ -168,7 +173,7 @@ def _jsonl_records(path: str, row_bytes: int) -> Iterator[tuple[str | None, str 
                 if not block:
                     return
                 continue
-            lines = data.split(b"\n")
+            lines = data.split(b"\n") if data else []
             if data.endswith(b"\n"):
                 lines.pop()
             # utf-8-sig on line 1: a byte order mark opening the file is not part of row 1
@@ -244,14 +249,17 @@ def _array_records(path: str, row_bytes: int) -> Iterator[tuple[str | None, str 
                 raise json.JSONDecodeError("Expecting ',' delimiter after this element",
                                            text, after)
         except (json.JSONDecodeError, RecursionError) as exc:
-            if isinstance(exc, RecursionError):
-                exc = json.JSONDecodeError("nested too deep for Python's JSON parser", text, pos)
             column = pos - (text.rfind("\n", 0, pos) + 1)
-            where = f"line {exc.lineno}, column {exc.colno}"
             nxt = _resync(text, pos, column)
             rest = "" if nxt is not None else "; no element after it could be found"
-            yield None, (f"element {index} of the JSON array is not valid JSON "
-                         f"({exc.msg} at {where}{rest})"), start_line
+            if isinstance(exc, RecursionError):
+                yield None, reader_error("too_deep", f"element {index} of the JSON array is "
+                                         "nested too deep for Python's JSON parser; it is not "
+                                         f"converted{rest}. Flatten it."), start_line
+            else:
+                where = f"line {exc.lineno}, column {exc.colno}"
+                yield None, (f"element {index} of the JSON array is not valid JSON "
+                             f"({exc.msg} at {where}{rest})"), start_line
             if nxt is None:
                 return
             pos, index = nxt, index + 1
