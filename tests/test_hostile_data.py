@@ -505,3 +505,92 @@ def test_sigterm_during_the_data_stage_exits_143_promptly(tmp_path):
     assert proc.returncode == 143, err[-2000:]
     assert "terminated" in out and "Traceback" not in out
     assert time.monotonic() - sent < 60
+
+
+# ---- a chat template that raises or loops, in the data stage ----
+
+
+def _tokenizer_folder(folder: Path, template: str) -> Path:
+    """A small word-level tokenizer saved with the given chat template (tokenizer.json)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = {w: i for i, w in enumerate(["[UNK]", "user", "assistant", "list", "tasks"])}
+    core = Tokenizer(models.WordLevel(words, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]")
+    tok.chat_template = template
+    tok.save_pretrained(str(folder))
+    return folder
+
+
+PLAIN_TEMPLATE = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"
+
+
+@pytest.mark.parametrize(("template", "error"), [
+    ("{{ raise_exception('boom: this template refuses') }}",
+     "TemplateError: boom: this template refuses"),
+    ("{% for m in messages %}{{ m.content | no_such_filter }}{% endfor %}",
+     "No filter named 'no_such_filter'"),
+    ("{% for m in messages %}{{ m.content + 1 }}{% endfor %}",
+     'can only concatenate str (not "int") to str'),
+])
+def test_a_template_that_raises_on_every_row_fails_the_stage_with_its_message(
+        tmp_path, template, error):
+    from llmops.errors import StageError
+
+    folder = _tokenizer_folder(tmp_path / "tok", template)
+    with pytest.raises(StageError) as err:
+        _run_data(tmp_path, _write(tmp_path / "rows.jsonl", []), hub_id=str(folder))
+    text = str(err.value)
+    assert text.startswith(f"data: no valid rows in {tmp_path / 'rows.jsonl'} (20 read, 20 "
+                           "rejected: ")
+    assert "[template_error] model.chat_template cannot render this row: " in text
+    assert error in text and "too_long" not in text and "max_length" not in text
+
+
+def test_a_template_that_raises_on_some_rows_rejects_only_those(tmp_path):
+    template = ("{% for m in messages %}{% if 'forbidden' in m.content %}"
+                "{{ raise_exception('no forbidden words, line ' ~ loop.index) }}{% endif %}"
+                "{{ m.role }}: {{ m.content }}\n{% endfor %}")
+    folder = _tokenizer_folder(tmp_path / "tok", template)
+    bad = [json.dumps({"messages": [{"role": "user", "content": "a forbidden question"},
+                                    {"role": "assistant", "content": "ok"}]}),
+           json.dumps({"messages": [{"role": "user", "content": "fine"},
+                                    {"role": "assistant", "content": "forbidden answer"}]})]
+    report, out = _run_data(tmp_path, _write(tmp_path / "rows.jsonl", bad), hub_id=str(folder))
+    assert [(r["line"], r["code"], r["message"]) for r in report["rejects"]] == [
+        (21, "template_error", "model.chat_template cannot render this row: TemplateError: no "
+                               "forbidden words, line 1. Fix the row or the template."),
+        (22, "template_error", "model.chat_template cannot render this row: TemplateError: no "
+                               "forbidden words, line 2. Fix the row or the template.")]
+    assert report["token_lengths"]["method"] == "chat_template"
+    assert report["token_lengths"]["count"] == 20 and "not_rendered" not in report["token_lengths"]
+
+
+@pytest.mark.parametrize("template", [
+    "{% for a in range(100000) %}{% for b in range(100000) %}{{ a }}{% endfor %}{% endfor %}",
+    "{% for m in messages %}{% for i in range(99999) %}{% for j in range(99999) %}"
+    "{% endfor %}{% endfor %}{{ m.content }}{% endfor %}",
+])
+def test_a_template_that_loops_is_a_config_error_naming_the_bound(tmp_path, template):
+    from llmops.errors import EXIT_CONFIG, ConfigError
+
+    folder = _tokenizer_folder(tmp_path / "tok", template)
+    start = time.monotonic()
+    with pytest.raises(ConfigError) as err:
+        _run_data(tmp_path, _write(tmp_path / "rows.jsonl", []), hub_id=str(folder),
+                  template_seconds=0.5)
+    assert time.monotonic() - start < 30
+    assert err.value.exit_code == EXIT_CONFIG
+    assert str(err.value) == (
+        "Config is invalid (1 problem):\n  - model.chat_template: rendering a row of "
+        f"{tmp_path / 'rows.jsonl'} through the chat template took longer than "
+        "limits.template_seconds=0.5 (a loop that runs too long?). Fix the template, or raise "
+        "limits.template_seconds.")
+
+
+def test_a_good_template_measures_every_row(tmp_path):
+    folder = _tokenizer_folder(tmp_path / "tok", PLAIN_TEMPLATE)
+    report, _ = _run_data(tmp_path, _write(tmp_path / "rows.jsonl", []), hub_id=str(folder))
+    assert report["counts"]["rejected"] == 0 and report["token_lengths"]["count"] == 20

@@ -138,9 +138,10 @@ def remote_code_problems(config: dict[str, Any], where: str, model: dict[str, An
     return [Problem("model.trust_remote_code", (
         f"{where} names custom model code (auto_map: {named}) for model_type {kind!r}, which "
         "transformers does not ship, so the model cannot load without it. "
-        "model.trust_remote_code=true lets transformers import and run the Python files of "
-        "that model repository on this machine: set it only for a repository you trust. Or use "
-        "a model whose architecture transformers ships."))]
+        "model.trust_remote_code=true (+model.trust_remote_code=true on a preset) lets "
+        "transformers import and run the Python files of that model repository on this "
+        "machine: set it only for a repository you trust. Or use a model whose architecture "
+        "transformers ships."))]
 
 
 def _transformers_ships(model_type: str) -> bool:
