@@ -9,8 +9,9 @@ Contract, for the data stage:
   (``data/*.jsonl``, ``**`` allowed) over such files. A JSON file may be compressed
   (``.jsonl.gz``, ``.json.bz2``, ``.jsonl.xz``, or such content under any JSON name: told by its
   first bytes, as ``datasets`` reads them); the JSON files of one source are read in one pass
-  (one Arrow file, one ``Dataset.map``), however many a glob matches. Every file of one source must convert to
-  the same kind of row (chat, preference or text); formats may differ per file with ``auto``.
+  (one Arrow file, one ``Dataset.map``), however many a glob matches. Every file of one source
+  must convert to the same kind of row (chat, preference or text); formats may differ per file
+  with ``auto``.
 - ``rows``: the canonical columns of that kind (``canonical.COLUMNS`` less ``reject``), with
   ``meta`` naming each row's file, line and record number, Arrow-backed (memory-mapped from
   ``cache_dir``, or datasets' cache) so nothing holds all rows in Python.
@@ -22,7 +23,8 @@ Contract, for the data stage:
 JSON and JSON Lines are cut into records here (one JSON text per record, with its line), so a
 broken record rejects only itself; a line longer than ``limits.row_bytes`` is rejected
 (``row_too_large``) without ever being held whole, and a record nested deeper than
-``limits.json_depth`` (``too_deep``) is never parsed; parsing and conversion run in ``Dataset.map`` (``num_proc``).
+``limits.json_depth`` (``too_deep``) is never parsed; parsing and conversion run in
+``Dataset.map`` (``num_proc``).
 Other files load with ``datasets`` and keep their columns. ``datasets`` is imported inside the
 functions. Checks of tool calls, order and length are ``toolcheck``'s, run after this.
 """
@@ -30,6 +32,7 @@ functions. Checks of tool calls, order and length are ``toolcheck``'s, run after
 from __future__ import annotations
 
 import bz2
+import functools
 import glob
 import gzip
 import hashlib
@@ -274,6 +277,10 @@ def _array_records(path: str, row_bytes: int) -> Iterator[tuple[str | None, str 
         pos, index = (after + 1 if after < len(text) and text[after] == "," else after), index + 1
 
 
+def _take(records: Iterator[Any]) -> list[Any]:
+    return list(itertools.islice(records, BATCH))
+
+
 def _raw_features():
     import datasets
 
@@ -330,7 +337,7 @@ class JsonFiles:
                 for k, (path, gen) in enumerate(zip(paths, gens, strict=True)):
                     first, sample = total, []
                     records = gen(str(path), limits.row_bytes)
-                    for chunk in iter(lambda: list(itertools.islice(records, BATCH)), []):
+                    for chunk in iter(functools.partial(_take, records), []):
                         raw, error, line = zip(*chunk, strict=True)
                         if keep_samples and len(sample) < DETECT_SAMPLE:
                             head = {RAW: list(raw[:DETECT_SAMPLE - len(sample)]),
