@@ -328,8 +328,9 @@ def _preferences(params: dict, kind: str, rows: Any, splits: dict[str, np.ndarra
         section: dict[str, Any] = {"method": "rows"}
     elif params.get("preferences") == "path":
         try:
-            pairs, rejects, n_read = preferences.read_pairs(params["preference_path"],
-                                                            params["system_prompt"], cache)
+            pairs, rejects, n_read = preferences.read_pairs(
+                params["preference_path"], params["system_prompt"], cache,
+                Limits.of(params["limits"]))
         except FormatError as exc:
             raise StageError(str(exc)) from exc
         if not pairs:
