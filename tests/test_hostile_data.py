@@ -568,19 +568,22 @@ def test_a_template_that_raises_on_some_rows_rejects_only_those(tmp_path):
     assert report["token_lengths"]["count"] == 20 and "not_rendered" not in report["token_lengths"]
 
 
-@pytest.mark.parametrize("template", [
-    "{% for a in range(100000) %}{% for b in range(100000) %}{{ a }}{% endfor %}{% endfor %}",
-    "{% for m in messages %}{% for i in range(99999) %}{% for j in range(99999) %}"
-    "{% endfor %}{% endfor %}{{ m.content }}{% endfor %}",
+@pytest.mark.parametrize(("template", "num_proc"), [
+    ("{% for a in range(100000) %}{% for b in range(100000) %}{{ a }}{% endfor %}{% endfor %}",
+     None),
+    ("{% for m in messages %}{% for i in range(99999) %}{% for j in range(99999) %}"
+     "{% endfor %}{% endfor %}{{ m.content }}{% endfor %}", None),
+    ("{% for a in range(100000) %}{% for b in range(100000) %}{{ a }}{% endfor %}{% endfor %}",
+     2),  # in map workers: the bound holds there and comes back to the stage
 ])
-def test_a_template_that_loops_is_a_config_error_naming_the_bound(tmp_path, template):
+def test_a_template_that_loops_is_a_config_error_naming_the_bound(tmp_path, template, num_proc):
     from llmops.errors import EXIT_CONFIG, ConfigError
 
     folder = _tokenizer_folder(tmp_path / "tok", template)
     start = time.monotonic()
     with pytest.raises(ConfigError) as err:
         _run_data(tmp_path, _write(tmp_path / "rows.jsonl", []), hub_id=str(folder),
-                  template_seconds=0.5)
+                  num_proc=num_proc, template_seconds=0.5)
     assert time.monotonic() - start < 30
     assert err.value.exit_code == EXIT_CONFIG
     assert str(err.value) == (

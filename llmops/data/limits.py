@@ -48,8 +48,11 @@ class TimeLimit(Exception):
     """Work bounded by ``time_limit`` ran past its bound."""
 
     def __init__(self, seconds: float):
-        super().__init__(f"took longer than {seconds:g} s")
+        super().__init__(seconds)  # args = (seconds,): it pickles back from a map worker
         self.seconds = seconds
+
+    def __str__(self) -> str:
+        return f"took longer than {self.seconds:g} s"
 
 
 @contextmanager
