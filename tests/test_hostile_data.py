@@ -597,3 +597,25 @@ def test_a_good_template_measures_every_row(tmp_path):
     folder = _tokenizer_folder(tmp_path / "tok", PLAIN_TEMPLATE)
     report, _ = _run_data(tmp_path, _write(tmp_path / "rows.jsonl", []), hub_id=str(folder))
     assert report["counts"]["rejected"] == 0 and report["token_lengths"]["count"] == 20
+
+
+@pytest.mark.parametrize(("pattern", "why"), [
+    ("a{99999999999}", "OverflowError: the repetition number is too large"),
+    ("(?P<", "'(?P<' is not a 'regex'"),
+    ("\\p{L}+$", "'\\\\p{L}+$' is not a 'regex'"),
+])
+def test_a_pattern_that_cannot_compile_is_an_invalid_schema(pattern, why):
+    from llmops.data.canonical import Rejected
+    from llmops.data.convert import Converter
+    from llmops.data.toolcheck import check_row
+
+    limits = Limits(**LIMITS)
+    schema = {"type": "object", "properties": {"title": {"pattern": pattern}}}
+    out = Converter("openai", "x.jsonl", limits=limits)(
+        {"__raw__": [json.dumps(_call_row(schema, {"title": "a"}))], "__error__": [None],
+         "__line__": [1]}, [0])
+    with pytest.raises(Rejected) as err:
+        check_row({k: v[0] for k, v in out.items() if k not in ("meta", "reject")}, limits)
+    assert (err.value.code, err.value.path) == ("tool_schema_invalid",
+                                                "tools[0].function.parameters")
+    assert err.value.message == f"is not a valid JSON Schema ({why}). Fix the tool's schema."

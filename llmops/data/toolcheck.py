@@ -87,6 +87,9 @@ def _search(pattern: str, text: str) -> bool:
         return regex.search(pattern, text, timeout=left) is not None
     except TimeoutError:
         raise PatternTimeout(pattern) from None
+    except (regex.error, OverflowError, ValueError) as exc:  # re took it, regex does not
+        raise js_exceptions.SchemaError(f"pattern {pattern[:100]!r} cannot be used: "
+                                        f"{exc}") from None
 
 
 def _pattern(validator, patrn, instance, schema):
@@ -152,6 +155,8 @@ def declared_tools(tools: str | None, max_depth: int | None = None
             out[fn["name"]] = (i, exc.message)
         except RecursionError:
             out[fn["name"]] = (i, "nested too deep to check")
+        except (OverflowError, ValueError) as exc:  # e.g. a pattern's repeat count ("a{1e11}")
+            out[fn["name"]] = (i, f"{type(exc).__name__}: {exc}")
     return out
 
 
@@ -250,6 +255,9 @@ def _check_call(name: str, text: str, path: str, tools: str | None,
     except RecursionError:
         raise Rejected("tool_schema_ref", where, f"tool {name!r}'s schema refers to itself in "
                        "a cycle ($ref) or nests too deep to check. Break the cycle.") from None
+    except js_exceptions.SchemaError as exc:
+        raise Rejected("tool_schema_invalid", where, f"is not a valid JSON Schema "
+                       f"({exc.message}). Fix the tool's schema.") from None
     except PatternTimeout as exc:
         raise Rejected("pattern_timeout", base, f"tool {name!r}'s schema pattern "
                        f"{exc.pattern[:100]!r} took longer than limits.pattern_seconds="
