@@ -619,3 +619,17 @@ def test_a_pattern_that_cannot_compile_is_an_invalid_schema(pattern, why):
     assert (err.value.code, err.value.path) == ("tool_schema_invalid",
                                                 "tools[0].function.parameters")
     assert err.value.message == f"is not a valid JSON Schema ({why}). Fix the tool's schema."
+
+
+@pytest.mark.parametrize("suffix", ["parquet", "csv"])
+def test_a_record_of_a_columnar_file_over_row_bytes_is_one_reject(tmp_path, suffix):
+    import datasets
+
+    rows = [{"instruction": f"say hi {i}", "output": "hi"} for i in range(20)]
+    rows[4]["output"] = "x" * 10_000
+    ds = datasets.Dataset.from_list(rows)
+    path = tmp_path / f"rows.{suffix}"
+    getattr(ds, f"to_{suffix}")(str(path))
+    report, _ = _run_data(tmp_path, path, row_bytes=4096)
+    assert [(r["row"], r["code"]) for r in report["rejects"]] == [(5, "row_too_large")]
+    assert report["counts"]["valid"] == 19

@@ -24,6 +24,8 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import orjson
+
 from llmops.data import canonical as c
 from llmops.data import jsontext
 from llmops.data.limits import Limits
@@ -266,6 +268,14 @@ def source_rows(batch: Mapping[str, list], limits: Limits | None = None
         yield dict(zip(names, values, strict=True)), None
 
 
+def _size(row: Any) -> int:
+    """Returns a record's size as JSON text in bytes (0 when it has no such form)."""
+    try:
+        return len(orjson.dumps(row))
+    except (orjson.JSONEncodeError, TypeError):
+        return 0
+
+
 def too_large(row_bytes: int) -> c.Rejected:
     """Returns the reject of a record longer than ``limits.row_bytes``."""
     return c.Rejected("row_too_large", "$", f"is longer than limits.row_bytes={row_bytes} bytes; "
@@ -309,6 +319,9 @@ class Converter:
                     raise error
                 if error is not None:
                     raise c.Rejected("invalid_json", "$", f"{error}. Fix the JSON.")
+                if raw is None and self.limits is not None and row is not None and (
+                        _size(row) > self.limits.row_bytes):  # a Parquet/CSV/dataset record
+                    raise too_large(self.limits.row_bytes)
                 if raw is not None and ("\\ud" in raw or "\\uD" in raw):
                     bad_text = lone_surrogate(row)
                     if bad_text is not None:

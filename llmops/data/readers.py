@@ -311,18 +311,18 @@ class JsonFiles:
             record's index into ``files``), memory-mapped.
         files: The files, as strings, in order.
         spans: Per file, ``(first record, end)`` in ``records``.
-        samples: Per file, its first records parsed, ``(record number, value)``, for format
-            detection (only when ``keep_samples``).
+        formats: Per file, the format ``detect`` gave from its first records parsed
+            (``(record number, value)`` pairs; only these are held, one file at a time).
     """
 
     def __init__(self, paths: list[Path], cache_dir: str | None, limits: Limits,
-                 keep_samples: bool):
+                 detect: Callable[[list[tuple[int, Any]], str], str]):
         import datasets
         from datasets.arrow_writer import ArrowWriter
 
         self.files = [str(p) for p in paths]
         self.spans: list[tuple[int, int]] = []
-        self.samples: list[list[tuple[int, Any]]] = []
+        self.formats: list[str] = []
         gens = [_generator(p) for p in paths]
         versions = "\n".join(f"{p.resolve()}|{p.stat().st_size}|{p.stat().st_mtime_ns}|"
                               f"{g.__name__}" for p, g in zip(paths, gens, strict=True))
@@ -339,7 +339,7 @@ class JsonFiles:
                     records = gen(str(path), limits.row_bytes)
                     for chunk in iter(functools.partial(_take, records), []):
                         raw, error, line = zip(*chunk, strict=True)
-                        if keep_samples and len(sample) < DETECT_SAMPLE:
+                        if len(sample) < DETECT_SAMPLE:
                             head = {RAW: list(raw[:DETECT_SAMPLE - len(sample)]),
                                     ERROR: list(error[:DETECT_SAMPLE - len(sample)])}
                             sample += [(len(sample) + i + 1, row) for i, (row, _) in
@@ -348,7 +348,7 @@ class JsonFiles:
                                             LINE: list(line), FILE: [k] * len(raw)})
                         total += len(raw)
                     self.spans.append((first, total))
-                    self.samples.append(sample)
+                    self.formats.append(detect(sample, str(path)))
                 writer.finalize()
             os.replace(partial, target)
         finally:
@@ -384,9 +384,9 @@ def load_records(path: Path, cache_dir: str | None = None):
 
 
 def _json_files(paths: list[Path], cache_dir: str | None, limits: Limits,
-                keep_samples: bool) -> JsonFiles:
+                detect: Callable[[list[tuple[int, Any]], str], str]) -> JsonFiles:
     try:
-        return JsonFiles(paths, cache_dir, limits, keep_samples)
+        return JsonFiles(paths, cache_dir, limits, detect)
     except (UnicodeDecodeError, ValueError, OSError, EOFError) as exc:  # EOFError: cut gzip
         where = getattr(exc, "filename", None) or (paths[0] if len(paths) == 1 else
                                                    f"one of {len(paths)} files")
@@ -463,9 +463,9 @@ def read_source(path_or_glob: str | Path, format: str = "auto", columns: dict | 
                     _sample(records, limits=limits), str(path), cols, tag_names)
                 convert(records, fmt, str(path))
             continue
-        read = _json_files(group, cache_dir, limits, format == "auto")
-        fmts = [format if format != "auto" else detect_format(sample, file, cols, tag_names)
-                for file, sample in zip(read.files, read.samples, strict=True)]
+        read = _json_files(group, cache_dir, limits, lambda sample, file: format if format != (
+            "auto") else detect_format(sample, file, cols, tag_names))
+        fmts = read.formats
         # Files in a row that share a format are converted by one map over their records.
         for fmt, run in itertools.groupby(range(len(fmts)), key=fmts.__getitem__):
             run = list(run)
