@@ -225,3 +225,11 @@ def test_a_dry_run_with_a_looping_template_exits_2_within_the_bound(tmp_path):
     assert time.monotonic() - start < 120
     assert "took longer than limits.template_seconds=1 " in r.stderr
     assert "Traceback" not in r.stderr + r.stdout
+
+
+def test_a_template_file_that_is_not_text_is_a_config_error(compose_plan, tmp_path):
+    path = tmp_path / "chat.jinja"
+    path.write_bytes(b"\xff\xfe\x00binary")
+    problems = _problems(compose_plan, "model=qwen0.5b", f"model.chat_template={path}")
+    assert problems["model.chat_template"].startswith(
+        f"'{path}' cannot be read (UnicodeDecodeError: 'utf-8' codec can't decode byte 0xff")

@@ -287,7 +287,11 @@ def template_problems(cfg: Any) -> list[Any]:
                         "qwen2_5 or llama3_1, or a .jinja path.")]
     if cfg.train.method == "none" and not cfg.eval.enabled:
         return []
-    text = template_text(value, m.hub_id)
+    try:
+        text = template_text(value, m.hub_id)
+    except (OSError, ValueError) as exc:  # not UTF-8, unreadable
+        return [Problem("model.chat_template", f"{value!r} cannot be read ({type(exc).__name__}: "
+                        f"{str(exc)[:200]}). Give a UTF-8 .jinja chat template.")]
     if text is None:
         return []
     from llmops.data.limits import TimeLimit
