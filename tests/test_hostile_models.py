@@ -233,3 +233,24 @@ def test_a_template_file_that_is_not_text_is_a_config_error(compose_plan, tmp_pa
     problems = _problems(compose_plan, "model=qwen0.5b", f"model.chat_template={path}")
     assert problems["model.chat_template"].startswith(
         f"'{path}' cannot be read (UnicodeDecodeError: 'utf-8' codec can't decode byte 0xff")
+
+
+@pytest.mark.parametrize("body", [
+    b'{"model_type": "qwen2", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    json.dumps({**SMALL, "num_key_value_heads": "two"}).encode(),
+])
+def test_a_hostile_config_json_from_the_hub_exits_2(tmp_path, body):
+    from fake_hub import FakeHub
+
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "WANDB_MODE": "disabled"}
+    for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        env.pop(key, None)
+    with FakeHub({"acme/evil": {"files": {"config.json": body}}}) as hub:
+        r = subprocess.run([sys.executable, "-m", "llmops", "model=hub", "model.hub_id=acme/evil",
+                            "dry_run=true"], cwd=tmp_path, env={**env, "HF_ENDPOINT": hub.url},
+                           capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr + r.stdout
+    expected = ("nested deeper than limits.json_depth=64" if b"[[[" in body else
+                "it has no positive integer 'num_key_value_heads' (got 'two')")
+    assert expected in r.stderr
