@@ -484,26 +484,37 @@ sys.exit(0)
 def test_sigterm_during_the_data_stage_exits_143_promptly(tmp_path):
     folder = tmp_path / "many"
     folder.mkdir()
-    row = json.dumps(_call_row(PATTERN_SCHEMAS["pattern"], {"title": "aaaa"}))
-    for i in range(3000):
-        (folder / f"{i:05d}.jsonl").write_text((row + "\n") * 20)
+    for i in range(400):  # each row's pattern check runs into its bound: minutes of work
+        rows = [json.dumps(_call_row(PATTERN_SCHEMAS["pattern"], {"title": f"{EVIL}{i}.{k}"}))
+                for k in range(20)]
+        (folder / f"{i:05d}.jsonl").write_text("\n".join(rows) + "\n")
     (tmp_path / "out").mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    limits = {**LIMITS, "pattern_seconds": 0.05}
     proc = subprocess.Popen([sys.executable, "-c", SIGTERM_SCRIPT, str(folder),
-                             str(tmp_path / "out"), json.dumps(LIMITS)],
+                             str(tmp_path / "out"), json.dumps(limits)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    err: list[str] = []
+    reader = threading.Thread(target=lambda: err.extend(iter(lambda: proc.stderr.read(64), "")),
+                              daemon=True)
+    reader.start()
     assert proc.stdout.readline().strip() == "started"
-    time.sleep(8)  # into reading and converting the files
-    assert proc.poll() is None, proc.communicate()[1][-2000:]
+    deadline = time.monotonic() + 120
+    while "(num_proc=2)" not in "".join(err) and time.monotonic() < deadline:
+        time.sleep(0.2)  # until the map's workers run
+    assert "(num_proc=2)" in "".join(err), "".join(err)[-2000:]
+    time.sleep(1)
+    assert proc.poll() is None, "".join(err)[-2000:]
     sent = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     try:
-        out, err = proc.communicate(timeout=60)
+        out, _ = proc.communicate(timeout=60)  # EOF only once no worker holds the pipes
     except subprocess.TimeoutExpired:
         proc.kill()
-        pytest.fail("the data stage did not exit within 60 s of SIGTERM")
-    assert proc.returncode == 143, err[-2000:]
-    assert "terminated" in out and "Traceback" not in out
+        pytest.fail("the data stage (or a map worker) did not exit within 60 s of SIGTERM")
+    reader.join(10)
+    assert proc.returncode == 143, "".join(err)[-2000:]
+    assert "terminated" in out and "Traceback" not in "".join(err)
     assert time.monotonic() - sent < 60
 
 

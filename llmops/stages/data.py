@@ -83,6 +83,11 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
     _FORKED_WORKERS_DIE_ON_SIGTERM[0] = True
     try:
         return _prepare(params, inputs, out_dir, str(scratch), ctx)
+    except BaseException as exc:
+        stop = _interrupt_behind(exc)
+        if stop is not None and stop is not exc:
+            raise stop from None
+        raise
     finally:
         _FORKED_WORKERS_DIE_ON_SIGTERM[0] = False
         shutil.rmtree(scratch, ignore_errors=True)
@@ -94,6 +99,22 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
 # (its SIGTERM) never ended it and the stopped job hung. Forked during the stage, a worker gets
 # the default actions back: SIGTERM ends it at once, and the job exits 143.
 _FORKED_WORKERS_DIE_ON_SIGTERM = [False]
+
+
+def _interrupt_behind(exc: BaseException) -> BaseException | None:
+    """Returns the Ctrl-C or SIGTERM (KeyboardInterrupt) an error was raised while handling.
+
+    datasets' map with num_proc waits for its workers' results in a ``finally`` when the wait is
+    interrupted, and that wait's own TimeoutError then hides the interrupt: the job would exit 1
+    with a traceback instead of 130/143.
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__context__
+    return None
 
 
 def _default_signals_in_child() -> None:
