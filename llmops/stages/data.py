@@ -15,6 +15,11 @@ and tool, all as index selections; writing a split picks its rendered lines. Wri
 train.jsonl, val.jsonl, test.jsonl (OpenAI rows + meta, see CONTRACT.md), pref_*.jsonl when
 the run has preference pairs, and data_report.json. With ``on_error=fail`` any reject stops the
 stage (``DataRejected``, exit 5) before anything trains.
+
+Rows are untrusted: ``params["limits"]`` (the config's ``limits.*``) bounds each row's size,
+nesting, schema-pattern time and template-render time; past a bound a row is one reject, and a
+template render past ``template_seconds`` is a config error (exit 2). SIGTERM during the stage
+exits 143: its forked map workers die with it.
 """
 
 from __future__ import annotations
