@@ -40,7 +40,8 @@ def test_a_save_to_disk_folder_is_one_input_of_all_its_files(tmp_path):
     (lambda p: None, "{key}: {p} matches no file. Point it at a file, a folder written by "
                      "save_to_disk, or a glob such as data/*.jsonl."),
     (lambda p: p.write_text("x"), "{key}: {p} has suffix '.txt'; allowed: .jsonl, .json, "
-                                  ".parquet, .csv or a save_to_disk folder. Rename or convert it."),
+                                  ".parquet, .csv (.jsonl and .json also compressed: .gz, .bz2, "
+                                  ".xz) or a save_to_disk folder. Rename or convert it."),
     (os.mkfifo, "{key}: {p} is a FIFO (named pipe), not a regular file. Point {key} at a data "
                 "file, a save_to_disk folder or a glob."),
 ])

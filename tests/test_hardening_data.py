@@ -16,6 +16,10 @@ import pytest
 
 from llmops.data import task_api
 
+#: The data stage's limits as conf/config.yaml sets them.
+DATA_LIMITS = {"row_bytes": 16 << 20, "json_depth": 64, "pattern_seconds": 1.0,
+               "template_seconds": 5.0, "glob_files_warn": 10_000}
+
 GATES = {
     "accuracy": {"metric": "exact_match", "threshold": 0.5, "direction": "min"},
     "strict": {"metric": "exact_match", "threshold": 0.99, "direction": "min"},
@@ -197,7 +201,7 @@ def _run_data(tmp_path: Path, path: Path) -> tuple[dict, Path]:
               "tags": {}, "hf_id": None, "hf_split": "train", "n_examples": 1200,
               "system_prompt": None, "val_fraction": 0.1, "test_fraction": 0.1, "seed": 0,
               "dedup": True, "max_length": 512, "on_error": "keep", "num_proc": None,
-              "model": {"name": "x", "hub_id": None}}
+              "model": {"name": "x", "hub_id": None}, "limits": dict(DATA_LIMITS)}
     ctx = StageContext(run_dir=tmp_path, logger=logging.getLogger("test.data"))
     return data.run(params, {}, out, ctx), out
 

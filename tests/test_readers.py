@@ -197,7 +197,8 @@ def test_source_errors_name_the_path_and_the_fix(tmp_path):
         read(str(tmp_path / "nothing*.jsonl"), tmp_path)
     (tmp_path / "rows.txt").write_text("x\n")
     with pytest.raises(FormatError, match=r"has suffix '.txt'; allowed: .jsonl, .json, .parquet, "
-                       r".csv or a save_to_disk folder"):
+                       r".csv \(.jsonl and .json also compressed: .gz, .bz2, .xz\) or a "
+                       r"save_to_disk folder"):
         read(tmp_path / "rows.txt", tmp_path)
     (tmp_path / "folder").mkdir()
     with pytest.raises(FormatError, match=r"is a folder but not one written by "

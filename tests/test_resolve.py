@@ -307,6 +307,47 @@ FINGERPRINTS = {
         "decide": "4c2e77bb9e9c5cff", "compute": "b4fad777a2b68746", "data": "7793e753bce7441e",
         "sft": "9569db2898aeb871", "eval_base": "5f9b9ed0898e1e07", "eval": "46fc0a15d8075a59",
         "export": "8d088b5191ad843d",
+# And once more (issue 20, hostile data rows): the data stage's params carry the limits it works
+# under (limits.row_bytes, json_depth, pattern_seconds, template_seconds, glob_files_warn), so the
+# data stage and every stage after it change once.
+FINGERPRINTS = {
+    ("cpu", ()): {
+        "decide": "2c736766fa02e413", "compute": "996099736481a3d5", "base": "4278ac84084edaea",
+        "data": "2132ad881c6596fb", "sft": "abf67336626217a8", "eval_base": "d5d4b0092d9453e2",
+        "eval": "c3022fb571c83e9f", "export": "290e90de1bd449d0",
+    },
+    ("cpu", ("model=qwen3b", "lora=r16")): {
+        "decide": "1d86f93144f3ce38", "compute": "4cdbaeb196f84cf5", "data": "c3c40c73550083c1",
+        "sft": "76000749402c7b38", "eval_base": "edbf6634a8926356", "eval": "5c34443d20c26766",
+        "export": "2d4087d9d41bca54",
+    },
+    ("cpu", ("train=sft_dpo", "merge=ties")): {
+        "decide": "2c736766fa02e413", "compute": "996099736481a3d5", "base": "4278ac84084edaea",
+        "data": "d2ab2e9c597f027d", "sft": "6f72e63e70d6f35e", "dpo": "ca4842a604d11a22",
+        "merge": "134dab20d7339728", "eval_base": "9d341ac8a52d13f8", "eval": "8560687d41f6883f",
+        "export": "f251fe99c93f8405",
+    },
+    ("cpu", ("deploy=openai",)): {
+        "decide": "2c736766fa02e413", "compute": "996099736481a3d5", "base": "4278ac84084edaea",
+        "data": "2132ad881c6596fb", "sft": "abf67336626217a8", "eval_base": "d5d4b0092d9453e2",
+        "eval": "c3022fb571c83e9f", "export": "290e90de1bd449d0", "gguf": "ed8cfb4ca28cefb2",
+        "deploy": "b944742190eedb5d",
+    },
+    ("cpu", ("eval=lm_eval",)): {
+        "decide": "2c736766fa02e413", "compute": "996099736481a3d5", "base": "4278ac84084edaea",
+        "data": "2132ad881c6596fb", "sft": "abf67336626217a8", "eval_base": "d5d4b0092d9453e2",
+        "lm_eval": "79212a1f7c9421ad", "eval": "c3022fb571c83e9f", "export": "290e90de1bd449d0",
+    },
+    ("cpu", ("model=llama8b", "hardware=t4", "dry_run=true", "quant=nf4",
+             "train.max_length=512")): {
+        "decide": "8f6fe2e6e88d7d6a", "compute": "26a059c1ded868b0", "data": "8ff6f433127b6faf",
+        "sft": "70b9d3ad6be96287", "eval_base": "2a7005e04891e147", "eval": "52e69ade06a05ac4",
+        "export": "d54e82530b504f04",
+    },
+    ("h100", ("model=qwen1.5b",)): {
+        "decide": "4c2e77bb9e9c5cff", "compute": "b4fad777a2b68746", "data": "2100b37de14ce519",
+        "sft": "672a5c5b1e6294a6", "eval_base": "8fd9fbf3bbb18616", "eval": "19437e70ccead439",
+        "export": "835698ad51fea742",
     },
 }
 

@@ -20,6 +20,7 @@ from llmops.compiler.render import gates_summary, known_kinds
 from llmops.config.schema import AppConfig, DataConfig, DataSource
 from llmops.config.templates import is_path
 from llmops.data import formats
+from llmops.data.limits import DATA_KEYS as DATA_LIMITS
 from llmops.planning.resolve import Resolved
 from llmops.scoring.gates import choose_gates
 
@@ -215,7 +216,7 @@ def add_data(b: PlanBuilder, s: StageInputs) -> None:
         "n_examples": d.n_examples, "val_fraction": d.val_fraction,
         "test_fraction": d.test_fraction, "seed": d.seed, "dedup": d.dedup,
         "max_length": d.max_length, "on_error": d.on_error, "num_proc": d.num_proc,
-        "model": s.model,
+        "model": s.model, "limits": {k: getattr(s.cfg.limits, k) for k in DATA_LIMITS},
         # the preview shows the rows as sft tokenizes them, its loss mask included
         "preview": {"rows": d.preview, "assistant_only_loss": s.cfg.train.assistant_only_loss},
     }

@@ -1,13 +1,18 @@
 """Finds a model's files: a local folder, the Hugging Face cache, or (online) one hub request.
 
+A config.json is read as untrusted data: one larger than ``limits.row_bytes`` or nested deeper
+than ``limits.json_depth`` is refused (``Unreadable``), never a MemoryError or RecursionError.
+
 Pure config layer: json and huggingface_hub (imported lazily), never torch or transformers.
 """
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from llmops.data import jsontext
 
 TIMEOUT_S = 5.0  # the one hub request for config.json
 
@@ -33,7 +38,15 @@ def cached_file(hub_id: str, name: str) -> Path | None:
     return Path(found) if isinstance(found, str) else None
 
 
-def read_config(hub_id: str) -> tuple[dict[str, Any], str, Path | None]:
+@dataclass(frozen=True)
+class FileLimits:
+    """The bounds a config.json is read under: ``limits.row_bytes`` and ``limits.json_depth``."""
+
+    max_bytes: int
+    max_depth: int
+
+
+def read_config(hub_id: str, limits: FileLimits) -> tuple[dict[str, Any], str, Path | None]:
     """Reads a model's config.json: a local folder, the HF cache, or (online) the hub.
 
     Returns:
@@ -52,15 +65,28 @@ def read_config(hub_id: str) -> tuple[dict[str, Any], str, Path | None]:
         if not path.is_file():
             raise Unreadable(f"folder '{folder}' has no config.json, so it is no saved model. "
                               "Point model.hub_id at a save_pretrained folder.")
-        return _parse(path), str(path), folder
+        return _parse(path, limits), str(path), folder
     path = cached_file(hub_id, "config.json")
     if path is not None:
-        return _parse(path), str(path), None
-    config, url = _fetch(hub_id)
+        return _parse(path, limits), str(path), None
+    config, url = _fetch(hub_id, limits)
     return config, url, None
 
 
-def _fetch(hub_id: str) -> tuple[dict[str, Any], str]:
+def local_config(hub_id: str, limits: FileLimits) -> tuple[dict[str, Any], str] | None:
+    """Returns a model's config.json and where it was read when it is on this machine (a local
+    folder or the HF cache; never fetched), else None; unreadable counts as absent."""
+    path = (Path(hub_id).expanduser() / "config.json" if is_local_path(hub_id)
+            else cached_file(hub_id, "config.json"))
+    if path is None or not path.is_file():
+        return None
+    try:
+        return _parse(path, limits), str(path)
+    except Unreadable:
+        return None
+
+
+def _fetch(hub_id: str, limits: FileLimits) -> tuple[dict[str, Any], str]:
     """Fetches only config.json from the hub: one request, a short timeout, no retries.
 
     (hf_hub_download retries a dead connection for about half a minute.) Kept for the process:
@@ -70,7 +96,7 @@ def _fetch(hub_id: str) -> tuple[dict[str, Any], str]:
 
     key = (constants.ENDPOINT, hub_id)
     if key not in _FETCHED:
-        _FETCHED[key] = _fetch_once(hub_id)
+        _FETCHED[key] = _fetch_once(hub_id, limits)
     config, url = _FETCHED[key]
     return dict(config), url
 
@@ -78,7 +104,7 @@ def _fetch(hub_id: str) -> tuple[dict[str, Any], str]:
 _FETCHED: dict[tuple[str, str], tuple[dict[str, Any], str]] = {}
 
 
-def _fetch_once(hub_id: str) -> tuple[dict[str, Any], str]:
+def _fetch_once(hub_id: str, limits: FileLimits) -> tuple[dict[str, Any], str]:
     from huggingface_hub import constants, hf_hub_url
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import (
@@ -106,7 +132,9 @@ def _fetch_once(hub_id: str) -> tuple[dict[str, Any], str]:
         response = get_session().get(url, headers=build_hf_headers(), timeout=TIMEOUT_S,
                                      follow_redirects=True)
         hf_raise_for_status(response)
-        config = response.json()
+        if len(response.content) > limits.max_bytes:
+            raise ValueError(f"config.json is larger than limits.row_bytes={limits.max_bytes}")
+        config = jsontext.loads(response.text, limits.max_depth)
     except transport_errors() as exc:  # hub HTTP errors are OSErrors
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise Unreadable(f"'{hub_id}': cannot fetch config.json from {constants.ENDPOINT} "
@@ -129,9 +157,17 @@ def transport_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-def _parse(path: Path) -> dict[str, Any]:
+def _parse(path: Path, limits: FileLimits) -> dict[str, Any]:
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
+        size = path.stat().st_size
+        if size > limits.max_bytes:
+            raise Unreadable(f"{path} is {size} bytes, larger than limits.row_bytes="
+                             f"{limits.max_bytes}; a config.json is a few kilobytes. Re-save the "
+                             "model or re-download config.json.")
+        config = jsontext.loads(path.read_text(encoding="utf-8"), limits.max_depth)
+    except jsontext.TooDeep as exc:
+        raise Unreadable(f"{path} is {exc.msg}; a config.json is a few levels deep. Re-save "
+                         "the model or re-download config.json.") from None
     except (OSError, ValueError) as exc:
         raise Unreadable(f"cannot read {path}: {exc}. Re-save the model or re-download "
                           "config.json.") from None

@@ -497,8 +497,8 @@ class LimitsConfig(_Group):
     """
 
     row_bytes: int = Field(ge=1024, le=2**31, description=(
-        "Largest input row in bytes (a JSONL line, a JSON/Parquet record, a monitor log line); "
-        "a longer one is one reject, never parsed."))
+        "Largest input row in bytes (a JSONL line, a JSON array element, a model's "
+        "config.json, a monitor log line); a longer one is one reject, never parsed."))
     json_depth: int = Field(ge=8, le=10_000, description=(
         "Deepest nesting of a row, a tool's JSON Schema, a model's config.json or a log line."))
     pattern_seconds: Timeout = Field(description=(

@@ -5,7 +5,11 @@
 ``trl/chat_templates/``, e.g. ``qwen2_5``, ``llama3_1``), or a path to a ``.jinja`` file.
 
 Pure: no torch, no transformers, no trl import (TRL's template folder is found with
-``importlib.util.find_spec``); a template is rendered with jinja2 the way transformers renders it.
+``importlib.util.find_spec``); a template is rendered with jinja2 the way transformers renders it
+(its ``{% generation %}`` tag, ``raise_exception``, ``tojson``). Each compile-time render is
+bounded by ``limits.template_seconds`` (``llmops.data.limits.time_limit``, in process), so a
+template that loops for hours fails the config at once, and ``dry_run`` keeps its speed. A
+template that raises or does not compile is reported with its own message.
 """
 
 from __future__ import annotations
@@ -94,21 +98,93 @@ def local_template(hub_id: str | None) -> str | None:
     if config.is_file():
         try:
             template = json.loads(config.read_text(encoding="utf-8")).get("chat_template")
-        except (OSError, json.JSONDecodeError):
+        except (OSError, ValueError, RecursionError):
             return None
         return template if isinstance(template, str) else None
     return None
 
 
-def renders_tools(template: str) -> bool | None:
+_PLAIN = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+
+
+def _environment():
+    """Returns a jinja2 environment that renders as transformers' chat templates do."""
+    import jinja2
+    from jinja2 import nodes
+    from jinja2.ext import Extension
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class Generation(Extension):
+        """transformers' ``{% generation %}...{% endgeneration %}``: renders its body."""
+
+        tags = {"generation"}
+
+        def parse(self, parser: Any) -> Any:
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+        def _body(self, caller: Any) -> str:
+            return caller()
+
+    def _raise(message: str) -> None:
+        raise jinja2.TemplateError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=[Generation, "jinja2.ext.loopcontrols"])
+    env.filters["tojson"] = _tojson
+    env.globals.update(raise_exception=_raise, strftime_now=lambda fmt: "01 Jan 2026")
+    return env
+
+
+def render(template: str, messages: list[dict[str, Any]], seconds: float | None = None) -> str:
+    """Renders a chat template as transformers does, in at most ``seconds``.
+
+    Raises:
+        jinja2.TemplateError: What the template raises (``raise_exception``, an undefined filter,
+            a syntax error), TypeError for a wrong operation on a value.
+        llmops.data.limits.TimeLimit: If the render takes longer than ``seconds``.
+    """
+    from llmops.data.limits import time_limit
+
+    with time_limit(seconds):
+        return _environment().from_string(template).render(
+            messages=messages, tools=None, add_generation_prompt=False, bos_token="",
+            eos_token="")
+
+
+def render_error(template: str, messages: list[dict[str, Any]],
+                 seconds: float | None = None) -> str | None:
+    """Returns what a template raises on the messages (its own message), or None when it
+    renders them. ``TimeLimit`` passes through."""
+    import jinja2
+
+    try:
+        render(template, messages, seconds)
+    except jinja2.TemplateSyntaxError as exc:
+        return f"{exc.message} (line {exc.lineno})"
+    except (jinja2.TemplateError, TypeError, ValueError, ArithmeticError, LookupError) as exc:
+        return f"{type(exc).__name__}: {exc}" if not isinstance(
+            exc, jinja2.TemplateError) else str(exc)
+    return None
+
+
+def renders_tools(template: str, seconds: float | None = None) -> bool | None:
     """Tells whether a chat template renders a tool-calling exchange (the call's name and
     arguments and the tool's answer all appear), as TRL's ``supports_tool_calling`` checks.
 
     Returns:
-        True or False, or None when jinja2 cannot render it here (the stage checks it then).
+        True, or False (it leaves them out or raises on them).
+
+    Raises:
+        llmops.data.limits.TimeLimit: If the render takes longer than ``seconds``.
     """
+    return _tools_render(template, seconds)[0]
+
+
+def _tools_render(template: str, seconds: float | None) -> tuple[bool, str | None]:
+    """Returns (whether the template renders tool calls, its error when it raised on them)."""
     import jinja2
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     name, key, val, content = _SENTINELS
     messages = [
@@ -117,23 +193,11 @@ def renders_tools(template: str) -> bool | None:
             {"type": "function", "function": {"name": name, "arguments": {key: val}}}]},
         {"role": "tool", "name": name, "content": content},
     ]
-
-    def _raise(message: str) -> None:
-        raise jinja2.TemplateError(message)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=["jinja2.ext.loopcontrols"])
-    env.filters["tojson"] = _tojson
-    env.globals.update(raise_exception=_raise, strftime_now=lambda fmt: "01 Jan 2026")
     try:
-        text = env.from_string(template).render(messages=messages, tools=None,
-                                                add_generation_prompt=False, bos_token="",
-                                                eos_token="")
-    except jinja2.TemplateSyntaxError:
-        return None  # e.g. {% generation %}: only transformers' environment knows it
-    except (jinja2.TemplateError, TypeError):
-        return False
-    return all(s in text for s in _SENTINELS)
+        text = render(template, messages, seconds)
+    except (jinja2.TemplateError, TypeError, ValueError, ArithmeticError, LookupError) as exc:
+        return False, str(exc) or type(exc).__name__
+    return all(s in text for s in _SENTINELS), None
 
 
 def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None,
@@ -142,8 +206,9 @@ def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None,
                       sort_keys=sort_keys)
 
 
-def data_has_tools(cfg: Any) -> str | None:
-    """Tells whether the training data has tools, where compile time can know it.
+def data_has_tools(cfg: Any, limits: Any = None) -> str | None:
+    """Tells whether the training data has tools, where compile time can know it (a line over
+    ``limits.row_bytes`` or nested past ``limits.json_depth`` is skipped, not parsed).
 
     Returns:
         What shows it (e.g. "data=task_api", or "FILE line N"), or None when no tools are seen.
@@ -162,22 +227,40 @@ def data_has_tools(cfg: Any) -> str | None:
         except ValueError:
             continue  # data_rules reports it
         for file in files:
-            found = _peek_tools(Path(file))
+            found = _peek_tools(Path(file), limits)
             if found:
                 return found
     return None
 
 
-def _peek_tools(path: Path, rows: int = 50) -> str | None:
+def _peek_tools(path: Path, limits: Any = None, rows: int = 50) -> str | None:
     """Returns "FILE line N" for the first of a JSONL file's first rows that has tools or calls."""
-    if path.suffix != ".jsonl":
+    from llmops.data import jsontext
+    from llmops.data.convert import FormatError
+    from llmops.data.readers import data_suffix, open_data
+
+    if not path.is_file() or data_suffix(path) != ".jsonl":
         return None
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if number > rows:
-                break
+    size = limits.row_bytes if limits is not None else 1 << 24
+    try:
+        f = open_data(path)
+    except (OSError, FormatError):
+        return None  # the data stage reports it
+    with f:
+        for number in range(1, rows + 1):
             try:
-                row = json.loads(line)
+                line = f.readline(size + 1)
+            except (OSError, EOFError):
+                return None
+            if not line:
+                break
+            if len(line) > size:  # an over-long line: skip to its end, never hold it
+                while line and not line.endswith(b"\n"):
+                    line = f.readline(1 << 20)
+                continue
+            try:
+                row = jsontext.loads(line.decode("utf-8", "replace"),
+                                     limits.json_depth if limits is not None else None)
             except json.JSONDecodeError:
                 continue
             if isinstance(row, dict) and (row.get("tools") or any(
@@ -204,13 +287,35 @@ def template_problems(cfg: Any) -> list[Any]:
                         "qwen2_5 or llama3_1, or a .jinja path.")]
     if cfg.train.method == "none" and not cfg.eval.enabled:
         return []
-    text = template_text(value, m.hub_id)
-    if text is None or renders_tools(text) is not False:
+    try:
+        text = template_text(value, m.hub_id)
+    except (OSError, ValueError) as exc:  # not UTF-8, unreadable
+        return [Problem("model.chat_template", f"{value!r} cannot be read ({type(exc).__name__}: "
+                        f"{str(exc)[:200]}). Give a UTF-8 .jinja chat template.")]
+    if text is None:
         return []
-    where = data_has_tools(cfg)
+    from llmops.data.limits import TimeLimit
+
+    seconds = cfg.limits.template_seconds
+    try:
+        error = render_error(text, _PLAIN, seconds)
+        if error is not None:
+            return [Problem("model.chat_template", f"{value!r} fails on a plain user/assistant "
+                            f"chat: {error}. Fix the template, or use another (auto, a TRL "
+                            "family such as qwen2_5, or a .jinja path).")]
+        tools, raised = _tools_render(text, seconds)
+    except TimeLimit:
+        return [Problem("model.chat_template", f"{value!r}: rendering a three-message chat took "
+                        f"longer than limits.template_seconds={seconds:g} (a loop that runs too "
+                        "long?). Fix the template, or raise limits.template_seconds.")]
+    if tools:
+        return []
+    where = data_has_tools(cfg, cfg.limits)
     if where is None:
         return []
     with_tools = [n for n in ("llama3_1", "llama3_2", "qwen2_5") if n in family_names()]
-    return [Problem("model.chat_template", f"{value!r} cannot render tool calls, but the data "
-                    f"has tools ({where}). Use a template that does, e.g. model.chat_template="
-                    f"{' or '.join(with_tools) or 'PATH.jinja'}, or data without tools.")]
+    why = f" (it raised: {raised})" if raised else ""
+    return [Problem("model.chat_template", f"{value!r} cannot render tool calls{why}, but the "
+                    f"data has tools ({where}). Use a template that does, e.g. "
+                    f"model.chat_template={' or '.join(with_tools) or 'PATH.jinja'}, or data "
+                    "without tools.")]

@@ -161,7 +161,7 @@ def tool_call(value: Any, path: str, call_id: str | None = None) -> dict[str, An
     }
 
 
-def tools_json(value: Any, path: str = "tools") -> str | None:
+def tools_json(value: Any, path: str = "tools", max_depth: int | None = None) -> str | None:
     """Normalises a row's tools (a list, or its JSON text) to OpenAI's form; returns JSON text.
 
     Each tool may be ``{"type": "function", "function": {...}}`` or the bare function schema
@@ -171,15 +171,18 @@ def tools_json(value: Any, path: str = "tools") -> str | None:
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     if isinstance(value, str):
-        return _tools_text(value, path)
+        return _tools_text(value, path, max_depth)
     text = jsontext.key(value) if isinstance(value, list) else None
-    return _tools_text(text, path) if text is not None else _tools(value, path)
+    return _tools_text(text, path, max_depth) if text is not None else _tools(value, path)
 
 
 @lru_cache(maxsize=256)
-def _tools_text(text: str, path: str) -> str | None:
+def _tools_text(text: str, path: str, max_depth: int | None = None) -> str | None:
     try:
-        value = jsontext.loads(text)
+        value = jsontext.loads(text, max_depth)
+    except jsontext.TooDeep as exc:
+        raise Rejected("too_deep", path, f"is {exc.msg}; it is not parsed. Flatten the tools' "
+                       "schemas, or raise limits.json_depth.") from None
     except json.JSONDecodeError as exc:
         raise Rejected(
             "tools_not_json",

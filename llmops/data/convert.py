@@ -20,15 +20,26 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import orjson
+
 from llmops.data import canonical as c
 from llmops.data import jsontext
+from llmops.data.limits import Limits
 from llmops.data.sharegpt import TAG_ROLES, sharegpt_preference, sharegpt_to_messages
 from llmops.errors import LlmopsError
 
-RAW, ERROR, LINE = "__raw__", "__error__", "__line__"
+RAW, ERROR, LINE, FILE = "__raw__", "__error__", "__line__", "__file__"
+_CODED = re.compile(r"\[(\w+)\] (.*)", re.DOTALL)
+
+
+def reader_error(code: str, message: str) -> str:
+    """Returns a reader's ``__error__`` text that rejects the record with its own code (plain
+    error text rejects it as ``invalid_json``)."""
+    return f"[{code}] {message}"
 
 FORMATS: tuple[str, ...] = (
     "openai", "sharegpt", "alpaca", "completion", "text", "preference", "sharegpt_preference",
@@ -84,12 +95,15 @@ def _text(row: dict[str, Any], col: str, required: bool = True) -> str | None:
     return value
 
 
-def json_value(row: dict[str, Any], col: str) -> Any:
+def json_value(row: dict[str, Any], col: str, max_depth: int | None = None) -> Any:
     """Returns ``row[col]``, parsed when it is JSON text of a list (CSV columns hold text)."""
     value = row.get(col)
     if isinstance(value, str) and value.lstrip().startswith("["):
         try:
-            return jsontext.loads(value)
+            return jsontext.loads(value, max_depth)
+        except jsontext.TooDeep as exc:
+            raise c.Rejected("too_deep", col, f"holds JSON text {exc.msg}; it is not parsed. "
+                             "Flatten it, or raise limits.json_depth.") from None
         except json.JSONDecodeError as exc:
             raise c.Rejected("bad_field", col, f"holds text that is not JSON ({exc.msg}).") from exc
     return value
@@ -195,7 +209,8 @@ def lone_surrogate(value: Any, where: str = "$") -> c.Rejected | None:
     return None
 
 
-def convert_row(fmt: str, row: Any, cols: dict[str, str], tags: dict[str, str]) -> dict:
+def convert_row(fmt: str, row: Any, cols: dict[str, str], tags: dict[str, str],
+                max_depth: int | None = None) -> dict:
     """Converts one parsed source row to the canonical columns of its kind (no ``meta``).
 
     Raises:
@@ -206,7 +221,7 @@ def convert_row(fmt: str, row: Any, cols: dict[str, str], tags: dict[str, str]) 
     kind = KIND[fmt]
     if kind == "text":
         return {"text": _text(row, cols["text"])}
-    tools = c.tools_json(json_value(row, cols["tools"]), cols["tools"])
+    tools = c.tools_json(json_value(row, cols["tools"], max_depth), cols["tools"], max_depth)
     if kind == "chat":
         return {**_chat(fmt, row, cols, tags), "tools": tools}
     if fmt == "sharegpt_preference":
@@ -222,28 +237,57 @@ def convert_row(fmt: str, row: Any, cols: dict[str, str], tags: dict[str, str]) 
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected, "tools": tools}
 
 
-def source_rows(batch: Mapping[str, list]) -> Iterator[tuple[Any, str | None]]:
-    """Yields each record of a batch as ``(value, error)``; value None when it cannot be read."""
+def source_rows(batch: Mapping[str, list], limits: Limits | None = None
+                ) -> Iterator[tuple[Any, str | c.Rejected | None]]:
+    """Yields each record of a batch as ``(value, error)``; value None when it cannot be read.
+
+    The error is text (the record is not JSON), or the ``Rejected`` it is under its own code:
+    a reader's coded error (``reader_error``), a record over ``limits.row_bytes`` or nested
+    deeper than ``limits.json_depth`` (never parsed).
+    """
     if RAW in batch:
         for raw, error in zip(batch[RAW], batch[ERROR], strict=True):
             if error is not None:
-                yield None, error
+                coded = _CODED.fullmatch(error)
+                yield None, c.Rejected(coded[1], "$", coded[2]) if coded else error
+                continue
+            if limits is not None and len(raw) > limits.row_bytes // 4 and len(
+                    raw.encode("utf-8", "surrogatepass")) > limits.row_bytes:
+                yield None, too_large(limits.row_bytes)
                 continue
             try:
-                yield jsontext.loads(raw), None
+                yield jsontext.loads(raw, limits and limits.json_depth), None
+            except jsontext.TooDeep as exc:
+                yield None, c.Rejected("too_deep", "$", f"is {exc.msg}; it is not parsed. "
+                                       "Flatten the row, or raise limits.json_depth.")
             except json.JSONDecodeError as exc:
                 yield None, f"invalid JSON: {exc.msg} (column {exc.colno})"
         return
-    names = [k for k in batch if k != LINE]
+    names = [k for k in batch if k not in (LINE, FILE)]
     for values in zip(*(batch[k] for k in names), strict=True):
         yield dict(zip(names, values, strict=True)), None
+
+
+def _size(row: Any) -> int:
+    """Returns a record's size as JSON text in bytes (0 when it has no such form)."""
+    try:
+        return len(orjson.dumps(row))
+    except (orjson.JSONEncodeError, TypeError):
+        return 0
+
+
+def too_large(row_bytes: int) -> c.Rejected:
+    """Returns the reject of a record longer than ``limits.row_bytes``."""
+    return c.Rejected("row_too_large", "$", f"is longer than limits.row_bytes={row_bytes} bytes; "
+                      "it is not parsed. Split or shorten the row, or raise limits.row_bytes.")
 
 
 class Converter:
     """Converts batches of one file's records to canonical rows (see the module docstring)."""
 
     def __init__(self, fmt: str, file: str, columns: Mapping[str, str] | None = None,
-                 tags: Mapping[str, str] | None = None):
+                 tags: Mapping[str, str] | None = None, limits: Limits | None = None,
+                 files: list[str] | None = None, starts: list[int] | None = None):
         if fmt not in FORMATS:
             close = difflib.get_close_matches(str(fmt), FORMATS, n=1)
             hint = f" Did you mean '{close[0]}'?" if close else ""
@@ -252,28 +296,45 @@ class Converter:
         self.fmt, self.kind, self.file = fmt, KIND[fmt], file
         self.cols = _check_names(columns, DEFAULT_COLUMNS, "data.columns")
         self.tags = _check_names(tags, DEFAULT_TAGS, "data.tags")
+        self.limits, self.files, self.starts = limits, files, starts
 
     def __call__(self, batch: Mapping[str, list], indices: list[int]) -> dict[str, list]:
         """Returns the canonical columns of the batch's records, a reject for each that fails."""
         out: dict[str, list] = {name: [] for name in c.COLUMNS[self.kind]}
         lines = batch.get(LINE) or [None] * len(indices)
+        if self.files and FILE in batch:  # records of several files: each row's own file
+            files = [self.files[k] for k in batch[FILE]]
+            rows = [i - self.starts[k] for i, k in zip(indices, batch[FILE], strict=True)]
+        else:
+            files, rows = [self.file] * len(indices), indices
         # Only JSON text can hold a lone surrogate (as a \ud800-\udfff escape); Arrow columns
         # are valid UTF-8, so only records whose text has such an escape are walked.
         raws = batch.get(RAW) or [None] * len(indices)
-        for (row, error), index, line, raw in zip(source_rows(batch), indices, lines, raws,
-                                                  strict=True):
-            out["meta"].append({"file": self.file, "line": line, "row": index + 1,
+        for (row, error), index, line, raw, file in zip(
+                source_rows(batch, self.limits), rows, lines, raws, files, strict=True):
+            out["meta"].append({"file": file, "line": line, "row": index + 1,
                                 "format": self.fmt})
             try:
+                if isinstance(error, c.Rejected):
+                    raise error
                 if error is not None:
                     raise c.Rejected("invalid_json", "$", f"{error}. Fix the JSON.")
+                if raw is None and self.limits is not None and row is not None and (
+                        _size(row) > self.limits.row_bytes):  # a Parquet/CSV/dataset record
+                    raise too_large(self.limits.row_bytes)
                 if raw is not None and ("\\ud" in raw or "\\uD" in raw):
                     bad_text = lone_surrogate(row)
                     if bad_text is not None:
                         raise bad_text
-                values, reject = convert_row(self.fmt, row, self.cols, self.tags), None
+                values, reject = convert_row(self.fmt, row, self.cols, self.tags,
+                                             self.limits and self.limits.json_depth), None
             except c.Rejected as exc:
                 values, reject = {}, exc.to_dict()
+            except RecursionError:  # nested deeper than Python recurses (json_depth allows it)
+                values, reject = {}, c.Rejected(
+                    "too_deep", "$", "is nested too deep for Python to convert. Flatten the row, "
+                    "or lower limits.json_depth so such rows are refused before parsing."
+                ).to_dict()
             for name in c.COLUMNS[self.kind]:
                 if name not in ("meta", "reject"):
                     out[name].append(values.get(name))

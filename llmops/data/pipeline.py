@@ -3,7 +3,7 @@ annotate, measure, check, and render each row's output line.
 
 Contract, for ``readers.read_source(..., prepare=Prepare(...))`` and the stage's other sources:
 
-    batches = Prepare(source, system_prompt, counter, max_length)(converter)
+    batches = Prepare(source, system_prompt, counter, max_length, limits)(converter)
     rows = records.map(batches, batched=True, with_indices=True, features=batches.features, ...)
 
 Each output row holds ``meta``, ``reject`` (the converter's, else the checks'), the annotation
@@ -23,6 +23,7 @@ from typing import Any
 
 from llmops.data import lengths, mix, pages
 from llmops.data.canonical import plain_message
+from llmops.data.limits import Limits
 from llmops.data.toolcheck import check_rows
 from llmops.files import json_default
 
@@ -94,12 +95,13 @@ class Prepare:
         counter: The token-count batch function (``lengths.TokenCounter`` or ``estimate``).
         max_length: Rows longer than this many tokens are rejected (``too_long``); None to
             only count them (lengths estimated).
+        limits: The bounds on rows (``toolcheck``'s patterns and nesting); None for none.
     """
 
     def __init__(self, source: str, system_prompt: str | None, counter: Any,
-                 max_length: int | None):
+                 max_length: int | None, limits: Limits | None = None):
         self.source, self.system_prompt = source, system_prompt
-        self.counter, self.max_length = counter, max_length
+        self.counter, self.max_length, self.limits = counter, max_length, limits
         self.kind: str | None = None
 
     def __call__(self, convert: Any) -> RowPass:
@@ -116,6 +118,7 @@ class RowPass:
         self.convert, self.kind = convert, convert.kind
         self.source, self.system_prompt = prepare.source, prepare.system_prompt
         self.counter, self.max_length = prepare.counter, prepare.max_length
+        self.limits = prepare.limits
         self.features = features(self.kind)
 
     def _with_system(self, out: dict[str, list], ok: list[int]) -> None:
@@ -143,9 +146,10 @@ class RowPass:
                 for values in zip(*(sub[k] for k in content), strict=True)]
         picked = [indices[i] for i in ok]
         counts = self.counter(sub, picked) if ok else {lengths.TOKENS: [], lengths.MEASURED: []}
+        render_errors = counts.pop(lengths.RENDER_ERROR, None)
         tokens = dict(zip(map(id, rows), counts[lengths.TOKENS], strict=True))
         reasons = check_rows(rows, [None] * len(rows), self.max_length,
-                             lambda rs: [tokens[id(r)] for r in rs])
+                             lambda rs: [tokens[id(r)] for r in rs], self.limits, render_errors)
         columns: dict[str, list] = {"meta": out["meta"], "reject": out["reject"],
                                     **{k: [None] * n for k in (*ANNOTATIONS, *counts, LINE)}}
         if self.kind == "preference":

@@ -118,13 +118,15 @@ def derive(rows: list[dict[str, Any]], seed: int) -> tuple[list[dict[str, Any]],
 
 
 def read_pairs(path: str | Path, system_prompt: str | None = None,
-               cache_dir: str | None = None) -> tuple[list[dict], list[dict], int]:
+               cache_dir: str | None = None, limits: Any = None
+               ) -> tuple[list[dict], list[dict], int]:
     """Reads the user's preference pairs through the readers, and checks them.
 
     Any preference format the readers take (``prompt``/``chosen``/``rejected`` as strings or
     message lists, ShareGPT ``conversations`` + ``chosen``/``rejected`` turns), in any file kind
     they read (JSONL, a JSON array, Parquet, CSV, a save_to_disk folder, a glob). Pairs are
-    checked like rows (``prepare.lint``: calls against tools, order, ``same_pair``).
+    checked like rows (``prepare.lint``: calls against tools, order, ``same_pair``), under
+    ``limits`` (``llmops.data.limits.Limits``; None: the schema's largest bounds).
 
     Returns:
         ``(pairs as OpenAI pair rows + meta, rejects {"file", "line", "row", "code", "path",
@@ -138,13 +140,13 @@ def read_pairs(path: str | Path, system_prompt: str | None = None,
     from llmops.data.prepare import lint
     from llmops.data.readers import read_source
 
-    rows, rejects = read_source(path, "auto", cache_dir=cache_dir)
+    rows, rejects = read_source(path, "auto", cache_dir=cache_dir, limits=limits)
     if "prompt" not in rows.column_names:
         raise FormatError(f"data.preference_path: {path} holds no preference pairs (its rows "
                           "convert to chat or text rows). Give prompt/chosen/rejected rows, or "
                           "ShareGPT conversations with chosen and rejected turns.")
     n_read = len(rows) + len(rejects)
-    clean, problems = lint(rows)
+    clean, problems = lint(rows, limits=limits)
     pairs = []
     for row in clean:
         pair = to_openai_row(row)

@@ -87,7 +87,7 @@ def chat_token_counter(tokenizer: Any) -> Measure:
 
 
 def lint(rows, max_length: int | None = None, measure: Measure | None = None,
-         num_proc: int | None = None):
+         num_proc: int | None = None, limits: Any = None):
     """Checks a Dataset of canonical rows; returns ``(clean rows, meta + reject of the rest)``.
 
     Only the reject column is written (the rows are not copied); clean rows are an index
@@ -98,7 +98,8 @@ def lint(rows, max_length: int | None = None, measure: Measure | None = None,
     from llmops.data.canonical import features
 
     types = Features({"reject": features("text")["reject"]})
-    check = ArrowBatches(partial(check_batch, max_length=max_length, measure=measure), types)
+    check = ArrowBatches(partial(check_batch, max_length=max_length, measure=measure,
+                                 limits=limits), types)
     reasons = rows.map(check, batched=True, with_indices=True, num_proc=num_proc,
                        remove_columns=rows.column_names, features=types, desc="check rows")
     return split_on(rows, reasons)

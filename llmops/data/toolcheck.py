@@ -26,6 +26,13 @@ Dataset and splits off the rejects. What is checked, with its stable code:
   the model's tokens (``too_long``, never truncated): ``measure(rows)`` returns the token count
   of each canonical row given (``prepare.chat_token_counter`` builds one from a tokenizer).
 
+A tool's schema is data: a ``$ref`` resolves only inside that schema (``#/...``); any other
+reference (``http://``, ``file://``, another file) is never fetched or read, and it, a reference
+to nothing or a reference cycle is ``tool_schema_ref``. ``pattern`` and ``patternProperties``
+run on the ``regex`` package with a time limit: a row's pattern checks together take at most
+``limits.pattern_seconds`` (``pattern_timeout`` past it). Arguments given as JSON text nested
+deeper than ``limits.json_depth`` are ``too_deep``.
+
 Paths are JSON paths inside the canonical row, e.g.
 ``messages[3].tool_calls[0].function.arguments.due``. Pure Python plus ``jsonschema`` (and
 ``orjson`` through ``jsontext``); a call that passed once is not checked again (cached by
@@ -36,15 +43,21 @@ from __future__ import annotations
 
 import difflib
 import json
+import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
+import regex
 from jsonschema import exceptions as js_exceptions
 from jsonschema import validators
+from referencing import Registry
+from referencing import exceptions as ref_exceptions
 
 from llmops.data import jsontext
 from llmops.data.canonical import Rejected
+from llmops.data.limits import Limits
 
 Measure = Callable[[list[dict[str, Any]]], Sequence[int]]
 _SCHEMA_CODES = {"type": "argument_type", "required": "argument_missing", "enum":
@@ -53,19 +66,97 @@ _NEXT = {None: {"user"}, "system": {"user"}, "user": {"assistant"}, "assistant":
          "call": {"tool"}, "tool": {"tool", "assistant"}}
 
 
+class PatternTimeout(Exception):
+    """A schema pattern took longer than the row's time for its pattern checks."""
+
+    def __init__(self, pattern: str):
+        super().__init__(pattern)
+        self.pattern = pattern
+
+
+_DEADLINE = threading.local()  # .at: time.monotonic() by which a row's pattern checks end
+
+
+def _search(pattern: str, text: str) -> bool:
+    """``re.search`` for schema patterns, on ``regex`` with the row's remaining time."""
+    at = getattr(_DEADLINE, "at", None)
+    left = None if at is None else at - time.monotonic()
+    if left is not None and left <= 0:
+        raise PatternTimeout(pattern)
+    try:
+        return regex.search(pattern, text, timeout=left) is not None
+    except TimeoutError:
+        raise PatternTimeout(pattern) from None
+    except (regex.error, OverflowError, ValueError) as exc:  # re took it, regex does not
+        raise js_exceptions.SchemaError(f"pattern {pattern[:100]!r} cannot be used: "
+                                        f"{exc}") from None
+
+
+def _pattern(validator, patrn, instance, schema):
+    if validator.is_type(instance, "string") and not _search(patrn, instance):
+        yield js_exceptions.ValidationError(f"{instance!r} does not match {patrn!r}")
+
+
+def _pattern_properties(validator, patterns, instance, schema):
+    if not validator.is_type(instance, "object"):
+        return
+    for pattern, subschema in patterns.items():
+        for k, v in instance.items():
+            if _search(pattern, k):
+                yield from validator.descend(v, subschema, path=k, schema_path=pattern)
+
+
+def _additional_properties(validator, aP, instance, schema):
+    if not validator.is_type(instance, "object"):
+        return
+    properties = schema.get("properties", {})
+    patterns = "|".join(schema.get("patternProperties", {}))
+    extras = [k for k in instance if k not in properties and not (patterns and
+                                                                    _search(patterns, k))]
+    if validator.is_type(aP, "object"):
+        for extra in extras:
+            yield from validator.descend(instance[extra], aP, path=extra)
+    elif not aP and extras:
+        listed = ", ".join(repr(k) for k in sorted(extras, key=str))
+        yield js_exceptions.ValidationError(f"Additional properties are not allowed ({listed} "
+                                            f"{'was' if len(extras) == 1 else 'were'} "
+                                            "unexpected)")
+
+
+@lru_cache(maxsize=16)
+def _bounded(cls: type) -> type:
+    """Returns the validator class with its regular-expression keywords on ``_search``."""
+    return validators.extend(cls, {"pattern": _pattern, "patternProperties": _pattern_properties,
+                                   "additionalProperties": _additional_properties})
+
+
+def _refuse(uri: str) -> Any:
+    """The registry's retrieve: a schema's reference to anything outside it is never fetched."""
+    raise ref_exceptions.NoSuchResource(ref=uri)
+
+
+#: References resolve inside the schema itself only (jsonschema's default would fetch URLs).
+LOCAL_ONLY = Registry(retrieve=_refuse)
+
+
 @lru_cache(maxsize=512)
-def declared_tools(tools: str | None) -> dict[str, tuple[int, Any]]:
+def declared_tools(tools: str | None, max_depth: int | None = None
+                   ) -> dict[str, tuple[int, Any]]:
     """Returns ``{name: (index, validator or the schema's error text)}`` for a row's tools JSON."""
     out: dict[str, tuple[int, Any]] = {}
-    for i, tool in enumerate(jsontext.loads(tools) if tools else []):
+    for i, tool in enumerate(jsontext.loads(tools, max_depth) if tools else []):
         fn = tool["function"]
         schema = fn.get("parameters") or {"type": "object"}
         try:
             cls = validators.validator_for(schema)
             cls.check_schema(schema)
-            out[fn["name"]] = (i, cls(schema))
+            out[fn["name"]] = (i, _bounded(cls)(schema, registry=LOCAL_ONLY))
         except js_exceptions.SchemaError as exc:
             out[fn["name"]] = (i, exc.message)
+        except RecursionError:
+            out[fn["name"]] = (i, "nested too deep to check")
+        except (OverflowError, ValueError) as exc:  # e.g. a pattern's repeat count ("a{1e11}")
+            out[fn["name"]] = (i, f"{type(exc).__name__}: {exc}")
     return out
 
 
@@ -99,29 +190,36 @@ def _schema_problem(error: js_exceptions.ValidationError, base: str, tool: str) 
                     f"keyword {error.validator!r}). Fix the argument.")
 
 
-def check_call(call: Mapping[str, Any], path: str, tools: str | None) -> None:
+def check_call(call: Mapping[str, Any], path: str, tools: str | None,
+               limits: Limits | None = None) -> None:
     """Checks one canonical tool call against the row's tools.
 
     Raises:
         Rejected: With the first problem (see the module docstring).
     """
     name, text = call["function"]["name"], call["function"]["arguments"]
-    if not _passes(tools, name, text):
-        _check_call(name, text, path, tools)
+    found = _outcome(tools, name, text, limits.json_depth if limits else None,
+                     limits.pattern_seconds if limits else None)
+    if found is not None:
+        code, where, message = found  # a path under the call starts with "."
+        raise Rejected(code, path + where if where.startswith(".") else where, message)
 
 
 @lru_cache(maxsize=1 << 16)
-def _passes(tools: str | None, name: str, text: str) -> bool:
-    """Says whether a call passes ``check_call``; cached, as rows repeat calls and schemas."""
+def _outcome(tools: str | None, name: str, text: str, max_depth: int | None,
+             pattern_seconds: float | None) -> tuple[str, str, str] | None:
+    """Returns a call's problem ``(code, path after the call's, message)``, or None; cached, as
+    rows repeat calls and schemas (a pattern that timed out is not tried again)."""
     try:
-        _check_call(name, text, "", tools)
-    except Rejected:
-        return False
-    return True
+        _check_call(name, text, "", tools, max_depth, pattern_seconds)
+    except Rejected as exc:
+        return exc.code, exc.path, exc.message
+    return None
 
 
-def _check_call(name: str, text: str, path: str, tools: str | None) -> None:
-    declared = declared_tools(tools)
+def _check_call(name: str, text: str, path: str, tools: str | None,
+                max_depth: int | None = None, pattern_seconds: float | None = None) -> None:
+    declared = declared_tools(tools, max_depth)
     if declared and name not in declared:
         close = difflib.get_close_matches(name, declared, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
@@ -129,7 +227,10 @@ def _check_call(name: str, text: str, path: str, tools: str | None) -> None:
                        f"row declares ({', '.join(declared)}).{hint} Fix the name or declare it.")
     base = f"{path}.function.arguments"
     try:
-        args = jsontext.loads(text)
+        args = jsontext.loads(text, max_depth)
+    except jsontext.TooDeep as exc:
+        raise Rejected("too_deep", base, f"is {exc.msg}; it is not parsed. Flatten the "
+                       "arguments, or raise limits.json_depth.") from None
     except json.JSONDecodeError as exc:
         raise Rejected("arguments_not_json", base, f"{text[:60]!r} is not JSON ({exc.msg} at "
                        f"column {exc.colno}). Write the arguments as a JSON object.") from exc
@@ -139,16 +240,35 @@ def _check_call(name: str, text: str, path: str, tools: str | None) -> None:
     if name not in declared:
         return
     index, validator = declared[name]
+    where = f"tools[{index}].function.parameters"
     if isinstance(validator, str):
-        raise Rejected("tool_schema_invalid", f"tools[{index}].function.parameters",
+        raise Rejected("tool_schema_invalid", where,
                        f"is not a valid JSON Schema ({validator}). Fix the tool's schema.")
-    error = js_exceptions.best_match(validator.iter_errors(args))
+    try:
+        error = js_exceptions.best_match(validator.iter_errors(args))
+    except ref_exceptions.Unresolvable as exc:
+        ref = str(getattr(exc, "ref", "") or getattr(exc, "pointer", ""))[:200]
+        raise Rejected("tool_schema_ref", where, f"tool {name!r}'s schema has $ref {ref!r}, "
+                       "which does not resolve inside the schema; references to other files "
+                       "or URLs are never fetched. Inline the definition under $defs and "
+                       "point at it with #/$defs/NAME.") from None
+    except RecursionError:
+        raise Rejected("tool_schema_ref", where, f"tool {name!r}'s schema refers to itself in "
+                       "a cycle ($ref) or nests too deep to check. Break the cycle.") from None
+    except js_exceptions.SchemaError as exc:
+        raise Rejected("tool_schema_invalid", where, f"is not a valid JSON Schema "
+                       f"({exc.message}). Fix the tool's schema.") from None
+    except PatternTimeout as exc:
+        raise Rejected("pattern_timeout", base, f"tool {name!r}'s schema pattern "
+                       f"{exc.pattern[:100]!r} took longer than limits.pattern_seconds="
+                       f"{pattern_seconds} on this row's arguments (catastrophic backtracking?). "
+                       "Simplify the pattern, or raise limits.pattern_seconds.") from None
     if error is not None:
         raise _schema_problem(error, base, name)
 
 
 def check_messages(messages: Sequence[Mapping[str, Any]], tools: str | None,
-                   where: str = "messages") -> None:
+                   where: str = "messages", limits: Limits | None = None) -> None:
     """Checks a canonical message list: calls, answers, order, contents, the final turn.
 
     Raises:
@@ -172,7 +292,7 @@ def check_messages(messages: Sequence[Mapping[str, Any]], tools: str | None,
             raise Rejected("empty_content", f"{path}.content", f"the {role} turn is empty. "
                            "Fill it or drop the turn.")
         for k, call in enumerate(calls or []):
-            check_call(call, f"{path}.tool_calls[{k}]", tools)
+            check_call(call, f"{path}.tool_calls[{k}]", tools, limits)
             pending[call["id"]] = call["function"]["name"]
         if role == "tool":
             _answer(m, path, pending)
@@ -202,21 +322,31 @@ def _answer(m: Mapping[str, Any], path: str, pending: dict[str | None, str]) -> 
                    f"earlier call (unanswered call ids: {open_ids}). Point it at its call's id.")
 
 
-def check_row(row: Mapping[str, Any]) -> None:
-    """Checks one canonical row of any kind (without its length).
+def check_row(row: Mapping[str, Any], limits: Limits | None = None) -> None:
+    """Checks one canonical row of any kind (without its length); its schema patterns take at
+    most ``limits.pattern_seconds`` together.
 
     Raises:
         Rejected: With the first problem.
     """
+    _DEADLINE.at = time.monotonic() + limits.pattern_seconds if limits else None
+    try:
+        _check_row(row, limits)
+    finally:
+        _DEADLINE.at = None
+
+
+def _check_row(row: Mapping[str, Any], limits: Limits | None) -> None:
     if "text" in row:
         if not (row["text"] or "").strip():
             raise Rejected("empty_row", "text", "is empty. Drop the row or fill it.")
         return
     if "messages" in row:
-        check_messages(row["messages"], row.get("tools"))
+        check_messages(row["messages"], row.get("tools"), limits=limits)
         return
     prompt = row["prompt"] or []
-    check_messages([*prompt, *(row["chosen"] or [])], row.get("tools"), "prompt+chosen")
+    check_messages([*prompt, *(row["chosen"] or [])], row.get("tools"), "prompt+chosen",
+                   limits)
     if not row["rejected"] or row["rejected"][-1]["role"] != "assistant":
         raise Rejected("no_assistant_end", "rejected", "must end with an assistant turn.")
     if row["rejected"] == row["chosen"]:
@@ -225,26 +355,41 @@ def check_row(row: Mapping[str, Any]) -> None:
 
 
 def check_batch(batch: Mapping[str, list], indices: Sequence[int], max_length: int | None = None,
-                measure: Measure | None = None) -> dict[str, list]:
+                measure: Measure | None = None, limits: Limits | None = None
+                ) -> dict[str, list]:
     """Returns ``{"reject": [...]}`` for a batch of canonical rows (see the module docstring)."""
     names = [k for k in batch if k not in ("meta", "reject")]
     columns = [batch[k] for k in names]
     rows = [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
     reasons = list(batch.get("reject") or [None] * len(indices))
-    return {"reject": check_rows(rows, reasons, max_length, measure)}
+    return {"reject": check_rows(rows, reasons, max_length, measure, limits)}
 
 
 def check_rows(rows: Sequence[Mapping[str, Any]], reasons: list[dict[str, str] | None],
-               max_length: int | None = None, measure: Measure | None = None
+               max_length: int | None = None, measure: Measure | None = None,
+               limits: Limits | None = None, render_errors: Sequence[str | None] | None = None
                ) -> list[dict[str, str] | None]:
     """Checks canonical rows (``check_batch`` on rows already built); fills ``reasons`` (None
-    where a row has no reject yet) and returns it."""
+    where a row has no reject yet) and returns it.
+
+    Args:
+        render_errors: Per row, the chat template's error when it could not render the row
+            (``template_error``, after the row's own checks: a template often raises on what
+            they name), else None; its length is not checked then.
+    """
     for i, row in enumerate(rows):
         if reasons[i] is None:
             try:
-                check_row(row)
+                check_row(row, limits)
             except Rejected as exc:
                 reasons[i] = exc.to_dict()
+            except RecursionError:
+                reasons[i] = Rejected("too_deep", "$", "is nested too deep to check. Flatten "
+                                      "the row, or lower limits.json_depth.").to_dict()
+            if reasons[i] is None and render_errors is not None and render_errors[i]:
+                reasons[i] = Rejected("template_error", "$", f"model.chat_template cannot render "
+                                      f"this row: {render_errors[i]}. Fix the row or the "
+                                      "template.").to_dict()
     if max_length is not None and measure is not None:
         todo = [i for i, r in enumerate(reasons) if r is None]
         for i, n in zip(todo, measure([rows[i] for i in todo]), strict=True):

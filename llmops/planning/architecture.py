@@ -58,8 +58,17 @@ class UnknownArchitecture(ValueError):
 def _int(config: dict[str, Any], key: str) -> int:
     value = config.get(key)
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise UnknownArchitecture(f"config.json has no positive integer '{key}' (got {value!r})")
+        raise UnknownArchitecture(f"config.json has no positive integer '{key}' (got "
+                                  f"{repr(value)[:60]})")
     return value
+
+
+def _bool(config: dict[str, Any], key: str) -> bool:
+    value = config.get(key, False)
+    if value is not None and not isinstance(value, bool):
+        raise UnknownArchitecture(f"config.json's '{key}' must be true or false (got "
+                                  f"{str(value)[:60]!r})")
+    return bool(value)
 
 
 def count_params(config: dict[str, Any]) -> int:
@@ -75,12 +84,14 @@ def count_params(config: dict[str, Any]) -> int:
     h, layers, i = (_int(config, k) for k in ("hidden_size", "num_hidden_layers",
                                               "intermediate_size"))
     heads, vocab = _int(config, "num_attention_heads"), _int(config, "vocab_size")
-    kv = config.get("num_key_value_heads") or heads
-    hd = config.get("head_dim") or arch.head_dim_default or h // heads
-    bias = bool(config.get("attention_bias", False))
+    kv = heads if config.get("num_key_value_heads") is None else _int(config,
+                                                                       "num_key_value_heads")
+    hd = (_int(config, "head_dim") if config.get("head_dim") is not None
+          else arch.head_dim_default or h // heads)
+    bias = _bool(config, "attention_bias")
     qkv_bias = bias if arch.qkv_bias is None else arch.qkv_bias
     o_bias = bias if arch.o_bias is None else arch.o_bias
-    mlp_bias = bool(config.get("mlp_bias", False))
+    mlp_bias = _bool(config, "mlp_bias")
     q, k = heads * hd, kv * hd
     attention = h * (q + 2 * k) + q * h + qkv_bias * (q + 2 * k) + o_bias * h
     mlp = 3 * h * i + mlp_bias * (2 * i + h)
@@ -97,8 +108,8 @@ def architecture(config: dict[str, Any]) -> Architecture:
         UnknownArchitecture: When llmops does not know the model_type.
     """
     kind = config.get("model_type")
-    if kind not in ARCHITECTURES:
-        raise UnknownArchitecture(f"model_type {kind!r} is not one llmops can count "
+    if not isinstance(kind, str) or kind not in ARCHITECTURES:
+        raise UnknownArchitecture(f"model_type {repr(kind)[:60]} is not one llmops can count "
                                   f"(known: {', '.join(ARCHITECTURES)})")
     return ARCHITECTURES[kind]
 
@@ -107,5 +118,6 @@ def tied(config: dict[str, Any]) -> bool:
     """Tells whether the input and output embeddings are shared (config.json's, else the
     architecture's default)."""
     value = config.get("tie_word_embeddings")
-    return architecture(config).tie_default if value is None else bool(value)
+    return architecture(config).tie_default if value is None else _bool(
+        config, "tie_word_embeddings")
 

@@ -27,6 +27,8 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from referencing.exceptions import Unresolvable
+
 from llmops.data import task_api
 from llmops.data.toolcheck import declared_tools
 from llmops.scoring.parsers import ParsedAnswer
@@ -93,7 +95,10 @@ def _schema_valid(pred: list, tools: Any) -> bool | None:
         entry = declared.get(name)
         if entry is None or isinstance(entry[1], str) or not isinstance(args, dict):
             return False
-        if not entry[1].is_valid(args):
+        try:
+            if not entry[1].is_valid(args):
+                return False
+        except (Unresolvable, RecursionError):  # a $ref outside the schema, or a cycle
             return False
     return bool(pred)
 

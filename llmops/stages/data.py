@@ -17,11 +17,18 @@ the run has preference pairs, and data_report.json, whose ``preview`` shows the 
 ``preview.rows`` train rows as sft tokenizes them, loss spans marked (``data_preview``; the first
 is printed). With ``on_error=fail`` any reject stops the
 stage (``DataRejected``, exit 5) before anything trains.
+
+Rows are untrusted: ``params["limits"]`` (the config's ``limits.*``) bounds each row's size,
+nesting, schema-pattern time and template-render time; past a bound a row is one reject, and a
+template render past ``template_seconds`` is a config error (exit 2). SIGTERM during the stage
+exits 143: its forked map workers die with it.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +39,8 @@ from llmops.backends.common import write_json
 from llmops.compiler.plan import report_name
 from llmops.data import lengths, mix, pipeline, task_api
 from llmops.data.convert import FormatError
-from llmops.errors import DataRejected, StageError
+from llmops.data.limits import Limits, TimeLimit
+from llmops.errors import ConfigError, DataRejected, Problem, StageError
 from llmops.runner.context import StageContext
 from llmops.stages import data_io
 
@@ -79,10 +87,50 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
     scratch = out_dir / ".arrow"  # datasets' cache files: this stage's own, gone when it ends
     if not ctx.show_progress:
         datasets.disable_progress_bars()
+    _FORKED_WORKERS_DIE_ON_SIGTERM[0] = True
     try:
         return _prepare(params, inputs, out_dir, str(scratch), ctx)
+    except BaseException as exc:
+        stop = _interrupt_behind(exc)
+        if stop is not None and stop is not exc:
+            raise stop from None
+        raise
     finally:
+        _FORKED_WORKERS_DIE_ON_SIGTERM[0] = False
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+# datasets' map workers (num_proc) are forked from this process and inherit its Python SIGTERM
+# and SIGINT handlers (the job's: raise in the main thread). A worker that is inside C code, or
+# blocked on a lock forked in a held state, never runs such a handler, so the pool's terminate
+# (its SIGTERM) never ended it and the stopped job hung. Forked during the stage, a worker gets
+# the default actions back: SIGTERM ends it at once, and the job exits 143.
+_FORKED_WORKERS_DIE_ON_SIGTERM = [False]
+
+
+def _interrupt_behind(exc: BaseException) -> BaseException | None:
+    """Returns the Ctrl-C or SIGTERM (KeyboardInterrupt) an error was raised while handling.
+
+    datasets' map with num_proc waits for its workers' results in a ``finally`` when the wait is
+    interrupted, and that wait's own TimeoutError then hides the interrupt: the job would exit 1
+    with a traceback instead of 130/143.
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__context__
+    return None
+
+
+def _default_signals_in_child() -> None:
+    if _FORKED_WORKERS_DIE_ON_SIGTERM[0]:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+os.register_at_fork(after_in_child=_default_signals_in_child)
 
 
 def _prepare(params: dict, inputs: dict[str, Path], out_dir: Path, cache: str,
@@ -189,11 +237,17 @@ def _checked(name: str, spec: dict[str, Any], params: dict, counter: Any, cache:
     annotated, measured, checked and rendered as written."""
     measured = counter is not lengths.estimate
     prepare = pipeline.Prepare(name, params["system_prompt"] if name != task_api.SOURCE else None,
-                               counter, params["max_length"] if measured else None)
+                               counter, params["max_length"] if measured else None,
+                               Limits.of(params["limits"]))
     try:
-        rows, rejects = data_io.read(name, spec, params, cache, prepare)
+        rows, rejects = data_io.read(name, spec, params, cache, prepare, ctx.logger.warning)
     except FormatError as exc:  # its message names the key (data.path, data.format, ...)
         raise StageError(str(exc)) from exc
+    except TimeLimit as exc:
+        raise ConfigError([Problem("model.chat_template", (
+            f"rendering a row of {name} through the chat template took longer than "
+            f"limits.template_seconds={exc.seconds:g} (a loop that runs too long?). Fix the "
+            "template, or raise limits.template_seconds."))]) from None
     return Source(name, spec, prepare.kind, rows, rejects, len(rows) + len(rejects))
 
 
@@ -309,8 +363,9 @@ def _preferences(params: dict, kind: str, rows: Any, splits: dict[str, np.ndarra
         section: dict[str, Any] = {"method": "rows"}
     elif params.get("preferences") == "path":
         try:
-            pairs, rejects, n_read = preferences.read_pairs(params["preference_path"],
-                                                            params["system_prompt"], cache)
+            pairs, rejects, n_read = preferences.read_pairs(
+                params["preference_path"], params["system_prompt"], cache,
+                Limits.of(params["limits"]))
         except FormatError as exc:
             raise StageError(str(exc)) from exc
         if not pairs:

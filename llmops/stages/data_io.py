@@ -54,12 +54,14 @@ def _convert(records, fmt: str, file: str, spec: dict[str, Any], num_proc: int |
     from llmops.data.detect import detect_format
     from llmops.data.prepare import split_rejects
 
-    convert = Converter("openai" if fmt == "auto" else fmt, file, spec["columns"], spec["tags"])
+    limits = prepare.limits
+    convert = Converter("openai" if fmt == "auto" else fmt, file, spec["columns"], spec["tags"],
+                        limits)
     if fmt == "auto":
         head = records.select(range(min(200, len(records))))[:]
-        sample = [(i + 1, row) for i, (row, _) in enumerate(source_rows(head))]
+        sample = [(i + 1, row) for i, (row, _) in enumerate(source_rows(head, limits))]
         convert = Converter(detect_format(sample, file, convert.cols, convert.tags), file,
-                            spec["columns"], spec["tags"])
+                            spec["columns"], spec["tags"], limits)
     batches = prepare(convert)
     rows = records.map(batches, batched=True, with_indices=True,
                        remove_columns=records.column_names, num_proc=num_proc,
@@ -83,9 +85,11 @@ def auto_procs(paths: list[Path]) -> int | None:
     return None if size < AUTO_PROCS_BYTES or (cores or 1) < 2 else min(4, cores)
 
 
-def read(name: str, spec: dict[str, Any], params: dict, cache: str, prepare: pipeline.Prepare):
+def read(name: str, spec: dict[str, Any], params: dict, cache: str, prepare: pipeline.Prepare,
+         warn: Any = None):
     """Reads one source through ``prepare``'s pass: ``(its clean rows, meta + reject of the
     rest)``, the rows' columns as ``pipeline`` describes (``prepare.kind`` says their kind).
+    ``warn`` is called once when a glob matches more than ``limits.glob_files_warn`` files.
 
     Raises:
         FormatError: If the source's files or format cannot be understood.
@@ -114,7 +118,8 @@ def read(name: str, spec: dict[str, Any], params: dict, cache: str, prepare: pip
     if num_proc is None:
         num_proc = auto_procs(paths)
     return read_source(spec["path"], spec["format"], spec["columns"], spec["tags"],
-                       num_proc=num_proc, cache_dir=cache, prepare=prepare)
+                       num_proc=num_proc, cache_dir=cache, prepare=prepare,
+                       limits=prepare.limits, warn=warn)
 
 
 def _hub(params: dict, cache: str):
@@ -180,14 +185,15 @@ def token_counter(params: dict, inputs: dict[str, Path], ctx: StageContext) -> t
                     "local_files_only), %s", name, loaded["class"], loaded["vocab_size"],
                     loaded["from"], "through its chat template" if method == "chat_template"
                     else "as plain text (it has no chat template)")
-    return lengths.TokenCounter(tok), {"tokenizer": name, "method": method, "loaded": loaded}
+    seconds = params["limits"]["template_seconds"]
+    return lengths.TokenCounter(tok, seconds), {"tokenizer": name, "method": method,
+                                                "loaded": loaded}
 
 
 def token_stats(ann, positions: np.ndarray, max_length: int, info: dict, rows,
                 limit: int) -> dict[str, Any]:
     """Returns the token-length section of the report over the given rows."""
     counts = ann[lengths.TOKENS].to_numpy()[positions]
-    measured = ann[lengths.MEASURED].to_numpy(zero_copy_only=False)[positions]
     out = dict(info)
     if counts.size == 0:
         return {**out, "count": 0}
@@ -205,10 +211,6 @@ def token_stats(ann, positions: np.ndarray, max_length: int, info: dict, rows,
         out["over_max_length_rows"] = [
             {"file": m["file"], "line": m["line"], "row": m["row"], "tokens": int(n)}
             for m, n in zip(metas, counts[counts > max_length][:limit], strict=False)]
-    elif not measured.all():
-        out["not_rendered"] = int((~measured).sum())
-        out["note"] = ("the chat template could not render these rows; they were counted from "
-                       "their plain text")
     return out
 
 
