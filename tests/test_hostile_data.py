@@ -77,7 +77,9 @@ def _run_data(tmp_path: Path, path: Path | str, hub_id: str | None = None, num_p
               "tags": {}, "hf_id": None, "hf_split": "train", "n_examples": 1200,
               "system_prompt": None, "val_fraction": 0.1, "test_fraction": 0.1, "seed": 0,
               "dedup": True, "max_length": 512, "on_error": "keep", "num_proc": num_proc,
-              "model": {"name": "x", "hub_id": hub_id, "trust_remote_code": False},
+              "model": {"name": "x", "hub_id": hub_id, "trust_remote_code": False,
+                        "chat_template": "auto"},
+              "preview": {"rows": 0, "assistant_only_loss": True},
               "limits": {**LIMITS, **limits}}
     ctx = StageContext(run_dir=tmp_path, logger=logging.getLogger("test.hostile"))
     return data.run(params, {}, out, ctx), out
