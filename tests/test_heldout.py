@@ -1,0 +1,84 @@
+"""Held-out loss (llmops/backends/heldout.py) and its out-of-memory halving (backends/oom.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmops.data import task_api
+
+
+def _reference(model, tok, rows):
+    """The straightforward loss: each row alone, its full logits, the answer tokens scored."""
+    import torch
+
+    from llmops.backends.heldout import answer_tokens
+
+    out = []
+    for row in rows:
+        ids, start = answer_tokens(tok, row, 4096)
+        with torch.inference_mode():
+            logits = model(input_ids=torch.tensor([ids])).logits[0, :-1].float()
+        nll = torch.nn.functional.cross_entropy(logits[start - 1:], torch.tensor(ids[start:]),
+                                                reduction="sum")
+        out.append((float(nll), len(ids) - start))
+    return out
+
+
+def _assert_same(got, want):
+    assert [c for _, c in got] == [c for _, c in want]
+    assert [x for x, _ in got] == pytest.approx([x for x, _ in want], rel=1e-4)
+
+
+def test_chunked_loss_equals_the_full_logits_loss_on_the_tiny_model(tiny_base):
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from llmops.backends.generation import load_model
+    from llmops.backends.heldout import row_losses
+
+    model, tok = load_model(tiny_base)
+    rows = task_api.generate(10, seed=21)
+    want = _reference(model, tok, rows)
+    # 1-position logit chunks and batches of ~2 rows, and the unbounded path: all the same.
+    _assert_same(row_losses(model, tok, rows, batch_size=32, token_budget=300,
+                            logits_mb=0.001), want)
+    _assert_same(row_losses(model, tok, rows, batch_size=4), want)
+    # Through a PEFT wrapper the adapter applies (a non-zero LoRA changes the loss).
+    torch.manual_seed(0)
+    peft = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear",
+                                            init_lora_weights=False)).eval()
+    tuned = _reference(peft, tok, rows)
+    assert [x for x, _ in tuned] != pytest.approx([x for x, _ in want], rel=1e-3)
+    _assert_same(row_losses(peft, tok, rows, token_budget=500, logits_mb=0.01), tuned)
+
+
+def test_chunked_loss_equals_the_full_logits_loss_on_a_real_vocabulary(real_model):
+    from llmops.backends.generation import load_model
+    from llmops.backends.heldout import row_losses
+
+    model, tok = load_model(real_model("qwen2"))
+    rows = task_api.generate(4, seed=5)
+    want = _reference(model, tok, rows)
+    assert max(c for _, c in want) > 10
+    # 2 MiB of fp32 logits = 3 positions of 151,936 at a time; batches of one or two rows.
+    _assert_same(row_losses(model, tok, rows, token_budget=900, logits_mb=2), want)
+
+
+def test_a_model_that_post_processes_its_logits_goes_through_its_own_forward(tiny_base):
+    """Gemma 2 soft-caps its logits after the head: the loss must still be the model's."""
+    import torch
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    from llmops.backends.generation import load_tokenizer
+    from llmops.backends.heldout import _output_head, row_losses
+
+    tok = load_tokenizer(tiny_base)
+    torch.manual_seed(0)
+    model = Gemma2ForCausalLM(Gemma2Config(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+        final_logit_softcapping=0.5)).eval()
+    assert _output_head(model) is None
+    rows = task_api.generate(4, seed=3)
+    _assert_same(row_losses(model, tok, rows, token_budget=400, logits_mb=0.01),
+                 _reference(model, tok, rows))
