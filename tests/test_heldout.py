@@ -82,3 +82,69 @@ def test_a_model_that_post_processes_its_logits_goes_through_its_own_forward(tin
     rows = task_api.generate(4, seed=3)
     _assert_same(row_losses(model, tok, rows, token_budget=400, logits_mb=0.01),
                  _reference(model, tok, rows))
+
+
+# ---- out of memory: the batch halves and the rest is retried ----
+
+def _oom_above(model, rows: int):
+    """Makes the decoder raise a real CUDA out-of-memory error on batches of more than `rows`
+    rows (a fault injection: there is no GPU here); returns the hook handle."""
+    import torch
+
+    def hook(module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is not None and ids.shape[0] > rows:
+            raise torch.cuda.OutOfMemoryError(
+                "CUDA out of memory. Tried to allocate 2.00 GiB (injected by the test)")
+
+    return model.get_decoder().register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def test_generation_and_loss_halve_the_batch_on_out_of_memory(tiny_base):
+    from llmops.backends.generation import generate, load_model
+    from llmops.backends.heldout import row_losses
+
+    model, tok = load_model(tiny_base)
+    rows = task_api.generate(8, seed=2)
+    want_answers, _ = generate(model, tok, rows, max_new_tokens=6, batch_size=8,
+                               show_progress=False)
+    want_losses = row_losses(model, tok, rows, batch_size=8)
+    handle = _oom_above(model, 2)
+    try:
+        retries: list[dict] = []
+        answers, _ = generate(model, tok, rows, max_new_tokens=6, batch_size=8,
+                              token_budget=100_000, show_progress=False, oom_retries=retries)
+        assert answers == want_answers
+        assert retries == [
+            {"phase": "generation", "rows": [8, 4], "token_budget": [100_000, 50_000]},
+            {"phase": "generation", "rows": [4, 2], "token_budget": [50_000, 25_000]}]
+        retries.clear()
+        _assert_same(row_losses(model, tok, rows, batch_size=3, oom_retries=retries),
+                     want_losses)
+        assert retries == [{"phase": "held-out loss", "rows": [3, 1], "token_budget": [None, None]}]
+    finally:
+        handle.remove()
+
+
+def test_one_row_out_of_memory_names_the_knobs_and_other_errors_pass_through(tiny_base):
+    from llmops.backends.generation import generate, load_model
+    from llmops.errors import StageError
+
+    model, tok = load_model(tiny_base)
+    rows = task_api.generate(2, seed=2)
+    handle = _oom_above(model, 0)
+    try:
+        with pytest.raises(StageError, match="out of memory in the generation on a single row"):
+            generate(model, tok, rows, max_new_tokens=4, batch_size=2, show_progress=False)
+    finally:
+        handle.remove()
+
+    def broken(module, args, kwargs):
+        raise RuntimeError("shape mismatch")
+
+    handle = model.get_decoder().register_forward_pre_hook(broken, with_kwargs=True)
+    try:
+        with pytest.raises(RuntimeError, match="shape mismatch"):
+            generate(model, tok, rows, max_new_tokens=4, batch_size=2, show_progress=False)
+    finally:
+        handle.remove()
