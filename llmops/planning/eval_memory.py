@@ -24,7 +24,6 @@ from __future__ import annotations
 from typing import Any
 
 from llmops.planning.memory import (
-    CPU_OVERHEAD_GB,
     CUDA_OVERHEAD_GB,
     GIB,
     linear_shapes,
@@ -33,20 +32,32 @@ from llmops.planning.memory import (
 )
 
 MIB = 2**20
+# Calibrated on this CPU against the peak RSS of eval_base.run in a fresh process (the tiny model
+# and a 2-layer Qwen2 on the 151,936-token vocabulary, 24 rows of 500 / 1,000 tokens;
+# tests/test_eval_memory.py checks a real eval stays under the estimate):
 # Live activations of one decoder layer in an inference forward, per token, in units of the
-# compute dtype: residual + normed input + q, k, v, attention output (hidden-wide terms), and the
-# MLP's gate, up, activation and product (intermediate-wide terms). Calibrated on this CPU
-# against measured peak RSS (tests/test_eval_memory.py, benchmarks in the module docstring).
-HIDDEN_TERMS = 6.0
+# compute dtype: residual, normed input, attention output, o_proj output (hidden-wide), q, k, v,
+# and the MLP's gate, up and activation (intermediate-wide). Measured: 2.9 KB/token at h=64, i=128.
+HIDDEN_TERMS = 4.0
 INTER_TERMS = 3.0
-# Held-out loss: the chunk's fp32 logits and cross_entropy's log-softmax; on a GPU the bf16 head
-# output comes first and is upcast.
+# The padded batch's attention mask, per token x sequence length: transformers' bool mask
+# (b x 1 x s x s, 1 byte) and, on a CPU, SDPA's float copy of it (4 bytes). Measured 5.4 bytes on
+# a CPU; on a GPU the bool mask and a 16-bit bias are assumed (not measured here).
+MASK_BYTES = {"cpu": 5.0, "cuda": 3.0}
+# Held-out loss: the chunk's fp32 logits and cross_entropy's log-softmax (measured 2.0 x
+# eval.logits_mb); on a GPU the bf16 head output comes first and is upcast.
 LOGIT_COPIES = {"cpu": 2.0, "cuda": 2.5}
+# generate()'s prefill holds about twice a plain forward's activations (measured 2.0-2.5x here).
+GEN_FORWARD_FACTOR = 2.2
 # Generation: last-position logits, the logits processors' float copy and the argmax scores.
 GEN_LOGIT_COPIES = 3.0
 # lm_eval: the harness's logits and its log_softmax of them (HFLM._loglikelihood_tokens).
 HARNESS_LOGIT_COPIES = 2.0
-# A fast tokenizer's resident size per vocabulary entry (merges, vocab maps), measured here.
+# The eval process on a CPU: Python + torch + transformers + peft/bitsandbytes (385 MiB measured
+# after loading; ~490 MiB once scoring loads its text metrics, after the model phases);
+# the training stages' CPU_OVERHEAD_GB also holds trl. A fast tokenizer adds ~600 bytes per
+# vocabulary entry (the Qwen2 tokenizer: ~90 MiB resident).
+EVAL_CPU_OVERHEAD_GB = 0.45
 TOKENIZER_BYTES_PER_TOKEN = 600.0
 LM_EVAL_IMPORT_GB = 0.35  # lm_eval + datasets + evaluate imported on top of the eval overhead
 
@@ -91,13 +102,15 @@ def kv_bytes_per_token(model: dict[str, Any], dtype_bytes: float) -> float:
     return model["num_layers"] * 2 * model["num_kv_heads"] * head_dim * dtype_bytes
 
 
-def _forward_activations(model: dict[str, Any], tokens: int, a: float) -> float:
-    """Returns the live bytes of an inference forward over ``tokens`` (one layer at a time)."""
+def _forward_activations(model: dict[str, Any], tokens: int, seq: int, a: float,
+                         cuda: bool) -> float:
+    """Returns the live bytes of an inference forward over ``tokens`` padded to ``seq``: one
+    layer's activations at a time, and the attention mask of the padded batch."""
     shapes = linear_shapes(model)
     q, kv = shapes["q_proj"][1], shapes["k_proj"][1]
     h, i = model["hidden_size"], model["intermediate_size"]
     per_token = (HIDDEN_TERMS * h + 2 * kv + q + INTER_TERMS * i) * a
-    return tokens * per_token
+    return tokens * per_token + tokens * seq * MASK_BYTES["cuda" if cuda else "cpu"]
 
 
 def _weights(model: dict[str, Any], quant: dict[str, Any] | None, cuda: bool,
@@ -136,9 +149,9 @@ def _common(model: dict, quant: dict | None, hardware: dict, adapter: bool, lora
         notes.append(f"overhead: CUDA context {CUDA_OVERHEAD_GB} GB")
     else:
         tok = model["vocab_size"] * TOKENIZER_BYTES_PER_TOKEN
-        overhead = CPU_OVERHEAD_GB * GIB + tok
-        notes.append(f"overhead: Python + torch + transformers {CPU_OVERHEAD_GB} GB + the "
-                     f"tokenizer ~{tok / MIB:.0f} MiB")
+        overhead = EVAL_CPU_OVERHEAD_GB * GIB + tok
+        notes.append(f"overhead: Python + torch + transformers + peft {EVAL_CPU_OVERHEAD_GB} GB "
+                     f"+ the tokenizer ~{tok / MIB:.0f} MiB")
     parts["overhead"] = overhead
     return parts, cuda, a
 
@@ -172,7 +185,7 @@ def eval_parts(model: dict[str, Any], quant: dict[str, Any] | None, eval: dict[s
     loss_tokens = max(s, min(budget, rows * s))
     chunk = min(logits_chunk_positions(V, eval["logits_mb"]), loss_tokens)
     loss = {
-        "loss_activations": _forward_activations(model, loss_tokens, a)
+        "loss_activations": _forward_activations(model, loss_tokens, s, a, cuda)
         + loss_tokens * model["hidden_size"] * a,  # the decoder's last hidden states, kept
         "loss_logits": chunk * V * 4 * LOGIT_COPIES["cuda" if cuda else "cpu"],
     }
@@ -180,7 +193,8 @@ def eval_parts(model: dict[str, Any], quant: dict[str, Any] | None, eval: dict[s
     kv = gen_rows * (s + new) * kv_bytes_per_token(model, a)
     gen = {
         "kv_cache": kv,
-        "gen_activations": _forward_activations(model, gen_rows * s, a),
+        "gen_activations": GEN_FORWARD_FACTOR * _forward_activations(model, gen_rows * s, s,
+                                                                     a, cuda),
         "gen_logits": gen_rows * V * 4 * GEN_LOGIT_COPIES,
     }
     notes.append(f"held-out loss: batches of <= {loss_tokens} tokens (eval.token_budget "
@@ -191,10 +205,10 @@ def eval_parts(model: dict[str, Any], quant: dict[str, Any] | None, eval: dict[s
     loss_total, gen_total = sum(loss.values()), sum(gen.values())
     if loss_total >= gen_total:
         gen = dict.fromkeys(gen, 0.0)
-        notes.append(f"peak in the held-out loss; generation needs {gen_total / GIB:.2f} GB more")
+        notes.append(f"peak in the held-out loss; generation's own part: {gen_total / GIB:.2f} GB")
     else:
         loss = dict.fromkeys(loss, 0.0)
-        notes.append(f"peak in generation; the held-out loss needs {loss_total / GIB:.2f} GB more")
+        notes.append(f"peak in generation; the held-out loss's own part: {loss_total / GIB:.2f} GB")
     return {**parts, **loss, **gen}, notes
 
 
@@ -225,7 +239,7 @@ def lm_eval_parts(model: dict[str, Any], quant: dict[str, Any] | None, lm_eval: 
     b = harness_batch(V, lm_eval["logits_mb"], s, int(lm_eval["batch_size"]))
     new = int(lm_eval["max_gen_toks"])
     parts.update(
-        harness_activations=_forward_activations(model, b * s, a),
+        harness_activations=_forward_activations(model, b * s, s, a, cuda),
         harness_logits=b * s * V * a * HARNESS_LOGIT_COPIES,
         kv_cache=b * (s + new) * kv_bytes_per_token(model, a),
     )
