@@ -264,41 +264,41 @@ def test_one_multirun_test_answers_the_cli_metrics_and_wandb(tmp_path):
 FINGERPRINTS = {
     ("cpu", ()): {
         "decide": "2c736766fa02e413", "compute": "996099736481a3d5", "base": "4278ac84084edaea",
-        "data": "a112df402bee00d4", "sft": "f10ce2d605e25838", "eval_base": "9fb7b104c399a146",
-        "eval": "1e6f047040e7aab0", "export": "a1af485ffed2789b",
+        "data": "a112df402bee00d4", "sft": "f10ce2d605e25838", "eval_base": "597ccde7fddfd928",
+        "eval": "b7091570e5341198", "export": "d188114641b6d25e",
     },
     ("cpu", ("model=qwen3b", "lora=r16")): {
         "decide": "1d86f93144f3ce38", "compute": "4cdbaeb196f84cf5", "data": "1d8c15490f38f5ba",
-        "sft": "2f58aba557cb166f", "eval_base": "a858930414d1763d", "eval": "523c374505719665",
-        "export": "eb31cf5589cd1cc5",
+        "sft": "2f58aba557cb166f", "eval_base": "1747d0cc54ff7fad", "eval": "e901a8ac24598a01",
+        "export": "24dd1047e5d6b57c",
     },
     ("cpu", ("train=sft_dpo", "merge=ties")): {
         "decide": "2c736766fa02e413", "compute": "996099736481a3d5", "base": "4278ac84084edaea",
         "data": "894679f3e0b7bd24", "sft": "5b49d8c6b0767b6c", "dpo": "97835985c26bb2d3",
-        "merge": "c3eec32df9397dea", "eval_base": "55bfde3fb9f34970", "eval": "40711ccab1e0203b",
-        "export": "7d36a321b3a84833",
+        "merge": "c3eec32df9397dea", "eval_base": "579dd78d98875e67", "eval": "823039fe622e0a03",
+        "export": "abb60b3c2ce7a608",
     },
     ("cpu", ("deploy=openai",)): {
         "decide": "2c736766fa02e413", "compute": "996099736481a3d5", "base": "4278ac84084edaea",
-        "data": "a112df402bee00d4", "sft": "f10ce2d605e25838", "eval_base": "9fb7b104c399a146",
-        "eval": "1e6f047040e7aab0", "export": "a1af485ffed2789b", "gguf": "569c805bccebf428",
-        "deploy": "e11c876ef5063bbe",
+        "data": "a112df402bee00d4", "sft": "f10ce2d605e25838", "eval_base": "597ccde7fddfd928",
+        "eval": "b7091570e5341198", "export": "d188114641b6d25e", "gguf": "2b678e30c6e0e8dc",
+        "deploy": "ba327b054e79d55f",
     },
     ("cpu", ("eval=lm_eval",)): {
         "decide": "2c736766fa02e413", "compute": "996099736481a3d5", "base": "4278ac84084edaea",
-        "data": "a112df402bee00d4", "sft": "f10ce2d605e25838", "eval_base": "9fb7b104c399a146",
-        "lm_eval": "771552d333f54cb3", "eval": "1e6f047040e7aab0", "export": "a1af485ffed2789b",
+        "data": "a112df402bee00d4", "sft": "f10ce2d605e25838", "eval_base": "597ccde7fddfd928",
+        "lm_eval": "5261216569a1f5a9", "eval": "b7091570e5341198", "export": "d188114641b6d25e",
     },
     ("cpu", ("model=llama8b", "hardware=t4", "dry_run=true", "quant=nf4",
              "train.max_length=512")): {
         "decide": "8f6fe2e6e88d7d6a", "compute": "26a059c1ded868b0", "data": "1611f8f6a77e87af",
-        "sft": "91c6e24a6094d816", "eval_base": "3ccbf60644c0c897", "eval": "0f2f547916cabb46",
-        "export": "06a60d0c79092d73",
+        "sft": "91c6e24a6094d816", "eval_base": "dbb2d3d441ebdb51", "eval": "0a33f3d15aef02f3",
+        "export": "08a6efd4474d16be",
     },
     ("h100", ("model=qwen1.5b",)): {
         "decide": "4c2e77bb9e9c5cff", "compute": "b4fad777a2b68746", "data": "2387631f9ca7a34e",
-        "sft": "88bca6ec6ea22edf", "eval_base": "01ae16d16043a6a4", "eval": "8b744282cc38768c",
-        "export": "ad2fa91ac8d39c36",
+        "sft": "88bca6ec6ea22edf", "eval_base": "0cb9fddcdab4b476", "eval": "0f29c6ed96352057",
+        "export": "3f71f538db689aa1",
     },
 }
 
