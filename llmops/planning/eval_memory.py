@@ -182,7 +182,7 @@ def eval_parts(model: dict[str, Any], quant: dict[str, Any] | None, eval: dict[s
     budget, new = int(eval["token_budget"]), int(eval["max_new_tokens"])
     V = model["vocab_size"]
 
-    loss_tokens = max(s, min(budget, rows * s))
+    loss_tokens = min(rows, max(1, budget // s)) * s  # token_batches on rows of s tokens
     chunk = min(logits_chunk_positions(V, eval["logits_mb"]), loss_tokens)
     loss = {
         "loss_activations": _forward_activations(model, loss_tokens, s, a, cuda)
