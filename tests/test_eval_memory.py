@@ -12,6 +12,7 @@ import pytest
 
 from llmops.planning.eval_memory import (
     GEN_LOGIT_COPIES,
+    HARNESS_LOGIT_COPIES,
     LOGIT_COPIES,
     MIB,
     eval_parts,
@@ -90,7 +91,8 @@ def test_eval_parts_arithmetic():
 def test_lm_eval_parts_hold_one_request_of_full_logits_on_a_real_vocabulary():
     parts, notes = lm_eval_parts(QWEN_SMALL, None, {"batch_size": 16, "max_gen_toks": 96,
                                                     "logits_mb": 128.0}, CPU, 1000, False)
-    assert parts["harness_logits"] == 1 * 1000 * 151_936 * 4 * 2  # batch 1: logits + log_softmax
+    # batch 1: the request's logits, their log_softmax and a temporary
+    assert parts["harness_logits"] == 1 * 1000 * 151_936 * 4 * HARNESS_LOGIT_COPIES
     assert any("harness batch 1" in n for n in notes)
 
 

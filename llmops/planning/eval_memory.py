@@ -51,15 +51,16 @@ LOGIT_COPIES = {"cpu": 2.0, "cuda": 2.5}
 GEN_FORWARD_FACTOR = 2.2
 # Generation: last-position logits, the logits processors' float copy and the argmax scores.
 GEN_LOGIT_COPIES = 3.0
-# lm_eval: the harness's logits and its log_softmax of them (HFLM._loglikelihood_tokens).
-HARNESS_LOGIT_COPIES = 2.0
+# lm_eval: the harness's logits, its log_softmax of them (HFLM._loglikelihood_tokens) and the
+# kernel's temporary: measured 3.1 copies of batch x length x vocab fp32 on this CPU.
+HARNESS_LOGIT_COPIES = 3.0
 # The eval process on a CPU: Python + torch + transformers + peft/bitsandbytes (385 MiB measured
 # after loading; ~490 MiB once scoring loads its text metrics, after the model phases);
 # the training stages' CPU_OVERHEAD_GB also holds trl. A fast tokenizer adds ~600 bytes per
 # vocabulary entry (the Qwen2 tokenizer: ~90 MiB resident).
 EVAL_CPU_OVERHEAD_GB = 0.45
 TOKENIZER_BYTES_PER_TOKEN = 600.0
-LM_EVAL_IMPORT_GB = 0.35  # lm_eval + datasets + evaluate imported on top of the eval overhead
+LM_EVAL_IMPORT_GB = 0.19  # lm_eval + its TaskManager on top of the eval overhead (measured)
 
 
 def logits_chunk_positions(vocab_size: int, logits_mb: float) -> int:
@@ -247,5 +248,6 @@ def lm_eval_parts(model: dict[str, Any], quant: dict[str, Any] | None, lm_eval: 
         parts["overhead"] += LM_EVAL_IMPORT_GB * GIB
     notes.append(f"lm_eval harness batch {b} (eval.logits_mb {lm_eval['logits_mb']} / "
                  f"({s} tokens x {V} vocab), at most eval.lm_eval.batch_size "
-                 f"{lm_eval['batch_size']}): logits + log_softmax of batch x {s} x vocab")
+                 f"{lm_eval['batch_size']}): logits + log_softmax of batch x {s} x vocab "
+                 f"(~{HARNESS_LOGIT_COPIES:g} fp32 copies)")
     return parts, notes
