@@ -57,7 +57,7 @@ def _output_head(model: Any) -> tuple[Any, Any] | None:
         return None
     device = next(model.parameters()).device
     ids = torch.arange(1, 9, device=device).unsqueeze(0) % int(model.config.vocab_size)
-    want = model(input_ids=ids, logits_to_keep=1, use_cache=False).logits[:, -1].float()
+    want = model(input_ids=ids, use_cache=False).logits[:, -1].float()
     got = head(decoder(input_ids=ids, use_cache=False).last_hidden_state[:, -1]).float()
     same = want.shape == got.shape and bool(torch.allclose(want, got, rtol=1e-4, atol=1e-4))
     return (decoder, head) if same else None
@@ -129,8 +129,11 @@ def row_losses(model: Any, tokenizer: Any, rows: Sequence[Mapping[str, Any]],
         owner = torch.arange(len(idx), device=device).unsqueeze(1).expand_as(ids)[scored]
         sums = torch.zeros(len(idx), dtype=torch.float64, device=device)
         if parts is None:
-            logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=scored,
-                           use_cache=False).logits
+            try:
+                logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=scored,
+                               use_cache=False).logits
+            except TypeError:  # a (remote-code) model without logits_to_keep: full logits
+                logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[scored]
             nll = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none")
             sums.index_add_(0, owner, nll.double())
         else:

@@ -12,7 +12,8 @@ Models what the eval backends really hold (``llmops/backends/heldout.py``,
   (``eval.batch_size`` caps the rows); the KV cache holds that many tokens; the last position's
   logits only.
 - lm_eval: the harness builds batch x length x vocab logits and their log-softmax; the stage picks
-  its batch so batch x length stays within the logits chunk (at least one request).
+  its batch so batch x length stays within the logits chunk (at least one request, so one
+  request's full logits are the floor).
 
 The stage's peak is the larger of its two phases (loss, generation); the other phase's parts are
 reported as 0 and its total named in the assumptions. The batching helpers here are the ones the
@@ -32,9 +33,10 @@ from llmops.planning.memory import (
 )
 
 MIB = 2**20
-# Calibrated on this CPU against the peak RSS of eval_base.run in a fresh process (the tiny model
-# and a 2-layer Qwen2 on the 151,936-token vocabulary, 24 rows of 500 / 1,000 tokens;
-# tests/test_eval_memory.py checks a real eval stays under the estimate):
+# Calibrated on this CPU against the peak RSS of eval_base.run / lm_eval.run in a fresh process
+# (the tiny model and a 2-layer Qwen2 on the 151,936-token vocabulary, 8-24 rows of 500 / 1,000
+# tokens: estimate / measured 0.97-1.07; tests/test_eval_memory.py keeps a real eval within
+# 0.8-1.25). The GPU figures (bf16, MASK_BYTES["cuda"], LOGIT_COPIES["cuda"]) are not measured.
 # Live activations of one decoder layer in an inference forward, per token, in units of the
 # compute dtype: residual, normed input, attention output, o_proj output (hidden-wide), q, k, v,
 # and the MLP's gate, up and activation (intermediate-wide). Measured: 2.9 KB/token at h=64, i=128.
@@ -200,7 +202,8 @@ def eval_parts(model: dict[str, Any], quant: dict[str, Any] | None, eval: dict[s
     }
     notes.append(f"held-out loss: batches of <= {loss_tokens} tokens (eval.token_budget "
                  f"{budget}, rows <= {s} tokens), LM head on {chunk} positions at a time "
-                 f"(eval.logits_mb {eval['logits_mb']})")
+                 f"(eval.logits_mb {eval['logits_mb']}; assumed full: the answers of a batch "
+                 "fill a chunk)")
     notes.append(f"generation: {gen_rows} rows x ({s} + {new} new) tokens of KV cache "
                  f"({kv_bytes_per_token(model, a) / 1024:.1f} KiB/token)")
     loss_total, gen_total = sum(loss.values()), sum(gen.values())
