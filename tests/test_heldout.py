@@ -148,3 +148,26 @@ def test_one_row_out_of_memory_names_the_knobs_and_other_errors_pass_through(tin
             generate(model, tok, rows, max_new_tokens=4, batch_size=2, show_progress=False)
     finally:
         handle.remove()
+
+
+def test_the_eval_report_lists_each_halving(tiny_base):
+    import logging
+
+    from llmops.backends.generation import load_model
+    from llmops.runner.context import StageContext
+    from llmops.stages.eval_base import evaluate_model
+
+    model, tok = load_model(tiny_base)
+    rows = task_api.generate(6, seed=4)
+    params = {"max_new_tokens": 4, "batch_size": 32, "token_budget": 100_000, "logits_mb": 1.0,
+              "worst_examples": 1}
+    ctx = StageContext(run_dir=tiny_base, logger=logging.getLogger("t"), show_progress=False)
+    handle = _oom_above(model, 3)
+    try:
+        report = evaluate_model(model, tok, rows, params, ctx, desc="test")
+    finally:
+        handle.remove()
+    assert report["oom_retries"] == [
+        {"phase": "generation", "rows": [6, 3], "token_budget": [100_000, 50_000]},
+        {"phase": "held-out loss", "rows": [6, 3], "token_budget": [100_000, 50_000]}]
+    assert report["metrics"]["loss"] is not None
