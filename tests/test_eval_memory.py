@@ -103,7 +103,7 @@ def test_the_estimate_imports_no_torch():
 
 
 MEASURE = r'''
-import json, logging, resource, sys, tempfile
+import json, logging, sys, tempfile
 from pathlib import Path
 model_dir, n_tokens, params = Path(sys.argv[1]), int(sys.argv[2]), json.loads(sys.argv[3])
 from transformers import AutoTokenizer
@@ -124,7 +124,10 @@ out = Path(tempfile.mkdtemp())
 del tok
 ctx = StageContext(run_dir=out, logger=logging.getLogger("m"), show_progress=False, threads=1)
 eval_base.run(params, {"data": out, "base": model_dir}, out, ctx)
-print(json.dumps({"peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so a child of a big process
+# would report its parent's size.
+hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM"))
+print(json.dumps({"peak": int(hwm.split()[1]) * 1024}))
 '''
 
 
