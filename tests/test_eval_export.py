@@ -69,6 +69,8 @@ def _params(**extra):
         "quant": {"type": "none"},
         "max_new_tokens": 12,
         "batch_size": 8,
+        "token_budget": 4096,
+        "logits_mb": 64.0,
         "limit": None,
         "worst_examples": 2,
         "gate_mode": "explicit",
@@ -100,7 +102,8 @@ def test_eval_base_writes_report(base_eval):
     on_disk = json.loads((out / "base_eval.json").read_text())
     assert on_disk == json.loads(json.dumps(report))
     assert set(report) == {"metrics", "by_kind", "stats", "n", "samples", "predictions",
-                           "answer_syntax", "worst_examples", "seconds"}
+                           "answer_syntax", "worst_examples", "seconds", "oom_retries"}
+    assert report["oom_retries"] == []
     assert report["answer_syntax"] == "task_api"  # the tiny model's own template's syntax
     assert report["n"] == N_TEST
     assert len(report["samples"]) == 20

@@ -46,9 +46,10 @@ def test_local_tasks_run_offline_and_tuned_differs_from_base(tiny_base, sft_data
     sft.run(params, {"data": data, "base": tiny_base}, tmp_path / "sft", ctx)
     out = tmp_path / "lm"
     out.mkdir()
+    # 0.5 MiB of fp32 logits over the tiny 512-token vocabulary: 256 positions, under 8 requests.
     params = {**stage_params("lm_eval", "eval=lm_eval"), "batch_size": 8, "max_gen_toks": 48,
               "tasks": ["llmops_task_api_choice", "llmops_task_api_call"], "limit": 12,
-              "num_fewshot": None}
+              "num_fewshot": None, "logits_mb": 0.5}
     report = lm_eval.run(params, {"data": data, "sft": tmp_path / "sft", "base": tiny_base},
                          out, ctx)
     saved = json.loads((out / "lm_eval_report.json").read_text())  # numpy floats made plain
@@ -58,6 +59,8 @@ def test_local_tasks_run_offline_and_tuned_differs_from_base(tiny_base, sft_data
     assert "acc" in report["base"]["llmops_task_api_choice"]
     assert "exact_match" in report["tuned"]["llmops_task_api_call"]
     assert report["base"] != report["tuned"]
+    assert report["longest_request"] > 48  # a prompt + max_gen_toks
+    assert report["harness_batch_size"] == max(1, 256 // report["longest_request"]) < 8
     task_yaml = (out / "tasks" / "llmops_task_api_choice.yaml").read_text()
     assert str(out / "tasks") in task_yaml and "__DATA__" not in task_yaml
     assert Path(out / "tasks" / "task_api_choice.jsonl").is_file()

@@ -162,11 +162,16 @@ def generate(
     show_progress: bool = True,
     desc: str = "generate",
     threads: int | None = None,
+    token_budget: int | None = None,
+    oom_retries: list[dict[str, Any]] | None = None,
 ) -> tuple[list[str], list[str]]:
     """Generates one answer per chat row, greedily, in left-padded batches.
 
     Prompts are sorted by length so batches waste little padding; answers come back in row order.
-    Decoding keeps only the new tokens, up to the first stop token, without special tokens.
+    A batch holds at most ``batch_size`` rows and rows x (longest prompt + max_new_tokens) <=
+    ``token_budget`` tokens, which bounds its KV cache; an out-of-memory batch is halved and
+    retried (``llmops.backends.oom.run_batches``). Decoding keeps only the new tokens, up to the
+    first stop token, without special tokens.
 
     Args:
         model: Causal LM in eval mode.
@@ -174,11 +179,14 @@ def generate(
         rows: OpenAI chat rows; the prompt is messages[:-1] (the last message is the reference)
             with the row's ``tools``.
         max_new_tokens: Longest answer to generate.
-        batch_size: Prompts per forward batch.
+        batch_size: Most prompts per batch (eval.batch_size).
         show_progress: Whether to draw a tqdm bar.
         desc: Label of the progress bar.
         threads: Torch CPU threads to generate on (a stage passes StageContext.threads); None
             leaves them as they are.
+        token_budget: Most rows x (prompt + max_new_tokens) tokens per batch (eval.token_budget);
+            None bounds by rows only.
+        oom_retries: Each out-of-memory halving is appended here.
 
     Returns:
         (predictions, prompts), both in row order.
@@ -187,41 +195,43 @@ def generate(
     from tqdm.auto import tqdm
 
     from llmops.backends.common import cpu_threads
+    from llmops.backends.oom import run_batches
 
     prompts = [build_prompt(tokenizer, row["messages"], row.get("tools")) for row in rows]
     lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: (lengths[i], i))
     stops = stop_token_ids(tokenizer)
     device = next(model.parameters()).device
     predictions: list[str] = [""] * len(prompts)
-    batch_size = max(1, int(batch_size))
+
+    def run(idx: list[int]) -> None:
+        enc = tokenizer(
+            [prompts[i] for i in idx],
+            return_tensors="pt",
+            padding=True,
+            add_special_tokens=False,
+        ).to(device)
+        out = model.generate(
+            **enc,
+            max_new_tokens=int(max_new_tokens),
+            do_sample=False,
+            num_beams=1,
+            eos_token_id=stops,
+            pad_token_id=tokenizer.pad_token_id,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+        )
+        new_tokens = out[:, enc["input_ids"].shape[1] :].tolist()
+        for i, seq in zip(idx, new_tokens, strict=True):
+            cut = next((k for k, t in enumerate(seq) if t in stops), len(seq))
+            predictions[i] = tokenizer.decode(seq[:cut], skip_special_tokens=True).strip()
+        bar.update(len(idx))
+
     with (
         cpu_threads(threads),
         torch.inference_mode(),
         tqdm(total=len(prompts), desc=desc, disable=not show_progress, unit="row") as bar,
     ):
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            enc = tokenizer(
-                [prompts[i] for i in idx],
-                return_tensors="pt",
-                padding=True,
-                add_special_tokens=False,
-            ).to(device)
-            out = model.generate(
-                **enc,
-                max_new_tokens=int(max_new_tokens),
-                do_sample=False,
-                num_beams=1,
-                eos_token_id=stops,
-                pad_token_id=tokenizer.pad_token_id,
-                temperature=None,
-                top_p=None,
-                top_k=None,
-            )
-            new_tokens = out[:, enc["input_ids"].shape[1] :].tolist()
-            for i, seq in zip(idx, new_tokens, strict=True):
-                cut = next((k for k, t in enumerate(seq) if t in stops), len(seq))
-                predictions[i] = tokenizer.decode(seq[:cut], skip_special_tokens=True).strip()
-            bar.update(len(idx))
+        run_batches("generation", [n + int(max_new_tokens) for n in lengths], int(batch_size),
+                    token_budget, run, oom_retries)
     return predictions, prompts

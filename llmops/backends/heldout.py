@@ -40,17 +40,68 @@ def answer_tokens(tokenizer: Any, row: Mapping[str, Any], max_length: int
     return ids[cut:], max(start - cut, 1)
 
 
+def _output_head(model: Any) -> tuple[Any, Any] | None:
+    """Returns (decoder, output head) when the head on the decoder's last hidden state gives the
+    model's own logits, else None (a model that scales or soft-caps its logits after the head).
+
+    A PEFT model reaches both through its wrapped base; LoRA layers sit inside them, so the
+    adapter applies.
+    """
+    import torch
+
+    try:
+        decoder, head = model.get_decoder(), model.get_output_embeddings()
+    except (AttributeError, NotImplementedError, ValueError):
+        return None
+    if head is None or decoder is None or decoder is model:
+        return None
+    device = next(model.parameters()).device
+    ids = torch.arange(1, 9, device=device).unsqueeze(0) % int(model.config.vocab_size)
+    want = model(input_ids=ids, use_cache=False).logits[:, -1].float()
+    got = head(decoder(input_ids=ids, use_cache=False).last_hidden_state[:, -1]).float()
+    same = want.shape == got.shape and bool(torch.allclose(want, got, rtol=1e-4, atol=1e-4))
+    return (decoder, head) if same else None
+
+
+def _batch_tensors(encoded: Sequence[tuple[list[int], int]], pad: int) -> tuple[Any, Any, Any]:
+    """Returns right-padded (ids, attention mask, answer mask) of a batch; the answer mask marks
+    the positions whose next token is an answer token."""
+    import torch
+
+    width = max(len(tokens) for tokens, _ in encoded)
+    ids = torch.full((len(encoded), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    scored = torch.zeros((len(encoded), width), dtype=torch.bool)
+    for r, (tokens, start) in enumerate(encoded):
+        ids[r, :len(tokens)] = torch.tensor(tokens)
+        mask[r, :len(tokens)] = 1
+        scored[r, start - 1:len(tokens) - 1] = True
+    return ids, mask, scored
+
+
 def row_losses(model: Any, tokenizer: Any, rows: Sequence[Mapping[str, Any]],
-               batch_size: int = 32, threads: int | None = None
+               batch_size: int = 32, threads: int | None = None, *,
+               token_budget: int | None = None, logits_mb: float | None = None,
+               oom_retries: list[dict[str, Any]] | None = None
                ) -> list[tuple[float, int] | None]:
     """Returns, per row, (summed negative log-likelihood of its answer tokens, their count).
+
+    Never holds a batch's full-vocabulary logits: one decoder pass per batch, then the output head
+    on the answer positions only, ``logits_mb`` MiB of fp32 logits at a time (a model whose
+    logits are post-processed after the head goes through its own forward with a boolean
+    ``logits_to_keep`` of the answer positions). Rows are grouped shortest first so rows x padded
+    length <= ``token_budget``; an out-of-memory batch is halved and retried (``oom.run_batches``).
 
     Args:
         model: Causal LM in eval mode (a PEFT model included).
         tokenizer: Its tokenizer, with the chat template.
         rows: Chat rows; the last message is the answer scored.
-        batch_size: Rows per forward pass (right-padded, sorted by length).
+        batch_size: Most rows per forward pass (right-padded).
         threads: Torch CPU threads (StageContext.threads); None leaves them as they are.
+        token_budget: Most rows x padded length per pass (eval.token_budget); None: rows only.
+        logits_mb: MiB of fp32 logits held at once (eval.logits_mb); None: a batch's answer
+            positions at once.
+        oom_retries: Each out-of-memory halving is appended here (see ``oom.run_batches``).
 
     Returns:
         One entry per row, None for a row that could not be measured (see answer_tokens).
@@ -58,31 +109,50 @@ def row_losses(model: Any, tokenizer: Any, rows: Sequence[Mapping[str, Any]],
     import torch
 
     from llmops.backends.common import cpu_threads
+    from llmops.backends.oom import run_batches
+    from llmops.planning.eval_memory import logits_chunk_positions
 
     limit = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
     encoded = [answer_tokens(tokenizer, row, limit) for row in rows]
-    order = sorted((i for i, e in enumerate(encoded) if e), key=lambda i: len(encoded[i][0]))
+    valid = [i for i, e in enumerate(encoded) if e]
     out: list[tuple[float, int] | None] = [None] * len(rows)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
+    vocab = int(model.config.vocab_size)
+    chunk = logits_chunk_positions(vocab, logits_mb) if logits_mb else None
+
+    def score(batch: list[int]) -> None:
+        idx = [valid[j] for j in batch]
+        ids, mask, scored = _batch_tensors([encoded[i] for i in idx], pad)
+        ids, mask, scored = ids.to(device), mask.to(device), scored.to(device)
+        targets = ids[:, 1:][scored[:, :-1]]
+        owner = torch.arange(len(idx), device=device).unsqueeze(1).expand_as(ids)[scored]
+        sums = torch.zeros(len(idx), dtype=torch.float64, device=device)
+        if parts is None:
+            try:
+                logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=scored,
+                               use_cache=False).logits
+            except TypeError:  # a (remote-code) model without logits_to_keep: full logits
+                logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[scored]
+            nll = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none")
+            sums.index_add_(0, owner, nll.double())
+        else:
+            decoder, head = parts
+            hidden = decoder(input_ids=ids, attention_mask=mask,
+                             use_cache=False).last_hidden_state[scored]
+            step = chunk or len(targets)
+            for c in range(0, len(targets), step):
+                logits = head(hidden[c:c + step]).float()
+                nll = torch.nn.functional.cross_entropy(logits, targets[c:c + step],
+                                                        reduction="none")
+                del logits
+                sums.index_add_(0, owner[c:c + step], nll.double())
+        counts = scored.sum(dim=1)
+        for r, i in enumerate(idx):
+            out[i] = (float(sums[r]), int(counts[r]))
+
     with cpu_threads(threads), torch.inference_mode():
-        for b in range(0, len(order), max(1, int(batch_size))):
-            idx = order[b:b + max(1, int(batch_size))]
-            width = max(len(encoded[i][0]) for i in idx)
-            ids = torch.full((len(idx), width), pad, dtype=torch.long)
-            labels = torch.full((len(idx), width), -100, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for r, i in enumerate(idx):
-                tokens, start = encoded[i]
-                ids[r, :len(tokens)] = torch.tensor(tokens)
-                labels[r, start:len(tokens)] = torch.tensor(tokens[start:])
-                mask[r, :len(tokens)] = 1
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-            logits, target = logits[:, :-1].float(), labels[:, 1:].to(device)
-            nll = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100,
-                reduction="none").view(target.shape)
-            counts = (target != -100).sum(dim=1)
-            for r, i in enumerate(idx):
-                out[i] = (float(nll[r].sum()), int(counts[r]))
+        parts = _output_head(model)
+        run_batches("held-out loss", [len(encoded[i][0]) for i in valid], batch_size,
+                    token_budget, score, oom_retries)
     return out

@@ -96,7 +96,8 @@ def add_lm_eval(b: PlanBuilder, s: StageInputs) -> None:
         return
     params = {"model": s.model, "tasks": list(le.tasks), "limit": le.limit,
               "num_fewshot": le.num_fewshot, "batch_size": le.batch_size,
-              "max_gen_toks": e.max_new_tokens}
+              "max_gen_toks": e.max_new_tokens, "logits_mb": e.logits_mb,
+              "max_length": s.train["max_length"]}
     needs = ["data", *([tuned] if tuned else []), *s.base]
     b.add("lm_eval", params, needs, f"lm-eval {', '.join(le.tasks)} on base"
           f"{' and tuned' if tuned else ''}{f' (limit {le.limit})' if le.limit else ''}")

@@ -268,7 +268,8 @@ def _procs_text(d: dict[str, Any] | None) -> str:
 def _eval_params(s: StageInputs) -> dict[str, Any]:
     e = s.cfg.eval
     return {"model": s.model, "quant": s.quant, "max_new_tokens": e.max_new_tokens,
-            "batch_size": e.batch_size, "limit": e.limit, "worst_examples": e.worst_examples}
+            "batch_size": e.batch_size, "token_budget": e.token_budget,
+            "logits_mb": e.logits_mb, "limit": e.limit, "worst_examples": e.worst_examples}
 
 
 def add_eval_base(b: PlanBuilder, s: StageInputs) -> None:

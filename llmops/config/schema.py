@@ -319,7 +319,15 @@ class EvalConfig(_Group):
 
     enabled: bool = Field(True, description="Run evaluation.")
     max_new_tokens: Tokens = Field(96, description="Tokens generated per answer.")
-    batch_size: Batch = Field(32, description="Generation batch size.")
+    batch_size: Batch = Field(32, description="Most rows per generation / held-out loss batch.")
+    token_budget: Tokens = Field(
+        description="Most tokens one eval batch holds: rows x padded length in the held-out "
+                    "loss, rows x (prompt + max_new_tokens) in generation (its KV cache); at "
+                    "least one row per batch. Lower it when eval does not fit.")
+    logits_mb: float = Field(
+        gt=0, le=1024 * 1024, description="MiB of full-vocabulary fp32 logits held at once: "
+        "the held-out loss scores answer positions in chunks of this size; lm_eval's harness "
+        "batch x length is kept within it (at least one request).")
     limit: Rows | None = Field(None, description="Evaluate only the first N test rows.")
     enforce: bool = Field(True, description="A failed gate stops the plan before export.")
     gates: GateSet = Field(

@@ -1,7 +1,9 @@
 """Stage "eval": evaluates the tuned model, compares it with the base, applies gates.
 
 Writes eval_report.json {base, tuned, gates, passed, gate_choice, metrics_by_kind, worst_examples,
-deltas, n, samples, answer_syntax, seconds}; answer_syntax is the call syntax the answers were
+deltas, n, samples, answer_syntax, seconds, oom_retries}; oom_retries lists each out-of-memory
+halving of a batch, base's and tuned's ({"model", "phase", "rows": [from, to], "token_budget":
+[from, to]}); answer_syntax is the call syntax the answers were
 read in (the model's own template's: hermes, llama3_json, task_api). A failed gate is reported,
 never raised: the runner decides from params["enforce"] whether the plan stops.
 """
@@ -129,9 +131,9 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
     """Evaluates base + adapter (or the fully fine-tuned model) and checks the quality gates.
 
     Params read: model (hub_id, trust_remote_code, chat_template), quant, max_new_tokens,
-    batch_size, limit,
-    worst_examples, gates (resolved: ``llmops.scoring.gates.choose_gates``), gate_mode,
-    confidence. (enforce is read by the runner, not here.)
+    batch_size, token_budget, logits_mb, limit, worst_examples, gates (resolved:
+    ``llmops.scoring.gates.choose_gates``), gate_mode, confidence. (enforce is read by the
+    runner, not here.)
     Inputs: "data" (test.jsonl), "sft" (adapter/ or model/), "eval_base" (base_eval.json; when
     absent the base is evaluated here), "base" for the tiny model.
 
@@ -205,6 +207,9 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
         "answer_syntax": tuned["answer_syntax"],
         "seconds": round(time.perf_counter() - start, 3),
         "generation_seconds": tuned["seconds"],
+        "oom_retries": [{"model": side, **r} for side, report in (("base", base_report),
+                                                                    ("tuned", tuned))
+                        for r in report.get("oom_retries") or []],
     }
     write_json(Path(out_dir) / REPORT_NAME, report)
     return report

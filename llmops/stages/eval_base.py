@@ -66,11 +66,13 @@ def evaluate_model(
 
     Returns:
         {"metrics", "by_kind", "stats", "n", "samples", "predictions", "answer_syntax",
-        "worst_examples", "seconds"}: whole-split metrics, metrics by row kind (tool, refusal,
-        text), each gateable metric's value/n/sd (for tolerance by split size), the first
-        N_SAMPLES rows with prompt, reference, prediction and exact, every answer, the call syntax
-        the answers were read in (``parsers.syntax_of`` the template: hermes, llama3_json,
-        task_api; None when it writes no calls), and the worst rows per metric.
+        "worst_examples", "seconds", "oom_retries"}: whole-split metrics, metrics by row kind
+        (tool, refusal, text), each gateable metric's value/n/sd (for tolerance by split size),
+        the first N_SAMPLES rows with prompt, reference, prediction and exact, every answer, the
+        call syntax the answers were read in (``parsers.syntax_of`` the template: hermes,
+        llama3_json, task_api; None when it writes no calls), the worst rows per metric, and each
+        out-of-memory halving of a batch ({"phase", "rows": [from, to], "token_budget": [from,
+        to]}; ``llmops.backends.oom``).
     """
     from llmops.backends.generation import generate
     from llmops.backends.heldout import row_losses
@@ -80,6 +82,7 @@ def evaluate_model(
     from llmops.scoring.split import add_losses, reference_text, score_split
 
     start = time.perf_counter()
+    retries: list[dict[str, Any]] = []
     predictions, prompts = generate(
         model,
         tokenizer,
@@ -89,8 +92,12 @@ def evaluate_model(
         show_progress=ctx.show_progress,
         desc=desc,
         threads=ctx.threads,
+        token_budget=int(params["token_budget"]),
+        oom_retries=retries,
     )
-    losses = row_losses(model, tokenizer, rows, int(params["batch_size"]), ctx.threads)
+    losses = row_losses(model, tokenizer, rows, int(params["batch_size"]), ctx.threads,
+                        token_budget=int(params["token_budget"]),
+                        logits_mb=float(params["logits_mb"]), oom_retries=retries)
     seconds = time.perf_counter() - start
     scored = score_split(rows, predictions, answer_parser(tokenizer))
     add_losses(scored, losses)
@@ -115,7 +122,7 @@ def evaluate_model(
             "answer_syntax": syntax_of(tokenizer.chat_template),
             "worst_examples": worst_examples(rows, predictions, per_row,
                                              int(params["worst_examples"])),
-            "seconds": round(seconds, 3)}
+            "seconds": round(seconds, 3), "oom_retries": retries}
 
 
 def evaluate_base(
@@ -141,8 +148,7 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
     """Evaluates the base model on data's test.jsonl and writes base_eval.json.
 
     Params read: model (hub_id, trust_remote_code, chat_template), quant, max_new_tokens,
-    batch_size, limit,
-    worst_examples.
+    batch_size, token_budget, logits_mb, limit, worst_examples.
     Inputs: "data" (test.jsonl), "base" for the tiny model.
 
     Returns:

@@ -5,7 +5,9 @@ run offline over the data stage's test.jsonl: the stage renders each prompt with
 template, writes the task data and YAMLs with absolute paths into its own folder, and points the
 harness there. Any other name is a standard harness task (hellaswag, arc_easy, mmlu_*; these
 download their data). The tuned model is base + adapter through model_args peft=..., or the merged
-/ fully fine-tuned folder. Writes lm_eval_report.json {tasks, base, tuned, deltas}.
+/ fully fine-tuned folder. The harness builds batch x length x vocab logits: the stage picks its
+batch so they stay within eval.logits_mb (``harness_batch``). Writes lm_eval_report.json {tasks,
+base, tuned, deltas, harness_batch_size, longest_request}.
 """
 
 from __future__ import annotations
@@ -99,9 +101,40 @@ def _scores(results: dict[str, Any], tasks: list[str]) -> dict[str, dict[str, fl
     return out
 
 
+def longest_request(tasks: list[str], task_dir: Path | None, tokenizer: Any,
+                    params: dict[str, Any]) -> int:
+    """Returns the longest request in tokens the harness will batch: a local task's prompt + its
+    longest choice, or prompt + max_gen_toks; params["max_length"] for any other task."""
+    from llmops.backends.common import read_jsonl
+
+    longest = 0 if all(t in LOCAL_TASKS for t in tasks) else int(params["max_length"])
+    if task_dir is None:
+        return max(1, longest)
+
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    for row in read_jsonl(task_dir / "task_api_choice.jsonl"):
+        longest = max([longest, *(count(row["prompt"] + c) for c in row["choices"])])
+    for row in read_jsonl(task_dir / "task_api_call.jsonl"):
+        longest = max(longest, count(row["prompt"]) + int(params["max_gen_toks"]))
+    return max(1, longest)
+
+
+def harness_batch(params: dict[str, Any], longest: int, vocab_size: int) -> int:
+    """Returns the harness batch size: its batch x length x vocab logits (and their log-softmax)
+    stay within eval.logits_mb (``llmops.planning.eval_memory.harness_batch``), at most
+    eval.lm_eval.batch_size, at least one request."""
+    from llmops.planning.eval_memory import harness_batch as bounded
+
+    return bounded(vocab_size, float(params["logits_mb"]), longest, int(params["batch_size"]))
+
+
 def evaluate(model_args: dict[str, Any], tasks: list[str], task_dir: Path | None,
              params: dict[str, Any], device: str) -> dict[str, Any]:
-    """Runs lm_eval.simple_evaluate(model="hf") and returns its raw results."""
+    """Runs lm_eval.simple_evaluate(model="hf") and returns its raw results.
+
+    params["batch_size"] is the bounded harness batch (``harness_batch``)."""
     import lm_eval
     from lm_eval.tasks import TaskManager
 
@@ -119,13 +152,16 @@ def evaluate(model_args: dict[str, Any], tasks: list[str], task_dir: Path | None
 def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext) -> dict:
     """Runs the harness tasks on the base and (when trained) the tuned model.
 
-    Params read: model, tasks, limit, num_fewshot, batch_size, max_gen_toks.
+    Params read: model, tasks, limit, num_fewshot, batch_size, max_gen_toks, logits_mb,
+    max_length (the longest request assumed for a harness task that is not local).
     Inputs: "data" (test.jsonl), "merge"|"dpo"|"sft" (the tuned model), "base" for the tiny model.
 
     Returns:
         The report written to lm_eval_report.json.
     """
     import importlib.util
+
+    from transformers import AutoConfig
 
     from llmops.backends.common import base_model_path, read_jsonl, set_seed, write_json
     from llmops.backends.generation import load_tokenizer
@@ -149,18 +185,25 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
         tuned_args = ({**model_args, "peft": str(path)} if artifact == "adapter"
                       else {**model_args, "pretrained": str(path)})
     task_dir = None
+    tok_dir = tuned_args.get("peft", tuned_args["pretrained"]) if tuned_args else base
+    tokenizer = load_tokenizer(tok_dir if Path(tok_dir, "tokenizer_config.json").is_file()
+                               else base, trust_remote_code=trust)
     if any(t in LOCAL_TASKS for t in tasks):
         if inputs.get("data") is None:
             raise StageError("lm_eval: local tasks need the 'data' input (test.jsonl).")
         rows = read_jsonl(Path(inputs["data"]) / "test.jsonl")
-        tok_dir = tuned_args.get("peft", tuned_args["pretrained"]) if tuned_args else base
-        tokenizer = load_tokenizer(tok_dir if Path(tok_dir, "tokenizer_config.json").is_file()
-                                   else base, trust_remote_code=trust)
         task_dir = write_local_tasks(rows, tokenizer, out_dir / "tasks",
                                      int(params["max_gen_toks"]), ctx.seed)
+    longest = longest_request(tasks, task_dir, tokenizer, params)
+    vocab = int(AutoConfig.from_pretrained(str(base), trust_remote_code=trust).vocab_size)
+    batch = harness_batch(params, longest, vocab)
+    ctx.logger.info("lm_eval: harness batch %d (longest request %d tokens x %d vocab within "
+                    "eval.logits_mb %g)", batch, longest, vocab, params["logits_mb"])
+    params = {**params, "batch_size": batch}
     report: dict[str, Any] = {"tasks": tasks, "limit": params.get("limit"),
                               "num_fewshot": params.get("num_fewshot"),
                               "task_dir": "tasks" if task_dir else None,
+                              "harness_batch_size": batch, "longest_request": longest,
                               "model_args": {"base": model_args, "tuned": tuned_args}}
     ctx.logger.info("lm_eval: %s on the base model", ", ".join(tasks))
     raw_base = evaluate(model_args, tasks, task_dir, params, ctx.device)
