@@ -15,6 +15,8 @@ from llmops.compiler.plan import Plan, StageSpec, stage_module
 from llmops.errors import GateFailed, LlmopsError, NoGo, StageError, StoreError
 from llmops.runner.context import StageContext
 from llmops.runner.manifest import Manifest
+from llmops.runner.memory import fix_for, planned
+from llmops.runner.supervise import StageProcess
 from llmops.store.cas import Store
 from llmops.tracking.metrics import start_tracking
 
@@ -113,7 +115,7 @@ def _stop(manifest: Manifest, store: Store, exc: BaseException,
         status = "interrupted" if stopped else "failed"
         message = str(error) or type(error).__name__
         if stage:
-            manifest.stage(stage, status=status, error=message)
+            manifest.stage(stage, status=status, error=message, **getattr(error, "fields", {}))
         manifest.finish(status, **({"failed_stage": stage} if stage else {"error": message}))
     return error
 
@@ -122,6 +124,30 @@ def _run_stages(plan: Plan, run_dir: Path, store: Store, manifest: Manifest) -> 
     """Runs the stages in order, recording each; run_plan records why they stopped, if they did."""
     store.register_run(run_dir)
     tracking = start_tracking(plan, run_dir, manifest)  # metrics.json (+ W&B); finishes with it
+    stage_process = _stage_process()
+    try:
+        _run_each(plan, run_dir, store, manifest, tracking, stage_process)
+    finally:
+        if stage_process is not None:
+            stage_process.close()
+
+
+def _stage_process() -> StageProcess | None:
+    """Returns the job's stage process, or None where stages run in this process: a task of a
+    multi-task submitit job, whose training stages share this process's rendezvous store with
+    the other tasks (llmops.backends.submitit_ranks)."""
+    import os
+
+    from llmops.backends.ranks import LAUNCHER_ENV, current_world
+
+    if os.environ.get(LAUNCHER_ENV) == "submitit" and current_world() > 1:
+        return None
+    return StageProcess()
+
+
+def _run_each(plan: Plan, run_dir: Path, store: Store, manifest: Manifest, tracking: Any,
+              stage_process: StageProcess | None) -> None:
+    """The stage loop of _run_stages: each stage cached or run (in the stage process)."""
     outputs: dict[str, Path] = {}
     total = len(plan.stages)
     blocked: str | None = None
@@ -131,8 +157,10 @@ def _run_stages(plan: Plan, run_dir: Path, store: Store, manifest: Manifest) -> 
             manifest.stage(spec.name, status="skipped", reason=blocked)
             log.info("[%d/%d] %s: skipped (%s)", i, total, spec.name, blocked)
             continue
+        manifest.stage(spec.name, status="running")  # what a killed runner leaves behind
         try:
-            entry, status, seconds, extra = _execute(spec, plan, store, outputs, run_dir, i, total)
+            entry, status, seconds, extra = _execute(spec, plan, store, outputs, run_dir, i, total,
+                                                     stage_process)
         except BaseException as exc:
             error = _stop(manifest, store, exc, spec.name)
             if error is exc:
@@ -187,8 +215,13 @@ def _read_report(path: Path) -> dict[str, Any]:
 
 
 def _execute(spec: StageSpec, plan: Plan, store: Store, outputs: dict[str, Path],
-             run_dir: Path, i: int, total: int) -> tuple[Path, str, float, dict[str, Any]]:
+             run_dir: Path, i: int, total: int, stage_process: StageProcess | None = None,
+             ) -> tuple[Path, str, float, dict[str, Any]]:
     """Returns (entry, status, seconds, extra manifest fields) for one stage.
+
+    A stage that runs does so in the job's stage process (llmops.runner.supervise), which this
+    process outlives: if it dies, the error says which stage, the signal, the peak memory and
+    what the compute plan planned. The manifest records each run stage's `peak_rss_gb`.
 
     The stage comes from the store (cached) when its entry passes the check (`store.verify`), or
     runs in a private .tmp folder, or, for a resumable stage (module attribute RESUMABLE), in its
@@ -238,7 +271,13 @@ def _execute(spec: StageSpec, plan: Plan, store: Store, outputs: dict[str, Path]
         )
         inputs = {name: outputs[name] for name in spec.needs}
         try:
-            module.run(params, inputs, work, ctx)
+            if stage_process is None:
+                module.run(params, inputs, work, ctx)
+            else:
+                extra.update(stage_process.run(
+                    spec.name, spec.kind, params, inputs, work, ctx,
+                    _planned(plan, spec.kind, outputs), fix_for(spec.kind, params, ctx.device),
+                ))
             seconds = time.perf_counter() - t0
             if status == "resumed":
                 report = _read_report(work / spec.report)
@@ -256,6 +295,14 @@ def _execute(spec: StageSpec, plan: Plan, store: Store, outputs: dict[str, Path]
     log.info("[%d/%d] %s: %s in %.1fs", i, total, spec.name,
              "resumed and done" if status == "resumed" else "done", seconds)
     return entry, status, seconds, extra
+
+
+def _planned(plan: Plan, kind: str, outputs: dict[str, Path]) -> dict[str, Any]:
+    """Returns what the run's compute plan planned for a stage of `kind` ({} without one)."""
+    compute = next((s for s in plan.stages if s.kind == "compute"), None)
+    if compute is None or compute.name not in outputs:
+        return {}
+    return planned(outputs[compute.name] / compute.report, kind, plan.run["device"])
 
 
 def _reuse(spec: StageSpec, store: Store, verify: str) -> tuple[Path | None, dict[str, Any]]:
