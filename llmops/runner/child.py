@@ -7,7 +7,8 @@ bars and warnings reach the inherited stderr. When this process dies (the kernel
 killer, a crash in native code), the runner, which outlives it, records which stage and why.
 
 Messages (pickled, multiprocessing.connection):
-    runner -> here: {"kind", "name", "params", "inputs", "out_dir", "ctx", "plan", "fix"}; None to end.
+    runner -> here: {"kind", "name", "params", "inputs", "out_dir", "ctx", "plan", "fix",
+        "log_level"}; None to end.
     here -> runner: ("log", level, logger name, message), then ("done", None) or
         ("error", exception, traceback text).
 """

@@ -63,7 +63,7 @@ def _gate_failure(report: dict[str, Any]) -> str:
 
 
 def run_plan(plan: Plan, run_dir: Path, overrides: list[str] | None = None,
-             meta: dict[str, Any] | None = None) -> dict[str, Any]:
+             meta: dict[str, Any] | None = None, stage_process: bool = True) -> dict[str, Any]:
     """Executes every stage of the plan in order, reusing finished stages from the store.
 
     Whatever stops the run once its manifest exists (a stage error, an unwritable store, Ctrl-C,
@@ -74,6 +74,9 @@ def run_plan(plan: Plan, run_dir: Path, overrides: list[str] | None = None,
         run_dir: The run folder; receives plan.json, manifest.json, reports and stage links.
         overrides: The command-line overrides, recorded in the manifest.
         meta: Extra top-level manifest fields (a sweep job's `sweep`, `sweep_dir`, `job_num`).
+        stage_process: Run the stages in a stage process this one outlives (see _execute).
+            False runs them here: task 0 of a multi-task submitit job, whose training stages
+            share this process's rendezvous store with the other tasks.
 
     Returns:
         The final manifest data.
@@ -88,7 +91,7 @@ def run_plan(plan: Plan, run_dir: Path, overrides: list[str] | None = None,
     store = Store(Path(plan.run["store_dir"]))
     manifest = Manifest(plan, run_dir, overrides, meta)
     try:
-        _run_stages(plan, run_dir, store, manifest)
+        _run_stages(plan, run_dir, store, manifest, StageProcess() if stage_process else None)
     except BaseException as exc:
         error = _stop(manifest, store, exc)
         if error is exc:
@@ -120,29 +123,16 @@ def _stop(manifest: Manifest, store: Store, exc: BaseException,
     return error
 
 
-def _run_stages(plan: Plan, run_dir: Path, store: Store, manifest: Manifest) -> None:
+def _run_stages(plan: Plan, run_dir: Path, store: Store, manifest: Manifest,
+                stage_process: StageProcess | None) -> None:
     """Runs the stages in order, recording each; run_plan records why they stopped, if they did."""
     store.register_run(run_dir)
     tracking = start_tracking(plan, run_dir, manifest)  # metrics.json (+ W&B); finishes with it
-    stage_process = _stage_process()
     try:
         _run_each(plan, run_dir, store, manifest, tracking, stage_process)
     finally:
         if stage_process is not None:
             stage_process.close()
-
-
-def _stage_process() -> StageProcess | None:
-    """Returns the job's stage process, or None where stages run in this process: a task of a
-    multi-task submitit job, whose training stages share this process's rendezvous store with
-    the other tasks (llmops.backends.submitit_ranks)."""
-    import os
-
-    from llmops.backends.ranks import LAUNCHER_ENV, current_world
-
-    if os.environ.get(LAUNCHER_ENV) == "submitit" and current_world() > 1:
-        return None
-    return StageProcess()
 
 
 def _run_each(plan: Plan, run_dir: Path, store: Store, manifest: Manifest, tracking: Any,

@@ -131,9 +131,8 @@ class StageProcess:
         code = self.proc.returncode
         fields: dict[str, Any] = {"peak_rss_gb": round(self.peak / 1e9, 3), "planned": plan}
         fields.update({"signal": _signal(-code)} if code < 0 else {"exit_code": code})
-        message = death_message(name, kind, code, self.peak or None, plan, fix, device)
-        log.error("%s", message)
-        raise StageDied(message, fields)
+        raise StageDied(death_message(name, kind, code, self.peak or None, plan, fix, device),
+                        fields)
 
     def _stop(self) -> None:
         """Stops a running stage (SIGTERM: it raises there like Ctrl-C), then ends the process."""
