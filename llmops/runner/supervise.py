@@ -70,6 +70,14 @@ class StageProcess:
             BaseException: What the stage raised (sent back from the stage process), or the
                 runner's own stop (after stopping the stage).
         """
+        if self.proc is not None and self.proc.returncode is None:
+            pid, status, usage = os.wait4(self.proc.pid, os.WNOHANG)
+            if pid:  # it died between stages (nothing of it was in use): start another
+                self._reaped(status, usage)
+                code = self.proc.returncode
+                log.warning("the stage process ended between stages (%s); starting a new one.",
+                            f"signal {_signal(-code)}" if code < 0 else f"exit code {code}")
+                self._close_conn()
         if self.proc is None or self.proc.returncode is not None:
             self._start()
         request = {"name": name, "kind": kind, "params": params,
@@ -81,7 +89,10 @@ class StageProcess:
         self.peak = 0
         _reset_peak(self.proc.pid)
         try:
-            self.conn.send(request)
+            try:
+                self.conn.send(request)
+            except OSError:  # it died as the stage was handed over
+                self._died(name, kind, plan, fix, ctx.device)
             reply = self._wait(name, kind, plan, fix, ctx.device)
         except StageDied:
             raise
