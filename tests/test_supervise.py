@@ -71,6 +71,26 @@ def test_a_stage_killed_by_sigkill_is_recorded_with_the_signal_and_the_rerun_res
     assert rerun["stages"]["sft"]["peak_rss_gb"] > 0.1
 
 
+@pytest.mark.slow
+def test_ctrl_c_in_a_terminal_reaches_both_processes_and_stops_the_stage_once(tmp_path):
+    """A terminal's Ctrl-C goes to the whole process group: the runner and its stage process."""
+    args = ["train.max_steps=100", "train.save_steps=5", *TRAIN_ONLY]
+    proc = _start_until_checkpoint(tmp_path, args)
+    stage = _stage_process(proc.pid)
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.wait(timeout=120)
+    err = _stderr(tmp_path)
+    assert proc.returncode == 130, err[-3000:]
+    assert "interrupted: finished stages stay in the store; rerun to resume." in err
+    assert not psutil.pid_exists(stage.pid) or stage.status() == psutil.STATUS_ZOMBIE
+    manifest = _manifest(tmp_path)
+    assert manifest["status"] == "interrupted" and manifest["failed_stage"] == "sft"
+    assert manifest["stages"]["sft"]["status"] == "interrupted"
+    assert manifest["stages"]["sft"]["error"] == "KeyboardInterrupt"
+    assert list((tmp_path / "outputs/store/.tmp").glob("*")) == []
+    assert glob.glob(str(tmp_path / CHECKPOINT)), "the checkpoint stays for the rerun"
+
+
 @pytest.fixture(scope="module")
 def fault_store(tmp_path_factory) -> Path:
     """One store for the fault runs: base and data are built once."""
