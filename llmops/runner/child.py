@@ -158,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     # Ctrl-C reaches the whole process group; the runner stops this process (SIGTERM), so the
     # stage stops once, in order. A Python handler, not SIG_IGN, so that it is not inherited.
     signal.signal(signal.SIGINT, lambda signum, frame: None)
+    # SLURM's time-limit warning (submitit's requeue signal) may reach every process of the job;
+    # the runner's submitit handler requeues and stops this process.
+    signal.signal(signal.SIGUSR2, lambda signum, frame: None)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # until a stage runs
     _die_with_parent()
     if os.getppid() != parent:  # the runner died before we could follow it
