@@ -229,6 +229,10 @@ def _llmops_capped(root: Path, run_dir: Path, *overrides: str,
     (run_dir / "memory_cap.json").write_text(json.dumps(record, indent=2))
     if proc.returncode in (0, 3) and over is None:
         return peaks
+    if group is not None:  # the run is over and nothing of it serves: the cap goes too
+        with contextlib.suppress(OSError, ValueError):
+            group.rmdir()
+            _GROUPS.remove(group)
     manifest = _read(run_dir / "manifest.json") if (run_dir / "manifest.json").is_file() else {}
     failed = manifest.get("failed_stage")
     reason = (manifest.get("stages") or {}).get(failed, {}).get("error") or manifest.get("error")
