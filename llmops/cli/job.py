@@ -28,7 +28,7 @@ log = logging.getLogger("llmops")
 
 
 def execute(cfg: Any, run_dir: Path | None = None, overrides: list[str] | None = None,
-            meta: dict[str, Any] | None = None) -> Any:
+            meta: dict[str, Any] | None = None, stage_process: bool = True) -> Any:
     """Runs the pipeline for one composed config (the pure task function behind the CLI).
 
     Args:
@@ -36,6 +36,7 @@ def execute(cfg: Any, run_dir: Path | None = None, overrides: list[str] | None =
         run_dir: The run folder (default: Hydra's output dir).
         overrides: The overrides to record (default: Hydra's task overrides).
         meta: Extra manifest fields (a sweep job's sweep id, sweep folder and job number).
+        stage_process: Run the stages in a stage process (llmops.runner.run.run_plan).
 
     Returns:
         The tuned model's exact match (the metric sweepers optimise) as a finite float, or None
@@ -72,7 +73,7 @@ def execute(cfg: Any, run_dir: Path | None = None, overrides: list[str] | None =
             console.print(compute_table(estimate))
         console.print(f"dry run: nothing ran. Plan written to {Path(run_dir) / 'plan.json'}")
         return None
-    manifest = run_plan(plan, Path(run_dir), overrides, meta)
+    manifest = run_plan(plan, Path(run_dir), overrides, meta, stage_process)
     report = _eval_report(Path(run_dir))
     print_summary(console, manifest, report, Path(run_dir))  # never fails the finished run
     return job_metric(report)
@@ -149,13 +150,17 @@ def _submitit_rank() -> int | None:
 
 def _execute_as_task_0(cfg: Any, run_dir: Path, overrides: list[str], job: dict[str, Any],
                        lead: bool) -> Any:
-    """Runs execute; as task 0 of a multi-task job, then tells the other tasks it is done."""
+    """Runs execute; as task 0 of a multi-task job, then tells the other tasks it is done.
+
+    Task 0 runs its stages in its own process: its training stages hand their specs to the other
+    tasks through a rendezvous store that lives in this process (llmops.backends.submitit_ranks).
+    """
     if not lead:
         return execute(cfg, run_dir, overrides, meta=job)
     from llmops.backends.submitit_ranks import finish
 
     try:
-        return execute(cfg, run_dir, overrides, meta=job)
+        return execute(cfg, run_dir, overrides, meta=job, stage_process=False)
     finally:
         finish()
 

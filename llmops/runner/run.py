@@ -15,6 +15,8 @@ from llmops.compiler.plan import Plan, StageSpec, stage_module
 from llmops.errors import GateFailed, LlmopsError, NoGo, StageError, StoreError
 from llmops.runner.context import StageContext
 from llmops.runner.manifest import Manifest
+from llmops.runner.memory import fix_for, planned
+from llmops.runner.supervise import StageProcess
 from llmops.store.cas import Store
 from llmops.tracking.metrics import start_tracking
 
@@ -61,7 +63,7 @@ def _gate_failure(report: dict[str, Any]) -> str:
 
 
 def run_plan(plan: Plan, run_dir: Path, overrides: list[str] | None = None,
-             meta: dict[str, Any] | None = None) -> dict[str, Any]:
+             meta: dict[str, Any] | None = None, stage_process: bool = True) -> dict[str, Any]:
     """Executes every stage of the plan in order, reusing finished stages from the store.
 
     Whatever stops the run once its manifest exists (a stage error, an unwritable store, Ctrl-C,
@@ -72,6 +74,9 @@ def run_plan(plan: Plan, run_dir: Path, overrides: list[str] | None = None,
         run_dir: The run folder; receives plan.json, manifest.json, reports and stage links.
         overrides: The command-line overrides, recorded in the manifest.
         meta: Extra top-level manifest fields (a sweep job's `sweep`, `sweep_dir`, `job_num`).
+        stage_process: Run the stages in a stage process this one outlives (see _execute).
+            False runs them here: task 0 of a multi-task submitit job, whose training stages
+            share this process's rendezvous store with the other tasks.
 
     Returns:
         The final manifest data.
@@ -86,7 +91,7 @@ def run_plan(plan: Plan, run_dir: Path, overrides: list[str] | None = None,
     store = Store(Path(plan.run["store_dir"]))
     manifest = Manifest(plan, run_dir, overrides, meta)
     try:
-        _run_stages(plan, run_dir, store, manifest)
+        _run_stages(plan, run_dir, store, manifest, StageProcess() if stage_process else None)
     except BaseException as exc:
         error = _stop(manifest, store, exc)
         if error is exc:
@@ -113,15 +118,26 @@ def _stop(manifest: Manifest, store: Store, exc: BaseException,
         status = "interrupted" if stopped else "failed"
         message = str(error) or type(error).__name__
         if stage:
-            manifest.stage(stage, status=status, error=message)
+            manifest.stage(stage, status=status, error=message, **getattr(error, "fields", {}))
         manifest.finish(status, **({"failed_stage": stage} if stage else {"error": message}))
     return error
 
 
-def _run_stages(plan: Plan, run_dir: Path, store: Store, manifest: Manifest) -> None:
+def _run_stages(plan: Plan, run_dir: Path, store: Store, manifest: Manifest,
+                stage_process: StageProcess | None) -> None:
     """Runs the stages in order, recording each; run_plan records why they stopped, if they did."""
     store.register_run(run_dir)
     tracking = start_tracking(plan, run_dir, manifest)  # metrics.json (+ W&B); finishes with it
+    try:
+        _run_each(plan, run_dir, store, manifest, tracking, stage_process)
+    finally:
+        if stage_process is not None:
+            stage_process.close()
+
+
+def _run_each(plan: Plan, run_dir: Path, store: Store, manifest: Manifest, tracking: Any,
+              stage_process: StageProcess | None) -> None:
+    """The stage loop of _run_stages: each stage cached or run (in the stage process)."""
     outputs: dict[str, Path] = {}
     total = len(plan.stages)
     blocked: str | None = None
@@ -131,8 +147,10 @@ def _run_stages(plan: Plan, run_dir: Path, store: Store, manifest: Manifest) -> 
             manifest.stage(spec.name, status="skipped", reason=blocked)
             log.info("[%d/%d] %s: skipped (%s)", i, total, spec.name, blocked)
             continue
+        manifest.stage(spec.name, status="running")  # what a killed runner leaves behind
         try:
-            entry, status, seconds, extra = _execute(spec, plan, store, outputs, run_dir, i, total)
+            entry, status, seconds, extra = _execute(spec, plan, store, outputs, run_dir, i, total,
+                                                     stage_process)
         except BaseException as exc:
             error = _stop(manifest, store, exc, spec.name)
             if error is exc:
@@ -187,8 +205,13 @@ def _read_report(path: Path) -> dict[str, Any]:
 
 
 def _execute(spec: StageSpec, plan: Plan, store: Store, outputs: dict[str, Path],
-             run_dir: Path, i: int, total: int) -> tuple[Path, str, float, dict[str, Any]]:
+             run_dir: Path, i: int, total: int, stage_process: StageProcess | None = None,
+             ) -> tuple[Path, str, float, dict[str, Any]]:
     """Returns (entry, status, seconds, extra manifest fields) for one stage.
+
+    A stage that runs does so in the job's stage process (llmops.runner.supervise), which this
+    process outlives: if it dies, the error says which stage, the signal, the peak memory and
+    what the compute plan planned. The manifest records each run stage's `peak_rss_gb`.
 
     The stage comes from the store (cached) when its entry passes the check (`store.verify`), or
     runs in a private .tmp folder, or, for a resumable stage (module attribute RESUMABLE), in its
@@ -238,7 +261,13 @@ def _execute(spec: StageSpec, plan: Plan, store: Store, outputs: dict[str, Path]
         )
         inputs = {name: outputs[name] for name in spec.needs}
         try:
-            module.run(params, inputs, work, ctx)
+            if stage_process is None:
+                module.run(params, inputs, work, ctx)
+            else:
+                extra.update(stage_process.run(
+                    spec.name, spec.kind, params, inputs, work, ctx,
+                    _planned(plan, spec.kind, outputs), fix_for(spec.kind, params, ctx.device),
+                ))
             seconds = time.perf_counter() - t0
             if status == "resumed":
                 report = _read_report(work / spec.report)
@@ -256,6 +285,14 @@ def _execute(spec: StageSpec, plan: Plan, store: Store, outputs: dict[str, Path]
     log.info("[%d/%d] %s: %s in %.1fs", i, total, spec.name,
              "resumed and done" if status == "resumed" else "done", seconds)
     return entry, status, seconds, extra
+
+
+def _planned(plan: Plan, kind: str, outputs: dict[str, Path]) -> dict[str, Any]:
+    """Returns what the run's compute plan planned for a stage of `kind` ({} without one)."""
+    compute = next((s for s in plan.stages if s.kind == "compute"), None)
+    if compute is None or compute.name not in outputs:
+        return {}
+    return planned(outputs[compute.name] / compute.report, kind, plan.run["device"])
 
 
 def _reuse(spec: StageSpec, store: Store, verify: str) -> tuple[Path | None, dict[str, Any]]:

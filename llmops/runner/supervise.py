@@ -1,0 +1,226 @@
+"""The runner's side of the stage process: it outlives the stage, so a killed stage is recorded.
+
+`StageProcess` starts `python -m llmops.runner.child` once per job, at the first stage that runs
+(a run whose stages are all cached starts none), and runs every stage there. While a stage runs it
+samples the memory of the stage's process tree (psutil); when the process dies (the kernel's
+out-of-memory killer sends SIGKILL, native code segfaults) it raises a StageError that names the
+stage, the signal, the peak and what the compute plan planned, so the runner's manifest says
+`failed` with that reason. A stop of the runner (Ctrl-C, SIGTERM, submitit's requeue) stops the
+stage process first (SIGTERM; SIGKILL after a grace period), then goes on as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from llmops.errors import StageError
+from llmops.runner.memory import death_message
+
+log = logging.getLogger("llmops")
+
+#: What starts the stage process (tests may wrap it to inject faults into the real process).
+CHILD_MODULE = "llmops.runner.child"
+SAMPLE_S = 0.2  # how often the memory of the stage's process tree is sampled
+STOP_WAIT_S = 30  # how long a stopped stage may take to end before it is killed
+
+
+class StageDied(StageError):
+    """The stage's process ended without reporting (a signal, an exit); carries the manifest
+    fields that say how (`signal` or `exit_code`, `peak_rss_gb`, `planned`)."""
+
+    def __init__(self, message: str, fields: dict[str, Any]):
+        super().__init__(message)
+        self.fields = fields
+
+
+class StageProcess:
+    """One job's stage process, started on first use; `close()` ends it."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+        self.conn: Connection | None = None
+        self.peak = 0  # bytes: the sampled peak of the last stage's process tree
+
+    def _start(self) -> None:
+        ours, theirs = socket.socketpair()
+        cmd = [sys.executable, "-m", CHILD_MODULE, str(theirs.fileno()), str(os.getpid())]
+        try:
+            self.proc = subprocess.Popen(cmd, pass_fds=(theirs.fileno(),),
+                                         stdin=subprocess.DEVNULL)
+        finally:
+            theirs.close()
+        self.conn = Connection(ours.detach())
+
+    def run(self, name: str, kind: str, params: dict[str, Any], inputs: dict[str, Path],
+            out_dir: Path, ctx: Any, plan: dict[str, Any], fix: str) -> dict[str, Any]:
+        """Runs one stage in the stage process; returns {peak_rss_gb} of its process tree.
+
+        Raises:
+            StageDied: The process died or exited during the stage.
+            BaseException: What the stage raised (sent back from the stage process), or the
+                runner's own stop (after stopping the stage).
+        """
+        if self.proc is not None and self.proc.returncode is None:
+            pid, status, usage = os.wait4(self.proc.pid, os.WNOHANG)
+            if pid:  # it died between stages (nothing of it was in use): start another
+                self._reaped(status, usage)
+                code = self.proc.returncode
+                log.warning("the stage process ended between stages (%s); starting a new one.",
+                            f"signal {_signal(-code)}" if code < 0 else f"exit code {code}")
+                self._close_conn()
+        if self.proc is None or self.proc.returncode is not None:
+            self._start()
+        request = {"name": name, "kind": kind, "params": params,
+                   "inputs": {k: str(v) for k, v in inputs.items()}, "out_dir": str(out_dir),
+                   "ctx": {"run_dir": str(ctx.run_dir), "device": ctx.device, "seed": ctx.seed,
+                           "show_progress": ctx.show_progress, "threads": ctx.threads},
+                   "plan": plan, "fix": fix,
+                   "log_level": logging.getLogger().getEffectiveLevel()}
+        self.peak = 0
+        _reset_peak(self.proc.pid)
+        try:
+            try:
+                self.conn.send(request)
+            except OSError:  # it died as the stage was handed over
+                self._died(name, kind, plan, fix, ctx.device)
+            reply = self._wait(name, kind, plan, fix, ctx.device)
+        except StageDied:
+            raise
+        except BaseException:  # the runner was stopped: stop the stage, then go on stopping
+            self._stop()
+            raise
+        peak = max(self.peak, _hwm(self.proc.pid))
+        status, value, *rest = reply
+        if status == "error":
+            log.debug("%s failed in the stage process:\n%s", name, rest[0] if rest else "")
+            raise value
+        return {"peak_rss_gb": round(peak / 1e9, 3)}
+
+    def _wait(self, name: str, kind: str, plan: dict[str, Any], fix: str,
+              device: str) -> tuple:
+        """Relays log records until the stage's reply; samples memory; notices a death."""
+        sampled = 0.0
+        while True:
+            if time.monotonic() - sampled >= SAMPLE_S:
+                sampled = time.monotonic()
+                self.peak = max(self.peak, _tree_rss(self.proc.pid))
+                pid, status, usage = os.wait4(self.proc.pid, os.WNOHANG)
+                if pid:
+                    self._reaped(status, usage)
+                    self._died(name, kind, plan, fix, device)
+            if not self.conn.poll(SAMPLE_S):
+                continue
+            try:
+                message = self.conn.recv()
+            except (EOFError, OSError):
+                self._died(name, kind, plan, fix, device)
+            if message[0] != "log":
+                return message
+            _, level, logger, text = message
+            logging.getLogger(logger).log(level, "%s", text)
+
+    def _reaped(self, status: int, usage: Any) -> None:
+        self.proc.returncode = os.waitstatus_to_exitcode(status)
+        self.peak = max(self.peak, usage.ru_maxrss * 1024)  # KiB on Linux
+
+    def _died(self, name: str, kind: str, plan: dict[str, Any], fix: str, device: str) -> None:
+        """Reaps the dead stage process (its own peak from wait4) and raises StageDied."""
+        if self.proc.returncode is None:
+            _, status, usage = os.wait4(self.proc.pid, 0)
+            self._reaped(status, usage)
+        self._close_conn()
+        code = self.proc.returncode
+        fields: dict[str, Any] = {"peak_rss_gb": round(self.peak / 1e9, 3), "planned": plan}
+        fields.update({"signal": _signal(-code)} if code < 0 else {"exit_code": code})
+        raise StageDied(death_message(name, kind, code, self.peak or None, plan, fix, device),
+                        fields)
+
+    def _stop(self) -> None:
+        """Stops a running stage (SIGTERM: it raises there like Ctrl-C), then ends the process."""
+        if self.proc is None or self.proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_WAIT_S
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            with contextlib.suppress(Exception):  # relay what it logs while it stops
+                if self.conn.poll(0.1):
+                    message = self.conn.recv()
+                    if message[0] == "log":
+                        logging.getLogger(message[2]).log(message[1], "%s", message[3])
+                continue
+            time.sleep(0.1)
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._close_conn()
+
+    def _close_conn(self) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(OSError):
+                self.conn.close()
+            self.conn = None
+
+    def close(self) -> None:
+        """Ends the stage process (after its stages finished): it exits when asked."""
+        if self.proc is None:
+            return
+        if self.proc.returncode is None:
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                self.conn.send(None)
+            try:
+                self.proc.wait(timeout=STOP_WAIT_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._close_conn()
+        self.proc = None
+
+
+def _signal(number: int) -> str:
+    from llmops.runner.memory import signal_name
+
+    return signal_name(number)
+
+
+def _tree_rss(pid: int) -> int:
+    """Returns the summed resident memory of a process and its descendants (0 when gone)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    total = 0
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            total += p.memory_info().rss
+    return total
+
+
+def _reset_peak(pid: int) -> None:
+    """Resets the kernel's peak-RSS mark of the stage process (Linux), so VmHWM is this stage's."""
+    with contextlib.suppress(OSError):
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def _hwm(pid: int) -> int:
+    """Returns the kernel's peak-RSS mark (VmHWM) of a live process in bytes (0 when unknown)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0

@@ -1,0 +1,184 @@
+"""The stage process under a runner that outlives it (llmops/runner/supervise.py, child.py,
+memory.py): a stage killed by a signal, or out of memory, is recorded with the reason and the fix.
+
+The kill is real (SIGKILL to the real stage process of a real run, found with psutil); the
+out-of-memory errors are real exceptions raised inside the real trainer of the real stage process
+(tests/fault_child.py).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from test_sweeps import CHECKPOINT, TRAIN_ONLY, _start_until_checkpoint, _stderr, llmops
+
+from llmops.errors import EXIT_STAGE_FAILED, StageError
+from llmops.runner import memory
+
+
+def _manifest(tmp_path: Path) -> dict:
+    runs = sorted((tmp_path / "outputs/runs").glob("*/*/manifest.json"),
+                  key=lambda p: p.stat().st_mtime)
+    return json.loads(runs[-1].read_text())
+
+
+def _stage_process(runner: int) -> psutil.Process:
+    """Returns the runner's stage process (python -m llmops.runner.child)."""
+    for child in psutil.Process(runner).children():
+        if "llmops.runner.child" in " ".join(child.cmdline()):
+            return child
+    raise AssertionError(f"runner {runner} has no stage process")
+
+
+@pytest.mark.slow
+def test_a_stage_killed_by_sigkill_is_recorded_with_the_signal_and_the_rerun_resumes(tmp_path):
+    args = ["train.max_steps=100", "train.save_steps=5", *TRAIN_ONLY]
+    proc = _start_until_checkpoint(tmp_path, args)
+    assert _manifest(tmp_path)["stages"]["sft"]["status"] == "running"
+    os.kill(_stage_process(proc.pid).pid, signal.SIGKILL)  # what the OOM killer sends
+    proc.wait(timeout=120)
+    err = _stderr(tmp_path)
+    assert proc.returncode == EXIT_STAGE_FAILED, err[-3000:]
+    manifest = _manifest(tmp_path)
+    sft = manifest["stages"]["sft"]
+    assert manifest["status"] == "failed" and manifest["failed_stage"] == "sft"
+    assert sft["status"] == "failed" and sft["signal"] == "SIGKILL"
+    assert sft["error"].startswith(
+        "sft: the stage's process was killed by SIGKILL — most likely the kernel's "
+        "out-of-memory killer: peak RSS ")
+    assert "GB for training; fix: train.batch_size=8 (train.effective_batch stays" in sft["error"]
+    assert sft["planned"]["what"] == "for training" and sft["planned"]["host_gb"] > 0
+    assert 0.1 < sft["peak_rss_gb"] < 20, sft  # a torch process training the tiny model
+    assert sft["error"] in err, "the same message on the terminal"
+    store = tmp_path / "outputs" / "store"
+    assert list((store / ".tmp").glob("*")) == [], "no half-written stage folder"
+    assert not (store / "sft").exists(), "nothing published"
+    assert glob.glob(str(tmp_path / CHECKPOINT)), "the checkpoint stays for the rerun"
+
+    r = llmops(*args, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rerun = _manifest(tmp_path)
+    assert rerun["status"] == "succeeded"
+    assert rerun["stages"]["sft"]["status"] == "resumed"
+    assert rerun["stages"]["sft"]["resumed_from_step"] >= 5
+    assert rerun["stages"]["sft"]["peak_rss_gb"] > 0.1
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_a_terminal_reaches_both_processes_and_stops_the_stage_once(tmp_path):
+    """A terminal's Ctrl-C goes to the whole process group: the runner and its stage process."""
+    args = ["train.max_steps=100", "train.save_steps=5", *TRAIN_ONLY]
+    proc = _start_until_checkpoint(tmp_path, args)
+    stage = _stage_process(proc.pid)
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.wait(timeout=120)
+    err = _stderr(tmp_path)
+    assert proc.returncode == 130, err[-3000:]
+    assert "interrupted: finished stages stay in the store; rerun to resume." in err
+    assert not psutil.pid_exists(stage.pid) or stage.status() == psutil.STATUS_ZOMBIE
+    manifest = _manifest(tmp_path)
+    assert manifest["status"] == "interrupted" and manifest["failed_stage"] == "sft"
+    assert manifest["stages"]["sft"]["status"] == "interrupted"
+    assert manifest["stages"]["sft"]["error"] == "KeyboardInterrupt"
+    assert list((tmp_path / "outputs/store/.tmp").glob("*")) == []
+    assert glob.glob(str(tmp_path / CHECKPOINT)), "the checkpoint stays for the rerun"
+
+
+@pytest.fixture(scope="module")
+def fault_store(tmp_path_factory) -> Path:
+    """One store for the fault runs: base and data are built once."""
+    return tmp_path_factory.mktemp("fault_store")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault, error", [
+    ("alloc", "out of memory (RuntimeError: [enforce fail at alloc_cpu.cpp"),
+    ("cuda_oom", "out of GPU (OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"),
+    ("memory", "out of memory (MemoryError: no detail)"),
+])
+def test_out_of_memory_in_training_stops_the_stage_with_peak_plan_and_fix(
+        compose_plan, tmp_path, fault_store, monkeypatch, fault, error):
+    from llmops.runner import supervise
+    from llmops.runner.run import run_plan
+
+    monkeypatch.setattr(supervise, "CHILD_MODULE", "fault_child")
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
+    monkeypatch.setenv("LLMOPS_TEST_FAULT", fault)
+    _, plan = compose_plan([*TRAIN_ONLY, "train.max_steps=3", f"store_dir={fault_store}",
+                            "hardware=cpu"])
+    t0 = time.perf_counter()
+    with pytest.raises(StageError) as failed:
+        run_plan(plan, tmp_path / "run")
+    assert time.perf_counter() - t0 < 300
+    text = str(failed.value)
+    assert text.startswith(f"sft: {error}"), text
+    assert "peak RSS " in text and " GB for training; fix: train.batch_size=8" in text, text
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and manifest["failed_stage"] == "sft"
+    assert manifest["stages"]["sft"] == {**manifest["stages"]["sft"], "status": "failed",
+                                         "error": text}
+    assert list((fault_store / ".tmp").glob("*")) == []
+    assert not (fault_store / "sft").exists()
+
+
+def test_out_of_memory_is_recognised_by_kind_not_by_import():
+    import torch
+
+    assert memory.is_out_of_memory(MemoryError())
+    assert memory.is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory."))
+    try:
+        torch.empty(2**62, dtype=torch.uint8)
+    except RuntimeError as exc:
+        assert memory.is_out_of_memory(exc)
+    assert not memory.is_out_of_memory(RuntimeError("shape mismatch"))
+    assert not memory.is_out_of_memory(ValueError("can't allocate memory"))
+
+
+def test_planned_reads_the_stage_estimate_else_the_training_total(tmp_path):
+    report = tmp_path / "compute_plan.json"
+    report.write_text(json.dumps({"total_gb": 2.5, "host_gb": 1.2,
+                                  "stages": {"eval": {"host_gb": 3.1, "device_gb": None}}}))
+    assert memory.planned(report, "eval", "cpu") == {"host_gb": 3.1, "device_gb": None,
+                                                     "what": "for this stage"}
+    assert memory.planned(report, "sft", "cpu") == {"host_gb": 2.5, "device_gb": None,
+                                                    "what": "for training"}
+    assert memory.planned(report, "sft", "cuda") == {"host_gb": 1.2, "device_gb": 2.5,
+                                                     "what": "for training"}
+    assert memory.plan_text(memory.planned(report, "merge", "cpu"), "cpu") == \
+        "planned nothing for this stage (the plan covers training: 2.5 GB)"
+    assert memory.planned(tmp_path / "missing.json", "sft", "cpu") == {}
+    assert memory.plan_text({}, "cpu") == "no memory plan (the plan has no compute stage)"
+
+
+def test_the_fix_names_the_knob_of_the_stage_with_a_value():
+    train = {"train": {"batch_size": 16, "max_length": 1024}, "quant": {"type": "none"}}
+    assert memory.fix_for("sft", train, "cpu") == (
+        "train.batch_size=8 (train.effective_batch stays, through gradient accumulation) or "
+        "train.max_length=512")
+    assert memory.fix_for("dpo", train, "cuda").endswith(" or quant=nf4")
+    assert memory.fix_for("eval_base", {"batch_size": 32}, "cpu") == \
+        "eval.batch_size=16 or a smaller eval.max_new_tokens"
+    assert memory.fix_for("eval", {"batch_size": 1}, "cpu").startswith("eval.limit=N")
+
+
+@pytest.mark.parametrize("code, start", [
+    (-9, "eval: the stage's process was killed by SIGKILL — most likely the kernel's "
+         "out-of-memory killer: peak RSS 23.9 GB, planned 2.5 GB for this stage; fix: "
+         "eval.batch_size=16 or a smaller eval.max_new_tokens."),
+    (-11, "eval: the stage's process died of SIGSEGV (a crash in native code (torch, a "
+          "tokenizer, llama.cpp)): peak RSS 23.9 GB, planned 2.5 GB for this stage."),
+    (3, "eval: the stage's process exited with code 3 without reporting an error"),
+])
+def test_death_message_says_the_signal_peak_plan_and_fix(code, start):
+    plan = {"host_gb": 2.5, "device_gb": None, "what": "for this stage"}
+    text = memory.death_message("eval", "eval", code, 23.9e9, plan,
+                                memory.fix_for("eval", {"batch_size": 32}, "cpu"), "cpu")
+    assert text.startswith(start), text
+    assert text.endswith("a rerun starts from this stage.")
