@@ -269,85 +269,49 @@ def test_one_multirun_test_answers_the_cli_metrics_and_wandb(tmp_path):
 # param), sft, dpo, eval_base and eval carry the stage table's recipe (MESSAGE_FORM 2), so they
 # and the stages after them (merge, lm_eval, export, gguf, deploy) are rebuilt once; decide,
 # compute and base keep their fingerprints.
-FINGERPRINTS = {
-    ("cpu", ()): {
-        "decide": "2c736766fa02e413", "compute": "996099736481a3d5", "base": "4278ac84084edaea",
-        "data": "6ae1f15163c80b89", "sft": "33a8d466dbdd5b60", "eval_base": "6142fbb3e12aedfd",
-        "eval": "042b8cf1ee8cf910", "export": "eb01cc60135760f2",
-    },
-    ("cpu", ("model=qwen3b", "lora=r16")): {
-        "decide": "1d86f93144f3ce38", "compute": "4cdbaeb196f84cf5", "data": "585fe4eabaa86a6e",
-        "sft": "46696613ac2a4da4", "eval_base": "32326fd3dc19b98f", "eval": "726b4fbfb9d0072b",
-        "export": "68008d7e19847c41",
-    },
-    ("cpu", ("train=sft_dpo", "merge=ties")): {
-        "decide": "2c736766fa02e413", "compute": "996099736481a3d5", "base": "4278ac84084edaea",
-        "data": "19305e9623c477e9", "sft": "afd3f3d17f14e7ae", "dpo": "bc53b80f8288f04e",
-        "merge": "23753d70999489c7", "eval_base": "3e7353c1beb721aa", "eval": "4ac50bd505df9200",
-        "export": "d2126ba41ef15b3e",
-    },
-    ("cpu", ("deploy=openai",)): {
-        "decide": "2c736766fa02e413", "compute": "996099736481a3d5", "base": "4278ac84084edaea",
-        "data": "6ae1f15163c80b89", "sft": "33a8d466dbdd5b60", "eval_base": "6142fbb3e12aedfd",
-        "eval": "042b8cf1ee8cf910", "export": "eb01cc60135760f2", "gguf": "cc785a7fa83fe1ef",
-        "deploy": "4a7d05e27746602f",
-    },
-    ("cpu", ("eval=lm_eval",)): {
-        "decide": "2c736766fa02e413", "compute": "996099736481a3d5", "base": "4278ac84084edaea",
-        "data": "6ae1f15163c80b89", "sft": "33a8d466dbdd5b60", "eval_base": "6142fbb3e12aedfd",
-        "lm_eval": "1f2094d42c275c92", "eval": "042b8cf1ee8cf910", "export": "eb01cc60135760f2",
-    },
-    ("cpu", ("model=llama8b", "hardware=t4", "dry_run=true", "quant=nf4",
-             "train.max_length=512")): {
-        "decide": "8f6fe2e6e88d7d6a", "compute": "26a059c1ded868b0", "data": "925649e46760f937",
-        "sft": "4e6da9db469e4187", "eval_base": "a8b0b2861647b25f", "eval": "251ef35de0828e85",
-        "export": "e7856097f82a0eae",
-    },
-    ("h100", ("model=qwen1.5b",)): {
-        "decide": "4c2e77bb9e9c5cff", "compute": "b4fad777a2b68746", "data": "7793e753bce7441e",
-        "sft": "9569db2898aeb871", "eval_base": "5f9b9ed0898e1e07", "eval": "46fc0a15d8075a59",
-        "export": "8d088b5191ad843d",
 # And once more (issue 20, hostile data rows): the data stage's params carry the limits it works
 # under (limits.row_bytes, json_depth, pattern_seconds, template_seconds, glob_files_warn), so the
 # data stage and every stage after it change once.
+# And once more (issue 19, bounded eval): eval_base, eval and lm_eval take eval.token_budget and
+# eval.logits_mb (lm_eval also train.max_length), so they and the stages after them change once.
 FINGERPRINTS = {
     ("cpu", ()): {
         "decide": "2c736766fa02e413", "compute": "996099736481a3d5", "base": "4278ac84084edaea",
-        "data": "2132ad881c6596fb", "sft": "abf67336626217a8", "eval_base": "d5d4b0092d9453e2",
-        "eval": "c3022fb571c83e9f", "export": "290e90de1bd449d0",
+        "data": "68b9f2e87152fb65", "sft": "efb57dfa7e10710c", "eval_base": "170104169415a4d1",
+        "eval": "1acb617878f33718", "export": "c2a2184f9be18f48",
     },
     ("cpu", ("model=qwen3b", "lora=r16")): {
-        "decide": "1d86f93144f3ce38", "compute": "4cdbaeb196f84cf5", "data": "c3c40c73550083c1",
-        "sft": "76000749402c7b38", "eval_base": "edbf6634a8926356", "eval": "5c34443d20c26766",
-        "export": "2d4087d9d41bca54",
+        "decide": "1d86f93144f3ce38", "compute": "4cdbaeb196f84cf5", "data": "4e95b0511e2612d4",
+        "sft": "3e479835ff8e59dc", "eval_base": "ab1b0c7f5c16986b", "eval": "5ba1d35a87ea9e09",
+        "export": "b8ea575c7dc2751a",
     },
     ("cpu", ("train=sft_dpo", "merge=ties")): {
         "decide": "2c736766fa02e413", "compute": "996099736481a3d5", "base": "4278ac84084edaea",
-        "data": "d2ab2e9c597f027d", "sft": "6f72e63e70d6f35e", "dpo": "ca4842a604d11a22",
-        "merge": "134dab20d7339728", "eval_base": "9d341ac8a52d13f8", "eval": "8560687d41f6883f",
-        "export": "f251fe99c93f8405",
+        "data": "b389af41555467e9", "sft": "bc7c8be8eaaeb8f7", "dpo": "b81a7d557eeb95ac",
+        "merge": "307118128cabd531", "eval_base": "2323e35d787cfe13", "eval": "b73dd55b42c0e68f",
+        "export": "3b6d4bec7978389f",
     },
     ("cpu", ("deploy=openai",)): {
         "decide": "2c736766fa02e413", "compute": "996099736481a3d5", "base": "4278ac84084edaea",
-        "data": "2132ad881c6596fb", "sft": "abf67336626217a8", "eval_base": "d5d4b0092d9453e2",
-        "eval": "c3022fb571c83e9f", "export": "290e90de1bd449d0", "gguf": "ed8cfb4ca28cefb2",
-        "deploy": "b944742190eedb5d",
+        "data": "68b9f2e87152fb65", "sft": "efb57dfa7e10710c", "eval_base": "170104169415a4d1",
+        "eval": "1acb617878f33718", "export": "c2a2184f9be18f48", "gguf": "be28dc1358fcf66d",
+        "deploy": "e250cced5555523a",
     },
     ("cpu", ("eval=lm_eval",)): {
         "decide": "2c736766fa02e413", "compute": "996099736481a3d5", "base": "4278ac84084edaea",
-        "data": "2132ad881c6596fb", "sft": "abf67336626217a8", "eval_base": "d5d4b0092d9453e2",
-        "lm_eval": "79212a1f7c9421ad", "eval": "c3022fb571c83e9f", "export": "290e90de1bd449d0",
+        "data": "68b9f2e87152fb65", "sft": "efb57dfa7e10710c", "eval_base": "170104169415a4d1",
+        "lm_eval": "93e0a79cf317a09d", "eval": "1acb617878f33718", "export": "c2a2184f9be18f48",
     },
     ("cpu", ("model=llama8b", "hardware=t4", "dry_run=true", "quant=nf4",
              "train.max_length=512")): {
-        "decide": "8f6fe2e6e88d7d6a", "compute": "26a059c1ded868b0", "data": "8ff6f433127b6faf",
-        "sft": "70b9d3ad6be96287", "eval_base": "2a7005e04891e147", "eval": "52e69ade06a05ac4",
-        "export": "d54e82530b504f04",
+        "decide": "8f6fe2e6e88d7d6a", "compute": "26a059c1ded868b0", "data": "7796f4467578a3b4",
+        "sft": "ec586f8923506ac8", "eval_base": "9a795150826df311", "eval": "acba7f4153d2c2a9",
+        "export": "271ef3df7b81736e",
     },
     ("h100", ("model=qwen1.5b",)): {
-        "decide": "4c2e77bb9e9c5cff", "compute": "b4fad777a2b68746", "data": "2100b37de14ce519",
-        "sft": "672a5c5b1e6294a6", "eval_base": "8fd9fbf3bbb18616", "eval": "19437e70ccead439",
-        "export": "835698ad51fea742",
+        "decide": "4c2e77bb9e9c5cff", "compute": "b4fad777a2b68746", "data": "06d70c09681846dd",
+        "sft": "9d71240963e4a300", "eval_base": "2b1650b1a3cb3d98", "eval": "9e09fad2eb992ac1",
+        "export": "fd25c110df1f83df",
     },
 }
 
