@@ -548,16 +548,17 @@ PLAIN_TEMPLATE = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfo
     ("{% for m in messages %}{{ m.content + 1 }}{% endfor %}",
      'can only concatenate str (not "int") to str'),
 ])
-def test_a_template_that_raises_on_every_row_fails_the_stage_with_its_message(
+def test_a_template_that_raises_on_every_row_is_a_config_error_with_its_message(
         tmp_path, template, error):
-    from llmops.errors import StageError
+    from llmops.errors import EXIT_CONFIG, ConfigError
 
     folder = _tokenizer_folder(tmp_path / "tok", template)
-    with pytest.raises(StageError) as err:
+    with pytest.raises(ConfigError) as err:
         _run_data(tmp_path, _write(tmp_path / "rows.jsonl", []), hub_id=str(folder))
+    assert err.value.exit_code == EXIT_CONFIG
+    assert [p.key for p in err.value.problems] == ["model.chat_template"]
     text = str(err.value)
-    assert text.startswith(f"data: no valid rows in {tmp_path / 'rows.jsonl'} (20 read, 20 "
-                           "rejected: ")
+    assert f"the chat template fails on every row of {tmp_path / 'rows.jsonl'} (20 rows: " in text
     assert "[template_error] model.chat_template cannot render this row: " in text
     assert error in text and "too_long" not in text and "max_length" not in text
 

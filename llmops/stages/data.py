@@ -146,6 +146,11 @@ def _prepare(params: dict, inputs: dict[str, Path], out_dir: Path, cache: str,
     if not sum(valid):
         first = "; ".join(_reject_line(r) for r in _listed(sources, 3))
         n_read = sum(s.n_read for s in sources)
+        if set(_by_code(sources)) == {"template_error"}:  # the template, not the rows, is wrong
+            raise ConfigError([Problem("model.chat_template", (
+                f"the chat template fails on every row of {_origin(params)} ({n_rejected} rows: "
+                f"{first}). Fix the template, or choose one that renders these rows (e.g. "
+                "model.chat_template=auto or a TRL family such as qwen2_5, llama3_1)."))])
         raise StageError(f"data: no valid rows in {_origin(params)} ({n_read} read, "
                          f"{n_rejected} rejected{': ' + first if first else ''}). Fix the "
                          "rows or point data at other data.")
