@@ -131,8 +131,8 @@ def _standin_eval_parts(model: dict, quant: dict, eval: dict, hardware: dict, ma
     budget = int(eval.get("token_budget") or 8192)
     rows_cap = int(eval["batch_size"])
     new = int(eval["max_new_tokens"])
-    w = memory.param_groups(model)["total"] * (4 if not cuda or quant.get("type") == "none"
-                                               and a == 4 else 2)
+    qtype = quant.get("type", "none") if cuda else "none"
+    w = memory.param_groups(model)["total"] * ({"nf4": 0.6, "int8": 1.1}.get(qtype, a))
     chunk = max(1, int((eval.get("logits_mb") or 256) * 2**20 // (V * 4)))
     loss_rows = max(1, min(rows_cap, budget // max(1, max_length)))
     loss_tokens = loss_rows * max_length
@@ -268,7 +268,8 @@ def capacities(hardware: dict[str, Any]) -> tuple[float | None, float | None]:
     """
     frac = memory.USABLE_FRACTION
     cuda = hardware.get("device") == "cuda"
-    host_cap = hardware.get("memory_gb") if hardware.get("memory_here", not cuda) else None
+    here = not cuda or hardware.get("name") == "auto"
+    host_cap = hardware.get("memory_gb") if here else None
     host = float(host_cap) * frac if host_cap else None
     if cuda:
         dev = float(hardware["gpu_memory_gb"]) * frac if hardware.get("gpu_memory_gb") else None
