@@ -64,7 +64,8 @@ def test_an_unreachable_hub_is_asked_once_and_a_dry_run_not_at_all(tmp_path):
     assert "Retrying" not in r.stderr
     assert seconds < 30, f"took {seconds:.1f} s: one request, no retries (they take ~49 s)"
     assert _written(tmp_path) == []
-    r, _ = _llmops("model=qwen3b", "lora=r16", "dry_run=true", cwd=tmp_path, **online)
+    r, _ = _llmops("model=qwen3b", "lora=r16", "hardware=a100_40g", "dry_run=true", cwd=tmp_path,
+                   **online)
     assert r.returncode == 0, r.stderr[-2000:]
 
 

@@ -37,8 +37,10 @@ def test_cpu_resolves_device_precision_dtype_backend_and_one_thread_for_tiny():
                                 "bf16": False, "cpu_count": 2, "memory_gb": 15.6}
     assert (r.device, r.precision, r.compute_dtype, r.backend) == ("cpu", "fp32", "float32", "hf")
     assert r.threads == 1
-    # A 3B model on the same CPU keeps torch's own thread count.
-    assert _resolve(CPU, "model=qwen3b")[1].threads is None
+    # A 3B model on a CPU that holds it keeps torch's own thread count (on this 15.6 GB one its
+    # plan does not fit: exit 2, tests/test_stage_plan.py).
+    big = dataclasses.replace(CPU, memory_gb=512.0)
+    assert _resolve(big, "model=qwen3b")[1].threads is None
 
 
 def test_faked_cuda_machine_resolves_the_gpu_from_the_environment():
@@ -263,40 +265,40 @@ def test_one_multirun_test_answers_the_cli_metrics_and_wandb(tmp_path):
 # T4 case pins train.max_length=512 to keep planning the same run.
 FINGERPRINTS = {
     ("cpu", ()): {
-        "decide": "2c736766fa02e413", "compute": "996099736481a3d5", "base": "4278ac84084edaea",
+        "decide": "2c736766fa02e413", "compute": "16d578b88a49eb55", "base": "4278ac84084edaea",
         "data": "a112df402bee00d4", "sft": "f10ce2d605e25838", "eval_base": "ad608540222f66a4",
         "eval": "511dd2310a1ca6a7", "export": "f40a49810c1f5f06",
     },
-    ("cpu", ("model=qwen3b", "lora=r16")): {
-        "decide": "1d86f93144f3ce38", "compute": "4cdbaeb196f84cf5", "data": "1d8c15490f38f5ba",
-        "sft": "2f58aba557cb166f", "eval_base": "9ce9f52bbdcc00e2", "eval": "184c7805954d2819",
-        "export": "089951cb10b4283a",
+    ("cpu512", ("model=qwen3b", "lora=r16")): {
+        "decide": "55bc55fd500c95ee", "compute": "c67a1de6acd306d4", "data": "1d8c15490f38f5ba",
+        "sft": "184953d8b23f9be0", "eval_base": "9ce9f52bbdcc00e2", "eval": "b457861ae0783c61",
+        "export": "8fc75c50894fac46",
     },
     ("cpu", ("train=sft_dpo", "merge=ties")): {
-        "decide": "2c736766fa02e413", "compute": "996099736481a3d5", "base": "4278ac84084edaea",
+        "decide": "2c736766fa02e413", "compute": "a08307247808de13", "base": "4278ac84084edaea",
         "data": "894679f3e0b7bd24", "sft": "5b49d8c6b0767b6c", "dpo": "97835985c26bb2d3",
         "merge": "c3eec32df9397dea", "eval_base": "ba678f503d5dcbba", "eval": "adcfad528cb0013e",
         "export": "cd210503c5a2c16f",
     },
     ("cpu", ("deploy=openai",)): {
-        "decide": "2c736766fa02e413", "compute": "996099736481a3d5", "base": "4278ac84084edaea",
+        "decide": "2c736766fa02e413", "compute": "29adedcdab778876", "base": "4278ac84084edaea",
         "data": "a112df402bee00d4", "sft": "f10ce2d605e25838", "eval_base": "ad608540222f66a4",
         "eval": "511dd2310a1ca6a7", "export": "f40a49810c1f5f06", "gguf": "c859dbfb5434d838",
         "deploy": "9485ce15b09038f8",
     },
     ("cpu", ("eval=lm_eval",)): {
-        "decide": "2c736766fa02e413", "compute": "996099736481a3d5", "base": "4278ac84084edaea",
+        "decide": "2c736766fa02e413", "compute": "c6931e7c3b7f16cc", "base": "4278ac84084edaea",
         "data": "a112df402bee00d4", "sft": "f10ce2d605e25838", "eval_base": "ad608540222f66a4",
         "lm_eval": "0303438259eec559", "eval": "511dd2310a1ca6a7", "export": "f40a49810c1f5f06",
     },
     ("cpu", ("model=llama8b", "hardware=t4", "dry_run=true", "quant=nf4",
              "train.max_length=512")): {
-        "decide": "8f6fe2e6e88d7d6a", "compute": "26a059c1ded868b0", "data": "1611f8f6a77e87af",
+        "decide": "8f6fe2e6e88d7d6a", "compute": "fefe73b512f0f507", "data": "1611f8f6a77e87af",
         "sft": "91c6e24a6094d816", "eval_base": "0875671e2a77bb1a", "eval": "899c43d83ed5e9fc",
         "export": "ba21fb7d74dc0ba6",
     },
     ("h100", ("model=qwen1.5b",)): {
-        "decide": "4c2e77bb9e9c5cff", "compute": "b4fad777a2b68746", "data": "2387631f9ca7a34e",
+        "decide": "4c2e77bb9e9c5cff", "compute": "3c8267189216026f", "data": "2387631f9ca7a34e",
         "sft": "88bca6ec6ea22edf", "eval_base": "d55014fc57d193b7", "eval": "80f99ae7067de1fd",
         "export": "9fe2c14ce4331a3b",
     },
@@ -305,6 +307,6 @@ FINGERPRINTS = {
 
 @pytest.mark.parametrize("case", list(FINGERPRINTS), ids=lambda c: f"{c[0]}:{' '.join(c[1])}")
 def test_stage_fingerprints_are_those_recorded_before_the_resolve_step(case):
-    env = {"cpu": CPU, "h100": H100}[case[0]]
+    env = {"cpu": CPU, "cpu512": dataclasses.replace(CPU, memory_gb=512.0), "h100": H100}[case[0]]
     plan = compile_plan(*_resolve(env, *case[1]))
     assert {s.name: s.fingerprint[:16] for s in plan.stages} == FINGERPRINTS[case]
