@@ -281,3 +281,24 @@ def test_benchmark_and_presets_plan_every_stage():
         plan = plan_stage_memory(model, R16, NONE, {**TRAIN, "batch_size": 1},
                                  _yaml("hardware", "a100_80g"), _inputs("deploy=openai"))
         assert all(s["device_gb"] + s["host_gb"] > 0 for s in plan.values()), path.stem
+
+
+def test_a_joblib_sweep_plans_each_point_with_its_share_and_tells_its_jobs(monkeypatch):
+    import os
+
+    import llmops.env
+    from llmops.cli.preflight import preflight
+    from llmops.env import CONCURRENT_JOBS_ENV
+
+    monkeypatch.setattr(llmops.env, "detect", lambda: CPU24)
+    monkeypatch.setenv(CONCURRENT_JOBS_ENV, "")  # restored afterwards
+    with pytest.raises(ConfigError) as exc:
+        preflight(["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=4",
+                   "lora=r8,r16,r32,r64", "model=qwen0.5b", "dry_run=true"])
+    assert len(exc.value.problems) == 4
+    assert all("(physical RAM / 4 sweep jobs at once, ~5.4 usable)" in p.message
+               for p in exc.value.problems)
+    assert os.environ[CONCURRENT_JOBS_ENV] == "4"  # what the jobs it launches plan with
+    # One job at a time (the basic launcher) has the whole machine: the same points fit.
+    monkeypatch.setenv(CONCURRENT_JOBS_ENV, "")
+    assert preflight(["-m", "lora=r8,r16", "model=qwen0.5b", "dry_run=true"]) is not None
