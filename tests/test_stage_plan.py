@@ -168,13 +168,13 @@ def _refused(env: Environment, *overrides: str) -> str:
 def test_an_eval_that_does_not_fit_a_gpu_profile_is_refused_with_the_eval_fix():
     msg = _refused(CPU24, "train=none", "model=qwen7b", "hardware=t4", "dry_run=true")
     assert msg.startswith("stage eval_base of qwen7b needs ~")
-    assert "on t4 (NVIDIA T4, 16 GB)" in msg
+    assert "on t4 (NVIDIA T4, 16 GB, ~14.7 usable): weights 14.2" in msg
     assert "quant=nf4 (~" in msg and "eval=none (skips the stage)" in msg
 
 
 def test_an_eval_that_does_not_fit_this_cpu_is_refused_with_the_eval_fix():
     msg = _refused(CPU24, "train=none", "model=qwen7b", "dry_run=true")
-    assert "of this machine's 23.5 GB (physical RAM)" in msg
+    assert "of this machine's 23.5 GB (physical RAM, ~21.6 usable): weights 28.4" in msg
     assert "eval=none (skips the stage)" in msg and "model=qwen3b (~" in msg
 
 

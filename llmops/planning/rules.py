@@ -69,11 +69,11 @@ def compute_problems(cfg: AppConfig, resolved: Resolved) -> list[Problem]:
     s = plan["stages"][stage]
     fixes = stage_fixes(stage, model, lora, quant, train, hw, inputs, dist)
     good = [f for f in fixes if f["fits"]][:4]
-    where = _where(hw, s["on"])
-    gb = s["device_gb"] if cuda and s["on"] == "device" else s["host_gb"]
-    usable = plan["usable_device_gb"] if gb == s["device_gb"] and cuda else plan["usable_host_gb"]
-    msg = (f"stage {stage} of {cfg.model.name} needs ~{gb:.1f} GB {where} "
-           f"(~{usable:.1f} usable): {breakdown(s['parts_gb'])}.")
+    on_device = cuda and s["on"] == "device"
+    gb = s["device_gb"] if on_device else s["host_gb"]
+    usable = plan["usable_device_gb"] if on_device else plan["usable_host_gb"]
+    msg = (f"stage {stage} of {cfg.model.name} needs ~{gb:.1f} GB {_where(hw, s['on'], usable)}: "
+           f"{breakdown(s['parts_gb'])}.")
     others = [o for o in plan["over"][1:]]
     if others:
         msg += f" Also over: {', '.join(others)}."
@@ -84,13 +84,13 @@ def compute_problems(cfg: AppConfig, resolved: Resolved) -> list[Problem]:
     return [Problem("hardware", msg)]
 
 
-def _where(hw: dict[str, Any], on: str) -> str:
+def _where(hw: dict[str, Any], on: str, usable: float) -> str:
     """Renders where a stage's memory sits: the GPU of the profile, or this machine's memory."""
     if hw.get("device") == "cuda" and on == "device":
         return (f"on {hw.get('name')} ({hw.get('gpu_name') or hw.get('name')}, "
-                f"{hw['gpu_memory_gb']:g} GB)")
+                f"{hw['gpu_memory_gb']:g} GB, ~{usable:.1f} usable)")
     src = hw.get("memory_source", "physical RAM")
-    return f"of this machine's {hw.get('memory_gb'):g} GB ({src})"
+    return f"of this machine's {hw.get('memory_gb'):g} GB ({src}, ~{usable:.1f} usable)"
 
 
 def _training_problem(cfg: AppConfig, model: dict, lora: dict | None, quant: dict, train: dict,
@@ -107,8 +107,7 @@ def _training_problem(cfg: AppConfig, model: dict, lora: dict | None, quant: dic
         what += f", {dist['name']} x {dist['world_size']}"
     per = " per GPU" if dist else ""
     on = (f"on {hw.get('name')} ({gpu}, {hw['gpu_memory_gb']:g} GB, "
-          f"~{est['usable_gb']:.1f} usable)" if cuda else
-          f"{_where(hw, 'host')[:-1]}, ~{est['usable_gb']:.1f} usable)")
+          f"~{est['usable_gb']:.1f} usable)" if cuda else _where(hw, "host", est["usable_gb"]))
     msg = (f"{cfg.model.name} ({what}, batch {train['batch_size']} x {train['max_length']} "
            f"tokens) needs ~{est['total_gb']:.1f} GB{per} {on}: {breakdown(est['parts_gb'])}.")
     others = [o for o in plan["over"] if o != "sft"]

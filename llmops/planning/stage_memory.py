@@ -126,7 +126,7 @@ def _standin_eval_parts(model: dict, quant: dict, eval: dict, hardware: dict, ma
     """Stand-in for ``eval_memory.eval_parts`` (same signature): bounded held-out loss and
     generation, batched by eval.token_budget, logits in chunks of eval.logits_mb."""
     cuda = hardware.get("device") == "cuda"
-    a = 2 if cuda and hardware.get("bf16") else 4
+    a = 2 if cuda else 4  # generation.load_model: bfloat16 on a GPU, float32 on a CPU
     h, i, V = model["hidden_size"], model["intermediate_size"], model["vocab_size"]
     budget = int(eval.get("token_budget") or 8192)
     rows_cap = int(eval["batch_size"])
@@ -164,7 +164,7 @@ def _standin_lm_eval_parts(model: dict, quant: dict, eval: dict, hardware: dict,
     le = eval.get("lm_eval") or {}
     b = min(int(le.get("batch_size") or eval.get("lm_eval_batch_size") or 16),
             max(1, chunk // max(1, max_length)))
-    w = memory.param_groups(model)["total"] * (2 if cuda and hardware.get("bf16") else 4)
+    w = memory.param_groups(model)["total"] * (2 if cuda else 4)
     return ({"weights": w, "adapter": _lora_bytes(model, lora) if adapter else 0.0,
              "logits": b * max_length * V * 4 * 2.0,
              "overhead": (CUDA_OVERHEAD_GB if cuda else LOADER_OVERHEAD_GB) * GIB},
