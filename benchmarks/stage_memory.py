@@ -177,8 +177,8 @@ def run_case(name: str, overrides: list[str], work: Path, cap_gb: float) -> None
     proc.wait()
     watcher.join(timeout=5)
     got = json.loads(out.read_text()) if out.is_file() else {}
-    print(f"\n== {name}: {' '.join(overrides)} (exit {proc.returncode}"
-          f"{', killed over %.1f GB' % state['killed'] if 'killed' in state else ''})")
+    killed = f", killed over {state['killed']:.1f} GB" if "killed" in state else ""
+    print(f"\n== {name}: {' '.join(overrides)} (exit {proc.returncode}{killed})")
     print(f"{'stage':10} {'estimate GB':>11} {'measured GB':>11} {'ratio':>6}  where")
     for stage, e in est.items():
         m = got.get(stage)
@@ -212,7 +212,7 @@ def main() -> None:
     data = work / "rows.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in _rows(args.rows, args.length - 200)))
     common = ["train.max_steps=2", "eval.limit=8", "deploy=openai"]
-    hub = [f"data=files", f"data.path={data}", f"data.max_length={args.length}",
+    hub = ["data=files", f"data.path={data}", f"data.max_length={args.length}",
            f"train.max_length={args.length}", "model=hub"]
     cases = {"tiny": common}
     for fam in ("qwen2", "llama"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
+from test_planning import CONF, NONE, R16, TRAIN, _yaml
 
 from llmops.cli import to_plain
 from llmops.config.compose import compose
@@ -28,10 +29,11 @@ from llmops.planning.stage_memory import (
     gguf_bytes,
     kv_cache_bytes,
     stage_inputs,
-    stage_memory as plan_stage_memory,
     stage_parts,
 )
-from test_planning import CONF, NONE, R16, TRAIN, _yaml
+from llmops.planning.stage_memory import (
+    stage_memory as plan_stage_memory,
+)
 
 PKGS = frozenset({"bitsandbytes", "wandb", "lm_eval", "llama_cpp"})
 CPU24 = Environment(cpu_count=2, memory_gb=23.5, installed=PKGS)
