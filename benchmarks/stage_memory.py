@@ -204,14 +204,18 @@ def main() -> None:
     ap.add_argument("--cap-gb", type=float, default=8.0)
     ap.add_argument("--rows", type=int, default=40)
     ap.add_argument("--length", type=int, default=1024)
+    ap.add_argument("--margin", type=int, default=260,
+                    help="tokens of template, tools and call beside the filler words")
     args = ap.parse_args()
     import real_models
 
     work = Path(tempfile.mkdtemp(prefix="stage_memory-"))
     cache = Path(os.environ.get("LLMOPS_CACHE", Path.home() / ".cache" / "llmops")) / "bench"
     data = work / "rows.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in _rows(args.rows, args.length - 200)))
-    common = ["train.max_steps=2", "eval.limit=8", "deploy=openai"]
+    data.write_text("".join(json.dumps(r) + "\n" for r in _rows(args.rows, args.length - args.margin)))
+    # eval.enforce=false: two steps do not pass the gates, and export, gguf and deploy must run.
+    common = ["train.max_steps=2", "eval.limit=8", "eval.enforce=false", "deploy=openai",
+              "progress=false"]
     hub = ["data=files", f"data.path={data}", f"data.max_length={args.length}",
            f"train.max_length={args.length}", "model=hub"]
     cases = {"tiny": common}

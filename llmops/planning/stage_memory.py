@@ -184,8 +184,10 @@ def lm_eval_parts(model: dict, quant: dict, eval: dict, hardware: dict, max_leng
                   adapter: bool, lora: dict | None = None) -> tuple[dict[str, float], list[str]]:
     """Returns the lm_eval stage's parts (evalmem's estimate, or the stand-in)."""
     mod = _eval_module()
-    if mod is not None:
-        return mod.lm_eval_parts(model, quant, eval, hardware, max_length, adapter, lora=lora)
+    if mod is not None:  # its lm_eval params: the harness batch, max_gen_toks, logits_mb
+        params = {"batch_size": eval["lm_eval"]["batch_size"],
+                  "max_gen_toks": eval["max_new_tokens"], "logits_mb": eval["logits_mb"]}
+        return mod.lm_eval_parts(model, quant, params, hardware, max_length, adapter, lora=lora)
     return _standin_lm_eval_parts(model, quant, eval, hardware, max_length, adapter, lora)
 
 
