@@ -304,3 +304,14 @@ def test_a_joblib_sweep_plans_each_point_with_its_share_and_tells_its_jobs(monke
     # One job at a time (the basic launcher) has the whole machine: the same points fit.
     monkeypatch.setenv(CONCURRENT_JOBS_ENV, "")
     assert preflight(["-m", "lora=r8,r16", "model=qwen0.5b", "dry_run=true"]) is not None
+
+
+def test_ranks_on_one_cpu_share_its_memory():
+    tiny = _yaml("model", "tiny")
+    cpu = {"device": "cpu", "memory_gb": 16}
+    one = plan_stage_memory(tiny, R16, NONE, TRAIN, cpu, _inputs())["sft"]
+    dist = {"strategy": "ddp", "nproc_per_node": 2, "world_size": 2, "activation_checkpointing":
+            False}
+    two = plan_stage_memory(tiny, R16, NONE, TRAIN, cpu, _inputs(), dist)["sft"]
+    assert two["parts_gb"]["other_ranks"] == pytest.approx(one["host_gb"], abs=0.02)
+    assert two["host_gb"] == pytest.approx(2 * one["host_gb"], abs=0.02)

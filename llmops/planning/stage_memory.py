@@ -251,6 +251,10 @@ def stage_memory(model: dict, lora: dict | None, quant: dict, train: dict, hardw
     for stage in inputs["stages"]:
         parts, host, _ = stage_parts(stage, model, lora, quant, train, hardware, inputs,
                                      distributed)
+        procs = int(distributed["nproc_per_node"]) if distributed else 1
+        if not cuda and procs > 1 and stage in ("sft", "dpo"):
+            # The ranks of one node share its memory (gloo on a CPU): every rank holds its part.
+            parts = {**parts, "other_ranks": sum(parts.values()) * (procs - 1)}
         total = sum(parts.values())
         on_host = stage in HOST_STAGES or not cuda
         out[stage] = {
