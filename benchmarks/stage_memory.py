@@ -187,8 +187,11 @@ def run_case(name: str, overrides: list[str], work: Path, cap_gb: float) -> None
                   f"{'-':>11} {'-':>6}  did not run")
             continue
         gb = e["device_gb"] if e["on"] == "device" and "cuda_gb" in m else e["host_gb"]
-        meas = m.get("cuda_gb") if e["on"] == "device" and "cuda_gb" in m else \
+        # deploy's server runs beside the stage process: both count; elsewhere a child runs
+        # while the stage process waits, so the larger of the two is the stage's peak.
+        both = m["rss_gb"] + m["children_gb"] if stage == "deploy" else \
             max(m["rss_gb"], m["children_gb"])
+        meas = m.get("cuda_gb") if e["on"] == "device" and "cuda_gb" in m else both
         print(f"{stage:10} {gb:11.2f} {meas:11.2f} {meas / gb:6.2f}  "
               f"{'child process' if m['children_gb'] > m['rss_gb'] else 'stage process'}, "
               f"{m['seconds']} s")
@@ -212,7 +215,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="stage_memory-"))
     cache = Path(os.environ.get("LLMOPS_CACHE", Path.home() / ".cache" / "llmops")) / "bench"
     data = work / "rows.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in _rows(args.rows, args.length - args.margin)))
+    rows = _rows(args.rows, args.length - args.margin)
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     # eval.enforce=false: two steps do not pass the gates, and export, gguf and deploy must run.
     common = ["train.max_steps=2", "eval.limit=8", "eval.enforce=false", "deploy=openai",
               "progress=false"]

@@ -53,8 +53,8 @@ def test_compile_path_imports_no_heavy_library(tmp_path):
 
 def test_dry_run_imports_no_heavy_library(tmp_path):
     r = subprocess.run([sys.executable, "-X", "importtime", "-m", "llmops", "model=qwen3b",
-                        "lora=r16", "dry_run=true"], cwd=tmp_path, capture_output=True,
-                       text=True, timeout=60)
+                        "lora=r16", "hardware=a100_40g", "dry_run=true"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     imported = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines()
                 if line.startswith("import time:")}

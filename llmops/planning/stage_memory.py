@@ -36,8 +36,10 @@ HOST_STAGES = ("merge", "export", "gguf", "deploy")
 GGUF_BYTES = {"f16": 2.0, "q8_0": 34 / 32, "q4_k_m": 0.61}
 #: llama.cpp's compute buffer holds one micro-batch of logits (n_ubatch 512) in fp32.
 LLAMA_UBATCH = 512
-#: A process that imported torch + transformers (no trl/peft): measured RSS here.
-LOADER_OVERHEAD_GB = 0.55
+#: The stage process of a run before it loads its model (torch, transformers, peft and trl were
+#: imported by the stages before it, in one process): measured RSS here
+#: (benchmarks/stage_memory.py, the tiny chain).
+LOADER_OVERHEAD_GB = 0.65
 #: The llama.cpp server / llama-cpp-python process before weights.
 LLAMA_OVERHEAD_GB = 0.12
 
@@ -75,6 +77,13 @@ def served_parts(model: dict, quant: str) -> dict[str, float]:
     return {"weights": gguf_bytes(model, quant), "kv_cache": kv_cache_bytes(model, ctx, 2.0),
             "logits": LLAMA_UBATCH * model["vocab_size"] * 4.0,
             "overhead": LLAMA_OVERHEAD_GB * GIB}
+
+
+def deploy_parts(model: dict, quant: str) -> dict[str, float]:
+    """Returns the deploy stage's peak: the llama.cpp server (or Ollama) holding the GGUF beside
+    the stage's own process (its tokenizer and smoke client)."""
+    served = served_parts(model, quant)
+    return {**served, "overhead": served["overhead"] + LOADER_OVERHEAD_GB * GIB}
 
 
 def gguf_parts(model: dict, gguf: dict[str, Any]) -> dict[str, float]:
@@ -233,7 +242,7 @@ def stage_parts(stage: str, model: dict, lora: dict | None, quant: dict, train: 
         return gguf_parts(model, inputs["gguf"]), 0.0, [
             "gguf: float32 parity generation, then each GGUF loaded by llama.cpp"]
     if stage == "deploy":
-        return served_parts(model, inputs["deploy"]["serve_quantization"]), 0.0, [
+        return deploy_parts(model, inputs["deploy"]["serve_quantization"]), 0.0, [
             f"deploy: {inputs['deploy']['serve_quantization']} GGUF served with its KV cache "
             f"at {model['context_length']} tokens"]
     raise ValueError(f"unknown stage {stage!r}; one of {', '.join(STAGES)}")
