@@ -165,10 +165,10 @@ def _watch(proc: subprocess.Popen, cap_gb: float, state: dict) -> None:
 
 
 def run_case(name: str, overrides: list[str], work: Path, cap_gb: float) -> None:
+    """Runs one chain in a child process and prints its table."""
     out = work / f"{name}.json"
-    store = work / f"store-{name}"
-    ov = [*overrides, f"store_dir={store}", f"hydra.run.dir={work / ('run-' + name)}"]
-    est = _estimates(ov)
+    ov = _case_overrides(name, overrides, work)
+    (work / f"{name}.args.json").write_text(json.dumps(ov))
     proc = subprocess.Popen([sys.executable, __file__, "--child", str(out), *ov],
                             cwd=str(work), env={**os.environ, "WANDB_MODE": "disabled"})
     state: dict = {}
@@ -176,9 +176,21 @@ def run_case(name: str, overrides: list[str], work: Path, cap_gb: float) -> None
     watcher.start()
     proc.wait()
     watcher.join(timeout=5)
-    got = json.loads(out.read_text()) if out.is_file() else {}
     killed = f", killed over {state['killed']:.1f} GB" if "killed" in state else ""
-    print(f"\n== {name}: {' '.join(overrides)} (exit {proc.returncode}{killed})")
+    report(name, overrides, work, f"exit {proc.returncode}{killed}")
+
+
+def _case_overrides(name: str, overrides: list[str], work: Path) -> list[str]:
+    return [*overrides, f"store_dir={work / ('store-' + name)}",
+            f"hydra.run.dir={work / ('run-' + name)}"]
+
+
+def report(name: str, overrides: list[str], work: Path, status: str = "") -> None:
+    """Prints one case's table: the plan's estimate (computed now) against what was measured."""
+    est = _estimates(_case_overrides(name, overrides, work))
+    out = work / f"{name}.json"
+    got = json.loads(out.read_text()) if out.is_file() else {}
+    print(f"\n== {name}: {' '.join(overrides)} ({status})")
     print(f"{'stage':10} {'estimate GB':>11} {'measured GB':>11} {'ratio':>6}  where")
     for stage, e in est.items():
         m = got.get(stage)
@@ -193,7 +205,7 @@ def run_case(name: str, overrides: list[str], work: Path, cap_gb: float) -> None
             max(m["rss_gb"], m["children_gb"])
         meas = m.get("cuda_gb") if e["on"] == "device" and "cuda_gb" in m else both
         print(f"{stage:10} {gb:11.2f} {meas:11.2f} {meas / gb:6.2f}  "
-              f"{'child process' if m['children_gb'] > m['rss_gb'] else 'stage process'}, "
+              f"stage {m['rss_gb']:.2f} GB, children {m['children_gb']:.2f} GB, "
               f"{m['seconds']} s")
     sys.stdout.flush()
 
@@ -207,19 +219,23 @@ def main() -> None:
     ap.add_argument("--cap-gb", type=float, default=8.0)
     ap.add_argument("--rows", type=int, default=40)
     ap.add_argument("--length", type=int, default=1024)
+    ap.add_argument("--report", type=Path, default=None,
+                    help="print the tables of an earlier run's folder with today's estimates")
     ap.add_argument("--margin", type=int, default=260,
                     help="tokens of template, tools and call beside the filler words")
     args = ap.parse_args()
     import real_models
 
-    work = Path(tempfile.mkdtemp(prefix="stage_memory-"))
+    work = args.report or Path(tempfile.mkdtemp(prefix="stage_memory-"))
     cache = Path(os.environ.get("LLMOPS_CACHE", Path.home() / ".cache" / "llmops")) / "bench"
     data = work / "rows.jsonl"
-    rows = _rows(args.rows, args.length - args.margin)
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    # eval.enforce=false: two steps do not pass the gates, and export, gguf and deploy must run.
+    if not args.report:
+        rows = _rows(args.rows, args.length - args.margin)
+        data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # eval.enforce=false, deploy.allow_failed_gates=true: two steps do not pass the gates, and
+    # export, gguf and deploy must run.
     common = ["train.max_steps=2", "eval.limit=8", "eval.enforce=false", "deploy=openai",
-              "progress=false"]
+              "deploy.allow_failed_gates=true", "progress=false"]
     hub = ["data=files", f"data.path={data}", f"data.max_length={args.length}",
            f"train.max_length={args.length}", "model=hub"]
     cases = {"tiny": common}
@@ -227,7 +243,10 @@ def main() -> None:
         cases[fam] = [*hub, f"model.hub_id={real_models.build_real_model(fam, cache)}", *common]
     cases["qwen3"] = [*hub, f"model.hub_id={_qwen3(cache)}", *common]
     for name in args.only.split(","):
-        run_case(name, cases[name], work, args.cap_gb)
+        if args.report:
+            report(name, cases[name], work, "measured earlier")
+        else:
+            run_case(name, cases[name], work, args.cap_gb)
 
 
 if __name__ == "__main__":
