@@ -82,7 +82,8 @@ def _measure_child(out: Path, overrides: list[str]) -> None:
     """Runs llmops in this process with every stage's run wrapped to record its peak."""
     import llmops.runner.run as runner
 
-    results: dict[str, dict] = {}
+    # A rerun on the same store (--work) measures only the stages that run again: keep the rest.
+    results: dict[str, dict] = json.loads(out.read_text()) if out.is_file() else {}
     orig = runner._stage_module
 
     def status_kb(key: str) -> int:
@@ -221,15 +222,18 @@ def main() -> None:
     ap.add_argument("--length", type=int, default=1024)
     ap.add_argument("--report", type=Path, default=None,
                     help="print the tables of an earlier run's folder with today's estimates")
+    ap.add_argument("--work", type=Path, default=None,
+                    help="rerun in an earlier run's folder: its stores serve the stages that "
+                         "finished, so only the others run and are measured")
     ap.add_argument("--margin", type=int, default=260,
                     help="tokens of template, tools and call beside the filler words")
     args = ap.parse_args()
     import real_models
 
-    work = args.report or Path(tempfile.mkdtemp(prefix="stage_memory-"))
+    work = args.report or args.work or Path(tempfile.mkdtemp(prefix="stage_memory-"))
     cache = Path(os.environ.get("LLMOPS_CACHE", Path.home() / ".cache" / "llmops")) / "bench"
     data = work / "rows.jsonl"
-    if not args.report:
+    if not data.is_file():
         rows = _rows(args.rows, args.length - args.margin)
         data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     # eval.enforce=false, deploy.allow_failed_gates=true: two steps do not pass the gates, and
