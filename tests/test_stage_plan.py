@@ -315,3 +315,21 @@ def test_ranks_on_one_cpu_share_its_memory():
     two = plan_stage_memory(tiny, R16, NONE, TRAIN, cpu, _inputs(), dist)["sft"]
     assert two["parts_gb"]["other_ranks"] == pytest.approx(one["host_gb"], abs=0.02)
     assert two["host_gb"] == pytest.approx(2 * one["host_gb"], abs=0.02)
+
+
+def test_the_dry_run_prints_each_stage_with_its_fit(compose_plan):
+    from rich.console import Console
+
+    from llmops.compiler.render import compute_table
+    from llmops.stages.compute import plan
+
+    _, p = compose_plan(["hardware=cpu", "deploy=openai"])
+    report = plan(p.stage("compute").params)
+    console = Console(width=160, record=True)
+    console.print(compute_table(report))
+    text = console.export_text()
+    assert "memory by stage (largest: sft; fits; capacity from physical RAM)" in text
+    for stage in ("sft", "eval_base", "eval", "export", "gguf", "deploy"):
+        s = report["stages"][stage]
+        row = next(line for line in text.splitlines() if line.startswith(f"│ {stage} "))
+        assert f"{s['device_gb']:.2f}" in row and f"{s['host_gb']:.2f}" in row and "yes" in row
