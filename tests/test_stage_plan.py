@@ -333,3 +333,18 @@ def test_the_dry_run_prints_each_stage_with_its_fit(compose_plan):
         s = report["stages"][stage]
         row = next(line for line in text.splitlines() if line.startswith(f"│ {stage} "))
         assert f"{s['device_gb']:.2f}" in row and f"{s['host_gb']:.2f}" in row and "yes" in row
+
+
+def test_stage_memory_benchmark_plans_its_gpu_branch():
+    """The benchmark compares torch.cuda.max_memory_allocated on a GPU with device_gb: with no
+    GPU here its GPU estimates must still build, on the device for the stages that run there."""
+    import importlib.util
+
+    path = CONF.parent / "benchmarks" / "stage_memory.py"
+    spec = importlib.util.spec_from_file_location("stage_memory_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    est = bench._estimates(["hardware=a100_40g", "dry_run=true", "deploy=openai"])
+    assert [s for s, e in est.items() if e["on"] == "device"] == ["sft", "eval_base", "eval"]
+    assert all(e["device_gb"] > 0.8 for s, e in est.items() if e["on"] == "device")  # + CUDA
+    assert all(e["device_gb"] == 0 and e["host_gb"] > 0 for e in est.values() if e["on"] == "host")
