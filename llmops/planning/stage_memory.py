@@ -40,8 +40,12 @@ LLAMA_UBATCH = 512
 #: imported by the stages before it, in one process): measured RSS here
 #: (benchmarks/stage_memory.py, the tiny chain).
 LOADER_OVERHEAD_GB = 0.65
-#: The llama.cpp server / llama-cpp-python process before weights.
-LLAMA_OVERHEAD_GB = 0.12
+#: The llama.cpp server process before weights (llama-cpp-python, its HTTP server and llmops's
+#: chat handler): 1.29 GB measured for a 10M-parameter Qwen2 GGUF, of which 0.31 are its logits
+#: buffer and weights (benchmarks/stage_memory.py, qwen2 deploy).
+LLAMA_OVERHEAD_GB = 0.95
+#: A fast tokenizer's resident bytes per vocabulary entry (as llmops.planning.eval_memory counts).
+TOKENIZER_BYTES_PER_TOKEN = 600.0
 
 
 def gguf_bytes(model: dict[str, Any], quant: str) -> float:
@@ -95,10 +99,12 @@ def gguf_parts(model: dict, gguf: dict[str, Any]) -> dict[str, float]:
     # q4_k_m quantizes the f16 file: both mapped while it runs.
     if "q4_k_m" in quants:
         served = max(served, gguf_bytes(model, "f16") + gguf_bytes(model, "q4_k_m"))
+    tokenizer = model["vocab_size"] * TOKENIZER_BYTES_PER_TOKEN
     if hf >= served:
         return {"weights": _fp32(model), "kv_cache": hf - _fp32(model), "gguf": 0.0,
-                "overhead": LOADER_OVERHEAD_GB * GIB}
-    return {"weights": 0.0, "kv_cache": 0.0, "gguf": served, "overhead": LOADER_OVERHEAD_GB * GIB}
+                "tokenizer": tokenizer, "overhead": LOADER_OVERHEAD_GB * GIB}
+    return {"weights": 0.0, "kv_cache": 0.0, "gguf": served, "tokenizer": tokenizer,
+            "overhead": LOADER_OVERHEAD_GB * GIB}
 
 
 def dpo_parts(model: dict, lora: dict | None, quant: dict, train: dict, hardware: dict,
