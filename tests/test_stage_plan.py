@@ -328,7 +328,9 @@ def test_the_dry_run_prints_each_stage_with_its_fit(compose_plan):
     console = Console(width=160, record=True)
     console.print(compute_table(report))
     text = console.export_text()
-    assert "memory by stage (largest: sft; fits; capacity from physical RAM)" in text
+    largest = max(report["stages"], key=lambda s: report["stages"][s]["host_gb"])
+    assert report["largest_stage"] == largest == "deploy"  # the llama.cpp server beside the stage
+    assert f"memory by stage (largest: {largest}; fits; capacity from physical RAM)" in text
     for stage in ("sft", "eval_base", "eval", "export", "gguf", "deploy"):
         s = report["stages"][stage]
         row = next(line for line in text.splitlines() if line.startswith(f"│ {stage} "))
