@@ -40,10 +40,13 @@ LLAMA_UBATCH = 512
 #: imported by the stages before it, in one process): measured RSS here
 #: (benchmarks/stage_memory.py, the tiny chain).
 LOADER_OVERHEAD_GB = 0.65
-#: The llama.cpp server process before weights (llama-cpp-python, its HTTP server and llmops's
-#: chat handler): 1.29 GB measured for a 10M-parameter Qwen2 GGUF, of which 0.31 are its logits
-#: buffer and weights (benchmarks/stage_memory.py, qwen2 deploy).
-LLAMA_OVERHEAD_GB = 0.95
+#: The llama.cpp server process before its model and vocabulary (llama-cpp-python, its HTTP server
+#: and llmops's chat handler): 0.33 GB measured serving the tiny model's 512-token vocabulary.
+LLAMA_OVERHEAD_GB = 0.30
+#: llama.cpp's logits buffers of one micro-batch (compute graph output, output buffer and the
+#: sampler's copy), each LLAMA_UBATCH x vocab fp32: with the tokenizers, 1.29 GB measured for the
+#: served 10M-parameter Qwen2 GGUF on its 151,936-token vocabulary (benchmarks/stage_memory.py).
+LLAMA_LOGIT_COPIES = 3
 #: A fast tokenizer's resident bytes per vocabulary entry (as llmops.planning.eval_memory counts).
 TOKENIZER_BYTES_PER_TOKEN = 600.0
 
@@ -79,7 +82,9 @@ def served_parts(model: dict, quant: str) -> dict[str, float]:
     """Returns the bytes of a GGUF served by llama.cpp at the model's context length."""
     ctx = int(model["context_length"])
     return {"weights": gguf_bytes(model, quant), "kv_cache": kv_cache_bytes(model, ctx, 2.0),
-            "logits": LLAMA_UBATCH * model["vocab_size"] * 4.0,
+            "logits": LLAMA_LOGIT_COPIES * LLAMA_UBATCH * model["vocab_size"] * 4.0,
+            # llama.cpp's vocabulary and the chat handler's HF tokenizer
+            "tokenizer": 2 * model["vocab_size"] * TOKENIZER_BYTES_PER_TOKEN,
             "overhead": LLAMA_OVERHEAD_GB * GIB}
 
 
@@ -95,7 +100,11 @@ def gguf_parts(model: dict, gguf: dict[str, Any]) -> dict[str, float]:
     hf = _fp32(model) + kv_cache_bytes(model, 2048 + int(gguf["max_new_tokens"]), 4.0) \
         + model["vocab_size"] * 4.0 * 2
     quants = list(gguf["quantization"]) or ["f16"]
-    served = max(sum(served_parts(model, q).values()) - LLAMA_OVERHEAD_GB * GIB for q in quants)
+    # The parity check loads each GGUF in this process: its weights, KV cache at the model's
+    # context and one logits buffer (no server, no second tokenizer).
+    ctx = int(model["context_length"])
+    served = max(gguf_bytes(model, q) + kv_cache_bytes(model, ctx, 2.0)
+                 + LLAMA_UBATCH * model["vocab_size"] * 4.0 for q in quants)
     # q4_k_m quantizes the f16 file: both mapped while it runs.
     if "q4_k_m" in quants:
         served = max(served, gguf_bytes(model, "f16") + gguf_bytes(model, "q4_k_m"))
