@@ -127,24 +127,31 @@ SYSTEM = ("You are the operations assistant of a mid-size company. Use the tools
 
 
 def long_rows(n: int, seed: int = 0) -> list[dict]:
-    """Returns n OpenAI-form rows (messages, two tools): one call, its long result, the answer."""
+    """Returns n OpenAI-form rows (messages, three tools): one call, its long result, then a second
+    call that forwards what was found by email, so the answer scored is a tool call."""
     rng = random.Random(seed)
     rows = []
     for k in range(n):
         name, make = _KINDS[k % len(_KINDS)]
         ask, args, result = make(rng)
         call_id = f"call_{k:04d}"
-        # The tool it calls and one other (a real file's rows carry a few tools each).
-        other = rng.choice([t for t in TOOLS if t["function"]["name"] != name])
-        tools = sorted([_TOOL[name], other], key=lambda t: t["function"]["name"])
+        # The tool it calls, send_email and one other (a real file's rows carry a few tools each).
+        other = rng.choice([t for t in TOOLS if t["function"]["name"] not in (name, "send_email")])
+        tools = sorted([_TOOL[name], _TOOL["send_email"], other],
+                       key=lambda t: t["function"]["name"])
+        who = rng.choice(PEOPLE)
+        email = {"to": [f"{who}@example.com"], "subject": f"{name.replace('_', ' ')} ({k})",
+                 "body": f"Here is what {name.replace('_', ' ')} found; the first result is the "
+                         f"best match (request {k})."}
         rows.append({"messages": [
             {"role": "system", "content": SYSTEM},
-            {"role": "user", "content": ask},
+            {"role": "user", "content": ask + f" Then email the result to {who}@example.com."},
             {"role": "assistant", "content": None, "tool_calls": [{
                 "id": call_id, "type": "function",
                 "function": {"name": name, "arguments": json.dumps(args)}}]},
             {"role": "tool", "tool_call_id": call_id, "content": json.dumps(result)},
-            {"role": "assistant", "content": f"I checked {name.replace('_', ' ')}: the first "
-             f"result is the best match; details are in the tool output above ({k})."},
+            {"role": "assistant", "content": None, "tool_calls": [{
+                "id": f"{call_id}_mail", "type": "function",
+                "function": {"name": "send_email", "arguments": json.dumps(email)}}]},
         ], "tools": tools})
     return rows

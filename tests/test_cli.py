@@ -53,8 +53,8 @@ def test_compile_path_imports_no_heavy_library(tmp_path):
 
 def test_dry_run_imports_no_heavy_library(tmp_path):
     r = subprocess.run([sys.executable, "-X", "importtime", "-m", "llmops", "model=qwen3b",
-                        "lora=r16", "dry_run=true"], cwd=tmp_path, capture_output=True,
-                       text=True, timeout=60)
+                        "lora=r16", "hardware=a100_40g", "dry_run=true"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     imported = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines()
                 if line.startswith("import time:")}
@@ -63,7 +63,8 @@ def test_dry_run_imports_no_heavy_library(tmp_path):
 
 def test_single_run_gives_the_job_what_hydras_own_app_gives_it(tmp_path):
     """A single run skips Hydra's re-composition; its run folder must match Hydra's app's."""
-    args = ["model=qwen3b", "lora=r8", "train.learning_rate=1e-4", "dry_run=true"]
+    args = ["model=qwen3b", "lora=r8", "train.learning_rate=1e-4", "hardware=a100_40g",
+            "dry_run=true"]
     fast = llmops(*args, "hydra.run.dir=fastrun", cwd=tmp_path)
     assert fast.returncode == 0, fast.stderr
     env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}

@@ -192,7 +192,7 @@ def test_without_a_tokenizer_lengths_are_estimated_and_long_rows_only_flagged(
     rows[4]["completion"] = "long " * 100
     path = write_rows(tmp_path / "c.jsonl", rows)
     p = stage_params("data", "data=files", f"data.path={path}", "data.max_length=64",
-                     "model=qwen3b")
+                     "model=qwen3b", "dry_run=true", hardware="a100_40g")
     p["model"]["hub_id"] = str(tmp_path / "no_such_model")
     report, _ = run(tmp_path, p)
     stats = report["token_lengths"]

@@ -23,7 +23,8 @@ from llmops.errors import ConfigError
 FIXES = ("Fixes: point model.hub_id at a local model folder; or download it first while online "
          "(`huggingface-cli download {id}`) and run with HF_HUB_OFFLINE=1, which then reads the "
          "filled cache.")
-QWEN = "Qwen/Qwen2.5-3B-Instruct"
+# A preset that fits this CPU: a real run is planned here (a larger one would exit 2 for memory).
+QWEN = "Qwen/Qwen2.5-0.5B-Instruct"
 
 
 def _llmops(*args: str, cwd: Path, **env: str) -> tuple[subprocess.CompletedProcess, float]:
@@ -42,7 +43,7 @@ def _written(cwd: Path) -> list[Path]:
 
 
 def test_offline_run_of_an_uncached_preset_exits_2_before_any_stage(tmp_path):
-    r, seconds = _llmops("model=qwen3b", "lora=r16", cwd=tmp_path, HF_HUB_OFFLINE="1")
+    r, seconds = _llmops("model=qwen0.5b", "lora=r16", cwd=tmp_path, HF_HUB_OFFLINE="1")
     assert r.returncode == 2, r.stderr[-2000:]
     assert r.stderr.strip() == (
         "Config is invalid (1 problem):\n"
@@ -56,7 +57,7 @@ def test_offline_run_of_an_uncached_preset_exits_2_before_any_stage(tmp_path):
 def test_an_unreachable_hub_is_asked_once_and_a_dry_run_not_at_all(tmp_path):
     online = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "",
               "TRANSFORMERS_OFFLINE": ""}
-    r, seconds = _llmops("model=qwen3b", "lora=r16", cwd=tmp_path, **online)
+    r, seconds = _llmops("model=qwen0.5b", "lora=r16", cwd=tmp_path, **online)
     assert r.returncode == 2, r.stderr[-2000:]
     assert (f"model.hub_id: '{QWEN}' is not in the Hugging Face cache (missing: config.json, "
             "tokenizer, weights) and the hub at http://127.0.0.1:9 could not be asked "
@@ -64,7 +65,8 @@ def test_an_unreachable_hub_is_asked_once_and_a_dry_run_not_at_all(tmp_path):
     assert "Retrying" not in r.stderr
     assert seconds < 30, f"took {seconds:.1f} s: one request, no retries (they take ~49 s)"
     assert _written(tmp_path) == []
-    r, _ = _llmops("model=qwen3b", "lora=r16", "dry_run=true", cwd=tmp_path, **online)
+    r, _ = _llmops("model=qwen3b", "lora=r16", "hardware=a100_40g", "dry_run=true", cwd=tmp_path,
+                   **online)
     assert r.returncode == 0, r.stderr[-2000:]
 
 

@@ -37,8 +37,10 @@ def test_cpu_resolves_device_precision_dtype_backend_and_one_thread_for_tiny():
                                 "bf16": False, "cpu_count": 2, "memory_gb": 15.6}
     assert (r.device, r.precision, r.compute_dtype, r.backend) == ("cpu", "fp32", "float32", "hf")
     assert r.threads == 1
-    # A 3B model on the same CPU keeps torch's own thread count.
-    assert _resolve(CPU, "model=qwen3b")[1].threads is None
+    # A 3B model on a CPU that holds it keeps torch's own thread count (on this 15.6 GB one its
+    # plan does not fit: exit 2, tests/test_stage_plan.py).
+    big = dataclasses.replace(CPU, memory_gb=512.0)
+    assert _resolve(big, "model=qwen3b")[1].threads is None
 
 
 def test_faked_cuda_machine_resolves_the_gpu_from_the_environment():
@@ -274,42 +276,45 @@ def test_one_multirun_test_answers_the_cli_metrics_and_wandb(tmp_path):
 # data stage and every stage after it change once.
 # And once more (issue 19, bounded eval): eval_base, eval and lm_eval take eval.token_budget and
 # eval.logits_mb (lm_eval also train.max_length), so they and the stages after them change once.
+# And once more (issue 19, every stage planned): the compute stage's params carry the per-stage
+# memory plan (stages), so compute changes in every case; a CPU is now held to its own memory, so
+# the qwen3b case plans on a 512 GB CPU (on the 15.6 GB one it is refused at compile time).
 FINGERPRINTS = {
     ("cpu", ()): {
-        "decide": "2c736766fa02e413", "compute": "996099736481a3d5", "base": "4278ac84084edaea",
+        "decide": "2c736766fa02e413", "compute": "f8d6c456b0fc03fa", "base": "4278ac84084edaea",
         "data": "68b9f2e87152fb65", "sft": "efb57dfa7e10710c", "eval_base": "170104169415a4d1",
         "eval": "1acb617878f33718", "export": "c2a2184f9be18f48",
     },
-    ("cpu", ("model=qwen3b", "lora=r16")): {
-        "decide": "1d86f93144f3ce38", "compute": "4cdbaeb196f84cf5", "data": "4e95b0511e2612d4",
-        "sft": "3e479835ff8e59dc", "eval_base": "ab1b0c7f5c16986b", "eval": "5ba1d35a87ea9e09",
-        "export": "b8ea575c7dc2751a",
+    ("cpu512", ("model=qwen3b", "lora=r16")): {
+        "decide": "55bc55fd500c95ee", "compute": "48a16d26a121b7dc", "data": "4e95b0511e2612d4",
+        "sft": "189b8d98edb2b998", "eval_base": "ab1b0c7f5c16986b", "eval": "a1f741adc3252ba3",
+        "export": "c6020d1a6c78bf78",
     },
     ("cpu", ("train=sft_dpo", "merge=ties")): {
-        "decide": "2c736766fa02e413", "compute": "996099736481a3d5", "base": "4278ac84084edaea",
+        "decide": "2c736766fa02e413", "compute": "6fff2c7f864aed09", "base": "4278ac84084edaea",
         "data": "b389af41555467e9", "sft": "bc7c8be8eaaeb8f7", "dpo": "b81a7d557eeb95ac",
         "merge": "307118128cabd531", "eval_base": "2323e35d787cfe13", "eval": "b73dd55b42c0e68f",
         "export": "3b6d4bec7978389f",
     },
     ("cpu", ("deploy=openai",)): {
-        "decide": "2c736766fa02e413", "compute": "996099736481a3d5", "base": "4278ac84084edaea",
+        "decide": "2c736766fa02e413", "compute": "540424edcde6f0ed", "base": "4278ac84084edaea",
         "data": "68b9f2e87152fb65", "sft": "efb57dfa7e10710c", "eval_base": "170104169415a4d1",
         "eval": "1acb617878f33718", "export": "c2a2184f9be18f48", "gguf": "be28dc1358fcf66d",
         "deploy": "e250cced5555523a",
     },
     ("cpu", ("eval=lm_eval",)): {
-        "decide": "2c736766fa02e413", "compute": "996099736481a3d5", "base": "4278ac84084edaea",
+        "decide": "2c736766fa02e413", "compute": "48930458bd582a8d", "base": "4278ac84084edaea",
         "data": "68b9f2e87152fb65", "sft": "efb57dfa7e10710c", "eval_base": "170104169415a4d1",
         "lm_eval": "93e0a79cf317a09d", "eval": "1acb617878f33718", "export": "c2a2184f9be18f48",
     },
     ("cpu", ("model=llama8b", "hardware=t4", "dry_run=true", "quant=nf4",
              "train.max_length=512")): {
-        "decide": "8f6fe2e6e88d7d6a", "compute": "26a059c1ded868b0", "data": "7796f4467578a3b4",
+        "decide": "8f6fe2e6e88d7d6a", "compute": "f649ec307b02460c", "data": "7796f4467578a3b4",
         "sft": "ec586f8923506ac8", "eval_base": "9a795150826df311", "eval": "acba7f4153d2c2a9",
         "export": "271ef3df7b81736e",
     },
     ("h100", ("model=qwen1.5b",)): {
-        "decide": "4c2e77bb9e9c5cff", "compute": "b4fad777a2b68746", "data": "06d70c09681846dd",
+        "decide": "4c2e77bb9e9c5cff", "compute": "f185b0de37cceac5", "data": "06d70c09681846dd",
         "sft": "9d71240963e4a300", "eval_base": "2b1650b1a3cb3d98", "eval": "9e09fad2eb992ac1",
         "export": "fd25c110df1f83df",
     },
@@ -318,6 +323,6 @@ FINGERPRINTS = {
 
 @pytest.mark.parametrize("case", list(FINGERPRINTS), ids=lambda c: f"{c[0]}:{' '.join(c[1])}")
 def test_stage_fingerprints_are_those_recorded_before_the_resolve_step(case):
-    env = {"cpu": CPU, "h100": H100}[case[0]]
+    env = {"cpu": CPU, "cpu512": dataclasses.replace(CPU, memory_gb=512.0), "h100": H100}[case[0]]
     plan = compile_plan(*_resolve(env, *case[1]))
     assert {s.name: s.fingerprint[:16] for s in plan.stages} == FINGERPRINTS[case]

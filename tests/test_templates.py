@@ -149,7 +149,7 @@ def test_eval_scores_the_models_tool_calls(real_model, family):
 
 
 def test_chat_template_checked_at_compile_time(compose_plan, tmp_path):
-    _, plan = compose_plan(["model=qwen3b", "lora=r16"])
+    _, plan = compose_plan(["model=qwen3b", "lora=r16", "hardware=a100_40g", "dry_run=true"])
     assert plan.stage("sft").params["model"]["chat_template"] == "qwen2_5"
     cases = {
         "model.chat_template=qwen25": "'qwen25' is not a known chat template. Did you mean "
@@ -163,7 +163,7 @@ def test_chat_template_checked_at_compile_time(compose_plan, tmp_path):
     }
     for override, message in cases.items():
         with pytest.raises(ConfigError) as err:
-            compose_plan(["model=qwen3b", override])
+            compose_plan(["model=qwen3b", "hardware=a100_40g", "dry_run=true", override])
         problems = [p for p in err.value.problems if p.key == "model.chat_template"]
         assert len(problems) == 1 and message in problems[0].message, problems
 
@@ -172,12 +172,13 @@ def test_tool_data_in_a_file_is_peeked_at_compile_time(compose_plan, tmp_path):
     path = tmp_path / "rows.jsonl"
     path.write_text(json.dumps(TOOL_ROW) + "\n" + json.dumps(MULTI_TURN) + "\n")
     with pytest.raises(ConfigError) as err:
-        compose_plan(["model=qwen3b", "model.chat_template=phi3", "data=files",
-                      f"data.path={path}"])
+        compose_plan(["model=qwen3b", "hardware=a100_40g", "dry_run=true",
+                      "model.chat_template=phi3", "data=files", f"data.path={path}"])
     assert f"'phi3' cannot render tool calls, but the data has tools ({path} line 1)" in str(
         err.value)
     path.write_text(json.dumps(MULTI_TURN) + "\n")
-    compose_plan(["model=qwen3b", "model.chat_template=phi3", "data=files", f"data.path={path}"])
+    compose_plan(["model=qwen3b", "hardware=a100_40g", "dry_run=true",
+                  "model.chat_template=phi3", "data=files", f"data.path={path}"])
 
 
 def test_wrong_template_exits_2_before_anything_is_written(tmp_path):

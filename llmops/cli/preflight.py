@@ -8,6 +8,7 @@ of a hub model then checks that the model can be had (reachability.py), also exi
 from __future__ import annotations
 
 import math
+import os
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -162,6 +163,18 @@ def _preflight(command: Command) -> Any:
     if hard:
         raise ConfigError(hard)
     env = detect()
+    # Jobs running at once share this machine's memory: each point is planned with its share, and
+    # the jobs (started after this, inheriting the environment) plan with the same.
+    from omegaconf import OmegaConf
+
+    from llmops.env import CONCURRENT_JOBS_ENV, concurrent_jobs, shared_by
+
+    launcher = OmegaConf.to_container(own.hydra.launcher, resolve=False) \
+        if own.hydra.get("launcher") is not None else None
+    jobs = concurrent_jobs(launcher, len(sweep.points), env.cpu_count)
+    if jobs > 1:
+        os.environ[CONCURRENT_JOBS_ENV] = str(jobs)
+        env = shared_by(env, jobs)
     soft: list[Problem] = []
     models: list[str | None] = []
     total_s = math.inf  # the smallest limits.http_total_seconds of the points

@@ -22,6 +22,7 @@ from llmops.config.templates import is_path
 from llmops.data import formats
 from llmops.data.limits import DATA_KEYS as DATA_LIMITS
 from llmops.planning.resolve import Resolved
+from llmops.planning.stage_memory import stage_inputs
 from llmops.scoring.gates import choose_gates
 
 #: Files of a model folder hashed by content; weights (large) are fingerprinted by name, size and
@@ -146,7 +147,8 @@ def add_decide(b: PlanBuilder, s: StageInputs) -> None:
 
 
 def add_compute(b: PlanBuilder, s: StageInputs) -> None:
-    """Adds the compute stage (something trains): memory, time and cost of the training step."""
+    """Adds the compute stage (something trains): memory, time and cost of the training step, and
+    the memory plan of every stage that loads a model."""
     if s.cfg.train.method == "none":
         return
     d = s.cfg.data
@@ -154,7 +156,7 @@ def add_compute(b: PlanBuilder, s: StageInputs) -> None:
                if d.source == "task_api" else None)
     data = {"n_train_rows": n_train, "avg_tokens": None}
     params = {"model": s.facts, "lora": s.lora, "quant": s.quant, "train": s.train,
-              "hardware": s.hardware, "data": data}
+              "hardware": s.hardware, "data": data, "stages": stage_inputs(s.cfg)}
     if s.resolved.facts_from:  # only then: a preset's fingerprint (the store key) stays as it was
         params["facts_from"] = dict(s.resolved.facts_from)
     b.add("compute", s.training(params), [],

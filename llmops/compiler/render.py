@@ -251,12 +251,41 @@ def compute_table(report: dict[str, Any]) -> Any:
     lines = [c for c in (facts_caption(report.get("facts_read") or {}),
                          scale_out_caption(report.get("scale_out") or [])) if c]
     caption = "\n".join(lines) if lines else None
-    if caption is None:
+    stages = stage_table(report)
+    if caption is None and stages is None:
         return table
     from rich.console import Group
     from rich.text import Text
 
-    return Group(table, Text(caption, overflow="fold"))
+    return Group(table, *([Text(caption, overflow="fold")] if caption else []),
+                 *([stages] if stages is not None else []))
+
+
+def stage_table(report: dict[str, Any]) -> Any:
+    """Returns a rich Table of each planned stage's peak (device GB, host GB, fits), or None.
+
+    On a CPU the device is the host: both columns show the same memory.
+    """
+    from rich.table import Table
+
+    stages = report.get("stages") or {}
+    if not stages:
+        return None
+    cuda = report.get("capacity_from", "").startswith("hardware profile")
+    largest = report.get("largest_stage")
+    dev = "GPU GB" if cuda else "device GB"
+    title = (f"memory by stage (largest: {largest}; "
+             f"{'fits' if report.get('stages_fit') else 'does NOT fit'}; capacity from "
+             f"{report.get('capacity_from')})")
+    table = Table(title=title, title_justify="left")
+    for col in ("stage", dev, "host GB", "fits", "largest parts (GB)"):
+        table.add_column(col, justify="right" if col.endswith("GB") else "left")
+    for name, s in stages.items():
+        top = sorted(s["parts_gb"].items(), key=lambda kv: -kv[1])[:3]
+        table.add_row(name, f"{s['device_gb']:.2f}" if s["on"] == "device" or not cuda else "-",
+                      f"{s['host_gb']:.2f}", "yes" if s.get("fits", True) else "NO",
+                      ", ".join(f"{k} {v:.2f}" for k, v in top if v >= 0.005))
+    return table
 
 
 def facts_caption(read: dict[str, dict[str, Any]]) -> str | None:

@@ -30,8 +30,11 @@ GPU_TFLOPS = {"h200": 989, "h100": 989, "a100": 312, "l40": 181, "l4": 121, "a10
 LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # Calibrated on CPU against measured peak RSS (benchmarks/compute_calibration.py).
 ACT_SCALE = 1.0
-# Tile-sized temporaries of the LM-head loss: torch ops on CPU, one Triton kernel on CUDA.
-TILE_TEMPS = {"cpu": 3.0, "cuda": 1.0}
+# Tile-sized temporaries of the LM-head loss: torch ops on CPU, one Triton kernel on CUDA. On a
+# CPU, TRL's chunked log-prob over one 4096 x 32768 fp32 tile peaks at 8.8 tiles in its backward
+# (4.41 GB for a 0.5 GB tile, Qwen2's 151,936 vocabulary, measured here; the qwen2 sft stage of
+# benchmarks/stage_memory.py peaked at 5.33 GB).
+TILE_TEMPS = {"cpu": 8.6, "cuda": 1.0}
 
 
 def linear_shapes(model: dict[str, Any]) -> dict[str, tuple[int, int]]:

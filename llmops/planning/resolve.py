@@ -25,11 +25,13 @@ if TYPE_CHECKING:
     from llmops.config.schema import AppConfig  # config imports planning, not the reverse
 
 MULTI_GPU_KEYS = ("interconnect_gbps", "num_nodes")
-SMALL_MODEL_PARAMS = 20_000_000
-"""Below this many parameters a CPU run keeps torch on one thread (training, generation, logits):
-for tiny matrices extra threads only add synchronisation, and with other processes on the cores
-they slow it down many times over (measured here: 120 eval rows in 0.7 s on 1 thread vs 17-43 s on
-2 under load; 180 SFT steps in 11 s vs 171 s)."""
+SMALL_WORK = 2e10
+"""Below this much work per step (tokens x (parameters outside the embedding + vocab x hidden
+size), the matmuls of one forward pass) a CPU run keeps torch on one thread: for tiny matrices
+extra threads only add synchronisation, and with other processes on the cores they slow it down
+many times over (measured here: 120 eval rows in 0.7 s on 1 thread vs 17-43 s on 2 under load;
+180 SFT steps in 11 s vs 171 s). A small model on a real vocabulary spends its time in the LM head
+(vocab x hidden per token) and gets every core (benchmarks/threads.py)."""
 
 
 @dataclass(frozen=True)
@@ -43,8 +45,8 @@ class Resolved:
         backend: Training backend: hf or unsloth.
         batch_size: Per-device batch size; None when nothing trains (train=none).
         grad_accum: Gradient accumulation steps; None when nothing trains.
-        threads: Torch CPU threads inside stages: 1 for a model under SMALL_MODEL_PARAMS on a
-            CPU, None for torch's default (all cores).
+        threads: Torch CPU threads inside stages: 1 on a CPU when a step's work is under
+            SMALL_WORK (``step_work``), None for torch's default (all cores).
         distributed: The distributed group, nproc_per_node and backend resolved, plus
             world_size and fsdp_version (``llmops.planning.distributed.resolve_distributed``).
         facts_from: Where each model architecture fact the config left null was read (e.g.
@@ -101,12 +103,23 @@ def resolve_hardware(cfg: AppConfig, env: Environment) -> dict[str, Any]:
         else:
             hw.update(device="cpu", num_gpus=0, bf16=False)
     hw.update(cpu_count=env.cpu_count, memory_gb=env.memory_gb)
+    if env.memory_source != "physical RAM":  # only then: other plans keep their fingerprints
+        hw["memory_source"] = env.memory_source
     return hw
 
 
-def cpu_threads(device: str, model_params: int) -> int | None:
-    """Returns the torch CPU threads for stages: 1 for a small model on a CPU, else None."""
-    return 1 if device == "cpu" and model_params < SMALL_MODEL_PARAMS else None
+def step_work(model: Mapping[str, Any], tokens: int) -> float:
+    """Returns the matmul work of one forward pass over `tokens` tokens: tokens x (parameters
+    outside the embedding + vocab x hidden size, the LM head's product, tied or not)."""
+    vh = int(model["vocab_size"]) * int(model["hidden_size"])
+    embed = vh if int(model["params"]) > vh else 0
+    return float(tokens) * (int(model["params"]) - embed + vh)
+
+
+def cpu_threads(device: str, model: Mapping[str, Any], tokens: int) -> int | None:
+    """Returns the torch CPU threads for stages: 1 on a CPU when a step's work
+    (``step_work``) is under SMALL_WORK, else None (all cores)."""
+    return 1 if device == "cpu" and step_work(model, tokens) < SMALL_WORK else None
 
 
 def planner_inputs(cfg: AppConfig, precision: str,
@@ -152,7 +165,8 @@ def resolve(cfg: AppConfig, env: Environment,
     return Resolved(
         hardware=MappingProxyType(hw), precision=precision, compute_dtype=compute_dtype,
         backend=backend, batch_size=size[0], grad_accum=size[1],
-        threads=cpu_threads(hw["device"], cfg.model.params),
+        threads=cpu_threads(hw["device"], cfg.model.model_dump(),
+                            (size[0] or cfg.eval.batch_size) * cfg.train.max_length),
         distributed=MappingProxyType(distributed),
         facts_from=MappingProxyType(dict(facts_from or {})),
     )

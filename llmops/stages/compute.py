@@ -1,7 +1,9 @@
-"""Stage `compute`: the pre-flight memory, time and cost plan of the training step.
+"""Stage `compute`: the pre-flight memory, time and cost plan of the training step, and the memory
+plan of every stage that loads a model.
 
 Pure arithmetic (llmops.planning); writes compute_plan.json. The compiler already refused plans
-that do not fit a GPU (llmops.planning.rules), so here the estimate is recorded, never enforced.
+with a stage that does not fit (llmops.planning.rules), so here the estimate is recorded, never
+enforced.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from llmops.backends.common import write_json
 from llmops.compiler.plan import report_name
 from llmops.planning.fixes import scale_out, suggest_fixes
 from llmops.planning.memory import estimate
+from llmops.planning.rules import plan_stages
+from llmops.planning.stage_fixes import stage_fixes
 from llmops.runner.context import StageContext
 
 REPORT_NAME = report_name("compute")
@@ -27,7 +31,14 @@ def plan(params: dict[str, Any]) -> dict[str, Any]:
             "lora": dict | None,
             "quant": dict, "train": dict (resolved backend/precision), "hardware": the resolved
             profile, "data": {"n_train_rows": int | None, "avg_tokens": int | None},
-            "distributed": the resolved group, only when not none}.
+            "distributed": the resolved group, only when not none,
+            "stages": what the model-loading stages were configured with
+            (``llmops.planning.stage_memory.stage_inputs``)}.
+
+    Returns:
+        The training estimate (``memory.estimate``; its keys unchanged) plus "stages" (each
+        planned stage's device_gb, host_gb, parts_gb, on, fits), "largest_stage", "stages_fit",
+        "stage_fixes" (per stage that does not fit) and "capacity_from".
     """
     data = params.get("data") or {}
     args = (params["model"], params.get("lora"), params.get("quant") or {"type": "none"},
@@ -45,6 +56,15 @@ def plan(params: dict[str, Any]) -> dict[str, Any]:
     # A one-process GPU plan also shows what the multi-GPU profiles of its GPU would give.
     report["scale_out"] = [] if dist else scale_out(
         *args, n_train_rows=data.get("n_train_rows"), avg_tokens=data.get("avg_tokens"))
+    inputs = params["stages"]
+    per = plan_stages(*args, inputs, dist)
+    report["stages"] = per["stages"]
+    report["largest_stage"] = per["largest"]
+    report["stages_fit"] = per["fits"]
+    report["usable_host_gb"] = per["usable_host_gb"]
+    report["stage_fixes"] = {s: stage_fixes(s, *args, inputs, dist) for s in per["over"]}
+    report["capacity_from"] = params["hardware"].get("memory_source", "physical RAM") \
+        if params["hardware"].get("device") != "cuda" else "hardware profile (gpu_memory_gb)"
     return report
 
 

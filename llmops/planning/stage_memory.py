@@ -1,0 +1,375 @@
+"""The memory plan of every stage that loads a model: pure arithmetic, no torch.
+
+What each stage holds at its peak, on the device it runs its model on and on the host:
+
+- sft: the training step (``llmops.planning.memory``).
+- dpo: the training step on chosen + rejected (twice the rows) with full-vocabulary logits (TRL's
+  DPO scores them whole); under LoRA the reference is the base with the adapter off (no copy),
+  a full fine-tune holds a second, frozen copy.
+- eval_base / eval: the model (+ the adapter for eval) and the larger of the held-out loss and
+  generation (``llmops.planning.eval_memory``, helper evalmem's estimate).
+- lm_eval: the model and the harness's logits (``eval_memory.lm_eval_parts``).
+- merge / export: float32 base + adapter on the host, merged in place, a copy when saved in
+  16-bit; the reload after saving comes after the first copy is freed.
+- gguf: the larger of (the merged model in float32 answering the parity prompts) and (a GGUF file
+  loaded by llama.cpp with its KV cache at the model's context length); llama.cpp's converter runs
+  in a child process streaming tensors (lazy), well below either.
+- deploy: the served GGUF (llama.cpp server or Ollama) with its KV cache at the model's context.
+
+On a CPU the device is the host: device_gb == host_gb. Units: GB = GiB.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llmops.planning import memory
+from llmops.planning.memory import CPU_OVERHEAD_GB, CUDA_OVERHEAD_GB, GIB
+
+#: Stages that load a model, in the order a plan runs them.
+STAGES = ("sft", "dpo", "merge", "eval_base", "lm_eval", "eval", "export", "gguf", "deploy")
+#: Stages that hold their model on the host whatever the hardware (merge and export in float32
+#: on the CPU; llama.cpp conversion, parity and serving with n_gpu_layers=0).
+HOST_STAGES = ("merge", "export", "gguf", "deploy")
+#: Bytes per parameter of a GGUF file by quantization (f16; q8_0: 34 bytes per 32; q4_k_m mixes
+#: Q4_K and Q6_K: ~4.9 bits).
+GGUF_BYTES = {"f16": 2.0, "q8_0": 34 / 32, "q4_k_m": 0.61}
+#: llama.cpp's compute buffer holds one micro-batch of logits (n_ubatch 512) in fp32.
+LLAMA_UBATCH = 512
+#: The stage process of a run before it loads its model (torch, transformers, peft and trl were
+#: imported by the stages before it, in one process): measured RSS here
+#: (benchmarks/stage_memory.py, the tiny chain).
+LOADER_OVERHEAD_GB = 0.65
+#: The llama.cpp server process before its model and vocabulary (llama-cpp-python, its HTTP server
+#: and llmops's chat handler): 0.33 GB measured serving the tiny model's 512-token vocabulary.
+LLAMA_OVERHEAD_GB = 0.30
+#: llama.cpp's logits buffers of one micro-batch (compute graph output, output buffer and the
+#: sampler's copy), each LLAMA_UBATCH x vocab fp32: with the tokenizers, 1.29 GB measured for the
+#: served 10M-parameter Qwen2 GGUF on its 151,936-token vocabulary (benchmarks/stage_memory.py).
+LLAMA_LOGIT_COPIES = 3
+#: A fast tokenizer's resident bytes per vocabulary entry (as llmops.planning.eval_memory counts).
+TOKENIZER_BYTES_PER_TOKEN = 600.0
+
+
+def gguf_bytes(model: dict[str, Any], quant: str) -> float:
+    """Returns the size of the model's GGUF file for one quantization."""
+    return memory.param_groups(model)["total"] * GGUF_BYTES.get(quant, 2.0)
+
+
+def kv_cache_bytes(model: dict[str, Any], tokens: int, bytes_per: float) -> float:
+    """Returns the KV cache of `tokens` positions: keys and values of every layer."""
+    kv = memory.linear_shapes(model)["k_proj"][1]
+    return 2.0 * model["num_layers"] * tokens * kv * bytes_per
+
+
+def _fp32(model: dict[str, Any]) -> float:
+    return memory.param_groups(model)["total"] * 4.0
+
+
+def _lora_bytes(model: dict[str, Any], lora: dict[str, Any] | None) -> float:
+    return memory.lora_params(model, lora) * 4.0
+
+
+def merge_parts(model: dict, lora: dict | None, dtype: str) -> dict[str, float]:
+    """Returns the host bytes of a merge (merge stage, or export's merged format)."""
+    copy = 0.0 if dtype == "float32" else memory.param_groups(model)["total"] * 2.0
+    probes = 8 * 64 * model["vocab_size"] * 4 * 2  # the parity probes' logits, twice
+    return {"weights": _fp32(model), "lora": _lora_bytes(model, lora), "copy": copy,
+            "logits": probes, "overhead": LOADER_OVERHEAD_GB * GIB}
+
+
+def served_parts(model: dict, quant: str) -> dict[str, float]:
+    """Returns the bytes of a GGUF served by llama.cpp at the model's context length."""
+    ctx = int(model["context_length"])
+    return {"weights": gguf_bytes(model, quant), "kv_cache": kv_cache_bytes(model, ctx, 2.0),
+            "logits": LLAMA_LOGIT_COPIES * LLAMA_UBATCH * model["vocab_size"] * 4.0,
+            # llama.cpp's vocabulary and the chat handler's HF tokenizer
+            "tokenizer": 2 * model["vocab_size"] * TOKENIZER_BYTES_PER_TOKEN,
+            "overhead": LLAMA_OVERHEAD_GB * GIB}
+
+
+def deploy_parts(model: dict, quant: str) -> dict[str, float]:
+    """Returns the deploy stage's peak: the llama.cpp server (or Ollama) holding the GGUF beside
+    the stage's own process (its tokenizer and smoke client)."""
+    served = served_parts(model, quant)
+    return {**served, "overhead": served["overhead"] + LOADER_OVERHEAD_GB * GIB}
+
+
+def gguf_parts(model: dict, gguf: dict[str, Any]) -> dict[str, float]:
+    """Returns the gguf stage's peak: float32 parity generation, or the largest GGUF loaded."""
+    hf = _fp32(model) + kv_cache_bytes(model, 2048 + int(gguf["max_new_tokens"]), 4.0) \
+        + model["vocab_size"] * 4.0 * 2
+    quants = list(gguf["quantization"]) or ["f16"]
+    # The parity check loads each GGUF in this process: its weights, KV cache at the model's
+    # context and one logits buffer (no server, no second tokenizer).
+    ctx = int(model["context_length"])
+    served = max(gguf_bytes(model, q) + kv_cache_bytes(model, ctx, 2.0)
+                 + LLAMA_UBATCH * model["vocab_size"] * 4.0 for q in quants)
+    # q4_k_m quantizes the f16 file: both mapped while it runs.
+    if "q4_k_m" in quants:
+        served = max(served, gguf_bytes(model, "f16") + gguf_bytes(model, "q4_k_m"))
+    tokenizer = model["vocab_size"] * TOKENIZER_BYTES_PER_TOKEN
+    if hf >= served:
+        return {"weights": _fp32(model), "kv_cache": hf - _fp32(model), "gguf": 0.0,
+                "tokenizer": tokenizer, "overhead": LOADER_OVERHEAD_GB * GIB}
+    return {"weights": 0.0, "kv_cache": 0.0, "gguf": served, "tokenizer": tokenizer,
+            "overhead": LOADER_OVERHEAD_GB * GIB}
+
+
+def dpo_parts(model: dict, lora: dict | None, quant: dict, train: dict, hardware: dict,
+              dpo: dict[str, Any], distributed: dict | None = None
+              ) -> tuple[dict[str, float], list[str], float]:
+    """Returns the dpo step's device parts, notes and host bytes per process."""
+    dtrain = {**train, "batch_size": 2 * int(dpo.get("batch_size") or train["batch_size"]),
+              "fused_loss": False}
+    parts, notes, _, host = memory.device_parts(model, lora, quant, dtrain, hardware, distributed)
+    parts = dict(parts)
+    if lora is None:
+        parts["reference"] = parts["weights"]
+        notes.append("dpo: full fine-tune keeps a frozen reference copy of the weights")
+    else:
+        notes.append("dpo: the reference is the base with the adapter disabled (no copy)")
+    notes.append("dpo: chosen and rejected in one batch (2 x train.dpo.batch_size rows), "
+                 "full-vocabulary logits")
+    return parts, notes, host
+
+
+def _eval_module() -> Any:
+    """Returns the eval estimate: helper evalmem's ``llmops.planning.eval_memory`` when present,
+    else this module's stand-in of the same shape."""
+    try:
+        from llmops.planning import eval_memory  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return eval_memory
+
+
+def _standin_eval_parts(model: dict, quant: dict, eval: dict, hardware: dict, max_length: int,
+                        adapter: bool, lora: dict | None = None
+                        ) -> tuple[dict[str, float], list[str]]:
+    """Stand-in for ``eval_memory.eval_parts`` (same signature): bounded held-out loss and
+    generation, batched by eval.token_budget, logits in chunks of eval.logits_mb."""
+    cuda = hardware.get("device") == "cuda"
+    a = 2 if cuda else 4  # generation.load_model: bfloat16 on a GPU, float32 on a CPU
+    h, i, V = model["hidden_size"], model["intermediate_size"], model["vocab_size"]
+    budget = int(eval.get("token_budget") or 8192)
+    rows_cap = int(eval["batch_size"])
+    new = int(eval["max_new_tokens"])
+    qtype = quant.get("type", "none") if cuda else "none"
+    w = memory.param_groups(model)["total"] * ({"nf4": 0.6, "int8": 1.1}.get(qtype, a))
+    chunk = max(1, int((eval.get("logits_mb") or 256) * 2**20 // (V * 4)))
+    loss_rows = max(1, min(rows_cap, budget // max(1, max_length)))
+    loss_tokens = loss_rows * max_length
+    loss_acts = loss_tokens * (4 * h + 2 * i) * a
+    loss_logits = min(loss_tokens, chunk) * V * 4 * 2
+    gen_rows = max(1, min(rows_cap, budget // max(1, max_length + new)))
+    kv = kv_cache_bytes(model, gen_rows * (max_length + new), a)
+    gen_acts = gen_rows * max_length * (4 * h + 2 * i) * a
+    gen_logits = gen_rows * V * 4 * 2
+    parts = {"weights": w, "adapter": _lora_bytes(model, lora) if adapter else 0.0,
+             "loss_activations": 0.0, "loss_logits": 0.0, "kv_cache": 0.0,
+             "gen_activations": 0.0, "gen_logits": 0.0,
+             "overhead": (CUDA_OVERHEAD_GB if cuda else LOADER_OVERHEAD_GB) * GIB}
+    if loss_acts + loss_logits >= kv + gen_acts + gen_logits:
+        parts.update(loss_activations=loss_acts, loss_logits=loss_logits)
+    else:
+        parts.update(kv_cache=kv, gen_activations=gen_acts, gen_logits=gen_logits)
+    return parts, [f"eval: {loss_rows} rows x {max_length} tokens per held-out batch, "
+                   f"{gen_rows} rows per generation batch (eval.token_budget {budget})"]
+
+
+def _standin_lm_eval_parts(model: dict, quant: dict, eval: dict, hardware: dict,
+                           max_length: int, adapter: bool, lora: dict | None = None
+                           ) -> tuple[dict[str, float], list[str]]:
+    """Stand-in for ``eval_memory.lm_eval_parts``: the harness's batch of full logits."""
+    cuda = hardware.get("device") == "cuda"
+    V = model["vocab_size"]
+    chunk = max(1, int((eval.get("logits_mb") or 256) * 2**20 // (V * 4)))
+    le = eval.get("lm_eval") or {}
+    b = min(int(le.get("batch_size") or eval.get("lm_eval_batch_size") or 16),
+            max(1, chunk // max(1, max_length)))
+    w = memory.param_groups(model)["total"] * (2 if cuda else 4)
+    return ({"weights": w, "adapter": _lora_bytes(model, lora) if adapter else 0.0,
+             "logits": b * max_length * V * 4 * 2.0,
+             "overhead": (CUDA_OVERHEAD_GB if cuda else LOADER_OVERHEAD_GB) * GIB},
+            [f"lm_eval: harness batch {b} x {max_length} tokens of full logits"])
+
+
+def eval_parts(model: dict, quant: dict, eval: dict, hardware: dict, max_length: int,
+               adapter: bool, lora: dict | None = None) -> tuple[dict[str, float], list[str]]:
+    """Returns the eval stage's parts (evalmem's estimate, or the stand-in)."""
+    mod = _eval_module()
+    if mod is not None:
+        return mod.eval_parts(model, quant, eval, hardware, max_length, adapter, lora=lora)
+    return _standin_eval_parts(model, quant, eval, hardware, max_length, adapter, lora)
+
+
+def lm_eval_parts(model: dict, quant: dict, eval: dict, hardware: dict, max_length: int,
+                  adapter: bool, lora: dict | None = None) -> tuple[dict[str, float], list[str]]:
+    """Returns the lm_eval stage's parts (evalmem's estimate, or the stand-in)."""
+    mod = _eval_module()
+    if mod is not None:  # its lm_eval params: the harness batch, max_gen_toks, logits_mb
+        params = {"batch_size": eval["lm_eval"]["batch_size"],
+                  "max_gen_toks": eval["max_new_tokens"], "logits_mb": eval["logits_mb"]}
+        return mod.lm_eval_parts(model, quant, params, hardware, max_length, adapter, lora=lora)
+    return _standin_lm_eval_parts(model, quant, eval, hardware, max_length, adapter, lora)
+
+
+def stage_parts(stage: str, model: dict, lora: dict | None, quant: dict, train: dict,
+                hardware: dict, inputs: dict[str, Any], distributed: dict | None = None
+                ) -> tuple[dict[str, float], float, list[str]]:
+    """Returns (the stage's parts in bytes, its host bytes, notes).
+
+    The parts are where the stage runs its model: the device for sft, dpo, eval_base, eval and
+    lm_eval; the host for merge, export, gguf and deploy (whose host bytes are their parts).
+
+    Args:
+        stage: One of STAGES.
+        model, lora, quant, train, hardware, distributed: As for ``memory.estimate``.
+        inputs: What the other stages were configured with (``stage_inputs``): eval, lm_eval,
+            dpo, merge, export, gguf, deploy, max_length, merged (whether eval reads a merged
+            model).
+    """
+    cuda = hardware.get("device") == "cuda"
+    base_host = CPU_OVERHEAD_GB * GIB
+    if stage == "sft":
+        parts, notes, _, host = memory.device_parts(model, lora, quant, train, hardware,
+                                                    distributed)
+        return dict(parts), (base_host + host if cuda else 0.0), list(notes)
+    if stage == "dpo":
+        parts, notes, host = dpo_parts(model, lora, quant, train, hardware, inputs["dpo"],
+                                       distributed)
+        return parts, (base_host + host if cuda else 0.0), notes
+    if stage in ("eval_base", "eval", "lm_eval"):
+        adapter = stage != "eval_base" and lora is not None and not inputs.get("merged")
+        fn = lm_eval_parts if stage == "lm_eval" else eval_parts
+        evq = quant if cuda else {**quant, "type": "none"}  # quant applies on a GPU only
+        parts, notes = fn(model, evq, inputs["eval"], hardware, int(inputs["max_length"]),
+                          adapter, lora=lora)
+        return dict(parts), (LOADER_OVERHEAD_GB * GIB if cuda else 0.0), list(notes)
+    if stage == "merge":
+        return merge_parts(model, lora, inputs["merge"]["dtype"]), 0.0, [
+            "merge: float32 base + adapters on the host, merged in place"]
+    if stage == "export":
+        return merge_parts(model, lora, inputs["export"]["merge_dtype"]), 0.0, [
+            "export: float32 merge on the host"]
+    if stage == "gguf":
+        return gguf_parts(model, inputs["gguf"]), 0.0, [
+            "gguf: float32 parity generation, then each GGUF loaded by llama.cpp"]
+    if stage == "deploy":
+        return deploy_parts(model, inputs["deploy"]["serve_quantization"]), 0.0, [
+            f"deploy: {inputs['deploy']['serve_quantization']} GGUF served with its KV cache "
+            f"at {model['context_length']} tokens"]
+    raise ValueError(f"unknown stage {stage!r}; one of {', '.join(STAGES)}")
+
+
+def stage_memory(model: dict, lora: dict | None, quant: dict, train: dict, hardware: dict,
+                 inputs: dict[str, Any], distributed: dict | None = None
+                 ) -> dict[str, dict[str, Any]]:
+    """Returns each planned stage's peak: {stage: {device_gb, host_gb, parts_gb, on}}.
+
+    ``on`` says where its parts sit ("device" or "host"). On a CPU the device is the host.
+    """
+    cuda = hardware.get("device") == "cuda"
+    out = {}
+    for stage in inputs["stages"]:
+        parts, host, _ = stage_parts(stage, model, lora, quant, train, hardware, inputs,
+                                     distributed)
+        procs = int(distributed["nproc_per_node"]) if distributed else 1
+        if not cuda and procs > 1 and stage in ("sft", "dpo"):
+            # The ranks of one node share its memory (gloo on a CPU): every rank holds its part.
+            parts = {**parts, "other_ranks": sum(parts.values()) * (procs - 1)}
+        total = sum(parts.values())
+        on_host = stage in HOST_STAGES or not cuda
+        out[stage] = {
+            "device_gb": 0.0 if on_host and cuda else round(total / GIB, 2),
+            "host_gb": round((total if on_host else host) / GIB, 2),
+            "parts_gb": {k: round(v / GIB, 2) for k, v in parts.items()},
+            "on": "host" if on_host else "device",
+        }
+    return out
+
+
+def capacities(hardware: dict[str, Any]) -> tuple[float | None, float | None]:
+    """Returns (usable device GB, usable host GB); None where unknown or not this machine's.
+
+    The host is checked only when the plan is for this machine (hardware=auto or cpu: memory_gb
+    is what this machine may use); a named GPU profile plans for another machine.
+    """
+    frac = memory.USABLE_FRACTION
+    cuda = hardware.get("device") == "cuda"
+    here = not cuda or hardware.get("name") == "auto"
+    host_cap = hardware.get("memory_gb") if here else None
+    host = float(host_cap) * frac if host_cap else None
+    if cuda:
+        dev = float(hardware["gpu_memory_gb"]) * frac if hardware.get("gpu_memory_gb") else None
+        return dev, host
+    return host, host
+
+
+def fitting(stages: dict[str, dict[str, Any]], hardware: dict[str, Any]) -> dict[str, Any]:
+    """Marks each stage fits / does not fit, and returns the summary.
+
+    Returns:
+        {"largest": the stage of the largest peak (device, then host), "fits": all fit,
+         "over": [stages that do not fit, largest first], "usable_device_gb", "usable_host_gb"}.
+    """
+    dev, host = capacities(hardware)
+    over = []
+    for name, s in stages.items():
+        ok = (dev is None or s["device_gb"] <= dev) and (host is None or s["host_gb"] <= host)
+        s["fits"] = ok
+        if not ok:
+            over.append(name)
+    cuda = hardware.get("device") == "cuda"
+    key = (lambda n: (stages[n]["device_gb"], stages[n]["host_gb"])) if cuda else \
+        (lambda n: stages[n]["host_gb"])
+    largest = max(stages, key=key) if stages else None
+    over.sort(key=key, reverse=True)
+    return {"largest": largest, "fits": not over, "over": over,
+            "usable_device_gb": round(dev, 2) if dev else None,
+            "usable_host_gb": round(host, 2) if host else None}
+
+
+def stage_inputs(cfg: Any) -> dict[str, Any]:
+    """Returns what the plan's model-loading stages were configured with, from a validated
+    AppConfig: the planned stages (as ``compile_plan`` adds them) and their memory knobs.
+
+    Args:
+        cfg: The validated AppConfig (read, never imported: config sits above planning).
+    """
+    t, e, m, dp = cfg.train, cfg.eval, cfg.merge, cfg.deploy
+    stages = []
+    if t.method in ("sft", "sft_dpo"):
+        stages.append("sft")
+    if t.method in ("dpo", "sft_dpo"):
+        stages.append("dpo")
+    merged = m.method != "none"
+    tuned = bool(stages) or merged
+    if merged:
+        stages.append("merge")
+    if e.enabled:
+        stages.append("eval_base")
+        if e.lm_eval.tasks:
+            stages.append("lm_eval")
+        if tuned:
+            stages.append("eval")
+    exports = dp.target != "none" and tuned
+    if exports and "merged" in dp.formats and not merged and cfg.lora.enabled:
+        stages.append("export")
+    if exports and dp.gguf.quantization:
+        stages.append("gguf")
+        if dp.target in ("ollama", "openai"):
+            stages.append("deploy")
+    return {
+        "stages": stages,
+        "max_length": int(cfg.data.max_length),
+        "merged": merged,
+        "eval": e.model_dump(exclude={"gates", "auto"}),
+        "dpo": {"batch_size": t.dpo.batch_size},
+        "merge": {"dtype": m.dtype},
+        "export": {"merge_dtype": dp.merge_dtype},
+        "gguf": {"quantization": list(dp.gguf.quantization),
+                 "max_new_tokens": dp.gguf.max_new_tokens},
+        "deploy": {"serve_quantization": (list(dp.gguf.quantization) or ["f16"])[0]},
+    }
