@@ -7,7 +7,7 @@ What each stage holds at its peak, on the device it runs its model on and on the
   DPO scores them whole); under LoRA the reference is the base with the adapter off (no copy),
   a full fine-tune holds a second, frozen copy.
 - eval_base / eval: the model (+ the adapter for eval) and the larger of the held-out loss and
-  generation (``llmops.planning.eval_memory``, helper evalmem's estimate).
+  generation (``llmops.planning.eval_memory``).
 - lm_eval: the model and the harness's logits (``eval_memory.lm_eval_parts``).
 - merge / export: float32 base + adapter on the host, merged in place, a copy when saved in
   16-bit; the reload after saving comes after the first copy is freed.
@@ -23,8 +23,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from llmops.planning import memory
-from llmops.planning.memory import CPU_OVERHEAD_GB, CUDA_OVERHEAD_GB, GIB
+from llmops.planning import eval_memory, memory
+from llmops.planning.memory import CPU_OVERHEAD_GB, GIB
 
 #: Stages that load a model, in the order a plan runs them.
 STAGES = ("sft", "dpo", "merge", "eval_base", "lm_eval", "eval", "export", "gguf", "deploy")
@@ -134,85 +134,21 @@ def dpo_parts(model: dict, lora: dict | None, quant: dict, train: dict, hardware
     return parts, notes, host
 
 
-def _eval_module() -> Any:
-    """Returns the eval estimate: helper evalmem's ``llmops.planning.eval_memory`` when present,
-    else this module's stand-in of the same shape."""
-    try:
-        from llmops.planning import eval_memory  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return eval_memory
-
-
-def _standin_eval_parts(model: dict, quant: dict, eval: dict, hardware: dict, max_length: int,
-                        adapter: bool, lora: dict | None = None
-                        ) -> tuple[dict[str, float], list[str]]:
-    """Stand-in for ``eval_memory.eval_parts`` (same signature): bounded held-out loss and
-    generation, batched by eval.token_budget, logits in chunks of eval.logits_mb."""
-    cuda = hardware.get("device") == "cuda"
-    a = 2 if cuda else 4  # generation.load_model: bfloat16 on a GPU, float32 on a CPU
-    h, i, V = model["hidden_size"], model["intermediate_size"], model["vocab_size"]
-    budget = int(eval.get("token_budget") or 8192)
-    rows_cap = int(eval["batch_size"])
-    new = int(eval["max_new_tokens"])
-    qtype = quant.get("type", "none") if cuda else "none"
-    w = memory.param_groups(model)["total"] * ({"nf4": 0.6, "int8": 1.1}.get(qtype, a))
-    chunk = max(1, int((eval.get("logits_mb") or 256) * 2**20 // (V * 4)))
-    loss_rows = max(1, min(rows_cap, budget // max(1, max_length)))
-    loss_tokens = loss_rows * max_length
-    loss_acts = loss_tokens * (4 * h + 2 * i) * a
-    loss_logits = min(loss_tokens, chunk) * V * 4 * 2
-    gen_rows = max(1, min(rows_cap, budget // max(1, max_length + new)))
-    kv = kv_cache_bytes(model, gen_rows * (max_length + new), a)
-    gen_acts = gen_rows * max_length * (4 * h + 2 * i) * a
-    gen_logits = gen_rows * V * 4 * 2
-    parts = {"weights": w, "adapter": _lora_bytes(model, lora) if adapter else 0.0,
-             "loss_activations": 0.0, "loss_logits": 0.0, "kv_cache": 0.0,
-             "gen_activations": 0.0, "gen_logits": 0.0,
-             "overhead": (CUDA_OVERHEAD_GB if cuda else LOADER_OVERHEAD_GB) * GIB}
-    if loss_acts + loss_logits >= kv + gen_acts + gen_logits:
-        parts.update(loss_activations=loss_acts, loss_logits=loss_logits)
-    else:
-        parts.update(kv_cache=kv, gen_activations=gen_acts, gen_logits=gen_logits)
-    return parts, [f"eval: {loss_rows} rows x {max_length} tokens per held-out batch, "
-                   f"{gen_rows} rows per generation batch (eval.token_budget {budget})"]
-
-
-def _standin_lm_eval_parts(model: dict, quant: dict, eval: dict, hardware: dict,
-                           max_length: int, adapter: bool, lora: dict | None = None
-                           ) -> tuple[dict[str, float], list[str]]:
-    """Stand-in for ``eval_memory.lm_eval_parts``: the harness's batch of full logits."""
-    cuda = hardware.get("device") == "cuda"
-    V = model["vocab_size"]
-    chunk = max(1, int((eval.get("logits_mb") or 256) * 2**20 // (V * 4)))
-    le = eval.get("lm_eval") or {}
-    b = min(int(le.get("batch_size") or eval.get("lm_eval_batch_size") or 16),
-            max(1, chunk // max(1, max_length)))
-    w = memory.param_groups(model)["total"] * (2 if cuda else 4)
-    return ({"weights": w, "adapter": _lora_bytes(model, lora) if adapter else 0.0,
-             "logits": b * max_length * V * 4 * 2.0,
-             "overhead": (CUDA_OVERHEAD_GB if cuda else LOADER_OVERHEAD_GB) * GIB},
-            [f"lm_eval: harness batch {b} x {max_length} tokens of full logits"])
-
-
 def eval_parts(model: dict, quant: dict, eval: dict, hardware: dict, max_length: int,
                adapter: bool, lora: dict | None = None) -> tuple[dict[str, float], list[str]]:
-    """Returns the eval stage's parts (evalmem's estimate, or the stand-in)."""
-    mod = _eval_module()
-    if mod is not None:
-        return mod.eval_parts(model, quant, eval, hardware, max_length, adapter, lora=lora)
-    return _standin_eval_parts(model, quant, eval, hardware, max_length, adapter, lora)
+    """Returns the eval stage's parts (``llmops.planning.eval_memory``, the estimate whose
+    batching functions the eval backends call)."""
+    return eval_memory.eval_parts(model, quant, eval, hardware, max_length, adapter, lora=lora)
 
 
 def lm_eval_parts(model: dict, quant: dict, eval: dict, hardware: dict, max_length: int,
                   adapter: bool, lora: dict | None = None) -> tuple[dict[str, float], list[str]]:
-    """Returns the lm_eval stage's parts (evalmem's estimate, or the stand-in)."""
-    mod = _eval_module()
-    if mod is not None:  # its lm_eval params: the harness batch, max_gen_toks, logits_mb
-        params = {"batch_size": eval["lm_eval"]["batch_size"],
-                  "max_gen_toks": eval["max_new_tokens"], "logits_mb": eval["logits_mb"]}
-        return mod.lm_eval_parts(model, quant, params, hardware, max_length, adapter, lora=lora)
-    return _standin_lm_eval_parts(model, quant, eval, hardware, max_length, adapter, lora)
+    """Returns the lm_eval stage's parts (``eval_memory.lm_eval_parts`` on its stage params: the
+    harness batch, max_gen_toks, logits_mb)."""
+    params = {"batch_size": eval["lm_eval"]["batch_size"],
+              "max_gen_toks": eval["max_new_tokens"], "logits_mb": eval["logits_mb"]}
+    return eval_memory.lm_eval_parts(model, quant, params, hardware, max_length, adapter,
+                                     lora=lora)
 
 
 def stage_parts(stage: str, model: dict, lora: dict | None, quant: dict, train: dict,
