@@ -390,7 +390,7 @@ def test_endpoint_answers_with_structured_tool_calls_through_the_openai_client(h
 
     smoke = _read(hub_run["openai"] / "stages" / "deploy" / "smoke_test.json")
     assert smoke["passed"] and smoke["client"] == "openai" and smoke["prompts"] == 2
-    assert all(len(r["tools"]) == 2 and set(r["tools"]) <= hub_run["tools"]
+    assert all(len(r["tools"]) >= 2 and set(r["tools"]) <= hub_run["tools"]
                for r in smoke["results"]), smoke["results"]
     integration = _read(hub_run["openai"] / "stages" / "deploy" / "integration_config.json")
     assert {t["function"]["name"] for t in integration["tools"]} <= hub_run["tools"]
