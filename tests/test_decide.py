@@ -118,16 +118,17 @@ def test_decide_stage_writes_its_report(tmp_path, t4_llama8b):
     assert report["go"] is False
 
 
-def test_compute_stage_writes_its_plan(tmp_path, t4_llama8b):
+def test_compute_stage_writes_its_plan(tmp_path, stage_params):
     from llmops.runner.context import StageContext
     from llmops.stages import compute
 
-    params = {"model": t4_llama8b["model"], "lora": None,
-              "quant": {"type": "none", "double_quant": False},
-              "train": {"batch_size": 16, "grad_accum": 1, "max_length": 512, "epochs": 1,
-                        "max_steps": -1, "optimizer": "adamw_torch", "precision": "fp16",
-                        "backend": "hf", "gradient_checkpointing": False},
-              "hardware": t4_llama8b["hardware"], "data": {"n_train_rows": 960, "avg_tokens": None}}
+    # A plan that fits compiles (QLoRA); the stage then gets a full fine-tune in 16-bit, which
+    # does not fit a T4: compile time would refuse it, so it is made from the compiled params.
+    params = stage_params("compute", "model=llama8b", "quant=nf4", "train.max_length=512",
+                          "dry_run=true", hardware="t4")
+    params.update(lora=None, quant={"type": "none", "double_quant": False})
+    params["train"].update(batch_size=16, grad_accum=1, precision="fp16",
+                           gradient_checkpointing=False)
     report = compute.run(params, {}, tmp_path, StageContext(run_dir=tmp_path,
                                                             logger=logging.getLogger("t")))
     saved = json.loads((tmp_path / "compute_plan.json").read_text())
