@@ -120,7 +120,7 @@ def test_deploy_ollama_against_a_trickling_server_ends_at_the_bound(tmp_path, ch
 def test_the_reachability_hub_request_ends_at_limits_http_total_seconds(tmp_path):
     with Trickle() as hub:
         online = {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "", "TRANSFORMERS_OFFLINE": ""}
-        r, seconds = _llmops("model=qwen3b", "lora=r16", "limits.http_total_seconds=2",
+        r, seconds = _llmops("model=qwen0.5b", "lora=r16", "limits.http_total_seconds=2",
                              cwd=tmp_path, **online)
     assert r.returncode == 2, r.stderr[-2000:]
     assert f"the hub at {hub.url} gave no complete answer within limits.http_total_seconds=2 s" \
