@@ -174,7 +174,7 @@ def _serve(gguf_path: Path, log: Path, alias: str = "m") -> tuple[subprocess.Pop
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
     base_url = f"http://127.0.0.1:{port}/v1"
     deadline = time.monotonic() + 120
-    while _get(f"{base_url}/models", 1.0) is None:
+    while _get(f"{base_url}/models", 1.0, 10.0) is None:
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             pytest.fail(f"server did not start:\n{log.read_text()[-3000:]}")

@@ -53,8 +53,9 @@ def test_a_stage_killed_by_sigkill_is_recorded_with_the_signal_and_the_rerun_res
     assert sft["error"].startswith(
         "sft: the stage's process was killed by SIGKILL — most likely the kernel's "
         "out-of-memory killer: peak RSS ")
-    assert "GB for training; fix: train.batch_size=8 (train.effective_batch stays" in sft["error"]
-    assert sft["planned"]["what"] == "for training" and sft["planned"]["host_gb"] > 0
+    # The compute plan's own figure for the sft stage (compute_plan.json stages.sft).
+    assert "GB for this stage; fix: train.batch_size=8 (train.effective_batch stays" in sft["error"]
+    assert sft["planned"]["what"] == "for this stage" and sft["planned"]["host_gb"] > 0
     assert 0.1 < sft["peak_rss_gb"] < 20, sft  # a torch process training the tiny model
     assert sft["error"] in err, "the same message on the terminal"
     store = tmp_path / "outputs" / "store"
@@ -119,7 +120,7 @@ def test_out_of_memory_in_training_stops_the_stage_with_peak_plan_and_fix(
     assert time.perf_counter() - t0 < 300
     text = str(failed.value)
     assert text.startswith(f"sft: {error}"), text
-    assert "peak RSS " in text and " GB for training; fix: train.batch_size=8" in text, text
+    assert "peak RSS " in text and " GB for this stage; fix: train.batch_size=8" in text, text
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["status"] == "failed" and manifest["failed_stage"] == "sft"
     assert manifest["stages"]["sft"] == {**manifest["stages"]["sft"], "status": "failed",
