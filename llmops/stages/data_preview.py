@@ -78,4 +78,6 @@ def show(preview: dict[str, Any], path: Path) -> None:
     console.rule(f"train.jsonl line {row['line']} as the model trains on it: {row['tokens']} "
                  f"tokens, loss on {row['loss_tokens']} ({how}; mask: {preview['mask']})")
     console.print(text)
-    console.rule(f"data.preview: {len(preview['rows'])} rows in {path} (data.preview=0: off)")
+    # The stage writes into the store's work folder; the report reaches the run folder by name.
+    console.rule(f"data.preview: {len(preview['rows'])} rows in {path.name}, \"preview\" "
+                 "(data.preview=0: off)")
