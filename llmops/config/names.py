@@ -31,43 +31,39 @@ SEMVER = re.compile(
 )
 
 
-def release_name(value: str) -> str:
-    """Checks release.name (it names the bundle folder and tarball)."""
-    if not FILE_NAME.fullmatch(value):
-        raise PydanticCustomError(
-            "release_name", "must be a file name of letters, digits, '.', '_' and '-' that starts "
-                            "with a letter or digit, at most 100 characters (it names the bundle; "
-                            "pattern [A-Za-z0-9][A-Za-z0-9._-]*), e.g. task-api-assistant")
-    return value
+def _checker(pattern: re.Pattern[str], code: str, message: str):
+    """Returns a pydantic after-validator: the value unchanged if pattern fully matches it, else
+    the error `code` with `message`."""
+
+    def check(value: str) -> str:
+        if not pattern.fullmatch(value):
+            raise PydanticCustomError(code, message)
+        return value
+
+    return check
 
 
-def model_name(value: str) -> str:
-    """Checks model.name (it names the release, the served model and the Ollama model)."""
-    if not MODEL_NAME.fullmatch(value):
-        raise PydanticCustomError(
-            "model_name", "must be letters, digits, '.', '_' and '-', starting with a letter or "
-                          "digit, at most 64 characters (pattern [A-Za-z0-9][A-Za-z0-9._-]*): it "
-                          "names the release, the served model and the Ollama model. By default "
-                          "it is the model folder's name (or the hub id's last part); set "
-                          "model.name=my-model")
-    return value
-
-
-def ollama_model_name(value: str) -> str:
-    """Checks deploy.ollama.model_name against Ollama's model-name rules."""
-    if not OLLAMA_NAME.fullmatch(value):
-        raise PydanticCustomError(
-            "ollama_name", "must be an Ollama model name [namespace/]model[:tag]: each part "
-                           "starts with a letter, digit or '_' and holds letters, digits, '_', "
-                           "'-' (and '.', not in the namespace), at most 80 characters, e.g. "
-                           "task-bot or me/task-bot:q8")
-    return value
-
-
-def semver(value: str) -> str:
-    """Checks release.version: a semantic version (it is part of the bundle's file name)."""
-    if not SEMVER.fullmatch(value):
-        raise PydanticCustomError(
-            "semver", "must be a semantic version MAJOR.MINOR.PATCH[-PRE][+BUILD], e.g. 1.0.0 or "
-                      "1.1.0-rc.1 (semver.org)")
-    return value
+#: release.name: it names the bundle folder and tarball.
+release_name = _checker(
+    FILE_NAME, "release_name",
+    "must be a file name of letters, digits, '.', '_' and '-' that starts with a letter or digit, "
+    "at most 100 characters (it names the bundle; pattern [A-Za-z0-9][A-Za-z0-9._-]*), e.g. "
+    "task-api-assistant")
+#: model.name: it names the release, the served model and the Ollama model.
+model_name = _checker(
+    MODEL_NAME, "model_name",
+    "must be letters, digits, '.', '_' and '-', starting with a letter or digit, at most 64 "
+    "characters (pattern [A-Za-z0-9][A-Za-z0-9._-]*): it names the release, the served model and "
+    "the Ollama model. By default it is the model folder's name (or the hub id's last part); set "
+    "model.name=my-model")
+#: deploy.ollama.model_name: Ollama's model-name rules.
+ollama_model_name = _checker(
+    OLLAMA_NAME, "ollama_name",
+    "must be an Ollama model name [namespace/]model[:tag]: each part starts with a letter, digit "
+    "or '_' and holds letters, digits, '_', '-' (and '.', not in the namespace), at most 80 "
+    "characters, e.g. task-bot or me/task-bot:q8")
+#: release.version: a semantic version (it is part of the bundle's file name).
+semver = _checker(
+    SEMVER, "semver",
+    "must be a semantic version MAJOR.MINOR.PATCH[-PRE][+BUILD], e.g. 1.0.0 or 1.1.0-rc.1 "
+    "(semver.org)")
