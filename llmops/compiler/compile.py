@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from llmops import __version__
-from llmops.compiler import align, deploy, monitor, release
+from llmops.compiler.builders import deploy, monitor, release
+from llmops.compiler.builders import dpo as align
 from llmops.compiler.fingerprint import data_file_hash, fingerprint
 from llmops.compiler.plan import STAGE_ORDER, TUNED_STAGES, Plan, StageSpec, recipe
 from llmops.compiler.render import gates_summary, known_kinds
