@@ -1,32 +1,73 @@
-"""Builds the gguf and deploy stages. Pure: no torch.
+"""The deploy stage's params and builder: the GGUF served and smoke-tested. Pure.
 
-The gguf stage needs export and deploy.gguf.quantization; the deploy stage (ollama, openai) needs
-the gguf stage. A plan whose quantization is empty and whose target is local gets neither, so its
-fingerprints stay as they were.
+The deploy stage (ollama, openai) needs the gguf stage; a plan whose target is local gets none, so
+its fingerprints stay as they were. Its inputs are {"gguf", "export", "eval" (when eval runs),
+"data"}; it writes integration_config.json, smoke_test.json and deploy_report.json.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing_extensions import NotRequired, TypedDict
 
-if TYPE_CHECKING:
-    from llmops.compiler.compile import PlanBuilder, StageInputs
-
-
-def _data(b: PlanBuilder) -> list[str]:
-    return ["data"] if b.has("data") else []
+from llmops.compiler.builders.common import ModelParams
+from llmops.compiler.builders.gguf import data_needs
+from llmops.compiler.inputs import PlanBuilder, StageInputs
 
 
-def add_gguf(b: PlanBuilder, s: StageInputs) -> None:
-    """Adds the gguf stage (deploy.gguf.quantization set, after export): llama.cpp conversion."""
-    g = s.cfg.deploy.gguf
-    if not g.quantization or not b.has("export"):
-        return
-    b.add("gguf", {"model": s.model, "quantization": list(g.quantization),
-                   "parity_prompts": g.parity_prompts, "max_new_tokens": g.max_new_tokens},
-          ["export", *_data(b), *s.base],
-          f"llama.cpp convert -> {', '.join(g.quantization)}; tokenizer, template and greedy "
-          f"parity on {g.parity_prompts} held-out prompts")
+class DeployModelParams(ModelParams):
+    """The model as deploy sees it: the stages' model and its context."""
+
+    context_length: int
+    """model.context_length (the Modelfile's num_ctx)."""
+
+
+class OllamaParams(TypedDict):
+    """deploy.ollama.*: where `ollama create` goes, and under which name."""
+
+    host: str
+    model_name: str | None
+    """None: llmops-<model.name>."""
+    timeout_s: float
+
+
+class OpenAIServeParams(TypedDict):
+    """deploy.openai.*: the local OpenAI-compatible server and its smoke test."""
+
+    host: str
+    allow_public_bind: bool
+    port: int
+    """0: a free port."""
+    startup_timeout_s: float
+    smoke_prompts: list[str]
+    """Empty: n_smoke held-out test prompts."""
+    n_smoke: int
+    max_tokens: int
+
+
+class DeployParams(TypedDict):
+    """Params of the deploy stage (deploy=ollama, openai; after gguf). The stage always runs
+    (ALWAYS_RUN): its effects live outside its folder."""
+
+    target: str
+    """ollama or openai."""
+    model: DeployModelParams
+    serve_quantization: str
+    """The first of deploy.gguf.quantization: the GGUF served."""
+    allow_failed_gates: bool
+    """Deploy even when eval did not pass its gates (or did not run)."""
+    eval_enabled: bool
+    """The plan has an eval stage."""
+    eval_enforce: bool
+    max_new_tokens: int
+    """eval.max_new_tokens."""
+    http_total_seconds: float
+    """limits.http_total_seconds: each smoke request in all."""
+    ollama: NotRequired[OllamaParams]
+    """Only for target ollama."""
+    openai: NotRequired[OpenAIServeParams]
+    """Only for target openai."""
+    keep_serving: NotRequired[bool]
+    """Only for target openai: leave the server running afterwards."""
 
 
 def add_deploy(b: PlanBuilder, s: StageInputs) -> None:
@@ -36,7 +77,7 @@ def add_deploy(b: PlanBuilder, s: StageInputs) -> None:
     if dp.target not in ("ollama", "openai") or not b.has("gguf"):
         return
     has_eval = b.has("eval")
-    params = {
+    params: DeployParams = {
         "target": dp.target, "model": {**s.model, "context_length": cfg.model.context_length},
         "serve_quantization": g.quantization[0], "allow_failed_gates": dp.allow_failed_gates,
         "eval_enabled": has_eval, "eval_enforce": cfg.eval.enforce,
@@ -44,12 +85,13 @@ def add_deploy(b: PlanBuilder, s: StageInputs) -> None:
         "http_total_seconds": cfg.limits.http_total_seconds,
     }
     if dp.target == "ollama":
-        params["ollama"] = dp.ollama.model_dump()
+        params["ollama"] = OllamaParams(**dp.ollama.model_dump())
         what = f"Modelfile from the {cfg.model.chat_template} template; ollama create at " \
                f"{dp.ollama.host} when reachable"
     else:
-        params["openai"] = dp.openai.model_dump()
+        params["openai"] = OpenAIServeParams(**dp.openai.model_dump())
         params["keep_serving"] = dp.keep_serving
         what = (f"serve {g.quantization[0]} GGUF on {dp.openai.host} (llama-cpp-python), smoke "
                 f"test via the openai client{', keep serving' if dp.keep_serving else ''}")
-    b.add("deploy", params, ["gguf", "export", *(["eval"] if has_eval else []), *_data(b)], what)
+    b.add("deploy", params, ["gguf", "export", *(["eval"] if has_eval else []), *data_needs(b)],
+          what)

@@ -1,15 +1,69 @@
-"""Builds the monitor stage (monitor.enabled, after deploy). Pure: no torch.
+"""The monitor stage's params and builder: the deployed model's baseline, probe set and alert
+rules. Pure.
 
 A plan without a deploy stage (deploy=none or local) gets no monitor stage: there is no endpoint
 to watch. monitor=none (the default) adds nothing, so every other fingerprint stays as it was.
+The stage always runs (it reads deploy's fresh smoke latencies). Its inputs are {"eval",
+"deploy" (integration_config.json, smoke_test.json), "data" (test.jsonl), "export" (merged/
+tokenizer: the call syntax)}; it writes baseline.json (the report), probes.jsonl and
+alert_rules.yml. Figures and metric names: llmops/serving/alerts.py.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing_extensions import TypedDict
 
-if TYPE_CHECKING:
-    from llmops.compiler.compile import PlanBuilder, StageInputs
+from llmops.compiler.inputs import PlanBuilder, StageInputs
+
+
+class MonitorThresholds(TypedDict):
+    """monitor.thresholds.*: alert thresholds relative to the baseline."""
+
+    accuracy_drop: float
+    json_validity_drop: float
+    refusal_rate_drop: float
+    latency_factor: float
+    latency_min_s: float
+
+
+class MonitorWindows(TypedDict):
+    """monitor.for.*: the Prometheus `for:` window of each alert (e.g. 15m)."""
+
+    accuracy: str
+    json_validity: str
+    refusal_rate: str
+    latency: str
+
+
+class MonitorLimits(TypedDict):
+    """limits.*: the bounds of `python -m llmops.monitor` on --log lines and on each probe request
+    (its flags override them)."""
+
+    row_bytes: int
+    json_depth: int
+    http_total_seconds: float
+
+
+# Functional form: "for" is a Python keyword.
+MonitorParams = TypedDict("MonitorParams", {
+    "probes": int,
+    "seed": int,
+    "significance": float,
+    "thresholds": MonitorThresholds,
+    "for": MonitorWindows,
+    "metrics_host": str,
+    "metrics_port": int,
+    "allow_public_bind": bool,
+    "request_timeout_s": float,
+    "max_tokens": int,
+    "limits": MonitorLimits,
+    "allow_failed_gates": bool,
+})
+MonitorParams.__doc__ = """Params of the monitor stage (monitor enabled, after deploy and eval):
+probes (held-out test rows in the probe set), seed (the run's), significance (one-sided level of
+the live-vs-baseline tests), thresholds, for (alert windows), metrics_host / metrics_port /
+allow_public_bind (the monitor's metrics endpoint), request_timeout_s (one probe request),
+max_tokens (eval.max_new_tokens), limits, allow_failed_gates (deploy.allow_failed_gates)."""
 
 
 def add_monitor(b: PlanBuilder, s: StageInputs) -> None:
@@ -17,14 +71,17 @@ def add_monitor(b: PlanBuilder, s: StageInputs) -> None:
     m = s.cfg.monitor
     if not m.enabled or not b.has("deploy") or not b.has("eval"):
         return
-    params = {
+    limits: MonitorLimits = {"row_bytes": s.cfg.limits.row_bytes,
+                             "json_depth": s.cfg.limits.json_depth,
+                             "http_total_seconds": s.cfg.limits.http_total_seconds}
+    params: MonitorParams = {
         "probes": m.probes, "seed": s.cfg.seed, "significance": m.significance,
-        "thresholds": m.thresholds.model_dump(), "for": m.windows.model_dump(),
+        "thresholds": MonitorThresholds(**m.thresholds.model_dump()),
+        "for": MonitorWindows(**m.windows.model_dump()),
         "metrics_host": m.metrics_host, "metrics_port": m.metrics_port,
         "allow_public_bind": m.allow_public_bind,
         "request_timeout_s": m.request_timeout_s, "max_tokens": s.cfg.eval.max_new_tokens,
-        "limits": {k: getattr(s.cfg.limits, k)
-                   for k in ("row_bytes", "json_depth", "http_total_seconds")},
+        "limits": limits,
         "allow_failed_gates": s.cfg.deploy.allow_failed_gates,
     }
     b.add("monitor", params, ["eval", "deploy", "data", "export"],

@@ -1,22 +1,76 @@
-"""Builds the release stage (release=default, after deploy and monitor). Pure: no torch.
+"""The release stage's params and builder: the evaluated model packaged with its card. Pure.
 
 The stage reads every report it describes from the stages that wrote them, so it needs eval and
 export, the tuned model's training stages, and whichever of decide, compute, data, gguf, deploy and
-monitor the plan has.
+monitor the plan has (+ "base"). It always runs (its bundle carries this run's manifest) and writes
+release/ (formats, Modelfile, integration_config.json, reports/, manifest.json, monitor/,
+README.md = model_card.md, SHA256SUMS), NAME-VERSION.tar.gz and release_report.json.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing_extensions import TypedDict
 
+from llmops.compiler.builders.common import LoraParams, ModelFacts
+from llmops.compiler.inputs import PlanBuilder, StageInputs
 from llmops.compiler.plan import TRAINING_STAGES, TUNED_STAGES
 from llmops.config.release_rules import release_formats
 
-if TYPE_CHECKING:
-    from llmops.compiler.compile import PlanBuilder, StageInputs
-
 # Stages whose output the release reads when the plan has them, in plan order.
 OPTIONAL_INPUTS = ("decide", "compute", "data", "gguf", "deploy", "monitor")
+
+
+class MethodParams(TypedDict):
+    """How the model was tuned."""
+
+    train: str
+    """train.method."""
+    lora: LoraParams | None
+    quant: str
+    """quant.type."""
+
+
+class UsecaseCard(TypedDict):
+    """The use case as the card describes it (usecase.*)."""
+
+    name: str
+    domain: str
+    description: str
+    task_type: str
+
+
+class DatasetParams(TypedDict):
+    """The training data as the card describes it."""
+
+    source: str
+    hf_id: str | None
+    paths: list[str]
+    """The files config's paths as written (data.sources' or data.path)."""
+
+
+class ReleaseParams(TypedDict):
+    """Params of the release stage (release enabled, after eval and export)."""
+
+    name: str
+    """release.name; null there: llmops-<model.name>."""
+    version: str
+    """Semantic version."""
+    formats: list[str]
+    """adapter, merged, gguf (release.formats=auto resolved by
+    ``llmops.config.release_rules.release_formats``)."""
+    license: str
+    """The Hub's lowercase id or an SPDX expression."""
+    tags: list[str]
+    tarball: bool
+    model: ModelFacts
+    method: MethodParams
+    usecase: UsecaseCard | None
+    """None when usecase is off."""
+    dataset: DatasetParams
+    tuned: str | None
+    """The stage whose model is released (merge, dpo or sft)."""
+    serve_quantization: str | None
+    """The GGUF the Modelfile points at; None without gguf."""
 
 
 def add_release(b: PlanBuilder, s: StageInputs) -> None:
@@ -30,7 +84,7 @@ def add_release(b: PlanBuilder, s: StageInputs) -> None:
     gguf = cfg.deploy.gguf.quantization
     name = r.name or f"llmops-{cfg.model.name}"
     trained = [k for k in (*TRAINING_STAGES, *TUNED_STAGES) if b.has(k)]
-    params = {
+    params: ReleaseParams = {
         "name": name, "version": r.version, "formats": formats, "license": r.license,
         "tags": list(r.tags), "tarball": r.tarball, "model": s.facts,
         "method": {"train": cfg.train.method, "lora": s.lora, "quant": cfg.quant.type},

@@ -1,0 +1,179 @@
+"""The data stage's params and builder: rows to checked train/val/test splits. Pure.
+
+The stage writes train/val/test JSONL in the chat form (stages/CONTRACT.md) and data_report.json;
+for DPO also pref_{train,val,test}.jsonl pairs ({"prompt": [messages], "chosen": [assistant],
+"rejected": [assistant], "meta": {"kind", "tool", ...}}) and data_report.json's "preferences"
+({method, kinds, derivation, counts, files}; preference-kind data writes its own pairs, method
+"rows").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, cast
+
+from typing_extensions import NotRequired, TypedDict
+
+from llmops.compiler.builders.common import ModelParams
+from llmops.compiler.fingerprint import data_file_hash, file_sha256
+from llmops.compiler.inputs import PlanBuilder, StageInputs
+from llmops.config.schema import DataConfig, DataSource
+from llmops.data import formats
+from llmops.data.limits import DATA_KEYS as DATA_LIMITS
+
+
+class SourceParams(TypedDict):
+    """One source of a files config (data.path compiles to one)."""
+
+    path: str
+    """An absolute file, save_to_disk folder or glob."""
+    format: str
+    """auto or a reader format (openai, sharegpt, alpaca, completion, text, preference,
+    sharegpt_preference), aliases resolved."""
+    weight: float | None
+    """Rows taken = weight x valid rows."""
+    samples: int | None
+    """Exact rows taken."""
+    columns: dict[str, str]
+    """Only the column renames set."""
+    tags: dict[str, str]
+    """Only the ShareGPT key/role renames set."""
+
+
+class DataLimits(TypedDict):
+    """limits.* the data stage works under (``llmops.data.limits.Limits``): a row over row_bytes
+    or nested past json_depth is one reject; a row's schema patterns take at most pattern_seconds;
+    one template render at most template_seconds, else exit 2; a glob past glob_files_warn warns
+    once."""
+
+    row_bytes: int
+    json_depth: int
+    pattern_seconds: float
+    template_seconds: float
+    glob_files_warn: int
+
+
+class PreviewParams(TypedDict):
+    """The train rows data_report.json shows as sft tokenizes them."""
+
+    rows: int
+    """data.preview; 0: none."""
+    assistant_only_loss: bool
+    """train.assistant_only_loss: the preview's loss spans are sft's."""
+
+
+class DataParams(TypedDict):
+    """Params of the data stage. Its input files (every file of every source, a save_to_disk
+    folder's files included) are xxh3-128 hashed into its fingerprint. Its inputs: {"base"} for
+    the tiny model (the tokenizer measures lengths), else the tokenizer of model.hub_id from the
+    local hub cache only; neither: lengths estimated (the report says so)."""
+
+    source: str
+    """task_api, files or hf (data=jsonl compiles to files)."""
+    sources: list[SourceParams]
+    """[] unless files."""
+    format: str
+    """The row format of hf data (aliases resolved)."""
+    columns: dict[str, str]
+    tags: dict[str, str]
+    hf_id: str | None
+    hf_split: str
+    system_prompt: str | None
+    n_examples: int
+    """Rows to generate (task_api)."""
+    val_fraction: float
+    test_fraction: float
+    seed: int
+    dedup: bool
+    max_length: int
+    """Rows longer than this (tokens, through the model's template) are rejected."""
+    on_error: str
+    """keep (train on the valid rows, report the rest) or fail (exit 5 on any reject)."""
+    num_proc: int | None
+    model: ModelParams
+    limits: DataLimits
+    preview: PreviewParams
+    preferences: NotRequired[Literal["derive", "path"]]
+    """Only for train=dpo or sft_dpo (so SFT-only fingerprints stay): derive pairs from the rows,
+    or read preference_path."""
+    preference_path: NotRequired[str | None]
+    """With preferences: the absolute file of pairs (path), else None."""
+
+
+class PreferenceParams(TypedDict):
+    """The keys the data params gain for DPO (see DataParams)."""
+
+    preferences: Literal["derive", "path"]
+    preference_path: str | None
+
+
+def preference_params(d: DataConfig, files: dict[str, str]) -> PreferenceParams:
+    """Returns the data params that make the data stage write preference pairs (+ file hashes)."""
+    if d.preference_path:
+        p = Path(d.preference_path).expanduser().resolve()
+        files[str(p)] = file_sha256(p)
+        return {"preferences": "path", "preference_path": str(p)}
+    return {"preferences": "derive", "preference_path": None}
+
+
+def data_sources(d: DataConfig) -> list[SourceParams]:
+    """Returns the sources of a files config as the data stage reads them: ``data.path`` as a
+    one-source list, paths made absolute, aliases resolved, only the mappings set."""
+    given = [DataSource(path=d.path, format=d.format, columns=d.columns, tags=d.tags)] if d.path \
+        else list(d.sources)
+    out: list[SourceParams] = []
+    for src in given:
+        out.append({
+            "path": str(Path(src.path).expanduser().resolve()),
+            "format": formats.reader_format(src.format), "weight": src.weight,
+            "samples": src.samples, "columns": src.columns.model_dump(exclude_none=True),
+            "tags": src.tags.model_dump(exclude_none=True),
+        })
+    return out
+
+
+def add_data(b: PlanBuilder, s: StageInputs) -> None:
+    """Adds the data stage: rows to checked train/val/test splits (+ preference pairs for DPO).
+
+    Every file of every source (a dataset folder's files included) is hashed into the stage's
+    fingerprint, so editing any of them prepares the data again.
+    """
+    d = s.cfg.data
+    files: dict[str, str] = {}
+    sources = data_sources(d) if d.source in ("files", "jsonl") else []
+    for src in sources:
+        for f in formats.files_of(formats.input_paths(src["path"])):
+            files[str(f)] = data_file_hash(f)
+    limits = cast(DataLimits, {k: getattr(s.cfg.limits, k) for k in DATA_LIMITS})
+    params: DataParams = {
+        "source": "files" if sources else d.source, "sources": sources,
+        "format": formats.reader_format(d.format), "columns": d.columns.model_dump(
+            exclude_none=True), "tags": d.tags.model_dump(exclude_none=True),
+        "hf_id": d.hf_id, "hf_split": d.hf_split, "system_prompt": d.system_prompt,
+        "n_examples": d.n_examples, "val_fraction": d.val_fraction,
+        "test_fraction": d.test_fraction, "seed": d.seed, "dedup": d.dedup,
+        "max_length": d.max_length, "on_error": d.on_error, "num_proc": d.num_proc,
+        "model": s.model, "limits": limits,
+        # the preview shows the rows as sft tokenizes them, its loss mask included
+        "preview": {"rows": d.preview, "assistant_only_loss": s.cfg.train.assistant_only_loss},
+    }
+    if s.cfg.train.method in ("dpo", "sft_dpo"):  # only then: the SFT-only data fingerprint stays
+        params.update(preference_params(d, files))
+    if d.source == "task_api":
+        what = f"Task-API x{d.n_examples}"
+    elif d.source == "hf":
+        what = f"{d.hf_id}[{d.hf_split}]"
+    else:
+        what = " + ".join(_source_text(src) for src in sources)
+    train_share = 1 - d.val_fraction - d.test_fraction
+    shares = f"{train_share:.0%}/{d.val_fraction:.0%}/{d.test_fraction:.0%}"
+    checks = "on_error=fail" if d.on_error == "fail" else "rejects reported"
+    b.add("data", params, list(s.base),
+          f"{what} -> checked ({checks}) -> train/val/test ({shares})", files)
+
+
+def _source_text(src: SourceParams) -> str:
+    share = (f" x{src['samples']} rows" if src["samples"] is not None else
+             f" weight {src['weight']:g}" if src["weight"] is not None else "")
+    fmt = "" if src["format"] == "auto" else f" ({src['format']})"
+    return f"{Path(src['path']).name}{fmt}{share}"
