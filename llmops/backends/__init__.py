@@ -34,7 +34,7 @@ class TrainingBackend(Protocol):
         and training_report.json into out_dir; returns the report.
 
         Args:
-            params: The sft stage params ({"model", "lora", "quant", "train"}; see PARAMS.md).
+            params: The sft stage params (``llmops.compiler.builders.sft.SftParams``).
             data_dir: The data stage folder (train.jsonl, val.jsonl).
             base_model: A local folder or hub id to load the base model and tokenizer from.
             out_dir: The stage's output folder.

@@ -139,7 +139,7 @@ def train_dpo(params: dict[str, Any], data_dir: Path, base_model: str, init_adap
     """Trains a LoRA adapter with DPO on data_dir/pref_train.jsonl; writes adapter/ and the report.
 
     Args:
-        params: {"model", "lora", "quant", "train", "dpo"} (see PARAMS.md).
+        params: The dpo stage params (``llmops.compiler.builders.dpo.DpoParams``).
         data_dir: The data stage folder (pref_train.jsonl, pref_test.jsonl).
         base_model: Base model folder or hub id.
         init_adapter: Adapter to continue (the SFT one) or None for a new adapter on the base.

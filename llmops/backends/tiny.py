@@ -349,7 +349,8 @@ def build_tiny_base(
 
     Args:
         out_dir: Folder to write the HF model, tokenizer and base_report.json into.
-        arch: The base stage's compiled arch params (from conf/model/tiny.yaml; see PARAMS.md).
+        arch: The base stage's compiled arch params (from conf/model/tiny.yaml;
+            ``llmops.compiler.builders.base.ArchParams``).
         pretrain_params: The compiled pre-training params (model.pretrain plus the run's seed).
         show_progress: Whether to draw a progress bar.
         logger: Where to log progress.

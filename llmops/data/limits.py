@@ -36,7 +36,8 @@ class Limits:
 
     @classmethod
     def of(cls, params: Mapping[str, Any]) -> Limits:
-        """Returns the limits a stage's ``limits`` params hold (keys as PARAMS.md lists)."""
+        """Returns the limits a stage's ``limits`` params hold (their keys:
+        ``llmops.compiler.builders.data.DataLimits``)."""
         return cls(**{f.name: params[f.name] for f in fields(cls)})
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from llmops.backends.common import write_json
+from llmops.compiler.builders.compute import ComputeParams
 from llmops.compiler.plan import report_name
 from llmops.planning.fixes import scale_out, suggest_fixes
 from llmops.planning.memory import estimate
@@ -68,7 +69,7 @@ def plan(params: dict[str, Any]) -> dict[str, Any]:
     return report
 
 
-def run(params: dict[str, Any], inputs: dict[str, Path], out_dir: Path,
+def run(params: ComputeParams, inputs: dict[str, Path], out_dir: Path,
         ctx: StageContext) -> dict[str, Any]:
     """Estimates peak memory by part, fit, batch advice, step/run time and cost.
 

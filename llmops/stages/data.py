@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from llmops.backends.common import write_json
+from llmops.compiler.builders.data import DataParams
 from llmops.compiler.plan import report_name
 from llmops.data import lengths, mix, pipeline, task_api
 from llmops.data.convert import FormatError
@@ -62,11 +63,11 @@ class Source:
     n_read: int
 
 
-def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext) -> dict:
+def run(params: DataParams, inputs: dict[str, Path], out_dir: Path, ctx: StageContext) -> dict:
     """Prepares the dataset and writes the split files and data_report.json into ``out_dir``.
 
     Args:
-        params: The data params (PARAMS.md): source, sources, format, columns, tags, hf_id,
+        params: The data params (``DataParams``): source, sources, format, columns, tags, hf_id,
             hf_split, system_prompt, n_examples, val_fraction, test_fraction, seed, dedup,
             max_length, on_error, num_proc, model (+ preferences, preference_path for DPO).
         inputs: ``{"base": Path}`` for the tiny model (its tokenizer measures lengths), else empty.

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from llmops.backends.common import write_json
+from llmops.compiler.builders.decide import DecideParams
 from llmops.compiler.plan import report_name
 from llmops.planning.decide import assess
 from llmops.runner.context import StageContext
@@ -17,7 +18,7 @@ from llmops.runner.context import StageContext
 REPORT_NAME = report_name("decide")
 
 
-def run(params: dict[str, Any], inputs: dict[str, Path], out_dir: Path,
+def run(params: DecideParams, inputs: dict[str, Path], out_dir: Path,
         ctx: StageContext) -> dict[str, Any]:
     """Assesses the use case and writes decision_report.json.
 

@@ -29,6 +29,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from llmops.compiler.builders.deploy import DeployParams
 from llmops.compiler.plan import report_name
 from llmops.errors import StageError
 from llmops.runner.context import StageContext
@@ -259,7 +260,7 @@ def _tool_calls_record(target: str, chat_template: str | None) -> dict[str, Any]
             "syntax": syntax, "tool_choice": {"supported": ["auto"]}}
 
 
-def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext) -> dict:
+def run(params: DeployParams, inputs: dict[str, Path], out_dir: Path, ctx: StageContext) -> dict:
     """Deploys the GGUF of the gguf stage to deploy.target (ollama or openai).
 
     Params read: target, model (name, chat_template, context_length), serve_quantization,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from llmops.compiler.builders.dpo import DpoParams
 from llmops.compiler.plan import report_name
 from llmops.runner.context import StageContext
 
@@ -19,7 +20,7 @@ REPORT_NAME = report_name("dpo")
 RESUMABLE = True
 
 
-def run(params: dict[str, Any], inputs: dict[str, Path], out_dir: Path, ctx: StageContext
+def run(params: DpoParams, inputs: dict[str, Path], out_dir: Path, ctx: StageContext
         ) -> dict[str, Any]:
     """Trains the adapter with DPO on the data stage's preference pairs; returns the report.
 
@@ -27,8 +28,8 @@ def run(params: dict[str, Any], inputs: dict[str, Path], out_dir: Path, ctx: Sta
     running `train`.
 
     Args:
-        params: {"model", "lora", "quant", "train", "dpo", "init_adapter", "distributed"} (see
-            PARAMS.md).
+        params: {"model", "lora", "quant", "train", "dpo", "init_adapter", "distributed"}
+            (``DpoParams``).
         inputs: {"data"}, plus {"sft"} for sft_dpo and {"base"} for the tiny model.
         out_dir: The stage's output folder.
         ctx: Run context.
@@ -41,7 +42,7 @@ def run(params: dict[str, Any], inputs: dict[str, Path], out_dir: Path, ctx: Sta
     return run_stage("dpo", params, inputs, out_dir, ctx)
 
 
-def train(params: dict[str, Any], inputs: dict[str, Path], out_dir: Path, ctx: StageContext
+def train(params: DpoParams, inputs: dict[str, Path], out_dir: Path, ctx: StageContext
           ) -> dict[str, Any]:
     """Trains in this process (the only one, or one rank of a launched job); see `run`."""
     from llmops.backends.common import base_model_path, set_seed

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from llmops.compiler.builders.eval import EvalParams
 from llmops.compiler.plan import TUNED_STAGES, report_name
 from llmops.errors import StageError
 from llmops.runner.context import StageContext
@@ -127,7 +128,7 @@ def _log_gates(gates: list[dict[str, Any]], ctx: StageContext) -> None:
         )
 
 
-def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext) -> dict:
+def run(params: EvalParams, inputs: dict[str, Path], out_dir: Path, ctx: StageContext) -> dict:
     """Evaluates base + adapter (or the fully fine-tuned model) and checks the quality gates.
 
     Params read: model (hub_id, trust_remote_code, chat_template), quant, max_new_tokens,

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from llmops.compiler.builders.eval_base import EvalBaseParams
 from llmops.compiler.plan import report_name
 from llmops.errors import StageError
 from llmops.runner.context import StageContext
@@ -144,7 +145,7 @@ def evaluate_base(
     return evaluate_model(model, tokenizer, rows, params, ctx, desc=f"{stage}: base")
 
 
-def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext) -> dict:
+def run(params: EvalBaseParams, inputs: dict[str, Path], out_dir: Path, ctx: StageContext) -> dict:
     """Evaluates the base model on data's test.jsonl and writes base_eval.json.
 
     Params read: model (hub_id, trust_remote_code, chat_template), quant, max_new_tokens,

@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from llmops.compiler.builders.export import ExportParams
 from llmops.compiler.plan import report_name
 from llmops.data.chat import render
 from llmops.errors import StageError
@@ -148,7 +149,7 @@ def merge_adapter(
     return parity
 
 
-def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext) -> dict:
+def run(params: ExportParams, inputs: dict[str, Path], out_dir: Path, ctx: StageContext) -> dict:
     """Exports the tuned model as an adapter copy and/or a merged standalone model.
 
     Params read: model (hub_id, trust_remote_code), formats (subset of "adapter", "merged"),

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from llmops.compiler.builders.gguf import GgufParams
 from llmops.compiler.plan import report_name
 from llmops.errors import StageError
 from llmops.runner.context import StageContext
@@ -195,7 +196,7 @@ def _pre_tokenizer(inputs: dict[str, Path]) -> str | None:
     return (report.get("tokenizer") or {}).get("gguf_pre_tokenizer")
 
 
-def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext) -> dict:
+def run(params: GgufParams, inputs: dict[str, Path], out_dir: Path, ctx: StageContext) -> dict:
     """Converts export's merged model to each listed GGUF type and checks parity per file.
 
     Params read: model (trust_remote_code), quantization (subset of f16, q8_0, q4_k_m),

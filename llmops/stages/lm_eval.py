@@ -16,6 +16,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+from llmops.compiler.builders.lm_eval import LmEvalParams
 from llmops.compiler.plan import report_name
 from llmops.errors import StageError
 from llmops.runner.context import StageContext
@@ -149,7 +150,7 @@ def evaluate(model_args: dict[str, Any], tasks: list[str], task_dir: Path | None
     ) or {}
 
 
-def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext) -> dict:
+def run(params: LmEvalParams, inputs: dict[str, Path], out_dir: Path, ctx: StageContext) -> dict:
     """Runs the harness tasks on the base and (when trained) the tuned model.
 
     Params read: model, tasks, limit, num_fewshot, batch_size, max_gen_toks, logits_mb,

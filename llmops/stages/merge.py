@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from llmops.compiler.builders.merge import MergeParams
 from llmops.compiler.plan import report_name
 from llmops.errors import StageError
 from llmops.runner.context import StageContext
@@ -45,7 +46,7 @@ def _adapter_dirs(params: dict[str, Any], inputs: dict[str, Path]) -> list[Path]
     return dirs
 
 
-def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext) -> dict:
+def run(params: MergeParams, inputs: dict[str, Path], out_dir: Path, ctx: StageContext) -> dict:
     """Merges the adapters into the base and checks the reloaded model against base + adapters.
 
     Params read: model, method, adapters ([{"stage": name} | {"path": dir}]), weights, density,

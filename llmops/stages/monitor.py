@@ -17,6 +17,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+from llmops.compiler.builders.monitor import MonitorParams
 from llmops.compiler.plan import report_name
 from llmops.errors import StageError
 from llmops.runner.context import StageContext
@@ -97,7 +98,7 @@ def write_rules(path: Path, rules: dict[str, Any]) -> None:
         raise StageError(f"monitor: {path.name} does not read back as written.")
 
 
-def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext) -> dict:
+def run(params: MonitorParams, inputs: dict[str, Path], out_dir: Path, ctx: StageContext) -> dict:
     """Writes baseline.json, probes.jsonl and alert_rules.yml for the deployed model.
 
     Params read: probes, seed, significance, thresholds, for, metrics_host, metrics_port,

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from llmops import __version__
+from llmops.compiler.builders.release import ReleaseParams
 from llmops.compiler.plan import report_name
 from llmops.errors import GateFailed, StageError
 from llmops.runner.context import StageContext
@@ -148,7 +149,7 @@ def _card(facts: CardFacts, rel: Path) -> dict[str, Any]:
             "metadata_keys": sorted(loaded.data.to_dict())}
 
 
-def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext) -> dict:
+def run(params: ReleaseParams, inputs: dict[str, Path], out_dir: Path, ctx: StageContext) -> dict:
     """Releases the evaluated model: release/ with card and SHA256SUMS, and the .tar.gz bundle.
 
     Params read: name, version, formats, license, tags, tarball, model (facts), method, usecase,

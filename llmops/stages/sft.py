@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from llmops.compiler.builders.sft import SftParams
 from llmops.compiler.plan import report_name
 from llmops.runner.context import StageContext
 
@@ -18,7 +19,7 @@ RESUMABLE = True
 
 
 def run(
-    params: dict[str, Any], inputs: dict[str, Path], out_dir: Path, ctx: StageContext
+    params: SftParams, inputs: dict[str, Path], out_dir: Path, ctx: StageContext
 ) -> dict[str, Any]:
     """Fine-tunes the base model on the data stage's train.jsonl; returns the training report.
 
@@ -26,7 +27,7 @@ def run(
     the launcher (llmops.backends.launch), each running `train`.
 
     Args:
-        params: {"model", "lora", "quant", "train", "distributed"} as compiled (see PARAMS.md);
+        params: {"model", "lora", "quant", "train", "distributed"} as compiled (``SftParams``);
             train.backend is resolved by the compiler (hf or unsloth, never auto).
         inputs: {"data": Path} plus {"base": Path} for the tiny model.
         out_dir: The stage's output folder.
@@ -41,7 +42,7 @@ def run(
 
 
 def train(
-    params: dict[str, Any], inputs: dict[str, Path], out_dir: Path, ctx: StageContext
+    params: SftParams, inputs: dict[str, Path], out_dir: Path, ctx: StageContext
 ) -> dict[str, Any]:
     """Trains in this process (the only one, or one rank of a launched job); see `run`."""
     from llmops.backends import get_backend

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from llmops.compiler.builders.base import BaseParams
 from llmops.compiler.plan import report_name
 from llmops.runner.context import StageContext
 
@@ -18,12 +19,12 @@ REPORT_NAME = report_name("base")
 
 
 def run(
-    params: dict[str, Any], inputs: dict[str, Path], out_dir: Path, ctx: StageContext
+    params: BaseParams, inputs: dict[str, Path], out_dir: Path, ctx: StageContext
 ) -> dict[str, Any]:
     """Builds the tiny base model from params.arch and pre-trains it per params.pretrain.
 
     Args:
-        params: {"arch": {...}, "pretrain": {...}} as compiled from model=tiny (see PARAMS.md).
+        params: {"arch": {...}, "pretrain": {...}} as compiled from model=tiny (``BaseParams``).
         inputs: None needed.
         out_dir: The stage's output folder.
         ctx: Run context (logger, progress).
