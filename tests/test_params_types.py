@@ -38,8 +38,9 @@ DATA_FILE = REPO / "tests" / "data" / "openai_tools.jsonl"
 PKGS = frozenset({"bitsandbytes", "wandb", "lm_eval", "llama_cpp"})
 ENVS = {
     "cpu": Environment(cpu_count=2, memory_gb=15.6, installed=PKGS),
+    # deepspeed too, so distributed=deepspeed_zero2/3 compile here
     "h100": Environment(gpus=(Gpu("NVIDIA H100 80GB HBM3", 79.6),), cpu_count=16,
-                        memory_gb=128.0, installed=PKGS),
+                        memory_gb=128.0, installed=PKGS | {"deepspeed"}),
 }
 # Groups whose options are not plan options (Hydra's own, the sweeps).
 NOT_OPTIONS = {"hydra", "sweeps"}
@@ -49,22 +50,24 @@ OPTIONS = [f"{group.name}={option.stem}"
            for option in sorted(group.glob("*.yaml")) if not option.name.startswith("_")]
 ALL_STAGES = ("train=sft_dpo", "distributed=ddp", "eval=lm_eval", "deploy=ollama",
               "merge=ties", "monitor=default", "release=default")
+OPENAI = ("deploy=openai", "monitor=default", "release=default", "deploy.keep_serving=true")
+HUB = ("model=hub", f"model.hub_id={HUB_DIR}", "distributed=ddp", "train=sft_dpo",
+       "train.dpo.batch_size=1")
+FILES = ("data=files", f"data.path={DATA_FILE}", "usecase=none")
 COMBOS = [
     ("train=sft_dpo",), ("train=dpo",), ("distributed=ddp",), ("eval=lm_eval",),
     ("deploy=ollama",), ("deploy=ollama", "monitor=default", "release=default"),
-    ("deploy=openai", "monitor=default", "release=default", "deploy.keep_serving=true"),
-    ALL_STAGES,
+    OPENAI, ALL_STAGES, HUB, FILES,
     ("model=qwen1.5b", "quant=nf4"),
-    ("model=hub", f"model.hub_id={HUB_DIR}", "distributed=ddp", "train=sft_dpo",
-     "train.dpo.batch_size=1"),
-    ("data=files", f"data.path={DATA_FILE}", "usecase=none"),
+    ("data=jsonl", f"data.path={DATA_FILE}"), ("data=hf", "data.hf_id=org/name"),
     ("model=llama8b", "hardware=8xh100", "distributed=fsdp", "dry_run=true"),
     ("train=none", "usecase=task_api"),
 ]
 CASES = [(env, (option,)) for env in ENVS for option in OPTIONS] + \
         [(env, combo) for env in ENVS for combo in COMBOS]
-# One override on the default may be a config error (model=hub needs hub_id, a GPU profile on a
-# CPU, a model too large for it): such a case has no plan to check. A combo must compile.
+# One override on the default may be a config error (model=hub needs hub_id, data=files a path, a
+# GPU profile on a CPU, a model too large for it): such a case has no plan to check, and a combo
+# or the other machine covers it. A combo must compile.
 CAN_FAIL = {(env, (option,)) for env in ENVS for option in OPTIONS}
 
 
@@ -95,7 +98,6 @@ def _plan(env: str, overrides: tuple[str, ...]):
     return compile_plan(*validate_and_resolve(to_plain(compose(list(overrides))), ENVS[env]))
 
 
-
 @pytest.mark.parametrize(("env", "overrides"), CASES,
                          ids=[f"{env}-{'+'.join(o)}" for env, o in CASES])
 def test_every_stage_params_are_exactly_of_the_declared_type(env, overrides):
@@ -111,7 +113,7 @@ def test_every_stage_params_are_exactly_of_the_declared_type(env, overrides):
 
 def test_the_cases_reach_every_stage_kind_and_key():
     plans = [_plan(env, combo) for env, combo in
-             [("cpu", ALL_STAGES), ("h100", COMBOS[6]), ("cpu", COMBOS[9]), ("cpu", COMBOS[10])]]
+             [("cpu", ALL_STAGES), ("h100", OPENAI), ("cpu", HUB), ("cpu", FILES)]]
     kinds = {s.kind for p in plans for s in p.stages}
     assert kinds == set(STAGE_ORDER)
     hub = plans[2].stage("sft").params
@@ -125,6 +127,16 @@ def test_a_template_file_adds_its_hash_to_the_model_params():
     template = Path(trl.origin).parent / "chat_templates" / "qwen2_5.jinja"
     plan = _plan("cpu", ("model=qwen0.5b", f"model.chat_template={template}"))
     assert "chat_template_hash" in plan.stage("sft").params["model"]
+    for stage in plan.stages:
+        check(stage.kind, stage.params)
+
+
+def test_adapter_folders_compile_to_params_of_their_types(tmp_path):
+    (tmp_path / "adapter_config.json").write_text('{"r": 16, "peft_type": "LORA"}')
+    plan = _plan("cpu", ("train=dpo", f"train.dpo.init_adapter={tmp_path}", "merge=linear",
+                         f"merge.adapters=[{tmp_path}]"))
+    assert plan.stage("merge").params["adapters"] == [{"path": str(tmp_path.resolve())}]
+    assert plan.stage("dpo").params["init_adapter"] == str(tmp_path.resolve())
     for stage in plan.stages:
         check(stage.kind, stage.params)
 
