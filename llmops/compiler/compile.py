@@ -17,12 +17,11 @@ from llmops.compiler import align, deploy, monitor, release
 from llmops.compiler.fingerprint import data_file_hash, fingerprint
 from llmops.compiler.plan import STAGE_ORDER, TUNED_STAGES, Plan, StageSpec, recipe
 from llmops.compiler.render import gates_summary, known_kinds
+from llmops.config.resolve import Resolved, stage_inputs
 from llmops.config.schema import AppConfig, DataConfig, DataSource
 from llmops.config.templates import is_path
 from llmops.data import formats
 from llmops.data.limits import DATA_KEYS as DATA_LIMITS
-from llmops.planning.resolve import Resolved
-from llmops.planning.stage_memory import stage_inputs
 from llmops.scoring.gates import choose_gates
 
 #: Files of a model folder hashed by content; weights (large) are fingerprinted by name, size and
@@ -329,7 +328,7 @@ def compile_plan(cfg: AppConfig, resolved: Resolved) -> Plan:
 
     Args:
         cfg: The validated configuration.
-        resolved: Its "auto" values, resolved once (``llmops.planning.resolve.resolve``; the
+        resolved: Its "auto" values, resolved once (``llmops.config.resolve.resolve``; the
             config rules saw the same object).
 
     Returns:
