@@ -150,6 +150,21 @@ def test_planning_imports_no_torch():
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
+def test_planning_never_imports_config_or_reads_the_conf_package():
+    """planning sits below config: every import (lazy and TYPE_CHECKING ones too) stays out of
+    llmops.config and llmops.conf; the option files come in as a catalog."""
+    import ast
+
+    bad = []
+    for path in sorted((CONF.parent / "llmops" / "planning").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            bad += [f"{path.name}: {n}" for n in names
+                    if n.split(".")[:2] in (["llmops", "config"], ["llmops", "conf"])]
+    assert bad == []
+
+
 def test_calibration_benchmark_plans_its_gpu_cases():
     """The benchmark's GPU branch has no GPU here; its estimates must still build and make sense."""
     import importlib.util
