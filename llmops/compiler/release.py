@@ -13,7 +13,7 @@ from llmops.compiler.plan import TRAINING_STAGES, TUNED_STAGES
 from llmops.config.rules.release import release_formats
 
 if TYPE_CHECKING:
-    from llmops.compiler.compile import PlanBuilder, StageInputs
+    from llmops.compiler.inputs import PlanBuilder, StageInputs
 
 # Stages whose output the release reads when the plan has them, in plan order.
 OPTIONAL_INPUTS = ("decide", "compute", "data", "gguf", "deploy", "monitor")
