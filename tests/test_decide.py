@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from llmops.config.hydra.groups import option_files
 from llmops.config.usecase import UsecaseConfig
 from llmops.planning.decide import assess, no_go_message, red_flags, roi
 
@@ -42,7 +43,7 @@ def test_usecase_schema_forbids_unknown_keys():
 
 
 def test_product_descriptions_is_a_go_with_sft_qlora_and_positive_roi(t4_llama8b):
-    r = assess(_usecase("product_descriptions"), t4_llama8b)
+    r = assess(_usecase("product_descriptions"), t4_llama8b, catalog=option_files())
     assert r["verdict"] == "go", r["reasons"]
     assert r["method"]["training"] == "SFT"
     assert r["method"]["adapter"] == "QLoRA"
@@ -51,7 +52,7 @@ def test_product_descriptions_is_a_go_with_sft_qlora_and_positive_roi(t4_llama8b
 
 
 def test_know_everything_about_our_product_is_a_no_go_pointing_to_rag(t4_llama8b):
-    r = assess(_usecase("product_knowledge"), t4_llama8b)
+    r = assess(_usecase("product_knowledge"), t4_llama8b, catalog=option_files())
     assert r["verdict"] == "no-go"
     assert "knowledge" in {f["flag"] for f in r["red_flags"]}
     assert any(a.startswith("RAG") for a in r["alternatives"])
@@ -59,7 +60,7 @@ def test_know_everything_about_our_product_is_a_no_go_pointing_to_rag(t4_llama8b
 
 
 def test_medical_formatting_is_sft_dpo_with_evaluation_rigor_flagged(t4_llama8b):
-    r = assess(_usecase("medical_formatting"), t4_llama8b)
+    r = assess(_usecase("medical_formatting"), t4_llama8b, catalog=option_files())
     assert r["method"]["training"] == "SFT+DPO"
     assert r["evaluation_rigor"]["flagged"]
     assert any("medical" in reason for reason in r["evaluation_rigor"]["reasons"])
@@ -69,7 +70,7 @@ def test_the_default_demo_use_case_is_a_go():
     tiny = {"model": _yaml("model", "tiny"),
             "hardware": {"name": "cpu", "device": "cpu", "memory_gb": 8},
             "train": {"max_length": 512, "precision": "auto", "backend": "hf"}}
-    r = assess(_usecase("task_api"), tiny)
+    r = assess(_usecase("task_api"), tiny, catalog=option_files())
     assert r["go"], r["reasons"]
     assert r["method"]["adapter"] == "LoRA"
 

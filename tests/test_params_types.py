@@ -25,7 +25,7 @@ from typing_extensions import TypedDict
 from llmops.cli import to_plain
 from llmops.compiler.compile import BUILDERS, compile_plan
 from llmops.compiler.plan import STAGE_ORDER, stage_module
-from llmops.config.compose import compose
+from llmops.config.hydra.compose import compose
 from llmops.config.validate import validate_and_resolve
 from llmops.env import Environment, Gpu
 from llmops.errors import ConfigError

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from llmops.config.hydra.groups import option_files
 from llmops.planning.fixes import suggest_fixes
 from llmops.planning.memory import estimate, lora_params, param_groups
 
@@ -112,7 +113,7 @@ def test_published_range_7b_full_finetune_about_16_bytes_per_param():
 
 
 def test_fixes_fit_and_carry_their_estimates(llama8b, t4):
-    fixes = suggest_fixes(llama8b, None, NONE, TRAIN, t4)
+    fixes = suggest_fixes(llama8b, None, NONE, TRAIN, t4, catalog=option_files())
     fitting = [f for f in fixes if f["fits"]]
     assert fitting, fixes
     assert all(f["total_gb"] <= t4["gpu_memory_gb"] for f in fitting)
@@ -143,10 +144,25 @@ def test_cpu_plans_are_estimated_against_system_memory():
 def test_planning_imports_no_torch():
     import subprocess
 
-    code = ("import sys, llmops.planning, llmops.planning.rules, llmops.config.usecase; "
+    code = ("import sys, llmops.planning, llmops.config.rules.compute, llmops.config.usecase; "
             "bad = [m for m in ('torch', 'transformers', 'peft', 'trl', 'datasets', 'wandb') "
             "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_planning_never_imports_config_or_reads_the_conf_package():
+    """planning sits below config: every import (lazy and TYPE_CHECKING ones too) stays out of
+    llmops.config and llmops.conf; the option files come in as a catalog."""
+    import ast
+
+    bad = []
+    for path in sorted((CONF.parent / "llmops" / "planning").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            bad += [f"{path.name}: {n}" for n in names
+                    if n.split(".")[:2] in (["llmops", "config"], ["llmops", "conf"])]
+    assert bad == []
 
 
 def test_calibration_benchmark_plans_its_gpu_cases():

@@ -8,7 +8,9 @@ import yaml
 from test_planning import CONF, NONE, R16, TRAIN, _yaml
 
 from llmops.cli import to_plain
-from llmops.config.compose import compose
+from llmops.config.hydra.compose import compose
+from llmops.config.hydra.groups import option_files
+from llmops.config.resolve import SMALL_WORK, cpu_threads, stage_inputs, step_work
 from llmops.config.validate import validate_and_resolve
 from llmops.env import (
     Environment,
@@ -21,14 +23,12 @@ from llmops.env import (
 from llmops.errors import ConfigError
 from llmops.planning import memory, stage_memory
 from llmops.planning.memory import GIB
-from llmops.planning.resolve import SMALL_WORK, cpu_threads, step_work
 from llmops.planning.stage_fixes import stage_fixes
 from llmops.planning.stage_memory import (
     capacities,
     fitting,
     gguf_bytes,
     kv_cache_bytes,
-    stage_inputs,
     stage_parts,
 )
 from llmops.planning.stage_memory import (
@@ -149,7 +149,8 @@ def test_eval_fixes_name_the_eval_knobs_with_their_own_estimates():
     need = sum(stage_parts("eval_base", qwen, R16, NONE, TRAIN, gpu, inputs)[0].values()) / GIB
     weights = stage_parts("eval_base", qwen, R16, NONE, TRAIN, gpu, inputs)[0]["weights"] / GIB
     gpu["gpu_memory_gb"] = (weights + need) / 2 / memory.USABLE_FRACTION
-    fixes = stage_fixes("eval_base", qwen, R16, NONE, TRAIN, gpu, inputs, presets={})
+    fixes = stage_fixes("eval_base", qwen, R16, NONE, TRAIN, gpu, inputs, presets={},
+                        catalog=option_files())
     by = {f["override"].split("=")[0]: f for f in fixes}
     assert by["eval.token_budget"]["fits"] and by["eval.token_budget"]["total_gb"] < need
     assert fixes[-1] == {"override": "eval=none", "stage": "eval_base", "total_gb": 0.0,

@@ -29,8 +29,8 @@ from llmops.compiler.builders.release import add_release
 from llmops.compiler.builders.sft import add_sft
 from llmops.compiler.inputs import PlanBuilder, StageInputs
 from llmops.compiler.plan import STAGE_ORDER, Plan
+from llmops.config.resolve import Resolved
 from llmops.config.schema import AppConfig
-from llmops.planning.resolve import Resolved
 
 # One builder per stage kind; compile_plan runs them in the stage table's order.
 BUILDERS: dict[str, Callable[[PlanBuilder, StageInputs], None]] = {
@@ -46,7 +46,7 @@ def compile_plan(cfg: AppConfig, resolved: Resolved) -> Plan:
 
     Args:
         cfg: The validated configuration.
-        resolved: Its "auto" values, resolved once (``llmops.planning.resolve.resolve``; the
+        resolved: Its "auto" values, resolved once (``llmops.config.resolve.resolve``; the
             config rules saw the same object).
 
     Returns:

@@ -24,9 +24,9 @@ from llmops.compiler.builders.common import (
 )
 from llmops.compiler.fingerprint import data_file_hash, fingerprint
 from llmops.compiler.plan import TUNED_STAGES, StageSpec, recipe
+from llmops.config.resolve import Resolved
 from llmops.config.schema import AppConfig
 from llmops.config.templates import is_path
-from llmops.planning.resolve import Resolved
 
 #: Files of a model folder hashed by content; weights (large) are fingerprinted by name, size and
 #: modification time, which changes when a folder is retrained or replaced in place.

@@ -1,7 +1,7 @@
 """Schema of the release group: the model card and bundle the release stage writes.
 
 Pure: imports no torch. Swapped into schema.AppConfig as the ``release`` group; the cross-field
-rules (formats the plan must produce, eval on) live in release_rules.py.
+rules (formats the plan must produce, eval on) live in rules/release.py.
 """
 
 from __future__ import annotations

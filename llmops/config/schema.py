@@ -1,4 +1,4 @@
-"""Typed schema of every config group. Field constraints live here; cross-field rules in rules.py.
+"""Typed schema of every config group. Field constraints live here; cross-field rules in rules/.
 
 Pure: imports no torch. Every model is strict (types.STRICT): unknown keys are errors, never
 ignored; `true` is not a number and inf/nan are not numbers at all.
@@ -452,7 +452,7 @@ class HardwareConfig(_Group):
 
 class DistributedConfig(_Group):
     """How one training job spans processes, GPUs and nodes (sft, dpo); rules in
-    distributed_rules.py."""
+    rules/distributed.py."""
 
     name: Text = Field(description="Option name, e.g. none, ddp, fsdp.")
     strategy: Literal["none", "ddp", "fsdp", "zero2", "zero3"] = Field(

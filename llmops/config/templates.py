@@ -225,7 +225,7 @@ def data_has_tools(cfg: Any, limits: Any = None) -> str | None:
         try:
             files = formats.input_paths(spec, "data.path")
         except ValueError:
-            continue  # data_rules reports it
+            continue  # rules/data.py reports it
         for file in files:
             found = _peek_tools(Path(file), limits)
             if found:

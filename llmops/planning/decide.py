@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from llmops.planning.fixes import option
+from llmops.planning.fixes import Catalog, option
 from llmops.planning.memory import estimate
 
 MIN_EXAMPLES = 500
@@ -122,7 +122,8 @@ def roi(u: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _method(u: dict[str, Any], compute: dict[str, Any] | None) -> dict[str, Any]:
+def _method(u: dict[str, Any], compute: dict[str, Any] | None,
+            catalog: Catalog | None) -> dict[str, Any]:
     domain = str(u["domain"]).lower()
     critical = any(k in domain for k in SAFETY_CRITICAL)
     if critical:
@@ -140,8 +141,11 @@ def _method(u: dict[str, Any], compute: dict[str, Any] | None) -> dict[str, Any]
     # Judge by the leanest step (batch 1, checkpointing): batch size is tuned afterwards.
     train = {**(compute.get("train") or {}), "batch_size": 1, "grad_accum": 1,
              "gradient_checkpointing": True}
-    # The options the advice names (lora=r16, quant=nf4) are read from their option files.
-    r16, none, nf4 = option("lora", "r16"), option("quant", "none"), option("quant", "nf4")
+    # The options the advice names (lora=r16, quant=nf4) are those of their option files.
+    if catalog is None:
+        raise ValueError("assess: a compute plan needs the catalog of option files")
+    r16, none = option(catalog, "lora", "r16"), option(catalog, "quant", "none")
+    nf4 = option(catalog, "quant", "nf4")
     options = {
         "full": estimate(model, None, none, train, hw),
         "LoRA": estimate(model, r16, none, train, hw),
@@ -182,12 +186,14 @@ def _rigor(u: dict[str, Any], method: dict[str, Any]) -> dict[str, Any]:
     ]}
 
 
-def assess(usecase: dict[str, Any], compute: dict[str, Any] | None = None) -> dict[str, Any]:
+def assess(usecase: dict[str, Any], compute: dict[str, Any] | None = None, *,
+           catalog: Catalog | None = None) -> dict[str, Any]:
     """Decides whether to fine-tune: criteria, red flags, method, ROI, break-even and go/no-go.
 
     Args:
         usecase: The usecase params (see ``llmops.config.usecase.UsecaseConfig``).
         compute: Optional {"model", "hardware", "train"} to pick QLoRA / LoRA / full by memory.
+        catalog: The option files (``llmops.planning.fixes.Catalog``); needed with compute.
 
     Returns:
         The decision report (decision_report.json).
@@ -198,7 +204,7 @@ def assess(usecase: dict[str, Any], compute: dict[str, Any] | None = None) -> di
         flags.append({"flag": "knowledge", "phrase": "task_type=knowledge", "blocking": True,
                       "suggestion": RED_FLAGS[0][3]})
     money = roi(usecase)
-    method = _method(usecase, compute)
+    method = _method(usecase, compute, catalog)
     reasons = [f"{k}: {c['reason']}" for k, c in crit.items() if c["verdict"] == "fail"]
     reasons += [f"red flag '{f['phrase']}': {f['suggestion']}" for f in flags if f["blocking"]]
     if money["assessed"] and not money["positive"]:

@@ -1,49 +1,38 @@
 """Concrete config overrides that make an infeasible training plan fit, each with its own estimate.
 
-Pure: reads the model presets' YAML with OmegaConf, imports no torch.
+Pure: plain values in, plain values out; imports no torch and reads no file. The option files a
+fix names (quant=nf4, lora=r16, the model presets, the hardware profiles) come in as `catalog`.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 from llmops.planning.memory import USABLE_FRACTION, estimate, total_gb
 
 MIN_LENGTH = 256
 
-
-def _load(path: Any) -> Any:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+Catalog = Mapping[str, Mapping[str, Any]]
+"""The option files as plain values, by group then option (in file name order):
+catalog["quant"]["nf4"] holds conf/quant/nf4.yaml (``llmops.config.hydra.groups`` reads them)."""
 
 
-def _conf_dir() -> Path:
-    """Returns the folder of the config groups: the package llmops.conf, as
-    ``llmops.config.compose.conf_dir`` finds it (planning sits below config, so it asks the
-    package itself)."""
-    import llmops.conf
-
-    return Path(llmops.conf.__file__).parent
-
-
-def model_presets() -> dict[str, dict[str, Any]]:
-    """Returns the hub model presets of conf/model by name (architecture facts only).
+def model_presets(catalog: Catalog) -> dict[str, dict[str, Any]]:
+    """Returns the hub model presets of the catalog by name (architecture facts only).
 
     model=hub, whose facts are read from a config.json at validation, is no preset.
     """
     out = {}
-    for path in sorted((_conf_dir() / "model").glob("*.yaml")):
-        data = _load(path)
+    for name, data in catalog["model"].items():
         if isinstance(data, dict) and data.get("source") == "hub" and data.get("params"):
-            out[path.stem] = data
+            out[name] = data
     return out
 
 
-def option(group: str, name: str) -> dict[str, Any]:
-    """Returns the option file conf/<group>/<name>.yaml, the one a fix's override names."""
-    data = _load(_conf_dir() / group / f"{name}.yaml")
+def option(catalog: Catalog, group: str, name: str) -> dict[str, Any]:
+    """Returns the option <group>=<name> of the catalog, the one a fix's override names."""
+    data = dict(catalog[group][name])
     data.pop("enabled", None)  # lora: the planner's adapter dict has no switch
     return data
 
@@ -74,16 +63,16 @@ class _Plan:
         return p
 
 
-def _qlora(p: _Plan) -> _Plan | None:
+def _qlora(p: _Plan, catalog: Catalog) -> _Plan | None:
     if (p.quant or {}).get("type") == "nf4":
         return None
-    nf4 = option("quant", "nf4")
+    nf4 = option(catalog, "quant", "nf4")
     if p.lora:
         return p.with_("quant=nf4", quant=nf4)
-    return p.with_("quant=nf4 lora=r16", quant=nf4, lora=option("lora", "r16"))
+    return p.with_("quant=nf4 lora=r16", quant=nf4, lora=option(catalog, "lora", "r16"))
 
 
-def _checkpointing(p: _Plan) -> _Plan | None:
+def _checkpointing(p: _Plan, catalog: Catalog) -> _Plan | None:
     if p.train.get("gradient_checkpointing"):
         return None
     return p.with_("train.gradient_checkpointing=true", train={"gradient_checkpointing": True})
@@ -111,22 +100,17 @@ def _shorter(p: _Plan, hardware: dict, usable: float) -> _Plan | None:
     return last
 
 
-def multi_gpu_profiles(hardware: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+def multi_gpu_profiles(hardware: dict[str, Any],
+                       catalog: Catalog) -> list[tuple[str, dict[str, Any]]]:
     """Returns the profiles that shard over several GPUs of this profile's GPU, fewest first.
 
-    The profile itself comes first when it has several GPUs; then conf/hardware's multi-GPU
-    profiles of the same GPU model (gpu_name).
+    The profile itself comes first when it has several GPUs; then the catalog's multi-GPU
+    hardware profiles of the same GPU model (gpu_name).
     """
     out = []
     if int(hardware.get("num_gpus") or 0) > 1:
         out.append((str(hardware["name"]), hardware))
-    from yaml import YAMLError
-
-    try:
-        paths = sorted((_conf_dir() / "hardware").glob("*.yaml"))
-        profiles = [(p.stem, _load(p)) for p in paths]
-    except (OSError, YAMLError):  # profiles are optional; the other fixes still stand
-        profiles = []
+    profiles = list(catalog["hardware"].items())
     for name, prof in sorted(profiles, key=lambda np: int(np[1].get("num_gpus") or 0)):
         if (name != hardware.get("name") and int(prof.get("num_gpus") or 0) > 1
                 and prof.get("gpu_name") == hardware.get("gpu_name")):
@@ -134,7 +118,7 @@ def multi_gpu_profiles(hardware: dict[str, Any]) -> list[tuple[str, dict[str, An
     return out
 
 
-def sharded_fix(p: _Plan, hardware: dict[str, Any]) -> dict[str, Any] | None:
+def sharded_fix(p: _Plan, hardware: dict[str, Any], catalog: Catalog) -> dict[str, Any] | None:
     """Finds the fewest GPUs over which distributed=fsdp (full shard) makes the plan fit.
 
     Tried when each GPU holds a whole replica (one process, ddp): N = 2, 4, 8, ... GPUs of this
@@ -147,11 +131,12 @@ def sharded_fix(p: _Plan, hardware: dict[str, Any]) -> dict[str, Any] | None:
 
     if p.distributed and p.distributed["strategy"] not in ("none", "ddp"):
         return None
-    for name, prof in multi_gpu_profiles(hardware):
+    for name, prof in multi_gpu_profiles(hardware, catalog):
         usable = _usable({**prof, "device": "cuda"})
         n = 2
         while usable and n <= int(prof["num_gpus"]):
-            fsdp = resolve_distributed({**option("distributed", "fsdp"), "nproc_per_node": n},
+            fsdp = resolve_distributed({**option(catalog, "distributed", "fsdp"),
+                                        "nproc_per_node": n},
                                        {**prof, "device": "cuda"})
             gb = total_gb(p.model, p.lora, p.quant, p.train, {**hardware, **prof}, fsdp)
             if gb <= usable:
@@ -167,8 +152,8 @@ def sharded_fix(p: _Plan, hardware: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def scale_out(model: dict, lora: dict | None, quant: dict, train: dict, hardware: dict,
-              n_train_rows: int | None = None, avg_tokens: int | None = None
-              ) -> list[dict[str, Any]]:
+              n_train_rows: int | None = None, avg_tokens: int | None = None, *,
+              catalog: Catalog) -> list[dict[str, Any]]:
     """Returns what one-process GPU plan would cost over all GPUs of the multi-GPU profiles of
     its GPU: with distributed=ddp (a replica per GPU: faster) and distributed=fsdp (sharded: less
     memory per GPU), each with its per-GPU memory, step time and run time.
@@ -183,11 +168,11 @@ def scale_out(model: dict, lora: dict | None, quant: dict, train: dict, hardware
     if hardware.get("device") != "cuda":
         return []
     out = []
-    for name, prof in multi_gpu_profiles(hardware):
+    for name, prof in multi_gpu_profiles(hardware, catalog):
         hw = {**hardware, **prof, "device": "cuda"}
         usable = _usable(hw)
         for strategy in ("ddp", "fsdp"):
-            dist = resolve_distributed(option("distributed", strategy), hw)
+            dist = resolve_distributed(option(catalog, "distributed", strategy), hw)
             e = estimate(model, lora, quant, train, hw, n_train_rows=n_train_rows,
                          avg_tokens=avg_tokens, distributed=dist)
             words = [f"distributed={strategy}"] + (
@@ -201,7 +186,7 @@ def scale_out(model: dict, lora: dict | None, quant: dict, train: dict, hardware
 
 def suggest_fixes(model: dict, lora: dict | None, quant: dict, train: dict, hardware: dict,
                   presets: dict[str, dict] | None = None, limit: int = 6,
-                  distributed: dict | None = None) -> list[dict[str, Any]]:
+                  distributed: dict | None = None, *, catalog: Catalog) -> list[dict[str, Any]]:
     """Tries overrides that shrink the plan and returns them with their estimates, fitting first.
 
     Tried alone: quant=nf4 (with lora=r16 when there is no adapter), gradient checkpointing, a
@@ -214,8 +199,9 @@ def suggest_fixes(model: dict, lora: dict | None, quant: dict, train: dict, hard
     Args:
         model, lora, quant, train, hardware: As for ``memory.estimate``.
         distributed: The resolved distributed group, or None for one process.
-        presets: Model presets by name (default: conf/model); for the smaller-model fixes.
+        presets: Model presets by name (default: the catalog's); for the smaller-model fixes.
         limit: The most fixes returned.
+        catalog: The option files the fixes name (``Catalog``).
 
     Returns:
         [{"override": "quant=nf4 lora=r16", "total_gb": 9.8, "fits": True}, ...]
@@ -226,7 +212,7 @@ def suggest_fixes(model: dict, lora: dict | None, quant: dict, train: dict, hard
     start = _Plan(model, lora, quant, train, [], distributed)
     tried: list[_Plan] = []
     for step in (_qlora, _checkpointing):
-        cand = step(start)
+        cand = step(start, catalog)
         if cand:
             tried.append(cand)
     for step2 in (_smaller_batch, _shorter):
@@ -235,19 +221,14 @@ def suggest_fixes(model: dict, lora: dict | None, quant: dict, train: dict, hard
             tried.append(cand)
     chain = start
     for step in (_qlora, _checkpointing):
-        chain = step(chain) or chain
+        chain = step(chain, catalog) or chain
         tried.append(chain)
     for step2 in (_smaller_batch, _shorter):
         if chain.gb(hardware) > usable:
             chain = step2(chain, hardware, usable) or chain
             tried.append(chain)
     if presets is None:
-        from yaml import YAMLError
-
-        try:
-            presets = model_presets()
-        except (OSError, YAMLError):  # presets are optional; the other fixes still stand
-            presets = {}
+        presets = model_presets(catalog)
     smaller = sorted(
         ((n, m) for n, m in presets.items()
          if m.get("family") == model.get("family") and m["params"] < model["params"]),
@@ -271,5 +252,5 @@ def suggest_fixes(model: dict, lora: dict | None, quant: dict, train: dict, hard
                     "changes": len(p.overrides)})
     fitting = sorted((f for f in out if f["fits"]), key=lambda f: (f["changes"], -f["total_gb"]))
     rest = sorted((f for f in out if not f["fits"]), key=lambda f: f["total_gb"])
-    shard = sharded_fix(start, hardware) if hardware.get("device") == "cuda" else None
+    shard = sharded_fix(start, hardware, catalog) if hardware.get("device") == "cuda" else None
     return [*([shard] if shard else []), *fitting, *rest][:limit]

@@ -124,13 +124,13 @@ OFF = {"eval": "eval=none", "eval_base": "eval=none", "lm_eval": "eval.lm_eval.t
 
 def stage_fixes(stage: str, model: dict, lora: dict | None, quant: dict, train: dict,
                 hardware: dict, inputs: dict[str, Any], distributed: dict | None = None,
-                presets: dict[str, dict] | None = None, limit: int = 6
-                ) -> list[dict[str, Any]]:
+                presets: dict[str, dict] | None = None, limit: int = 6, *,
+                catalog: fixes.Catalog) -> list[dict[str, Any]]:
     """Returns overrides that make one stage fit, each with that stage's estimate, fitting first.
 
     sft: ``fixes.suggest_fixes``. The others: their own knobs (``STEPS``) alone, then together,
     quant=nf4 for a stage on the GPU, smaller models of the same family, and the stage's off
-    switch (``OFF``, estimate 0).
+    switch (``OFF``, estimate 0). The options they name come from `catalog` (``fixes.Catalog``).
 
     Returns:
         [{"override", "stage", "total_gb", "fits", "changes"}, ...]; total_gb is the stage's
@@ -139,7 +139,7 @@ def stage_fixes(stage: str, model: dict, lora: dict | None, quant: dict, train: 
     if stage == "sft":
         return [{**f, "stage": "sft"} for f in fixes.suggest_fixes(
             model, lora, quant, train, hardware, presets=presets, limit=limit,
-            distributed=distributed)]
+            distributed=distributed, catalog=catalog)]
     args = {"model": model, "lora": lora, "quant": quant, "train": train, "hardware": hardware,
             "inputs": inputs, "distributed": distributed}
     start = _Candidate(stage, args, [])
@@ -155,15 +155,10 @@ def stage_fixes(stage: str, model: dict, lora: dict | None, quant: dict, train: 
             tried.append(chain)
     cuda = hardware.get("device") == "cuda"
     if cuda and stage not in HOST_STAGES and (quant or {}).get("type") != "nf4":
-        tried.append(start.with_("quant=nf4", quant={**fixes.option("quant", "nf4"),
+        tried.append(start.with_("quant=nf4", quant={**fixes.option(catalog, "quant", "nf4"),
                                                      "compute_dtype": quant.get("compute_dtype")}))
     if presets is None:
-        from yaml import YAMLError
-
-        try:
-            presets = fixes.model_presets()
-        except (OSError, YAMLError):
-            presets = {}
+        presets = fixes.model_presets(catalog)
     smaller = sorted(((n, m) for n, m in presets.items()
                       if m.get("family") == model.get("family") and m["params"] < model["params"]),
                      key=lambda nm: -nm[1]["params"])

@@ -162,9 +162,9 @@ def stage_parts(stage: str, model: dict, lora: dict | None, quant: dict, train: 
     Args:
         stage: One of STAGES.
         model, lora, quant, train, hardware, distributed: As for ``memory.estimate``.
-        inputs: What the other stages were configured with (``stage_inputs``): eval, lm_eval,
-            dpo, merge, export, gguf, deploy, max_length, merged (whether eval reads a merged
-            model).
+        inputs: What the other stages were configured with (``stage_inputs`` of
+            llmops.config.resolve): eval, lm_eval, dpo, merge, export, gguf, deploy, max_length,
+            merged (whether eval reads a merged model).
     """
     cuda = hardware.get("device") == "cuda"
     base_host = CPU_OVERHEAD_GB * GIB
@@ -265,47 +265,3 @@ def fitting(stages: dict[str, dict[str, Any]], hardware: dict[str, Any]) -> dict
     return {"largest": largest, "fits": not over, "over": over,
             "usable_device_gb": round(dev, 2) if dev else None,
             "usable_host_gb": round(host, 2) if host else None}
-
-
-def stage_inputs(cfg: Any) -> dict[str, Any]:
-    """Returns what the plan's model-loading stages were configured with, from a validated
-    AppConfig: the planned stages (as ``compile_plan`` adds them) and their memory knobs.
-
-    Args:
-        cfg: The validated AppConfig (read, never imported: config sits above planning).
-    """
-    t, e, m, dp = cfg.train, cfg.eval, cfg.merge, cfg.deploy
-    stages = []
-    if t.method in ("sft", "sft_dpo"):
-        stages.append("sft")
-    if t.method in ("dpo", "sft_dpo"):
-        stages.append("dpo")
-    merged = m.method != "none"
-    tuned = bool(stages) or merged
-    if merged:
-        stages.append("merge")
-    if e.enabled:
-        stages.append("eval_base")
-        if e.lm_eval.tasks:
-            stages.append("lm_eval")
-        if tuned:
-            stages.append("eval")
-    exports = dp.target != "none" and tuned
-    if exports and "merged" in dp.formats and not merged and cfg.lora.enabled:
-        stages.append("export")
-    if exports and dp.gguf.quantization:
-        stages.append("gguf")
-        if dp.target in ("ollama", "openai"):
-            stages.append("deploy")
-    return {
-        "stages": stages,
-        "max_length": int(cfg.data.max_length),
-        "merged": merged,
-        "eval": e.model_dump(exclude={"gates", "auto"}),
-        "dpo": {"batch_size": t.dpo.batch_size},
-        "merge": {"dtype": m.dtype},
-        "export": {"merge_dtype": dp.merge_dtype},
-        "gguf": {"quantization": list(dp.gguf.quantization),
-                 "max_new_tokens": dp.gguf.max_new_tokens},
-        "deploy": {"serve_quantization": (list(dp.gguf.quantization) or ["f16"])[0]},
-    }

@@ -2,8 +2,8 @@
 plan of every stage that loads a model.
 
 Pure arithmetic (llmops.planning); writes compute_plan.json. The compiler already refused plans
-with a stage that does not fit (llmops.planning.rules), so here the estimate is recorded, never
-enforced.
+with a stage that does not fit (llmops.config.rules.compute), so here the estimate is recorded,
+never enforced.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from typing import Any
 from llmops.backends.common import write_json
 from llmops.compiler.builders.compute import ComputeParams
 from llmops.compiler.plan import report_name
+from llmops.config.hydra.groups import option_files
+from llmops.config.rules.compute import plan_stages
 from llmops.planning.fixes import scale_out, suggest_fixes
 from llmops.planning.memory import estimate
-from llmops.planning.rules import plan_stages
 from llmops.planning.stage_fixes import stage_fixes
 from llmops.runner.context import StageContext
 
@@ -34,7 +35,7 @@ def plan(params: dict[str, Any]) -> dict[str, Any]:
             profile, "data": {"n_train_rows": int | None, "avg_tokens": int | None},
             "distributed": the resolved group, only when not none,
             "stages": what the model-loading stages were configured with
-            (``llmops.planning.stage_memory.stage_inputs``)}.
+            (``llmops.config.resolve.stage_inputs``)}.
 
     Returns:
         The training estimate (``memory.estimate``; its keys unchanged) plus "stages" (each
@@ -53,17 +54,21 @@ def plan(params: dict[str, Any]) -> dict[str, Any]:
                             for key, where in sources.items()}
     report["hardware"] = params["hardware"].get("name")
     report["distributed"] = dist["name"] if dist else "none"
-    report["fixes"] = [] if report["fits"] else suggest_fixes(*args, distributed=dist)
+    catalog = option_files()  # the option files the fixes name, read when a fix needs them
+    report["fixes"] = [] if report["fits"] else suggest_fixes(*args, distributed=dist,
+                                                              catalog=catalog)
     # A one-process GPU plan also shows what the multi-GPU profiles of its GPU would give.
     report["scale_out"] = [] if dist else scale_out(
-        *args, n_train_rows=data.get("n_train_rows"), avg_tokens=data.get("avg_tokens"))
+        *args, n_train_rows=data.get("n_train_rows"), avg_tokens=data.get("avg_tokens"),
+        catalog=catalog)
     inputs = params["stages"]
     per = plan_stages(*args, inputs, dist)
     report["stages"] = per["stages"]
     report["largest_stage"] = per["largest"]
     report["stages_fit"] = per["fits"]
     report["usable_host_gb"] = per["usable_host_gb"]
-    report["stage_fixes"] = {s: stage_fixes(s, *args, inputs, dist) for s in per["over"]}
+    report["stage_fixes"] = {s: stage_fixes(s, *args, inputs, dist, catalog=catalog)
+                             for s in per["over"]}
     report["capacity_from"] = params["hardware"].get("memory_source", "physical RAM") \
         if params["hardware"].get("device") != "cuda" else "hardware profile (gpu_memory_gb)"
     return report

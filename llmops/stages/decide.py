@@ -12,6 +12,7 @@ from typing import Any
 from llmops.backends.common import write_json
 from llmops.compiler.builders.decide import DecideParams
 from llmops.compiler.plan import report_name
+from llmops.config.hydra.groups import option_files
 from llmops.planning.decide import assess
 from llmops.runner.context import StageContext
 
@@ -33,7 +34,8 @@ def run(params: DecideParams, inputs: dict[str, Path], out_dir: Path,
         The decision report (report["go"] is the verdict).
     """
     compute = {k: params.get(k) for k in ("model", "train", "hardware")}
-    report = assess(params["usecase"], compute if compute["model"] else None)
+    report = assess(params["usecase"], compute if compute["model"] else None,
+                    catalog=option_files())
     method = report["method"]
     ctx.logger.info("decide: %s -> %s (%s%s)", report["usecase"], report["verdict"].upper(),
                     method["training"], f" + {method['adapter']}" if method["adapter"] else "")

@@ -53,7 +53,7 @@ def add_base(b: PlanBuilder, s: StageInputs) -> None:
     m = s.cfg.model
     if m.source != "tiny":
         return
-    assert m.pretrain is not None  # guaranteed by rules._model
+    assert m.pretrain is not None  # guaranteed by config/rules/model.py
     arch: ArchParams = {
         "hidden_size": m.hidden_size, "intermediate_size": m.intermediate_size,
         "num_hidden_layers": m.num_layers, "num_attention_heads": m.num_attention_heads,

@@ -5,7 +5,7 @@ A stage's params are plain JSON data (they go into plan.json and the fingerprint
 unless marked ``NotRequired``. The option YAMLs under conf/ own the defaults and the schema
 (llmops/config/schema.py) the allowed values: the types restate neither, so a value the schema
 limits to a few names is typed ``str`` here. "auto" never reaches a stage: the values marked
-resolved are resolved once (llmops.planning.resolve) before the compiler runs.
+resolved are resolved once (llmops.config.resolve) before the compiler runs.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from llmops.compiler.builders.common import (
     procs_text,
 )
 from llmops.compiler.inputs import PlanBuilder, StageInputs
-from llmops.planning.stage_memory import stage_inputs
+from llmops.config.resolve import stage_inputs
 
 
 class DataSize(TypedDict):
@@ -86,7 +86,7 @@ class DeployKnobs(TypedDict):
 
 class StageMemoryInputs(TypedDict):
     """What the model-loading stages were configured with, for their memory plans
-    (``llmops.planning.stage_memory.stage_inputs``)."""
+    (``llmops.config.resolve.stage_inputs``)."""
 
     stages: list[str]
     """The planned model-loading stages, in plan order (sft, dpo, merge, eval_base, lm_eval,

@@ -14,7 +14,7 @@ from typing_extensions import TypedDict
 from llmops.compiler.builders.common import LoraParams, ModelFacts
 from llmops.compiler.inputs import PlanBuilder, StageInputs
 from llmops.compiler.plan import TRAINING_STAGES, TUNED_STAGES
-from llmops.config.release_rules import release_formats
+from llmops.config.rules.release import release_formats
 
 # Stages whose output the release reads when the plan has them, in plan order.
 OPTIONAL_INPUTS = ("decide", "compute", "data", "gguf", "deploy", "monitor")
@@ -57,7 +57,7 @@ class ReleaseParams(TypedDict):
     """Semantic version."""
     formats: list[str]
     """adapter, merged, gguf (release.formats=auto resolved by
-    ``llmops.config.release_rules.release_formats``)."""
+    ``llmops.config.rules.release.release_formats``)."""
     license: str
     """The Hub's lowercase id or an SPDX expression."""
     tags: list[str]

@@ -22,7 +22,7 @@ from llmops.planning.distributed import resolve_distributed
 from llmops.planning.precision import compute_dtype_for, precision_for
 
 if TYPE_CHECKING:
-    from llmops.config.schema import AppConfig  # config imports planning, not the reverse
+    from llmops.config.schema import AppConfig
 
 MULTI_GPU_KEYS = ("interconnect_gbps", "num_nodes")
 SMALL_WORK = 2e10
@@ -136,6 +136,52 @@ def planner_inputs(cfg: AppConfig, precision: str,
     train.update(precision=precision,
                  backend="hf" if cfg.train.backend == "auto" else cfg.train.backend)
     return model, lora, quant, train
+
+
+def stage_inputs(cfg: AppConfig) -> dict[str, Any]:
+    """Returns what the plan's model-loading stages were configured with, from a validated
+    AppConfig: the planned stages (as ``compile_plan`` adds them) and their memory knobs.
+
+    What ``llmops.planning.stage_memory`` takes as `inputs`.
+
+    Args:
+        cfg: The validated config.
+    """
+    t, e, m, dp = cfg.train, cfg.eval, cfg.merge, cfg.deploy
+    stages = []
+    if t.method in ("sft", "sft_dpo"):
+        stages.append("sft")
+    if t.method in ("dpo", "sft_dpo"):
+        stages.append("dpo")
+    merged = m.method != "none"
+    tuned = bool(stages) or merged
+    if merged:
+        stages.append("merge")
+    if e.enabled:
+        stages.append("eval_base")
+        if e.lm_eval.tasks:
+            stages.append("lm_eval")
+        if tuned:
+            stages.append("eval")
+    exports = dp.target != "none" and tuned
+    if exports and "merged" in dp.formats and not merged and cfg.lora.enabled:
+        stages.append("export")
+    if exports and dp.gguf.quantization:
+        stages.append("gguf")
+        if dp.target in ("ollama", "openai"):
+            stages.append("deploy")
+    return {
+        "stages": stages,
+        "max_length": int(cfg.data.max_length),
+        "merged": merged,
+        "eval": e.model_dump(exclude={"gates", "auto"}),
+        "dpo": {"batch_size": t.dpo.batch_size},
+        "merge": {"dtype": m.dtype},
+        "export": {"merge_dtype": dp.merge_dtype},
+        "gguf": {"quantization": list(dp.gguf.quantization),
+                 "max_new_tokens": dp.gguf.max_new_tokens},
+        "deploy": {"serve_quantization": (list(dp.gguf.quantization) or ["f16"])[0]},
+    }
 
 
 def resolve(cfg: AppConfig, env: Environment,

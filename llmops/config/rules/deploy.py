@@ -1,4 +1,5 @@
-"""Cross-field rules of GGUF export and the serving targets (deploy=ollama, deploy=openai). Pure."""
+"""Cross-field rules of the deploy group: the export formats, GGUF export and the serving targets
+(deploy=ollama, deploy=openai). Pure."""
 
 from __future__ import annotations
 
@@ -7,6 +8,20 @@ from llmops.env import Environment
 from llmops.errors import Problem
 
 SERVING = ("ollama", "openai")
+
+
+def deploy_problems(cfg: AppConfig, env: Environment) -> list[Problem]:
+    """Returns the problems of the deploy group in a config that trains: formats, then serving."""
+    d = cfg.deploy
+    if d.target == "none" or cfg.train.method == "none":
+        return []
+    if not d.formats:
+        return [Problem("deploy.formats", "is empty; list what to export, e.g. "
+                                          "deploy.formats=[adapter,merged], or use deploy=none.")]
+    if d.formats == ["adapter"] and not cfg.lora.enabled:
+        return [Problem("deploy.formats", "'adapter' needs a LoRA adapter (got lora=none). "
+                                          "Use deploy.formats=[merged].")]
+    return serving_problems(cfg, env)
 
 
 def serving_problems(cfg: AppConfig, env: Environment) -> list[Problem]:

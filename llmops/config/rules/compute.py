@@ -2,23 +2,26 @@
 the fixes of that stage's knobs; on a GPU profile against its GPU, on a CPU against this machine.
 
 Pure: called from the config rules with the config's `Resolved` (hardware, precision, batch), the
-same one compile_plan receives; imports no torch.
+same one compile_plan receives; imports no torch. The arithmetic is llmops.planning's; this module
+hands it the config as plain values, and the option files its fixes name.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from llmops.config.hydra.groups import option_files
+from llmops.config.resolve import stage_inputs
 from llmops.errors import Problem
 from llmops.planning.fixes import suggest_fixes
 from llmops.planning.memory import estimate
 from llmops.planning.sharding import PART_ORDER
 from llmops.planning.stage_fixes import stage_fixes
-from llmops.planning.stage_memory import fitting, stage_inputs, stage_memory
+from llmops.planning.stage_memory import fitting, stage_memory
 
 if TYPE_CHECKING:
+    from llmops.config.resolve import Resolved
     from llmops.config.schema import AppConfig
-    from llmops.planning.resolve import Resolved
 
 
 def breakdown(parts_gb: dict[str, float]) -> str:
@@ -45,7 +48,7 @@ def compute_problems(cfg: AppConfig, resolved: Resolved) -> list[Problem]:
 
     Args:
         cfg: The validated AppConfig.
-        resolved: Its resolution (``llmops.planning.resolve``): hardware, precision, batch.
+        resolved: Its resolution (``llmops.config.resolve``): hardware, precision, batch.
 
     Returns:
         [] when every stage fits (or no capacity is known); else one Problem naming the stage,
@@ -67,7 +70,7 @@ def compute_problems(cfg: AppConfig, resolved: Resolved) -> list[Problem]:
         if not est["fits"] or not cuda:
             return [_training_problem(cfg, model, lora, quant, train, hw, dist, est, plan)]
     s = plan["stages"][stage]
-    fixes = stage_fixes(stage, model, lora, quant, train, hw, inputs, dist)
+    fixes = stage_fixes(stage, model, lora, quant, train, hw, inputs, dist, catalog=option_files())
     good = [f for f in fixes if f["fits"]][:4]
     on_device = cuda and s["on"] == "device"
     gb = s["device_gb"] if on_device else s["host_gb"]
@@ -96,7 +99,7 @@ def _where(hw: dict[str, Any], on: str, usable: float) -> str:
 def _training_problem(cfg: AppConfig, model: dict, lora: dict | None, quant: dict, train: dict,
                       hw: dict, dist: dict | None, est: dict, plan: dict) -> Problem:
     """Returns the problem of a training step that does not fit, with the training fixes."""
-    fixes = suggest_fixes(model, lora, quant, train, hw, distributed=dist)
+    fixes = suggest_fixes(model, lora, quant, train, hw, distributed=dist, catalog=option_files())
     good = [f for f in fixes if f["fits"]][:4]
     cuda = hw.get("device") == "cuda"
     gpu = hw.get("gpu_name") or hw.get("name")

@@ -1,4 +1,6 @@
-"""LoRA target modules checked against the model family's module names, where the family is known.
+"""Cross-field rules of the lora group: alpha against r, and the target modules.
+
+LoRA target modules are checked against the model family's module names, where the family is known.
 
 PEFT matches each list entry against a module's full name (equal to it, or ending in '.' + the
 entry), and a string other than 'all-linear' as a regular expression over full names. An entry that
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from llmops.config.compose import did_you_mean
+from llmops.config.hints import did_you_mean
 from llmops.config.schema import AppConfig
 from llmops.env import Environment
 from llmops.errors import Problem
@@ -31,6 +33,20 @@ _DECODER_LAYER = (
     (".mlp.act_fn", False), (".input_layernorm", False), (".post_attention_layernorm", False),
 )
 FAMILIES = {"llama": (_DECODER_TOP, _DECODER_LAYER), "qwen2": (_DECODER_TOP, _DECODER_LAYER)}
+
+
+def alpha_problems(cfg: AppConfig) -> list[Problem]:
+    """Returns the problem of an alpha/r ratio outside 1/8..8 (usually a typo)."""
+    lora = cfg.lora
+    if lora.enabled:
+        ratio = lora.alpha / lora.r
+        if not 0.125 <= ratio <= 8:
+            return [Problem(
+                "lora.alpha",
+                f"alpha/r = {lora.alpha:g}/{lora.r} = {ratio:g} is outside 1/8..8, which usually "
+                f"means a typo. Common: alpha = r or 2r, e.g. lora.alpha={2 * lora.r}.",
+            )]
+    return []
 
 
 def module_names(family: str, num_layers: int) -> dict[str, bool] | None:

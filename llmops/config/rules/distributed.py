@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING
 from llmops.errors import Problem
 
 if TYPE_CHECKING:
+    from llmops.config.resolve import Resolved
     from llmops.config.schema import AppConfig
     from llmops.env import Environment
-    from llmops.planning.resolve import Resolved
 
 SHARDED = ("fsdp", "zero3")  # strategies that shard the parameters themselves
 # FSDP and ZeRO-3 shard flat float tensors: bitsandbytes' 4-bit weights shard only when stored in

@@ -7,90 +7,18 @@ The search path is the app's, `-cp`/`-cn`/`-cd` included (Source).
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from llmops.config.hints import did_you_mean
-from llmops.config.searchpath import search_path_problems
+from llmops.config.hydra.groups import group_options, groups
+from llmops.config.hydra.searchpath import search_path_problems
+from llmops.config.hydra.source import APP_MODULE, DEFAULT, Source
 from llmops.errors import ConfigError, Problem
 
-CONFIG_MODULE = "llmops.conf"
-CONFIG_NAME = "config"
-# The module of the Hydra task (llmops.cli._task): Hydra's app derives its search path from it.
-APP_MODULE = "llmops.cli"
 _MAX_RETRIES = 20
 UNKNOWN_KEY = "unknown key."
-
-
-def conf_dir() -> Path:
-    """Returns the folder that holds the config groups (inside the installed package)."""
-    import llmops.conf
-
-    return Path(llmops.conf.__file__).parent
-
-
-def group_options(group: str) -> list[str]:
-    """Lists the option names of a config group: group_options('lora') -> ['none', 'r16', ...]."""
-    folder = conf_dir() / group
-    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
-
-
-def groups() -> list[str]:
-    """Lists the config groups (folders under conf/; hydra/ holds Hydra's own, e.g. launchers)."""
-    return sorted(p.name for p in conf_dir().iterdir()
-                  if p.is_dir() and not p.name.startswith("_") and p.name != "hydra")
-
-
-@dataclass(frozen=True)
-class Source:
-    """Where Hydra's app finds its configs: `-cp PATH`, `-cn NAME` and `-cd DIR` change it.
-
-    The search path is built the way Hydra's app builds it for the task in llmops.cli, so the
-    pre-flight composes exactly what the app would.
-    """
-
-    config_path: str = f"pkg://{CONFIG_MODULE}"
-    config_name: str = CONFIG_NAME
-    config_dir: str | None = None
-
-    def search_path(self) -> Any:
-        """Returns Hydra's ConfigSearchPath for this source; raises ConfigError if it is bad."""
-        from hydra._internal.utils import create_automatic_config_search_path
-        from hydra.core.config_search_path import SearchPathQuery
-        from hydra.core.utils import validate_config_path
-
-        try:
-            validate_config_path(self.config_path)
-        except ValueError:
-            raise ConfigError([Problem("--config-path", (
-                f"'{self.config_path}' names a file. Give the folder with --config-path and "
-                "the file's name (without .yaml) with --config-name."))]) from None
-        path = create_automatic_config_search_path(None, APP_MODULE, self.config_path)
-        if self.config_dir is not None:
-            folder = os.path.abspath(self.config_dir)
-            if not os.path.isdir(folder):
-                raise ConfigError([Problem("--config-dir", (
-                    f"'{self.config_dir}' is not a folder. Give a folder of config groups, "
-                    "e.g. --config-dir ./my_conf (with my_conf/model/my_model.yaml)."))])
-            path.prepend(provider="command-line", path=f"file://{folder}",
-                         anchor=SearchPathQuery(provider="schema"))
-        return path
-
-
-DEFAULT = Source()
-
-
-def config_loader(source: Source = DEFAULT) -> Any:
-    """Returns a Hydra ConfigLoader over the source's search path (as Hydra's app builds it)."""
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl
-
-    return ConfigLoaderImpl(config_search_path=source.search_path())
-
-
 _COMPOSED: dict[tuple[Source, tuple[str, ...], bool], Any] = {}
 _GATE_OVERRIDE = re.compile(r"^eval\.gates\.[^=]+=")
 
@@ -193,7 +121,7 @@ def _source_problem(exc: BaseException, source: Source) -> Problem | None:
 
 
 def _with_hint(problem: Problem, culprit: str | None, cfg: Any) -> Problem:
-    from llmops.config.hints import unknown_key_hint
+    from llmops.config.hydra.unknown_keys import unknown_key_hint
 
     hint = unknown_key_hint(problem.key, culprit, cfg)
     return Problem(problem.key, f"{UNKNOWN_KEY}{hint} Fix the spelling, or list keys with "

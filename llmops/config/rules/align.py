@@ -1,4 +1,4 @@
-"""Cross-field rules of DPO, merging and lm-eval (called from rules.cross_field_problems)."""
+"""Cross-field rules of DPO, merging and lm-eval (run by rules.cross_field)."""
 
 from __future__ import annotations
 
