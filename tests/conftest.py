@@ -74,7 +74,7 @@ def stage_params() -> Callable[..., dict[str, Any]]:
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory, stage_params) -> Path:
     """Returns the folder of a tiny base model built by the base stage from compiled params."""
-    from llmops.runner.context import StageContext
+    from llmops.core.context import StageContext
     from llmops.stages import tiny_base as base_stage
 
     out = tmp_path_factory.mktemp("tiny_base")

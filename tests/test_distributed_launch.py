@@ -26,7 +26,7 @@ RANK_MARKERS = ("llmops.backends.launch", "torch.distributed.run")
 
 
 def _ctx(tmp_path: Path):
-    from llmops.runner.context import StageContext
+    from llmops.core.context import StageContext
 
     return StageContext(run_dir=tmp_path, show_progress=False, logger=logging.getLogger("test"))
 

@@ -10,8 +10,8 @@ import pytest
 from fixtures_model import random_adapter
 
 from llmops.backends.tiny import CHATML_TEMPLATE
+from llmops.core.context import StageContext
 from llmops.data import task_api
-from llmops.runner.context import StageContext
 
 N_TEST = 24
 

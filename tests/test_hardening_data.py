@@ -190,7 +190,7 @@ def _write_rows(path: Path, rows: list[dict], bad: dict[int, str]) -> Path:
 
 
 def _run_data(tmp_path: Path, path: Path) -> tuple[dict, Path]:
-    from llmops.runner.context import StageContext
+    from llmops.core.context import StageContext
     from llmops.stages import data
 
     out = tmp_path / "out"

@@ -24,8 +24,8 @@ import pytest
 import yaml
 from test_deploy import needs_gguf
 
+from llmops.core.context import StageContext
 from llmops.errors import EXIT_ALERT, ConfigError, StageError
-from llmops.runner.context import StageContext
 
 REQUIRE_PROMTOOL = os.environ.get("LLMOPS_REQUIRE_PROMTOOL") == "1"
 
@@ -351,7 +351,7 @@ def _metrics_while_running(proc: subprocess.Popen, port: int, probes: int) -> st
 
 def _base_gguf(run: Path, tmp_path: Path) -> Path:
     """Converts the run's tiny *base* model with the gguf stage (the same params as the run)."""
-    from llmops.compiler.plan import Plan
+    from llmops.core.plan import Plan
     from llmops.stages import gguf
 
     params = Plan.read(run / "plan.json").stage("gguf").params

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from llmops.planning.backend import BACKENDS
 
 if TYPE_CHECKING:
-    from llmops.runner.context import StageContext
+    from llmops.core.context import StageContext
 
 
 class TrainingBackend(Protocol):

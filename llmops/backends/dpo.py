@@ -26,7 +26,7 @@ from llmops.backends.hf import (
     trainer_kwargs,
 )
 from llmops.backends.ranks import is_main_rank, report_fields, trainer_args
-from llmops.compiler.plan import report_name
+from llmops.core.plan import report_name
 from llmops.errors import StageError
 
 REPORT_NAME = report_name("dpo")

@@ -13,7 +13,7 @@ from typing import Any
 
 from llmops.backends.common import peak_memory_mb, read_jsonl, write_json
 from llmops.backends.ranks import is_main_rank, launched, report_fields, trainer_args
-from llmops.compiler.plan import report_name
+from llmops.core.plan import report_name
 from llmops.errors import StageError
 
 REPORT_NAME = report_name("sft")

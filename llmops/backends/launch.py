@@ -87,7 +87,7 @@ def train_rank(kind: str, params: dict[str, Any], inputs: dict[str, Path], out_d
 
 def train_spec(spec: dict[str, Any]) -> dict[str, Any]:
     """Trains one rank from a launch spec (as written by run_stage)."""
-    from llmops.runner.context import StageContext
+    from llmops.core.context import StageContext
 
     c = spec["ctx"]
     main = is_main_rank()
@@ -111,7 +111,7 @@ def follow() -> int:
 
 
 def _stage_module(kind: str) -> str:
-    from llmops.compiler.plan import stage_module
+    from llmops.core.plan import stage_module
 
     return stage_module(kind)
 

@@ -363,7 +363,7 @@ def build_tiny_base(
     import torch
 
     from llmops.backends.common import torch_threads, write_json
-    from llmops.compiler.plan import report_name
+    from llmops.core.plan import report_name
 
     logger = logger or log
     arch, pp = dict(arch), dict(pretrain_params)

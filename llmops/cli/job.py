@@ -169,7 +169,7 @@ def _eval_report(run_dir: Path) -> dict[str, Any] | None:
     """Returns the run's eval_report.json, or None when it is missing or unreadable."""
     import json
 
-    from llmops.compiler.plan import report_name
+    from llmops.core.plan import report_name
 
     try:
         report = json.loads((run_dir / report_name("eval")).read_text(encoding="utf-8"))

@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llmops.compiler.fingerprint import file_sha256
-from llmops.compiler.plan import TRAINING_STAGES
 from llmops.config.schema import DataConfig
+from llmops.core.fingerprint import file_sha256
+from llmops.core.plan import TRAINING_STAGES
 
 if TYPE_CHECKING:
     from llmops.compiler.compile import PlanBuilder, StageInputs

@@ -1,7 +1,7 @@
 """Compiles a validated config and its resolution into a Plan. Pure and fast: no torch, no writes.
 
 ``compile_plan`` runs one builder per stage kind, in the stage table's order
-(``llmops.compiler.plan.STAGE_ORDER``); each adds its stage when the config asks for it. Builders
+(``llmops.core.plan.STAGE_ORDER``); each adds its stage when the config asks for it. Builders
 read the config and the `Resolved` values; none of them resolves an "auto" itself.
 """
 
@@ -14,11 +14,11 @@ from typing import Any
 
 from llmops import __version__
 from llmops.compiler import align, deploy, monitor, release
-from llmops.compiler.fingerprint import data_file_hash, fingerprint
-from llmops.compiler.plan import STAGE_ORDER, TUNED_STAGES, Plan, StageSpec, recipe
 from llmops.compiler.render import gates_summary, known_kinds
 from llmops.config.schema import AppConfig, DataConfig, DataSource
 from llmops.config.templates import is_path
+from llmops.core.fingerprint import data_file_hash, fingerprint
+from llmops.core.plan import STAGE_ORDER, TUNED_STAGES, Plan, StageSpec, recipe
 from llmops.data import formats
 from llmops.data.limits import DATA_KEYS as DATA_LIMITS
 from llmops.planning.resolve import Resolved

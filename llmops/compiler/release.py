@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from llmops.compiler.plan import TRAINING_STAGES, TUNED_STAGES
 from llmops.config.release_rules import release_formats
+from llmops.core.plan import TRAINING_STAGES, TUNED_STAGES
 
 if TYPE_CHECKING:
     from llmops.compiler.compile import PlanBuilder, StageInputs

@@ -103,7 +103,7 @@ def load(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         MonitorError: If the run has no monitor stage output or it is unreadable.
     """
     from llmops.backends.common import read_jsonl
-    from llmops.compiler.plan import report_name
+    from llmops.core.plan import report_name
 
     folder = run_dir / "stages" / "monitor"
     path = folder / report_name("monitor")

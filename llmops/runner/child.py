@@ -78,8 +78,8 @@ def device_peak_bytes() -> int | None:
 def run_stage(request: dict[str, Any]) -> None:
     """Runs one stage as the runner asked; an allocation failure becomes a StageError that says
     the measured peak, what was planned and the fix (llmops.runner.memory)."""
-    from llmops.compiler.plan import stage_module
-    from llmops.runner.context import StageContext
+    from llmops.core.context import StageContext
+    from llmops.core.plan import stage_module
 
     kind = request["kind"]
     c = request["ctx"]

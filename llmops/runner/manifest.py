@@ -10,7 +10,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from llmops.compiler.plan import Plan
+from llmops.core.plan import Plan
 from llmops.files import write_json_atomic
 
 LIBRARIES = (

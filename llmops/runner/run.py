@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from llmops.compiler.plan import Plan, StageSpec, stage_module
+from llmops.core.context import StageContext
+from llmops.core.plan import Plan, StageSpec, stage_module
 from llmops.errors import GateFailed, LlmopsError, NoGo, StageError, StoreError
-from llmops.runner.context import StageContext
 from llmops.runner.manifest import Manifest
 from llmops.runner.memory import fix_for, planned
 from llmops.runner.supervise import StageProcess
@@ -192,7 +192,7 @@ def _run_each(plan: Plan, run_dir: Path, store: Store, manifest: Manifest, track
 
 
 def _sha(path: Path) -> str:
-    from llmops.compiler.fingerprint import file_sha256
+    from llmops.core.fingerprint import file_sha256
 
     return file_sha256(path)
 

@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from llmops.backends.common import write_json
-from llmops.compiler.plan import report_name
+from llmops.core.context import StageContext
+from llmops.core.plan import report_name
 from llmops.planning.fixes import scale_out, suggest_fixes
 from llmops.planning.memory import estimate
 from llmops.planning.rules import plan_stages
 from llmops.planning.stage_fixes import stage_fixes
-from llmops.runner.context import StageContext
 
 REPORT_NAME = report_name("compute")
 

@@ -36,12 +36,12 @@ from typing import Any
 import numpy as np
 
 from llmops.backends.common import write_json
-from llmops.compiler.plan import report_name
+from llmops.core.context import StageContext
+from llmops.core.plan import report_name
 from llmops.data import lengths, mix, pipeline, task_api
 from llmops.data.convert import FormatError
 from llmops.data.limits import Limits, TimeLimit
 from llmops.errors import ConfigError, DataRejected, Problem, StageError
-from llmops.runner.context import StageContext
 from llmops.stages import data_io
 
 REPORT_NAME = report_name("data")

@@ -13,9 +13,9 @@ import numpy as np
 
 from llmops.backends.common import base_model_path, json_default
 from llmops.config.templates import AUTO, TINY, template_text
+from llmops.core.context import StageContext
 from llmops.data import formats, lengths, pages, pipeline, task_api
 from llmops.errors import StageError
-from llmops.runner.context import StageContext
 
 WINDOW, STEP = 20_000, 2_000  # lines written at once; of them, lines read per mapped step
 _SENTENCE = re.compile(r"(?<=[.?!])\s+(?=[A-Z0-9'\"(])")

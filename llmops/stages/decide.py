@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from llmops.backends.common import write_json
-from llmops.compiler.plan import report_name
+from llmops.core.context import StageContext
+from llmops.core.plan import report_name
 from llmops.planning.decide import assess
-from llmops.runner.context import StageContext
 
 REPORT_NAME = report_name("decide")
 

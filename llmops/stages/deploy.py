@@ -29,9 +29,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from llmops.compiler.plan import report_name
+from llmops.core.context import StageContext
+from llmops.core.plan import report_name
 from llmops.errors import StageError
-from llmops.runner.context import StageContext
 from llmops.serving.tool_calls import HANDLER_NAME, TOOL_CHOICE
 
 REPORT_NAME = report_name("deploy")

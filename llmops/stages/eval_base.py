@@ -10,9 +10,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from llmops.compiler.plan import report_name
+from llmops.core.context import StageContext
+from llmops.core.plan import report_name
 from llmops.errors import StageError
-from llmops.runner.context import StageContext
 
 REPORT_NAME = report_name("eval_base")
 N_SAMPLES = 20

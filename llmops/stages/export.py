@@ -12,10 +12,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from llmops.compiler.plan import report_name
+from llmops.core.context import StageContext
+from llmops.core.plan import report_name
 from llmops.data.chat import render
 from llmops.errors import StageError
-from llmops.runner.context import StageContext
 
 REPORT_NAME = report_name("export")
 FORMATS: tuple[str, ...] = ("adapter", "merged")

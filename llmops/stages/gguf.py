@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from llmops.compiler.plan import report_name
+from llmops.core.context import StageContext
+from llmops.core.plan import report_name
 from llmops.errors import StageError
-from llmops.runner.context import StageContext
 
 REPORT_NAME = report_name("gguf")
 QUANTIZATIONS = ("f16", "q8_0", "q4_k_m")

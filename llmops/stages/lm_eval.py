@@ -16,9 +16,9 @@ import random
 from pathlib import Path
 from typing import Any
 
-from llmops.compiler.plan import report_name
+from llmops.core.context import StageContext
+from llmops.core.plan import report_name
 from llmops.errors import StageError
-from llmops.runner.context import StageContext
 
 REPORT_NAME = report_name("lm_eval")
 TASKS_DIR = Path(__file__).resolve().parent / "lm_eval_tasks"

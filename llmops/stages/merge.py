@@ -13,9 +13,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from llmops.compiler.plan import report_name
+from llmops.core.context import StageContext
+from llmops.core.plan import report_name
 from llmops.errors import StageError
-from llmops.runner.context import StageContext
 
 REPORT_NAME = report_name("merge")
 NOTE_FULL = ("Merged into the full-precision (float32) base: the merged model needs no peft and "

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from llmops import __version__
-from llmops.compiler.plan import report_name
+from llmops.core.context import StageContext
+from llmops.core.plan import report_name
 from llmops.errors import GateFailed, StageError
-from llmops.runner.context import StageContext
 from llmops.stages.release_bundle import SUMS, files_of, place, place_tree, write_bundle, write_sums
 from llmops.stages.release_card import CardFacts, build_card, metrics
 
@@ -124,7 +124,7 @@ def _reports(inputs: dict[str, Path], rel: Path, ctx: StageContext) -> dict[str,
 
 
 def _data_hashes(inputs: dict[str, Path]) -> dict[str, str]:
-    from llmops.compiler.fingerprint import file_sha256
+    from llmops.core.fingerprint import file_sha256
 
     data = inputs.get("data")
     if data is None:
@@ -190,7 +190,7 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
     top = f"{params['name']}-{params['version']}"
     bundle = None
     if params["tarball"]:
-        from llmops.compiler.fingerprint import file_sha256
+        from llmops.core.fingerprint import file_sha256
 
         path = out_dir / f"{top}.tar.gz"
         write_bundle(rel, path, top)

@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from llmops.compiler.plan import report_name
-from llmops.runner.context import StageContext
+from llmops.core.context import StageContext
+from llmops.core.plan import report_name
 
 REPORT_NAME = report_name("sft")
 # The runner gives this stage a stable work folder per fingerprint and, when an interrupted

@@ -25,7 +25,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from llmops.compiler.plan import StageSpec
+from llmops.core.plan import StageSpec
 from llmops.files import share_like_open, write_json_atomic
 from llmops.store import registry
 from llmops.store.integrity import HASH, checkpoint_problem, entry_problems, record_files

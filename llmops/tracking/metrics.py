@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from llmops.compiler.plan import Plan, StageSpec
+from llmops.core.plan import Plan, StageSpec
 from llmops.errors import LlmopsError
 from llmops.files import write_json_atomic
 from llmops.tracking.jobs import (
