@@ -74,9 +74,9 @@ def test_monitor_config_errors_name_the_key(compose_plan, override, key, message
 @pytest.fixture(scope="module")
 def stage_inputs(tmp_path_factory):
     """Real files for the monitor stage: an eval report, deploy's files, test rows, a tokenizer."""
-    from llmops.backends.common import write_jsonl
     from llmops.backends.tiny import build_tokenizer
     from llmops.data import task_api
+    from llmops.files import write_jsonl
 
     root = tmp_path_factory.mktemp("monitor_inputs")
     rows = task_api.generate(80, seed=5)

@@ -205,8 +205,8 @@ def test_endpoint_answers_tools_with_structured_tool_calls(tmp_path, demo_base, 
     openai client with tools=[...]: its calls come back as message.tool_calls."""
     from openai import OpenAI
 
-    from llmops.backends.common import read_jsonl
     from llmops.data.task_api import TOOLS
+    from llmops.files import read_jsonl
     from llmops.serving.integration import chat_request
     from llmops.stages import gguf
 

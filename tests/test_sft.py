@@ -160,9 +160,9 @@ def test_rows_longer_than_train_max_length_stop_sft_before_training(real_model, 
     calls (all the loss) included. The sft stage refuses them, naming the length that fits."""
     from transformers import AutoTokenizer
 
-    from llmops.backends.common import write_jsonl
     from llmops.backends.hf import load_datasets
     from llmops.data import task_api
+    from llmops.files import write_jsonl
 
     folder = real_model("qwen2")
     write_jsonl(tmp_path / "train.jsonl", task_api.generate(3, seed=0))

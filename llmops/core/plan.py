@@ -147,9 +147,9 @@ class Plan:
 
     def write(self, path: Path) -> None:
         """Writes the plan as JSON, atomically."""
-        from llmops.files import write_json_atomic
+        from llmops.files import write_json
 
-        write_json_atomic(path, self.to_dict())
+        write_json(path, self.to_dict())
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Plan:

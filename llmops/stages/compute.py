@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from llmops.backends.common import write_json
 from llmops.core.context import StageContext
 from llmops.core.plan import report_name
+from llmops.files import write_json
 from llmops.planning.fixes import scale_out, suggest_fixes
 from llmops.planning.memory import estimate
 from llmops.planning.rules import plan_stages

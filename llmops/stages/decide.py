@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from llmops.backends.common import write_json
 from llmops.core.context import StageContext
 from llmops.core.plan import report_name
+from llmops.files import write_json
 from llmops.planning.decide import assess
 
 REPORT_NAME = report_name("decide")

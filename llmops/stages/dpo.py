@@ -38,15 +38,15 @@ def run(params: dict[str, Any], inputs: dict[str, Path], out_dir: Path, ctx: Sta
     """
     from llmops.backends.launch import run_stage
 
-    return run_stage("dpo", params, inputs, out_dir, ctx)
+    return run_stage("dpo", train, REPORT_NAME, params, inputs, out_dir, ctx)
 
 
 def train(params: dict[str, Any], inputs: dict[str, Path], out_dir: Path, ctx: StageContext
           ) -> dict[str, Any]:
     """Trains in this process (the only one, or one rank of a launched job); see `run`."""
-    from llmops.backends.common import base_model_path, set_seed
     from llmops.backends.dpo import train_dpo
     from llmops.errors import StageError
+    from llmops.stages.common import base_model_path, set_seed
 
     if "data" not in inputs:
         raise StageError("dpo: no 'data' input. The plan must run the data stage before dpo.")

@@ -140,10 +140,11 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
     Returns:
         The report written to eval_report.json.
     """
-    from llmops.backends.common import base_model_path, set_seed, write_json
     from llmops.backends.generation import load_model
+    from llmops.files import write_json
     from llmops.scoring.gates import check_gates, validate_gates
     from llmops.scoring.split import deltas
+    from llmops.stages.common import base_model_path, set_seed
     from llmops.stages.eval_base import (
         eval_quant,
         evaluate_base,

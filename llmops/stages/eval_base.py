@@ -24,7 +24,7 @@ def load_test_rows(params: Mapping[str, Any], inputs: Mapping[str, Path], stage:
     Raises:
         StageError: If there is no data input, no test.jsonl, or it holds no rows.
     """
-    from llmops.backends.common import read_jsonl
+    from llmops.files import read_jsonl
 
     if inputs.get("data") is None:
         raise StageError(f"{stage}: no 'data' input. The plan must run the data stage first.")
@@ -129,8 +129,8 @@ def evaluate_base(
     params: Mapping[str, Any], inputs: Mapping[str, Path], ctx: StageContext, stage: str
 ):
     """Loads the base model and evaluates it on the test rows (see evaluate_model)."""
-    from llmops.backends.common import base_model_path, set_seed
     from llmops.backends.generation import load_model
+    from llmops.stages.common import base_model_path, set_seed
 
     set_seed(ctx.seed)
     rows = load_test_rows(params, inputs, stage)
@@ -154,7 +154,7 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
     Returns:
         What ``evaluate_model`` returns.
     """
-    from llmops.backends.common import write_json
+    from llmops.files import write_json
 
     report = evaluate_base(params, inputs, ctx, stage="eval_base")
     write_json(Path(out_dir) / REPORT_NAME, report)

@@ -159,7 +159,9 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
     Returns:
         {formats, paths (relative to out_dir), parity, size_mb, artifact, eval_passed}.
     """
-    from llmops.backends.common import base_model_path, cpu_threads, write_json
+    from llmops.backends.common import cpu_threads
+    from llmops.files import write_json
+    from llmops.stages.common import base_model_path
     from llmops.stages.eval import tuned_artifact, tuned_input
 
     out_dir = Path(out_dir)

@@ -174,7 +174,7 @@ def greedy_gguf(llm: Any, prompts: list[str], max_new_tokens: int,
 
 
 def _held_out(inputs: dict[str, Path], n: int) -> list[dict]:
-    from llmops.backends.common import read_jsonl
+    from llmops.files import read_jsonl
 
     data = inputs.get("data")
     for split in ("test.jsonl", "val.jsonl"):
@@ -207,7 +207,6 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
     """
     import importlib.metadata
 
-    from llmops.backends.common import write_json
     from llmops.backends.generation import (
         build_prompt,
         generate,
@@ -215,6 +214,7 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
         render_answer,
         stop_token_ids,
     )
+    from llmops.files import write_json
     from llmops.serving.converter import LLAMA_CPP_PYTHON_VERSION
 
     out_dir = Path(out_dir)

@@ -56,7 +56,7 @@ def write_local_tasks(rows: list[dict], tokenizer: Any, out: Path, max_tokens: i
     Returns:
         The folder to pass to the harness's TaskManager(include_path=...).
     """
-    from llmops.backends.common import write_jsonl
+    from llmops.files import write_jsonl
 
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
@@ -105,7 +105,7 @@ def longest_request(tasks: list[str], task_dir: Path | None, tokenizer: Any,
                     params: dict[str, Any]) -> int:
     """Returns the longest request in tokens the harness will batch: a local task's prompt + its
     longest choice, or prompt + max_gen_toks; params["max_length"] for any other task."""
-    from llmops.backends.common import read_jsonl
+    from llmops.files import read_jsonl
 
     longest = 0 if all(t in LOCAL_TASKS for t in tasks) else int(params["max_length"])
     if task_dir is None:
@@ -163,8 +163,9 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
 
     from transformers import AutoConfig
 
-    from llmops.backends.common import base_model_path, read_jsonl, set_seed, write_json
     from llmops.backends.generation import load_tokenizer
+    from llmops.files import read_jsonl, write_json
+    from llmops.stages.common import base_model_path, set_seed
     from llmops.stages.eval import tuned_artifact, tuned_input
 
     if importlib.util.find_spec("lm_eval") is None:

@@ -59,7 +59,8 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llmops.backends.common import base_model_path, set_seed, write_json
+    from llmops.files import write_json
+    from llmops.stages.common import base_model_path, set_seed
     from llmops.stages.export import (
         DEFAULT_TOLERANCE,
         _check_chat_template,

@@ -109,7 +109,7 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
     Returns:
         The baseline (also written as baseline.json).
     """
-    from llmops.backends.common import read_jsonl, write_json, write_jsonl
+    from llmops.files import read_jsonl, write_json, write_jsonl
     from llmops.serving.alerts import alert_rules, latency_percentiles, latency_threshold
     from llmops.stages.deploy import check_gates
 

@@ -162,7 +162,7 @@ def run(params: dict, inputs: dict[str, Path], out_dir: Path, ctx: StageContext)
         GateFailed: Eval did not pass its gates.
         StageError: An input the release needs is missing.
     """
-    from llmops.backends.common import write_json
+    from llmops.files import write_json
 
     out_dir = Path(out_dir)
     eval_report = check_gates(inputs)

@@ -37,7 +37,7 @@ def run(
     """
     from llmops.backends.launch import run_stage
 
-    return run_stage("sft", params, inputs, out_dir, ctx)
+    return run_stage("sft", train, REPORT_NAME, params, inputs, out_dir, ctx)
 
 
 def train(
@@ -45,8 +45,8 @@ def train(
 ) -> dict[str, Any]:
     """Trains in this process (the only one, or one rank of a launched job); see `run`."""
     from llmops.backends import get_backend
-    from llmops.backends.common import base_model_path, set_seed
     from llmops.errors import StageError
+    from llmops.stages.common import base_model_path, set_seed
 
     if "data" not in inputs:
         raise StageError("sft: no 'data' input. The plan must run the data stage before sft.")
