@@ -8,11 +8,11 @@ params, inputs and context to out_dir/launch/spec.json and starts, as a real sub
 
 (`distributed.launcher`); the stage hands `run_stage` its own `train` function, and each rank
 finds that function through the runner's dispatch (llmops.runner.rank) and trains it with
-`rank_main` here. Rank 0 writes the
-report and artifacts; the runner publishes them as for one process. Rank 0's log lines reach the
-runner's log; a failing rank fails the stage with the tail of the job's output. A stop (Ctrl-C,
-SIGTERM) or the death of the runner stops every rank. Inside a multi-task submitit job every task
-is already one rank (see llmops.backends.submitit_ranks); then nothing is launched.
+`rank_main` here. Rank 0 writes the report and artifacts; the runner publishes them as for one
+process. Rank 0's log lines reach the runner's log; a failing rank fails the stage with the tail
+of the job's output. A stop (Ctrl-C, SIGTERM) or the death of the runner stops every rank. Inside
+a multi-task submitit job every task is already one rank (see llmops.backends.submitit_ranks);
+then nothing is launched.
 """
 
 from __future__ import annotations

@@ -30,8 +30,8 @@ class StageKind:
         recipe: The version of what the stage makes of the same params and inputs, part of its
             fingerprint when not 0: bumped when the code changes its output, so no store entry
             built by the old code is reused. The stages that render rows through the model's
-            template carry ``MESSAGE_FORM`` (issue 19: call arguments reach the
-            template as objects, and the data stage measures what sft trains on).
+            template carry ``MESSAGE_FORM`` (issue 19: call arguments reach the template as
+            objects, and the data stage measures what sft trains on).
     """
 
     kind: str
