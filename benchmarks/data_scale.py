@@ -103,7 +103,7 @@ def run_stage(path: str, num_proc: int | None, tokenizer: str | None) -> dict:
 
     from llmops.cli import to_plain
     from llmops.compiler.compile import compile_plan
-    from llmops.config.compose import compose
+    from llmops.config.hydra.compose import compose
     from llmops.config.validate import validate_and_resolve
     from llmops.core.context import StageContext
     from llmops.stages import data

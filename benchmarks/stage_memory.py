@@ -138,7 +138,7 @@ def _measure_child(out: Path, overrides: list[str]) -> None:
 def _estimates(overrides: list[str]) -> dict:
     from llmops.cli import to_plain
     from llmops.compiler.compile import compile_plan
-    from llmops.config.compose import compose
+    from llmops.config.hydra.compose import compose
     from llmops.config.validate import validate_and_resolve
     from llmops.env import detect
     from llmops.stages.compute import plan as compute_plan

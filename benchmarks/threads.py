@@ -7,7 +7,7 @@ Qwen2-shaped model of the issue's size on the real Qwen2 vocabulary (151,936 tok
 hidden 64, ~10M parameters, almost all embedding). Each runs train steps (forward + backward, the
 LM head scored in 1,024-token chunks as TRL's fused head does) and eval steps (inference-mode
 forward) at the default batch (16 x 512 tokens) on 1 thread, on all cores, and on the count
-``llmops.planning.resolve.cpu_threads`` chooses. Prints seconds per step and the ratios; chosen
+``llmops.config.resolve.cpu_threads`` chooses. Prints seconds per step and the ratios; chosen
 should be no slower than the better of 1 and all cores (within noise).
 """
 
@@ -66,7 +66,7 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from llmops.planning.resolve import cpu_threads, step_work
+    from llmops.config.resolve import cpu_threads, step_work
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=3)

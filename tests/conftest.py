@@ -34,7 +34,7 @@ QUICK_PRETRAIN = (
 def _compile(overrides: list[str]):
     from llmops.cli import to_plain
     from llmops.compiler.compile import compile_plan
-    from llmops.config.compose import compose
+    from llmops.config.hydra.compose import compose
     from llmops.config.validate import validate_and_resolve
 
     cfg, resolved = validate_and_resolve(to_plain(compose(overrides)))

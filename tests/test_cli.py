@@ -39,7 +39,7 @@ def test_compile_path_imports_no_heavy_library(tmp_path):
     code = (
         "import sys\n"
         "from llmops.cli import preflight, execute\n"
-        "from llmops.config.compose import compose\n"
+        "from llmops.config.hydra.compose import compose\n"
         "from llmops.runner.run import run_plan\n"
         "preflight(['model=qwen3b', 'lora=r16', 'hardware=t4', 'dry_run=true'])\n"
         f"heavy = sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})\n"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from llmops.config.compose import conf_dir, group_options, groups
+from llmops.config.hydra.groups import conf_dir, group_options, groups
 from llmops.data import samples_dir
 from llmops.errors import ConfigError
 

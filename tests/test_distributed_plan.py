@@ -13,7 +13,7 @@ import pytest
 
 from llmops.cli import to_plain
 from llmops.compiler.compile import compile_plan
-from llmops.config.compose import compose
+from llmops.config.hydra.compose import compose
 from llmops.config.validate import validate_and_resolve
 from llmops.env import Environment, Gpu
 from llmops.errors import ConfigError

@@ -42,7 +42,7 @@ def _with(overrides: list[str], key: str, value: str):
     validates and compiles as `python -m llmops` does."""
     from llmops.cli import to_plain
     from llmops.compiler.compile import compile_plan
-    from llmops.config.compose import compose
+    from llmops.config.hydra.compose import compose
     from llmops.config.validate import validate_and_resolve
 
     data = to_plain(compose(overrides))

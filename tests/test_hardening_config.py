@@ -96,8 +96,8 @@ def test_logging_factories_and_non_logging_classes_are_refused(tmp_path):
 
 
 def test_logging_ext_imports_only_sys_streams():
-    from llmops.config.compose import compose
-    from llmops.config.targets import logging_problems
+    from llmops.config.hydra.compose import compose
+    from llmops.config.hydra.targets import logging_problems
 
     assert logging_problems(compose([], return_hydra_config=True)) == []  # Hydra's defaults
     cfg = compose(["hydra.job_logging.handlers.console.stream=ext://antigravity.x",
@@ -138,8 +138,8 @@ def test_installed_plugin_targets_are_allowed_only_where_hydra_expects_them():
     from hydra.core.config_store import ConfigStore
 
     from llmops.cli import preflight
-    from llmops.config.compose import compose
-    from llmops.config.hydra_checks import hydra_problems
+    from llmops.config.hydra.compose import compose
+    from llmops.config.hydra.hydra_checks import hydra_problems
 
     repo = ConfigStore.instance().repo["hydra"]
     launchers = [n.removesuffix(".yaml") for n in repo["launcher"] if n.endswith(".yaml")]
@@ -234,8 +234,8 @@ def test_unusable_output_folder_exits_2_naming_the_key(tmp_path, value, why, mod
 
 def test_secret_names_and_oc_env_masking(monkeypatch):
     from llmops.cli import to_plain
-    from llmops.config.compose import compose
-    from llmops.config.secrets import is_secret_name
+    from llmops.config.hydra.compose import compose
+    from llmops.config.hydra.secrets import is_secret_name
 
     for name in ("WANDB_API_KEY", "HF_TOKEN", "DB_PASSWORD", "AWS_SECRET_ACCESS_KEY",
                  "GITHUB_PAT_TOKEN", "MY_AUTH", "OPENAI_APIKEY", "CLIENT_CREDENTIALS"):
@@ -301,7 +301,7 @@ def test_secrets_from_the_environment_reach_no_file_log_or_output(tmp_path):
 
 
 def _problem(overrides: list[str]) -> str:
-    from llmops.config.compose import compose
+    from llmops.config.hydra.compose import compose
 
     with pytest.raises(ConfigError) as info:
         compose(overrides)

@@ -166,8 +166,8 @@ NAME_KEYS = {"model.name", "deploy.ollama.model_name"}
 
 def test_every_key_that_leaves_llmops_refuses_a_secret_and_others_keep_the_mask():
     from llmops.cli import to_plain
-    from llmops.config.compose import compose
-    from llmops.config.secrets import OUTBOUND
+    from llmops.config.hydra.compose import compose
+    from llmops.config.hydra.secrets import OUTBOUND
     from llmops.config.validate import validate
     from llmops.errors import ConfigError
 

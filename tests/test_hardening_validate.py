@@ -104,7 +104,7 @@ def test_target_module_names_are_those_of_the_real_architectures():
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
-    from llmops.config.lora_rules import module_names
+    from llmops.config.rules.lora import module_names
 
     for family, config in (("llama", LlamaConfig), ("qwen2", Qwen2Config)):
         cfg = config(hidden_size=64, intermediate_size=128, num_hidden_layers=2,

@@ -22,7 +22,7 @@ ALL_LINEAR = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "d
 FRACTIONAL = ("lora=r16", "lora.r=4", "lora.alpha=0.5", "lora.dropout=0.1")
 HEAVY = ("torch", "transformers", "peft", "trl", "datasets", "wandb", "unsloth")
 PURE = ("llmops.cli", "llmops.config.schema", "llmops.config.validate", "llmops.compiler.compile",
-        "llmops.core.plan", "llmops.errors", "llmops.backends", "llmops.planning.rules")
+        "llmops.core.plan", "llmops.errors", "llmops.backends", "llmops.config.rules.compute")
 
 
 @pytest.mark.parametrize(("targets", "expected"), [

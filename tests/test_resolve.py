@@ -1,4 +1,4 @@
-"""One resolve step (llmops.planning.resolve), one stage table, and the fingerprints they keep."""
+"""One resolve step (llmops.config.resolve), one stage table, and the fingerprints they keep."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from llmops.cli import to_plain
 from llmops.compiler.compile import BUILDERS, compile_plan
-from llmops.config.compose import compose
+from llmops.config.hydra.compose import compose
 from llmops.config.validate import validate_and_resolve
 from llmops.core.plan import STAGE_ORDER, TUNED_STAGES, report_name, stage_module
 from llmops.env import Environment, Gpu
@@ -130,7 +130,7 @@ def test_config_rules_import_neither_the_compiler_nor_torch():
     code = (
         "import sys\n"
         "from llmops.cli import to_plain\n"
-        "from llmops.config.compose import compose\n"
+        "from llmops.config.hydra.compose import compose\n"
         "from llmops.config.validate import validate_and_resolve\n"
         "validate_and_resolve(to_plain(compose(['model=qwen3b', 'hardware=t4', "
         "'dry_run=true'])))\n"

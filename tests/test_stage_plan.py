@@ -8,7 +8,7 @@ import yaml
 from test_planning import CONF, NONE, R16, TRAIN, _yaml
 
 from llmops.cli import to_plain
-from llmops.config.compose import compose
+from llmops.config.hydra.compose import compose
 from llmops.config.validate import validate_and_resolve
 from llmops.env import (
     Environment,
@@ -21,7 +21,7 @@ from llmops.env import (
 from llmops.errors import ConfigError
 from llmops.planning import memory, stage_memory
 from llmops.planning.memory import GIB
-from llmops.planning.resolve import SMALL_WORK, cpu_threads, step_work
+from llmops.config.resolve import SMALL_WORK, cpu_threads, step_work
 from llmops.planning.stage_fixes import stage_fixes
 from llmops.planning.stage_memory import (
     capacities,

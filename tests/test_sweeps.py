@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from llmops.config.compose import group_options
+from llmops.config.hydra.groups import group_options
 from llmops.errors import ConfigError
 
 TINY = ["train.max_steps=10", "data.n_examples=200", "model.pretrain.steps=20", "eval.limit=20",
@@ -49,7 +49,7 @@ def _statuses(jobs: list[dict], stage: str) -> list[str]:
 @pytest.mark.parametrize("name", SWEEPS)
 def test_every_named_sweep_is_a_multirun_whose_points_all_compile(name):
     from llmops.cli import preflight
-    from llmops.config.compose import compose
+    from llmops.config.hydra.compose import compose
 
     cfg = compose([f"sweeps={name}"], return_hydra_config=True)
     assert str(cfg.hydra.mode).endswith("MULTIRUN")
@@ -60,7 +60,7 @@ def test_every_named_sweep_is_a_multirun_whose_points_all_compile(name):
 
 
 def test_optuna_sweep_maximises_and_keeps_the_study_in_memory():
-    from llmops.config.compose import compose
+    from llmops.config.hydra.compose import compose
 
     sweeper = compose(["sweeps=optuna_rank_lr"], return_hydra_config=True).hydra.sweeper
     assert sweeper._target_.endswith("OptunaSweeper")

@@ -54,7 +54,7 @@ def cpu_threads(threads: int | None) -> Iterator[None]:
     """Runs the block on the run's torch CPU threads, then restores the previous count.
 
     Args:
-        threads: StageContext.threads, resolved once by llmops.planning.resolve (1 for a small
+        threads: StageContext.threads, resolved once by llmops.config.resolve (1 for a small
             model on a CPU); None leaves torch's count as it is.
     """
     if threads is None:

@@ -290,7 +290,7 @@ def importlib_missing(name: str) -> bool:
 
 def set_cpu_threads(ctx: Any) -> None:
     """Sets torch's CPU threads for training to the run's ctx.threads (resolved once by
-    llmops.planning.resolve: 1 for a small model on a CPU); None keeps torch's default."""
+    llmops.config.resolve: 1 for a small model on a CPU); None keeps torch's default."""
     from llmops.backends.common import torch_threads
 
     if ctx.threads is not None:

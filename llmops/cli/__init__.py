@@ -16,7 +16,7 @@ from llmops.cli.preflight import _preflight, check, preflight, show_cfg_check, t
 from llmops.errors import EXIT_CONFIG, ConfigError
 
 if TYPE_CHECKING:
-    from llmops.config.compose import Source
+    from llmops.config.hydra.source import Source
 
 __all__ = ["check", "execute", "main", "preflight", "run_job", "show_cfg_check", "to_plain"]
 
@@ -42,7 +42,8 @@ def _run_single(overrides: list[str], source: Source | None = None) -> None:
     from hydra.types import HydraContext, RunMode
     from omegaconf import open_dict
 
-    from llmops.config.compose import DEFAULT, compose, config_loader
+    from llmops.config.hydra.compose import compose
+    from llmops.config.hydra.source import DEFAULT, config_loader
 
     source = source or DEFAULT
     cfg = copy.deepcopy(compose(overrides, return_hydra_config=True, source=source))
@@ -72,9 +73,9 @@ def main(argv: list[str] | None = None) -> None:
     $WANDB_API_KEY) is replaced by `${oc.env:NAME}` before anything records it, and
     `eval.gates.NAME.FIELD=V` becomes `++eval.gates...` (compose.gate_overrides).
     """
-    from llmops.config.command import parse_command
-    from llmops.config.compose import gate_overrides
-    from llmops.config.secrets import redact
+    from llmops.config.hydra.command import parse_command
+    from llmops.config.hydra.compose import gate_overrides
+    from llmops.config.hydra.secrets import redact
 
     args = gate_overrides(redact(list(sys.argv[1:] if argv is None else argv)))
     sys.argv = [sys.argv[0], *args]

@@ -15,20 +15,20 @@ from typing import TYPE_CHECKING, Any
 from llmops.errors import ConfigError, Problem
 
 if TYPE_CHECKING:
-    from llmops.config.command import Command
-    from llmops.config.compose import Source
+    from llmops.config.hydra.command import Command
+    from llmops.config.hydra.source import Source
 
 
 def to_plain(cfg: Any) -> dict[str, Any]:
     """Resolves a composed DictConfig into plain containers, dropping the hydra node.
 
     Secrets stay out: `${oc.env:NAME}` of a secret-looking NAME resolves to its own text, and a
-    secret's value found anywhere is replaced by that text (llmops.config.secrets).
+    secret's value found anywhere is replaced by that text (llmops.config.hydra.secrets).
     """
     from omegaconf import DictConfig, OmegaConf, open_dict
     from omegaconf.errors import OmegaConfBaseException
 
-    from llmops.config.secrets import redact, secrets_unresolved
+    from llmops.config.hydra.secrets import redact, secrets_unresolved
 
     if isinstance(cfg, DictConfig) and "hydra" in cfg:
         cfg = cfg.copy()
@@ -53,8 +53,9 @@ def check(overrides: list[str], source: Source | None = None) -> Any:
     Raises:
         ConfigError: Every problem found.
     """
-    from llmops.config.compose import DEFAULT, compose
-    from llmops.config.hydra_checks import RUN_DIR, hydra_problems
+    from llmops.config.hydra.compose import compose
+    from llmops.config.hydra.source import DEFAULT
+    from llmops.config.hydra.hydra_checks import RUN_DIR, hydra_problems
 
     # Composed with the hydra node, as plan_sweep does: the memoised composition is reused.
     cfg = compose(overrides, return_hydra_config=True, source=source or DEFAULT)
@@ -126,7 +127,7 @@ def preflight(argv: list[str]) -> Any:
         The Sweep for a multirun (named sweep or -m), else None. With skip_invalid=true, points
         that compose but fail validation are listed on stderr and left to skip themselves.
     """
-    from llmops.config.command import parse_command
+    from llmops.config.hydra.command import parse_command
 
     command = parse_command(argv)
     if command.show_cfg:
@@ -137,8 +138,8 @@ def preflight(argv: list[str]) -> Any:
 
 def show_cfg_check(command: Command) -> None:
     """Checks what `--cfg` prints: it must compose, and name nothing Hydra would run."""
-    from llmops.config.compose import compose
-    from llmops.config.hydra_checks import hydra_problems
+    from llmops.config.hydra.compose import compose
+    from llmops.config.hydra.hydra_checks import hydra_problems
 
     cfg = compose(command.overrides, return_hydra_config=True, source=command.source)
     problems = hydra_problems(cfg, dir_key=None)
@@ -148,8 +149,8 @@ def show_cfg_check(command: Command) -> None:
 
 def _preflight(command: Command) -> Any:
     from llmops.cli.sweep import plan_sweep
-    from llmops.config.compose import compose
-    from llmops.config.hydra_checks import SWEEP_DIR, hydra_problems
+    from llmops.config.hydra.compose import compose
+    from llmops.config.hydra.hydra_checks import SWEEP_DIR, hydra_problems
     from llmops.env import detect
 
     overrides, source = command.overrides, command.source

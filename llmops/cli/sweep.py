@@ -82,7 +82,7 @@ def expand_points(overrides: Sequence[str]) -> list[list[str]]:
 def plan_sweep(overrides: list[str], multirun_flag: bool, source: Any = None) -> Sweep | None:
     """Reads the sweep a command line launches, or returns None when it is a single run.
 
-    `source` is where the configs come from (llmops.config.compose.Source; default: llmops's).
+    `source` is where the configs come from (llmops.config.hydra.compose.Source; default: llmops's).
 
     Raises:
         ConfigError: The fixed (non-swept) overrides do not compose.
@@ -90,7 +90,8 @@ def plan_sweep(overrides: list[str], multirun_flag: bool, source: Any = None) ->
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
-    from llmops.config.compose import DEFAULT, compose
+    from llmops.config.hydra.compose import compose
+    from llmops.config.hydra.source import DEFAULT
     from llmops.errors import ConfigError, Problem
 
     source = source or DEFAULT

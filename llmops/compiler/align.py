@@ -14,7 +14,7 @@ from llmops.core.fingerprint import file_sha256
 from llmops.core.plan import TRAINING_STAGES
 
 if TYPE_CHECKING:
-    from llmops.compiler.compile import PlanBuilder, StageInputs
+    from llmops.compiler.inputs import PlanBuilder, StageInputs
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
 

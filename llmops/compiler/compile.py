@@ -21,8 +21,8 @@ from llmops.core.fingerprint import data_file_hash, fingerprint
 from llmops.core.plan import STAGE_ORDER, TUNED_STAGES, Plan, StageSpec, recipe
 from llmops.data import formats
 from llmops.data.limits import DATA_KEYS as DATA_LIMITS
-from llmops.planning.resolve import Resolved
-from llmops.planning.stage_memory import stage_inputs
+from llmops.config.resolve import Resolved
+from llmops.config.resolve import stage_inputs
 from llmops.scoring.gates import choose_gates
 
 #: Files of a model folder hashed by content; weights (large) are fingerprinted by name, size and
@@ -169,7 +169,7 @@ def add_base(b: PlanBuilder, s: StageInputs) -> None:
     m = s.cfg.model
     if m.source != "tiny":
         return
-    assert m.pretrain is not None  # guaranteed by rules._model
+    assert m.pretrain is not None  # guaranteed by config/rules/model.py
     arch = {
         "hidden_size": m.hidden_size, "intermediate_size": m.intermediate_size,
         "num_hidden_layers": m.num_layers, "num_attention_heads": m.num_attention_heads,
@@ -329,7 +329,7 @@ def compile_plan(cfg: AppConfig, resolved: Resolved) -> Plan:
 
     Args:
         cfg: The validated configuration.
-        resolved: Its "auto" values, resolved once (``llmops.planning.resolve.resolve``; the
+        resolved: Its "auto" values, resolved once (``llmops.config.resolve.resolve``; the
             config rules saw the same object).
 
     Returns:

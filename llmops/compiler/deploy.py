@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from llmops.compiler.compile import PlanBuilder, StageInputs
+    from llmops.compiler.inputs import PlanBuilder, StageInputs
 
 
 def _data(b: PlanBuilder) -> list[str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from llmops.compiler.compile import PlanBuilder, StageInputs
+    from llmops.compiler.inputs import PlanBuilder, StageInputs
 
 
 def add_monitor(b: PlanBuilder, s: StageInputs) -> None:

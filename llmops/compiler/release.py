@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from llmops.config.release_rules import release_formats
+from llmops.config.rules.release import release_formats
 from llmops.core.plan import TRAINING_STAGES, TUNED_STAGES
 
 if TYPE_CHECKING:
-    from llmops.compiler.compile import PlanBuilder, StageInputs
+    from llmops.compiler.inputs import PlanBuilder, StageInputs
 
 # Stages whose output the release reads when the plan has them, in plan order.
 OPTIONAL_INPUTS = ("decide", "compute", "data", "gguf", "deploy", "monitor")

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from llmops.config.compose import DEFAULT, Source
-from llmops.config.searchpath import search_path_problems
+from llmops.config.hydra.source import DEFAULT, Source
+from llmops.config.hydra.searchpath import search_path_problems
 from llmops.errors import ConfigError, Problem
 
 

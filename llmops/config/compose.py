@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from llmops.config.hints import did_you_mean
-from llmops.config.searchpath import search_path_problems
+from llmops.config.hydra.searchpath import search_path_problems
 from llmops.errors import ConfigError, Problem
 
 CONFIG_MODULE = "llmops.conf"
@@ -193,7 +193,7 @@ def _source_problem(exc: BaseException, source: Source) -> Problem | None:
 
 
 def _with_hint(problem: Problem, culprit: str | None, cfg: Any) -> Problem:
-    from llmops.config.hints import unknown_key_hint
+    from llmops.config.hydra.unknown_keys import unknown_key_hint
 
     hint = unknown_key_hint(problem.key, culprit, cfg)
     return Problem(problem.key, f"{UNKNOWN_KEY}{hint} Fix the spelling, or list keys with "

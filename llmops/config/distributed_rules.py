@@ -13,7 +13,7 @@ from llmops.errors import Problem
 if TYPE_CHECKING:
     from llmops.config.schema import AppConfig
     from llmops.env import Environment
-    from llmops.planning.resolve import Resolved
+    from llmops.config.resolve import Resolved
 
 SHARDED = ("fsdp", "zero3")  # strategies that shard the parameters themselves
 # FSDP and ZeRO-3 shard flat float tensors: bitsandbytes' 4-bit weights shard only when stored in

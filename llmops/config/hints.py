@@ -70,7 +70,7 @@ def unknown_key_hint(key: str, culprit: str | None, cfg: Any) -> str:
     """
     from omegaconf import DictConfig, OmegaConf
 
-    from llmops.config.compose import conf_dir, groups
+    from llmops.config.hydra.compose import conf_dir, groups
     from llmops.config.validate import schema_fields
 
     parts = key.split(".")

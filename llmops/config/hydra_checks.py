@@ -13,10 +13,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from llmops.config.job_env import env_set_problems
-from llmops.config.log_files import log_file_problems
-from llmops.config.secrets import is_secret_name
-from llmops.config.targets import logging_problems, target_problems
+from llmops.config.hydra.job_env import env_set_problems
+from llmops.config.hydra.log_files import log_file_problems
+from llmops.config.hydra.secrets import is_secret_name
+from llmops.config.hydra.targets import logging_problems, target_problems
 from llmops.errors import Problem
 
 RUN_DIR = "hydra.run.dir"

@@ -17,7 +17,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from llmops.config.targets import LOGGING_NODES
+from llmops.config.hydra.targets import LOGGING_NODES
 from llmops.errors import Problem
 
 

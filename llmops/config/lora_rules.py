@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from llmops.config.compose import did_you_mean
+from llmops.config.hints import did_you_mean
 from llmops.config.schema import AppConfig
 from llmops.env import Environment
 from llmops.errors import Problem

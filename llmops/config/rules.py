@@ -19,7 +19,7 @@ from llmops.scoring.split import KINDS
 from llmops.scoring.split import METRICS as SPLIT_METRICS
 
 if TYPE_CHECKING:
-    from llmops.planning.resolve import Resolved
+    from llmops.config.resolve import Resolved
 
 TASK_API_TOOLS = ("create_task", "list_tasks", "update_task", "complete_task", "delete_task")
 
@@ -30,17 +30,17 @@ def cross_field_problems(cfg: AppConfig, env: Environment, resolved: Resolved) -
     Args:
         cfg: The schema-valid config.
         env: Facts about this machine (installed packages, GPUs).
-        resolved: The config's "auto" values, resolved once (``llmops.planning.resolve``).
+        resolved: The config's "auto" values, resolved once (``llmops.config.resolve``).
     """
     problems: list[Problem] = []
     for rule in (_model, _adapter, _backend, _data, _eval, _deploy, _hardware, _tracking, _store):
         problems += rule(cfg, env)
     problems += _precision(cfg, resolved) + _compute(cfg, resolved)
-    from llmops.config.align_rules import alignment_problems
-    from llmops.config.bind_rules import bind_problems
-    from llmops.config.distributed_rules import distributed_problems
-    from llmops.config.lora_rules import target_problems
-    from llmops.config.release_rules import release_problems
+    from llmops.config.rules.align import alignment_problems
+    from llmops.config.rules.bind import bind_problems
+    from llmops.config.rules.distributed import distributed_problems
+    from llmops.config.rules.lora import target_problems
+    from llmops.config.rules.release import release_problems
 
     problems += alignment_problems(cfg, env) + target_problems(cfg, env) + release_problems(cfg)
     problems += distributed_problems(cfg, env, resolved) + bind_problems(cfg)
@@ -144,7 +144,7 @@ def _precision(cfg: AppConfig, resolved: Resolved) -> list[Problem]:
 
 
 def _data(cfg: AppConfig, env: Environment) -> list[Problem]:
-    from llmops.config.data_rules import data_problems
+    from llmops.config.rules.data import data_problems
 
     return data_problems(cfg.data, cfg.train.method)
 
@@ -164,7 +164,7 @@ def _eval(cfg: AppConfig, env: Environment) -> list[Problem]:
                 ))
             continue
         if gate.metric not in KNOWN_METRICS:
-            from llmops.config.compose import did_you_mean
+            from llmops.config.hints import did_you_mean
 
             out.append(Problem(
                 f"{key}.metric",
@@ -191,7 +191,7 @@ def _deploy(cfg: AppConfig, env: Environment) -> list[Problem]:
     if d.formats == ["adapter"] and not cfg.lora.enabled:
         return [Problem("deploy.formats", "'adapter' needs a LoRA adapter (got lora=none). "
                                           "Use deploy.formats=[merged].")]
-    from llmops.config.deploy_rules import serving_problems
+    from llmops.config.rules.deploy import serving_problems
 
     return serving_problems(cfg, env)
 
@@ -238,6 +238,6 @@ def _store(cfg: AppConfig, env: Environment) -> list[Problem]:
 
 
 def _compute(cfg: AppConfig, resolved: Resolved) -> list[Problem]:
-    from llmops.planning.rules import compute_problems
+    from llmops.config.rules.compute import compute_problems
 
     return compute_problems(cfg, resolved)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from llmops.errors import Problem
 
 if TYPE_CHECKING:
-    from llmops.config.compose import Source
+    from llmops.config.hydra.source import Source
 
 SEARCHPATH = "hydra.searchpath"
 APP_PACKAGE = "llmops"

@@ -10,11 +10,11 @@ from pydantic import BaseModel, ValidationError
 
 from llmops.config.hints import did_you_mean
 from llmops.config.schema import AppConfig
-from llmops.config.secrets import outbound_secret_problems
+from llmops.config.hydra.secrets import outbound_secret_problems
 from llmops.errors import ConfigError, Problem
 
 if TYPE_CHECKING:
-    from llmops.planning.resolve import Resolved
+    from llmops.config.resolve import Resolved
 
 MISSING = "???"
 
@@ -258,9 +258,9 @@ def validate_and_resolve(data: dict[str, Any], env: Any = None) -> tuple[AppConf
         ConfigError: With every problem found.
     """
     from llmops.config.model_facts import fill_model_facts
-    from llmops.config.rules import cross_field_problems
+    from llmops.config.rules.cross_field import cross_field_problems
     from llmops.env import detect
-    from llmops.planning.resolve import resolve
+    from llmops.config.resolve import resolve
 
     env = env or detect()
     data = dict(data)

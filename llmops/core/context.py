@@ -19,7 +19,7 @@ class StageContext:
         logger: Logger to report progress on ("llmops.stage.<kind>").
         show_progress: Whether to draw progress bars (tqdm) inside the stage.
         threads: Torch CPU threads for training and generation: the plan's run.threads, resolved
-            once by llmops.planning.resolve (1 for a small model on a CPU, None for torch's
+            once by llmops.config.resolve (1 for a small model on a CPU, None for torch's
             default). The runner always sets it; 1 here matches the defaults above (tiny, CPU).
     """
 

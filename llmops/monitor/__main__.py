@@ -334,7 +334,7 @@ def score_log(baseline: dict[str, Any], probes: list[dict[str, Any]], path: Path
 
 def run(args: argparse.Namespace) -> int:
     """Runs one monitoring pass and writes the report; returns the exit code."""
-    from llmops.config.bind_rules import is_loopback, public_bind_message
+    from llmops.config.rules.bind import is_loopback, public_bind_message
     from llmops.files import write_json
     from llmops.monitor.exporter import Exporter
     from llmops.monitor.score import compare, live_samples

@@ -1,7 +1,7 @@
 """Which training backend a run uses: the backend table and how `train.backend=auto` resolves.
 
 Pure and fast: unsloth is probed with `importlib.util.find_spec`, never imported. The compiler
-resolves the backend once, through ``llmops.planning.resolve``; ``llmops.backends`` loads it.
+resolves the backend once, through ``llmops.config.resolve``; ``llmops.backends`` loads it.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def resolve_backend(requested: str, cuda_available: bool,
     """Resolves a train.backend value to a concrete backend name.
 
     Pure and fast: probes for unsloth with `find_spec` and never imports torch or unsloth. The
-    compiler calls it once, through ``llmops.planning.resolve``; stages read the result.
+    compiler calls it once, through ``llmops.config.resolve``; stages read the result.
 
     Args:
         requested: "auto", "hf" or "unsloth".

@@ -21,7 +21,7 @@ def _load(path: Any) -> Any:
 
 def _conf_dir() -> Path:
     """Returns the folder of the config groups: the package llmops.conf, as
-    ``llmops.config.compose.conf_dir`` finds it (planning sits below config, so it asks the
+    ``llmops.config.hydra.compose.conf_dir`` finds it (planning sits below config, so it asks the
     package itself)."""
     import llmops.conf
 

@@ -1,6 +1,6 @@
 """The precision rule: `train.precision=auto` and `quant.compute_dtype=auto`, resolved.
 
-Pure. ``llmops.planning.resolve`` applies it once per config; the memory planner applies the same
+Pure. ``llmops.config.resolve`` applies it once per config; the memory planner applies the same
 rule for a caller outside the compiler.
 """
 

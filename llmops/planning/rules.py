@@ -18,7 +18,7 @@ from llmops.planning.stage_memory import fitting, stage_inputs, stage_memory
 
 if TYPE_CHECKING:
     from llmops.config.schema import AppConfig
-    from llmops.planning.resolve import Resolved
+    from llmops.config.resolve import Resolved
 
 
 def breakdown(parts_gb: dict[str, float]) -> str:
@@ -45,7 +45,7 @@ def compute_problems(cfg: AppConfig, resolved: Resolved) -> list[Problem]:
 
     Args:
         cfg: The validated AppConfig.
-        resolved: Its resolution (``llmops.planning.resolve``): hardware, precision, batch.
+        resolved: Its resolution (``llmops.config.resolve``): hardware, precision, batch.
 
     Returns:
         [] when every stage fits (or no capacity is known); else one Problem naming the stage,

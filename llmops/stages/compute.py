@@ -2,7 +2,7 @@
 plan of every stage that loads a model.
 
 Pure arithmetic (llmops.planning); writes compute_plan.json. The compiler already refused plans
-with a stage that does not fit (llmops.planning.rules), so here the estimate is recorded, never
+with a stage that does not fit (llmops.config.rules.compute), so here the estimate is recorded, never
 enforced.
 """
 
@@ -16,7 +16,7 @@ from llmops.core.plan import report_name
 from llmops.files import write_json
 from llmops.planning.fixes import scale_out, suggest_fixes
 from llmops.planning.memory import estimate
-from llmops.planning.rules import plan_stages
+from llmops.config.rules.compute import plan_stages
 from llmops.planning.stage_fixes import stage_fixes
 
 REPORT_NAME = report_name("compute")
