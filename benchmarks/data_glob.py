@@ -22,7 +22,7 @@ from pathlib import Path
 def main(n: int) -> None:
     import datasets
 
-    from llmops.runner.context import StageContext
+    from llmops.core.context import StageContext
     from llmops.stages import data
 
     datasets.disable_progress_bars()

@@ -105,7 +105,7 @@ def run_stage(path: str, num_proc: int | None, tokenizer: str | None) -> dict:
     from llmops.compiler.compile import compile_plan
     from llmops.config.hydra.compose import compose
     from llmops.config.validate import validate_and_resolve
-    from llmops.runner.context import StageContext
+    from llmops.core.context import StageContext
     from llmops.stages import data
 
     overrides = ["data=files", f"data.path={path}", f"data.num_proc={num_proc or 'null'}"]

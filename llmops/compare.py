@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from llmops.compiler.plan import report_name
+from llmops.core.plan import report_name
 from llmops.tracking.jobs import (
     is_noise,
     override_params,

@@ -1,5 +1,6 @@
-"""Small file helpers: atomic JSON writes, the modes of written files, and JSON read with a bound
-on its nesting."""
+"""Small file helpers: the one JSON writer (atomic) and its value converter, JSON lines, the modes
+of written files, and JSON read with a bound on its nesting. Every layer writes JSON through here.
+"""
 
 from __future__ import annotations
 
@@ -8,20 +9,31 @@ import os
 import re
 import stat
 import uuid
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 
-def _default(obj: Any) -> Any:
-    if hasattr(obj, "item"):  # numpy scalars
-        return obj.item()
+def json_default(obj: Any) -> Any:
+    """Converts numpy/torch scalars and arrays, paths and sets into JSON-able values.
+
+    Raises:
+        TypeError: For any other value (json's own error for it).
+    """
     if isinstance(obj, Path):
         return str(obj)
-    return str(obj)
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    if hasattr(obj, "tolist"):  # numpy arrays/scalars, torch tensors
+        return obj.tolist()
+    if hasattr(obj, "item"):
+        return obj.item()
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
 
 
-def write_json_atomic(path: Path, data: Any, allow_nan: bool = True) -> None:
-    """Writes JSON to a temp file in the same folder, then renames it over path.
+def write_json(path: str | Path, data: Any, allow_nan: bool = True) -> None:
+    """Writes data as indented JSON (values converted by `json_default`), atomically: into a temp
+    file in the same folder, then renamed over path; the folder is made when missing.
 
     The file gets the mode `open()` would give it (0666 less the umask, so 0644 by default),
     not mkstemp's private 0600: run folders are often shared. allow_nan=False writes strict JSON
@@ -32,12 +44,42 @@ def write_json_atomic(path: Path, data: Any, allow_nan: bool = True) -> None:
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
     try:
         with open(tmp, "x", encoding="utf-8") as f:  # "x": a fresh file, never someone else's
-            json.dump(data, f, indent=2, default=_default, allow_nan=allow_nan)
+            json.dump(data, f, indent=2, default=json_default, allow_nan=allow_nan)
             f.write("\n")
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Reads a JSON-lines file into a list of dicts, skipping blank lines.
+
+    Raises:
+        StageError: When a line is not valid JSON (names the file and line number).
+    """
+    rows: list[dict] = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                from llmops.errors import StageError
+
+                raise StageError(
+                    f"read_jsonl: invalid JSON at {path}:{lineno} ({e.msg}). "
+                    "Fix or remove the line."
+                ) from e
+    return rows
+
+
+def write_jsonl(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:
+    """Writes rows as JSON lines (UTF-8, values converted by `json_default`)."""
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False, default=json_default) + "\n")
 
 
 def umask() -> int:
@@ -76,19 +118,6 @@ def share_like_open(folder: Path) -> int:
             except OSError:
                 continue
     return changed
-
-
-def json_default(obj: Any) -> Any:
-    """Converts numpy/torch scalars and arrays, paths and sets into JSON-able values."""
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, (set, frozenset)):
-        return sorted(obj)
-    if hasattr(obj, "tolist"):  # numpy arrays/scalars, torch tensors
-        return obj.tolist()
-    if hasattr(obj, "item"):
-        return obj.item()
-    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
 
 
 class JSONLimitError(ValueError):

@@ -74,7 +74,7 @@ def stage_params() -> Callable[..., dict[str, Any]]:
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory, stage_params) -> Path:
     """Returns the folder of a tiny base model built by the base stage from compiled params."""
-    from llmops.runner.context import StageContext
+    from llmops.core.context import StageContext
     from llmops.stages import tiny_base as base_stage
 
     out = tmp_path_factory.mktemp("tiny_base")
@@ -86,8 +86,8 @@ def tiny_base(tmp_path_factory, stage_params) -> Path:
 @pytest.fixture(scope="session")
 def sft_data(tmp_path_factory) -> Path:
     """Returns a data folder (train.jsonl 160 rows, val.jsonl 16 rows, all tools)."""
-    from llmops.backends.common import write_jsonl
     from llmops.data import task_api
+    from llmops.files import write_jsonl
 
     out = tmp_path_factory.mktemp("sft_data")
     rows = task_api.generate(176, seed=3)

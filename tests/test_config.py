@@ -196,7 +196,7 @@ def test_data_file_content_changes_the_fingerprint(compose_plan, tmp_path):
 
 
 def test_plan_round_trips_through_json(compose_plan, tmp_path):
-    from llmops.compiler.plan import Plan
+    from llmops.core.plan import Plan
 
     _, plan = compose_plan([])
     plan.write(tmp_path / "plan.json")

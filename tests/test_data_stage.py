@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from llmops.core.context import StageContext
 from llmops.data import task_api
 from llmops.errors import EXIT_DATA_REJECTED, DataRejected, StageError
-from llmops.runner.context import StageContext
 from llmops.stages import data
 
 SAMPLE = Path(task_api.__file__).parent / "samples" / "tasks_chat.jsonl"

@@ -45,7 +45,7 @@ CASES: dict[str, tuple[str, ...]] = {
 
 def written_digests(root: Path, params_of: Callable[[tuple[str, ...]], dict]) -> dict:
     """Runs the data stage on every case; returns ``{case: {file: sha256}}`` of what it wrote."""
-    from llmops.runner.context import StageContext
+    from llmops.core.context import StageContext
     from llmops.stages import data
 
     inputs = root / "in"

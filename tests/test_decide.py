@@ -109,7 +109,7 @@ def test_refinement_recommends_dpo():
 
 
 def test_decide_stage_writes_its_report(tmp_path, t4_llama8b):
-    from llmops.runner.context import StageContext
+    from llmops.core.context import StageContext
     from llmops.stages import decide
 
     params = {"usecase": _usecase("product_knowledge"), **t4_llama8b}
@@ -120,7 +120,7 @@ def test_decide_stage_writes_its_report(tmp_path, t4_llama8b):
 
 
 def test_compute_stage_writes_its_plan(tmp_path, stage_params):
-    from llmops.runner.context import StageContext
+    from llmops.core.context import StageContext
     from llmops.stages import compute
 
     # A plan that fits compiles (QLoRA); the stage then gets a full fine-tune in 16-bit, which

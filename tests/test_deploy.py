@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from fixtures_model import HAS_LLAMA_CPP, needs_gguf
 
+from llmops.core.context import StageContext
 from llmops.errors import ConfigError, StageError
-from llmops.runner.context import StageContext
 from llmops.serving.modelfile import (
     SAMPLE_CONVERSATIONS,
     TOOL_CONVERSATIONS,

@@ -22,11 +22,11 @@ DDP2 = ("distributed=ddp", "distributed.nproc_per_node=2")
 TRAIN_ONLY = ["data.n_examples=200", "model.pretrain.steps=20", "eval=none", "deploy=none",
               "usecase=none", "progress=false"]
 CHECKPOINT = "outputs/store/.work/sft-*/checkpoints/checkpoint-*/trainer_state.json"
-RANK_MARKERS = ("llmops.backends.launch", "torch.distributed.run")
+RANK_MARKERS = ("llmops.runner.rank", "torch.distributed.run")
 
 
 def _ctx(tmp_path: Path):
-    from llmops.runner.context import StageContext
+    from llmops.core.context import StageContext
 
     return StageContext(run_dir=tmp_path, show_progress=False, logger=logging.getLogger("test"))
 
@@ -83,14 +83,14 @@ def test_two_processes_train_one_sft_and_rank_0_reports_the_world(
         == ["rng_state_0.pth", "rng_state_1.pth"]
     command = (tmp_path / "launch" / "command.txt").read_text()
     assert "-m torch.distributed.run --standalone --nproc_per_node=2" in command
-    assert "-m llmops.backends.launch" in command
+    assert "-m llmops.runner.rank" in command
     assert _ranks_left(tmp_path) == []
 
 
 def test_two_process_dpo_continues_the_sft_adapter_and_rank_0_scores_held_out_pairs(
         tiny_base, sft_data, tmp_path, stage_params):
-    from llmops.backends.common import write_jsonl
     from llmops.data import preferences
+    from llmops.files import write_jsonl
     from llmops.stages import dpo, sft
 
     data = tmp_path / "data"

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from llmops.backends.common import write_jsonl
+from llmops.core.context import StageContext
 from llmops.data import preferences, task_api
-from llmops.runner.context import StageContext
+from llmops.files import write_jsonl
 
 # A short sft_dpo run on the tiny base (LoRA r8); tests add the steps they need.
 SHORT = (

@@ -10,8 +10,8 @@ import pytest
 from fixtures_model import random_adapter
 
 from llmops.backends.tiny import CHATML_TEMPLATE
+from llmops.core.context import StageContext
 from llmops.data import task_api
-from llmops.runner.context import StageContext
 
 N_TEST = 24
 
@@ -45,7 +45,7 @@ def _build_tiny_base(folder: Path) -> None:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """Folders of a tiny base, a data split, an sft output with an adapter, and an eval_base run."""
-    from llmops.backends.common import write_jsonl
+    from llmops.files import write_jsonl
 
     root = tmp_path_factory.mktemp("tiny")
     base, data, sft = root / "base", root / "data", root / "sft"
@@ -186,10 +186,10 @@ def test_eval_without_sft_output_raises(tiny, tmp_path):
 def test_generation_is_deterministic_and_batch_independent(tiny):
     import torch
 
-    import llmops.backends.common as common
     from llmops.backends.generation import generate, load_model
+    from llmops.files import read_jsonl
 
-    rows = common.read_jsonl(tiny["data"] / "test.jsonl")[:6]
+    rows = read_jsonl(tiny["data"] / "test.jsonl")[:6]
     model, tok = load_model(tiny["base"], adapter=tiny["sft"] / "adapter")
     threads = torch.get_num_threads()
     a, _ = generate(model, tok, rows, max_new_tokens=8, batch_size=6, show_progress=False)

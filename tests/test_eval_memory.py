@@ -108,7 +108,7 @@ from pathlib import Path
 model_dir, n_tokens, params = Path(sys.argv[1]), int(sys.argv[2]), json.loads(sys.argv[3])
 from transformers import AutoTokenizer
 from llmops.data import task_api
-from llmops.runner.context import StageContext
+from llmops.core.context import StageContext
 from llmops.stages import eval_base
 tok = AutoTokenizer.from_pretrained(str(model_dir))
 rows = task_api.generate(8, seed=1)

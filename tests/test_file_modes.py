@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from fixtures_model import needs_gguf
 
-from llmops.compiler.plan import StageSpec
+from llmops.core.plan import StageSpec
 from llmops.files import share_like_open, umask
 from llmops.store.cas import Store
 

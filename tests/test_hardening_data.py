@@ -190,7 +190,7 @@ def _write_rows(path: Path, rows: list[dict], bad: dict[int, str]) -> Path:
 
 
 def _run_data(tmp_path: Path, path: Path) -> tuple[dict, Path]:
-    from llmops.runner.context import StageContext
+    from llmops.core.context import StageContext
     from llmops.stages import data
 
     out = tmp_path / "out"
@@ -294,12 +294,12 @@ def test_the_data_stage_refuses_a_path_that_is_not_a_regular_file(tmp_path, kind
 
 @pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
 def test_json_files_get_the_mode_open_would_give_them(tmp_path, umask, mode):
-    from llmops.files import write_json_atomic
+    from llmops.files import write_json
 
     old = os.umask(umask)
     try:
-        write_json_atomic(tmp_path / "manifest.json", {"status": "running"})
-        write_json_atomic(tmp_path / "manifest.json", {"status": "succeeded"})  # replaced
+        write_json(tmp_path / "manifest.json", {"status": "running"})
+        write_json(tmp_path / "manifest.json", {"status": "succeeded"})  # replaced
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "manifest.json").stat().st_mode) == mode

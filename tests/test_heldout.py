@@ -154,7 +154,7 @@ def test_the_eval_report_lists_each_halving(tiny_base):
     import logging
 
     from llmops.backends.generation import load_model
-    from llmops.runner.context import StageContext
+    from llmops.core.context import StageContext
     from llmops.stages.eval_base import evaluate_model
 
     model, tok = load_model(tiny_base)

@@ -66,7 +66,7 @@ def _write(path: Path, bad: list[str], n_good: int = 20) -> Path:
 
 def _run_data(tmp_path: Path, path: Path | str, hub_id: str | None = None, num_proc=None,
               **limits) -> tuple[dict, Path]:
-    from llmops.runner.context import StageContext
+    from llmops.core.context import StageContext
     from llmops.stages import data
 
     out = tmp_path / "out"
@@ -460,7 +460,7 @@ import json, logging, sys, time
 from pathlib import Path
 from llmops.cli.job import _sigterm_as_interrupt
 from llmops.errors import Terminated
-from llmops.runner.context import StageContext
+from llmops.core.context import StageContext
 from llmops.stages import data
 
 folder, out, limits = Path(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3])

@@ -18,7 +18,7 @@ import pytest
 from test_deploy import _eval_dir, chat_tokenizer  # noqa: F401 - the fixture
 from test_reachability import _llmops
 
-from llmops.runner.context import StageContext
+from llmops.core.context import StageContext
 from llmops.serving.deadline import DeadlineExceeded, within
 
 

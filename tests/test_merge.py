@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from fixtures_model import random_adapter
 
-from llmops.runner.context import StageContext
+from llmops.core.context import StageContext
 
 pytestmark = pytest.mark.slow
 

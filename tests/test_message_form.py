@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from llmops.runner.context import StageContext
+from llmops.core.context import StageContext
 
 TOOLS = [
     {"type": "function", "function": {

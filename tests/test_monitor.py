@@ -24,8 +24,8 @@ import pytest
 import yaml
 from test_deploy import needs_gguf
 
+from llmops.core.context import StageContext
 from llmops.errors import EXIT_ALERT, ConfigError, StageError
-from llmops.runner.context import StageContext
 
 REQUIRE_PROMTOOL = os.environ.get("LLMOPS_REQUIRE_PROMTOOL") == "1"
 
@@ -74,9 +74,9 @@ def test_monitor_config_errors_name_the_key(compose_plan, override, key, message
 @pytest.fixture(scope="module")
 def stage_inputs(tmp_path_factory):
     """Real files for the monitor stage: an eval report, deploy's files, test rows, a tokenizer."""
-    from llmops.backends.common import write_jsonl
     from llmops.backends.tiny import build_tokenizer
     from llmops.data import task_api
+    from llmops.files import write_jsonl
 
     root = tmp_path_factory.mktemp("monitor_inputs")
     rows = task_api.generate(80, seed=5)
@@ -351,7 +351,7 @@ def _metrics_while_running(proc: subprocess.Popen, port: int, probes: int) -> st
 
 def _base_gguf(run: Path, tmp_path: Path) -> Path:
     """Converts the run's tiny *base* model with the gguf stage (the same params as the run)."""
-    from llmops.compiler.plan import Plan
+    from llmops.core.plan import Plan
     from llmops.stages import gguf
 
     params = Plan.read(run / "plan.json").stage("gguf").params

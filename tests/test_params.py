@@ -22,7 +22,7 @@ ALL_LINEAR = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "d
 FRACTIONAL = ("lora=r16", "lora.r=4", "lora.alpha=0.5", "lora.dropout=0.1")
 HEAVY = ("torch", "transformers", "peft", "trl", "datasets", "wandb", "unsloth")
 PURE = ("llmops.cli", "llmops.config.schema", "llmops.config.validate", "llmops.compiler.compile",
-        "llmops.compiler.plan", "llmops.errors", "llmops.backends", "llmops.config.rules.compute")
+        "llmops.core.plan", "llmops.errors", "llmops.backends", "llmops.config.rules.compute")
 
 
 @pytest.mark.parametrize(("targets", "expected"), [
@@ -66,7 +66,7 @@ def test_fractional_alpha_trains_an_adapter_that_changes_the_output(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llmops.runner.context import StageContext
+    from llmops.core.context import StageContext
     from llmops.stages import sft
 
     params = stage_params("sft", *FRACTIONAL, "train.backend=hf", "train.learning_rate=1e-2",
@@ -100,7 +100,7 @@ def test_training_and_eval_load_the_quantized_base_as_configured(double_quant, s
     assert train.load_in_4bit and train.bnb_4bit_quant_type == "nf4"
     assert train.bnb_4bit_use_double_quant is double_quant
     assert train.bnb_4bit_compute_dtype == torch.float32  # auto on a CPU
-    from llmops.runner.context import StageContext
+    from llmops.core.context import StageContext
 
     on_gpu = StageContext(run_dir=".", device="cuda")
     quant = eval_quant(stage_params("eval_base", *overrides), on_gpu)
@@ -127,7 +127,7 @@ def test_an_option_file_without_a_key_is_refused_not_given_a_second_default(key)
 def test_tiny_base_is_built_as_tiny_yaml_says(tiny_base, tmp_path, stage_params):
     from transformers import AutoConfig, AutoTokenizer
 
-    from llmops.runner.context import StageContext
+    from llmops.core.context import StageContext
     from llmops.stages import tiny_base as base_stage
 
     assert AutoConfig.from_pretrained(str(tiny_base)).tie_word_embeddings is True  # tiny.yaml

@@ -24,9 +24,9 @@ from typing_extensions import TypedDict
 
 from llmops.cli import to_plain
 from llmops.compiler.compile import BUILDERS, compile_plan
-from llmops.compiler.plan import STAGE_ORDER, stage_module
 from llmops.config.hydra.compose import compose
 from llmops.config.validate import validate_and_resolve
+from llmops.core.plan import STAGE_ORDER, stage_module
 from llmops.env import Environment, Gpu
 from llmops.errors import ConfigError
 

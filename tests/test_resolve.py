@@ -11,9 +11,9 @@ import pytest
 
 from llmops.cli import to_plain
 from llmops.compiler.compile import BUILDERS, compile_plan
-from llmops.compiler.plan import STAGE_ORDER, TUNED_STAGES, report_name, stage_module
 from llmops.config.hydra.compose import compose
 from llmops.config.validate import validate_and_resolve
+from llmops.core.plan import STAGE_ORDER, TUNED_STAGES, report_name, stage_module
 from llmops.env import Environment, Gpu
 from llmops.planning.memory import estimate
 
@@ -143,8 +143,8 @@ def test_config_rules_import_neither_the_compiler_nor_torch():
 
 
 def test_sft_stage_does_not_re_resolve_an_auto_backend(tmp_path):
+    from llmops.core.context import StageContext
     from llmops.errors import StageError
-    from llmops.runner.context import StageContext
     from llmops.stages import sft
 
     params = {"model": {"hub_id": None}, "lora": None, "quant": {"type": "none"},
@@ -159,7 +159,7 @@ def test_cpu_threads_apply_the_resolved_count_and_restore_it():
 
     from llmops.backends.common import cpu_threads
     from llmops.backends.hf import set_cpu_threads
-    from llmops.runner.context import StageContext
+    from llmops.core.context import StageContext
 
     before = torch.get_num_threads()
     try:

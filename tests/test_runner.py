@@ -58,7 +58,7 @@ def test_failed_stage_publishes_nothing_and_says_so(compose_plan, tmp_path):
 
 
 def _run_in_process(plan_dict: dict, run_dir: str, queue) -> None:
-    from llmops.compiler.plan import Plan
+    from llmops.core.plan import Plan
     from llmops.runner.run import run_plan
 
     manifest = run_plan(Plan.from_dict(plan_dict), Path(run_dir))

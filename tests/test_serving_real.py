@@ -187,7 +187,7 @@ def demo_base(tmp_path_factory, stage_params) -> Path:
     """Returns a tiny base pre-trained briefly on create_task/list_tasks calls in the template's
     syntax (the session's tiny_base is too short-trained to write calls; the demo's full
     pre-training takes minutes on a shared CPU)."""
-    from llmops.runner.context import StageContext
+    from llmops.core.context import StageContext
     from llmops.stages import tiny_base as base_stage
 
     out = tmp_path_factory.mktemp("demo_base")
@@ -205,8 +205,8 @@ def test_endpoint_answers_tools_with_structured_tool_calls(tmp_path, demo_base, 
     openai client with tools=[...]: its calls come back as message.tool_calls."""
     from openai import OpenAI
 
-    from llmops.backends.common import read_jsonl
     from llmops.data.task_api import TOOLS
+    from llmops.files import read_jsonl
     from llmops.serving.integration import chat_request
     from llmops.stages import gguf
 
@@ -279,7 +279,7 @@ def test_gguf_f16_of_a_real_family_keeps_tokens_template_and_answers(
         tmp_path, real_model, sft_data, stage_params, family):
     from transformers import AutoTokenizer
 
-    from llmops.runner.context import StageContext
+    from llmops.core.context import StageContext
     from llmops.stages import gguf
 
     folder = _peaked(real_model(family), tmp_path / "model")
@@ -315,8 +315,8 @@ def test_deploy_ollama_for_qwen_writes_its_template_and_the_datas_tools(
 
     from transformers import AutoTokenizer
 
+    from llmops.core.context import StageContext
     from llmops.data.task_api import TOOL_SCHEMAS
-    from llmops.runner.context import StageContext
     from llmops.stages import deploy
 
     export = tmp_path / "export"

@@ -21,7 +21,7 @@ QUICK = (
 
 
 def _run(params, tiny_base, sft_data, out, device="cpu"):
-    from llmops.runner.context import StageContext
+    from llmops.core.context import StageContext
     from llmops.stages import sft
 
     out.mkdir(parents=True, exist_ok=True)
@@ -99,7 +99,7 @@ def test_unsloth_backend_explains_what_it_needs_on_cpu(tiny_base, sft_data, tmp_
 
 
 def test_sft_without_data_input_is_a_stage_error(tmp_path, stage_params):
-    from llmops.runner.context import StageContext
+    from llmops.core.context import StageContext
     from llmops.stages import sft
 
     with pytest.raises(StageError, match="sft: no 'data' input"):
@@ -160,9 +160,9 @@ def test_rows_longer_than_train_max_length_stop_sft_before_training(real_model, 
     calls (all the loss) included. The sft stage refuses them, naming the length that fits."""
     from transformers import AutoTokenizer
 
-    from llmops.backends.common import write_jsonl
     from llmops.backends.hf import load_datasets
     from llmops.data import task_api
+    from llmops.files import write_jsonl
 
     folder = real_model("qwen2")
     write_jsonl(tmp_path / "train.jsonl", task_api.generate(3, seed=0))

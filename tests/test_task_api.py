@@ -71,9 +71,9 @@ def test_tool_schemas_declare_types_required_keys_and_enums():
 
 
 def test_rows_pass_the_tool_call_checks_with_zero_rejects(tmp_path):
-    from llmops.backends.common import write_jsonl
     from llmops.data.prepare import lint
     from llmops.data.readers import read_source
+    from llmops.files import write_jsonl
 
     rows = task_api.generate(600, seed=2)
     write_jsonl(tmp_path / "task_api.jsonl", rows)

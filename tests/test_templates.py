@@ -81,8 +81,8 @@ def test_sft_trains_on_the_rendered_mask(real_model, stage_params, tmp_path):
     """Llama 3.1's template has no generation marks and TRL has no training variant of it: the
     sft backend still trains on the assistant tokens only (tool call and end-of-turn included)."""
     from llmops.backends import hf
-    from llmops.backends.common import write_jsonl
-    from llmops.runner.context import StageContext
+    from llmops.core.context import StageContext
+    from llmops.files import write_jsonl
 
     folder = real_model("llama")
     params = stage_params("sft", "model=llama1b", f"model.hub_id={folder}",

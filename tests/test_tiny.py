@@ -114,8 +114,8 @@ def test_build_is_deterministic_for_a_seed(tmp_path, stage_params):
 
 
 def test_unknown_pretrain_tool_is_a_stage_error(tmp_path, stage_params):
+    from llmops.core.context import StageContext
     from llmops.errors import StageError
-    from llmops.runner.context import StageContext
     from llmops.stages import tiny_base as base_stage
 
     params = stage_params("base")

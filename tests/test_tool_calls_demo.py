@@ -25,9 +25,9 @@ def _expected(message: dict) -> list[dict]:
 
 
 def test_every_test_row_renders_and_parses_back_to_the_same_calls(tok, tmp_path, stage_params):
-    from llmops.backends.common import read_jsonl
     from llmops.backends.generation import render_answer
-    from llmops.runner.context import StageContext
+    from llmops.core.context import StageContext
+    from llmops.files import read_jsonl
     from llmops.stages import data as data_stage
 
     params = stage_params("data", "data.n_examples=400", "data.seed=3", "data.val_fraction=0.1",

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from llmops.runner.context import StageContext
+from llmops.core.context import StageContext
 from llmops.stages import data
 
 DATA = Path(__file__).parent / "data"

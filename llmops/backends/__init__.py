@@ -1,20 +1,19 @@
 """Training backends behind one small interface.
 
 Light at import time (no torch, transformers, trl, peft or unsloth): a backend's module is imported
-by `get_backend` when a stage needs it. Which backend a run uses (`train.backend=auto`) is decided
-once, by ``llmops.planning.backend``.
+by `get_backend`, through its own small loader, when a stage needs it. Which backend a run uses
+(`train.backend=auto`) is decided once, by ``llmops.planning.backend``.
 """
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from llmops.planning.backend import BACKENDS
 
 if TYPE_CHECKING:
-    from llmops.runner.context import StageContext
+    from llmops.core.context import StageContext
 
 
 class TrainingBackend(Protocol):
@@ -56,5 +55,21 @@ def get_backend(name: str) -> TrainingBackend:
             f"sft: unknown train.backend {name!r}. Allowed: {', '.join(BACKENDS)} "
             "(auto is resolved by the compiler before the stage runs)."
         )
-    module = importlib.import_module(BACKENDS[name])
-    return module.BACKEND
+    return _LOADERS[name]()
+
+
+def _hf() -> TrainingBackend:
+    from llmops.backends.hf import BACKEND
+
+    return BACKEND
+
+
+def _unsloth() -> TrainingBackend:
+    from llmops.backends.unsloth import BACKEND
+
+    return BACKEND
+
+
+# One loader per name of the backend table (llmops.planning.backend.BACKENDS): each imports its
+# backend's module (torch and the rest) only when a stage asks for it.
+_LOADERS = {"hf": _hf, "unsloth": _unsloth}

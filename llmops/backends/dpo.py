@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from llmops.backends.common import peak_memory_mb, read_jsonl, write_json
+from llmops.backends.common import peak_memory_mb
 from llmops.backends.hf import (
     count_params,
     load_model,
@@ -26,8 +26,9 @@ from llmops.backends.hf import (
     trainer_kwargs,
 )
 from llmops.backends.ranks import is_main_rank, report_fields, trainer_args
-from llmops.compiler.plan import report_name
+from llmops.core.plan import report_name
 from llmops.errors import StageError
+from llmops.files import read_jsonl, write_json
 
 REPORT_NAME = report_name("dpo")
 PAIR_KEYS = ("prompt", "chosen", "rejected")

@@ -11,10 +11,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from llmops.backends.common import peak_memory_mb, read_jsonl, write_json
+from llmops.backends.common import peak_memory_mb
 from llmops.backends.ranks import is_main_rank, launched, report_fields, trainer_args
-from llmops.compiler.plan import report_name
+from llmops.core.plan import report_name
 from llmops.errors import StageError
+from llmops.files import read_jsonl, write_json
 
 REPORT_NAME = report_name("sft")
 EVAL_LOSS_MAX_ROWS = 2000

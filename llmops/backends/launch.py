@@ -3,20 +3,21 @@
 The stage's process stays the llmops runner. For a world size above 1 it writes the stage's
 params, inputs and context to out_dir/launch/spec.json and starts, as a real subprocess,
 
-    python -m torch.distributed.run --standalone --nproc_per_node N -m llmops.backends.launch SPEC
-    python -m accelerate.commands.launch --config_file ACCEL.yaml -m llmops.backends.launch SPEC
+    python -m torch.distributed.run --standalone --nproc_per_node N -m llmops.runner.rank SPEC
+    python -m accelerate.commands.launch --config_file ACCEL.yaml -m llmops.runner.rank SPEC
 
-(`distributed.launcher`); each rank calls the stage's own `train` function. Rank 0 writes the
-report and artifacts; the runner publishes them as for one process. Rank 0's log lines reach the
-runner's log; a failing rank fails the stage with the tail of the job's output. A stop (Ctrl-C,
-SIGTERM) or the death of the runner stops every rank. Inside a multi-task submitit job every task
-is already one rank (see llmops.backends.submitit_ranks); then nothing is launched.
+(`distributed.launcher`); the stage hands `run_stage` its own `train` function, and each rank
+finds that function through the runner's dispatch (llmops.runner.rank) and trains it with
+`rank_main` here. Rank 0 writes the report and artifacts; the runner publishes them as for one
+process. Rank 0's log lines reach the runner's log; a failing rank fails the stage with the tail
+of the job's output. A stop (Ctrl-C, SIGTERM) or the death of the runner stops every rank. Inside
+a multi-task submitit job every task is already one rank (see llmops.backends.submitit_ranks);
+then nothing is launched.
 """
 
 from __future__ import annotations
 
 import codecs
-import importlib
 import json
 import logging
 import os
@@ -24,27 +25,37 @@ import signal
 import subprocess
 import sys
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from llmops.backends.ranks import LAUNCHER_ENV, current_world, is_main_rank, world_size
 from llmops.errors import StageError
+from llmops.files import write_json
 
 _MARK = "\x1fllmops-log "  # a log record of rank 0, relayed into the runner's logging
 _TAIL_LINES = 40
 _STOP_WAIT_S = 30
 _PR_SET_PDEATHSIG = 1
+# The module each launched rank runs: it finds the stage's `train` through the runner's dispatch.
+RANK_ENTRY = "llmops.runner.rank"
+
+# A training stage's `train(params, inputs, out_dir, ctx)`: trains one rank, returns the report.
+TrainFn = Callable[[dict[str, Any], dict[str, Path], Path, Any], dict[str, Any]]
 
 
-def run_stage(kind: str, params: dict[str, Any], inputs: dict[str, Path], out_dir: Path,
-              ctx: Any) -> dict[str, Any]:
+def run_stage(kind: str, train: TrainFn, report: str, params: dict[str, Any],
+              inputs: dict[str, Path], out_dir: Path, ctx: Any) -> dict[str, Any]:
     """Trains stage `kind` (sft, dpo) on as many processes as params["distributed"] asks.
 
     With a distributed group the ranks always run under its launcher, one process included (so a
     one-GPU check runs the same path as eight); with distributed=none this process trains.
 
     Args:
-        kind: The stage kind; its module's `train(params, inputs, out_dir, ctx)` trains one rank.
+        kind: The stage kind (sft, dpo): the launch spec names it, so that each launched rank
+            finds the same `train` (llmops.runner.rank).
+        train: The stage's `train(params, inputs, out_dir, ctx)`, which trains one rank.
+        report: The file name of the report rank 0 writes into out_dir.
         params: The compiled stage params; "distributed" only when it is not none.
         inputs: The stage inputs by upstream kind.
         out_dir: The stage's output folder (the ranks write there; rank 0 writes the report).
@@ -58,7 +69,7 @@ def run_stage(kind: str, params: dict[str, Any], inputs: dict[str, Path], out_di
     """
     dist = params.get("distributed")
     if not dist:  # distributed=none: this process trains
-        return train_rank(kind, params, inputs, out_dir, ctx)
+        return train(params, inputs, Path(out_dir), ctx)
     world = world_size(dist)
     if os.environ.get(LAUNCHER_ENV) == "submitit" and current_world() > 1:
         from llmops.backends.submitit_ranks import lead
@@ -70,24 +81,17 @@ def run_stage(kind: str, params: dict[str, Any], inputs: dict[str, Path], out_di
                 "hydra.launcher.tasks_per_node to the same number (one task per rank).")
         spec = _spec(kind, params, inputs, out_dir, ctx)
         lead(spec)
-        return train_spec(spec)
-    return _spawn(kind, params, inputs, Path(out_dir), ctx, world)
+        return train_spec(spec, train)
+    return _spawn(kind, report, params, inputs, Path(out_dir), ctx, world)
 
 
-def train_rank(kind: str, params: dict[str, Any], inputs: dict[str, Path], out_dir: Path,
-               ctx: Any) -> dict[str, Any]:
-    """Trains one rank (or the only process): the stage module's `train`.
+def train_spec(spec: dict[str, Any], train: TrainFn) -> dict[str, Any]:
+    """Trains one rank from a launch spec (as written by run_stage) with the stage's `train`.
 
     The compiled batch_size and grad_accum are already per rank (llmops.planning.batch divides
     train.effective_batch by the world size).
     """
-    module = importlib.import_module(_stage_module(kind))
-    return module.train(params, inputs, Path(out_dir), ctx)
-
-
-def train_spec(spec: dict[str, Any]) -> dict[str, Any]:
-    """Trains one rank from a launch spec (as written by run_stage)."""
-    from llmops.runner.context import StageContext
+    from llmops.core.context import StageContext
 
     c = spec["ctx"]
     main = is_main_rank()
@@ -95,25 +99,23 @@ def train_spec(spec: dict[str, Any]) -> dict[str, Any]:
                        logger=logging.getLogger(f"llmops.stage.{spec['stage']}"),
                        show_progress=bool(c["show_progress"]) and main, threads=c["threads"])
     inputs = {k: Path(v) for k, v in spec["inputs"].items()}
-    return train_rank(spec["stage"], spec["params"], inputs, Path(spec["out_dir"]), ctx)
+    return train(spec["params"], inputs, Path(spec["out_dir"]), ctx)
 
 
-def follow() -> int:
+def follow(trainer: Callable[[str], TrainFn]) -> int:
     """Trains, as a task other than 0 of a multi-task submitit job, every training stage task 0
-    hands over, until it says the job is done; returns how many stages it trained."""
+    hands over, until it says the job is done; returns how many stages it trained.
+
+    Args:
+        trainer: Returns a stage kind's `train` (the runner's dispatch).
+    """
     from llmops.backends.submitit_ranks import receive
 
     trained = 0
     while (spec := receive(trained)) is not None:
-        train_spec(spec)
+        train_spec(spec, trainer(spec["stage"]))
         trained += 1
     return trained
-
-
-def _stage_module(kind: str) -> str:
-    from llmops.compiler.plan import stage_module
-
-    return stage_module(kind)
 
 
 def _spec(kind: str, params: dict[str, Any], inputs: dict[str, Path], out_dir: Path,
@@ -142,7 +144,7 @@ def launch_command(dist: dict[str, Any], world: int, spec: Path, device: str) ->
         raise StageError(
             f"distributed.strategy={dist['strategy']} shards over GPUs only: on a CPU accelerate "
             "runs it as plain DDP. Use distributed=ddp on a CPU, or a CUDA hardware profile.")
-    entry = ["-m", "llmops.backends.launch", str(spec)]
+    entry = ["-m", RANK_ENTRY, str(spec)]
     nproc = int(dist["nproc_per_node"])
     if dist["launcher"] == "torchrun":
         return [sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -158,15 +160,14 @@ def launch_command(dist: dict[str, Any], world: int, spec: Path, device: str) ->
                      "accelerate. Use distributed.launcher=torchrun.")
 
 
-def _spawn(kind: str, params: dict[str, Any], inputs: dict[str, Path], out_dir: Path, ctx: Any,
-           world: int) -> dict[str, Any]:
+def _spawn(kind: str, report_file: str, params: dict[str, Any], inputs: dict[str, Path],
+           out_dir: Path, ctx: Any, world: int) -> dict[str, Any]:
     """Runs every rank under the launcher as a subprocess; returns rank 0's report."""
     dist = params["distributed"]
     launch_dir = out_dir / "launch"
     launch_dir.mkdir(parents=True, exist_ok=True)
     spec_path = launch_dir / "spec.json"
-    spec_path.write_text(json.dumps(_spec(kind, params, inputs, out_dir, ctx), indent=2) + "\n",
-                         encoding="utf-8")
+    write_json(spec_path, _spec(kind, params, inputs, out_dir, ctx))
     cmd = launch_command(dist, world, spec_path, ctx.device)
     (launch_dir / "command.txt").write_text(" ".join(cmd) + "\n", encoding="utf-8")
     env = {**os.environ, LAUNCHER_ENV: str(dist["launcher"]), "PYTHONUNBUFFERED": "1",
@@ -188,7 +189,7 @@ def _spawn(kind: str, params: dict[str, Any], inputs: dict[str, Path], out_dir: 
             f"{kind}: the {world}-process training job failed ({dist['launcher']} exit code "
             f"{code}). Last lines of its output:\n{lines}\nFix what they name; a rerun resumes "
             f"from the last checkpoint (command: {launch_dir / 'command.txt'}).")
-    report = out_dir / importlib.import_module(_stage_module(kind)).REPORT_NAME
+    report = out_dir / report_file
     try:
         return json.loads(report.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
@@ -286,13 +287,16 @@ def _setup_rank_logging(main: bool) -> None:
                           HF_DATASETS_DISABLE_PROGRESS_BARS="1")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Runs one rank of a launched training job: `python -m llmops.backends.launch SPEC.json`.
+def rank_main(argv: list[str], trainer: Callable[[str], TrainFn]) -> int:
+    """Runs one rank of a launched training job (`python -m llmops.runner.rank SPEC.json`).
+
+    Args:
+        argv: [SPEC.json], the launch spec run_stage wrote.
+        trainer: Returns a stage kind's `train` (the runner's dispatch).
 
     Returns:
-        0 when the rank finished training.
+        0 when the rank finished training; 1 when the launcher died before the rank started.
     """
-    argv = sys.argv[1:] if argv is None else argv
     parent = os.getppid()
     preexec = _die_with_parent(signal.SIGKILL)
     if preexec is not None:
@@ -302,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     _setup_rank_logging(is_main_rank())
     spec = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
     try:
-        train_spec(spec)
+        train_spec(spec, trainer(spec["stage"]))
     finally:
         _close_group()
     return 0
@@ -314,9 +318,3 @@ def _close_group() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-if __name__ == "__main__":
-    from torch.distributed.elastic.multiprocessing.errors import record
-
-    sys.exit(record(main)())

@@ -363,8 +363,9 @@ def build_tiny_base(
     """
     import torch
 
-    from llmops.backends.common import torch_threads, write_json
-    from llmops.compiler.plan import report_name
+    from llmops.backends.common import torch_threads
+    from llmops.core.plan import report_name
+    from llmops.files import write_json
 
     logger = logger or log
     arch, pp = dict(arch), dict(pretrain_params)

@@ -65,11 +65,11 @@ def execute(cfg: Any, run_dir: Path | None = None, overrides: list[str] | None =
         plan.write(Path(run_dir) / "plan.json")
         if any(s.kind == "compute" for s in plan.stages):
             from llmops.compiler.render import compute_table
-            from llmops.files import write_json_atomic
+            from llmops.files import write_json
             from llmops.stages.compute import plan as compute_plan
 
             estimate = compute_plan(plan.stage("compute").params)
-            write_json_atomic(Path(run_dir) / plan.stage("compute").report, estimate)
+            write_json(Path(run_dir) / plan.stage("compute").report, estimate)
             console.print(compute_table(estimate))
         console.print(f"dry run: nothing ran. Plan written to {Path(run_dir) / 'plan.json'}")
         return None
@@ -113,7 +113,7 @@ def run_job(cfg: Any) -> Any:
     info = {**job, "overrides": task_overrides(hc)}
     rank = _submitit_rank()
     if rank:  # one task of a multi-task submitit job, not task 0: it trains, task 0 reports
-        from llmops.backends.launch import follow
+        from llmops.runner.rank import follow
 
         follow()
         return None
@@ -169,7 +169,7 @@ def _eval_report(run_dir: Path) -> dict[str, Any] | None:
     """Returns the run's eval_report.json, or None when it is missing or unreadable."""
     import json
 
-    from llmops.compiler.plan import report_name
+    from llmops.core.plan import report_name
 
     try:
         report = json.loads((run_dir / report_name("eval")).read_text(encoding="utf-8"))

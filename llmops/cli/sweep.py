@@ -168,9 +168,9 @@ def job_metric(eval_report: Any) -> float | None:
 
 def record_job(run_dir: Path, status: str, metric: Any = None, **fields: Any) -> None:
     """Writes the job's outcome (sweep_job.json) into its run folder (metric: a float or null)."""
-    from llmops.files import write_json_atomic
+    from llmops.files import write_json
 
-    write_json_atomic(Path(run_dir) / JOB_FILE,
+    write_json(Path(run_dir) / JOB_FILE,
                       {"status": status, "metric": as_metric(metric), **fields})
 
 

@@ -1,7 +1,7 @@
 """Compiles a validated config and its resolution into a Plan. Pure and fast: no torch, no writes.
 
 ``compile_plan`` runs one builder per stage kind, in the stage table's order
-(``llmops.compiler.plan.STAGE_ORDER``); each adds its stage when the config asks for it. A kind's
+(``llmops.core.plan.STAGE_ORDER``); each adds its stage when the config asks for it. A kind's
 builder and its params type live in ``llmops.compiler.builders.<kind>``; builders read the config
 and the `Resolved` values, and none of them resolves an "auto" itself.
 """
@@ -28,9 +28,9 @@ from llmops.compiler.builders.monitor import add_monitor
 from llmops.compiler.builders.release import add_release
 from llmops.compiler.builders.sft import add_sft
 from llmops.compiler.inputs import PlanBuilder, StageInputs
-from llmops.compiler.plan import STAGE_ORDER, Plan
 from llmops.config.resolve import Resolved
 from llmops.config.schema import AppConfig
+from llmops.core.plan import STAGE_ORDER, Plan
 
 # One builder per stage kind; compile_plan runs them in the stage table's order.
 BUILDERS: dict[str, Callable[[PlanBuilder, StageInputs], None]] = {

@@ -22,11 +22,11 @@ from llmops.compiler.builders.common import (
     QuantParams,
     TrainParams,
 )
-from llmops.compiler.fingerprint import data_file_hash, fingerprint
-from llmops.compiler.plan import TUNED_STAGES, StageSpec, recipe
 from llmops.config.resolve import Resolved
 from llmops.config.schema import AppConfig
 from llmops.config.templates import is_path
+from llmops.core.fingerprint import data_file_hash, fingerprint
+from llmops.core.plan import TUNED_STAGES, StageSpec, recipe
 
 #: Files of a model folder hashed by content; weights (large) are fingerprinted by name, size and
 #: modification time, which changes when a folder is retrained or replaced in place.

@@ -7,7 +7,7 @@ import numbers
 from pathlib import Path
 from typing import Any
 
-from llmops.compiler.plan import Plan
+from llmops.core.plan import Plan
 
 log = logging.getLogger("llmops")
 

@@ -8,7 +8,8 @@ double-encoded (``"arguments": "{\\"title\\": \\"milk\\"}"``) and the model woul
 calls that way. So every stage that hands a row to a template (the data stage's lengths and
 preview, sft's tokens and loss mask, eval's prompts and held-out loss, DPO, the GGUF parity probes,
 the Modelfile check, the endpoint) goes through ``render``, which renders ``template_messages``
-and ``template_tools``: the data stage measures exactly what sft trains on.
+and ``template_tools``: the data stage measures exactly what sft trains on. What a template
+receives is versioned by ``llmops.core.plan.MESSAGE_FORM``, part of those stages' fingerprints.
 
 Pure Python: ``render`` calls the tokenizer it is given and imports nothing heavy.
 """
@@ -18,10 +19,6 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
-
-#: Bumped when what a template receives changes; part of the fingerprint of every stage that
-#: renders rows (``llmops.compiler.plan.STAGE_KINDS`` ``recipe``). 2: arguments as objects.
-MESSAGE_FORM = 2
 
 
 def template_arguments(value: Any) -> Any:

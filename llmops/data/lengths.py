@@ -67,8 +67,8 @@ class TokenCounter:
         except TimeLimit:
             raise
         except Exception as exc:  # noqa: BLE001 - any template error: the row's reject says it
-            return plain_text(row), (f"{type(exc).__name__}: {exc}".splitlines() or [""])[0][:300], \
-                False
+            reason = (f"{type(exc).__name__}: {exc}".splitlines() or [""])[0][:300]
+            return plain_text(row), reason, False
 
     def __call__(self, batch: Mapping[str, list], indices: list[int]) -> dict[str, list]:
         """Returns ``{TOKENS: counts, MEASURED: False where the template failed on the row,

@@ -102,8 +102,8 @@ def load(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     Raises:
         MonitorError: If the run has no monitor stage output or it is unreadable.
     """
-    from llmops.backends.common import read_jsonl
-    from llmops.compiler.plan import report_name
+    from llmops.core.plan import report_name
+    from llmops.files import read_jsonl
 
     folder = run_dir / "stages" / "monitor"
     path = folder / report_name("monitor")
@@ -335,7 +335,7 @@ def score_log(baseline: dict[str, Any], probes: list[dict[str, Any]], path: Path
 def run(args: argparse.Namespace) -> int:
     """Runs one monitoring pass and writes the report; returns the exit code."""
     from llmops.config.rules.bind import is_loopback, public_bind_message
-    from llmops.files import write_json_atomic
+    from llmops.files import write_json
     from llmops.monitor.exporter import Exporter
     from llmops.monitor.score import compare, live_samples
 
@@ -371,7 +371,7 @@ def run(args: argparse.Namespace) -> int:
                   "significance": baseline["significance"],
                   "probe_set_sha256": baseline["probes"]["sha256"], **result,
                   "exit_code": EXIT_ALERT if result["alerts_firing"] else EXIT_OK}
-        write_json_atomic(args.report or args.run_dir / "monitor_report.json", report,
+        write_json(args.report or args.run_dir / "monitor_report.json", report,
                           allow_nan=False)
         for name, e in result["figures"].items():
             now = "n/a" if e["now"] is None else f"{e['now']:.4g}"

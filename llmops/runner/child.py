@@ -15,7 +15,6 @@ Messages (pickled, multiprocessing.connection):
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import pickle
@@ -78,15 +77,15 @@ def device_peak_bytes() -> int | None:
 def run_stage(request: dict[str, Any]) -> None:
     """Runs one stage as the runner asked; an allocation failure becomes a StageError that says
     the measured peak, what was planned and the fix (llmops.runner.memory)."""
-    from llmops.compiler.plan import stage_module
-    from llmops.runner.context import StageContext
+    from llmops.core.context import StageContext
+    from llmops.runner import dispatch
 
     kind = request["kind"]
     c = request["ctx"]
     ctx = StageContext(run_dir=Path(c["run_dir"]), device=c["device"], seed=c["seed"],
                        logger=logging.getLogger(f"llmops.stage.{kind}"),
                        show_progress=c["show_progress"], threads=c["threads"])
-    module = importlib.import_module(stage_module(kind))
+    module = dispatch.stage(kind)
     inputs = {k: Path(v) for k, v in request["inputs"].items()}
     try:
         module.run(request["params"], inputs, Path(request["out_dir"]), ctx)

@@ -10,8 +10,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from llmops.compiler.plan import Plan
-from llmops.files import write_json_atomic
+from llmops.core.plan import Plan
+from llmops.files import write_json
 
 LIBRARIES = (
     "llmops", "torch", "transformers", "peft", "trl", "datasets", "accelerate", "tokenizers",
@@ -70,4 +70,4 @@ class Manifest:
 
     def write(self) -> None:
         """Writes manifest.json atomically."""
-        write_json_atomic(self.path, self.data)
+        write_json(self.path, self.data)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import importlib
 import json
 import logging
 import shutil
@@ -11,9 +10,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from llmops.compiler.plan import Plan, StageSpec, stage_module
+from llmops.core.context import StageContext
+from llmops.core.plan import Plan, StageSpec
 from llmops.errors import GateFailed, LlmopsError, NoGo, StageError, StoreError
-from llmops.runner.context import StageContext
+from llmops.runner import dispatch
 from llmops.runner.manifest import Manifest
 from llmops.runner.memory import fix_for, planned
 from llmops.runner.supervise import StageProcess
@@ -21,11 +21,6 @@ from llmops.store.cas import Store
 from llmops.tracking.metrics import start_tracking
 
 log = logging.getLogger("llmops")
-
-
-def _stage_module(kind: str) -> Any:
-    """Imports the stage's module, found through the stage table (the runner's one dispatch)."""
-    return importlib.import_module(stage_module(kind))
 
 
 def _link_into_run(spec: StageSpec, entry: Path, run_dir: Path) -> None:
@@ -192,7 +187,7 @@ def _run_each(plan: Plan, run_dir: Path, store: Store, manifest: Manifest, track
 
 
 def _sha(path: Path) -> str:
-    from llmops.compiler.fingerprint import file_sha256
+    from llmops.core.fingerprint import file_sha256
 
     return file_sha256(path)
 
@@ -220,7 +215,7 @@ def _execute(spec: StageSpec, plan: Plan, store: Store, outputs: dict[str, Path]
     manifest's `rebuilt` says why.
     """
     t0 = time.perf_counter()
-    module = _stage_module(spec.kind)
+    module = dispatch.stage(spec.kind)
     # A stage with side effects outside its folder (deploy: a server, an Ollama model) always runs.
     always = bool(getattr(module, "ALWAYS_RUN", False))
     resumable = bool(getattr(module, "RESUMABLE", False))

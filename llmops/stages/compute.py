@@ -11,15 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from llmops.backends.common import write_json
 from llmops.compiler.builders.compute import ComputeParams
-from llmops.compiler.plan import report_name
 from llmops.config.hydra.groups import option_files
 from llmops.config.rules.compute import plan_stages
+from llmops.core.context import StageContext
+from llmops.core.plan import report_name
+from llmops.files import write_json
 from llmops.planning.fixes import scale_out, suggest_fixes
 from llmops.planning.memory import estimate
 from llmops.planning.stage_fixes import stage_fixes
-from llmops.runner.context import StageContext
 
 REPORT_NAME = report_name("compute")
 

@@ -35,14 +35,14 @@ from typing import Any
 
 import numpy as np
 
-from llmops.backends.common import write_json
 from llmops.compiler.builders.data import DataParams
-from llmops.compiler.plan import report_name
+from llmops.core.context import StageContext
+from llmops.core.plan import report_name
 from llmops.data import lengths, mix, pipeline, task_api
 from llmops.data.convert import FormatError
 from llmops.data.limits import Limits, TimeLimit
 from llmops.errors import ConfigError, DataRejected, Problem, StageError
-from llmops.runner.context import StageContext
+from llmops.files import write_json, write_jsonl
 from llmops.stages import data_io
 
 REPORT_NAME = report_name("data")
@@ -385,7 +385,7 @@ def _preferences(params: dict, kind: str, rows: Any, splits: dict[str, np.ndarra
                                   params["seed"])
         counts = {}
         for name, idx in local.items():
-            data_io.write_jsonl_rows(out_dir / f"pref_{name}.jsonl", [pairs[i] for i in idx])
+            write_jsonl(out_dir / f"pref_{name}.jsonl", [pairs[i] for i in idx])
             counts[name] = int(idx.size)
         section = {"method": "path", "origin": params["preference_path"], "read": n_read,
                    "rejected": len(rejects), "rejects": rejects[:MAX_LISTED]}
@@ -393,7 +393,7 @@ def _preferences(params: dict, kind: str, rows: Any, splits: dict[str, np.ndarra
         counts, kinds = {}, {}
         for i, (name, part) in enumerate(written.items()):
             pairs, k = preferences.derive(part or [], params["seed"] + 1000 * (i + 1))
-            data_io.write_jsonl_rows(out_dir / f"pref_{name}.jsonl", pairs)
+            write_jsonl(out_dir / f"pref_{name}.jsonl", pairs)
             counts[name] = len(pairs)
             for key, n in k.items():
                 kinds[key] = kinds.get(key, 0) + n

@@ -11,11 +11,11 @@ from typing import Any
 
 import numpy as np
 
-from llmops.backends.common import base_model_path, json_default
 from llmops.config.templates import AUTO, TINY, template_text
+from llmops.core.context import StageContext
 from llmops.data import formats, lengths, pages, pipeline, task_api
 from llmops.errors import StageError
-from llmops.runner.context import StageContext
+from llmops.stages.common import base_model_path
 
 WINDOW, STEP = 20_000, 2_000  # lines written at once; of them, lines read per mapped step
 _SENTENCE = re.compile(r"(?<=[.?!])\s+(?=[A-Z0-9'\"(])")
@@ -292,13 +292,6 @@ def write_rows(path: Path, rows, positions: np.ndarray, column: str = pipeline.L
             if kept is not None:
                 kept += [json.loads(t) for t in texts.to_pylist()]
     return kept
-
-
-def write_jsonl_rows(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Writes already-shaped rows as JSON lines."""
-    with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False, default=json_default) + "\n")
 
 
 def duplicates(rows, positions: np.ndarray, first: np.ndarray) -> list[dict[str, Any]]:

@@ -9,12 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from llmops.backends.common import write_json
 from llmops.compiler.builders.decide import DecideParams
-from llmops.compiler.plan import report_name
 from llmops.config.hydra.groups import option_files
+from llmops.core.context import StageContext
+from llmops.core.plan import report_name
+from llmops.files import write_json
 from llmops.planning.decide import assess
-from llmops.runner.context import StageContext
 
 REPORT_NAME = report_name("decide")
 

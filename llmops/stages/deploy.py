@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from llmops.compiler.builders.deploy import DeployParams
-from llmops.compiler.plan import report_name
+from llmops.core.context import StageContext
+from llmops.core.plan import report_name
 from llmops.errors import StageError
-from llmops.runner.context import StageContext
 from llmops.serving.tool_calls import HANDLER_NAME, TOOL_CHOICE
 
 REPORT_NAME = report_name("deploy")
@@ -99,7 +99,7 @@ def _smoke_chats(params: dict, inputs: dict[str, Path],
         tools = data_tools(data) or None
         return [([{"role": "user", "content": p}], tools) for p in given]
     if data is not None and (Path(data) / "test.jsonl").is_file():
-        from llmops.backends.common import read_jsonl
+        from llmops.files import read_jsonl
 
         rows = read_jsonl(Path(data) / "test.jsonl")[:n]
         if rows:
@@ -222,7 +222,7 @@ def _openai(params: dict, inputs: dict[str, Path], gguf: Path, out_dir: Path, ct
             r["answer"] is not None or r["tool_calls"] for r in results)
         smoke = {"base_url": base_url, "model": name, "served_models": served,
                  "client": "openai", "prompts": len(results), "passed": ok, "results": results}
-        from llmops.backends.common import write_json
+        from llmops.files import write_json
 
         write_json(out_dir / "smoke_test.json", smoke)
         record.update(smoke_passed=ok, smoke_prompts=len(results))
@@ -273,7 +273,7 @@ def run(params: DeployParams, inputs: dict[str, Path], out_dir: Path, ctx: Stage
     """
     from transformers import AutoTokenizer
 
-    from llmops.backends.common import write_json
+    from llmops.files import write_json
     from llmops.serving.integration import data_tools, integration_config
 
     out_dir = Path(out_dir)

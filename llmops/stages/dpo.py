@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from llmops.compiler.builders.dpo import DpoParams
-from llmops.compiler.plan import report_name
-from llmops.runner.context import StageContext
+from llmops.core.context import StageContext
+from llmops.core.plan import report_name
 
 REPORT_NAME = report_name("dpo")
 # Like sft: the runner gives this stage a stable work folder per fingerprint and, when an
@@ -39,15 +39,15 @@ def run(params: DpoParams, inputs: dict[str, Path], out_dir: Path, ctx: StageCon
     """
     from llmops.backends.launch import run_stage
 
-    return run_stage("dpo", params, inputs, out_dir, ctx)
+    return run_stage("dpo", train, REPORT_NAME, params, inputs, out_dir, ctx)
 
 
 def train(params: DpoParams, inputs: dict[str, Path], out_dir: Path, ctx: StageContext
           ) -> dict[str, Any]:
     """Trains in this process (the only one, or one rank of a launched job); see `run`."""
-    from llmops.backends.common import base_model_path, set_seed
     from llmops.backends.dpo import train_dpo
     from llmops.errors import StageError
+    from llmops.stages.common import base_model_path, set_seed
 
     if "data" not in inputs:
         raise StageError("dpo: no 'data' input. The plan must run the data stage before dpo.")

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from llmops.compiler.builders.eval import EvalParams
-from llmops.compiler.plan import TUNED_STAGES, report_name
+from llmops.core.context import StageContext
+from llmops.core.plan import TUNED_STAGES, report_name
 from llmops.errors import StageError
-from llmops.runner.context import StageContext
 
 REPORT_NAME = report_name("eval")
 
@@ -141,10 +141,11 @@ def run(params: EvalParams, inputs: dict[str, Path], out_dir: Path, ctx: StageCo
     Returns:
         The report written to eval_report.json.
     """
-    from llmops.backends.common import base_model_path, set_seed, write_json
     from llmops.backends.generation import load_model
+    from llmops.files import write_json
     from llmops.scoring.gates import check_gates, validate_gates
     from llmops.scoring.split import deltas
+    from llmops.stages.common import base_model_path, set_seed
     from llmops.stages.eval_base import (
         eval_quant,
         evaluate_base,

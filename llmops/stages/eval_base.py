@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from llmops.compiler.builders.eval_base import EvalBaseParams
-from llmops.compiler.plan import report_name
+from llmops.core.context import StageContext
+from llmops.core.plan import report_name
 from llmops.errors import StageError
-from llmops.runner.context import StageContext
 
 REPORT_NAME = report_name("eval_base")
 N_SAMPLES = 20
@@ -25,7 +25,7 @@ def load_test_rows(params: Mapping[str, Any], inputs: Mapping[str, Path], stage:
     Raises:
         StageError: If there is no data input, no test.jsonl, or it holds no rows.
     """
-    from llmops.backends.common import read_jsonl
+    from llmops.files import read_jsonl
 
     if inputs.get("data") is None:
         raise StageError(f"{stage}: no 'data' input. The plan must run the data stage first.")
@@ -130,8 +130,8 @@ def evaluate_base(
     params: Mapping[str, Any], inputs: Mapping[str, Path], ctx: StageContext, stage: str
 ):
     """Loads the base model and evaluates it on the test rows (see evaluate_model)."""
-    from llmops.backends.common import base_model_path, set_seed
     from llmops.backends.generation import load_model
+    from llmops.stages.common import base_model_path, set_seed
 
     set_seed(ctx.seed)
     rows = load_test_rows(params, inputs, stage)
@@ -155,7 +155,7 @@ def run(params: EvalBaseParams, inputs: dict[str, Path], out_dir: Path, ctx: Sta
     Returns:
         What ``evaluate_model`` returns.
     """
-    from llmops.backends.common import write_json
+    from llmops.files import write_json
 
     report = evaluate_base(params, inputs, ctx, stage="eval_base")
     write_json(Path(out_dir) / REPORT_NAME, report)

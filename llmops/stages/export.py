@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from llmops.compiler.builders.export import ExportParams
-from llmops.compiler.plan import report_name
+from llmops.core.context import StageContext
+from llmops.core.plan import report_name
 from llmops.data.chat import render
 from llmops.errors import StageError
-from llmops.runner.context import StageContext
 
 REPORT_NAME = report_name("export")
 FORMATS: tuple[str, ...] = ("adapter", "merged")
@@ -160,7 +160,9 @@ def run(params: ExportParams, inputs: dict[str, Path], out_dir: Path, ctx: Stage
     Returns:
         {formats, paths (relative to out_dir), parity, size_mb, artifact, eval_passed}.
     """
-    from llmops.backends.common import base_model_path, cpu_threads, write_json
+    from llmops.backends.common import cpu_threads
+    from llmops.files import write_json
+    from llmops.stages.common import base_model_path
     from llmops.stages.eval import tuned_artifact, tuned_input
 
     out_dir = Path(out_dir)

@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from llmops.compiler.builders.gguf import GgufParams
-from llmops.compiler.plan import report_name
+from llmops.core.context import StageContext
+from llmops.core.plan import report_name
 from llmops.errors import StageError
-from llmops.runner.context import StageContext
 
 REPORT_NAME = report_name("gguf")
 QUANTIZATIONS = ("f16", "q8_0", "q4_k_m")
@@ -175,7 +175,7 @@ def greedy_gguf(llm: Any, prompts: list[str], max_new_tokens: int,
 
 
 def _held_out(inputs: dict[str, Path], n: int) -> list[dict]:
-    from llmops.backends.common import read_jsonl
+    from llmops.files import read_jsonl
 
     data = inputs.get("data")
     for split in ("test.jsonl", "val.jsonl"):
@@ -208,7 +208,6 @@ def run(params: GgufParams, inputs: dict[str, Path], out_dir: Path, ctx: StageCo
     """
     import importlib.metadata
 
-    from llmops.backends.common import write_json
     from llmops.backends.generation import (
         build_prompt,
         generate,
@@ -216,6 +215,7 @@ def run(params: GgufParams, inputs: dict[str, Path], out_dir: Path, ctx: StageCo
         render_answer,
         stop_token_ids,
     )
+    from llmops.files import write_json
     from llmops.serving.converter import LLAMA_CPP_PYTHON_VERSION
 
     out_dir = Path(out_dir)

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from llmops.compiler.builders.lm_eval import LmEvalParams
-from llmops.compiler.plan import report_name
+from llmops.core.context import StageContext
+from llmops.core.plan import report_name
 from llmops.errors import StageError
-from llmops.runner.context import StageContext
 
 REPORT_NAME = report_name("lm_eval")
 TASKS_DIR = Path(__file__).resolve().parent / "lm_eval_tasks"
@@ -57,7 +57,7 @@ def write_local_tasks(rows: list[dict], tokenizer: Any, out: Path, max_tokens: i
     Returns:
         The folder to pass to the harness's TaskManager(include_path=...).
     """
-    from llmops.backends.common import write_jsonl
+    from llmops.files import write_jsonl
 
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
@@ -106,7 +106,7 @@ def longest_request(tasks: list[str], task_dir: Path | None, tokenizer: Any,
                     params: dict[str, Any]) -> int:
     """Returns the longest request in tokens the harness will batch: a local task's prompt + its
     longest choice, or prompt + max_gen_toks; params["max_length"] for any other task."""
-    from llmops.backends.common import read_jsonl
+    from llmops.files import read_jsonl
 
     longest = 0 if all(t in LOCAL_TASKS for t in tasks) else int(params["max_length"])
     if task_dir is None:
@@ -164,8 +164,9 @@ def run(params: LmEvalParams, inputs: dict[str, Path], out_dir: Path, ctx: Stage
 
     from transformers import AutoConfig
 
-    from llmops.backends.common import base_model_path, read_jsonl, set_seed, write_json
     from llmops.backends.generation import load_tokenizer
+    from llmops.files import read_jsonl, write_json
+    from llmops.stages.common import base_model_path, set_seed
     from llmops.stages.eval import tuned_artifact, tuned_input
 
     if importlib.util.find_spec("lm_eval") is None:

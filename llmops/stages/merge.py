@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from llmops.compiler.builders.merge import MergeParams
-from llmops.compiler.plan import report_name
+from llmops.core.context import StageContext
+from llmops.core.plan import report_name
 from llmops.errors import StageError
-from llmops.runner.context import StageContext
 
 REPORT_NAME = report_name("merge")
 NOTE_FULL = ("Merged into the full-precision (float32) base: the merged model needs no peft and "
@@ -60,7 +60,8 @@ def run(params: MergeParams, inputs: dict[str, Path], out_dir: Path, ctx: StageC
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llmops.backends.common import base_model_path, set_seed, write_json
+    from llmops.files import write_json
+    from llmops.stages.common import base_model_path, set_seed
     from llmops.stages.export import (
         DEFAULT_TOLERANCE,
         _check_chat_template,

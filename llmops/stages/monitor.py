@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from llmops.compiler.builders.monitor import MonitorParams
-from llmops.compiler.plan import report_name
+from llmops.core.context import StageContext
+from llmops.core.plan import report_name
 from llmops.errors import StageError
-from llmops.runner.context import StageContext
 
 REPORT_NAME = report_name("monitor")
 ALWAYS_RUN = True
@@ -110,7 +110,7 @@ def run(params: MonitorParams, inputs: dict[str, Path], out_dir: Path, ctx: Stag
     Returns:
         The baseline (also written as baseline.json).
     """
-    from llmops.backends.common import read_jsonl, write_json, write_jsonl
+    from llmops.files import read_jsonl, write_json, write_jsonl
     from llmops.serving.alerts import alert_rules, latency_percentiles, latency_threshold
     from llmops.stages.deploy import check_gates
 

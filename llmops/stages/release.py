@@ -21,9 +21,9 @@ from typing import Any
 
 from llmops import __version__
 from llmops.compiler.builders.release import ReleaseParams
-from llmops.compiler.plan import report_name
+from llmops.core.context import StageContext
+from llmops.core.plan import report_name
 from llmops.errors import GateFailed, StageError
-from llmops.runner.context import StageContext
 from llmops.stages.release_bundle import SUMS, files_of, place, place_tree, write_bundle, write_sums
 from llmops.stages.release_card import CardFacts, build_card, metrics
 
@@ -125,7 +125,7 @@ def _reports(inputs: dict[str, Path], rel: Path, ctx: StageContext) -> dict[str,
 
 
 def _data_hashes(inputs: dict[str, Path]) -> dict[str, str]:
-    from llmops.compiler.fingerprint import file_sha256
+    from llmops.core.fingerprint import file_sha256
 
     data = inputs.get("data")
     if data is None:
@@ -163,7 +163,7 @@ def run(params: ReleaseParams, inputs: dict[str, Path], out_dir: Path, ctx: Stag
         GateFailed: Eval did not pass its gates.
         StageError: An input the release needs is missing.
     """
-    from llmops.backends.common import write_json
+    from llmops.files import write_json
 
     out_dir = Path(out_dir)
     eval_report = check_gates(inputs)
@@ -191,7 +191,7 @@ def run(params: ReleaseParams, inputs: dict[str, Path], out_dir: Path, ctx: Stag
     top = f"{params['name']}-{params['version']}"
     bundle = None
     if params["tarball"]:
-        from llmops.compiler.fingerprint import file_sha256
+        from llmops.core.fingerprint import file_sha256
 
         path = out_dir / f"{top}.tar.gz"
         write_bundle(rel, path, top)

@@ -15,7 +15,7 @@ import tarfile
 import uuid
 from pathlib import Path
 
-from llmops.compiler.fingerprint import file_sha256
+from llmops.core.fingerprint import file_sha256
 
 SUMS = "SHA256SUMS"
 

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from llmops.compiler.builders.sft import SftParams
-from llmops.compiler.plan import report_name
-from llmops.runner.context import StageContext
+from llmops.core.context import StageContext
+from llmops.core.plan import report_name
 
 REPORT_NAME = report_name("sft")
 # The runner gives this stage a stable work folder per fingerprint and, when an interrupted
@@ -38,7 +38,7 @@ def run(
     """
     from llmops.backends.launch import run_stage
 
-    return run_stage("sft", params, inputs, out_dir, ctx)
+    return run_stage("sft", train, REPORT_NAME, params, inputs, out_dir, ctx)
 
 
 def train(
@@ -46,8 +46,8 @@ def train(
 ) -> dict[str, Any]:
     """Trains in this process (the only one, or one rank of a launched job); see `run`."""
     from llmops.backends import get_backend
-    from llmops.backends.common import base_model_path, set_seed
     from llmops.errors import StageError
+    from llmops.stages.common import base_model_path, set_seed
 
     if "data" not in inputs:
         raise StageError("sft: no 'data' input. The plan must run the data stage before sft.")

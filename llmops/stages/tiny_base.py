@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from llmops.compiler.builders.base import BaseParams
-from llmops.compiler.plan import report_name
-from llmops.runner.context import StageContext
+from llmops.core.context import StageContext
+from llmops.core.plan import report_name
 
 REPORT_NAME = report_name("base")
 

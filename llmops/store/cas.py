@@ -25,8 +25,8 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from llmops.compiler.plan import StageSpec
-from llmops.files import share_like_open, write_json_atomic
+from llmops.core.plan import StageSpec
+from llmops.files import share_like_open, write_json
 from llmops.store import registry
 from llmops.store.integrity import HASH, checkpoint_problem, entry_problems, record_files
 
@@ -98,7 +98,7 @@ class Store:
         """
         share_like_open(tmp)
         files = record_files(tmp, skip=META)
-        write_json_atomic(tmp / META, {"kind": spec.kind, "fingerprint": spec.fingerprint,
+        write_json(tmp / META, {"kind": spec.kind, "fingerprint": spec.fingerprint,
                                        "params": spec.params, "published_at": time.time(),
                                        **meta, "hash": HASH, "files": files})
         entry = self.entry(spec)
@@ -146,7 +146,7 @@ class Store:
         target.parent.mkdir(parents=True, exist_ok=True)
         origin = folder.resolve()
         os.rename(folder, target)
-        write_json_atomic(target / ASIDE, {"from": str(origin), "reason": reason,
+        write_json(target / ASIDE, {"from": str(origin), "reason": reason,
                                            "moved_at": time.time()})
         return target
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from llmops.files import write_json_atomic
+from llmops.files import write_json
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ def register(root: Path, run_dir: Path, stages: tuple[str, ...] = ()) -> None:
             known, registered_at = set(), time.time()
         if stages and set(stages) <= known:
             return
-        write_json_atomic(record, {"run_dir": str(Path(run_dir).resolve()),
+        write_json(record, {"run_dir": str(Path(run_dir).resolve()),
                                    "registered_at": registered_at, "updated_at": time.time(),
                                    "stages": sorted(known | set(stages))})
 

@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from llmops.compiler.plan import Plan, StageSpec
+from llmops.core.plan import Plan, StageSpec
 from llmops.errors import LlmopsError
-from llmops.files import write_json_atomic
+from llmops.files import write_json
 from llmops.tracking.jobs import (
     is_noise,
     override_params,
@@ -104,7 +104,7 @@ class MetricsSink:
         self._write()
 
     def _write(self) -> None:
-        write_json_atomic(self.run_dir / METRICS_FILE, self.data)
+        write_json(self.run_dir / METRICS_FILE, self.data)
 
 
 class Tracking:

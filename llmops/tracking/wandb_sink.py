@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from llmops.compiler.plan import Plan, StageSpec, report_name
+from llmops.core.plan import Plan, StageSpec, report_name
 from llmops.errors import StageError
 from llmops.tracking.jobs import (
     is_noise,

@@ -17,7 +17,7 @@ from typing import Literal
 # Python < 3.12 it reads NotRequired and nested TypedDicts only from this one.
 from typing_extensions import NotRequired, TypedDict
 
-from llmops.compiler.fingerprint import file_sha256
+from llmops.core.fingerprint import file_sha256
 
 
 class ModelParams(TypedDict):

@@ -15,9 +15,9 @@ from typing import Literal, cast
 from typing_extensions import NotRequired, TypedDict
 
 from llmops.compiler.builders.common import ModelParams
-from llmops.compiler.fingerprint import data_file_hash, file_sha256
 from llmops.compiler.inputs import PlanBuilder, StageInputs
 from llmops.config.schema import DataConfig, DataSource
+from llmops.core.fingerprint import data_file_hash, file_sha256
 from llmops.data import formats
 from llmops.data.limits import DATA_KEYS as DATA_LIMITS
 

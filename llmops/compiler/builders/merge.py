@@ -13,7 +13,7 @@ from typing_extensions import NotRequired, TypedDict
 
 from llmops.compiler.builders.common import ModelParams, adapter_files
 from llmops.compiler.inputs import PlanBuilder, StageInputs
-from llmops.compiler.plan import TRAINING_STAGES
+from llmops.core.plan import TRAINING_STAGES
 
 
 class StageAdapter(TypedDict):

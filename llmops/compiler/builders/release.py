@@ -13,8 +13,8 @@ from typing_extensions import TypedDict
 
 from llmops.compiler.builders.common import LoraParams, ModelFacts
 from llmops.compiler.inputs import PlanBuilder, StageInputs
-from llmops.compiler.plan import TRAINING_STAGES, TUNED_STAGES
 from llmops.config.rules.release import release_formats
+from llmops.core.plan import TRAINING_STAGES, TUNED_STAGES
 
 # Stages whose output the release reads when the plan has them, in plan order.
 OPTIONAL_INPUTS = ("decide", "compute", "data", "gguf", "deploy", "monitor")

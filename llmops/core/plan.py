@@ -1,6 +1,6 @@
 """The stage table, and the Plan: stages with their params, inputs and fingerprints.
 
-Pure: the compiler, the runner, the stages and compare all import the table from here.
+Pure: every layer (the compiler, the runner, the stages, compare) imports the table from here.
 """
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmops.data.chat import MESSAGE_FORM
+#: Bumped when what a chat template receives (``llmops.data.chat.render``) changes; the recipe of
+#: every stage that renders rows. 2: call arguments reach the template as objects (issue 19).
+MESSAGE_FORM = 2
 
 
 @dataclass(frozen=True)
@@ -28,8 +30,8 @@ class StageKind:
         recipe: The version of what the stage makes of the same params and inputs, part of its
             fingerprint when not 0: bumped when the code changes its output, so no store entry
             built by the old code is reused. The stages that render rows through the model's
-            template carry ``llmops.data.chat.MESSAGE_FORM`` (issue 19: call arguments reach the
-            template as objects, and the data stage measures what sft trains on).
+            template carry ``MESSAGE_FORM`` (issue 19: call arguments reach the template as
+            objects, and the data stage measures what sft trains on).
     """
 
     kind: str
@@ -145,9 +147,9 @@ class Plan:
 
     def write(self, path: Path) -> None:
         """Writes the plan as JSON, atomically."""
-        from llmops.files import write_json_atomic
+        from llmops.files import write_json
 
-        write_json_atomic(path, self.to_dict())
+        write_json(path, self.to_dict())
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Plan:

@@ -1,0 +1,36 @@
+"""One rank of a launched training job: `python -m llmops.runner.rank SPEC.json`.
+
+torchrun and `accelerate launch` start this module once per rank (llmops.backends.launch writes
+the command); it finds the stage's `train` through the runner's dispatch (the stage table) and
+hands it to llmops.backends.launch, which sets up the rank and trains it. The tasks other than 0
+of a multi-task submitit job `follow` task 0 the same way.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from llmops.backends import launch
+from llmops.runner import dispatch
+
+
+def trainer(kind: str) -> launch.TrainFn:
+    """Returns the `train` function of a training stage kind (sft, dpo)."""
+    return dispatch.stage(kind).train
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs one rank of a launched training job; returns 0 when it finished training."""
+    return launch.rank_main(sys.argv[1:] if argv is None else argv, trainer)
+
+
+def follow() -> int:
+    """Trains, as a task other than 0 of a multi-task submitit job, every training stage task 0
+    hands over, until it says the job is done; returns how many stages it trained."""
+    return launch.follow(trainer)
+
+
+if __name__ == "__main__":
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    sys.exit(record(main)())

@@ -1,0 +1,57 @@
+"""Helpers the stages share: where the base model is, and seeding.
+
+Light: nothing heavy at module level (numpy and torch are imported lazily, only when installed).
+JSON and JSON lines are written and read through ``llmops.files``; torch's CPU threads are set by
+``llmops.backends.common``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+
+def base_model_path(params: Mapping[str, Any], inputs: Mapping[str, Path]) -> str:
+    """Returns the model to load: the "base" input folder if present, else model.hub_id.
+
+    Args:
+        params: The stage params; `params["model"]["hub_id"]` is used when there is no base input.
+        inputs: The stage inputs by upstream kind.
+
+    Raises:
+        StageError: When there is neither a "base" input nor a model.hub_id.
+    """
+    if inputs.get("base") is not None:
+        return str(inputs["base"])
+    hub_id = (params.get("model") or {}).get("hub_id")
+    if not hub_id:
+        from llmops.errors import StageError
+
+        raise StageError(
+            "base model: no 'base' input and model.hub_id is empty (None). "
+            "Set model.hub_id, or use model=tiny so the plan builds the base model."
+        )
+    return str(hub_id)
+
+
+def set_seed(seed: int) -> None:
+    """Seeds Python, numpy (if installed) and torch (if already importable) for reproducibility."""
+    random.seed(seed)
+    os.environ.setdefault("PYTHONHASHSEED", str(seed))
+    try:
+        import numpy as np
+
+        np.random.seed(seed % (2**32))
+    except ImportError:
+        pass
+    try:
+        import torch
+
+        torch.manual_seed(seed)
+        if torch.cuda.is_available():
+            torch.cuda.manual_seed_all(seed)
+    except ImportError:
+        pass
