@@ -25,8 +25,6 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
 GIB = 2**30
 
@@ -76,7 +74,7 @@ def published_rows() -> list[dict]:
     hw = {"name": "a100_80g", "device": "cuda", "gpu_memory_gb": 80, "bf16": True}
     rows = []
     for what, figure, source, name, r, q, train, backend in PUBLISHED:
-        lora = {"r": r, "dropout": 0.05, "target_modules": "all-linear"} if r else None
+        lora = _lora(r)
         t = {"grad_accum": 1, "optimizer": "adamw_torch", "precision": "bf16",
              "backend": backend, **train}
         e = estimate(_preset(name), lora, {"type": q, "double_quant": True}, t, hw)
@@ -85,8 +83,21 @@ def published_rows() -> list[dict]:
     return rows
 
 
+def _lora(r: int) -> dict | None:
+    """Returns the planner's adapter dict for rank r (conf/lora's defaults), or None for none."""
+    import llmops.conf
+
+    if not r:
+        return None
+    lora = llmops.conf.load("lora", "r16")
+    lora.pop("enabled")
+    return {**lora, "r": r}
+
+
 def _preset(name: str) -> dict:
-    return yaml.safe_load((ROOT / "conf" / "model" / f"{name}.yaml").read_text())
+    import llmops.conf
+
+    return llmops.conf.load("model", name)
 
 
 def _rss_gb() -> float:
@@ -169,8 +180,7 @@ def measure(case: dict) -> dict:
 def _estimate(case: dict, device: str) -> dict:
     from llmops.planning.memory import estimate
 
-    lora = {"r": case["lora"], "dropout": 0.05, "target_modules": "all-linear"} \
-        if case["lora"] else None
+    lora = _lora(case["lora"])
     train = {"batch_size": case["batch"], "max_length": case["seq"], "grad_accum": 1,
              "gradient_checkpointing": case["ckpt"], "optimizer": "adamw_torch",
              "precision": "bf16" if device == "cuda" else "fp32", "backend": "hf"}

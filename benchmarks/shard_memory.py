@@ -31,8 +31,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -54,7 +52,9 @@ STATES = ("weights", "lora", "gradients", "optimizer", "buckets")
 
 def preset(name: str) -> dict:
     """Returns a model preset's architecture facts from conf/model."""
-    return yaml.safe_load((ROOT / "conf" / "model" / f"{name}.yaml").read_text())
+    import llmops.conf
+
+    return llmops.conf.load("model", name)
 
 
 def dist(strategy: str, n: int) -> dict:

@@ -1,0 +1,73 @@
+"""llmops's config groups (installed as the package llmops.conf): one folder per group, one YAML
+file per option.
+
+A file whose name starts with "_" (lora/_base.yaml) is not an option: it is the shared base that the
+group's options inherit through their defaults list (`defaults: [_base, _self_]`), each option then
+stating only what differs. Pure: reads YAML with OmegaConf's YAML rules, imports nothing of llmops.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from pathlib import Path
+from typing import Any
+
+FOLDER = Path(__file__).parent
+
+
+def options(group: str) -> list[str]:
+    """Lists the options of a group, bases left out: options('lora') -> ['none', 'r16', ...]."""
+    folder = FOLDER / group
+    if not folder.is_dir():
+        return []
+    return sorted(p.stem for p in folder.glob("*.yaml") if not p.stem.startswith("_"))
+
+
+def load(group: str, name: str) -> dict[str, Any]:
+    """Returns conf/<group>/<name>.yaml as Hydra composes it: the same-group configs its defaults
+    list names merged in order (`_self_` where it stands, else last), interpolations unresolved.
+    """
+    own = dict(_read(FOLDER / group / f"{name}.yaml"))  # a copy: the read is cached
+    defaults = list(own.pop("defaults", []))
+    if "_self_" not in defaults:
+        defaults.append("_self_")
+    merged: dict[str, Any] = {}
+    for item in defaults:
+        merged = _merge(merged, own if item == "_self_" else load(group, str(item)))
+    return merged
+
+
+@functools.cache
+def _read(path: Path) -> dict[str, Any]:
+    """Reads one YAML file with OmegaConf's YAML rules (1e-3 is a float) but not its objects."""
+    import yaml
+    from omegaconf._utils import get_yaml_loader
+
+    with open(path, encoding="utf-8") as f:
+        return yaml.load(f, Loader=get_yaml_loader()) or {}  # noqa: S506 - OmegaConf's safe loader
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """Merges as OmegaConf does: mappings key by key, anything else replaced, and `???` (a
+    required value) never replacing a value that is there."""
+    out = copy.deepcopy(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        elif value != "???" or key not in out:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def groups() -> list[str]:
+    """Lists the config groups: the folders here but hydra/ (Hydra's own, e.g. launchers)."""
+    return sorted(p.name for p in FOLDER.iterdir()
+                  if p.is_dir() and not p.name.startswith("_") and p.name != "hydra")
+
+
+def load_primary() -> dict[str, Any]:
+    """Returns the primary config (config.yaml) as plain data, interpolations unresolved."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(FOLDER / "config.yaml"), resolve=False)

@@ -6,8 +6,8 @@ import json
 import logging
 from pathlib import Path
 
+import llmops.conf
 import pytest
-import yaml
 
 from llmops.config.hydra.groups import option_files
 from llmops.config.usecase import UsecaseConfig
@@ -17,7 +17,7 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def _yaml(group: str, name: str) -> dict:
-    data = yaml.safe_load((CONF / group / f"{name}.yaml").read_text())
+    data = llmops.conf.load(group, name)  # with the base it inherits
     data.pop("pretrain", None)
     return data
 
@@ -32,7 +32,7 @@ def t4_llama8b() -> dict:
             "train": {"max_length": 512, "precision": "auto", "backend": "hf"}}
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in (CONF / "usecase").glob("*.yaml")))
+@pytest.mark.parametrize("name", llmops.conf.options("usecase"))
 def test_every_usecase_option_validates(name):
     UsecaseConfig(**_yaml("usecase", name))
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import llmops.conf
 import pytest
-import yaml
 
 from llmops.config.hydra.groups import option_files
 from llmops.planning.fixes import suggest_fixes
@@ -23,7 +23,7 @@ TRAIN = {"batch_size": 16, "grad_accum": 1, "max_length": 512, "gradient_checkpo
 
 
 def _yaml(group: str, name: str) -> dict:
-    data = yaml.safe_load((CONF / group / f"{name}.yaml").read_text())
+    data = llmops.conf.load(group, name)  # with the base it inherits
     data.pop("pretrain", None)
     return data
 
@@ -38,8 +38,8 @@ def t4() -> dict:
     return _yaml("hardware", "t4")
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in (CONF / "model").glob("*.yaml")
-                                         if p.stem not in ("tiny", "hub")))  # hub: no facts
+@pytest.mark.parametrize("name", [n for n in llmops.conf.options("model")
+                                  if n not in ("tiny", "hub")])  # hub: no facts
 def test_param_groups_add_up_to_the_preset(name):
     m = _yaml("model", name)
     g = param_groups(m)

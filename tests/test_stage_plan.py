@@ -3,8 +3,8 @@ capacity a run may use (cgroup, SLURM, sweep jobs) and threads chosen by work.""
 
 from __future__ import annotations
 
+import llmops.conf
 import pytest
-import yaml
 from test_planning import CONF, NONE, R16, TRAIN, _yaml
 
 from llmops.cli import to_plain
@@ -276,14 +276,14 @@ def test_threads_follow_tokens_times_parameters_and_the_lm_head():
 
 
 def test_benchmark_and_presets_plan_every_stage():
-    for path in sorted((CONF / "model").glob("*.yaml")):
-        model = yaml.safe_load(path.read_text())
+    for name in llmops.conf.options("model"):
+        model = llmops.conf.load("model", name)
         model.pop("pretrain", None)
         if not model.get("params"):
             continue
         plan = plan_stage_memory(model, R16, NONE, {**TRAIN, "batch_size": 1},
                                  _yaml("hardware", "a100_80g"), _inputs("deploy=openai"))
-        assert all(s["device_gb"] + s["host_gb"] > 0 for s in plan.values()), path.stem
+        assert all(s["device_gb"] + s["host_gb"] > 0 for s in plan.values()), name
 
 
 def test_a_joblib_sweep_plans_each_point_with_its_share_and_tells_its_jobs(monkeypatch):

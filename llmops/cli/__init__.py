@@ -67,7 +67,8 @@ def _run_single(overrides: list[str], source: Source | None = None) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of `python -m llmops` and the `llmops` console script.
 
-    Every command but help, version, info and shell completion goes through the pre-flight
+    `--options [GROUP ...]` prints the reference of every option. Every other command but help,
+    version, info and shell completion goes through the pre-flight
     first (--cfg, -cp/-cn/-cd and --package included): config errors exit 2 before Hydra writes
     or instantiates anything. A secret's value on the command line (a shell-expanded
     $WANDB_API_KEY) is replaced by `${oc.env:NAME}` before anything records it, and
@@ -78,6 +79,10 @@ def main(argv: list[str] | None = None) -> None:
     from llmops.config.hydra.secrets import redact
 
     args = gate_overrides(redact(list(sys.argv[1:] if argv is None else argv)))
+    if args[:1] == ["--options"]:  # the reference of every option (cli/options.py)
+        from llmops.cli.options import main as options
+
+        sys.exit(options(args[1:]))
     sys.argv = [sys.argv[0], *args]
     try:
         command = parse_command(args)

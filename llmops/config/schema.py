@@ -3,14 +3,21 @@
 Pure: imports no torch. Every model is strict (types.STRICT): unknown keys are errors, never
 ignored; `true` is not a number and inf/nan are not numbers at all.
 
-One source per default: a value lives in the group's option YAML or here, never both. Where every
-option file of a group sets a field (lora, quant, model.pretrain), the field is required here, so an
-option file that forgets it is refused instead of silently taking a second default. Stages and
-backends read the compiled params and restate none of these values.
+One source per default: a value lives in the group's YAML (conf/<group>/_base.yaml holds what the
+options share, each option what differs), never here. A field every option sets is required here,
+so an option file that forgets it is refused instead of silently taking a second default. A field
+only some options set (train.dpo: train=dpo, sft_dpo) takes, under the others, the value the YAML
+of an option that sets it states (`_from`). What stays here: the values of keys no option states
+(usecase=none's figures, eval.lm_eval's under eval=default, model.pretrain and data.hf_id where an
+option leaves them out, hardware.num_nodes of one-GPU profiles) and of the entries a user adds
+(data.sources items, named eval.gates). `python -m llmops --options` lists every key with its
+default. Stages and backends read the compiled params and restate none of these values.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -48,6 +55,28 @@ from llmops.config.types import (
 from llmops.config.usecase import UsecaseConfig
 from llmops.data import formats
 from llmops.data.convert import DEFAULT_COLUMNS, DEFAULT_TAGS
+from llmops.planning.stage_memory import GGUF_TYPES
+
+
+@functools.cache
+def _option(group: str, option: str) -> dict[str, Any]:
+    import llmops.conf
+
+    return llmops.conf.load(group, option)
+
+
+def _from(group: str, option: str, key: str, model: type[BaseModel] | None = None,
+          **field: Any) -> Any:
+    """Returns the Field of a key that only some options of a group set: under the options that
+    leave it out, its default is the value conf/<group>/<option>.yaml states (read from there, its
+    one source), e.g. train.dpo under train=sft is train=dpo's.
+    """
+    def default() -> Any:
+        value = copy.deepcopy(_option(group, option)[key])
+        return model(**value) if model is not None else value
+
+    return Field(default_factory=default, validate_default=True, **field)
+
 
 #: Names that reach file names, Modelfiles and generated code (llmops.config.names).
 ModelName = Annotated[Text, AfterValidator(model_name)]
@@ -77,7 +106,7 @@ class ModelConfig(_Group):
         description="Preset name, e.g. tiny, qwen3b (hub: null takes the folder's name).")
     source: Literal["tiny", "hub"] = Field(description="tiny: built locally; hub: downloaded.")
     hub_id: Text | None = Field(
-        None, description="Hugging Face hub id or local model folder (required for source=hub)."
+        description="Hugging Face hub id or local model folder (required for source=hub)."
     )
     family: Text = Field(description="Architecture family, e.g. llama, qwen2.")
     chat_template: Text = Field(
@@ -92,12 +121,13 @@ class ModelConfig(_Group):
     num_kv_heads: Dim = Field(description="Key/value heads (GQA).")
     vocab_size: int = Field(gt=0, le=MAX_TOKENS, description="Vocabulary size.")
     context_length: int = Field(gt=0, le=MAX_TOKENS, description="Maximum context in tokens.")
-    tie_embeddings: bool = Field(False, description="Input and output embeddings are shared.")
+    tie_embeddings: bool = Field(description="Input and output embeddings are shared.")
     recommended_lr: LearningRate = Field(description="Default train.learning_rate for this model.")
     recommended_max_length: Annotated[int, Field(ge=16, le=1 << 20)] = Field(
         description="Default train.max_length (and data.max_length) for this model: tokens of a "
                     "row through its chat template, tool schemas included.")
-    trust_remote_code: bool = Field(False, description="Allow the hub repo's own model code.")
+    trust_remote_code: bool = _from(
+        "model", "hub", "trust_remote_code", description="Allow the hub repo's own model code.")
     pretrain: PretrainConfig | None = Field(None, description="Tiny model pre-training recipe.")
 
     @field_validator("chat_template")
@@ -166,25 +196,32 @@ class DataConfig(_Group):
     source: Literal["task_api", "files", "jsonl", "hf"] = Field(
         description="Where rows come from (jsonl: the former name of files)."
     )
-    path: Text | None = Field(None, description="A file, save_to_disk folder or glob (files).")
-    sources: list[DataSource] = Field(
-        default_factory=list, description="Several sources mixed in one run (files), not with path."
+    path: Text | None = _from(
+        "data", "files", "path", description="A file, save_to_disk folder or glob (files).")
+    sources: list[DataSource] = _from(
+        "data", "files", "sources",
+        description="Several sources mixed in one run (files), not with path."
     )
-    format: DataFormat = Field("auto", description="Row format; auto detects it per file.")
-    columns: DataColumns = Field(default_factory=DataColumns, description="Column renames.")
-    tags: DataTags = Field(default_factory=DataTags, description="ShareGPT key/role renames.")
+    format: DataFormat = _from(
+        "data", "_reader", "format", description="Row format; auto detects it per file.")
+    columns: DataColumns = _from(
+        "data", "_reader", "columns", DataColumns, description="Column renames.")
+    tags: DataTags = _from(
+        "data", "_reader", "tags", DataTags, description="ShareGPT key/role renames.")
     hf_id: Text | None = Field(None, description="Hub dataset id (source=hf).")
-    hf_split: Text = Field("train", description="Hub dataset split (source=hf).")
-    system_prompt: str | None = Field(None, description="System prompt added to converted rows.")
-    n_examples: int = Field(
-        1200, ge=20, le=MAX_ROWS, description="Rows to generate (source=task_api)."
+    hf_split: Text = _from("data", "hf", "hf_split", description="Hub dataset split (source=hf).")
+    system_prompt: str | None = _from(
+        "data", "_reader", "system_prompt", description="System prompt added to converted rows.")
+    n_examples: int = _from(
+        "data", "task_api", "n_examples", ge=20, le=MAX_ROWS,
+        description="Rows to generate (source=task_api)."
     )
-    val_fraction: float = Field(0.1, ge=0, lt=1, description="Share of rows held out to validate.")
-    test_fraction: float = Field(0.1, gt=0, lt=1, description="Share of rows held out for testing.")
-    seed: Seed = Field(0, description="Seed of generation, sampling and splitting.")
-    dedup: bool = Field(True, description="Drop exact duplicate rows.")
+    val_fraction: float = Field(ge=0, lt=1, description="Share of rows held out to validate.")
+    test_fraction: float = Field(gt=0, lt=1, description="Share of rows held out for testing.")
+    seed: Seed = Field(description="Seed of generation, sampling and splitting.")
+    dedup: bool = Field(description="Drop exact duplicate rows.")
     max_length: int = Field(
-        512, ge=16, le=MAX_TOKENS, description="Rows longer than this (in tokens) are rejected."
+        ge=16, le=MAX_TOKENS, description="Rows longer than this (in tokens) are rejected."
     )
     on_error: Literal["keep", "fail"] = Field(
         description="keep: train on the valid rows and report the rest; fail: any reject stops "
@@ -196,7 +233,7 @@ class DataConfig(_Group):
                                   "the model's template renders them for training, loss spans "
                                   "marked; the run prints the first. 0: none.")
     preference_path: Text | None = Field(
-        None, description="DPO pairs (any preference format); null: derive from the rows."
+        description="DPO pairs (any preference format); null: derive from the rows."
     )
 
 
@@ -204,22 +241,22 @@ class DpoConfig(_Group):
     """Direct preference optimisation (TRL DPOTrainer) on a LoRA adapter; used by dpo, sft_dpo."""
 
     beta: float = Field(
-        0.1, gt=0, le=100, description="Strength of the pull towards the reference model."
+        gt=0, le=100, description="Strength of the pull towards the reference model."
     )
     loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = Field(
-        "sigmoid", description="DPO loss; sigmoid is the paper's."
+        description="DPO loss; sigmoid is the paper's."
     )
     learning_rate: LearningRate | None = Field(
-        None, description="Peak learning rate; null: train.learning_rate / 25."
+        description="Peak learning rate; null: train.learning_rate / 25."
     )
-    epochs: float = Field(1, gt=0, le=MAX_EPOCHS, description="Passes over the preference pairs.")
+    epochs: float = Field(gt=0, le=MAX_EPOCHS, description="Passes over the preference pairs.")
     max_steps: int = Field(
-        -1, ge=-1, le=MAX_STEPS, description="Stop after this many steps (-1: use epochs)."
+        ge=-1, le=MAX_STEPS, description="Stop after this many steps (-1: use epochs)."
     )
-    batch_size: Batch | None = Field(None, description="Pairs per step; null: train's.")
-    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Robust DPO label noise.")
+    batch_size: Batch | None = Field(description="Pairs per step; null: train's.")
+    label_smoothing: float = Field(ge=0, lt=0.5, description="Robust DPO label noise.")
     init_adapter: Text | None = Field(
-        None, description="train=dpo: adapter folder to start from; null: a new adapter."
+        description="train=dpo: adapter folder to start from; null: a new adapter."
     )
 
 
@@ -227,42 +264,50 @@ class TrainConfig(_Group):
     """The training method and its hyper-parameters."""
 
     method: Literal["sft", "dpo", "sft_dpo", "none"] = Field(
-        "sft", description="sft; dpo (preference pairs only); sft_dpo (SFT, then DPO on it); none."
+        description="sft; dpo (preference pairs only); sft_dpo (SFT, then DPO on it); none."
     )
-    backend: Literal["auto", "hf", "unsloth"] = Field("auto", description="Training backend.")
-    learning_rate: LearningRate = Field(2e-4, description="Peak learning rate.")
-    epochs: float = Field(1, gt=0, le=MAX_EPOCHS, description="Passes over the training split.")
+    backend: Literal["auto", "hf", "unsloth"] = Field(description="Training backend.")
+    learning_rate: LearningRate = Field(description="Peak learning rate.")
+    epochs: float = Field(gt=0, le=MAX_EPOCHS, description="Passes over the training split.")
     max_steps: int = Field(
-        -1, ge=-1, le=MAX_STEPS, description="Stop after this many steps (-1: use epochs)."
+        ge=-1, le=MAX_STEPS, description="Stop after this many steps (-1: use epochs)."
     )
     batch_size: Batch | Literal["auto"] = Field(
-        "auto", description="Per-device batch size; auto: the largest that fits the hardware."
+        description="Per-device batch size; auto: the largest that fits the hardware."
     )
     grad_accum: Batch | Literal["auto"] = Field(
-        "auto", description="Gradient accumulation steps; auto: effective_batch / batch_size."
+        description="Gradient accumulation steps; auto: effective_batch / batch_size."
     )
-    effective_batch: Batch = Field(16, description="batch_size x grad_accum that auto keeps.")
-    seed: Seed = Field(0, description="Training seed.")
+    effective_batch: Batch = Field(description="batch_size x grad_accum that auto keeps.")
+    seed: Seed = Field(description="Training seed.")
     max_length: int = Field(
-        512, ge=16, le=MAX_TOKENS, description="Training sequence length (tokens)."
+        ge=16, le=MAX_TOKENS, description="Training sequence length (tokens)."
     )
-    warmup_steps: int = Field(0, ge=0, le=MAX_STEPS, description="Linear warm-up steps.")
-    weight_decay: float = Field(0.0, ge=0, le=1, description="AdamW weight decay.")
-    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
-        "linear", description="Learning-rate schedule."
+    warmup_steps: int = _from(
+        "train", "sft", "warmup_steps", ge=0, le=MAX_STEPS, description="Linear warm-up steps.")
+    weight_decay: float = _from(
+        "train", "sft", "weight_decay", ge=0, le=1, description="AdamW weight decay.")
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = _from(
+        "train", "sft", "lr_scheduler", description="Learning-rate schedule."
     )
-    optimizer: Literal["adamw_torch", "adamw_8bit", "paged_adamw_8bit", "sgd"] = Field(
-        "adamw_torch", description="Optimizer."
+    optimizer: Literal["adamw_torch", "adamw_8bit", "paged_adamw_8bit", "sgd"] = _from(
+        "train", "sft", "optimizer", description="Optimizer."
     )
-    logging_steps: Steps = Field(10, description="Log the loss every N steps.")
-    save_steps: Steps = Field(50, description="Checkpoint every N steps.")
-    save_total_limit: Steps = Field(2, description="Checkpoints kept.")
-    gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
-    assistant_only_loss: bool = Field(True, description="Loss on the assistant's tokens only.")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="Training dtype."
+    logging_steps: Steps = _from(
+        "train", "sft", "logging_steps", description="Log the loss every N steps.")
+    save_steps: Steps = _from("train", "sft", "save_steps", description="Checkpoint every N steps.")
+    save_total_limit: Steps = _from(
+        "train", "sft", "save_total_limit", description="Checkpoints kept.")
+    gradient_checkpointing: bool = _from(
+        "train", "sft", "gradient_checkpointing",
+        description="Recompute activations to save memory.")
+    assistant_only_loss: bool = _from(
+        "train", "sft", "assistant_only_loss", description="Loss on the assistant's tokens only.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = _from(
+        "train", "sft", "precision", description="Training dtype."
     )
-    dpo: DpoConfig = Field(default_factory=DpoConfig, description="DPO knobs (dpo, sft_dpo).")
+    dpo: DpoConfig = _from(
+        "train", "dpo", "dpo", DpoConfig, description="DPO knobs (dpo, sft_dpo).")
 
 
 class GateConfig(_Group):
@@ -317,9 +362,9 @@ GateSet = Annotated[
 class EvalConfig(_Group):
     """Evaluation of base vs tuned on the test split, and the gates that block export."""
 
-    enabled: bool = Field(True, description="Run evaluation.")
-    max_new_tokens: Tokens = Field(96, description="Tokens generated per answer.")
-    batch_size: Batch = Field(32, description="Most rows per generation / held-out loss batch.")
+    enabled: bool = Field(description="Run evaluation.")
+    max_new_tokens: Tokens = Field(description="Tokens generated per answer.")
+    batch_size: Batch = Field(description="Most rows per generation / held-out loss batch.")
     token_budget: Tokens = Field(
         description="Most tokens one eval batch holds: rows x padded length in the held-out "
                     "loss, rows x (prompt + max_new_tokens) in generation (its KV cache); at "
@@ -328,8 +373,8 @@ class EvalConfig(_Group):
         gt=0, le=1024 * 1024, description="MiB of full-vocabulary fp32 logits held at once: "
         "the held-out loss scores answer positions in chunks of this size; lm_eval's harness "
         "batch x length is kept within it (at least one request).")
-    limit: Rows | None = Field(None, description="Evaluate only the first N test rows.")
-    enforce: bool = Field(True, description="A failed gate stops the plan before export.")
+    limit: Rows | None = Field(description="Evaluate only the first N test rows.")
+    enforce: bool = Field(description="A failed gate stops the plan before export.")
     gates: GateSet = Field(
         description="auto: gates chosen from what the test split holds; or named gates.")
     auto: AutoGatesConfig = Field(description="Bounds of the auto gates.")
@@ -346,78 +391,81 @@ class MergeConfig(_Group):
     """Merging adapters into a full-precision standalone model (the merge stage)."""
 
     method: Literal["none", "linear", "cat", "ties", "dare_linear", "dare_ties", "svd"] = Field(
-        "none", description="none: no merge stage; else peft add_weighted_adapter's combination."
+        description="none: no merge stage; else peft add_weighted_adapter's combination."
     )
     adapters: list[Text] = Field(
-        default_factory=list,
         description="'sft', 'dpo' or adapter folders; empty: the plan's trained adapter.",
     )
     weights: list[float] = Field(
-        default_factory=list, description="One weight per adapter; empty: 1.0 each."
+        description="One weight per adapter; empty: 1.0 each."
     )
-    density: float = Field(0.5, gt=0, le=1, description="ties/dare: share of weights kept.")
+    density: float = Field(gt=0, le=1, description="ties/dare: share of weights kept.")
     majority_sign_method: Literal["total", "frequency"] = Field(
-        "total", description="ties: how the sign of each weight is elected."
+        description="ties: how the sign of each weight is elected."
     )
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="Dtype of the saved merged weights (the merge runs in float32)."
+        description="Dtype of the saved merged weights (the merge runs in float32)."
     )
 
 
 class GgufConfig(_Group):
     """GGUF conversion through llama.cpp's own converter (the gguf stage; needs llmops[gguf])."""
 
-    quantization: list[Literal["f16", "q8_0", "q4_k_m"]] = Field(
-        default_factory=list, description="GGUF files to write; empty: no gguf stage."
+    quantization: list[Literal[GGUF_TYPES]] = Field(
+        description="GGUF files to write; empty: no gguf stage."
     )
-    parity_prompts: Rows = Field(4, description="Held-out prompts answered by HF and GGUF.")
-    max_new_tokens: Tokens = Field(32, description="Greedy tokens per parity answer.")
+    parity_prompts: Rows = Field(description="Held-out prompts answered by HF and GGUF.")
+    max_new_tokens: Tokens = Field(description="Greedy tokens per parity answer.")
 
 
 class OllamaConfig(_Group):
     """deploy=ollama: where `ollama create` goes, and under which name."""
 
-    host: Text = Field("http://127.0.0.1:11434", description="Ollama server URL.")
+    host: Text = Field(description="Ollama server URL.")
     model_name: OllamaName | None = Field(
-        None, description="Name to create; default llmops-<model>.")
-    timeout_s: Timeout = Field(3.0, description="How long to wait for the server to answer.")
+        description="Name to create; default llmops-<model>.")
+    timeout_s: Timeout = Field(description="How long to wait for the server to answer.")
 
 
 class OpenAIServeConfig(_Group):
     """deploy=openai: the local OpenAI-compatible server (llama-cpp-python's) and its smoke test."""
 
-    host: Text = Field("127.0.0.1", description="Interface to bind; keep it local.")
+    host: Text = Field(description="Interface to bind; keep it local.")
     allow_public_bind: bool = Field(
-        False, description="Allow a host that is not a loopback address (exposes the model).")
-    port: int = Field(0, ge=0, le=65535, description="Port; 0 picks a free one.")
-    startup_timeout_s: Timeout = Field(120.0, description="Wait for /v1/models this long.")
+        description="Allow a host that is not a loopback address (exposes the model).")
+    port: int = Field(ge=0, le=65535, description="Port; 0 picks a free one.")
+    startup_timeout_s: Timeout = Field(description="Wait for /v1/models this long.")
     smoke_prompts: list[Text] = Field(
-        default_factory=list, description="Prompts to send; empty: held-out test prompts."
+        description="Prompts to send; empty: held-out test prompts."
     )
-    n_smoke: Rows = Field(3, description="Held-out prompts used when smoke_prompts is empty.")
-    max_tokens: Tokens = Field(64, description="max_tokens of a smoke request.")
+    n_smoke: Rows = Field(description="Held-out prompts used when smoke_prompts is empty.")
+    max_tokens: Tokens = Field(description="max_tokens of a smoke request.")
 
 
 class DeployConfig(_Group):
     """What is exported after evaluation, and where it goes."""
 
     target: Literal["none", "local", "ollama", "openai"] = Field(
-        "local", description="Deployment target."
+        description="Deployment target."
     )
     formats: list[Literal["adapter", "merged"]] = Field(
-        default_factory=list, description="Artifacts to export."
+        description="Artifacts to export."
     )
     merge_dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="Dtype of the merged weights."
+        description="Dtype of the merged weights."
     )
-    gguf: GgufConfig = Field(default_factory=GgufConfig, description="GGUF conversion.")
-    ollama: OllamaConfig = Field(default_factory=OllamaConfig, description="deploy=ollama.")
-    openai: OpenAIServeConfig = Field(
-        default_factory=OpenAIServeConfig, description="deploy=openai."
+    gguf: GgufConfig = _from("deploy", "local", "gguf", GgufConfig, description="GGUF conversion.")
+    ollama: OllamaConfig = _from(
+        "deploy", "ollama", "ollama", OllamaConfig, description="deploy=ollama.")
+    openai: OpenAIServeConfig = _from(
+        "deploy", "openai", "openai", OpenAIServeConfig, description="deploy=openai."
     )
-    keep_serving: bool = Field(False, description="openai: leave the server running afterwards.")
-    allow_failed_gates: bool = Field(
-        False, description="Deploy even when eval did not pass its gates (or did not run)."
+    keep_serving: bool = _from(
+        "deploy", "openai", "keep_serving",
+        description="openai: leave the server running afterwards.")
+    allow_failed_gates: bool = _from(
+        "deploy", "_serve", "allow_failed_gates",
+        description="Deploy even when eval did not pass its gates (or did not run)."
     )
 
 
@@ -429,18 +477,18 @@ class HardwareConfig(_Group):
     """The machine the plan is for; auto detects it without importing torch."""
 
     name: Text = Field(description="Profile name.")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where training runs.")
-    gpu_name: Text | None = Field(None, description="GPU model.")
+    device: Literal["auto", "cpu", "cuda"] = Field(description="Where training runs.")
+    gpu_name: Text | None = Field(description="GPU model.")
     gpu_memory_gb: float | None = Field(
-        None, gt=0, le=100_000, description="Memory of one GPU (GB)."
+        gt=0, le=100_000, description="Memory of one GPU (GB)."
     )
-    num_gpus: int | None = Field(None, ge=0, le=MAX_BATCH, description="GPUs available.")
-    bf16: bool | None = Field(None, description="Whether the GPU supports bf16.")
+    num_gpus: int | None = Field(ge=0, le=MAX_BATCH, description="GPUs available.")
+    bf16: bool | None = Field(description="Whether the GPU supports bf16.")
     tflops: float | None = Field(
-        None, gt=0, le=1_000_000, description="Dense 16-bit TFLOPS of one device."
+        gt=0, le=1_000_000, description="Dense 16-bit TFLOPS of one device."
     )
     hourly_usd: float | None = Field(
-        None, ge=0, le=1_000_000, description="Price per hour, for cost estimates."
+        ge=0, le=1_000_000, description="Price per hour, for cost estimates."
     )
     interconnect_gbps: float | None = Field(
         None, gt=0, le=1_000_000,
@@ -480,19 +528,22 @@ class DistributedConfig(_Group):
 class TrackingConfig(_Group):
     """Experiment tracking sink; the run folder's own JSON metrics stay the source of truth."""
 
-    backend: Literal["none", "wandb"] = Field("none", description="Tracker.")
-    project: Text = Field("llmops", description="W&B project.")
-    entity: Text | None = Field(None, description="W&B entity (team or user).")
-    group: Text | None = Field(None, description="W&B group; defaults to the sweep.")
-    mode: Literal["auto", "online", "offline", "disabled"] = Field("auto", description="W&B mode.")
-    tags: list[Text] = Field(default_factory=list, description="Extra W&B tags.")
+    backend: Literal["none", "wandb"] = Field(description="Tracker.")
+    project: Text = _from("tracking", "wandb", "project", description="W&B project.")
+    entity: Text | None = _from(
+        "tracking", "wandb", "entity", description="W&B entity (team or user).")
+    group: Text | None = _from(
+        "tracking", "wandb", "group", description="W&B group; defaults to the sweep.")
+    mode: Literal["auto", "online", "offline", "disabled"] = _from(
+        "tracking", "wandb", "mode", description="W&B mode.")
+    tags: list[Text] = _from("tracking", "wandb", "tags", description="Extra W&B tags.")
 
 
 class StoreConfig(_Group):
     """How the stage store checks an entry before a run reuses it."""
 
     verify: Literal["size", "full"] = Field(
-        "size", description="size: every file's size as published; full: its content hash too."
+        description="size: every file's size as published; full: its content hash too."
     )
 
 
@@ -530,7 +581,7 @@ class AppConfig(_Group):
     data: DataConfig
     train: TrainConfig
     eval: EvalConfig
-    merge: MergeConfig = Field(default_factory=MergeConfig)
+    merge: MergeConfig
     deploy: DeployConfig
     monitor: MonitorConfig
     hardware: HardwareConfig
@@ -539,13 +590,13 @@ class AppConfig(_Group):
     distributed: DistributedConfig
     release: ReleaseConfig
     limits: LimitsConfig = Field(description="Bounds on untrusted input (README: Guarantees).")
-    dry_run: bool = Field(False, description="Compile and print the plan; run nothing.")
-    seed: Seed = Field(0, description="Global seed.")
-    store_dir: Text = Field("outputs/store", description="Content-addressed stage cache.")
-    store: StoreConfig = Field(default_factory=StoreConfig, description="Stage store checks.")
-    progress: bool = Field(True, description="Draw progress bars inside stages.")
+    dry_run: bool = Field(description="Compile and print the plan; run nothing.")
+    seed: Seed = Field(description="Global seed.")
+    store_dir: Text = Field(description="Content-addressed stage cache.")
+    store: StoreConfig = Field(description="Stage store checks.")
+    progress: bool = Field(description="Draw progress bars inside stages.")
     skip_invalid: bool = Field(
-        False, description="Sweeps: launch the valid points and report invalid ones, not refuse."
+        description="Sweeps: launch the valid points and report invalid ones, not refuse."
     )
 
 

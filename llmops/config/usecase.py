@@ -17,7 +17,7 @@ class UsecaseConfig(BaseModel):
 
     model_config = STRICT
 
-    enabled: bool = Field(False, description="Run the decide stage (usecase=none turns it off).")
+    enabled: bool = Field(description="Run the decide stage (usecase=none turns it off).")
     name: str = Field("none", description="Short name of the use case, for reports.")
     domain: str = Field("general", description="Domain, e.g. ecommerce, medical, legal, finance.")
     description: str = Field("", description="What the model should do, in the user's words.")

@@ -34,6 +34,9 @@ HOST_STAGES = ("merge", "export", "gguf", "deploy")
 #: Bytes per parameter of a GGUF file by quantization (f16; q8_0: 34 bytes per 32; q4_k_m mixes
 #: Q4_K and Q6_K: ~4.9 bits).
 GGUF_BYTES = {"f16": 2.0, "q8_0": 34 / 32, "q4_k_m": 0.61}
+#: The GGUF types llmops writes, in one place: the schema's deploy.gguf type and the gguf stage's
+#: check take them from here.
+GGUF_TYPES = tuple(GGUF_BYTES)
 #: llama.cpp's compute buffer holds one micro-batch of logits (n_ubatch 512) in fp32.
 LLAMA_UBATCH = 512
 #: The stage process of a run before it loads its model (torch, transformers, peft and trl were

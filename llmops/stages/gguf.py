@@ -29,9 +29,9 @@ from llmops.compiler.builders.gguf import GgufParams
 from llmops.core.context import StageContext
 from llmops.core.plan import report_name
 from llmops.errors import StageError
+from llmops.planning.stage_memory import GGUF_TYPES
 
 REPORT_NAME = report_name("gguf")
-QUANTIZATIONS = ("f16", "q8_0", "q4_k_m")
 EXTRA_PROBES = (
     "Hello, world!  Two  spaces,\ttabs\nand new lines.\n\n",
     "Numbers 3 33 333 3333 2025-03-14 and 3.14159",
@@ -220,10 +220,10 @@ def run(params: GgufParams, inputs: dict[str, Path], out_dir: Path, ctx: StageCo
 
     out_dir = Path(out_dir)
     quants = list(params["quantization"])
-    bad = [q for q in quants if q not in QUANTIZATIONS]
+    bad = [q for q in quants if q not in GGUF_TYPES]
     if bad or not quants:
         raise StageError(f"gguf: quantization {bad or quants} not supported. "
-                         f"Use a subset of {', '.join(QUANTIZATIONS)}.")
+                         f"Use a subset of {', '.join(GGUF_TYPES)}.")
     merged = Path(inputs["export"]) / "merged"
     if not (merged / "config.json").is_file():
         raise StageError(f"gguf: no merged model in {merged.parent}. "

@@ -20,9 +20,13 @@ def conf_dir() -> Path:
 
 
 def group_options(group: str) -> list[str]:
-    """Lists the option names of a config group: group_options('lora') -> ['none', 'r16', ...]."""
-    folder = conf_dir() / group
-    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+    """Lists the option names of a config group: group_options('lora') -> ['none', 'r16', ...].
+
+    A group's base (`_base.yaml`, which its options inherit) is not an option.
+    """
+    import llmops.conf
+
+    return llmops.conf.options(group)
 
 
 def groups() -> list[str]:
@@ -31,15 +35,10 @@ def groups() -> list[str]:
                   if p.is_dir() and not p.name.startswith("_") and p.name != "hydra")
 
 
-def _load(path: Path) -> Any:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-
-
 class OptionFiles(Mapping[str, Mapping[str, Any]]):
     """The option files of the packaged groups as plain values: files["quant"]["nf4"] is
-    conf/quant/nf4.yaml as a dict (uninterpolated). What planning's fixes take as `catalog`.
+    conf/quant/nf4.yaml with the base it inherits, as a dict (uninterpolated). What planning's
+    fixes take as `catalog`.
 
     A group is read on first use and each lookup returns a fresh copy, so a caller may change what
     it gets. A group in _OPTIONAL (model presets, hardware profiles) that cannot be read is empty.
@@ -52,9 +51,11 @@ class OptionFiles(Mapping[str, Mapping[str, Any]]):
         if group not in self._read:
             from yaml import YAMLError
 
-            paths = sorted((conf_dir() / group).glob("*.yaml"))
+            import llmops.conf
+
             try:
-                self._read[group] = {p.stem: _load(p) for p in paths}
+                self._read[group] = {name: llmops.conf.load(group, name)
+                                     for name in llmops.conf.options(group)}
             except (OSError, YAMLError):
                 if group not in _OPTIONAL:
                     raise

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from llmops.config.hints import closest
-from llmops.config.hydra.groups import conf_dir, groups
+from llmops.config.hydra.groups import group_options, groups
 from llmops.config.validate import schema_fields
 
 
@@ -24,14 +24,15 @@ def _override_with(culprit: str | None, key: str, fixed: str) -> str:
     return f"{m.group(1)}{fixed}{m.group(3)}" if m and m.group(2) == key else f"{fixed}=..."
 
 
-def _sets(option_file: Any, path: Sequence[str]) -> bool:
-    from omegaconf import DictConfig, OmegaConf
+def _sets(group: str, option: str, path: Sequence[str]) -> bool:
+    """Says whether an option (with the base it inherits) sets the key path."""
+    import llmops.conf
 
-    node: Any = OmegaConf.load(option_file)
+    node: Any = llmops.conf.load(group, option)
     for part in path:
-        if not isinstance(node, DictConfig) or part not in node:
+        if not isinstance(node, dict) or part not in node:
             return False
-        node = node._get_node(part)
+        node = node[part]
     return True
 
 
@@ -68,8 +69,7 @@ def unknown_key_hint(key: str, culprit: str | None, cfg: Any) -> str:
         fixed = ".".join([*parts[:i], match, *parts[i + 1:]])
         group = parts[0]
         choice = OmegaConf.select(cfg, f"hydra.runtime.choices.{group}", default=None)
-        setters = [p.stem for p in sorted((conf_dir() / group).glob("*.yaml"))
-                   if _sets(p, [*parts[1:i], match])]
+        setters = [o for o in group_options(group) if _sets(group, o, [*parts[1:i], match])]
         options = " or ".join(f"{group}={o}" for o in setters)
         chosen = f"{group}={choice}" if choice else "the chosen option"
         # The key is spelled right but belongs to other options: no "did you mean" the same key.

@@ -1,0 +1,126 @@
+"""The option reference (`python -m llmops --options`) and the per-group bases of conf/."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import llmops.conf
+import pytest
+from llmops.config.compose import compose, group_options, groups
+from omegaconf import OmegaConf
+from pydantic import BaseModel
+
+from llmops.cli.options import _UNSET, render, rows
+from llmops.config.schema import AppConfig
+
+
+def _schema_keys(model: type[BaseModel], prefix: str = "") -> set[str]:
+    """Every leaf key of the schema (a sub-model's keys, not the sub-model itself)."""
+    from llmops.cli.options import _submodel
+
+    out = set()
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{field.alias or name}"
+        sub = _submodel(field.annotation)
+        out |= _schema_keys(sub, f"{key}.") if sub is not None else {key}
+    return out
+
+
+def test_every_schema_field_is_listed_with_its_composed_default():
+    composed = OmegaConf.to_container(compose([]), resolve=False)
+    listed = {r.key: r for r in rows()}
+    # model.pretrain is a mapping only under model=tiny (the default); elsewhere it is null.
+    assert _schema_keys(AppConfig) - {"model.pretrain"} <= set(listed)
+    for key, row in listed.items():
+        node: object = composed
+        for part in key.split("."):
+            node = node.get(part, _UNSET) if isinstance(node, dict) else _UNSET
+        if node is not _UNSET:
+            assert row.default == node, key
+        assert row.help, f"{key} has no description in the schema"
+        assert row.type
+
+
+def test_reference_names_types_defaults_and_allowed_values():
+    text = render(["lora", "quant"])
+    assert "| `lora.dropout` | float | `0.05` | ≥ 0, < 1 | Dropout on the adapter input. |" in text
+    assert "| `quant.type` | choice | `none` | none, nf4, int8 |" in text
+    assert "lora=OPTION, one of: none, r16 (default), r32, r64, r8." in text
+    assert "_base" not in text
+
+
+def test_options_command_prints_one_group_and_refuses_an_unknown_one():
+    r = subprocess.run([sys.executable, "-m", "llmops", "--options", "train"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "`train.epochs` | float | `3`" in r.stdout and "`lora.r`" not in r.stdout
+    r = subprocess.run([sys.executable, "-m", "llmops", "--options", "lroa"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert "'lroa' is not a config group. Did you mean 'lora'?" in r.stderr
+
+
+@pytest.mark.parametrize("group", groups())
+def test_a_base_is_no_option(group):
+    assert not any(o.startswith("_") for o in group_options(group))
+
+
+def test_options_inherit_their_group_base():
+    assert llmops.conf.load("lora", "r8") == {**llmops.conf.load("lora", "_base"), "r": 8,
+                                              "alpha": 16}
+    train = {o: llmops.conf.load("train", o) for o in group_options("train")}
+    assert {t["epochs"] for o, t in train.items() if o != "none"} == {3}
+    assert train["none"]["epochs"] == 1
+    assert train["sft_dpo"]["dpo"] == train["dpo"]["dpo"] and "dpo" not in train["sft"]
+
+
+# Keys whose schema default is a value of its own (no option states it for the others): a use case's
+# figures (usecase=none's), eval=default's lm_eval settings, a one-GPU profile's node count.
+_OWN_DEFAULTS = ("usecase.", "eval.lm_eval.", "hardware.interconnect_gbps", "hardware.num_nodes")
+
+
+def test_no_default_is_stated_in_both_the_schema_and_a_yaml():
+    """A field every option sets has no schema default; one that only some options set takes,
+    under the others, the value an option's YAML states (schema._from), not a second literal."""
+    from pydantic_core import PydanticUndefined
+
+    from llmops.cli.options import _submodel
+
+    def walk(model, path):
+        for name, field in model.model_fields.items():
+            key = [*path, field.alias or name]
+            sub = _submodel(field.annotation)
+            factory = field.default_factory
+            from_yaml = factory is not None and "_from" in factory.__qualname__
+            literal = not from_yaml and (field.default is not PydanticUndefined
+                                         or factory is not None)
+            if literal and sub is None and model.__name__ not in ("DataColumns", "DataTags"):
+                yield key
+            if sub is not None:
+                yield from walk(sub, key)
+
+    twice = []
+    for key in walk(AppConfig, []):
+        dotted = ".".join(key)
+        if dotted.startswith(_OWN_DEFAULTS):
+            continue
+        for option in group_options(key[0]):
+            node: object = llmops.conf.load(key[0], option)
+            for part in key[1:]:
+                node = node.get(part, _UNSET) if isinstance(node, dict) else _UNSET
+            if node is not _UNSET and node != "???":
+                twice.append(f"{dotted} ({key[0]}={option})")
+    assert not twice, f"defaults stated in schema.py and a YAML: {twice}"
+
+
+def test_a_key_named_with_its_group_prefix_gets_the_key():
+    """PEFT's names (lora_dropout, lora_r) need no alias table: the group's prefix is stripped."""
+    from llmops.errors import ConfigError
+
+    for typed, meant in (("lora.lora_dropout", "lora.dropout"), ("lora.lora_r", "lora.r"),
+                         ("train.train_lr", "train.learning_rate")):
+        with pytest.raises(ConfigError) as info:
+            compose([f"{typed}=1"])
+        (problem,) = info.value.problems
+        assert problem.message.startswith(f"unknown key. Did you mean '{meant}'?"), problem
