@@ -7,11 +7,12 @@ import sys
 
 import llmops.conf
 import pytest
-from llmops.config.compose import compose, group_options, groups
 from omegaconf import OmegaConf
 from pydantic import BaseModel
 
 from llmops.cli.options import _UNSET, render, rows
+from llmops.config.hydra.compose import compose
+from llmops.config.hydra.groups import group_options, groups
 from llmops.config.schema import AppConfig
 
 

@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 
 def peak_memory_mb(device: str = "cpu") -> float:
@@ -68,3 +69,11 @@ def cpu_threads(threads: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def adapter_kwargs(lora: dict[str, Any]) -> dict[str, Any]:
+    """Returns the adapter's size and regularisation as peft and unsloth both name them, from the
+    compiled lora params: r, lora_alpha (a float: the update scales by alpha/r, so 0.5 stays 0.5)
+    and lora_dropout. Each backend adds its own target modules."""
+    return {"r": int(lora["r"]), "lora_alpha": float(lora["alpha"]),
+            "lora_dropout": float(lora["dropout"])}

@@ -185,11 +185,11 @@ def lora_config(lora: dict[str, Any] | None) -> Any:
         return None
     from peft import LoraConfig
 
+    from llmops.backends.common import adapter_kwargs
+
     target = lora["target_modules"]
     return LoraConfig(
-        r=int(lora["r"]),
-        lora_alpha=float(lora["alpha"]),
-        lora_dropout=float(lora["dropout"]),
+        **adapter_kwargs(lora),
         target_modules=target if isinstance(target, str) else list(target),
         bias="none",
         task_type="CAUSAL_LM",

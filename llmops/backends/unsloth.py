@@ -45,14 +45,14 @@ def peft_kwargs(lora: dict[str, Any], train: dict[str, Any]) -> dict[str, Any]:
     without a GPU. alpha stays a float: the update scales by alpha/r.
 
     Args:
-        lora: The compiled lora params (r, alpha, dropout, target_modules).
+        lora: The compiled lora params (llmops.compiler.builders.common.LoraParams).
         train: The compiled train params (gradient_checkpointing, seed).
     """
+    from llmops.backends.common import adapter_kwargs
+
     target = lora["target_modules"]
     return {
-        "r": int(lora["r"]),
-        "lora_alpha": float(lora["alpha"]),
-        "lora_dropout": float(lora["dropout"]),
+        **adapter_kwargs(lora),
         "target_modules": list(ALL_LINEAR if target == "all-linear" else target),
         "bias": "none",
         "use_gradient_checkpointing": "unsloth" if train["gradient_checkpointing"] else False,
