@@ -180,7 +180,7 @@ def stage_inputs(cfg: AppConfig) -> dict[str, Any]:
         "export": {"merge_dtype": dp.merge_dtype},
         "gguf": {"quantization": list(dp.gguf.quantization),
                  "max_new_tokens": dp.gguf.max_new_tokens},
-        "deploy": {"serve_quantization": (list(dp.gguf.quantization) or ["f16"])[0]},
+        "deploy": {"serve_quantization": dp.gguf.served},
     }
 
 

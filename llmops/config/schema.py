@@ -417,6 +417,12 @@ class GgufConfig(_Group):
     parity_prompts: Rows = Field(description="Held-out prompts answered by HF and GGUF.")
     max_new_tokens: Tokens = Field(description="Greedy tokens per parity answer.")
 
+    @property
+    def served(self) -> str:
+        """The GGUF type that deploy serves and the Modelfile points at: the first one written
+        (f16 when none is, which only the memory plan asks about)."""
+        return (list(self.quantization) or ["f16"])[0]
+
 
 class OllamaConfig(_Group):
     """deploy=ollama: where `ollama create` goes, and under which name."""

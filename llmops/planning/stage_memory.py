@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from typing_extensions import TypedDict
+
 from llmops.planning import eval_memory, memory
 from llmops.planning.memory import CPU_OVERHEAD_GB, GIB
 
@@ -52,6 +54,75 @@ LLAMA_OVERHEAD_GB = 0.30
 LLAMA_LOGIT_COPIES = 3
 #: A fast tokenizer's resident bytes per vocabulary entry (as llmops.planning.eval_memory counts).
 TOKENIZER_BYTES_PER_TOKEN = 600.0
+
+
+class LmEvalKnobs(TypedDict):
+    """eval.lm_eval.*: the harness tasks and their batch."""
+
+    tasks: list[str]
+    limit: int | None
+    num_fewshot: int | None
+    batch_size: int
+
+
+class EvalKnobs(TypedDict):
+    """eval.*, gates and auto left out: what the eval stages' memory plan reads."""
+
+    enabled: bool
+    max_new_tokens: int
+    batch_size: int
+    token_budget: int
+    logits_mb: float
+    limit: int | None
+    enforce: bool
+    confidence: float
+    worst_examples: int
+    lm_eval: LmEvalKnobs
+
+
+class DpoKnobs(TypedDict):
+    batch_size: int | None
+    """train.dpo.batch_size (None: train's)."""
+
+
+class MergeKnobs(TypedDict):
+    dtype: str
+    """merge.dtype."""
+
+
+class ExportKnobs(TypedDict):
+    merge_dtype: str
+    """deploy.merge_dtype."""
+
+
+class GgufKnobs(TypedDict):
+    quantization: list[str]
+    max_new_tokens: int
+
+
+class DeployKnobs(TypedDict):
+    serve_quantization: str
+    """The first of deploy.gguf.quantization (f16 when none)."""
+
+
+class StageMemoryInputs(TypedDict):
+    """What the model-loading stages were configured with, for their memory plans
+    (``llmops.config.resolve.stage_inputs``)."""
+
+    stages: list[str]
+    """The planned model-loading stages, in plan order (sft, dpo, merge, eval_base, lm_eval,
+    eval, export, gguf, deploy)."""
+    max_length: int
+    """data.max_length."""
+    merged: bool
+    """A merge stage is planned."""
+    eval: EvalKnobs
+    dpo: DpoKnobs
+    merge: MergeKnobs
+    export: ExportKnobs
+    gguf: GgufKnobs
+    deploy: DeployKnobs
+
 
 
 def gguf_bytes(model: dict[str, Any], quant: str) -> float:

@@ -52,7 +52,7 @@ class DeployParams(TypedDict):
     """ollama or openai."""
     model: DeployModelParams
     serve_quantization: str
-    """The first of deploy.gguf.quantization: the GGUF served."""
+    """The GGUF type served (``GgufConfig.served``: the first one written)."""
     allow_failed_gates: bool
     """Deploy even when eval did not pass its gates (or did not run)."""
     eval_enabled: bool
@@ -79,7 +79,7 @@ def add_deploy(b: PlanBuilder, s: StageInputs) -> None:
     has_eval = b.has("eval")
     params: DeployParams = {
         "target": dp.target, "model": {**s.model, "context_length": cfg.model.context_length},
-        "serve_quantization": g.quantization[0], "allow_failed_gates": dp.allow_failed_gates,
+        "serve_quantization": g.served, "allow_failed_gates": dp.allow_failed_gates,
         "eval_enabled": has_eval, "eval_enforce": cfg.eval.enforce,
         "max_new_tokens": cfg.eval.max_new_tokens,
         "http_total_seconds": cfg.limits.http_total_seconds,
@@ -91,7 +91,7 @@ def add_deploy(b: PlanBuilder, s: StageInputs) -> None:
     else:
         params["openai"] = OpenAIServeParams(**dp.openai.model_dump())
         params["keep_serving"] = dp.keep_serving
-        what = (f"serve {g.quantization[0]} GGUF on {dp.openai.host} (llama-cpp-python), smoke "
+        what = (f"serve {g.served} GGUF on {dp.openai.host} (llama-cpp-python), smoke "
                 f"test via the openai client{', keep serving' if dp.keep_serving else ''}")
     b.add("deploy", params, ["gguf", "export", *(["eval"] if has_eval else []), *data_needs(b)],
           what)

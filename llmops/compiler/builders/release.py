@@ -81,7 +81,6 @@ def add_release(b: PlanBuilder, s: StageInputs) -> None:
         return
     u, d = cfg.usecase, cfg.data
     formats = release_formats(cfg)
-    gguf = cfg.deploy.gguf.quantization
     name = r.name or f"llmops-{cfg.model.name}"
     trained = [k for k in (*TRAINING_STAGES, *TUNED_STAGES) if b.has(k)]
     params: ReleaseParams = {
@@ -93,7 +92,7 @@ def add_release(b: PlanBuilder, s: StageInputs) -> None:
         "dataset": {"source": d.source, "hf_id": d.hf_id,
                     "paths": [src.path for src in d.sources] or ([d.path] if d.path else [])},
         "tuned": b.tuned(),
-        "serve_quantization": gguf[0] if "gguf" in formats else None,
+        "serve_quantization": cfg.deploy.gguf.served if "gguf" in formats else None,
     }
     needs = ["eval", "export", *dict.fromkeys(trained),
              *(k for k in OPTIONAL_INPUTS if b.has(k)), *s.base]
