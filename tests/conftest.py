@@ -4,13 +4,21 @@ once per session.
 Stage tests take their params from a compiled plan (`stage_params`), so they exercise exactly what
 a run passes and restate no default. Tests marked `gpu` skip cleanly when torch sees no CUDA GPU
 (`python -m pytest -m gpu` selects them).
+
+The suite runs on pytest-xdist (setup.cfg: `-n auto`). Session fixtures that build something
+(the tiny base, the real-vocabulary models) build it once for all workers, in a folder they share,
+under a file lock (`_built_once`). A test that uses a module-scoped fixture runs on the same worker
+as the rest of its module, and the tests of the one default run and its chain share a worker too
+(`pytest_xdist_make_scheduler`), so nothing is built twice.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +28,9 @@ import pytest
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    # One core per worker: torch's default would start a thread per CPU in every worker.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_JSONL = REPO / "llmops" / "data" / "samples" / "tasks_chat.jsonl"
@@ -39,6 +50,96 @@ def _compile(overrides: list[str]):
 
     cfg, resolved = validate_and_resolve(to_plain(compose(overrides)))
     return cfg, compile_plan(cfg, resolved)
+
+
+# Fixtures whose tests share one xdist worker: the default run and the chain built on its store.
+CHAIN_FIXTURES = ("default_run", "chain_run")
+# Where each worker leaves its groups for the scheduler: <the session's basetemp>/GROUPS.<id>.json.
+GROUPS = "xdist_groups"
+
+
+def _group(item: pytest.Item) -> str | None:
+    """The xdist group of a test: "chain" for the default run's tests, its module for a test that
+    uses a module- or class-scoped fixture (built once per module), else None (any worker)."""
+    if any(name in item.fixturenames for name in CHAIN_FIXTURES):
+        return "chain"
+    info = getattr(item, "_fixtureinfo", None)
+    defs = info.name2fixturedefs.values() if info is not None else ()
+    if any(d.scope in ("module", "class", "package") for ds in defs for d in ds):
+        return item.module.__name__ if item.module is not None else None
+    return None
+
+
+def _weight(item: pytest.Item) -> int:
+    """A test's rough cost for ordering: `slow` tests (~30 s and more) first."""
+    return 30 if item.get_closest_marker("slow") is not None else 1
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On an xdist worker: orders the tests costliest group first (--no-loadscope-reorder keeps
+    this order) and leaves each test's group for the scheduler (pytest_xdist_make_scheduler)."""
+    if not hasattr(config, "workerinput"):
+        return
+    units: dict[str, list[pytest.Item]] = {}
+    groups: dict[str, str] = {}
+    for item in items:
+        group = _group(item)
+        if group is not None:
+            groups[item.nodeid] = group
+        units.setdefault(group or item.nodeid, []).append(item)
+    ordered = sorted(units.values(), key=lambda unit: -sum(map(_weight, unit)))
+    items[:] = [item for unit in ordered for item in unit]
+    folder = config._tmp_path_factory.getbasetemp().parent
+    name = f"{GROUPS}.{config.workerinput['workerid']}.json"
+    (folder / f".{name}").write_text(json.dumps(groups), encoding="utf-8")
+    os.replace(folder / f".{name}", folder / name)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """xdist's loadscope scheduling over this suite's groups: a test of a group runs on the
+    worker that runs the rest of it; any other test is its own unit (any worker).
+
+    (xdist's own `--dist loadgroup` renames the tests' node ids, which pytest 9 no longer lets it
+    do, so the groups come from the workers' collection through a file.)
+    """
+    from xdist.scheduler import LoadScopeScheduling
+
+    folder = config._tmp_path_factory.getbasetemp()
+
+    class GroupScheduling(LoadScopeScheduling):
+        groups: dict[str, str] | None = None
+
+        def _split_scope(self, nodeid: str) -> str:
+            if self.groups is None:  # first asked once every worker has collected
+                files = sorted(folder.glob(f"{GROUPS}.*.json"))
+                self.groups = json.loads(files[0].read_text("utf-8")) if files else {}
+            return self.groups.get(nodeid, nodeid)
+
+    return GroupScheduling(config, log)
+
+
+def _shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of this session that every xdist worker sees (the basetemp without xdist)."""
+    base = tmp_path_factory.getbasetemp()
+    folder = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+def _built_once(shared: Path, name: str, build: Callable[[Path], None]) -> Path:
+    """Returns shared/name, built by `build(folder)` by the first worker that asks; the others
+    wait on the lock and reuse it."""
+    from filelock import FileLock
+
+    out = shared / name
+    with FileLock(str(shared / f"{name}.lock")):
+        if not (shared / f"{name}.done").is_file():
+            if out.exists():
+                shutil.rmtree(out)
+            out.mkdir()
+            build(out)
+            (shared / f"{name}.done").touch()
+    return out
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -77,10 +178,11 @@ def tiny_base(tmp_path_factory, stage_params) -> Path:
     from llmops.core.context import StageContext
     from llmops.stages import tiny_base as base_stage
 
-    out = tmp_path_factory.mktemp("tiny_base")
-    ctx = StageContext(run_dir=out, show_progress=False, logger=logging.getLogger("test"))
-    base_stage.run(stage_params("base", *QUICK_PRETRAIN), {}, out, ctx)
-    return out
+    def build(out: Path) -> None:
+        ctx = StageContext(run_dir=out, show_progress=False, logger=logging.getLogger("test"))
+        base_stage.run(stage_params("base", *QUICK_PRETRAIN), {}, out, ctx)
+
+    return _built_once(_shared_dir(tmp_path_factory), "tiny_base", build)
 
 
 @pytest.fixture(scope="session")
@@ -97,17 +199,24 @@ def sft_data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def real_model(request) -> Callable[[str], Path]:
+def real_model(request, tmp_path_factory) -> Callable[[str], Path]:
     """Returns a function: family ("qwen2" | "llama") -> a small saved HF model folder on that
     family's real vocabulary and chat template (tests/real_models.py).
 
-    The folders are cached in .pytest_cache/d/real-models, so only the first session
-    pays the ~15 s per family of converting a GGUF vocab. Without `python -m llmops.gguf_setup` the
-    test skips with that command as the reason, unless LLMOPS_REQUIRE_GGUF=1 (CI), where it fails.
+    The folders are cached in .pytest_cache/d/real-models (in the session's shared folder when
+    the cache plugin is off), so only the first session pays the ~15 s per family of converting a
+    GGUF vocab; xdist workers build each family once, under a file lock. Without
+    `python -m llmops.gguf_setup` the test skips with that command as the reason, unless
+    LLMOPS_REQUIRE_GGUF=1 (CI), where it fails.
     """
+    from filelock import FileLock
     from real_models import build_real_model, vocab_path
 
-    cache = Path(request.config.cache.mkdir("real-models"))
+    if getattr(request.config, "cache", None) is not None:
+        cache = Path(request.config.cache.mkdir("real-models"))
+    else:
+        cache = _shared_dir(tmp_path_factory) / "real-models"
+        cache.mkdir(exist_ok=True)
 
     def _get(family: str) -> Path:
         if vocab_path(family) is None:
@@ -115,23 +224,44 @@ def real_model(request) -> Callable[[str], Path]:
             if os.environ.get("LLMOPS_REQUIRE_GGUF") == "1":
                 pytest.fail(reason)
             pytest.skip(reason)
-        return build_real_model(family, cache)
+        with FileLock(str(cache / f"{family}.lock")):
+            return build_real_model(family, cache)
 
     return _get
 
 
+def _llmops_env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", **extra}
+
+
 @pytest.fixture(scope="session")
-def chain_run(tmp_path_factory) -> dict[str, Path]:
+def default_run(tmp_path_factory) -> dict[str, Any]:
+    """Runs `python -m llmops` exactly as README writes it, once per session, in a fresh folder
+    whose store is outputs/store; returns {root, store, result (the CompletedProcess)}.
+
+    test_cli checks this run; chain_run builds on its store (same base ... export fingerprints).
+    """
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("default_run")
+    result = subprocess.run([sys.executable, "-m", "llmops"], cwd=root, env=_llmops_env(),
+                            capture_output=True, text=True, timeout=900)
+    return {"root": root, "store": root / "outputs" / "store", "result": result}
+
+
+@pytest.fixture(scope="session")
+def chain_run(tmp_path_factory, default_run) -> dict[str, Path]:
     """Runs issue 15's whole chain once, `python -m llmops deploy=openai monitor=default
-    release=default` on the tiny default in a fresh folder and store; returns its folders (root,
-    store, run). The monitor and release tests share it (one pipeline, not two)."""
+    release=default` on the tiny default in a fresh folder, on the default run's store (its base
+    to export are reused: the chain runs compute, gguf, deploy, monitor and release); returns its
+    folders (root, store, run). The deploy, monitor and release tests share it."""
     import subprocess
     import sys
 
     root = tmp_path_factory.mktemp("chain_run")
-    store = root / "store"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1",
-           "LLMOPS_STORE": str(store)}
+    store = default_run["store"]
+    env = _llmops_env(OMP_NUM_THREADS="1", LLMOPS_STORE=str(store))
     r = subprocess.run([sys.executable, "-m", "llmops", "deploy=openai", "monitor=default",
                         "release=default"], cwd=root, env=env, capture_output=True, text=True,
                        timeout=1800)

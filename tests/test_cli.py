@@ -116,9 +116,10 @@ def test_sweep_points_are_all_checked_before_launch(tmp_path):
     assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()
 
 
-def test_default_pipeline_end_to_end(tmp_path):
-    """`python -m llmops` exactly as README writes it: the whole plan offline on the CPU."""
-    r = llmops(cwd=tmp_path, timeout=900)
+def test_default_pipeline_end_to_end(default_run):
+    """`python -m llmops` exactly as README writes it: the whole plan offline on the CPU (the
+    session's one default run, in a fresh folder and store)."""
+    r, tmp_path = default_run["result"], default_run["root"]
     assert r.returncode == 0, r.stderr[-3000:]
     runs = list(tmp_path.glob("outputs/runs/*/*"))
     assert len(runs) == 1

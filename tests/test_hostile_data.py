@@ -402,7 +402,7 @@ def test_a_gzipped_json_array_is_read(tmp_path):
     (b"PK\x03\x04" + b"\0" * 20, "is zip-compressed, which llmops cannot read. Decompress it "
                                  "(unzip rows.jsonl)"),
     (gzip.compress(_rows_text())[:40], "cannot read"),  # a gzip file cut short
-])
+], ids=["zstd", "zip", "gzip_cut_short"])  # fixed ids: xdist's workers must collect the same names
 def test_unreadable_compression_names_the_file_and_the_fix(tmp_path, magic, message):
     (tmp_path / "rows.jsonl").write_bytes(magic)
     with pytest.raises(FormatError) as err:
