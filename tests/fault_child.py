@@ -1,6 +1,6 @@
 """The real stage process (llmops.runner.child) with one fault injected into training.
 
-tests/test_supervise.py starts it instead of llmops.runner.child (through
+tests/runner/test_supervise.py starts it instead of llmops.runner.child (through
 `llmops.runner.supervise.CHILD_MODULE`, with tests/ on PYTHONPATH). LLMOPS_TEST_FAULT picks the
 fault, raised from the trainer's first training step:
     alloc     a real allocation failure: torch asks the CPU allocator for 4 EiB (RuntimeError

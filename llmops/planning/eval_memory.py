@@ -35,7 +35,7 @@ from llmops.planning.memory import (
 MIB = 2**20
 # Calibrated on this CPU against the peak RSS of eval_base.run / lm_eval.run in a fresh process
 # (the tiny model and a 2-layer Qwen2 on the 151,936-token vocabulary, 8-24 rows of 500 / 1,000
-# tokens: estimate / measured 0.97-1.07; tests/test_eval_memory.py keeps a real eval within
+# tokens: estimate / measured 0.97-1.07; tests/planning/test_eval_memory.py keeps a real eval within
 # 0.8-1.25). The GPU figures (bf16, MASK_BYTES["cuda"], LOGIT_COPIES["cuda"]) are not measured.
 # Live activations of one decoder layer in an inference forward, per token, in units of the
 # compute dtype: residual, normed input, attention output, o_proj output (hidden-wide), q, k, v,

@@ -12,7 +12,7 @@ from llmops.data.prepare import chat_token_counter, count_rejects, lint
 from llmops.data.readers import read_source
 from llmops.data.toolcheck import check_batch, check_row
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parent
 CALL = "messages[1].tool_calls[0].function"
 
 

@@ -3,7 +3,7 @@ default (`python -m llmops deploy=openai release=default`): model card, bundle, 
 
 The config tests need no torch. The end-to-end tests run the README's command in a subprocess
 (one full run shared by the module, its store reused by the failed-gate run) and need the gguf
-extra, like tests/test_deploy.py's.
+extra, like tests/serving/test_deploy.py's.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from llmops.errors import ConfigError
 
 SAMPLE_JSONL = samples_dir() / "tasks_chat.jsonl"
 # model=hub reads its facts from this folder's config.json (Qwen2.5-0.5B-Instruct's, as published).
-HUB_DIR = Path(__file__).resolve().parent / "data" / "Qwen2.5-0.5B-Instruct"
+HUB_DIR = Path(__file__).resolve().parents[1] / "data" / "Qwen2.5-0.5B-Instruct"
 
 # What an option needs besides itself to make a runnable composition.
 _NEEDS = {

@@ -5,7 +5,7 @@ holds their SHA-256, taken from that writer before the stage moved to one pass p
 The inputs are copied into a temp folder and that folder's path is replaced by ``<DIR>`` (the
 bundled sample's folder by ``<SAMPLES>``) before hashing, so the digests do not depend on where
 the repository lives. To regenerate the digests
-(only for an intended change of the written form): ``python tests/test_data_written.py``.
+(only for an intended change of the written form): ``python tests/data/test_data_written.py``.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parent
 EXPECTED = DATA / "written.json"
-SAMPLE = Path(__file__).parent.parent / "llmops" / "data" / "samples" / "tasks_chat.jsonl"
+SAMPLE = Path(__file__).parents[2] / "llmops" / "data" / "samples" / "tasks_chat.jsonl"
 INPUTS = ("written_chat.jsonl", "written_pairs.jsonl", "written_text.jsonl", "dirty_tools.jsonl",
           "instruct_100.jsonl", "openai_tools.jsonl", "sharegpt_tools.json", "alpaca.json")
 CASES: dict[str, tuple[str, ...]] = {
@@ -78,7 +78,7 @@ def test_written_splits_are_byte_identical_to_the_row_by_row_writer(tmp_path, st
 
 
 if __name__ == "__main__":  # regenerate the digests with the llmops on sys.path
-    sys.path.insert(0, str(Path(__file__).parent))
+    sys.path.insert(0, str(Path(__file__).parents[1]))
     from conftest import _compile
 
     with tempfile.TemporaryDirectory() as tmp:

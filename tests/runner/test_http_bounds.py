@@ -2,7 +2,7 @@
 server trickles its answer (a client's timeout bounds each read only): the hub request of the
 reachability pre-flight and deploy's requests (Ollama's version, the endpoint's health and smoke
 chats). Real HTTP servers on 127.0.0.1 that send one byte every 0.2 s and stop by themselves.
-(The monitor's probes: tests/test_monitor_inputs.py.)
+(The monitor's probes: tests/monitor/test_monitor_inputs.py.)
 """
 
 from __future__ import annotations

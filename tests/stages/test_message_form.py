@@ -245,7 +245,7 @@ def test_no_stage_hands_a_template_a_string_argument(family, monkeypatch, tmp_pa
 
 
 def test_no_module_calls_a_template_but_through_the_one_render():
-    root = Path(__file__).parent.parent / "llmops"
+    root = Path(__file__).parents[2] / "llmops"
     calls = [f"{p.relative_to(root)}:{n}" for p in root.rglob("*.py")
              for n, line in enumerate(p.read_text("utf-8").splitlines(), 1)
              if re.search(r"\.apply_chat_template\(|render_jinja_template\(", line)

@@ -18,7 +18,7 @@ import pytest
 from llmops.core.context import StageContext
 from llmops.stages import data
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 QUICK = ("model.pretrain.n_examples=200", "model.pretrain.steps=30",
          "model.pretrain.batch_size=8", "model.pretrain.legacy_tools=[]")
 CUSTOM = ("data.columns.messages=dialog", "data.columns.tools=functions",

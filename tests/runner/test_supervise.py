@@ -110,7 +110,7 @@ def test_out_of_memory_in_training_stops_the_stage_with_peak_plan_and_fix(
     from llmops.runner.run import run_plan
 
     monkeypatch.setattr(supervise, "CHILD_MODULE", "fault_child")
-    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parents[1]))
     monkeypatch.setenv("LLMOPS_TEST_FAULT", fault)
     _, plan = compose_plan([*TRAIN_ONLY, "train.max_steps=3", f"store_dir={fault_store}",
                             "hardware=cpu"])

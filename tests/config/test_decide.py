@@ -13,7 +13,7 @@ from llmops.config.hydra.groups import option_files
 from llmops.config.usecase import UsecaseConfig
 from llmops.planning.decide import assess, no_go_message, red_flags, roi
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
 def _yaml(group: str, name: str) -> dict:

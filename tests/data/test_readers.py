@@ -12,7 +12,7 @@ from llmops.data.convert import FormatError
 from llmops.data.prepare import count_rejects
 from llmops.data.readers import read_source
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parent
 TAGS = {"role": "speaker", "content": "text", "user": "customer", "assistant": "agent",
         "function_call": "tool_use", "observation": "result"}
 

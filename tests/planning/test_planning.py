@@ -12,7 +12,7 @@ from llmops.config.hydra.groups import option_files
 from llmops.planning.fixes import suggest_fixes
 from llmops.planning.memory import estimate, lora_params, param_groups
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 R16 = {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"}
 NF4 = {"type": "nf4", "double_quant": True, "compute_dtype": "auto"}
 NONE = {"type": "none", "double_quant": False, "compute_dtype": "auto"}

@@ -18,7 +18,7 @@ from llmops.scoring.parsers import parse_task_api
 from llmops.scoring.split import add_losses, score_split
 from llmops.scoring.tolerance import Sample, tolerance
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 INSTRUCT = REPO / "tests" / "data" / "instruct_100.jsonl"
 BOUNDS = {"accuracy": 0.8, "format": 0.9, "safety": 0.8}
 

@@ -38,7 +38,7 @@ def test_cpu_resolves_device_precision_dtype_backend_and_one_thread_for_tiny():
     assert (r.device, r.precision, r.compute_dtype, r.backend) == ("cpu", "fp32", "float32", "hf")
     assert r.threads == 1
     # A 3B model on a CPU that holds it keeps torch's own thread count (on this 15.6 GB one its
-    # plan does not fit: exit 2, tests/test_stage_plan.py).
+    # plan does not fit: exit 2, tests/planning/test_stage_plan.py).
     big = dataclasses.replace(CPU, memory_gb=512.0)
     assert _resolve(big, "model=qwen3b")[1].threads is None
 

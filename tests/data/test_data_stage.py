@@ -149,7 +149,7 @@ def test_hub_model_lengths_are_its_tokenizer_tokens_through_its_chat_template(
     from transformers import AutoTokenizer
 
     folder = real_model("qwen2")
-    path = Path(__file__).parent / "data" / "openai_tools.jsonl"
+    path = Path(__file__).parent / "openai_tools.jsonl"
     p = stage_params("data", "data=files", f"data.path={path}", "data.max_length=4096",
                      "model=qwen0.5b", f"model.hub_id={folder}")
     report, out = run(tmp_path, p)
@@ -173,7 +173,7 @@ def test_hub_model_lengths_are_its_tokenizer_tokens_through_its_chat_template(
 
 
 def test_hub_id_lengths_come_from_the_local_hub_cache_only(tmp_path, stage_params):
-    path = Path(__file__).parent / "data" / "openai_tools.jsonl"
+    path = Path(__file__).parent / "openai_tools.jsonl"
     p = stage_params("data", "data=files", f"data.path={path}", "model=qwen0.5b",
                      "model.hub_id=llmops-tests/never-downloaded")
     report, _ = run(tmp_path, p)
