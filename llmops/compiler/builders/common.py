@@ -13,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-# typing_extensions' TypedDict: pydantic checks these types (tests/compiler/test_params_types.py), and on
-# Python < 3.12 it reads NotRequired and nested TypedDicts only from this one.
+# typing_extensions' TypedDict: pydantic checks these types (tests/compiler/test_params_types.py),
+# and on Python < 3.12 it reads NotRequired and nested TypedDicts only from this one.
 from typing_extensions import NotRequired, TypedDict
 
 from llmops.core.fingerprint import file_sha256
