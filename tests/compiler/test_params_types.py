@@ -5,8 +5,8 @@ stage module's `run` declares it. Here pydantic checks the params of every stage
 against that type, strictly and with extra keys forbidden: no key missing, no key extra, every
 value of its type. The plans: every option file of every group (one override on the default, on a
 CPU and on a faked H100, as tests/config/test_resolve.py fakes it), the combos that add the stages
-and keys one override cannot (sft_dpo, ddp, lm_eval, ollama/openai with monitor and release, nf4 on a
-GPU, a local hub model folder, a data file, a template file).
+and keys one override cannot (sft_dpo, ddp, lm_eval, ollama/openai with monitor and release, nf4
+on a GPU, a local hub model folder, a data file, a template file).
 """
 
 from __future__ import annotations
