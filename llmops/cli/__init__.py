@@ -2,7 +2,9 @@
 
 The pre-flight (preflight.py) composes, validates and compiles every point before Hydra launches
 anything, so any config problem, Hydra's own included, exits with code 2 and a readable message,
-and writes nothing. job.py runs one point; sweep.py plans and sums up a multirun.
+and writes nothing. job.py runs one point; sweep.py plans and sums up a multirun. A job in the
+pre-flight's process takes what the pre-flight checked: each point is validated and resolved once
+per process that runs it.
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from llmops.cli.job import _task, execute, run_job
+from llmops.cli.job import _task, execute, handed_over, run_job
 from llmops.cli.preflight import _preflight, check, preflight, show_cfg_check, to_plain
 from llmops.errors import EXIT_CONFIG, ConfigError
 
 if TYPE_CHECKING:
+    from llmops.cli.preflight import Checked
     from llmops.config.hydra.source import Source
 
 __all__ = ["check", "execute", "main", "preflight", "run_job", "show_cfg_check", "to_plain"]
@@ -27,14 +30,17 @@ def _hydra_app() -> None:
     hydra.main(config_path="pkg://llmops.conf", config_name="config", version_base="1.3")(_task)()
 
 
-def _run_single(overrides: list[str], source: Source | None = None) -> None:
+def _run_single(overrides: list[str], source: Source | None = None,
+                checked: Checked | None = None) -> None:
     """Runs one point the way Hydra's `run` does, on the pre-flight's composition.
 
     Hydra's app would compose the config twice more (once to find the mode, once to run); a single
     run reuses the composition the pre-flight checked and hands it to Hydra's own run_job (output
-    folder, .hydra/ files, logging, HydraConfig), so the job sees exactly what Hydra would give it.
+    folder, .hydra/ files, logging, HydraConfig), so the job sees exactly what Hydra would give it,
+    and hands the job the point the pre-flight validated, resolved and compiled (`checked`).
     """
     import copy
+    import functools
 
     from hydra._internal.callbacks import Callbacks
     from hydra.core.global_hydra import GlobalHydra
@@ -56,7 +62,8 @@ def _run_single(overrides: list[str], source: Source | None = None) -> None:
     try:
         ret = run_job(hydra_context=HydraContext(config_loader=config_loader(source),
                                                  callbacks=callbacks),
-                      task_function=_task, config=cfg, job_dir_key="hydra.run.dir",
+                      task_function=functools.partial(_task, checked=checked), config=cfg,
+                      job_dir_key="hydra.run.dir",
                       job_subdir_key=None, configure_logging=True)
         callbacks.on_run_end(config=cfg, config_name=source.config_name, job_return=ret)
         _ = ret.return_value  # re-raises the task's exception
@@ -91,9 +98,9 @@ def main(argv: list[str] | None = None) -> None:
             return
         if command.show_cfg:
             show_cfg_check(command)
-            sweep = None
+            sweep, checked = None, []
         else:
-            sweep = _preflight(command)
+            sweep, checked = _preflight(command)
     except ConfigError as exc:
         print(exc.render(), file=sys.stderr)
         sys.exit(EXIT_CONFIG)
@@ -101,14 +108,15 @@ def main(argv: list[str] | None = None) -> None:
         _hydra_app()
         return
     if sweep is None:
-        _run_single(command.overrides, command.source)
+        _run_single(command.overrides, command.source, checked[0])
         return
     if sweep.sweep_dir:
         from llmops.cli.sweep import pin_override
 
         args.append(pin_override(sweep.sweep_dir))  # jobs and the summary share one folder
     sys.argv = [sys.argv[0], *args]
-    _hydra_app()
+    with handed_over(checked):  # to the jobs Hydra's launcher runs in this process, if any
+        _hydra_app()
     if sweep.sweep_dir:
         from llmops.cli.sweep import print_summary
 

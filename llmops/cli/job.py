@@ -1,7 +1,10 @@
 """One job: the pure task function (`execute`) and the Hydra task around it (`run_job`).
 
 A sweep job's failure is recorded in its run folder and the sweep goes on; Ctrl-C and SIGTERM stop
-the job with finished stages kept in the store.
+the job with finished stages kept in the store. A job takes what the pre-flight checked in the
+same process (a single run: its plan; a sweep Hydra runs in this process: each point's validated,
+resolved config, matched by content, see `handed_over`) and validates and resolves only what no
+pre-flight of its process did (a job a launcher started in another process or on another node).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from llmops.cli.preflight import to_plain
+from llmops.cli.preflight import Checked, resolve_point
 from llmops.errors import (
     EXIT_INTERRUPTED,
     EXIT_TERMINATED,
@@ -26,9 +29,28 @@ from llmops.errors import (
 
 log = logging.getLogger("llmops")
 
+#: The points the pre-flight checked, by Checked.key, while Hydra runs them in this process.
+_HANDED: dict[tuple[str, Any], Checked] = {}
+
+
+@contextlib.contextmanager
+def handed_over(points: list[Checked]) -> Iterator[None]:
+    """Hands the pre-flight's checked points to the jobs Hydra runs in this process meanwhile.
+
+    A job whose config and environment match a point's takes its validated, resolved config
+    instead of validating it again (it still compiles: data files are hashed when the job runs).
+    Jobs in other processes (joblib, submitit) never see them: they resolve for themselves.
+    """
+    _HANDED.update((point.key, point) for point in points)
+    try:
+        yield
+    finally:
+        _HANDED.clear()
+
 
 def execute(cfg: Any, run_dir: Path | None = None, overrides: list[str] | None = None,
-            meta: dict[str, Any] | None = None, stage_process: bool = True) -> Any:
+            meta: dict[str, Any] | None = None, stage_process: bool = True,
+            checked: Checked | None = None) -> Any:
     """Runs the pipeline for one composed config (the pure task function behind the CLI).
 
     Args:
@@ -37,6 +59,8 @@ def execute(cfg: Any, run_dir: Path | None = None, overrides: list[str] | None =
         overrides: The overrides to record (default: Hydra's task overrides).
         meta: Extra manifest fields (a sweep job's sweep id, sweep folder and job number).
         stage_process: Run the stages in a stage process (llmops.runner.run.run_plan).
+        checked: This config as the pre-flight of this process checked it (a single run): its
+            plan is run as is. None: validated, resolved and compiled here (once).
 
     Returns:
         The tuned model's exact match (the metric sweepers optimise) as a finite float, or None
@@ -44,12 +68,7 @@ def execute(cfg: Any, run_dir: Path | None = None, overrides: list[str] | None =
     """
     from rich.console import Console
 
-    from llmops.cli.sweep import job_metric
-    from llmops.compiler.compile import compile_plan
-    from llmops.compiler.render import plan_table, print_summary
-    from llmops.config.validate import validate_and_resolve
-    from llmops.env import detect
-    from llmops.runner.run import run_plan
+    from llmops.compiler.render import plan_table
 
     if run_dir is None or overrides is None:
         from hydra.core.hydra_config import HydraConfig
@@ -57,8 +76,8 @@ def execute(cfg: Any, run_dir: Path | None = None, overrides: list[str] | None =
         hc = HydraConfig.get()
         run_dir = run_dir or Path(hc.runtime.output_dir)
         overrides = overrides if overrides is not None else task_overrides(hc)
-    app, resolved = validate_and_resolve(to_plain(cfg), detect())
-    plan = compile_plan(app, resolved)
+    checked = checked or resolve_point(cfg, handed=_HANDED)
+    app, plan = checked.app, checked.plan
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
     console.print(plan_table(plan))
     if app.dry_run:
@@ -73,6 +92,10 @@ def execute(cfg: Any, run_dir: Path | None = None, overrides: list[str] | None =
             console.print(compute_table(estimate))
         console.print(f"dry run: nothing ran. Plan written to {Path(run_dir) / 'plan.json'}")
         return None
+    from llmops.cli.sweep import job_metric
+    from llmops.compiler.render import print_summary
+    from llmops.runner.run import run_plan
+
     manifest = run_plan(plan, Path(run_dir), overrides, meta, stage_process)
     report = _eval_report(Path(run_dir))
     print_summary(console, manifest, report, Path(run_dir))  # never fails the finished run
@@ -91,19 +114,23 @@ def _fail(exc: LlmopsError) -> None:
     sys.exit(exc.exit_code)
 
 
-def run_job(cfg: Any) -> Any:
+def run_job(cfg: Any, checked: Checked | None = None) -> Any:
     """The Hydra task: runs one point; returns the metric sweepers optimise.
 
     In a multirun a failing point (stage error, gate failure, invalid point) is recorded in its
     run folder (sweep_job.json, manifest.json) and returns None, or the tuned metric for a gate
     failure, so Hydra goes on with the other points; `main` exits non-zero at the end.
+
+    Args:
+        cfg: The job's config, as Hydra hands it to the task.
+        checked: A single run's point as the pre-flight of this process checked it.
     """
     from llmops.cli.sweep import job_context, record_job
 
     job = job_context()
     if job is None:
         try:
-            return execute(cfg)
+            return execute(cfg, checked=checked)
         except LlmopsError as exc:
             _fail(exc)
     from hydra.core.hydra_config import HydraConfig
@@ -184,10 +211,10 @@ def _tuned_metric(run_dir: Path) -> float | None:
     return job_metric(_eval_report(run_dir))
 
 
-def _task(cfg: Any) -> Any:
+def _task(cfg: Any, checked: Checked | None = None) -> Any:
     try:
         with _sigterm_as_interrupt():
-            return run_job(cfg)
+            return run_job(cfg, checked)
     except KeyboardInterrupt as exc:
         what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
         print(f"\n{what}: finished stages stay in the store; rerun to resume.", file=sys.stderr)

@@ -3,6 +3,10 @@
 Any config problem, Hydra's own included, raises one ConfigError listing every problem, so the
 command exits with code 2 and a readable message, and writes nothing. A real run (not a dry run)
 of a hub model then checks that the model can be had (reachability.py), also exit 2 if not.
+
+Each point is validated and resolved once per process: what the pre-flight checked (a `Checked`)
+is handed to the job when Hydra runs it in the same process (job.py); a job a launcher moves to
+another process or node (joblib, submitit) resolves its "auto" values there, once.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from llmops.errors import ConfigError, Problem
@@ -17,6 +22,31 @@ from llmops.errors import ConfigError, Problem
 if TYPE_CHECKING:
     from llmops.config.hydra.command import Command
     from llmops.config.hydra.source import Source
+
+
+@dataclass(frozen=True)
+class Checked:
+    """One point as the pre-flight validated, resolved and compiled it.
+
+    Attributes:
+        key: What a job in this process matches it by: (its plain config as canonical JSON, the
+            environment it was resolved for).
+        app: The validated config (llmops.config.schema.AppConfig).
+        resolved: Its "auto" values, resolved for that environment (planning.resolve.Resolved).
+        plan: The compiled Plan.
+    """
+
+    key: tuple[str, Any]
+    app: Any
+    resolved: Any
+    plan: Any
+
+
+def point_key(plain: dict[str, Any], env: Any) -> tuple[str, Any]:
+    """Returns what identifies a validate-and-resolve: the plain config and the environment."""
+    import json
+
+    return json.dumps(plain, sort_keys=True, separators=(",", ":"), default=repr), env
 
 
 def to_plain(cfg: Any) -> dict[str, Any]:
@@ -53,6 +83,10 @@ def check(overrides: list[str], source: Source | None = None) -> Any:
     Raises:
         ConfigError: Every problem found.
     """
+    return _check(overrides, source).plan
+
+
+def _check(overrides: list[str], source: Source | None = None) -> Checked:
     from llmops.config.hydra.compose import compose
     from llmops.config.hydra.hydra_checks import RUN_DIR, hydra_problems
     from llmops.config.hydra.source import DEFAULT
@@ -61,15 +95,15 @@ def check(overrides: list[str], source: Source | None = None) -> Any:
     cfg = compose(overrides, return_hydra_config=True, source=source or DEFAULT)
     hard = hydra_problems(cfg, RUN_DIR)
     try:
-        plan = _compile(cfg)
+        checked = resolve_point(cfg)
     except ConfigError as exc:
         raise ConfigError(_merge(hard, exc.problems)) from None
     if hard:
         raise ConfigError(hard)
-    model = model_to_load(cfg, plan)
+    model = model_to_load(cfg, checked.plan)
     if model:
         reachable(model, total_s=float(cfg.limits.http_total_seconds))
-    return plan
+    return checked
 
 
 #: Stage kinds that never load the model's weights (data only tries its tokenizer, offline).
@@ -112,12 +146,32 @@ def _merge(first: list[Problem], more: list[Problem]) -> list[Problem]:
     return first + [p for p in more if p.key not in keys]
 
 
-def _compile(cfg: Any, env: Any = None) -> Any:
+def resolve_point(cfg: Any, env: Any = None,
+                  handed: dict[tuple[str, Any], Checked] | None = None) -> Checked:
+    """Validates and resolves one composed point, then compiles it.
+
+    Args:
+        cfg: The composed config (its hydra node, if any, is left out).
+        env: The environment (llmops.env.Environment); detected when None.
+        handed: Points the pre-flight checked in this process, by key: a match is not validated
+            and resolved again (only compiled: its data files are hashed as they are now).
+
+    Raises:
+        ConfigError: Every problem found.
+    """
     from llmops.compiler.compile import compile_plan
-    from llmops.config.validate import validate_and_resolve
     from llmops.env import detect
 
-    return compile_plan(*validate_and_resolve(to_plain(cfg), env or detect()))
+    plain = to_plain(cfg)
+    key = point_key(plain, env or detect())
+    found = (handed or {}).get(key)
+    if found is not None:
+        app, resolved = found.app, found.resolved
+    else:
+        from llmops.config.validate import validate_and_resolve
+
+        app, resolved = validate_and_resolve(plain, key[1])
+    return Checked(key, app, resolved, compile_plan(app, resolved))
 
 
 def preflight(argv: list[str]) -> Any:
@@ -133,7 +187,7 @@ def preflight(argv: list[str]) -> Any:
     if command.show_cfg:
         show_cfg_check(command)
         return None
-    return _preflight(command)
+    return _preflight(command)[0]
 
 
 def show_cfg_check(command: Command) -> None:
@@ -147,7 +201,8 @@ def show_cfg_check(command: Command) -> None:
         raise ConfigError(problems)
 
 
-def _preflight(command: Command) -> Any:
+def _preflight(command: Command) -> tuple[Any, list[Checked]]:
+    """Returns (the Sweep, or None for a single run; the points it checked, valid ones only)."""
     from llmops.cli.sweep import plan_sweep
     from llmops.config.hydra.compose import compose
     from llmops.config.hydra.hydra_checks import SWEEP_DIR, hydra_problems
@@ -156,8 +211,7 @@ def _preflight(command: Command) -> Any:
     overrides, source = command.overrides, command.source
     sweep = plan_sweep(overrides, command.multirun, source)
     if sweep is None:
-        check(overrides, source)
-        return None
+        return None, [_check(overrides, source)]
     # The multirun's own composition: Hydra instantiates its callbacks, sweeper and launcher.
     own = compose(_fixed(overrides), return_hydra_config=True, source=source)
     hard = hydra_problems(own, SWEEP_DIR)
@@ -177,6 +231,7 @@ def _preflight(command: Command) -> Any:
         os.environ[CONCURRENT_JOBS_ENV] = str(jobs)
         env = shared_by(env, jobs)
     soft: list[Problem] = []
+    checked: list[Checked] = []
     models: list[str | None] = []
     total_s = math.inf  # the smallest limits.http_total_seconds of the points
     for point in sweep.points:
@@ -190,12 +245,12 @@ def _preflight(command: Command) -> Any:
             hard += [Problem(p.key, p.message + tag) for p in problems]
             continue
         try:
-            plan = _compile(cfg, env)
+            checked.append(resolve_point(cfg, env))
         except ConfigError as exc:
             soft += [Problem(p.key, p.message + tag) for p in exc.problems]
             sweep.invalid.append(sweep.label(point))
             continue
-        models.append(model_to_load(cfg, plan))
+        models.append(model_to_load(cfg, checked[-1].plan))
         total_s = min(total_s, float(cfg.limits.http_total_seconds))
     if hard or (soft and (not sweep.skip_invalid or len(sweep.invalid) == len(sweep.points))):
         raise ConfigError(hard + soft)
@@ -204,7 +259,7 @@ def _preflight(command: Command) -> Any:
         print(f"skip_invalid: {len(sweep.invalid)} of {len(sweep.points)} sweep points are "
               f"invalid and will be skipped:\n" + "\n".join(f"  - {p}" for p in soft),
               file=sys.stderr)
-    return sweep
+    return sweep, checked
 
 
 def _fixed(overrides: list[str]) -> list[str]:

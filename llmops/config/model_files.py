@@ -28,6 +28,14 @@ def is_local_path(hub_id: str) -> bool:
 
 def cached_file(hub_id: str, name: str) -> Path | None:
     """Returns a hub model's file from the local Hugging Face cache, or None (never downloads)."""
+    import os
+
+    from huggingface_hub import constants
+
+    # huggingface_hub's lookup (which imports its HTTP stack) finds nothing without this folder
+    if not os.path.isdir(os.path.join(constants.HF_HUB_CACHE, "--".join(["models",
+                                                                          *hub_id.split("/")]))):
+        return None
     from huggingface_hub import try_to_load_from_cache
     from huggingface_hub.errors import HFValidationError
 
