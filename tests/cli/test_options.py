@@ -14,6 +14,7 @@ from llmops.cli.options import _UNSET, render, rows
 from llmops.config.hydra.compose import compose
 from llmops.config.hydra.groups import group_options, groups
 from llmops.config.schema import AppConfig
+from llmops.errors import ConfigError
 
 
 def _schema_keys(model: type[BaseModel], prefix: str = "") -> set[str]:
@@ -125,3 +126,14 @@ def test_a_key_named_with_its_group_prefix_gets_the_key():
             compose([f"{typed}=1"])
         (problem,) = info.value.problems
         assert problem.message.startswith(f"unknown key. Did you mean '{meant}'?"), problem
+
+
+@pytest.mark.parametrize("group, base", sorted(
+    (p.parent.name, p.stem) for p in llmops.conf.FOLDER.glob("*/_*.yaml")))
+def test_a_groups_base_is_refused_as_an_option_naming_the_options(group, base):
+    with pytest.raises(ConfigError) as e:
+        compose([f"{group}={base}"])
+    (problem,) = e.value.problems
+    assert problem.key == group and "not an option" in problem.message
+    assert all(o in problem.message for o in group_options(group))
+    assert base not in group_options(group)

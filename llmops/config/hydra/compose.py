@@ -72,7 +72,7 @@ def _hydra_compose(overrides: list[str], source: Source) -> Any:
 def _compose(overrides: list[str], return_hydra_config: bool, source: Source) -> Any:
     from omegaconf import open_dict
 
-    problems = parse_problems(overrides)
+    problems = parse_problems(overrides) + base_problems(overrides)
     bad = {ov for ov, _ in problems}
     remaining = [ov for ov in overrides if ov not in bad]
     problems = [p for _, p in problems]
@@ -126,6 +126,23 @@ def _with_hint(problem: Problem, culprit: str | None, cfg: Any) -> Problem:
     hint = unknown_key_hint(problem.key, culprit, cfg)
     return Problem(problem.key, f"{UNKNOWN_KEY}{hint} Fix the spelling, or list keys with "
                                 "--cfg job.")
+
+
+def base_problems(overrides: Sequence[str]) -> list[tuple[str, Problem]]:
+    """Refuses a group's base (conf/<group>/_base.yaml, which its options inherit) chosen as if it
+    were an option (lora=_base): Hydra would compose it, but it is no complete option."""
+    found = []
+    for ov in overrides:
+        m = re.match(r"^[+~]?([A-Za-z_]\w*)(@[\w.]+)?=(.*)$", ov)
+        if not m or m.group(1) not in groups():
+            continue
+        based = [v.strip() for v in m.group(3).split(",") if v.strip().startswith("_")]
+        if based:
+            options = group_options(m.group(1))
+            found.append((ov, Problem(m.group(1), (
+                f"'{based[0]}' is the base that this group's options inherit, not an option. "
+                f"Options: {', '.join(options)}."))))
+    return found
 
 
 def parse_problems(overrides: Sequence[str]) -> list[tuple[str, Problem]]:
