@@ -4,9 +4,10 @@
 
 Runs the whole chain (python -m llmops) once per model, in a child process with a fresh store,
 so every stage runs: the tiny default (data=task_api), and model=hub on small Qwen2, Llama 3 and
-Qwen3-template models on their real vocabularies (tests/real_models.py; Qwen3 built here with
-Qwen3Config + the Qwen2 vocabulary + TRL's qwen3.jinja) with tool-calling rows at the length limit
-(data.max_length) and the default batch sizes, train.max_steps=2, eval.limit small, deploy=openai.
+Qwen3-template models on their real vocabularies (tests/real_models.py; Qwen3: Qwen3Config +
+the Qwen2 vocabulary + its added tokens + TRL's qwen3.jinja) with tool-calling rows at the length
+limit (data.max_length) and the default batch sizes, train.max_steps=2, eval.limit small,
+deploy=openai.
 
 Measured: on a CPU the stage's own peak resident set (the kernel's VmHWM, reset before the stage
 through /proc/self/clear_refs, read after it) and the peak of the child processes it started
@@ -51,31 +52,6 @@ def _rows(n: int, words: int) -> list[dict]:
             {"role": "user", "content": f"row {i}: " + " ".join(body)},
             {"role": "assistant", "content": None, "tool_calls": [call]}], "tools": tools})
     return out
-
-
-def _qwen3(cache: Path) -> Path:
-    """A Qwen3 model (Qwen3Config, head_dim set) on the Qwen2 vocabulary with TRL's qwen3.jinja."""
-    import real_models
-
-    fam = real_models.Family("qwen3", "ggml-vocab-qwen2.gguf", "qwen3.jinja", "Qwen3Config",
-                             eos="<|im_end|>", pad="<|endoftext|>", bos=None,
-                             tie_embeddings=True)
-    dest = cache / f"qwen3-h64-l2-r{real_models.RECIPE}"
-    if not (dest / "llmops_test_model.json").is_file():
-        real_models.FAMILIES["qwen3"] = fam
-        import transformers
-
-        orig = transformers.Qwen3Config
-
-        def config(**kw):
-            return orig(head_dim=16, **kw)
-
-        transformers.Qwen3Config = config
-        try:
-            real_models._build(fam, dest, 64, 2, 0)
-        finally:
-            transformers.Qwen3Config = orig
-    return dest
 
 
 def _measure_child(out: Path, overrides: list[str]) -> None:
@@ -243,9 +219,8 @@ def main() -> None:
     hub = ["data=files", f"data.path={data}", f"data.max_length={args.length}",
            f"train.max_length={args.length}", "model=hub"]
     cases = {"tiny": common}
-    for fam in ("qwen2", "llama"):
+    for fam in ("qwen2", "llama", "qwen3"):
         cases[fam] = [*hub, f"model.hub_id={real_models.build_real_model(fam, cache)}", *common]
-    cases["qwen3"] = [*hub, f"model.hub_id={_qwen3(cache)}", *common]
     for name in args.only.split(","):
         if args.report:
             report(name, cases[name], work, "measured earlier")
