@@ -9,10 +9,12 @@ the Qwen2 vocabulary + its added tokens + TRL's qwen3.jinja) with tool-calling r
 limit (data.max_length) and the default batch sizes, train.max_steps=2, eval.limit small,
 deploy=openai.
 
-Measured: on a CPU the stage's own peak resident set (the kernel's VmHWM, reset before the stage
-through /proc/self/clear_refs, read after it) and the peak of the child processes it started
-(llama.cpp's converter and server: RUSAGE_CHILDREN); on a GPU torch.cuda.max_memory_allocated
-(reset per stage). The estimate is compute_plan.json's `stages` (llmops.planning.stage_memory).
+Measured in the job's stage process (llmops.runner.child, which this module stands in for): on a
+CPU the stage's own peak resident set (the kernel's VmHWM, reset before the stage through
+/proc/self/clear_refs, read after it; its resident set at the start beside it) and the peak of
+the child processes it started (llama.cpp's converter and server: sampled every 50 ms, see
+_Sampler); on a GPU torch.cuda.max_memory_allocated (reset per stage). The estimate is
+compute_plan.json's `stages` (llmops.planning.stage_memory).
 A watchdog kills a child whose memory passes --cap-gb and reports the stage it was in.
 Prints: stage, estimate GB, measured GB, ratio (measured / estimate); target 0.8-1.25.
 """
@@ -22,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -32,6 +33,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
+
+#: Where the stage process writes its measurements (set by the runner side, _measure_child).
+_OUT_ENV = "LLMOPS_BENCH_STAGE_MEMORY"
 
 FILLER = ("please keep a careful record of every task that the team has planned for the next "
           "release and note who owns each one and when it is due ")
@@ -54,13 +58,40 @@ def _rows(n: int, words: int) -> list[dict]:
     return out
 
 
-def _measure_child(out: Path, overrides: list[str]) -> None:
-    """Runs llmops in this process with every stage's run wrapped to record its peak."""
-    import llmops.runner.run as runner
+class _Sampler(threading.Thread):
+    """Samples the resident memory of this process's children (llama.cpp's converter, the
+    server) every 50 ms: their peak, and the peak of this process and them together.
 
-    # A rerun on the same store (--work) measures only the stages that run again: keep the rest.
-    results: dict[str, dict] = json.loads(out.read_text()) if out.is_file() else {}
-    orig = runner._stage_module
+    Not RUSAGE_CHILDREN: Linux carries the parent's resident set at the fork into the child's
+    ru_maxrss (exec keeps the old mm's high-water mark), so a small server started by a large
+    stage process reads as large as its parent."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.stop = threading.Event()
+        self.kids = self.tree = 0
+
+    def run(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while not self.stop.wait(0.05):
+            kids = 0
+            for p in me.children(recursive=True):
+                try:
+                    kids += p.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.kids = max(self.kids, kids)
+            self.tree = max(self.tree, kids + me.memory_info().rss)
+
+
+def _measure_stages(out: Path, argv: list[str]) -> int:
+    """The job's stage process (llmops.runner.child) with every stage's run wrapped to record
+    its peak into `out` (the runner starts this module in its place, see _measure_child)."""
+    import llmops.runner.child as child
+
+    orig = child.run_stage
 
     def status_kb(key: str) -> int:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -68,45 +99,54 @@ def _measure_child(out: Path, overrides: list[str]) -> None:
                 return int(line.split()[1])
         return 0
 
-    def wrapped(kind: str):
-        module = orig(kind)
-        if getattr(module, "_bench_wrapped", False):
-            return module
-        run = module.run
+    def run_measured(request: dict) -> None:
+        kind = request["kind"]
+        cuda = request["ctx"]["device"].startswith("cuda")
+        if cuda:
+            import torch
 
-        def run_measured(params, inputs, out_dir, ctx):
-            cuda = ctx.device.startswith("cuda")
+            torch.cuda.reset_peak_memory_stats()
+        Path("/proc/self/clear_refs").write_text("5")
+        rss0 = status_kb("VmRSS")
+        sampler = _Sampler()
+        sampler.start()
+        t0 = time.perf_counter()
+        try:
+            return orig(request)
+        finally:
+            sampler.stop.set()
+            sampler.join()
+            rec = {"rss_gb": status_kb("VmHWM") / 2**20, "start_gb": rss0 / 2**20,
+                   "children_gb": sampler.kids / 2**30, "tree_gb": sampler.tree / 2**30,
+                   "seconds": round(time.perf_counter() - t0, 1)}
             if cuda:
                 import torch
 
-                torch.cuda.reset_peak_memory_stats()
-            Path("/proc/self/clear_refs").write_text("5")
-            kids0 = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-            t0 = time.perf_counter()
-            try:
-                return run(params, inputs, out_dir, ctx)
-            finally:
-                kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-                rec = {"rss_gb": status_kb("VmHWM") / 2**20,
-                       "children_gb": kids / 2**20 if kids > kids0 else 0.0,
-                       "seconds": round(time.perf_counter() - t0, 1)}
-                if cuda:
-                    import torch
+                rec["cuda_gb"] = torch.cuda.max_memory_allocated() / 2**30
+            # A rerun on the same store (--work) measures only the stages that run again.
+            results = json.loads(out.read_text()) if out.is_file() else {}
+            results[kind] = rec
+            out.write_text(json.dumps(results))
 
-                    rec["cuda_gb"] = torch.cuda.max_memory_allocated() / 2**30
-                results[kind] = rec
-                out.write_text(json.dumps(results))
+    child.run_stage = run_measured
+    return child.main(argv)
 
-        module.run = run_measured
-        module._bench_wrapped = True
-        return module
 
-    runner._stage_module = wrapped
+def _measure_child(out: Path, overrides: list[str]) -> None:
+    """Runs llmops in this process (the runner); its stage process is this module in
+    _measure_stages's role, which records each stage's peak."""
+    import llmops.runner.supervise as supervise
+
+    os.environ[_OUT_ENV] = str(out)
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(Path(__file__).resolve().parent), os.environ.get("PYTHONPATH")) if p)
+    supervise.CHILD_MODULE = Path(__file__).stem
     from llmops.cli import main
 
     try:
         main(overrides)
     except SystemExit as e:
+        results = json.loads(out.read_text()) if out.is_file() else {}
         results["_exit"] = {"code": e.code}
         out.write_text(json.dumps(results))
 
@@ -176,18 +216,25 @@ def report(name: str, overrides: list[str], work: Path, status: str = "") -> Non
                   f"{'-':>11} {'-':>6}  did not run")
             continue
         gb = e["device_gb"] if e["on"] == "device" and "cuda_gb" in m else e["host_gb"]
-        # deploy's server runs beside the stage process: both count; elsewhere a child runs
-        # while the stage process waits, so the larger of the two is the stage's peak.
-        both = m["rss_gb"] + m["children_gb"] if stage == "deploy" else \
-            max(m["rss_gb"], m["children_gb"])
+        # deploy's server runs beside the stage process: both count (sampled together; an
+        # earlier run's record without tree_gb: the sum of the two peaks); elsewhere a child
+        # runs while the stage process waits, so the larger of the two is the stage's peak.
+        if stage == "deploy":
+            both = max(m["rss_gb"], m["tree_gb"]) if "tree_gb" in m else \
+                m["rss_gb"] + m["children_gb"]
+        else:
+            both = max(m["rss_gb"], m["children_gb"])
         meas = m.get("cuda_gb") if e["on"] == "device" and "cuda_gb" in m else both
         print(f"{stage:10} {gb:11.2f} {meas:11.2f} {meas / gb:6.2f}  "
-              f"stage {m['rss_gb']:.2f} GB, children {m['children_gb']:.2f} GB, "
+              f"stage {m['rss_gb']:.2f} GB (from {m.get('start_gb', 0):.2f}), "
+              f"children {m['children_gb']:.2f} GB, together {m.get('tree_gb', 0):.2f} GB, "
               f"{m['seconds']} s")
     sys.stdout.flush()
 
 
 def main() -> None:
+    if os.environ.get(_OUT_ENV) and len(sys.argv) == 3 and sys.argv[1].isdigit():
+        sys.exit(_measure_stages(Path(os.environ[_OUT_ENV]), sys.argv[1:]))
     if len(sys.argv) > 2 and sys.argv[1] == "--child":
         _measure_child(Path(sys.argv[2]), sys.argv[3:])
         return
