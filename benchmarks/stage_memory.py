@@ -227,8 +227,9 @@ def report(name: str, overrides: list[str], work: Path, status: str = "") -> Non
         meas = m.get("cuda_gb") if e["on"] == "device" and "cuda_gb" in m else both
         print(f"{stage:10} {gb:11.2f} {meas:11.2f} {meas / gb:6.2f}  "
               f"stage {m['rss_gb']:.2f} GB (from {m.get('start_gb', 0):.2f}), "
-              f"children {m['children_gb']:.2f} GB, together {m.get('tree_gb', 0):.2f} GB, "
-              f"{m['seconds']} s")
+              f"children {m['children_gb']:.2f} GB, "
+              + (f"together {m['tree_gb']:.2f} GB, " if "tree_gb" in m else "")
+              + f"{m['seconds']} s")
     sys.stdout.flush()
 
 
