@@ -4,14 +4,17 @@
 
 Runs the whole chain (python -m llmops) once per model, in a child process with a fresh store,
 so every stage runs: the tiny default (data=task_api), and model=hub on small Qwen2, Llama 3 and
-Qwen3-template models on their real vocabularies (tests/real_models.py; Qwen3 built here with
-Qwen3Config + the Qwen2 vocabulary + TRL's qwen3.jinja) with tool-calling rows at the length limit
-(data.max_length) and the default batch sizes, train.max_steps=2, eval.limit small, deploy=openai.
+Qwen3-template models on their real vocabularies (tests/real_models.py; Qwen3: Qwen3Config +
+the Qwen2 vocabulary + its added tokens + TRL's qwen3.jinja) with tool-calling rows at the length
+limit (data.max_length) and the default batch sizes, train.max_steps=2, eval.limit small,
+deploy=openai.
 
-Measured: on a CPU the stage's own peak resident set (the kernel's VmHWM, reset before the stage
-through /proc/self/clear_refs, read after it) and the peak of the child processes it started
-(llama.cpp's converter and server: RUSAGE_CHILDREN); on a GPU torch.cuda.max_memory_allocated
-(reset per stage). The estimate is compute_plan.json's `stages` (llmops.planning.stage_memory).
+Measured in the job's stage process (llmops.runner.child, which this module stands in for): on a
+CPU the stage's own peak resident set (the kernel's VmHWM, reset before the stage through
+/proc/self/clear_refs, read after it; its resident set at the start beside it) and the peak of
+the child processes it started (llama.cpp's converter and server: sampled every 50 ms, see
+_Sampler); on a GPU torch.cuda.max_memory_allocated (reset per stage). The estimate is
+compute_plan.json's `stages` (llmops.planning.stage_memory).
 A watchdog kills a child whose memory passes --cap-gb and reports the stage it was in.
 Prints: stage, estimate GB, measured GB, ratio (measured / estimate); target 0.8-1.25.
 """
@@ -21,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -31,6 +33,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
+
+#: Where the stage process writes its measurements (set by the runner side, _measure_child).
+_OUT_ENV = "LLMOPS_BENCH_STAGE_MEMORY"
 
 FILLER = ("please keep a careful record of every task that the team has planned for the next "
           "release and note who owns each one and when it is due ")
@@ -53,38 +58,40 @@ def _rows(n: int, words: int) -> list[dict]:
     return out
 
 
-def _qwen3(cache: Path) -> Path:
-    """A Qwen3 model (Qwen3Config, head_dim set) on the Qwen2 vocabulary with TRL's qwen3.jinja."""
-    import real_models
+class _Sampler(threading.Thread):
+    """Samples the resident memory of this process's children (llama.cpp's converter, the
+    server) every 50 ms: their peak, and the peak of this process and them together.
 
-    fam = real_models.Family("qwen3", "ggml-vocab-qwen2.gguf", "qwen3.jinja", "Qwen3Config",
-                             eos="<|im_end|>", pad="<|endoftext|>", bos=None,
-                             tie_embeddings=True)
-    dest = cache / f"qwen3-h64-l2-r{real_models.RECIPE}"
-    if not (dest / "llmops_test_model.json").is_file():
-        real_models.FAMILIES["qwen3"] = fam
-        import transformers
+    Not RUSAGE_CHILDREN: Linux carries the parent's resident set at the fork into the child's
+    ru_maxrss (exec keeps the old mm's high-water mark), so a small server started by a large
+    stage process reads as large as its parent."""
 
-        orig = transformers.Qwen3Config
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.stop = threading.Event()
+        self.kids = self.tree = 0
 
-        def config(**kw):
-            return orig(head_dim=16, **kw)
+    def run(self) -> None:
+        import psutil
 
-        transformers.Qwen3Config = config
-        try:
-            real_models._build(fam, dest, 64, 2, 0)
-        finally:
-            transformers.Qwen3Config = orig
-    return dest
+        me = psutil.Process()
+        while not self.stop.wait(0.05):
+            kids = 0
+            for p in me.children(recursive=True):
+                try:
+                    kids += p.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.kids = max(self.kids, kids)
+            self.tree = max(self.tree, kids + me.memory_info().rss)
 
 
-def _measure_child(out: Path, overrides: list[str]) -> None:
-    """Runs llmops in this process with every stage's run wrapped to record its peak."""
-    import llmops.runner.run as runner
+def _measure_stages(out: Path, argv: list[str]) -> int:
+    """The job's stage process (llmops.runner.child) with every stage's run wrapped to record
+    its peak into `out` (the runner starts this module in its place, see _measure_child)."""
+    import llmops.runner.child as child
 
-    # A rerun on the same store (--work) measures only the stages that run again: keep the rest.
-    results: dict[str, dict] = json.loads(out.read_text()) if out.is_file() else {}
-    orig = runner._stage_module
+    orig = child.run_stage
 
     def status_kb(key: str) -> int:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -92,45 +99,54 @@ def _measure_child(out: Path, overrides: list[str]) -> None:
                 return int(line.split()[1])
         return 0
 
-    def wrapped(kind: str):
-        module = orig(kind)
-        if getattr(module, "_bench_wrapped", False):
-            return module
-        run = module.run
+    def run_measured(request: dict) -> None:
+        kind = request["kind"]
+        cuda = request["ctx"]["device"].startswith("cuda")
+        if cuda:
+            import torch
 
-        def run_measured(params, inputs, out_dir, ctx):
-            cuda = ctx.device.startswith("cuda")
+            torch.cuda.reset_peak_memory_stats()
+        Path("/proc/self/clear_refs").write_text("5")
+        rss0 = status_kb("VmRSS")
+        sampler = _Sampler()
+        sampler.start()
+        t0 = time.perf_counter()
+        try:
+            return orig(request)
+        finally:
+            sampler.stop.set()
+            sampler.join()
+            rec = {"rss_gb": status_kb("VmHWM") / 2**20, "start_gb": rss0 / 2**20,
+                   "children_gb": sampler.kids / 2**30, "tree_gb": sampler.tree / 2**30,
+                   "seconds": round(time.perf_counter() - t0, 1)}
             if cuda:
                 import torch
 
-                torch.cuda.reset_peak_memory_stats()
-            Path("/proc/self/clear_refs").write_text("5")
-            kids0 = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-            t0 = time.perf_counter()
-            try:
-                return run(params, inputs, out_dir, ctx)
-            finally:
-                kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-                rec = {"rss_gb": status_kb("VmHWM") / 2**20,
-                       "children_gb": kids / 2**20 if kids > kids0 else 0.0,
-                       "seconds": round(time.perf_counter() - t0, 1)}
-                if cuda:
-                    import torch
+                rec["cuda_gb"] = torch.cuda.max_memory_allocated() / 2**30
+            # A rerun on the same store (--work) measures only the stages that run again.
+            results = json.loads(out.read_text()) if out.is_file() else {}
+            results[kind] = rec
+            out.write_text(json.dumps(results))
 
-                    rec["cuda_gb"] = torch.cuda.max_memory_allocated() / 2**30
-                results[kind] = rec
-                out.write_text(json.dumps(results))
+    child.run_stage = run_measured
+    return child.main(argv)
 
-        module.run = run_measured
-        module._bench_wrapped = True
-        return module
 
-    runner._stage_module = wrapped
+def _measure_child(out: Path, overrides: list[str]) -> None:
+    """Runs llmops in this process (the runner); its stage process is this module in
+    _measure_stages's role, which records each stage's peak."""
+    import llmops.runner.supervise as supervise
+
+    os.environ[_OUT_ENV] = str(out)
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(Path(__file__).resolve().parent), os.environ.get("PYTHONPATH")) if p)
+    supervise.CHILD_MODULE = Path(__file__).stem
     from llmops.cli import main
 
     try:
         main(overrides)
     except SystemExit as e:
+        results = json.loads(out.read_text()) if out.is_file() else {}
         results["_exit"] = {"code": e.code}
         out.write_text(json.dumps(results))
 
@@ -200,18 +216,26 @@ def report(name: str, overrides: list[str], work: Path, status: str = "") -> Non
                   f"{'-':>11} {'-':>6}  did not run")
             continue
         gb = e["device_gb"] if e["on"] == "device" and "cuda_gb" in m else e["host_gb"]
-        # deploy's server runs beside the stage process: both count; elsewhere a child runs
-        # while the stage process waits, so the larger of the two is the stage's peak.
-        both = m["rss_gb"] + m["children_gb"] if stage == "deploy" else \
-            max(m["rss_gb"], m["children_gb"])
+        # deploy's server runs beside the stage process: both count (sampled together; an
+        # earlier run's record without tree_gb: the sum of the two peaks); elsewhere a child
+        # runs while the stage process waits, so the larger of the two is the stage's peak.
+        if stage == "deploy":
+            both = max(m["rss_gb"], m["tree_gb"]) if "tree_gb" in m else \
+                m["rss_gb"] + m["children_gb"]
+        else:
+            both = max(m["rss_gb"], m["children_gb"])
         meas = m.get("cuda_gb") if e["on"] == "device" and "cuda_gb" in m else both
         print(f"{stage:10} {gb:11.2f} {meas:11.2f} {meas / gb:6.2f}  "
-              f"stage {m['rss_gb']:.2f} GB, children {m['children_gb']:.2f} GB, "
-              f"{m['seconds']} s")
+              f"stage {m['rss_gb']:.2f} GB (from {m.get('start_gb', 0):.2f}), "
+              f"children {m['children_gb']:.2f} GB, "
+              + (f"together {m['tree_gb']:.2f} GB, " if "tree_gb" in m else "")
+              + f"{m['seconds']} s")
     sys.stdout.flush()
 
 
 def main() -> None:
+    if os.environ.get(_OUT_ENV) and len(sys.argv) == 3 and sys.argv[1].isdigit():
+        sys.exit(_measure_stages(Path(os.environ[_OUT_ENV]), sys.argv[1:]))
     if len(sys.argv) > 2 and sys.argv[1] == "--child":
         _measure_child(Path(sys.argv[2]), sys.argv[3:])
         return
@@ -243,9 +267,8 @@ def main() -> None:
     hub = ["data=files", f"data.path={data}", f"data.max_length={args.length}",
            f"train.max_length={args.length}", "model=hub"]
     cases = {"tiny": common}
-    for fam in ("qwen2", "llama"):
+    for fam in ("qwen2", "llama", "qwen3"):
         cases[fam] = [*hub, f"model.hub_id={real_models.build_real_model(fam, cache)}", *common]
-    cases["qwen3"] = [*hub, f"model.hub_id={_qwen3(cache)}", *common]
     for name in args.only.split(","):
         if args.report:
             report(name, cases[name], work, "measured earlier")

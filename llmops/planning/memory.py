@@ -19,7 +19,11 @@ from llmops.planning import sharding
 
 GIB = 2**30
 CUDA_OVERHEAD_GB = 0.8  # CUDA context + cuBLAS workspace: outside torch.cuda.max_memory_allocated
-CPU_OVERHEAD_GB = 0.7  # Python + torch + transformers + peft + trl resident set (measured here)
+# Python + torch + transformers + peft + trl resident set on a CPU: 0.54 GB measured here (VmRSS
+# after importing llmops.stages.sft, which imports them); the tiny chain's stage process held
+# 0.57 GB at sft's start (benchmarks/stage_memory.py). 0.7 before (a process that had also run
+# the earlier stages' work), which put the tiny model's sft at 0.78 of its estimate.
+CPU_OVERHEAD_GB = 0.55
 USABLE_FRACTION = 0.92  # allocator fragmentation and reserve: plan to at most 92% of the device
 FUSED_TOKEN_CHUNK = 4096  # trl.kernels.chunked_logprob.TOKEN_CHUNK_SIZE
 FUSED_VOCAB_CHUNK = 32768  # trl.trainer.utils._CHUNKED_LOGPROB_CHUNK_SIZE

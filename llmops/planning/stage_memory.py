@@ -46,12 +46,15 @@ LLAMA_UBATCH = 512
 #: (benchmarks/stage_memory.py, the tiny chain).
 LOADER_OVERHEAD_GB = 0.65
 #: The llama.cpp server process before its model and vocabulary (llama-cpp-python, its HTTP server
-#: and llmops's chat handler): 0.33 GB measured serving the tiny model's 512-token vocabulary.
-LLAMA_OVERHEAD_GB = 0.30
-#: llama.cpp's logits buffers of one micro-batch (compute graph output, output buffer and the
-#: sampler's copy), each LLAMA_UBATCH x vocab fp32: with the tokenizers, 1.29 GB measured for the
-#: served 10M-parameter Qwen2 GGUF on its 151,936-token vocabulary (benchmarks/stage_memory.py).
-LLAMA_LOGIT_COPIES = 3
+#: and llmops's chat handler): VmHWM 0.08 GB serving the tiny model's 512-token vocabulary
+#: (llmops.serving.llama_cpp_runtime, /proc/PID/status after a smoke request). 0.30 before, from
+#: RUSAGE_CHILDREN, which carries the parent's resident set at the fork into a child's peak.
+LLAMA_OVERHEAD_GB = 0.08
+#: llama.cpp's logits buffers of one micro-batch (compute graph output, output buffer, the
+#: sampler's copy and the graph's scratch), each LLAMA_UBATCH x vocab fp32: a 700-token prompt
+#: raised the served 10M-parameter Qwen2 GGUF (151,936-token vocabulary) from 0.21 GB (a short
+#: prompt) to 1.31 GB, 3.8 such buffers.
+LLAMA_LOGIT_COPIES = 4
 #: A fast tokenizer's resident bytes per vocabulary entry (as llmops.planning.eval_memory counts).
 TOKENIZER_BYTES_PER_TOKEN = 600.0
 
@@ -165,8 +168,10 @@ def served_parts(model: dict, quant: str) -> dict[str, float]:
 def deploy_parts(model: dict, quant: str) -> dict[str, float]:
     """Returns the deploy stage's peak: the llama.cpp server (or Ollama) holding the GGUF beside
     the stage's own process (its tokenizer and smoke client)."""
-    served = served_parts(model, quant)
-    return {**served, "overhead": served["overhead"] + LOADER_OVERHEAD_GB * GIB}
+    # stage_process: the job's stage process (llmops.runner.child) that runs deploy holds what
+    # the stages before it imported (torch, transformers): 0.65-0.67 GB measured beside the
+    # tiny model's server (benchmarks/stage_memory.py).
+    return {**served_parts(model, quant), "stage_process": LOADER_OVERHEAD_GB * GIB}
 
 
 def gguf_parts(model: dict, gguf: dict[str, Any]) -> dict[str, float]:
