@@ -46,16 +46,22 @@ def load_datasets(data_dir: Path, tokenizer: Any, params: dict[str, Any]
     (`input_ids` + `assistant_masks`, which TRL's SFTTrainer turns into labels).
 
     Returns:
-        (train, val or None, {"mask": how the loss mask was computed, "loss_tokens", "tokens"}).
+        (train, val or None, {"mask": how the loss mask was computed, "loss_tokens", "tokens",
+        "reasoning": data.reasoning's train or context, reasoning in the loss or out of it}).
 
     Raises:
         StageError: When train.jsonl is missing or empty, or a row is longer than
             train.max_length.
-        ConfigError: When the rows have tools the template cannot render (exit 2).
+        ConfigError: When the rows have tools or reasoning the template cannot render (exit 2).
     """
     from datasets import Dataset
 
-    from llmops.backends.templates import check_tools, mask_method, training_tokens
+    from llmops.backends.templates import (
+        check_reasoning,
+        check_tools,
+        mask_method,
+        training_tokens,
+    )
 
     train_path = Path(data_dir) / "train.jsonl"
     if not train_path.is_file():
@@ -66,16 +72,18 @@ def load_datasets(data_dir: Path, tokenizer: Any, params: dict[str, Any]
     if not rows:
         raise StageError(f"sft: {train_path} has no rows. Check data.n_examples / data.path.")
     check_tools(tokenizer, rows, params["model"]["chat_template"], "sft")
+    check_reasoning(tokenizer, rows, params["model"]["chat_template"], "sft")
     method = mask_method(tokenizer)
     assistant_only = bool(params["train"]["assistant_only_loss"])
-    train = [training_tokens(tokenizer, r, method, assistant_only) for r in rows]
+    reasoning = params.get("reasoning", "train")  # NotRequired: only context is compiled
+    train = [training_tokens(tokenizer, r, method, assistant_only, reasoning) for r in rows]
     val_path = Path(data_dir) / "val.jsonl"
     val_rows = read_jsonl(val_path)[:EVAL_LOSS_MAX_ROWS] if val_path.is_file() else []
-    val = [training_tokens(tokenizer, r, method, assistant_only) for r in val_rows]
+    val = [training_tokens(tokenizer, r, method, assistant_only, reasoning) for r in val_rows]
     _check_lengths(train, int(params["train"]["max_length"]))
     info = {"mask": method[0] if assistant_only else "all_tokens",
             "loss_tokens": sum(sum(r["assistant_masks"]) for r in train),
-            "tokens": sum(len(r["input_ids"]) for r in train)}
+            "tokens": sum(len(r["input_ids"]) for r in train), "reasoning": reasoning}
     return Dataset.from_list(train), Dataset.from_list(val) if val else None, info
 
 

@@ -19,10 +19,24 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from llmops.config.templates import AUTO, TINY, is_path, template_text
+from llmops.config.templates import (
+    AUTO,
+    TINY,
+    is_path,
+    reasoning_problem,
+    renders_reasoning,
+    template_text,
+)
 from llmops.data.chat import render, template_messages, template_tools, training_text
+from llmops.data.reasoning import has_reasoning
 from llmops.errors import ConfigError, Problem, StageError
-from llmops.scoring.parsers import ParsedAnswer, arguments_problem, parser_for
+from llmops.scoring.parsers import (
+    REASONING_MARKERS,
+    ParsedAnswer,
+    arguments_problem,
+    parser_for,
+    split_reasoning,
+)
 
 #: End-of-turn markers of the known template families (ChatML, Llama 3, Phi-3); generation stops
 #: at them and the loss mask ends assistant spans there.
@@ -66,6 +80,75 @@ def check_tools(tokenizer: Any, rows: Sequence[Mapping[str, Any]], chat_template
         f"{what} cannot render tool calls, but the {stage} rows have tools (train row "
         f"{first + 1}). Use a template that does, e.g. model.chat_template=qwen2_5 or llama3_1, "
         "or data without tools."))])
+
+
+def check_reasoning(tokenizer: Any, rows: Sequence[Mapping[str, Any]], chat_template: str,
+                    stage: str) -> None:
+    """Refuses, before training, a template that cannot render the reasoning the rows carry
+    (``llmops.config.templates.renders_reasoning``).
+
+    Raises:
+        ConfigError: (exit 2) naming model.chat_template, the templates that can, and the fix.
+    """
+    first = next((i for i, r in enumerate(rows) if has_reasoning(r)), None)
+    if first is None or renders_reasoning(tokenizer.chat_template or ""):
+        return
+    what = "a .jinja file" if is_path(chat_template) else repr(chat_template)
+    raise ConfigError([Problem("model.chat_template", reasoning_problem(
+        what, f"{stage} train row {first + 1}"))])
+
+
+def reasoning_spans(text: str, messages: Sequence[Mapping[str, Any]]) -> list[tuple[int, int]]:
+    """Returns the characters of each reasoning block a rendered chat holds: from the family's
+    opening marker (``<think>``; gpt-oss's analysis channel) through its closing marker and the
+    blank after it, for each assistant message's ``reasoning_content`` found in the text (a trace
+    the template leaves out has none)."""
+    spans, pos = [], 0
+    for m in messages:
+        trace = (m.get("reasoning_content") or "").strip() if m.get("role") == "assistant" \
+            else ""
+        at = text.find(trace, pos) if trace else -1
+        if at < 0:
+            continue
+        start, end = at, at + len(trace)
+        for opening, closing in REASONING_MARKERS:
+            o = text.rfind(opening, pos, at)
+            if o >= 0 and not text[o + len(opening):at].strip():
+                start = o
+                c = text.find(closing, end)
+                if c >= 0 and not text[end:c].strip():
+                    end = c + len(closing)
+                    while end < len(text) and text[end] in " \t\r\n":
+                        end += 1
+                break
+        spans.append((start, end))
+        pos = end
+    return spans
+
+
+def without_reasoning_loss(tokenizer: Any, messages: Sequence[Mapping[str, Any]], tools: Any,
+                           enc: dict[str, list[int]]) -> dict[str, list[int]]:
+    """Returns the tokenized chat with its reasoning blocks out of the loss mask
+    (``data.reasoning=context``): the tokens that start inside a ``reasoning_spans`` block.
+
+    Raises:
+        StageError: When the tokenizer cannot give character offsets of the rendered chat, or
+            they tokenize otherwise than the chat.
+    """
+    text = render(tokenizer, messages, tools)
+    try:
+        again = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    except NotImplementedError:  # a slow tokenizer: no offsets
+        again = None
+    if again is None or list(again["input_ids"]) != list(enc["input_ids"]):
+        raise StageError("sft: data.reasoning=context needs the rendered chat's character "
+                         "offsets (a fast tokenizer that tokenizes the render as the template "
+                         "does). Use data.reasoning=train or drop.")
+    spans = reasoning_spans(text, template_messages(messages))
+    mask = [int(on and not any(s <= start < e for s, e in spans))
+            for on, (start, _) in zip(enc["assistant_masks"], again["offset_mapping"],
+                                      strict=True)]
+    return {"input_ids": list(enc["input_ids"]), "assistant_masks": mask}
 
 
 def has_generation_marks(template: str | None) -> bool:
@@ -122,10 +205,12 @@ def tokenize_chat(tokenizer: Any, messages: Sequence[Mapping[str, Any]], tools: 
 
 
 def training_tokens(tokenizer: Any, row: Mapping[str, Any], method: tuple[str, str | None],
-                    assistant_only: bool) -> dict[str, list[int]]:
+                    assistant_only: bool, reasoning: str = "train") -> dict[str, list[int]]:
     """Returns what sft trains on for a data-stage row, tokenized: a chat through the model's own
     template (``tokenize_chat``) with its assistant mask (every token when ``assistant_only`` is
     false), or a text row (continued pre-training) ending on eos, every token trained on.
+    With ``reasoning="context"`` (data.reasoning) the rendered reasoning blocks are out of the
+    loss (``without_reasoning_loss``); with ``train`` they are in it like the answer.
 
     The data stage's lengths (``llmops.data.lengths``) count these same tokens, and its preview
     shows them (``loss_segments``).
@@ -136,6 +221,8 @@ def training_tokens(tokenizer: Any, row: Mapping[str, Any], method: tuple[str, s
     out = tokenize_chat(tokenizer, row["messages"], row.get("tools"), method)
     if not assistant_only:
         out["assistant_masks"] = [1] * len(out["input_ids"])
+    if reasoning == "context" and has_reasoning(row):
+        out = without_reasoning_loss(tokenizer, row["messages"], row.get("tools"), out)
     return out
 
 
@@ -230,7 +317,8 @@ def answer_parser(tokenizer: Any) -> Callable[[str], ParsedAnswer]:
     Where TRL recognises the template (``add_response_schema``), its ``parse_response`` reads the
     calls; an answer it finds none in goes to the family's own parser
     (``llmops.scoring.parsers.parser_for``: hermes ``<tool_call>`` blocks, Llama 3.1 JSON calls,
-    the tiny model's syntax), which also reports begun calls it cannot read. A call whose
+    the tiny model's syntax), which also reports begun calls it cannot read. Both read the
+    answer after its reasoning (``split_reasoning``: a ``<think>`` block is no answer). A call whose
     arguments are a JSON string (double-encoded) is the family parser's syntax error, never a
     call, whatever TRL's schema would decode.
     """
@@ -238,7 +326,11 @@ def answer_parser(tokenizer: Any) -> Callable[[str], ParsedAnswer]:
 
     from trl.chat_template_utils import add_response_schema, parse_response
 
-    own = parser_for(tokenizer.chat_template)
+    family = parser_for(tokenizer.chat_template)
+
+    def own(text: str) -> ParsedAnswer:
+        return family(split_reasoning(text)[1])
+
     reader = copy.copy(tokenizer)
     try:
         add_response_schema(reader)
@@ -249,6 +341,7 @@ def answer_parser(tokenizer: Any) -> Callable[[str], ParsedAnswer]:
     eos = reader.eos_token or ""
 
     def parse(text: str) -> ParsedAnswer:
+        text = split_reasoning(text)[1]
         mine = own(text)
         if mine.double_encoded:  # TRL's schema may decode a string argument once more
             return mine

@@ -235,6 +235,10 @@ class DataConfig(_Group):
     preference_path: Text | None = Field(
         description="DPO pairs (any preference format); null: derive from the rows."
     )
+    reasoning: Literal["train", "context", "drop"] = Field(
+        description="An assistant message's reasoning (reasoning_content, <think>), through the "
+                    "model's template: train (in the loss), context (seen, out of the loss), "
+                    "drop (left out).")
 
 
 class DpoConfig(_Group):

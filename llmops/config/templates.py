@@ -1,4 +1,5 @@
-"""Compile-time checks of model.chat_template: the name or file, and whether it renders tools.
+"""Compile-time checks of model.chat_template: the name or file, and whether it renders the tools
+and the reasoning the data has.
 
 ``model.chat_template`` is one of: ``chatml`` (the tiny model's own template, its only value),
 ``auto`` (a hub model's tokenizer's own template), a TRL family name (a file of
@@ -200,6 +201,44 @@ def _tools_render(template: str, seconds: float | None) -> tuple[bool, str | Non
     return all(s in text for s in _SENTINELS), None
 
 
+_REASONING = "reasoning_sentinel_e5a1c7d3"
+
+
+def renders_reasoning(template: str, seconds: float | None = None) -> bool:
+    """Tells whether a chat template renders an assistant message's reasoning: a chat whose last
+    assistant turn carries ``reasoning_content`` (Qwen3's, DeepSeek's key) and ``thinking``
+    (gpt-oss's), as ``llmops.data.chat.render`` hands it, comes out with the reasoning in it.
+
+    Raises:
+        llmops.data.limits.TimeLimit: If the render takes longer than ``seconds``.
+    """
+    import jinja2
+
+    messages = [{"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "hello", "reasoning_content": _REASONING,
+                 "thinking": _REASONING}]
+    try:
+        return _REASONING in render(template, messages, seconds)
+    except (jinja2.TemplateError, TypeError, ValueError, ArithmeticError, LookupError):
+        return False
+
+
+def reasoning_families(seconds: float | None = None) -> list[str]:
+    """Returns the TRL families whose template renders reasoning (``renders_reasoning``)."""
+    folder = trl_templates_dir()
+    return [n for n in family_names() if folder is not None and renders_reasoning(
+        (folder / f"{n}.jinja").read_text(encoding="utf-8"), seconds)]
+
+
+def reasoning_problem(what: str, where: str, seconds: float | None = None) -> str:
+    """Returns the message of a template that cannot render the reasoning the data has."""
+    can = [n for n in reasoning_families(seconds) if n.startswith(("qwen3", "gptoss"))][:4]
+    return (f"{what} cannot render reasoning (an assistant message's reasoning_content), but "
+            f"the data has reasoning ({where}). Use a template that does, e.g. "
+            f"model.chat_template={' or '.join(can) or 'PATH.jinja'} (its model's family), or "
+            "data.reasoning=drop to train without it.")
+
+
 def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None,
             separators: Any = None, sort_keys: bool = False) -> str:
     return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
@@ -235,6 +274,19 @@ def data_has_tools(cfg: Any, limits: Any = None) -> str | None:
 
 def _peek_tools(path: Path, limits: Any = None, rows: int = 50) -> str | None:
     """Returns "FILE line N" for the first of a JSONL file's first rows that has tools or calls."""
+    return _peek(path, _row_has_tools, limits, rows)
+
+
+def _row_has_tools(row: Any) -> bool:
+    """Tells whether a raw row has tools or calls."""
+    return isinstance(row, dict) and bool(row.get("tools") or any(
+        isinstance(m, dict) and (m.get("tool_calls") or m.get("from") == "function_call")
+        for m in row.get("messages") or row.get("conversations") or []))
+
+
+def _peek(path: Path, found: Any, limits: Any = None, rows: int = 50) -> str | None:
+    """Returns "FILE line N" for the first of a JSONL file's first rows that ``found`` holds
+    true of (a line over ``limits.row_bytes`` is skipped, not held)."""
     from llmops.data import jsontext
     from llmops.data.convert import FormatError
     from llmops.data.readers import data_suffix, open_data
@@ -263,10 +315,7 @@ def _peek_tools(path: Path, limits: Any = None, rows: int = 50) -> str | None:
                                      limits.json_depth if limits is not None else None)
             except json.JSONDecodeError:
                 continue
-            if isinstance(row, dict) and (row.get("tools") or any(
-                    isinstance(m, dict) and (m.get("tool_calls") or m.get("from") ==
-                                             "function_call")
-                    for m in row.get("messages") or row.get("conversations") or [])):
+            if found(row):
                 return f"{path} line {number}"
     return None
 
@@ -304,18 +353,76 @@ def template_problems(cfg: Any) -> list[Any]:
                             f"chat: {error}. Fix the template, or use another (auto, a TRL "
                             "family such as qwen2_5, or a .jinja path).")]
         tools, raised = _tools_render(text, seconds)
+        out = _reasoning_problems(cfg, value, text)
     except TimeLimit:
         return [Problem("model.chat_template", f"{value!r}: rendering a three-message chat took "
                         f"longer than limits.template_seconds={seconds:g} (a loop that runs too "
                         "long?). Fix the template, or raise limits.template_seconds.")]
     if tools:
-        return []
+        return out
     where = data_has_tools(cfg, cfg.limits)
     if where is None:
-        return []
+        return out
     with_tools = [n for n in ("llama3_1", "llama3_2", "qwen2_5") if n in family_names()]
     why = f" (it raised: {raised})" if raised else ""
-    return [Problem("model.chat_template", f"{value!r} cannot render tool calls{why}, but the "
-                    f"data has tools ({where}). Use a template that does, e.g. "
-                    f"model.chat_template={' or '.join(with_tools) or 'PATH.jinja'}, or data "
-                    "without tools.")]
+    return [*out, Problem(
+        "model.chat_template", f"{value!r} cannot render tool calls{why}, but the data has tools "
+        f"({where}). Use a template that does, e.g. model.chat_template="
+        f"{' or '.join(with_tools) or 'PATH.jinja'}, or data without tools.")]
+
+
+def _reasoning_problems(cfg: Any, value: str, text: str) -> list[Any]:
+    """Returns the problem of a template that cannot render the reasoning the data has (none
+    with data.reasoning=drop)."""
+    from llmops.errors import Problem
+
+    if cfg.data.reasoning == "drop" or renders_reasoning(text, cfg.limits.template_seconds):
+        return []
+    where = data_has_reasoning(cfg, cfg.limits)
+    if where is None:
+        return []
+    what = "a .jinja file" if is_path(value) else repr(value)
+    return [Problem("model.chat_template",
+                    reasoning_problem(what, where, cfg.limits.template_seconds))]
+
+
+def data_has_reasoning(cfg: Any, limits: Any = None) -> str | None:
+    """Tells whether the training data has reasoning, where compile time can know it: "FILE line
+    N" of the first of a JSONL file's first rows with an assistant message's
+    ``reasoning_content``/``reasoning``/``thinking``, a reasoning content part, or a leading
+    ``<think>`` block; None when none is seen."""
+    d = cfg.data
+    if d.source not in ("files", "jsonl"):
+        return None
+    from llmops.data import formats
+
+    for spec in [d.path] if d.path else [s.path for s in d.sources]:
+        try:
+            files = formats.input_paths(spec, "data.path")
+        except ValueError:
+            continue  # rules/data.py reports it
+        for file in files:
+            found = _peek(Path(file), _row_has_reasoning, limits)
+            if found:
+                return found
+    return None
+
+
+def _row_has_reasoning(row: Any) -> bool:
+    """Tells whether a raw row (OpenAI or ShareGPT form) has an assistant message's reasoning."""
+    if not isinstance(row, dict):
+        return False
+    for m in row.get("messages") or row.get("conversations") or []:
+        if not isinstance(m, dict) or m.get("role", m.get("from")) not in ("assistant", "gpt"):
+            continue
+        if any(isinstance(m.get(k), str) and m[k].strip()
+               for k in ("reasoning_content", "reasoning", "thinking")):
+            return True
+        content = m.get("content", m.get("value"))
+        if isinstance(content, str) and content.lstrip().startswith("<think>"):
+            return True
+        if isinstance(content, list) and any(
+                isinstance(p, dict) and p.get("type") in ("reasoning", "thinking")
+                for p in content):
+            return True
+    return False

@@ -8,7 +8,7 @@ Contract, for ``readers.read_source(..., prepare=Prepare(...))`` and the stage's
 
 Each output row holds ``meta``, ``reject`` (the converter's, else the checks'), the annotation
 columns (``mix.facts``: kind, tool, calls, declared tools; ``mix.content_hash`` of the row as
-written), the token count
+written), its reasoning (traces, their tokens, how many the template renders), the token count
 (``lengths``), and ``_line``: the row exactly as the stage writes it to train/val/test.jsonl
 (OpenAI row + meta, one JSON text); preference rows also get ``_pair`` (the pref_*.jsonl line).
 So the rows are decoded once, from the converter's Python objects, and never read back out of
@@ -21,7 +21,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from llmops.data import lengths, mix, pages
+from llmops.data import chat, lengths, mix, pages, reasoning
 from llmops.data.canonical import plain_message
 from llmops.data.limits import Limits
 from llmops.data.toolcheck import check_rows
@@ -29,6 +29,9 @@ from llmops.files import json_default
 
 LINE, PAIR = "_line", "_pair"
 ANNOTATIONS = (mix.HASH, mix.KIND, mix.TOOL, mix.CALLS, mix.DECLARED)
+#: Per row: its reasoning traces as written, their tokens, and how many of them the model's
+#: template renders (Qwen3's leaves out those before the last user turn).
+TRACES, TRACE_TOKENS, TRACES_RENDERED = "_reasoning", "_reasoning_tokens", "_reasoning_rendered"
 
 
 def features(kind: str):
@@ -40,7 +43,9 @@ def features(kind: str):
     own = canonical(kind)
     columns = {"meta": own["meta"], "reject": own["reject"], mix.HASH: Value("int64"),
                mix.KIND: Value("string"), mix.TOOL: Value("string"), mix.CALLS: Value("int64"),
-               mix.DECLARED: Value("int64"), lengths.TOKENS: Value("int64"),
+               mix.DECLARED: Value("int64"), TRACES: Value("int64"),
+               TRACE_TOKENS: Value("int64"), TRACES_RENDERED: Value("int64"),
+               lengths.TOKENS: Value("int64"),
                lengths.MEASURED: Value("bool"), LINE: Value("string")}
     if kind == "preference":
         columns[PAIR] = Value("string")
@@ -96,12 +101,16 @@ class Prepare:
         max_length: Rows longer than this many tokens are rejected (``too_long``); None to
             only count them (lengths estimated).
         limits: The bounds on rows (``toolcheck``'s patterns and nesting); None for none.
+        reasoning: data.reasoning; ``drop`` writes (and measures) the rows without their
+            assistant messages' reasoning.
     """
 
     def __init__(self, source: str, system_prompt: str | None, counter: Any,
-                 max_length: int | None, limits: Limits | None = None):
+                 max_length: int | None, limits: Limits | None = None,
+                 reasoning: str = "train"):
         self.source, self.system_prompt = source, system_prompt
         self.counter, self.max_length, self.limits = counter, max_length, limits
+        self.reasoning = reasoning
         self.kind: str | None = None
 
     def __call__(self, convert: Any) -> RowPass:
@@ -118,8 +127,48 @@ class RowPass:
         self.convert, self.kind = convert, convert.kind
         self.source, self.system_prompt = prepare.source, prepare.system_prompt
         self.counter, self.max_length = prepare.counter, prepare.max_length
-        self.limits = prepare.limits
+        self.limits, self.reasoning = prepare.limits, prepare.reasoning
         self.features = features(self.kind)
+
+    def _traces(self, out: dict[str, list], ok: list[int]) -> dict[int, list[str]]:
+        """Returns each kept row's reasoning traces (``reasoning.traces``); with
+        ``data.reasoning=drop`` leaves them out of the rows."""
+        found = {}
+        for i in ok:
+            row = {k: out[k][i] for k in ("messages", "prompt", "chosen") if k in out}
+            traces = reasoning.traces(row)
+            if not traces:
+                continue
+            found[i] = traces
+            if self.reasoning == "drop":
+                for k in ("messages", "prompt", "chosen", "rejected"):
+                    for m in (out[k][i] or []) if k in out else []:
+                        m[reasoning.KEY] = None
+        return found
+
+    def _reasoning_columns(self, found: dict[int, list[str]], out: dict[str, list],
+                           columns: dict[str, list]) -> None:
+        """Fills the reasoning columns: traces, their tokens (the tokenizer's, else estimated),
+        and how many the model's template renders (with a template)."""
+        tok = getattr(self.counter, "tokenizer", None)
+        texts = [t for i in found for t in found[i]]
+        if tok is not None and texts:
+            sizes = [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
+        else:
+            sizes = [-(-len(t) // lengths.CHARS_PER_TOKEN) for t in texts]
+        k = 0
+        for i, traces in found.items():
+            columns[TRACES][i] = len(traces)
+            columns[TRACE_TOKENS][i] = sum(sizes[k:k + len(traces)])
+            k += len(traces)
+            if self.reasoning != "drop" and getattr(self.counter, "template", False):
+                row = {key: out[key][i] for key in ("messages", "prompt", "chosen", "tools")
+                       if key in out}
+                try:
+                    text = chat.render(tok, chat.row_messages(row), row.get("tools"))
+                except Exception:  # noqa: BLE001 - the row's own reject says why
+                    continue
+                columns[TRACES_RENDERED][i] = reasoning.rendered(text, traces)
 
     def _with_system(self, out: dict[str, list], ok: list[int]) -> None:
         key = "messages" if "messages" in out else "prompt" if "prompt" in out else None
@@ -140,6 +189,7 @@ class RowPass:
         n = len(indices)
         ok = [i for i, r in enumerate(out["reject"]) if r is None]
         self._with_system(out, ok)
+        found = self._traces(out, ok)
         content = [k for k in out if k not in ("meta", "reject")]
         sub = {k: [out[k][i] for i in ok] for k in content}
         rows = [dict(zip(content, values, strict=True))
@@ -151,7 +201,12 @@ class RowPass:
         reasons = check_rows(rows, [None] * len(rows), self.max_length,
                              lambda rs: [tokens[id(r)] for r in rs], self.limits, render_errors)
         columns: dict[str, list] = {"meta": out["meta"], "reject": out["reject"],
-                                    **{k: [None] * n for k in (*ANNOTATIONS, *counts, LINE)}}
+                                    **{k: [None] * n for k in (*ANNOTATIONS, *counts, LINE)},
+                                    **{k: [0] * n for k in (TRACES, TRACE_TOKENS,
+                                                            TRACES_RENDERED)}}
+        where = {i: j for j, i in enumerate(ok)}
+        self._reasoning_columns({i: t for i, t in found.items() if reasons[where[i]] is None},
+                                out, columns)
         if self.kind == "preference":
             columns[PAIR] = [None] * n
         for j, (i, row) in enumerate(zip(ok, rows, strict=True)):

@@ -129,6 +129,41 @@ def parse_llama3_json(text: str) -> ParsedAnswer:
     return ParsedAnswer(calls, "", errors, doubled)
 
 
+#: The reasoning syntaxes of the families that write one, as (opening, closing) markers: Qwen3
+#: and DeepSeek-R1 ``<think>...</think>``, gpt-oss's analysis channel (its special tokens are
+#: kept only where the answer was decoded with them).
+REASONING_MARKERS: tuple[tuple[str, str], ...] = (
+    ("<think>", "</think>"),
+    ("<|channel|>analysis<|message|>", "<|end|>"),
+)
+_FINAL = re.compile(r"^\s*(?:<\|start\|>assistant)?<\|channel\|>final<\|message\|>")
+
+
+def split_reasoning(text: str) -> tuple[str | None, str]:
+    """Separates a generated answer's reasoning from the answer after it.
+
+    Reads a leading ``<think>...</think>`` block (or gpt-oss's analysis channel); a closing
+    marker without its opening one counts too (DeepSeek-R1's generation prompt opens the block
+    itself). A block that never closes (generation stopped inside it) is all reasoning: the
+    answer is empty.
+
+    Returns:
+        (the reasoning, None when the answer has none; the answer after it, stripped).
+    """
+    body = text.lstrip()
+    for opening, closing in REASONING_MARKERS:
+        if body.startswith(opening):
+            inner = body[len(opening):]
+            reasoning, closed, rest = inner.partition(closing)
+            if not closed:
+                return reasoning.strip(), ""
+            return reasoning.strip(), _FINAL.sub("", rest).strip()
+        before, closed, rest = body.partition(closing)
+        if closed and opening not in before and closing == "</think>":
+            return before.strip(), rest.strip()
+    return None, text.strip()
+
+
 PARSERS: dict[str, Callable[[str], ParsedAnswer]] = {
     "task_api": parse_task_api,
     "hermes": parse_hermes,

@@ -19,7 +19,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from llmops.scoring.parsers import ParsedAnswer
+from llmops.scoring.parsers import ParsedAnswer, split_reasoning
 from llmops.scoring.tolerance import Sample, mean_sample, rate_sample
 
 KINDS: tuple[str, ...] = ("tool", "refusal", "text")
@@ -91,7 +91,9 @@ def score_split(rows: Sequence[Mapping[str, Any]], answers: Sequence[str],
     Returns:
         {"metrics": whole-split metrics, "by_kind": {kind: {"count", metrics...}},
         "per_row": one score dict per row (kind, exact, and the kind's own scores),
-        "samples": {gate metric name: Sample dict}} (see ``tolerance.Sample``).
+        "samples": {gate metric name: Sample dict} (see ``tolerance.Sample``),
+        "reasoning": {"rows", "chars"}: answers that began with reasoning
+        (``parsers.split_reasoning``), which is left out: the answer after it is scored}.
 
     Raises:
         ValueError: If rows and answers differ in length.
@@ -101,6 +103,8 @@ def score_split(rows: Sequence[Mapping[str, Any]], answers: Sequence[str],
     if len(rows) != len(answers):
         raise ValueError(f"got {len(rows)} rows but {len(answers)} answers. Pass one answer per "
                          "row.")
+    reasoning = [split_reasoning(a) for a in answers]
+    answers = [answer for _, answer in reasoning]  # the answer after the reasoning is scored
     kinds = [row_kind(r, parse=parse) for r in rows]
     idx = {k: [i for i, kind in enumerate(kinds) if kind == k] for k in KINDS}
     per_row: list[dict[str, Any]] = [{} for _ in rows]
@@ -125,7 +129,9 @@ def score_split(rows: Sequence[Mapping[str, Any]], answers: Sequence[str],
                    exact_match=_mean([float(s["exact"]) for s in per_row]),
                    counts={"total": len(rows), **{k: len(idx[k]) for k in KINDS}})
     return {"metrics": metrics, "by_kind": by_kind, "per_row": per_row,
-            "samples": _samples(per_row)}
+            "samples": _samples(per_row),
+            "reasoning": {"rows": sum(r is not None for r, _ in reasoning),
+                          "chars": sum(len(r or "") for r, _ in reasoning)}}
 
 
 def _mean(values: Sequence[float]) -> float | None:

@@ -161,7 +161,7 @@ def _prepare(params: dict, inputs: dict[str, Path], out_dir: Path, cache: str,
     rows = datasets.concatenate_datasets(filled) if len(filled) > 1 else filled[0]
     offsets = np.cumsum([0, *valid])
     ann = data_io.gather(rows, [mix.HASH, mix.KIND, mix.TOOL, mix.CALLS, mix.DECLARED,
-                                lengths.TOKENS, lengths.MEASURED])
+                                lengths.TOKENS, lengths.MEASURED, *REASONING])
     positions = np.arange(len(rows))
     first = mix.first_occurrences(ann[mix.HASH].to_numpy()) if params["dedup"] else positions
     duplicate = first != positions
@@ -186,6 +186,7 @@ def _prepare(params: dict, inputs: dict[str, Path], out_dir: Path, cache: str,
     repeated = [mix.repeats(splits["train"][source_of[splits["train"]] == i], n, rng)
                 for i, n in enumerate(extra)]
     splits["train"] = np.concatenate([splits["train"], *repeated])
+    _check_reasoning(ann, chosen_all, counter, params)
 
     keep = params.get("preferences") == "derive"
     written = {name: data_io.write_rows(out_dir / f"{name}.jsonl", rows, idx, keep=keep)
@@ -211,6 +212,8 @@ def _prepare(params: dict, inputs: dict[str, Path], out_dir: Path, cache: str,
         "token_lengths": data_io.token_stats(ann, chosen_all, params["max_length"], lengths_info,
                                              rows, MAX_LISTED),
         "files": [f"{name}.jsonl" for name in splits],
+        "reasoning": _reasoning(ann, chosen_all, splits, params,
+                                bool(getattr(counter, "template", False))),
     }
     pref = _preferences(params, kind, rows, splits, written, out_dir, cache, ctx)
     if pref is not None:
@@ -229,6 +232,8 @@ def _prepare(params: dict, inputs: dict[str, Path], out_dir: Path, cache: str,
         f"{c['duplicates']} duplicates -> train {c['train']} / val {c['val']} / test {c['test']}"
         f"; kinds {report['kinds']['all']}"
     )
+    if report["reasoning"].get("note"):
+        ctx.logger.warning("data: %s", report["reasoning"]["note"])
     if n_rejected:
         ctx.logger.warning("data: %d rows rejected (%s); listed in %s. data.on_error=fail stops "
                            "the run on any reject.", n_rejected, ", ".join(
@@ -244,7 +249,7 @@ def _checked(name: str, spec: dict[str, Any], params: dict, counter: Any, cache:
     measured = counter is not lengths.estimate
     prepare = pipeline.Prepare(name, params["system_prompt"] if name != task_api.SOURCE else None,
                                counter, params["max_length"] if measured else None,
-                               Limits.of(params["limits"]))
+                               Limits.of(params["limits"]), params.get("reasoning", "train"))
     try:
         rows, rejects = data_io.read(name, spec, params, cache, prepare, ctx.logger.warning)
     except FormatError as exc:  # its message names the key (data.path, data.format, ...)
@@ -255,6 +260,56 @@ def _checked(name: str, spec: dict[str, Any], params: dict, counter: Any, cache:
             f"limits.template_seconds={exc.seconds:g} (a loop that runs too long?). Fix the "
             "template, or raise limits.template_seconds."))]) from None
     return Source(name, spec, prepare.kind, rows, rejects, len(rows) + len(rejects))
+
+
+REASONING = (pipeline.TRACES, pipeline.TRACE_TOKENS, pipeline.TRACES_RENDERED)
+
+
+def _check_reasoning(ann: Any, chosen: np.ndarray, counter: Any, params: dict) -> None:
+    """Refuses (exit 2) a model template that cannot render the reasoning the kept rows have,
+    unless data.reasoning=drop left it out."""
+    from llmops.config.templates import reasoning_problem, renders_reasoning
+
+    tok = getattr(counter, "tokenizer", None)
+    template = getattr(tok, "chat_template", None) if tok is not None else None
+    traces = ann[pipeline.TRACES].to_numpy()[chosen]
+    if params.get("reasoning", "train") == "drop" or not template or not traces.any():
+        return
+    seconds = params["limits"]["template_seconds"]
+    if renders_reasoning(template, seconds):
+        return
+    value = params["model"]["chat_template"]
+    what = "the tiny model's template" if value == "chatml" else repr(value)
+    raise ConfigError([Problem("model.chat_template", reasoning_problem(
+        what, f"{int((traces > 0).sum())} rows of {_origin(params)}", seconds))])
+
+
+def _reasoning(ann: Any, chosen: np.ndarray, splits: dict[str, np.ndarray],
+               params: dict, rendered: bool) -> dict[str, Any]:
+    """Returns data_report.json's reasoning: data.reasoning, and for the kept rows and each
+    split the rows with reasoning, their traces, the traces' tokens and how many traces the
+    model's template renders (Qwen3's leaves out those of turns before the last user message:
+    the model never sees them, in any mode; None without a template to render them)."""
+    cols = {k: ann[k].to_numpy() for k in REASONING}
+
+    def count(idx: np.ndarray) -> dict[str, int]:
+        traces = cols[pipeline.TRACES][idx]
+        return {"rows": int((traces > 0).sum()), "traces": int(traces.sum()),
+                "tokens": int(cols[pipeline.TRACE_TOKENS][idx].sum()),
+                "rendered": int(cols[pipeline.TRACES_RENDERED][idx].sum()) if rendered
+                else None}
+
+    mode = params.get("reasoning", "train")
+    out: dict[str, Any] = {"mode": mode, "all": count(chosen),
+                           **{name: count(idx) for name, idx in splits.items()}}
+    everything = out["all"]
+    if mode != "drop" and rendered and everything["rendered"] < everything["traces"]:
+        out["note"] = (f"the model's template renders {everything['rendered']} of "
+                       f"{everything['traces']} reasoning traces: a trace it leaves out (Qwen3's "
+                       "template keeps only the turns after the last user message) is neither "
+                       "seen nor trained on. Split such conversations into one row per turn to "
+                       "train on every trace.")
+    return out
 
 
 def _one_kind(sources: list[Source]) -> str:

@@ -23,7 +23,8 @@ def build(tokenizer: Any | None, train_path: Path, params: dict[str, Any]) -> di
         tokenizer: The model's tokenizer as the data stage loaded it (its chat template set), or
             None when none could be loaded offline (the section then says so).
         train_path: The train.jsonl the stage wrote.
-        params: The data params (``preview``: ``rows``, ``assistant_only_loss``).
+        params: The data params (``preview``: ``rows``, ``assistant_only_loss``, and
+            ``reasoning`` when data.reasoning=context: its blocks out of the loss spans).
 
     Returns:
         {"rows": [{"line", "tokens", "loss_tokens", "segments": [{"text", "loss"}]}], "mask":
@@ -47,9 +48,10 @@ def build(tokenizer: Any | None, train_path: Path, params: dict[str, Any]) -> di
         return {"rows": [], "note": "the tokenizer has no chat template, so no chat row can be "
                                     "shown as the model trains on it"}
     assistant_only = bool(params["preview"]["assistant_only_loss"])
+    reasoning = params["preview"].get("reasoning", "train")  # NotRequired: context only
     out = []
     for k, row in enumerate(rows):
-        enc = training_tokens(tokenizer, row, method, assistant_only)
+        enc = training_tokens(tokenizer, row, method, assistant_only, reasoning)
         out.append({"line": k + 1, "tokens": len(enc["input_ids"]),
                     "loss_tokens": sum(enc["assistant_masks"]),
                     "segments": loss_segments(tokenizer, enc["input_ids"],

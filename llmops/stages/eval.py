@@ -1,11 +1,13 @@
 """Stage "eval": evaluates the tuned model, compares it with the base, applies gates.
 
 Writes eval_report.json {base, tuned, gates, passed, gate_choice, metrics_by_kind, worst_examples,
-deltas, n, samples, answer_syntax, seconds, oom_retries}; oom_retries lists each out-of-memory
-halving of a batch, base's and tuned's ({"model", "phase", "rows": [from, to], "token_budget":
-[from, to]}); answer_syntax is the call syntax the answers were
-read in (the model's own template's: hermes, llama3_json, task_api). A failed gate is reported,
-never raised: the runner decides from params["enforce"] whether the plan stops.
+deltas, n, samples, answer_syntax, seconds, oom_retries, reasoning}; oom_retries lists each
+out-of-memory halving of a batch, base's and tuned's ({"model", "phase", "rows": [from, to],
+"token_budget": [from, to]}); answer_syntax is the call syntax the answers were read in (the
+model's own template's: hermes, llama3_json, task_api); reasoning counts, base's and tuned's, the
+answers that began with reasoning and its tokens ({"rows", "tokens"}): the answer after it is what
+is scored. A failed gate is reported, never raised: the runner decides from params["enforce"]
+whether the plan stops.
 """
 
 from __future__ import annotations
@@ -212,6 +214,9 @@ def run(params: EvalParams, inputs: dict[str, Path], out_dir: Path, ctx: StageCo
         "oom_retries": [{"model": side, **r} for side, report in (("base", base_report),
                                                                     ("tuned", tuned))
                         for r in report.get("oom_retries") or []],
+        # answers that began with reasoning (its tokens); the answer after it was scored
+        "reasoning": {side: report.get("reasoning") for side, report in (
+            ("base", base_report), ("tuned", tuned))},
     }
     write_json(Path(out_dir) / REPORT_NAME, report)
     return report

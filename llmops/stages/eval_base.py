@@ -67,13 +67,14 @@ def evaluate_model(
 
     Returns:
         {"metrics", "by_kind", "stats", "n", "samples", "predictions", "answer_syntax",
-        "worst_examples", "seconds", "oom_retries"}: whole-split metrics, metrics by row kind
-        (tool, refusal, text), each gateable metric's value/n/sd (for tolerance by split size),
+        "worst_examples", "seconds", "oom_retries", "reasoning"}: whole-split metrics, metrics by
+        row kind (tool, refusal, text), each gateable metric's value/n/sd (for tolerance by split size),
         the first N_SAMPLES rows with prompt, reference, prediction and exact, every answer, the
         call syntax the answers were read in (``parsers.syntax_of`` the template: hermes,
         llama3_json, task_api; None when it writes no calls), the worst rows per metric, and each
         out-of-memory halving of a batch ({"phase", "rows": [from, to], "token_budget": [from,
-        to]}; ``llmops.backends.oom``).
+        to]}; ``llmops.backends.oom``), and the answers that began with reasoning
+        ({"rows", "tokens"}; the answer after it is what is scored).
     """
     from llmops.backends.generation import generate
     from llmops.backends.heldout import row_losses
@@ -123,7 +124,20 @@ def evaluate_model(
             "answer_syntax": syntax_of(tokenizer.chat_template),
             "worst_examples": worst_examples(rows, predictions, per_row,
                                              int(params["worst_examples"])),
-            "seconds": round(seconds, 3), "oom_retries": retries}
+            "seconds": round(seconds, 3), "oom_retries": retries,
+            "reasoning": reasoning_counts(tokenizer, predictions, scored["reasoning"])}
+
+
+def reasoning_counts(tokenizer: Any, predictions: list[str], found: Mapping[str, Any]
+                     ) -> dict[str, int]:
+    """Returns {"rows", "tokens"}: the answers that began with reasoning and its tokens in the
+    model's tokenizer (left out of scoring: ``llmops.scoring.split.score_split``)."""
+    from llmops.scoring.parsers import split_reasoning
+
+    texts = [r for r, _ in map(split_reasoning, predictions) if r is not None]
+    tokens = sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]) \
+        if texts else 0
+    return {"rows": int(found["rows"]), "tokens": tokens}
 
 
 def evaluate_base(

@@ -60,6 +60,9 @@ class PreviewParams(TypedDict):
     """data.preview; 0: none."""
     assistant_only_loss: bool
     """train.assistant_only_loss: the preview's loss spans are sft's."""
+    reasoning: NotRequired[Literal["context"]]
+    """data.reasoning, only when context (so other fingerprints stay): reasoning out of the
+    preview's loss spans, as sft's."""
 
 
 class DataParams(TypedDict):
@@ -98,6 +101,9 @@ class DataParams(TypedDict):
     or read preference_path."""
     preference_path: NotRequired[str | None]
     """With preferences: the absolute file of pairs (path), else None."""
+    reasoning: NotRequired[Literal["context", "drop"]]
+    """data.reasoning, only when not train (so existing fingerprints stay): drop writes the rows
+    without their reasoning; context keeps it (sft leaves it out of the loss)."""
 
 
 class PreferenceParams(TypedDict):
@@ -157,6 +163,10 @@ def add_data(b: PlanBuilder, s: StageInputs) -> None:
         # the preview shows the rows as sft tokenizes them, its loss mask included
         "preview": {"rows": d.preview, "assistant_only_loss": s.cfg.train.assistant_only_loss},
     }
+    if d.reasoning != "train":  # only then: the fingerprints of data without the option stay
+        params["reasoning"] = d.reasoning
+        if d.reasoning == "context":
+            params["preview"]["reasoning"] = "context"
     if s.cfg.train.method in ("dpo", "sft_dpo"):  # only then: the SFT-only data fingerprint stays
         params.update(preference_params(d, files))
     if d.source == "task_api":

@@ -6,6 +6,8 @@ loss_curve.png; its inputs are {"data"} plus {"base"} for the tiny model.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from typing_extensions import NotRequired, TypedDict
 
 from llmops.compiler.builders.common import (
@@ -29,6 +31,9 @@ class SftParams(TypedDict):
     train: TrainParams
     distributed: NotRequired[DistributedParams]
     """Only when distributed is not none."""
+    reasoning: NotRequired[Literal["context"]]
+    """data.reasoning, only when context: the reasoning stays in the rows the model sees, out of
+    the loss (train, the default, keeps it in; drop: the data stage wrote none)."""
 
 
 def add_sft(b: PlanBuilder, s: StageInputs) -> None:
@@ -40,6 +45,8 @@ def add_sft(b: PlanBuilder, s: StageInputs) -> None:
     qtxt = f" on {cfg.quant.type}" if cfg.quant.type != "none" else ""
     steps = f"{t.max_steps} steps" if t.max_steps > 0 else f"{t.epochs:g} epochs"
     params: SftParams = {"model": s.model, "lora": s.lora, "quant": s.quant, "train": s.train}
+    if cfg.data.reasoning == "context":  # only then: other fingerprints stay
+        params["reasoning"] = "context"
     b.add("sft", s.training(params),
           ["data", *s.base],
           f"{adapter}{qtxt}, lr {t.learning_rate:g}, {steps}, batch {s.train['batch_size']}x"
