@@ -67,14 +67,14 @@ def evaluate_model(
 
     Returns:
         {"metrics", "by_kind", "stats", "n", "samples", "predictions", "answer_syntax",
-        "worst_examples", "seconds", "oom_retries", "reasoning"}: whole-split metrics, metrics by
-        row kind (tool, refusal, text), each gateable metric's value/n/sd (for tolerance by split size),
-        the first N_SAMPLES rows with prompt, reference, prediction and exact, every answer, the
-        call syntax the answers were read in (``parsers.syntax_of`` the template: hermes,
-        llama3_json, task_api; None when it writes no calls), the worst rows per metric, and each
-        out-of-memory halving of a batch ({"phase", "rows": [from, to], "token_budget": [from,
-        to]}; ``llmops.backends.oom``), and the answers that began with reasoning
-        ({"rows", "tokens"}; the answer after it is what is scored).
+        "worst_examples", "seconds", "oom_retries", "reasoning"}: whole-split metrics, metrics
+        by row kind (tool, refusal, text), each gateable metric's value/n/sd (for tolerance by
+        split size), the first N_SAMPLES rows with prompt, reference, prediction and exact,
+        every answer, the call syntax the answers were read in (``parsers.syntax_of`` the
+        template: hermes, llama3_json, task_api; None when it writes no calls), the worst rows
+        per metric, each out-of-memory halving of a batch ({"phase", "rows": [from, to],
+        "token_budget": [from, to]}; ``llmops.backends.oom``), and the answers that began with
+        reasoning ({"rows", "tokens"}; the answer after it is what is scored).
     """
     from llmops.backends.generation import generate
     from llmops.backends.heldout import row_losses
