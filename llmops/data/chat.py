@@ -52,12 +52,15 @@ def template_call(call: Mapping[str, Any]) -> dict[str, Any]:
 def template_message(message: Mapping[str, Any]) -> dict[str, Any]:
     """Returns one message as a template expects it: keys that are None dropped (templates test
     for ``tool_calls`` being defined), ``content`` always present ("" for a non-assistant turn
-    without one), call arguments as objects."""
+    without one), call arguments as objects, an assistant's ``reasoning_content`` also as
+    ``thinking`` (the key gpt-oss's template reads; Qwen3's and DeepSeek's read the first)."""
     out = {k: v for k, v in message.items() if v is not None and k != "tool_calls"}
     content = message.get("content")
     out["content"] = content if content is not None or message.get("role") == "assistant" else ""
     if message.get("tool_calls"):
         out["tool_calls"] = [template_call(c) for c in message["tool_calls"]]
+    if out.get("reasoning_content") is not None and "thinking" not in out:
+        out["thinking"] = out["reasoning_content"]  # gpt-oss's template's key for it
     return out
 
 

@@ -11,6 +11,11 @@ as training rendered them (`llmops.data.chat.template_messages`: call arguments 
 the model writes with its arguments as a JSON string (double-encoded) is no call: the parser
 refuses it, and the answer comes back as `content`.
 
+A reasoning block the model writes first (``<think>...</think>``, ``parsers.split_reasoning``)
+comes back as `message.reasoning_content`, as OpenAI-compatible servers return it, and the answer
+after it as `content` (its calls read from that answer); a request's assistant messages reach the
+template with their `reasoning_content`.
+
 tool_choice: "auto" (or absent) renders the tools and parses the answer; "none" renders no tools;
 {"type": "function", "function": {"name": ...}} is llama-cpp-python's own path (a grammar forces
 that function's arguments). "required" is not enforced (treated as "auto"). Streaming requests
@@ -24,7 +29,7 @@ import uuid
 from typing import Any
 
 from llmops.data.chat import template_messages
-from llmops.scoring.parsers import parser_for
+from llmops.scoring.parsers import parser_for, split_reasoning
 
 HANDLER_NAME = "llmops-tools"
 #: What integration_config.json states about tool_choice (see the module docstring).
@@ -93,13 +98,19 @@ def handle(*, llama: Any, messages: list[dict[str, Any]], tools: list[dict] | No
     msgs = template_messages(list(messages))
     if tool_choice == "none":
         tools, tool_choice = None, None
-    if stream or not tools or isinstance(tool_choice, dict):
+    if stream or isinstance(tool_choice, dict):
         return base(llama=llama, messages=msgs, tools=tools, tool_choice=tool_choice,
                     stream=stream, **kwargs)
     reply = base(llama=llama, messages=msgs, tools=tools, tool_choice=None, stream=False,
                  **kwargs)
     choice = reply["choices"][0]
-    content, calls = calls_from_text(choice["message"].get("content") or "", formatter.template)
+    reasoning, text = split_reasoning(choice["message"].get("content") or "")
+    if reasoning is not None:  # the answer after it is the content (OpenAI-compatible servers')
+        choice["message"]["reasoning_content"] = reasoning
+        choice["message"]["content"] = text
+    if not tools:
+        return reply
+    content, calls = calls_from_text(text, formatter.template)
     if calls:
         choice["message"]["content"] = content
         choice["message"]["tool_calls"] = calls
