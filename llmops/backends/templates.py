@@ -11,7 +11,13 @@ assistant turns, tool calls and end-of-turn token included:
   the mask: the tokens are checked to be those of the model's own template,
 - else by rendering: each assistant turn's text is what the template adds to the chat before it
   (with the generation prompt), up to its end-of-turn token; the tokens whose characters fall in
-  those spans are masked in.
+  those spans are masked in. Where the template renders a chat's prefix otherwise than the chat
+  (Qwen3 drops the ``<think>`` block of earlier turns), each turn is found after the assistant
+  header in the whole chat's render (``header_spans``).
+
+An assistant message's reasoning (``reasoning_content``) is rendered by the template like the
+rest; ``data.reasoning=context`` takes its rendered block out of the mask
+(``without_reasoning_loss``), and ``check_reasoning`` refuses a template that drops it.
 """
 
 from __future__ import annotations
@@ -289,6 +295,9 @@ def assistant_spans(tokenizer: Any, messages: list[dict[str, Any]],
             continue
         prompt, upto = text(messages[:i], True), text(messages[: i + 1], False)
         if not (upto.startswith(prompt) and full.startswith(upto)):
+            by_header = header_spans(tokenizer, messages, tools, full, ends)
+            if by_header is not None:
+                return full, by_header
             raise StageError(
                 "sft: the chat template renders a chat's prefix differently from the chat itself "
                 f"(assistant turn {i}), so no assistant-only loss mask can be cut out. Use a "
@@ -298,6 +307,37 @@ def assistant_spans(tokenizer: Any, messages: list[dict[str, Any]],
         stop = min((turn.find(t) + len(t) for t in ends if t in turn), default=len(turn.rstrip()))
         spans.append((len(prompt), len(prompt) + stop))
     return full, spans
+
+
+def header_spans(tokenizer: Any, messages: list[dict[str, Any]],
+                 tools: list[dict[str, Any]] | None, full: str,
+                 ends: tuple[str, ...]) -> list[tuple[int, int]] | None:
+    """Returns each assistant turn's characters in the whole chat's render, found after the
+    template's assistant header (what its generation prompt adds), up to the turn's end-of-turn
+    marker; None unless the render holds one header per assistant message.
+
+    For a template whose render of a chat's prefix differs from the chat's own: Qwen3's writes
+    the last assistant turn with its ``<think>`` block and earlier ones without (their reasoning
+    is not rendered, so not trained on: the data report counts it).
+    """
+    probe = [{"role": "user", "content": "x"}]
+    opened = render(tokenizer, probe, tools, add_generation_prompt=True)
+    plain = render(tokenizer, probe, tools)
+    header = opened[len(plain):] if opened.startswith(plain) else ""
+    n = sum(m.get("role") == "assistant" for m in messages)
+    starts, at = [], full.find(header) if header.strip() else -1
+    while at >= 0:
+        starts.append(at + len(header))
+        at = full.find(header, at + len(header))
+    if not starts or len(starts) != n:
+        return None
+    spans = []
+    for start in starts:
+        found = [full.find(t, start) for t in ends]
+        stop = min((f + len(t) for f, t in zip(found, ends, strict=True) if f >= 0),
+                   default=len(full))
+        spans.append((start, stop))
+    return spans
 
 
 def rendered_mask(tokenizer: Any, messages: list[dict[str, Any]],
