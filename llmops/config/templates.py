@@ -232,11 +232,12 @@ def reasoning_families(seconds: float | None = None) -> list[str]:
 
 def reasoning_problem(what: str, where: str, seconds: float | None = None) -> str:
     """Returns the message of a template that cannot render the reasoning the data has."""
-    can = [n for n in reasoning_families(seconds) if n.startswith(("qwen3", "gptoss"))][:4]
+    can = reasoning_families(seconds)
+    first = [n for n in ("qwen3", "gptoss") if n in can] or ["PATH.jinja"]
     return (f"{what} cannot render reasoning (an assistant message's reasoning_content), but "
             f"the data has reasoning ({where}). Use a template that does, e.g. "
-            f"model.chat_template={' or '.join(can) or 'PATH.jinja'} (its model's family), or "
-            "data.reasoning=drop to train without it.")
+            f"model.chat_template={' or '.join(first)} (its model's family; TRL's that do: "
+            f"{', '.join(can) or 'none'}), or data.reasoning=drop to train without it.")
 
 
 def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None,
