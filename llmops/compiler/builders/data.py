@@ -89,6 +89,8 @@ class DataParams(TypedDict):
     """Rows longer than this (tokens, through the model's template) are rejected."""
     on_error: str
     """keep (train on the valid rows, report the rest) or fail (exit 5 on any reject)."""
+    on_unsupported: str
+    """Rows with images, audio or video: fail (exit 5, naming them) or drop (rejects listed)."""
     num_proc: int | None
     model: ModelParams
     limits: DataLimits
@@ -152,7 +154,8 @@ def add_data(b: PlanBuilder, s: StageInputs) -> None:
         "hf_id": d.hf_id, "hf_split": d.hf_split, "system_prompt": d.system_prompt,
         "n_examples": d.n_examples, "val_fraction": d.val_fraction,
         "test_fraction": d.test_fraction, "seed": d.seed, "dedup": d.dedup,
-        "max_length": d.max_length, "on_error": d.on_error, "num_proc": d.num_proc,
+        "max_length": d.max_length, "on_error": d.on_error,
+        "on_unsupported": d.on_unsupported, "num_proc": d.num_proc,
         "model": s.model, "limits": limits,
         # the preview shows the rows as sft tokenizes them, its loss mask included
         "preview": {"rows": d.preview, "assistant_only_loss": s.cfg.train.assistant_only_loss},
