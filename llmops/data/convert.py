@@ -133,6 +133,7 @@ def openai_messages(value: Any, path: str, unused: dict[str, Any] | None = None
         raise c.Rejected("bad_messages", path, f"must be a list of messages (got "
                          f"{'null' if value is None else type(value).__name__}).")
     out = []
+    pending: list[dict[str, Any]] = []  # calls not yet answered, oldest first
     for i, m in enumerate(value):
         where = f"{path}[{i}]"
         if not isinstance(m, dict):
@@ -160,13 +161,31 @@ def openai_messages(value: Any, path: str, unused: dict[str, Any] | None = None
         if isinstance(legacy, dict) and role == "assistant":
             listed.append(c.tool_call(legacy, f"{where}.function_call", f"call_{i}_legacy"))
         listed += part_calls
-        out.append(c.message(
-            role, text, listed or None,
-            m.get("tool_call_id") if isinstance(m.get("tool_call_id"), str) else None,
-            m.get("name") if isinstance(m.get("name"), str) else None,
-            c.weight(m.get("weight"), f"{where}.weight"), trace,
-        ))
+        pending.extend(listed)
+        ident = m.get("tool_call_id") if isinstance(m.get("tool_call_id"), str) else None
+        name = m.get("name") if isinstance(m.get("name"), str) else None
+        if role == "tool":
+            call = _answered(pending, ident, name)
+            if call is not None and ident is None and name is None:
+                # a result without an id (typed-part sets) answers the oldest open call
+                ident, name = call["id"], call["function"]["name"]
+        out.append(c.message(role, text, listed or None, ident, name,
+                             c.weight(m.get("weight"), f"{where}.weight"), trace))
     return out
+
+
+def _answered(pending: list[dict[str, Any]], ident: str | None, name: str | None
+              ) -> dict[str, Any] | None:
+    """Removes and returns the open call a tool message answers: by id, by name, else the
+    oldest (None when none is open)."""
+    for call in pending:
+        if (ident is not None and call["id"] == ident) or (
+                ident is None and name is not None and call["function"]["name"] == name):
+            pending.remove(call)
+            return call
+    if ident is None and name is None and pending:
+        return pending.pop(0)
+    return None
 
 
 def _turns(value: Any, col: str, role: str) -> list[dict[str, Any]]:

@@ -101,7 +101,9 @@ def _calls(text: str, path: str, turn: int, max_depth: int | None) -> list[dict[
 
 
 def _rest(text: str, pattern: re.Pattern[str]) -> str | None:
-    rest = pattern.sub("", text).strip()
+    """Returns the text without the pattern's blocks (an empty one, as in "within <tools>
+    </tools> XML tags", is prose and stays), stripped; None when nothing is left."""
+    rest = pattern.sub(lambda m: m[0] if not m[1].strip() else "", text).strip()
     return rest or None
 
 

@@ -139,6 +139,9 @@ os.register_at_fork(after_in_child=_default_signals_in_child)
 def _prepare(params: dict, inputs: dict[str, Path], out_dir: Path, cache: str,
              ctx: StageContext) -> dict:
     counter, lengths_info = data_io.token_counter(params, inputs, ctx)
+    demo_note = data_io.demo_model_note(params, inputs, lengths_info)
+    if demo_note:
+        ctx.logger.warning("data: %s", demo_note)
     sources = [_checked(name, spec, params, counter, cache, ctx)
                for name, spec in data_io.specs(params)]
     kind = _one_kind(sources)
@@ -233,6 +236,8 @@ def _prepare(params: dict, inputs: dict[str, Path], out_dir: Path, cache: str,
                                              rows, MAX_LISTED),
         "files": [f"{name}.jsonl" for name in splits],
     }
+    if demo_note:
+        report["model_note"] = demo_note
     pref = _preferences(params, kind, rows, splits, written, out_dir, cache, ctx)
     if pref is not None:
         report["preferences"] = pref

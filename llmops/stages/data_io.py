@@ -425,3 +425,17 @@ def code_rows(rejects, code: str) -> np.ndarray:
     column = rejects.select_columns(["reject"]).with_format("arrow")[:]["reject"]
     hit = pc.equal(pc.struct_field(column, "code"), code)
     return np.flatnonzero(pc.fill_null(hit, False).to_numpy(zero_copy_only=False))
+
+
+def demo_model_note(params: dict, inputs: dict[str, Path], info: dict) -> str | None:
+    """Returns what to tell a user who runs the tiny demo model on their own rows (None for the
+    bundled Task-API rows or another model)."""
+    if params["source"] == "task_api" or "base" not in inputs:
+        return None
+    size = (info.get("loaded") or {}).get("vocab_size", "its")
+    return (f"model=tiny is llmops's demo model: its {size}-token vocabulary was made from the "
+            "bundled Task-API text, so other text splits into many short tokens and most real "
+            f"rows will be longer than its {params['max_length']}-token data.max_length "
+            "(rejected as too_long). For your own data name a real model: model=hub "
+            "model.hub_id=ORG/NAME (or a local model folder), or a preset such as "
+            "model=qwen0.5b.")

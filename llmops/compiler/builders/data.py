@@ -16,9 +16,9 @@ from typing_extensions import NotRequired, TypedDict
 
 from llmops.compiler.builders.common import ModelParams
 from llmops.compiler.inputs import PlanBuilder, StageInputs
-from llmops.config.schema import DataConfig, DataSource
+from llmops.config.schema import DataColumns, DataConfig, DataSource, DataTags
 from llmops.core.fingerprint import data_file_hash, file_sha256
-from llmops.data import formats
+from llmops.data import formats, registry
 from llmops.data.limits import DATA_KEYS as DATA_LIMITS
 
 
@@ -122,7 +122,7 @@ def data_sources(d: DataConfig) -> list[SourceParams]:
     """Returns the sources of a files config as the data stage reads them: ``data.path`` as a
     one-source list, paths made absolute, aliases resolved, only the mappings set."""
     given = [DataSource(path=d.path, format=d.format, columns=d.columns, tags=d.tags)] if d.path \
-        else list(d.sources)
+        else [registry_source(d)] if d.registry else list(d.sources)
     out: list[SourceParams] = []
     for src in given:
         out.append({
@@ -132,6 +132,16 @@ def data_sources(d: DataConfig) -> list[SourceParams]:
             "tags": src.tags.model_dump(exclude_none=True),
         })
     return out
+
+
+def registry_source(d: DataConfig) -> DataSource:
+    """Returns the source a LLaMA-Factory registry entry names (``data.registry``, ``data.name``;
+    see ``llmops.data.registry``); data.columns / data.tags set by the user override its own."""
+    entry = registry.read_entry(d.registry or "", d.name or "")
+    columns = {**entry["columns"], **d.columns.model_dump(exclude_none=True)}
+    tags = {**entry["tags"], **d.tags.model_dump(exclude_none=True)}
+    return DataSource(path=entry["path"], format=entry["format"], samples=entry["samples"],
+                      columns=DataColumns(**columns), tags=DataTags(**tags))
 
 
 def add_data(b: PlanBuilder, s: StageInputs) -> None:
