@@ -22,31 +22,33 @@ from collections.abc import Mapping
 from typing import Any
 
 from llmops.data import chat, lengths, mix, pages, reasoning
-from llmops.data.canonical import plain_message
+from llmops.data.canonical import message, plain_message
+from llmops.data.convert import UNUSED, UNUSED_EXAMPLE
 from llmops.data.limits import Limits
 from llmops.data.toolcheck import check_rows
 from llmops.files import json_default
 
-LINE, PAIR = "_line", "_pair"
+LINE, PAIR, LABEL, REASONING = "_line", "_pair", "_label", "_reasoning"
 ANNOTATIONS = (mix.HASH, mix.KIND, mix.TOOL, mix.CALLS, mix.DECLARED)
-#: Per row: its reasoning traces as written, their tokens, and how many of them the model's
-#: template renders (Qwen3's leaves out those before the last user turn).
-TRACES, TRACE_TOKENS, TRACES_RENDERED = "_reasoning", "_reasoning_tokens", "_reasoning_rendered"
+#: Per row, besides its reasoning traces as read (REASONING): their tokens, and how many of them
+#: the model's template renders (Qwen3's leaves out those before the last user turn).
+TRACE_TOKENS, TRACES_RENDERED = "_reasoning_tokens", "_reasoning_rendered"
 
 
 def features(kind: str):
     """Returns the ``datasets.Features`` of the pass's output for a canonical kind."""
-    from datasets import Features, Value
+    from datasets import Features, List, Value
 
     from llmops.data.canonical import features as canonical
 
     own = canonical(kind)
     columns = {"meta": own["meta"], "reject": own["reject"], mix.HASH: Value("int64"),
                mix.KIND: Value("string"), mix.TOOL: Value("string"), mix.CALLS: Value("int64"),
-               mix.DECLARED: Value("int64"), TRACES: Value("int64"),
-               TRACE_TOKENS: Value("int64"), TRACES_RENDERED: Value("int64"),
-               lengths.TOKENS: Value("int64"),
-               lengths.MEASURED: Value("bool"), LINE: Value("string")}
+               mix.DECLARED: Value("int64"), lengths.TOKENS: Value("int64"),
+               lengths.MEASURED: Value("bool"), LINE: Value("string"), LABEL: Value("bool"),
+               REASONING: Value("int64"), TRACE_TOKENS: Value("int64"),
+               TRACES_RENDERED: Value("int64"), UNUSED: List(Value("string")),
+               UNUSED_EXAMPLE: Value("string")}
     if kind == "preference":
         columns[PAIR] = Value("string")
     return Features(columns)
@@ -75,7 +77,9 @@ def body(row: Mapping[str, Any], kind: str) -> str:
         text = '{"messages": ' + _messages([*row["prompt"], *row["chosen"]])
     else:
         text = '{"messages": ' + _messages(row["messages"])
-    return text + (', "tools": ' + row["tools"] if row["tools"] else "")
+    text += ', "tools": ' + row["tools"] if row["tools"] else ""
+    label = row.get("label")
+    return text + (', "label": ' + ("true" if label else "false") if label is not None else "")
 
 
 def line(text: str, meta: Mapping[str, Any], source: str, kind: str, tool: str | None) -> str:
@@ -125,6 +129,7 @@ class RowPass:
 
     def __init__(self, convert: Any, prepare: Prepare):
         self.convert, self.kind = convert, convert.kind
+        convert.track_unused = True
         self.source, self.system_prompt = prepare.source, prepare.system_prompt
         self.counter, self.max_length = prepare.counter, prepare.max_length
         self.limits, self.reasoning = prepare.limits, prepare.reasoning
@@ -158,7 +163,7 @@ class RowPass:
             sizes = [-(-len(t) // lengths.CHARS_PER_TOKEN) for t in texts]
         k = 0
         for i, traces in found.items():
-            columns[TRACES][i] = len(traces)
+            columns[REASONING][i] = len(traces)
             columns[TRACE_TOKENS][i] = sum(sizes[k:k + len(traces)])
             k += len(traces)
             if self.reasoning != "drop" and getattr(self.counter, "template", False):
@@ -174,8 +179,7 @@ class RowPass:
         key = "messages" if "messages" in out else "prompt" if "prompt" in out else None
         if key is None or not self.system_prompt:
             return
-        system = {"role": "system", "content": self.system_prompt, "tool_calls": None,
-                  "tool_call_id": None, "name": None, "weight": None}
+        system = message("system", self.system_prompt)
         for i in ok:
             m = out[key][i]
             if not (m and m[0]["role"] == "system"):
@@ -190,7 +194,7 @@ class RowPass:
         ok = [i for i, r in enumerate(out["reject"]) if r is None]
         self._with_system(out, ok)
         found = self._traces(out, ok)
-        content = [k for k in out if k not in ("meta", "reject")]
+        content = [k for k in out if k not in ("meta", "reject", UNUSED, UNUSED_EXAMPLE)]
         sub = {k: [out[k][i] for i in ok] for k in content}
         rows = [dict(zip(content, values, strict=True))
                 for values in zip(*(sub[k] for k in content), strict=True)]
@@ -202,7 +206,9 @@ class RowPass:
                              lambda rs: [tokens[id(r)] for r in rs], self.limits, render_errors)
         columns: dict[str, list] = {"meta": out["meta"], "reject": out["reject"],
                                     **{k: [None] * n for k in (*ANNOTATIONS, *counts, LINE)},
-                                    **{k: [0] * n for k in (TRACES, TRACE_TOKENS,
+                                    UNUSED: out[UNUSED], UNUSED_EXAMPLE: out[UNUSED_EXAMPLE],
+                                    LABEL: out["label"] if "label" in out else [None] * n,
+                                    **{k: [0] * n for k in (REASONING, TRACE_TOKENS,
                                                             TRACES_RENDERED)}}
         where = {i: j for j, i in enumerate(ok)}
         self._reasoning_columns({i: t for i, t in found.items() if reasons[where[i]] is None},

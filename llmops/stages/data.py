@@ -41,11 +41,13 @@ from llmops.core.plan import report_name
 from llmops.data import lengths, mix, pipeline, task_api
 from llmops.data.convert import FormatError
 from llmops.data.limits import Limits, TimeLimit
+from llmops.data.parts import UNSUPPORTED_FIX
 from llmops.errors import ConfigError, DataRejected, Problem, StageError
 from llmops.files import write_json, write_jsonl
 from llmops.stages import data_io
 
 REPORT_NAME = report_name("data")
+UNSUPPORTED = "unsupported_modality"
 MAX_LISTED = 200
 SHOWN_IN_ERROR = 10
 SPLITS = ("train", "val", "test")
@@ -137,12 +139,19 @@ os.register_at_fork(after_in_child=_default_signals_in_child)
 def _prepare(params: dict, inputs: dict[str, Path], out_dir: Path, cache: str,
              ctx: StageContext) -> dict:
     counter, lengths_info = data_io.token_counter(params, inputs, ctx)
+    demo_note = data_io.demo_model_note(params, inputs, lengths_info)
+    if demo_note:
+        ctx.logger.warning("data: %s", demo_note)
     sources = [_checked(name, spec, params, counter, cache, ctx)
                for name, spec in data_io.specs(params)]
     kind = _one_kind(sources)
     n_rejected = sum(len(s.rejects) for s in sources)
     valid = [len(s.rows) for s in sources]
-    if params["on_error"] == "fail" and n_rejected:
+    n_unsupported = _by_code(sources).get(UNSUPPORTED, 0)
+    if n_unsupported and params["on_unsupported"] == "fail":
+        _refuse_modalities(sources, n_unsupported)
+    dropped = n_unsupported if params["on_unsupported"] == "drop" else 0
+    if params["on_error"] == "fail" and n_rejected - dropped:
         _fail(sources, n_rejected)
     if not sum(valid):
         first = "; ".join(_reject_line(r) for r in _listed(sources, 3))
@@ -161,7 +170,8 @@ def _prepare(params: dict, inputs: dict[str, Path], out_dir: Path, cache: str,
     rows = datasets.concatenate_datasets(filled) if len(filled) > 1 else filled[0]
     offsets = np.cumsum([0, *valid])
     ann = data_io.gather(rows, [mix.HASH, mix.KIND, mix.TOOL, mix.CALLS, mix.DECLARED,
-                                lengths.TOKENS, lengths.MEASURED, *REASONING])
+                                lengths.TOKENS, lengths.MEASURED, pipeline.LABEL,
+                                *REASONING])
     positions = np.arange(len(rows))
     first = mix.first_occurrences(ann[mix.HASH].to_numpy()) if params["dedup"] else positions
     duplicate = first != positions
@@ -176,12 +186,24 @@ def _prepare(params: dict, inputs: dict[str, Path], out_dir: Path, cache: str,
         extra.append(n_repeat)
     chosen_all = np.concatenate(chosen)
     labels = mix.Labels(ann[mix.KIND], ann[mix.TOOL])
+    # Rows labelled undesirable (label=false) are for KTO: they all go to train.jsonl, so val and
+    # test (eval's references) hold only answers to learn; sft leaves them out of training.
+    label = data_io.label_codes(ann[pipeline.LABEL])
+    undesirable = chosen_all[label[chosen_all] == 0]
+    if undesirable.size and undesirable.size == chosen_all.size:
+        raise StageError(f"data: every one of the {chosen_all.size} rows of {_origin(params)} is "
+                         "labelled undesirable (label=false): no answer to learn or evaluate. "
+                         "Add desirable rows (label=true), or fix the labels.")
+    if undesirable.size:
+        chosen_all = chosen_all[label[chosen_all] != 0]
     strata, _ = labels.codes(chosen_all, _stratum)
     try:
         local = mix.split_indices(strata, params["val_fraction"], params["test_fraction"], seed)
     except ValueError as exc:
         raise StageError(f"data: {exc}") from exc
     splits = {name: chosen_all[idx] for name, idx in local.items()}
+    splits["train"] = np.concatenate([splits["train"], undesirable])
+    chosen_all = np.concatenate([chosen_all, undesirable])
     source_of = np.searchsorted(offsets, positions, side="right") - 1
     repeated = [mix.repeats(splits["train"][source_of[splits["train"]] == i], n, rng)
                 for i, n in enumerate(extra)]
@@ -201,6 +223,10 @@ def _prepare(params: dict, inputs: dict[str, Path], out_dir: Path, cache: str,
         "kinds": {"all": labels.count(chosen_all, _kind),
                   **{name: labels.count(idx, _kind) for name, idx in splits.items()}},
         "tool_calls": _tool_calls(ann, chosen_all, splits),
+        "labels": data_io.label_counts(label, chosen_all, splits),
+        "reasoning": _reasoning(ann, chosen_all, splits, params,
+                                bool(getattr(counter, "template", False))),
+        "unused": data_io.unused(rows),
         "sources": [_source_report(s, i, source_of, duplicate, chosen[i], repeated[i], splits)
                     for i, s in enumerate(sources)],
         "rejects_by_code": _by_code(sources),
@@ -212,9 +238,9 @@ def _prepare(params: dict, inputs: dict[str, Path], out_dir: Path, cache: str,
         "token_lengths": data_io.token_stats(ann, chosen_all, params["max_length"], lengths_info,
                                              rows, MAX_LISTED),
         "files": [f"{name}.jsonl" for name in splits],
-        "reasoning": _reasoning(ann, chosen_all, splits, params,
-                                bool(getattr(counter, "template", False))),
     }
+    if demo_note:
+        report["model_note"] = demo_note
     pref = _preferences(params, kind, rows, splits, written, out_dir, cache, ctx)
     if pref is not None:
         report["preferences"] = pref
@@ -234,6 +260,8 @@ def _prepare(params: dict, inputs: dict[str, Path], out_dir: Path, cache: str,
     )
     if report["reasoning"].get("note"):
         ctx.logger.warning("data: %s", report["reasoning"]["note"])
+    data_io.say_labels(report["labels"], ctx.logger)
+    data_io.say_unused(report["unused"], ctx.logger)
     if n_rejected:
         ctx.logger.warning("data: %d rows rejected (%s); listed in %s. data.on_error=fail stops "
                            "the run on any reject.", n_rejected, ", ".join(
@@ -262,7 +290,7 @@ def _checked(name: str, spec: dict[str, Any], params: dict, counter: Any, cache:
     return Source(name, spec, prepare.kind, rows, rejects, len(rows) + len(rejects))
 
 
-REASONING = (pipeline.TRACES, pipeline.TRACE_TOKENS, pipeline.TRACES_RENDERED)
+REASONING = (pipeline.REASONING, pipeline.TRACE_TOKENS, pipeline.TRACES_RENDERED)
 
 
 def _check_reasoning(ann: Any, chosen: np.ndarray, counter: Any, params: dict) -> None:
@@ -272,7 +300,7 @@ def _check_reasoning(ann: Any, chosen: np.ndarray, counter: Any, params: dict) -
 
     tok = getattr(counter, "tokenizer", None)
     template = getattr(tok, "chat_template", None) if tok is not None else None
-    traces = ann[pipeline.TRACES].to_numpy()[chosen]
+    traces = ann[pipeline.REASONING].to_numpy()[chosen]
     if params.get("reasoning", "train") == "drop" or not template or not traces.any():
         return
     seconds = params["limits"]["template_seconds"]
@@ -286,29 +314,28 @@ def _check_reasoning(ann: Any, chosen: np.ndarray, counter: Any, params: dict) -
 
 def _reasoning(ann: Any, chosen: np.ndarray, splits: dict[str, np.ndarray],
                params: dict, rendered: bool) -> dict[str, Any]:
-    """Returns data_report.json's reasoning: data.reasoning, and for the kept rows and each
-    split the rows with reasoning, their traces, the traces' tokens and how many traces the
-    model's template renders (Qwen3's leaves out those of turns before the last user message:
-    the model never sees them, in any mode; None without a template to render them)."""
+    """Returns data_report.json's reasoning: data.reasoning (``mode``), and over the kept rows
+    (and ``by_split``) the rows with reasoning, their traces (assistant messages with
+    ``reasoning_content``, as read: with drop, left out of the written rows), the traces' tokens
+    and how many the model's template renders (Qwen3's leaves out those of turns before the last
+    user message: the model never sees them, in any mode; None without a template)."""
     cols = {k: ann[k].to_numpy() for k in REASONING}
 
-    def count(idx: np.ndarray) -> dict[str, int]:
-        traces = cols[pipeline.TRACES][idx]
+    def count(idx: np.ndarray) -> dict[str, int | None]:
+        traces = cols[pipeline.REASONING][idx]
         return {"rows": int((traces > 0).sum()), "traces": int(traces.sum()),
                 "tokens": int(cols[pipeline.TRACE_TOKENS][idx].sum()),
                 "rendered": int(cols[pipeline.TRACES_RENDERED][idx].sum()) if rendered
                 else None}
 
     mode = params.get("reasoning", "train")
-    out: dict[str, Any] = {"mode": mode, "all": count(chosen),
-                           **{name: count(idx) for name, idx in splits.items()}}
-    everything = out["all"]
-    if mode != "drop" and rendered and everything["rendered"] < everything["traces"]:
-        out["note"] = (f"the model's template renders {everything['rendered']} of "
-                       f"{everything['traces']} reasoning traces: a trace it leaves out (Qwen3's "
-                       "template keeps only the turns after the last user message) is neither "
-                       "seen nor trained on. Split such conversations into one row per turn to "
-                       "train on every trace.")
+    out: dict[str, Any] = {"mode": mode, **count(chosen),
+                           "by_split": {name: count(idx) for name, idx in splits.items()}}
+    if mode != "drop" and rendered and out["rendered"] < out["traces"]:
+        out["note"] = (f"the model's template renders {out['rendered']} of {out['traces']} "
+                       "reasoning traces: a trace it leaves out (Qwen3's template keeps only the "
+                       "turns after the last user message) is neither seen nor trained on. Split "
+                       "such conversations into one row per turn to train on every trace.")
     return out
 
 
@@ -337,6 +364,20 @@ def _fail(sources: list[Source], n: int) -> None:
                        f"trains:\n{shown}{more}\nFix these rows, or set data.on_error=keep to "
                        f"train on the {sum(len(s.rows) for s in sources)} valid rows and list "
                        "the rejects in data_report.json.")
+
+
+def _refuse_modalities(sources: list[Source], n: int) -> None:
+    listed = []
+    for s in sources:
+        if len(listed) >= SHOWN_IN_ERROR:
+            break
+        mine = data_io.code_rows(s.rejects, UNSUPPORTED)
+        listed += data_io.reject_entries(s.rejects.select(mine), s.name,
+                                         SHOWN_IN_ERROR - len(listed))
+    shown = "\n".join(f"  - {_reject_line(r)}" for r in listed)
+    more = f"\n  ... and {n - SHOWN_IN_ERROR} more" if n > SHOWN_IN_ERROR else ""
+    raise DataRejected(f"data: {n} rows hold images, audio or video, which llmops does not "
+                       f"train on:\n{shown}{more}\n{UNSUPPORTED_FIX}")
 
 
 def _reject_line(r: dict[str, Any]) -> str:
