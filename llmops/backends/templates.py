@@ -22,6 +22,7 @@ rest; ``data.reasoning=context`` takes its rendered block out of the mask
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -108,7 +109,8 @@ def reasoning_spans(text: str, messages: Sequence[Mapping[str, Any]]) -> list[tu
     """Returns the characters of each reasoning block a rendered chat holds: from the family's
     opening marker (``<think>``; gpt-oss's analysis channel) through its closing marker and the
     blank after it, for each assistant message's ``reasoning_content`` found in the text (a trace
-    the template leaves out has none)."""
+    the template leaves out has none), and every such marked block, empty ones included (only
+    assistant tokens are masked in, so a block quoted in a user turn changes nothing)."""
     spans, pos = [], 0
     for m in messages:
         trace = (m.get("reasoning_content") or "").strip() if m.get("role") == "assistant" \
@@ -129,6 +131,9 @@ def reasoning_spans(text: str, messages: Sequence[Mapping[str, Any]]) -> list[tu
                 break
         spans.append((start, end))
         pos = end
+    for opening, closing in REASONING_MARKERS:  # empty blocks too (Qwen3 writes one per answer)
+        spans += [m.span() for m in re.finditer(
+            re.escape(opening) + r".*?" + re.escape(closing) + r"\s*", text, re.DOTALL)]
     return spans
 
 
@@ -227,7 +232,7 @@ def training_tokens(tokenizer: Any, row: Mapping[str, Any], method: tuple[str, s
     out = tokenize_chat(tokenizer, row["messages"], row.get("tools"), method)
     if not assistant_only:
         out["assistant_masks"] = [1] * len(out["input_ids"])
-    if reasoning == "context" and has_reasoning(row):
+    if reasoning == "context":
         out = without_reasoning_loss(tokenizer, row["messages"], row.get("tools"), out)
     return out
 

@@ -306,10 +306,15 @@ def _check_reasoning(ann: Any, chosen: np.ndarray, counter: Any, params: dict) -
     seconds = params["limits"]["template_seconds"]
     if renders_reasoning(template, seconds):
         return
-    value = params["model"]["chat_template"]
-    what = "the tiny model's template" if value == "chatml" else repr(value)
+    value, rows = params["model"]["chat_template"], int((traces > 0).sum())
+    if value == "chatml":  # the tiny model trains through its own template only
+        raise ConfigError([Problem("data.reasoning", (
+            f"the tiny model's template cannot render reasoning, but {rows} rows of "
+            f"{_origin(params)} have it. Use data.reasoning=drop to train without it, or a "
+            "model whose template renders it (model=hub model.hub_id=... with "
+            "model.chat_template=qwen3 or gptoss)."))])
     raise ConfigError([Problem("model.chat_template", reasoning_problem(
-        what, f"{int((traces > 0).sum())} rows of {_origin(params)}", seconds))])
+        repr(value), f"{rows} rows of {_origin(params)}", seconds))])
 
 
 def _reasoning(ann: Any, chosen: np.ndarray, splits: dict[str, np.ndarray],

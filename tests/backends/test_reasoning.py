@@ -73,6 +73,8 @@ def test_the_loss_mask_follows_data_reasoning_token_by_token(qwen3):
     gone = training_tokens(tok, dropped, method, True, "train")  # data.reasoning=drop's rows
     assert _masked(gone) == [_ids(tok, "<think>\n\n</think>\n\n") + tail]
     assert len(gone["input_ids"]) < len(trained["input_ids"])
+    # context: Qwen3's empty block (a row without reasoning) is out of the loss as well
+    assert _masked(training_tokens(tok, dropped, method, True, "context")) == [tail]
 
 
 def test_qwen3_renders_only_the_last_turns_reasoning_and_masks_each_turn(qwen3):
