@@ -9,8 +9,9 @@ the base stage declared (base_report.json tokenizer.gguf_pre_tokenizer, "gpt-2")
 Parity, per file -> gguf_report.json:
 - tokenizer: the GGUF tokenizes a probe set (held-out prompts, answers, awkward strings, and
   conversations with tools, a call, its result and an answer as the model's own template renders
-  them: Qwen2.5's <tool_call> blocks, Llama 3.1's JSON calls) exactly as the HF tokenizer does,
-  special tokens and BOS included;
+  them: Qwen2.5's <tool_call> blocks, Llama 3.1's JSON calls; answers with reasoning where the
+  template renders it: Qwen3's <think> blocks) exactly as the HF tokenizer does, special tokens
+  and BOS included;
 - chat template: the GGUF carries the training chat template byte for byte;
 - greedy answers on held-out prompts vs the merged HF model (agreement rate; f16 should match).
 """
@@ -40,6 +41,17 @@ EXTRA_PROBES = (
     "<|im_start|>user\nhi<|im_end|>\n",
     '<tool_call>\n{"name": "create_task", "arguments": {"title": "buy milk"}}\n</tool_call>',
     '{"name": "create_task", "parameters": {"title": "buy milk", "due": "2025-03-14"}}',
+)
+#: Conversations whose answers carry reasoning, for templates that render it (Qwen3's <think>).
+REASONING_CONVERSATIONS: tuple[list[dict[str, Any]], ...] = (
+    [{"role": "user", "content": "What is 17 + 25?"},
+     {"role": "assistant", "content": "42.",
+      "reasoning_content": "17 + 25: 17 + 20 = 37, then 37 + 5 = 42.\nSo: 42."}],
+    [{"role": "user", "content": "Add a task: buy milk"},
+     {"role": "assistant", "content": "Added.", "reasoning_content": "The user wants a task."},
+     {"role": "user", "content": "Thanks! <think>not mine</think>"},
+     {"role": "assistant", "content": "You are welcome.",
+      "reasoning_content": "They thank me; café 🦙."}],
 )
 #: Runs llama.cpp's converter with its own gguf-py first on sys.path; argv[1] = converter folder,
 #: argv[2] = pre-tokenizer to declare ("" = let the converter identify it by hash), rest = its args.
@@ -132,9 +144,11 @@ def tokenizer_parity(llm: Any, tokenizer: Any, texts: list[str]) -> dict[str, An
 def template_probes(tokenizer: Any) -> list[str]:
     """Renders the sample tool conversations (llmops.serving.modelfile) through the tokenizer's
     chat template: the tool schemas, a call, its result and an answer in the template's syntax.
-    A template that cannot render them (no tool role, ...) adds no probe."""
+    A template that cannot render them (no tool role, ...) adds no probe. A template that renders
+    reasoning adds the ``REASONING_CONVERSATIONS`` (its ``<think>`` blocks)."""
     from jinja2 import TemplateError
 
+    from llmops.config.templates import renders_reasoning
     from llmops.data.chat import render
     from llmops.serving.modelfile import SAMPLE_TOOLS, TOOL_CONVERSATIONS
 
@@ -144,6 +158,8 @@ def template_probes(tokenizer: Any) -> list[str]:
             probes.append(render(tokenizer, list(conv), SAMPLE_TOOLS))
         except (TemplateError, ValueError, TypeError):
             continue
+    if renders_reasoning(tokenizer.chat_template or ""):
+        probes += [render(tokenizer, list(conv)) for conv in REASONING_CONVERSATIONS]
     return probes
 
 

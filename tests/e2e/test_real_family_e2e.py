@@ -423,3 +423,113 @@ def test_qlora_nf4_on_cpu_trains_and_evaluates_the_hub_model(qlora_run):
     assert report["loss_mask"]["mask"] == FAMILY["qwen2"]["mask"]
     evaluation = _read(qlora_run / "eval_report.json")
     assert evaluation["answer_syntax"] == "hermes" and evaluation["tuned"]["counts"]["tool"] == 2
+
+
+# -- Reasoning (issue 22): one small Qwen3 run, data with reasoning to the endpoint -----------
+
+def _reasoning_rows(n: int = 24) -> list[dict]:
+    """n single-turn sums, each answer after its reasoning: half as reasoning_content, half as a
+    leading <think> block in the text (the data stage lifts it into reasoning_content)."""
+    rows = []
+    for k in range(n):
+        a, b = k + 2, 3 * k + 1
+        trace, answer = f"Add {a} and {b}: {a} + {b} = {a + b}.", f"The sum is {a + b}."
+        assistant = ({"role": "assistant", "content": answer, "reasoning_content": trace}
+                     if k % 2 else {"role": "assistant",
+                                    "content": f"<think>\n{trace}\n</think>\n\n{answer}"})
+        rows.append({"messages": [{"role": "user", "content": f"What is {a} + {b}?"},
+                                  assistant]})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def reasoning_run(real_model, e2e_root) -> dict:
+    """Trains a small Qwen3 model (its real vocabulary, <think>/</think> single tokens, TRL's
+    qwen3.jinja) on reasoning rows, full fine-tune at a high rate so that its answers open with
+    <think>, evaluates it, converts it to GGUF and serves it (deploy=openai, server kept)."""
+    folder = real_model("qwen3")
+    path = e2e_root / "reasoning.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in _reasoning_rows()), "utf-8")
+    run = e2e_root / "qwen3-reasoning"
+    quick = [o for o in QUICK if not o.startswith(("train.max_steps", "eval.max_new_tokens"))]
+    _llmops_capped(e2e_root, run, "model=hub", f"model.hub_id={folder}", *quick, *ON_CPU,
+                   f"data.path={path}", "lora=none", "train.max_steps=40",
+                   "train.learning_rate=0.003", "train.warmup_steps=0",
+                   "eval.max_new_tokens=48", "deploy=openai", *DEPLOY,
+                   "deploy.keep_serving=true", "deploy.openai.n_smoke=2",
+                   "deploy.openai.max_tokens=48")
+    server = _read(run / "deploy_report.json")["openai"]
+    yield {"run": run, "folder": folder, "server": server}
+    if server.get("serving"):
+        os.kill(int(server["pid"]), signal.SIGTERM)
+        with contextlib.suppress(psutil.Error):
+            psutil.Process(int(server["pid"])).wait(30)
+
+
+def test_reasoning_trains_through_qwen3s_template_with_reasoning_and_answer_in_the_loss(
+        reasoning_run):
+    from transformers import AutoTokenizer
+
+    run = reasoning_run["run"]
+    data = _read(run / "data_report.json")
+    assert data["counts"]["rejected"] == 0
+    reasoning = data["reasoning"]
+    assert reasoning["mode"] == "train" and reasoning["rows"] == reasoning["traces"] == 24
+    assert reasoning["rendered"] == 24 and reasoning["tokens"] > 24
+    train_rows = [json.loads(line) for line in (
+        Path(_read(run / "manifest.json")["stages"]["data"]["path"]) / "train.jsonl"
+    ).read_text("utf-8").splitlines()]
+    assert all(r["messages"][-1]["reasoning_content"] for r in train_rows)
+    report = _read(run / "training_report.json")
+    mask = report["loss_mask"]
+    assert mask["mask"] == "trl_training_template" and mask["reasoning"] == "train"
+    # Token by token: the loss is on <think>, the reasoning, </think> and the answer, nothing else.
+    tok = AutoTokenizer.from_pretrained(str(reasoning_run["folder"]))
+    expected = 0
+    for r in train_rows:
+        m = r["messages"][-1]
+        turn = f"<think>\n{m['reasoning_content']}\n</think>\n\n{m['content']}<|im_end|>"
+        ids = tok(turn, add_special_tokens=False)["input_ids"]
+        assert ids[0] == tok.convert_tokens_to_ids("<think>")
+        expected += len(ids)
+    assert mask["loss_tokens"] == expected < mask["tokens"]
+
+
+def test_eval_scores_the_answer_after_the_generated_reasoning(reasoning_run):
+    from llmops.scoring.parsers import split_reasoning
+    from llmops.scoring.split import _norm
+
+    report = _read(reasoning_run["run"] / "eval_report.json")
+    tuned = report["reasoning"]["tuned"]
+    assert tuned["rows"] == report["n"] > 0 and tuned["tokens"] > 0  # it learned to reason first
+    for sample in report["samples"]:
+        thought, answer = split_reasoning(sample["prediction"])
+        assert sample["prediction"].lstrip().startswith("<think>") and thought is not None
+        assert "<think>" not in answer and "</think>" not in answer
+        assert sample["exact"] == (_norm(answer) == _norm(sample["reference"]))
+
+
+def test_gguf_and_endpoint_keep_the_reasoning(reasoning_run):
+    from openai import OpenAI
+
+    from llmops.serving.modelfile import TOOL_CONVERSATIONS
+    from llmops.stages.gguf import REASONING_CONVERSATIONS
+
+    run = reasoning_run["run"]
+    gguf = _read(run / "gguf_report.json")
+    parity = gguf["files"]["f16"]["parity"]
+    assert gguf["passed"] and parity["chat_template"] == {"identical": True, "present": True}
+    assert parity["tokenizer"]["passed"], parity["tokenizer"]["mismatches"]
+    # the probes hold the reasoning conversations as Qwen3 renders them, <think> blocks included
+    assert gguf["tool_probes"] == len(TOOL_CONVERSATIONS) + len(REASONING_CONVERSATIONS)
+    smoke = _read(run / "stages" / "deploy" / "smoke_test.json")
+    assert smoke["passed"] and reasoning_run["server"]["serving"] is True
+    client = OpenAI(base_url=smoke["base_url"], api_key="not-needed", timeout=120,
+                    max_retries=0)
+    reply = client.chat.completions.create(
+        model=smoke["model"], messages=[{"role": "user", "content": "What is 4 + 5?"}],
+        max_tokens=48, temperature=0.0, seed=0)
+    message = reply.choices[0].message
+    extra = message.model_extra or {}
+    assert isinstance(extra.get("reasoning_content"), str), message
+    assert "<think>" not in (message.content or "") and "</think>" not in (message.content or "")
