@@ -24,8 +24,9 @@ from typing import Any
 
 from llmops.serving.gotemplate import GoValue, TemplateError, execute
 
-__all__ = ["TemplateError", "argument", "check_template", "go_template", "modelfile",
-           "ollama_values", "render_go", "resolve_family", "stop_tokens"]
+__all__ = ["REASONING_CONVERSATIONS", "TemplateError", "argument", "check_template",
+           "go_template", "modelfile", "ollama_values", "render_go", "resolve_family",
+           "stop_tokens"]
 
 _QWEN_DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 
@@ -109,14 +110,52 @@ GO_TEMPLATES: dict[str, str] = {
         "{{- end }}"
         "{{- end }}<|start_header_id|>assistant<|end_header_id|>\n\n"
     ),
+    # Qwen3 (TRL's qwen3.jinja, its tokenizer's): as Qwen2.5 without the default system turn;
+    # an assistant turn after the last user message writes its reasoning (Ollama's .Thinking) in
+    # a <think> block, earlier turns none.
+    "qwen3": (
+        '{{- $last := -1 }}{{ range $i, $m := .Messages }}{{ if eq .Role "user" }}'
+        "{{ $last = $i }}{{ end }}{{ end }}"
+        '{{- $sys := and .Messages (eq (index .Messages 0).Role "system") }}'
+        "{{- if .Tools }}<|im_start|>system\n{{ if $sys }}{{ (index .Messages 0).Content }}\n\n"
+        "{{ end }}# Tools\n\nYou may call one or more functions to assist with the user query."
+        "\n\nYou are provided with function signatures within <tools></tools> XML tags:\n"
+        "<tools>{{ range .Tools }}\n{{ . }}{{ end }}\n</tools>\n\nFor each function call, return "
+        "a json object with function name and arguments within <tool_call></tool_call> XML tags:"
+        '\n<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>'
+        "<|im_end|>\n"
+        "{{ else if $sys }}<|im_start|>system\n{{ (index .Messages 0).Content }}<|im_end|>\n"
+        "{{ end }}"
+        '{{- $prev := "" }}'
+        "{{- range $i, $m := .Messages }}"
+        '{{- if or (eq .Role "user") (and (eq .Role "system") $i) }}'
+        "<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n"
+        '{{ else if eq .Role "assistant" }}<|im_start|>assistant\n'
+        "{{ if and (gt $i $last) (or .Thinking (eq (len (slice $.Messages $i)) 1)) }}"
+        "<think>\n{{ .Thinking }}\n</think>\n\n{{ end }}{{ .Content }}"
+        "{{ range $j, $c := .ToolCalls }}{{ if or $m.Content $j }}\n{{ end }}"
+        '<tool_call>\n{"name": "{{ .Function.Name }}", "arguments": '
+        "{{ .Function.Arguments }}}\n</tool_call>{{ end }}<|im_end|>\n"
+        '{{ else if eq .Role "tool" }}{{ if ne $prev "tool" }}<|im_start|>user{{ end }}'
+        "\n<tool_response>\n{{ .Content }}\n</tool_response>"
+        "{{ if or (eq (len (slice $.Messages $i)) 1) "
+        '(ne (index (slice $.Messages $i) 1).Role "tool") }}<|im_end|>\n{{ end }}'
+        "{{ end }}{{ $prev = .Role }}"
+        "{{- end }}<|im_start|>assistant\n"
+    ),
 }
 #: What the training template does that its Go template cannot, per family (recorded in checks).
 KNOWN_DIFFERENCES: dict[str, tuple[str, ...]] = {
+    "qwen3": ("the training template strips the newlines around a reasoning trace and reads a "
+              "<think> block out of an answer's text; Ollama keeps reasoning apart (.Thinking), "
+              "so Go templates need neither", "a user message written as a <tool_response> "
+              "block counts as a tool result for the training template, as a question here"),
     "llama3.1": ("the training template trims each message's text; Go templates cannot, so a "
                  "message with surrounding whitespace reaches the model with it",),
 }
 #: Text that identifies a family's template (every snippet must occur), checked in this order.
 _SIGNATURES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("qwen3", ("<tool_call>", "<tool_response>", "<think>", "reasoning_content")),
     ("qwen2.5", ("<tool_call>", "<tool_response>", "You are Qwen, created by Alibaba Cloud")),
     ("llama3.1", ("<|start_header_id|>", "Environment: ipython", "Cutting Knowledge Date")),
 )
@@ -124,6 +163,7 @@ _SIGNATURES: tuple[tuple[str, tuple[str, ...]], ...] = (
 STOP_MARKERS: dict[str, tuple[str, ...]] = {
     "chatml": ("<|im_end|>", "<|im_start|>"),
     "qwen2.5": ("<|im_end|>", "<|im_start|>"),
+    "qwen3": ("<|im_end|>", "<|im_start|>"),
     "llama3": ("<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>"),
     "llama3.1": ("<|eot_id|>", "<|eom_id|>", "<|start_header_id|>", "<|end_header_id|>"),
 }
@@ -165,6 +205,20 @@ TOOL_CONVERSATIONS: tuple[list[dict[str, Any]], ...] = (
      {"role": "user", "content": "Now list my open tasks."}],
 )
 
+#: Conversations whose assistant turns carry reasoning (``reasoning_content``, Ollama's
+#: .Thinking), checked where the training template renders it, and probed by the gguf stage:
+#: an earlier turn's (Qwen3 drops it), and a call's after the last user turn (Qwen3 writes it).
+REASONING_CONVERSATIONS: tuple[list[dict[str, Any]], ...] = (
+    [{"role": "user", "content": "What is 17 + 25?"},
+     {"role": "assistant", "content": "42.",
+      "reasoning_content": "17 + 25: 17 + 20 = 37, then 37 + 5 = 42. Café 🦙."},
+     {"role": "user", "content": "And 42 + 1?"}],
+    [{"role": "user", "content": "Add a task to buy milk due 2025-03-14."},
+     {"role": "assistant", "content": "", "reasoning_content": "The user wants a task: milk.",
+      "tool_calls": [_CALL]},
+     {"role": "tool", "content": '{"id": 7, "status": "created"}'}],
+)
+
 
 def _arguments(value: Any) -> Any:
     """Returns call arguments as Ollama holds them: an object (JSON text is parsed)."""
@@ -186,7 +240,8 @@ def _message(m: dict[str, Any]) -> GoValue:
         calls.append(GoValue({"function": function.data}, {"Function": function}))
     content = m.get("content") or ""
     return GoValue(m, {"Role": m["role"], "Content": content, "ToolCalls": calls,
-                       "ToolName": m.get("name") or ""})
+                       "ToolName": m.get("name") or "",
+                       "Thinking": m.get("reasoning_content") or m.get("thinking") or ""})
 
 
 def _tool(t: dict[str, Any]) -> GoValue:
@@ -237,7 +292,7 @@ def resolve_family(family: str, training_template: str | None) -> str:
 
 
 #: model.chat_template values (TRL template names) -> the Go template family that renders them.
-TRL_FAMILIES = {"qwen2_5": "qwen2.5", "llama3_1": "llama3.1"}
+TRL_FAMILIES = {"qwen2_5": "qwen2.5", "llama3_1": "llama3.1", "qwen3": "qwen3"}
 
 
 def go_template(family: str) -> str:
@@ -286,6 +341,15 @@ def _renders_tools(render: Callable[..., str]) -> bool:
         return False
 
 
+def _renders_reasoning(render: Callable[..., str]) -> bool:
+    conv = REASONING_CONVERSATIONS[-1]
+    try:
+        return render(list(conv), SAMPLE_TOOLS) != render(
+            [{k: v for k, v in m.items() if k != "reasoning_content"} for m in conv], SAMPLE_TOOLS)
+    except Exception:  # noqa: BLE001 - a template that raises on them does not render them
+        return False
+
+
 def check_template(render_training: Callable[..., str], family: str,
                    bos_token: str | None = None,
                    conversations: Sequence[list[dict[str, Any]]] = SAMPLE_CONVERSATIONS,
@@ -304,8 +368,10 @@ def check_template(render_training: Callable[..., str], family: str,
         tools: The tool schemas of the tool conversations.
 
     Returns:
-        {identical, equivalent, family, conversations, tool_conversations, tools, mismatches:
-        [{index, tools, training, ollama}], json_formatting: [same shape], known_differences}.
+        {identical, equivalent, family, conversations, tool_conversations, tools,
+        reasoning_conversations (``REASONING_CONVERSATIONS``, checked with the tools where the
+        training template renders reasoning), mismatches: [{index, tools, training, ollama}],
+        json_formatting: [same shape], known_differences}.
     """
     template = go_template(family)
     known = list(KNOWN_DIFFERENCES.get(family, ()))
@@ -314,6 +380,9 @@ def check_template(render_training: Callable[..., str], family: str,
     cases = [(c, None) for c in conversations]
     if with_tools:
         cases += [(c, list(tools)) for c in tool_conversations]
+    reasoning = with_tools and _renders_reasoning(render_training)
+    if reasoning:
+        cases += [(c, list(tools)) for c in REASONING_CONVERSATIONS]
     mismatches, formatting = [], []
     for i, (conv, tl) in enumerate(cases):
         conv = [dict(m, content=m["content"].strip()) if trims and isinstance(m.get("content"), str)
@@ -328,7 +397,9 @@ def check_template(render_training: Callable[..., str], family: str,
     return {"identical": not mismatches and not formatting, "equivalent": not mismatches,
             "family": family, "conversations": len(conversations),
             "tool_conversations": len(tool_conversations) if with_tools else 0,
-            "tools": with_tools, "mismatches": mismatches, "json_formatting": formatting,
+            "tools": with_tools,
+            "reasoning_conversations": len(REASONING_CONVERSATIONS) if reasoning else 0,
+            "mismatches": mismatches, "json_formatting": formatting,
             "known_differences": known}
 
 

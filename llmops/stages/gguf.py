@@ -42,17 +42,6 @@ EXTRA_PROBES = (
     '<tool_call>\n{"name": "create_task", "arguments": {"title": "buy milk"}}\n</tool_call>',
     '{"name": "create_task", "parameters": {"title": "buy milk", "due": "2025-03-14"}}',
 )
-#: Conversations whose answers carry reasoning, for templates that render it (Qwen3's <think>).
-REASONING_CONVERSATIONS: tuple[list[dict[str, Any]], ...] = (
-    [{"role": "user", "content": "What is 17 + 25?"},
-     {"role": "assistant", "content": "42.",
-      "reasoning_content": "17 + 25: 17 + 20 = 37, then 37 + 5 = 42.\nSo: 42."}],
-    [{"role": "user", "content": "Add a task: buy milk"},
-     {"role": "assistant", "content": "Added.", "reasoning_content": "The user wants a task."},
-     {"role": "user", "content": "Thanks! <think>not mine</think>"},
-     {"role": "assistant", "content": "You are welcome.",
-      "reasoning_content": "They thank me; café 🦙."}],
-)
 #: Runs llama.cpp's converter with its own gguf-py first on sys.path; argv[1] = converter folder,
 #: argv[2] = pre-tokenizer to declare ("" = let the converter identify it by hash), rest = its args.
 _WRAPPER = """
@@ -150,7 +139,7 @@ def template_probes(tokenizer: Any) -> list[str]:
 
     from llmops.config.templates import renders_reasoning
     from llmops.data.chat import render
-    from llmops.serving.modelfile import SAMPLE_TOOLS, TOOL_CONVERSATIONS
+    from llmops.serving.modelfile import REASONING_CONVERSATIONS, SAMPLE_TOOLS, TOOL_CONVERSATIONS
 
     probes = []
     for conv in TOOL_CONVERSATIONS:
@@ -159,7 +148,7 @@ def template_probes(tokenizer: Any) -> list[str]:
         except (TemplateError, ValueError, TypeError):
             continue
     if renders_reasoning(tokenizer.chat_template or ""):
-        probes += [render(tokenizer, list(conv)) for conv in REASONING_CONVERSATIONS]
+        probes += [render(tokenizer, list(conv), SAMPLE_TOOLS) for conv in REASONING_CONVERSATIONS]
     return probes
 
 

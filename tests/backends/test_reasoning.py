@@ -139,3 +139,24 @@ def test_reasoning_data_with_a_template_that_drops_it_fails_the_config(compose_p
     _, plan = compose_plan([*base, "model.chat_template=qwen3", "data.reasoning=context"])
     assert plan.stage("sft").params["reasoning"] == "context"
     assert plan.stage("data").params["preview"]["reasoning"] == "context"
+
+
+def test_the_ollama_template_renders_qwen3s_reasoning_as_the_training_template(qwen3):
+    from llmops.serving.modelfile import (
+        REASONING_CONVERSATIONS,
+        SAMPLE_TOOLS,
+        checked_modelfile,
+        go_template,
+        render_go,
+    )
+
+    made = checked_modelfile(qwen3, "auto", "/m.gguf", 4096, "deploy")
+    check = made["check"]
+    assert made["family"] == "qwen3" and check["equivalent"], check["mismatches"]
+    assert check["reasoning_conversations"] == len(REASONING_CONVERSATIONS) == 2
+    assert made["stop"] == ["<|im_end|>", "<|im_start|>"]
+    earlier, call = (render_go(go_template("qwen3"), c, tools=SAMPLE_TOOLS)
+                     for c in REASONING_CONVERSATIONS)
+    assert "<think>" not in earlier  # an answered turn before the last question: dropped
+    assert "<|im_start|>assistant\n<think>\nThe user wants a task: milk.\n</think>\n\n" \
+           "<tool_call>" in call

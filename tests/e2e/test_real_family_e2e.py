@@ -512,8 +512,7 @@ def test_eval_scores_the_answer_after_the_generated_reasoning(reasoning_run):
 def test_gguf_and_endpoint_keep_the_reasoning(reasoning_run):
     from openai import OpenAI
 
-    from llmops.serving.modelfile import TOOL_CONVERSATIONS
-    from llmops.stages.gguf import REASONING_CONVERSATIONS
+    from llmops.serving.modelfile import REASONING_CONVERSATIONS, TOOL_CONVERSATIONS
 
     run = reasoning_run["run"]
     gguf = _read(run / "gguf_report.json")
