@@ -454,7 +454,8 @@ def reasoning_run(real_model, e2e_root) -> dict:
     quick = [o for o in QUICK if not o.startswith(("train.max_steps", "eval.max_new_tokens"))]
     _llmops_capped(e2e_root, run, "model=hub", f"model.hub_id={folder}", *quick, *ON_CPU,
                    f"data.path={path}", "lora=none", "train.max_steps=40",
-                   "train.learning_rate=0.003", "train.warmup_steps=0",
+                   "train.learning_rate=0.004", "train.lr_scheduler=constant",
+                   "train.warmup_steps=0",
                    "eval.max_new_tokens=48", "deploy=openai", *DEPLOY,
                    "deploy.keep_serving=true", "deploy.openai.n_smoke=2",
                    "deploy.openai.max_tokens=48")

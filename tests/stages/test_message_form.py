@@ -101,9 +101,9 @@ def family(request, tiny_base, real_model) -> dict:
     tok = load_tokenizer(folder)
     tok.padding_side = "right"
     # Qwen3's template drops the empty <think> block of earlier assistant turns, so a row with
-    # two assistant turns has no prefix-consistent render to cut a mask from (sft refuses it):
-    # its rows here end on the call.
-    row = {"tools": TOOLS, "messages": ROWS[0]["messages"][:3]} if name == "qwen3" else ROWS[0]
+    # two assistant turns has no prefix-consistent render: its turns are found after the
+    # assistant header (templates.header_spans).
+    row = ROWS[0]
     return {"name": name, "folder": folder, "overrides": overrides, "inputs": inputs,
             "tokenizer": tok, "call": call, "syntax": syntax, "row": row}
 
@@ -159,9 +159,6 @@ def test_a_row_the_data_stage_keeps_at_the_limit_is_what_sft_trains_on(
         tmp_path, stage_params, family, capsys):
     from llmops.errors import StageError
 
-    if family["name"] == "qwen3":
-        pytest.skip("Qwen3's template renders earlier assistant turns without their <think> "
-                    "block: rows with two assistant turns cannot be masked (see family())")
     first, _ = _data(tmp_path, stage_params, family, 4096)
     limit = first["token_lengths"]["max"]
     assert first["counts"]["rejected"] == 0 and first["token_lengths"]["method"] == \
