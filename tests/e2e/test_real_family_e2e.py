@@ -503,9 +503,9 @@ def test_eval_scores_the_answer_after_the_generated_reasoning(reasoning_run):
     report = _read(reasoning_run["run"] / "eval_report.json")
     tuned = report["reasoning"]["tuned"]
     assert tuned["rows"] == report["n"] > 0 and tuned["tokens"] > 0  # it learned to reason first
-    for sample in report["samples"]:
+    for sample in report["samples"]:  # its reasoning, then </think> (<think> opened or not)
         thought, answer = split_reasoning(sample["prediction"])
-        assert sample["prediction"].lstrip().startswith("<think>") and thought is not None
+        assert thought is not None and thought not in answer
         assert "<think>" not in answer and "</think>" not in answer
         assert sample["exact"] == (_norm(answer) == _norm(sample["reference"]))
 
