@@ -119,7 +119,8 @@ def _ollama(params: dict, gguf: Path, tokenizer: Any, out_dir: Path, ctx: StageC
         ctx.logger.warning("deploy: Ollama prints tool schemas and call arguments as compact "
                            "JSON; the training template spaces them (same data, %d of %d sample "
                            "conversations)", len(check["json_formatting"]),
-                           check["conversations"] + check["tool_conversations"])
+                           check["conversations"] + check["tool_conversations"]
+                           + check["reasoning_conversations"])
     (out_dir / "Modelfile").write_text(text, encoding="utf-8")
     o = params["ollama"]
     host = str(o["host"]).rstrip("/")

@@ -445,22 +445,24 @@ def _reasoning_rows(n: int = 24) -> list[dict]:
 @pytest.fixture(scope="module")
 def reasoning_run(real_model, e2e_root) -> dict:
     """Trains a small Qwen3 model (its real vocabulary, <think>/</think> single tokens, TRL's
-    qwen3.jinja) on reasoning rows, full fine-tune at a high rate so that its answers open with
-    <think>, evaluates it, converts it to GGUF and serves it (deploy=openai, server kept)."""
+    qwen3.jinja) on reasoning rows, full fine-tune at a high rate so that it learns to reason
+    first, evaluates it, converts it to GGUF, writes its Modelfile (deploy=ollama) and serves it
+    (deploy=openai, server kept; the second run reuses the stages before deploy)."""
     folder = real_model("qwen3")
     path = e2e_root / "reasoning.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in _reasoning_rows()), "utf-8")
-    run = e2e_root / "qwen3-reasoning"
     quick = [o for o in QUICK if not o.startswith(("train.max_steps", "eval.max_new_tokens"))]
-    _llmops_capped(e2e_root, run, "model=hub", f"model.hub_id={folder}", *quick, *ON_CPU,
-                   f"data.path={path}", "lora=none", "train.max_steps=40",
-                   "train.learning_rate=0.004", "train.lr_scheduler=constant",
-                   "train.warmup_steps=0",
-                   "eval.max_new_tokens=48", "deploy=openai", *DEPLOY,
-                   "deploy.keep_serving=true", "deploy.openai.n_smoke=2",
-                   "deploy.openai.max_tokens=48")
+    common = ("model=hub", f"model.hub_id={folder}", *quick, *ON_CPU, f"data.path={path}",
+              "lora=none", "train.max_steps=40", "train.learning_rate=0.004",
+              "train.lr_scheduler=constant", "train.warmup_steps=0", "eval.max_new_tokens=48",
+              *DEPLOY)
+    ollama = e2e_root / "qwen3-reasoning-ollama"
+    _llmops_capped(e2e_root, ollama, *common, "deploy=ollama")
+    run = e2e_root / "qwen3-reasoning"  # reuses every stage before deploy from the store
+    _llmops_capped(e2e_root, run, *common, "deploy=openai", "deploy.keep_serving=true",
+                   "deploy.openai.n_smoke=2", "deploy.openai.max_tokens=48")
     server = _read(run / "deploy_report.json")["openai"]
-    yield {"run": run, "folder": folder, "server": server}
+    yield {"run": run, "ollama": ollama, "folder": folder, "server": server}
     if server.get("serving"):
         os.kill(int(server["pid"]), signal.SIGTERM)
         with contextlib.suppress(psutil.Error):
@@ -505,7 +507,7 @@ def test_eval_scores_the_answer_after_the_generated_reasoning(reasoning_run):
     assert tuned["rows"] == report["n"] > 0 and tuned["tokens"] > 0  # it learned to reason first
     for sample in report["samples"]:  # its reasoning, then </think> (<think> opened or not)
         thought, answer = split_reasoning(sample["prediction"])
-        assert thought is not None and thought not in answer
+        assert thought is not None and (not thought or thought not in answer)
         assert "<think>" not in answer and "</think>" not in answer
         assert sample["exact"] == (_norm(answer) == _norm(sample["reference"]))
 
@@ -522,6 +524,12 @@ def test_gguf_and_endpoint_keep_the_reasoning(reasoning_run):
     assert parity["tokenizer"]["passed"], parity["tokenizer"]["mismatches"]
     # the probes hold the reasoning conversations as Qwen3 renders them, <think> blocks included
     assert gguf["tool_probes"] == len(TOOL_CONVERSATIONS) + len(REASONING_CONVERSATIONS)
+    ollama = _read(reasoning_run["ollama"] / "deploy_report.json")["ollama"]
+    check = ollama["template_check"]
+    assert check["family"] == "qwen3" and check["equivalent"], check["mismatches"]
+    assert check["reasoning_conversations"] == len(REASONING_CONVERSATIONS)
+    modelfile = (reasoning_run["ollama"] / "stages" / "deploy" / "Modelfile").read_text("utf-8")
+    assert "<think>\n{{ .Thinking }}\n</think>" in modelfile
     smoke = _read(run / "stages" / "deploy" / "smoke_test.json")
     assert smoke["passed"] and reasoning_run["server"]["serving"] is True
     client = OpenAI(base_url=smoke["base_url"], api_key="not-needed", timeout=120,
