@@ -12,7 +12,8 @@ numbers.
     python -m llmops.serving.llama_cpp_runtime --model M.gguf --host 127.0.0.1 --port 8000
 starts llama-cpp-python's OpenAI-compatible server (same arguments) with the same setting, and
 with chat format ``llmops-tools`` registered (`--chat_format llmops-tools`: the GGUF's own chat
-template, tools included, and structured tool_calls; see llmops.serving.tool_calls).
+template, tools included, structured tool_calls and the answer's reasoning as
+``reasoning_content``; see llmops.serving.tool_calls).
 """
 
 from __future__ import annotations
@@ -62,10 +63,24 @@ def load_gguf(path: Path, n_ctx: int = 0, vocab_only: bool = False, n_threads: i
                      seed=0, vocab_only=vocab_only, verbose=False)
 
 
+def reasoning_field() -> None:
+    """Declares ``reasoning_content`` on llama-cpp-python's response message type (a TypedDict
+    its server validates replies against, dropping keys it does not declare), so the reasoning
+    the llmops-tools format separates from the answer reaches the client, as OpenAI-compatible
+    servers send it. Call before the server's routes are built."""
+    from llama_cpp import llama_types
+    from typing_extensions import NotRequired
+
+    message = llama_types.ChatCompletionResponseMessage
+    message.__annotations__["reasoning_content"] = NotRequired[str]
+    message.__optional_keys__ = frozenset({*message.__optional_keys__, "reasoning_content"})
+
+
 def serve() -> None:
-    """Runs llama-cpp-python's server (its own command line) with plain CPU buffers and the
-    llmops-tools chat format registered."""
+    """Runs llama-cpp-python's server (its own command line) with plain CPU buffers, the
+    llmops-tools chat format registered and replies' ``reasoning_content`` kept."""
     _patch()
+    reasoning_field()
     from llama_cpp.server.__main__ import main
 
     from llmops.serving.tool_calls import register
