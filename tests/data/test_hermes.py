@@ -46,6 +46,9 @@ def test_json_and_python_literal_calls_and_one_schema_per_line_tools_are_lifted(
      "tool_call_not_parsed"),
     ("<tool_call>get_time(zone='CET')</tool_call>", "tool_call_not_parsed"),
     ("<tool_call>" + "[" * 500 + "]" * 500 + "</tool_call>", "too_deep"),
+    ("<tool_call>" + "(" * 5000 + ")" * 5000 + "</tool_call>", "tool_call_not_parsed"),
+    ("<tool_call>{'name': 'get_time', 'arguments': {'zone': '" + "x" * (1 << 20) + "'}}"
+     "</tool_call>", "tool_call_not_parsed"),
     ("<tool_call>{'arguments': {}}</tool_call>", "bad_tool_call"),
     ("<tool_call>{'name': '', 'arguments': {}}</tool_call>", "tool_call_name"),
     ("<tool_call>{'name': 'get_time', 'arguments': {}}", "unclosed_tag"),
