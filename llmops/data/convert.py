@@ -119,7 +119,8 @@ def json_value(row: dict[str, Any], col: str, max_depth: int | None = None) -> A
 
 #: Message keys the OpenAI reader uses (others are listed as unused in the data report).
 MESSAGE_KEYS = frozenset({"role", "content", "tool_calls", "tool_call_id", "name", "weight",
-                          "reasoning_content", "reasoning", "thinking", "function_call"})
+                          "loss_weight", "reasoning_content", "reasoning", "thinking",
+                          "function_call"})
 #: OpenAI's other role names: developer is the system turn, function a tool result.
 ROLE_ALIASES = {"developer": "system", "function": "tool"}
 
@@ -128,7 +129,8 @@ def openai_messages(value: Any, path: str, unused: dict[str, Any] | None = None
                     ) -> list[dict[str, Any]]:
     """Normalises a list of OpenAI messages (see ``canonical``): content parts, reasoning
     (``reasoning_content``, ``reasoning``, reasoning parts, a leading ``<think>`` block),
-    calls (``tool_calls``, call parts, the legacy ``function_call``) and the roles
+    calls (``tool_calls``, call parts, the legacy ``function_call``), ``weight`` (or
+    ``loss_weight``, as LLaMA-Factory's and Volcengine's sets spell it) and the roles
     ``developer`` (system) and ``function`` (tool). Keys it does not read go to ``unused``."""
     if not isinstance(value, list):
         raise c.Rejected("bad_messages", path, f"must be a list of messages (got "
@@ -178,8 +180,9 @@ def openai_messages(value: Any, path: str, unused: dict[str, Any] | None = None
             if call is not None and ident is None and name is None:
                 # a result without an id (typed-part sets) answers the oldest open call
                 ident, name = call["id"], call["function"]["name"]
+        weight_key = "weight" if not extra or "loss_weight" not in m else "loss_weight"
         out.append(c.message(role, text, listed or None, ident, name,
-                             c.weight(m.get("weight"), f"{where}.weight"), trace))
+                             c.weight(m.get(weight_key), f"{where}.{weight_key}"), trace))
     return out
 
 

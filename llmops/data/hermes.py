@@ -162,8 +162,15 @@ def lift(messages: list[dict[str, Any]], path: str, tools: str | None,
             out.append(_answer(text, pending, m))
         else:
             out.append(m)
-    return {"messages": out, "tools": c.tools_json(declared, f"{path}<tools>", max_depth)
-            if declared else None}
+    seen: set[Any] = set()
+    unique = []  # a tools column and the system turn often declare the same tools
+    for tool in declared:
+        name = (tool.get("function") or tool).get("name") if isinstance(tool, dict) else None
+        if name is None or name not in seen:
+            unique.append(tool)
+            seen.add(name)
+    return {"messages": out, "tools": c.tools_json(unique, f"{path}<tools>", max_depth)
+            if unique else None}
 
 
 def _answer(text: str, pending: list[dict[str, Any]], m: dict[str, Any]) -> dict[str, Any]:

@@ -3,9 +3,9 @@
 A message's ``content`` is a string, None, or a list of parts. A part is a string or an object
 whose ``type`` says what it holds:
 
-- text: ``text``, ``input_text``, ``output_text`` (OpenAI's ``{"type": "text", "text": ...}``;
-  the ``value`` spelling of LLaMA-Factory's typed parts, ``{"type": "text", "value": ...}``);
-  joined in order;
+- text: ``text``, ``input_text``, ``output_text``, ``refusal`` (OpenAI's ``{"type": "text",
+  "text": ...}``; the ``value`` spelling of LLaMA-Factory's typed parts, ``{"type": "text",
+  "value": ...}``); joined in order;
 - reasoning: ``reasoning``, ``thinking``, ``reasoning_text`` (its text under ``text``, ``value``,
   ``thinking``, ``reasoning`` or ``content``): the message's ``reasoning_content``;
 - calls: ``tool_call``, ``function_call``, ``tool_use``: an object (OpenAI's call,
@@ -29,7 +29,7 @@ from typing import Any
 
 from llmops.data import canonical as c
 
-TEXT_PARTS = frozenset({"text", "input_text", "output_text"})
+TEXT_PARTS = frozenset({"text", "input_text", "output_text", "refusal"})
 REASONING_PARTS = frozenset({"reasoning", "thinking", "reasoning_text", "redacted_thinking"})
 CALL_PARTS = frozenset({"tool_call", "function_call", "tool_use"})
 MODALITY_PARTS: dict[str, str] = {
