@@ -493,7 +493,8 @@ def _preferences(params: dict, kind: str, rows: Any, splits: dict[str, np.ndarra
     elif params.get("preferences") == "derive":
         counts, kinds = {}, {}
         for i, (name, part) in enumerate(written.items()):
-            pairs, k = preferences.derive(part or [], params["seed"] + 1000 * (i + 1))
+            wanted = [r for r in part or [] if r.get("label") is not False]  # never "chosen"
+            pairs, k = preferences.derive(wanted, params["seed"] + 1000 * (i + 1))
             write_jsonl(out_dir / f"pref_{name}.jsonl", pairs)
             counts[name] = len(pairs)
             for key, n in k.items():
