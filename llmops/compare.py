@@ -2,9 +2,10 @@
 
 DIR is a multirun folder (DIR/0, DIR/1, ... each with metrics.json, manifest.json and
 .hydra/overrides.yaml) or any folder of single runs. Prints a leaderboard (best first, swept
-parameters as columns, gates), writes DIR/comparison.csv and DIR/comparison.png (the metric against
-each swept axis; the training loss curves of all points) and names the best point as the command
-that reproduces it. With W&B online, `--wandb PROJECT --group G` reads the same from the W&B API.
+parameters as columns, gates), writes DIR/comparison.csv, DIR/comparison.png (the metric against
+each swept axis; the training loss curves of all points) and DIR/report.html (the same in a
+browser, sortable; llmops.report) and names the best point as the command that reproduces it.
+With W&B online, `--wandb PROJECT --group G` reads the same from the W&B API.
 
 A run whose metrics.json, manifest.json or reports cannot be read (not UTF-8, not strict JSON,
 nested deeper than limits.json_depth, not the shape llmops writes) is skipped with one line on
@@ -19,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from llmops.report import write_sweep_report
 from llmops.tracking.jobs import is_noise
 from llmops.tracking.leaderboard import (  # noqa: F401  (compare's names, as they always were)
     Unreadable,
@@ -162,16 +164,19 @@ def write_png(rows: list[dict[str, Any]], swept: list[str], metric: str, path: P
 
 
 def compare(rows: list[dict[str, Any]], out_dir: Path, metric: str = "exact_match",
-            ascending: bool | None = None) -> dict[str, Any]:
-    """Ranks rows, prints the leaderboard, writes comparison.csv/.png; returns the best row."""
+            ascending: bool | None = None, source: Path | str | None = None) -> dict[str, Any]:
+    """Ranks rows, prints the leaderboard, writes comparison.csv/.png and the sweep's report.html
+    (llmops.report); returns the best row. source names where the rows come from (default:
+    out_dir)."""
     swept = swept_columns(rows)
     ranked = rank(rows, metric, ascending)
     print_table(ranked, swept, metric)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_csv(ranked, swept, metric, out_dir / "comparison.csv")
     write_png(ranked, swept, metric, out_dir / "comparison.png")
+    report = write_sweep_report(ranked, out_dir, source or out_dir, metric, ascending)
     best = ranked[0]
-    print(f"wrote {out_dir / 'comparison.csv'} and {out_dir / 'comparison.png'}")
+    print(f"wrote {out_dir / 'comparison.csv'}, {out_dir / 'comparison.png'} and {report}")
     print(f"best: {best['run']} ({metric} = {_fmt(metric_of(best, metric))}). Reproduce it with:")
     print(f"  {best['command']}")
     return best
@@ -201,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wandb", metavar="PROJECT", help="read the runs from the W&B API instead")
     p.add_argument("--group", help="W&B group (the sweep) with --wandb")
     p.add_argument("--entity", help="W&B entity with --wandb")
-    p.add_argument("--out", type=Path, help="where to write comparison.csv/.png (default: DIR)")
+    p.add_argument("--out", type=Path,
+                   help="where to write comparison.csv/.png and report.html (default: DIR)")
     p.add_argument("--json-depth", type=int, help="deepest nesting of a run's JSON files "
                    "(default: limits.json_depth's default)")
     args = p.parse_args(argv)
@@ -222,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"compare: no runs found in {where} (a run folder holds metrics.json or "
               "manifest.json).", file=sys.stderr)
         return 2
-    compare(rows, out, args.metric, args.ascending)
+    compare(rows, out, args.metric, args.ascending, where)
     return 0
 
 
