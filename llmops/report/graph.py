@@ -1,5 +1,7 @@
 """Lays out a plan's stages as a graph for the report's SVG: columns by networkx's topological
-generations (a stage sits right of every stage it needs), edges from each need to its stage."""
+generations (a stage sits right of every stage it needs), an edge from each need to its stage
+unless a path through other stages already joins them (the transitive reduction; the stage table
+lists every need)."""
 
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ def layout(stages: list[dict[str, Any]]) -> dict[str, Any]:
     by_name = {s["name"]: s for s in stages}
     edges = [{"x1": nodes[a]["x"] + NODE_W, "y1": nodes[a]["y"] + NODE_H / 2,
               "x2": nodes[b]["x"], "y2": nodes[b]["y"] + NODE_H / 2}
-             for a, b in graph.edges]
+             for a, b in nx.transitive_reduction(graph).edges]  # base→eval via sft: not drawn
     rows = max((len(g) for g in columns), default=0)
     return {
         "width": PAD * 2 + len(columns) * (NODE_W + GAP_X) - GAP_X,

@@ -58,7 +58,8 @@ def sweep_page(rows: list[dict[str, Any]], source: Path, metric: str,
     ranked = rank(rows, metric, ascending)
     name = metric.removeprefix("tuned.")
     chart: dict[str, Any] = {}
-    for i, key in enumerate(swept):
+    axes = [key for key in swept if len({str(r["params"].get(key)) for r in ranked}) > 1]
+    for i, key in enumerate(axes):
         chart[f"axis{i}"] = _axis_chart(ranked, key, swept, metric)
     curves = {label(r, swept): [tuple(p) for p in r["loss_curve"]] for r in ranked
               if r.get("loss_curve")}
@@ -82,7 +83,8 @@ def sweep_page(rows: list[dict[str, Any]], source: Path, metric: str,
         "title": f"llmops sweep {Path(source).name}",
         "metric": metric, "order": "lower is better" if (
             lower_is_better(metric) if ascending is None else ascending) else "higher is better",
-        "swept": swept, "axes": [(f"axis{i}", key) for i, key in enumerate(swept)],
+        "swept": swept, "axes": [(f"axis{i}", key) for i, key in enumerate(axes)],
+        "single": [(key, ranked[0]["params"].get(key)) for key in swept if key not in axes],
         "points": points, "best": best,
         "counts": {s: sum(p["status"] == s for p in points)
                    for s in sorted({p["status"] for p in points})},
