@@ -112,6 +112,30 @@ def test_report_of_a_folder_that_is_no_run_says_so(tmp_path):
     assert f"report: no run found in {tmp_path}" in r.stderr
 
 
+def test_compare_writes_the_sweep_report_with_each_points_status_and_error(tmp_path):
+    sweep = tmp_path / "sweep"
+    for job, (lr, exact) in enumerate((("1e-3", 0.5), ("1e-2", 0.9))):
+        (sweep / str(job)).mkdir(parents=True)
+        (sweep / str(job) / "metrics.json").write_text(json.dumps({
+            "status": "succeeded", "params": {"train.learning_rate": lr},
+            "swept": ["train.learning_rate"], "command": f"python -m llmops lr={lr}",
+            "tuned": {"exact_match": exact}, "final_loss": 1.0}))
+    (sweep / "2").mkdir()
+    (sweep / "2" / "manifest.json").write_text(json.dumps({
+        "status": "failed", "overrides": ["train.learning_rate=1"], "stages": {}}))
+    (sweep / "2" / "sweep_job.json").write_text(json.dumps({
+        "status": "failed", "error": f"sft: loss is NaN {SCRIPT}"}))
+    r = _report(str(sweep), cwd=tmp_path, module="llmops.compare")
+    assert r.returncode == 0, r.stderr[-3000:]
+    html = (sweep / "report.html").read_text("utf-8")
+    assert html.index(">python -m llmops lr=1e-2<") < html.index('id="leaderboard"')  # the best
+    rows = re.findall(r'<tr><td data-sort="(\d)">\d</td><td>(\d)</td>', html)
+    assert rows == [("1", "1"), ("2", "0"), ("3", "2")]  # as comparison.csv ranks them
+    assert "sft: loss is NaN &lt;script&gt;window.__pwned = 1&lt;/script&gt;" in html
+    assert SCRIPT not in html
+    assert '<canvas data-chart="axis0"' in html  # exact_match against the learning rate
+
+
 # ---- in the browser ----
 
 
