@@ -21,6 +21,7 @@ MAX_ROWS = 50
 MAX_TEXT = 4000
 STOPPED = ("failed", "interrupted", "gate_failed", "no_go")
 #: Stage kinds whose report a section of the page shows, in page order.
+TRAINING_KINDS = ("sft", "dpo", "kto", "orpo", "simpo", "grpo")
 SECTIONS = ("decide", "compute", "data", "training", "eval", "parity", "deploy", "monitor",
             "release")
 
@@ -123,16 +124,31 @@ def _compute(report: dict[str, Any], chart: dict[str, Any]) -> None:
                     for p in part_names}, "stage", "GB", stacked=True)
 
 
-def _training(report: dict[str, Any], chart: dict[str, Any], key: str) -> None:
-    curve = [p for p in _list(report.get("loss_curve")) if isinstance(p, dict)]
+def _curves(curve: list[dict[str, Any]], fields: list[str]) -> dict[str, list]:
     series = {}
-    for field in ("loss", "eval_loss"):
+    for field in fields:
         pts = [(p["step"], p[field]) for p in curve
                if _number(p.get("step")) is not None and _number(p.get(field)) is not None]
         if pts:
             series[field] = pts
-    if series:
-        chart[key] = charts.lines(series, "step", "loss")
+    return series
+
+
+def _training(report: dict[str, Any], chart: dict[str, Any], key: str) -> list[str]:
+    """Adds the loss curve (and DPO's reward curves, GRPO's per reward) of a training report;
+    returns the names of the charts it added."""
+    curve = [p for p in _list(report.get("loss_curve")) if isinstance(p, dict)]
+    added = []
+    losses = _curves(curve, ["loss", "eval_loss"])
+    if losses:
+        chart[key] = charts.lines(losses, "step", "loss")
+        added.append(key)
+    others = sorted({f for p in curve for f in p if f.startswith(("reward", "kl"))})
+    rewards = _curves(curve, others)
+    if rewards:
+        chart[f"{key}_rewards"] = charts.lines(rewards, "step", "value")
+        added.append(f"{key}_rewards")
+    return added
 
 
 def _eval(report: dict[str, Any], chart: dict[str, Any]) -> dict[str, Any]:
@@ -216,10 +232,11 @@ def run_page(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
             continue
     chart: dict[str, Any] = {}
     _compute(reports.get("compute", {}), chart)
-    training_kind = next((k for k in ("sft", "dpo", "kto", "orpo", "simpo", "grpo")
-                          if reports.get(k)), None)
-    training = reports.get(training_kind, {}) if training_kind else {}
-    _training(training, chart, "loss")
+    trainings = [{"kind": k, "report": reports[k], "charts": _training(reports[k], chart,
+                                                                         f"loss_{k}")}
+                 for k in TRAINING_KINDS if reports.get(k)]
+    training_kind = trainings[0]["kind"] if trainings else None
+    training = trainings[0]["report"] if trainings else {}
     if reports.get("base"):
         _training(reports["base"], chart, "pretrain_loss")
     config = _dict(plan.get("config") or manifest.get("config"))
@@ -230,6 +247,7 @@ def run_page(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         "problem": _problem(manifest, stages, reports),
         "graph": layout(stages), "stages": stages, "by_kind": by_kind,
         "reports": reports, "training_kind": training_kind, "training": training,
+        "trainings": trainings,
         "eval": _eval(reports.get("eval", {}), chart),
         "data": _data(reports.get("data", {}), chart),
         "smoke": _smoke(folder, stages),
