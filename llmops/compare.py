@@ -2,9 +2,10 @@
 
 DIR is a multirun folder (DIR/0, DIR/1, ... each with metrics.json, manifest.json and
 .hydra/overrides.yaml) or any folder of single runs. Prints a leaderboard (best first, swept
-parameters as columns, gates), writes DIR/comparison.csv and DIR/comparison.png (the metric against
-each swept axis; the training loss curves of all points) and names the best point as the command
-that reproduces it. With W&B online, `--wandb PROJECT --group G` reads the same from the W&B API.
+parameters as columns, gates), writes DIR/comparison.csv, DIR/comparison.png (the metric against
+each swept axis; the training loss curves of all points) and DIR/report.html (the same in a
+browser, sortable; llmops.report) and names the best point as the command that reproduces it.
+With W&B online, `--wandb PROJECT --group G` reads the same from the W&B API.
 
 A run whose metrics.json, manifest.json or reports cannot be read (not UTF-8, not strict JSON,
 nested deeper than limits.json_depth, not the shape llmops writes) is skipped with one line on
@@ -15,126 +16,23 @@ from __future__ import annotations
 
 import argparse
 import csv
-import math
-import os
-import re
 import sys
 from pathlib import Path
 from typing import Any
 
-from llmops.core.plan import report_name
-from llmops.tracking.jobs import (
-    is_noise,
-    override_params,
-    reproduce_command,
-    swept_keys,
-    varying_keys,
+from llmops.report import write_sweep_report
+from llmops.tracking.jobs import is_noise
+from llmops.tracking.leaderboard import (  # noqa: F401  (compare's names, as they always were)
+    Unreadable,
+    find_runs,
+    label,
+    lower_is_better,
+    metric_of,
+    natural_key,
+    rank,
+    row_from_run_dir,
+    swept_columns,
 )
-from llmops.tracking.metrics import METRICS_FILE
-
-LOWER_IS_BETTER = ("loss", "seconds", "false_refusal", "runtime")
-SKIP_DIRS = {"stages", "wandb", ".hydra", "checkpoints"}
-
-
-class Unreadable(ValueError):
-    """A run's file that compare cannot use (its message names the file and why)."""
-
-
-def default_json_depth() -> int:
-    """Returns limits.json_depth's default (conf/config.yaml, its one home)."""
-    from importlib.resources import files
-
-    from omegaconf import OmegaConf
-
-    return int(OmegaConf.load(files("llmops.conf") / "config.yaml").limits.json_depth)
-
-
-def _read(path: Path, depth: int) -> dict[str, Any]:
-    """Returns a run file's JSON object ({} when the file does not exist).
-
-    Raises:
-        Unreadable: Not UTF-8, not strict JSON, nested deeper than depth, or not an object.
-    """
-    from llmops.files import JSONLimitError, loads_bounded
-
-    if not path.is_file():
-        return {}
-    try:
-        text = path.read_text("utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise Unreadable(f"{path}: cannot read it ({exc})") from exc
-    try:
-        data = loads_bounded(text, depth)
-    except JSONLimitError as exc:
-        raise Unreadable(f"{path}: {exc}") from exc
-    except ValueError as exc:
-        raise Unreadable(f"{path}: not JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise Unreadable(f"{path}: not a JSON object (got {type(data).__name__})")
-    return data
-
-
-def _scalars(prefix: str, metrics: dict[str, Any] | None) -> dict[str, Any]:
-    return {f"{prefix}.{k}": v for k, v in (metrics or {}).items()
-            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)}
-
-
-def _curve(points: list[dict[str, Any]] | None) -> list[tuple[float, float]]:
-    return [(p["step"], p["loss"]) for p in points or [] if p.get("loss") is not None]
-
-
-def row_from_run_dir(run_dir: Path, depth: int | None = None) -> dict[str, Any] | None:
-    """Builds one leaderboard row from a run folder: metrics.json, else the stage reports.
-
-    Raises:
-        Unreadable: A file of the run cannot be read, or is not the shape llmops writes.
-    """
-    run_dir = Path(run_dir)
-    depth = depth or default_json_depth()
-    try:
-        return _row(run_dir, depth)
-    except (TypeError, AttributeError, KeyError, IndexError) as exc:
-        raise Unreadable(f"{run_dir}: its metrics.json or reports are not the shape llmops "
-                         f"writes ({type(exc).__name__}: {exc})") from exc
-
-
-def _finite(value: Any) -> Any:
-    """Returns a metric value, or None for one that is not a finite number."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return value if value is None or isinstance(value, str) else None
-    return value if math.isfinite(value) else None
-
-
-def _row(run_dir: Path, depth: int) -> dict[str, Any] | None:
-    m = _read(run_dir / METRICS_FILE, depth)
-    manifest = _read(run_dir / "manifest.json", depth)
-    if not m and not manifest:
-        return None
-    overrides = m.get("overrides") or manifest.get("overrides") or []
-    if not overrides and (run_dir / ".hydra" / "overrides.yaml").is_file():
-        from omegaconf import OmegaConf
-
-        overrides = list(OmegaConf.load(run_dir / ".hydra" / "overrides.yaml"))
-    evals = _read(run_dir / report_name("eval"), depth)
-    training = _read(run_dir / report_name("sft"), depth)
-    gates = m.get("gates") or {g["name"]: g for g in evals.get("gates", []) if "name" in g}
-    row: dict[str, Any] = {
-        "run_dir": str(run_dir.resolve()),
-        "status": m.get("status") or manifest.get("status"),
-        "params": {k: v for k, v in override_params(overrides).items() if not is_noise(k)},
-        "swept": m.get("swept") or swept_keys(run_dir.parent),
-        "command": m.get("command") or reproduce_command(overrides),
-        "gates_passed": m.get("gates_passed", evals.get("passed")),
-        "failed_gates": [n for n, g in gates.items() if g.get("passed") is False],
-        "final_loss": _finite(m.get("final_loss", training.get("final_loss"))),
-        "eval_loss": _finite(m.get("eval_loss", training.get("eval_loss"))),
-        "train_seconds": _finite(m.get("train_seconds", training.get("train_runtime_s"))),
-        "steps": _finite(m.get("steps", training.get("steps"))),
-        "loss_curve": _curve(training.get("loss_curve")),
-    }
-    for part in ("tuned", "base", "deltas"):
-        row.update(_scalars(part, m.get(part) or evals.get(part)))
-    return row
 
 
 def row_from_wandb_run(run: Any) -> dict[str, Any]:
@@ -167,62 +65,6 @@ def row_from_wandb_run(run: Any) -> dict[str, Any]:
                     and isinstance(v, int | float) and not isinstance(v, bool)})
     row["run"] = getattr(run, "name", None) or run.id
     return row
-
-
-def find_runs(root: Path, depth: int | None = None) -> list[dict[str, Any]]:
-    """Returns a row for every run folder under root (job folders in numeric order); a run that
-    cannot be read is skipped with one line on stderr naming the file and why."""
-    rows = []
-    depth = depth or default_json_depth()
-    for here, dirs, files in os.walk(root):
-        dirs[:] = sorted((d for d in dirs if d not in SKIP_DIRS),
-                         key=lambda d: (not d.isdigit(), int(d) if d.isdigit() else 0, d))
-        if METRICS_FILE in files or "manifest.json" in files:
-            try:
-                row = row_from_run_dir(Path(here), depth)
-            except Unreadable as exc:
-                print(f"compare: skipped a run: {exc}", file=sys.stderr)
-                dirs[:] = []
-                continue
-            if row:
-                row["run"] = str(Path(here).relative_to(root)) if Path(here) != root else "."
-                rows.append(row)
-            dirs[:] = []
-    return rows
-
-
-def swept_columns(rows: list[dict[str, Any]]) -> list[str]:
-    """Returns the swept keys: those the sweep declares, then any whose value differs by row."""
-    keys: list[str] = []
-    for r in rows:
-        keys += [k for k in r.get("swept", []) if k not in keys]
-    return keys + [k for k in varying_keys([r["params"] for r in rows]) if k not in keys]
-
-
-def metric_of(row: dict[str, Any], metric: str) -> float | None:
-    """Returns row[metric], or the tuned model's metric of that name."""
-    value = row.get(metric, row.get(f"tuned.{metric}"))
-    return float(value) if isinstance(value, int | float) else None
-
-
-def lower_is_better(metric: str) -> bool:
-    """Tells whether a smaller value of the metric is better (losses, times, false refusals)."""
-    return any(word in metric for word in LOWER_IS_BETTER)
-
-
-def rank(rows: list[dict[str, Any]], metric: str, ascending: bool | None = None) -> list[dict]:
-    """Sorts rows best first by metric; rows without it go last."""
-    asc = lower_is_better(metric) if ascending is None else ascending
-    def key(r: dict[str, Any]) -> tuple[bool, float, float]:
-        v, loss = metric_of(r, metric), r.get("final_loss")
-        return (v is None, 0.0 if v is None else (v if asc else -v),
-                loss if isinstance(loss, int | float) else float("inf"))  # ties: lower loss
-    return sorted(rows, key=key)
-
-
-def label(row: dict[str, Any], swept: list[str]) -> str:
-    """Returns a short name for a row: its swept values, or its folder."""
-    return ",".join(f"{k}={row['params'].get(k, '-')}" for k in swept) or row["run"]
 
 
 def _gates(row: dict[str, Any]) -> str:
@@ -272,13 +114,6 @@ def write_csv(rows: list[dict[str, Any]], swept: list[str], metric: str, path: P
             w.writerow([vals[c] if c in vals else r.get(c, "") for c in cols])
 
 
-def _natural(v: Any) -> tuple:
-    try:
-        return (0, float(v), "")
-    except (TypeError, ValueError):
-        return (1, 0.0, [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(v))])
-
-
 def write_png(rows: list[dict[str, Any]], swept: list[str], metric: str, path: Path) -> None:
     """Plots the metric against each swept axis, and all training loss curves, into one PNG."""
     import matplotlib
@@ -290,8 +125,8 @@ def write_png(rows: list[dict[str, Any]], swept: list[str], metric: str, path: P
     fig, axes = plt.subplots(1, len(axes_keys) + 1, figsize=(5 * (len(axes_keys) + 1), 4))
     for ax, key in zip(axes, axes_keys, strict=False):
         value = (lambda r: r["run"]) if key == "run" else (lambda r, k=key: r["params"].get(k))
-        xs = sorted({str(value(r)) for r in rows}, key=_natural)
-        numeric = all(_natural(x)[0] == 0 for x in xs)
+        xs = sorted({str(value(r)) for r in rows}, key=natural_key)
+        numeric = all(natural_key(x)[0] == 0 for x in xs)
         series: dict[str, list[tuple[Any, float]]] = {}
         for r in rows:
             y = metric_of(r, metric)
@@ -329,16 +164,19 @@ def write_png(rows: list[dict[str, Any]], swept: list[str], metric: str, path: P
 
 
 def compare(rows: list[dict[str, Any]], out_dir: Path, metric: str = "exact_match",
-            ascending: bool | None = None) -> dict[str, Any]:
-    """Ranks rows, prints the leaderboard, writes comparison.csv/.png; returns the best row."""
+            ascending: bool | None = None, source: Path | str | None = None) -> dict[str, Any]:
+    """Ranks rows, prints the leaderboard, writes comparison.csv/.png and the sweep's report.html
+    (llmops.report); returns the best row. source names where the rows come from (default:
+    out_dir)."""
     swept = swept_columns(rows)
     ranked = rank(rows, metric, ascending)
     print_table(ranked, swept, metric)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_csv(ranked, swept, metric, out_dir / "comparison.csv")
     write_png(ranked, swept, metric, out_dir / "comparison.png")
+    report = write_sweep_report(ranked, out_dir, source or out_dir, metric, ascending)
     best = ranked[0]
-    print(f"wrote {out_dir / 'comparison.csv'} and {out_dir / 'comparison.png'}")
+    print(f"wrote {out_dir / 'comparison.csv'}, {out_dir / 'comparison.png'} and {report}")
     print(f"best: {best['run']} ({metric} = {_fmt(metric_of(best, metric))}). Reproduce it with:")
     print(f"  {best['command']}")
     return best
@@ -368,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wandb", metavar="PROJECT", help="read the runs from the W&B API instead")
     p.add_argument("--group", help="W&B group (the sweep) with --wandb")
     p.add_argument("--entity", help="W&B entity with --wandb")
-    p.add_argument("--out", type=Path, help="where to write comparison.csv/.png (default: DIR)")
+    p.add_argument("--out", type=Path,
+                   help="where to write comparison.csv/.png and report.html (default: DIR)")
     p.add_argument("--json-depth", type=int, help="deepest nesting of a run's JSON files "
                    "(default: limits.json_depth's default)")
     args = p.parse_args(argv)
@@ -389,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"compare: no runs found in {where} (a run folder holds metrics.json or "
               "manifest.json).", file=sys.stderr)
         return 2
-    compare(rows, out, args.metric, args.ascending)
+    compare(rows, out, args.metric, args.ascending, where)
     return 0
 
 

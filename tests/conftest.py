@@ -267,3 +267,65 @@ def chain_run(tmp_path_factory, default_run) -> dict[str, Path]:
                        timeout=1800)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     return {"root": root, "store": store, "run": next(root.glob("outputs/runs/*/*"))}
+
+
+def _llmops_once(tmp_path_factory: pytest.TempPathFactory, name: str,
+                 runs: dict[str, list[str]], timeout: int = 600) -> dict[str, Any]:
+    """Runs `python -m llmops ARGS` for each named run, in order, once per session for every
+    xdist worker (in the session's shared folder, under a file lock); "{root}" in an argument is
+    that folder. Returns {"root": the folder, NAME: its CompletedProcess}."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in _llmops_env(TRANSFORMERS_OFFLINE="1").items() if k != "LLMOPS_STORE"}
+
+    def build(root: Path) -> None:
+        results = {}
+        for run, args in runs.items():
+            r = subprocess.run([sys.executable, "-m", "llmops",
+                                *(a.replace("{root}", str(root)) for a in args)],
+                               cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
+            results[run] = {"returncode": r.returncode, "stdout": r.stdout, "stderr": r.stderr}
+        (root / "results.json").write_text(json.dumps(results), encoding="utf-8")
+
+    root = _built_once(_shared_dir(tmp_path_factory), name, build)
+    results = json.loads((root / "results.json").read_text(encoding="utf-8"))
+    return {"root": root, **{run: subprocess.CompletedProcess(runs[run], **r)
+                             for run, r in results.items()}}
+
+
+# test_gates' small tiny-default run: quick pre-training, few SFT steps, a small dataset. Only the
+# accuracy gate differs between its runs; the other gates are made reachable.
+GATE_SMALL = ["usecase=none", "progress=false", "model.pretrain.steps=30",
+              "model.pretrain.n_examples=200", "data.n_examples=120", "train.max_steps=8",
+              "eval.gates.format.threshold=0", "eval.gates.safety.threshold=0",
+              "eval.gates.no_regression.tolerance=1", "store_dir={root}/store"]
+
+
+@pytest.fixture(scope="session")
+def gate_runs(tmp_path_factory) -> dict[str, Any]:
+    """Three small runs on one store, once per session: `fail` (accuracy gate 0.99: exit 3 before
+    export), `pass` (threshold 0) and `record` (0.99 with eval.enforce=false); each run folder is
+    root/NAME. test_gates checks them; the report test opens fail's report."""
+    return _llmops_once(tmp_path_factory, "gate_runs", {
+        "fail": [*GATE_SMALL, "hydra.run.dir={root}/fail", "eval.gates.accuracy.threshold=0.99"],
+        "pass": [*GATE_SMALL, "hydra.run.dir={root}/pass", "eval.gates.accuracy.threshold=0.0"],
+        "record": [*GATE_SMALL, "hydra.run.dir={root}/record",
+                   "eval.gates.accuracy.threshold=0.99", "eval.enforce=false"],
+    })
+
+
+# A tiny sweep point: 10 SFT steps, 200 rows, 20 eval rows (test_sweeps' TINY).
+SWEEP_TINY = ["train.max_steps=10", "data.n_examples=200", "model.pretrain.steps=20",
+              "eval.limit=20", "progress=false"]
+
+
+@pytest.fixture(scope="session")
+def rank_lr_sweep(tmp_path_factory) -> dict[str, Any]:
+    """`python -m llmops sweeps=rank_lr lora=r8 ...` (2 points) once per session; returns {root,
+    result, sweep (its multirun folder)}. test_sweeps checks it; the report test opens its
+    report."""
+    out = _llmops_once(tmp_path_factory, "rank_lr_sweep", {
+        "result": ["sweeps=rank_lr", "lora=r8", *SWEEP_TINY, "eval.enforce=false"]}, timeout=300)
+    found = sorted(out["root"].glob("outputs/multirun/*/*"))
+    return {**out, "sweep": found[-1] if found else None}

@@ -96,10 +96,27 @@ def execute(cfg: Any, run_dir: Path | None = None, overrides: list[str] | None =
     from llmops.compiler.render import print_summary
     from llmops.runner.run import run_plan
 
-    manifest = run_plan(plan, Path(run_dir), overrides, meta, stage_process)
+    try:
+        manifest = run_plan(plan, Path(run_dir), overrides, meta, stage_process)
+    finally:  # however the run ends: a failed or interrupted run's report shows why first
+        _write_report(Path(run_dir))
     report = _eval_report(Path(run_dir))
     print_summary(console, manifest, report, Path(run_dir))  # never fails the finished run
     return job_metric(report)
+
+
+def _write_report(run_dir: Path) -> None:
+    """Writes the run's report.html (llmops.report); a report that cannot be written is a
+    warning naming why, never the run's failure."""
+    if not (run_dir / "manifest.json").is_file():
+        return
+    try:
+        from llmops.report import write_run_report
+
+        log.info("report: %s", write_run_report(run_dir))
+    except Exception as exc:  # the run's outcome stands whatever the report does
+        log.warning("could not write %s (%s: %s); rebuild it with python -m llmops.report %s",
+                    run_dir / "report.html", type(exc).__name__, exc, run_dir)
 
 
 def task_overrides(hc: Any) -> list[str]:

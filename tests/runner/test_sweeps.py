@@ -12,12 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import SWEEP_TINY as TINY  # one home: the rank_lr_sweep fixture's
 
 from llmops.config.hydra.groups import group_options
 from llmops.errors import ConfigError
 
-TINY = ["train.max_steps=10", "data.n_examples=200", "model.pretrain.steps=20", "eval.limit=20",
-        "progress=false"]
 DATA_ONLY = ["model=qwen0.5b", "train=none", "eval=none", "deploy=none", "usecase=none"]
 SWEEPS = [s for s in group_options("sweeps") if s != "none"]
 # What a sweep needs besides itself to compile on this CPU machine.
@@ -134,11 +133,10 @@ def test_failing_point_does_not_stop_the_sweep_under_submitit(tmp_path):
 
 
 @pytest.mark.slow
-def test_named_sweep_runs_without_m_and_prepares_shared_stages_once(tmp_path):
-    t0 = time.perf_counter()
-    r = llmops("sweeps=rank_lr", "lora=r8", *TINY, "eval.enforce=false", cwd=tmp_path)
+def test_named_sweep_runs_without_m_and_prepares_shared_stages_once(rank_lr_sweep):
+    r = rank_lr_sweep["result"]  # conftest: sweeps=rank_lr lora=r8 on TINY, eval.enforce=false
     assert r.returncode == 0, r.stderr[-3000:]
-    jobs = _jobs(tmp_path)
+    jobs = _jobs(rank_lr_sweep["root"])
     assert len(jobs) == 2
     for stage in ("base", "data", "eval_base"):
         assert _statuses(jobs, stage) == ["cached", "ran"], stage
@@ -150,7 +148,6 @@ def test_named_sweep_runs_without_m_and_prepares_shared_stages_once(tmp_path):
     assert all(j["job"]["status"] == "succeeded" for j in jobs)
     assert all(isinstance(j["job"]["metric"], float) for j in jobs)
     assert "sweep finished: 2 of 2 points succeeded" in r.stdout
-    print(f"2-point named sweep: {time.perf_counter() - t0:.1f}s")
 
 
 @pytest.mark.slow
