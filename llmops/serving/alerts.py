@@ -143,3 +143,80 @@ RULE_FILE_SCHEMA: dict[str, Any] = {
         }}}},
 }
 """JSON Schema of a Prometheus alerting-rule file (the subset llmops writes)."""
+
+
+CHANNELS: tuple[str, ...] = ("webhook", "slack", "email")
+"""The alert channels an Alertmanager configuration can route to."""
+
+#: Secret of each channel: the file Alertmanager reads it from (in the secrets folder) and the
+#: environment variable an operator fills that file from. Alertmanager 0.25 reads secrets from
+#: files (`*_file`) but expands no environment variables, so no secret is written in the config.
+SECRET_FILES: dict[str, tuple[str, str]] = {
+    "webhook": ("webhook_token", "LLMOPS_ALERT_WEBHOOK_TOKEN"),
+    "slack": ("slack_api_url", "LLMOPS_ALERT_SLACK_API_URL"),
+    "email": ("smtp_password", "LLMOPS_ALERT_SMTP_PASSWORD"),
+}
+
+
+def _receiver(channel: str, settings: Mapping[str, Any], secrets_dir: str) -> dict[str, Any]:
+    secret = f"{secrets_dir.rstrip('/')}/{SECRET_FILES[channel][0]}"
+    if channel == "webhook":
+        hook: dict[str, Any] = {"url": str(settings["url"]), "send_resolved": True}
+        if settings.get("token", False):
+            hook["http_config"] = {"authorization": {"credentials_file": secret}}
+        return {"name": channel, "webhook_configs": [hook]}
+    if channel == "slack":
+        return {"name": channel, "slack_configs": [{
+            "api_url_file": secret, "channel": str(settings["channel"]), "send_resolved": True,
+            "title": '{{ .CommonLabels.alertname }} ({{ .CommonLabels.model }})',
+            "text": '{{ range .Alerts }}{{ .Annotations.summary }}: '
+                    '{{ .Annotations.description }}\n{{ end }}'}]}
+    return {"name": channel, "email_configs": [{
+        "to": str(settings["to"]), "from": str(settings["from"]),
+        "smarthost": str(settings["smarthost"]), "auth_username": str(settings["username"]),
+        "auth_password_file": secret, "send_resolved": True}]}
+
+
+def alertmanager_config(channels: Mapping[str, Mapping[str, Any]], secrets_dir: str,
+                        group_wait: str = "30s", group_interval: str = "5m",
+                        repeat_interval: str = "4h") -> dict[str, Any]:
+    """Builds an Alertmanager configuration that sends every llmops alert to each channel.
+
+    Args:
+        channels: {channel: settings}, channel one of CHANNELS. webhook: url (and token: true
+            to send SECRET_FILES' bearer token); slack: channel; email: to, from, smarthost,
+            username. Secrets are read from files in `secrets_dir` (SECRET_FILES), never written
+            here.
+        secrets_dir: The folder holding the secret files where Alertmanager runs.
+
+    Returns:
+        The configuration as data (route grouped by alert and model, one receiver per channel).
+    """
+    unknown = sorted(set(channels) - set(CHANNELS))
+    if not channels or unknown:
+        raise ValueError(f"alert channels {unknown or '[]'}: allowed {', '.join(CHANNELS)}")
+    receivers = [_receiver(c, channels[c], secrets_dir) for c in CHANNELS if c in channels]
+    names = [r["name"] for r in receivers]
+    return {
+        "route": {"receiver": names[0], "group_by": ["alertname", "model"],
+                  "group_wait": group_wait, "group_interval": group_interval,
+                  "repeat_interval": repeat_interval,
+                  "routes": [{"receiver": n, "continue": True} for n in names]},
+        "receivers": receivers,
+    }
+
+
+def prometheus_config(target: str, rule_file: str, alertmanager: str | None = None,
+                      interval: str = "15s") -> dict[str, Any]:
+    """Builds a Prometheus configuration that scrapes `python -m llmops.monitor`'s metrics
+    (`target`, host:port), evaluates the monitor stage's alert_rules.yml (`rule_file`) and sends
+    firing alerts to an Alertmanager (host:port)."""
+    config: dict[str, Any] = {
+        "global": {"scrape_interval": interval, "evaluation_interval": interval},
+        "rule_files": [rule_file],
+        "scrape_configs": [{"job_name": "llmops-monitor",
+                            "static_configs": [{"targets": [target]}]}],
+    }
+    if alertmanager:
+        config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}
+    return config

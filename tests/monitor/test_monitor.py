@@ -162,6 +162,53 @@ def test_rules_pass_promtool(stage_inputs, tmp_path, stage_params):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "SUCCESS: 4 rules found" in r.stdout + r.stderr
+    # The Prometheus configuration that scrapes the monitor and evaluates these rules.
+    from llmops.serving.alerts import prometheus_config
+
+    config = tmp_path / "prometheus.yml"
+    config.write_text(yaml.safe_dump(prometheus_config(
+        "127.0.0.1:9464", str(out / "alert_rules.yml"), "127.0.0.1:9093")))
+    r = subprocess.run([promtool or "promtool", "check", "config", str(config)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "SUCCESS: 4 rules found" in r.stdout, r.stdout + r.stderr
+
+
+def _binary(*names: str) -> str:
+    """Returns the first of names on PATH; skips (fails under LLMOPS_REQUIRE_PROMETHEUS=1)."""
+    found = next((shutil.which(n) for n in names if shutil.which(n)), None)
+    if found is None:
+        reason = f"{' / '.join(names)} not installed (apt-get install prometheus-alertmanager)"
+        if os.environ.get("LLMOPS_REQUIRE_PROMETHEUS") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return found
+
+
+CHANNELS = {"webhook": {"url": "http://127.0.0.1:9/hook", "token": True},
+            "slack": {"channel": "#llmops-alerts"},
+            "email": {"to": "ops@example.com", "from": "llmops@example.com",
+                      "smarthost": "smtp.example.com:587", "username": "llmops"}}
+
+
+@pytest.mark.parametrize("channels", [["webhook"], ["slack"], ["email"], list(CHANNELS)])
+def test_alertmanager_config_passes_amtool_with_secrets_in_files(tmp_path, channels):
+    from llmops.serving.alerts import SECRET_FILES, alertmanager_config
+
+    amtool = _binary("amtool")
+    config = alertmanager_config({c: CHANNELS[c] for c in channels}, str(tmp_path / "secrets"))
+    path = tmp_path / "alertmanager.yml"
+    path.write_text(yaml.safe_dump(config))
+    r = subprocess.run([amtool, "check-config", str(path)], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"{len(channels)} receivers" in r.stdout
+    # Secrets are named by file, never written: no URL of Slack's, no password in the file.
+    text = path.read_text()
+    for c in channels:
+        assert str(tmp_path / "secrets" / SECRET_FILES[c][0]) in text
+    assert "hooks.slack.com" not in text and "password:" not in text
+    with pytest.raises(ValueError, match="allowed webhook, slack, email"):
+        alertmanager_config({"pager": {}}, "/s")
 
 
 def test_rule_schema_rejects_a_malformed_rule(tmp_path):
