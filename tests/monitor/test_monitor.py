@@ -452,3 +452,134 @@ def test_monitor_is_quiet_on_the_tuned_model_and_pages_on_the_base_model(chain_r
     acc = report["figures"]["accuracy"]
     assert acc["firing"] and acc["significant"] and acc["now"] < acc["threshold"]
     assert "LlmopsAccuracyBelowBaseline" in report["alerts_firing"]
+
+
+# -- real Prometheus and Alertmanager -------------------------------------------------------------
+
+@contextmanager
+def _webhook():
+    """A webhook receiver on 127.0.0.1: yields (url, the JSON bodies it received)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    received: list[dict] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hook", received
+    finally:
+        server.shutdown()
+
+
+def _wait_http(url: str, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=1).close()
+            return
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.2)
+
+
+@contextmanager
+def _prometheus_stack(tmp_path: Path, rules: Path, target: str, hook: str):
+    """Runs Alertmanager (the generated config, one webhook channel) and Prometheus (the
+    generated config: scrapes target, evaluates `rules`, alerts to that Alertmanager) on
+    127.0.0.1, every second; yields Prometheus's base URL."""
+    from llmops.serving.alerts import alertmanager_config, prometheus_config
+
+    prometheus = _binary("prometheus")
+    alertmanager = _binary("prometheus-alertmanager", "alertmanager")
+    am_port, prom_port = _free_port(), _free_port()
+    (tmp_path / "alertmanager.yml").write_text(yaml.safe_dump(alertmanager_config(
+        {"webhook": {"url": hook}}, str(tmp_path / "secrets"), group_wait="1s",
+        group_interval="1s")))
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(prometheus_config(
+        target, str(rules), f"127.0.0.1:{am_port}", interval="1s")))
+    procs = []
+    try:
+        for name, cmd, port in (
+                ("alertmanager", [alertmanager, f"--config.file={tmp_path / 'alertmanager.yml'}",
+                                  f"--storage.path={tmp_path / 'am-data'}",
+                                  f"--web.listen-address=127.0.0.1:{am_port}",
+                                  "--cluster.listen-address="], am_port),
+                ("prometheus", [prometheus, f"--config.file={tmp_path / 'prometheus.yml'}",
+                                f"--storage.tsdb.path={tmp_path / 'prom-data'}",
+                                f"--web.listen-address=127.0.0.1:{prom_port}"], prom_port)):
+            log = tmp_path / f"{name}.log"
+            with open(log, "w") as out:
+                procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT))
+            _wait_http(f"http://127.0.0.1:{port}/-/ready", procs[-1], log)
+        yield f"http://127.0.0.1:{prom_port}"
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(timeout=30)
+
+
+def _prom(base: str, path: str) -> dict:
+    with urllib.request.urlopen(f"{base}{path}", timeout=5) as r:
+        return json.loads(r.read())["data"]
+
+
+def test_prometheus_scrapes_the_monitor_and_alertmanager_pages_the_webhook_on_a_drop(
+        stage_inputs, tmp_path, stage_params):
+    """Real Prometheus with the stage's alert_rules.yml (`for:` shortened to 0s here) scrapes
+    `python -m llmops.monitor --serve-seconds`; real Alertmanager with the generated config sends
+    to a webhook on 127.0.0.1: a good log fires nothing, a bad one pages with the accuracy alert."""
+    run_dir = _fake_run(stage_inputs, tmp_path, stage_params)
+    probes = [json.loads(x) for x in
+              (run_dir / "stages" / "monitor" / "probes.jsonl").read_text().splitlines()]
+    rules = yaml.safe_load((run_dir / "stages" / "monitor" / "alert_rules.yml").read_text())
+    for rule in rules["groups"][0]["rules"]:
+        rule["for"] = "0s"
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump(rules))
+    port = _free_port()
+
+    def monitor(log: Path, seconds: int) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "llmops.monitor", str(run_dir), "--log", str(log),
+             "--metrics-port", str(port), "--serve-seconds", str(seconds)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+    with _webhook() as (hook, received), \
+            _prometheus_stack(tmp_path, tmp_path / "rules.yml", f"127.0.0.1:{port}", hook) as prom:
+        good = monitor(_log(tmp_path / "good.jsonl", probes, False), 8)
+        deadline = time.monotonic() + 120
+        query = "/api/v1/query?query=llmops_monitor_accuracy"
+        while not _prom(prom, query)["result"]:  # scraped at least once
+            assert good.poll() is None and time.monotonic() < deadline, good.communicate()
+            time.sleep(0.5)
+        assert float(_prom(prom, query)["result"][0]["value"][1]) == 1.0
+        time.sleep(3)  # a few evaluations of the rules on the scraped figures
+        assert _prom(prom, "/api/v1/alerts")["alerts"] == [] and received == []
+        good.communicate(timeout=120)
+        assert good.returncode == 0
+
+        bad = monitor(_log(tmp_path / "bad.jsonl", probes, True), 60)
+        try:
+            while not any(a["labels"]["alertname"] == "LlmopsAccuracyBelowBaseline"
+                          for body in received for a in body["alerts"]):
+                assert bad.poll() is None and time.monotonic() < deadline + 120, \
+                    bad.communicate() + ((tmp_path / "prometheus.log").read_text()[-2000:],)
+                time.sleep(0.5)
+        finally:
+            bad.terminate()
+            bad.communicate(timeout=60)
+    alert = next(a for body in received for a in body["alerts"]
+                 if a["labels"]["alertname"] == "LlmopsAccuracyBelowBaseline")
+    assert alert["status"] == "firing" and alert["labels"]["severity"] == "page"
+    assert alert["labels"]["figure"] == "accuracy" and alert["labels"]["model"] == "llmops-tiny"
+    assert "below its evaluated baseline" in alert["annotations"]["summary"]
