@@ -162,13 +162,8 @@ def test_rules_pass_promtool(stage_inputs, tmp_path, stage_params):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "SUCCESS: 4 rules found" in r.stdout + r.stderr
-    # The Prometheus configuration that scrapes the monitor and evaluates these rules.
-    from llmops.serving.alerts import prometheus_config
-
-    config = tmp_path / "prometheus.yml"
-    config.write_text(yaml.safe_dump(prometheus_config(
-        "127.0.0.1:9464", str(out / "alert_rules.yml"), "127.0.0.1:9093")))
-    r = subprocess.run([promtool or "promtool", "check", "config", str(config)],
+    # The stage's Prometheus configuration: scrapes the monitor, evaluates these rules.
+    r = subprocess.run([promtool or "promtool", "check", "config", str(out / "prometheus.yml")],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "SUCCESS: 4 rules found" in r.stdout, r.stdout + r.stderr
 
@@ -209,6 +204,37 @@ def test_alertmanager_config_passes_amtool_with_secrets_in_files(tmp_path, chann
     assert "hooks.slack.com" not in text and "password:" not in text
     with pytest.raises(ValueError, match="allowed webhook, slack, email"):
         alertmanager_config({"pager": {}}, "/s")
+
+
+def test_stage_writes_a_prometheus_config_and_a_grafana_dashboard_in_its_schema(
+        stage_inputs, tmp_path, stage_params):
+    import jsonschema
+
+    from llmops.serving.alerts import DASHBOARD_SCHEMA, FIRING
+
+    baseline, out = _run_stage(stage_inputs, tmp_path, stage_params)
+    prom = yaml.safe_load((out / "prometheus.yml").read_text())
+    assert prom["rule_files"] == ["alert_rules.yml"]
+    assert prom["scrape_configs"][0]["static_configs"][0]["targets"] == ["127.0.0.1:9464"]
+    board = json.loads((out / "grafana_dashboard.json").read_text())
+    jsonschema.validate(board, DASHBOARD_SCHEMA)
+    panels = {p["title"].split(" (")[0]: p for p in board["panels"]}
+    # One panel per figure and for latency, the alert threshold drawn; one per alert.
+    acc = panels["tool-call exact match"]
+    steps = acc["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    assert steps[1] == {"color": "green", "value": baseline["figures"]["accuracy"]["threshold"]}
+    assert acc["fieldConfig"]["defaults"]["custom"]["thresholdsStyle"]["mode"] == "line"
+    lat = panels["p95 request latency"]["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    assert lat[1] == {"color": "red", "value": baseline["latency"]["threshold_s"]}
+    alerts = [p for p in board["panels"] if p["type"] == "stat"]
+    assert len(alerts) == len(baseline["figures"]) + 1
+    assert all(p["targets"][0]["expr"].startswith(FIRING) for p in alerts)
+    ids = [p["id"] for p in board["panels"]]
+    assert len(set(ids)) == len(ids) == len(baseline["figures"]) * 2 + 2
+    broken = {**board, "panels": [{**board["panels"][0], "gridPos": {"h": 8, "w": 30, "x": 0,
+                                                                    "y": 0}}]}
+    with pytest.raises(jsonschema.ValidationError, match="30 is greater than the maximum"):
+        jsonschema.validate(broken, DASHBOARD_SCHEMA)
 
 
 def test_rule_schema_rejects_a_malformed_rule(tmp_path):
