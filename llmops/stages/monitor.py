@@ -30,6 +30,7 @@ PROBES_FILE = "probes.jsonl"
 RULES_FILE = "alert_rules.yml"
 PROMETHEUS_FILE = "prometheus.yml"
 DASHBOARD_FILE = "grafana_dashboard.json"
+ALERTMANAGER_FILE = "alertmanager.yml"
 #: Where prometheus.yml sends alerts until pointed at your Alertmanager (its default port).
 ALERTMANAGER = "127.0.0.1:9093"
 
@@ -106,8 +107,9 @@ def write_rules(path: Path, rules: dict[str, Any]) -> None:
 
 def write_monitoring(out_dir: Path, baseline: dict[str, Any]) -> None:
     """Writes prometheus.yml (scrapes the monitor's metrics, evaluates alert_rules.yml next to
-    it, alerts to ALERTMANAGER) and grafana_dashboard.json (checked against the schema of the
-    parts of Grafana's dashboard JSON model it uses).
+    it, alerts to monitor.alertmanager.url), alertmanager.yml (with monitor.alert_channels: one
+    receiver per channel, secrets read from files) and grafana_dashboard.json (checked against
+    the schema of the parts of Grafana's dashboard JSON model it uses).
 
     Raises:
         StageError: If the dashboard breaks that schema.
@@ -119,8 +121,22 @@ def write_monitoring(out_dir: Path, baseline: dict[str, Any]) -> None:
     from llmops.serving.alerts import DASHBOARD_SCHEMA, grafana_dashboard, prometheus_config
 
     target = f"{baseline['metrics_host']}:{baseline['metrics_port']}"
+    alerting = baseline.get("alerting")
+    manager = alerting["alertmanager"]["url"] if alerting else ALERTMANAGER
     (out_dir / PROMETHEUS_FILE).write_text(yaml.safe_dump(
-        prometheus_config(target, RULES_FILE, ALERTMANAGER), sort_keys=False), "utf-8")
+        prometheus_config(target, RULES_FILE, manager), sort_keys=False), "utf-8")
+    if alerting:
+        from llmops.serving.alerts import alertmanager_config
+
+        a = alerting["alertmanager"]
+        settings = {"webhook": {"url": a["webhook_url"], "token": a["webhook_token"]},
+                    "slack": {"channel": a["slack_channel"]},
+                    "email": {"to": a["email_to"], "from": a["email_from"],
+                              "smarthost": a["email_smarthost"],
+                              "username": a["email_username"]}}
+        (out_dir / ALERTMANAGER_FILE).write_text(yaml.safe_dump(alertmanager_config(
+            {c: settings[c] for c in alerting["channels"]}, a["secrets_dir"]),
+            sort_keys=False), "utf-8")
     dashboard = grafana_dashboard(baseline)
     try:
         jsonschema.validate(dashboard, DASHBOARD_SCHEMA)
@@ -191,6 +207,8 @@ def run(params: MonitorParams, inputs: dict[str, Path], out_dir: Path, ctx: Stag
         "eval": {"passed": eval_report.get("passed"), "n": eval_report.get("n"), **verdict},
         "rules": RULES_FILE, "prometheus": PROMETHEUS_FILE, "dashboard": DASHBOARD_FILE,
     }
+    if params.get("alerting"):
+        baseline["alerting"] = {**params["alerting"], "file": ALERTMANAGER_FILE}
     write_rules(out_dir / RULES_FILE, alert_rules(baseline))
     write_monitoring(out_dir, baseline)
     write_json(out_dir / REPORT_NAME, baseline)

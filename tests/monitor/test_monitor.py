@@ -52,6 +52,7 @@ def test_monitor_stage_follows_deploy_only_when_asked(compose_plan):
     assert monitor.params["metrics_host"] == "127.0.0.1"
     _, off = compose_plan(["deploy=openai", "dry_run=true"])
     assert [s.fingerprint for s in off.stages] == [s.fingerprint for s in plan.stages[:-1]]
+    assert "alerting" not in monitor.params  # no channels: the params (fingerprint) as before
     _, local = compose_plan(["monitor=default", "dry_run=true"])
     assert "monitor" not in [s.name for s in local.stages]  # deploy=local: no endpoint to watch
 
@@ -62,6 +63,10 @@ def test_monitor_stage_follows_deploy_only_when_asked(compose_plan):
     ("monitor.thresholds.latency_factor=1", "monitor.thresholds.latency_factor",
      "must be > 1.0 (got 1)"),
     ("+monitor.probe=3", "monitor.probe", ""),
+    ("monitor.alert_channels=[pager]", "monitor.alert_channels.0", "'webhook', 'slack'"),
+    ("monitor.alert_channels=[webhook,email]", "monitor.alertmanager.email_smarthost",
+     "monitor.alert_channels has email, which needs it. Set "
+     "monitor.alertmanager.email_smarthost=..., or drop email"),
 ])
 def test_monitor_config_errors_name_the_key(compose_plan, override, key, message):
     with pytest.raises(ConfigError) as exc:
@@ -235,6 +240,34 @@ def test_stage_writes_a_prometheus_config_and_a_grafana_dashboard_in_its_schema(
                                                                     "y": 0}}]}
     with pytest.raises(jsonschema.ValidationError, match="30 is greater than the maximum"):
         jsonschema.validate(broken, DASHBOARD_SCHEMA)
+
+
+CHANNEL_OVERRIDES = (
+    "monitor.alert_channels=[webhook,slack,email]",
+    "monitor.alertmanager.webhook_url=http://127.0.0.1:9/hook",
+    "monitor.alertmanager.webhook_token=true", "monitor.alertmanager.slack_channel='#alerts'",
+    "monitor.alertmanager.email_to=ops@example.com",
+    "monitor.alertmanager.email_from=llmops@example.com",
+    "monitor.alertmanager.email_smarthost=smtp.example.com:587",
+    "monitor.alertmanager.email_username=llmops")
+
+
+def test_stage_writes_an_alertmanager_config_for_its_channels_that_amtool_accepts(
+        stage_inputs, tmp_path, stage_params):
+    amtool = _binary("amtool")
+    baseline, out = _run_stage(stage_inputs, tmp_path, stage_params, *CHANNEL_OVERRIDES)
+    assert baseline["alerting"]["channels"] == ["webhook", "slack", "email"]
+    r = subprocess.run([amtool, "check-config", str(out / "alertmanager.yml")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "3 receivers" in r.stdout, r.stdout + r.stderr
+    config = yaml.safe_load((out / "alertmanager.yml").read_text())
+    slack = config["receivers"][1]["slack_configs"][0]
+    assert slack["api_url_file"] == "/etc/alertmanager/secrets/slack_api_url"
+    assert slack["channel"] == "#alerts"
+    assert yaml.safe_load((out / "prometheus.yml").read_text())["alerting"] == {
+        "alertmanagers": [{"static_configs": [{"targets": ["127.0.0.1:9093"]}]}]}
+    none, out2 = _run_stage(stage_inputs, tmp_path / "none", stage_params)
+    assert "alerting" not in none and not (out2 / "alertmanager.yml").exists()
 
 
 def test_rule_schema_rejects_a_malformed_rule(tmp_path):
