@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
@@ -476,7 +476,10 @@ def _base_gguf(run: Path, tmp_path: Path) -> Path:
 def test_monitor_is_quiet_on_the_tuned_model_and_pages_on_the_base_model(chain_run, tmp_path):
     """The README's commands: the pipeline with monitor=default (and release=default: the chain
     run shared with the release tests), then the monitor against a served tuned model (no alert,
-    metrics over HTTP on 127.0.0.1) and a served base model (alerts)."""
+    metrics over HTTP on 127.0.0.1) and a served base model (alerts). Where Prometheus and
+    Alertmanager are installed (CI: required), the stage's prometheus.yml rules run in a real
+    Prometheus scraping the monitor, and a real Alertmanager pages a webhook on 127.0.0.1 for
+    the base model only."""
     from prometheus_client.parser import text_string_to_metric_families
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
@@ -486,31 +489,50 @@ def test_monitor_is_quiet_on_the_tuned_model_and_pages_on_the_base_model(chain_r
     assert baseline["figures"]["accuracy"]["n"] > 0 and baseline["latency"]["n"] == 3
     greport = json.loads((run / "gguf_report.json").read_text())
     tuned = run / "stages" / "gguf" / greport["files"]["f16"]["path"]
-
     port = _free_port()
-    with _serve(tuned, tmp_path / "tuned.log") as url:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "llmops.monitor", str(run), "--endpoint", url, "--probes",
-             "40", "--metrics-port", str(port), "--serve-seconds", "20"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        text = _metrics_while_running(proc, port, 40)
-        out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, out + err
-    families = {f.name: f for f in text_string_to_metric_families(text)}
-    assert {"llmops_monitor_accuracy", "llmops_monitor_json_validity",
-            "llmops_monitor_request_latency_seconds", "llmops_monitor_probes"} <= set(families)
-    assert f"metrics at http://127.0.0.1:{port}/metrics" in out
-    report = json.loads((run / "monitor_report.json").read_text())
-    assert report["probes"] == 40 and report["alerts_firing"] == []
+    with ExitStack() as stack:
+        prom, received = None, []
+        if _have_prometheus():
+            hook, received = stack.enter_context(_webhook())
+            prom = stack.enter_context(_prometheus_stack(
+                tmp_path, _quick_rules(run / "stages" / "monitor", tmp_path),
+                f"127.0.0.1:{port}", hook))
+        with _serve(tuned, tmp_path / "tuned.log") as url:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "llmops.monitor", str(run), "--endpoint", url,
+                 "--probes", "40", "--metrics-port", str(port), "--serve-seconds", "20"],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+            text = _metrics_while_running(proc, port, 40)
+            if prom:  # scraped, rules evaluated on the final figures: nothing fires
+                _wait_scraped(prom, proc, "llmops_monitor_probes_total", 40.0)
+                time.sleep(3)
+                assert _prom(prom, "/api/v1/alerts")["alerts"] == [] and received == []
+            out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, out + err
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        assert {"llmops_monitor_accuracy", "llmops_monitor_json_validity",
+                "llmops_monitor_request_latency_seconds", "llmops_monitor_probes"} <= set(families)
+        assert f"metrics at http://127.0.0.1:{port}/metrics" in out
+        report = json.loads((run / "monitor_report.json").read_text())
+        assert report["probes"] == 40 and report["alerts_firing"] == []
 
-    base = _base_gguf(run, tmp_path)
-    with _serve(base, tmp_path / "base.log") as url:
-        r = _monitor(str(run), "--endpoint", url, "--probes", "40", "--no-metrics", timeout=900)
-    assert r.returncode == EXIT_ALERT, r.stdout + r.stderr
+        base = _base_gguf(run, tmp_path)
+        with _serve(base, tmp_path / "base.log") as url:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "llmops.monitor", str(run), "--endpoint", url,
+                 "--probes", "40", "--metrics-port", str(port), "--serve-seconds",
+                 "30" if prom else "0"],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+            if prom:  # paged while the monitor probes or serves its final figures
+                _wait_paged(received, proc, tmp_path)
+            out, err = proc.communicate(timeout=900)
+    assert proc.returncode == EXIT_ALERT, out + err
     report = json.loads((run / "monitor_report.json").read_text())
     acc = report["figures"]["accuracy"]
     assert acc["firing"] and acc["significant"] and acc["now"] < acc["threshold"]
     assert "LlmopsAccuracyBelowBaseline" in report["alerts_firing"]
+    if prom:
+        _assert_accuracy_page(received)
 
 
 # -- real Prometheus and Alertmanager -------------------------------------------------------------
@@ -592,6 +614,56 @@ def _prom(base: str, path: str) -> dict:
         return json.loads(r.read())["data"]
 
 
+def _have_prometheus() -> bool:
+    """Whether Prometheus and Alertmanager are installed (required under
+    LLMOPS_REQUIRE_PROMETHEUS=1, where their absence fails the test)."""
+    names = ("prometheus", "amtool")
+    if all(shutil.which(n) for n in names) and (shutil.which("prometheus-alertmanager")
+                                               or shutil.which("alertmanager")):
+        return True
+    if os.environ.get("LLMOPS_REQUIRE_PROMETHEUS") == "1":
+        pytest.fail("prometheus / alertmanager not installed (apt-get install prometheus "
+                    "prometheus-alertmanager)")
+    return False
+
+
+def _quick_rules(monitor_dir: Path, tmp_path: Path) -> Path:
+    """The stage's alert_rules.yml with every `for:` at 0s (the test cannot wait 15 minutes)."""
+    rules = yaml.safe_load((monitor_dir / "alert_rules.yml").read_text())
+    for rule in rules["groups"][0]["rules"]:
+        rule["for"] = "0s"
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump(rules))
+    return tmp_path / "rules.yml"
+
+
+def _wait_scraped(prom: str, proc: subprocess.Popen, metric: str, value: float) -> None:
+    deadline = time.monotonic() + 120
+    query = f"/api/v1/query?query={metric}"
+    while True:
+        result = _prom(prom, query)["result"]
+        if result and float(result[0]["value"][1]) == value:
+            return
+        assert proc.poll() is None and time.monotonic() < deadline, (result, proc.poll())
+        time.sleep(0.5)
+
+
+def _wait_paged(received: list[dict], proc: subprocess.Popen, tmp_path: Path) -> None:
+    deadline = time.monotonic() + 600
+    while not any(a["labels"]["alertname"] == "LlmopsAccuracyBelowBaseline"
+                  for body in received for a in body["alerts"]):
+        assert proc.poll() is None and time.monotonic() < deadline, \
+            (proc.poll(), (tmp_path / "prometheus.log").read_text()[-2000:])
+        time.sleep(0.5)
+
+
+def _assert_accuracy_page(received: list[dict]) -> None:
+    alert = next(a for body in received for a in body["alerts"]
+                 if a["labels"]["alertname"] == "LlmopsAccuracyBelowBaseline")
+    assert alert["status"] == "firing" and alert["labels"]["severity"] == "page"
+    assert alert["labels"]["figure"] == "accuracy" and alert["labels"]["model"] == "llmops-tiny"
+    assert "below its evaluated baseline" in alert["annotations"]["summary"]
+
+
 def test_prometheus_scrapes_the_monitor_and_alertmanager_pages_the_webhook_on_a_drop(
         stage_inputs, tmp_path, stage_params):
     """Real Prometheus with the stage's alert_rules.yml (`for:` shortened to 0s here) scrapes
@@ -600,10 +672,7 @@ def test_prometheus_scrapes_the_monitor_and_alertmanager_pages_the_webhook_on_a_
     run_dir = _fake_run(stage_inputs, tmp_path, stage_params)
     probes = [json.loads(x) for x in
               (run_dir / "stages" / "monitor" / "probes.jsonl").read_text().splitlines()]
-    rules = yaml.safe_load((run_dir / "stages" / "monitor" / "alert_rules.yml").read_text())
-    for rule in rules["groups"][0]["rules"]:
-        rule["for"] = "0s"
-    (tmp_path / "rules.yml").write_text(yaml.safe_dump(rules))
+    rules = _quick_rules(run_dir / "stages" / "monitor", tmp_path)
     port = _free_port()
 
     def monitor(log: Path, seconds: int) -> subprocess.Popen:
@@ -614,7 +683,7 @@ def test_prometheus_scrapes_the_monitor_and_alertmanager_pages_the_webhook_on_a_
             env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
     with _webhook() as (hook, received), \
-            _prometheus_stack(tmp_path, tmp_path / "rules.yml", f"127.0.0.1:{port}", hook) as prom:
+            _prometheus_stack(tmp_path, rules, f"127.0.0.1:{port}", hook) as prom:
         good = monitor(_log(tmp_path / "good.jsonl", probes, False), 8)
         deadline = time.monotonic() + 120
         query = "/api/v1/query?query=llmops_monitor_accuracy"
@@ -629,16 +698,8 @@ def test_prometheus_scrapes_the_monitor_and_alertmanager_pages_the_webhook_on_a_
 
         bad = monitor(_log(tmp_path / "bad.jsonl", probes, True), 60)
         try:
-            while not any(a["labels"]["alertname"] == "LlmopsAccuracyBelowBaseline"
-                          for body in received for a in body["alerts"]):
-                assert bad.poll() is None and time.monotonic() < deadline + 120, \
-                    bad.communicate() + ((tmp_path / "prometheus.log").read_text()[-2000:],)
-                time.sleep(0.5)
+            _wait_paged(received, bad, tmp_path)
         finally:
             bad.terminate()
             bad.communicate(timeout=60)
-    alert = next(a for body in received for a in body["alerts"]
-                 if a["labels"]["alertname"] == "LlmopsAccuracyBelowBaseline")
-    assert alert["status"] == "firing" and alert["labels"]["severity"] == "page"
-    assert alert["labels"]["figure"] == "accuracy" and alert["labels"]["model"] == "llmops-tiny"
-    assert "below its evaluated baseline" in alert["annotations"]["summary"]
+    _assert_accuracy_page(received)
