@@ -11,7 +11,22 @@ cmd=${1:?usage: slurm.sh up|down DIR [CTLD_PORT]}
 D=${2:?usage: slurm.sh up|down DIR [CTLD_PORT]}
 D=$(realpath -m "$D")
 
+# The processes of this cluster: its daemons and job steps (slurmstepd), which carry its config
+# in their environment.
+ours() {
+    local p
+    for p in /proc/[0-9]*; do
+        { tr '\0' '\n' <"$p/environ"; } 2>/dev/null | grep -qx "SLURM_CONF=$D/slurm.conf" \
+            && echo "${p#/proc/}"
+    done
+    return 0
+}
+
 stop() {
+    if [ -s "$D/ctld.pid" ] && kill -0 "$(cat "$D/ctld.pid")" 2>/dev/null; then
+        SLURM_CONF="$D/slurm.conf" scancel --full --user "$(id -un)" 2>/dev/null || true
+        sleep 1
+    fi
     for f in "$D/d.pid" "$D/ctld.pid" "$D/munge/pid"; do
         if [ -s "$f" ]; then kill "$(cat "$f")" 2>/dev/null || true; fi
     done
@@ -20,8 +35,15 @@ stop() {
             [ -s "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null || break
             sleep 0.1
         done
+        if [ -s "$f" ]; then kill -9 "$(cat "$f")" 2>/dev/null || true; fi
         rm -f "$f"
     done
+    local left
+    left=$(ours)
+    if [ -n "$left" ]; then
+        # shellcheck disable=SC2086
+        kill -9 $left 2>/dev/null || true
+    fi
 }
 
 case "$cmd" in
