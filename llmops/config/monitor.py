@@ -6,7 +6,7 @@ conf/monitor/default.yaml (monitor=none extends it with enabled: false).
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
@@ -40,6 +40,25 @@ class MonitorWindows(BaseModel):
     latency: Duration = Field(description="Window of the latency alert.")
 
 
+class AlertmanagerSettings(BaseModel):
+    """Where alerts go: the Alertmanager prometheus.yml sends to and its receivers' settings
+    (secrets are read from files in secrets_dir, never written in the config)."""
+
+    model_config = STRICT
+
+    url: Text = Field(description="host:port of the Alertmanager prometheus.yml alerts.")
+    secrets_dir: Text = Field(description="Folder, where Alertmanager runs, of the secret files "
+                                          "(webhook_token, slack_api_url, smtp_password).")
+    webhook_url: str | None = Field(description="URL the webhook channel posts alerts to.")
+    webhook_token: bool = Field(description="Send secrets_dir/webhook_token as a bearer token.")
+    slack_channel: str | None = Field(description="Slack channel alerts are posted to, e.g. "
+                                                  "'#alerts' (the webhook URL: a secret file).")
+    email_to: str | None = Field(description="Address the email channel mails alerts to.")
+    email_from: str | None = Field(description="Sender address of alert mails.")
+    email_smarthost: str | None = Field(description="SMTP server host:port.")
+    email_username: str | None = Field(description="SMTP user (its password: a secret file).")
+
+
 class MonitorConfig(BaseModel):
     """The monitor stage (after deploy) and the defaults of ``python -m llmops.monitor``."""
 
@@ -56,3 +75,7 @@ class MonitorConfig(BaseModel):
                                                 "address (exposes the live figures).")
     metrics_port: int = Field(ge=0, le=65535, description="Port of the metrics endpoint; 0: free.")
     request_timeout_s: Timeout = Field(description="Timeout of one probe request.")
+    alert_channels: list[Literal["webhook", "slack", "email"]] = Field(
+        description="Alertmanager receivers written to alertmanager.yml (none: no file).")
+    alertmanager: AlertmanagerSettings = Field(description="Alertmanager address and the "
+                                                           "alert channels' settings.")

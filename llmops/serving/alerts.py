@@ -143,3 +143,200 @@ RULE_FILE_SCHEMA: dict[str, Any] = {
         }}}},
 }
 """JSON Schema of a Prometheus alerting-rule file (the subset llmops writes)."""
+
+
+CHANNELS: tuple[str, ...] = ("webhook", "slack", "email")
+"""The alert channels an Alertmanager configuration can route to."""
+
+#: Secret of each channel: the file Alertmanager reads it from (in the secrets folder) and the
+#: environment variable an operator fills that file from. Alertmanager 0.25 reads secrets from
+#: files (`*_file`) but expands no environment variables, so no secret is written in the config.
+SECRET_FILES: dict[str, tuple[str, str]] = {
+    "webhook": ("webhook_token", "LLMOPS_ALERT_WEBHOOK_TOKEN"),
+    "slack": ("slack_api_url", "LLMOPS_ALERT_SLACK_API_URL"),
+    "email": ("smtp_password", "LLMOPS_ALERT_SMTP_PASSWORD"),
+}
+
+
+def _receiver(channel: str, settings: Mapping[str, Any], secrets_dir: str) -> dict[str, Any]:
+    secret = f"{secrets_dir.rstrip('/')}/{SECRET_FILES[channel][0]}"
+    if channel == "webhook":
+        hook: dict[str, Any] = {"url": str(settings["url"]), "send_resolved": True}
+        if settings.get("token", False):
+            hook["http_config"] = {"authorization": {"credentials_file": secret}}
+        return {"name": channel, "webhook_configs": [hook]}
+    if channel == "slack":
+        return {"name": channel, "slack_configs": [{
+            "api_url_file": secret, "channel": str(settings["channel"]), "send_resolved": True,
+            "title": '{{ .CommonLabels.alertname }} ({{ .CommonLabels.model }})',
+            "text": '{{ range .Alerts }}{{ .Annotations.summary }}: '
+                    '{{ .Annotations.description }}\n{{ end }}'}]}
+    return {"name": channel, "email_configs": [{
+        "to": str(settings["to"]), "from": str(settings["from"]),
+        "smarthost": str(settings["smarthost"]), "auth_username": str(settings["username"]),
+        "auth_password_file": secret, "send_resolved": True}]}
+
+
+def alertmanager_config(channels: Mapping[str, Mapping[str, Any]], secrets_dir: str,
+                        group_wait: str = "30s", group_interval: str = "5m",
+                        repeat_interval: str = "4h") -> dict[str, Any]:
+    """Builds an Alertmanager configuration that sends every llmops alert to each channel.
+
+    Args:
+        channels: {channel: settings}, channel one of CHANNELS. webhook: url (and token: true
+            to send SECRET_FILES' bearer token); slack: channel; email: to, from, smarthost,
+            username. Secrets are read from files in `secrets_dir` (SECRET_FILES), never written
+            here.
+        secrets_dir: The folder holding the secret files where Alertmanager runs.
+
+    Returns:
+        The configuration as data (route grouped by alert and model, one receiver per channel).
+    """
+    unknown = sorted(set(channels) - set(CHANNELS))
+    if not channels or unknown:
+        raise ValueError(f"alert channels {unknown or '[]'}: allowed {', '.join(CHANNELS)}")
+    receivers = [_receiver(c, channels[c], secrets_dir) for c in CHANNELS if c in channels]
+    names = [r["name"] for r in receivers]
+    return {
+        "route": {"receiver": names[0], "group_by": ["alertname", "model"],
+                  "group_wait": group_wait, "group_interval": group_interval,
+                  "repeat_interval": repeat_interval,
+                  "routes": [{"receiver": n, "continue": True} for n in names]},
+        "receivers": receivers,
+    }
+
+
+def prometheus_config(target: str, rule_file: str, alertmanager: str | None = None,
+                      interval: str = "15s") -> dict[str, Any]:
+    """Builds a Prometheus configuration that scrapes `python -m llmops.monitor`'s metrics
+    (`target`, host:port), evaluates the monitor stage's alert_rules.yml (`rule_file`) and sends
+    firing alerts to an Alertmanager (host:port)."""
+    config: dict[str, Any] = {
+        "global": {"scrape_interval": interval, "evaluation_interval": interval},
+        "rule_files": [rule_file],
+        "scrape_configs": [{"job_name": "llmops-monitor",
+                            "static_configs": [{"targets": [target]}]}],
+    }
+    if alertmanager:
+        config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}
+    return config
+
+
+def _panel(pid: int, title: str, expr: str, legend: str, x: int, y: int,
+           thresholds: list[dict[str, Any]], unit: str, kind: str = "timeseries",
+           **defaults: Any) -> dict[str, Any]:
+    custom = {"thresholdsStyle": {"mode": "line"}} if kind == "timeseries" else {}
+    return {
+        "id": pid, "type": kind, "title": title,
+        "gridPos": {"h": 8, "w": 12 if kind == "timeseries" else 6, "x": x, "y": y},
+        "datasource": {"type": "prometheus", "uid": "${datasource}"},
+        "targets": [{"refId": "A", "expr": expr, "legendFormat": legend,
+                     "datasource": {"type": "prometheus", "uid": "${datasource}"}}],
+        "fieldConfig": {"defaults": {"unit": unit, "custom": custom, **defaults,
+                                     "thresholds": {"mode": "absolute", "steps": thresholds}},
+                        "overrides": []},
+        "options": {},
+    }
+
+
+def grafana_dashboard(baseline: Mapping[str, Any]) -> dict[str, Any]:
+    """Builds a Grafana dashboard (JSON model) of the monitor's metrics for a baseline: one
+    time-series panel per figure and for p95 latency, each with its alert threshold drawn as a
+    line (red on the alerting side), and one stat panel per alert (firing or not)."""
+    model = str(baseline["model"])
+    sel = f'model="{model}"'
+    panels, pid = [], 1
+    for i, (name, fig) in enumerate(baseline["figures"].items()):
+        f = BY_NAME[name]
+        panels.append(_panel(pid, f"{f.title} (alert below {fig['threshold']:g})",
+                             f"{f.gauge}{{{sel}}}", name, 12 * (i % 2), 8 * (i // 2),
+                             [{"color": "red", "value": None},
+                              {"color": "green", "value": fig["threshold"]}],
+                             "percentunit", min=0, max=1))
+        pid += 1
+    n = len(panels)
+    lat = baseline["latency"]
+    panels.append(_panel(pid, f"p95 request latency (alert above {lat['threshold_s']:g} s)",
+                         f"histogram_quantile({LATENCY_QUANTILE}, sum by (le) "
+                         f"(rate({LATENCY}_bucket{{{sel}}}[5m])))", "p95",
+                         12 * (n % 2), 8 * (n // 2),
+                         [{"color": "green", "value": None},
+                          {"color": "red", "value": lat["threshold_s"]}], "s", min=0))
+    pid += 1
+    row = 8 * (n // 2 + 1)
+    alerts = [alert_name(name) for name in baseline["figures"]] + [LATENCY_ALERT]
+    for i, alert in enumerate(alerts):
+        panels.append(_panel(pid, alert, f'{FIRING}{{alert="{alert}",{sel}}}', alert,
+                             6 * (i % 4), row + 8 * (i // 4),
+                             [{"color": "green", "value": None}, {"color": "red", "value": 1}],
+                             "none", kind="stat", min=0, max=1))
+        pid += 1
+    return {
+        "title": f"llmops monitor: {model}", "uid": f"llmops-{model}"[:40], "tags": ["llmops"],
+        "schemaVersion": 39, "version": 1, "editable": True, "refresh": "30s",
+        "time": {"from": "now-6h", "to": "now"}, "timezone": "browser",
+        "templating": {"list": [{"name": "datasource", "type": "datasource",
+                                 "query": "prometheus", "label": "Prometheus"}]},
+        "annotations": {"list": []},
+        "panels": panels,
+    }
+
+
+_THRESHOLD_STEPS = {"type": "array", "minItems": 1, "items": {
+    "type": "object", "required": ["color", "value"], "additionalProperties": False,
+    "properties": {"color": {"type": "string"}, "value": {"type": ["number", "null"]}}}}
+_DATASOURCE = {"type": "object", "required": ["type", "uid"],
+               "properties": {"type": {"type": "string"}, "uid": {"type": "string"}}}
+
+DASHBOARD_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object", "required": ["title", "uid", "schemaVersion", "panels", "time"],
+    "properties": {
+        "title": {"type": "string", "minLength": 1},
+        "uid": {"type": "string", "pattern": "^[a-zA-Z0-9_.-]{1,40}$"},
+        "tags": {"type": "array", "items": {"type": "string"}},
+        "schemaVersion": {"type": "integer", "minimum": 36},
+        "version": {"type": "integer"}, "editable": {"type": "boolean"},
+        "refresh": {"type": "string"}, "timezone": {"type": "string"},
+        "time": {"type": "object", "required": ["from", "to"],
+                 "properties": {"from": {"type": "string"}, "to": {"type": "string"}}},
+        "templating": {"type": "object", "properties": {"list": {"type": "array", "items": {
+            "type": "object", "required": ["name", "type"],
+            "properties": {"name": {"type": "string"},
+                           "type": {"enum": ["query", "custom", "constant", "datasource",
+                                             "interval", "textbox", "adhoc"]}}}}}},
+        "annotations": {"type": "object", "properties": {"list": {"type": "array"}}},
+        "panels": {"type": "array", "minItems": 1, "items": {
+            "type": "object", "required": ["id", "type", "title", "gridPos", "targets"],
+            "properties": {
+                "id": {"type": "integer", "minimum": 1},
+                "type": {"enum": ["timeseries", "stat", "gauge", "table", "text", "row"]},
+                "title": {"type": "string"},
+                "gridPos": {"type": "object", "required": ["h", "w", "x", "y"],
+                            "additionalProperties": False, "properties": {
+                                "h": {"type": "integer", "minimum": 1},
+                                "w": {"type": "integer", "minimum": 1, "maximum": 24},
+                                "x": {"type": "integer", "minimum": 0, "maximum": 23},
+                                "y": {"type": "integer", "minimum": 0}}},
+                "datasource": _DATASOURCE,
+                "targets": {"type": "array", "minItems": 1, "items": {
+                    "type": "object", "required": ["refId", "expr"],
+                    "properties": {"refId": {"type": "string"},
+                                   "expr": {"type": "string", "minLength": 1},
+                                   "legendFormat": {"type": "string"},
+                                   "datasource": _DATASOURCE}}},
+                "fieldConfig": {"type": "object", "required": ["defaults"], "properties": {
+                    "defaults": {"type": "object", "properties": {
+                        "unit": {"type": "string"}, "min": {"type": "number"},
+                        "max": {"type": "number"}, "custom": {"type": "object"},
+                        "thresholds": {"type": "object", "required": ["mode", "steps"],
+                                       "properties": {
+                                           "mode": {"enum": ["absolute", "percentage"]},
+                                           "steps": _THRESHOLD_STEPS}}}},
+                    "overrides": {"type": "array"}}},
+                "options": {"type": "object"}}}},
+    },
+}
+"""JSON Schema of the parts of Grafana's dashboard JSON model llmops writes (Grafana's documented
+model: https://grafana.com/docs/grafana/latest/dashboards/build-dashboards/view-dashboard-json-model/;
+Grafana itself is not installed here)."""

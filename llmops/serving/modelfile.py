@@ -187,7 +187,8 @@ SAMPLE_TOOLS: list[dict[str, Any]] = [
     {"type": "function", "function": {
         "name": "list_tasks", "description": "Lists tasks.",
         "parameters": {"type": "object", "properties": {
-            "status": {"type": "string", "enum": ["open", "done"]}}, "required": []}}},
+            "status": {"type": "string", "description": "Which tasks.",
+                       "enum": ["open", "done"]}}, "required": []}}},
 ]
 _CALL = {"type": "function", "function": {"name": "create_task",
                                           "arguments": {"title": "buy milk", "due": "2025-03-14"}}}
@@ -230,11 +231,53 @@ def _arguments(value: Any) -> Any:
     return {} if value is None else value
 
 
+def _go_map(value: Any) -> Any:
+    """Returns value as Go holds a JSON object in a map[string]any: json.Marshal sorts its keys."""
+    if isinstance(value, dict):
+        return {k: _go_map(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [_go_map(v) for v in value]
+    return value
+
+
+def _property(p: dict[str, Any]) -> dict[str, Any]:
+    """Returns a parameter schema as Ollama's api.ToolProperty holds it: only anyOf, type, items,
+    description (always, "" when absent) and enum, in that order; other JSON-schema keywords
+    (pattern, minimum, ...) are dropped, as Ollama drops them."""
+    kind = p.get("type")
+    out: dict[str, Any] = {}
+    if p.get("anyOf"):
+        out["anyOf"] = [_property(a) for a in p["anyOf"]]
+    out["type"] = kind[0] if isinstance(kind, list) and len(kind) == 1 else kind
+    if p.get("items") is not None:
+        out["items"] = _go_map(p["items"])
+    out["description"] = p.get("description") or ""
+    if p.get("enum"):
+        out["enum"] = p["enum"]
+    return out
+
+
+def _ollama_function(fn: dict[str, Any]) -> dict[str, Any]:
+    """Returns a tool's function as Ollama's api.ToolFunction prints it (field order, map keys
+    sorted, the schema keywords it knows)."""
+    params = fn.get("parameters") or {}
+    shaped: dict[str, Any] = {"type": params.get("type") or ""}
+    for key in ("$defs", "items"):
+        if params.get(key) is not None:
+            shaped[key] = _go_map(params[key])
+    props = params.get("properties")
+    shaped["required"] = params.get("required")
+    shaped["properties"] = (None if props is None
+                            else {k: _property(props[k]) for k in sorted(props)})
+    return {"name": fn["name"], "description": fn.get("description") or "",
+            "parameters": shaped}
+
+
 def _message(m: dict[str, Any]) -> GoValue:
     calls = []
     for c in m.get("tool_calls") or []:
         fn = c.get("function", c)
-        args = _arguments(fn.get("arguments"))
+        args = _go_map(_arguments(fn.get("arguments")))
         function = GoValue({"name": fn["name"], "arguments": args}, {
             "Name": fn["name"], "Arguments": GoValue(args, truthy=bool(args))})
         calls.append(GoValue({"function": function.data}, {"Function": function}))
@@ -245,9 +288,9 @@ def _message(m: dict[str, Any]) -> GoValue:
 
 
 def _tool(t: dict[str, Any]) -> GoValue:
-    fn = t.get("function", t)
-    function = GoValue(fn, {"Name": fn["name"], "Description": fn.get("description", ""),
-                            "Parameters": GoValue(fn.get("parameters") or {})})
+    fn = _ollama_function(t.get("function", t))
+    function = GoValue(fn, {"Name": fn["name"], "Description": fn["description"],
+                            "Parameters": GoValue(fn["parameters"])})
     return GoValue({"type": t.get("type", "function"), "function": fn},
                    {"Type": t.get("type", "function"), "Function": function})
 

@@ -116,8 +116,9 @@ def _ollama(params: dict, gguf: Path, tokenizer: Any, out_dir: Path, ctx: StageC
     family, check, stops, text = built["family"], built["check"], built["stop"], built["text"]
     parameters = built["parameters"]
     if check["json_formatting"]:
-        ctx.logger.warning("deploy: Ollama prints tool schemas and call arguments as compact "
-                           "JSON; the training template spaces them (same data, %d of %d sample "
+        ctx.logger.warning("deploy: Ollama prints tool schemas and call arguments as Go's "
+                           "compact JSON, keys sorted; the training template spaces or orders "
+                           "them otherwise (same data, %d of %d sample "
                            "conversations)", len(check["json_formatting"]),
                            check["conversations"] + check["tool_conversations"]
                            + check["reasoning_conversations"])

@@ -3,7 +3,9 @@
 Writes baseline.json (the stage's report: the tuned model's figures from eval with their sample
 sizes and alert thresholds, latency percentiles of the deploy smoke test, the probe set's sha256),
 probes.jsonl (held-out test rows with their reference answers, drawn with the run's seed) and
-alert_rules.yml (Prometheus rule file, parsed back and checked against its schema).
+alert_rules.yml (Prometheus rule file, parsed back and checked against its schema), prometheus.yml
+(scrapes the monitor's metrics, evaluates those rules) and grafana_dashboard.json (a panel per
+figure and alert, thresholds drawn).
 `python -m llmops.monitor RUN_DIR` probes the live endpoint against them. Like deploy, it refuses
 a model whose eval did not pass unless deploy.allow_failed_gates=true. Always runs (ALWAYS_RUN):
 it reads the deploy stage's fresh smoke-test latencies.
@@ -26,6 +28,11 @@ REPORT_NAME = report_name("monitor")
 ALWAYS_RUN = True
 PROBES_FILE = "probes.jsonl"
 RULES_FILE = "alert_rules.yml"
+PROMETHEUS_FILE = "prometheus.yml"
+DASHBOARD_FILE = "grafana_dashboard.json"
+ALERTMANAGER_FILE = "alertmanager.yml"
+#: Where prometheus.yml sends alerts until pointed at your Alertmanager (its default port).
+ALERTMANAGER = "127.0.0.1:9093"
 
 
 def _read(path: Path, stage: str) -> dict[str, Any]:
@@ -98,8 +105,50 @@ def write_rules(path: Path, rules: dict[str, Any]) -> None:
         raise StageError(f"monitor: {path.name} does not read back as written.")
 
 
+def write_monitoring(out_dir: Path, baseline: dict[str, Any]) -> None:
+    """Writes prometheus.yml (scrapes the monitor's metrics, evaluates alert_rules.yml next to
+    it, alerts to monitor.alertmanager.url), alertmanager.yml (with monitor.alert_channels: one
+    receiver per channel, secrets read from files) and grafana_dashboard.json (checked against
+    the schema of the parts of Grafana's dashboard JSON model it uses).
+
+    Raises:
+        StageError: If the dashboard breaks that schema.
+    """
+    import jsonschema
+    import yaml
+
+    from llmops.files import write_json
+    from llmops.serving.alerts import DASHBOARD_SCHEMA, grafana_dashboard, prometheus_config
+
+    target = f"{baseline['metrics_host']}:{baseline['metrics_port']}"
+    alerting = baseline.get("alerting")
+    manager = alerting["alertmanager"]["url"] if alerting else ALERTMANAGER
+    (out_dir / PROMETHEUS_FILE).write_text(yaml.safe_dump(
+        prometheus_config(target, RULES_FILE, manager), sort_keys=False), "utf-8")
+    if alerting:
+        from llmops.serving.alerts import alertmanager_config
+
+        a = alerting["alertmanager"]
+        settings = {"webhook": {"url": a["webhook_url"], "token": a["webhook_token"]},
+                    "slack": {"channel": a["slack_channel"]},
+                    "email": {"to": a["email_to"], "from": a["email_from"],
+                              "smarthost": a["email_smarthost"],
+                              "username": a["email_username"]}}
+        (out_dir / ALERTMANAGER_FILE).write_text(yaml.safe_dump(alertmanager_config(
+            {c: settings[c] for c in alerting["channels"]}, a["secrets_dir"]),
+            sort_keys=False), "utf-8")
+    dashboard = grafana_dashboard(baseline)
+    try:
+        jsonschema.validate(dashboard, DASHBOARD_SCHEMA)
+    except jsonschema.ValidationError as exc:
+        raise StageError(f"monitor: {DASHBOARD_FILE} breaks the Grafana dashboard schema at "
+                         f"{'/'.join(map(str, exc.absolute_path))}: {exc.message}.") from exc
+    write_json(out_dir / DASHBOARD_FILE, dashboard)
+
+
 def run(params: MonitorParams, inputs: dict[str, Path], out_dir: Path, ctx: StageContext) -> dict:
-    """Writes baseline.json, probes.jsonl and alert_rules.yml for the deployed model.
+    """Writes baseline.json, probes.jsonl, alert_rules.yml, prometheus.yml and
+    grafana_dashboard.json for the deployed model.
 
     Params read: probes, seed, significance, thresholds, for, metrics_host, metrics_port,
     allow_public_bind, request_timeout_s, max_tokens, allow_failed_gates, limits (row_bytes,
@@ -156,9 +205,12 @@ def run(params: MonitorParams, inputs: dict[str, Path], out_dir: Path, ctx: Stag
                    "http_total_seconds": float(params["limits"]["http_total_seconds"])},
         "max_tokens": int(params["max_tokens"]),
         "eval": {"passed": eval_report.get("passed"), "n": eval_report.get("n"), **verdict},
-        "rules": RULES_FILE,
+        "rules": RULES_FILE, "prometheus": PROMETHEUS_FILE, "dashboard": DASHBOARD_FILE,
     }
+    if params.get("alerting"):
+        baseline["alerting"] = {**params["alerting"], "file": ALERTMANAGER_FILE}
     write_rules(out_dir / RULES_FILE, alert_rules(baseline))
+    write_monitoring(out_dir, baseline)
     write_json(out_dir / REPORT_NAME, baseline)
     ctx.logger.info("monitor: baseline %s; %d probes; rules in %s",
                     ", ".join(f"{k}={v['value']:.3f} (n={v['n']})" for k, v in figs.items()),

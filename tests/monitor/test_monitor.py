@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
@@ -52,6 +52,7 @@ def test_monitor_stage_follows_deploy_only_when_asked(compose_plan):
     assert monitor.params["metrics_host"] == "127.0.0.1"
     _, off = compose_plan(["deploy=openai", "dry_run=true"])
     assert [s.fingerprint for s in off.stages] == [s.fingerprint for s in plan.stages[:-1]]
+    assert "alerting" not in monitor.params  # no channels: the params (fingerprint) as before
     _, local = compose_plan(["monitor=default", "dry_run=true"])
     assert "monitor" not in [s.name for s in local.stages]  # deploy=local: no endpoint to watch
 
@@ -62,6 +63,10 @@ def test_monitor_stage_follows_deploy_only_when_asked(compose_plan):
     ("monitor.thresholds.latency_factor=1", "monitor.thresholds.latency_factor",
      "must be > 1.0 (got 1)"),
     ("+monitor.probe=3", "monitor.probe", ""),
+    ("monitor.alert_channels=[pager]", "monitor.alert_channels.0", "'webhook', 'slack'"),
+    ("monitor.alert_channels=[webhook,email]", "monitor.alertmanager.email_smarthost",
+     "monitor.alert_channels has email, which needs it. Set "
+     "monitor.alertmanager.email_smarthost=..., or drop email"),
 ])
 def test_monitor_config_errors_name_the_key(compose_plan, override, key, message):
     with pytest.raises(ConfigError) as exc:
@@ -162,6 +167,107 @@ def test_rules_pass_promtool(stage_inputs, tmp_path, stage_params):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "SUCCESS: 4 rules found" in r.stdout + r.stderr
+    # The stage's Prometheus configuration: scrapes the monitor, evaluates these rules.
+    r = subprocess.run([promtool or "promtool", "check", "config", str(out / "prometheus.yml")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "SUCCESS: 4 rules found" in r.stdout, r.stdout + r.stderr
+
+
+def _binary(*names: str) -> str:
+    """Returns the first of names on PATH; skips (fails under LLMOPS_REQUIRE_PROMETHEUS=1)."""
+    found = next((shutil.which(n) for n in names if shutil.which(n)), None)
+    if found is None:
+        reason = f"{' / '.join(names)} not installed (apt-get install prometheus-alertmanager)"
+        if os.environ.get("LLMOPS_REQUIRE_PROMETHEUS") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return found
+
+
+CHANNELS = {"webhook": {"url": "http://127.0.0.1:9/hook", "token": True},
+            "slack": {"channel": "#llmops-alerts"},
+            "email": {"to": "ops@example.com", "from": "llmops@example.com",
+                      "smarthost": "smtp.example.com:587", "username": "llmops"}}
+
+
+@pytest.mark.parametrize("channels", [["webhook"], ["slack"], ["email"], list(CHANNELS)])
+def test_alertmanager_config_passes_amtool_with_secrets_in_files(tmp_path, channels):
+    from llmops.serving.alerts import SECRET_FILES, alertmanager_config
+
+    amtool = _binary("amtool")
+    config = alertmanager_config({c: CHANNELS[c] for c in channels}, str(tmp_path / "secrets"))
+    path = tmp_path / "alertmanager.yml"
+    path.write_text(yaml.safe_dump(config))
+    r = subprocess.run([amtool, "check-config", str(path)], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"{len(channels)} receivers" in r.stdout
+    # Secrets are named by file, never written: no URL of Slack's, no password in the file.
+    text = path.read_text()
+    for c in channels:
+        assert str(tmp_path / "secrets" / SECRET_FILES[c][0]) in text
+    assert "hooks.slack.com" not in text and "password:" not in text
+    with pytest.raises(ValueError, match="allowed webhook, slack, email"):
+        alertmanager_config({"pager": {}}, "/s")
+
+
+def test_stage_writes_a_prometheus_config_and_a_grafana_dashboard_in_its_schema(
+        stage_inputs, tmp_path, stage_params):
+    import jsonschema
+
+    from llmops.serving.alerts import DASHBOARD_SCHEMA, FIRING
+
+    baseline, out = _run_stage(stage_inputs, tmp_path, stage_params)
+    prom = yaml.safe_load((out / "prometheus.yml").read_text())
+    assert prom["rule_files"] == ["alert_rules.yml"]
+    assert prom["scrape_configs"][0]["static_configs"][0]["targets"] == ["127.0.0.1:9464"]
+    board = json.loads((out / "grafana_dashboard.json").read_text())
+    jsonschema.validate(board, DASHBOARD_SCHEMA)
+    panels = {p["title"].split(" (")[0]: p for p in board["panels"]}
+    # One panel per figure and for latency, the alert threshold drawn; one per alert.
+    acc = panels["tool-call exact match"]
+    steps = acc["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    assert steps[1] == {"color": "green", "value": baseline["figures"]["accuracy"]["threshold"]}
+    assert acc["fieldConfig"]["defaults"]["custom"]["thresholdsStyle"]["mode"] == "line"
+    lat = panels["p95 request latency"]["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    assert lat[1] == {"color": "red", "value": baseline["latency"]["threshold_s"]}
+    alerts = [p for p in board["panels"] if p["type"] == "stat"]
+    assert len(alerts) == len(baseline["figures"]) + 1
+    assert all(p["targets"][0]["expr"].startswith(FIRING) for p in alerts)
+    ids = [p["id"] for p in board["panels"]]
+    assert len(set(ids)) == len(ids) == len(baseline["figures"]) * 2 + 2
+    broken = {**board, "panels": [{**board["panels"][0], "gridPos": {"h": 8, "w": 30, "x": 0,
+                                                                    "y": 0}}]}
+    with pytest.raises(jsonschema.ValidationError, match="30 is greater than the maximum"):
+        jsonschema.validate(broken, DASHBOARD_SCHEMA)
+
+
+CHANNEL_OVERRIDES = (
+    "monitor.alert_channels=[webhook,slack,email]",
+    "monitor.alertmanager.webhook_url=http://127.0.0.1:9/hook",
+    "monitor.alertmanager.webhook_token=true", "monitor.alertmanager.slack_channel='#alerts'",
+    "monitor.alertmanager.email_to=ops@example.com",
+    "monitor.alertmanager.email_from=llmops@example.com",
+    "monitor.alertmanager.email_smarthost=smtp.example.com:587",
+    "monitor.alertmanager.email_username=llmops")
+
+
+def test_stage_writes_an_alertmanager_config_for_its_channels_that_amtool_accepts(
+        stage_inputs, tmp_path, stage_params):
+    amtool = _binary("amtool")
+    baseline, out = _run_stage(stage_inputs, tmp_path, stage_params, *CHANNEL_OVERRIDES)
+    assert baseline["alerting"]["channels"] == ["webhook", "slack", "email"]
+    r = subprocess.run([amtool, "check-config", str(out / "alertmanager.yml")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "3 receivers" in r.stdout, r.stdout + r.stderr
+    config = yaml.safe_load((out / "alertmanager.yml").read_text())
+    slack = config["receivers"][1]["slack_configs"][0]
+    assert slack["api_url_file"] == "/etc/alertmanager/secrets/slack_api_url"
+    assert slack["channel"] == "#alerts"
+    assert yaml.safe_load((out / "prometheus.yml").read_text())["alerting"] == {
+        "alertmanagers": [{"static_configs": [{"targets": ["127.0.0.1:9093"]}]}]}
+    none, out2 = _run_stage(stage_inputs, tmp_path / "none", stage_params)
+    assert "alerting" not in none and not (out2 / "alertmanager.yml").exists()
 
 
 def test_rule_schema_rejects_a_malformed_rule(tmp_path):
@@ -370,7 +476,10 @@ def _base_gguf(run: Path, tmp_path: Path) -> Path:
 def test_monitor_is_quiet_on_the_tuned_model_and_pages_on_the_base_model(chain_run, tmp_path):
     """The README's commands: the pipeline with monitor=default (and release=default: the chain
     run shared with the release tests), then the monitor against a served tuned model (no alert,
-    metrics over HTTP on 127.0.0.1) and a served base model (alerts)."""
+    metrics over HTTP on 127.0.0.1) and a served base model (alerts). Where Prometheus and
+    Alertmanager are installed (CI: required), the stage's prometheus.yml rules run in a real
+    Prometheus scraping the monitor, and a real Alertmanager pages a webhook on 127.0.0.1 for
+    the base model only."""
     from prometheus_client.parser import text_string_to_metric_families
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
@@ -380,28 +489,217 @@ def test_monitor_is_quiet_on_the_tuned_model_and_pages_on_the_base_model(chain_r
     assert baseline["figures"]["accuracy"]["n"] > 0 and baseline["latency"]["n"] == 3
     greport = json.loads((run / "gguf_report.json").read_text())
     tuned = run / "stages" / "gguf" / greport["files"]["f16"]["path"]
-
     port = _free_port()
-    with _serve(tuned, tmp_path / "tuned.log") as url:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "llmops.monitor", str(run), "--endpoint", url, "--probes",
-             "40", "--metrics-port", str(port), "--serve-seconds", "20"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        text = _metrics_while_running(proc, port, 40)
-        out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, out + err
-    families = {f.name: f for f in text_string_to_metric_families(text)}
-    assert {"llmops_monitor_accuracy", "llmops_monitor_json_validity",
-            "llmops_monitor_request_latency_seconds", "llmops_monitor_probes"} <= set(families)
-    assert f"metrics at http://127.0.0.1:{port}/metrics" in out
-    report = json.loads((run / "monitor_report.json").read_text())
-    assert report["probes"] == 40 and report["alerts_firing"] == []
+    with ExitStack() as stack:
+        prom, received = None, []
+        if _have_prometheus():
+            hook, received = stack.enter_context(_webhook())
+            prom = stack.enter_context(_prometheus_stack(
+                tmp_path, _quick_rules(run / "stages" / "monitor", tmp_path),
+                f"127.0.0.1:{port}", hook))
+        with _serve(tuned, tmp_path / "tuned.log") as url:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "llmops.monitor", str(run), "--endpoint", url,
+                 "--probes", "40", "--metrics-port", str(port), "--serve-seconds", "20"],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+            text = _metrics_while_running(proc, port, 40)
+            if prom:  # scraped, rules evaluated on the final figures: nothing fires
+                _wait_scraped(prom, proc, "llmops_monitor_probes_total", 40.0)
+                time.sleep(3)
+                assert _prom(prom, "/api/v1/alerts")["alerts"] == [] and received == []
+            out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, out + err
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        assert {"llmops_monitor_accuracy", "llmops_monitor_json_validity",
+                "llmops_monitor_request_latency_seconds", "llmops_monitor_probes"} <= set(families)
+        assert f"metrics at http://127.0.0.1:{port}/metrics" in out
+        report = json.loads((run / "monitor_report.json").read_text())
+        assert report["probes"] == 40 and report["alerts_firing"] == []
 
-    base = _base_gguf(run, tmp_path)
-    with _serve(base, tmp_path / "base.log") as url:
-        r = _monitor(str(run), "--endpoint", url, "--probes", "40", "--no-metrics", timeout=900)
-    assert r.returncode == EXIT_ALERT, r.stdout + r.stderr
+        base = _base_gguf(run, tmp_path)
+        with _serve(base, tmp_path / "base.log") as url:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "llmops.monitor", str(run), "--endpoint", url,
+                 "--probes", "40", "--metrics-port", str(port), "--serve-seconds",
+                 "30" if prom else "0"],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+            if prom:  # paged while the monitor probes or serves its final figures
+                _wait_paged(received, proc, tmp_path)
+            out, err = proc.communicate(timeout=900)
+    assert proc.returncode == EXIT_ALERT, out + err
     report = json.loads((run / "monitor_report.json").read_text())
     acc = report["figures"]["accuracy"]
     assert acc["firing"] and acc["significant"] and acc["now"] < acc["threshold"]
     assert "LlmopsAccuracyBelowBaseline" in report["alerts_firing"]
+    if prom:
+        _assert_accuracy_page(received)
+
+
+# -- real Prometheus and Alertmanager -------------------------------------------------------------
+
+@contextmanager
+def _webhook():
+    """A webhook receiver on 127.0.0.1: yields (url, the JSON bodies it received)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    received: list[dict] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hook", received
+    finally:
+        server.shutdown()
+
+
+def _wait_http(url: str, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=1).close()
+            return
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.2)
+
+
+@contextmanager
+def _prometheus_stack(tmp_path: Path, rules: Path, target: str, hook: str):
+    """Runs Alertmanager (the generated config, one webhook channel) and Prometheus (the
+    generated config: scrapes target, evaluates `rules`, alerts to that Alertmanager) on
+    127.0.0.1, every second; yields Prometheus's base URL."""
+    from llmops.serving.alerts import alertmanager_config, prometheus_config
+
+    prometheus = _binary("prometheus")
+    alertmanager = _binary("prometheus-alertmanager", "alertmanager")
+    am_port, prom_port = _free_port(), _free_port()
+    (tmp_path / "alertmanager.yml").write_text(yaml.safe_dump(alertmanager_config(
+        {"webhook": {"url": hook}}, str(tmp_path / "secrets"), group_wait="1s",
+        group_interval="1s")))
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(prometheus_config(
+        target, str(rules), f"127.0.0.1:{am_port}", interval="1s")))
+    procs = []
+    try:
+        for name, cmd, port in (
+                ("alertmanager", [alertmanager, f"--config.file={tmp_path / 'alertmanager.yml'}",
+                                  f"--storage.path={tmp_path / 'am-data'}",
+                                  f"--web.listen-address=127.0.0.1:{am_port}",
+                                  "--cluster.listen-address="], am_port),
+                ("prometheus", [prometheus, f"--config.file={tmp_path / 'prometheus.yml'}",
+                                f"--storage.tsdb.path={tmp_path / 'prom-data'}",
+                                f"--web.listen-address=127.0.0.1:{prom_port}"], prom_port)):
+            log = tmp_path / f"{name}.log"
+            with open(log, "w") as out:
+                procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT))
+            _wait_http(f"http://127.0.0.1:{port}/-/ready", procs[-1], log)
+        yield f"http://127.0.0.1:{prom_port}"
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(timeout=30)
+
+
+def _prom(base: str, path: str) -> dict:
+    with urllib.request.urlopen(f"{base}{path}", timeout=5) as r:
+        return json.loads(r.read())["data"]
+
+
+def _have_prometheus() -> bool:
+    """Whether Prometheus and Alertmanager are installed (required under
+    LLMOPS_REQUIRE_PROMETHEUS=1, where their absence fails the test)."""
+    names = ("prometheus", "amtool")
+    if all(shutil.which(n) for n in names) and (shutil.which("prometheus-alertmanager")
+                                               or shutil.which("alertmanager")):
+        return True
+    if os.environ.get("LLMOPS_REQUIRE_PROMETHEUS") == "1":
+        pytest.fail("prometheus / alertmanager not installed (apt-get install prometheus "
+                    "prometheus-alertmanager)")
+    return False
+
+
+def _quick_rules(monitor_dir: Path, tmp_path: Path) -> Path:
+    """The stage's alert_rules.yml with every `for:` at 0s (the test cannot wait 15 minutes)."""
+    rules = yaml.safe_load((monitor_dir / "alert_rules.yml").read_text())
+    for rule in rules["groups"][0]["rules"]:
+        rule["for"] = "0s"
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump(rules))
+    return tmp_path / "rules.yml"
+
+
+def _wait_scraped(prom: str, proc: subprocess.Popen, metric: str, value: float) -> None:
+    deadline = time.monotonic() + 120
+    query = f"/api/v1/query?query={metric}"
+    while True:
+        result = _prom(prom, query)["result"]
+        if result and float(result[0]["value"][1]) == value:
+            return
+        assert proc.poll() is None and time.monotonic() < deadline, (result, proc.poll())
+        time.sleep(0.5)
+
+
+def _wait_paged(received: list[dict], proc: subprocess.Popen, tmp_path: Path) -> None:
+    deadline = time.monotonic() + 600
+    while not any(a["labels"]["alertname"] == "LlmopsAccuracyBelowBaseline"
+                  for body in received for a in body["alerts"]):
+        assert proc.poll() is None and time.monotonic() < deadline, \
+            (proc.poll(), (tmp_path / "prometheus.log").read_text()[-2000:])
+        time.sleep(0.5)
+
+
+def _assert_accuracy_page(received: list[dict]) -> None:
+    alert = next(a for body in received for a in body["alerts"]
+                 if a["labels"]["alertname"] == "LlmopsAccuracyBelowBaseline")
+    assert alert["status"] == "firing" and alert["labels"]["severity"] == "page"
+    assert alert["labels"]["figure"] == "accuracy" and alert["labels"]["model"] == "llmops-tiny"
+    assert "below its evaluated baseline" in alert["annotations"]["summary"]
+
+
+def test_prometheus_scrapes_the_monitor_and_alertmanager_pages_the_webhook_on_a_drop(
+        stage_inputs, tmp_path, stage_params):
+    """Real Prometheus with the stage's alert_rules.yml (`for:` shortened to 0s here) scrapes
+    `python -m llmops.monitor --serve-seconds`; real Alertmanager with the generated config sends
+    to a webhook on 127.0.0.1: a good log fires nothing, a bad one pages with the accuracy alert."""
+    run_dir = _fake_run(stage_inputs, tmp_path, stage_params)
+    probes = [json.loads(x) for x in
+              (run_dir / "stages" / "monitor" / "probes.jsonl").read_text().splitlines()]
+    rules = _quick_rules(run_dir / "stages" / "monitor", tmp_path)
+    port = _free_port()
+
+    def monitor(log: Path, seconds: int) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "llmops.monitor", str(run_dir), "--log", str(log),
+             "--metrics-port", str(port), "--serve-seconds", str(seconds)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+    with _webhook() as (hook, received), \
+            _prometheus_stack(tmp_path, rules, f"127.0.0.1:{port}", hook) as prom:
+        good = monitor(_log(tmp_path / "good.jsonl", probes, False), 8)
+        deadline = time.monotonic() + 120
+        query = "/api/v1/query?query=llmops_monitor_accuracy"
+        while not _prom(prom, query)["result"]:  # scraped at least once
+            assert good.poll() is None and time.monotonic() < deadline, good.communicate()
+            time.sleep(0.5)
+        assert float(_prom(prom, query)["result"][0]["value"][1]) == 1.0
+        time.sleep(3)  # a few evaluations of the rules on the scraped figures
+        assert _prom(prom, "/api/v1/alerts")["alerts"] == [] and received == []
+        good.communicate(timeout=120)
+        assert good.returncode == 0
+
+        bad = monitor(_log(tmp_path / "bad.jsonl", probes, True), 60)
+        try:
+            _wait_paged(received, bad, tmp_path)
+        finally:
+            bad.terminate()
+            bad.communicate(timeout=60)
+    _assert_accuracy_page(received)

@@ -87,8 +87,10 @@ def test_qwen_go_template_renders_calls_and_results_like_qwen():
 
     got = render_go(go_template("qwen2.5"), conv, tools=SAMPLE_TOOLS)
     assert got.startswith("<|im_start|>system\nYou are a Task-API assistant.\n\n# Tools\n")
+    # Arguments are a Go map in Ollama: json.Marshal sorts the keys (tests/serving/
+    # test_gotemplate_go.py checks this against Go itself).
     assert ('<|im_start|>assistant\n<tool_call>\n{"name": "create_task", "arguments": '
-            '{"title":"buy milk","due":"2025-03-14"}}\n</tool_call><|im_end|>\n') in got
+            '{"due":"2025-03-14","title":"buy milk"}}\n</tool_call><|im_end|>\n') in got
     assert got.endswith('<|im_start|>user\n<tool_response>\n{"id": 7, "status": "created"}\n'
                         "</tool_response><|im_end|>\n<|im_start|>assistant\n")
     # No system message: Qwen's own default system text, as its template writes it.
@@ -106,7 +108,7 @@ def test_llama_go_template_puts_tools_in_the_first_user_turn():
     assert first_user.startswith("Given the following functions")
     assert '{"name":"create_task"' in first_user and "Add a task" in first_user
     assert ('<|start_header_id|>assistant<|end_header_id|>\n\n{"name": "create_task", '
-            '"parameters": {"title":"buy milk","due":"2025-03-14"}}<|eot_id|>') in got
+            '"parameters": {"due":"2025-03-14","title":"buy milk"}}<|eot_id|>') in got
     assert '<|start_header_id|>ipython<|end_header_id|>\n\n"{\\"id\\": 7' in got
 
 

@@ -11,7 +11,9 @@ alert_rules.yml. Figures and metric names: llmops/serving/alerts.py.
 
 from __future__ import annotations
 
-from typing_extensions import TypedDict
+from typing import Any
+
+from typing_extensions import NotRequired, TypedDict
 
 from llmops.compiler.inputs import PlanBuilder, StageInputs
 
@@ -44,6 +46,13 @@ class MonitorLimits(TypedDict):
     http_total_seconds: float
 
 
+class MonitorAlerting(TypedDict):
+    """monitor.alert_channels and monitor.alertmanager.*: alertmanager.yml's receivers."""
+
+    channels: list[str]
+    alertmanager: dict[str, Any]
+
+
 # Functional form: "for" is a Python keyword.
 MonitorParams = TypedDict("MonitorParams", {
     "probes": int,
@@ -58,6 +67,8 @@ MonitorParams = TypedDict("MonitorParams", {
     "max_tokens": int,
     "limits": MonitorLimits,
     "allow_failed_gates": bool,
+    # Only with monitor.alert_channels (so a plan without channels keeps its fingerprint).
+    "alerting": NotRequired["MonitorAlerting"],
 })
 MonitorParams.__doc__ = """Params of the monitor stage (monitor enabled, after deploy and eval):
 probes (held-out test rows in the probe set), seed (the run's), significance (one-sided level of
@@ -84,6 +95,9 @@ def add_monitor(b: PlanBuilder, s: StageInputs) -> None:
         "limits": limits,
         "allow_failed_gates": s.cfg.deploy.allow_failed_gates,
     }
+    if m.alert_channels:
+        params["alerting"] = {"channels": list(dict.fromkeys(m.alert_channels)),
+                              "alertmanager": m.alertmanager.model_dump()}
     b.add("monitor", params, ["eval", "deploy", "data", "export"],
           f"baseline from eval + deploy latency, {m.probes} held-out probes, Prometheus alert "
           f"rules (significance {m.significance:g})")

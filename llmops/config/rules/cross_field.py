@@ -19,6 +19,7 @@ from llmops.config.rules.eval import gate_problems
 from llmops.config.rules.hardware import hardware_problems
 from llmops.config.rules.lora import alpha_problems, target_problems
 from llmops.config.rules.model import model_problems
+from llmops.config.rules.monitor import monitor_problems
 from llmops.config.rules.quant import quant_problems
 from llmops.config.rules.release import release_problems
 from llmops.config.rules.store import store_problems
@@ -55,6 +56,7 @@ def cross_field_problems(cfg: AppConfig, env: Environment, resolved: Resolved) -
         *alignment_problems(cfg, env),
         *target_problems(cfg, env),
         *release_problems(cfg),
+        *monitor_problems(cfg),
         *distributed_problems(cfg, env, resolved),
         *bind_problems(cfg),
     ]

@@ -1,0 +1,185 @@
+"""On a real one-node SLURM cluster (.ci/slurm.sh starts munged, slurmctld and slurmd for this
+module, in its own folder and ports, and stops them at the end): a 2-point sweep through
+`hydra/launcher=slurm` (submitit), and one training job of 2 SLURM tasks as 2 ranks (ddp, gloo)
+that is requeued mid-training (`scontrol requeue`), resumes from its checkpoint and ends where one
+process does.
+
+Skips with the reason where the cluster cannot start (no slurm-wlm/munge, not root); fails
+instead under LLMOPS_REQUIRE_SLURM=1 (CI). What this does not test: GPUs and several nodes.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+SCRIPT = Path(__file__).resolve().parents[2] / ".ci" / "slurm.sh"
+# This machine's node: no GPU, one CPU per task, no home-made environment set-up.
+LAUNCHER = ("hydra/launcher=slurm", "hydra.launcher.partition=debug",
+            "hydra.launcher.gpus_per_node=0", "hydra.launcher.setup=[]",
+            "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=4")
+TRAIN_ONLY = ("data.n_examples=200", "model.pretrain.steps=20", "eval=none", "deploy=none",
+              "usecase=none", "progress=false")
+STEPS = 40  # enough that the requeue (SIGKILL after KillWait=5 s) lands mid-training
+
+
+def _free_port_pair() -> int:
+    """Returns a port p with p and p + 1 free (slurmctld's and slurmd's)."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port < 65000:
+            with socket.socket() as t:
+                try:
+                    t.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no two consecutive free ports")
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory) -> dict[str, str]:
+    """Starts the cluster; returns the environment its commands and llmops runs use (SLURM_CONF,
+    a store every job of this module shares)."""
+    folder = tmp_path_factory.mktemp("slurm")
+    r = subprocess.run(["bash", str(SCRIPT), "up", str(folder), str(_free_port_pair())],
+                       capture_output=True, text=True, timeout=120)
+    if r.returncode != 0:
+        reason = f"no SLURM cluster here: {(r.stderr or r.stdout).strip()[-800:]}"
+        if os.environ.get("LLMOPS_REQUIRE_SLURM") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env.update(SLURM_CONF=str(folder / "slurm.conf"), WANDB_MODE="disabled",
+               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1",
+               LLMOPS_STORE=str(tmp_path_factory.mktemp("slurm_store")))
+    try:
+        yield env
+    finally:
+        subprocess.run(["scancel", "--full", "--user", "root"], env=env, capture_output=True)
+        subprocess.run(["bash", str(SCRIPT), "down", str(folder)], capture_output=True,
+                       timeout=60)
+
+
+def _llmops(root: Path, env: dict[str, str], *args: str) -> subprocess.Popen:
+    out = open(root / "stdout.txt", "w")  # noqa: SIM115 (the child writes it)
+    err = open(root / "stderr.txt", "w")  # noqa: SIM115
+    return subprocess.Popen([sys.executable, "-m", "llmops", "-m", *LAUNCHER, *TRAIN_ONLY, *args],
+                            cwd=root, env=env, stdout=out, stderr=err)
+
+
+def _finish(proc: subprocess.Popen, root: Path) -> None:
+    try:
+        proc.wait(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, (root / "stderr.txt").read_text()[-3000:]
+
+
+def _job(env: dict[str, str], job_id: str, ended: bool = False) -> dict[str, str]:
+    """`scontrol show job` as key -> value; with `ended`, once the job has left SLURM's running
+    states (task 0's result can come back while the other tasks are still ending)."""
+    deadline = time.time() + 120
+    while True:
+        text = subprocess.run(["scontrol", "-o", "show", "job", job_id], env=env, check=True,
+                              capture_output=True, text=True).stdout
+        job = dict(f.split("=", 1) for f in text.split() if "=" in f)
+        if not ended or job["JobState"] not in ("PENDING", "RUNNING", "COMPLETING") \
+                or time.time() > deadline:
+            return job
+        time.sleep(0.5)
+
+
+def _points(root: Path) -> list[dict]:
+    """Each sweep point's manifest, in point order."""
+    paths = sorted(glob.glob(str(root / "outputs/multirun/*/*/*/manifest.json")),
+                   key=lambda p: int(Path(p).parent.name))
+    return [json.loads(Path(p).read_text()) for p in paths]
+
+
+def _report(manifest: dict) -> dict:
+    return json.loads((Path(manifest["stages"]["sft"]["path"]) / "training_report.json")
+                      .read_text())
+
+
+@pytest.fixture(scope="module")
+def sweep(slurm, tmp_path_factory) -> Path:
+    """A 2-point sweep (train.max_steps=2,STEPS) through hydra/launcher=slurm; returns its
+    folder."""
+    root = tmp_path_factory.mktemp("slurm_sweep")
+    _finish(_llmops(root, slurm, f"train.max_steps=2,{STEPS}"), root)
+    return root
+
+
+def test_a_two_point_sweep_runs_as_a_slurm_array_of_two_jobs(slurm, sweep):
+    points = _points(sweep)
+    assert [m["status"] for m in points] == ["succeeded", "succeeded"]
+    assert [_report(m)["steps"] for m in points] == [2, STEPS]
+    (array,) = [Path(p).name for p in glob.glob(str(sweep / "outputs/multirun/*/*/.submitit/*"))
+                if "_" not in Path(p).name]
+    # SLURM itself ran them: two tasks of one array job, completed on this node.
+    for task in ("0", "1"):
+        job = _job(slurm, f"{array}_{task}", ended=True)
+        assert job["JobState"] == "COMPLETED" and job["ArrayJobId"] == array
+        assert job["BatchHost"] == socket.gethostname().split(".")[0]
+        assert job["Partition"] == "debug"
+    # Both points share the store: the second trained on the first's data and base.
+    assert {m["stages"]["base"]["path"] for m in points} == {points[0]["stages"]["base"]["path"]}
+
+
+def test_two_slurm_tasks_train_as_two_ranks_survive_a_requeue_and_match_one_process(
+        slurm, sweep, tmp_path):
+    proc = _llmops(tmp_path, slurm, "hydra.launcher.tasks_per_node=2", "distributed=ddp",
+                   "distributed.nproc_per_node=2", f"train.max_steps={STEPS}",
+                   "train.save_steps=4")
+    store = Path(slurm["LLMOPS_STORE"])
+    deadline = time.time() + 300
+    while not glob.glob(str(store / ".work/sft-*/checkpoints/checkpoint-*/trainer_state.json")):
+        assert proc.poll() is None and time.time() < deadline, \
+            "no checkpoint before the job ended:\n" + (tmp_path / "stderr.txt").read_text()[-3000:]
+        time.sleep(0.2)
+    (job_id,) = subprocess.run(["squeue", "-h", "-o", "%i"], env=slurm, check=True,
+                               capture_output=True, text=True).stdout.split()
+    subprocess.run(["scontrol", "requeue", job_id], env=slurm, check=True)
+    # SLURM holds a requeued job for ~2 minutes (BeginTime); let it start as soon as it is pending.
+    while _job(slurm, job_id)["JobState"] != "PENDING":
+        assert time.time() < deadline
+        time.sleep(0.2)
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=slurm,
+                   check=True)
+    _finish(proc, tmp_path)
+
+    job = _job(slurm, job_id, ended=True)
+    assert job["JobState"] == "COMPLETED" and job["Restarts"] == "1"
+    assert job["NumTasks"] == "2"
+    (manifest,) = _points(tmp_path)
+    sft = manifest["stages"]["sft"]
+    assert manifest["status"] == "succeeded"
+    assert sft["status"] == "resumed"
+    report = _report(manifest)
+    assert report["world_size"] == 2 and report["launcher"] == "submitit"
+    assert report["steps"] == STEPS and report["resumed_from_step"] == sft["resumed_from_step"]
+    assert 4 <= sft["resumed_from_step"] < STEPS
+    logs = "\n".join(Path(f).read_text() for f in
+                     glob.glob(str(tmp_path / "outputs/multirun/*/*/.submitit/*/*_log.*")))
+    assert "submitit task 1 of 2" in logs and "DUE TO JOB REQUEUE" in logs
+    # What one process does: the same effective batch and steps, and about the same loss.
+    one = _report(_points(sweep)[1])
+    assert one["world_size"] == 1 and one["steps"] == STEPS
+    assert report["effective_batch"] == one["effective_batch"]
+    assert report["per_rank_batch"] * report["grad_accum"] * 2 == report["effective_batch"]
+    assert abs(report["eval_loss"] - one["eval_loss"]) < 0.05, (report["eval_loss"],
+                                                                one["eval_loss"])

@@ -1,0 +1,3 @@
+module llmops/tools/gotemplate
+
+go 1.19
