@@ -9,6 +9,7 @@ per process that runs it.
 
 from __future__ import annotations
 
+import gc
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -71,6 +72,33 @@ def _run_single(overrides: list[str], source: Source | None = None,
         GlobalHydra.instance().clear()
 
 
+#: A third threshold no count of young collections reaches: no full collection meanwhile.
+_NO_FULL_COLLECTION = 1 << 30
+
+
+def _gc_young_only() -> tuple[int, int, int]:
+    """Stops full garbage collections for the pre-flight; returns the thresholds to restore.
+
+    Importing Hydra, pydantic and the schema and composing the config create several hundred
+    thousand objects that live as long as the process, and each full collection walks them all
+    again: about a fifth of a dry run's CPU time. The young generations are still collected, so a
+    composition's short-lived garbage is freed as before.
+    """
+    thresholds = gc.get_threshold()
+    gc.set_threshold(thresholds[0], thresholds[1], _NO_FULL_COLLECTION)
+    return thresholds
+
+
+def _gc_settle(thresholds: tuple[int, int, int], points: int) -> None:
+    """Freezes what the pre-flight leaves (no later collection walks it), then restores the
+    thresholds. After several points the garbage that outlived the young collections is freed
+    first (one full collection); after one point it is too little to pay for one."""
+    if points > 1:
+        gc.collect()
+    gc.freeze()
+    gc.set_threshold(*thresholds)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of `python -m llmops` and the `llmops` console script.
 
@@ -80,7 +108,11 @@ def main(argv: list[str] | None = None) -> None:
     or instantiates anything. A secret's value on the command line (a shell-expanded
     $WANDB_API_KEY) is replaced by `${oc.env:NAME}` before anything records it, and
     `eval.gates.NAME.FIELD=V` becomes `++eval.gates...` (compose.gate_overrides).
+
+    As the process's own command (argv None) it keeps full garbage collections off the
+    pre-flight's objects (_gc_young_only); called from Python, it leaves the collector alone.
     """
+    thresholds = _gc_young_only() if argv is None else None
     from llmops.config.hydra.command import parse_command
     from llmops.config.hydra.compose import gate_overrides
     from llmops.config.hydra.secrets import redact
@@ -104,6 +136,8 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as exc:
         print(exc.render(), file=sys.stderr)
         sys.exit(EXIT_CONFIG)
+    if thresholds is not None:
+        _gc_settle(thresholds, len(checked))
     if command.show_cfg:
         _hydra_app()
         return
