@@ -40,7 +40,6 @@ def _run_single(overrides: list[str], source: Source | None = None,
     folder, .hydra/ files, logging, HydraConfig), so the job sees exactly what Hydra would give it,
     and hands the job the point the pre-flight validated, resolved and compiled (`checked`).
     """
-    import copy
     import functools
 
     from hydra._internal.callbacks import Callbacks
@@ -49,11 +48,11 @@ def _run_single(overrides: list[str], source: Source | None = None,
     from hydra.types import HydraContext, RunMode
     from omegaconf import open_dict
 
-    from llmops.config.hydra.compose import compose
+    from llmops.config.hydra.compose import compose_to_keep
     from llmops.config.hydra.source import DEFAULT, config_loader
 
     source = source or DEFAULT
-    cfg = copy.deepcopy(compose(overrides, return_hydra_config=True, source=source))
+    cfg = compose_to_keep(overrides, source=source)
     with open_dict(cfg.hydra):
         cfg.hydra.mode = RunMode.RUN
         cfg.hydra.overrides.hydra.append("hydra.mode=RUN")  # as Hydra's app records it
