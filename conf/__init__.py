@@ -42,10 +42,35 @@ def load(group: str, name: str) -> dict[str, Any]:
 def _read(path: Path) -> dict[str, Any]:
     """Reads one YAML file with OmegaConf's YAML rules (1e-3 is a float) but not its objects."""
     import yaml
-    from omegaconf._utils import get_yaml_loader
 
     with open(path, encoding="utf-8") as f:
-        return yaml.load(f, Loader=get_yaml_loader()) or {}  # noqa: S506 - OmegaConf's safe loader
+        return yaml.load(f, Loader=_loader()) or {}  # noqa: S506 - OmegaConf's safe loader
+
+
+@functools.cache
+def _loader() -> type:
+    """Returns OmegaConf's YAML loader, parsing with libyaml (PyYAML's C parser) if PyYAML has it.
+
+    The same rules (OmegaConf's implicit types and constructors, its refusal of a key given twice)
+    on a parser about eight times faster: the schema reads option files for its defaults.
+    """
+    from omegaconf._utils import get_yaml_loader
+
+    rules = get_yaml_loader()
+    try:
+        from yaml.cyaml import CParser
+    except ImportError:  # PyYAML built without libyaml
+        return rules  # type: ignore[no-any-return]
+    from yaml.constructor import SafeConstructor
+    from yaml.resolver import Resolver
+
+    class Loader(CParser, rules):  # type: ignore[misc,valid-type]
+        def __init__(self, stream: Any) -> None:  # as yaml.CSafeLoader's
+            CParser.__init__(self, stream)
+            SafeConstructor.__init__(self)
+            Resolver.__init__(self)
+
+    return Loader
 
 
 def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:

@@ -4,8 +4,7 @@ Pure: imports no torch. Swapped into schema.AppConfig as the ``monitor`` group; 
 conf/monitor/default.yaml (monitor=none extends it with enabled: false).
 """
 
-from __future__ import annotations
-
+# Annotations are evaluated as the classes are made (no postponed annotations): see schema.py.
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field

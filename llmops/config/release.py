@@ -4,8 +4,7 @@ Pure: imports no torch. Swapped into schema.AppConfig as the ``release`` group; 
 rules (formats the plan must produce, eval on) live in rules/release.py.
 """
 
-from __future__ import annotations
-
+# Annotations are evaluated as the classes are made (no postponed annotations): see schema.py.
 from typing import Annotated, Literal
 
 from packaging.licenses import InvalidLicenseExpression, canonicalize_license_expression

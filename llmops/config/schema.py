@@ -14,8 +14,9 @@ option leaves them out, hardware.num_nodes of one-GPU profiles) and of the entri
 default. Stages and backends read the compiled params and restate none of these values.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here nor in the group schemas beside it (monitor, release,
+# usecase): pydantic would compile each annotation's text back into a type, a third of the time the
+# schema takes to build at import.
 import copy
 import functools
 from typing import Annotated, Any, Literal

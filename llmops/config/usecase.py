@@ -3,8 +3,7 @@
 Pure: imports no torch. Swapped into schema.AppConfig as the ``usecase`` group.
 """
 
-from __future__ import annotations
-
+# Annotations are evaluated as the classes are made (no postponed annotations): see schema.py.
 from typing import Literal
 
 from pydantic import BaseModel, Field

@@ -77,6 +77,26 @@ def test_options_inherit_their_group_base():
     assert train["sft_dpo"]["dpo"] == train["dpo"]["dpo"] and "dpo" not in train["sft"]
 
 
+def test_option_files_read_as_omegaconf_reads_them(tmp_path):
+    """llmops.conf parses with libyaml where it can, under OmegaConf's YAML rules."""
+    import yaml
+    from omegaconf._utils import get_yaml_loader
+
+    files = sorted(llmops.conf.FOLDER.glob("**/*.yaml"))
+    for path in files:
+        with open(path, encoding="utf-8") as f:
+            expected = yaml.load(f, Loader=get_yaml_loader()) or {}  # noqa: S506
+        assert repr(llmops.conf._read(path)) == repr(expected), path
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("r: 8\nalpha: 1e-3\nr: 16\n")
+    with pytest.raises(yaml.constructor.ConstructorError, match="duplicate key r"):
+        llmops.conf._read(twice)
+    twice.write_text("r: 8\nalpha: 1e-3\nwhen: 2024-01-01\n")
+    llmops.conf._read.cache_clear()
+    assert llmops.conf._read(twice) == {"r": 8, "alpha": 0.001, "when": "2024-01-01"}
+    assert len(files) > 50
+
+
 # Keys whose schema default is a value of its own (no option states it for the others): a use case's
 # figures (usecase=none's), eval=default's lm_eval settings, a one-GPU profile's node count.
 _OWN_DEFAULTS = ("usecase.", "eval.lm_eval.", "hardware.interconnect_gbps", "hardware.num_nodes")

@@ -48,6 +48,18 @@ def compose(overrides: Sequence[str], *, return_hydra_config: bool = False,
     return _COMPOSED[key]
 
 
+def compose_to_keep(overrides: Sequence[str], *, source: Source = DEFAULT) -> Any:
+    """Returns compose(overrides, return_hydra_config=True) for the caller to change.
+
+    The memoised composition is handed over and forgotten (no copy of the whole config), so a
+    later compose() of the same point composes afresh; without one, it is composed here.
+    """
+    key = (source, tuple(gate_overrides(overrides)), True)
+    if key in _COMPOSED:
+        return _COMPOSED.pop(key)
+    return _compose(list(key[1]), True, source)
+
+
 def _hydra_compose(overrides: list[str], source: Source) -> Any:
     """Composes once with Hydra, as its app does for a run; returns the config with `hydra`."""
     from hydra import version
