@@ -260,11 +260,44 @@ class DpoConfig(_Group):
     )
 
 
+class OrpoConfig(_Group):
+    """ORPO (TRL's experimental ORPOTrainer): SFT loss plus an odds-ratio preference term, no
+    reference model; used by orpo, sft_orpo."""
+
+    beta: float = Field(gt=0, le=100, description="Weight of the odds-ratio term (lambda).")
+    learning_rate: LearningRate | None = Field(
+        description="Peak learning rate; null: train.learning_rate (ORPO trains like SFT)."
+    )
+    epochs: float = Field(gt=0, le=MAX_EPOCHS, description="Passes over the preference pairs.")
+    max_steps: int = Field(
+        ge=-1, le=MAX_STEPS, description="Stop after this many steps (-1: use epochs)."
+    )
+    batch_size: Batch | None = Field(description="Pairs per step; null: train's.")
+
+
+class SimpoConfig(_Group):
+    """SimPO (TRL's experimental CPOTrainer, loss_type simpo, cpo_alpha 0): length-normalised
+    log-probability margins, no reference model; used by simpo, sft_simpo."""
+
+    beta: float = Field(gt=0, le=100, description="Scale of the length-normalised reward.")
+    gamma: float = Field(ge=0, le=100, description="Target reward margin (TRL's simpo_gamma).")
+    learning_rate: LearningRate | None = Field(
+        description="Peak learning rate; null: train.learning_rate / 25."
+    )
+    epochs: float = Field(gt=0, le=MAX_EPOCHS, description="Passes over the preference pairs.")
+    max_steps: int = Field(
+        ge=-1, le=MAX_STEPS, description="Stop after this many steps (-1: use epochs)."
+    )
+    batch_size: Batch | None = Field(description="Pairs per step; null: train's.")
+
+
 class TrainConfig(_Group):
     """The training method and its hyper-parameters."""
 
-    method: Literal["sft", "dpo", "sft_dpo", "none"] = Field(
-        description="sft; dpo (preference pairs only); sft_dpo (SFT, then DPO on it); none."
+    method: Literal["sft", "dpo", "sft_dpo", "orpo", "sft_orpo", "simpo", "sft_simpo",
+                    "none"] = Field(
+        description="sft; dpo, orpo, simpo (preference pairs only); sft_dpo, sft_orpo, "
+                    "sft_simpo (SFT, then the preference method on it); none."
     )
     backend: Literal["auto", "hf", "unsloth"] = Field(description="Training backend.")
     learning_rate: LearningRate = Field(description="Peak learning rate.")
@@ -308,6 +341,10 @@ class TrainConfig(_Group):
     )
     dpo: DpoConfig = _from(
         "train", "dpo", "dpo", DpoConfig, description="DPO knobs (dpo, sft_dpo).")
+    orpo: OrpoConfig = _from(
+        "train", "orpo", "orpo", OrpoConfig, description="ORPO knobs (orpo, sft_orpo).")
+    simpo: SimpoConfig = _from(
+        "train", "simpo", "simpo", SimpoConfig, description="SimPO knobs (simpo, sft_simpo).")
 
 
 class GateConfig(_Group):

@@ -9,7 +9,7 @@ of the same family.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from llmops.planning import fixes
@@ -91,10 +91,17 @@ def _lm_eval_steps(c: _Candidate, hardware: dict) -> Iterator[_Candidate | None]
             f"eval.logits_mb={v}", inputs={"eval": {"logits_mb": v}}))
 
 
-def _dpo_steps(c: _Candidate, hardware: dict) -> Iterator[_Candidate | None]:
-    b = int(c.args["inputs"]["dpo"].get("batch_size") or c.args["train"]["batch_size"])
+def _preference_steps(kind: str) -> Callable[[_Candidate, dict], Iterator[_Candidate | None]]:
+    def steps(c: _Candidate, hardware: dict) -> Iterator[_Candidate | None]:
+        yield from _dpo_steps(c, hardware, kind)
+    return steps
+
+
+def _dpo_steps(c: _Candidate, hardware: dict, kind: str = "dpo"
+               ) -> Iterator[_Candidate | None]:
+    b = int(c.args["inputs"][kind].get("batch_size") or c.args["train"]["batch_size"])
     yield _halving(c, hardware, "batch_size", b, 1, lambda v: c.with_(
-        f"train.dpo.batch_size={v}", inputs={"dpo": {"batch_size": v}}))
+        f"train.{kind}.batch_size={v}", inputs={kind: {"batch_size": v}}))
     yield None if c.args["train"].get("gradient_checkpointing") else c.with_(
         "train.gradient_checkpointing=true",
         train={**c.args["train"], "gradient_checkpointing": True})
@@ -116,10 +123,11 @@ def _ctx_steps(c: _Candidate, hardware: dict) -> Iterator[_Candidate | None]:
 
 #: The knobs tried per stage; the off switch last.
 STEPS = {"eval": _eval_steps, "eval_base": _eval_steps, "lm_eval": _lm_eval_steps,
-         "dpo": _dpo_steps, "gguf": _gguf_steps, "deploy": _ctx_steps}
+         "dpo": _dpo_steps, "orpo": _preference_steps("orpo"),
+         "simpo": _preference_steps("simpo"), "gguf": _gguf_steps, "deploy": _ctx_steps}
 OFF = {"eval": "eval=none", "eval_base": "eval=none", "lm_eval": "eval.lm_eval.tasks=[]",
        "merge": "merge=none", "export": "deploy.formats=[adapter]", "gguf": "deploy=local",
-       "deploy": "deploy=local", "dpo": "train=sft"}
+       "deploy": "deploy=local", "dpo": "train=sft", "orpo": "train=sft", "simpo": "train=sft"}
 
 
 def stage_fixes(stage: str, model: dict, lora: dict | None, quant: dict, train: dict,

@@ -6,6 +6,8 @@ What each stage holds at its peak, on the device it runs its model on and on the
 - dpo: the training step on chosen + rejected (twice the rows) with full-vocabulary logits (TRL's
   DPO scores them whole); under LoRA the reference is the base with the adapter off (no copy),
   a full fine-tune holds a second, frozen copy.
+- orpo / simpo: the same step on chosen + rejected with full-vocabulary logits, and no reference
+  model at all (reference-free: one model in memory even for a full fine-tune).
 - eval_base / eval: the model (+ the adapter for eval) and the larger of the held-out loss and
   generation (``llmops.planning.eval_memory``).
 - lm_eval: the model and the harness's logits (``eval_memory.lm_eval_parts``).
@@ -23,13 +25,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from typing_extensions import TypedDict
+from typing_extensions import NotRequired, TypedDict
 
 from llmops.planning import eval_memory, memory
 from llmops.planning.memory import CPU_OVERHEAD_GB, GIB
 
 #: Stages that load a model, in the order a plan runs them.
-STAGES = ("sft", "dpo", "merge", "eval_base", "lm_eval", "eval", "export", "gguf", "deploy")
+STAGES = ("sft", "dpo", "orpo", "simpo", "merge", "eval_base", "lm_eval", "eval", "export", "gguf",
+          "deploy")
 #: Stages that hold their model on the host whatever the hardware (merge and export in float32
 #: on the CPU; llama.cpp conversion, parity and serving with n_gpu_layers=0).
 HOST_STAGES = ("merge", "export", "gguf", "deploy")
@@ -121,6 +124,10 @@ class StageMemoryInputs(TypedDict):
     """A merge stage is planned."""
     eval: EvalKnobs
     dpo: DpoKnobs
+    orpo: NotRequired[DpoKnobs]
+    """train.orpo.batch_size; only when orpo is planned (the other plans' fingerprints stay)."""
+    simpo: NotRequired[DpoKnobs]
+    """train.simpo.batch_size; only when simpo is planned."""
     merge: MergeKnobs
     export: ExportKnobs
     gguf: GgufKnobs
@@ -196,13 +203,18 @@ def gguf_parts(model: dict, gguf: dict[str, Any]) -> dict[str, float]:
 
 
 def dpo_parts(model: dict, lora: dict | None, quant: dict, train: dict, hardware: dict,
-              dpo: dict[str, Any], distributed: dict | None = None
+              dpo: dict[str, Any], distributed: dict | None = None, kind: str = "dpo"
               ) -> tuple[dict[str, float], list[str], float]:
-    """Returns the dpo step's device parts, notes and host bytes per process."""
+    """Returns a preference step's device parts, notes and host bytes per process: dpo's with
+    its reference, orpo's and simpo's (``kind``) with none."""
     dtrain = {**train, "batch_size": 2 * int(dpo.get("batch_size") or train["batch_size"]),
               "fused_loss": False}
     parts, notes, _, host = memory.device_parts(model, lora, quant, dtrain, hardware, distributed)
     parts = dict(parts)
+    if kind != "dpo":
+        notes.append(f"{kind}: reference-free, one model in memory; chosen and rejected in one "
+                     f"batch (2 x train.{kind}.batch_size rows), full-vocabulary logits")
+        return parts, notes, host
     if lora is None:
         parts["reference"] = parts["weights"]
         notes.append("dpo: full fine-tune keeps a frozen reference copy of the weights")
@@ -251,9 +263,9 @@ def stage_parts(stage: str, model: dict, lora: dict | None, quant: dict, train: 
         parts, notes, _, host = memory.device_parts(model, lora, quant, train, hardware,
                                                     distributed)
         return dict(parts), (base_host + host if cuda else 0.0), list(notes)
-    if stage == "dpo":
-        parts, notes, host = dpo_parts(model, lora, quant, train, hardware, inputs["dpo"],
-                                       distributed)
+    if stage in ("dpo", "orpo", "simpo"):
+        parts, notes, host = dpo_parts(model, lora, quant, train, hardware, inputs[stage],
+                                       distributed, kind=stage)
         return parts, (base_host + host if cuda else 0.0), notes
     if stage in ("eval_base", "eval", "lm_eval"):
         adapter = stage != "eval_base" and lora is not None and not inputs.get("merged")
@@ -291,7 +303,7 @@ def stage_memory(model: dict, lora: dict | None, quant: dict, train: dict, hardw
         parts, host, _ = stage_parts(stage, model, lora, quant, train, hardware, inputs,
                                      distributed)
         procs = int(distributed["nproc_per_node"]) if distributed else 1
-        if not cuda and procs > 1 and stage in ("sft", "dpo"):
+        if not cuda and procs > 1 and stage in ("sft", "dpo", "orpo", "simpo"):
             # The ranks of one node share its memory (gloo on a CPU): every rank holds its part.
             parts = {**parts, "other_ranks": sum(parts.values()) * (procs - 1)}
         total = sum(parts.values())

@@ -20,9 +20,11 @@ from llmops.compiler.builders.common import (
     QuantParams,
     TrainParams,
     adapter_files,
+    method_train,
 )
 from llmops.compiler.builders.data import PairsParams, data_limits, pairs_params
 from llmops.compiler.inputs import PlanBuilder, StageInputs
+from llmops.core.plan import METHOD_STAGES
 
 
 class DpoKnobs(TypedDict):
@@ -57,12 +59,10 @@ def add_dpo(b: PlanBuilder, s: StageInputs) -> None:
     """Adds the dpo stage (train=dpo, sft_dpo): on the sft adapter (sft_dpo), or on the base /
     train.dpo.init_adapter."""
     t, dpo = s.cfg.train, s.cfg.train.dpo
-    if t.method not in ("dpo", "sft_dpo"):
+    if "dpo" not in METHOD_STAGES[t.method]:
         return
     lr = dpo.learning_rate if dpo.learning_rate is not None else t.learning_rate / 25
-    dtrain: TrainParams = {**s.train, "learning_rate": lr, "epochs": dpo.epochs,
-                           "max_steps": dpo.max_steps,
-                           "batch_size": dpo.batch_size or s.train["batch_size"]}
+    dtrain = method_train(s.train, lr, dpo.epochs, dpo.max_steps, dpo.batch_size)
     files: dict[str, str] = {}
     init = None
     if t.method == "dpo" and dpo.init_adapter:

@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from llmops.config.schema import AppConfig
+from llmops.core.plan import METHOD_STAGES, PREFERENCE_STAGES, TRAINING_STAGES
 from llmops.data import formats
 from llmops.env import Environment
 from llmops.errors import Problem
 
 LOCAL_LM_EVAL_TASKS = ("llmops_task_api_choice", "llmops_task_api_call")
-STAGE_ADAPTERS = ("sft", "dpo")
+STAGE_ADAPTERS = TRAINING_STAGES
 
 
 def _is_adapter(path: str) -> bool:
@@ -18,10 +19,12 @@ def _is_adapter(path: str) -> bool:
 
 
 def alignment_problems(cfg: AppConfig, env: Environment) -> list[Problem]:
-    """Returns the problems of train.dpo, data.preference_path, merge and eval.lm_eval."""
+    """Returns the problems of the preference methods (train.dpo, data.preference_path), merge
+    and eval.lm_eval."""
     out: list[Problem] = []
     t, m, d = cfg.train, cfg.merge, cfg.data
-    dpo = t.method in ("dpo", "sft_dpo")
+    planned = METHOD_STAGES[t.method]
+    dpo = any(k in planned for k in PREFERENCE_STAGES)  # trains on preference pairs
     if dpo and not cfg.lora.enabled:
         out.append(Problem("lora", f"train.method={t.method} trains a LoRA adapter "
                                    "(got lora=none). Use lora=r16."))
@@ -46,7 +49,7 @@ def alignment_problems(cfg: AppConfig, env: Environment) -> list[Problem]:
                            f"{Path(init).expanduser().resolve()} holds no adapter_config.json. "
                            "Point it at a PEFT adapter folder, or null for a new adapter."))
     if m.method != "none":
-        trained = {"sft": t.method in ("sft", "sft_dpo"), "dpo": dpo}
+        trained = {k: k in planned for k in TRAINING_STAGES}
         if not m.adapters and not any(trained.values()):
             out.append(Problem("merge.adapters", "is empty and the plan trains no adapter "
                                                  "(train=none). List adapter folders, or use "
@@ -59,12 +62,14 @@ def alignment_problems(cfg: AppConfig, env: Environment) -> list[Problem]:
             if name in STAGE_ADAPTERS:
                 if not trained[name]:
                     out.append(Problem(key, f"'{name}' is not trained by train.method={t.method}. "
-                                            "Use train=sft_dpo, or an adapter folder."))
+                                            f"Use train=sft_{name if name != 'sft' else 'dpo'}"
+                                            ", or an adapter folder."))
                 elif not cfg.lora.enabled:
                     out.append(Problem(key, f"'{name}' trains no adapter with lora=none. "
                                             "Use lora=r16."))
             elif not _is_adapter(name):
-                out.append(Problem(key, f"'{name}' is neither sft, dpo nor a folder holding "
+                out.append(Problem(key, f"'{name}' is neither a training stage "
+                                        f"({', '.join(STAGE_ADAPTERS)}) nor a folder holding "
                                         "adapter_config.json."))
         if m.weights and m.adapters and len(m.weights) != len(m.adapters):
             out.append(Problem("merge.weights",

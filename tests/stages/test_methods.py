@@ -1,0 +1,91 @@
+"""The preference methods beside DPO (ORPO, SimPO) on one shared SFT run of the tiny model.
+
+One module-scoped chain: a data folder whose pairs each stage derives itself
+(``llmops.stages.pairs``) and one SFT adapter; each method trains a few steps from it with its
+real TRL trainer and must raise the held-out preference margin above the SFT model's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from llmops.core.context import StageContext
+from llmops.files import write_jsonl
+
+SHORT = (
+    "lora=r8", "lora.dropout=0.0", "train.backend=hf", "train.learning_rate=3e-3",
+    "train.epochs=1", "train.batch_size=8", "train.grad_accum=1", "train.max_length=256",
+    "train.logging_steps=4", "train.save_steps=100", "train.save_total_limit=1",
+)
+
+
+def _ctx(root: Path) -> StageContext:
+    return StageContext(run_dir=root, show_progress=False, logger=logging.getLogger("test.methods"))
+
+
+@pytest.fixture(scope="module")
+def sft_chain(tiny_base, sft_data, tmp_path_factory, stage_params) -> dict[str, Path]:
+    """Data (train 128 / test 32 rows, no pairs: each stage derives them) and one SFT adapter."""
+    from llmops.stages import sft
+
+    root = tmp_path_factory.mktemp("methods")
+    data = root / "data"
+    data.mkdir()
+    rows = [json.loads(line) for line in (sft_data / "train.jsonl").read_text().splitlines()]
+    write_jsonl(data / "train.jsonl", rows[:128])
+    write_jsonl(data / "test.jsonl", rows[128:])
+    sft.run(stage_params("sft", *SHORT, "train=sft", "train.max_steps=12"),
+            {"data": data, "base": tiny_base}, root / "sft", _ctx(root))
+    return {"root": root, "data": data, "sft": root / "sft", "base": tiny_base}
+
+
+def test_plans_of_the_reference_free_methods(compose_plan):
+    _, sft_only = compose_plan(["usecase=none"])
+    for method, knob in (("orpo", "train.orpo.beta=0.2"), ("simpo", "train.simpo.gamma=1.0")):
+        _, plan = compose_plan(["usecase=none", f"train=sft_{method}", knob])
+        stage = plan.stage(method)
+        assert stage.needs == ("data", "sft", "base")
+        assert stage.params["pairs"]["source"] == "derive"
+        assert plan.stage("eval").needs[1] == method and plan.stage("export").needs[0] == method
+        for shared in ("data", "sft", "eval_base"):
+            assert plan.stage(shared).fingerprint == sft_only.stage(shared).fingerprint
+        _, only = compose_plan(["usecase=none", f"train={method}"])
+        assert only.stage(method).needs == ("data", "base")
+        assert not any(s.kind == "sft" for s in only.stages)
+    _, orpo = compose_plan(["usecase=none", "train=orpo", "train.learning_rate=1e-3"])
+    assert orpo.stage("orpo").params["train"]["learning_rate"] == 1e-3  # ORPO trains like SFT
+    _, simpo = compose_plan(["usecase=none", "train=simpo", "train.learning_rate=1e-3"])
+    assert simpo.stage("simpo").params["simpo"] == {"beta": 2.0, "gamma": 0.5}
+    assert simpo.stage("simpo").params["train"]["learning_rate"] == pytest.approx(1e-3 / 25)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["orpo", "simpo"])
+def test_reference_free_method_raises_held_out_margin(method, sft_chain, stage_params):
+    import importlib
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    stage = importlib.import_module(f"llmops.stages.{method}")
+    c = sft_chain
+    params = stage_params(method, *SHORT, f"train=sft_{method}", f"train.{method}.max_steps=16",
+                          f"train.{method}.batch_size=8", f"train.{method}.learning_rate=1e-3")
+    out = c["root"] / method
+    report = stage.run(params, {"data": c["data"], "sft": c["sft"], "base": c["base"]}, out,
+                       _ctx(c["root"]))
+    assert json.loads((out / f"{method}_report.json").read_text())["held_out"] == \
+        report["held_out"]
+    held = report["held_out"]
+    assert report["method"] == method and report["reference"] is None
+    assert report["pairs"]["method"] == "derive" and report["pairs"]["counts"]["train"] == 128
+    assert held["start"] == "sft" and held["sft"]["n"] == 32
+    assert held[method]["logp_margin"] > held["sft"]["logp_margin"]
+    assert held[method]["logp_accuracy"] >= held["sft"]["logp_accuracy"]
+    assert report["steps"] == 16 and report["loss_curve"]
+    adapter = out / "adapter"
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(c["base"])), str(adapter))
