@@ -40,7 +40,8 @@ def main(n: int) -> None:
         params = {"source": "files", "sources": [source], "format": "auto", "columns": {},
                   "tags": {}, "hf_id": None, "hf_split": "train", "n_examples": 10,
                   "system_prompt": None, "val_fraction": 0.1, "test_fraction": 0.1, "seed": 0,
-                  "dedup": True, "max_length": 512, "on_error": "keep", "num_proc": None,
+                  "dedup": True, "max_length": 512, "on_error": "keep",
+                  "on_unsupported": "fail", "num_proc": None,
                   "model": {"name": "x", "hub_id": None, "trust_remote_code": False},
                   "limits": {"row_bytes": 16 << 20, "json_depth": 64, "pattern_seconds": 1.0,
                              "template_seconds": 5.0, "glob_files_warn": 10_000}}

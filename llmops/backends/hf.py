@@ -63,17 +63,22 @@ def load_datasets(data_dir: Path, tokenizer: Any, params: dict[str, Any]
             f"sft: no training data at {train_path}. The data stage must write train.jsonl."
         )
     rows = read_jsonl(train_path)
+    n_read = len(rows)
+    rows = [r for r in rows if r.get("label") is not False]  # undesirable answers: KTO's only
     if not rows:
-        raise StageError(f"sft: {train_path} has no rows. Check data.n_examples / data.path.")
+        raise StageError(f"sft: {train_path} has no rows to learn ({n_read} read, every one "
+                         "labelled undesirable). Check data.n_examples / data.path / the labels.")
     check_tools(tokenizer, rows, params["model"]["chat_template"], "sft")
     method = mask_method(tokenizer)
     assistant_only = bool(params["train"]["assistant_only_loss"])
     train = [training_tokens(tokenizer, r, method, assistant_only) for r in rows]
     val_path = Path(data_dir) / "val.jsonl"
-    val_rows = read_jsonl(val_path)[:EVAL_LOSS_MAX_ROWS] if val_path.is_file() else []
+    val_rows = [r for r in (read_jsonl(val_path) if val_path.is_file() else [])
+                if r.get("label") is not False][:EVAL_LOSS_MAX_ROWS]
     val = [training_tokens(tokenizer, r, method, assistant_only) for r in val_rows]
     _check_lengths(train, int(params["train"]["max_length"]))
     info = {"mask": method[0] if assistant_only else "all_tokens",
+            "left_out_undesirable": n_read - len(rows),
             "loss_tokens": sum(sum(r["assistant_masks"]) for r in train),
             "tokens": sum(len(r["input_ids"]) for r in train)}
     return Dataset.from_list(train), Dataset.from_list(val) if val else None, info
@@ -473,6 +478,10 @@ def sft_trainer(model: Any, tokenizer: Any, params: dict[str, Any], data_dir: Pa
     train_ds, val_ds, mask = load_datasets(data_dir, tokenizer, params)
     ctx.logger.info("sft: loss on %d of %d tokens (mask: %s)", mask["loss_tokens"],
                     mask["tokens"], mask["mask"])
+    if mask["left_out_undesirable"]:
+        ctx.logger.warning("sft: left out %d train rows labelled undesirable (label=false); sft "
+                           "learns only desirable answers (KTO trains on both).",
+                           mask["left_out_undesirable"])
     callbacks, start = make_callbacks(ctx)
     trainer = SFTTrainer(
         model=model,

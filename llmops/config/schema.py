@@ -202,6 +202,11 @@ class DataConfig(_Group):
         "data", "files", "sources",
         description="Several sources mixed in one run (files), not with path."
     )
+    registry: Text | None = _from(
+        "data", "files", "registry", description="A LLaMA-Factory dataset_info.json (files): "
+        "with data.name, its entry gives path, format, columns and tags.")
+    name: Text | None = _from(
+        "data", "files", "name", description="The dataset_info.json entry data.registry reads.")
     format: DataFormat = _from(
         "data", "_reader", "format", description="Row format; auto detects it per file.")
     columns: DataColumns = _from(
@@ -227,6 +232,9 @@ class DataConfig(_Group):
         description="keep: train on the valid rows and report the rest; fail: any reject stops "
                     "the run before training (exit 5)."
     )
+    on_unsupported: Literal["fail", "drop"] = Field(
+        description="Rows with images, audio or video: fail stops before training naming them; "
+                    "drop leaves them out, listed in data_report.json.")
     num_proc: int | None = Field(ge=1, le=256, description="Processes reading and checking rows.")
     preview: int = Field(
         ge=0, le=100, description="Train rows written to data_report.json's preview exactly as "

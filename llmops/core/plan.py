@@ -12,7 +12,8 @@ from typing import Any
 
 #: Bumped when what a chat template receives (``llmops.data.chat.render``) changes; the recipe of
 #: every stage that renders rows. 2: call arguments reach the template as objects (issue 19).
-MESSAGE_FORM = 2
+#: 3: assistant messages carry ``reasoning_content`` and chat rows a ``label`` (issue 22).
+MESSAGE_FORM = 3
 
 
 @dataclass(frozen=True)

@@ -2,18 +2,30 @@
 
 A canonical *chat* row has three columns (plus ``reject`` while it is being read and checked):
 
-- ``messages``: a list of ``{"role", "content", "tool_calls", "tool_call_id", "name", "weight"}``,
-  every key present (Arrow structs have fixed fields; an unused one is None). ``role`` is one of
+- ``messages``: a list of ``{"role", "content", "tool_calls", "tool_call_id", "name", "weight",
+  "reasoning_content"}``, every key present (Arrow structs have fixed fields; an unused one is
+  None). ``role`` is one of
   ``ROLES``; ``content`` is a string or None (a list of text parts is joined); ``tool_calls`` is
   None or a list of ``{"id", "type": "function", "function": {"name", "arguments"}}`` where
   ``arguments`` is always a *string*, kept verbatim when the input gave a string (so the checks
   can still reject one that is not JSON) and JSON-encoded when it gave an object; ``weight`` is
-  None, 0 (not trained on) or 1.
+  None, 0 (not trained on) or 1; ``reasoning_content`` is an assistant message's reasoning trace
+  (the field OpenAI-compatible servers and the Qwen3/DeepSeek-R1 templates use) or None: read
+  from ``reasoning_content``, ``reasoning``, reasoning content parts or a leading
+  ``<think>...</think>`` in the text (see ``convert``); it is never left in ``content``.
 - ``tools``: the JSON text of the row's OpenAI ``tools`` list (``[{"type": "function",
   "function": {"name", "description", "parameters"}}]``), or None when the row declares none.
   JSON text, because Arrow cannot hold arbitrary JSON Schemas as typed columns.
+- ``label``: True (a desirable answer), False (undesirable) or None (unlabelled), from a
+  ``label`` / ``kto_tag`` column (``data.columns.label``): JSON booleans, or the text "true" /
+  "false" (any case, as CSV holds them); anything else rejects the row (``bad_label``). SFT
+  trains only rows whose label is not False; KTO trains on both.
 - ``meta``: ``{"file", "line", "row", "format"}``: the source file, its 1-based line (None for
   columnar files), the 1-based record number in that file, and the format it was read as.
+
+The split files (train/val/test.jsonl, ``to_openai_row``) hold OpenAI rows: a message key that
+is None is left out (so ``reasoning_content`` appears only on assistant messages that have a
+trace), and ``label`` appears only on labelled rows (``"label": true`` / ``false``).
 
 A *preference* row has ``prompt``, ``chosen`` and ``rejected`` message lists instead of
 ``messages``; a *text* row (continued pre-training) has ``text``. ``reject`` is None or
@@ -37,7 +49,7 @@ KINDS: tuple[str, ...] = ("chat", "preference", "text")
 
 #: Columns of each kind, in order, ``reject`` included.
 COLUMNS: dict[str, tuple[str, ...]] = {
-    "chat": ("messages", "tools", "meta", "reject"),
+    "chat": ("messages", "tools", "label", "meta", "reject"),
     "preference": ("prompt", "chosen", "rejected", "tools", "meta", "reject"),
     "text": ("text", "meta", "reject"),
 }
@@ -62,6 +74,7 @@ def message(
     tool_call_id: str | None = None,
     name: str | None = None,
     weight: float | None = None,
+    reasoning_content: str | None = None,
 ) -> dict[str, Any]:
     """Returns one canonical message with every key present."""
     return {
@@ -71,40 +84,12 @@ def message(
         "tool_call_id": tool_call_id,
         "name": name,
         "weight": weight,
+        "reasoning_content": reasoning_content,
     }
 
 
 def _kind(value: Any) -> str:
     return "null" if value is None else type(value).__name__
-
-
-def content_text(value: Any, path: str) -> str | None:
-    """Returns a message content as a string or None; joins a list of text parts."""
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, list):
-        parts = []
-        for k, part in enumerate(value):
-            if isinstance(part, str):
-                parts.append(part)
-            elif isinstance(part, dict) and part.get("type", "text") == "text" and isinstance(
-                part.get("text"), str
-            ):
-                parts.append(part["text"])
-            else:
-                kind = part.get("type") if isinstance(part, dict) else _kind(part)
-                raise Rejected(
-                    "content_part",
-                    f"{path}[{k}]",
-                    f"content part of type {kind!r} is not supported; only text parts "
-                    '({"type": "text", "text": ...}) are. Remove it or turn it into text.',
-                )
-        return "".join(parts)
-    raise Rejected(
-        "bad_content",
-        path,
-        f"must be a string, null or a list of text parts (got {_kind(value)}).",
-    )
 
 
 def weight(value: Any, path: str) -> float | None:
@@ -225,7 +210,7 @@ def plain_message(m: dict[str, Any]) -> dict[str, Any]:
                 call["id"] = c["id"]
             calls.append(call)
         out["tool_calls"] = calls
-    for key in ("tool_call_id", "name", "weight"):
+    for key in ("tool_call_id", "name", "weight", "reasoning_content"):
         if m.get(key) is not None:
             out[key] = m[key]
     return out
@@ -245,6 +230,8 @@ def to_openai_row(row: dict[str, Any]) -> dict[str, Any]:
             out[key] = [plain_message(m) for m in row[key]]
     if row.get("tools"):
         out["tools"] = json.loads(row["tools"])
+    if row.get("label") is not None:
+        out["label"] = bool(row["label"])
     if "meta" in row:
         out["meta"] = row["meta"]
     return out
@@ -258,9 +245,10 @@ def features(kind: str):
             "function": {"name": Value("string"), "arguments": Value("string")}}
     message = List({"role": Value("string"), "content": Value("string"),
                     "tool_calls": List(call), "tool_call_id": Value("string"),
-                    "name": Value("string"), "weight": Value("float64")})
+                    "name": Value("string"), "weight": Value("float64"),
+                    "reasoning_content": Value("string")})
     types = {"messages": message, "prompt": message, "chosen": message, "rejected": message,
-             "tools": Value("string"), "text": Value("string"),
+             "tools": Value("string"), "text": Value("string"), "label": Value("bool"),
              "meta": {"file": Value("string"), "line": Value("int64"), "row": Value("int64"),
                       "format": Value("string")},
              "reject": {"code": Value("string"), "path": Value("string"),

@@ -27,12 +27,15 @@ from typing import Any
 import orjson
 
 from llmops.data import canonical as c
-from llmops.data import jsontext
+from llmops.data import hermes, jsontext, parts, xlam
 from llmops.data.limits import Limits
 from llmops.data.sharegpt import TAG_ROLES, sharegpt_preference, sharegpt_to_messages
 from llmops.errors import LlmopsError
 
 RAW, ERROR, LINE, FILE = "__raw__", "__error__", "__line__", "__file__"
+#: With ``Converter.track_unused``: per row, the columns and message keys it did not read; per
+#: batch, the first value seen of each (JSON text of ``{name: value}``, on the row it was seen).
+UNUSED, UNUSED_EXAMPLE = "_unused", "_unused_example"
 _CODED = re.compile(r"\[(\w+)\] (.*)", re.DOTALL)
 
 
@@ -42,10 +45,12 @@ def reader_error(code: str, message: str) -> str:
     return f"[{code}] {message}"
 
 FORMATS: tuple[str, ...] = (
-    "openai", "sharegpt", "alpaca", "completion", "text", "preference", "sharegpt_preference",
+    "openai", "sharegpt", "hermes", "xlam", "alpaca", "completion", "text", "preference",
+    "sharegpt_preference",
 )
 KIND: dict[str, str] = {
-    "openai": "chat", "sharegpt": "chat", "alpaca": "chat", "completion": "chat",
+    "openai": "chat", "sharegpt": "chat", "hermes": "chat", "xlam": "chat", "alpaca": "chat",
+    "completion": "chat",
     "text": "text", "preference": "preference", "sharegpt_preference": "preference",
 }
 #: Source column of each canonical field; ShareGPT reads ``messages`` from "conversations" first.
@@ -53,6 +58,8 @@ DEFAULT_COLUMNS: dict[str, str] = {
     "messages": "messages", "system": "system", "tools": "tools", "instruction": "instruction",
     "input": "input", "output": "output", "history": "history", "prompt": "prompt",
     "completion": "completion", "text": "text", "chosen": "chosen", "rejected": "rejected",
+    "label": "label", "query": "query", "answers": "answers", "images": "images",
+    "videos": "videos", "audios": "audios",
 }
 #: ShareGPT's turn keys and role names.
 DEFAULT_TAGS: dict[str, str] = {
@@ -109,42 +116,92 @@ def json_value(row: dict[str, Any], col: str, max_depth: int | None = None) -> A
     return value
 
 
-def openai_messages(value: Any, path: str) -> list[dict[str, Any]]:
-    """Normalises a list of OpenAI messages (see ``canonical``)."""
+#: Message keys the OpenAI reader uses (others are listed as unused in the data report).
+MESSAGE_KEYS = frozenset({"role", "content", "tool_calls", "tool_call_id", "name", "weight",
+                          "reasoning_content", "reasoning", "thinking", "function_call"})
+#: OpenAI's other role names: developer is the system turn, function a tool result.
+ROLE_ALIASES = {"developer": "system", "function": "tool"}
+
+
+def openai_messages(value: Any, path: str, unused: dict[str, Any] | None = None
+                    ) -> list[dict[str, Any]]:
+    """Normalises a list of OpenAI messages (see ``canonical``): content parts, reasoning
+    (``reasoning_content``, ``reasoning``, reasoning parts, a leading ``<think>`` block),
+    calls (``tool_calls``, call parts, the legacy ``function_call``) and the roles
+    ``developer`` (system) and ``function`` (tool). Keys it does not read go to ``unused``."""
     if not isinstance(value, list):
         raise c.Rejected("bad_messages", path, f"must be a list of messages (got "
                          f"{'null' if value is None else type(value).__name__}).")
     out = []
+    pending: list[dict[str, Any]] = []  # calls not yet answered, oldest first
     for i, m in enumerate(value):
         where = f"{path}[{i}]"
         if not isinstance(m, dict):
             raise c.Rejected("bad_message", where, "must be an object with 'role' and 'content'.")
         role = m.get("role")
+        role = ROLE_ALIASES.get(role, role) if isinstance(role, str) else role
         if role not in c.ROLES:
             raise c.Rejected("unknown_role", f"{where}.role", f"{role!r} is not one of "
-                             f"{', '.join(c.ROLES)}. Rename the role.")
+                             f"{', '.join(c.ROLES)} (or developer, function). Rename the role.")
+        if unused is not None and len(m) > 2:
+            for key in m:
+                if key not in MESSAGE_KEYS:
+                    parts.note_unused(unused, f"{path}[].{key}", m[key])
         calls = m.get("tool_calls")
         if calls is not None and not isinstance(calls, list):
             raise c.Rejected("bad_tool_call", f"{where}.tool_calls", "must be a list of calls.")
-        out.append(c.message(
-            role,
-            c.content_text(m.get("content"), f"{where}.content"),
-            [c.tool_call(x, f"{where}.tool_calls[{k}]") for k, x in enumerate(calls)] or None
-            if calls else None,
-            m.get("tool_call_id") if isinstance(m.get("tool_call_id"), str) else None,
-            m.get("name") if isinstance(m.get("name"), str) else None,
-            c.weight(m.get("weight"), f"{where}.weight"),
-        ))
+        reasoning = m.get("reasoning_content")
+        for key in ("reasoning", "thinking"):
+            if reasoning is None:
+                reasoning = m.get(key)
+        text, trace, part_calls = parts.assistant_parts(role, m.get("content"),
+                                                        f"{where}.content", i, reasoning)
+        listed = [c.tool_call(x, f"{where}.tool_calls[{k}]") for k, x in enumerate(calls or [])]
+        legacy = m.get("function_call")
+        if isinstance(legacy, dict) and role == "assistant":
+            listed.append(c.tool_call(legacy, f"{where}.function_call", f"call_{i}_legacy"))
+        listed += part_calls
+        pending.extend(listed)
+        ident = m.get("tool_call_id") if isinstance(m.get("tool_call_id"), str) else None
+        name = m.get("name") if isinstance(m.get("name"), str) else None
+        if role == "tool":
+            call = _answered(pending, ident, name)
+            if call is not None and ident is None and name is None:
+                # a result without an id (typed-part sets) answers the oldest open call
+                ident, name = call["id"], call["function"]["name"]
+        out.append(c.message(role, text, listed or None, ident, name,
+                             c.weight(m.get("weight"), f"{where}.weight"), trace))
     return out
+
+
+def _answered(pending: list[dict[str, Any]], ident: str | None, name: str | None
+              ) -> dict[str, Any] | None:
+    """Removes and returns the open call a tool message answers: by id, by name, else the
+    oldest (None when none is open)."""
+    for call in pending:
+        if (ident is not None and call["id"] == ident) or (
+                ident is None and name is not None and call["function"]["name"] == name):
+            pending.remove(call)
+            return call
+    if ident is None and name is None and pending:
+        return pending.pop(0)
+    return None
 
 
 def _turns(value: Any, col: str, role: str) -> list[dict[str, Any]]:
     """Returns a prompt/chosen/rejected value (a string or a message list) as messages."""
     if isinstance(value, str) and value.strip():
-        return [c.message(role, value)]
+        return [_text_message(role, value, col)]
     if isinstance(value, list) and value:
         return openai_messages(value, col)
     raise c.Rejected("bad_field", col, "must be a non-empty string or a list of messages.")
+
+
+def _text_message(role: str, text: str | None, path: str) -> dict[str, Any]:
+    """Returns a message from plain text (Alpaca, completion, prompt strings): an assistant's
+    leading ``<think>`` block is its reasoning; image/audio/video placeholders are refused."""
+    answer, trace, _ = parts.assistant_parts(role, text, path, 0)
+    return c.message(role, answer, reasoning_content=trace)
 
 
 def _system(row: dict[str, Any], cols: dict[str, str]) -> list[dict[str, Any]]:
@@ -152,16 +209,30 @@ def _system(row: dict[str, Any], cols: dict[str, str]) -> list[dict[str, Any]]:
     return [c.message("system", value)] if value and value.strip() else []
 
 
-def _chat(fmt: str, row: dict[str, Any], cols: dict[str, str], tags: dict[str, str]) -> dict:
+def _chat(fmt: str, row: dict[str, Any], cols: dict[str, str], tags: dict[str, str],
+          unused: dict[str, Any] | None = None, max_depth: int | None = None) -> dict:
     if fmt == "openai":
-        return {"messages": openai_messages(json_value(row, cols["messages"]), cols["messages"])}
+        return {"messages": openai_messages(json_value(row, cols["messages"]), cols["messages"],
+                                            unused)}
     if fmt == "sharegpt":
         col = _sharegpt_column(row, cols)
         return {"messages": _system(row, cols) + sharegpt_to_messages(
-            json_value(row, col), col, tags)}
+            json_value(row, col), col, tags, unused=unused)}
+    if fmt == "hermes":  # ShareGPT turns or OpenAI messages, calls and tools in their text
+        col = _sharegpt_column(row, cols)
+        turns = json_value(row, col)
+        first = turns[0] if isinstance(turns, list) and turns else None
+        messages = _system(row, cols) + sharegpt_to_messages(turns, col, tags, unused=unused) \
+            if isinstance(first, dict) and tags["role"] in first else openai_messages(
+                turns, col, unused)
+        given = c.tools_json(json_value(row, cols["tools"], max_depth), cols["tools"], max_depth)
+        return hermes.lift(messages, col, given, max_depth)
+    if fmt == "xlam":
+        return xlam.read_row(row, cols, max_depth)
     if fmt == "completion":
-        return {"messages": [c.message("user", _text(row, cols["prompt"])),
-                             c.message("assistant", _text(row, cols["completion"]))]}
+        return {"messages": [_text_message("user", _text(row, cols["prompt"]), cols["prompt"]),
+                             _text_message("assistant", _text(row, cols["completion"]),
+                                           cols["completion"])]}
     user = _text(row, cols["instruction"])
     extra = _text(row, cols["input"], required=False)
     history = json_value(row, cols["history"]) or []
@@ -172,12 +243,75 @@ def _chat(fmt: str, row: dict[str, Any], cols: dict[str, str], tags: dict[str, s
         raise c.Rejected("bad_field", cols["history"],
                          "must be a list of [instruction, answer] string pairs.")
     messages = _system(row, cols)
-    for q, a in history:
-        messages += [c.message("user", q), c.message("assistant", a)]
+    for k, (q, a) in enumerate(history):
+        messages += [_text_message("user", q, f"{cols['history']}[{k}][0]"),
+                     _text_message("assistant", a, f"{cols['history']}[{k}][1]")]
     if extra and extra.strip():
         user = f"{user}\n\n{extra}"
-    return {"messages": messages + [c.message("user", user),
-                                    c.message("assistant", _text(row, cols["output"]))]}
+    return {"messages": messages + [_text_message("user", user, cols["instruction"]),
+                                    _text_message("assistant", _text(row, cols["output"]),
+                                                  cols["output"])]}
+
+
+#: Columns that carry images, audio or video (after data.columns renames the first three).
+MODALITY_COLUMNS: dict[str, str] = {"images": "image", "videos": "video", "audios": "audio",
+                                    "image": "image", "video": "video", "audio": "audio"}
+#: Canonical fields each format reads (their source columns count as used).
+FIELDS: dict[str, tuple[str, ...]] = {
+    "openai": ("messages", "tools", "label"),
+    "sharegpt": ("messages", "system", "tools", "label"),
+    "hermes": ("messages", "system", "tools", "label"),
+    "xlam": ("query", "answers", "tools", "label"),
+    "alpaca": ("instruction", "input", "output", "system", "history", "tools", "label"),
+    "completion": ("prompt", "completion", "tools", "label"),
+    "text": ("text",),
+    "preference": ("prompt", "chosen", "rejected", "system", "tools"),
+    "sharegpt_preference": ("messages", "system", "chosen", "rejected", "tools"),
+}
+LABEL_SPELLINGS = {"true": True, "false": False}
+
+
+def label_value(value: Any, path: str) -> bool | None:
+    """Returns a row's label: True (desirable), False (undesirable) or None (unlabelled).
+
+    Only JSON booleans and the text "true" / "false" (any case; CSV holds text) are labels:
+    a number or any other text is a reject (``bad_label``), never a guess.
+    """
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in LABEL_SPELLINGS:
+        return LABEL_SPELLINGS[value.strip().lower()]
+    raise c.Rejected("bad_label", path, f"must be true (a desirable answer) or false (an "
+                     f"undesirable one) (got {value!r}). Fix it, or point data.columns.label at "
+                     "the column that holds the label.")
+
+
+def _label_column(row: dict[str, Any], cols: dict[str, str]) -> str:
+    if cols["label"] == DEFAULT_COLUMNS["label"] and row.get("label") is None and (
+            row.get("kto_tag") is not None):
+        return "kto_tag"
+    return cols["label"]
+
+
+def _refuse_modalities(row: dict[str, Any], cols: dict[str, str]) -> None:
+    for name, kind in MODALITY_COLUMNS.items():
+        col = cols.get(name, name)
+        value = row.get(col)
+        if value is None or value == [] or value == "" or value == {}:
+            continue
+        n = len(value) if isinstance(value, list) else 1
+        raise parts.unsupported(kind, col, f"{n} {kind}{'s' if n != 1 else ''} "
+                                f"(column {col!r})")
+
+
+def _used(fmt: str, row: dict[str, Any], cols: dict[str, str]) -> set[str]:
+    used = {cols[f] for f in FIELDS[fmt]}
+    if fmt in ("sharegpt", "hermes", "sharegpt_preference"):
+        used.add(_sharegpt_column(row, cols))
+    if "label" in FIELDS[fmt]:
+        used.add(_label_column(row, cols))
+    used.update(cols.get(n, n) for n in MODALITY_COLUMNS)
+    return used
 
 
 def _sharegpt_column(row: dict[str, Any], cols: dict[str, str]) -> str:
@@ -210,20 +344,35 @@ def lone_surrogate(value: Any, where: str = "$") -> c.Rejected | None:
 
 
 def convert_row(fmt: str, row: Any, cols: dict[str, str], tags: dict[str, str],
-                max_depth: int | None = None) -> dict:
+                max_depth: int | None = None, unused: dict[str, Any] | None = None) -> dict:
     """Converts one parsed source row to the canonical columns of its kind (no ``meta``).
 
+    Args:
+        unused: Filled with the columns and message keys the format does not read (name: its
+            first value); None not to look.
+
     Raises:
-        canonical.Rejected: If the row does not fit ``fmt``.
+        canonical.Rejected: If the row does not fit ``fmt``, or holds images, audio or video.
     """
     if not isinstance(row, dict):
         raise c.Rejected("not_object", "$", f"must be a JSON object (got {type(row).__name__}).")
     kind = KIND[fmt]
+    if unused is not None:
+        used = _used(fmt, row, cols)
+        for key, value in row.items():
+            if key not in used:
+                parts.note_unused(unused, key, value)
     if kind == "text":
+        _refuse_modalities(row, cols)
         return {"text": _text(row, cols["text"])}
-    tools = c.tools_json(json_value(row, cols["tools"], max_depth), cols["tools"], max_depth)
+    _refuse_modalities(row, cols)
+    tools = c.tools_json(json_value(row, cols["tools"], max_depth), cols["tools"], max_depth) \
+        if fmt not in ("xlam", "hermes") else None
     if kind == "chat":
-        return {**_chat(fmt, row, cols, tags), "tools": tools}
+        label_col = _label_column(row, cols)
+        out = {"tools": tools, **_chat(fmt, row, cols, tags, unused, max_depth)}
+        out["label"] = label_value(row.get(label_col), label_col)
+        return out
     if fmt == "sharegpt_preference":
         col = _sharegpt_column(row, cols)
         prompt, chosen, rejected = sharegpt_preference(
@@ -276,6 +425,18 @@ def _size(row: Any) -> int:
         return 0
 
 
+def _example_text(values: dict[str, Any]) -> str:
+    """Returns unused values as JSON text, each cut to 200 characters of its own JSON."""
+    short = {}
+    for name, value in values.items():
+        try:
+            text = orjson.dumps(value).decode()
+        except (orjson.JSONEncodeError, TypeError):
+            text = json.dumps(str(value))
+        short[name] = value if len(text) <= 200 else text[:200] + "..."
+    return json.dumps(short, ensure_ascii=False, default=str)
+
+
 def too_large(row_bytes: int) -> c.Rejected:
     """Returns the reject of a record longer than ``limits.row_bytes``."""
     return c.Rejected("row_too_large", "$", f"is longer than limits.row_bytes={row_bytes} bytes; "
@@ -297,6 +458,7 @@ class Converter:
         self.cols = _check_names(columns, DEFAULT_COLUMNS, "data.columns")
         self.tags = _check_names(tags, DEFAULT_TAGS, "data.tags")
         self.limits, self.files, self.starts = limits, files, starts
+        self.track_unused = False
 
     def __call__(self, batch: Mapping[str, list], indices: list[int]) -> dict[str, list]:
         """Returns the canonical columns of the batch's records, a reject for each that fails."""
@@ -310,10 +472,14 @@ class Converter:
         # Only JSON text can hold a lone surrogate (as a \ud800-\udfff escape); Arrow columns
         # are valid UTF-8, so only records whose text has such an escape are walked.
         raws = batch.get(RAW) or [None] * len(indices)
+        if self.track_unused:
+            out[UNUSED], out[UNUSED_EXAMPLE] = [], []
+            examples: set[str] = set()
         for (row, error), index, line, raw, file in zip(
                 source_rows(batch, self.limits), rows, lines, raws, files, strict=True):
             out["meta"].append({"file": file, "line": line, "row": index + 1,
                                 "format": self.fmt})
+            unused: dict[str, Any] | None = {} if self.track_unused else None
             try:
                 if isinstance(error, c.Rejected):
                     raise error
@@ -327,7 +493,8 @@ class Converter:
                     if bad_text is not None:
                         raise bad_text
                 values, reject = convert_row(self.fmt, row, self.cols, self.tags,
-                                             self.limits and self.limits.json_depth), None
+                                             self.limits and self.limits.json_depth,
+                                             unused), None
             except c.Rejected as exc:
                 values, reject = {}, exc.to_dict()
             except RecursionError:  # nested deeper than Python recurses (json_depth allows it)
@@ -335,8 +502,20 @@ class Converter:
                     "too_deep", "$", "is nested too deep for Python to convert. Flatten the row, "
                     "or lower limits.json_depth so such rows are refused before parsing."
                 ).to_dict()
+            except (TypeError, AttributeError, KeyError, IndexError, ValueError) as exc:
+                # a shape no check foresaw: still one reject, never the whole run
+                values, reject = {}, c.Rejected(
+                    "unreadable_row", "$", f"could not be read as {self.fmt} "
+                    f"({type(exc).__name__}: {str(exc)[:200]}). Fix the row, or set data.format."
+                ).to_dict()
             for name in c.COLUMNS[self.kind]:
                 if name not in ("meta", "reject"):
                     out[name].append(values.get(name))
             out["reject"].append(reject)
+            if self.track_unused:
+                names = sorted(unused) if reject is None and unused else None
+                out[UNUSED].append(names)
+                new = {n: unused[n] for n in names or () if n not in examples}
+                examples.update(new)
+                out[UNUSED_EXAMPLE].append(_example_text(new) if new else None)
         return out

@@ -22,18 +22,19 @@ from collections.abc import Mapping
 from typing import Any
 
 from llmops.data import lengths, mix, pages
-from llmops.data.canonical import plain_message
+from llmops.data.canonical import message, plain_message
+from llmops.data.convert import UNUSED, UNUSED_EXAMPLE
 from llmops.data.limits import Limits
 from llmops.data.toolcheck import check_rows
 from llmops.files import json_default
 
-LINE, PAIR = "_line", "_pair"
+LINE, PAIR, LABEL, REASONING = "_line", "_pair", "_label", "_reasoning"
 ANNOTATIONS = (mix.HASH, mix.KIND, mix.TOOL, mix.CALLS, mix.DECLARED)
 
 
 def features(kind: str):
     """Returns the ``datasets.Features`` of the pass's output for a canonical kind."""
-    from datasets import Features, Value
+    from datasets import Features, List, Value
 
     from llmops.data.canonical import features as canonical
 
@@ -41,7 +42,9 @@ def features(kind: str):
     columns = {"meta": own["meta"], "reject": own["reject"], mix.HASH: Value("int64"),
                mix.KIND: Value("string"), mix.TOOL: Value("string"), mix.CALLS: Value("int64"),
                mix.DECLARED: Value("int64"), lengths.TOKENS: Value("int64"),
-               lengths.MEASURED: Value("bool"), LINE: Value("string")}
+               lengths.MEASURED: Value("bool"), LINE: Value("string"), LABEL: Value("bool"),
+               REASONING: Value("int64"), UNUSED: List(Value("string")),
+               UNUSED_EXAMPLE: Value("string")}
     if kind == "preference":
         columns[PAIR] = Value("string")
     return Features(columns)
@@ -70,7 +73,9 @@ def body(row: Mapping[str, Any], kind: str) -> str:
         text = '{"messages": ' + _messages([*row["prompt"], *row["chosen"]])
     else:
         text = '{"messages": ' + _messages(row["messages"])
-    return text + (', "tools": ' + row["tools"] if row["tools"] else "")
+    text += ', "tools": ' + row["tools"] if row["tools"] else ""
+    label = row.get("label")
+    return text + (', "label": ' + ("true" if label else "false") if label is not None else "")
 
 
 def line(text: str, meta: Mapping[str, Any], source: str, kind: str, tool: str | None) -> str:
@@ -78,6 +83,12 @@ def line(text: str, meta: Mapping[str, Any], source: str, kind: str, tool: str |
     return text + ', "meta": ' + dumps(
         {"source": source, "file": meta["file"], "line": meta["line"], "row": meta["row"],
          "format": meta["format"], "kind": kind, "tool": tool, "refuse": kind == "refusal"}) + "}"
+
+
+def reasoning_turns(row: Mapping[str, Any]) -> int:
+    """Returns how many of a row's messages carry a reasoning trace."""
+    turns = row.get("messages") or [*(row.get("prompt") or []), *(row.get("chosen") or [])]
+    return sum(1 for m in turns if m.get("reasoning_content"))
 
 
 def dumps(value: Any) -> str:
@@ -116,6 +127,7 @@ class RowPass:
 
     def __init__(self, convert: Any, prepare: Prepare):
         self.convert, self.kind = convert, convert.kind
+        convert.track_unused = True
         self.source, self.system_prompt = prepare.source, prepare.system_prompt
         self.counter, self.max_length = prepare.counter, prepare.max_length
         self.limits = prepare.limits
@@ -125,8 +137,7 @@ class RowPass:
         key = "messages" if "messages" in out else "prompt" if "prompt" in out else None
         if key is None or not self.system_prompt:
             return
-        system = {"role": "system", "content": self.system_prompt, "tool_calls": None,
-                  "tool_call_id": None, "name": None, "weight": None}
+        system = message("system", self.system_prompt)
         for i in ok:
             m = out[key][i]
             if not (m and m[0]["role"] == "system"):
@@ -140,7 +151,7 @@ class RowPass:
         n = len(indices)
         ok = [i for i, r in enumerate(out["reject"]) if r is None]
         self._with_system(out, ok)
-        content = [k for k in out if k not in ("meta", "reject")]
+        content = [k for k in out if k not in ("meta", "reject", UNUSED, UNUSED_EXAMPLE)]
         sub = {k: [out[k][i] for i in ok] for k in content}
         rows = [dict(zip(content, values, strict=True))
                 for values in zip(*(sub[k] for k in content), strict=True)]
@@ -151,7 +162,10 @@ class RowPass:
         reasons = check_rows(rows, [None] * len(rows), self.max_length,
                              lambda rs: [tokens[id(r)] for r in rs], self.limits, render_errors)
         columns: dict[str, list] = {"meta": out["meta"], "reject": out["reject"],
-                                    **{k: [None] * n for k in (*ANNOTATIONS, *counts, LINE)}}
+                                    **{k: [None] * n for k in (*ANNOTATIONS, *counts, LINE)},
+                                    UNUSED: out[UNUSED], UNUSED_EXAMPLE: out[UNUSED_EXAMPLE],
+                                    LABEL: out["label"] if "label" in out else [None] * n,
+                                    REASONING: [None] * n}
         if self.kind == "preference":
             columns[PAIR] = [None] * n
         for j, (i, row) in enumerate(zip(ok, rows, strict=True)):
@@ -160,6 +174,7 @@ class RowPass:
                 columns[k][i] = value
             for k, values in counts.items():
                 columns[k][i] = values[j]
+            columns[REASONING][i] = reasoning_turns(row)
             if reasons[j] is not None:
                 columns["reject"][i] = reasons[j]
                 continue

@@ -4,8 +4,11 @@ Roles: ``human`` → user, ``gpt`` → assistant, ``system`` → system, ``funct
 assistant message whose ``tool_calls`` come from the turn's JSON (``{"name", "arguments"}`` or a
 list of them), ``observation`` → a ``tool`` message. ShareGPT has no call ids: calls get
 ``call_<turn>_<k>`` and each observation answers the oldest unanswered call (its id and name),
-so parallel calls answered in order link up. Key and role names can be renamed with ``tags``
-(keys of ``convert.DEFAULT_TAGS``). Pure Python.
+so parallel calls answered in order link up. A ``tool`` turn (Hermes' name) is an observation
+unless ``tags`` name another role ``tool``. A turn's value may be text or content parts; an
+assistant turn's reasoning comes from its ``reasoning_content`` / ``reasoning`` key, reasoning
+parts or a leading ``<think>`` block (``convert.assistant_parts``). Key and role names can be
+renamed with ``tags`` (keys of ``convert.DEFAULT_TAGS``). Pure Python.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import json
 from typing import Any
 
 from llmops.data import canonical as c
+from llmops.data.parts import assistant_parts, note_unused
 
 #: ShareGPT role tag → canonical role (function_call turns become assistant calls).
 TAG_ROLES: dict[str, str] = {
@@ -41,7 +45,8 @@ def _calls(value: Any, where: str, turn: int) -> list[dict[str, Any]]:
 
 
 def sharegpt_to_messages(
-    turns: Any, path: str, tags: dict[str, str], pending: list[dict] | None = None
+    turns: Any, path: str, tags: dict[str, str], pending: list[dict] | None = None,
+    unused: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Converts a ShareGPT turn list to canonical messages.
 
@@ -50,6 +55,7 @@ def sharegpt_to_messages(
         path: Its column name, for reject paths (``conversations[3].value``).
         tags: Key and role names (``convert.DEFAULT_TAGS`` with overrides).
         pending: Calls not yet answered, carried over from earlier turns (updated in place).
+        unused: Filled with the turn keys not read (``conversations[].KEY``: a first value).
 
     Raises:
         canonical.Rejected: If a turn is not an object, has an unknown role or no text value.
@@ -58,6 +64,8 @@ def sharegpt_to_messages(
         kind = "null" if turns is None else type(turns).__name__
         raise c.Rejected("bad_messages", path, f"must be a list of turns (got {kind}).")
     by_tag = {tags[name]: name for name in TAG_ROLES}
+    by_tag.setdefault("tool", "observation")
+    known = {tags["role"], tags["content"], "weight", "reasoning_content", "reasoning"}
     pending = [] if pending is None else pending
     out = []
     for i, turn in enumerate(turns):
@@ -66,7 +74,11 @@ def sharegpt_to_messages(
             raise c.Rejected("bad_message", where,
                              f"must be an object with '{tags['role']}' and '{tags['content']}'.")
         tag, value = turn.get(tags["role"]), turn.get(tags["content"])
-        name = by_tag.get(tag)
+        name = by_tag.get(tag) if isinstance(tag, str) else None
+        if unused is not None and len(turn) > 2:
+            for key in turn:
+                if key not in known:
+                    note_unused(unused, f"{path}[].{key}", turn[key])
         if name is None:
             raise c.Rejected(
                 "unknown_role", f"{where}.{tags['role']}",
@@ -78,14 +90,19 @@ def sharegpt_to_messages(
             pending.extend(calls)
             out.append(c.message("assistant", None, calls))
             continue
-        text = c.content_text(value, f"{where}.{tags['content']}")
+        role = TAG_ROLES[name]
+        reasoning = turn.get("reasoning_content", turn.get("reasoning"))
+        text, trace, calls = assistant_parts(role, value, f"{where}.{tags['content']}", i,
+                                             reasoning)
         weight = c.weight(turn.get("weight"), f"{where}.weight")
         if name == "observation":
             call = pending.pop(0) if pending else None
             out.append(c.message("tool", text, None, call and call["id"],
                                  call and call["function"]["name"]))
         else:
-            out.append(c.message(TAG_ROLES[name], text, weight=weight))
+            pending.extend(calls)
+            out.append(c.message(role, text, calls or None, weight=weight,
+                                 reasoning_content=trace))
     return out
 
 

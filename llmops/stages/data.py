@@ -41,11 +41,13 @@ from llmops.core.plan import report_name
 from llmops.data import lengths, mix, pipeline, task_api
 from llmops.data.convert import FormatError
 from llmops.data.limits import Limits, TimeLimit
+from llmops.data.parts import UNSUPPORTED_FIX
 from llmops.errors import ConfigError, DataRejected, Problem, StageError
 from llmops.files import write_json
 from llmops.stages import data_io
 
 REPORT_NAME = report_name("data")
+UNSUPPORTED = "unsupported_modality"
 MAX_LISTED = 200
 SHOWN_IN_ERROR = 10
 SPLITS = ("train", "val", "test")
@@ -137,12 +139,19 @@ os.register_at_fork(after_in_child=_default_signals_in_child)
 def _prepare(params: dict, inputs: dict[str, Path], out_dir: Path, cache: str,
              ctx: StageContext) -> dict:
     counter, lengths_info = data_io.token_counter(params, inputs, ctx)
+    demo_note = data_io.demo_model_note(params, inputs, lengths_info)
+    if demo_note:
+        ctx.logger.warning("data: %s", demo_note)
     sources = [_checked(name, spec, params, counter, cache, ctx)
                for name, spec in data_io.specs(params)]
     kind = _one_kind(sources)
     n_rejected = sum(len(s.rejects) for s in sources)
     valid = [len(s.rows) for s in sources]
-    if params["on_error"] == "fail" and n_rejected:
+    n_unsupported = _by_code(sources).get(UNSUPPORTED, 0)
+    if n_unsupported and params["on_unsupported"] == "fail":
+        _refuse_modalities(sources, n_unsupported)
+    dropped = n_unsupported if params["on_unsupported"] == "drop" else 0
+    if params["on_error"] == "fail" and n_rejected - dropped:
         _fail(sources, n_rejected)
     if not sum(valid):
         first = "; ".join(_reject_line(r) for r in _listed(sources, 3))
@@ -161,7 +170,7 @@ def _prepare(params: dict, inputs: dict[str, Path], out_dir: Path, cache: str,
     rows = datasets.concatenate_datasets(filled) if len(filled) > 1 else filled[0]
     offsets = np.cumsum([0, *valid])
     ann = data_io.gather(rows, [mix.HASH, mix.KIND, mix.TOOL, mix.CALLS, mix.DECLARED,
-                                lengths.TOKENS, lengths.MEASURED])
+                                lengths.TOKENS, lengths.MEASURED, pipeline.LABEL])
     positions = np.arange(len(rows))
     first = mix.first_occurrences(ann[mix.HASH].to_numpy()) if params["dedup"] else positions
     duplicate = first != positions
@@ -176,12 +185,24 @@ def _prepare(params: dict, inputs: dict[str, Path], out_dir: Path, cache: str,
         extra.append(n_repeat)
     chosen_all = np.concatenate(chosen)
     labels = mix.Labels(ann[mix.KIND], ann[mix.TOOL])
+    # Rows labelled undesirable (label=false) are for KTO: they all go to train.jsonl, so val and
+    # test (eval's references) hold only answers to learn; sft leaves them out of training.
+    label = data_io.label_codes(ann[pipeline.LABEL])
+    undesirable = chosen_all[label[chosen_all] == 0]
+    if undesirable.size and undesirable.size == chosen_all.size:
+        raise StageError(f"data: every one of the {chosen_all.size} rows of {_origin(params)} is "
+                         "labelled undesirable (label=false): no answer to learn or evaluate. "
+                         "Add desirable rows (label=true), or fix the labels.")
+    if undesirable.size:
+        chosen_all = chosen_all[label[chosen_all] != 0]
     strata, _ = labels.codes(chosen_all, _stratum)
     try:
         local = mix.split_indices(strata, params["val_fraction"], params["test_fraction"], seed)
     except ValueError as exc:
         raise StageError(f"data: {exc}") from exc
     splits = {name: chosen_all[idx] for name, idx in local.items()}
+    splits["train"] = np.concatenate([splits["train"], undesirable])
+    chosen_all = np.concatenate([chosen_all, undesirable])
     source_of = np.searchsorted(offsets, positions, side="right") - 1
     repeated = [mix.repeats(splits["train"][source_of[splits["train"]] == i], n, rng)
                 for i, n in enumerate(extra)]
@@ -199,6 +220,9 @@ def _prepare(params: dict, inputs: dict[str, Path], out_dir: Path, cache: str,
         "kinds": {"all": labels.count(chosen_all, _kind),
                   **{name: labels.count(idx, _kind) for name, idx in splits.items()}},
         "tool_calls": _tool_calls(ann, chosen_all, splits),
+        "labels": data_io.label_counts(label, chosen_all, splits),
+        "reasoning": data_io.reasoning_counts(rows, chosen_all, splits),
+        "unused": data_io.unused(rows),
         "sources": [_source_report(s, i, source_of, duplicate, chosen[i], repeated[i], splits)
                     for i, s in enumerate(sources)],
         "rejects_by_code": _by_code(sources),
@@ -211,6 +235,8 @@ def _prepare(params: dict, inputs: dict[str, Path], out_dir: Path, cache: str,
                                              rows, MAX_LISTED),
         "files": [f"{name}.jsonl" for name in splits],
     }
+    if demo_note:
+        report["model_note"] = demo_note
     pref = _preferences(kind, rows, splits, out_dir, ctx)
     if pref is not None:
         report["preferences"] = pref
@@ -228,6 +254,8 @@ def _prepare(params: dict, inputs: dict[str, Path], out_dir: Path, cache: str,
         f"{c['duplicates']} duplicates -> train {c['train']} / val {c['val']} / test {c['test']}"
         f"; kinds {report['kinds']['all']}"
     )
+    data_io.say_labels(report["labels"], ctx.logger)
+    data_io.say_unused(report["unused"], ctx.logger)
     if n_rejected:
         ctx.logger.warning("data: %d rows rejected (%s); listed in %s. data.on_error=fail stops "
                            "the run on any reject.", n_rejected, ", ".join(
@@ -281,6 +309,20 @@ def _fail(sources: list[Source], n: int) -> None:
                        f"trains:\n{shown}{more}\nFix these rows, or set data.on_error=keep to "
                        f"train on the {sum(len(s.rows) for s in sources)} valid rows and list "
                        "the rejects in data_report.json.")
+
+
+def _refuse_modalities(sources: list[Source], n: int) -> None:
+    listed = []
+    for s in sources:
+        if len(listed) >= SHOWN_IN_ERROR:
+            break
+        mine = data_io.code_rows(s.rejects, UNSUPPORTED)
+        listed += data_io.reject_entries(s.rejects.select(mine), s.name,
+                                         SHOWN_IN_ERROR - len(listed))
+    shown = "\n".join(f"  - {_reject_line(r)}" for r in listed)
+    more = f"\n  ... and {n - SHOWN_IN_ERROR} more" if n > SHOWN_IN_ERROR else ""
+    raise DataRejected(f"data: {n} rows hold images, audio or video, which llmops does not "
+                       f"train on:\n{shown}{more}\n{UNSUPPORTED_FIX}")
 
 
 def _reject_line(r: dict[str, Any]) -> str:

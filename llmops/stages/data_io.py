@@ -324,3 +324,118 @@ def reject_entries(rejects, source: str, limit: int) -> list[dict[str, Any]]:
              "code": r["code"], "path": r["path"], "message": r["message"],
              "fix": fix_of(r["message"])}
             for m, r in zip(picked["meta"], picked["reject"], strict=True)]
+
+
+#: Unused columns and message keys whose name says they may change what a row teaches.
+MEANINGFUL = re.compile(r"label|kto|score|weight|reward|rating|rank|prefer|chosen|rejected|"
+                        r"image|audio|video|quality|safe|toxic|correct", re.IGNORECASE)
+
+
+def label_codes(column) -> np.ndarray:
+    """Returns a row label column (``pyarrow`` bools with nulls) as int8: 1 desirable, 0
+    undesirable, -1 unlabelled."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    column = column if isinstance(column, pa.ChunkedArray) else pa.chunked_array([column])
+    codes = pc.if_else(column, 1, 0).cast(pa.int8())
+    return pc.fill_null(codes, -1).to_numpy().astype(np.int8)
+
+
+def label_counts(codes: np.ndarray, chosen: np.ndarray, splits: dict[str, np.ndarray]
+                 ) -> dict[str, Any]:
+    """Returns the report's ``labels``: rows labelled desirable, undesirable and unlabelled,
+    over the chosen rows and per split, and how many train rows sft leaves out."""
+
+    def count(idx: np.ndarray) -> dict[str, int]:
+        c = codes[idx]
+        return {"desirable": int((c == 1).sum()), "undesirable": int((c == 0).sum()),
+                "unlabelled": int((c == -1).sum())}
+
+    return {**count(chosen), "by_split": {n: count(i) for n, i in splits.items()},
+            "sft_leaves_out": int((codes[splits["train"]] == 0).sum())}
+
+
+def say_labels(labels: dict[str, Any], logger: Any) -> None:
+    """Logs what the labels do, when rows carry any."""
+    if labels["undesirable"] or labels["desirable"]:
+        logger.warning(
+            "data: %d rows labelled desirable, %d undesirable (label/kto_tag false), %d "
+            "unlabelled. The undesirable ones are in train.jsonl with \"label\": false for KTO "
+            "(train.method=kto trains on both); sft leaves those %d out, and val/test hold none.",
+            labels["desirable"], labels["undesirable"], labels["unlabelled"],
+            labels["sft_leaves_out"])
+
+
+def reasoning_counts(rows, chosen: np.ndarray, splits: dict[str, np.ndarray]
+                     ) -> dict[str, Any]:
+    """Returns the report's ``reasoning``: rows with a reasoning trace and the traces (assistant
+    messages with ``reasoning_content``), over the chosen rows and per split."""
+    turns = gather(rows, [pipeline.REASONING])[pipeline.REASONING].to_numpy(
+        zero_copy_only=False)
+    turns = np.nan_to_num(turns.astype(np.float64)).astype(np.int64)
+
+    def count(idx: np.ndarray) -> dict[str, int]:
+        return {"rows": int((turns[idx] > 0).sum()), "traces": int(turns[idx].sum())}
+
+    return {**count(chosen), "by_split": {n: count(i) for n, i in splits.items()}}
+
+
+def unused(rows, limit: int = 50) -> list[dict[str, Any]]:
+    """Returns the report's ``unused``: each column or message key the reader did not use, with
+    the valid rows that carry it and a first value (``convert.UNUSED``), most common first."""
+    import pyarrow.compute as pc
+
+    from llmops.data.convert import UNUSED, UNUSED_EXAMPLE
+
+    table = gather(rows, [UNUSED, UNUSED_EXAMPLE])
+    names = pc.list_flatten(table.column(UNUSED))
+    if len(names) == 0:
+        return []
+    counts = sorted(((d["values"], d["counts"]) for d in pc.value_counts(names).to_pylist()),
+                    key=lambda x: (-x[1], x[0]))[:limit]
+    examples: dict[str, Any] = {}
+    texts = table.column(UNUSED_EXAMPLE).drop_null()
+    for text in texts.to_pylist():
+        for name, value in json.loads(text).items():
+            examples.setdefault(name, value)
+        if len(examples) >= len(counts):
+            break
+    return [{"name": n, "count": int(k), "example": examples.get(n),
+             "meaningful": bool(MEANINGFUL.search(n.rsplit(".", 1)[-1]))} for n, k in counts]
+
+
+def say_unused(listed: list[dict[str, Any]], logger: Any) -> None:
+    """Warns about unused columns whose name says they matter (a label, a score, images)."""
+    shown = [u for u in listed if u["meaningful"]]
+    if shown:
+        logger.warning(
+            "data: the reader did not use %s; they do not change training. Map them (e.g. "
+            "data.columns.label=COLUMN for a desirable/undesirable label, data.format=preference "
+            "for chosen/rejected) or drop them; all unused keys are listed in data_report.json "
+            "\"unused\".", ", ".join(f"{u['name']!r} ({u['count']} rows)" for u in shown))
+
+
+def code_rows(rejects, code: str) -> np.ndarray:
+    """Returns the positions of the rejects with the given reason code."""
+    import pyarrow.compute as pc
+
+    if not len(rejects):
+        return np.zeros(0, dtype=np.int64)
+    column = rejects.select_columns(["reject"]).with_format("arrow")[:]["reject"]
+    hit = pc.equal(pc.struct_field(column, "code"), code)
+    return np.flatnonzero(pc.fill_null(hit, False).to_numpy(zero_copy_only=False))
+
+
+def demo_model_note(params: dict, inputs: dict[str, Path], info: dict) -> str | None:
+    """Returns what to tell a user who runs the tiny demo model on their own rows (None for the
+    bundled Task-API rows or another model)."""
+    if params["source"] == "task_api" or "base" not in inputs:
+        return None
+    size = (info.get("loaded") or {}).get("vocab_size", "its")
+    return (f"model=tiny is llmops's demo model: its {size}-token vocabulary was made from the "
+            "bundled Task-API text, so other text splits into many short tokens and most real "
+            f"rows will be longer than its {params['max_length']}-token data.max_length "
+            "(rejected as too_long). For your own data name a real model: model=hub "
+            "model.hub_id=ORG/NAME (or a local model folder), or a preset such as "
+            "model=qwen0.5b.")

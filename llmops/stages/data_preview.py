@@ -35,13 +35,16 @@ def build(tokenizer: Any | None, train_path: Path, params: dict[str, Any]) -> di
     if tokenizer is None:
         return {"rows": [], "note": "no tokenizer could be loaded offline, so no row can be "
                                     "shown as the model's template renders it"}
-    rows = []
+    rows, lines = [], []
     with open(train_path, encoding="utf-8") as f:
-        for line in f:
+        for number, line in enumerate(f, 1):
             if len(rows) >= wanted:
                 break
-            rows.append(json.loads(line))
-    rows = [r for r in rows if "text" in r or "messages" in r]  # sft trains on these kinds
+            row = json.loads(line)
+            # sft trains on text and chat rows, never on answers labelled undesirable
+            if ("text" in row or "messages" in row) and row.get("label") is not False:
+                rows.append(row)
+                lines.append(number)
     method = mask_method(tokenizer) if getattr(tokenizer, "chat_template", None) else None
     if method is None and any("messages" in r for r in rows):
         return {"rows": [], "note": "the tokenizer has no chat template, so no chat row can be "
@@ -50,7 +53,7 @@ def build(tokenizer: Any | None, train_path: Path, params: dict[str, Any]) -> di
     out = []
     for k, row in enumerate(rows):
         enc = training_tokens(tokenizer, row, method, assistant_only)
-        out.append({"line": k + 1, "tokens": len(enc["input_ids"]),
+        out.append({"line": lines[k], "tokens": len(enc["input_ids"]),
                     "loss_tokens": sum(enc["assistant_masks"]),
                     "segments": loss_segments(tokenizer, enc["input_ids"],
                                               enc["assistant_masks"])})

@@ -295,9 +295,9 @@ FINGERPRINTS = {
     },
     ("cpu", ("train=sft_dpo", "merge=ties")): {
         "decide": "2c736766fa02e413", "compute": "6fff2c7f864aed09", "base": "4278ac84084edaea",
-        "data": "68b9f2e87152fb65", "sft": "efb57dfa7e10710c", "dpo": "6629a1cf88092a99",
-        "merge": "457b9c85afeca435", "eval_base": "170104169415a4d1", "eval": "495f839a9c6088ae",
-        "export": "cde27f359f76c82c",
+        "data": "ec0516e4659c9a2a", "sft": "6c34316596314523", "dpo": "c7506996e97d62f8",
+        "merge": "c6fff4c4397c3d26", "eval_base": "29d6fd160086b5f9", "eval": "686e0c19f0150452",
+        "export": "d3197d0b58fad946",
     },
     ("cpu", ("deploy=openai",)): {
         "decide": "2c736766fa02e413", "compute": "540424edcde6f0ed", "base": "4278ac84084edaea",

@@ -90,8 +90,8 @@ def test_sharegpt_unknown_role_is_rejected_with_its_path_and_the_mapping_to_fix_
     out = convert("sharegpt", [{"conversations": [{"from": "customer", "value": "Hi"}]}])
     assert out["reject"][0] == {
         "code": "unknown_role", "path": "conversations[0].from",
-        "message": "'customer' is not one of human, gpt, system, function_call, observation. "
-                   "Map it with data.tags (e.g. data.tags.user=customer)."}
+        "message": "'customer' is not one of human, gpt, system, function_call, observation, "
+                   "tool. Map it with data.tags (e.g. data.tags.user=customer)."}
     assert out["messages"] == [None]
 
 

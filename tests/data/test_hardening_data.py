@@ -200,7 +200,8 @@ def _run_data(tmp_path: Path, path: Path) -> tuple[dict, Path]:
     params = {"source": "files", "sources": [source], "format": "auto", "columns": {},
               "tags": {}, "hf_id": None, "hf_split": "train", "n_examples": 1200,
               "system_prompt": None, "val_fraction": 0.1, "test_fraction": 0.1, "seed": 0,
-              "dedup": True, "max_length": 512, "on_error": "keep", "num_proc": None,
+              "dedup": True, "max_length": 512, "on_error": "keep",
+              "on_unsupported": "fail", "num_proc": None,
               "model": {"name": "x", "hub_id": None, "chat_template": "auto"},
               "preview": {"rows": 0, "assistant_only_loss": True}, "limits": dict(DATA_LIMITS)}
     ctx = StageContext(run_dir=tmp_path, logger=logging.getLogger("test.data"))

@@ -76,7 +76,8 @@ def _run_data(tmp_path: Path, path: Path | str, hub_id: str | None = None, num_p
     params = {"source": "files", "sources": [source], "format": "auto", "columns": {},
               "tags": {}, "hf_id": None, "hf_split": "train", "n_examples": 1200,
               "system_prompt": None, "val_fraction": 0.1, "test_fraction": 0.1, "seed": 0,
-              "dedup": True, "max_length": 512, "on_error": "keep", "num_proc": num_proc,
+              "dedup": True, "max_length": 512, "on_error": "keep",
+              "on_unsupported": "fail", "num_proc": num_proc,
               "model": {"name": "x", "hub_id": hub_id, "trust_remote_code": False,
                         "chat_template": "auto"},
               "preview": {"rows": 0, "assistant_only_loss": True},
@@ -469,7 +470,7 @@ source = {"path": f"{folder}/*.jsonl", "format": "auto", "weight": None, "sample
 params = {"source": "files", "sources": [source], "format": "auto", "columns": {}, "tags": {},
           "hf_id": None, "hf_split": "train", "n_examples": 10, "system_prompt": None,
           "val_fraction": 0.1, "test_fraction": 0.1, "seed": 0, "dedup": True,
-          "max_length": 512, "on_error": "keep", "num_proc": 2,
+          "max_length": 512, "on_error": "keep", "on_unsupported": "fail", "num_proc": 2,
           "model": {"name": "x", "hub_id": None, "trust_remote_code": False}, "limits": limits}
 logging.basicConfig(level=logging.INFO)
 try:

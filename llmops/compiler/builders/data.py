@@ -16,9 +16,9 @@ from typing_extensions import TypedDict
 
 from llmops.compiler.builders.common import ModelParams
 from llmops.compiler.inputs import PlanBuilder, StageInputs
-from llmops.config.schema import DataConfig, DataSource
+from llmops.config.schema import DataColumns, DataConfig, DataSource, DataTags
 from llmops.core.fingerprint import data_file_hash, file_sha256
-from llmops.data import formats
+from llmops.data import formats, registry
 from llmops.data.limits import DATA_KEYS as DATA_LIMITS
 
 
@@ -89,6 +89,8 @@ class DataParams(TypedDict):
     """Rows longer than this (tokens, through the model's template) are rejected."""
     on_error: str
     """keep (train on the valid rows, report the rest) or fail (exit 5 on any reject)."""
+    on_unsupported: str
+    """Rows with images, audio or video: fail (exit 5, naming them) or drop (rejects listed)."""
     num_proc: int | None
     model: ModelParams
     limits: DataLimits
@@ -132,7 +134,7 @@ def data_sources(d: DataConfig) -> list[SourceParams]:
     """Returns the sources of a files config as the data stage reads them: ``data.path`` as a
     one-source list, paths made absolute, aliases resolved, only the mappings set."""
     given = [DataSource(path=d.path, format=d.format, columns=d.columns, tags=d.tags)] if d.path \
-        else list(d.sources)
+        else [registry_source(d)] if d.registry else list(d.sources)
     out: list[SourceParams] = []
     for src in given:
         out.append({
@@ -142,6 +144,16 @@ def data_sources(d: DataConfig) -> list[SourceParams]:
             "tags": src.tags.model_dump(exclude_none=True),
         })
     return out
+
+
+def registry_source(d: DataConfig) -> DataSource:
+    """Returns the source a LLaMA-Factory registry entry names (``data.registry``, ``data.name``;
+    see ``llmops.data.registry``); data.columns / data.tags set by the user override its own."""
+    entry = registry.read_entry(d.registry or "", d.name or "")
+    columns = {**entry["columns"], **d.columns.model_dump(exclude_none=True)}
+    tags = {**entry["tags"], **d.tags.model_dump(exclude_none=True)}
+    return DataSource(path=entry["path"], format=entry["format"], samples=entry["samples"],
+                      columns=DataColumns(**columns), tags=DataTags(**tags))
 
 
 def add_data(b: PlanBuilder, s: StageInputs) -> None:
@@ -164,7 +176,8 @@ def add_data(b: PlanBuilder, s: StageInputs) -> None:
         "hf_id": d.hf_id, "hf_split": d.hf_split, "system_prompt": d.system_prompt,
         "n_examples": d.n_examples, "val_fraction": d.val_fraction,
         "test_fraction": d.test_fraction, "seed": d.seed, "dedup": d.dedup,
-        "max_length": d.max_length, "on_error": d.on_error, "num_proc": d.num_proc,
+        "max_length": d.max_length, "on_error": d.on_error,
+        "on_unsupported": d.on_unsupported, "num_proc": d.num_proc,
         "model": s.model, "limits": limits,
         # the preview shows the rows as sft tokenizes them, its loss mask included
         "preview": {"rows": d.preview, "assistant_only_loss": s.cfg.train.assistant_only_loss},

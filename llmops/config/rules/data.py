@@ -7,7 +7,7 @@ files the readers take, so a typo fails at composition with exit 2, before anyth
 from __future__ import annotations
 
 from llmops.config.schema import DataConfig, DataSource
-from llmops.data import formats
+from llmops.data import formats, registry
 from llmops.errors import Problem
 
 FILE_SOURCES = ("files", "jsonl")
@@ -25,8 +25,8 @@ def data_problems(d: DataConfig, method: str) -> list[Problem]:
         ))
     if d.source in FILE_SOURCES:
         out += _file_problems(d, method)
-    elif d.path or d.sources:
-        key = "data.path" if d.path else "data.sources"
+    elif d.path or d.sources or d.registry:
+        key = "data.path" if d.path else "data.registry" if d.registry else "data.sources"
         out.append(Problem(key, f"is only read with data=files (got data.source={d.source}). "
                                 f"Use data=files {key}=..."))
     if d.source == "hf" and not d.hf_id:
@@ -35,6 +35,8 @@ def data_problems(d: DataConfig, method: str) -> list[Problem]:
 
 
 def _file_problems(d: DataConfig, method: str) -> list[Problem]:
+    if d.registry or d.name:
+        return _registry_problems(d, method)
     if d.path and d.sources:
         return [Problem("data.sources", f"is set together with data.path={d.path}; use one. "
                                         "Put the path in the list: data.sources='[{path: "
@@ -50,6 +52,25 @@ def _file_problems(d: DataConfig, method: str) -> list[Problem]:
     for i, src in enumerate(d.sources):
         out += _source_problems(src, f"data.sources[{i}]", method)
     return out
+
+
+def _registry_problems(d: DataConfig, method: str) -> list[Problem]:
+    if not d.registry or not d.name:
+        key, other = ("data.name", "data.registry") if d.registry else ("data.registry",
+                                                                        "data.name")
+        return [Problem(key, f"is required with {other}: data.registry=PATH/dataset_info.json "
+                             "data.name=ENTRY reads one LLaMA-Factory dataset entry.")]
+    if d.path or d.sources:
+        key = "data.path" if d.path else "data.sources"
+        return [Problem(key, "is set together with data.registry; the registry entry names the "
+                             f"file. Use one: unset {key}, or unset data.registry and data.name.")]
+    try:
+        entry = registry.read_entry(d.registry, d.name)
+    except ValueError as exc:
+        key, _, text = str(exc).partition(": ")
+        return [Problem(key, text)]
+    return _path_problems(entry["path"], "data.registry") + _format_problems(
+        entry["format"], "data.registry", method)
 
 
 def _path_problems(path: str, key: str) -> list[Problem]:
