@@ -174,7 +174,7 @@ def stage_inputs(cfg: AppConfig) -> dict[str, Any]:
         "eval": e.model_dump(exclude={"gates", "auto"}),
         "dpo": {"batch_size": t.dpo.batch_size},
         # only for the method that runs them, so the other plans' compute params stay
-        **{k: {"batch_size": getattr(t, k).batch_size} for k in ("orpo", "simpo")
+        **{k: {"batch_size": getattr(t, k).batch_size} for k in ("orpo", "simpo", "kto")
            if k in stages},
         "merge": {"dtype": m.dtype},
         "export": {"merge_dtype": dp.merge_dtype},

@@ -299,13 +299,34 @@ class SimpoConfig(_Group):
     batch_size: Batch | None = Field(description="Pairs per step; null: train's.")
 
 
+class KtoConfig(_Group):
+    """KTO (TRL's KTOTrainer) on binary feedback: rows labelled desirable / undesirable
+    (label, kto_tag, data.columns.label), else the preference pairs unpaired; used by kto,
+    sft_kto."""
+
+    beta: float = Field(gt=0, le=100, description="Strength of the pull towards the reference.")
+    desirable_weight: float = Field(gt=0, le=100, description="Loss weight of desirable rows.")
+    undesirable_weight: float = Field(
+        gt=0, le=100, description="Loss weight of undesirable rows.")
+    learning_rate: LearningRate | None = Field(
+        description="Peak learning rate; null: train.learning_rate / 25."
+    )
+    epochs: float = Field(gt=0, le=MAX_EPOCHS, description="Passes over the feedback rows.")
+    max_steps: int = Field(
+        ge=-1, le=MAX_STEPS, description="Stop after this many steps (-1: use epochs)."
+    )
+    batch_size: Batch | None = Field(
+        description="Rows per step (at least 2: KTO's KL term pairs each row with another's "
+                    "answer); null: train's.")
+
+
 class TrainConfig(_Group):
     """The training method and its hyper-parameters."""
 
     method: Literal["sft", "dpo", "sft_dpo", "orpo", "sft_orpo", "simpo", "sft_simpo",
-                    "none"] = Field(
-        description="sft; dpo, orpo, simpo (preference pairs only); sft_dpo, sft_orpo, "
-                    "sft_simpo (SFT, then the preference method on it); none."
+                    "kto", "sft_kto", "none"] = Field(
+        description="sft; dpo, orpo, simpo (preference pairs only), kto (binary feedback); "
+                    "sft_dpo, sft_orpo, sft_simpo, sft_kto (SFT, then the method on it); none."
     )
     backend: Literal["auto", "hf", "unsloth"] = Field(description="Training backend.")
     learning_rate: LearningRate = Field(description="Peak learning rate.")
@@ -353,6 +374,8 @@ class TrainConfig(_Group):
         "train", "orpo", "orpo", OrpoConfig, description="ORPO knobs (orpo, sft_orpo).")
     simpo: SimpoConfig = _from(
         "train", "simpo", "simpo", SimpoConfig, description="SimPO knobs (simpo, sft_simpo).")
+    kto: KtoConfig = _from(
+        "train", "kto", "kto", KtoConfig, description="KTO knobs (kto, sft_kto).")
 
 
 class GateConfig(_Group):

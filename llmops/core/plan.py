@@ -54,6 +54,7 @@ STAGE_KINDS: tuple[StageKind, ...] = (
     StageKind("dpo", "dpo_report.json", trains=True, tunes=True, recipe=MESSAGE_FORM),
     StageKind("orpo", "orpo_report.json", trains=True, tunes=True, recipe=MESSAGE_FORM),
     StageKind("simpo", "simpo_report.json", trains=True, tunes=True, recipe=MESSAGE_FORM),
+    StageKind("kto", "kto_report.json", trains=True, tunes=True, recipe=MESSAGE_FORM),
     StageKind("merge", "merge_report.json", tunes=True),
     StageKind("eval_base", "base_eval.json", recipe=MESSAGE_FORM),
     StageKind("lm_eval", "lm_eval_report.json"),
@@ -71,8 +72,9 @@ TUNED_STAGES: tuple[str, ...] = tuple(k.kind for k in reversed(STAGE_KINDS) if k
 # The stages whose adapter a merge can name (merge.adapters: sft, dpo, orpo, simpo).
 TRAINING_STAGES: tuple[str, ...] = tuple(k.kind for k in STAGE_KINDS if k.trains)
 _BY_KIND = {k.kind: k for k in STAGE_KINDS}
-#: The stages that train on preference pairs (``llmops.stages.pairs``), after sft when both run.
-PREFERENCE_STAGES: tuple[str, ...] = ("dpo", "orpo", "simpo")
+#: The stages that train on preference data after sft when both run: pairs
+#: (``llmops.stages.pairs``), or KTO's binary feedback (labelled rows, else the pairs unpaired).
+PREFERENCE_STAGES: tuple[str, ...] = ("dpo", "orpo", "simpo", "kto")
 #: train.method -> the training stages it plans, in order: the one home of what a method runs.
 METHOD_STAGES: dict[str, tuple[str, ...]] = {
     "none": (), "sft": ("sft",),

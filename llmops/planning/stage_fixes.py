@@ -124,10 +124,12 @@ def _ctx_steps(c: _Candidate, hardware: dict) -> Iterator[_Candidate | None]:
 #: The knobs tried per stage; the off switch last.
 STEPS = {"eval": _eval_steps, "eval_base": _eval_steps, "lm_eval": _lm_eval_steps,
          "dpo": _dpo_steps, "orpo": _preference_steps("orpo"),
-         "simpo": _preference_steps("simpo"), "gguf": _gguf_steps, "deploy": _ctx_steps}
+         "simpo": _preference_steps("simpo"), "kto": _preference_steps("kto"),
+         "gguf": _gguf_steps, "deploy": _ctx_steps}
 OFF = {"eval": "eval=none", "eval_base": "eval=none", "lm_eval": "eval.lm_eval.tasks=[]",
        "merge": "merge=none", "export": "deploy.formats=[adapter]", "gguf": "deploy=local",
-       "deploy": "deploy=local", "dpo": "train=sft", "orpo": "train=sft", "simpo": "train=sft"}
+       "deploy": "deploy=local", "dpo": "train=sft", "orpo": "train=sft", "simpo": "train=sft",
+       "kto": "train=sft"}
 
 
 def stage_fixes(stage: str, model: dict, lora: dict | None, quant: dict, train: dict,

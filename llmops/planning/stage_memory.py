@@ -6,6 +6,8 @@ What each stage holds at its peak, on the device it runs its model on and on the
 - dpo: the training step on chosen + rejected (twice the rows) with full-vocabulary logits (TRL's
   DPO scores them whole); under LoRA the reference is the base with the adapter off (no copy),
   a full fine-tune holds a second, frozen copy.
+- kto: as dpo (each row's answer and a mismatched one for the KL term: twice the rows; the
+  reference a frozen adapter copy, or the weights for a full fine-tune).
 - orpo / simpo: the same step on chosen + rejected with full-vocabulary logits, and no reference
   model at all (reference-free: one model in memory even for a full fine-tune).
 - eval_base / eval: the model (+ the adapter for eval) and the larger of the held-out loss and
@@ -31,8 +33,8 @@ from llmops.planning import eval_memory, memory
 from llmops.planning.memory import CPU_OVERHEAD_GB, GIB
 
 #: Stages that load a model, in the order a plan runs them.
-STAGES = ("sft", "dpo", "orpo", "simpo", "merge", "eval_base", "lm_eval", "eval", "export", "gguf",
-          "deploy")
+STAGES = ("sft", "dpo", "orpo", "simpo", "kto", "merge", "eval_base", "lm_eval", "eval", "export",
+          "gguf", "deploy")
 #: Stages that hold their model on the host whatever the hardware (merge and export in float32
 #: on the CPU; llama.cpp conversion, parity and serving with n_gpu_layers=0).
 HOST_STAGES = ("merge", "export", "gguf", "deploy")
@@ -128,6 +130,8 @@ class StageMemoryInputs(TypedDict):
     """train.orpo.batch_size; only when orpo is planned (the other plans' fingerprints stay)."""
     simpo: NotRequired[DpoKnobs]
     """train.simpo.batch_size; only when simpo is planned."""
+    kto: NotRequired[DpoKnobs]
+    """train.kto.batch_size; only when kto is planned."""
     merge: MergeKnobs
     export: ExportKnobs
     gguf: GgufKnobs
@@ -211,17 +215,22 @@ def dpo_parts(model: dict, lora: dict | None, quant: dict, train: dict, hardware
               "fused_loss": False}
     parts, notes, _, host = memory.device_parts(model, lora, quant, dtrain, hardware, distributed)
     parts = dict(parts)
-    if kind != "dpo":
+    if kind in ("orpo", "simpo"):
         notes.append(f"{kind}: reference-free, one model in memory; chosen and rejected in one "
                      f"batch (2 x train.{kind}.batch_size rows), full-vocabulary logits")
         return parts, notes, host
     if lora is None:
         parts["reference"] = parts["weights"]
-        notes.append("dpo: full fine-tune keeps a frozen reference copy of the weights")
+        notes.append(f"{kind}: full fine-tune keeps a frozen reference copy of the weights")
     else:
-        notes.append("dpo: the reference is the base with the adapter disabled (no copy)")
-    notes.append("dpo: chosen and rejected in one batch (2 x train.dpo.batch_size rows), "
-                 "full-vocabulary logits")
+        notes.append(f"{kind}: the reference is the base with the adapter disabled, or a "
+                     "frozen copy of the starting adapter")
+    if kind == "kto":
+        notes.append("kto: each row's answer and a mismatched one for the KL term "
+                     "(2 x train.kto.batch_size rows), full-vocabulary logits")
+    else:
+        notes.append("dpo: chosen and rejected in one batch (2 x train.dpo.batch_size rows), "
+                     "full-vocabulary logits")
     return parts, notes, host
 
 
@@ -263,7 +272,7 @@ def stage_parts(stage: str, model: dict, lora: dict | None, quant: dict, train: 
         parts, notes, _, host = memory.device_parts(model, lora, quant, train, hardware,
                                                     distributed)
         return dict(parts), (base_host + host if cuda else 0.0), list(notes)
-    if stage in ("dpo", "orpo", "simpo"):
+    if stage in ("dpo", "orpo", "simpo", "kto"):
         parts, notes, host = dpo_parts(model, lora, quant, train, hardware, inputs[stage],
                                        distributed, kind=stage)
         return parts, (base_host + host if cuda else 0.0), notes
@@ -303,7 +312,7 @@ def stage_memory(model: dict, lora: dict | None, quant: dict, train: dict, hardw
         parts, host, _ = stage_parts(stage, model, lora, quant, train, hardware, inputs,
                                      distributed)
         procs = int(distributed["nproc_per_node"]) if distributed else 1
-        if not cuda and procs > 1 and stage in ("sft", "dpo", "orpo", "simpo"):
+        if not cuda and procs > 1 and stage in ("sft", "dpo", "orpo", "simpo", "kto"):
             # The ranks of one node share its memory (gloo on a CPU): every rank holds its part.
             parts = {**parts, "other_ranks": sum(parts.values()) * (procs - 1)}
         total = sum(parts.values())

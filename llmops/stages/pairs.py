@@ -69,7 +69,9 @@ def prepare(params: PairsParams, data_dir: Path, out_dir: Path, ctx: StageContex
         kinds: dict[str, int] = {}
         for i, name in enumerate(SPLITS):
             split = data_dir / f"{name}.jsonl"
-            rows = read_jsonl(split) if split.is_file() else []
+            # rows labelled undesirable (label=false, KTO's) hold no answer to prefer
+            rows = [r for r in (read_jsonl(split) if split.is_file() else [])
+                    if r.get("label") is not False]
             pairs, k = preferences.derive(rows, params["seed"] + 1000 * (i + 1))
             write_jsonl(folder / f"pref_{name}.jsonl", pairs)
             counts[name] = len(pairs)

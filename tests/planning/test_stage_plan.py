@@ -117,6 +117,9 @@ def test_orpo_and_simpo_hold_one_model_even_for_a_full_finetune():
         inputs = _inputs(f"train=sft_{kind}", f"train.{kind}.batch_size=2")
         assert inputs["stages"][:2] == ["sft", kind] and inputs[kind] == {"batch_size": 2}
     assert "orpo" not in _inputs("train=sft_dpo")  # the other plans' compute params stay
+    kto, _, notes = stage_parts("kto", qwen, None, NONE, TRAIN, t4, {"kto": {"batch_size": None}})
+    assert kto["reference"] == kto["weights"]  # KTO keeps a reference, as DPO
+    assert any("KL term" in n for n in notes)
 
 
 def test_eval_grows_with_the_vocabulary_and_is_bounded_by_the_token_budget():

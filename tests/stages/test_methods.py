@@ -1,4 +1,4 @@
-"""The preference methods beside DPO (ORPO, SimPO) on one shared SFT run of the tiny model.
+"""The preference methods beside DPO (ORPO, SimPO, KTO) on one shared SFT run of the tiny model.
 
 One module-scoped chain: a data folder whose pairs each stage derives itself
 (``llmops.stages.pairs``) and one SFT adapter; each method trains a few steps from it with its
@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from llmops.core.context import StageContext
+from llmops.data import preferences
+from llmops.errors import DataRejected
 from llmops.files import write_jsonl
 
 SHORT = (
@@ -45,7 +47,8 @@ def sft_chain(tiny_base, sft_data, tmp_path_factory, stage_params) -> dict[str, 
 
 def test_plans_of_the_reference_free_methods(compose_plan):
     _, sft_only = compose_plan(["usecase=none"])
-    for method, knob in (("orpo", "train.orpo.beta=0.2"), ("simpo", "train.simpo.gamma=1.0")):
+    for method, knob in (("orpo", "train.orpo.beta=0.2"), ("simpo", "train.simpo.gamma=1.0"),
+                         ("kto", "train.kto.beta=0.2")):
         _, plan = compose_plan(["usecase=none", f"train=sft_{method}", knob])
         stage = plan.stage(method)
         assert stage.needs == ("data", "sft", "base")
@@ -89,3 +92,57 @@ def test_reference_free_method_raises_held_out_margin(method, sft_chain, stage_p
     assert report["steps"] == 16 and report["loss_curve"]
     adapter = out / "adapter"
     PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(c["base"])), str(adapter))
+
+
+def _labelled(rows: list[dict], seed: int) -> list[dict]:
+    """Binary feedback: each row desirable, and its derived wrong answer undesirable."""
+    out = []
+    for row, pair in zip(rows, preferences.derive(rows, seed)[0], strict=True):
+        out.append({**row, "label": True})
+        out.append({**row, "messages": [*pair["prompt"], *pair["rejected"]], "label": False})
+    return out
+
+
+def test_kto_feedback_comes_from_labels_else_from_pairs_and_needs_both_kinds(tmp_path):
+    from llmops.backends.kto import feedback_rows
+    from llmops.data import task_api
+
+    rows = task_api.generate(12, seed=5)
+    write_jsonl(tmp_path / "train.jsonl", [*_labelled(rows[:4], 1), *rows[4:]])
+    got, info = feedback_rows(tmp_path, tmp_path)
+    assert info["desirable"] == 4 and info["undesirable"] == 4
+    assert info["unlabelled_left_out"] == 8 and info["source"].startswith("labels")
+    assert got[1]["completion"][0]["role"] == "assistant" and got[1]["label"] is False
+    write_jsonl(tmp_path / "train.jsonl", rows)  # no labels: the pairs, unpaired
+    write_jsonl(tmp_path / "pref_train.jsonl", preferences.derive(rows, 1)[0])
+    got, info = feedback_rows(tmp_path, tmp_path)
+    assert (info["desirable"], info["undesirable"]) == (12, 12)
+    write_jsonl(tmp_path / "train.jsonl", [{**r, "label": True} for r in rows])
+    with pytest.raises(DataRejected) as e:
+        feedback_rows(tmp_path, tmp_path)
+    assert e.value.exit_code == 5
+    assert "hold 12 desirable and 0 undesirable answers; KTO needs both, and no undesirable " \
+           "(label=false) row is there. Add rows labelled false" in str(e.value)
+
+
+@pytest.mark.slow
+def test_kto_on_labelled_rows_raises_held_out_margin(sft_chain, stage_params):
+    from llmops.stages import kto
+
+    c = sft_chain
+    data = c["root"] / "kto_data"
+    data.mkdir()
+    rows = [json.loads(line) for line in (c["data"] / "train.jsonl").read_text().splitlines()]
+    write_jsonl(data / "train.jsonl", _labelled(rows[:64], 7))
+    (data / "test.jsonl").write_text((c["data"] / "test.jsonl").read_text())
+    params = stage_params("kto", *SHORT, "train=sft_kto", "train.kto.max_steps=16",
+                          "train.kto.batch_size=8", "train.kto.learning_rate=1e-3")
+    report = kto.run(params, {"data": data, "sft": c["sft"], "base": c["base"]},
+                     c["root"] / "kto", _ctx(c["root"]))
+    assert report["feedback"]["desirable"] == 64 and report["feedback"]["undesirable"] == 64
+    held = report["held_out"]
+    assert held["start"] == "sft" and held["sft"]["n"] == 32
+    assert held["kto"]["logp_margin"] > held["sft"]["logp_margin"]
+    assert held["kto"]["rewards/margins"] > 0
+    assert report["steps"] == 16 and report["reference"].startswith("the starting adapter")
+    assert not (c["root"] / "kto" / "adapter" / "ref").exists()

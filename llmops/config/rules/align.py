@@ -39,6 +39,10 @@ def alignment_problems(cfg: AppConfig, env: Environment) -> list[Problem]:
             "JSONL of prompt/chosen/rejected rows, or set it to null to derive pairs from the "
             "data.",
         ))
+    if "kto" in planned and (t.kto.batch_size or t.batch_size) == 1:
+        out.append(Problem("train.kto.batch_size" if t.kto.batch_size else "train.batch_size",
+                           "is 1; KTO's KL term pairs each row with another row's answer in the "
+                           "batch. Set train.kto.batch_size=2 or more."))
     init = t.dpo.init_adapter
     if init and t.method != "dpo":
         out.append(Problem("train.dpo.init_adapter",
