@@ -124,6 +124,8 @@ def _row(run_dir: Path, depth: int) -> dict[str, Any] | None:
         "params": {k: v for k, v in override_params(overrides).items() if not is_noise(k)},
         "swept": m.get("swept") or swept_keys(run_dir.parent),
         "command": m.get("command") or reproduce_command(overrides),
+        "method": m.get("method") or ((manifest.get("config") or {}).get("train") or {}).get(
+            "method"),
         "gates_passed": m.get("gates_passed", evals.get("passed")),
         "failed_gates": [n for n, g in gates.items() if g.get("passed") is False],
         "final_loss": _finite(m.get("final_loss", training.get("final_loss"))),
@@ -134,6 +136,7 @@ def _row(run_dir: Path, depth: int) -> dict[str, Any] | None:
     }
     for part in ("tuned", "base", "deltas"):
         row.update(_scalars(part, m.get(part) or evals.get(part)))
+    row.update({f"pref.{k}": v for k, v in (m.get("preference") or {}).items()})
     return row
 
 
@@ -148,6 +151,8 @@ def row_from_wandb_run(run: Any) -> dict[str, Any]:
         "params": {k: v for k, v in (meta.get("params") or {}).items() if not is_noise(k)},
         "swept": list(meta.get("swept") or []),
         "command": meta.get("command") or "",
+        "method": (cfg.get("train") or {}).get("method") if isinstance(cfg.get("train"), dict)
+        else None,
         "gates_passed": summary.get("gates/passed"),
         "failed_gates": sorted(k.split("/")[1] for k, v in summary.items()
                                if k.startswith("gates/") and k.endswith("/passed")
@@ -243,12 +248,13 @@ def print_table(rows: list[dict[str, Any]], swept: list[str], metric: str) -> No
     from rich.table import Table
 
     table = Table(title=f"leaderboard: {len(rows)} runs, best first by {metric}")
-    for col in ("#", "run", *swept, metric, "base", "Δ", "final loss", "train s", "gates",
-                "status"):
+    for col in ("#", "run", "method", *swept, metric, "base", "Δ", "final loss", "train s",
+                "gates", "status"):
         table.add_column(col, justify="right" if col not in ("run", "gates", "status") else "left")
     name = metric.removeprefix("tuned.")
     for i, r in enumerate(rows, 1):
-        table.add_row(str(i), r["run"], *[str(r["params"].get(k, "-")) for k in swept],
+        table.add_row(str(i), r["run"], str(r.get("method") or "-"),
+                      *[str(r["params"].get(k, "-")) for k in swept],
                       _fmt(metric_of(r, metric)), _fmt(r.get(f"base.{name}")),
                       _fmt(r.get(f"deltas.{name}")), _fmt(r.get("final_loss")),
                       _fmt(r.get("train_seconds")), _gates(r), str(r.get("status")))
@@ -258,9 +264,9 @@ def print_table(rows: list[dict[str, Any]], swept: list[str], metric: str) -> No
 def write_csv(rows: list[dict[str, Any]], swept: list[str], metric: str, path: Path) -> None:
     """Writes the leaderboard as CSV (one row per run, best first)."""
     metric_cols = sorted({k for r in rows for k in r if k.split(".")[0] in
-                          ("tuned", "base", "deltas")})
+                          ("tuned", "base", "deltas", "pref")})
     others = [c for c in metric_cols if c not in (metric, f"tuned.{metric}")]
-    cols = ["rank", "run", "status", *swept, metric, *others,
+    cols = ["rank", "run", "status", "method", *swept, metric, *others,
             "gates_passed", "failed_gates", "final_loss", "eval_loss", "train_seconds", "steps",
             "command", "run_dir"]
     with open(path, "w", newline="") as f:
