@@ -146,3 +146,31 @@ def test_kto_on_labelled_rows_raises_held_out_margin(sft_chain, stage_params):
     assert held["kto"]["rewards/margins"] > 0
     assert report["steps"] == 16 and report["reference"].startswith("the starting adapter")
     assert not (c["root"] / "kto" / "adapter" / "ref").exists()
+
+
+@pytest.mark.slow
+def test_simpo_resumes_from_its_latest_checkpoint(sft_chain, stage_params):
+    from llmops.stages import simpo
+
+    c = sft_chain
+    inputs = {"data": c["data"], "sft": c["sft"], "base": c["base"]}
+    steps = (*SHORT, "train=sft_simpo", "train.save_steps=2", "train.simpo.batch_size=4",
+             "train.logging_steps=1")
+    first = simpo.run(stage_params("simpo", *steps, "train.simpo.max_steps=2"), inputs,
+                      c["root"] / "simpo_a", _ctx(c["root"]))
+    assert first["steps"] == 2 and first["resumed_from_step"] == 0
+    params = stage_params("simpo", *steps, "train.simpo.max_steps=3")
+    params["train"]["resume_dir"] = str(c["root"] / "simpo_a")  # as the runner sets it
+    second = simpo.run(params, inputs, c["root"] / "simpo_b", _ctx(c["root"]))
+    assert second["resumed_from_step"] == 2 and second["steps"] == 3
+    assert [p["step"] for p in second["loss_curve"]] == [1, 2, 3]
+
+
+def test_merge_combines_sft_and_the_method_adapter(compose_plan):
+    _, plan = compose_plan(["usecase=none", "train=sft_orpo", "merge=ties"])
+    merge = plan.stage("merge")
+    assert [a["stage"] for a in merge.params["adapters"]] == ["sft", "orpo"]
+    assert merge.needs[:2] == ("sft", "orpo") and plan.stage("eval").needs[1] == "merge"
+    _, plan = compose_plan(["usecase=none", "train=sft_kto", "merge=ties",
+                            "merge.adapters=[sft,kto]"])
+    assert plan.stage("merge").needs[:2] == ("sft", "kto")
