@@ -23,11 +23,11 @@ import time
 from pathlib import Path
 
 METHODS = ("sft", "sft_dpo", "sft_orpo")
-BUDGET = ["model.pretrain.steps=200", "train.max_steps=60", "train.dpo.max_steps=30",
-          "train.orpo.max_steps=30", "eval.limit=40", "eval.enforce=false", "progress=false",
+BUDGET = ["model.pretrain.steps=200", "train.max_steps=60",
+          "eval.limit=40", "eval.enforce=false", "progress=false",
           "tracking=none", "deploy=none", "usecase=none"]
 QUICK = ["model.pretrain.steps=30", "model.pretrain.n_examples=200", "data.n_examples=200",
-         "train.max_steps=10", "train.dpo.max_steps=4", "train.orpo.max_steps=4",
+         "train.max_steps=10",
          "eval.limit=8", "eval.enforce=false", "progress=false", "tracking=none", "deploy=none",
          "usecase=none"]
 
