@@ -22,6 +22,7 @@ from llmops.compiler.builders.eval import add_eval
 from llmops.compiler.builders.eval_base import add_eval_base
 from llmops.compiler.builders.export import add_export
 from llmops.compiler.builders.gguf import add_gguf
+from llmops.compiler.builders.grpo import add_grpo
 from llmops.compiler.builders.kto import add_kto
 from llmops.compiler.builders.lm_eval import add_lm_eval
 from llmops.compiler.builders.merge import add_merge
@@ -39,7 +40,7 @@ from llmops.core.plan import STAGE_ORDER, Plan
 BUILDERS: dict[str, Callable[[PlanBuilder, StageInputs], None]] = {
     "decide": add_decide, "compute": add_compute, "base": add_base, "data": add_data,
     "sft": add_sft, "dpo": add_dpo, "orpo": add_orpo, "simpo": add_simpo, "kto": add_kto,
-    "merge": add_merge,
+    "grpo": add_grpo, "merge": add_merge,
     "eval_base": add_eval_base,
     "lm_eval": add_lm_eval, "eval": add_eval, "export": add_export, "gguf": add_gguf,
     "deploy": add_deploy, "monitor": add_monitor, "release": add_release,

@@ -176,6 +176,10 @@ def stage_inputs(cfg: AppConfig) -> dict[str, Any]:
         # only for the method that runs them, so the other plans' compute params stay
         **{k: {"batch_size": getattr(t, k).batch_size} for k in ("orpo", "simpo", "kto")
            if k in stages},
+        **({"grpo": {"batch_size": t.grpo.batch_size or t.grpo.num_generations,
+                     "num_generations": t.grpo.num_generations,
+                     "max_completion_length": t.grpo.max_completion_length,
+                     "beta": t.grpo.beta}} if "grpo" in stages else {}),
         "merge": {"dtype": m.dtype},
         "export": {"merge_dtype": dp.merge_dtype},
         "gguf": {"quantization": list(dp.gguf.quantization),

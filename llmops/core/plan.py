@@ -55,6 +55,7 @@ STAGE_KINDS: tuple[StageKind, ...] = (
     StageKind("orpo", "orpo_report.json", trains=True, tunes=True, recipe=MESSAGE_FORM),
     StageKind("simpo", "simpo_report.json", trains=True, tunes=True, recipe=MESSAGE_FORM),
     StageKind("kto", "kto_report.json", trains=True, tunes=True, recipe=MESSAGE_FORM),
+    StageKind("grpo", "grpo_report.json", trains=True, tunes=True, recipe=MESSAGE_FORM),
     StageKind("merge", "merge_report.json", tunes=True),
     StageKind("eval_base", "base_eval.json", recipe=MESSAGE_FORM),
     StageKind("lm_eval", "lm_eval_report.json"),
@@ -80,7 +81,10 @@ METHOD_STAGES: dict[str, tuple[str, ...]] = {
     "none": (), "sft": ("sft",),
     **{k: (k,) for k in PREFERENCE_STAGES},
     **{f"sft_{k}": ("sft", k) for k in PREFERENCE_STAGES},
+    "sft_grpo": ("sft", "grpo"),  # GRPO continues an SFT adapter: its completions must parse
 }
+#: The stages that continue the sft adapter in an sft_<method> plan (merge combines the two).
+AFTER_SFT_STAGES: tuple[str, ...] = (*PREFERENCE_STAGES, "grpo")
 
 
 def recipe(kind: str) -> int:

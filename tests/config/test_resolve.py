@@ -198,7 +198,7 @@ def test_compile_plan_adds_stages_in_table_order_and_evaluates_the_last_tuned_mo
     assert kinds == ["decide", "compute", "base", "data", "sft", "dpo", "merge", "eval_base",
                      "lm_eval", "eval", "export", "gguf", "deploy"]
     assert kinds == [k for k in STAGE_ORDER if k in kinds]
-    assert TUNED_STAGES == ("merge", "kto", "simpo", "orpo", "dpo", "sft")
+    assert TUNED_STAGES == ("merge", "grpo", "kto", "simpo", "orpo", "dpo", "sft")
     for name in ("lm_eval", "eval", "export"):
         assert "merge" in plan.stage(name).needs, name
     assert [s.report for s in plan.stages] == [report_name(k) for k in kinds]

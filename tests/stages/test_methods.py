@@ -174,3 +174,75 @@ def test_merge_combines_sft_and_the_method_adapter(compose_plan):
     _, plan = compose_plan(["usecase=none", "train=sft_kto", "merge=ties",
                             "merge.adapters=[sft,kto]"])
     assert plan.stage("merge").needs[:2] == ("sft", "kto")
+
+
+def test_grpo_rewards_are_eval_scorers_named_as_its_metrics():
+    from llmops.data import task_api
+    from llmops.scoring.parsers import get_parser
+    from llmops.scoring.rewards import REWARDS, describe, unknown_rewards
+
+    assert set(describe()) == set(REWARDS) and all(describe().values())
+    assert unknown_rewards(["exact_mach"]) == [
+        "'exact_mach' is not a reward. Did you mean 'exact_match'? Rewards: "
+        f"{', '.join(REWARDS)} (python -m llmops --options train lists what each measures)."]
+    row = next(r for r in task_api.generate(20, seed=2) if r["messages"][-1].get("tool_calls"))
+    call = row["messages"][-1]["tool_calls"][0]["function"]
+    parse = get_parser("task_api")
+    right = parse(json.dumps({"tool": call["name"], "arguments": json.loads(call["arguments"])}))
+    assert REWARDS["exact_match"].value(row, right) == 1.0
+    assert REWARDS["json_valid_rate"].value(row, right) == 1.0
+    assert REWARDS["refusal_rate"].value(row, right) is None  # not a must-refuse row
+    wrong = parse("I cannot help with that.")
+    assert REWARDS["exact_match"].value(row, wrong) == 0.0
+
+
+def test_grpo_plan_rules_and_memory(compose_plan):
+    from llmops.errors import ConfigError
+    from llmops.planning.stage_memory import stage_parts
+
+    _, sft_only = compose_plan(["usecase=none"])
+    _, plan = compose_plan(["usecase=none", "train=sft_grpo"])
+    grpo = plan.stage("grpo")
+    assert grpo.needs == ("data", "sft", "base") and plan.stage("eval").needs[1] == "grpo"
+    assert grpo.params["train"]["batch_size"] == 4  # num_generations: one prompt a step
+    for shared in ("data", "sft", "eval_base"):
+        assert plan.stage(shared).fingerprint == sft_only.stage(shared).fingerprint
+    with pytest.raises(ConfigError) as e:
+        compose_plan(["usecase=none", "train=sft_grpo", "train.grpo.batch_size=6",
+                      "+train.grpo.rewards.exact_mach=1.0"])
+    problems = {p.key: p.message for p in e.value.problems}
+    assert "Did you mean 'exact_match'?" in problems["train.grpo.rewards"]
+    assert problems["train.grpo.batch_size"].startswith("6 is not a multiple of")
+    model = plan.stage("compute").params["model"]  # the tiny model's architecture facts
+    knobs = {"batch_size": 4, "num_generations": 4, "max_completion_length": 64, "beta": 0.04}
+    args = (model, None, {"type": "none"}, grpo.params["train"], {"device": "cpu"})
+    with_ref, _, notes = stage_parts("grpo", *args, {"grpo": knobs})
+    no_ref, _, _ = stage_parts("grpo", *args, {"grpo": {**knobs, "beta": 0.0}})
+    assert with_ref["reference"] == with_ref["weights"] and "reference" not in no_ref
+    assert with_ref["kv_cache"] > 0 and any("KV cache of 4 completions" in n for n in notes)
+
+
+@pytest.mark.slow
+def test_grpo_trains_on_eval_rewards_and_reports_them(sft_chain, stage_params):
+    from llmops.stages import grpo
+
+    c = sft_chain
+    params = stage_params("grpo", *SHORT, "train=sft_grpo", "train.grpo.max_steps=6",
+                          "train.grpo.learning_rate=1e-3", "train.grpo.max_completion_length=48",
+                          "train.logging_steps=1")
+    report = grpo.run(params, {"data": c["data"], "sft": c["sft"], "base": c["base"]},
+                      c["root"] / "grpo", _ctx(c["root"]))
+    assert report["steps"] == 6 and report["reference"].startswith("the starting adapter")
+    assert set(report["reward_curves"]) == {"exact_match", "schema_valid_rate",
+                                            "json_valid_rate", "parses"}
+    steps = [p[0] for p in report["kl_curve"]]
+    curves = report["reward_curves"]
+    assert steps == [1, 2, 3, 4, 5, 6] == [p[0] for p in curves["exact_match"]]
+    assert [p[0] for p in curves["parses"]] == steps  # the share of completions that parse
+    # call-row rewards are None (left out) on a step whose prompt must be refused
+    assert set(p[0] for p in curves["json_valid_rate"]) <= set(steps)
+    assert report["completion_length_curve"]
+    held = report["held_out"]
+    assert held["sft"]["n"] == held["grpo"]["n"] > 0
+    assert 0 <= held["grpo"]["parse_rate"] <= 1 and "exact_match" in held["grpo"]["rewards"]
+    assert (c["root"] / "grpo" / "adapter" / "adapter_model.safetensors").is_file()

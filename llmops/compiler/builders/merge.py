@@ -13,7 +13,7 @@ from typing_extensions import NotRequired, TypedDict
 
 from llmops.compiler.builders.common import ModelParams, adapter_files
 from llmops.compiler.inputs import PlanBuilder, StageInputs
-from llmops.core.plan import PREFERENCE_STAGES, TRAINING_STAGES
+from llmops.core.plan import AFTER_SFT_STAGES, TRAINING_STAGES
 
 
 class StageAdapter(TypedDict):
@@ -57,7 +57,7 @@ def add_merge(b: PlanBuilder, s: StageInputs) -> None:
     names = list(m.adapters)
     if not names:  # the trained adapter; TIES/DARE/cat/svd combine sft and the preference
         # stage's (dpo, orpo, simpo) when both exist
-        pref = next((k for k in PREFERENCE_STAGES if b.has(k)), None)
+        pref = next((k for k in AFTER_SFT_STAGES if b.has(k)), None)
         both = b.has("sft") and pref is not None and m.method not in ("linear",)
         names = ["sft", pref] if both and pref else [b.tuned()]
     adapters: list[StageAdapter | FolderAdapter] = []

@@ -9,6 +9,7 @@ from llmops.core.plan import METHOD_STAGES, PREFERENCE_STAGES, TRAINING_STAGES
 from llmops.data import formats
 from llmops.env import Environment
 from llmops.errors import Problem
+from llmops.scoring.rewards import unknown_rewards
 
 LOCAL_LM_EVAL_TASKS = ("llmops_task_api_choice", "llmops_task_api_call")
 STAGE_ADAPTERS = TRAINING_STAGES
@@ -25,7 +26,7 @@ def alignment_problems(cfg: AppConfig, env: Environment) -> list[Problem]:
     t, m, d = cfg.train, cfg.merge, cfg.data
     planned = METHOD_STAGES[t.method]
     dpo = any(k in planned for k in PREFERENCE_STAGES)  # trains on preference pairs
-    if dpo and not cfg.lora.enabled:
+    if (dpo or "grpo" in planned) and not cfg.lora.enabled:
         out.append(Problem("lora", f"train.method={t.method} trains a LoRA adapter "
                                    "(got lora=none). Use lora=r16."))
     if dpo and d.preference_path and (kind := formats.not_regular(d.preference_path)):
@@ -39,6 +40,18 @@ def alignment_problems(cfg: AppConfig, env: Environment) -> list[Problem]:
             "JSONL of prompt/chosen/rejected rows, or set it to null to derive pairs from the "
             "data.",
         ))
+    if "grpo" in planned:
+        g = t.grpo
+        out += [Problem("train.grpo.rewards", m) for m in unknown_rewards(list(g.rewards))]
+        if not g.rewards:
+            out.append(Problem("train.grpo.rewards", "is empty; name at least one reward, e.g. "
+                                                     "{exact_match: 1.0}."))
+        n = g.num_generations
+        if (g.batch_size or n) % n:
+            fit = n * max(1, (g.batch_size or 0) // n)
+            out.append(Problem("train.grpo.batch_size",
+                               f"{g.batch_size} is not a multiple of train.grpo.num_generations "
+                               f"({n}): each prompt's completions share a step. Use {fit}."))
     if "kto" in planned and (t.kto.batch_size or t.batch_size) == 1:
         out.append(Problem("train.kto.batch_size" if t.kto.batch_size else "train.batch_size",
                            "is 1; KTO's KL term pairs each row with another row's answer in the "
