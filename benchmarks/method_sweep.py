@@ -1,8 +1,8 @@
-"""Method sweep: `python -m llmops -m train=sft,sft_dpo,sft_orpo` on one stage store.
+"""Method sweep: `python -m llmops -m train=sft,sft_dpo,sft_grpo` on one stage store.
 
 The data stage does not depend on the method, so the three jobs prepare the data, build the tiny
 base, evaluate the base and train SFT once (jobs 1 and 2 find them cached) and differ only in the
-preference stage and what follows it. Prints, per job, each stage's status (ran / cached) and
+method's own stage and what follows it. Prints, per job, each stage's status (ran / cached) and
 wall time, then `python -m llmops.compare` on the sweep (the method a column of its table).
 
     python benchmarks/method_sweep.py              # small budgets (~6 min on 2 busy cores)
@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-METHODS = ("sft", "sft_dpo", "sft_orpo")
+METHODS = ("sft", "sft_dpo", "sft_grpo")
 BUDGET = ["model.pretrain.steps=200", "train.max_steps=60",
           "eval.limit=40", "eval.enforce=false", "progress=false",
           "tracking=none", "deploy=none", "usecase=none"]
