@@ -19,6 +19,7 @@ Contract, for the readers and the data stage:
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import re
 from collections.abc import Iterator, Mapping
@@ -118,7 +119,8 @@ def json_value(row: dict[str, Any], col: str, max_depth: int | None = None) -> A
 
 #: Message keys the OpenAI reader uses (others are listed as unused in the data report).
 MESSAGE_KEYS = frozenset({"role", "content", "tool_calls", "tool_call_id", "name", "weight",
-                          "reasoning_content", "reasoning", "thinking", "function_call"})
+                          "loss_weight", "reasoning_content", "reasoning", "thinking",
+                          "function_call"})
 #: OpenAI's other role names: developer is the system turn, function a tool result.
 ROLE_ALIASES = {"developer": "system", "function": "tool"}
 
@@ -127,7 +129,8 @@ def openai_messages(value: Any, path: str, unused: dict[str, Any] | None = None
                     ) -> list[dict[str, Any]]:
     """Normalises a list of OpenAI messages (see ``canonical``): content parts, reasoning
     (``reasoning_content``, ``reasoning``, reasoning parts, a leading ``<think>`` block),
-    calls (``tool_calls``, call parts, the legacy ``function_call``) and the roles
+    calls (``tool_calls``, call parts, the legacy ``function_call``), ``weight`` (or
+    ``loss_weight``, as LLaMA-Factory's and Volcengine's sets spell it) and the roles
     ``developer`` (system) and ``function`` (tool). Keys it does not read go to ``unused``."""
     if not isinstance(value, list):
         raise c.Rejected("bad_messages", path, f"must be a list of messages (got "
@@ -143,7 +146,8 @@ def openai_messages(value: Any, path: str, unused: dict[str, Any] | None = None
         if role not in c.ROLES:
             raise c.Rejected("unknown_role", f"{where}.role", f"{role!r} is not one of "
                              f"{', '.join(c.ROLES)} (or developer, function). Rename the role.")
-        if unused is not None and len(m) > 2:
+        extra = len(m) > 2 or "content" not in m
+        if unused is not None and extra and not m.keys() <= MESSAGE_KEYS:
             for key in m:
                 if key not in MESSAGE_KEYS:
                     parts.note_unused(unused, f"{path}[].{key}", m[key])
@@ -151,26 +155,34 @@ def openai_messages(value: Any, path: str, unused: dict[str, Any] | None = None
         if calls is not None and not isinstance(calls, list):
             raise c.Rejected("bad_tool_call", f"{where}.tool_calls", "must be a list of calls.")
         reasoning = m.get("reasoning_content")
-        for key in ("reasoning", "thinking"):
-            if reasoning is None:
-                reasoning = m.get(key)
-        text, trace, part_calls = parts.assistant_parts(role, m.get("content"),
-                                                        f"{where}.content", i, reasoning)
-        listed = [c.tool_call(x, f"{where}.tool_calls[{k}]") for k, x in enumerate(calls or [])]
-        legacy = m.get("function_call")
+        if reasoning is None and extra:
+            reasoning = m.get("reasoning", m.get("thinking"))
+        text = m.get("content")
+        if reasoning is None and type(text) is str and "<" not in text:
+            trace, part_calls = None, parts.NO_CALLS  # plain text (most messages)
+        else:
+            text, trace, part_calls = parts.assistant_parts(role, text, where, i, reasoning)
+        listed = [c.tool_call(x, f"{where}.tool_calls[{k}]") for k, x in enumerate(calls)] \
+            if calls else []
+        legacy = m.get("function_call") if extra else None
         if isinstance(legacy, dict) and role == "assistant":
             listed.append(c.tool_call(legacy, f"{where}.function_call", f"call_{i}_legacy"))
-        listed += part_calls
-        pending.extend(listed)
-        ident = m.get("tool_call_id") if isinstance(m.get("tool_call_id"), str) else None
-        name = m.get("name") if isinstance(m.get("name"), str) else None
+        if part_calls:
+            listed += part_calls
+        if listed:
+            pending.extend(listed)
+        ident = m.get("tool_call_id") if extra else None
+        ident = ident if isinstance(ident, str) else None
+        name = m.get("name") if extra else None
+        name = name if isinstance(name, str) else None
         if role == "tool":
             call = _answered(pending, ident, name)
             if call is not None and ident is None and name is None:
                 # a result without an id (typed-part sets) answers the oldest open call
                 ident, name = call["id"], call["function"]["name"]
+        weight_key = "weight" if not extra or "loss_weight" not in m else "loss_weight"
         out.append(c.message(role, text, listed or None, ident, name,
-                             c.weight(m.get("weight"), f"{where}.weight"), trace))
+                             c.weight(m.get(weight_key), f"{where}.{weight_key}"), trace))
     return out
 
 
@@ -200,7 +212,7 @@ def _turns(value: Any, col: str, role: str) -> list[dict[str, Any]]:
 def _text_message(role: str, text: str | None, path: str) -> dict[str, Any]:
     """Returns a message from plain text (Alpaca, completion, prompt strings): an assistant's
     leading ``<think>`` block is its reasoning; image/audio/video placeholders are refused."""
-    answer, trace, _ = parts.assistant_parts(role, text, path, 0)
+    answer, trace, _ = parts.assistant_parts(role, text, path, 0, key=None)
     return c.message(role, answer, reasoning_content=trace)
 
 
@@ -293,7 +305,14 @@ def _label_column(row: dict[str, Any], cols: dict[str, str]) -> str:
     return cols["label"]
 
 
+@functools.lru_cache(maxsize=64)
+def _modality_columns(images: str, videos: str, audios: str) -> frozenset[str]:
+    return frozenset({images, videos, audios, "image", "video", "audio"})
+
+
 def _refuse_modalities(row: dict[str, Any], cols: dict[str, str]) -> None:
+    if not row.keys() & _modality_columns(cols["images"], cols["videos"], cols["audios"]):
+        return
     for name, kind in MODALITY_COLUMNS.items():
         col = cols.get(name, name)
         value = row.get(col)
@@ -304,14 +323,17 @@ def _refuse_modalities(row: dict[str, Any], cols: dict[str, str]) -> None:
                                 f"(column {col!r})")
 
 
-def _used(fmt: str, row: dict[str, Any], cols: dict[str, str]) -> set[str]:
-    used = {cols[f] for f in FIELDS[fmt]}
-    if fmt in ("sharegpt", "hermes", "sharegpt_preference"):
-        used.add(_sharegpt_column(row, cols))
-    if "label" in FIELDS[fmt]:
-        used.add(_label_column(row, cols))
-    used.update(cols.get(n, n) for n in MODALITY_COLUMNS)
-    return used
+def _used(fmt: str, row: dict[str, Any], cols: dict[str, str]) -> frozenset[str]:
+    extra = (_sharegpt_column(row, cols) if fmt in ("sharegpt", "hermes", "sharegpt_preference")
+             else None, _label_column(row, cols) if "label" in FIELDS[fmt] else None)
+    return _used_columns(fmt, tuple(cols.items()), extra)
+
+
+@functools.lru_cache(maxsize=256)
+def _used_columns(fmt: str, cols: tuple[tuple[str, str], ...], extra: tuple) -> frozenset[str]:
+    names = dict(cols)
+    used = {names[f] for f in FIELDS[fmt]} | {names.get(n, n) for n in MODALITY_COLUMNS}
+    return frozenset(used | {e for e in extra if e is not None})
 
 
 def _sharegpt_column(row: dict[str, Any], cols: dict[str, str]) -> str:

@@ -12,7 +12,8 @@ the content), and each response to a ``tool`` message answering the oldest unans
 one it names, when it names one).
 
 Lifted text is untrusted: a block that does not parse, one nested deeper than
-``limits.json_depth``, a call without a name, or an unclosed tag is one reject with its code
+``limits.json_depth``, a Python literal over ``LITERAL_CHARS``, a call without a name, or an
+unclosed tag is one reject with its code
 (``hermes_tools``, ``tool_call_not_parsed``, ``too_deep``, ``unclosed_tag``); the calls kept are
 checked against the tools like any call (``toolcheck``). Pure Python.
 """
@@ -32,6 +33,9 @@ _CALL = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
 _RESPONSE = re.compile(r"<tool_response>(.*?)</tool_response>", re.DOTALL)
 #: Python's own parser recurses per level: literals deeper than this are refused before it.
 LITERAL_DEPTH = 100
+#: Python's parser holds a literal's whole syntax tree (tens of bytes a character): text that is
+#: not JSON and longer than this is refused, not parsed.
+LITERAL_CHARS = 1 << 20
 
 
 def has_markup(text: Any) -> bool:
@@ -55,6 +59,9 @@ def parse_value(text: str, path: str, code: str, max_depth: int | None) -> Any:
         return jsontext.loads(text)
     except (ValueError, jsontext.TooDeep):
         pass
+    if len(text) > LITERAL_CHARS:
+        raise c.Rejected(code, path, f"holds {len(text)} characters that are not JSON; Python "
+                         f"literals longer than {LITERAL_CHARS} are not parsed. Write it as JSON.")
     try:
         value = ast.literal_eval(text)
         json.dumps(value)  # a set, bytes or tuple key: a Python value JSON cannot hold
@@ -155,8 +162,15 @@ def lift(messages: list[dict[str, Any]], path: str, tools: str | None,
             out.append(_answer(text, pending, m))
         else:
             out.append(m)
-    return {"messages": out, "tools": c.tools_json(declared, f"{path}<tools>", max_depth)
-            if declared else None}
+    seen: set[Any] = set()
+    unique = []  # a tools column and the system turn often declare the same tools
+    for tool in declared:
+        name = (tool.get("function") or tool).get("name") if isinstance(tool, dict) else None
+        if name is None or name not in seen:
+            unique.append(tool)
+            seen.add(name)
+    return {"messages": out, "tools": c.tools_json(unique, f"{path}<tools>", max_depth)
+            if unique else None}
 
 
 def _answer(text: str, pending: list[dict[str, Any]], m: dict[str, Any]) -> dict[str, Any]:

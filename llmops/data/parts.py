@@ -3,9 +3,9 @@
 A message's ``content`` is a string, None, or a list of parts. A part is a string or an object
 whose ``type`` says what it holds:
 
-- text: ``text``, ``input_text``, ``output_text`` (OpenAI's ``{"type": "text", "text": ...}``;
-  the ``value`` spelling of LLaMA-Factory's typed parts, ``{"type": "text", "value": ...}``);
-  joined in order;
+- text: ``text``, ``input_text``, ``output_text``, ``refusal`` (OpenAI's ``{"type": "text",
+  "text": ...}``; the ``value`` spelling of LLaMA-Factory's typed parts, ``{"type": "text",
+  "value": ...}``); joined in order;
 - reasoning: ``reasoning``, ``thinking``, ``reasoning_text`` (its text under ``text``, ``value``,
   ``thinking``, ``reasoning`` or ``content``): the message's ``reasoning_content``;
 - calls: ``tool_call``, ``function_call``, ``tool_use``: an object (OpenAI's call,
@@ -29,7 +29,7 @@ from typing import Any
 
 from llmops.data import canonical as c
 
-TEXT_PARTS = frozenset({"text", "input_text", "output_text"})
+TEXT_PARTS = frozenset({"text", "input_text", "output_text", "refusal"})
 REASONING_PARTS = frozenset({"reasoning", "thinking", "reasoning_text", "redacted_thinking"})
 CALL_PARTS = frozenset({"tool_call", "function_call", "tool_use"})
 MODALITY_PARTS: dict[str, str] = {
@@ -43,6 +43,7 @@ UNSUPPORTED_FIX = ("llmops trains text models; drop these rows with data.on_unsu
                    "convert them to text.")
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 _LEADING_THINK = re.compile(r"\s*<think>(.*?)</think>\s*", re.DOTALL)
+NO_CALLS: tuple = ()
 #: Placeholders other tools put in the text where an image, audio or video goes.
 MARKERS = re.compile(r"<(image|audio|video)>")
 
@@ -216,16 +217,20 @@ def note_unused(unused: dict[str, Any] | None, name: str, value: Any) -> None:
         unused[name] = value
 
 
-def assistant_parts(role: str, value: Any, path: str, turn: int, reasoning: Any = None
-                    ) -> tuple[str | None, str | None, list[dict[str, Any]]]:
-    """Reads a message's content and reasoning: ``(text, reasoning, calls from parts)``.
+def assistant_parts(role: str, value: Any, where: str, turn: int, reasoning: Any = None,
+                    key: str | None = "content") -> tuple[str | None, str | None, Any]:
+    """Reads a message's content and reasoning: ``(text, reasoning, calls from parts)`` (the
+    calls a list, or an empty tuple when there are none).
 
     The reasoning comes from ``reasoning`` (a ``reasoning_content`` / ``reasoning`` value),
     reasoning parts, or a leading ``<think>`` block of an assistant text; two of them at once is
     a reject (``reasoning_twice``). Text of any turn is refused when it holds an ``<image>``,
-    ``<audio>`` or ``<video>`` placeholder.
+    ``<audio>`` or ``<video>`` placeholder. ``where`` is the message's JSON path and ``key``
+    its content's key (None: ``where`` is the content's own path), for rejects.
     """
-    where = path.rsplit(".", 1)[0] if "." in path else path
+    if reasoning is None and isinstance(value, str) and "<" not in value:
+        return value, None, NO_CALLS  # plain text: no think block, no placeholder (most rows)
+    path = where if key is None else f"{where}.{key}"
     content = read_content(value, path, role, turn)
     text, trace = content.text, content.reasoning
     if text is not None:

@@ -92,8 +92,8 @@ def sharegpt_to_messages(
             continue
         role = TAG_ROLES[name]
         reasoning = turn.get("reasoning_content", turn.get("reasoning"))
-        text, trace, calls = assistant_parts(role, value, f"{where}.{tags['content']}", i,
-                                             reasoning)
+        text, trace, calls = assistant_parts(role, value, where, i, reasoning,
+                                             tags["content"])
         weight = c.weight(turn.get("weight"), f"{where}.weight")
         if name == "observation":
             call = pending.pop(0) if pending else None
@@ -101,7 +101,7 @@ def sharegpt_to_messages(
                                  call and call["function"]["name"]))
         else:
             pending.extend(calls)
-            out.append(c.message(role, text, calls or None, weight=weight,
+            out.append(c.message(role, text, list(calls) or None, weight=weight,
                                  reasoning_content=trace))
     return out
 

@@ -7,9 +7,10 @@ map each name to ``{"type", "description", "default"}`` in Python's type notatio
 
 - ``str`` → string, ``int`` → integer, ``float`` → number, ``bool`` → boolean,
   ``List[X]`` / ``list`` / ``Tuple``/``Set`` → array (of X), ``Dict[...]`` / ``dict`` →
-  object, ``Any`` → any value, ``Union[A, B]`` / ``A or B`` → anyOf, ``Optional[X]`` → X;
-- ``..., optional`` (or ``Optional[...]``) or a ``default`` makes a parameter not required; the
-  default is kept.
+  object, ``Any`` (and ``Callable``, which JSON can only name) → any value, ``Union[A, B]`` /
+  ``A or B`` → anyOf, ``Optional[X]`` → X, ``Literal[...]`` → enum;
+- ``..., optional`` (whatever follows it, e.g. ``, optional, default='en'``), ``Optional[...]``
+  or a ``default`` makes a parameter not required; the default is kept.
 
 Parameters already in JSON Schema (``{"type": "object", "properties": ...}``) are kept. The
 row becomes ``[user: query, assistant: tool_calls]``. A type llmops cannot read, notation longer
@@ -33,10 +34,12 @@ _SIMPLE: dict[str, dict[str, Any]] = {
     "bool": {"type": "boolean"}, "boolean": {"type": "boolean"}, "list": {"type": "array"},
     "array": {"type": "array"}, "tuple": {"type": "array"}, "set": {"type": "array"},
     "dict": {"type": "object"}, "object": {"type": "object"}, "any": {}, "none": {"type": "null"},
-    "null": {"type": "null"},
+    "null": {"type": "null"}, "nonetype": {"type": "null"},
+    # a callable passed by name or as code: JSON can hold only its text, so any value is taken
+    "callable": {}, "function": {},
 }
 _ARRAYS = ("list", "tuple", "set", "sequence", "iterable")
-_OPTIONAL = re.compile(r",\s*optional\s*$", re.IGNORECASE)
+_OPTIONAL = re.compile(r",\s*optional\b.*$", re.IGNORECASE | re.DOTALL)
 
 
 def _split_args(text: str) -> list[str]:

@@ -176,3 +176,37 @@ def test_rows_longer_than_train_max_length_stop_sft_before_training(real_model, 
     _, _, info = load_datasets(tmp_path, tokenizer, {**params, "train": {
         **params["train"], "max_length": 1024}})
     assert info["mask"] == "trl_training_template" and 0 < info["loss_tokens"] < info["tokens"]
+
+
+def test_sft_trains_only_desirable_rows_and_counts_the_undesirable_it_leaves_out(
+        tmp_path, stage_params):
+    """Rows labelled undesirable (label: false, for KTO) are in train.jsonl; sft never makes them
+    its targets, and says how many it left out."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from llmops.backends.hf import load_datasets
+    from llmops.config.templates import template_text
+    from llmops.files import write_jsonl
+
+    def row(i: int, label: bool | None) -> dict:
+        out = {"messages": [{"role": "user", "content": f"Question {i}?"},
+                            {"role": "assistant", "content": f"Answer {i}."}]}
+        return out if label is None else {**out, "label": label}
+
+    write_jsonl(tmp_path / "train.jsonl", [row(0, True), row(1, False), row(2, None),
+                                           row(3, False), row(4, True)])
+    write_jsonl(tmp_path / "val.jsonl", [row(5, False), row(6, True)])
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.train_from_iterator(["Question Answer <|im_start|> <|im_end|> user assistant"] * 4,
+                            trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>"],
+                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                show_progress=False))
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<unk>")
+    tok.chat_template = template_text("qwen2_5", None)
+    train, val, info = load_datasets(tmp_path, tok, stage_params("sft"))
+    assert len(train) == 3 and len(val) == 1
+    assert info["left_out_undesirable"] == 2
+    texts = [tok.decode(ids) for ids in train["input_ids"]]
+    assert not any("Answer 1." in t or "Answer 3." in t for t in texts)

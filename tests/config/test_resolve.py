@@ -279,19 +279,22 @@ def test_one_multirun_test_answers_the_cli_metrics_and_wandb(tmp_path):
 # And once more (issue 19, every stage planned): the compute stage's params carry the per-stage
 # memory plan (stages), so compute changes in every case; a CPU is now held to its own memory, so
 # the qwen3b case plans on a 512 GB CPU (on the 15.6 GB one it is refused at compile time).
+# And once more (issue 22, the data of 2026): assistant messages carry reasoning_content and chat
+# rows a label (MESSAGE_FORM 3), and the data params gain on_unsupported, so data, sft, dpo,
+# eval_base and eval (and the stages after them) change once; decide, compute and base keep theirs.
 # And once more (issue 23, the data stage does not depend on the method): the sft_dpo case's data,
 # sft and eval_base are now the default's (a method sweep shares them); its dpo stage takes the
 # pairs params the data stage lost, so dpo and the stages after it (merge, eval, export) change.
 FINGERPRINTS = {
     ("cpu", ()): {
         "decide": "2c736766fa02e413", "compute": "f8d6c456b0fc03fa", "base": "4278ac84084edaea",
-        "data": "68b9f2e87152fb65", "sft": "efb57dfa7e10710c", "eval_base": "170104169415a4d1",
-        "eval": "1acb617878f33718", "export": "c2a2184f9be18f48",
+        "data": "ec0516e4659c9a2a", "sft": "6c34316596314523", "eval_base": "29d6fd160086b5f9",
+        "eval": "001b2b6fc3af5d30", "export": "b7bf9ba4d2305ecb",
     },
     ("cpu512", ("model=qwen3b", "lora=r16")): {
-        "decide": "55bc55fd500c95ee", "compute": "48a16d26a121b7dc", "data": "4e95b0511e2612d4",
-        "sft": "189b8d98edb2b998", "eval_base": "ab1b0c7f5c16986b", "eval": "a1f741adc3252ba3",
-        "export": "c6020d1a6c78bf78",
+        "decide": "55bc55fd500c95ee", "compute": "48a16d26a121b7dc", "data": "2219ca379252ae31",
+        "sft": "4cf4d7058ce8550b", "eval_base": "0b7a1d0b88772f60", "eval": "1187c48be607689c",
+        "export": "a1db5304587b404a",
     },
     ("cpu", ("train=sft_dpo", "merge=ties")): {
         "decide": "2c736766fa02e413", "compute": "6fff2c7f864aed09", "base": "4278ac84084edaea",
@@ -301,25 +304,25 @@ FINGERPRINTS = {
     },
     ("cpu", ("deploy=openai",)): {
         "decide": "2c736766fa02e413", "compute": "540424edcde6f0ed", "base": "4278ac84084edaea",
-        "data": "68b9f2e87152fb65", "sft": "efb57dfa7e10710c", "eval_base": "170104169415a4d1",
-        "eval": "1acb617878f33718", "export": "c2a2184f9be18f48", "gguf": "be28dc1358fcf66d",
-        "deploy": "e250cced5555523a",
+        "data": "ec0516e4659c9a2a", "sft": "6c34316596314523", "eval_base": "29d6fd160086b5f9",
+        "eval": "001b2b6fc3af5d30", "export": "b7bf9ba4d2305ecb", "gguf": "2b3f42e259444830",
+        "deploy": "f5d4844a734527b3",
     },
     ("cpu", ("eval=lm_eval",)): {
         "decide": "2c736766fa02e413", "compute": "48930458bd582a8d", "base": "4278ac84084edaea",
-        "data": "68b9f2e87152fb65", "sft": "efb57dfa7e10710c", "eval_base": "170104169415a4d1",
-        "lm_eval": "93e0a79cf317a09d", "eval": "1acb617878f33718", "export": "c2a2184f9be18f48",
+        "data": "ec0516e4659c9a2a", "sft": "6c34316596314523", "eval_base": "29d6fd160086b5f9",
+        "lm_eval": "aa4b1f6aec10db7a", "eval": "001b2b6fc3af5d30", "export": "b7bf9ba4d2305ecb",
     },
     ("cpu", ("model=llama8b", "hardware=t4", "dry_run=true", "quant=nf4",
              "train.max_length=512")): {
-        "decide": "8f6fe2e6e88d7d6a", "compute": "f649ec307b02460c", "data": "7796f4467578a3b4",
-        "sft": "ec586f8923506ac8", "eval_base": "9a795150826df311", "eval": "acba7f4153d2c2a9",
-        "export": "271ef3df7b81736e",
+        "decide": "8f6fe2e6e88d7d6a", "compute": "f649ec307b02460c", "data": "627f98333c37579f",
+        "sft": "2e93fe8f1238858f", "eval_base": "4437a8ac987dfc5e", "eval": "5c0e790c9adaa4ec",
+        "export": "f1039827216d2343",
     },
     ("h100", ("model=qwen1.5b",)): {
-        "decide": "4c2e77bb9e9c5cff", "compute": "f185b0de37cceac5", "data": "06d70c09681846dd",
-        "sft": "9d71240963e4a300", "eval_base": "2b1650b1a3cb3d98", "eval": "9e09fad2eb992ac1",
-        "export": "fd25c110df1f83df",
+        "decide": "4c2e77bb9e9c5cff", "compute": "f185b0de37cceac5", "data": "db3b7c21f1f16f63",
+        "sft": "f75c781bd0139cdf", "eval_base": "36ec25865a6fc38b", "eval": "bffd428012d7cc66",
+        "export": "71b9b5c737359ecb",
     },
 }
 

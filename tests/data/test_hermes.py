@@ -23,7 +23,8 @@ def row(call_text: str, tools_text: str | None = None, response: str | None = No
 
 
 def test_json_and_python_literal_calls_and_one_schema_per_line_tools_are_lifted():
-    lines = "\n".join(json.dumps(t["function"]) for t in TOOLS * 2)
+    date = {"name": "get_date", "parameters": {"type": "object", "properties": {}}}
+    lines = "\n".join(json.dumps(f) for f in (TOOLS[0]["function"], date, date))
     out = convert("hermes", [
         row("<tool_call>\n{'arguments': {'zone': 'CET'}, 'name': 'get_time'}\n</tool_call>",
             response="<tool_response>\n{\"name\": \"get_time\", \"content\": \"12:00\"}\n"
@@ -37,7 +38,8 @@ def test_json_and_python_literal_calls_and_one_schema_per_line_tools_are_lifted(
     assert first[3]["role"] == "tool" and first[3]["tool_call_id"] == "call_2_0"
     assert first[3]["content"] == '{"name": "get_time", "content": "12:00"}'
     assert second[2]["content"] == "Checking."
-    assert len(json.loads(out["tools"][1])) == 2
+    assert [t["function"]["name"] for t in json.loads(out["tools"][1])] == ["get_time",
+                                                                             "get_date"]
     assert first[0]["content"] == "Use the tools."
 
 
@@ -46,6 +48,9 @@ def test_json_and_python_literal_calls_and_one_schema_per_line_tools_are_lifted(
      "tool_call_not_parsed"),
     ("<tool_call>get_time(zone='CET')</tool_call>", "tool_call_not_parsed"),
     ("<tool_call>" + "[" * 500 + "]" * 500 + "</tool_call>", "too_deep"),
+    ("<tool_call>" + "(" * 5000 + ")" * 5000 + "</tool_call>", "tool_call_not_parsed"),
+    ("<tool_call>{'name': 'get_time', 'arguments': {'zone': '" + "x" * (1 << 20) + "'}}"
+     "</tool_call>", "tool_call_not_parsed"),
     ("<tool_call>{'arguments': {}}</tool_call>", "bad_tool_call"),
     ("<tool_call>{'name': '', 'arguments': {}}</tool_call>", "tool_call_name"),
     ("<tool_call>{'name': 'get_time', 'arguments': {}}", "unclosed_tag"),

@@ -72,6 +72,18 @@ def test_reasoning_and_call_parts_are_checked(message, code):
     assert reject([USER, message])["code"] == code
 
 
+def test_loss_weight_is_the_weight_and_a_refusal_part_is_text():
+    out = convert("openai", [{"messages": [
+        USER, {"role": "assistant", "content": "Draft.", "loss_weight": 0.0},
+        USER, {"role": "assistant", "content": [{"type": "refusal", "refusal": "I can't."}],
+               "loss_weight": 1}]}])
+    assert out["reject"] == [None]
+    assert [m["weight"] for m in out["messages"][0][1::2]] == [0.0, 1.0]
+    assert out["messages"][0][3]["content"] == "I can't."
+    half = reject([USER, {"role": "assistant", "content": "x", "loss_weight": 0.5}])
+    assert half["code"] == "bad_weight" and half["path"] == "messages[1].loss_weight"
+
+
 def test_reasoning_reaches_sharegpt_alpaca_and_completion_rows():
     share = convert("sharegpt", [{"conversations": [
         {"from": "human", "value": "2+2?"},

@@ -24,7 +24,7 @@ from tests.data.test_convert import convert
     ("Union[int, str]", {"anyOf": [{"type": "integer"}, {"type": "string"}]}),
     ("str or int", {"anyOf": [{"type": "string"}, {"type": "integer"}]}),
     ("Tuple[float, ...]", {"type": "array", "items": {"type": "number"}}),
-    ("Literal['asc', 'desc']", {"enum": ["asc", "desc"]}),
+    ("Literal['asc', 'desc']", {"enum": ["asc", "desc"]}), ("Callable", {}),
 ])
 def test_type_notation_becomes_json_schema(notation, schema):
     assert type_schema(notation, "p") == schema
@@ -33,10 +33,11 @@ def test_type_notation_becomes_json_schema(notation, schema):
 def test_optional_and_default_are_not_required_and_the_default_is_kept():
     out = parameters_schema({"q": {"type": "str", "description": "Query."},
                              "n": {"type": "int, optional", "description": "Count."},
+                             "sort": {"type": "str, optional, default='asc'"},
                              "lang": {"type": "str", "default": "en"}}, "tools[0].parameters")
     assert out == {"type": "object", "required": ["q"], "properties": {
         "q": {"type": "string", "description": "Query."},
-        "n": {"type": "integer", "description": "Count."},
+        "n": {"type": "integer", "description": "Count."}, "sort": {"type": "string"},
         "lang": {"type": "string", "default": "en"}}}
     schema = {"type": "object", "properties": {"x": {"type": "string"}}}
     assert parameters_schema(schema, "p") is schema
@@ -44,6 +45,7 @@ def test_optional_and_default_are_not_required_and_the_default_is_kept():
 
 @pytest.mark.parametrize("notation,code", [
     ("Callable[[int], int]", "xlam_type"), ("pandas.DataFrame", "xlam_type"),
+    ("np.ndarray", "xlam_type"),
     ("List[" * 8 + "int" + "]" * 8, "too_deep"), ("x" * 300, "xlam_type"),
 ])
 def test_notation_it_cannot_read_is_one_reject(notation, code):
