@@ -46,6 +46,8 @@ def row_from_wandb_run(run: Any) -> dict[str, Any]:
         "params": {k: v for k, v in (meta.get("params") or {}).items() if not is_noise(k)},
         "swept": list(meta.get("swept") or []),
         "command": meta.get("command") or "",
+        "method": (cfg.get("train") or {}).get("method") if isinstance(cfg.get("train"), dict)
+        else None,
         "gates_passed": summary.get("gates/passed"),
         "failed_gates": sorted(k.split("/")[1] for k, v in summary.items()
                                if k.startswith("gates/") and k.endswith("/passed")
@@ -85,12 +87,13 @@ def print_table(rows: list[dict[str, Any]], swept: list[str], metric: str) -> No
     from rich.table import Table
 
     table = Table(title=f"leaderboard: {len(rows)} runs, best first by {metric}")
-    for col in ("#", "run", *swept, metric, "base", "Δ", "final loss", "train s", "gates",
-                "status"):
+    for col in ("#", "run", "method", *swept, metric, "base", "Δ", "final loss", "train s",
+                "gates", "status"):
         table.add_column(col, justify="right" if col not in ("run", "gates", "status") else "left")
     name = metric.removeprefix("tuned.")
     for i, r in enumerate(rows, 1):
-        table.add_row(str(i), r["run"], *[str(r["params"].get(k, "-")) for k in swept],
+        table.add_row(str(i), r["run"], str(r.get("method") or "-"),
+                      *[str(r["params"].get(k, "-")) for k in swept],
                       _fmt(metric_of(r, metric)), _fmt(r.get(f"base.{name}")),
                       _fmt(r.get(f"deltas.{name}")), _fmt(r.get("final_loss")),
                       _fmt(r.get("train_seconds")), _gates(r), str(r.get("status")))
@@ -100,9 +103,9 @@ def print_table(rows: list[dict[str, Any]], swept: list[str], metric: str) -> No
 def write_csv(rows: list[dict[str, Any]], swept: list[str], metric: str, path: Path) -> None:
     """Writes the leaderboard as CSV (one row per run, best first)."""
     metric_cols = sorted({k for r in rows for k in r if k.split(".")[0] in
-                          ("tuned", "base", "deltas")})
+                          ("tuned", "base", "deltas", "pref")})
     others = [c for c in metric_cols if c not in (metric, f"tuned.{metric}")]
-    cols = ["rank", "run", "status", *swept, metric, *others,
+    cols = ["rank", "run", "status", "method", *swept, metric, *others,
             "gates_passed", "failed_gates", "final_loss", "eval_loss", "train_seconds", "steps",
             "command", "run_dir"]
     with open(path, "w", newline="") as f:

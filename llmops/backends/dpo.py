@@ -135,13 +135,14 @@ def dpo_config(params: dict[str, Any], out_dir: Path, ctx: Any) -> Any:
     )
 
 
-def train_dpo(params: dict[str, Any], data_dir: Path, base_model: str, init_adapter: Path | None,
-              out_dir: Path, ctx: Any) -> dict[str, Any]:
+def train_dpo(params: dict[str, Any], data_dir: Path, pairs: dict[str, Any], base_model: str,
+              init_adapter: Path | None, out_dir: Path, ctx: Any) -> dict[str, Any]:
     """Trains a LoRA adapter with DPO on data_dir/pref_train.jsonl; writes adapter/ and the report.
 
     Args:
         params: The dpo stage params (``llmops.compiler.builders.dpo.DpoParams``).
-        data_dir: The data stage folder (pref_train.jsonl, pref_test.jsonl).
+        data_dir: The folder of the pairs (pref_train.jsonl, pref_test.jsonl).
+        pairs: Where the pairs come from (``llmops.stages.pairs.prepare``'s section), reported.
         base_model: Base model folder or hub id.
         init_adapter: Adapter to continue (the SFT one) or None for a new adapter on the base.
         out_dir: The stage's output folder.
@@ -158,8 +159,8 @@ def train_dpo(params: dict[str, Any], data_dir: Path, base_model: str, init_adap
     out_dir = Path(out_dir)
     train_pairs = load_pairs(data_dir, "train")
     if not train_pairs:
-        raise StageError(f"dpo: no preference pairs in {data_dir}/pref_train.jsonl. The data stage "
-                         "writes them when train.method is dpo or sft_dpo; rerun it.")
+        raise StageError(f"dpo: no preference pairs in {data_dir}/pref_train.jsonl. Give pairs "
+                         "with data.preference_path=FILE (prompt/chosen/rejected).")
     test_pairs = load_pairs(data_dir, "test")
     beta = float(params["dpo"]["beta"])
     model, tokenizer = load_model(params, base_model, ctx)
@@ -218,7 +219,7 @@ def train_dpo(params: dict[str, Any], data_dir: Path, base_model: str, init_adap
         "reference": ("the starting adapter (a frozen copy)" if init_adapter is not None
                       else "the base model (adapter disabled)"),
         "dpo": params["dpo"],
-        "pairs": {"train": len(train_pairs), "test": len(test_pairs)},
+        "pairs": {**pairs, "train": len(train_pairs), "test": len(test_pairs)},
         "train_metrics": {k: last.get(k) for k in LOGGED},
         "held_out": held_out,
         "loss_curve": curve,

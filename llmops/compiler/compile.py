@@ -22,11 +22,15 @@ from llmops.compiler.builders.eval import add_eval
 from llmops.compiler.builders.eval_base import add_eval_base
 from llmops.compiler.builders.export import add_export
 from llmops.compiler.builders.gguf import add_gguf
+from llmops.compiler.builders.grpo import add_grpo
+from llmops.compiler.builders.kto import add_kto
 from llmops.compiler.builders.lm_eval import add_lm_eval
 from llmops.compiler.builders.merge import add_merge
 from llmops.compiler.builders.monitor import add_monitor
+from llmops.compiler.builders.orpo import add_orpo
 from llmops.compiler.builders.release import add_release
 from llmops.compiler.builders.sft import add_sft
+from llmops.compiler.builders.simpo import add_simpo
 from llmops.compiler.inputs import PlanBuilder, StageInputs
 from llmops.config.resolve import Resolved
 from llmops.config.schema import AppConfig
@@ -35,7 +39,9 @@ from llmops.core.plan import STAGE_ORDER, Plan
 # One builder per stage kind; compile_plan runs them in the stage table's order.
 BUILDERS: dict[str, Callable[[PlanBuilder, StageInputs], None]] = {
     "decide": add_decide, "compute": add_compute, "base": add_base, "data": add_data,
-    "sft": add_sft, "dpo": add_dpo, "merge": add_merge, "eval_base": add_eval_base,
+    "sft": add_sft, "dpo": add_dpo, "orpo": add_orpo, "simpo": add_simpo, "kto": add_kto,
+    "grpo": add_grpo, "merge": add_merge,
+    "eval_base": add_eval_base,
     "lm_eval": add_lm_eval, "eval": add_eval, "export": add_export, "gguf": add_gguf,
     "deploy": add_deploy, "monitor": add_monitor, "release": add_release,
 }

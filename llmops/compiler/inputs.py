@@ -83,7 +83,7 @@ class StageInputs:
     def of(cls, cfg: AppConfig, r: Resolved) -> StageInputs:
         """Builds the shared params of cfg's stages from its resolution r."""
         m = cfg.model
-        train = cfg.train.model_dump(exclude={"method", "dpo"})
+        train = cfg.train.model_dump(exclude={"method", "dpo", "orpo", "simpo", "kto", "grpo"})
         train.update(backend=r.backend, precision=r.precision)
         if cfg.train.method != "none":
             train.update(batch_size=r.batch_size, grad_accum=r.grad_accum)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from llmops.core.plan import METHOD_STAGES
 from llmops.env import Environment
 from llmops.planning import batch
 from llmops.planning.backend import resolve_backend
@@ -148,11 +149,7 @@ def stage_inputs(cfg: AppConfig) -> dict[str, Any]:
         cfg: The validated config.
     """
     t, e, m, dp = cfg.train, cfg.eval, cfg.merge, cfg.deploy
-    stages = []
-    if t.method in ("sft", "sft_dpo"):
-        stages.append("sft")
-    if t.method in ("dpo", "sft_dpo"):
-        stages.append("dpo")
+    stages = list(METHOD_STAGES[t.method])
     merged = m.method != "none"
     tuned = bool(stages) or merged
     if merged:
@@ -176,6 +173,13 @@ def stage_inputs(cfg: AppConfig) -> dict[str, Any]:
         "merged": merged,
         "eval": e.model_dump(exclude={"gates", "auto"}),
         "dpo": {"batch_size": t.dpo.batch_size},
+        # only for the method that runs them, so the other plans' compute params stay
+        **{k: {"batch_size": getattr(t, k).batch_size} for k in ("orpo", "simpo", "kto")
+           if k in stages},
+        **({"grpo": {"batch_size": t.grpo.batch_size or t.grpo.num_generations,
+                     "num_generations": t.grpo.num_generations,
+                     "max_completion_length": t.grpo.max_completion_length,
+                     "beta": t.grpo.beta}} if "grpo" in stages else {}),
         "merge": {"dtype": m.dtype},
         "export": {"merge_dtype": dp.merge_dtype},
         "gguf": {"quantization": list(dp.gguf.quantization),

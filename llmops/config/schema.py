@@ -273,11 +273,89 @@ class DpoConfig(_Group):
     )
 
 
+class OrpoConfig(_Group):
+    """ORPO (TRL's experimental ORPOTrainer): SFT loss plus an odds-ratio preference term, no
+    reference model; used by orpo, sft_orpo."""
+
+    beta: float = Field(gt=0, le=100, description="Weight of the odds-ratio term (lambda).")
+    learning_rate: LearningRate | None = Field(
+        description="Peak learning rate; null: train.learning_rate (ORPO trains like SFT)."
+    )
+    epochs: float = Field(gt=0, le=MAX_EPOCHS, description="Passes over the preference pairs.")
+    max_steps: int = Field(
+        ge=-1, le=MAX_STEPS, description="Stop after this many steps (-1: use epochs)."
+    )
+    batch_size: Batch | None = Field(description="Pairs per step; null: train's.")
+
+
+class SimpoConfig(_Group):
+    """SimPO (TRL's experimental CPOTrainer, loss_type simpo, cpo_alpha 0): length-normalised
+    log-probability margins, no reference model; used by simpo, sft_simpo."""
+
+    beta: float = Field(gt=0, le=100, description="Scale of the length-normalised reward.")
+    gamma: float = Field(ge=0, le=100, description="Target reward margin (TRL's simpo_gamma).")
+    learning_rate: LearningRate | None = Field(
+        description="Peak learning rate; null: train.learning_rate / 25."
+    )
+    epochs: float = Field(gt=0, le=MAX_EPOCHS, description="Passes over the preference pairs.")
+    max_steps: int = Field(
+        ge=-1, le=MAX_STEPS, description="Stop after this many steps (-1: use epochs)."
+    )
+    batch_size: Batch | None = Field(description="Pairs per step; null: train's.")
+
+
+class KtoConfig(_Group):
+    """KTO (TRL's KTOTrainer) on binary feedback: rows labelled desirable / undesirable
+    (label, kto_tag, data.columns.label), else the preference pairs unpaired; used by kto,
+    sft_kto."""
+
+    beta: float = Field(gt=0, le=100, description="Strength of the pull towards the reference.")
+    desirable_weight: float = Field(gt=0, le=100, description="Loss weight of desirable rows.")
+    undesirable_weight: float = Field(
+        gt=0, le=100, description="Loss weight of undesirable rows.")
+    learning_rate: LearningRate | None = Field(
+        description="Peak learning rate; null: train.learning_rate / 25."
+    )
+    epochs: float = Field(gt=0, le=MAX_EPOCHS, description="Passes over the feedback rows.")
+    max_steps: int = Field(
+        ge=-1, le=MAX_STEPS, description="Stop after this many steps (-1: use epochs)."
+    )
+    batch_size: Batch | None = Field(
+        description="Rows per step (at least 2: KTO's KL term pairs each row with another's "
+                    "answer); null: train's.")
+
+
+class GrpoConfig(_Group):
+    """GRPO (TRL's GRPOTrainer) on the SFT adapter, rewarded by llmops's scorers; used by
+    sft_grpo."""
+
+    rewards: dict[Text, float] = Field(
+        description="Reward name -> weight; names as eval names its metrics (llmops.scoring."
+                    "rewards: exact_match, tool_accuracy, call_exact, arg_f1, json_valid_rate, "
+                    "schema_valid_rate, refusal_rate, call_count_accuracy).")
+    num_generations: int = Field(ge=2, le=64, description="Completions sampled per prompt.")
+    max_completion_length: int = Field(ge=8, le=MAX_TOKENS, description="Longest completion.")
+    beta: float = Field(ge=0, le=100, description="KL pull towards the SFT model; 0: none "
+                                                  "(no reference in memory).")
+    temperature: float = Field(gt=0, le=10, description="Sampling temperature.")
+    learning_rate: LearningRate | None = Field(
+        description="Peak learning rate; null: train.learning_rate / 25.")
+    epochs: float = Field(gt=0, le=MAX_EPOCHS, description="Passes over the train prompts.")
+    max_steps: int = Field(
+        ge=-1, le=MAX_STEPS, description="Stop after this many steps (-1: use epochs).")
+    batch_size: Batch | None = Field(
+        description="Completions per step, a multiple of num_generations; null: "
+                    "num_generations (one prompt a step).")
+
+
 class TrainConfig(_Group):
     """The training method and its hyper-parameters."""
 
-    method: Literal["sft", "dpo", "sft_dpo", "none"] = Field(
-        description="sft; dpo (preference pairs only); sft_dpo (SFT, then DPO on it); none."
+    method: Literal["sft", "dpo", "sft_dpo", "orpo", "sft_orpo", "simpo", "sft_simpo",
+                    "kto", "sft_kto", "sft_grpo", "none"] = Field(
+        description="sft; dpo, orpo, simpo (preference pairs only), kto (binary feedback); "
+                    "sft_dpo, sft_orpo, sft_simpo, sft_kto (SFT, then the method on it); "
+                    "sft_grpo (SFT, then GRPO rewarded by eval's scorers); none."
     )
     backend: Literal["auto", "hf", "unsloth"] = Field(description="Training backend.")
     learning_rate: LearningRate = Field(description="Peak learning rate.")
@@ -321,6 +399,14 @@ class TrainConfig(_Group):
     )
     dpo: DpoConfig = _from(
         "train", "dpo", "dpo", DpoConfig, description="DPO knobs (dpo, sft_dpo).")
+    orpo: OrpoConfig = _from(
+        "train", "orpo", "orpo", OrpoConfig, description="ORPO knobs (orpo, sft_orpo).")
+    simpo: SimpoConfig = _from(
+        "train", "simpo", "simpo", SimpoConfig, description="SimPO knobs (simpo, sft_simpo).")
+    kto: KtoConfig = _from(
+        "train", "kto", "kto", KtoConfig, description="KTO knobs (kto, sft_kto).")
+    grpo: GrpoConfig = _from(
+        "train", "sft_grpo", "grpo", GrpoConfig, description="GRPO knobs (sft_grpo).")
 
 
 class GateConfig(_Group):

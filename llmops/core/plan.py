@@ -52,6 +52,10 @@ STAGE_KINDS: tuple[StageKind, ...] = (
     StageKind("data", "data_report.json", recipe=MESSAGE_FORM),
     StageKind("sft", "training_report.json", trains=True, tunes=True, recipe=MESSAGE_FORM),
     StageKind("dpo", "dpo_report.json", trains=True, tunes=True, recipe=MESSAGE_FORM),
+    StageKind("orpo", "orpo_report.json", trains=True, tunes=True, recipe=MESSAGE_FORM),
+    StageKind("simpo", "simpo_report.json", trains=True, tunes=True, recipe=MESSAGE_FORM),
+    StageKind("kto", "kto_report.json", trains=True, tunes=True, recipe=MESSAGE_FORM),
+    StageKind("grpo", "grpo_report.json", trains=True, tunes=True, recipe=MESSAGE_FORM),
     StageKind("merge", "merge_report.json", tunes=True),
     StageKind("eval_base", "base_eval.json", recipe=MESSAGE_FORM),
     StageKind("lm_eval", "lm_eval_report.json"),
@@ -63,11 +67,24 @@ STAGE_KINDS: tuple[StageKind, ...] = (
     StageKind("release", "release_report.json"),
 )
 STAGE_ORDER: tuple[str, ...] = tuple(k.kind for k in STAGE_KINDS)
-# Where the model to evaluate and export comes from, first match wins: merge, dpo, sft.
+# Where the model to evaluate and export comes from, first match wins: merge, then the
+# preference stages, then sft.
 TUNED_STAGES: tuple[str, ...] = tuple(k.kind for k in reversed(STAGE_KINDS) if k.tunes)
-# The stages whose adapter a merge can name (merge.adapters: sft, dpo).
+# The stages whose adapter a merge can name (merge.adapters: sft, dpo, orpo, simpo).
 TRAINING_STAGES: tuple[str, ...] = tuple(k.kind for k in STAGE_KINDS if k.trains)
 _BY_KIND = {k.kind: k for k in STAGE_KINDS}
+#: The stages that train on preference data after sft when both run: pairs
+#: (``llmops.stages.pairs``), or KTO's binary feedback (labelled rows, else the pairs unpaired).
+PREFERENCE_STAGES: tuple[str, ...] = ("dpo", "orpo", "simpo", "kto")
+#: train.method -> the training stages it plans, in order: the one home of what a method runs.
+METHOD_STAGES: dict[str, tuple[str, ...]] = {
+    "none": (), "sft": ("sft",),
+    **{k: (k,) for k in PREFERENCE_STAGES},
+    **{f"sft_{k}": ("sft", k) for k in PREFERENCE_STAGES},
+    "sft_grpo": ("sft", "grpo"),  # GRPO continues an SFT adapter: its completions must parse
+}
+#: The stages that continue the sft adapter in an sft_<method> plan (merge combines the two).
+AFTER_SFT_STAGES: tuple[str, ...] = (*PREFERENCE_STAGES, "grpo")
 
 
 def recipe(kind: str) -> int:

@@ -9,7 +9,7 @@ of the same family.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from llmops.planning import fixes
@@ -91,13 +91,31 @@ def _lm_eval_steps(c: _Candidate, hardware: dict) -> Iterator[_Candidate | None]
             f"eval.logits_mb={v}", inputs={"eval": {"logits_mb": v}}))
 
 
-def _dpo_steps(c: _Candidate, hardware: dict) -> Iterator[_Candidate | None]:
-    b = int(c.args["inputs"]["dpo"].get("batch_size") or c.args["train"]["batch_size"])
+def _preference_steps(kind: str) -> Callable[[_Candidate, dict], Iterator[_Candidate | None]]:
+    def steps(c: _Candidate, hardware: dict) -> Iterator[_Candidate | None]:
+        yield from _dpo_steps(c, hardware, kind)
+    return steps
+
+
+def _dpo_steps(c: _Candidate, hardware: dict, kind: str = "dpo"
+               ) -> Iterator[_Candidate | None]:
+    b = int(c.args["inputs"][kind].get("batch_size") or c.args["train"]["batch_size"])
     yield _halving(c, hardware, "batch_size", b, 1, lambda v: c.with_(
-        f"train.dpo.batch_size={v}", inputs={"dpo": {"batch_size": v}}))
+        f"train.{kind}.batch_size={v}", inputs={kind: {"batch_size": v}}))
     yield None if c.args["train"].get("gradient_checkpointing") else c.with_(
         "train.gradient_checkpointing=true",
         train={**c.args["train"], "gradient_checkpointing": True})
+
+
+def _grpo_steps(c: _Candidate, hardware: dict) -> Iterator[_Candidate | None]:
+    g = c.args["inputs"]["grpo"]
+    n = int(g["num_generations"])
+    yield None if n <= 2 else c.with_(
+        f"train.grpo.num_generations={max(2, n // 2)} train.grpo.batch_size={max(2, n // 2)}",
+        inputs={"grpo": {**g, "num_generations": max(2, n // 2), "batch_size": max(2, n // 2)}})
+    yield _halving(c, hardware, "max_completion_length", int(g["max_completion_length"]), 16,
+                   lambda v: c.with_(f"train.grpo.max_completion_length={v}",
+                                     inputs={"grpo": {**g, "max_completion_length": v}}))
 
 
 def _gguf_steps(c: _Candidate, hardware: dict) -> Iterator[_Candidate | None]:
@@ -116,10 +134,13 @@ def _ctx_steps(c: _Candidate, hardware: dict) -> Iterator[_Candidate | None]:
 
 #: The knobs tried per stage; the off switch last.
 STEPS = {"eval": _eval_steps, "eval_base": _eval_steps, "lm_eval": _lm_eval_steps,
-         "dpo": _dpo_steps, "gguf": _gguf_steps, "deploy": _ctx_steps}
+         "dpo": _dpo_steps, "orpo": _preference_steps("orpo"),
+         "simpo": _preference_steps("simpo"), "kto": _preference_steps("kto"), "grpo": _grpo_steps,
+         "gguf": _gguf_steps, "deploy": _ctx_steps}
 OFF = {"eval": "eval=none", "eval_base": "eval=none", "lm_eval": "eval.lm_eval.tasks=[]",
        "merge": "merge=none", "export": "deploy.formats=[adapter]", "gguf": "deploy=local",
-       "deploy": "deploy=local", "dpo": "train=sft"}
+       "deploy": "deploy=local", "dpo": "train=sft", "orpo": "train=sft", "simpo": "train=sft",
+       "kto": "train=sft", "grpo": "train=sft"}
 
 
 def stage_fixes(stage: str, model: dict, lora: dict | None, quant: dict, train: dict,

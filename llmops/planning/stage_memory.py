@@ -6,6 +6,13 @@ What each stage holds at its peak, on the device it runs its model on and on the
 - dpo: the training step on chosen + rejected (twice the rows) with full-vocabulary logits (TRL's
   DPO scores them whole); under LoRA the reference is the base with the adapter off (no copy),
   a full fine-tune holds a second, frozen copy.
+- kto: as dpo (each row's answer and a mismatched one for the KL term: twice the rows; the
+  reference a frozen adapter copy, or the weights for a full fine-tune).
+- grpo: the policy's step on batch_size completions (prompt + max_completion_length tokens),
+  the reference when beta > 0 (a frozen adapter copy, or the weights for a full fine-tune), and
+  the KV cache of generating num_generations completions per prompt.
+- orpo / simpo: the same step on chosen + rejected with full-vocabulary logits, and no reference
+  model at all (reference-free: one model in memory even for a full fine-tune).
 - eval_base / eval: the model (+ the adapter for eval) and the larger of the held-out loss and
   generation (``llmops.planning.eval_memory``).
 - lm_eval: the model and the harness's logits (``eval_memory.lm_eval_parts``).
@@ -23,13 +30,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from typing_extensions import TypedDict
+from typing_extensions import NotRequired, TypedDict
 
 from llmops.planning import eval_memory, memory
 from llmops.planning.memory import CPU_OVERHEAD_GB, GIB
 
 #: Stages that load a model, in the order a plan runs them.
-STAGES = ("sft", "dpo", "merge", "eval_base", "lm_eval", "eval", "export", "gguf", "deploy")
+STAGES = ("sft", "dpo", "orpo", "simpo", "kto", "grpo", "merge", "eval_base", "lm_eval", "eval",
+          "export",
+          "gguf", "deploy")
 #: Stages that hold their model on the host whatever the hardware (merge and export in float32
 #: on the CPU; llama.cpp conversion, parity and serving with n_gpu_layers=0).
 HOST_STAGES = ("merge", "export", "gguf", "deploy")
@@ -121,6 +130,15 @@ class StageMemoryInputs(TypedDict):
     """A merge stage is planned."""
     eval: EvalKnobs
     dpo: DpoKnobs
+    orpo: NotRequired[DpoKnobs]
+    """train.orpo.batch_size; only when orpo is planned (the other plans' fingerprints stay)."""
+    simpo: NotRequired[DpoKnobs]
+    """train.simpo.batch_size; only when simpo is planned."""
+    kto: NotRequired[DpoKnobs]
+    """train.kto.batch_size; only when kto is planned."""
+    grpo: NotRequired[dict[str, Any]]
+    """train.grpo's batch_size (completions), num_generations, max_completion_length, beta;
+    only when grpo is planned."""
     merge: MergeKnobs
     export: ExportKnobs
     gguf: GgufKnobs
@@ -196,20 +214,54 @@ def gguf_parts(model: dict, gguf: dict[str, Any]) -> dict[str, float]:
 
 
 def dpo_parts(model: dict, lora: dict | None, quant: dict, train: dict, hardware: dict,
-              dpo: dict[str, Any], distributed: dict | None = None
+              dpo: dict[str, Any], distributed: dict | None = None, kind: str = "dpo"
               ) -> tuple[dict[str, float], list[str], float]:
-    """Returns the dpo step's device parts, notes and host bytes per process."""
+    """Returns a preference step's device parts, notes and host bytes per process: dpo's with
+    its reference, orpo's and simpo's (``kind``) with none."""
     dtrain = {**train, "batch_size": 2 * int(dpo.get("batch_size") or train["batch_size"]),
               "fused_loss": False}
     parts, notes, _, host = memory.device_parts(model, lora, quant, dtrain, hardware, distributed)
     parts = dict(parts)
+    if kind in ("orpo", "simpo"):
+        notes.append(f"{kind}: reference-free, one model in memory; chosen and rejected in one "
+                     f"batch (2 x train.{kind}.batch_size rows), full-vocabulary logits")
+        return parts, notes, host
     if lora is None:
         parts["reference"] = parts["weights"]
-        notes.append("dpo: full fine-tune keeps a frozen reference copy of the weights")
+        notes.append(f"{kind}: full fine-tune keeps a frozen reference copy of the weights")
     else:
-        notes.append("dpo: the reference is the base with the adapter disabled (no copy)")
-    notes.append("dpo: chosen and rejected in one batch (2 x train.dpo.batch_size rows), "
-                 "full-vocabulary logits")
+        notes.append(f"{kind}: the reference is the base with the adapter disabled, or a "
+                     "frozen copy of the starting adapter")
+    if kind == "kto":
+        notes.append("kto: each row's answer and a mismatched one for the KL term "
+                     "(2 x train.kto.batch_size rows), full-vocabulary logits")
+    else:
+        notes.append("dpo: chosen and rejected in one batch (2 x train.dpo.batch_size rows), "
+                     "full-vocabulary logits")
+    return parts, notes, host
+
+
+def grpo_parts(model: dict, lora: dict | None, quant: dict, train: dict, hardware: dict,
+               grpo: dict[str, Any], distributed: dict | None = None
+               ) -> tuple[dict[str, float], list[str], float]:
+    """Returns the grpo step's device parts (policy, reference when beta > 0, generation KV
+    cache), notes and host bytes per process."""
+    length = int(train["max_length"]) + int(grpo["max_completion_length"])
+    gtrain = {**train, "batch_size": int(grpo["batch_size"]), "max_length": length,
+              "fused_loss": False}
+    parts, notes, _, host = memory.device_parts(model, lora, quant, gtrain, hardware, distributed)
+    parts = dict(parts)
+    notes = list(notes)
+    if float(grpo["beta"]) > 0:
+        parts["reference"] = parts["weights"] if lora is None else _lora_bytes(model, lora)
+        notes.append("grpo: beta > 0 keeps the SFT model as the reference (a frozen adapter "
+                     "copy, or the weights for a full fine-tune)")
+    else:
+        notes.append("grpo: beta 0, no reference")
+    bytes_per = 4.0 if train.get("precision") == "fp32" else 2.0
+    parts["kv_cache"] = kv_cache_bytes(model, int(grpo["num_generations"]) * length, bytes_per)
+    notes.append(f"grpo: KV cache of {grpo['num_generations']} completions of up to "
+                 f"{grpo['max_completion_length']} tokens after the prompt")
     return parts, notes, host
 
 
@@ -251,9 +303,13 @@ def stage_parts(stage: str, model: dict, lora: dict | None, quant: dict, train: 
         parts, notes, _, host = memory.device_parts(model, lora, quant, train, hardware,
                                                     distributed)
         return dict(parts), (base_host + host if cuda else 0.0), list(notes)
-    if stage == "dpo":
-        parts, notes, host = dpo_parts(model, lora, quant, train, hardware, inputs["dpo"],
-                                       distributed)
+    if stage == "grpo":
+        parts, notes, host = grpo_parts(model, lora, quant, train, hardware, inputs["grpo"],
+                                        distributed)
+        return parts, (base_host + host if cuda else 0.0), notes
+    if stage in ("dpo", "orpo", "simpo", "kto"):
+        parts, notes, host = dpo_parts(model, lora, quant, train, hardware, inputs[stage],
+                                       distributed, kind=stage)
         return parts, (base_host + host if cuda else 0.0), notes
     if stage in ("eval_base", "eval", "lm_eval"):
         adapter = stage != "eval_base" and lora is not None and not inputs.get("merged")
@@ -291,7 +347,7 @@ def stage_memory(model: dict, lora: dict | None, quant: dict, train: dict, hardw
         parts, host, _ = stage_parts(stage, model, lora, quant, train, hardware, inputs,
                                      distributed)
         procs = int(distributed["nproc_per_node"]) if distributed else 1
-        if not cuda and procs > 1 and stage in ("sft", "dpo"):
+        if not cuda and procs > 1 and stage in ("sft", "dpo", "orpo", "simpo", "kto", "grpo"):
             # The ranks of one node share its memory (gloo on a CPU): every rank holds its part.
             parts = {**parts, "other_ranks": sum(parts.values()) * (procs - 1)}
         total = sum(parts.values())

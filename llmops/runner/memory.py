@@ -11,8 +11,10 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from llmops.core.plan import TRAINING_STAGES
+
 GB = 1e9
-TRAINING_KINDS = ("sft", "dpo")
+TRAINING_KINDS = TRAINING_STAGES
 
 #: Why a stage's process may have died by a signal, beyond the out-of-memory killer's SIGKILL.
 _SIGNAL_CAUSES = {

@@ -55,3 +55,31 @@ def set_seed(seed: int) -> None:
             torch.cuda.manual_seed_all(seed)
     except ImportError:
         pass
+
+
+def train_on_pairs(kind: str, params: dict[str, Any], inputs: Mapping[str, Path], out_dir: Path,
+                   ctx: Any) -> dict[str, Any]:
+    """Trains a reference-free preference stage (orpo, simpo) in this process: its pairs
+    (``llmops.stages.pairs``), from the sft adapter when the plan trained one, else a new
+    adapter on the base.
+
+    Raises:
+        StageError: When the data input or the sft adapter is missing.
+    """
+    from llmops.backends.reference_free import train_reference_free
+    from llmops.errors import StageError
+    from llmops.stages import pairs
+
+    if "data" not in inputs:
+        raise StageError(f"{kind}: no 'data' input. The plan must run the data stage first.")
+    init = None
+    if inputs.get("sft") is not None:
+        init = Path(inputs["sft"]) / "adapter"
+        if not init.is_dir():
+            raise StageError(f"{kind}: the sft stage left no adapter ({init}); {kind} here "
+                             f"trains a LoRA adapter. Use lora=r16 with train=sft_{kind}.")
+    set_seed(int(params["train"]["seed"]))
+    base = base_model_path(params, inputs)
+    ctx.logger.info("%s: base=%s start=%s", kind, base, init or "new adapter")
+    pair_dir, section = pairs.prepare(params["pairs"], Path(inputs["data"]), Path(out_dir), ctx)
+    return train_reference_free(kind, params, pair_dir, section, base, init, Path(out_dir), ctx)

@@ -13,7 +13,7 @@ order, lengths) and rendered as the line the split files hold. The rows are then
 by a content hash, mixed by each source's weight or sample count, and split stratified by kind
 and tool, all as index selections; writing a split picks its rendered lines. Writes
 train.jsonl, val.jsonl, test.jsonl (OpenAI rows + meta, see CONTRACT.md), pref_*.jsonl when
-the run has preference pairs, and data_report.json, whose ``preview`` shows the first
+the data are preference pairs, and data_report.json, whose ``preview`` shows the first
 ``preview.rows`` train rows as sft tokenizes them, loss spans marked (``data_preview``; the first
 is printed). With ``on_error=fail`` any reject stops the
 stage (``DataRejected``, exit 5) before anything trains.
@@ -43,7 +43,7 @@ from llmops.data.convert import FormatError
 from llmops.data.limits import Limits, TimeLimit
 from llmops.data.parts import UNSUPPORTED_FIX
 from llmops.errors import ConfigError, DataRejected, Problem, StageError
-from llmops.files import write_json, write_jsonl
+from llmops.files import write_json
 from llmops.stages import data_io
 
 REPORT_NAME = report_name("data")
@@ -71,7 +71,7 @@ def run(params: DataParams, inputs: dict[str, Path], out_dir: Path, ctx: StageCo
     Args:
         params: The data params (``DataParams``): source, sources, format, columns, tags, hf_id,
             hf_split, system_prompt, n_examples, val_fraction, test_fraction, seed, dedup,
-            max_length, on_error, num_proc, model (+ preferences, preference_path for DPO).
+            max_length, on_error, num_proc, model, limits, preview (the same for every method).
         inputs: ``{"base": Path}`` for the tiny model (its tokenizer measures lengths), else empty.
         out_dir: The empty folder to write into.
         ctx: The run context (logger).
@@ -210,9 +210,8 @@ def _prepare(params: dict, inputs: dict[str, Path], out_dir: Path, cache: str,
     splits["train"] = np.concatenate([splits["train"], *repeated])
     _check_reasoning(ann, chosen_all, counter, params)
 
-    keep = params.get("preferences") == "derive"
-    written = {name: data_io.write_rows(out_dir / f"{name}.jsonl", rows, idx, keep=keep)
-               for name, idx in splits.items()}
+    for name, idx in splits.items():
+        data_io.write_rows(out_dir / f"{name}.jsonl", rows, idx)
     report = {
         "source": params["source"], "origin": _origin(params), "kind": kind, "seed": seed,
         "formats": _formats(sources),
@@ -241,7 +240,7 @@ def _prepare(params: dict, inputs: dict[str, Path], out_dir: Path, cache: str,
     }
     if demo_note:
         report["model_note"] = demo_note
-    pref = _preferences(params, kind, rows, splits, written, out_dir, cache, ctx)
+    pref = _preferences(kind, rows, splits, out_dir, ctx)
     if pref is not None:
         report["preferences"] = pref
     if params["preview"]["rows"]:
@@ -455,57 +454,18 @@ def _source_report(s: Source, i: int, source_of: np.ndarray, duplicate: np.ndarr
     }
 
 
-def _preferences(params: dict, kind: str, rows: Any, splits: dict[str, np.ndarray],
-                 written: dict[str, list | None], out_dir: Path, cache: str,
+def _preferences(kind: str, rows: Any, splits: dict[str, np.ndarray], out_dir: Path,
                  ctx: StageContext) -> dict[str, Any] | None:
-    """Writes pref_{train,val,test}.jsonl when the run has preference pairs; returns their
-    report section (None when it has none)."""
-    from llmops.data import preferences
-
-    if kind == "preference":
-        counts = {}
-        for name, idx in splits.items():
-            data_io.write_rows(out_dir / f"pref_{name}.jsonl", rows, idx, pipeline.PAIR)
-            counts[name] = int(idx.size)
-        section: dict[str, Any] = {"method": "rows"}
-    elif params.get("preferences") == "path":
-        try:
-            pairs, rejects, n_read = preferences.read_pairs(
-                params["preference_path"], params["system_prompt"], cache,
-                Limits.of(params["limits"]))
-        except FormatError as exc:
-            raise StageError(str(exc)) from exc
-        if not pairs:
-            first = "; ".join(f"line {r['line']}: {r['message']}" for r in rejects[:3])
-            raise StageError(f"data.preference_path: no valid pair in "
-                             f"{params['preference_path']} ({n_read} read"
-                             f"{': ' + first if first else ''}). Each row needs prompt, chosen "
-                             "and rejected.")
-        strata = np.asarray([p["meta"]["kind"] for p in pairs])
-        local = mix.split_indices(strata, params["val_fraction"], params["test_fraction"],
-                                  params["seed"])
-        counts = {}
-        for name, idx in local.items():
-            write_jsonl(out_dir / f"pref_{name}.jsonl", [pairs[i] for i in idx])
-            counts[name] = int(idx.size)
-        section = {"method": "path", "origin": params["preference_path"], "read": n_read,
-                   "rejected": len(rejects), "rejects": rejects[:MAX_LISTED]}
-    elif params.get("preferences") == "derive":
-        counts, kinds = {}, {}
-        for i, (name, part) in enumerate(written.items()):
-            wanted = [r for r in part or [] if r.get("label") is not False]  # never "chosen"
-            pairs, k = preferences.derive(wanted, params["seed"] + 1000 * (i + 1))
-            write_jsonl(out_dir / f"pref_{name}.jsonl", pairs)
-            counts[name] = len(pairs)
-            for key, n in k.items():
-                kinds[key] = kinds.get(key, 0) + n
-        if not counts["train"]:
-            raise StageError("data: no preference pair could be derived from the rows. Give "
-                             "pairs with data.preference_path=FILE (prompt/chosen/rejected).")
-        section = {"method": "derive", "kinds": dict(sorted(kinds.items())),
-                   "derivation": {k: preferences.DERIVATION[k] for k in sorted(kinds)}}
-    else:
+    """Writes pref_{train,val,test}.jsonl when the data are preference pairs; returns their
+    report section (None for any other data: the preference stages derive or read their pairs,
+    ``llmops.stages.pairs``)."""
+    if kind != "preference":
         return None
+    counts = {}
+    for name, idx in splits.items():
+        data_io.write_rows(out_dir / f"pref_{name}.jsonl", rows, idx, pipeline.PAIR)
+        counts[name] = int(idx.size)
+    section: dict[str, Any] = {"method": "rows"}
     section["counts"] = counts
     section["files"] = [f"pref_{name}.jsonl" for name in SPLITS]
     ctx.logger.info("data: preference pairs (%s) train %d / val %d / test %d", section["method"],

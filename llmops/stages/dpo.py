@@ -1,8 +1,10 @@
 """Stage `dpo`: direct preference optimisation on a LoRA adapter (TRL DPOTrainer).
 
 Starts from the sft stage's adapter (train=sft_dpo), from train.dpo.init_adapter, or from a new
-adapter on the base (train=dpo). Writes adapter/, checkpoints/, dpo_report.json (TRL's DPO metrics
-and held-out preference accuracy / margin before vs after) and dpo_loss_curve.png.
+adapter on the base (train=dpo), on preference pairs (``llmops.stages.pairs``: the data's own,
+derived from its splits, or data.preference_path). Writes pairs/ (derived or read pairs),
+adapter/, checkpoints/, dpo_report.json (TRL's DPO metrics and held-out preference accuracy /
+margin before vs after) and dpo_loss_curve.png.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ def run(params: DpoParams, inputs: dict[str, Path], out_dir: Path, ctx: StageCon
     running `train`.
 
     Args:
-        params: {"model", "lora", "quant", "train", "dpo", "init_adapter", "distributed"}
+        params: {"model", "lora", "quant", "train", "dpo", "init_adapter", "pairs", "distributed"}
             (``DpoParams``).
         inputs: {"data"}, plus {"sft"} for sft_dpo and {"base"} for the tiny model.
         out_dir: The stage's output folder.
@@ -47,6 +49,7 @@ def train(params: DpoParams, inputs: dict[str, Path], out_dir: Path, ctx: StageC
     """Trains in this process (the only one, or one rank of a launched job); see `run`."""
     from llmops.backends.dpo import train_dpo
     from llmops.errors import StageError
+    from llmops.stages import pairs
     from llmops.stages.common import base_model_path, set_seed
 
     if "data" not in inputs:
@@ -66,4 +69,5 @@ def train(params: DpoParams, inputs: dict[str, Path], out_dir: Path, ctx: StageC
     base = base_model_path(params, inputs)
     ctx.logger.info("dpo: base=%s start=%s beta=%s", base, init or "new adapter",
                     params["dpo"]["beta"])
-    return train_dpo(params, Path(inputs["data"]), base, init, Path(out_dir), ctx)
+    pair_dir, section = pairs.prepare(params["pairs"], Path(inputs["data"]), Path(out_dir), ctx)
+    return train_dpo(params, pair_dir, section, base, init, Path(out_dir), ctx)

@@ -22,7 +22,7 @@ from typing import Any
 from llmops import __version__
 from llmops.compiler.builders.release import ReleaseParams
 from llmops.core.context import StageContext
-from llmops.core.plan import report_name
+from llmops.core.plan import TRAINING_STAGES, report_name
 from llmops.errors import GateFailed, StageError
 from llmops.stages.release_bundle import SUMS, files_of, place, place_tree, write_bundle, write_sums
 from llmops.stages.release_card import CardFacts, build_card, metrics
@@ -99,7 +99,7 @@ def _formats(params: dict, inputs: dict[str, Path], rel: Path) -> dict[str, Any]
 def _reports(inputs: dict[str, Path], rel: Path, ctx: StageContext) -> dict[str, Any]:
     """Places the reports, the integration config, the manifest and the monitor files under rel."""
     placed: dict[str, Any] = {"reports": [], "monitor": []}
-    for stage in ("eval", "decide", "compute", "sft", "dpo", "merge"):
+    for stage in ("eval", "decide", "compute", *TRAINING_STAGES, "merge"):
         if inputs.get(stage) is not None and (Path(inputs[stage]) / report_name(stage)).is_file():
             place(Path(inputs[stage]) / report_name(stage), rel / "reports" / report_name(stage))
             placed["reports"].append(f"reports/{report_name(stage)}")
@@ -172,7 +172,7 @@ def run(params: ReleaseParams, inputs: dict[str, Path], out_dir: Path, ctx: Stag
     files = _formats(params, inputs, rel)
     placed = _reports(inputs, rel, ctx)
     hashes = _data_hashes(inputs)
-    training = {k: r for k in ("sft", "dpo", "merge") if inputs.get(k) is not None
+    training = {k: r for k in (*TRAINING_STAGES, "merge") if inputs.get(k) is not None
                 and (r := _json(Path(inputs[k]) / report_name(k))) is not None}
     decide = _json(Path(inputs["decide"]) / report_name("decide")) if inputs.get("decide") \
         else None

@@ -117,6 +117,8 @@ def _row(run_dir: Path, depth: int) -> dict[str, Any] | None:
         "params": {k: v for k, v in override_params(overrides).items() if not is_noise(k)},
         "swept": m.get("swept") or swept_keys(run_dir.parent),
         "command": m.get("command") or reproduce_command(overrides),
+        "method": m.get("method") or ((manifest.get("config") or {}).get("train") or {}).get(
+            "method"),
         "gates_passed": m.get("gates_passed", evals.get("passed")),
         "failed_gates": [n for n, g in gates.items() if g.get("passed") is False],
         "final_loss": _finite(m.get("final_loss", training.get("final_loss"))),
@@ -127,6 +129,7 @@ def _row(run_dir: Path, depth: int) -> dict[str, Any] | None:
     }
     for part in ("tuned", "base", "deltas"):
         row.update(_scalars(part, m.get(part) or evals.get(part)))
+    row.update({f"pref.{k}": v for k, v in (m.get("preference") or {}).items()})
     return row
 
 

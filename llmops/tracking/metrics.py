@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from llmops.core.plan import Plan, StageSpec
+from llmops.core.plan import PREFERENCE_STAGES, Plan, StageSpec
 from llmops.errors import LlmopsError
 from llmops.files import write_json
 from llmops.tracking.jobs import (
@@ -67,6 +67,7 @@ class MetricsSink:
             "lora_r": cfg["lora"]["r"] if cfg["lora"].get("enabled", True) else None,
             "quant": cfg["quant"]["type"],
             "learning_rate": cfg["train"].get("learning_rate"),
+            "method": cfg["train"].get("method"),
             "base": {}, "tuned": {}, "deltas": {}, "gates": {}, "gates_passed": None,
             "final_loss": None, "train_seconds": None, "steps": None,
             "loss_curve": None, "loss_curve_png": None,
@@ -82,6 +83,12 @@ class MetricsSink:
                 d["loss_curve"] = spec.report
             if (self.run_dir / "loss_curve.png").is_file():
                 d["loss_curve_png"] = "loss_curve.png"
+        elif spec.kind in PREFERENCE_STAGES and isinstance(report.get("held_out"), dict):
+            held = report["held_out"]  # held-out pairs: the starting model's and the trained one's
+            start, end = held.get(held.get("start")) or {}, held.get(spec.kind) or {}
+            d["preference"] = {f"{who}.{k}": v for who, m in (("start", start), ("tuned", end))
+                               for k, v in m.items()
+                               if k in ("logp_accuracy", "logp_margin", "rewards/margins")}
         elif spec.kind == "eval_base" and not d["base"]:
             d["base"] = _scalars(report.get("metrics"))
         elif spec.kind == "eval":

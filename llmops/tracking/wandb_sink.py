@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from llmops.core.plan import Plan, StageSpec, report_name
+from llmops.core.plan import PREFERENCE_STAGES, Plan, StageSpec, report_name
 from llmops.errors import StageError
 from llmops.tracking.jobs import (
     is_noise,
@@ -155,6 +155,14 @@ class WandbSink:
                       "peak_memory_mb", "trainable_params", "resumed_from_step"):
                 if report.get(k) is not None:
                     summary[f"train/{k}"] = report[k]
+        elif spec.kind in PREFERENCE_STAGES:  # dpo, orpo, simpo, kto: held-out pair figures
+            held = report.get("held_out") or {}
+            for who in (held.get("start"), spec.kind):
+                if who:
+                    summary.update(_flat_scalars(f"{spec.kind}/held_out/{who}", held.get(who)))
+            for k in ("final_loss", "train_runtime_s", "steps", "peak_memory_mb"):
+                if report.get(k) is not None:
+                    summary[f"{spec.kind}/{k}"] = report[k]
         elif spec.kind == "eval_base":
             summary.update(_flat_scalars("eval/base", report.get("metrics")))
         elif spec.kind == "eval":

@@ -65,7 +65,8 @@ def test_compare_command_writes_table_csv_png_and_best_line(sweep):
     assert (sweep / "comparison.png").stat().st_size > 10_000
     with open(sweep / "comparison.csv") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0])[:5] == ["rank", "run", "status", "lora", "exact_match"]
+    assert list(rows[0])[:6] == ["rank", "run", "status", "method", "lora", "exact_match"]
+    assert {r["method"] for r in rows} == {"sft"}
     assert {"tuned.json_valid_rate", "base.exact_match", "gates_passed", "final_loss",
             "command"} <= set(rows[0])
     assert [r["rank"] for r in rows] == ["1", "2"]

@@ -54,10 +54,15 @@ OPENAI = ("deploy=openai", "monitor=default", "release=default", "deploy.keep_se
 HUB = ("model=hub", f"model.hub_id={HUB_DIR}", "distributed=ddp", "train=sft_dpo",
        "train.dpo.batch_size=1")
 FILES = ("data=files", f"data.path={DATA_FILE}", "usecase=none")
+# The reference-free preference stages, one in each plan (a plan runs one method).
+ORPO = ("train=sft_orpo", "distributed=ddp", "train.orpo.batch_size=1", "merge=ties")
+KTO = ("train=sft_kto", "train.kto.batch_size=4")
+GRPO = ("train=sft_grpo", "train.grpo.batch_size=8", "distributed=ddp")
+SIMPO = ("train=simpo", "data.preference_path=" + str(REPO / "tests" / "data" / "pairs.jsonl"))
 COMBOS = [
     ("train=sft_dpo",), ("train=dpo",), ("distributed=ddp",), ("eval=lm_eval",),
     ("deploy=ollama",), ("deploy=ollama", "monitor=default", "release=default"),
-    OPENAI, ALL_STAGES, HUB, FILES,
+    OPENAI, ALL_STAGES, HUB, FILES, ORPO, SIMPO, KTO, GRPO,
     ("model=qwen1.5b", "quant=nf4"),
     ("data=jsonl", f"data.path={DATA_FILE}"), ("data=hf", "data.hf_id=org/name"),
     ("model=llama8b", "hardware=8xh100", "distributed=fsdp", "dry_run=true"),
@@ -113,13 +118,16 @@ def test_every_stage_params_are_exactly_of_the_declared_type(env, overrides):
 
 def test_the_cases_reach_every_stage_kind_and_key():
     plans = [_plan(env, combo) for env, combo in
-             [("cpu", ALL_STAGES), ("h100", OPENAI), ("cpu", HUB), ("cpu", FILES)]]
+             [("cpu", ALL_STAGES), ("h100", OPENAI), ("cpu", HUB), ("cpu", FILES),
+              ("cpu", ORPO), ("cpu", SIMPO), ("cpu", KTO),
+              ("cpu", GRPO)]]
     kinds = {s.kind for p in plans for s in p.stages}
     assert kinds == set(STAGE_ORDER)
     hub = plans[2].stage("sft").params
     assert {"hub_folder_hash", "distributed"} <= set(hub["model"]) | set(hub)
     assert "facts_from" in plans[2].stage("compute").params
     assert plans[3].stage("data").params["sources"]
+    assert plans[5].stage("simpo").params["pairs"]["source"] == "path"
 
 
 def test_a_template_file_adds_its_hash_to_the_model_params():

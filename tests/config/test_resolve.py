@@ -198,7 +198,7 @@ def test_compile_plan_adds_stages_in_table_order_and_evaluates_the_last_tuned_mo
     assert kinds == ["decide", "compute", "base", "data", "sft", "dpo", "merge", "eval_base",
                      "lm_eval", "eval", "export", "gguf", "deploy"]
     assert kinds == [k for k in STAGE_ORDER if k in kinds]
-    assert TUNED_STAGES == ("merge", "dpo", "sft")
+    assert TUNED_STAGES == ("merge", "grpo", "kto", "simpo", "orpo", "dpo", "sft")
     for name in ("lm_eval", "eval", "export"):
         assert "merge" in plan.stage(name).needs, name
     assert [s.report for s in plan.stages] == [report_name(k) for k in kinds]
@@ -282,6 +282,9 @@ def test_one_multirun_test_answers_the_cli_metrics_and_wandb(tmp_path):
 # And once more (issue 22, the data of 2026): assistant messages carry reasoning_content and chat
 # rows a label (MESSAGE_FORM 3), and the data params gain on_unsupported, so data, sft, dpo,
 # eval_base and eval (and the stages after them) change once; decide, compute and base keep theirs.
+# And once more (issue 23, the data stage does not depend on the method): the sft_dpo case's data,
+# sft and eval_base are now the default's (a method sweep shares them); its dpo stage takes the
+# pairs params the data stage lost, so dpo and the stages after it (merge, eval, export) change.
 FINGERPRINTS = {
     ("cpu", ()): {
         "decide": "2c736766fa02e413", "compute": "f8d6c456b0fc03fa", "base": "4278ac84084edaea",
@@ -295,9 +298,9 @@ FINGERPRINTS = {
     },
     ("cpu", ("train=sft_dpo", "merge=ties")): {
         "decide": "2c736766fa02e413", "compute": "6fff2c7f864aed09", "base": "4278ac84084edaea",
-        "data": "6e4a3cbe8ec05a0b", "sft": "2343547b8b62e298", "dpo": "2d089d79683f6901",
-        "merge": "e1a2fd31378b67d5", "eval_base": "71b647d6438ee78e", "eval": "ba05a56ec9e349a5",
-        "export": "174c59c87776f037",
+        "data": "ec0516e4659c9a2a", "sft": "6c34316596314523", "dpo": "c7506996e97d62f8",
+        "merge": "c6fff4c4397c3d26", "eval_base": "29d6fd160086b5f9", "eval": "686e0c19f0150452",
+        "export": "d3197d0b58fad946",
     },
     ("cpu", ("deploy=openai",)): {
         "decide": "2c736766fa02e413", "compute": "540424edcde6f0ed", "base": "4278ac84084edaea",

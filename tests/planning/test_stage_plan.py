@@ -104,6 +104,24 @@ def test_dpo_holds_chosen_and_rejected_and_a_reference_only_for_a_full_finetune(
     assert lora_parts["activations"] > 1.9 * sft["activations"]  # twice the rows
 
 
+def test_orpo_and_simpo_hold_one_model_even_for_a_full_finetune():
+    qwen = _yaml("model", "qwen0.5b")
+    t4 = _yaml("hardware", "t4")
+    dpo, _, _ = stage_parts("dpo", qwen, None, NONE, TRAIN, t4, {"dpo": {"batch_size": None}})
+    for kind in ("orpo", "simpo"):
+        parts, _, notes = stage_parts(kind, qwen, None, NONE, TRAIN, t4,
+                                      {kind: {"batch_size": None}})
+        assert "reference" not in parts and "reference" in dpo
+        assert parts["activations"] == dpo["activations"]  # chosen + rejected, as DPO
+        assert any("reference-free" in n for n in notes)
+        inputs = _inputs(f"train=sft_{kind}", f"train.{kind}.batch_size=2")
+        assert inputs["stages"][:2] == ["sft", kind] and inputs[kind] == {"batch_size": 2}
+    assert "orpo" not in _inputs("train=sft_dpo")  # the other plans' compute params stay
+    kto, _, notes = stage_parts("kto", qwen, None, NONE, TRAIN, t4, {"kto": {"batch_size": None}})
+    assert kto["reference"] == kto["weights"]  # KTO keeps a reference, as DPO
+    assert any("KL term" in n for n in notes)
+
+
 def test_eval_grows_with_the_vocabulary_and_is_bounded_by_the_token_budget():
     qwen = _yaml("model", "qwen0.5b")
     cpu = {"device": "cpu"}

@@ -62,33 +62,38 @@ def test_user_pairs_plain_and_chat_with_rejects_by_line(tmp_path):
                                      "answer or drop the pair.")
 
 
-def test_data_stage_writes_pairs_only_when_asked(tmp_path, stage_params):
-    from llmops.stages import data
+def test_pairs_are_derived_by_the_preference_stage_not_the_data_stage(tmp_path, stage_params):
+    from llmops.stages import data, pairs
 
-    params = stage_params("data", "data.n_examples=100")
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    plain = data.run(params, {}, tmp_path / "a", _ctx(tmp_path))
-    assert "preferences" not in plain and not list((tmp_path / "a").glob("pref_*"))
-    report = data.run({**params, "preferences": "derive"}, {}, tmp_path / "b", _ctx(tmp_path))
-    prefs = report["preferences"]
-    assert prefs["method"] == "derive" and prefs["counts"] == {"train": 80, "val": 10, "test": 10}
-    assert set(prefs["derivation"]) == set(prefs["kinds"])
-    assert (tmp_path / "b" / "pref_test.jsonl").is_file()
+    params = stage_params("data", "data.n_examples=100", "train=sft_dpo")
+    assert params == stage_params("data", "data.n_examples=100")  # the same for every method
+    (tmp_path / "data").mkdir()
+    report = data.run(params, {}, tmp_path / "data", _ctx(tmp_path))
+    assert "preferences" not in report and not list((tmp_path / "data").glob("pref_*"))
+    knobs = stage_params("dpo", "data.n_examples=100", "train=sft_dpo")["pairs"]
+    folder, section = pairs.prepare(knobs, tmp_path / "data", tmp_path / "dpo", _ctx(tmp_path))
+    assert folder == tmp_path / "dpo" / "pairs"
+    assert section["method"] == "derive"
+    assert section["counts"] == {"train": 80, "val": 10, "test": 10}
+    assert set(section["derivation"]) == set(section["kinds"])
+    again, _ = pairs.prepare(knobs, tmp_path / "data", tmp_path / "again", _ctx(tmp_path))
+    assert (again / "pref_test.jsonl").read_text() == (folder / "pref_test.jsonl").read_text()
 
 
-def test_plans_add_dpo_without_touching_the_sft_only_plan(compose_plan):
+def test_plans_add_dpo_without_touching_the_shared_stages(compose_plan):
     _, default = compose_plan(["usecase=none"])
-    assert "preferences" not in default.stage("data").params
     assert not any(s.kind in ("dpo", "merge", "lm_eval") for s in default.stages)
     _, plan = compose_plan(["usecase=none", "train=sft_dpo", "train.dpo.beta=0.2"])
     dpo = plan.stage("dpo")
     assert dpo.needs == ("data", "sft", "base") and dpo.params["dpo"]["beta"] == 0.2
-    assert plan.stage("data").params["preferences"] == "derive"
+    assert dpo.params["pairs"]["source"] == "derive"
+    for shared in ("base", "data", "sft", "eval_base"):  # a method sweep shares them
+        assert plan.stage(shared).fingerprint == default.stage(shared).fingerprint, shared
     assert plan.stage("eval").needs[1] == "dpo" and plan.stage("export").needs[0] == "dpo"
     _, only = compose_plan(["usecase=none", "train=dpo"])
     assert not any(s.kind == "sft" for s in only.stages)
     assert only.stage("dpo").needs == ("data", "base")
+    assert only.stage("data").fingerprint == default.stage("data").fingerprint
 
 
 def test_dpo_rules_name_the_key():

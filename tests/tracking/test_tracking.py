@@ -114,6 +114,19 @@ def test_metrics_json_has_what_compare_needs(compose_plan, tmp_path):
     assert m["stage_counts"]["cached"] == 1 and m["status"] == "succeeded"
 
 
+def test_metrics_json_names_the_method_and_its_held_out_pairs(compose_plan, tmp_path,
+                                                              monkeypatch):
+    held = {"start": "sft", "sft": {"n": 8, "logp_accuracy": 0.5, "logp_margin": 1.0},
+            "orpo": {"n": 8, "logp_accuracy": 0.75, "logp_margin": 4.5}, "improved": True}
+    monkeypatch.setitem(REPORTS, "orpo", {"held_out": held, "final_loss": 0.3})
+    _, plan = compose_plan([*TINY, "tracking=none", "train=sft_orpo"])
+    _replay(plan, tmp_path, ["train=sft_orpo"])
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["method"] == "sft_orpo"
+    assert m["preference"] == {"start.logp_accuracy": 0.5, "start.logp_margin": 1.0,
+                               "tuned.logp_accuracy": 0.75, "tuned.logp_margin": 4.5}
+
+
 def test_wandb_offline_run_has_group_name_tags_config_curves_and_metrics(
         compose_plan, tmp_path, offline):
     sweep = tmp_path / "sweep-rank"

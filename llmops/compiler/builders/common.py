@@ -184,3 +184,11 @@ def adapter_files(folder: str | Path) -> dict[str, str]:
     root = Path(folder).expanduser().resolve()
     return {str(root / n): file_sha256(root / n) for n in ADAPTER_FILES if (root / n).is_file()}
 
+
+
+def method_train(train: TrainParams, learning_rate: float, epochs: float, max_steps: int,
+                 batch_size: int | None) -> TrainParams:
+    """Returns sft's train params with a preference method's own schedule (train.<method>.*:
+    learning_rate, epochs, max_steps; batch_size None: train's)."""
+    return {**train, "learning_rate": learning_rate, "epochs": epochs, "max_steps": max_steps,
+            "batch_size": batch_size or train["batch_size"]}

@@ -1,10 +1,10 @@
 """The data stage's params and builder: rows to checked train/val/test splits. Pure.
 
-The stage writes train/val/test JSONL in the chat form (stages/CONTRACT.md) and data_report.json;
-for DPO also pref_{train,val,test}.jsonl pairs ({"prompt": [messages], "chosen": [assistant],
-"rejected": [assistant], "meta": {"kind", "tool", ...}}) and data_report.json's "preferences"
-({method, kinds, derivation, counts, files}; preference-kind data writes its own pairs, method
-"rows").
+The stage writes train/val/test JSONL in the chat form (stages/CONTRACT.md) and data_report.json,
+whatever the training method: a sweep over methods shares it. Preference-kind data also writes its
+pairs (pref_{train,val,test}.jsonl, data_report.json's "preferences", method "rows"). Pairs derived
+from the rows or read from data.preference_path are the preference stages' own (`PairsParams`,
+``llmops.stages.pairs``).
 """
 
 from __future__ import annotations
@@ -98,30 +98,42 @@ class DataParams(TypedDict):
     model: ModelParams
     limits: DataLimits
     preview: PreviewParams
-    preferences: NotRequired[Literal["derive", "path"]]
-    """Only for train=dpo or sft_dpo (so SFT-only fingerprints stay): derive pairs from the rows,
-    or read preference_path."""
-    preference_path: NotRequired[str | None]
-    """With preferences: the absolute file of pairs (path), else None."""
     reasoning: NotRequired[Literal["context", "drop"]]
     """data.reasoning, only when not train (so existing fingerprints stay): drop writes the rows
     without their reasoning; context keeps it (sft leaves it out of the loss)."""
 
 
-class PreferenceParams(TypedDict):
-    """The keys the data params gain for DPO (see DataParams)."""
+class PairsParams(TypedDict):
+    """Where a preference stage (dpo, orpo, simpo) takes its pairs from, when the data are not
+    pairs themselves (then it reads the data stage's pref_*.jsonl): derived from the data stage's
+    splits, or read from data.preference_path and split like the rows."""
 
-    preferences: Literal["derive", "path"]
+    source: Literal["derive", "path"]
     preference_path: str | None
+    """The absolute file of pairs (path), else None; hashed into the stage's fingerprint."""
+    system_prompt: str | None
+    seed: int
+    """data.seed: derivation and the split of a pairs file."""
+    val_fraction: float
+    test_fraction: float
+    limits: DataLimits
 
 
-def preference_params(d: DataConfig, files: dict[str, str]) -> PreferenceParams:
-    """Returns the data params that make the data stage write preference pairs (+ file hashes)."""
+def pairs_params(d: DataConfig, limits: DataLimits, files: dict[str, str]) -> PairsParams:
+    """Returns a preference stage's pairs params (and adds the pairs file's hash to files)."""
+    path = None
     if d.preference_path:
         p = Path(d.preference_path).expanduser().resolve()
         files[str(p)] = file_sha256(p)
-        return {"preferences": "path", "preference_path": str(p)}
-    return {"preferences": "derive", "preference_path": None}
+        path = str(p)
+    return {"source": "path" if path else "derive", "preference_path": path,
+            "system_prompt": d.system_prompt, "seed": d.seed, "val_fraction": d.val_fraction,
+            "test_fraction": d.test_fraction, "limits": limits}
+
+
+def data_limits(cfg_limits: object) -> DataLimits:
+    """Returns limits.* as the data-reading stages take them."""
+    return cast(DataLimits, {k: getattr(cfg_limits, k) for k in DATA_LIMITS})
 
 
 def data_sources(d: DataConfig) -> list[SourceParams]:
@@ -151,7 +163,7 @@ def registry_source(d: DataConfig) -> DataSource:
 
 
 def add_data(b: PlanBuilder, s: StageInputs) -> None:
-    """Adds the data stage: rows to checked train/val/test splits (+ preference pairs for DPO).
+    """Adds the data stage: rows to checked train/val/test splits, the same for every method.
 
     Every file of every source (a dataset folder's files included) is hashed into the stage's
     fingerprint, so editing any of them prepares the data again.
@@ -162,7 +174,7 @@ def add_data(b: PlanBuilder, s: StageInputs) -> None:
     for src in sources:
         for f in formats.files_of(formats.input_paths(src["path"])):
             files[str(f)] = data_file_hash(f)
-    limits = cast(DataLimits, {k: getattr(s.cfg.limits, k) for k in DATA_LIMITS})
+    limits = data_limits(s.cfg.limits)
     params: DataParams = {
         "source": "files" if sources else d.source, "sources": sources,
         "format": formats.reader_format(d.format), "columns": d.columns.model_dump(
@@ -180,8 +192,6 @@ def add_data(b: PlanBuilder, s: StageInputs) -> None:
         params["reasoning"] = d.reasoning
         if d.reasoning == "context":
             params["preview"]["reasoning"] = "context"
-    if s.cfg.train.method in ("dpo", "sft_dpo"):  # only then: the SFT-only data fingerprint stays
-        params.update(preference_params(d, files))
     if d.source == "task_api":
         what = f"Task-API x{d.n_examples}"
     elif d.source == "hf":

@@ -13,12 +13,12 @@ from typing_extensions import NotRequired, TypedDict
 
 from llmops.compiler.builders.common import ModelParams, adapter_files
 from llmops.compiler.inputs import PlanBuilder, StageInputs
-from llmops.core.plan import TRAINING_STAGES
+from llmops.core.plan import AFTER_SFT_STAGES, TRAINING_STAGES
 
 
 class StageAdapter(TypedDict):
     stage: str
-    """A training stage of the plan (sft, dpo)."""
+    """A training stage of the plan (sft, dpo, orpo, simpo)."""
 
 
 class FolderAdapter(TypedDict):
@@ -55,9 +55,11 @@ def add_merge(b: PlanBuilder, s: StageInputs) -> None:
     if m.method == "none":
         return
     names = list(m.adapters)
-    if not names:  # the trained adapter; TIES/DARE/cat/svd combine sft and dpo when both exist
-        both = b.has("sft") and b.has("dpo") and m.method not in ("linear",)
-        names = ["sft", "dpo"] if both else [b.tuned()]
+    if not names:  # the trained adapter; TIES/DARE/cat/svd combine sft and the preference
+        # stage's (dpo, orpo, simpo) when both exist
+        pref = next((k for k in AFTER_SFT_STAGES if b.has(k)), None)
+        both = b.has("sft") and pref is not None and m.method not in ("linear",)
+        names = ["sft", pref] if both and pref else [b.tuned()]
     adapters: list[StageAdapter | FolderAdapter] = []
     needs, files = [], {}
     for name in names:

@@ -19,6 +19,7 @@ from llmops.compiler.builders.common import (
     procs_text,
 )
 from llmops.compiler.inputs import PlanBuilder, StageInputs
+from llmops.core.plan import METHOD_STAGES
 
 
 class SftParams(TypedDict):
@@ -37,9 +38,9 @@ class SftParams(TypedDict):
 
 
 def add_sft(b: PlanBuilder, s: StageInputs) -> None:
-    """Adds the sft stage (train=sft, sft_dpo): LoRA, QLoRA or full fine-tuning."""
+    """Adds the sft stage (train=sft and every sft_<method>): LoRA, QLoRA or full fine-tuning."""
     t, cfg = s.cfg.train, s.cfg
-    if t.method not in ("sft", "sft_dpo"):
+    if "sft" not in METHOD_STAGES[t.method]:
         return
     adapter = f"LoRA r{cfg.lora.r}" if s.lora else "full fine-tune"
     qtxt = f" on {cfg.quant.type}" if cfg.quant.type != "none" else ""
