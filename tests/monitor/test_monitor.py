@@ -385,7 +385,7 @@ def test_monitor_is_quiet_on_the_tuned_model_and_pages_on_the_base_model(chain_r
     with _serve(tuned, tmp_path / "tuned.log") as url:
         proc = subprocess.Popen(
             [sys.executable, "-m", "llmops.monitor", str(run), "--endpoint", url, "--probes",
-             "40", "--metrics-port", str(port), "--serve-seconds", "20"],
+             "40", "--metrics-port", str(port), "--serve-seconds", "10"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         text = _metrics_while_running(proc, port, 40)
         out, err = proc.communicate(timeout=120)
