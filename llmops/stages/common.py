@@ -55,3 +55,14 @@ def set_seed(seed: int) -> None:
             torch.cuda.manual_seed_all(seed)
     except ImportError:
         pass
+
+
+def export_tokenizer(merged: Path) -> Any:
+    """Loads the tokenizer of an exported model folder for its chat template (deploy, monitor,
+    release): the generic fast class where the folder has a tokenizer.json, which loads without
+    AutoTokenizer's torch import (~3 CPU-s a job), else AutoTokenizer."""
+    if (Path(merged) / "tokenizer.json").is_file():
+        from transformers import PreTrainedTokenizerFast as Tokenizer
+    else:
+        from transformers import AutoTokenizer as Tokenizer
+    return Tokenizer.from_pretrained(str(merged))

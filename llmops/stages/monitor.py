@@ -69,16 +69,10 @@ def draw_probes(test_rows: list[dict[str, Any]], n: int, seed: int) -> list[dict
 
 
 def _call_syntax(export: Path) -> str | None:
-    """The tool-call syntax of the exported model's chat template (only the template is read:
-    the generic fast class loads it without AutoTokenizer's torch import, ~3 CPU-s)."""
     from llmops.scoring.parsers import syntax_of
+    from llmops.stages.common import export_tokenizer
 
-    merged = export / "merged"
-    if (merged / "tokenizer.json").is_file():
-        from transformers import PreTrainedTokenizerFast as Tokenizer
-    else:
-        from transformers import AutoTokenizer as Tokenizer
-    return syntax_of(Tokenizer.from_pretrained(str(merged)).chat_template)
+    return syntax_of(export_tokenizer(export / "merged").chat_template)
 
 
 def write_rules(path: Path, rules: dict[str, Any]) -> None:
