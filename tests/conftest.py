@@ -230,6 +230,58 @@ def real_model(request, tmp_path_factory) -> Callable[[str], Path]:
     return _get
 
 
+# What a seed job runs besides the test's overrides: the base (and data) only.
+SEED_ONLY = ("train=none", "eval=none", "deploy=none", "usecase=none", "progress=false")
+
+
+@pytest.fixture(scope="session")
+def seed_store(tmp_path_factory) -> Callable[..., Path]:
+    """Returns a function: (store, *overrides, stages=("base",), source=None) -> store, which
+    copies into `store` the finished entries of those stages of the plan `python -m llmops
+    *overrides` compiles, so a test's fresh store starts with them cached.
+
+    For a test whose behaviour is downstream of the tiny base (training, gates, sweeps of sft):
+    the base is pre-trained once per fingerprint for the whole session (every xdist worker,
+    under a file lock) instead of once per test. The entries come from `source` (a store that
+    holds them, e.g. default_run's) or from a session seed store, built there by `python -m
+    llmops *overrides train=none eval=none deploy=none`. The copies are the runner's own entries
+    (content-addressed by fingerprint), so the test's run finds them as a rerun would. A test
+    that checks a stage *running* must not seed it.
+    """
+    import subprocess
+    import sys
+
+    from llmops.store.cas import Store
+
+    shared = _shared_dir(tmp_path_factory)
+
+    def _seed(store: Path, *overrides: str, stages: tuple[str, ...] = ("base",),
+              source: Path | None = None) -> Path:
+        _, plan = _compile(list(overrides))
+        specs = [plan.stage(name) for name in stages]
+        if source is None:
+            key = "-".join(spec.fingerprint[:12] for spec in specs)
+
+            def build(out: Path) -> None:
+                r = subprocess.run([sys.executable, "-m", "llmops", *overrides, *SEED_ONLY,
+                                    f"store_dir={out / 'store'}",
+                                    f"hydra.run.dir={out / 'run'}"], cwd=out,
+                                   env=_llmops_env(OMP_NUM_THREADS="1"), capture_output=True,
+                                   text=True, timeout=900)
+                assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+
+            source = _built_once(shared, f"seed-{key}", build) / "store"
+        src, dst = Store(source), Store(store)
+        for spec in specs:
+            entry = src.lookup(spec)
+            assert entry is not None, f"{source} holds no {spec.kind} entry {spec.fingerprint}"
+            if dst.lookup(spec) is None:
+                shutil.copytree(entry, dst.entry(spec))
+        return store
+
+    return _seed
+
+
 def _llmops_env(**extra: str) -> dict[str, str]:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", **extra}
 

@@ -51,6 +51,8 @@ STOP_TOKENS: tuple[str, ...] = ("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end
 
 MASK_METHODS = ("generation_marks", "trl_training_template", "rendered")
 _PYTHON_TAG = "<|python_tag|>"
+#: A ``{% generation %}`` tag, trim marks allowed (transformers' and TRL's pattern).
+_GENERATION_MARK = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
 
 def use_template(tokenizer: Any, chat_template: str, stage: str) -> Any:
@@ -162,20 +164,26 @@ def without_reasoning_loss(tokenizer: Any, messages: Sequence[Mapping[str, Any]]
     return {"input_ids": list(enc["input_ids"]), "assistant_masks": mask}
 
 
-def has_generation_marks(template: str | None) -> bool:
-    """Tells whether a chat template marks the assistant turns with {% generation %}."""
-    from trl.chat_template_utils import has_generation_markers
+def has_generation_marks(template: str | dict[str, str] | None) -> bool:
+    """Tells whether a chat template marks the assistant turns with {% generation %} (of a
+    template with named variants, its ``default``).
 
-    return bool(template) and has_generation_markers(template)
+    The test is transformers' own (``apply_chat_template`` refuses an assistant mask without it)
+    and TRL's ``has_generation_markers``, kept here so that a stage that only renders (the data
+    stage's preview) does not import TRL, which loads transformers' model stack (~3 CPU-s).
+    """
+    if isinstance(template, dict):
+        template = template.get("default")
+    return bool(template) and _GENERATION_MARK.search(template) is not None
 
 
 def mask_method(tokenizer: Any) -> tuple[str, str | None]:
     """Returns how the loss mask is computed for this tokenizer's template, and the template the
     mask is rendered with (None: the tokenizer's own)."""
-    from trl.chat_template_utils import get_training_chat_template
-
     if has_generation_marks(tokenizer.chat_template):
         return "generation_marks", None
+    from trl.chat_template_utils import get_training_chat_template
+
     try:
         training = get_training_chat_template(tokenizer)
     except ValueError:  # TRL has no training variant of this template

@@ -83,3 +83,14 @@ def train_on_pairs(kind: str, params: dict[str, Any], inputs: Mapping[str, Path]
     ctx.logger.info("%s: base=%s start=%s", kind, base, init or "new adapter")
     pair_dir, section = pairs.prepare(params["pairs"], Path(inputs["data"]), Path(out_dir), ctx)
     return train_reference_free(kind, params, pair_dir, section, base, init, Path(out_dir), ctx)
+
+
+def export_tokenizer(merged: Path) -> Any:
+    """Loads the tokenizer of an exported model folder for its chat template (deploy, monitor,
+    release): the generic fast class where the folder has a tokenizer.json, which loads without
+    AutoTokenizer's torch import (~3 CPU-s a job), else AutoTokenizer."""
+    if (Path(merged) / "tokenizer.json").is_file():
+        from transformers import PreTrainedTokenizerFast as Tokenizer
+    else:
+        from transformers import AutoTokenizer as Tokenizer
+    return Tokenizer.from_pretrained(str(merged))

@@ -273,10 +273,9 @@ def run(params: DeployParams, inputs: dict[str, Path], out_dir: Path, ctx: Stage
     Returns:
         The deploy report (also written with integration_config.json, smoke_test.json).
     """
-    from transformers import AutoTokenizer
-
     from llmops.files import write_json
     from llmops.serving.integration import data_tools, integration_config
+    from llmops.stages.common import export_tokenizer
 
     out_dir = Path(out_dir)
     gates = check_gates(params, inputs)
@@ -284,7 +283,7 @@ def run(params: DeployParams, inputs: dict[str, Path], out_dir: Path, ctx: Stage
     greport = json.loads((gguf_dir / report_name("gguf")).read_text("utf-8"))
     q = params["serve_quantization"]
     gguf = gguf_dir / greport["files"][q]["path"]
-    tokenizer = AutoTokenizer.from_pretrained(str(Path(inputs["export"]) / "merged"))
+    tokenizer = export_tokenizer(Path(inputs["export"]) / "merged")
     target = params["target"]
     o = params.get("ollama") or {}
     name = o.get("model_name") if target == "ollama" and o.get("model_name") else \

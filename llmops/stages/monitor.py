@@ -76,11 +76,10 @@ def draw_probes(test_rows: list[dict[str, Any]], n: int, seed: int) -> list[dict
 
 
 def _call_syntax(export: Path) -> str | None:
-    from transformers import AutoTokenizer
-
     from llmops.scoring.parsers import syntax_of
+    from llmops.stages.common import export_tokenizer
 
-    return syntax_of(AutoTokenizer.from_pretrained(str(export / "merged")).chat_template)
+    return syntax_of(export_tokenizer(export / "merged").chat_template)
 
 
 def write_rules(path: Path, rules: dict[str, Any]) -> None:

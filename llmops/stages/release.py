@@ -59,11 +59,10 @@ def check_gates(inputs: dict[str, Path]) -> dict[str, Any]:
 
 def _modelfile(params: dict, export: Path, gguf_rel: str, out: Path) -> dict[str, Any]:
     """Writes out (a Modelfile FROM the bundled GGUF); returns its template check and stops."""
-    from transformers import AutoTokenizer
-
     from llmops.serving import modelfile as mf
+    from llmops.stages.common import export_tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(export / "merged"))
+    tokenizer = export_tokenizer(export / "merged")
     built = mf.checked_modelfile(tokenizer, params["model"]["chat_template"], f"./{gguf_rel}",
                                  params["model"]["context_length"], "release")
     out.write_text(built["text"], encoding="utf-8")

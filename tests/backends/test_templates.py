@@ -206,3 +206,20 @@ def test_a_template_file_is_part_of_the_fingerprint(tmp_path, compose_plan, real
     second = {s.name: s.fingerprint for s in compose_plan(args)[1].stages}
     assert first["sft"] != second["sft"] and first["data"] != second["data"]
     assert first["decide"] == second["decide"]
+
+
+def test_a_template_with_generation_marks_is_masked_without_importing_trl(tmp_path):
+    """The data stage's preview asks mask_method of the tiny template (it has {% generation %}
+    marks): that answer must not import TRL, which loads transformers' model stack (~3 CPU-s a
+    data job)."""
+    from llmops.backends.tiny import build_tokenizer
+
+    build_tokenizer(["call a tool", "answer"], 300, model_max_length=64).save_pretrained(
+        str(tmp_path))
+    code = ("import sys; from transformers import PreTrainedTokenizerFast as T; "
+            "from llmops.backends.templates import mask_method; "
+            f"print(mask_method(T.from_pretrained({str(tmp_path)!r})), 'trl' in sys.modules, "
+            "'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, check=True).stdout.split("\n")[-2]
+    assert out == "('generation_marks', None) False False", out

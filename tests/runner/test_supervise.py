@@ -39,7 +39,7 @@ def _stage_process(runner: int) -> psutil.Process:
 
 @pytest.mark.slow
 def test_a_stage_killed_by_sigkill_is_recorded_with_the_signal_and_the_rerun_resumes(tmp_path):
-    args = ["train.max_steps=100", "train.save_steps=5", *TRAIN_ONLY]
+    args = ["train.max_steps=40", "train.save_steps=5", *TRAIN_ONLY]
     proc = _start_until_checkpoint(tmp_path, args)
     assert _manifest(tmp_path)["stages"]["sft"]["status"] == "running"
     os.kill(_stage_process(proc.pid).pid, signal.SIGKILL)  # what the OOM killer sends
@@ -75,7 +75,7 @@ def test_a_stage_killed_by_sigkill_is_recorded_with_the_signal_and_the_rerun_res
 @pytest.mark.slow
 def test_ctrl_c_in_a_terminal_reaches_both_processes_and_stops_the_stage_once(tmp_path):
     """A terminal's Ctrl-C goes to the whole process group: the runner and its stage process."""
-    args = ["train.max_steps=100", "train.save_steps=5", *TRAIN_ONLY]
+    args = ["train.max_steps=40", "train.save_steps=5", *TRAIN_ONLY]
     proc = _start_until_checkpoint(tmp_path, args)
     stage = _stage_process(proc.pid)
     os.killpg(proc.pid, signal.SIGINT)

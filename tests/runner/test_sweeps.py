@@ -213,7 +213,7 @@ def _stderr(tmp_path: Path) -> str:
 
 @pytest.mark.slow
 def test_rerun_after_kill_resumes_training_from_the_last_checkpoint(tmp_path):
-    args = ["train.max_steps=60", "train.save_steps=10", *TRAIN_ONLY]
+    args = ["train.max_steps=40", "train.save_steps=10", *TRAIN_ONLY]
     proc = _start_until_checkpoint(tmp_path, args)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -230,7 +230,7 @@ def test_rerun_after_kill_resumes_training_from_the_last_checkpoint(tmp_path):
     assert sft["status"] == "resumed" and sft["resumed_from_step"] >= 10
     assert manifest["stages"]["data"]["status"] == "cached"
     report = json.loads((Path(sft["path"]) / "training_report.json").read_text())
-    assert report["resumed_from_step"] == sft["resumed_from_step"] and report["steps"] == 60
+    assert report["resumed_from_step"] == sft["resumed_from_step"] and report["steps"] == 40
     assert list((store / ".work").iterdir()) == []  # published, so nothing left to resume
 
 
@@ -244,7 +244,7 @@ def test_preempted_submitit_job_is_requeued_and_resumes_from_its_checkpoint(tmp_
     import psutil
 
     proc = _start_until_checkpoint(tmp_path, ["-m", "hydra/launcher=submitit_local",
-                                              "train.max_steps=60", "train.save_steps=10",
+                                              "train.max_steps=40", "train.save_steps=10",
                                               *TRAIN_ONLY])
     tasks = [p for p in psutil.process_iter(["cmdline"])
              if "submitit.core._submit" in " ".join(p.info["cmdline"] or [])
@@ -265,7 +265,7 @@ def test_preempted_submitit_job_is_requeued_and_resumes_from_its_checkpoint(tmp_
     assert sft["status"] == "resumed" and sft["resumed_from_step"] >= 10
     assert job["job"]["status"] == "succeeded"
     report = json.loads((Path(sft["path"]) / "training_report.json").read_text())
-    assert report["steps"] == 60 and report["resumed_from_step"] == sft["resumed_from_step"]
+    assert report["steps"] == 40 and report["resumed_from_step"] == sft["resumed_from_step"]
 
 
 def _data_run(compose_plan, store: Path, run_dir: Path, n: int) -> dict:

@@ -294,7 +294,10 @@ def _llmops(cwd: Path, run: str, *args: str, data: tuple[str, ...] = FREE_TEXT
 
 
 @pytest.mark.slow
-def test_free_text_passes_auto_gates_and_a_destroyed_model_is_caught(tmp_path):
+def test_free_text_passes_auto_gates_and_a_destroyed_model_is_caught(tmp_path, seed_store,
+                                                                    default_run):
+    # The default tiny base (pre-trained as README's run does it) comes from default_run's store.
+    seed_store(tmp_path / "store", *FREE_TEXT, source=default_run["store"])
     r = _llmops(tmp_path, "good", "train.max_steps=100")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     report = json.loads((tmp_path / "good" / "eval_report.json").read_text())

@@ -185,7 +185,7 @@ def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_complete_one(t
     from llmops.store.cas import latest_checkpoint
     from llmops.store.integrity import checkpoint_problem
 
-    args = ["train.max_steps=80", "train.save_steps=5", *TRAIN_ONLY]
+    args = ["train.max_steps=40", "train.save_steps=5", *TRAIN_ONLY]
     proc = _start_until_checkpoint(tmp_path, args)
     deadline = time.time() + 120
     while len(_complete(str(tmp_path / CHECKPOINT))) < 2 and time.time() < deadline:
