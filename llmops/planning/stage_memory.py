@@ -7,8 +7,7 @@ What each stage holds at its peak, on the device it runs its model on and on the
   DPO scores them whole); under LoRA the reference is the base with the adapter off (no copy),
   a full fine-tune holds a second, frozen copy.
 - eval_base / eval: the model (+ the adapter for eval) and the larger of the held-out loss and
-  generation (``llmops.planning.eval_memory``); on a CPU, beside what the job's stage process
-  holds after the training stage (``stage_process``).
+  generation (``llmops.planning.eval_memory``).
 - lm_eval: the model and the harness's logits (``eval_memory.lm_eval_parts``).
 - merge / export: float32 base + adapter on the host, merged in place, a copy when saved in
   16-bit; the reload after saving comes after the first copy is freed.
@@ -27,7 +26,6 @@ from typing import Any
 from typing_extensions import TypedDict
 
 from llmops.planning import eval_memory, memory
-from llmops.planning.eval_memory import EVAL_CPU_OVERHEAD_GB
 from llmops.planning.memory import CPU_OVERHEAD_GB, GIB
 
 #: Stages that load a model, in the order a plan runs them.
@@ -38,14 +36,14 @@ HOST_STAGES = ("merge", "export", "gguf", "deploy")
 #: Bytes per parameter of a GGUF file by quantization (f16; q8_0: 34 bytes per 32; q4_k_m mixes
 #: Q4_K and Q6_K: ~4.9 bits).
 GGUF_BYTES = {"f16": 2.0, "q8_0": 34 / 32, "q4_k_m": 0.61}
-#: The GGUF types llmops writes, in one place: the schema's deploy.gguf type takes them from here.
+#: The GGUF types llmops writes, in one place: the schema's deploy.gguf type and the gguf stage's
+#: check take them from here.
 GGUF_TYPES = tuple(GGUF_BYTES)
 #: llama.cpp's compute buffer holds one micro-batch of logits (n_ubatch 512) in fp32.
 LLAMA_UBATCH = 512
 #: The stage process of a run before it loads its model (torch, transformers, peft and trl were
 #: imported by the stages before it, in one process): measured RSS here
-#: (benchmarks/stage_memory.py, the tiny chain: 0.63-0.64 GB at the start of eval_base, export
-#: and gguf, after the stage process released what sft left, llmops.runner.child).
+#: (benchmarks/stage_memory.py, the tiny chain).
 LOADER_OVERHEAD_GB = 0.65
 #: The llama.cpp server process before its model and vocabulary (llama-cpp-python, its HTTP server
 #: and llmops's chat handler): VmHWM 0.08 GB serving the tiny model's 512-token vocabulary
@@ -263,16 +261,7 @@ def stage_parts(stage: str, model: dict, lora: dict | None, quant: dict, train: 
         evq = quant if cuda else {**quant, "type": "none"}  # quant applies on a GPU only
         parts, notes = fn(model, evq, inputs["eval"], hardware, int(inputs["max_length"]),
                           adapter, lora=lora)
-        parts, notes = dict(parts), list(notes)
-        if not cuda:
-            # eval_memory plans a fresh eval process (its overhead: EVAL_CPU_OVERHEAD_GB of
-            # imports). These stages run in the job's stage process after the training stage,
-            # which also holds training's imports (trl, datasets, accelerate) and what training
-            # left once released: the stage process before a model loads, LOADER_OVERHEAD_GB.
-            parts["stage_process"] = (LOADER_OVERHEAD_GB - EVAL_CPU_OVERHEAD_GB) * GIB
-            notes.append(f"{stage}: in the job's stage process after training, "
-                         f"{LOADER_OVERHEAD_GB} GB before its model loads")
-        return parts, (LOADER_OVERHEAD_GB * GIB if cuda else 0.0), notes
+        return dict(parts), (LOADER_OVERHEAD_GB * GIB if cuda else 0.0), list(notes)
     if stage == "merge":
         return merge_parts(model, lora, inputs["merge"]["dtype"]), 0.0, [
             "merge: float32 base + adapters on the host, merged in place"]
