@@ -163,7 +163,7 @@ def stage_inputs(cfg: AppConfig) -> dict[str, Any]:
     exports = dp.target != "none" and tuned
     if exports and "merged" in dp.formats and not merged and cfg.lora.enabled:
         stages.append("export")
-    if exports and dp.gguf.quantization:
+    if exports and dp.gguf.planned:
         stages.append("gguf")
         if dp.target in ("ollama", "openai"):
             stages.append("deploy")
@@ -182,8 +182,7 @@ def stage_inputs(cfg: AppConfig) -> dict[str, Any]:
                      "beta": t.grpo.beta}} if "grpo" in stages else {}),
         "merge": {"dtype": m.dtype},
         "export": {"merge_dtype": dp.merge_dtype},
-        "gguf": {"quantization": list(dp.gguf.quantization),
-                 "max_new_tokens": dp.gguf.max_new_tokens},
+        "gguf": dp.gguf.model_dump(exclude={"parity_prompts"}),
         "deploy": {"serve_quantization": dp.gguf.served},
     }
 

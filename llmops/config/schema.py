@@ -517,6 +517,12 @@ class GgufConfig(_Group):
     max_new_tokens: Tokens = Field(description="Greedy tokens per parity answer.")
 
     @property
+    def planned(self) -> bool:
+        """Whether GGUF files are written (a type is listed, so the plan has a gguf stage): the
+        one test of it that the rules, the compiler and the memory plan share."""
+        return bool(self.quantization)
+
+    @property
     def served(self) -> str:
         """The GGUF type that deploy serves and the Modelfile points at: the first one written
         (f16 when none is, which only the memory plan asks about)."""
@@ -559,7 +565,7 @@ class DeployConfig(_Group):
     merge_dtype: Literal["float32", "bfloat16", "float16"] = Field(
         description="Dtype of the merged weights."
     )
-    gguf: GgufConfig = _from("deploy", "local", "gguf", GgufConfig, description="GGUF conversion.")
+    gguf: GgufConfig = Field(description="GGUF conversion.")
     ollama: OllamaConfig = _from(
         "deploy", "ollama", "ollama", OllamaConfig, description="deploy=ollama.")
     openai: OpenAIServeConfig = _from(

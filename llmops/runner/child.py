@@ -15,6 +15,9 @@ Messages (pickled, multiprocessing.connection):
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import logging
 import os
 import pickle
@@ -98,6 +101,32 @@ def run_stage(request: dict[str, Any]) -> None:
         raise StageError(message) from None
 
 
+def release_memory() -> None:
+    """Gives back what a finished stage left before the next stage of this process runs.
+
+    A stage's model, optimizer and trainer are garbage once its run returns, but some sit in
+    reference cycles (the Trainer and its callbacks) until the collector runs, torch keeps freed
+    CUDA blocks cached, and glibc keeps freed heap pages mapped; all three would count against
+    the next stage, whose memory plan assumes a process that holds only its imports
+    (llmops.planning.stage_memory)."""
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+    _malloc_trim()
+
+
+def _malloc_trim() -> None:
+    """Returns glibc's free heap pages (main arena and thread arenas) to the kernel; nothing
+    where the C library is not glibc."""
+    name = ctypes.util.find_library("c") if sys.platform.startswith("linux") else None
+    if not name:
+        return
+    libc = ctypes.CDLL(name)
+    if hasattr(libc, "malloc_trim"):  # glibc only (musl has none)
+        libc.malloc_trim(0)
+
+
 def _portable(exc: BaseException) -> BaseException:
     """Returns the exception if it survives pickling as itself, else a StageError saying it."""
     try:
@@ -137,9 +166,10 @@ def serve(conn: Connection) -> int:
             link.send(("error", _portable(exc), text))
             if isinstance(exc, KeyboardInterrupt | SystemExit):
                 return 0
-            continue
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        link.send(("done", None))
+        else:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            link.send(("done", None))
+        release_memory()
 
 
 def _die_with_parent() -> None:

@@ -34,7 +34,7 @@ def data_needs(b: PlanBuilder) -> list[str]:
 def add_gguf(b: PlanBuilder, s: StageInputs) -> None:
     """Adds the gguf stage (deploy.gguf.quantization set, after export): llama.cpp conversion."""
     g = s.cfg.deploy.gguf
-    if not g.quantization or not b.has("export"):
+    if not g.planned or not b.has("export"):
         return
     params: GgufParams = {"model": s.model, "quantization": list(g.quantization),
                           "parity_prompts": g.parity_prompts, "max_new_tokens": g.max_new_tokens}

@@ -28,15 +28,15 @@ def serving_problems(cfg: AppConfig, env: Environment) -> list[Problem]:
     """Returns the problems of deploy.gguf and the serving targets in a config that trains."""
     d, out = cfg.deploy, []
     serving = d.target in SERVING
-    if serving and not d.gguf.quantization:
+    if serving and not d.gguf.planned:
         out.append(Problem("deploy.gguf.quantization",
                            f"is empty, but deploy={d.target} serves a GGUF file. "
                            "Set deploy.gguf.quantization=[f16] (or q8_0, q4_k_m)."))
-    if (serving or d.gguf.quantization) and "merged" not in d.formats:
+    if (serving or d.gguf.planned) and "merged" not in d.formats:
         out.append(Problem("deploy.formats",
                            f"{list(d.formats)} lacks 'merged'; GGUF conversion starts from the "
                            "merged model. Use deploy.formats=[adapter,merged]."))
-    if (serving or d.gguf.quantization) and not cfg.dry_run and not env.has("llama_cpp"):
+    if (serving or d.gguf.planned) and not cfg.dry_run and not env.has("llama_cpp"):
         key = "deploy.target" if serving else "deploy.gguf.quantization"
         out.append(Problem(key, "GGUF export needs llama-cpp-python, which is not installed. "
                                 "pip install 'llmops[gguf]' && python -m llmops.gguf_setup, "

@@ -16,7 +16,7 @@ def exported_formats(cfg: AppConfig) -> list[str]:
     if d.target == "none" or cfg.train.method == "none":
         return []
     out = [f for f in d.formats if cfg.lora.enabled or f != "adapter"]
-    return out + (["gguf"] if d.gguf.quantization else [])
+    return out + (["gguf"] if d.gguf.planned else [])
 
 
 def release_formats(cfg: AppConfig) -> list[str]:
