@@ -168,7 +168,11 @@ def _lora_bytes(model: dict[str, Any], lora: dict[str, Any] | None) -> float:
 def merge_parts(model: dict, lora: dict | None, dtype: str) -> dict[str, float]:
     """Returns the host bytes of a merge (merge stage, or export's merged format)."""
     copy = 0.0 if dtype == "float32" else memory.param_groups(model)["total"] * 2.0
-    probes = 8 * 64 * model["vocab_size"] * 4 * 2  # the parity probes' logits, twice
+    # The parity probes' logits, once: export on a 10M-parameter Qwen2 (151,936-token
+    # vocabulary) rose 0.36 GB over its stage process's start, its float32 weights (0.04 GB) and
+    # one copy of these logits (0.29 GB) (benchmarks/stage_memory.py, with the stage process
+    # released between stages). Two copies over-planned export at 0.67-0.83.
+    probes = 8 * 64 * model["vocab_size"] * 4
     return {"weights": _fp32(model), "lora": _lora_bytes(model, lora), "copy": copy,
             "logits": probes, "overhead": LOADER_OVERHEAD_GB * GIB}
 
@@ -198,10 +202,13 @@ def gguf_parts(model: dict, gguf: dict[str, Any]) -> dict[str, float]:
         + model["vocab_size"] * 4.0 * 2
     quants = list(gguf["quantization"]) or ["f16"]
     # The parity check loads each GGUF in this process: its weights, KV cache at the model's
-    # context and one logits buffer (no server, no second tokenizer).
+    # context and the logits of one position (greedy decoding keeps only the last token's
+    # logits; no server, no second tokenizer). A micro-batch of logits here (LLAMA_UBATCH rows,
+    # as the server keeps) over-planned gguf at 0.74-0.76 on the Qwen2/Qwen3 vocabularies: the
+    # stage rose 0.22 GB over its start there, 0.09 GB of it the HF tokenizer.
     ctx = int(model["context_length"])
     served = max(gguf_bytes(model, q) + kv_cache_bytes(model, ctx, 2.0)
-                 + LLAMA_UBATCH * model["vocab_size"] * 4.0 for q in quants)
+                 + model["vocab_size"] * 4.0 for q in quants)
     # q4_k_m quantizes the f16 file: both mapped while it runs.
     if "q4_k_m" in quants:
         served = max(served, gguf_bytes(model, "f16") + gguf_bytes(model, "q4_k_m"))
