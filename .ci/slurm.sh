@@ -59,7 +59,8 @@ done
 
 port=${3:-6817}
 host=$(hostname -s)
-cpus=$(nproc)
+# not nproc: it follows OMP_NUM_THREADS, which the tests and the stage processes set to 1
+cpus=$(getconf _NPROCESSORS_ONLN)
 mem=$(awk '/MemTotal/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)
 mkdir -p "$D/munge" "$D/ctld" "$D/d"
 chmod 700 "$D/munge"
