@@ -21,6 +21,19 @@ def _render(tokenizer: Any, row: Mapping[str, Any]) -> tuple[str, str]:
     return prompt, render(tokenizer, messages, tools)
 
 
+def _answer_offsets(tokenizer: Any, row: Mapping[str, Any]
+                    ) -> tuple[str, list[int], list[tuple[int, int]], int] | None:
+    """Returns (rendered row, its token ids, their character offsets, index of the first answer
+    token), or None when the prompt is no prefix of the row's render or no token follows it."""
+    prompt, full = _render(tokenizer, row)
+    if not full.startswith(prompt):
+        return None
+    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
+    start = next((i for i, (a, _) in enumerate(offsets) if a >= len(prompt)), len(ids))
+    return None if start >= len(ids) else (full, ids, offsets, start)
+
+
 def answer_tokens(tokenizer: Any, row: Mapping[str, Any], max_length: int
                   ) -> tuple[list[int], int] | None:
     """Returns (token ids, index of the first answer token), cut to the last max_length tokens.
@@ -28,16 +41,39 @@ def answer_tokens(tokenizer: Any, row: Mapping[str, Any], max_length: int
     Returns None when the template does not render the prompt as a prefix of the whole row, or
     the row has no answer token.
     """
-    prompt, full = _render(tokenizer, row)
-    if not full.startswith(prompt):
+    got = _answer_offsets(tokenizer, row)
+    if got is None:
         return None
-    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]
-    start = next((i for i, (a, _) in enumerate(offsets) if a >= len(prompt)), len(ids))
-    if start >= len(ids):
-        return None
+    _, ids, _, start = got
     cut = max(0, len(ids) - max_length)
     return ids[cut:], max(start - cut, 1)
+
+
+def loss_tokens(tokenizer: Any, row: Mapping[str, Any], max_length: int,
+                reasoning: str = "train") -> tuple[list[int], list[int]] | None:
+    """Returns (token ids, loss mask: 1 on each answer token scored), cut to the last max_length
+    tokens; the first token is never scored (nothing predicts it). With ``reasoning="context"``
+    (data.reasoning, as sft trained) the answer's rendered reasoning blocks
+    (``templates.reasoning_spans``) are out of the loss: the model sees them, is not scored on
+    them.
+
+    Returns None as ``answer_tokens`` does, or when no answer token is left to score.
+    """
+    from llmops.backends.templates import reasoning_spans
+    from llmops.data.chat import template_messages
+
+    got = _answer_offsets(tokenizer, row)
+    if got is None:
+        return None
+    full, ids, offsets, start = got
+    spans = reasoning_spans(full, template_messages(row["messages"])) \
+        if reasoning == "context" else []
+    mask = [int(i >= start and not any(s <= a < e for s, e in spans))
+            for i, (a, _) in enumerate(offsets)]
+    cut = max(0, len(ids) - max_length)
+    ids, mask = ids[cut:], mask[cut:]
+    mask[0] = 0
+    return (ids, mask) if any(mask) else None
 
 
 def _output_head(model: Any) -> tuple[Any, Any] | None:
@@ -63,26 +99,27 @@ def _output_head(model: Any) -> tuple[Any, Any] | None:
     return (decoder, head) if same else None
 
 
-def _batch_tensors(encoded: Sequence[tuple[list[int], int]], pad: int) -> tuple[Any, Any, Any]:
+def _batch_tensors(encoded: Sequence[tuple[list[int], list[int]]], pad: int
+                   ) -> tuple[Any, Any, Any]:
     """Returns right-padded (ids, attention mask, answer mask) of a batch; the answer mask marks
-    the positions whose next token is an answer token."""
+    the positions whose next token is a scored answer token (``loss_tokens``' mask)."""
     import torch
 
     width = max(len(tokens) for tokens, _ in encoded)
     ids = torch.full((len(encoded), width), pad, dtype=torch.long)
     mask = torch.zeros((len(encoded), width), dtype=torch.long)
     scored = torch.zeros((len(encoded), width), dtype=torch.bool)
-    for r, (tokens, start) in enumerate(encoded):
+    for r, (tokens, loss) in enumerate(encoded):
         ids[r, :len(tokens)] = torch.tensor(tokens)
         mask[r, :len(tokens)] = 1
-        scored[r, start - 1:len(tokens) - 1] = True
+        scored[r, :len(tokens) - 1] = torch.tensor(loss[1:], dtype=torch.bool)
     return ids, mask, scored
 
 
 def row_losses(model: Any, tokenizer: Any, rows: Sequence[Mapping[str, Any]],
                batch_size: int = 32, threads: int | None = None, *,
                token_budget: int | None = None, logits_mb: float | None = None,
-               oom_retries: list[dict[str, Any]] | None = None
+               oom_retries: list[dict[str, Any]] | None = None, reasoning: str = "train"
                ) -> list[tuple[float, int] | None]:
     """Returns, per row, (summed negative log-likelihood of its answer tokens, their count).
 
@@ -102,9 +139,11 @@ def row_losses(model: Any, tokenizer: Any, rows: Sequence[Mapping[str, Any]],
         logits_mb: MiB of fp32 logits held at once (eval.logits_mb); None: a batch's answer
             positions at once.
         oom_retries: Each out-of-memory halving is appended here (see ``oom.run_batches``).
+        reasoning: data.reasoning; ``context`` leaves the answers' reasoning out of the loss, as
+            sft does (``loss_tokens``).
 
     Returns:
-        One entry per row, None for a row that could not be measured (see answer_tokens).
+        One entry per row, None for a row that could not be measured (see loss_tokens).
     """
     import torch
 
@@ -113,7 +152,7 @@ def row_losses(model: Any, tokenizer: Any, rows: Sequence[Mapping[str, Any]],
     from llmops.planning.eval_memory import logits_chunk_positions
 
     limit = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
-    encoded = [answer_tokens(tokenizer, row, limit) for row in rows]
+    encoded = [loss_tokens(tokenizer, row, limit, reasoning) for row in rows]
     valid = [i for i, e in enumerate(encoded) if e]
     out: list[tuple[float, int] | None] = [None] * len(rows)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

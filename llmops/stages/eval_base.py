@@ -99,7 +99,8 @@ def evaluate_model(
     )
     losses = row_losses(model, tokenizer, rows, int(params["batch_size"]), ctx.threads,
                         token_budget=int(params["token_budget"]),
-                        logits_mb=float(params["logits_mb"]), oom_retries=retries)
+                        logits_mb=float(params["logits_mb"]), oom_retries=retries,
+                        reasoning=params.get("reasoning", "train"))  # NotRequired: context only
     seconds = time.perf_counter() - start
     scored = score_split(rows, predictions, answer_parser(tokenizer))
     add_losses(scored, losses)

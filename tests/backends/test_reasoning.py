@@ -77,6 +77,38 @@ def test_the_loss_mask_follows_data_reasoning_token_by_token(qwen3):
     assert _masked(training_tokens(tok, dropped, method, True, "context")) == [tail]
 
 
+def test_the_held_out_loss_leaves_reasoning_out_with_context_token_by_token(qwen3, real_model):
+    """eval's held-out loss (heldout.row_losses) scores what sft trains on: with
+    data.reasoning=context the answer's reasoning block is seen, not scored."""
+    import torch
+
+    from llmops.backends.generation import load_model
+    from llmops.backends.heldout import loss_tokens, row_losses
+
+    tok = qwen3
+    reasoning = ROW["messages"][1]["reasoning_content"]
+    block = _ids(tok, f"<think>\n{reasoning}\n</think>\n\n")
+    ids, train = loss_tokens(tok, ROW, 4096, "train")
+    same, context = loss_tokens(tok, ROW, 4096, "context")
+    assert same == ids  # the model sees the reasoning either way
+    scored = [i for i, m in zip(ids, train, strict=True) if m]
+    kept = [i for i, m in zip(ids, context, strict=True) if m]
+    assert scored[:len(block)] == block and scored[len(block):] == kept  # only the block left out
+    assert kept[:len(_ids(tok, "It is 5.<|im_end|>"))] == _ids(tok, "It is 5.<|im_end|>")
+
+    model, _ = load_model(str(real_model("qwen3")))
+    model.eval()
+    with torch.inference_mode():
+        logits = model(input_ids=torch.tensor([ids])).logits[0, :-1].float()
+    nll = torch.nn.functional.cross_entropy(logits, torch.tensor(ids[1:]), reduction="none")
+    want = {mode: (float(sum(nll[i - 1] for i, m in enumerate(mask) if m)), sum(mask))
+            for mode, mask in (("train", train), ("context", context))}
+    for mode in ("train", "context"):
+        (got_nll, got_n), = row_losses(model, tok, [ROW], reasoning=mode)
+        assert got_n == want[mode][1] and got_nll == pytest.approx(want[mode][0], rel=1e-4)
+    assert want["context"][1] == want["train"][1] - len(block)
+
+
 def test_qwen3_renders_only_the_last_turns_reasoning_and_masks_each_turn(qwen3):
     """Qwen3's template drops the reasoning of turns before the last user message (as the model
     sees a conversation when it answers): those traces are neither seen nor trained on, and
@@ -139,6 +171,10 @@ def test_reasoning_data_with_a_template_that_drops_it_fails_the_config(compose_p
     _, plan = compose_plan([*base, "model.chat_template=qwen3", "data.reasoning=context"])
     assert plan.stage("sft").params["reasoning"] == "context"
     assert plan.stage("data").params["preview"]["reasoning"] == "context"
+    for stage in ("eval_base", "eval"):  # the held-out loss leaves it out as sft does
+        assert plan.stage(stage).params["reasoning"] == "context"
+    _, plan = compose_plan([*base, "model.chat_template=qwen3"])
+    assert "reasoning" not in plan.stage("eval_base").params  # train: as before
 
 
 def test_the_ollama_template_renders_qwen3s_reasoning_as_the_training_template(qwen3):

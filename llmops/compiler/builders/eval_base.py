@@ -8,7 +8,9 @@ base_eval.json {"metrics", "by_kind", "stats", "n", "samples", "predictions", "a
 
 from __future__ import annotations
 
-from typing_extensions import TypedDict
+from typing import Literal
+
+from typing_extensions import NotRequired, TypedDict
 
 from llmops.compiler.builders.common import ModelParams, QuantParams
 from llmops.compiler.inputs import PlanBuilder, StageInputs
@@ -33,14 +35,21 @@ class EvalBaseParams(TypedDict):
     """Evaluate only the first N test rows; None: all."""
     worst_examples: int
     """Worst rows listed per metric."""
+    reasoning: NotRequired[Literal["context"]]
+    """data.reasoning, only when context: the held-out loss leaves the answers' reasoning out, as
+    sft's loss does (train, the default, scores it; drop: the data stage wrote none)."""
 
 
 def eval_params(s: StageInputs) -> EvalBaseParams:
     """Returns the params eval_base and eval share."""
     e = s.cfg.eval
-    return {"model": s.model, "quant": s.quant, "max_new_tokens": e.max_new_tokens,
-            "batch_size": e.batch_size, "token_budget": e.token_budget,
-            "logits_mb": e.logits_mb, "limit": e.limit, "worst_examples": e.worst_examples}
+    params: EvalBaseParams = {
+        "model": s.model, "quant": s.quant, "max_new_tokens": e.max_new_tokens,
+        "batch_size": e.batch_size, "token_budget": e.token_budget, "logits_mb": e.logits_mb,
+        "limit": e.limit, "worst_examples": e.worst_examples}
+    if s.cfg.data.reasoning == "context":  # only then: other fingerprints stay
+        params["reasoning"] = "context"
+    return params
 
 
 def add_eval_base(b: PlanBuilder, s: StageInputs) -> None:
