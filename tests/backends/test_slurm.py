@@ -30,7 +30,8 @@ LAUNCHER = ("hydra/launcher=slurm", "hydra.launcher.partition=debug",
             "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=4")
 TRAIN_ONLY = ("data.n_examples=200", "model.pretrain.steps=20", "eval=none", "deploy=none",
               "usecase=none", "progress=false")
-STEPS = 40  # enough that the requeue (SIGKILL after KillWait=5 s) lands mid-training
+STEPS = 120  # enough that the requeue (SIGKILL after KillWait=5 s) lands mid-training on an idle
+#               machine too (40 steps ran out within KillWait there)
 
 
 def _free_port_pair() -> int:

@@ -102,7 +102,8 @@ def test_eval_base_writes_report(base_eval):
     on_disk = json.loads((out / "base_eval.json").read_text())
     assert on_disk == json.loads(json.dumps(report))
     assert set(report) == {"metrics", "by_kind", "stats", "n", "samples", "predictions",
-                           "answer_syntax", "worst_examples", "seconds", "oom_retries"}
+                           "answer_syntax", "worst_examples", "seconds", "oom_retries",
+                           "reasoning"}
     assert report["oom_retries"] == []
     assert report["answer_syntax"] == "task_api"  # the tiny model's own template's syntax
     assert report["n"] == N_TEST
