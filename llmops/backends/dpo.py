@@ -121,6 +121,66 @@ def preference_metrics(logps: list[tuple], pairs: list[dict[str, Any]],
     return out
 
 
+def held_out_pairs(kind: str, start_name: str, before: list[tuple], after: list[tuple],
+                   test_pairs: list[dict[str, Any]], beta: float) -> dict[str, Any]:
+    """Returns a preference stage's held-out figures: the starting model's and the trained one's
+    (``preference_metrics``), and whether training improved the margin without losing accuracy."""
+    held_out: dict[str, Any] = {
+        "start": start_name,
+        start_name: preference_metrics(before, test_pairs, before, beta),
+        kind: preference_metrics(after, test_pairs, before, beta),
+    }
+    if test_pairs:
+        s, d = held_out[start_name], held_out[kind]
+        held_out["improved"] = bool(d["logp_margin"] > s["logp_margin"]
+                                    and d["logp_accuracy"] >= s["logp_accuracy"])
+    return held_out
+
+
+def run_fields(trainer: Any, result: Any, curve: list[dict[str, Any]], runtime: float,
+               start: dict[str, Any], resume: str | None, params: dict[str, Any],
+               ctx: Any) -> dict[str, Any]:
+    """Returns the fields every TRL-trained stage's report shares, from its loss curve on (the
+    run's loss, time, steps, parameters, memory, resume point and distributed figures)."""
+    last = curve[-1] if curve else {}
+    trainable, total = count_params(trainer.model)
+    state = trainer.state
+    return {
+        "loss_curve": curve,
+        "final_loss": last.get("loss", float(result.training_loss)),
+        "train_loss_mean": float(result.training_loss),
+        "train_runtime_s": round(runtime, 3),
+        "steps": int(state.global_step),
+        "epochs": round(float(state.epoch or 0.0), 4),
+        "trainable_params": trainable,
+        "total_params": total,
+        "peak_memory_mb": peak_memory_mb(ctx.device),
+        "device": ctx.device,
+        "resumed_from_step": int(start.get("step", 0)) if resume else 0,
+        "resumed_from": resume,
+        "start_step": int(start.get("step", 0)),
+        **report_fields(params.get("distributed"), trainer),
+    }
+
+
+def write_pairs_report(kind: str, report: dict[str, Any], out_dir: Path, test_pairs: list,
+                       ctx: Any) -> dict[str, Any]:
+    """Plots the loss curve beside a preference stage's report, writes the report and logs its
+    held-out figures; returns the report."""
+    curve, held_out = report["loss_curve"], report["held_out"]
+    if plot_loss_curve([p for p in curve if "loss" in p], out_dir / f"{kind}_loss_curve.png",
+                       f"{kind} (hf, adapter)"):
+        report["loss_curve_png"] = f"{kind}_loss_curve.png"
+    write_json(out_dir / report_name(kind), report)
+    if test_pairs:
+        start_name = held_out["start"]
+        ctx.logger.info("%s: held-out pairs: %s logp accuracy %.3f margin %.2f -> %s %.3f / %.2f",
+                        kind, start_name, held_out[start_name]["logp_accuracy"],
+                        held_out[start_name]["logp_margin"], kind, held_out[kind]["logp_accuracy"],
+                        held_out[kind]["logp_margin"])
+    return report
+
+
 def dpo_config(params: dict[str, Any], out_dir: Path, ctx: Any) -> Any:
     """Builds TRL's DPOConfig from the dpo stage params."""
     from trl import DPOConfig
@@ -198,17 +258,8 @@ def train_dpo(params: dict[str, Any], data_dir: Path, pairs: dict[str, Any], bas
     curve = [{"step": h["step"], **{k: round(float(h[k]), 6) for k in LOGGED if k in h}}
              for h in state.log_history if "loss" in h and "step" in h]
     start_name = "sft" if init_adapter is not None else "base"
-    held_out = {
-        "start": start_name,
-        start_name: preference_metrics(before, test_pairs, before, beta),
-        "dpo": preference_metrics(after, test_pairs, before, beta),
-    }
-    if test_pairs:
-        s, d = held_out[start_name], held_out["dpo"]
-        held_out["improved"] = bool(d["logp_margin"] > s["logp_margin"]
-                                    and d["logp_accuracy"] >= s["logp_accuracy"])
+    held_out = held_out_pairs("dpo", start_name, before, after, test_pairs, beta)
     last = curve[-1] if curve else {}
-    trainable, total = count_params(trained)
     report = {
         "backend": "hf",
         "method": "dpo",
@@ -222,28 +273,6 @@ def train_dpo(params: dict[str, Any], data_dir: Path, pairs: dict[str, Any], bas
         "pairs": {**pairs, "train": len(train_pairs), "test": len(test_pairs)},
         "train_metrics": {k: last.get(k) for k in LOGGED},
         "held_out": held_out,
-        "loss_curve": curve,
-        "final_loss": last.get("loss", float(result.training_loss)),
-        "train_loss_mean": float(result.training_loss),
-        "train_runtime_s": round(runtime, 3),
-        "steps": int(state.global_step),
-        "epochs": round(float(state.epoch or 0.0), 4),
-        "trainable_params": trainable,
-        "total_params": total,
-        "peak_memory_mb": peak_memory_mb(ctx.device),
-        "device": ctx.device,
-        "resumed_from_step": int(start.get("step", 0)) if resume else 0,
-        "resumed_from": resume,
-        "start_step": int(start.get("step", 0)),
-        **report_fields(params.get("distributed"), trainer),
+        **run_fields(trainer, result, curve, runtime, start, resume, params, ctx),
     }
-    if plot_loss_curve([p for p in curve if "loss" in p], out_dir / "dpo_loss_curve.png",
-                       "dpo (hf, adapter)"):
-        report["loss_curve_png"] = "dpo_loss_curve.png"
-    write_json(out_dir / REPORT_NAME, report)
-    if test_pairs:
-        ctx.logger.info("dpo: held-out pairs: %s logp accuracy %.3f margin %.2f -> dpo %.3f / %.2f",
-                        start_name, held_out[start_name]["logp_accuracy"],
-                        held_out[start_name]["logp_margin"], held_out["dpo"]["logp_accuracy"],
-                        held_out["dpo"]["logp_margin"])
-    return report
+    return write_pairs_report("dpo", report, out_dir, test_pairs, ctx)

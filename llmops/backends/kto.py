@@ -18,20 +18,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-from llmops.backends.common import peak_memory_mb
-from llmops.backends.dpo import load_pairs, preference_metrics, sequence_logps
+from llmops.backends.dpo import (
+    held_out_pairs,
+    load_pairs,
+    run_fields,
+    sequence_logps,
+    write_pairs_report,
+)
 from llmops.backends.hf import (
-    count_params,
     load_model,
     lora_config,
-    plot_loss_curve,
     set_cpu_threads,
     trainer_kwargs,
 )
-from llmops.backends.ranks import is_main_rank, report_fields, trainer_args
+from llmops.backends.ranks import is_main_rank, trainer_args
 from llmops.core.plan import report_name
 from llmops.errors import DataRejected, StageError
-from llmops.files import read_jsonl, write_json
+from llmops.files import read_jsonl
 
 REPORT_NAME = report_name("kto")
 LOGGED = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "kl",
@@ -174,17 +177,8 @@ def train_kto(params: dict[str, Any], data_dir: Path, pair_dir: Path, pairs: dic
     curve = [{"step": h["step"], **{k: round(float(h[k]), 6) for k in LOGGED if k in h}}
              for h in state.log_history if "loss" in h and "step" in h]
     start_name = "sft" if init_adapter is not None else "base"
-    held_out: dict[str, Any] = {
-        "start": start_name,
-        start_name: preference_metrics(before, test_pairs, before, beta),
-        "kto": preference_metrics(after, test_pairs, before, beta),
-    }
-    if test_pairs:
-        s, d = held_out[start_name], held_out["kto"]
-        held_out["improved"] = bool(d["logp_margin"] > s["logp_margin"]
-                                    and d["logp_accuracy"] >= s["logp_accuracy"])
+    held_out = held_out_pairs("kto", start_name, before, after, test_pairs, beta)
     last = curve[-1] if curve else {}
-    trainable, total = count_params(trained)
     report = {
         "backend": "hf",
         "method": "kto",
@@ -200,28 +194,6 @@ def train_kto(params: dict[str, Any], data_dir: Path, pair_dir: Path, pairs: dic
         "pairs": {**pairs, "test": len(test_pairs)},
         "train_metrics": {k: last.get(k) for k in LOGGED},
         "held_out": held_out,
-        "loss_curve": curve,
-        "final_loss": last.get("loss", float(result.training_loss)),
-        "train_loss_mean": float(result.training_loss),
-        "train_runtime_s": round(runtime, 3),
-        "steps": int(state.global_step),
-        "epochs": round(float(state.epoch or 0.0), 4),
-        "trainable_params": trainable,
-        "total_params": total,
-        "peak_memory_mb": peak_memory_mb(ctx.device),
-        "device": ctx.device,
-        "resumed_from_step": int(start.get("step", 0)) if resume else 0,
-        "resumed_from": resume,
-        "start_step": int(start.get("step", 0)),
-        **report_fields(params.get("distributed"), trainer),
+        **run_fields(trainer, result, curve, runtime, start, resume, params, ctx),
     }
-    if plot_loss_curve([p for p in curve if "loss" in p], out_dir / "kto_loss_curve.png",
-                       "kto (hf, adapter)"):
-        report["loss_curve_png"] = "kto_loss_curve.png"
-    write_json(out_dir / REPORT_NAME, report)
-    if test_pairs:
-        ctx.logger.info("kto: held-out pairs: %s logp accuracy %.3f margin %.2f -> kto %.3f / %.2f",
-                        start_name, held_out[start_name]["logp_accuracy"],
-                        held_out[start_name]["logp_margin"], held_out["kto"]["logp_accuracy"],
-                        held_out["kto"]["logp_margin"])
-    return report
+    return write_pairs_report("kto", report, out_dir, test_pairs, ctx)
