@@ -145,6 +145,29 @@ def test_log_file_from_a_config_file_is_refused_and_one_inside_the_run_folder_is
                                                             ).exists()
 
 
+def test_the_log_file_check_leaves_the_composition_as_it_was():
+    """The check sets what Hydra's run_job sets on the pre-flight's composition itself (no copy)
+    and puts it back: the job Hydra then runs gets the composition as composed."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from llmops.config.hydra.compose import compose_to_keep
+    from llmops.config.hydra.log_files import log_file_problems
+
+    cfg = compose_to_keep([f"{LOG_FILE}=${{hydra:runtime.output_dir}}/../../victim.txt"])
+    before = OmegaConf.to_yaml(cfg)
+    hydra_cfg = HydraConfig.instance().cfg
+    problems = log_file_problems(cfg, "hydra.sweep.dir", "hydra.sweep.subdir")
+    victim = Path(str(OmegaConf.select(cfg, "hydra.sweep.dir"))).absolute().parent / "victim.txt"
+    assert [p.key for p in problems] == [LOG_FILE]  # resolved in job 0's folder: <sweep>/0
+    assert f"../../victim.txt' is {victim}, not a file inside" in problems[0].message
+    assert OmegaConf.to_yaml(cfg) == before
+    assert OmegaConf.is_missing(cfg.hydra.job, "num")
+    assert OmegaConf.is_missing(cfg.hydra.runtime, "output_dir")
+    assert cfg.hydra._get_flag("readonly") is False and cfg._get_flag("struct") is True
+    assert HydraConfig.instance().cfg is hydra_cfg
+
+
 def test_secret_in_a_key_that_leaves_llmops_exits_2(tmp_path):
     env = {"WANDB_API_KEY": FAKE_KEY, "MY_SERVICE_TOKEN": FAKE_TOKEN}
     r = llmops("tracking=wandb", "tracking.mode=offline", "tracking.entity=${oc.env:WANDB_API_KEY}",

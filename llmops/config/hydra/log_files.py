@@ -12,7 +12,6 @@ Hydra's own `hydra/hydra_logging=hydra_debug` writes into the working folder, so
 from __future__ import annotations
 
 import contextlib
-import copy
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -21,34 +20,36 @@ from llmops.config.hydra.targets import LOGGING_NODES
 from llmops.errors import Problem
 
 
-def _job_view(cfg: Any, dir_key: str, subdir_key: str | None) -> tuple[Any, str]:
-    """Returns a copy of cfg as Hydra's run_job sees it, and the run folder (absolute)."""
-    from omegaconf import OmegaConf, open_dict
-
-    job = copy.deepcopy(cfg)
-    OmegaConf.set_readonly(job, False)
-    with open_dict(job):
-        if OmegaConf.is_missing(job.hydra.job, "num"):  # each job's, set by the launcher
-            job.hydra.job.num = 0
-        root = os.path.abspath(str(OmegaConf.select(job, dir_key)))
-        output = os.path.join(root, str(OmegaConf.select(job, subdir_key))) if (
-            subdir_key) else root
-        job.hydra.runtime.output_dir = os.path.abspath(output)
-    return job, root
-
-
 @contextlib.contextmanager
-def _hydra_config(job: Any) -> Iterator[None]:
-    """Lets `${hydra:...}` resolve against `job` inside the block."""
-    from hydra.core.hydra_config import HydraConfig
+def _as_job(cfg: Any, dir_key: str, subdir_key: str | None) -> Iterator[str]:
+    """Makes cfg, inside the block, what Hydra's run_job sees; yields the run folder (absolute).
 
+    Sets hydra.job.num (a launcher's job number; 0 when unset), hydra.runtime.output_dir and the
+    HydraConfig that `${hydra:...}` reads, as run_job does before it configures logging, on cfg
+    itself (the pre-flight's composition: a copy of it cost more than the whole check), and puts
+    every one back as it was on leaving, however the block ends.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf, open_dict, read_write
+
+    job, runtime = cfg.hydra.job, cfg.hydra.runtime
+    saved = job._get_node("num")._value(), runtime._get_node("output_dir")._value()
     instance = HydraConfig.instance()
-    saved = instance.cfg
-    instance.set_config(job)
+    saved_hydra = instance.cfg
     try:
-        yield
+        with read_write(cfg.hydra), open_dict(cfg.hydra):
+            if OmegaConf.is_missing(job, "num"):  # each job's, set by the launcher
+                job.num = 0
+            root = os.path.abspath(str(OmegaConf.select(cfg, dir_key)))
+            output = os.path.join(root, str(OmegaConf.select(cfg, subdir_key))) if (
+                subdir_key) else root
+            runtime.output_dir = os.path.abspath(output)
+        instance.cfg = cfg  # as set_config's copy: HydraConfig.get() is this hydra node
+        yield root
     finally:
-        instance.cfg = saved
+        instance.cfg = saved_hydra
+        with read_write(cfg.hydra), open_dict(cfg.hydra):
+            job.num, runtime.output_dir = saved
 
 
 def _inside(path: str, root: str) -> bool:
@@ -75,23 +76,24 @@ def log_file_problems(cfg: Any, dir_key: str, subdir_key: str | None = None) -> 
                 if isinstance(handler, DictConfig) and "filename" in handler]
     if not handlers:
         return []
-    try:
-        job, root = _job_view(cfg, dir_key, subdir_key)
-    except OmegaConfBaseException:  # the folder only Hydra's launcher can resolve: see below
-        job, root = None, dir_key
     example = {"job_logging": "${hydra.runtime.output_dir}/NAME.log",
                "hydra_logging": "${" + dir_key + "}/NAME.log"}
+    values: dict[str, Any] = {}
+    root = dir_key
+    try:
+        with _as_job(cfg, dir_key, subdir_key) as root:
+            for key, _, _ in handlers:
+                try:
+                    values[key] = OmegaConf.select(cfg, key)
+                except OmegaConfBaseException:
+                    values[key] = None
+    except OmegaConfBaseException:  # the folder only Hydra's launcher can resolve: see below
+        values, root = {}, dir_key
     problems = []
     for key, name, node in handlers:
         raw = cfg.hydra[node].handlers[name]._get_node("filename")._value()  # as written
         fix = f"e.g. {key}={example[node]}"
-        value = None
-        if job is not None:
-            try:
-                with _hydra_config(job):
-                    value = OmegaConf.select(job, key)
-            except OmegaConfBaseException:
-                value = None
+        value = values.get(key)
         if value is None:
             problems.append(Problem(key, (
                 f"'{raw}' cannot be resolved before the run, so llmops cannot tell which file "

@@ -9,7 +9,6 @@ from llmops.core.plan import METHOD_STAGES, PREFERENCE_STAGES, TRAINING_STAGES
 from llmops.data import formats
 from llmops.env import Environment
 from llmops.errors import Problem
-from llmops.scoring.rewards import unknown_rewards
 
 LOCAL_LM_EVAL_TASKS = ("llmops_task_api_choice", "llmops_task_api_call")
 STAGE_ADAPTERS = TRAINING_STAGES
@@ -41,6 +40,9 @@ def alignment_problems(cfg: AppConfig, env: Environment) -> list[Problem]:
             "data.",
         ))
     if "grpo" in planned:
+        # Only GRPO names rewards: the scorers' imports (jsonschema, regex) stay out of other runs.
+        from llmops.scoring.rewards import unknown_rewards
+
         g = t.grpo
         out += [Problem("train.grpo.rewards", m) for m in unknown_rewards(list(g.rewards))]
         if not g.rewards:
