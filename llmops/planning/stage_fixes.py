@@ -14,7 +14,14 @@ from typing import Any
 
 from llmops.planning import fixes
 from llmops.planning.memory import GIB
-from llmops.planning.stage_memory import HOST_STAGES, capacities, stage_parts
+from llmops.planning.stage_memory import (
+    GGUF_BYTES,
+    HOST_STAGES,
+    capacities,
+    gguf_types,
+    stage_parts,
+    writing_gguf,
+)
 
 Change = dict[str, Any]
 
@@ -119,9 +126,9 @@ def _grpo_steps(c: _Candidate, hardware: dict) -> Iterator[_Candidate | None]:
 
 
 def _gguf_steps(c: _Candidate, hardware: dict) -> Iterator[_Candidate | None]:
-    yield None if c.args["inputs"]["gguf"]["quantization"] == ["q4_k_m"] else c.with_(
-        "deploy.gguf.quantization=[q4_k_m]", inputs={"gguf": {"quantization": ["q4_k_m"]},
-                                                     "deploy": {"serve_quantization": "q4_k_m"}})
+    smallest = min(GGUF_BYTES, key=GGUF_BYTES.__getitem__)  # q4_k_m
+    override, inputs = writing_gguf([smallest])
+    yield None if gguf_types(c.args["inputs"]) == [smallest] else c.with_(override, inputs=inputs)
 
 
 def _ctx_steps(c: _Candidate, hardware: dict) -> Iterator[_Candidate | None]:

@@ -48,6 +48,9 @@ GGUF_BYTES = {"f16": 2.0, "q8_0": 34 / 32, "q4_k_m": 0.61}
 #: The GGUF types llmops writes, in one place: the schema's deploy.gguf type and the gguf stage's
 #: check take them from here.
 GGUF_TYPES = tuple(GGUF_BYTES)
+#: The option listing the GGUF files to write (of GGUF_TYPES; the first one is served): the rules'
+#: messages and the fixes name it by this, and read and set it through gguf_types/writing_gguf.
+GGUF_KEY = "deploy.gguf.quantization"
 #: llama.cpp's compute buffer holds one micro-batch of logits (n_ubatch 512) in fp32.
 LLAMA_UBATCH = 512
 #: The stage process of a run before it loads its model (torch, transformers, peft and trl were
@@ -115,6 +118,18 @@ class GgufKnobs(TypedDict):
 class DeployKnobs(TypedDict):
     serve_quantization: str
     """The first of deploy.gguf.quantization (f16 when none)."""
+
+
+def gguf_types(inputs: StageMemoryInputs) -> list[str]:
+    """Returns the GGUF types the gguf stage writes (GGUF_KEY), from a stage's memory inputs."""
+    return list(inputs["gguf"]["quantization"])
+
+
+def writing_gguf(types: list[str]) -> tuple[str, dict[str, Any]]:
+    """Returns the override that writes GGUF `types` and serves the first, and the change it
+    makes to the memory inputs (the gguf and deploy stages' knobs)."""
+    return (f"{GGUF_KEY}=[{','.join(types)}]",
+            {"gguf": {"quantization": list(types)}, "deploy": {"serve_quantization": types[0]}})
 
 
 class StageMemoryInputs(TypedDict):

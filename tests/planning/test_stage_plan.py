@@ -177,6 +177,25 @@ def test_eval_fixes_name_the_eval_knobs_with_their_own_estimates():
     assert all(f["total_gb"] <= usable + 0.05 for f in fixes if f["fits"])
 
 
+def test_a_served_gguf_that_does_not_fit_is_fixed_by_the_smallest_gguf_type():
+    qwen3b = _yaml("model", "qwen3b")
+    inputs = _inputs("deploy=openai")  # writes and serves f16
+    host = {"name": "auto", "device": "cpu", "memory_gb": 512.0}
+    need = sum(stage_parts("deploy", qwen3b, R16, NONE, TRAIN, host, inputs)[0].values()) / GIB
+    host["memory_gb"] = need * 0.8 / memory.USABLE_FRACTION
+
+    def fixes(knobs: dict) -> list[dict]:
+        return stage_fixes("deploy", qwen3b, R16, NONE, TRAIN, host, knobs, presets={},
+                           catalog=option_files())
+
+    first = fixes(inputs)[0]
+    assert first["override"] == "deploy.gguf.quantization=[q4_k_m]" and first["fits"]
+    assert first["total_gb"] < need * 0.6
+    small = {**inputs, "gguf": {**inputs["gguf"], "quantization": ["q4_k_m"]},
+             "deploy": {**inputs["deploy"], "serve_quantization": "q4_k_m"}}
+    assert not any(f["override"].startswith("deploy.gguf") for f in fixes(small))  # it is so
+
+
 def _refused(env: Environment, *overrides: str) -> str:
     with pytest.raises(ConfigError) as exc:
         _resolve(env, *overrides)

@@ -147,7 +147,8 @@ def test_serving_targets_add_gguf_and_deploy_after_export(compose_plan):
 
 @pytest.mark.parametrize(("overrides", "key", "message"), [
     (["deploy=openai", "deploy.gguf.quantization=[]"], "deploy.gguf.quantization",
-     "is empty, but deploy=openai serves a GGUF file"),
+     "is empty, but deploy=openai serves a GGUF file. Set deploy.gguf.quantization=[f16] (or "
+     "q8_0, q4_k_m)."),
     (["deploy=ollama", "deploy.formats=[adapter]"], "deploy.formats", "lacks 'merged'"),
     (["deploy=openai", "eval=none"], "deploy.allow_failed_gates", "eval is off"),
 ])

@@ -6,6 +6,7 @@ from __future__ import annotations
 from llmops.config.schema import AppConfig
 from llmops.env import Environment
 from llmops.errors import Problem
+from llmops.planning.stage_memory import GGUF_KEY
 
 SERVING = ("ollama", "openai")
 
@@ -29,15 +30,14 @@ def serving_problems(cfg: AppConfig, env: Environment) -> list[Problem]:
     d, out = cfg.deploy, []
     serving = d.target in SERVING
     if serving and not d.gguf.planned:
-        out.append(Problem("deploy.gguf.quantization",
-                           f"is empty, but deploy={d.target} serves a GGUF file. "
-                           "Set deploy.gguf.quantization=[f16] (or q8_0, q4_k_m)."))
+        out.append(Problem(GGUF_KEY, f"is empty, but deploy={d.target} serves a GGUF file. "
+                                     f"Set {GGUF_KEY}=[f16] (or q8_0, q4_k_m)."))
     if (serving or d.gguf.planned) and "merged" not in d.formats:
         out.append(Problem("deploy.formats",
                            f"{list(d.formats)} lacks 'merged'; GGUF conversion starts from the "
                            "merged model. Use deploy.formats=[adapter,merged]."))
     if (serving or d.gguf.planned) and not cfg.dry_run and not env.has("llama_cpp"):
-        key = "deploy.target" if serving else "deploy.gguf.quantization"
+        key = "deploy.target" if serving else GGUF_KEY
         out.append(Problem(key, "GGUF export needs llama-cpp-python, which is not installed. "
                                 "pip install 'llmops[gguf]' && python -m llmops.gguf_setup, "
                                 "or add dry_run=true to only plan."))

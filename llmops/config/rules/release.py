@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from llmops.config.schema import AppConfig
 from llmops.errors import Problem
+from llmops.planning.stage_memory import GGUF_KEY
 
 
 def exported_formats(cfg: AppConfig) -> list[str]:
@@ -30,9 +31,8 @@ def _why_missing(cfg: AppConfig, fmt: str) -> str:
     if fmt == "adapter" and not cfg.lora.enabled:
         return "lora=none trains no adapter. Use lora=r16, or drop adapter from release.formats."
     if fmt == "gguf":
-        return ("deploy.gguf.quantization is empty, so no GGUF is written. Set "
-                "deploy.gguf.quantization=[f16] (deploy=openai and deploy=ollama set it), or drop "
-                "gguf from release.formats.")
+        return (f"{GGUF_KEY} is empty, so no GGUF is written. Set {GGUF_KEY}=[f16] "
+                "(deploy=openai and deploy=ollama set it), or drop gguf from release.formats.")
     return (f"deploy.formats={list(d.formats)} does not export it. Add it, e.g. "
             f"deploy.formats=[adapter,merged], or drop {fmt} from release.formats.")
 
