@@ -77,6 +77,35 @@ def test_options_inherit_their_group_base():
     assert train["sft_dpo"]["dpo"] == train["dpo"]["dpo"] and "dpo" not in train["sft"]
 
 
+def test_hydra_composes_with_libyaml_as_with_omegaconfs_parser(tmp_path, monkeypatch):
+    """compose has OmegaConf (so Hydra) parse with llmops.conf's loader: the same composition,
+    and a file libyaml refuses fails with OmegaConf's own error, word for word."""
+    import contextlib
+
+    import omegaconf._utils
+    import yaml
+    from omegaconf import OmegaConf
+
+    from llmops.config.hydra import compose as composing
+
+    exact = omegaconf._utils.get_yaml_loader
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("r: 8\nalpha: [1, 2\n")
+    for read, where in ((lambda: OmegaConf.load(bad), f'in "{bad}", line 2'),
+                        (lambda: OmegaConf.create(bad.read_text()), "<unicode string>")):
+        with pytest.raises(yaml.YAMLError) as want:
+            read()
+        with composing.libyaml(), pytest.raises(yaml.YAMLError) as got:
+            read()
+        assert str(got.value) == str(want.value) and where in str(got.value)
+        assert "expected ',' or ']', but got '<stream end>'" in str(got.value)  # not libyaml's
+    assert omegaconf._utils.get_yaml_loader is exact
+    overrides = ["deploy=openai", "train=sft_dpo", "eval=lm_eval"]
+    fast = OmegaConf.to_yaml(composing.compose_to_keep(overrides))
+    monkeypatch.setattr(composing, "libyaml", contextlib.nullcontext)
+    assert OmegaConf.to_yaml(composing.compose_to_keep(overrides)) == fast
+
+
 def test_option_files_read_as_omegaconf_reads_them(tmp_path):
     """llmops.conf parses with libyaml where it can, under OmegaConf's YAML rules."""
     import yaml
