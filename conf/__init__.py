@@ -8,8 +8,10 @@ stating only what differs. Pure: reads YAML with OmegaConf's YAML rules, imports
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +99,25 @@ def _loader() -> type:
             return yaml.load(again, Loader=rules)  # noqa: S506 - OmegaConf's safe loader
 
     return Loader
+
+
+@contextlib.contextmanager
+def libyaml() -> Iterator[None]:
+    """Has OmegaConf, and so Hydra, read YAML with yaml_loader inside the block.
+
+    OmegaConf.load (Hydra's reader of every config file) asks omegaconf._utils for its YAML
+    loader at every call: here it gets the same rules parsed by libyaml (a fifth less time for a
+    composition), and a bad file's error stays OmegaConf's own, word for word.
+    """
+    import omegaconf._utils
+
+    loader = yaml_loader()  # built on OmegaConf's own before the swap
+    exact = omegaconf._utils.get_yaml_loader
+    omegaconf._utils.get_yaml_loader = lambda: loader
+    try:
+        yield
+    finally:
+        omegaconf._utils.get_yaml_loader = exact
 
 
 def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:

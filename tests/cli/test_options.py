@@ -95,7 +95,7 @@ def test_hydra_composes_with_libyaml_as_with_omegaconfs_parser(tmp_path, monkeyp
                         (lambda: OmegaConf.create(bad.read_text()), "<unicode string>")):
         with pytest.raises(yaml.YAMLError) as want:
             read()
-        with composing.libyaml(), pytest.raises(yaml.YAMLError) as got:
+        with llmops.conf.libyaml(), pytest.raises(yaml.YAMLError) as got:
             read()
         assert str(got.value) == str(want.value) and where in str(got.value)
         assert "expected ',' or ']', but got '<stream end>'" in str(got.value)  # not libyaml's

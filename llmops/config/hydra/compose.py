@@ -7,11 +7,11 @@ The search path is the app's, `-cp`/`-cn`/`-cd` included (Source).
 
 from __future__ import annotations
 
-import contextlib
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
+from llmops.conf import libyaml
 from llmops.config.hints import did_you_mean
 from llmops.config.hydra.groups import group_options, groups
 from llmops.config.hydra.searchpath import search_path_problems
@@ -59,27 +59,6 @@ def compose_to_keep(overrides: Sequence[str], *, source: Source = DEFAULT) -> An
     if key in _COMPOSED:
         return _COMPOSED.pop(key)
     return _compose(list(key[1]), True, source)
-
-
-@contextlib.contextmanager
-def libyaml() -> Iterator[None]:
-    """Has OmegaConf, and so Hydra, read YAML with llmops.conf's loader inside the block.
-
-    Hydra reads each config file with OmegaConf.load, which asks omegaconf._utils for its YAML
-    loader at every call: the same rules, parsed by libyaml (about a fifth of a composition's
-    time less), and a bad file's error word for word OmegaConf's own (llmops.conf.yaml_loader).
-    """
-    import omegaconf._utils
-
-    from llmops.conf import yaml_loader
-
-    loader = yaml_loader()  # built on OmegaConf's own before the swap
-    exact = omegaconf._utils.get_yaml_loader
-    omegaconf._utils.get_yaml_loader = lambda: loader
-    try:
-        yield
-    finally:
-        omegaconf._utils.get_yaml_loader = exact
 
 
 def _hydra_compose(overrides: list[str], source: Source) -> Any:

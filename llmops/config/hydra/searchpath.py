@@ -134,8 +134,11 @@ def _primary_entries(source: Source) -> tuple[list[str], str]:
     from hydra._internal.config_repository import ConfigRepository
     from omegaconf import ListConfig, OmegaConf
 
+    from llmops.conf import libyaml
+
     try:
-        found = ConfigRepository(source.search_path()).load_config(source.config_name)
+        with libyaml():
+            found = ConfigRepository(source.search_path()).load_config(source.config_name)
         value = OmegaConf.select(found.config, SEARCHPATH) if found is not None else None
     except Exception:  # Hydra's own read fails the same way, before it imports any entry
         return [], ""

@@ -86,15 +86,22 @@ def _items(node: Any, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], 
     A value that cannot be resolved before the run (e.g. `${hydra.runtime.output_dir}/x.log`)
     is yielded as its raw text.
     """
-    from omegaconf import DictConfig, ListConfig
+    from omegaconf import Container, DictConfig, ListConfig, ValueNode
     from omegaconf.errors import OmegaConfBaseException
 
     keys = list(node.keys()) if isinstance(node, DictConfig) else range(len(node))
     for key in keys:
-        try:
-            value = node[key]
-        except OmegaConfBaseException:  # unresolvable until Hydra runs the job: check the text
-            value = node._get_node(key)._value()
+        child = node._get_node(key)
+        if isinstance(child, ValueNode) and not child._is_interpolation():
+            value = child._value()  # what node[key] returns, "???" if missing, without resolving
+        elif (isinstance(child, Container) and not child._is_interpolation()
+              and not child._is_missing()):
+            value = None if child._is_none() else child
+        else:
+            try:
+                value = node[key]
+            except OmegaConfBaseException:  # unresolvable until Hydra runs the job: its text
+                value = child._value()
         here = (*path, str(key))
         yield here, value
         if isinstance(value, DictConfig | ListConfig):
