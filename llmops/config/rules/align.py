@@ -9,7 +9,7 @@ from llmops.core.plan import METHOD_STAGES, PREFERENCE_STAGES, TRAINING_STAGES
 from llmops.data import formats
 from llmops.env import Environment
 from llmops.errors import Problem
-from llmops.scoring.rewards import unknown_rewards
+from llmops.scoring.rewards import free_text_problems, unknown_rewards
 
 LOCAL_LM_EVAL_TASKS = ("llmops_task_api_choice", "llmops_task_api_call")
 STAGE_ADAPTERS = TRAINING_STAGES
@@ -43,6 +43,8 @@ def alignment_problems(cfg: AppConfig, env: Environment) -> list[Problem]:
     if "grpo" in planned:
         g = t.grpo
         out += [Problem("train.grpo.rewards", m) for m in unknown_rewards(list(g.rewards))]
+        out += [Problem("train.grpo.free_text", m)
+                for m in free_text_problems(g.rewards, g.free_text)]
         if not g.rewards:
             out.append(Problem("train.grpo.rewards", "is empty; name at least one reward, e.g. "
                                                      "{exact_match: 1.0}."))
