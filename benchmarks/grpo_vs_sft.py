@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
             out[method]["grpo_train_s"] = rep["train_runtime_s"]
     out["no_regression"] = no_regression(out["sft"], out["sft_grpo"])
     (work / "grpo_vs_sft.json").write_text(json.dumps(out, indent=2))
-    for method, r in out.items():
+    for method in ("sft", "sft_grpo"):
+        r = out[method]
         print(f"train={method}: tuned exact_match {r['tuned_exact_match']} (base "
               f"{r['base_exact_match']}, {r['test_rows']} test rows), wall {r['wall_s']} s, "
               f"stages {r['stages']}")

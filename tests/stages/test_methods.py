@@ -280,7 +280,7 @@ def test_grpo_on_two_processes_raises_the_held_out_mean_reward(sft_chain, stage_
     from llmops.stages import grpo
 
     c = sft_chain
-    params = stage_params("grpo", *SHORT, "train=sft_grpo", "train.grpo.max_steps=12",
+    params = stage_params("grpo", *SHORT, "train=sft_grpo", "train.grpo.max_steps=8",
                           "train.grpo.learning_rate=3e-3", "train.grpo.max_completion_length=48",
                           "train.grpo.num_generations=8", "train.grpo.batch_size=8",
                           "+train.grpo.rewards.tool_accuracy=0.5",
@@ -292,13 +292,13 @@ def test_grpo_on_two_processes_raises_the_held_out_mean_reward(sft_chain, stage_
     assert json.loads((out / "grpo_report.json").read_text()) == report
     assert report["world_size"] == 2 and report["launcher"] == "torchrun"
     assert report["strategy"] == "ddp" and report["effective_batch"] == 16  # 2 prompts a step
-    assert report["steps"] == 12 and report["reference"].startswith("the starting adapter")
+    assert report["steps"] == 8 and report["reference"].startswith("the starting adapter")
     curves = report["reward_curves"]
     assert set(curves) == {"exact_match", "schema_valid_rate", "json_valid_rate",
                            "tool_accuracy", "parses"}
     steps = [p[0] for p in report["kl_curve"]]
-    assert steps == list(range(1, 13)) == [p[0] for p in curves["parses"]]
-    assert len(report["completion_length_curve"]) == 12
+    assert steps == list(range(1, 9)) == [p[0] for p in curves["parses"]]
+    assert len(report["completion_length_curve"]) == 8
     held = report["held_out"]
     sft, tuned = held["sft"], held["grpo"]
     assert sft["n"] == tuned["n"] == 32 and held["start"] == "sft"
