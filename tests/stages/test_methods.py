@@ -212,10 +212,12 @@ def test_grpo_rewards_are_eval_scorers_named_as_its_metrics():
     assert REWARDS["rouge_l"].value(row, right, "anything") is None  # a call row
 
 
-def test_grpo_scores_free_text_rows_with_rouge_l_and_chrf_or_leaves_them_out(tmp_path):
+def test_grpo_scores_free_text_rows_with_rouge_l_and_chrf_or_leaves_them_out(tmp_path,
+                                                                            stage_params):
     from llmops.backends.grpo import checkable_rows, reward_functions
     from llmops.data import task_api
     from llmops.scoring.parsers import get_parser
+    from llmops.stages import grpo
 
     ref = "Tasks are stored for 30 days after they are completed."
     text_row = {"messages": [{"role": "user", "content": "How long are done tasks kept?"},
@@ -233,6 +235,14 @@ def test_grpo_scores_free_text_rows_with_rouge_l_and_chrf_or_leaves_them_out(tmp
     assert 0 < got["rouge_l"][2] < 1 and 0 < got["chrf"][2] < 1
     assert got["rouge_l"][3] < got["rouge_l"][2] and got["chrf"][3] < got["chrf"][2]
     assert got["exact_match"] == [None] * 4  # no call reward scores a free-text row
+    # Only free-text rows, left out: refused before a model loads (exit 5).
+    write_jsonl(tmp_path / "train.jsonl", [text_row] * 4)
+    (tmp_path / "sft" / "adapter").mkdir(parents=True)
+    with pytest.raises(DataRejected) as e:
+        grpo.train(stage_params("grpo", "train=sft_grpo"), {"data": tmp_path, "sft": tmp_path /
+                   "sft", "base": tmp_path / "no_model"}, tmp_path / "grpo", _ctx(tmp_path))
+    assert e.value.exit_code == 5 and "train.grpo.free_text=reward" in str(e.value)
+    assert not (tmp_path / "grpo").exists()
 
 
 def test_grpo_plan_rules_and_memory(compose_plan):
