@@ -9,6 +9,8 @@ test split's checkable rows answered greedily) and grpo_reward_curve.png.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from typing_extensions import NotRequired, TypedDict
 
 from llmops.compiler.builders.common import (
@@ -33,7 +35,7 @@ class GrpoKnobs(TypedDict):
     beta: float
     """KL pull towards the SFT model; 0: no reference."""
     temperature: float
-    free_text: str
+    free_text: Literal["leave_out", "reward"]
     """leave_out, or reward: free-text rows join the prompts, scored by rouge_l / chrf."""
 
 
