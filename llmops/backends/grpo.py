@@ -1,10 +1,11 @@
 """GRPO with TRL's GRPOTrainer on the SFT adapter, rewarded by llmops's own scorers.
 
-The prompts are the train split's tool-call and must-refuse rows (``rewards.checkable``; free
-text rows are left out: no call reward can check them), each rendered through the model's own
-chat template with its tools (``generation.build_prompt``, as eval renders them). Each of the
-``num_generations`` completions is read in that template's call syntax
-(``templates.answer_parser``, eval's parser) and scored by the rewards named in
+The prompts are the train split's tool-call and must-refuse rows (``rewards.checkable``), and
+its free-text rows with ``train.grpo.free_text=reward`` (scored by the rouge_l / chrf rewards;
+with leave_out, the default, they are left out: no call reward can check them), each rendered
+through the model's own chat template with its tools (``generation.build_prompt``, as eval
+renders them). Each of the ``num_generations`` completions is read in that template's call
+syntax (``templates.answer_parser``, eval's parser) and scored by the rewards named in
 ``train.grpo.rewards`` (``llmops.scoring.rewards``), weighted. A ``parses`` reward of weight 0
 logs the share of completions that parse. Starting from the SFT adapter TRL keeps a frozen copy
 as the reference (beta > 0). Held-out: the test split's checkable rows answered greedily before
@@ -35,12 +36,14 @@ REPORT_NAME = report_name("grpo")
 HELD_OUT_ROWS = 64
 
 
-def checkable_rows(path: Path) -> list[dict[str, Any]]:
-    """Returns a split's rows a reward can check (tool calls, must-refuse rows)."""
+def checkable_rows(path: Path, free_text: str = "leave_out") -> list[dict[str, Any]]:
+    """Returns a split's rows a reward can check (tool calls, must-refuse rows; free-text rows
+    too when ``free_text`` is "reward")."""
     from llmops.scoring.rewards import checkable
 
     rows = read_jsonl(path) if Path(path).is_file() else []
-    return [r for r in rows if r.get("label") is not False and checkable(r)]
+    return [r for r in rows if r.get("label") is not False
+            and checkable(r, free_text == "reward")]
 
 
 def reward_functions(names: list[str], parse: Any) -> list[Any]:
@@ -56,7 +59,7 @@ def reward_functions(names: list[str], parse: Any) -> list[Any]:
                 if name == "parses":
                     out.append(float(not parsed.errors))
                 else:
-                    out.append(REWARDS[name].value(json.loads(raw), parsed))
+                    out.append(REWARDS[name].value(json.loads(raw), parsed, text))
             return out
 
         fn.__name__ = name  # TRL logs rewards/<name>/mean
@@ -84,7 +87,7 @@ def held_out_rewards(model: Any, tokenizer: Any, rows: list[dict[str, Any]],
         parses += not parsed.errors
         total = 0.0
         for name, w in weights.items():
-            v = REWARDS[name].value(row, parsed)
+            v = REWARDS[name].value(row, parsed, text)
             if v is not None:
                 per[name].append(v)
                 total += w * v
@@ -130,13 +133,16 @@ def train_grpo(params: dict[str, Any], data_dir: Path, base_model: str, init_ada
     from llmops.backends.templates import answer_parser
 
     out_dir = Path(out_dir)
-    train_rows = checkable_rows(Path(data_dir) / "train.jsonl")
+    g = params["grpo"]
+    free_text = str(g["free_text"])
+    train_rows = checkable_rows(Path(data_dir) / "train.jsonl", free_text)
     if not train_rows:
         raise DataRejected(f"grpo: {data_dir}/train.jsonl holds no row a reward can check (tool "
-                           "calls or must-refuse rows); free-text rows have none. Use data with "
-                           "tool-call rows, or train=sft.")
-    test_rows = checkable_rows(Path(data_dir) / "test.jsonl")[:HELD_OUT_ROWS]
-    g = params["grpo"]
+                           "calls or must-refuse rows); free-text rows are left out "
+                           "(train.grpo.free_text=leave_out). Use data with tool-call rows, set "
+                           "train.grpo.free_text=reward with +train.grpo.rewards.rouge_l=1.0, or "
+                           "train=sft.")
+    test_rows = checkable_rows(Path(data_dir) / "test.jsonl", free_text)[:HELD_OUT_ROWS]
     weights = {n: float(w) for n, w in g["rewards"].items()}
     model, tokenizer = load_model(params, base_model, ctx)
     set_cpu_threads(ctx)

@@ -332,7 +332,12 @@ class GrpoConfig(_Group):
     rewards: dict[Text, float] = Field(
         description="Reward name -> weight; names as eval names its metrics (llmops.scoring."
                     "rewards: exact_match, tool_accuracy, call_exact, arg_f1, json_valid_rate, "
-                    "schema_valid_rate, refusal_rate, call_count_accuracy).")
+                    "schema_valid_rate, refusal_rate, call_count_accuracy; free-text rows: "
+                    "rouge_l, chrf).")
+    free_text: Literal["leave_out", "reward"] = Field(
+        description="Free-text rows (no call to check): leave_out (prompts are the tool-call "
+                    "and must-refuse rows) or reward (they join, scored by the rouge_l / chrf "
+                    "rewards, one of which must weigh > 0).")
     num_generations: int = Field(ge=2, le=64, description="Completions sampled per prompt.")
     max_completion_length: int = Field(ge=8, le=MAX_TOKENS, description="Longest completion.")
     beta: float = Field(ge=0, le=100, description="KL pull towards the SFT model; 0: none "

@@ -130,6 +130,7 @@ def _row(run_dir: Path, depth: int) -> dict[str, Any] | None:
     for part in ("tuned", "base", "deltas"):
         row.update(_scalars(part, m.get(part) or evals.get(part)))
     row.update({f"pref.{k}": v for k, v in (m.get("preference") or {}).items()})
+    row.update({f"grpo.{k}": v for k, v in (m.get("grpo") or {}).items()})
     return row
 
 

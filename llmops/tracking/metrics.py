@@ -89,6 +89,11 @@ class MetricsSink:
             d["preference"] = {f"{who}.{k}": v for who, m in (("start", start), ("tuned", end))
                                for k, v in m.items()
                                if k in ("logp_accuracy", "logp_margin", "rewards/margins")}
+        elif spec.kind == "grpo" and isinstance(report.get("held_out"), dict):
+            held = report["held_out"]  # held-out prompts: the SFT model's and GRPO's rewards
+            d["grpo"] = {f"{who}.{k}": m[k] for who, m in (("start", held.get("sft") or {}),
+                                                          ("tuned", held.get("grpo") or {}))
+                         for k in ("mean_reward", "parse_rate") if m.get(k) is not None}
         elif spec.kind == "eval_base" and not d["base"]:
             d["base"] = _scalars(report.get("metrics"))
         elif spec.kind == "eval":

@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from llmops.core.plan import PREFERENCE_STAGES, Plan, StageSpec, report_name
+from llmops.core.plan import AFTER_SFT_STAGES, Plan, StageSpec, report_name
 from llmops.errors import StageError
 from llmops.tracking.jobs import (
     is_noise,
@@ -155,8 +155,14 @@ class WandbSink:
                       "peak_memory_mb", "trainable_params", "resumed_from_step"):
                 if report.get(k) is not None:
                     summary[f"train/{k}"] = report[k]
-        elif spec.kind in PREFERENCE_STAGES:  # dpo, orpo, simpo, kto: held-out pair figures
+        elif spec.kind in AFTER_SFT_STAGES:
+            # dpo, orpo, simpo, kto: held-out pair figures; grpo: held-out prompts' rewards and
+            # its per-step curves (reward per reward function, KL, completion length)
             held = report.get("held_out") or {}
+            curve = report.get("loss_curve") if spec.kind == "grpo" else None
+            for p in curve or []:
+                self.run.log({"grpo/step": p["step"], **{
+                    f"grpo/{k}": v for k, v in p.items() if k != "step"}})
             for who in (held.get("start"), spec.kind):
                 if who:
                     summary.update(_flat_scalars(f"{spec.kind}/held_out/{who}", held.get(who)))

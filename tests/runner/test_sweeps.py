@@ -46,7 +46,7 @@ def _statuses(jobs: list[dict], stage: str) -> list[str]:
 
 
 @pytest.mark.parametrize("name", SWEEPS)
-def test_every_named_sweep_is_a_multirun_whose_points_all_compile(name):
+def test_every_named_sweep_is_a_multirun_whose_points_all_compile(name, compose_plan):
     from llmops.cli import preflight
     from llmops.config.hydra.compose import compose
 
@@ -55,7 +55,14 @@ def test_every_named_sweep_is_a_multirun_whose_points_all_compile(name):
     assert cfg.hydra.sweeper.params
     sweep = preflight([f"sweeps={name}", *_NEEDS.get(name, [])])
     assert sweep is not None and not sweep.invalid
-    assert len(sweep.points) == {"rank_lr": 4, "base_models": 3, "optuna_rank_lr": 6}[name]
+    assert len(sweep.points) == {"rank_lr": 4, "base_models": 3, "optuna_rank_lr": 6,
+                                 "methods": 3}[name]
+    if name == "methods":  # the points share every stage before the method's own
+        plans = [compose_plan(point)[1] for point in sweep.points]
+        kinds = [{s.kind for s in p.stages} & {"dpo", "grpo"} for p in plans]
+        assert kinds == [set(), {"dpo"}, {"grpo"}]
+        for shared in ("base", "data", "eval_base", "sft"):
+            assert len({p.stage(shared).fingerprint for p in plans}) == 1
 
 
 def test_optuna_sweep_maximises_and_keeps_the_study_in_memory():

@@ -1,8 +1,9 @@
-"""The preference methods beside DPO (ORPO, SimPO, KTO) on one shared SFT run of the tiny model.
+"""The methods beside SFT and DPO (ORPO, SimPO, KTO, GRPO) on one shared SFT run of the tiny model.
 
-One module-scoped chain: a data folder whose pairs each stage derives itself
-(``llmops.stages.pairs``) and one SFT adapter; each method trains a few steps from it with its
-real TRL trainer and must raise the held-out preference margin above the SFT model's.
+One module-scoped chain: a tiny base pre-trained a little longer than the session's, a data
+folder whose pairs each stage derives itself (``llmops.stages.pairs``) and one SFT adapter; each
+method trains a few steps from it with its real TRL trainer and must raise its held-out figure
+above the SFT model's (preference margin; GRPO's mean reward, on two processes).
 """
 
 from __future__ import annotations
@@ -29,12 +30,26 @@ def _ctx(root: Path) -> StageContext:
     return StageContext(run_dir=root, show_progress=False, logger=logging.getLogger("test.methods"))
 
 
+# The chain's base: 150 pre-training steps on create/list calls. The session's 30-step base
+# answers no test row in a readable call even after SFT, so GRPO's rewards would all be 0; from
+# this one a 12-step SFT answers ~60% in valid JSON and ~6% exactly right: room to climb.
+CHAIN_PRETRAIN = (
+    "model.pretrain.n_examples=400", "model.pretrain.steps=150", "model.pretrain.batch_size=8",
+    "model.pretrain.learning_rate=3e-3", "model.pretrain.legacy_tools=[]",
+)
+
+
 @pytest.fixture(scope="module")
-def sft_chain(tiny_base, sft_data, tmp_path_factory, stage_params) -> dict[str, Path]:
-    """Data (train 128 / test 32 rows, no pairs: each stage derives them) and one SFT adapter."""
+def sft_chain(sft_data, tmp_path_factory, stage_params) -> dict[str, Path]:
+    """A base, data (train 128 / test 32 rows, no pairs: each stage derives them) and one SFT
+    adapter."""
     from llmops.stages import sft
+    from llmops.stages import tiny_base as base_stage
 
     root = tmp_path_factory.mktemp("methods")
+    tiny_base = root / "base"
+    tiny_base.mkdir()
+    base_stage.run(stage_params("base", *CHAIN_PRETRAIN), {}, tiny_base, _ctx(root))
     data = root / "data"
     data.mkdir()
     rows = [json.loads(line) for line in (sft_data / "train.jsonl").read_text().splitlines()]
@@ -67,8 +82,8 @@ def test_plans_of_the_reference_free_methods(compose_plan):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["orpo", "simpo"])
-def test_reference_free_method_raises_held_out_margin(method, sft_chain, stage_params):
+@pytest.mark.parametrize(("method", "lr"), [("orpo", "3e-3"), ("simpo", "1e-3")])
+def test_reference_free_method_raises_held_out_margin(method, lr, sft_chain, stage_params):
     import importlib
 
     from peft import PeftModel
@@ -77,7 +92,7 @@ def test_reference_free_method_raises_held_out_margin(method, sft_chain, stage_p
     stage = importlib.import_module(f"llmops.stages.{method}")
     c = sft_chain
     params = stage_params(method, *SHORT, f"train=sft_{method}", f"train.{method}.max_steps=16",
-                          f"train.{method}.batch_size=8", f"train.{method}.learning_rate=1e-3")
+                          f"train.{method}.batch_size=8", f"train.{method}.learning_rate={lr}")
     out = c["root"] / method
     report = stage.run(params, {"data": c["data"], "sft": c["sft"], "base": c["base"]}, out,
                        _ctx(c["root"]))
@@ -194,6 +209,40 @@ def test_grpo_rewards_are_eval_scorers_named_as_its_metrics():
     assert REWARDS["refusal_rate"].value(row, right) is None  # not a must-refuse row
     wrong = parse("I cannot help with that.")
     assert REWARDS["exact_match"].value(row, wrong) == 0.0
+    assert REWARDS["rouge_l"].value(row, right, "anything") is None  # a call row
+
+
+def test_grpo_scores_free_text_rows_with_rouge_l_and_chrf_or_leaves_them_out(tmp_path,
+                                                                            stage_params):
+    from llmops.backends.grpo import checkable_rows, reward_functions
+    from llmops.data import task_api
+    from llmops.scoring.parsers import get_parser
+    from llmops.stages import grpo
+
+    ref = "Tasks are stored for 30 days after they are completed."
+    text_row = {"messages": [{"role": "user", "content": "How long are done tasks kept?"},
+                             {"role": "assistant", "content": ref}]}
+    rows = [*task_api.generate(6, seed=4), text_row]
+    write_jsonl(tmp_path / "train.jsonl", rows)
+    assert text_row not in checkable_rows(tmp_path / "train.jsonl")
+    assert checkable_rows(tmp_path / "train.jsonl", "reward") == rows
+    fns = reward_functions(["rouge_l", "chrf", "exact_match"], get_parser("task_api"))
+    answers = [ref, f"<think>The policy says 30 days.</think>{ref}",
+               "Done tasks are kept for 30 days.", "I cannot help with that."]
+    got = {f.__name__: f(prompts=[""] * 4, completions=answers,
+                         row=[json.dumps(text_row)] * 4) for f in fns}
+    assert got["rouge_l"][:2] == [1.0, 1.0] and got["chrf"][:2] == [1.0, 1.0]  # no reasoning
+    assert 0 < got["rouge_l"][2] < 1 and 0 < got["chrf"][2] < 1
+    assert got["rouge_l"][3] < got["rouge_l"][2] and got["chrf"][3] < got["chrf"][2]
+    assert got["exact_match"] == [None] * 4  # no call reward scores a free-text row
+    # Only free-text rows, left out: refused before a model loads (exit 5).
+    write_jsonl(tmp_path / "train.jsonl", [text_row] * 4)
+    (tmp_path / "sft" / "adapter").mkdir(parents=True)
+    with pytest.raises(DataRejected) as e:
+        grpo.train(stage_params("grpo", "train=sft_grpo"), {"data": tmp_path, "sft": tmp_path /
+                   "sft", "base": tmp_path / "no_model"}, tmp_path / "grpo", _ctx(tmp_path))
+    assert e.value.exit_code == 5 and "train.grpo.free_text=reward" in str(e.value)
+    assert not (tmp_path / "grpo").exists()
 
 
 def test_grpo_plan_rules_and_memory(compose_plan):
@@ -213,6 +262,17 @@ def test_grpo_plan_rules_and_memory(compose_plan):
     problems = {p.key: p.message for p in e.value.problems}
     assert "Did you mean 'exact_match'?" in problems["train.grpo.rewards"]
     assert problems["train.grpo.batch_size"].startswith("6 is not a multiple of")
+    with pytest.raises(ConfigError) as e:
+        compose_plan(["usecase=none", "train=sft_grpo", "train.grpo.free_text=reward"])
+    assert [p.key for p in e.value.problems] == ["train.grpo.free_text"]
+    assert "+train.grpo.rewards.rouge_l=1.0" in e.value.problems[0].message
+    with pytest.raises(ConfigError) as e:
+        compose_plan(["usecase=none", "train=sft_grpo", "+train.grpo.rewards.chrf=0.5"])
+    assert "Set train.grpo.free_text=reward" in e.value.problems[0].message
+    _, text = compose_plan(["usecase=none", "train=sft_grpo", "train.grpo.free_text=reward",
+                            "+train.grpo.rewards.rouge_l=1.0"])
+    assert text.stage("grpo").params["grpo"]["free_text"] == "reward"
+    assert grpo.params["grpo"]["free_text"] == "leave_out"
     model = plan.stage("compute").params["model"]  # the tiny model's architecture facts
     knobs = {"batch_size": 4, "num_generations": 4, "max_completion_length": 64, "beta": 0.04}
     args = (model, None, {"type": "none"}, grpo.params["train"], {"device": "cpu"})
@@ -223,26 +283,37 @@ def test_grpo_plan_rules_and_memory(compose_plan):
 
 
 @pytest.mark.slow
-def test_grpo_trains_on_eval_rewards_and_reports_them(sft_chain, stage_params):
+def test_grpo_on_two_processes_raises_the_held_out_mean_reward(sft_chain, stage_params):
+    """GRPO (TRL's GRPOTrainer, DDP on two gloo ranks) on eval's own scorers: exact match plus
+    partial credit eval also measures (right tool, JSON and schema validity). The held-out test
+    rows, answered greedily by the SFT model and then by the GRPO model, score higher after."""
     from llmops.stages import grpo
 
     c = sft_chain
-    params = stage_params("grpo", *SHORT, "train=sft_grpo", "train.grpo.max_steps=6",
-                          "train.grpo.learning_rate=1e-3", "train.grpo.max_completion_length=48",
-                          "train.logging_steps=1")
-    report = grpo.run(params, {"data": c["data"], "sft": c["sft"], "base": c["base"]},
-                      c["root"] / "grpo", _ctx(c["root"]))
-    assert report["steps"] == 6 and report["reference"].startswith("the starting adapter")
-    assert set(report["reward_curves"]) == {"exact_match", "schema_valid_rate",
-                                            "json_valid_rate", "parses"}
-    steps = [p[0] for p in report["kl_curve"]]
+    params = stage_params("grpo", *SHORT, "train=sft_grpo", "train.grpo.max_steps=8",
+                          "train.grpo.learning_rate=3e-3", "train.grpo.max_completion_length=48",
+                          "train.grpo.num_generations=8", "train.grpo.batch_size=8",
+                          "+train.grpo.rewards.tool_accuracy=0.5",
+                          "train.grpo.rewards.json_valid_rate=0.2", "train.logging_steps=1",
+                          "distributed=ddp", "distributed.nproc_per_node=2")
+    out = c["root"] / "grpo"
+    report = grpo.run(params, {"data": c["data"], "sft": c["sft"], "base": c["base"]}, out,
+                      _ctx(c["root"]))
+    assert json.loads((out / "grpo_report.json").read_text()) == report
+    assert report["world_size"] == 2 and report["launcher"] == "torchrun"
+    assert report["strategy"] == "ddp" and report["effective_batch"] == 16  # 2 prompts a step
+    assert report["steps"] == 8 and report["reference"].startswith("the starting adapter")
     curves = report["reward_curves"]
-    assert steps == [1, 2, 3, 4, 5, 6] == [p[0] for p in curves["exact_match"]]
-    assert [p[0] for p in curves["parses"]] == steps  # the share of completions that parse
-    # call-row rewards are None (left out) on a step whose prompt must be refused
-    assert set(p[0] for p in curves["json_valid_rate"]) <= set(steps)
-    assert report["completion_length_curve"]
+    assert set(curves) == {"exact_match", "schema_valid_rate", "json_valid_rate",
+                           "tool_accuracy", "parses"}
+    steps = [p[0] for p in report["kl_curve"]]
+    assert steps == list(range(1, 9)) == [p[0] for p in curves["parses"]]
+    assert len(report["completion_length_curve"]) == 8
     held = report["held_out"]
-    assert held["sft"]["n"] == held["grpo"]["n"] > 0
-    assert 0 <= held["grpo"]["parse_rate"] <= 1 and "exact_match" in held["grpo"]["rewards"]
-    assert (c["root"] / "grpo" / "adapter" / "adapter_model.safetensors").is_file()
+    sft, tuned = held["sft"], held["grpo"]
+    assert sft["n"] == tuned["n"] == 32 and held["start"] == "sft"
+    weights = params["grpo"]["rewards"]
+    for side in (sft, tuned):
+        assert set(side["rewards"]) == set(weights) and 0 <= side["parse_rate"] <= 1
+    assert 0 < sft["mean_reward"] < tuned["mean_reward"] and held["improved"] is True
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()

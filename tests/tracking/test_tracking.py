@@ -127,14 +127,36 @@ def test_metrics_json_names_the_method_and_its_held_out_pairs(compose_plan, tmp_
                                "tuned.logp_accuracy": 0.75, "tuned.logp_margin": 4.5}
 
 
+def test_metrics_json_and_the_leaderboard_row_hold_grpos_held_out_rewards(compose_plan, tmp_path,
+                                                                          monkeypatch):
+    from llmops.tracking.leaderboard import row_from_run_dir
+
+    held = {"start": "sft", "sft": {"n": 8, "mean_reward": 0.25, "parse_rate": 0.625},
+            "grpo": {"n": 8, "mean_reward": 0.32, "parse_rate": 0.875}, "improved": True}
+    monkeypatch.setitem(REPORTS, "grpo", {"held_out": held, "final_loss": 0.1})
+    _, plan = compose_plan([*TINY, "tracking=none", "train=sft_grpo"])
+    _replay(plan, tmp_path, ["train=sft_grpo"])
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["method"] == "sft_grpo" and "preference" not in m
+    assert m["grpo"] == {"start.mean_reward": 0.25, "start.parse_rate": 0.625,
+                         "tuned.mean_reward": 0.32, "tuned.parse_rate": 0.875}
+    row = row_from_run_dir(tmp_path)
+    assert row["grpo.start.mean_reward"] == 0.25 and row["grpo.tuned.mean_reward"] == 0.32
+
+
 def test_wandb_offline_run_has_group_name_tags_config_curves_and_metrics(
-        compose_plan, tmp_path, offline):
+        compose_plan, tmp_path, offline, monkeypatch):
+    curve = [{"step": 1, "loss": 0.1, "reward": 0.2, "kl": 0.0, "rewards/exact_match/mean": 0.0},
+             {"step": 2, "loss": 0.1, "reward": 0.3, "kl": 0.01, "rewards/exact_match/mean": 0.1}]
+    monkeypatch.setitem(REPORTS, "grpo", {"loss_curve": curve, "steps": 2, "held_out": {
+        "start": "sft", "sft": {"mean_reward": 0.25}, "grpo": {"mean_reward": 0.32}}})
     sweep = tmp_path / "sweep-rank"
     (sweep / "0").mkdir(parents=True)
     (sweep / "multirun.yaml").write_text(
         "hydra:\n  overrides:\n    task: ['lora=r8,r16', 'train.learning_rate=1e-3']\n"
         "  sweeper:\n    params: {}\n")
-    overrides = ["lora=r16", "train.learning_rate=1e-3", f"store_dir={tmp_path}"]
+    overrides = ["lora=r16", "train.learning_rate=1e-3", f"store_dir={tmp_path}",
+                 "train=sft_grpo"]
     _, plan = compose_plan([*TINY, "tracking=wandb", "tracking.tags=[nightly]", *overrides])
     manifest = _replay(plan, sweep / "0", overrides)
 
@@ -154,6 +176,10 @@ def test_wandb_offline_run_has_group_name_tags_config_curves_and_metrics(
     assert s["gates/format/passed"] is False and s["gates/passed"] is False
     assert s["train/final_loss"] == 0.42 and s["train/loss"] == 0.42  # last curve point
     assert s["status"] == "succeeded"
+    # GRPO: its held-out rewards, and its per-step curves (the last point in the summary)
+    assert s["grpo/held_out/sft/mean_reward"] == 0.25
+    assert s["grpo/held_out/grpo/mean_reward"] == 0.32 and s["grpo/steps"] == 2
+    assert s["grpo/reward"] == 0.3 and s["grpo/rewards/exact_match/mean"] == 0.1
     files = Path(manifest["tracking"]["run_dir"]) / "files"
     assert json.loads((files / "metrics.json").read_text())["status"] == "succeeded"
 

@@ -9,6 +9,8 @@ test split's checkable rows answered greedily) and grpo_reward_curve.png.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from typing_extensions import NotRequired, TypedDict
 
 from llmops.compiler.builders.common import (
@@ -33,6 +35,8 @@ class GrpoKnobs(TypedDict):
     beta: float
     """KL pull towards the SFT model; 0: no reference."""
     temperature: float
+    free_text: Literal["leave_out", "reward"]
+    """leave_out, or reward: free-text rows join the prompts, scored by rouge_l / chrf."""
 
 
 class GrpoParams(TypedDict):
@@ -62,7 +66,7 @@ def add_grpo(b: PlanBuilder, s: StageInputs) -> None:
         "model": s.model, "lora": s.lora, "quant": s.quant, "train": train,
         "grpo": {"rewards": dict(g.rewards), "num_generations": g.num_generations,
                  "max_completion_length": g.max_completion_length, "beta": g.beta,
-                 "temperature": g.temperature}}
+                 "temperature": g.temperature, "free_text": g.free_text}}
     steps = f"{g.max_steps} steps" if g.max_steps > 0 else f"{g.epochs:g} epochs"
     rewards = " + ".join(f"{w:g}*{n}" for n, w in g.rewards.items())
     b.add("grpo", s.training(params), ["data", "sft", *s.base],

@@ -41,10 +41,12 @@ def alignment_problems(cfg: AppConfig, env: Environment) -> list[Problem]:
         ))
     if "grpo" in planned:
         # Only GRPO names rewards: the scorers' imports (jsonschema, regex) stay out of other runs.
-        from llmops.scoring.rewards import unknown_rewards
+        from llmops.scoring.rewards import free_text_problems, unknown_rewards
 
         g = t.grpo
         out += [Problem("train.grpo.rewards", m) for m in unknown_rewards(list(g.rewards))]
+        out += [Problem("train.grpo.free_text", m)
+                for m in free_text_problems(g.rewards, g.free_text)]
         if not g.rewards:
             out.append(Problem("train.grpo.rewards", "is empty; name at least one reward, e.g. "
                                                      "{exact_match: 1.0}."))
