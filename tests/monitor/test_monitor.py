@@ -399,6 +399,8 @@ def test_metrics_endpoint_answers_in_prometheus_format_on_localhost(stage_inputs
     assert samples[("llmops_monitor_alert_firing",
                     (("alert", "LlmopsAccuracyBelowBaseline"), ("model", "llmops-tiny")))] == 1.0
     assert f"metrics at http://127.0.0.1:{port}/metrics" in out
+    # SIGTERM while it serves the final figures ends the serving, with the monitor's exit code.
+    assert proc.returncode == EXIT_ALERT and "stopped serving the final figures early" in out
 
 
 def test_monitor_input_errors_name_the_file(stage_inputs, tmp_path, stage_params):
