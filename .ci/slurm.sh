@@ -94,7 +94,7 @@ SlurmctldPort=$port
 SlurmdPort=$((port + 1))
 SchedulerParameters=sched_interval=2
 MinJobAge=600
-KillWait=5
+KillWait=2
 # The tests read the times of slurmctld's time-limit checks (every 30 s) from ctld.log.
 SlurmctldDebug=debug2
 NodeName=$host CPUs=$cpus RealMemory=$mem State=UNKNOWN

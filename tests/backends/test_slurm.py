@@ -36,8 +36,8 @@ TRAIN_ONLY = ("data.n_examples=200", "model.pretrain.steps=20", "eval=none", "de
 # The ddp job's time limit: short enough that submitit counts a requeue on its warning as a time
 # limit (not a preemption), long enough that only the test brings it on.
 LIMIT_MIN = 10
-STEPS = 120  # enough that the requeue (SIGKILL after KillWait=5 s) lands mid-training on an idle
-#               machine too (40 steps ran out within KillWait there)
+STEPS = 120  # enough that both requeues land mid-training on an idle machine too (each stopped
+#               run trains on for up to KillWait=2 s; with KillWait=5, 40 steps ran out there)
 
 
 def _free_port_pair() -> int:
@@ -168,6 +168,22 @@ def _checkpoints(store: Path) -> list[int]:
         str(store / ".work/sft-*/checkpoints/checkpoint-*/trainer_state.json")))
 
 
+def _resume_before_the_next_check(env: dict[str, str], job_id: str) -> None:
+    """Resumes the suspended job about a second before slurmctld's next time-limit check (they
+    come every 29 to 31 s; ctld.log has the last one), so it runs for only a moment before it."""
+    deadline = time.time() + 120
+    while True:
+        last = _ctld_checks(env)[-1]
+        if datetime.now() < last + timedelta(seconds=28):
+            break
+        while _ctld_checks(env)[-1] == last:  # that check is about due: wait for it, and go by it
+            assert time.time() < deadline, "slurmctld logs no time-limit checks"
+            time.sleep(0.1)
+    while datetime.now() < last + timedelta(seconds=28):
+        time.sleep(0.1)
+    subprocess.run(["scontrol", "resume", job_id], env=env, check=True)
+
+
 def _restart_now(env: dict[str, str], job_id: str, restarts: int, **fields: str) -> None:
     """Once the requeued job is pending again, lets it start now (SLURM holds a requeued job for
     cred_expire seconds), with `fields` changed."""
@@ -209,13 +225,7 @@ def test_two_slurm_tasks_train_as_two_ranks_survive_a_requeue_and_a_time_limit(
                 enumerate(reversed(_job(slurm, job_id)["RunTime"].split(":"))))
     subprocess.run(["scontrol", "update", f"JobId={job_id}", f"TimeLimit={run_s // 60 + 2}"],
                    env=slurm, check=True)
-    last = _ctld_checks(slurm)[-1]
-    resume_at = last + timedelta(seconds=28.5)
-    while resume_at < datetime.now() + timedelta(seconds=0.5):
-        resume_at += timedelta(seconds=30.2)
-    while datetime.now() < resume_at:
-        time.sleep(0.1)
-    subprocess.run(["scontrol", "resume", job_id], env=slurm, check=True)
+    _resume_before_the_next_check(slurm, job_id)
     # 3. Run 3 with the job's own limit again.
     _restart_now(slurm, job_id, 2, TimeLimit=str(LIMIT_MIN))
     _finish(proc, tmp_path)
