@@ -249,6 +249,7 @@ def test_two_slurm_tasks_train_as_two_ranks_survive_a_requeue_and_a_time_limit(
     task0 = logs[f"{job_id}_0_log.err"] + logs[f"{job_id}_0_log.out"]
     assert "Caught signal SIGUSR2" in task0 and "this job is timed-out" in task0
     assert f"Requeued job {job_id} (2 remaining timeouts)" in task0  # max_num_timeout: 3
+    assert "failed while resuming" not in task0  # a stop, not a failure of the checkpoint
     # What one process does: the same effective batch and steps, and about the same loss.
     one = _report(_points(sweep)[1])
     assert one["world_size"] == 1 and one["steps"] == STEPS
