@@ -5,6 +5,7 @@
 # The config is generated for this machine (short hostname, CPUs, memory); munge gets a private
 # key and socket, so it runs beside a system munged/slurm without touching them. The daemons run
 # as root (slurmd must, to start jobs as their user). Needs Debian's slurm-wlm and munge.
+# A requeued job waits cred_expire seconds before it starts again (SLURM's default: 120).
 set -euo pipefail
 
 cmd=${1:?usage: slurm.sh up|down DIR [CTLD_PORT]}
@@ -74,7 +75,7 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket=$D/munge/sock
+AuthInfo=socket=$D/munge/sock,cred_expire=10
 StateSaveLocation=$D/ctld
 SlurmdSpoolDir=$D/d
 SlurmctldPidFile=$D/ctld.pid
@@ -93,7 +94,9 @@ SlurmctldPort=$port
 SlurmdPort=$((port + 1))
 SchedulerParameters=sched_interval=2
 MinJobAge=600
-KillWait=5
+KillWait=2
+# The tests read the times of slurmctld's time-limit checks (every 30 s) from ctld.log.
+SlurmctldDebug=debug2
 NodeName=$host CPUs=$cpus RealMemory=$mem State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4
 EOF

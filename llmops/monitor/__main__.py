@@ -11,7 +11,8 @@ limits.json_depth, longer than limits.row_bytes, or whose latency is not a finit
 file and line; a metrics host that is not loopback without --allow-public-bind), 1 the endpoint
 failed every probe. Each probe request ends within limits.http_total_seconds in all (each read
 within monitor.request_timeout_s); --duration ends the whole probing. The limits come from the
-run's config (baseline.json) unless a flag overrides them.
+run's config (baseline.json) unless a flag overrides them. SIGTERM or Ctrl-C during
+--serve-seconds ends the serving early with the same exit code (the report is already written).
 """
 
 from __future__ import annotations
@@ -19,8 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -365,30 +370,59 @@ def run(args: argparse.Namespace) -> int:
                       "model": args.model or baseline["model"]}
         result = compare(baseline, live_samples(rows, answers, baseline["call_syntax"], extra),
                          latencies)
-        if exporter:
-            exporter.update(result)
-        report = {**source, "probes": len(rows), "errors": errors, "limits": bounds,
-                  "significance": baseline["significance"],
-                  "probe_set_sha256": baseline["probes"]["sha256"], **result,
-                  "exit_code": EXIT_ALERT if result["alerts_firing"] else EXIT_OK}
-        write_json(args.report or args.run_dir / "monitor_report.json", report,
-                          allow_nan=False)
-        for name, e in result["figures"].items():
-            now = "n/a" if e["now"] is None else f"{e['now']:.4g}"
-            print(f"monitor: {name}: now {now} (n={e['n']}) vs baseline {e['baseline']:.4g} "
-                  f"(n={e['baseline_n']}), threshold {e['threshold']:g}, p={e['p_value']}"
-                  f"{' FIRING' if e['firing'] else ''}")
-        lat = result["latency"]
-        print(f"monitor: latency p95 {lat['p95_s']} s vs threshold {lat['threshold_s']:g} s"
-              f"{' FIRING' if lat['firing'] else ''}")
-        if result["alerts_firing"]:
-            print(f"monitor: ALERT: {', '.join(result['alerts_firing'])}", file=sys.stderr)
-        if exporter and args.serve_seconds > 0:
-            time.sleep(args.serve_seconds)
-        return int(report["exit_code"])
+        serve = exporter is not None and args.serve_seconds > 0
+        with _stop_on_signal(serve) as stop:  # from here a stop ends only the serving
+            if exporter:
+                exporter.update(result)
+            report = {**source, "probes": len(rows), "errors": errors, "limits": bounds,
+                      "significance": baseline["significance"],
+                      "probe_set_sha256": baseline["probes"]["sha256"], **result,
+                      "exit_code": EXIT_ALERT if result["alerts_firing"] else EXIT_OK}
+            write_json(args.report or args.run_dir / "monitor_report.json", report,
+                       allow_nan=False)
+            for name, e in result["figures"].items():
+                now = "n/a" if e["now"] is None else f"{e['now']:.4g}"
+                print(f"monitor: {name}: now {now} (n={e['n']}) vs baseline {e['baseline']:.4g} "
+                      f"(n={e['baseline_n']}), threshold {e['threshold']:g}, p={e['p_value']}"
+                      f"{' FIRING' if e['firing'] else ''}")
+            lat = result["latency"]
+            print(f"monitor: latency p95 {lat['p95_s']} s vs threshold {lat['threshold_s']:g} s"
+                  f"{' FIRING' if lat['firing'] else ''}")
+            if result["alerts_firing"]:
+                print(f"monitor: ALERT: {', '.join(result['alerts_firing'])}", file=sys.stderr)
+            if serve:
+                _serve_final(args.serve_seconds, stop)
+            return int(report["exit_code"])
     finally:
         if exporter:
             exporter.stop()
+
+
+@contextmanager
+def _stop_on_signal(enabled: bool) -> Iterator[threading.Event]:
+    """Yields an event that SIGTERM or Ctrl-C sets (with `enabled`; else the signals keep their
+    handlers); restores the handlers after."""
+    stop = threading.Event()
+    if not enabled:
+        yield stop
+        return
+    previous = {s: signal.signal(s, lambda signum, frame: stop.set())
+                for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _serve_final(seconds: float, stop: threading.Event) -> None:
+    """Waits while the exporter serves the final figures, until `stop` is set (SIGTERM or
+    Ctrl-C: the figures are final and reported, so the exit code stays the monitor's)."""
+    deadline = time.monotonic() + seconds
+    while not stop.wait(min(0.2, max(deadline - time.monotonic(), 0))):
+        if time.monotonic() >= deadline:
+            return
+    print("monitor: stopped serving the final figures early", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -272,7 +272,7 @@ def _execute(spec: StageSpec, plan: Plan, store: Store, outputs: dict[str, Path]
         except BaseException as exc:
             if not resumable:  # a resumable stage keeps its checkpoints for the next attempt
                 store.discard(work)
-            elif status == "resumed" and not isinstance(exc, KeyboardInterrupt):
+            elif status == "resumed" and not isinstance(exc, KeyboardInterrupt | SystemExit):
                 log.warning("%s failed while resuming from %s. If the checkpoint is the problem, "
                             "remove %s (or run python -m llmops.store gc) to start over.",
                             spec.name, params["train"]["resume_dir"], work)

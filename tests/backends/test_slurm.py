@@ -1,8 +1,9 @@
 """On a real one-node SLURM cluster (.ci/slurm.sh starts munged, slurmctld and slurmd for this
 module, in its own folder and ports, and stops them at the end): a 2-point sweep through
 `hydra/launcher=slurm` (submitit), and one training job of 2 SLURM tasks as 2 ranks (ddp, gloo)
-that is requeued mid-training (`scontrol requeue`), resumes from its checkpoint and ends where one
-process does.
+that is requeued mid-training twice, by `scontrol requeue` and by its time limit (SLURM's warning
+signal, on which submitit requeues the job itself), resumes from its checkpoint each time and
+ends where one process does.
 
 Skips with the reason where the cluster cannot start (no slurm-wlm/munge, not root); fails
 instead under LLMOPS_REQUIRE_SLURM=1 (CI). What this does not test: GPUs and several nodes.
@@ -13,10 +14,12 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -30,8 +33,11 @@ LAUNCHER = ("hydra/launcher=slurm", "hydra.launcher.partition=debug",
             "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=4")
 TRAIN_ONLY = ("data.n_examples=200", "model.pretrain.steps=20", "eval=none", "deploy=none",
               "usecase=none", "progress=false")
-STEPS = 120  # enough that the requeue (SIGKILL after KillWait=5 s) lands mid-training on an idle
-#               machine too (40 steps ran out within KillWait there)
+# The ddp job's time limit: short enough that submitit counts a requeue on its warning as a time
+# limit (not a preemption), long enough that only the test brings it on.
+LIMIT_MIN = 10
+STEPS = 120  # enough that both requeues land mid-training on an idle machine too (each stopped
+#               run trains on for up to KillWait=2 s; with KillWait=5, 40 steps ran out there)
 
 
 def _free_port_pair() -> int:
@@ -141,30 +147,91 @@ def test_a_two_point_sweep_runs_as_a_slurm_array_of_two_jobs(slurm, sweep):
     assert {m["stages"]["base"]["path"] for m in points} == {points[0]["stages"]["base"]["path"]}
 
 
-def test_two_slurm_tasks_train_as_two_ranks_survive_a_requeue_and_match_one_process(
+def _ctld_checks(env: dict[str, str]) -> list[datetime]:
+    """When slurmctld checked the jobs' time limits (every ~30 s; ctld.log at debug2): the time
+    limit's warning signal and its end are only acted on then."""
+    log = Path(env["SLURM_CONF"]).with_name("ctld.log").read_text()
+    return [datetime.fromisoformat(t) for t in
+            re.findall(r"^\[([0-9T:.-]+)\] debug2: Testing job time limits", log, re.M)]
+
+
+def _wait(what: str, ready, proc: subprocess.Popen, root: Path, seconds: float = 300) -> None:
+    deadline = time.time() + seconds
+    while not ready():
+        assert proc.poll() is None and time.time() < deadline, \
+            f"{what}: not before the job ended:\n" + (root / "stderr.txt").read_text()[-3000:]
+        time.sleep(0.2)
+
+
+def _checkpoints(store: Path) -> list[int]:
+    return sorted(int(p.split("-")[-1].split("/")[0]) for p in glob.glob(
+        str(store / ".work/sft-*/checkpoints/checkpoint-*/trainer_state.json")))
+
+
+def _resume_before_the_next_check(env: dict[str, str], job_id: str) -> None:
+    """Resumes the suspended job about a second before slurmctld's next time-limit check (they
+    come every 29 to 31 s; ctld.log has the last one), so it runs for only a moment before it."""
+    deadline = time.time() + 120
+    while True:
+        last = _ctld_checks(env)[-1]
+        if datetime.now() < last + timedelta(seconds=28):
+            break
+        while _ctld_checks(env)[-1] == last:  # that check is about due: wait for it, and go by it
+            assert time.time() < deadline, "slurmctld logs no time-limit checks"
+            time.sleep(0.1)
+    while datetime.now() < last + timedelta(seconds=28):
+        time.sleep(0.1)
+    subprocess.run(["scontrol", "resume", job_id], env=env, check=True)
+
+
+def _restart_now(env: dict[str, str], job_id: str, restarts: int, **fields: str) -> None:
+    """Once the requeued job is pending again, lets it start now (SLURM holds a requeued job for
+    cred_expire seconds), with `fields` changed."""
+    deadline = time.time() + 120
+    while (job := _job(env, job_id))["JobState"] != "PENDING" \
+            or job["Restarts"] != str(restarts):
+        assert time.time() < deadline, job
+        time.sleep(0.2)
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now",
+                    *(f"{k}={v}" for k, v in fields.items())], env=env, check=True)
+
+
+def test_two_slurm_tasks_train_as_two_ranks_survive_a_requeue_and_a_time_limit(
         slurm, sweep, tmp_path):
+    """One job of 2 SLURM tasks as 2 ranks: requeued by `scontrol requeue` at its first checkpoint,
+    then, in its second run, brought to its time limit: SLURM's warning signal (submitit's
+    --signal=USR2@120) makes submitit checkpoint the job and requeue itself; the third run
+    resumes from the second run's checkpoint, finishes, and ends where one process does."""
     proc = _llmops(tmp_path, slurm, "hydra.launcher.tasks_per_node=2", "distributed=ddp",
                    "distributed.nproc_per_node=2", f"train.max_steps={STEPS}",
-                   "train.save_steps=4")
+                   "train.save_steps=4", f"hydra.launcher.timeout_min={LIMIT_MIN}")
     store = Path(slurm["LLMOPS_STORE"])
-    deadline = time.time() + 300
-    while not glob.glob(str(store / ".work/sft-*/checkpoints/checkpoint-*/trainer_state.json")):
-        assert proc.poll() is None and time.time() < deadline, \
-            "no checkpoint before the job ended:\n" + (tmp_path / "stderr.txt").read_text()[-3000:]
-        time.sleep(0.2)
+    _wait("a checkpoint", lambda: _checkpoints(store), proc, tmp_path)
     (job_id,) = subprocess.run(["squeue", "-h", "-o", "%i"], env=slurm, check=True,
                                capture_output=True, text=True).stdout.split()
+    # 1. Preempted: SLURM requeues it (SIGTERM, SIGKILL after KillWait), run 2 resumes.
     subprocess.run(["scontrol", "requeue", job_id], env=slurm, check=True)
-    # SLURM holds a requeued job for ~2 minutes (BeginTime); let it start as soon as it is pending.
-    while _job(slurm, job_id)["JobState"] != "PENDING":
-        assert time.time() < deadline
-        time.sleep(0.2)
-    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=slurm,
-                   check=True)
+    _restart_now(slurm, job_id, 1)
+    first = _checkpoints(store)[-1]  # run 1 has ended: run 2 resumes from here
+    # 2. The time limit: once run 2 has trained past its resume point, the job is suspended and
+    # its time limit brought within the warning's 120 s; it runs again just before slurmctld's
+    # next time-limit check, which sends USR2: task 0's submitit handler checkpoints the
+    # submission, runs `scontrol requeue` itself and exits.
+    _wait("run 2 training past its resume point",
+          lambda: _checkpoints(store)[-1] > first, proc, tmp_path)
+    subprocess.run(["scontrol", "suspend", job_id], env=slurm, check=True)
+    second = _checkpoints(store)[-1]
+    run_s = sum(int(x) * 60 ** i for i, x in
+                enumerate(reversed(_job(slurm, job_id)["RunTime"].split(":"))))
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", f"TimeLimit={run_s // 60 + 2}"],
+                   env=slurm, check=True)
+    _resume_before_the_next_check(slurm, job_id)
+    # 3. Run 3 with the job's own limit again.
+    _restart_now(slurm, job_id, 2, TimeLimit=str(LIMIT_MIN))
     _finish(proc, tmp_path)
 
     job = _job(slurm, job_id, ended=True)
-    assert job["JobState"] == "COMPLETED" and job["Restarts"] == "1"
+    assert job["JobState"] == "COMPLETED" and job["Restarts"] == "2"
     assert job["NumTasks"] == "2"
     (manifest,) = _points(tmp_path)
     sft = manifest["stages"]["sft"]
@@ -173,10 +240,16 @@ def test_two_slurm_tasks_train_as_two_ranks_survive_a_requeue_and_match_one_proc
     report = _report(manifest)
     assert report["world_size"] == 2 and report["launcher"] == "submitit"
     assert report["steps"] == STEPS and report["resumed_from_step"] == sft["resumed_from_step"]
-    assert 4 <= sft["resumed_from_step"] < STEPS
-    logs = "\n".join(Path(f).read_text() for f in
-                     glob.glob(str(tmp_path / "outputs/multirun/*/*/.submitit/*/*_log.*")))
-    assert "submitit task 1 of 2" in logs and "DUE TO JOB REQUEUE" in logs
+    # Run 3 resumed from what run 2 trained, not from run 1's checkpoint.
+    assert first < second <= sft["resumed_from_step"] < STEPS, (first, second, sft)
+    logs = {Path(f).name: Path(f).read_text() for f in
+            glob.glob(str(tmp_path / "outputs/multirun/*/*/.submitit/*/*_log.*"))}
+    every = "\n".join(logs.values())
+    assert "submitit task 1 of 2" in every and "DUE TO JOB REQUEUE" in every
+    task0 = logs[f"{job_id}_0_log.err"] + logs[f"{job_id}_0_log.out"]
+    assert "Caught signal SIGUSR2" in task0 and "this job is timed-out" in task0
+    assert f"Requeued job {job_id} (2 remaining timeouts)" in task0  # max_num_timeout: 3
+    assert "failed while resuming" not in task0  # a stop, not a failure of the checkpoint
     # What one process does: the same effective batch and steps, and about the same loss.
     one = _report(_points(sweep)[1])
     assert one["world_size"] == 1 and one["steps"] == STEPS

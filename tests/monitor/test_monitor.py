@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -18,6 +19,7 @@ import sys
 import time
 import urllib.request
 from contextlib import ExitStack, contextmanager
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -397,6 +399,8 @@ def test_metrics_endpoint_answers_in_prometheus_format_on_localhost(stage_inputs
     assert samples[("llmops_monitor_alert_firing",
                     (("alert", "LlmopsAccuracyBelowBaseline"), ("model", "llmops-tiny")))] == 1.0
     assert f"metrics at http://127.0.0.1:{port}/metrics" in out
+    # SIGTERM while it serves the final figures ends the serving, with the monitor's exit code.
+    assert proc.returncode == EXIT_ALERT and "stopped serving the final figures early" in out
 
 
 def test_monitor_input_errors_name_the_file(stage_inputs, tmp_path, stage_params):
@@ -498,22 +502,27 @@ def test_monitor_is_quiet_on_the_tuned_model_and_pages_on_the_base_model(chain_r
                 tmp_path, _quick_rules(run / "stages" / "monitor", tmp_path),
                 f"127.0.0.1:{port}", hook))
         with _serve(tuned, tmp_path / "tuned.log") as url:
+            tuned_report = tmp_path / "tuned_report.json"
             proc = subprocess.Popen(
                 [sys.executable, "-m", "llmops.monitor", str(run), "--endpoint", url,
-                 "--probes", "40", "--metrics-port", str(port), "--serve-seconds", "20"],
+                 "--probes", "40", "--metrics-port", str(port), "--serve-seconds", "300",
+                 "--report", str(tuned_report)],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
             text = _metrics_while_running(proc, port, 40)
+            _wait_file(tuned_report, proc)  # written: the final figures are served
             if prom:  # scraped, rules evaluated on the final figures: nothing fires
                 _wait_scraped(prom, proc, "llmops_monitor_probes_total", 40.0)
-                time.sleep(3)
+                _wait_evaluated(prom, proc, "llmops_monitor_probes_total")
                 assert _prom(prom, "/api/v1/alerts")["alerts"] == [] and received == []
+            proc.terminate()  # ends --serve-seconds early, with the monitor's exit code
             out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, out + err
         families = {f.name: f for f in text_string_to_metric_families(text)}
         assert {"llmops_monitor_accuracy", "llmops_monitor_json_validity",
                 "llmops_monitor_request_latency_seconds", "llmops_monitor_probes"} <= set(families)
         assert f"metrics at http://127.0.0.1:{port}/metrics" in out
-        report = json.loads((run / "monitor_report.json").read_text())
+        assert "stopped serving the final figures early" in out
+        report = json.loads(tuned_report.read_text())
         assert report["probes"] == 40 and report["alerts_firing"] == []
 
         base = _base_gguf(run, tmp_path)
@@ -521,10 +530,12 @@ def test_monitor_is_quiet_on_the_tuned_model_and_pages_on_the_base_model(chain_r
             proc = subprocess.Popen(
                 [sys.executable, "-m", "llmops.monitor", str(run), "--endpoint", url,
                  "--probes", "40", "--metrics-port", str(port), "--serve-seconds",
-                 "30" if prom else "0"],
+                 "300" if prom else "0"],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
             if prom:  # paged while the monitor probes or serves its final figures
                 _wait_paged(received, proc, tmp_path)
+                _wait_file(run / "monitor_report.json", proc, newer_than=tuned_report)
+                proc.terminate()
             out, err = proc.communicate(timeout=900)
     assert proc.returncode == EXIT_ALERT, out + err
     report = json.loads((run / "monitor_report.json").read_text())
@@ -577,17 +588,17 @@ def _wait_http(url: str, proc: subprocess.Popen, log: Path) -> None:
 def _prometheus_stack(tmp_path: Path, rules: Path, target: str, hook: str):
     """Runs Alertmanager (the generated config, one webhook channel) and Prometheus (the
     generated config: scrapes target, evaluates `rules`, alerts to that Alertmanager) on
-    127.0.0.1, every second; yields Prometheus's base URL."""
+    127.0.0.1, scraping, evaluating and grouping every 200 ms; yields Prometheus's base URL."""
     from llmops.serving.alerts import alertmanager_config, prometheus_config
 
     prometheus = _binary("prometheus")
     alertmanager = _binary("prometheus-alertmanager", "alertmanager")
     am_port, prom_port = _free_port(), _free_port()
     (tmp_path / "alertmanager.yml").write_text(yaml.safe_dump(alertmanager_config(
-        {"webhook": {"url": hook}}, str(tmp_path / "secrets"), group_wait="1s",
-        group_interval="1s")))
+        {"webhook": {"url": hook}}, str(tmp_path / "secrets"), group_wait="200ms",
+        group_interval="200ms")))
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(prometheus_config(
-        target, str(rules), f"127.0.0.1:{am_port}", interval="1s")))
+        target, str(rules), f"127.0.0.1:{am_port}", interval="200ms")))
     procs = []
     try:
         for name, cmd, port in (
@@ -644,7 +655,33 @@ def _wait_scraped(prom: str, proc: subprocess.Popen, metric: str, value: float) 
         if result and float(result[0]["value"][1]) == value:
             return
         assert proc.poll() is None and time.monotonic() < deadline, (result, proc.poll())
-        time.sleep(0.5)
+        time.sleep(0.2)
+
+
+def _wait_evaluated(prom: str, proc: subprocess.Popen, metric: str) -> None:
+    """Waits until Prometheus has evaluated every rule group after the scrape that gave `metric`
+    its latest sample (an alert with `for: 0s` fires on that evaluation if it fires at all)."""
+    query = f"/api/v1/query?query=timestamp({metric})"
+    scraped = float(_prom(prom, query)["result"][0]["value"][1])
+    deadline = time.monotonic() + 120
+    while True:
+        groups = _prom(prom, "/api/v1/rules")["groups"]
+        # RFC 3339 with nanoseconds: Python reads microseconds
+        done = [datetime.fromisoformat(re.sub(r"(\.\d{6})\d*", r"\1", g["lastEvaluation"])
+                                       .replace("Z", "+00:00")).timestamp() for g in groups]
+        if done and min(done) > scraped:
+            return
+        assert proc.poll() is None and time.monotonic() < deadline, (groups, proc.poll())
+        time.sleep(0.2)
+
+
+def _wait_file(path: Path, proc: subprocess.Popen, newer_than: Path | None = None) -> None:
+    """Waits until the monitor wrote its report (then SIGTERM only ends its serving)."""
+    deadline = time.monotonic() + 600
+    while not (path.is_file() and (newer_than is None
+                                   or path.stat().st_mtime_ns > newer_than.stat().st_mtime_ns)):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.poll()
+        time.sleep(0.2)
 
 
 def _wait_paged(received: list[dict], proc: subprocess.Popen, tmp_path: Path) -> None:
@@ -675,31 +712,33 @@ def test_prometheus_scrapes_the_monitor_and_alertmanager_pages_the_webhook_on_a_
     rules = _quick_rules(run_dir / "stages" / "monitor", tmp_path)
     port = _free_port()
 
-    def monitor(log: Path, seconds: int) -> subprocess.Popen:
+    def monitor(name: str, wrong: bool) -> subprocess.Popen:
+        # Serves its final figures until the test stops it (SIGTERM: the monitor's exit code).
+        log = _log(tmp_path / f"{name}.jsonl", probes, wrong)
         return subprocess.Popen(
             [sys.executable, "-m", "llmops.monitor", str(run_dir), "--log", str(log),
-             "--metrics-port", str(port), "--serve-seconds", str(seconds)],
+             "--metrics-port", str(port), "--serve-seconds", "300",
+             "--report", str(tmp_path / f"{name}_report.json")],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
     with _webhook() as (hook, received), \
             _prometheus_stack(tmp_path, rules, f"127.0.0.1:{port}", hook) as prom:
-        good = monitor(_log(tmp_path / "good.jsonl", probes, False), 8)
-        deadline = time.monotonic() + 120
-        query = "/api/v1/query?query=llmops_monitor_accuracy"
-        while not _prom(prom, query)["result"]:  # scraped at least once
-            assert good.poll() is None and time.monotonic() < deadline, good.communicate()
-            time.sleep(0.5)
-        assert float(_prom(prom, query)["result"][0]["value"][1]) == 1.0
-        time.sleep(3)  # a few evaluations of the rules on the scraped figures
-        assert _prom(prom, "/api/v1/alerts")["alerts"] == [] and received == []
-        good.communicate(timeout=120)
+        good = monitor("good", False)
+        try:
+            _wait_scraped(prom, good, "llmops_monitor_accuracy", 1.0)
+            _wait_evaluated(prom, good, "llmops_monitor_accuracy")
+            assert _prom(prom, "/api/v1/alerts")["alerts"] == [] and received == []
+        finally:
+            good.terminate()
+            good.communicate(timeout=120)
         assert good.returncode == 0
 
-        bad = monitor(_log(tmp_path / "bad.jsonl", probes, True), 60)
+        bad = monitor("bad", True)
         try:
             _wait_paged(received, bad, tmp_path)
         finally:
             bad.terminate()
             bad.communicate(timeout=60)
+        assert bad.returncode == EXIT_ALERT
     _assert_accuracy_page(received)
