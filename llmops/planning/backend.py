@@ -11,6 +11,7 @@ import importlib.util
 BACKENDS: dict[str, str] = {
     "hf": "llmops.backends.hf",
     "unsloth": "llmops.backends.unsloth",
+    "openai": "llmops.backends.openai_ft",
 }
 CHOICES: tuple[str, ...] = ("auto", *BACKENDS)
 
