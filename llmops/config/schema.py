@@ -359,7 +359,8 @@ class OpenAIFinetuneConfig(_Group):
     n_epochs: int | Literal["auto"] = Field(
         description="Passes over the training file; auto: the API's choice (the estimate uses "
                     "train.epochs).")
-    batch_size: Batch | Literal["auto"] = Field(description="The job's batch size; auto: the API's.")
+    batch_size: Batch | Literal["auto"] = Field(
+        description="The job's batch size; auto: the API's.")
     learning_rate_multiplier: float | Literal["auto"] = Field(
         description="Multiplier on the API's base learning rate; auto: the API's.")
     seed: Seed = Field(description="The job's seed.")

@@ -170,7 +170,8 @@ async def _send(baseline: dict[str, Any], probes: list[dict[str, Any]], args: ar
     import anyio
     from openai import AsyncOpenAI, OpenAIError
 
-    from llmops.monitor.score import answer_text, compare, live_samples
+    from llmops.monitor.score import compare, live_samples
+    from llmops.serving.chat_api import answer_text
 
     client = AsyncOpenAI(base_url=base_url, api_key="not-needed", max_retries=0,
                          timeout=float(baseline["request_timeout_s"]))  # each read
@@ -276,8 +277,9 @@ def score_log(baseline: dict[str, Any], probes: list[dict[str, Any]], path: Path
             longer than limits.row_bytes, or not a logged request/response.
     """
     from llmops.files import JSONLimitError, loads_bounded
-    from llmops.monitor.score import answer_text, parser
+    from llmops.monitor.score import parser
     from llmops.scoring.tools import score_calls
+    from llmops.serving.chat_api import answer_text
 
     bounds = bounds or baseline["limits"]
     key = {json.dumps(request_of(r)[0], sort_keys=True): r for r in probes}
