@@ -78,7 +78,7 @@ def _report(run: Path, name: str) -> dict[str, Any]:
 
 def _stage_dir(chain: dict[str, Any], stage: str) -> Path:
     manifest = json.loads((chain["run"] / "manifest.json").read_text(encoding="utf-8"))
-    return Path(manifest["stages"][stage]["output"])
+    return Path(manifest["stages"][stage]["path"])
 
 
 def test_interrupted_run_follows_the_same_job_on_rerun(openai_chain):
