@@ -18,7 +18,6 @@ test calls ``release()`` (to interrupt a run mid-job). Requests need a Bearer ke
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 import time

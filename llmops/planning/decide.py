@@ -10,6 +10,7 @@ from typing import Any
 
 from llmops.planning.fixes import Catalog, option
 from llmops.planning.memory import estimate
+from llmops.planning.openai_ft import way
 
 MIN_EXAMPLES = 500
 MIN_STABILITY_MONTHS = 6
@@ -133,7 +134,10 @@ def _method(u: dict[str, Any], compute: dict[str, Any] | None,
         training, why = "DPO", ["the model already does the task: DPO refines preferences"]
     else:
         training, why = "SFT", ["teaching a behaviour/format from examples: supervised fine-tuning"]
-    out: dict[str, Any] = {"training": training, "adapter": None, "why": why, "options": {}}
+    out: dict[str, Any] = {"training": training, "adapter": None, "why": why, "options": {},
+                           "way": way(int(u["examples_available"]))}
+    if out["way"]["backend"] == "openai":
+        out["why"].append(out["way"]["why"])
     if not compute or not compute.get("model") or not compute.get("hardware"):
         out["why"].append("no model/hardware given: adapter choice skipped")
         return out

@@ -242,3 +242,18 @@ def test_what_the_backend_cannot_do_is_refused_at_compile_time(compose_plan, ove
     with pytest.raises(ConfigError) as e:
         compose_plan(["train.backend=openai", "train.openai.upload_consent=true", override])
     assert key in {p.key for p in e.value.problems}
+
+
+def test_decide_names_the_api_between_100_and_1000_examples():
+    from llmops.config.hydra.groups import option_files
+    from llmops.planning.decide import assess
+    from llmops.planning.openai_ft import way
+
+    assert [way(n)["way"] for n in (99, 100, 1000, 1001)] == \
+        ["few-shot", "openai", "openai", "lora"]
+    from conftest import _compile
+
+    _, plan = _compile(["usecase.examples_available=400"])
+    report = assess(plan.stage("decide").params["usecase"], catalog=option_files())
+    assert report["method"]["way"]["backend"] == "openai"
+    assert any("train.backend=openai" in w for w in report["method"]["why"])
