@@ -1,9 +1,12 @@
 """train.backend=openai against a local stand-in of OpenAI's API (tests/openai_standin.py).
 
-One session run carries the chain and the interruption: the stand-in holds the job in
+One module run carries the chain and the interruption: the stand-in holds the job in
 `running`, the run is interrupted (SIGINT, as Ctrl-C) while it follows the job, the job is let
 go, and the same command is rerun: it follows the same job (one job on the stand-in) and runs
-through eval, where the fine-tuned model (trained for real by the stand-in) beats the base.
+through eval, where the fine-tuned model (trained for real by the stand-in, 40 LoRA steps on the
+uploaded rows) beats the base. The base is the default run's tiny model (its store entry is
+reused: nothing is pre-trained here), as both "OpenAI's" base model and the data stage's
+tokenizer.
 """
 
 from __future__ import annotations
@@ -19,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import QUICK_PRETRAIN
+from conftest import _compile
 
 FAKE_KEY = "sk-standin-7f3a9c1e5b2d4a6f8e0c"
-# A small chain: quick tiny base, 120 rows, 20 test rows, gates recorded not enforced.
-SMALL = [*QUICK_PRETRAIN, "data.n_examples=120", "eval.limit=20", "eval.enforce=false",
-         "deploy=none", "usecase=none", "progress=false"]
+# A small chain on the default tiny base: 200 rows (20 test rows), gates recorded not enforced.
+SMALL = ["data.n_examples=200", "eval.enforce=false", "deploy=none", "usecase=none",
+         "progress=false"]
 OPENAI = ["train.backend=openai", "train.openai.upload_consent=true",
           "train.openai.poll_seconds=0.2", "train.openai.suffix=chain"]
 
@@ -35,20 +38,21 @@ def _env(**extra: str) -> dict[str, str]:
             **extra}
 
 
-def _standin_sft_params(stage_params) -> dict[str, Any]:
-    """The stand-in's own training: llmops's hf backend, a few steps at a high rate."""
-    return stage_params("sft", *QUICK_PRETRAIN, "train.backend=hf", "train.max_steps=40",
-                        "train.learning_rate=1e-2")
-
-
 @pytest.fixture(scope="module")
-def openai_chain(tmp_path_factory, tiny_base, stage_params) -> dict[str, Any]:
+def openai_chain(tmp_path_factory, default_run, seed_store, stage_params) -> dict[str, Any]:
     from openai_standin import OpenAIStandIn
 
+    from llmops.store.cas import Store
+
     root = tmp_path_factory.mktemp("openai_chain")
-    standin = OpenAIStandIn(root / "standin", tiny_base, _standin_sft_params(stage_params),
+    store = seed_store(root / "store", *SMALL, stages=("base",), source=default_run["store"])
+    _, plan = _compile(SMALL)
+    base = Store(store).lookup(plan.stage("base"))
+    (root / "standin").mkdir()
+    # The stand-in's own training: llmops's hf backend, 40 LoRA steps.
+    standin = OpenAIStandIn(root / "standin", base,
+                            stage_params("sft", "train.backend=hf", "train.max_steps=40"),
                             hold=True)
-    (root / "standin").mkdir(exist_ok=True)
     args = [sys.executable, "-m", "llmops", *SMALL, *OPENAI,
             f"train.openai.base_url={standin.base_url}", f"store_dir={root / 'store'}"]
     env = _env(OPENAI_API_KEY=FAKE_KEY)
@@ -107,13 +111,14 @@ def test_eval_scores_base_and_fine_tuned_ids_through_the_api(openai_chain):
     assert report["models"] == {"base": "gpt-4o-mini-2024-07-18",
                                 "tuned": job["fine_tuned_model"]}
     assert report["n"] == 20 and report["answer_syntax"] == "hermes"
+    assert report["base"]["loss"] is None  # the API gives no held-out loss
     assert report["tuned"]["exact_match"] > report["base"]["exact_match"], report["deltas"]
     assert {g["name"] for g in report["gates"]} >= {"accuracy", "format"}
     manifest = json.loads((c["run"] / "manifest.json").read_text())
     assert "export" not in manifest["stages"] and "gguf" not in manifest["stages"]
     compute = json.loads((_stage_dir(c, "compute") / "compute_plan.json").read_text())
     assert compute["backend"] == "openai" and compute["cost_usd"] > 0
-    assert "total_gb" not in compute and compute["upload"]["train_rows"] == 96
+    assert "total_gb" not in compute and compute["upload"]["train_rows"] == 160
 
 
 def test_the_api_key_reaches_no_file_and_no_output(openai_chain):
@@ -251,8 +256,6 @@ def test_decide_names_the_api_between_100_and_1000_examples():
 
     assert [way(n)["way"] for n in (99, 100, 1000, 1001)] == \
         ["few-shot", "openai", "openai", "lora"]
-    from conftest import _compile
-
     _, plan = _compile(["usecase.examples_available=400"])
     report = assess(plan.stage("decide").params["usecase"], catalog=option_files())
     assert report["method"]["way"]["backend"] == "openai"
