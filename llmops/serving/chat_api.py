@@ -2,7 +2,8 @@
 ``openai`` client), and writes each answer as text in a call syntax eval's parsers read.
 
 train.backend=openai evaluates the base model id and the fine-tuned id this way: each row's
-prompt (its messages but the reference answer) goes out with the row's ``tools``; the answer's
+prompt (``llmops.serving.integration.chat_request``: its messages but the reference answer)
+goes out with the row's ``tools``; the answer's
 ``content`` and structured ``tool_calls`` are written as Hermes ``<tool_call>`` blocks
 (``answer_text``), so the same scorers and gates read them as they read a local model's answers.
 The key comes from OPENAI_API_KEY (the client reads it), never from a config.
@@ -16,8 +17,6 @@ from typing import Any
 
 #: The syntax answers are written in (``llmops.scoring.parsers.PARSERS``).
 API_SYNTAX = "hermes"
-#: The message keys a chat completions request takes (llmops's reasoning and weight stay home).
-_REQUEST_KEYS = ("role", "content", "name", "tool_calls", "tool_call_id")
 
 
 def answer_text(message: Mapping[str, Any], syntax: str | None) -> str:
@@ -38,13 +37,6 @@ def answer_text(message: Mapping[str, Any], syntax: str | None) -> str:
         else:
             lines.append(f'<tool_call>\n{{"name": {name}, "arguments": {raw}}}\n</tool_call>')
     return "\n".join(lines)
-
-
-def prompt_messages(row: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Returns a row's prompt as a request's messages: every message but the reference answer
-    (the last), with the keys a chat completions request takes."""
-    return [{k: m[k] for k in _REQUEST_KEYS if m.get(k) is not None or k == "content"}
-            for m in row["messages"][:-1]]
 
 
 def client(base_url: str | None, timeout_s: float) -> Any:
@@ -72,10 +64,12 @@ def answer_rows(api: Any, model: str, rows: Sequence[Mapping[str, Any]], max_tok
     """
     from tqdm.auto import tqdm
 
+    from llmops.serving.integration import chat_request
+
     answers, prompts = [], []
     for row in tqdm(rows, desc=desc, disable=not show_progress):
-        messages = prompt_messages(row)
-        extra = {"tools": row["tools"]} if row.get("tools") else {}
+        messages, tools = chat_request(row)
+        extra = {"tools": tools} if tools else {}
         reply = api.chat.completions.create(model=model, messages=messages, temperature=0,
                                             max_tokens=max_tokens, **extra)
         answers.append(answer_text(reply.choices[0].message.model_dump(), API_SYNTAX))

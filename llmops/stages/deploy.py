@@ -282,7 +282,8 @@ def run(params: DeployParams, inputs: dict[str, Path], out_dir: Path, ctx: Stage
     if params["target"] == "openai_api":  # train.backend=openai: the model stays at OpenAI
         from llmops.stages.deploy_api import deploy_api
 
-        report = deploy_api(params, inputs, out_dir, ctx, gates)
+        report = deploy_api(params, inputs, out_dir, ctx, gates,
+                            _smoke_chats(params, inputs, int(params["openai"]["n_smoke"])))
         write_json(out_dir / REPORT_NAME, report)
         return report
     gguf_dir = Path(inputs["gguf"])

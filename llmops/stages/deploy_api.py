@@ -18,13 +18,13 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
 
 def deploy_api(params: dict[str, Any], inputs: dict[str, Path], out_dir: Path,
-               ctx: StageContext, gates: dict[str, Any]) -> dict[str, Any]:
-    """Smoke-tests the fine-tuned model id and writes integration_config.json, smoke_test.json;
-    returns the deploy report (without writing it)."""
+               ctx: StageContext, gates: dict[str, Any],
+               chats: list[tuple[list[dict[str, Any]], list[dict] | None]]) -> dict[str, Any]:
+    """Smoke-tests the fine-tuned model id on chats ((messages, tools) each) and writes
+    integration_config.json, smoke_test.json; returns the deploy report (without writing it)."""
     from llmops.files import write_json
     from llmops.serving.chat_api import client
     from llmops.serving.integration import data_tools, integration_config
-    from llmops.stages.deploy import _smoke_chats
     from llmops.stages.eval import api_model_id
 
     model = api_model_id(Path(inputs["sft"]))
@@ -32,7 +32,7 @@ def deploy_api(params: dict[str, Any], inputs: dict[str, Path], out_dir: Path,
     api = client(params["api"]["base_url"], timeout_s=float(params["http_total_seconds"]))
     o = params["openai"]
     results = []
-    for messages, tools in _smoke_chats(params, inputs, int(o["n_smoke"])):
+    for messages, tools in chats:
         t1 = time.perf_counter()
         reply = api.chat.completions.create(model=model, messages=messages, temperature=0.0,
                                             max_tokens=int(o["max_tokens"]),

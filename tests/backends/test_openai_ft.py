@@ -25,8 +25,11 @@ import pytest
 from conftest import _compile
 
 FAKE_KEY = "sk-standin-7f3a9c1e5b2d4a6f8e0c"
-# A small chain on the default tiny base: 200 rows (20 test rows), gates recorded not enforced.
-SMALL = ["data.n_examples=200", "eval.enforce=false", "deploy=none", "usecase=none",
+# A small chain on the default tiny base: 200 rows (20 test rows), the gates made reachable (the
+# chain goes on to deploy, monitor and release), two smoke prompts.
+SMALL = ["data.n_examples=200", "eval.gates.accuracy.threshold=0", "eval.gates.format.threshold=0",
+         "eval.gates.safety.threshold=0", "eval.gates.no_regression.tolerance=1",
+         "deploy.openai.n_smoke=2", "monitor=default", "release=default", "usecase=none",
          "progress=false"]
 OPENAI = ["train.backend=openai", "train.openai.upload_consent=true",
           "train.openai.poll_seconds=0.2", "train.openai.suffix=chain"]
@@ -119,6 +122,22 @@ def test_eval_scores_base_and_fine_tuned_ids_through_the_api(openai_chain):
     compute = json.loads((_stage_dir(c, "compute") / "compute_plan.json").read_text())
     assert compute["backend"] == "openai" and compute["cost_usd"] > 0
     assert "total_gb" not in compute and compute["upload"]["train_rows"] == 160
+
+
+def test_deploy_monitor_and_release_point_at_the_fine_tuned_model(openai_chain):
+    c = openai_chain
+    assert c["second"].returncode == 0, c["second"].stderr[-4000:]
+    model = next(iter(c["standin"].jobs.values()))["fine_tuned_model"]
+    integration = json.loads((_stage_dir(c, "deploy") / "integration_config.json").read_text())
+    assert integration["model"] == model and integration["base_url"] == c["standin"].base_url
+    assert integration["target"] == "openai_api" and integration["tools"]
+    smoke = json.loads((_stage_dir(c, "deploy") / "smoke_test.json").read_text())
+    assert smoke["passed"] and smoke["prompts"] == 2 and smoke["model"] == model
+    baseline = json.loads((_stage_dir(c, "monitor") / "baseline.json").read_text())
+    assert baseline["model"] == model and baseline["call_syntax"] == "hermes"
+    card = (_stage_dir(c, "release") / "release" / "model_card.md").read_text()
+    assert f'model="{model}"' in card or json.dumps(model) in card
+    assert "fine_tuned_model " + model in card
 
 
 def test_the_api_key_reaches_no_file_and_no_output(openai_chain):
