@@ -361,10 +361,11 @@ class OpenAIFinetuneConfig(_Group):
                     "train.epochs).")
     batch_size: Batch | Literal["auto"] = Field(
         description="The job's batch size; auto: the API's.")
-    learning_rate_multiplier: float | Literal["auto"] = Field(
+    learning_rate_multiplier: Annotated[float, Field(gt=0, le=100)] | Literal["auto"] = Field(
         description="Multiplier on the API's base learning rate; auto: the API's.")
     seed: Seed = Field(description="The job's seed.")
-    suffix: Text | None = Field(description="Up to 64 characters in the fine-tuned model's name.")
+    suffix: Annotated[Text, Field(max_length=64)] | None = Field(
+        description="Up to 64 characters in the fine-tuned model's name.")
     price_per_1m_training_tokens_usd: float = Field(
         ge=0, le=10_000, description="Training price per million tokens (trained tokens = tokens "
                                      "x epochs); see OpenAI's pricing page for the model.")
