@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -173,7 +174,9 @@ async def _send(baseline: dict[str, Any], probes: list[dict[str, Any]], args: ar
     from llmops.monitor.score import compare, live_samples
     from llmops.serving.chat_api import answer_text
 
-    client = AsyncOpenAI(base_url=base_url, api_key="not-needed", max_retries=0,
+    # OpenAI's API (train.backend=openai) needs OPENAI_API_KEY; a local server needs none
+    key = os.environ.get("OPENAI_API_KEY") if baseline.get("target") == "openai_api" else None
+    client = AsyncOpenAI(base_url=base_url, api_key=key or "not-needed", max_retries=0,
                          timeout=float(baseline["request_timeout_s"]))  # each read
     model = args.model or baseline["model"]
     count = args.probes or (len(probes) if args.duration is None else sys.maxsize)
