@@ -275,7 +275,13 @@ def test_decide_names_the_api_between_100_and_1000_examples():
 
     assert [way(n)["way"] for n in (99, 100, 1000, 1001)] == \
         ["few-shot", "openai", "openai", "lora"]
-    _, plan = _compile(["usecase.examples_available=400"])
-    report = assess(plan.stage("decide").params["usecase"], catalog=option_files())
-    assert report["method"]["way"]["backend"] == "openai"
-    assert any("train.backend=openai" in w for w in report["method"]["why"])
+    _, plan = _compile(["usecase.examples_available=400", "train.backend=openai",
+                        "hardware=a100_40g", "dry_run=true"])
+    p = plan.stage("decide").params
+    report = assess(p["usecase"], {k: p[k] for k in ("model", "train", "hardware")},
+                    catalog=option_files(), api=p["api"])
+    method = report["method"]
+    assert method["way"]["backend"] == "openai"
+    assert any("train.backend=openai" in w for w in method["why"])
+    assert method["api_vs_self_host"].startswith(f"API training ~${p['api']['cost_usd']:,.2f} "
+                                                 "vs self-hosted ~$")
