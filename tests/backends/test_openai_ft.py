@@ -26,10 +26,10 @@ from conftest import _compile
 
 FAKE_KEY = "sk-standin-7f3a9c1e5b2d4a6f8e0c"
 # A small chain on the default tiny base: 200 rows (20 test rows), the gates made reachable (the
-# chain goes on to deploy, monitor and release), two smoke prompts.
+# chain goes on to deploy, monitor and release; deploy=local's smoke test: deploy.openai's 3).
 SMALL = ["data.n_examples=200", "eval.gates.accuracy.threshold=0", "eval.gates.format.threshold=0",
          "eval.gates.safety.threshold=0", "eval.gates.no_regression.tolerance=1",
-         "deploy.openai.n_smoke=2", "monitor=default", "release=default", "usecase=none",
+         "monitor=default", "release=default", "usecase=none",
          "progress=false"]
 OPENAI = ["train.backend=openai", "train.openai.upload_consent=true",
           "train.openai.poll_seconds=0.2", "train.openai.suffix=chain"]
@@ -132,7 +132,7 @@ def test_deploy_monitor_and_release_point_at_the_fine_tuned_model(openai_chain):
     assert integration["model"] == model and integration["base_url"] == c["standin"].base_url
     assert integration["target"] == "openai_api" and integration["tools"]
     smoke = json.loads((_stage_dir(c, "deploy") / "smoke_test.json").read_text())
-    assert smoke["passed"] and smoke["prompts"] == 2 and smoke["model"] == model
+    assert smoke["passed"] and smoke["prompts"] == 3 and smoke["model"] == model
     baseline = json.loads((_stage_dir(c, "monitor") / "baseline.json").read_text())
     assert baseline["model"] == model and baseline["call_syntax"] == "hermes"
     card = (_stage_dir(c, "release") / "release" / "model_card.md").read_text()
