@@ -159,8 +159,7 @@ def _bad_rows() -> list[dict[str, Any]]:
     return rows
 
 
-def test_bad_data_is_refused_before_anything_is_uploaded(tmp_path, tiny_base, stage_params,
-                                                         monkeypatch):
+def test_bad_data_is_refused_before_anything_is_uploaded(tmp_path, stage_params, monkeypatch):
     from openai_standin import OpenAIStandIn
 
     from llmops.backends.openai_ft import BACKEND
@@ -169,8 +168,8 @@ def test_bad_data_is_refused_before_anything_is_uploaded(tmp_path, tiny_base, st
     from llmops.files import write_jsonl
 
     write_jsonl(tmp_path / "train.jsonl", _bad_rows())
-    standin = OpenAIStandIn(tmp_path / "s", tiny_base, {}, hold=True)
-    (tmp_path / "s").mkdir(exist_ok=True)
+    (tmp_path / "s").mkdir()
+    standin = OpenAIStandIn(tmp_path / "s", tmp_path / "no-model", {}, hold=True)  # trains none
     try:
         params = stage_params("sft", "train.backend=openai", "train.openai.upload_consent=true",
                               f"train.openai.base_url={standin.base_url}", "data.on_error=fail")
@@ -188,8 +187,7 @@ def test_bad_data_is_refused_before_anything_is_uploaded(tmp_path, tiny_base, st
         standin.close()
 
 
-def test_failed_job_fails_the_stage_with_the_apis_message(tmp_path, tiny_base, stage_params,
-                                                          monkeypatch):
+def test_failed_job_fails_the_stage_with_the_apis_message(tmp_path, stage_params, monkeypatch):
     from openai_standin import OpenAIStandIn
 
     from llmops.backends.openai_ft import BACKEND, JOB_FILE
@@ -200,7 +198,8 @@ def test_failed_job_fails_the_stage_with_the_apis_message(tmp_path, tiny_base, s
 
     write_jsonl(tmp_path / "train.jsonl", task_api.generate(12, seed=1))
     (tmp_path / "s").mkdir()
-    standin = OpenAIStandIn(tmp_path / "s", tiny_base, {}, fail_with="File has 3 bad lines")
+    standin = OpenAIStandIn(tmp_path / "s", tmp_path / "no-model", {},
+                            fail_with="File has 3 bad lines")
     try:
         params = stage_params("sft", "train.backend=openai", "train.openai.upload_consent=true",
                               f"train.openai.base_url={standin.base_url}",
