@@ -43,7 +43,7 @@ class TrainingBackend(Protocol):
 
 
 def get_backend(name: str) -> TrainingBackend:
-    """Returns the backend object for a resolved backend name ("hf" or "unsloth").
+    """Returns the backend object for a resolved backend name ("hf", "unsloth" or "openai").
 
     Raises:
         StageError: When name is not a known backend (e.g. "auto", which the compiler resolves).
@@ -70,6 +70,12 @@ def _unsloth() -> TrainingBackend:
     return BACKEND
 
 
+def _openai() -> TrainingBackend:
+    from llmops.backends.openai_ft import BACKEND
+
+    return BACKEND
+
+
 # One loader per name of the backend table (llmops.planning.backend.BACKENDS): each imports its
 # backend's module (torch and the rest) only when a stage asks for it.
-_LOADERS = {"hf": _hf, "unsloth": _unsloth}
+_LOADERS = {"hf": _hf, "unsloth": _unsloth, "openai": _openai}

@@ -14,6 +14,7 @@ from typing import Any, TypeVar, cast
 
 from llmops import __version__
 from llmops.compiler.builders.common import (
+    ApiModelParams,
     DistributedParams,
     HardwareParams,
     LoraParams,
@@ -83,7 +84,8 @@ class StageInputs:
     def of(cls, cfg: AppConfig, r: Resolved) -> StageInputs:
         """Builds the shared params of cfg's stages from its resolution r."""
         m = cfg.model
-        train = cfg.train.model_dump(exclude={"method", "dpo", "orpo", "simpo", "kto", "grpo"})
+        train = cfg.train.model_dump(exclude={"method", "dpo", "orpo", "simpo", "kto", "grpo",
+                                              "openai"})
         train.update(backend=r.backend, precision=r.precision)
         if cfg.train.method != "none":
             train.update(batch_size=r.batch_size, grad_accum=r.grad_accum)
@@ -152,3 +154,11 @@ class PlanBuilder:
     def tuned(self) -> str | None:
         """Returns the stage whose model eval and export read (merge, else dpo, else sft)."""
         return next((n for n in TUNED_STAGES if self.has(n)), None)
+
+
+def api_model(s: StageInputs) -> ApiModelParams | None:
+    """Returns the API model of a train.backend=openai plan, else None."""
+    if s.resolved.backend != "openai":
+        return None
+    o = s.cfg.train.openai
+    return {"model": o.model, "base_url": o.base_url}

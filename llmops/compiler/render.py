@@ -215,6 +215,37 @@ def scale_out_caption(options: list[dict[str, Any]]) -> str | None:
     return "scale out (the same training over several GPUs):\n" + "\n".join(rows)
 
 
+def api_table(report: dict[str, Any]) -> Any:
+    """Returns a rich Table of a train.backend=openai compute plan: what would be uploaded, the
+    tokens and how they were counted, the cost against the cap and the time estimate."""
+    from rich.table import Table
+
+    def num(v: Any) -> str:
+        return f"{v:,}" if isinstance(v, int) else fmt_value(v)
+
+    up = report["upload"]
+    cap = "within" if report["within_cap"] else "ABOVE"
+    title = f"compute plan: OpenAI fine-tuning of {report['model']} ({cap} the cost cap)"
+    table = Table(title=title, title_justify="left", min_width=len(title))
+    table.add_column("what")
+    table.add_column("estimate", justify="right", overflow="fold")
+    for label, value in (
+            ("files uploaded", ", ".join(up["files"])),
+            ("train rows", num(up["train_rows"])), ("validation rows",
+                                                          num(up["val_rows"])),
+            ("rows from", up["rows_from"]), ("tokens per row", num(up["tokens_per_row"])),
+            ("train tokens", num(up["train_tokens"])), ("epochs", f"{up['epochs']:g}"),
+            ("trained tokens", num(up["trained_tokens"])),
+            ("tokens counted", up["token_count"]),
+            ("price per 1M tokens (USD)", f"{report['price_per_1m_training_tokens_usd']:g}"),
+            ("cost (USD)", num(report["cost_usd"])),
+            ("cost cap (USD)", f"{report['max_cost_usd']:g}"),
+            ("job time (h)", num(report["run_time_h"])),
+            ("time from", report["time_from"])):
+        table.add_row(label, value)
+    return table
+
+
 def compute_table(report: dict[str, Any]) -> Any:
     """Returns a rich Table of the compute plan: memory by part, fit, time and cost.
 
@@ -222,6 +253,8 @@ def compute_table(report: dict[str, Any]) -> Any:
     """
     from rich.table import Table
 
+    if report.get("backend") == "openai":
+        return api_table(report)
     fits = "fits" if report["fits"] else "does NOT fit"
     world = report.get("world_size", 1)
     cap = f"{report['capacity_gb']:.1f} GB" if report["capacity_gb"] else "unknown"

@@ -353,6 +353,45 @@ class GrpoConfig(_Group):
                     "num_generations (one prompt a step).")
 
 
+class OpenAIFinetuneConfig(_Group):
+    """train.backend=openai: fine-tuning through OpenAI's fine-tuning API (the key: OPENAI_API_KEY
+    in the environment, never in a config)."""
+
+    model: Text = Field(description="Base model id to fine-tune, e.g. gpt-4o-mini-2024-07-18; "
+                                    "eval scores it as the base.")
+    base_url: Text | None = Field(description="API base URL; null: the openai client's default "
+                                              "(OPENAI_BASE_URL, else api.openai.com/v1).")
+    n_epochs: int | Literal["auto"] = Field(
+        description="Passes over the training file; auto: the API's choice (the estimate uses "
+                    "train.epochs).")
+    batch_size: Batch | Literal["auto"] = Field(
+        description="The job's batch size; auto: the API's.")
+    learning_rate_multiplier: Annotated[float, Field(gt=0, le=100)] | Literal["auto"] = Field(
+        description="Multiplier on the API's base learning rate; auto: the API's.")
+    seed: Seed = Field(description="The job's seed.")
+    suffix: Annotated[Text, Field(max_length=64)] | None = Field(
+        description="Up to 64 characters in the fine-tuned model's name.")
+    price_per_1m_training_tokens_usd: float = Field(
+        ge=0, le=10_000, description="Training price per million tokens (trained tokens = tokens "
+                                     "x epochs); see OpenAI's pricing page for the model.")
+    max_cost_usd: float = Field(
+        ge=0, le=1_000_000, description="Cost cap: a plan whose estimate is above it exits 2 at "
+                                        "compile time, and the stage refuses before uploading.")
+    upload_consent: bool = Field(
+        description="Consent to upload the training and validation rows to OpenAI (a third "
+                    "party). Off by default: a run without it exits 2; dry_run=true shows what "
+                    "would be uploaded.")
+    max_tokens_per_example: Tokens = Field(
+        description="Longest example the API trains on, in tokens (the model's training context).")
+    poll_seconds: float = Field(gt=0, le=3600, description="Seconds between job status checks.")
+    timeout_hours: float = Field(gt=0, le=720, description="Longest wait for the job to finish.")
+    api_seconds_per_1k_tokens: float = Field(
+        gt=0, le=3600, description="Planning figure: the job's seconds per 1,000 trained tokens "
+                                   "(plus queue time) for the time estimate.")
+    queue_minutes: float = Field(ge=0, le=10_000,
+                                 description="Planning figure: minutes a job waits in the queue.")
+
+
 class TrainConfig(_Group):
     """The training method and its hyper-parameters."""
 
@@ -362,7 +401,8 @@ class TrainConfig(_Group):
                     "sft_dpo, sft_orpo, sft_simpo, sft_kto (SFT, then the method on it); "
                     "sft_grpo (SFT, then GRPO rewarded by eval's scorers); none."
     )
-    backend: Literal["auto", "hf", "unsloth"] = Field(description="Training backend.")
+    backend: Literal["auto", "hf", "unsloth", "openai"] = Field(
+        description="Training backend; openai: OpenAI's fine-tuning API (train.openai.*).")
     learning_rate: LearningRate = Field(description="Peak learning rate.")
     epochs: float = Field(gt=0, le=MAX_EPOCHS, description="Passes over the training split.")
     max_steps: int = Field(
@@ -412,6 +452,8 @@ class TrainConfig(_Group):
         "train", "kto", "kto", KtoConfig, description="KTO knobs (kto, sft_kto).")
     grpo: GrpoConfig = _from(
         "train", "sft_grpo", "grpo", GrpoConfig, description="GRPO knobs (sft_grpo).")
+    openai: OpenAIFinetuneConfig = Field(
+        description="OpenAI fine-tuning API knobs (train.backend=openai).")
 
 
 class GateConfig(_Group):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -175,9 +176,12 @@ async def _send(baseline: dict[str, Any], probes: list[dict[str, Any]], args: ar
     import anyio
     from openai import AsyncOpenAI, OpenAIError
 
-    from llmops.monitor.score import answer_text, compare, live_samples
+    from llmops.monitor.score import compare, live_samples
+    from llmops.serving.chat_api import answer_text
 
-    client = AsyncOpenAI(base_url=base_url, api_key="not-needed", max_retries=0,
+    # OpenAI's API (train.backend=openai) needs OPENAI_API_KEY; a local server needs none
+    key = os.environ.get("OPENAI_API_KEY") if baseline.get("target") == "openai_api" else None
+    client = AsyncOpenAI(base_url=base_url, api_key=key or "not-needed", max_retries=0,
                          timeout=float(baseline["request_timeout_s"]))  # each read
     model = args.model or baseline["model"]
     count = args.probes or (len(probes) if args.duration is None else sys.maxsize)
@@ -281,8 +285,9 @@ def score_log(baseline: dict[str, Any], probes: list[dict[str, Any]], path: Path
             longer than limits.row_bytes, or not a logged request/response.
     """
     from llmops.files import JSONLimitError, loads_bounded
-    from llmops.monitor.score import answer_text, parser
+    from llmops.monitor.score import parser
     from llmops.scoring.tools import score_calls
+    from llmops.serving.chat_api import answer_text
 
     bounds = bounds or baseline["limits"]
     key = {json.dumps(request_of(r)[0], sort_keys=True): r for r in probes}

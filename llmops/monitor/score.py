@@ -9,31 +9,10 @@ baseline's: a small probe whose rate happens to dip does not page anyone.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from llmops.serving.alerts import BY_NAME, FIGURES
-
-
-def answer_text(message: Mapping[str, Any], syntax: str | None) -> str:
-    """Returns an OpenAI chat message's answer as text in the model's call syntax.
-
-    Args:
-        message: ``choices[0].message`` as a dict (content, tool_calls).
-        syntax: The model's call syntax ("task_api", "hermes"); None writes Hermes blocks.
-    """
-    lines = [str(message["content"])] if message.get("content") else []
-    for call in message.get("tool_calls") or []:
-        fn = call.get("function") or {}
-        args = fn.get("arguments")
-        raw = args if isinstance(args, str) else json.dumps(args if args is not None else {})
-        name = json.dumps(fn.get("name"))
-        if syntax == "task_api":
-            lines.append(f'{{"tool": {name}, "arguments": {raw}}}')
-        else:
-            lines.append(f'<tool_call>\n{{"name": {name}, "arguments": {raw}}}\n</tool_call>')
-    return "\n".join(lines)
 
 
 def parser(syntax: str | None):

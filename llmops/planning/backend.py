@@ -11,6 +11,7 @@ import importlib.util
 BACKENDS: dict[str, str] = {
     "hf": "llmops.backends.hf",
     "unsloth": "llmops.backends.unsloth",
+    "openai": "llmops.backends.openai_ft",
 }
 CHOICES: tuple[str, ...] = ("auto", *BACKENDS)
 
@@ -28,7 +29,7 @@ def resolve_backend(requested: str, cuda_available: bool,
     compiler calls it once, through ``llmops.config.resolve``; stages read the result.
 
     Args:
-        requested: "auto", "hf" or "unsloth".
+        requested: "auto", "hf", "unsloth" or "openai".
         cuda_available: Whether the target hardware has a CUDA GPU.
         unsloth_installed: Whether unsloth is installed (the Environment's probe); None probes.
 
@@ -37,7 +38,7 @@ def resolve_backend(requested: str, cuda_available: bool,
         an explicit "hf"/"unsloth" is returned as is (the unsloth backend checks its needs at run).
 
     Raises:
-        ValueError: When requested is not one of auto, hf, unsloth.
+        ValueError: When requested is not one of auto, hf, unsloth, openai.
     """
     if requested == "auto":
         if not cuda_available:

@@ -10,6 +10,7 @@ from typing import Any
 
 from llmops.planning.fixes import Catalog, option
 from llmops.planning.memory import estimate
+from llmops.planning.openai_ft import api_vs_self_host, way
 
 MIN_EXAMPLES = 500
 MIN_STABILITY_MONTHS = 6
@@ -123,7 +124,7 @@ def roi(u: dict[str, Any]) -> dict[str, Any]:
 
 
 def _method(u: dict[str, Any], compute: dict[str, Any] | None,
-            catalog: Catalog | None) -> dict[str, Any]:
+            catalog: Catalog | None, api: dict[str, Any] | None = None) -> dict[str, Any]:
     domain = str(u["domain"]).lower()
     critical = any(k in domain for k in SAFETY_CRITICAL)
     if critical:
@@ -133,7 +134,10 @@ def _method(u: dict[str, Any], compute: dict[str, Any] | None,
         training, why = "DPO", ["the model already does the task: DPO refines preferences"]
     else:
         training, why = "SFT", ["teaching a behaviour/format from examples: supervised fine-tuning"]
-    out: dict[str, Any] = {"training": training, "adapter": None, "why": why, "options": {}}
+    out: dict[str, Any] = {"training": training, "adapter": None, "why": why, "options": {},
+                           "way": way(int(u["examples_available"]))}
+    if out["way"]["backend"] == "openai":
+        out["why"].append(out["way"]["why"])
     if not compute or not compute.get("model") or not compute.get("hardware"):
         out["why"].append("no model/hardware given: adapter choice skipped")
         return out
@@ -152,6 +156,11 @@ def _method(u: dict[str, Any], compute: dict[str, Any] | None,
         "QLoRA": estimate(model, r16, nf4, train, hw),
     }
     out["options"] = {k: {"total_gb": v["total_gb"], "fits": v["fits"]} for k, v in options.items()}
+    if api is not None and api.get("cost_usd") is not None:  # train.backend=openai
+        lora = estimate(model, r16, none, compute.get("train") or {}, hw,
+                        n_train_rows=api.get("train_rows"))
+        out["api_vs_self_host"] = api_vs_self_host(float(api["cost_usd"]), lora.get("cost_usd"))
+        out["why"].append(out["api_vs_self_host"])
     big_data = int(u["examples_available"]) >= FULL_FT_MIN_EXAMPLES
     where = f"{hw.get('name')} ({hw.get('gpu_memory_gb') or hw.get('memory_gb')} GB)"
     if options["full"]["fits"] and big_data:
@@ -187,13 +196,15 @@ def _rigor(u: dict[str, Any], method: dict[str, Any]) -> dict[str, Any]:
 
 
 def assess(usecase: dict[str, Any], compute: dict[str, Any] | None = None, *,
-           catalog: Catalog | None = None) -> dict[str, Any]:
+           catalog: Catalog | None = None, api: dict[str, Any] | None = None) -> dict[str, Any]:
     """Decides whether to fine-tune: criteria, red flags, method, ROI, break-even and go/no-go.
 
     Args:
         usecase: The usecase params (see ``llmops.config.usecase.UsecaseConfig``).
         compute: Optional {"model", "hardware", "train"} to pick QLoRA / LoRA / full by memory.
         catalog: The option files (``llmops.planning.fixes.Catalog``); needed with compute.
+        api: train.backend=openai's upload estimate ({"cost_usd", "train_rows", ...}): the API
+            job's cost is weighed against self-hosted LoRA's (``method.api_vs_self_host``).
 
     Returns:
         The decision report (decision_report.json).
@@ -204,7 +215,7 @@ def assess(usecase: dict[str, Any], compute: dict[str, Any] | None = None, *,
         flags.append({"flag": "knowledge", "phrase": "task_type=knowledge", "blocking": True,
                       "suggestion": RED_FLAGS[0][3]})
     money = roi(usecase)
-    method = _method(usecase, compute, catalog)
+    method = _method(usecase, compute, catalog, api)
     reasons = [f"{k}: {c['reason']}" for k, c in crit.items() if c["verdict"] == "fail"]
     reasons += [f"red flag '{f['phrase']}': {f['suggestion']}" for f in flags if f["blocking"]]
     if money["assessed"] and not money["positive"]:

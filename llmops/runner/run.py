@@ -239,7 +239,12 @@ def _execute(spec: StageSpec, plan: Plan, store: Store, outputs: dict[str, Path]
                 log.info("[%d/%d] %s: resuming from step %d (%s)", i, total, spec.name,
                          found[1], found[0])
             else:
-                for leftover in work.iterdir():  # a crash before the first checkpoint
+                # A crash before the first checkpoint; what the stage names in WORK_KEEPS
+                # stays (sft's openai_job.json: the paid job a rerun follows, never restarts).
+                keeps = set(getattr(module, "WORK_KEEPS", ()))
+                for leftover in work.iterdir():
+                    if leftover.name in keeps:
+                        continue
                     if leftover.is_dir():
                         shutil.rmtree(leftover)
                     else:

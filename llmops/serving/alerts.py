@@ -8,6 +8,7 @@ no I/O.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -272,7 +273,9 @@ def grafana_dashboard(baseline: Mapping[str, Any]) -> dict[str, Any]:
                              "none", kind="stat", min=0, max=1))
         pid += 1
     return {
-        "title": f"llmops monitor: {model}", "uid": f"llmops-{model}"[:40], "tags": ["llmops"],
+        # Grafana's uid allows [a-zA-Z0-9_.-] only (a fine-tuned OpenAI id holds colons)
+        "title": f"llmops monitor: {model}",
+        "uid": re.sub(r"[^a-zA-Z0-9_.-]", "-", f"llmops-{model}")[:40], "tags": ["llmops"],
         "schemaVersion": 39, "version": 1, "editable": True, "refresh": "30s",
         "time": {"from": "now-6h", "to": "now"}, "timezone": "browser",
         "templating": {"list": [{"name": "datasource", "type": "datasource",

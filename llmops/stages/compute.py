@@ -42,6 +42,8 @@ def plan(params: dict[str, Any]) -> dict[str, Any]:
         planned stage's device_gb, host_gb, parts_gb, on, fits), "largest_stage", "stages_fit",
         "stage_fixes" (per stage that does not fit) and "capacity_from".
     """
+    if "openai" in params:
+        return api_plan(params["openai"], params["hardware"])
     data = params.get("data") or {}
     args = (params["model"], params.get("lora"), params.get("quant") or {"type": "none"},
             params["train"], params["hardware"])
@@ -74,6 +76,25 @@ def plan(params: dict[str, Any]) -> dict[str, Any]:
     return report
 
 
+def api_plan(api: dict[str, Any], hardware: dict[str, Any]) -> dict[str, Any]:
+    """Returns the compute plan of train.backend=openai: the job's cost and time from the upload
+    estimate, against the cost cap (no memory: OpenAI trains and serves the model)."""
+    from llmops.planning.openai_ft import job_hours
+
+    up = api["upload"]
+    tokens = up.get("train_tokens")
+    hours = job_hours(tokens, up["epochs"], api["api_seconds_per_1k_tokens"],
+                      api["queue_minutes"]) if tokens is not None else None
+    return {"backend": "openai", "model": api["model"], "hardware": hardware.get("name"),
+            "upload": up, "cost_usd": up.get("cost_usd"), "max_cost_usd": api["max_cost_usd"],
+            "within_cap": up.get("cost_usd") is None or up["cost_usd"] <= api["max_cost_usd"],
+            "price_per_1m_training_tokens_usd": api["price_per_1m_training_tokens_usd"],
+            "run_time_h": hours, "time_from": f"{api['queue_minutes']:g} min queue + "
+                                                f"{api['api_seconds_per_1k_tokens']:g} s per 1k "
+                                                "trained tokens (planning figures)",
+            "fits": True, "stages": {}, "stages_fit": True}
+
+
 def run(params: ComputeParams, inputs: dict[str, Path], out_dir: Path,
         ctx: StageContext) -> dict[str, Any]:
     """Estimates peak memory by part, fit, batch advice, step/run time and cost.
@@ -88,6 +109,12 @@ def run(params: ComputeParams, inputs: dict[str, Path], out_dir: Path,
         The compute plan, as written to compute_plan.json.
     """
     report = plan(params)
+    if report.get("backend") == "openai":
+        ctx.logger.info("compute: OpenAI fine-tuning of %s: ~%s USD (cap %s), ~%s h (%s)",
+                        report["model"], report["cost_usd"], report["max_cost_usd"],
+                        report["run_time_h"], report["upload"]["token_count"])
+        write_json(Path(out_dir) / REPORT_NAME, report)
+        return report
     ctx.logger.info(
         "compute: %s on %s needs ~%.1f GB of %s GB (%s); ~%.2f s/step, run %s h, cost %s USD",
         report["model"], report["hardware"], report["total_gb"], report["capacity_gb"],

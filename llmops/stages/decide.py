@@ -35,7 +35,7 @@ def run(params: DecideParams, inputs: dict[str, Path], out_dir: Path,
     """
     compute = {k: params.get(k) for k in ("model", "train", "hardware")}
     report = assess(params["usecase"], compute if compute["model"] else None,
-                    catalog=option_files())
+                    catalog=option_files(), api=params.get("api"))
     method = report["method"]
     ctx.logger.info("decide: %s -> %s (%s%s)", report["usecase"], report["verdict"].upper(),
                     method["training"], f" + {method['adapter']}" if method["adapter"] else "")

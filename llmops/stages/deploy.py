@@ -279,6 +279,13 @@ def run(params: DeployParams, inputs: dict[str, Path], out_dir: Path, ctx: Stage
 
     out_dir = Path(out_dir)
     gates = check_gates(params, inputs)
+    if params["target"] == "openai_api":  # train.backend=openai: the model stays at OpenAI
+        from llmops.stages.deploy_api import deploy_api
+
+        report = deploy_api(params, inputs, out_dir, ctx, gates,
+                            _smoke_chats(params, inputs, int(params["openai"]["n_smoke"])))
+        write_json(out_dir / REPORT_NAME, report)
+        return report
     gguf_dir = Path(inputs["gguf"])
     greport = json.loads((gguf_dir / report_name("gguf")).read_text("utf-8"))
     q = params["serve_quantization"]

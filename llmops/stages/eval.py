@@ -59,6 +59,22 @@ def tuned_input(inputs: dict[str, Path]) -> tuple[str, Path] | None:
     return None
 
 
+def api_model_id(sft_dir: Path) -> str:
+    """Returns the fine-tuned model id of a train.backend=openai sft stage (its report).
+
+    Raises:
+        StageError: If the report is missing or names no fine-tuned model.
+    """
+    path = Path(sft_dir) / report_name("sft")
+    try:
+        model = json.loads(path.read_text(encoding="utf-8")).get("fine_tuned_model")
+    except (OSError, json.JSONDecodeError) as e:
+        raise StageError(f"eval: cannot read {path} ({e}). Rerun the sft stage.") from e
+    if not model:
+        raise StageError(f"eval: {path} names no fine_tuned_model. Rerun the sft stage.")
+    return str(model)
+
+
 def read_base_eval(inputs: dict[str, Path]) -> dict[str, Any] | None:
     """Reads eval_base's base_eval.json, or returns None when there is no eval_base input.
 
@@ -150,6 +166,7 @@ def run(params: EvalParams, inputs: dict[str, Path], out_dir: Path, ctx: StageCo
     from llmops.stages.common import base_model_path, set_seed
     from llmops.stages.eval_base import (
         eval_quant,
+        evaluate_api,
         evaluate_base,
         evaluate_model,
         load_test_rows,
@@ -163,7 +180,8 @@ def run(params: EvalParams, inputs: dict[str, Path], out_dir: Path, ctx: StageCo
     if tuned_in is None:
         raise StageError("eval: no 'sft' input. The plan must run the sft stage first.")
     tuned_stage, tuned_dir = tuned_in
-    artifact, path = tuned_artifact(tuned_dir, "eval")
+    artifact, path = tuned_artifact(tuned_dir, "eval") if "api" not in params \
+        else ("api_model", tuned_dir)
     base_report = read_base_eval(inputs)
     if base_report is None or "by_kind" not in base_report:
         ctx.logger.info("eval: no eval_base report by row kind; evaluating the base model here.")
@@ -177,16 +195,19 @@ def run(params: EvalParams, inputs: dict[str, Path], out_dir: Path, ctx: StageCo
             base_report.get("n"),
             len(rows),
         )
-    model, tokenizer = load_model(
-        base_model_path(params, inputs),
-        adapter=path if artifact == "adapter" else None,
-        full_model=path if artifact == "model" else None,
-        quant=eval_quant(params, ctx),
-        device=ctx.device,
-        trust_remote_code=bool(params["model"]["trust_remote_code"]),
-        chat_template=params["model"]["chat_template"],
-    )
-    tuned = evaluate_model(model, tokenizer, rows, params, ctx, desc="eval: tuned")
+    if "api" in params:  # train.backend=openai: the fine-tuned model id of sft's report
+        tuned = evaluate_api(api_model_id(tuned_dir), rows, params, ctx, desc="eval: tuned")
+    else:
+        model, tokenizer = load_model(
+            base_model_path(params, inputs),
+            adapter=path if artifact == "adapter" else None,
+            full_model=path if artifact == "model" else None,
+            quant=eval_quant(params, ctx),
+            device=ctx.device,
+            trust_remote_code=bool(params["model"]["trust_remote_code"]),
+            chat_template=params["model"]["chat_template"],
+        )
+        tuned = evaluate_model(model, tokenizer, rows, params, ctx, desc="eval: tuned")
     base_samples = base_report.get("samples") or []
     for sample, base_sample in zip(tuned["samples"], base_samples, strict=False):
         if base_sample.get("prompt") == sample["prompt"]:
@@ -206,6 +227,8 @@ def run(params: EvalParams, inputs: dict[str, Path], out_dir: Path, ctx: StageCo
         "deltas": deltas(tuned["metrics"], base_report["metrics"]),
         "n": tuned["n"],
         "artifact": artifact,
+        **({"models": {"base": base_report.get("model"), "tuned": tuned["model"]}}
+           if "api" in params else {}),
         "tuned_stage": tuned_stage,
         "samples": tuned["samples"],
         "answer_syntax": tuned["answer_syntax"],

@@ -141,15 +141,52 @@ def reasoning_counts(tokenizer: Any, predictions: list[str], found: Mapping[str,
     return {"rows": int(found["rows"]), "tokens": tokens}
 
 
+def evaluate_api(model: str, rows: list[dict], params: Mapping[str, Any], ctx: StageContext,
+                 desc: str) -> dict[str, Any]:
+    """Evaluates a model served by OpenAI's API (train.backend=openai) on the rows: the answers
+    come from its chat completions with each row's tools (``llmops.serving.chat_api``) and are
+    scored by the same scorers as a local model's; there is no held-out loss (the API gives no
+    log-probabilities of a reference). Returns what ``evaluate_model`` returns, "model" added.
+    """
+    from llmops.scoring.examples import worst_examples
+    from llmops.scoring.parsers import get_parser
+    from llmops.scoring.split import add_losses, reference_text, score_split
+    from llmops.serving.chat_api import API_SYNTAX, answer_rows, client
+
+    start = time.perf_counter()
+    api = client(params["api"]["base_url"], timeout_s=300)
+    predictions, prompts = answer_rows(api, model, rows, int(params["max_new_tokens"]),
+                                       ctx.show_progress, desc)
+    seconds = time.perf_counter() - start
+    scored = score_split(rows, predictions, get_parser(API_SYNTAX))
+    add_losses(scored, [None] * len(rows))
+    per_row, m = scored["per_row"], scored["metrics"]
+    samples = [{"prompt": prompts[i], "reference": reference_text(rows[i]),
+                "prediction": predictions[i], "kind": per_row[i]["kind"],
+                "exact": bool(per_row[i]["exact"])} for i in range(min(N_SAMPLES, len(rows)))]
+    ctx.logger.info("%s: %s exact_match=%s on %d rows in %.1f s", desc, model, m["exact_match"],
+                    len(rows), seconds)
+    return {"metrics": m, "by_kind": scored["by_kind"], "stats": scored["samples"],
+            "n": len(rows), "samples": samples, "predictions": predictions,
+            "answer_syntax": API_SYNTAX, "model": model,
+            "worst_examples": worst_examples(rows, predictions, per_row,
+                                             int(params["worst_examples"])),
+            "seconds": round(seconds, 3), "oom_retries": [],
+            "reasoning": {"rows": int(scored["reasoning"]["rows"]), "tokens": None}}
+
+
 def evaluate_base(
     params: Mapping[str, Any], inputs: Mapping[str, Path], ctx: StageContext, stage: str
 ):
-    """Loads the base model and evaluates it on the test rows (see evaluate_model)."""
+    """Loads the base model and evaluates it on the test rows (see evaluate_model); with
+    train.backend=openai asks the API's base model id instead (``evaluate_api``)."""
     from llmops.backends.generation import load_model
     from llmops.stages.common import base_model_path, set_seed
 
     set_seed(ctx.seed)
     rows = load_test_rows(params, inputs, stage)
+    if "api" in params:
+        return evaluate_api(params["api"]["model"], rows, params, ctx, desc=f"{stage}: base")
     model, tokenizer = load_model(
         base_model_path(params, inputs),
         quant=eval_quant(params, ctx),

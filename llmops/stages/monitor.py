@@ -153,13 +153,15 @@ def run(params: MonitorParams, inputs: dict[str, Path], out_dir: Path, ctx: Stag
     allow_public_bind, request_timeout_s, max_tokens, allow_failed_gates, limits (row_bytes,
     json_depth, http_total_seconds: the defaults of `python -m llmops.monitor`).
     Inputs: "eval" (eval_report.json), "deploy" (integration_config.json, smoke_test.json),
-    "data" (test.jsonl), "export" (merged/ tokenizer: the call syntax).
+    "data" (test.jsonl), "export" (merged/ tokenizer: the call syntax; absent with
+    train.backend=openai, whose answers are read as Hermes blocks).
 
     Returns:
         The baseline (also written as baseline.json).
     """
     from llmops.files import read_jsonl, write_json, write_jsonl
     from llmops.serving.alerts import alert_rules, latency_percentiles, latency_threshold
+    from llmops.serving.chat_api import API_SYNTAX
     from llmops.stages.deploy import check_gates
 
     out_dir = Path(out_dir)
@@ -192,7 +194,11 @@ def run(params: MonitorParams, inputs: dict[str, Path], out_dir: Path, ctx: Stag
         kinds[kind] = kinds.get(kind, 0) + 1
     baseline = {
         "model": integration["model"], "endpoint": integration["base_url"],
-        "target": integration["target"], "call_syntax": _call_syntax(Path(inputs["export"])),
+        "target": integration["target"],
+        # train.backend=openai has no export: the API's tool_calls are written as Hermes
+        # blocks (llmops.serving.chat_api.answer_text), as eval read them
+        "call_syntax": _call_syntax(Path(inputs["export"])) if inputs.get("export")
+        else API_SYNTAX,
         "figures": figs, "latency": latency, "significance": float(params["significance"]),
         "probes": {"file": PROBES_FILE, "n": len(probes), "kinds": kinds,
                    "sha256": hashlib.sha256((out_dir / PROBES_FILE).read_bytes()).hexdigest()},

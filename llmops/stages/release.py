@@ -74,7 +74,10 @@ def _modelfile(params: dict, export: Path, gguf_rel: str, out: Path) -> dict[str
 
 def _formats(params: dict, inputs: dict[str, Path], rel: Path) -> dict[str, Any]:
     """Places the chosen formats under rel; returns what went where (and the Modelfile's check)."""
-    export, files = Path(inputs["export"]), {}
+    files: dict[str, Any] = {}
+    if inputs.get("export") is None:  # train.backend=openai: nothing was exported
+        return files
+    export = Path(inputs["export"])
     for fmt in ("adapter", "merged"):
         if fmt in params["formats"]:
             if not (export / fmt).is_dir():

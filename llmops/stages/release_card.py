@@ -158,7 +158,8 @@ def _evaluation(f: CardFacts) -> list[str]:
 
 _TRAINING_KEYS = ("steps", "epochs", "final_loss", "eval_loss", "train_runtime_s", "tokens_seen",
                   "tokens_per_s", "peak_memory_mb", "trainable_params", "trainable_fraction",
-                  "device", "precision", "backend")
+                  "device", "precision", "backend", "job_id", "fine_tuned_model",
+                  "trained_tokens", "cost_usd")
 
 
 def _training(f: CardFacts) -> list[str]:
@@ -171,7 +172,12 @@ def _training(f: CardFacts) -> list[str]:
         figures = ", ".join(f"{k} {_num(report[k])}" for k in _TRAINING_KEYS if k in report)
         out += [f"- {stage}: {figures or 'see its report'}"]
     c = f.compute
-    if c:
+    if c and c.get("backend") == "openai":
+        out += [f"- Compute plan: OpenAI fine-tuning of {c.get('model')}, "
+                f"~{_num(c.get('cost_usd'))} USD estimated "
+                f"(cap {_num(c.get('max_cost_usd'))} USD), "
+                f"~{_num(c.get('run_time_h'))} h"]
+    elif c:
         out += [f"- Compute plan: {_num(c.get('total_gb'))} GB estimated "
                 f"({'fits' if c.get('fits') else 'does not fit'} {_num(c.get('capacity_gb'))} GB), "
                 f"~{_num(c.get('run_time_h'))} h, cost {_num(c.get('cost_usd'))} USD"]
@@ -195,6 +201,13 @@ def _how_to_run(f: CardFacts) -> list[str]:
                 f"--model_alias {sh}", "```", "", "```python", "from openai import OpenAI",
                 'client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="not-needed")',
                 f'reply = client.chat.completions.create(model={py}, '
+                'messages=[{"role": "user", "content": "..."}])', "```", ""]
+    if f.integration and f.integration.get("target") == "openai_api":
+        model = json.dumps(f.integration.get("model"), ensure_ascii=False)
+        out += ["### OpenAI's API", "", "The fine-tuned model is served by OpenAI (the key from "
+                "OPENAI_API_KEY):", "", "```python", "from openai import OpenAI",
+                f"client = OpenAI(base_url={json.dumps(f.integration.get('base_url'))})",
+                f"reply = client.chat.completions.create(model={model}, "
                 'messages=[{"role": "user", "content": "..."}])', "```", ""]
     if f.integration:
         out += [f"integration_config.json holds the deploy stage's endpoint settings "

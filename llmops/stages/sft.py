@@ -16,6 +16,9 @@ REPORT_NAME = report_name("sft")
 # The runner gives this stage a stable work folder per fingerprint and, when an interrupted
 # attempt left a checkpoint there, sets params["train"]["resume_dir"] to it.
 RESUMABLE = True
+# What the runner keeps in the work folder when no checkpoint was left: train.backend=openai's
+# job file (llmops.backends.openai_ft.JOB_FILE), so a rerun follows the job and pays once.
+WORK_KEEPS = ("openai_job.json",)
 
 
 def run(

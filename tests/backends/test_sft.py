@@ -147,7 +147,8 @@ def test_resolve_backend(monkeypatch, requested, cuda, installed, expected):
 
 
 def test_resolve_backend_rejects_unknown_names():
-    with pytest.raises(ValueError, match=r"train.backend: 'tpu' is not one of auto, hf, unsloth"):
+    with pytest.raises(ValueError,
+                       match=r"train.backend: 'tpu' is not one of auto, hf, unsloth, openai"):
         resolve_backend("tpu", False)
     with pytest.raises(StageError, match="unknown train.backend 'auto'"):
         get_backend("auto")

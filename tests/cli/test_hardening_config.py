@@ -238,7 +238,8 @@ def test_secret_names_and_oc_env_masking(monkeypatch):
     from llmops.config.hydra.secrets import is_secret_name
 
     for name in ("WANDB_API_KEY", "HF_TOKEN", "DB_PASSWORD", "AWS_SECRET_ACCESS_KEY",
-                 "GITHUB_PAT_TOKEN", "MY_AUTH", "OPENAI_APIKEY", "CLIENT_CREDENTIALS"):
+                 "GITHUB_PAT_TOKEN", "MY_AUTH", "OPENAI_APIKEY", "CLIENT_CREDENTIALS",
+                 "OPENAI_API_KEY"):
         assert is_secret_name(name), name
     for name in ("PWD", "HOME", "KEYBOARD_LAYOUT", "AUTHOR", "LLMOPS_STORE", "PATH"):
         assert not is_secret_name(name), name

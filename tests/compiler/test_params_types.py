@@ -6,7 +6,7 @@ against that type, strictly and with extra keys forbidden: no key missing, no ke
 value of its type. The plans: every option file of every group (one override on the default, on a
 CPU and on a faked H100, as tests/config/test_resolve.py fakes it), the combos that add the stages
 and keys one override cannot (sft_dpo, ddp, lm_eval, ollama/openai with monitor and release, nf4
-on a GPU, a local hub model folder, a data file, a template file).
+on a GPU, a local hub model folder, a data file, a template file, train.backend=openai).
 """
 
 from __future__ import annotations
@@ -67,6 +67,8 @@ COMBOS = [
     ("data=jsonl", f"data.path={DATA_FILE}"), ("data=hf", "data.hf_id=org/name"),
     ("model=llama8b", "hardware=8xh100", "distributed=fsdp", "dry_run=true"),
     ("train=none", "usecase=task_api"),
+    ("train.backend=openai", "train.openai.upload_consent=true", "monitor=default",
+     "release=default"),
 ]
 CASES = [(env, (option,)) for env in ENVS for option in OPTIONS] + \
         [(env, combo) for env in ENVS for combo in COMBOS]

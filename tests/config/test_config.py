@@ -126,7 +126,8 @@ def test_hydra_errors_are_collected_with_the_rest(compose_plan):
 def test_literal_values_name_what_is_allowed(compose_plan):
     problems = _problems(compose_plan, ["quant.type=nf8", "train.backend=unsloth2"])
     assert problems["quant.type"] == "'nf8' is not one of none, nf4, int8. Did you mean 'nf4'?"
-    assert problems["train.backend"].startswith("'unsloth2' is not one of auto, hf, unsloth.")
+    assert problems["train.backend"].startswith(
+        "'unsloth2' is not one of auto, hf, unsloth, openai.")
 
 
 def test_qlora_needs_an_adapter(compose_plan):

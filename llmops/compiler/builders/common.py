@@ -90,7 +90,7 @@ class TrainParams(TypedDict):
     stay as written, "auto" included: only decide reads them then)."""
 
     backend: str
-    """hf or unsloth (resolved, never auto)."""
+    """hf, unsloth or openai (resolved, never auto)."""
     learning_rate: float
     epochs: float
     max_steps: int
@@ -115,6 +115,39 @@ class TrainParams(TypedDict):
     resume_dir: NotRequired[str]
     """Never compiled: the runner sets it at run time to the checkpoint of an interrupted attempt
     (stages/CONTRACT.md); not part of the fingerprint."""
+
+
+class ApiModelParams(TypedDict):
+    """A model served by OpenAI's API (train.backend=openai): eval_base and eval answer through
+    its chat completions."""
+
+    model: str
+    """train.openai.model: the base model id (eval reads the fine-tuned id from sft's report)."""
+    base_url: str | None
+    """train.openai.base_url; None: the openai client's default."""
+
+
+class OpenAIJobParams(TypedDict):
+    """The fine-tuning job of train.backend=openai (train.openai.*, planning figures left out)."""
+
+    model: str
+    base_url: str | None
+    n_epochs: int | Literal["auto"]
+    batch_size: int | Literal["auto"]
+    learning_rate_multiplier: float | Literal["auto"]
+    seed: int
+    suffix: str | None
+    price_per_1m_training_tokens_usd: float
+    max_cost_usd: float
+    upload_consent: bool
+    max_tokens_per_example: int
+    poll_seconds: float
+    timeout_hours: float
+    epochs: float
+    """The epochs the cost is estimated with: n_epochs, or train.epochs for auto."""
+    on_error: str
+    """data.on_error: fail refuses rows that break the API's rules (exit 5); keep leaves them
+    out and lists them."""
 
 
 class HardwareParams(TypedDict):

@@ -9,7 +9,7 @@ The stage writes compute_plan.json: the training estimate, "facts_read" ({fact: 
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
 from typing_extensions import NotRequired, TypedDict
 
@@ -36,6 +36,18 @@ class DataSize(TypedDict):
     """Not known at compile time (the estimate assumes train.max_length)."""
 
 
+class ApiPlanParams(TypedDict):
+    """train.backend=openai: what the job costs and takes instead of memory (the upload
+    estimate: ``llmops.config.rules.openai_ft.upload_estimate``)."""
+
+    model: str
+    upload: dict[str, Any]
+    price_per_1m_training_tokens_usd: float
+    max_cost_usd: float
+    api_seconds_per_1k_tokens: float
+    queue_minutes: float
+
+
 class ComputeParams(TypedDict):
     """Params of the compute stage (something trains). Pure arithmetic: writes
     compute_plan.json."""
@@ -53,6 +65,8 @@ class ComputeParams(TypedDict):
     "chat_template": "DIR/chat_template.jinja"}."""
     distributed: NotRequired[DistributedParams]
     """Only when distributed is not none."""
+    openai: NotRequired[ApiPlanParams]
+    """Only with train.backend=openai: the plan is the API's cost and time, not memory."""
 
 
 def add_compute(b: PlanBuilder, s: StageInputs) -> None:
@@ -68,6 +82,19 @@ def add_compute(b: PlanBuilder, s: StageInputs) -> None:
         "model": s.facts, "lora": s.lora, "quant": s.quant, "train": s.train,
         "hardware": s.hardware, "data": data,
         "stages": cast(StageMemoryInputs, stage_inputs(s.cfg))}
+    if s.resolved.backend == "openai":
+        from llmops.config.rules.openai_ft import upload_estimate
+
+        o = s.cfg.train.openai
+        params["openai"] = {
+            "model": o.model, "upload": upload_estimate(s.cfg),
+            "price_per_1m_training_tokens_usd": o.price_per_1m_training_tokens_usd,
+            "max_cost_usd": o.max_cost_usd,
+            "api_seconds_per_1k_tokens": o.api_seconds_per_1k_tokens,
+            "queue_minutes": o.queue_minutes}
+        b.add("compute", params, [], f"OpenAI fine-tuning of {o.model}: cost and time of the "
+                                     "job (no local GPU memory)")
+        return
     if s.resolved.facts_from:  # only then: a preset's fingerprint (the store key) stays as it was
         params["facts_from"] = dict(s.resolved.facts_from)
     b.add("compute", s.training(params), [],

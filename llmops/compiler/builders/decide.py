@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing_extensions import TypedDict
+from typing import Any
+
+from typing_extensions import NotRequired, TypedDict
 
 from llmops.compiler.builders.common import HardwareParams, ModelFacts, TrainParams
 from llmops.compiler.inputs import PlanBuilder, StageInputs
@@ -44,6 +46,9 @@ class DecideParams(TypedDict):
     model: ModelFacts
     train: TrainParams
     hardware: HardwareParams
+    api: NotRequired[dict[str, Any]]
+    """Only with train.backend=openai: the upload estimate (``llmops.config.rules.openai_ft.
+    upload_estimate``), whose cost decide weighs against self-hosted LoRA's."""
 
 
 def add_decide(b: PlanBuilder, s: StageInputs) -> None:
@@ -53,6 +58,10 @@ def add_decide(b: PlanBuilder, s: StageInputs) -> None:
         return
     params: DecideParams = {"usecase": UsecaseParams(**u.model_dump()), "model": s.facts,
                             "train": s.train, "hardware": s.hardware}
+    if s.resolved.backend == "openai":  # only then: other fingerprints stay
+        from llmops.config.rules.openai_ft import upload_estimate
+
+        params["api"] = upload_estimate(s.cfg)
     b.add("decide", params, [],
           f"go/no-go for '{u.name}': criteria, red flags, method, ROI"
           f"{'' if u.enforce else ' (not enforced)'}")

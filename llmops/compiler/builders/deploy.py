@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing_extensions import NotRequired, TypedDict
 
-from llmops.compiler.builders.common import ModelParams
+from llmops.compiler.builders.common import ApiModelParams, ModelParams
 from llmops.compiler.builders.gguf import data_needs
-from llmops.compiler.inputs import PlanBuilder, StageInputs
+from llmops.compiler.inputs import PlanBuilder, StageInputs, api_model
 
 
 class DeployModelParams(ModelParams):
@@ -67,6 +67,10 @@ class DeployParams(TypedDict):
     openai: NotRequired[OpenAIServeParams]
     """Only for target openai."""
     keep_serving: NotRequired[bool]
+    api: NotRequired[ApiModelParams]
+    """Only with train.backend=openai (target openai_api): the fine-tuned model stays at OpenAI;
+    the stage smoke-tests its id (deploy.openai's n_smoke, smoke_prompts, max_tokens) and writes
+    integration_config.json naming it."""
     """Only for target openai: leave the server running afterwards."""
 
 
@@ -74,6 +78,11 @@ def add_deploy(b: PlanBuilder, s: StageInputs) -> None:
     """Adds the deploy stage (deploy=ollama, openai, after gguf): serve and smoke-test the GGUF."""
     cfg = s.cfg
     dp, g = cfg.deploy, cfg.deploy.gguf
+    api = api_model(s)
+    if api is not None:
+        if dp.target != "none" and b.has("sft"):
+            _add_api_deploy(b, s, api)
+        return
     if dp.target not in ("ollama", "openai") or not b.has("gguf"):
         return
     has_eval = b.has("eval")
@@ -95,3 +104,19 @@ def add_deploy(b: PlanBuilder, s: StageInputs) -> None:
                 f"test via the openai client{', keep serving' if dp.keep_serving else ''}")
     b.add("deploy", params, ["gguf", "export", *(["eval"] if has_eval else []), *data_needs(b)],
           what)
+
+
+def _add_api_deploy(b: PlanBuilder, s: StageInputs, api: ApiModelParams) -> None:
+    """Adds the deploy stage of train.backend=openai (deploy=local): integration_config.json and
+    a smoke test naming the fine-tuned model id (no export, no GGUF, no server)."""
+    cfg, has_eval = s.cfg, b.has("eval")
+    params: DeployParams = {
+        "target": "openai_api", "model": {**s.model, "context_length": cfg.model.context_length},
+        "serve_quantization": "none", "allow_failed_gates": cfg.deploy.allow_failed_gates,
+        "eval_enabled": has_eval, "eval_enforce": cfg.eval.enforce,
+        "max_new_tokens": cfg.eval.max_new_tokens,
+        "http_total_seconds": cfg.limits.http_total_seconds,
+        "openai": OpenAIServeParams(**cfg.deploy.openai.model_dump()), "api": api}
+    b.add("deploy", params, ["sft", *(["eval"] if has_eval else []), *data_needs(b)],
+          f"the fine-tuned {api['model']} at OpenAI: integration_config.json naming its id, "
+          f"smoke test via the openai client")

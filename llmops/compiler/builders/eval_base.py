@@ -12,8 +12,8 @@ from typing import Literal
 
 from typing_extensions import NotRequired, TypedDict
 
-from llmops.compiler.builders.common import ModelParams, QuantParams
-from llmops.compiler.inputs import PlanBuilder, StageInputs
+from llmops.compiler.builders.common import ApiModelParams, ModelParams, QuantParams
+from llmops.compiler.inputs import PlanBuilder, StageInputs, api_model
 
 
 class EvalBaseParams(TypedDict):
@@ -38,6 +38,9 @@ class EvalBaseParams(TypedDict):
     reasoning: NotRequired[Literal["context"]]
     """data.reasoning, only when context: the held-out loss leaves the answers' reasoning out, as
     sft's loss does (train, the default, scores it; drop: the data stage wrote none)."""
+    api: NotRequired[ApiModelParams]
+    """Only with train.backend=openai: answers come from the API's chat completions (the base
+    model id here, the fine-tuned id in eval), with no held-out loss."""
 
 
 def eval_params(s: StageInputs) -> EvalBaseParams:
@@ -49,6 +52,9 @@ def eval_params(s: StageInputs) -> EvalBaseParams:
         "limit": e.limit, "worst_examples": e.worst_examples}
     if s.cfg.data.reasoning == "context":  # only then: other fingerprints stay
         params["reasoning"] = "context"
+    api = api_model(s)
+    if api:  # only then: other fingerprints stay
+        params["api"] = api
     return params
 
 
@@ -57,5 +63,8 @@ def add_eval_base(b: PlanBuilder, s: StageInputs) -> None:
     e = s.cfg.eval
     if not e.enabled:
         return
-    b.add("eval_base", eval_params(s), ["data", *s.base], f"base model on the test split"
+    params = eval_params(s)
+    who = f"base model {params['api']['model']} via chat completions" if "api" in params \
+        else "base model"
+    b.add("eval_base", params, ["data", *s.base], f"{who} on the test split"
           f"{f' (first {e.limit})' if e.limit else ''}")

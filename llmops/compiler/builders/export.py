@@ -29,8 +29,8 @@ class ExportParams(TypedDict):
 def add_export(b: PlanBuilder, s: StageInputs) -> None:
     """Adds the export stage (deploy target set, a tuned model): adapter and/or merged model."""
     dp, tuned = s.cfg.deploy, b.tuned()
-    if dp.target == "none" or not tuned:
-        return
+    if dp.target == "none" or not tuned or s.resolved.backend == "openai":
+        return  # train.backend=openai: the tuned model stays at OpenAI, nothing to export
     needs = [tuned, *(["eval"] if b.has("eval") else []), *s.base]
     formats = [f for f in dp.formats if s.lora or f != "adapter"]
     params: ExportParams = {"model": s.model, "formats": formats, "merge_dtype": dp.merge_dtype}

@@ -98,6 +98,6 @@ def add_monitor(b: PlanBuilder, s: StageInputs) -> None:
     if m.alert_channels:
         params["alerting"] = {"channels": list(dict.fromkeys(m.alert_channels)),
                               "alertmanager": m.alertmanager.model_dump()}
-    b.add("monitor", params, ["eval", "deploy", "data", "export"],
+    b.add("monitor", params, ["eval", "deploy", "data", *(["export"] if b.has("export") else [])],
           f"baseline from eval + deploy latency, {m.probes} held-out probes, Prometheus alert "
           f"rules (significance {m.significance:g})")

@@ -77,7 +77,8 @@ def add_release(b: PlanBuilder, s: StageInputs) -> None:
     """Adds the release stage (release enabled, a passed eval and an export to package)."""
     cfg = s.cfg
     r = cfg.release
-    if not r.enabled or not b.has("export") or not b.has("eval"):
+    api = s.resolved.backend == "openai" and b.has("deploy")  # the model stays at OpenAI
+    if not r.enabled or not (b.has("export") or api) or not b.has("eval"):
         return
     u, d = cfg.usecase, cfg.data
     formats = release_formats(cfg)
@@ -94,7 +95,7 @@ def add_release(b: PlanBuilder, s: StageInputs) -> None:
         "tuned": b.tuned(),
         "serve_quantization": cfg.deploy.gguf.served if "gguf" in formats else None,
     }
-    needs = ["eval", "export", *dict.fromkeys(trained),
+    needs = ["eval", *(["export"] if b.has("export") else []), *dict.fromkeys(trained),
              *(k for k in OPTIONAL_INPUTS if b.has(k)), *s.base]
     extras = ["card", *formats, "SHA256SUMS", *([".tar.gz"] if r.tarball else [])]
     b.add("release", params, needs, f"{name} {r.version}: {' + '.join(extras)} "

@@ -52,8 +52,11 @@ def compute_problems(cfg: AppConfig, resolved: Resolved) -> list[Problem]:
 
     Returns:
         [] when every stage fits (or no capacity is known); else one Problem naming the stage,
-        its estimate by part and the fixes that fit, each with its own estimate.
+        its estimate by part and the fixes that fit, each with its own estimate. [] for
+        train.backend=openai: no stage loads the model here (OpenAI trains and serves it).
     """
+    if resolved.backend == "openai":
+        return []
     hw = dict(resolved.hardware)
     model, lora, quant, train = resolved.planner_inputs(cfg)
     if train.get("batch_size") is None:  # nothing trains: the batch the eval stages see

@@ -20,6 +20,7 @@ from llmops.config.rules.hardware import hardware_problems
 from llmops.config.rules.lora import alpha_problems, target_problems
 from llmops.config.rules.model import model_problems
 from llmops.config.rules.monitor import monitor_problems
+from llmops.config.rules.openai_ft import openai_problems
 from llmops.config.rules.quant import quant_problems
 from llmops.config.rules.release import release_problems
 from llmops.config.rules.store import store_problems
@@ -44,7 +45,7 @@ def cross_field_problems(cfg: AppConfig, env: Environment, resolved: Resolved) -
     return [
         *model_problems(cfg),
         *quant_problems(cfg, env), *alpha_problems(cfg), *optimizer_problems(cfg, env),
-        *backend_problems(cfg, env),
+        *backend_problems(cfg, env), *openai_problems(cfg),
         *data_problems(cfg.data, cfg.train.method),
         *gate_problems(cfg),
         *deploy_problems(cfg, env),

@@ -14,8 +14,8 @@ from llmops.planning.stage_memory import GGUF_KEY
 def exported_formats(cfg: AppConfig) -> list[str]:
     """Returns the formats the plan of cfg exports: adapter and merged (export), gguf (gguf)."""
     d = cfg.deploy
-    if d.target == "none" or cfg.train.method == "none":
-        return []
+    if d.target == "none" or cfg.train.method == "none" or cfg.train.backend == "openai":
+        return []  # train.backend=openai: the model stays at OpenAI, nothing is exported
     out = [f for f in d.formats if cfg.lora.enabled or f != "adapter"]
     return out + (["gguf"] if d.gguf.planned else [])
 
@@ -28,6 +28,9 @@ def release_formats(cfg: AppConfig) -> list[str]:
 
 def _why_missing(cfg: AppConfig, fmt: str) -> str:
     d = cfg.deploy
+    if cfg.train.backend == "openai":
+        return ("train.backend=openai exports nothing (the fine-tuned model stays at OpenAI; "
+                "the release names its id). Use release.formats=auto.")
     if fmt == "adapter" and not cfg.lora.enabled:
         return "lora=none trains no adapter. Use lora=r16, or drop adapter from release.formats."
     if fmt == "gguf":
