@@ -251,7 +251,7 @@ STOPS = {
 def test_a_stop_signal_marks_the_run_interrupted_keeps_the_checkpoint_and_the_rerun_resumes(
         tmp_path, stop):
     sig, code, message, error = STOPS[stop]
-    args = ["train.max_steps=40", "train.save_steps=5", *TRAIN_ONLY]
+    args = ["train.max_steps=20", "train.save_steps=5", *TRAIN_ONLY]
     proc = _start_until_checkpoint(tmp_path, args)
     proc.send_signal(sig)
     proc.wait(timeout=120)

@@ -182,16 +182,23 @@ def _complete(pattern: str) -> list[Path]:
 
 @pytest.mark.slow
 def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_complete_one(tmp_path):
+    """A job killed (SIGKILL) in sft publishes nothing; its rerun resumes training from the last
+    complete checkpoint, the truncated newest one moved aside. (This test is also the kill-and-
+    rerun test of resume: one killed job and one rerun check both.)"""
     from llmops.store.cas import latest_checkpoint
     from llmops.store.integrity import checkpoint_problem
 
-    args = ["train.max_steps=40", "train.save_steps=5", *TRAIN_ONLY]
+    # 25 steps: the job is killed at its second checkpoint (step 10), well before the end.
+    args = ["train.max_steps=25", "train.save_steps=5", *TRAIN_ONLY]
     proc = _start_until_checkpoint(tmp_path, args)
     deadline = time.time() + 120
     while len(_complete(str(tmp_path / CHECKPOINT))) < 2 and time.time() < deadline:
         time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    store = tmp_path / "outputs" / "store"
+    assert glob.glob(str(tmp_path / CHECKPOINT))
+    assert not (store / "sft").exists(), "a killed job must publish nothing"
     *_, older, newest = _complete(str(tmp_path / CHECKPOINT))
     work = newest.parent.parent
     assert latest_checkpoint(work)[0] == newest
@@ -221,7 +228,11 @@ def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_complete_one(t
     (run,) = [m for p in (tmp_path / "outputs" / "runs").glob("*/*/manifest.json")
               if (m := json.loads(p.read_text()))["status"] == "succeeded"]
     sft = run["stages"]["sft"]
-    assert sft["status"] == "resumed" and sft["resumed_from_step"] == step
+    assert sft["status"] == "resumed" and sft["resumed_from_step"] == step >= 5
+    assert run["stages"]["data"]["status"] == "cached"
+    report = json.loads((Path(sft["path"]) / "training_report.json").read_text())
+    assert report["resumed_from_step"] == sft["resumed_from_step"] and report["steps"] == 25
+    assert list((store / ".work").iterdir()) == []  # published, so nothing left to resume
     log = r.stdout + r.stderr
     assert f"checkpoint {newest} is incomplete (adapter_model.safetensors:" in log
     (aside,) = (tmp_path / "outputs" / "store" / ".corrupt").iterdir()
