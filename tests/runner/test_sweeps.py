@@ -188,8 +188,16 @@ TRAIN_ONLY = ["data.n_examples=200", "model.pretrain.steps=20", "eval=none", "de
 CHECKPOINT = "outputs/store/.work/sft-*/checkpoints/checkpoint-*/trainer_state.json"
 
 
-def _start_until_checkpoint(tmp_path: Path, args: list[str]) -> subprocess.Popen:
-    """Starts `python -m llmops ARGS` (own process group) and returns once sft has a checkpoint."""
+def _steps(tmp_path: Path) -> list[int]:
+    """Returns the steps of the sft checkpoints under tmp_path's store."""
+    return [int(Path(p).parent.name.rsplit("-", 1)[1])
+            for p in glob.glob(str(tmp_path / CHECKPOINT))]
+
+
+def _start_until_checkpoint(tmp_path: Path, args: list[str], newer_than: int = 0
+                            ) -> subprocess.Popen:
+    """Starts `python -m llmops ARGS` (own process group) and returns once sft has a checkpoint
+    past step `newer_than`."""
     env = {k: v for k, v in os.environ.items() if k != "LLMOPS_STORE"}
     env.update(WANDB_MODE="disabled", HF_HUB_OFFLINE="1")
     with open(tmp_path / "stdout.txt", "w") as out, open(tmp_path / "stderr.txt", "w") as err:
@@ -197,10 +205,10 @@ def _start_until_checkpoint(tmp_path: Path, args: list[str]) -> subprocess.Popen
         proc = subprocess.Popen([sys.executable, "-m", "llmops", *args], cwd=tmp_path, env=env,
                                 stdout=out, stderr=err, start_new_session=True)
     deadline = time.time() + 240
-    while not glob.glob(str(tmp_path / CHECKPOINT)) and proc.poll() is None \
+    while max(_steps(tmp_path), default=0) <= newer_than and proc.poll() is None \
             and time.time() < deadline:
         time.sleep(0.1)
-    if not glob.glob(str(tmp_path / CHECKPOINT)):
+    if max(_steps(tmp_path), default=0) <= newer_than:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         pytest.fail(f"no checkpoint appeared before the run ended:\n{_stderr(tmp_path)[-2000:]}")
