@@ -12,9 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
+from test_supervise import _manifest as _last_manifest
+from test_supervise import _stage_process
 from test_sweeps import CHECKPOINT, TRAIN_ONLY, _start_until_checkpoint, _stderr, _steps, llmops
 
-from llmops.errors import EXIT_CONFIG, ConfigError
+from llmops.errors import EXIT_CONFIG, EXIT_STAGE_FAILED, ConfigError
 
 _SEED = "Seeds must fit numpy and torch: 0 ≤ seed < 2**32, e.g. {key}=0."
 _LLAMA = ("Allowed for {family} models: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, "
@@ -249,9 +251,11 @@ STOPS = {
 @pytest.mark.slow
 def test_a_stop_signal_marks_the_run_interrupted_keeps_the_checkpoint_and_the_rerun_resumes(
         tmp_path):
-    """Each stop in turn on one chain: Ctrl-C stops the first job in sft, SIGTERM its rerun once
-    that has trained past the kept checkpoint, and the last rerun resumes from the newest one."""
-    args = ["train.max_steps=20", "train.save_steps=5", *TRAIN_ONLY]
+    """Each stop in turn on one chain, each job once it has trained past the checkpoint its
+    predecessor kept: Ctrl-C stops the first job in sft, SIGTERM the second; the third loses its
+    stage process to SIGKILL (what the kernel's out-of-memory killer sends: the runner records it,
+    test_supervise's check); the last rerun resumes from the newest checkpoint."""
+    args = ["train.max_steps=25", "train.save_steps=5", *TRAIN_ONLY]
     store = tmp_path / "outputs" / "store"
     newer_than = 0
     for n, (sig, code, message, error) in enumerate(STOPS.values()):
@@ -274,9 +278,34 @@ def test_a_stop_signal_marks_the_run_interrupted_keeps_the_checkpoint_and_the_re
         assert glob.glob(str(tmp_path / CHECKPOINT)), "the checkpoint is kept for the rerun"
         assert not (store / "sft").exists()
         newer_than = max(_steps(tmp_path))
+
+    # The stage process killed by SIGKILL: the runner outlives it and records the signal.
+    proc = _start_until_checkpoint(tmp_path, args, newer_than)
+    assert _last_manifest(tmp_path)["stages"]["sft"]["status"] == "running"
+    os.kill(_stage_process(proc.pid).pid, signal.SIGKILL)
+    proc.wait(timeout=120)
+    err = _stderr(tmp_path)
+    assert proc.returncode == EXIT_STAGE_FAILED, err[-3000:]
+    manifest = _last_manifest(tmp_path)
+    sft = manifest["stages"]["sft"]
+    assert manifest["status"] == "failed" and manifest["failed_stage"] == "sft"
+    assert sft["status"] == "failed" and sft["signal"] == "SIGKILL"
+    assert sft["error"].startswith(
+        "sft: the stage's process was killed by SIGKILL — most likely the kernel's "
+        "out-of-memory killer: peak RSS ")
+    # The compute plan's own figure for the sft stage (compute_plan.json stages.sft).
+    assert "GB for this stage; fix: train.batch_size=8 (train.effective_batch stays" in sft["error"]
+    assert sft["planned"]["what"] == "for this stage" and sft["planned"]["host_gb"] > 0
+    assert 0.1 < sft["peak_rss_gb"] < 20, sft  # a torch process training the tiny model
+    assert sft["error"] in err, "the same message on the terminal"
+    assert list((store / ".tmp").glob("*")) == [], "no half-written stage folder"
+    assert not (store / "sft").exists(), "nothing published"
+    assert glob.glob(str(tmp_path / CHECKPOINT)), "the checkpoint stays for the rerun"
+
     r = llmops(*args, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
-    runs = sorted((tmp_path / "outputs/runs").glob("*/*/manifest.json"),
-                  key=lambda p: p.stat().st_mtime)
-    sft = json.loads(runs[-1].read_text())["stages"]["sft"]
-    assert sft["status"] == "resumed" and sft["resumed_from_step"] >= 10
+    rerun = _last_manifest(tmp_path)
+    assert rerun["status"] == "succeeded"
+    sft = rerun["stages"]["sft"]
+    assert sft["status"] == "resumed" and sft["resumed_from_step"] >= 15
+    assert sft["peak_rss_gb"] > 0.1
