@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_store_integrity import kill_truncate_and_rerun
 from test_supervise import _manifest as _last_manifest
 from test_supervise import _stage_process
 from test_sweeps import CHECKPOINT, TRAIN_ONLY, _start_until_checkpoint, _stderr, _steps, llmops
@@ -254,8 +255,11 @@ def test_a_stop_signal_marks_the_run_interrupted_keeps_the_checkpoint_and_the_re
     """Each stop in turn on one chain, each job once it has trained past the checkpoint its
     predecessor kept: Ctrl-C stops the first job in sft, SIGTERM the second; the third loses its
     stage process to SIGKILL (what the kernel's out-of-memory killer sends: the runner records it,
-    test_supervise's check); the last rerun resumes from the newest checkpoint."""
-    args = ["train.max_steps=25", "train.save_steps=5", *TRAIN_ONLY]
+    test_supervise's check); the fourth is killed whole and its newest checkpoint truncated
+    (test_store_integrity's check); the one rerun resumes from the last complete checkpoint."""
+    # stops past steps 5, 10, 15, then two checkpoints (20, 25) and the kill, 10 steps before
+    # the end
+    args = ["train.max_steps=35", "train.save_steps=5", *TRAIN_ONLY]
     store = tmp_path / "outputs" / "store"
     newer_than = 0
     for n, (sig, code, message, error) in enumerate(STOPS.values()):
@@ -302,10 +306,10 @@ def test_a_stop_signal_marks_the_run_interrupted_keeps_the_checkpoint_and_the_re
     assert not (store / "sft").exists(), "nothing published"
     assert glob.glob(str(tmp_path / CHECKPOINT)), "the checkpoint stays for the rerun"
 
-    r = llmops(*args, cwd=tmp_path)
-    assert r.returncode == 0, r.stderr[-3000:]
-    rerun = _last_manifest(tmp_path)
+    # The fourth job killed whole (SIGKILL) at its second checkpoint past step 15, the newest of
+    # them truncated: the rerun resumes from the other (test_store_integrity's check).
+    rerun = kill_truncate_and_rerun(tmp_path, args, max(_steps(tmp_path)))
     assert rerun["status"] == "succeeded"
     sft = rerun["stages"]["sft"]
-    assert sft["status"] == "resumed" and sft["resumed_from_step"] >= 15
+    assert sft["status"] == "resumed" and sft["resumed_from_step"] >= 20
     assert sft["peak_rss_gb"] > 0.1
