@@ -121,14 +121,36 @@ def _with_added_tokens(tok, added: dict[int, tuple[str, bool]], folder: Path):
     return AutoTokenizer.from_pretrained(str(folder))
 
 
+def _vocab_tokenizer(fam: Family, cache_dir: Path):
+    """Returns the tokenizer transformers converts from the family's vocab GGUF (~12 CPU-s),
+    converted once per vocab file and kept in cache_dir (Qwen2 and Qwen3 share one vocab), saved
+    and loaded back as _with_added_tokens does anyway."""
+    from filelock import FileLock
+    from transformers import AutoTokenizer
+
+    folder = cache_dir / f"vocab-{fam.vocab_file.removesuffix('.gguf')}-r{RECIPE}"
+    with FileLock(str(folder) + ".lock"):
+        if not (folder / "tokenizer.json").is_file():
+            gguf = vocab_path(fam.name)
+            tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            tmp = Path(tempfile.mkdtemp(prefix=".vocab-", dir=cache_dir))
+            try:
+                tok.save_pretrained(str(tmp))
+                if folder.exists():
+                    shutil.rmtree(folder)
+                os.replace(tmp, folder)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
 def _build(fam: Family, dest: Path, hidden: int, layers: int, seed: int) -> None:
     """Writes one model folder (tokenizer, config, random weights) into dest."""
     import torch
     import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers import AutoModelForCausalLM, GenerationConfig
 
-    gguf = vocab_path(fam.name)
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tok = _vocab_tokenizer(fam, dest.parent)
     tok = _with_added_tokens(tok, fam.added, dest / ".tokenizer")
     shutil.rmtree(dest / ".tokenizer")
     tok.chat_template = trl_template(fam.template)

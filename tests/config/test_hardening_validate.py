@@ -12,9 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
-from test_sweeps import CHECKPOINT, TRAIN_ONLY, _start_until_checkpoint, _stderr, llmops
+from test_store_integrity import kill_truncate_and_rerun
+from test_supervise import _manifest as _last_manifest
+from test_supervise import _stage_process
+from test_sweeps import CHECKPOINT, TRAIN_ONLY, _start_until_checkpoint, _stderr, _steps, llmops
 
-from llmops.errors import EXIT_CONFIG, ConfigError
+from llmops.errors import EXIT_CONFIG, EXIT_STAGE_FAILED, ConfigError
 
 _SEED = "Seeds must fit numpy and torch: 0 ≤ seed < 2**32, e.g. {key}=0."
 _LLAMA = ("Allowed for {family} models: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, "
@@ -247,30 +250,66 @@ STOPS = {
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stop", list(STOPS))
 def test_a_stop_signal_marks_the_run_interrupted_keeps_the_checkpoint_and_the_rerun_resumes(
-        tmp_path, stop):
-    sig, code, message, error = STOPS[stop]
-    args = ["train.max_steps=40", "train.save_steps=5", *TRAIN_ONLY]
-    proc = _start_until_checkpoint(tmp_path, args)
-    proc.send_signal(sig)
+        tmp_path):
+    """Each stop in turn on one chain, each job once it has trained past the checkpoint its
+    predecessor kept: Ctrl-C stops the first job in sft, SIGTERM the second; the third loses its
+    stage process to SIGKILL (what the kernel's out-of-memory killer sends: the runner records it,
+    test_supervise's check); the fourth is killed whole and its newest checkpoint truncated
+    (test_store_integrity's check); the one rerun resumes from the last complete checkpoint."""
+    # stops past steps 5, 10, 15, then two checkpoints (20, 25) and the kill, 10 steps before
+    # the end
+    args = ["train.max_steps=35", "train.save_steps=5", *TRAIN_ONLY]
+    store = tmp_path / "outputs" / "store"
+    newer_than = 0
+    for n, (sig, code, message, error) in enumerate(STOPS.values()):
+        proc = _start_until_checkpoint(tmp_path, args, newer_than)
+        proc.send_signal(sig)
+        proc.wait(timeout=120)
+        err = _stderr(tmp_path)
+        assert proc.returncode == code, err[-2000:]
+        assert message in err
+        runs = sorted((tmp_path / "outputs/runs").glob("*/*/manifest.json"),
+                      key=lambda p: p.stat().st_mtime)
+        assert len(runs) == n + 1
+        manifest = json.loads(runs[-1].read_text())
+        assert manifest["status"] == "interrupted" and manifest["failed_stage"] == "sft"
+        assert manifest["stages"]["sft"]["status"] == "interrupted"
+        assert manifest["stages"]["sft"]["error"] == error
+        # the data stage finished before the stop: ran by the first job, cached for its rerun
+        assert manifest["stages"]["data"]["status"] == ("ran" if n == 0 else "cached")
+        assert list((store / ".tmp").glob("*")) == [], "no half-written stage folder is left"
+        assert glob.glob(str(tmp_path / CHECKPOINT)), "the checkpoint is kept for the rerun"
+        assert not (store / "sft").exists()
+        newer_than = max(_steps(tmp_path))
+
+    # The stage process killed by SIGKILL: the runner outlives it and records the signal.
+    proc = _start_until_checkpoint(tmp_path, args, newer_than)
+    assert _last_manifest(tmp_path)["stages"]["sft"]["status"] == "running"
+    os.kill(_stage_process(proc.pid).pid, signal.SIGKILL)
     proc.wait(timeout=120)
     err = _stderr(tmp_path)
-    assert proc.returncode == code, err[-2000:]
-    assert message in err
-    (manifest_path,) = (tmp_path / "outputs/runs").glob("*/*/manifest.json")
-    manifest = json.loads(manifest_path.read_text())
-    assert manifest["status"] == "interrupted" and manifest["failed_stage"] == "sft"
-    assert manifest["stages"]["sft"]["status"] == "interrupted"
-    assert manifest["stages"]["sft"]["error"] == error
-    assert manifest["stages"]["data"]["status"] == "ran"
-    store = tmp_path / "outputs" / "store"
-    assert list((store / ".tmp").glob("*")) == [], "no half-written stage folder is left"
-    assert glob.glob(str(tmp_path / CHECKPOINT)), "the checkpoint is kept for the rerun"
-    assert not (store / "sft").exists()
-    r = llmops(*args, cwd=tmp_path)
-    assert r.returncode == 0, r.stderr[-3000:]
-    runs = sorted((tmp_path / "outputs/runs").glob("*/*/manifest.json"),
-                  key=lambda p: p.stat().st_mtime)
-    sft = json.loads(runs[-1].read_text())["stages"]["sft"]
-    assert sft["status"] == "resumed" and sft["resumed_from_step"] >= 5
+    assert proc.returncode == EXIT_STAGE_FAILED, err[-3000:]
+    manifest = _last_manifest(tmp_path)
+    sft = manifest["stages"]["sft"]
+    assert manifest["status"] == "failed" and manifest["failed_stage"] == "sft"
+    assert sft["status"] == "failed" and sft["signal"] == "SIGKILL"
+    assert sft["error"].startswith(
+        "sft: the stage's process was killed by SIGKILL — most likely the kernel's "
+        "out-of-memory killer: peak RSS ")
+    # The compute plan's own figure for the sft stage (compute_plan.json stages.sft).
+    assert "GB for this stage; fix: train.batch_size=8 (train.effective_batch stays" in sft["error"]
+    assert sft["planned"]["what"] == "for this stage" and sft["planned"]["host_gb"] > 0
+    assert 0.1 < sft["peak_rss_gb"] < 20, sft  # a torch process training the tiny model
+    assert sft["error"] in err, "the same message on the terminal"
+    assert list((store / ".tmp").glob("*")) == [], "no half-written stage folder"
+    assert not (store / "sft").exists(), "nothing published"
+    assert glob.glob(str(tmp_path / CHECKPOINT)), "the checkpoint stays for the rerun"
+
+    # The fourth job killed whole (SIGKILL) at its second checkpoint past step 15, the newest of
+    # them truncated: the rerun resumes from the other (test_store_integrity's check).
+    rerun = kill_truncate_and_rerun(tmp_path, args, max(_steps(tmp_path)))
+    assert rerun["status"] == "succeeded"
+    sft = rerun["stages"]["sft"]
+    assert sft["status"] == "resumed" and sft["resumed_from_step"] >= 20
+    assert sft["peak_rss_gb"] > 0.1

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_sweeps import CHECKPOINT, TRAIN_ONLY, _start_until_checkpoint, llmops
+from test_sweeps import CHECKPOINT, _start_until_checkpoint, llmops
 
 from llmops.errors import ConfigError
 
@@ -180,19 +180,35 @@ def _complete(pattern: str) -> list[Path]:
                   key=lambda c: int(c.name.rsplit("-", 1)[1]))
 
 
-@pytest.mark.slow
-def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_complete_one(tmp_path):
+def kill_truncate_and_rerun(tmp_path: Path, args: list[str], newer_than: int = 0) -> dict:
+    """Starts `python -m llmops ARGS` in tmp_path, kills the whole job (SIGKILL) once sft has two
+    complete checkpoints past step `newer_than`, checks that each kind of damage makes a
+    checkpoint incomplete, truncates the newest and reruns: the rerun resumes from the previous
+    complete checkpoint and moves the truncated one aside. Returns the rerun's manifest.
+
+    A killed job publishes nothing and its rerun resumes (the kill-and-rerun check of resume),
+    from the checkpoint it can trust: tests/config/test_hardening_validate.py's stop chain ends
+    with this (one chain of jobs and one rerun for every kind of stop).
+    """
     from llmops.store.cas import latest_checkpoint
     from llmops.store.integrity import checkpoint_problem
 
-    args = ["train.max_steps=40", "train.save_steps=5", *TRAIN_ONLY]
-    proc = _start_until_checkpoint(tmp_path, args)
+    max_steps = int(next(a for a in args if a.startswith("train.max_steps=")).split("=")[1])
+    proc = _start_until_checkpoint(tmp_path, args, newer_than)
+
+    def newer() -> list[Path]:
+        return [c for c in _complete(str(tmp_path / CHECKPOINT))
+                if int(c.name.rsplit("-", 1)[1]) > newer_than]
+
     deadline = time.time() + 120
-    while len(_complete(str(tmp_path / CHECKPOINT))) < 2 and time.time() < deadline:
+    while len(newer()) < 2 and time.time() < deadline:
         time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    *_, older, newest = _complete(str(tmp_path / CHECKPOINT))
+    store = tmp_path / "outputs" / "store"
+    assert glob.glob(str(tmp_path / CHECKPOINT))
+    assert not (store / "sft").exists(), "a killed job must publish nothing"
+    *_, older, newest = newer()
     work = newest.parent.parent
     assert latest_checkpoint(work)[0] == newest
 
@@ -215,14 +231,22 @@ def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_complete_one(t
         f.truncate((newest / "adapter_model.safetensors").stat().st_size - 7)
     assert latest_checkpoint(work)[0] == older
     step = int(older.name.rsplit("-", 1)[1])
+    corrupt = store / ".corrupt"  # what earlier stops of a chain left aside, if any
+    before = set(corrupt.iterdir()) if corrupt.is_dir() else set()
 
     r = llmops(*args, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     (run,) = [m for p in (tmp_path / "outputs" / "runs").glob("*/*/manifest.json")
               if (m := json.loads(p.read_text()))["status"] == "succeeded"]
     sft = run["stages"]["sft"]
-    assert sft["status"] == "resumed" and sft["resumed_from_step"] == step
+    assert sft["status"] == "resumed" and sft["resumed_from_step"] == step >= 5
+    assert run["stages"]["data"]["status"] == "cached"
+    report = json.loads((Path(sft["path"]) / "training_report.json").read_text())
+    assert report["resumed_from_step"] == sft["resumed_from_step"]
+    assert report["steps"] == max_steps
+    assert list((store / ".work").iterdir()) == []  # published, so nothing left to resume
     log = r.stdout + r.stderr
     assert f"checkpoint {newest} is incomplete (adapter_model.safetensors:" in log
-    (aside,) = (tmp_path / "outputs" / "store" / ".corrupt").iterdir()
+    (aside,) = set(corrupt.iterdir()) - before
     assert aside.name.startswith(f"work-{work.name}-checkpoints-{newest.name}-")
+    return run
