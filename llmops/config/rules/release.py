@@ -6,8 +6,12 @@ and the compiler puts it in the release stage's params.
 
 from __future__ import annotations
 
-from llmops.config.schema import AppConfig
+from typing import TYPE_CHECKING
+
 from llmops.errors import Problem
+
+if TYPE_CHECKING:  # annotations only: the release stage imports its builder, not the schema
+    from llmops.config.schema import AppConfig
 
 
 def exported_formats(cfg: AppConfig) -> list[str]:
