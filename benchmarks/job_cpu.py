@@ -1,6 +1,6 @@
 """CPU seconds of a `python -m llmops` job: per process (runner, stage process) and per stage.
 
-    python benchmarks/job_cpu.py [--reps N] [--baseline DIR] [--importtime] [--keep DIR]
+    python benchmarks/job_cpu.py [--reps N] [--baseline REV] [--importtime] [--keep DIR]
 
 Runs, in a temporary folder with one fresh store, the jobs the test suite runs by the hundred:
 
@@ -14,8 +14,9 @@ machine distorts it far less than wall time). The job's process tree is sampled 
 50 ms; a stage's CPU in the stage process is the growth between the log lines that say the
 previous and this stage finished (the stage process is idle between stages), the runner's own CPU
 before its first stage is its start (Hydra compose, validate, compile). Prints a table and the
-ratios to the `import torch` floor. `--baseline DIR` runs the same jobs on another llmops
-(e.g. the commit before a change), interleaved with this checkout's, and prints total / baseline.
+ratios to the `import torch` floor. `--baseline REV` runs the same jobs on the llmops of a git
+revision (e.g. the commit before a change), interleaved with this checkout's, and prints total /
+baseline.
 
 `--importtime` runs the small job once more with PYTHONPROFILEIMPORTTIME=1 (which inflates what
 it measures) and prints, for the runner and for each stage, the top-level packages the process
@@ -164,6 +165,23 @@ def _import_report(lines: list[str]) -> list[tuple[str, dict[str, float]]]:
     return parts
 
 
+def _checkout(rev: str, out: Path) -> Path:
+    """Extracts llmops/, conf/ and sweeps/ of a git revision into out, laid out as the installed
+    package (conf/ is the package llmops.conf; its sweeps link points at sweeps/)."""
+    repo = Path(__file__).resolve().parent.parent
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(repo), "archive", rev, "llmops", "conf", "sweeps"],
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(out)], input=archive, check=True)
+    (out / "conf").rename(out / "llmops" / "conf")
+    link = out / "llmops" / "conf" / "sweeps"
+    if link.is_symlink():
+        link.unlink()
+        link.symlink_to(out / "sweeps", target_is_directory=True)
+    return out
+
+
 def _jobs(tmp: Path, env: dict[str, str]) -> dict[str, dict]:
     """Runs the small job, its cached rerun and the data-only job on a fresh store in tmp."""
     store = tmp / "store"
@@ -212,10 +230,9 @@ def _print_jobs(title: str, jobs: dict[str, dict], torch_floor: float,
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=1, help="repetitions (medians are shown)")
-    ap.add_argument("--baseline", type=Path,
-                    help="a folder holding another llmops package (e.g. `git archive` of an "
-                         "older commit, conf/ moved to llmops/conf): its jobs run interleaved "
-                         "with this checkout's, through PYTHONPATH")
+    ap.add_argument("--baseline", metavar="REV",
+                    help="a git revision of this repository (e.g. HEAD~1): its llmops runs the "
+                         "same jobs, interleaved with this checkout's, through PYTHONPATH")
     ap.add_argument("--importtime", action="store_true",
                     help="also break the small job's imports down by stage and package")
     ap.add_argument("--keep", type=Path, help="run in this folder and keep it")
@@ -225,8 +242,9 @@ def main() -> None:
     env = _env()
     variants = {"this checkout": env}
     if args.baseline is not None:
+        tree = _checkout(args.baseline, tmp / "baseline_tree")
         base_env = {**env, "PYTHONPATH": os.pathsep.join(
-            p for p in (str(args.baseline.resolve()), env.get("PYTHONPATH")) if p)}
+            p for p in (str(tree), env.get("PYTHONPATH")) if p)}
         variants = {"baseline": base_env, **variants}
     try:
         floors = {name: [] for name in FLOORS}
