@@ -13,6 +13,7 @@ import sys
 
 from llmops.backends import launch
 from llmops.runner import dispatch
+from llmops.runner.child import rare_full_collections
 
 
 def trainer(kind: str) -> launch.TrainFn:
@@ -25,7 +26,9 @@ def main(argv: list[str] | None = None) -> int:
 
     What the rank imported (torch, transformers, TRL) lives until the process ends; frozen at the
     end (gc.freeze), it is not walked by the collections the interpreter makes as it exits
-    (~1.5 CPU-s a rank)."""
+    (~1.5 CPU-s a rank); full collections are rare while it imports and trains
+    (llmops.runner.child.rare_full_collections)."""
+    rare_full_collections()
     try:
         return launch.rank_main(sys.argv[1:] if argv is None else argv, trainer)
     finally:
