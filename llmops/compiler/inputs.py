@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from llmops import __version__
 from llmops.compiler.builders.common import (
@@ -23,11 +23,14 @@ from llmops.compiler.builders.common import (
     QuantParams,
     TrainParams,
 )
-from llmops.config.resolve import Resolved
-from llmops.config.schema import AppConfig
 from llmops.config.templates import is_path
 from llmops.core.fingerprint import data_file_hash, fingerprint
 from llmops.core.plan import TUNED_STAGES, StageSpec, recipe
+
+if TYPE_CHECKING:  # annotations only: a stage process that imports a builder's params type
+    # (llmops.stages.<kind>) has no use for the config schema (pydantic, ~0.25 CPU-s to import)
+    from llmops.config.resolve import Resolved
+    from llmops.config.schema import AppConfig
 
 #: Files of a model folder hashed by content; weights (large) are fingerprinted by name, size and
 #: modification time, which changes when a folder is retrained or replaced in place.

@@ -1,4 +1,5 @@
-"""The stage process: `python -m llmops.runner.child FD` runs the stages the runner hands it.
+"""The stage process: `python -m llmops.runner.child FD PARENT_PID [PACKAGE ...]` runs the stages
+the runner hands it; the PACKAGEs (llmops.runner.supervise.unused_packages) stay out of it.
 
 The runner (llmops.runner.supervise) starts one such process per job, at the first stage that
 is not cached, and sends it one stage at a time over the connection on file descriptor FD. A
@@ -33,6 +34,12 @@ from llmops.errors import StageError, Terminated
 from llmops.runner.memory import is_out_of_memory, oom_message
 
 _PR_SET_PDEATHSIG = 1
+#: Young (generation 1) collections between two full ones in a stage or rank process (Python: 10).
+#: Importing torch, transformers, peft and TRL makes ~110: 7 full collections of a heap growing
+#: to ~0.5M objects at Python's 10 (~1 CPU-s), 1 at 100. A steady training or eval loop frees
+#: about what it allocates and triggers few collections of any kind; release_memory makes a
+#: full one after every stage.
+FULL_EVERY = 100
 
 
 class _Link:
@@ -101,6 +108,13 @@ def run_stage(request: dict[str, Any]) -> None:
         raise StageError(message) from None
 
 
+def rare_full_collections() -> None:
+    """Makes the collector's full collections rare in this process (`FULL_EVERY`), as the CLI
+    does during its pre-flight; young ones run as before."""
+    gen0, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(gen0, gen1, max(gen2, FULL_EVERY))
+
+
 def release_memory() -> None:
     """Gives back what a finished stage left before the next stage of this process runs.
 
@@ -108,8 +122,15 @@ def release_memory() -> None:
     reference cycles (the Trainer and its callbacks) until the collector runs, torch keeps freed
     CUDA blocks cached, and glibc keeps freed heap pages mapped; all three would count against
     the next stage, whose memory plan assumes a process that holds only its imports
-    (llmops.planning.stage_memory)."""
+    (llmops.planning.stage_memory).
+
+    What survives the collection (the modules a stage imported, their caches) lives as long as
+    the process: it is frozen (gc.freeze), so that no later collection, in the next stage or
+    here after it, walks it again (a full collection of torch + transformers + TRL's ~0.5M
+    objects costs ~0.3 CPU-s). A stage's own garbage is always younger, and collected as before.
+    """
     gc.collect()
+    gc.freeze()
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
@@ -180,10 +201,20 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
 
 
+def keep_out(packages: list[str]) -> None:
+    """Makes each package unimportable in this process, as if it were not installed: `import`
+    raises ModuleNotFoundError and `importlib.util.find_spec` returns None (a None entry in
+    sys.modules, Python's documented way to block an import). One already imported stays."""
+    for name in packages:
+        sys.modules.setdefault(name, None)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: `python -m llmops.runner.child FD PARENT_PID`."""
+    """Entry point: `python -m llmops.runner.child FD PARENT_PID [PACKAGE ...]`."""
     argv = sys.argv[1:] if argv is None else argv
     fd, parent = int(argv[0]), int(argv[1])
+    keep_out(argv[2:])
+    rare_full_collections()
     # Ctrl-C reaches the whole process group; the runner stops this process (SIGTERM), so the
     # stage stops once, in order. A Python handler, not SIG_IGN, so that it is not inherited.
     signal.signal(signal.SIGINT, lambda signum, frame: None)

@@ -16,7 +16,7 @@ from llmops.errors import GateFailed, LlmopsError, NoGo, StageError, StoreError
 from llmops.runner import dispatch
 from llmops.runner.manifest import Manifest
 from llmops.runner.memory import fix_for, planned
-from llmops.runner.supervise import StageProcess
+from llmops.runner.supervise import StageProcess, unused_packages
 from llmops.store.cas import Store
 from llmops.tracking.metrics import start_tracking
 
@@ -86,7 +86,10 @@ def run_plan(plan: Plan, run_dir: Path, overrides: list[str] | None = None,
     store = Store(Path(plan.run["store_dir"]))
     manifest = Manifest(plan, run_dir, overrides, meta)
     try:
-        _run_stages(plan, run_dir, store, manifest, StageProcess() if stage_process else None)
+        process = None
+        if stage_process:
+            process = StageProcess(unused_packages(spec.params for spec in plan.stages))
+        _run_stages(plan, run_dir, store, manifest, process)
     except BaseException as exc:
         error = _stop(manifest, store, exc)
         if error is exc:

@@ -1,12 +1,14 @@
 """The runner's side of the stage process: it outlives the stage, so a killed stage is recorded.
 
 `StageProcess` starts `python -m llmops.runner.child` once per job, at the first stage that runs
-(a run whose stages are all cached starts none), and runs every stage there. While a stage runs it
-samples the memory of the stage's process tree (psutil); when the process dies (the kernel's
-out-of-memory killer sends SIGKILL, native code segfaults) it raises a StageError that names the
-stage, the signal, the peak and what the compute plan planned, so the runner's manifest says
-`failed` with that reason. A stop of the runner (Ctrl-C, SIGTERM, submitit's requeue) stops the
-stage process first (SIGTERM; SIGKILL after a grace period), then goes on as before.
+(a run whose stages are all cached starts none), and runs every stage there. A package no stage
+of the plan uses that costs seconds to import as a side effect of another (`unused_packages`:
+bitsandbytes, which peft imports whenever it is installed) is kept out of that process. While a
+stage runs it samples the memory of the stage's process tree (psutil); when the process dies (the
+kernel's out-of-memory killer sends SIGKILL, native code segfaults) it raises a StageError that
+names the stage, the signal, the peak and what the compute plan planned, so the runner's manifest
+says `failed` with that reason. A stop of the runner (Ctrl-C, SIGTERM, submitit's requeue) stops
+the stage process first (SIGTERM; SIGKILL after a grace period), then goes on as before.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable, Mapping
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -43,17 +46,49 @@ class StageDied(StageError):
         self.fields = fields
 
 
-class StageProcess:
-    """One job's stage process, started on first use; `close()` ends it."""
+def needs_bitsandbytes(params: Mapping[str, Any]) -> bool:
+    """Tells whether a stage with these params may load bitsandbytes: a k-bit base (quant.type
+    other than none), an adapter trained on one (merge's quant_trained), an 8-bit optimizer
+    (train.optimizer), or the unsloth backend, which quantizes through it."""
+    quant = params.get("quant")
+    if isinstance(quant, Mapping) and quant.get("type", "none") != "none":
+        return True
+    if params.get("quant_trained", "none") != "none":
+        return True
+    train = params.get("train")
+    return isinstance(train, Mapping) and (
+        "8bit" in str(train.get("optimizer", "")) or train.get("backend") == "unsloth")
 
-    def __init__(self) -> None:
+
+def unused_packages(stage_params: Iterable[Mapping[str, Any]]) -> tuple[str, ...]:
+    """Returns the packages the stage process of a plan with these stages keeps out.
+
+    bitsandbytes when no stage needs it (`needs_bitsandbytes`): peft imports it whenever it is
+    installed (peft.helpers), and its import compiles kernels with torch.compile and asks the
+    Hugging Face hub for a CPU kernel, ~2 CPU-s in every process that imports peft. Kept out,
+    peft and transformers see it as not installed, as they do where it is not.
+    """
+    return () if any(needs_bitsandbytes(p) for p in stage_params) else ("bitsandbytes",)
+
+
+class StageProcess:
+    """One job's stage process, started on first use; `close()` ends it.
+
+    Args:
+        without: Packages the process keeps out (`unused_packages`): an import of one fails
+            there as if it were not installed.
+    """
+
+    def __init__(self, without: tuple[str, ...] = ()) -> None:
         self.proc: subprocess.Popen | None = None
         self.conn: Connection | None = None
         self.peak = 0  # bytes: the sampled peak of the last stage's process tree
+        self.without = without
 
     def _start(self) -> None:
         ours, theirs = socket.socketpair()
-        cmd = [sys.executable, "-m", CHILD_MODULE, str(theirs.fileno()), str(os.getpid())]
+        cmd = [sys.executable, "-m", CHILD_MODULE, str(theirs.fileno()), str(os.getpid()),
+               *self.without]
         try:
             self.proc = subprocess.Popen(cmd, pass_fds=(theirs.fileno(),),
                                          stdin=subprocess.DEVNULL)

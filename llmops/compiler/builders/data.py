@@ -10,16 +10,18 @@ from the rows or read from data.preference_path are the preference stages' own (
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, cast
+from typing import TYPE_CHECKING, Literal, cast
 
 from typing_extensions import NotRequired, TypedDict
 
 from llmops.compiler.builders.common import ModelParams
 from llmops.compiler.inputs import PlanBuilder, StageInputs
-from llmops.config.schema import DataColumns, DataConfig, DataSource, DataTags
 from llmops.core.fingerprint import data_file_hash, file_sha256
 from llmops.data import formats, registry
 from llmops.data.limits import DATA_KEYS as DATA_LIMITS
+
+if TYPE_CHECKING:  # the data stage imports DataParams; the schema is the compiler's alone
+    from llmops.config.schema import DataConfig, DataSource
 
 
 class SourceParams(TypedDict):
@@ -139,6 +141,8 @@ def data_limits(cfg_limits: object) -> DataLimits:
 def data_sources(d: DataConfig) -> list[SourceParams]:
     """Returns the sources of a files config as the data stage reads them: ``data.path`` as a
     one-source list, paths made absolute, aliases resolved, only the mappings set."""
+    from llmops.config.schema import DataSource
+
     given = [DataSource(path=d.path, format=d.format, columns=d.columns, tags=d.tags)] if d.path \
         else [registry_source(d)] if d.registry else list(d.sources)
     out: list[SourceParams] = []
@@ -155,6 +159,8 @@ def data_sources(d: DataConfig) -> list[SourceParams]:
 def registry_source(d: DataConfig) -> DataSource:
     """Returns the source a LLaMA-Factory registry entry names (``data.registry``, ``data.name``;
     see ``llmops.data.registry``); data.columns / data.tags set by the user override its own."""
+    from llmops.config.schema import DataColumns, DataSource, DataTags
+
     entry = registry.read_entry(d.registry or "", d.name or "")
     columns = {**entry["columns"], **d.columns.model_dump(exclude_none=True)}
     tags = {**entry["tags"], **d.tags.model_dump(exclude_none=True)}

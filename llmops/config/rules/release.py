@@ -6,9 +6,13 @@ and the compiler puts it in the release stage's params.
 
 from __future__ import annotations
 
-from llmops.config.schema import AppConfig
+from typing import TYPE_CHECKING
+
 from llmops.errors import Problem
 from llmops.planning.stage_memory import GGUF_KEY
+
+if TYPE_CHECKING:  # annotations only: the release stage imports its builder, not the schema
+    from llmops.config.schema import AppConfig
 
 
 def exported_formats(cfg: AppConfig) -> list[str]:
