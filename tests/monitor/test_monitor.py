@@ -639,10 +639,19 @@ def _have_prometheus() -> bool:
 
 
 def _quick_rules(monitor_dir: Path, tmp_path: Path) -> Path:
-    """The stage's alert_rules.yml with every `for:` at 0s (the test cannot wait 15 minutes)."""
+    """The stage's alert_rules.yml with every `for:` at 0s (the test cannot wait 15 minutes).
+
+    The latency rule's `for: 5m` is what keeps a moment of load from paging in production; at 0s,
+    two slow probes of 40 on a busy 2-core CI machine put the p95 over its 2 s (seen in CI: 2.12 s
+    for the tuned model). So its threshold is raised to 30 s here: the test is about the quality
+    alerts, and test_stage_writes_baseline_probes_and_rules checks the latency rule as generated."""
     rules = yaml.safe_load((monitor_dir / "alert_rules.yml").read_text())
     for rule in rules["groups"][0]["rules"]:
         rule["for"] = "0s"
+        if rule["alert"] == "LlmopsLatencyP95High":
+            head, _, threshold = rule["expr"].rpartition(" > ")
+            assert float(threshold) > 0, rule["expr"]
+            rule["expr"] = f"{head} > 30"
     (tmp_path / "rules.yml").write_text(yaml.safe_dump(rules))
     return tmp_path / "rules.yml"
 
