@@ -110,9 +110,15 @@ def run(params: ComputeParams, inputs: dict[str, Path], out_dir: Path,
     """
     report = plan(params)
     if report.get("backend") == "openai":
-        ctx.logger.info("compute: OpenAI fine-tuning of %s: ~%s USD (cap %s), ~%s h (%s)",
-                        report["model"], report["cost_usd"], report["max_cost_usd"],
-                        report["run_time_h"], report["upload"]["token_count"])
+        if report["cost_usd"] is None:  # files and hub data: counted by the data stage
+            ctx.logger.info("compute: OpenAI fine-tuning of %s: cost and time known once the data "
+                            "stage has run (%s); the sft stage checks the %s USD cap before it "
+                            "uploads anything", report["model"], report["upload"]["rows_from"],
+                            report["max_cost_usd"])
+        else:
+            ctx.logger.info("compute: OpenAI fine-tuning of %s: ~%.2f USD (cap %s), ~%.2f h (%s)",
+                            report["model"], report["cost_usd"], report["max_cost_usd"],
+                            report["run_time_h"], report["upload"]["token_count"])
         write_json(Path(out_dir) / REPORT_NAME, report)
         return report
     ctx.logger.info(
