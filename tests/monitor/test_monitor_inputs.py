@@ -2,21 +2,26 @@
 failed probe) with the file and line or the bound named, never a traceback, a hang or a NaN in
 monitor_report.json; the metrics endpoint binds loopback unless told otherwise.
 
-Real files of the monitor stage (test_monitor's fixture), `python -m llmops.monitor` as README
-writes it, and real HTTP servers on 127.0.0.1 (one answers 200 with bodies that are no chat
-completion, one trickles a byte at a time); each server stops by itself.
+Real files of the monitor stage (test_monitor's fixture, the stage run once for the module),
+the monitor's command line as README writes it, run by its main() in this process (these tests are
+about what it reads and says; test_monitor runs `python -m llmops.monitor` as a process), and real
+HTTP servers on 127.0.0.1 (one answers 200 with bodies that are no chat completion, one trickles a
+byte at a time); each server stops by itself.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import subprocess
 import threading
 import time
+from contextlib import redirect_stderr, redirect_stdout
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from test_monitor import _fake_run, _log, _monitor, stage_inputs  # noqa: F401 - the fixture
+from test_monitor import _fake_run, _log, stage_inputs  # noqa: F401 - the fixture
 
 from llmops.errors import EXIT_CONFIG, EXIT_STAGE_FAILED, ConfigError
 
@@ -48,9 +53,35 @@ def _entry(latency: object = 0.1, message: object = None) -> dict:
             "latency_s": latency}
 
 
+def _monitor(*args: str) -> subprocess.CompletedProcess:
+    """`python -m llmops.monitor ARGS`, run by its main() here: its exit code, stdout, stderr."""
+    from llmops.monitor.__main__ import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as exc:  # argparse's usage errors
+            code = exc.code
+    return subprocess.CompletedProcess(["python", "-m", "llmops.monitor", *args], code,
+                                       out.getvalue(), err.getvalue())
+
+
+@pytest.fixture(scope="module")
+def monitor_stage(stage_inputs, tmp_path_factory, stage_params):  # noqa: F811 - the fixture
+    """The monitor stage's output (monitor.probes=60), built once for the module."""
+    run = _fake_run(stage_inputs, tmp_path_factory.mktemp("monitor_stage"), stage_params)
+    return (run / "stages" / "monitor").resolve()
+
+
 @pytest.fixture
-def run_dir(stage_inputs, tmp_path, stage_params):  # noqa: F811 - the imported fixture
-    return _fake_run(stage_inputs, tmp_path, stage_params)
+def run_dir(monitor_stage, tmp_path):
+    """A run folder of its own whose stages/monitor links the module's stage output: the
+    monitor writes its report in the run folder, never in the stage's."""
+    run = tmp_path / "run"
+    (run / "stages").mkdir(parents=True)
+    (run / "stages" / "monitor").symlink_to(monitor_stage, target_is_directory=True)
+    return run
 
 
 HOSTILE_LINES = {
@@ -195,6 +226,7 @@ def _trickle(h: BaseHTTPRequestHandler, stop: threading.Event) -> None:
     _body(200, b'{"choices": [{"message": {"content": "x", "tool_calls": 5}}]}'),
 ], ids=["text", "not-json", "empty", "no-choices", "no-message", "message-str", "array",
         "tool-calls-int"])
+@pytest.mark.filterwarnings("ignore:Pydantic serializer warnings")  # openai's, on tool_calls: 5
 def test_a_200_reply_that_is_no_chat_completion_is_a_failed_probe(run_dir, reply):
     with _Server(reply) as server:
         r = _monitor(str(run_dir), "--endpoint", server.url, "--probes", "2", "--no-metrics")
