@@ -123,28 +123,25 @@ def _report(manifest: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def sweep(slurm, tmp_path_factory) -> Path:
-    """A 2-point sweep (train.max_steps=2,STEPS) through hydra/launcher=slurm; returns its
-    folder."""
+def sweep_run(slurm, tmp_path_factory) -> tuple[subprocess.Popen, Path]:
+    """Starts a 2-point sweep (train.max_steps=2,STEPS) through hydra/launcher=slurm; returns
+    its process and folder without waiting: the ddp test runs beside it, so the sweep's work
+    fills the time that test waits on SLURM (requeues, time-limit checks)."""
     root = tmp_path_factory.mktemp("slurm_sweep")
-    _finish(_llmops(root, slurm, f"train.max_steps=2,{STEPS}"), root)
+    proc = _llmops(root, slurm, f"train.max_steps=2,{STEPS}")
+    try:
+        yield proc, root
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.fixture(scope="module")
+def sweep(sweep_run) -> Path:
+    """The sweep of sweep_run, finished; returns its folder."""
+    proc, root = sweep_run
+    _finish(proc, root)
     return root
-
-
-def test_a_two_point_sweep_runs_as_a_slurm_array_of_two_jobs(slurm, sweep):
-    points = _points(sweep)
-    assert [m["status"] for m in points] == ["succeeded", "succeeded"]
-    assert [_report(m)["steps"] for m in points] == [2, STEPS]
-    (array,) = [Path(p).name for p in glob.glob(str(sweep / "outputs/multirun/*/*/.submitit/*"))
-                if "_" not in Path(p).name]
-    # SLURM itself ran them: two tasks of one array job, completed on this node.
-    for task in ("0", "1"):
-        job = _job(slurm, f"{array}_{task}", ended=True)
-        assert job["JobState"] == "COMPLETED" and job["ArrayJobId"] == array
-        assert job["BatchHost"] == socket.gethostname().split(".")[0]
-        assert job["Partition"] == "debug"
-    # Both points share the store: the second trained on the first's data and base.
-    assert {m["stages"]["base"]["path"] for m in points} == {points[0]["stages"]["base"]["path"]}
 
 
 def _ctld_checks(env: dict[str, str]) -> list[datetime]:
@@ -163,9 +160,23 @@ def _wait(what: str, ready, proc: subprocess.Popen, root: Path, seconds: float =
         time.sleep(0.2)
 
 
-def _checkpoints(store: Path) -> list[int]:
+def _checkpoints(store: Path, root: Path) -> list[int]:
+    """The steps of the checkpoints of the sft stage of the run in root (its plan names the
+    stage's work folder in the store; the sweep beside it trains in its own)."""
+    plans = glob.glob(str(root / "outputs/multirun/*/*/0/plan.json"))
+    if not plans:
+        return []
+    (sft,) = [s for s in json.loads(Path(plans[0]).read_text())["stages"] if s["name"] == "sft"]
+    work = store / ".work" / f"sft-{sft['fingerprint'][:24]}"
     return sorted(int(p.split("-")[-1].split("/")[0]) for p in glob.glob(
-        str(store / ".work/sft-*/checkpoints/checkpoint-*/trainer_state.json")))
+        str(work / "checkpoints/checkpoint-*/trainer_state.json")))
+
+
+def _job_id(root: Path) -> str:
+    """The id of the one SLURM job llmops submitted from root (its submitit folder's name)."""
+    (folder,) = [p for p in glob.glob(str(root / "outputs/multirun/*/*/.submitit/*"))
+                 if Path(p).name.isdigit()]
+    return Path(folder).name
 
 
 def _resume_before_the_next_check(env: dict[str, str], job_id: str) -> None:
@@ -197,7 +208,7 @@ def _restart_now(env: dict[str, str], job_id: str, restarts: int, **fields: str)
 
 
 def test_two_slurm_tasks_train_as_two_ranks_survive_a_requeue_and_a_time_limit(
-        slurm, sweep, tmp_path):
+        slurm, sweep_run, tmp_path):
     """One job of 2 SLURM tasks as 2 ranks: requeued by `scontrol requeue` at its first checkpoint,
     then, in its second run, brought to its time limit: SLURM's warning signal (submitit's
     --signal=USR2@120) makes submitit checkpoint the job and requeue itself; the third run
@@ -206,21 +217,20 @@ def test_two_slurm_tasks_train_as_two_ranks_survive_a_requeue_and_a_time_limit(
                    "distributed.nproc_per_node=2", f"train.max_steps={STEPS}",
                    "train.save_steps=4", f"hydra.launcher.timeout_min={LIMIT_MIN}")
     store = Path(slurm["LLMOPS_STORE"])
-    _wait("a checkpoint", lambda: _checkpoints(store), proc, tmp_path)
-    (job_id,) = subprocess.run(["squeue", "-h", "-o", "%i"], env=slurm, check=True,
-                               capture_output=True, text=True).stdout.split()
+    _wait("a checkpoint", lambda: _checkpoints(store, tmp_path), proc, tmp_path)
+    job_id = _job_id(tmp_path)
     # 1. Preempted: SLURM requeues it (SIGTERM, SIGKILL after KillWait), run 2 resumes.
     subprocess.run(["scontrol", "requeue", job_id], env=slurm, check=True)
     _restart_now(slurm, job_id, 1)
-    first = _checkpoints(store)[-1]  # run 1 has ended: run 2 resumes from here
+    first = _checkpoints(store, tmp_path)[-1]  # run 1 has ended: run 2 resumes from here
     # 2. The time limit: once run 2 has trained past its resume point, the job is suspended and
     # its time limit brought within the warning's 120 s; it runs again just before slurmctld's
     # next time-limit check, which sends USR2: task 0's submitit handler checkpoints the
     # submission, runs `scontrol requeue` itself and exits.
     _wait("run 2 training past its resume point",
-          lambda: _checkpoints(store)[-1] > first, proc, tmp_path)
+          lambda: _checkpoints(store, tmp_path)[-1] > first, proc, tmp_path)
     subprocess.run(["scontrol", "suspend", job_id], env=slurm, check=True)
-    second = _checkpoints(store)[-1]
+    second = _checkpoints(store, tmp_path)[-1]
     run_s = sum(int(x) * 60 ** i for i, x in
                 enumerate(reversed(_job(slurm, job_id)["RunTime"].split(":"))))
     subprocess.run(["scontrol", "update", f"JobId={job_id}", f"TimeLimit={run_s // 60 + 2}"],
@@ -251,9 +261,27 @@ def test_two_slurm_tasks_train_as_two_ranks_survive_a_requeue_and_a_time_limit(
     assert f"Requeued job {job_id} (2 remaining timeouts)" in task0  # max_num_timeout: 3
     assert "failed while resuming" not in task0  # a stop, not a failure of the checkpoint
     # What one process does: the same effective batch and steps, and about the same loss.
+    sweep_proc, sweep = sweep_run
+    _finish(sweep_proc, sweep)
     one = _report(_points(sweep)[1])
     assert one["world_size"] == 1 and one["steps"] == STEPS
     assert report["effective_batch"] == one["effective_batch"]
     assert report["per_rank_batch"] * report["grad_accum"] * 2 == report["effective_batch"]
     assert abs(report["eval_loss"] - one["eval_loss"]) < 0.05, (report["eval_loss"],
                                                                 one["eval_loss"])
+
+
+def test_a_two_point_sweep_runs_as_a_slurm_array_of_two_jobs(slurm, sweep):
+    points = _points(sweep)
+    assert [m["status"] for m in points] == ["succeeded", "succeeded"]
+    assert [_report(m)["steps"] for m in points] == [2, STEPS]
+    (array,) = [Path(p).name for p in glob.glob(str(sweep / "outputs/multirun/*/*/.submitit/*"))
+                if "_" not in Path(p).name]
+    # SLURM itself ran them: two tasks of one array job, completed on this node.
+    for task in ("0", "1"):
+        job = _job(slurm, f"{array}_{task}", ended=True)
+        assert job["JobState"] == "COMPLETED" and job["ArrayJobId"] == array
+        assert job["BatchHost"] == socket.gethostname().split(".")[0]
+        assert job["Partition"] == "debug"
+    # Both points share the store: the second trained on the first's data and base.
+    assert {m["stages"]["base"]["path"] for m in points} == {points[0]["stages"]["base"]["path"]}
