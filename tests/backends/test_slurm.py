@@ -3,7 +3,8 @@ module, in its own folder and ports, and stops them at the end): a 2-point sweep
 `hydra/launcher=slurm` (submitit), and one training job of 2 SLURM tasks as 2 ranks (ddp, gloo)
 that is requeued mid-training twice, by `scontrol requeue` and by its time limit (SLURM's warning
 signal, on which submitit requeues the job itself), resumes from its checkpoint each time and
-ends where one process does.
+ends where one process does. The sweep runs beside that job, so its work fills the job's waits on
+SLURM (a requeued job's end, slurmctld's time-limit checks every 30 s).
 
 Skips with the reason where the cluster cannot start (no slurm-wlm/munge, not root); fails
 instead under LLMOPS_REQUIRE_SLURM=1 (CI). What this does not test: GPUs and several nodes.
@@ -36,8 +37,9 @@ TRAIN_ONLY = ("data.n_examples=200", "model.pretrain.steps=20", "eval=none", "de
 # The ddp job's time limit: short enough that submitit counts a requeue on its warning as a time
 # limit (not a preemption), long enough that only the test brings it on.
 LIMIT_MIN = 10
-STEPS = 120  # enough that both requeues land mid-training on an idle machine too (each stopped
-#               run trains on for up to KillWait=2 s; with KillWait=5, 40 steps ran out there)
+STEPS = 120  # enough that both requeues land mid-training on an idle machine too (a requeued
+#               run trains on until its SIGKILL, ~5 s after SIGTERM: slurmd's minimum, whatever
+#               KillWait says; 40 steps ran out there)
 
 
 def _free_port_pair() -> int:
@@ -122,26 +124,40 @@ def _report(manifest: dict) -> dict:
                       .read_text())
 
 
+class _Sweep:
+    """A 2-point sweep (train.max_steps=2,STEPS) through hydra/launcher=slurm, started once."""
+
+    def __init__(self, root: Path, env: dict[str, str]) -> None:
+        self.root, self.env, self.proc = root, env, None
+
+    def start(self) -> None:
+        if self.proc is None:
+            self.proc = _llmops(self.root, self.env, f"train.max_steps=2,{STEPS}")
+
+    def finish(self) -> Path:
+        """Waits for the sweep (started if it was not); returns its folder."""
+        self.start()
+        _finish(self.proc, self.root)
+        return self.root
+
+
 @pytest.fixture(scope="module")
-def sweep_run(slurm, tmp_path_factory) -> tuple[subprocess.Popen, Path]:
-    """Starts a 2-point sweep (train.max_steps=2,STEPS) through hydra/launcher=slurm; returns
-    its process and folder without waiting: the ddp test runs beside it, so the sweep's work
-    fills the time that test waits on SLURM (requeues, time-limit checks)."""
-    root = tmp_path_factory.mktemp("slurm_sweep")
-    proc = _llmops(root, slurm, f"train.max_steps=2,{STEPS}")
+def sweep_run(slurm, tmp_path_factory) -> _Sweep:
+    """The module's sweep, not yet started: the ddp test starts it once its own job is under
+    way, so that the sweep's work fills the time that test waits on SLURM (a requeued job's
+    end, slurmctld's time-limit check)."""
+    sweep = _Sweep(tmp_path_factory.mktemp("slurm_sweep"), slurm)
     try:
-        yield proc, root
+        yield sweep
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        if sweep.proc is not None and sweep.proc.poll() is None:
+            sweep.proc.kill()
 
 
 @pytest.fixture(scope="module")
 def sweep(sweep_run) -> Path:
-    """The sweep of sweep_run, finished; returns its folder."""
-    proc, root = sweep_run
-    _finish(proc, root)
-    return root
+    """The module's sweep, finished; returns its folder."""
+    return sweep_run.finish()
 
 
 def _ctld_checks(env: dict[str, str]) -> list[datetime]:
@@ -212,7 +228,8 @@ def test_two_slurm_tasks_train_as_two_ranks_survive_a_requeue_and_a_time_limit(
     """One job of 2 SLURM tasks as 2 ranks: requeued by `scontrol requeue` at its first checkpoint,
     then, in its second run, brought to its time limit: SLURM's warning signal (submitit's
     --signal=USR2@120) makes submitit checkpoint the job and requeue itself; the third run
-    resumes from the second run's checkpoint, finishes, and ends where one process does."""
+    resumes from the second run's checkpoint, finishes, and ends where one process does (the
+    sweep's STEPS point, which runs beside this job from its first requeue on)."""
     proc = _llmops(tmp_path, slurm, "hydra.launcher.tasks_per_node=2", "distributed=ddp",
                    "distributed.nproc_per_node=2", f"train.max_steps={STEPS}",
                    "train.save_steps=4", f"hydra.launcher.timeout_min={LIMIT_MIN}")
@@ -221,6 +238,7 @@ def test_two_slurm_tasks_train_as_two_ranks_survive_a_requeue_and_a_time_limit(
     job_id = _job_id(tmp_path)
     # 1. Preempted: SLURM requeues it (SIGTERM, SIGKILL after KillWait), run 2 resumes.
     subprocess.run(["scontrol", "requeue", job_id], env=slurm, check=True)
+    sweep_run.start()  # the one-process reference, beside this job from here on
     _restart_now(slurm, job_id, 1)
     first = _checkpoints(store, tmp_path)[-1]  # run 1 has ended: run 2 resumes from here
     # 2. The time limit: once run 2 has trained past its resume point, the job is suspended and
@@ -261,9 +279,7 @@ def test_two_slurm_tasks_train_as_two_ranks_survive_a_requeue_and_a_time_limit(
     assert f"Requeued job {job_id} (2 remaining timeouts)" in task0  # max_num_timeout: 3
     assert "failed while resuming" not in task0  # a stop, not a failure of the checkpoint
     # What one process does: the same effective batch and steps, and about the same loss.
-    sweep_proc, sweep = sweep_run
-    _finish(sweep_proc, sweep)
-    one = _report(_points(sweep)[1])
+    one = _report(_points(sweep_run.finish())[1])
     assert one["world_size"] == 1 and one["steps"] == STEPS
     assert report["effective_batch"] == one["effective_batch"]
     assert report["per_rank_batch"] * report["grad_accum"] * 2 == report["effective_batch"]
