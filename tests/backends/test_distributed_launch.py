@@ -8,6 +8,7 @@ import glob
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import QUICK_PRETRAIN
 
 from llmops.errors import StageError
 
@@ -148,16 +150,37 @@ def _last_manifest(tmp_path: Path) -> dict:
     return json.loads(runs[-1].read_text())
 
 
+def _seed_base_and_data(store: Path, args: list[str], tiny_base: Path, compose_plan,
+                        stage_params) -> None:
+    """Publishes the plan's base (the session's tiny base, built from the same params) and its
+    data (built here by the data stage) in `store`, so that the jobs run only sft: their stage
+    process then only launches the ranks and imports no torch."""
+    from llmops.stages import data as data_stage
+    from llmops.store.cas import Store
+
+    _, plan = compose_plan(args)
+    base, data = plan.stage("base"), plan.stage("data")
+    assert base.params == stage_params("base", *QUICK_PRETRAIN), "tiny_base is this base"
+    cas = Store(store)
+    tmp = cas.new_tmp(base)
+    shutil.copytree(tiny_base, tmp, dirs_exist_ok=True)
+    base_entry = cas.publish(base, tmp, {"duration_s": 0.0})
+    tmp = cas.new_tmp(data)
+    data_stage.run(data.params, {"base": base_entry}, tmp, _ctx(tmp))
+    cas.publish(data, tmp, {"duration_s": 0.0})
+
+
 @pytest.mark.slow
 def test_sigterm_and_kill_9_stop_every_rank_and_the_rerun_trains_one_sft_on_two_processes(
-        tmp_path, compose_plan):
+        tmp_path, compose_plan, stage_params, tiny_base):
     """One chain of two-process jobs (torchrun, two gloo ranks) on one store: SIGTERM to the
     runner stops the first and leaves no torchrun; kill -9 of the runner alone stops the second
     (torchrun and the ranks follow it) and publishes nothing; the rerun resumes from the newest
     checkpoint and trains one sft on two processes, rank 0 reporting the world."""
     max_steps = 30  # stops past steps 5 and 10: 20 steps of slack before the end
     args = [*DDP2, f"train.max_steps={max_steps}", "train.save_steps=5",
-            "train.logging_steps=1", *TRAIN_ONLY]
+            "train.logging_steps=1", "data.n_examples=200", *QUICK_PRETRAIN, *TRAIN_ONLY[2:]]
+    _seed_base_and_data(tmp_path / "outputs/store", args, tiny_base, compose_plan, stage_params)
 
     # SIGTERM to the runner only, as docker stop or a scheduler sends it.
     proc = _start_until_checkpoint(tmp_path, args)
@@ -174,6 +197,8 @@ def test_sigterm_and_kill_9_stop_every_rank_and_the_rerun_trains_one_sft_on_two_
     manifest = _last_manifest(tmp_path)
     assert manifest["status"] == "interrupted" and manifest["stages"]["sft"]["status"] \
         == "interrupted"
+    assert manifest["stages"]["base"]["status"] == manifest["stages"]["data"]["status"] \
+        == "cached"
     first = max(_steps(tmp_path))
 
     # kill -9 of the runner alone (the second job resumed from the first's checkpoint): torchrun
