@@ -245,15 +245,18 @@ def test_sigterm_and_kill_9_stop_every_rank_and_the_rerun_trains_one_sft_on_two_
 
 
 @pytest.mark.slow
-def test_two_submitit_tasks_train_as_two_ranks_and_task_0_reports(tmp_path):
+def test_two_submitit_tasks_train_as_two_ranks_and_task_0_reports(tmp_path, compose_plan,
+                                                                  stage_params, tiny_base):
+    args = [*DDP2, "train.max_steps=6", "data.n_examples=200", *QUICK_PRETRAIN, *TRAIN_ONLY[2:]]
+    _seed_base_and_data(tmp_path / "outputs/store", args, tiny_base, compose_plan, stage_params)
     r = subprocess.run(
         [sys.executable, "-m", "llmops", "-m", "hydra/launcher=submitit_local",
-         "hydra.launcher.tasks_per_node=2", *DDP2, "train.max_steps=6", *TRAIN_ONLY],
+         "hydra.launcher.tasks_per_node=2", *args],
         cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     (manifest_path,) = glob.glob(str(tmp_path / "outputs/multirun/*/*/0/manifest.json"))
     manifest = json.loads(Path(manifest_path).read_text())
-    assert manifest["status"] == "succeeded"
+    assert manifest["status"] == "succeeded" and manifest["stages"]["base"]["status"] == "cached"
     job = json.loads((Path(manifest_path).parent / "sweep_job.json").read_text())
     assert job["status"] == "succeeded"
     report = json.loads((Path(manifest["stages"]["sft"]["path"]) / "training_report.json")
