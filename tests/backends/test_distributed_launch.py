@@ -8,6 +8,7 @@ import glob
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import QUICK_PRETRAIN
 
 from llmops.errors import StageError
 
@@ -55,36 +57,6 @@ def _wait_no_ranks(tmp_path: Path, seconds: float = 20) -> list[str]:
     while _ranks_left(tmp_path) and time.time() < deadline:
         time.sleep(0.2)
     return _ranks_left(tmp_path)
-
-
-def test_two_processes_train_one_sft_and_rank_0_reports_the_world(
-        tiny_base, sft_data, tmp_path, stage_params, caplog):
-    from llmops.stages import sft
-
-    params = stage_params("sft", *DDP2, "train.max_steps=4", "train.save_steps=2",
-                          "train.logging_steps=1")
-    one = stage_params("sft", "train.max_steps=4")
-    with caplog.at_level(logging.INFO):
-        report = sft.run(params, {"base": tiny_base, "data": sft_data}, tmp_path, _ctx(tmp_path))
-    # Rank 0's progress lines reach the runner's logging, once each (rank 1 stays quiet).
-    steps = [r.getMessage() for r in caplog.records
-             if r.name == "llmops.stage.sft" and r.getMessage().startswith("sft: step ")]
-    assert [m.split(" loss ")[0] for m in steps] == [f"sft: step {i}/4" for i in range(1, 5)]
-
-    assert report["world_size"] == 2 and report["launcher"] == "torchrun"
-    assert report["strategy"] == "ddp" and report["steps"] == 4
-    # The one-process plan's effective batch is kept: each rank takes its share.
-    assert report["effective_batch"] == one["train"]["batch_size"] * one["train"]["grad_accum"]
-    assert report["per_rank_batch"] * report["grad_accum"] * 2 == report["effective_batch"]
-    assert json.loads((tmp_path / "training_report.json").read_text()) == report
-    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
-    # Both ranks ran under torchrun: each saved its RNG state in the trainer's checkpoint.
-    assert sorted(p.name for p in (tmp_path / "checkpoints/checkpoint-4").glob("rng_state_*")) \
-        == ["rng_state_0.pth", "rng_state_1.pth"]
-    command = (tmp_path / "launch" / "command.txt").read_text()
-    assert "-m torch.distributed.run --standalone --nproc_per_node=2" in command
-    assert "-m llmops.runner.rank" in command
-    assert _ranks_left(tmp_path) == []
 
 
 def test_two_process_dpo_continues_the_sft_adapter_and_rank_0_scores_held_out_pairs(
@@ -153,23 +125,23 @@ def _start_until_checkpoint(tmp_path: Path, args: list[str], newer_than: int = 0
                             ) -> subprocess.Popen:
     """Starts `python -m llmops ARGS` (own session) and returns once sft has a checkpoint past
     step `newer_than`."""
-    def steps() -> list[int]:
-        return [int(Path(p).parent.name.split("-")[-1])
-                for p in glob.glob(str(tmp_path / CHECKPOINT))]
-
     with open(tmp_path / "stdout.txt", "w") as out, open(tmp_path / "stderr.txt", "w") as err:
         proc = subprocess.Popen([sys.executable, "-m", "llmops", *args], cwd=tmp_path,
                                 env=_env(), stdout=out, stderr=err, start_new_session=True)
     deadline = time.time() + 300
-    while max(steps(), default=0) <= newer_than and proc.poll() is None \
+    while max(_steps(tmp_path), default=0) <= newer_than and proc.poll() is None \
             and time.time() < deadline:
         time.sleep(0.1)
-    if max(steps(), default=0) <= newer_than:
+    if max(_steps(tmp_path), default=0) <= newer_than:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         pytest.fail("no checkpoint appeared before the run ended:\n"
                     + (tmp_path / "stderr.txt").read_text()[-3000:])
     return proc
+
+
+def _steps(tmp_path: Path) -> list[int]:
+    return [int(Path(p).parent.name.split("-")[-1]) for p in glob.glob(str(tmp_path / CHECKPOINT))]
 
 
 def _last_manifest(tmp_path: Path) -> dict:
@@ -178,12 +150,42 @@ def _last_manifest(tmp_path: Path) -> dict:
     return json.loads(runs[-1].read_text())
 
 
+def _seed_base_and_data(store: Path, args: list[str], tiny_base: Path, compose_plan,
+                        stage_params) -> None:
+    """Publishes the plan's base (the session's tiny base, built from the same params) and its
+    data (built here by the data stage) in `store`, so that the jobs run only sft: their stage
+    process then only launches the ranks and imports no torch."""
+    from llmops.stages import data as data_stage
+    from llmops.store.cas import Store
+
+    _, plan = compose_plan(args)
+    base, data = plan.stage("base"), plan.stage("data")
+    assert base.params == stage_params("base", *QUICK_PRETRAIN), "tiny_base is this base"
+    cas = Store(store)
+    tmp = cas.new_tmp(base)
+    shutil.copytree(tiny_base, tmp, dirs_exist_ok=True)
+    base_entry = cas.publish(base, tmp, {"duration_s": 0.0})
+    tmp = cas.new_tmp(data)
+    data_stage.run(data.params, {"base": base_entry}, tmp, _ctx(tmp))
+    cas.publish(data, tmp, {"duration_s": 0.0})
+
+
 @pytest.mark.slow
-def test_sigterm_to_the_runner_stops_every_rank_and_leaves_no_torchrun(tmp_path):
-    args = [*DDP2, "train.max_steps=200", "train.save_steps=5", *TRAIN_ONLY]
+def test_sigterm_and_kill_9_stop_every_rank_and_the_rerun_trains_one_sft_on_two_processes(
+        tmp_path, compose_plan, stage_params, tiny_base):
+    """One chain of two-process jobs (torchrun, two gloo ranks) on one store: SIGTERM to the
+    runner stops the first and leaves no torchrun; kill -9 of the runner alone stops the second
+    (torchrun and the ranks follow it) and publishes nothing; the rerun resumes from the newest
+    checkpoint and trains one sft on two processes, rank 0 reporting the world."""
+    max_steps = 30  # stops past steps 5 and 10: 20 steps of slack before the end
+    args = [*DDP2, f"train.max_steps={max_steps}", "train.save_steps=5",
+            "train.logging_steps=1", "data.n_examples=200", *QUICK_PRETRAIN, *TRAIN_ONLY[2:]]
+    _seed_base_and_data(tmp_path / "outputs/store", args, tiny_base, compose_plan, stage_params)
+
+    # SIGTERM to the runner only, as docker stop or a scheduler sends it.
     proc = _start_until_checkpoint(tmp_path, args)
     assert _ranks_left(tmp_path), "the ranks run under torchrun, as children of the runner"
-    proc.send_signal(signal.SIGTERM)  # to the runner only, as docker stop or a scheduler does
+    proc.send_signal(signal.SIGTERM)
     try:
         proc.wait(timeout=90)
     finally:
@@ -195,13 +197,15 @@ def test_sigterm_to_the_runner_stops_every_rank_and_leaves_no_torchrun(tmp_path)
     manifest = _last_manifest(tmp_path)
     assert manifest["status"] == "interrupted" and manifest["stages"]["sft"]["status"] \
         == "interrupted"
+    assert manifest["stages"]["base"]["status"] == manifest["stages"]["data"]["status"] \
+        == "cached"
+    first = max(_steps(tmp_path))
 
-
-@pytest.mark.slow
-def test_kill_9_of_a_two_process_job_then_a_rerun_resumes_from_its_checkpoint(tmp_path):
-    args = [*DDP2, "train.max_steps=20", "train.save_steps=5", *TRAIN_ONLY]
-    proc = _start_until_checkpoint(tmp_path, args)
-    os.kill(proc.pid, signal.SIGKILL)  # the runner alone: torchrun and the ranks follow it
+    # kill -9 of the runner alone (the second job resumed from the first's checkpoint): torchrun
+    # and the ranks follow it.
+    proc = _start_until_checkpoint(tmp_path, args, first)
+    assert _ranks_left(tmp_path)
+    os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     left = _wait_no_ranks(tmp_path)
     with contextlib.suppress(ProcessLookupError):  # whatever is left of the job (nothing)
@@ -214,21 +218,45 @@ def test_kill_9_of_a_two_process_job_then_a_rerun_resumes_from_its_checkpoint(tm
     assert r.returncode == 0, r.stderr[-3000:]
     sft = _last_manifest(tmp_path)["stages"]["sft"]
     assert sft["status"] == "resumed" and sft["resumed_from_step"] >= 5
-    report = json.loads((Path(sft["path"]) / "training_report.json").read_text())
-    assert report["world_size"] == 2 and report["steps"] == 20
+    entry = Path(sft["path"])
+    report = json.loads((entry / "training_report.json").read_text())
+    assert report["world_size"] == 2 and report["launcher"] == "torchrun"
+    assert report["strategy"] == "ddp" and report["steps"] == max_steps
     assert report["resumed_from_step"] == sft["resumed_from_step"]
+    # Rank 0's progress lines reach the runner's logging, once each (rank 1 stays quiet).
+    out = r.stdout + r.stderr
+    start = sft["resumed_from_step"]
+    steps = [line.split("sft: step ", 1)[1].split(" loss ")[0] for line in out.splitlines()
+             if "sft: step " in line]
+    assert steps == [f"{i}/{max_steps}" for i in range(start + 1, max_steps + 1)], out[-3000:]
+    # The one-process plan's effective batch is kept: each rank takes its share.
+    _, one = compose_plan([a for a in args if a not in DDP2])
+    train = one.stage("sft").params["train"]
+    assert report["effective_batch"] == train["batch_size"] * train["grad_accum"]
+    assert report["per_rank_batch"] * report["grad_accum"] * 2 == report["effective_batch"]
+    assert (entry / "adapter" / "adapter_model.safetensors").is_file()
+    # Both ranks ran under torchrun: each saved its RNG state in the trainer's checkpoint.
+    assert sorted(p.name for p in (entry / f"checkpoints/checkpoint-{max_steps}")
+                  .glob("rng_state_*")) == ["rng_state_0.pth", "rng_state_1.pth"]
+    command = (entry / "launch" / "command.txt").read_text()
+    assert "-m torch.distributed.run --standalone --nproc_per_node=2" in command
+    assert "-m llmops.runner.rank" in command
+    assert _ranks_left(tmp_path) == []
 
 
 @pytest.mark.slow
-def test_two_submitit_tasks_train_as_two_ranks_and_task_0_reports(tmp_path):
+def test_two_submitit_tasks_train_as_two_ranks_and_task_0_reports(tmp_path, compose_plan,
+                                                                  stage_params, tiny_base):
+    args = [*DDP2, "train.max_steps=6", "data.n_examples=200", *QUICK_PRETRAIN, *TRAIN_ONLY[2:]]
+    _seed_base_and_data(tmp_path / "outputs/store", args, tiny_base, compose_plan, stage_params)
     r = subprocess.run(
         [sys.executable, "-m", "llmops", "-m", "hydra/launcher=submitit_local",
-         "hydra.launcher.tasks_per_node=2", *DDP2, "train.max_steps=6", *TRAIN_ONLY],
+         "hydra.launcher.tasks_per_node=2", *args],
         cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     (manifest_path,) = glob.glob(str(tmp_path / "outputs/multirun/*/*/0/manifest.json"))
     manifest = json.loads(Path(manifest_path).read_text())
-    assert manifest["status"] == "succeeded"
+    assert manifest["status"] == "succeeded" and manifest["stages"]["base"]["status"] == "cached"
     job = json.loads((Path(manifest_path).parent / "sweep_job.json").read_text())
     assert job["status"] == "succeeded"
     report = json.loads((Path(manifest["stages"]["sft"]["path"]) / "training_report.json")

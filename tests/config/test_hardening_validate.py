@@ -11,6 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from test_store_integrity import kill_truncate_and_rerun
 from test_supervise import _manifest as _last_manifest
@@ -237,7 +238,8 @@ def test_sigterm_is_raised_like_ctrl_c_only_where_sigterm_has_its_default_action
         signal.signal(signal.SIGTERM, previous)
 
 
-# Ctrl-C (SIGINT) and SIGTERM (what docker stop and schedulers send, to this process only) stop a
+# Ctrl-C (SIGINT, which a terminal sends to the whole process group: the runner and its stage
+# process) and SIGTERM (what docker stop and schedulers send, to the runner only) stop a
 # run the same way: stage and run `interrupted`, no half-written stage, the checkpoint kept, resume.
 STOPS = {
     "ctrl_c": (signal.SIGINT, 130,
@@ -253,10 +255,11 @@ STOPS = {
 def test_a_stop_signal_marks_the_run_interrupted_keeps_the_checkpoint_and_the_rerun_resumes(
         tmp_path):
     """Each stop in turn on one chain, each job once it has trained past the checkpoint its
-    predecessor kept: Ctrl-C stops the first job in sft, SIGTERM the second; the third loses its
-    stage process to SIGKILL (what the kernel's out-of-memory killer sends: the runner records it,
-    test_supervise's check); the fourth is killed whole and its newest checkpoint truncated
-    (test_store_integrity's check); the one rerun resumes from the last complete checkpoint."""
+    predecessor kept: Ctrl-C (to the process group) stops the first job in sft, SIGTERM (to the
+    runner) the second; the third loses its stage process to SIGKILL (what the kernel's
+    out-of-memory killer sends: the runner records it, test_supervise's check); the fourth is
+    killed whole and its newest checkpoint truncated (test_store_integrity's check); the one
+    rerun resumes from the last complete checkpoint."""
     # stops past steps 5, 10, 15, then two checkpoints (20, 25) and the kill, 10 steps before
     # the end
     args = ["train.max_steps=35", "train.save_steps=5", *TRAIN_ONLY]
@@ -264,11 +267,17 @@ def test_a_stop_signal_marks_the_run_interrupted_keeps_the_checkpoint_and_the_re
     newer_than = 0
     for n, (sig, code, message, error) in enumerate(STOPS.values()):
         proc = _start_until_checkpoint(tmp_path, args, newer_than)
-        proc.send_signal(sig)
+        stage = _stage_process(proc.pid)
+        if sig == signal.SIGINT:  # a terminal's Ctrl-C: the runner and its stage process
+            os.killpg(proc.pid, sig)
+        else:  # SIGTERM to the runner only
+            proc.send_signal(sig)
         proc.wait(timeout=120)
         err = _stderr(tmp_path)
         assert proc.returncode == code, err[-2000:]
         assert message in err
+        # The stage stopped once, with the runner (its process is gone, at most a zombie).
+        assert not psutil.pid_exists(stage.pid) or stage.status() == psutil.STATUS_ZOMBIE
         runs = sorted((tmp_path / "outputs/runs").glob("*/*/manifest.json"),
                       key=lambda p: p.stat().st_mtime)
         assert len(runs) == n + 1
