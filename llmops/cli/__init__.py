@@ -9,8 +9,11 @@ per process that runs it.
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -111,6 +114,29 @@ def _gc_settle(thresholds: tuple[int, int, int], points: int) -> None:
     gc.set_threshold(*thresholds)
 
 
+#: pydantic's switch for its plugins (entry points of the group `pydantic`).
+_PLUGINS_ENV = "PYDANTIC_DISABLE_PLUGINS"
+
+
+@contextlib.contextmanager
+def _pydantic_plugins_off() -> Iterator[None]:
+    """Builds llmops's config models without pydantic's plugins, unless the user set the switch.
+
+    pydantic looks its plugins up in the entry points of every installed distribution when it
+    builds its first validator: about a fiftieth of a dry run, for observers of validation that
+    llmops's own config schema has no use for. Set only while the pre-flight builds the models,
+    so the stages and any library they use start with the environment as it was.
+    """
+    if _PLUGINS_ENV in os.environ:
+        yield
+        return
+    os.environ[_PLUGINS_ENV] = "__all__"
+    try:
+        yield
+    finally:
+        os.environ.pop(_PLUGINS_ENV, None)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of `python -m llmops` and the `llmops` console script.
 
@@ -122,9 +148,11 @@ def main(argv: list[str] | None = None) -> None:
     `eval.gates.NAME.FIELD=V` becomes `++eval.gates...` (compose.gate_overrides).
 
     As the process's own command (argv None) it keeps full garbage collections off the
-    pre-flight's objects (_gc_rare_full); called from Python, it leaves the collector alone.
+    pre-flight's objects (_gc_rare_full) and builds the config models without pydantic's plugins
+    (_pydantic_plugins_off); called from Python, it leaves the collector and pydantic alone.
     """
     thresholds = _gc_rare_full() if argv is None else None
+    own = _pydantic_plugins_off() if argv is None else contextlib.nullcontext()
     from llmops.config.hydra.command import parse_command
     from llmops.config.hydra.compose import gate_overrides
     from llmops.config.hydra.secrets import redact
@@ -144,7 +172,8 @@ def main(argv: list[str] | None = None) -> None:
             show_cfg_check(command)
             sweep, checked = None, []
         else:
-            sweep, checked = _preflight(command)
+            with own:
+                sweep, checked = _preflight(command)
     except ConfigError as exc:
         print(exc.render(), file=sys.stderr)
         sys.exit(EXIT_CONFIG)

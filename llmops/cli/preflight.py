@@ -55,23 +55,35 @@ def to_plain(cfg: Any) -> dict[str, Any]:
     Secrets stay out: `${oc.env:NAME}` of a secret-looking NAME resolves to its own text, and a
     secret's value found anywhere is replaced by that text (llmops.config.hydra.secrets).
     """
-    from omegaconf import DictConfig, OmegaConf, open_dict
+    from omegaconf import DictConfig, OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     from llmops.config.hydra.secrets import redact, secrets_unresolved
 
-    if isinstance(cfg, DictConfig) and "hydra" in cfg:
-        cfg = cfg.copy()
-        with open_dict(cfg):
-            del cfg["hydra"]
     try:
         with secrets_unresolved():
-            plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+            if isinstance(cfg, DictConfig):
+                plain = {key: _plain_value(cfg, key) for key in cfg if key != "hydra"}
+            else:
+                plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or "config"
         first = str(exc).splitlines()[0]
         raise ConfigError([Problem(str(key), f"cannot be resolved: {first}")]) from None
     return redact(plain)  # type: ignore[no-any-return]
+
+
+def _plain_value(cfg: Any, key: str) -> Any:
+    """Returns cfg[key] resolved into plain containers, as OmegaConf.to_container(cfg) holds it
+    ("???" where a value is missing): key by key, so the hydra node is neither copied nor read."""
+    from omegaconf import MISSING, Container, OmegaConf
+
+    if OmegaConf.is_missing(cfg, key):
+        return MISSING
+    value = cfg[key]
+    if isinstance(value, Container):
+        return OmegaConf.to_container(value, resolve=True, throw_on_missing=False)
+    return value
 
 
 def check(overrides: list[str], source: Source | None = None) -> Any:

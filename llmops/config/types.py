@@ -15,10 +15,10 @@ from typing import Annotated
 from pydantic import AfterValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
-# defer_build: a model's validator is built when it first validates, not at import: validating an
-# AppConfig builds one validator holding every group's, instead of one per model besides.
-STRICT = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False,
-                    defer_build=True)
+# Each model's validator and serializer are built with its class (no defer_build): a group's
+# model, built before AppConfig, lends AppConfig its core schema, and a run dumps every group's
+# model (model_dump) anyway, so a deferred build generated each group's schema twice.
+STRICT = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 MAX_STEPS = 10_000_000  # optimiser steps (and logging/saving/warm-up intervals)
 MAX_EPOCHS = 1_000

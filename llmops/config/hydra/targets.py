@@ -19,7 +19,7 @@ names registry options (`quant.type: nf4`), never Python objects.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from llmops.errors import Problem
@@ -80,11 +80,15 @@ def hydra_callbacks() -> frozenset[str]:
                      and cls.__module__ == callbacks.__name__)
 
 
-def _items(node: Any, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], Any]]:
+def _items(node: Any, path: tuple[str, ...],
+           wanted: Callable[[tuple[str, ...]], bool] | None = None,
+           ) -> Iterator[tuple[tuple[str, ...], Any]]:
     """Yields (path, value) of every key under a DictConfig or ListConfig, resolved.
 
     A value that cannot be resolved before the run (e.g. `${hydra.runtime.output_dir}/x.log`)
-    is yielded as its raw text.
+    is yielded as its raw text. So is text around an interpolation (`a ${x} b`, which resolves to
+    text, never to a node to walk) at a path `wanted` declines (None: every path is wanted):
+    OmegaConf's parser takes longer over the help templates of Hydra's node than over the rest.
     """
     from omegaconf import Container, DictConfig, ListConfig, ValueNode
     from omegaconf.errors import OmegaConfBaseException
@@ -92,27 +96,39 @@ def _items(node: Any, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], 
     keys = list(node.keys()) if isinstance(node, DictConfig) else range(len(node))
     for key in keys:
         child = node._get_node(key)
+        here = (*path, str(key))
         if isinstance(child, ValueNode) and not child._is_interpolation():
             value = child._value()  # what node[key] returns, "???" if missing, without resolving
         elif (isinstance(child, Container) and not child._is_interpolation()
               and not child._is_missing()):
             value = None if child._is_none() else child
+        elif wanted is not None and _in_text(child._value()) and not wanted(here):
+            value = child._value()
         else:
             try:
                 value = node[key]
             except OmegaConfBaseException:  # unresolvable until Hydra runs the job: its text
                 value = child._value()
-        here = (*path, str(key))
         yield here, value
         if isinstance(value, DictConfig | ListConfig):
-            yield from _items(value, here)
+            yield from _items(value, here, wanted)
+
+
+def _in_text(raw: Any) -> bool:
+    """Tells whether an interpolating value surely resolves to text: it is not one `${...}`."""
+    return isinstance(raw, str) and not (raw.startswith("${") and raw.endswith("}"))
+
+
+def _checked_value(path: tuple[str, ...]) -> bool:
+    """Tells whether target_problems reads the value at path (a `_target_`, a callable key)."""
+    return path[-1] == "_target_" or ".".join(path) in CALLABLE_KEYS
 
 
 def target_problems(cfg: Any) -> list[Problem]:
     """Lists every `_target_` (and callable-path key) that Hydra would instantiate but may not."""
     allowed = allowed_targets()
     problems = []
-    for path, value in _items(cfg, ()):
+    for path, value in _items(cfg, (), _checked_value):
         key = ".".join(path)
         if key in CALLABLE_KEYS and value is not None:
             problems.append(Problem(key, f"'{value}' names Python code ({CALLABLE_KEYS[key]}); "
