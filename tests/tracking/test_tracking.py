@@ -92,7 +92,7 @@ def test_tracking_none_writes_metrics_json_and_nothing_else(compose_plan, tmp_pa
 
     _, plan = compose_plan(["model=qwen0.5b", "train=none", "eval=none", "deploy=none",
                             "usecase=none", f"store_dir={tmp_path / 'store'}"])
-    run_plan(plan, tmp_path / "run", ["train=none", "data.n_examples=300"], stage_process=False)
+    run_plan(plan, tmp_path / "run", ["train=none", "data.n_examples=300"])
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["status"] == "succeeded"
     assert metrics["params"] == {"train": "none", "data.n_examples": "300"}
