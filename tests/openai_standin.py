@@ -38,6 +38,7 @@ class OpenAIStandIn:
         self.jobs: dict[str, dict[str, Any]] = {}
         self.events: dict[str, list[dict[str, Any]]] = {}
         self.models: dict[str, Any] = {}  # fine-tuned id -> adapter folder
+        self.retrieved: dict[str, int] = {}  # job id -> GET .../{id} requests (a client follows)
         self.fail_with = fail_with
         self._go = threading.Event()
         if not hold:
@@ -150,6 +151,8 @@ class OpenAIStandIn:
 
     async def _retrieve(self, request: web.Request) -> web.Response:
         job = self.jobs.get(request.match_info["id"])
+        if job:
+            self.retrieved[job["id"]] = self.retrieved.get(job["id"], 0) + 1
         return web.json_response(self._job_obj(job)) if job else _error(404, "No such job")
 
     async def _events(self, request: web.Request) -> web.Response:

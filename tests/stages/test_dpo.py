@@ -108,24 +108,35 @@ def test_dpo_rules_name_the_key():
     assert {"lora", "train.dpo.init_adapter", "data.preference_path"} <= keys
 
 
-@pytest.mark.slow
-def test_sft_then_dpo_raises_held_out_margin(tiny_base, sft_data, tmp_path, stage_params):
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
+@pytest.fixture(scope="module")
+def sft_run(tiny_base, sft_data, tmp_path_factory, stage_params) -> dict[str, Path]:
+    """A data folder (train 128 / test 32 rows, with their derived pairs) and one 12-step SFT
+    adapter on it, which both DPO tests start from."""
+    from llmops.stages import sft
 
-    from llmops.stages import dpo, sft
-
-    data = tmp_path / "data"
+    root = tmp_path_factory.mktemp("dpo_sft")
+    data = root / "data"
     data.mkdir()
     rows = [json.loads(line) for line in (sft_data / "train.jsonl").read_text().splitlines()]
     for name, part, seed in (("train", rows[:128], 1), ("test", rows[128:], 2)):
         write_jsonl(data / f"{name}.jsonl", part)
         write_jsonl(data / f"pref_{name}.jsonl", preferences.derive(part, seed)[0])
-    ctx = _ctx(tmp_path)
     sft.run(stage_params("sft", *SHORT, "train.max_steps=12"), {"data": data, "base": tiny_base},
-            tmp_path / "sft", ctx)
+            root / "sft", _ctx(root))
+    return {"data": data, "sft": root / "sft", "rows": rows}
+
+
+@pytest.mark.slow
+def test_sft_then_dpo_raises_held_out_margin(tiny_base, sft_run, tmp_path, stage_params):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from llmops.stages import dpo
+
+    data = sft_run["data"]
+    ctx = _ctx(tmp_path)
     report = dpo.run(stage_params("dpo", *SHORT, "train.dpo.learning_rate=1e-3"),
-                     {"data": data, "sft": tmp_path / "sft", "base": tiny_base}, tmp_path / "dpo",
+                     {"data": data, "sft": sft_run["sft"], "base": tiny_base}, tmp_path / "dpo",
                      ctx)
     saved = json.loads((tmp_path / "dpo" / "dpo_report.json").read_text())
     assert saved["held_out"] == report["held_out"]
@@ -145,19 +156,17 @@ def test_sft_then_dpo_raises_held_out_margin(tiny_base, sft_data, tmp_path, stag
 
 
 @pytest.mark.slow
-def test_dpo_resumes_from_its_latest_checkpoint(tiny_base, sft_data, tmp_path, stage_params):
+def test_dpo_resumes_from_its_latest_checkpoint(tiny_base, sft_run, tmp_path, stage_params):
     """An interrupted sft_dpo run continues from its checkpoint (both adapters restored)."""
-    from llmops.stages import dpo, sft
+    from llmops.stages import dpo
 
     data = tmp_path / "data"
     data.mkdir()
-    rows = [json.loads(line) for line in (sft_data / "train.jsonl").read_text().splitlines()]
+    rows = sft_run["rows"]
     write_jsonl(data / "train.jsonl", rows[:64])
     write_jsonl(data / "pref_train.jsonl", preferences.derive(rows[:64], 1)[0])
     ctx = _ctx(tmp_path)
-    sft.run(stage_params("sft", *SHORT, "train.max_steps=4"), {"data": data, "base": tiny_base},
-            tmp_path / "sft", ctx)
-    inputs = {"data": data, "sft": tmp_path / "sft", "base": tiny_base}
+    inputs = {"data": data, "sft": sft_run["sft"], "base": tiny_base}
     steps = ("train.save_steps=2", "train.dpo.batch_size=4", "train.logging_steps=1")
     first = dpo.run(stage_params("dpo", *SHORT, *steps, "train.dpo.max_steps=4"), inputs,
                     tmp_path / "a", ctx)
