@@ -50,6 +50,22 @@ EXPECTED = {
 }
 
 
+@pytest.fixture(scope="module")
+def real_tokenizer(real_model):
+    """Returns a function: family -> its tokenizer (tests/real_models.py), loaded once per module
+    (a real vocabulary costs ~1.5 CPU-s to load); the tests here only read it."""
+    from transformers import AutoTokenizer
+
+    loaded: dict = {}
+
+    def get(family: str):
+        if family not in loaded:
+            loaded[family] = AutoTokenizer.from_pretrained(real_model(family))
+        return loaded[family]
+
+    return get
+
+
 def _runs(tok, ids, mask):
     """Decodes each run of consecutive masked-in tokens."""
     pairs = zip(ids, mask, strict=True)
@@ -58,12 +74,11 @@ def _runs(tok, ids, mask):
 
 
 @pytest.mark.parametrize("family", ["qwen2", "llama"])
-def test_mask_covers_exactly_the_assistant_turns(real_model, family):
-    from transformers import AutoTokenizer
+def test_mask_covers_exactly_the_assistant_turns(real_tokenizer, family):
 
     from llmops.backends.templates import mask_method, rendered_mask, tokenize_chat
 
-    tok = AutoTokenizer.from_pretrained(real_model(family))
+    tok = real_tokenizer(family)
     method = mask_method(tok)
     assert method[0] == EXPECTED[family]["method"]
     for row, key in ((TOOL_ROW, "tool"), (MULTI_TURN, "multi")):
@@ -108,13 +123,12 @@ def test_sft_trains_on_the_rendered_mask(real_model, stage_params, tmp_path):
 
 
 @pytest.mark.parametrize("family", ["qwen2", "llama"])
-def test_calls_parse_back_in_the_templates_syntax(real_model, family):
-    from transformers import AutoTokenizer
+def test_calls_parse_back_in_the_templates_syntax(real_tokenizer, family):
 
     from llmops.backends.generation import render_answer
     from llmops.backends.templates import answer_parser
 
-    tok = AutoTokenizer.from_pretrained(real_model(family))
+    tok = real_tokenizer(family)
     parse = answer_parser(tok)
     answer = render_answer(tok, TOOL_ROW["messages"][:3], TOOLS)
     parsed = parse(answer)
@@ -131,16 +145,15 @@ def test_calls_parse_back_in_the_templates_syntax(real_model, family):
 
 
 @pytest.mark.parametrize("family", ["qwen2", "llama"])
-def test_eval_scores_the_models_tool_calls(real_model, family):
+def test_eval_scores_the_models_tool_calls(real_tokenizer, family):
     """eval's scorer reads the reference answers, written in the template's syntax, as the calls
     they are: a model that answers them scores exact match 1."""
-    from transformers import AutoTokenizer
 
     from llmops.backends.generation import render_answer
     from llmops.backends.templates import answer_parser
     from llmops.scoring.split import score_split
 
-    tok = AutoTokenizer.from_pretrained(real_model(family))
+    tok = real_tokenizer(family)
     rows = [{"tools": TOOLS, "messages": TOOL_ROW["messages"][:3]}]
     answers = [render_answer(tok, r["messages"], r["tools"]) for r in rows]
     scored = score_split(rows, answers, answer_parser(tok))

@@ -2,16 +2,19 @@
 small Qwen2 and Llama 3 models (tests/real_models.py: the family's real tokenizer and TRL's real
 chat template, random weights), through real subprocesses, from data with tools to the endpoint.
 
-One pipeline per family is shared by every assertion (module-scoped fixture): data with tools ->
-LoRA SFT (hf backend, 2 steps) -> eval with structural tool-call scoring -> merge -> GGUF f16 ->
-Modelfile (deploy=ollama, no Ollama server here: the Modelfile is written) -> endpoint
-(deploy=openai, the second run reuses every stage before deploy from the store). QLoRA nf4 runs
-once on CPU (Qwen2). The weights are random, so accuracy is ~0: `eval.enforce=false` records the
-gates without stopping the plan and `deploy.allow_failed_gates=true` lets deploy run; the tests
-check the mechanics (templates, masks, parsers, conversion, serving), not quality.
+One run per family is shared by every assertion (module-scoped fixture): data with tools ->
+LoRA SFT (hf backend, 1-2 steps) -> eval with structural tool-call scoring -> merge -> GGUF f16 ->
+endpoint (deploy=openai, server kept). The Modelfile (deploy=ollama, no Ollama server here: the
+Modelfile is written) comes from the deploy stage run in the test process on that run's own store
+entries, as a rerun with deploy=ollama would run it (a second job would pay ~9 CPU-s to start a
+CLI and a stage process). QLoRA nf4 runs once on CPU (Qwen2). The weights are random, so
+accuracy is ~0: `eval.enforce=false` records the gates without stopping the plan and
+`deploy.allow_failed_gates=true` lets deploy run; the tests check the mechanics (templates,
+masks, parsers, conversion, serving), not quality.
 
-Qwen2 runs on long tool-calling rows (tests/long_tool_rows.py: ~900-1,400 tokens each, 160 rows)
-with the default eval.batch_size (32) over one full batch of test rows, under a memory cap of
+Qwen2 runs on long tool-calling rows (tests/long_tool_rows.py: ~900-1,400 tokens each, 44 rows,
+33 of them the test split) with the default eval.batch_size (32) over one full batch of test rows
+and one sft step on a long row (a step costs ~10 CPU-s there: the LM head), under a memory cap of
 MEMORY_CAP_GB that the test enforces (issue 19): a cgroup memory limit where one can be made
 (v2 memory.max or v1 memory.limit_in_bytes; the kernel's out-of-memory killer then kills the
 stage's process and the runner records it), else a watcher that sums the RSS of the job's
@@ -28,6 +31,7 @@ LLMOPS_REQUIRE_GGUF=1 (CI), where it fails instead.
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib.util
 import json
 import os
@@ -69,8 +73,9 @@ TITLES = ["buy milk", "call mom", "pay rent", "water plants", "book dentist", "f
           "send invoice", "clean desk", "renew passport", "read report"]
 
 #: Shared by every run: few rows, short sequences, two steps, a few eval rows (random weights).
+#: No validation split (sft's validation pass over a 150K-token LM head costs, no test reads it).
 QUICK = (
-    "data=files", "data.val_fraction=0.1",
+    "data=files", "data.val_fraction=0",
     "data.test_fraction=0.25", "data.max_length=512", "train.max_length=512",
     "train.max_steps=2", "train.batch_size=1", "train.effective_batch=1",
     "eval.enforce=false", "eval.limit=3", "eval.max_new_tokens=16", "eval.batch_size=4",
@@ -81,10 +86,12 @@ DEPLOY = ("deploy.gguf.quantization=[f16]", "deploy.gguf.parity_prompts=2",
           "deploy.allow_failed_gates=true")
 ON_CPU = ("hardware=cpu", "train.backend=hf")
 #: Qwen2's long rows: ~1,000 tokens a row, the default eval.batch_size over one full batch.
-#: One validation row (the data stage's least for a non-zero fraction): sft's validation loss over
-#: a long row costs ~25 s on a loaded 2-core machine, and no test reads it.
+#: 44 rows: 33 test rows (eval.limit 32), 11 to train on; one step. No validation split: sft's
+#: validation loss over a long row costs ~25 s on a loaded 2-core machine, and no test reads it.
 LONG = {"data.max_length": "2048", "train.max_length": "2048", "eval.limit": "32",
-        "eval.batch_size": None, "data.val_fraction": "0.005"}
+        "eval.batch_size": None, "data.val_fraction": "0", "data.test_fraction": "0.75",
+        "train.max_steps": "1"}
+LONG_ROWS = 44
 MEMORY_CAP_GB = 6.0
 _GROUPS: list[Path] = []  # the cgroups made for the cap, removed when the family's tests end
 #: The GPU variant: unsloth, bf16, QLoRA nf4 on CUDA (hardware from the machine).
@@ -254,8 +261,8 @@ def e2e_root(tmp_path_factory) -> Path:
         pytest.skip(GGUF_SETUP)
     root = tmp_path_factory.mktemp("real_family_e2e")
     (root / "tasks.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows()), "utf-8")
-    (root / "long.jsonl").write_text("".join(json.dumps(r) + "\n" for r in long_rows(160)),
-                                     "utf-8")
+    (root / "long.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in long_rows(LONG_ROWS)), "utf-8")
     return root
 
 
@@ -273,17 +280,46 @@ def _tool_names(path: Path) -> set[str]:
             for t in json.loads(line)["tools"]}
 
 
+def _deploy_ollama(run: Path, overrides: tuple[str, ...]) -> Path:
+    """Runs the deploy stage with deploy=ollama in this process, its params compiled from
+    `overrides deploy=ollama` and its inputs the store entries `run` used (the stages before
+    deploy have the same fingerprints); returns its folder, holding deploy_report.json and
+    stages/deploy/ (the Modelfile), laid out as a run folder."""
+    import logging
+
+    from llmops.cli import to_plain
+    from llmops.compiler.compile import compile_plan
+    from llmops.config.hydra.compose import compose
+    from llmops.config.validate import validate_and_resolve
+    from llmops.core.context import StageContext
+    from llmops.stages import deploy
+
+    cfg, resolved = validate_and_resolve(to_plain(compose([*overrides, "deploy=ollama"])))
+    plan = compile_plan(cfg, resolved)
+    spec, stages = plan.stage("deploy"), _read(run / "manifest.json")["stages"]
+    for name in spec.needs:  # the entries the run used are this plan's own
+        assert stages[name]["fingerprint"] == plan.stage(name).fingerprint, name
+    folder = run.parent / f"{run.name}-ollama"
+    out = folder / "stages" / "deploy"
+    out.mkdir(parents=True)
+    ctx = StageContext(run_dir=folder, show_progress=False, logger=logging.getLogger("test"))
+    report = deploy.run(copy.deepcopy(spec.params),
+                        {name: Path(stages[name]["path"]) for name in spec.needs}, out, ctx)
+    (folder / "deploy_report.json").write_text(json.dumps(report), "utf-8")
+    return folder
+
+
 @pytest.fixture(scope="module", params=[
     ("qwen2", "cpu"), ("llama", "cpu"),
     pytest.param(("qwen2", "gpu"), marks=pytest.mark.gpu),
     pytest.param(("llama", "gpu"), marks=pytest.mark.gpu),
 ], ids=lambda p: "-".join(p))
 def hub_run(request, real_model, e2e_root) -> dict:
-    """Runs the hub path for one family (and variant) twice, deploy=ollama then deploy=openai with
-    the server kept, and returns {family, variant, ollama, openai (run folders), server}.
+    """Runs the hub path for one family (and variant) once, deploy=openai with the server kept,
+    then the deploy stage with deploy=ollama in this process on that run's entries; returns
+    {family, variant, run (the run folder), ollama (the Modelfile's deploy folder), server, ...}.
 
-    The second run reuses data, sft, eval, export and gguf from the store; its server is stopped
-    when this family's tests are done.
+    The server is stopped when this family's tests are done.
     """
     family, variant = request.param
     if variant == "gpu" and importlib.util.find_spec("unsloth") is None:
@@ -291,32 +327,41 @@ def hub_run(request, real_model, e2e_root) -> dict:
     folder = real_model(family)
     quick = _quick(family, e2e_root)
     common = ("model=hub", f"model.hub_id={folder}", *quick,
-              *(ON_GPU if variant == "gpu" else ON_CPU))
-    runs = {}
-    for target in ("ollama", "openai"):
-        runs[target] = e2e_root / f"{family}-{variant}-{target}"
-        extra = ("deploy.keep_serving=true", "deploy.openai.n_smoke=2",
-                 "deploy.openai.max_tokens=16") if target == "openai" else ()
-        _llmops_capped(e2e_root, runs[target], *common, f"deploy={target}", *DEPLOY, *extra)
-    server = _read(runs["openai"] / "deploy_report.json")["openai"]
+              *(ON_GPU if variant == "gpu" else ON_CPU), *DEPLOY)
+    run = e2e_root / f"{family}-{variant}"
+    _llmops_capped(e2e_root, run, *common, "deploy=openai", "deploy.keep_serving=true",
+                   "deploy.openai.n_smoke=2", "deploy.openai.max_tokens=16")
+    server = _read(run / "deploy_report.json")["openai"]
+    try:
+        ollama = _deploy_ollama(run, common)
+    except BaseException:
+        _stop(server)
+        raise
     tools = _tool_names(Path(next(o for o in quick if o.startswith("data.path=")).split("=", 1)[1]))
-    yield {"family": family, "variant": variant, "folder": folder, **runs, "server": server,
-           "tools": tools}
-    if server.get("serving"):
-        os.kill(int(server["pid"]), signal.SIGTERM)
-        with contextlib.suppress(psutil.Error):
-            psutil.Process(int(server["pid"])).wait(30)
+    steps = int(next(o for o in reversed(quick) if o.startswith("train.max_steps=")).split("=")[1])
+    yield {"family": family, "variant": variant, "folder": folder, "run": run, "ollama": ollama,
+           "server": server, "tools": tools, "steps": steps}
+    _stop(server)
     while _GROUPS:
         with contextlib.suppress(OSError):
             _GROUPS.pop().rmdir()
 
 
+def _stop(server: dict) -> None:
+    """Stops a server deploy=openai kept serving."""
+    if server.get("serving"):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(server["pid"]), signal.SIGTERM)
+        with contextlib.suppress(psutil.Error):
+            psutil.Process(int(server["pid"])).wait(30)
+
+
 def test_sft_trains_on_the_models_own_template_with_tool_call_labels(hub_run):
-    data = _read(hub_run["ollama"] / "data_report.json")
+    data = _read(hub_run["run"] / "data_report.json")
     assert data["counts"]["rejected"] == 0 and data["counts"]["train"] > 0, data
-    report = _read(hub_run["ollama"] / "training_report.json")
+    report = _read(hub_run["run"] / "training_report.json")
     assert report["backend"] == ("unsloth" if hub_run["variant"] == "gpu" else "hf")
-    assert report["steps"] == 2
+    assert report["steps"] == hub_run["steps"]
     # Loss on the assistant turns only (tool-call tokens included), masked the family's way.
     data_info = report["loss_mask"]
     assert data_info["mask"] == FAMILY[hub_run["family"]]["mask"]
@@ -328,7 +373,7 @@ def test_the_trained_calls_parse_with_the_familys_parser_without_a_second_decode
     model learns is in its family's native format, arguments an object."""
     from llmops.scoring.parsers import get_parser
 
-    preview = _read(hub_run["ollama"] / "data_report.json")["preview"]
+    preview = _read(hub_run["run"] / "data_report.json")["preview"]
     assert preview["mask"] == FAMILY[hub_run["family"]]["mask"] and preview["rows"]
     for row in preview["rows"]:
         learned = next(s["text"] for s in row["segments"] if s["loss"])
@@ -343,7 +388,7 @@ def test_the_trained_calls_parse_with_the_familys_parser_without_a_second_decode
 
 def test_eval_scores_tool_calls_with_the_familys_parser(hub_run):
     fam = FAMILY[hub_run["family"]]
-    report = _read(hub_run["ollama"] / "eval_report.json")
+    report = _read(hub_run["run"] / "eval_report.json")
     assert report["answer_syntax"] == fam["syntax"]
     for side in ("base", "tuned"):
         metrics = report[side]
@@ -362,12 +407,12 @@ def test_eval_scores_tool_calls_with_the_familys_parser(hub_run):
 def test_merge_and_gguf_keep_the_tokenizer_and_template(hub_run):
     from transformers import AutoTokenizer
 
-    export = _read(hub_run["ollama"] / "manifest.json")["stages"]["export"]
+    export = _read(hub_run["run"] / "manifest.json")["stages"]["export"]
     merged = Path(export["path"]) / "merged"
     source = AutoTokenizer.from_pretrained(str(hub_run["folder"]))
     tok = AutoTokenizer.from_pretrained(str(merged))
     assert tok.chat_template == source.chat_template and len(tok) == len(source)
-    gguf = _read(hub_run["ollama"] / "gguf_report.json")
+    gguf = _read(hub_run["run"] / "gguf_report.json")
     assert gguf["passed"] and gguf["quantization"] == ["f16"]
     parity = gguf["files"]["f16"]["parity"]
     assert parity["tokenizer"]["passed"], parity["tokenizer"]["mismatches"]
@@ -389,11 +434,11 @@ def test_modelfile_template_is_the_models_own_with_tools(hub_run):
 def test_endpoint_answers_with_structured_tool_calls_through_the_openai_client(hub_run):
     from openai import OpenAI
 
-    smoke = _read(hub_run["openai"] / "stages" / "deploy" / "smoke_test.json")
+    smoke = _read(hub_run["run"] / "stages" / "deploy" / "smoke_test.json")
     assert smoke["passed"] and smoke["client"] == "openai" and smoke["prompts"] == 2
     assert all(len(r["tools"]) >= 2 and set(r["tools"]) <= hub_run["tools"]
                for r in smoke["results"]), smoke["results"]
-    integration = _read(hub_run["openai"] / "stages" / "deploy" / "integration_config.json")
+    integration = _read(hub_run["run"] / "stages" / "deploy" / "integration_config.json")
     assert {t["function"]["name"] for t in integration["tools"]} <= hub_run["tools"]
     assert hub_run["server"]["serving"] is True
     client = OpenAI(base_url=smoke["base_url"], api_key="not-needed", timeout=120,
@@ -447,27 +492,28 @@ def _reasoning_rows(n: int = 24) -> list[dict]:
 def reasoning_run(real_model, e2e_root) -> dict:
     """Trains a small Qwen3 model (its real vocabulary, <think>/</think> single tokens, TRL's
     qwen3.jinja) on reasoning rows, full fine-tune at a high rate so that it learns to reason
-    first, evaluates it, converts it to GGUF, writes its Modelfile (deploy=ollama) and serves it
-    (deploy=openai, server kept; the second run reuses the stages before deploy)."""
+    first, evaluates it, converts it to GGUF and serves it (deploy=openai, server kept), then
+    writes its Modelfile (deploy=ollama's deploy stage in this process on that run's entries)."""
     folder = real_model("qwen3")
     path = e2e_root / "reasoning.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in _reasoning_rows()), "utf-8")
-    quick = [o for o in QUICK if not o.startswith(("train.max_steps", "eval.max_new_tokens"))]
+    quick = [o for o in QUICK if not o.startswith(("train.max_steps", "eval.max_new_tokens",
+                                                    "data.val_fraction"))]
     common = ("model=hub", f"model.hub_id={folder}", *quick, *ON_CPU, f"data.path={path}",
-              "lora=none", "train.max_steps=40", "train.learning_rate=0.004",
-              "train.lr_scheduler=constant", "train.warmup_steps=0", "eval.max_new_tokens=48",
-              *DEPLOY)
-    ollama = e2e_root / "qwen3-reasoning-ollama"
-    _llmops_capped(e2e_root, ollama, *common, "deploy=ollama")
-    run = e2e_root / "qwen3-reasoning"  # reuses every stage before deploy from the store
+              "data.val_fraction=0.1", "lora=none", "train.max_steps=40",
+              "train.learning_rate=0.004", "train.lr_scheduler=constant", "train.warmup_steps=0",
+              "eval.max_new_tokens=48", *DEPLOY)
+    run = e2e_root / "qwen3-reasoning"
     _llmops_capped(e2e_root, run, *common, "deploy=openai", "deploy.keep_serving=true",
                    "deploy.openai.n_smoke=2", "deploy.openai.max_tokens=48")
     server = _read(run / "deploy_report.json")["openai"]
+    try:
+        ollama = _deploy_ollama(run, common)  # the Modelfile, in this process on run's entries
+    except BaseException:
+        _stop(server)
+        raise
     yield {"run": run, "ollama": ollama, "folder": folder, "server": server}
-    if server.get("serving"):
-        os.kill(int(server["pid"]), signal.SIGTERM)
-        with contextlib.suppress(psutil.Error):
-            psutil.Process(int(server["pid"])).wait(30)
+    _stop(server)
 
 
 def test_reasoning_trains_through_qwen3s_template_with_reasoning_and_answer_in_the_loss(

@@ -39,6 +39,22 @@ def _render(tokenizer):
         m, tools=tools, tokenize=False, add_generation_prompt=True)
 
 
+@pytest.fixture(scope="module")
+def real_tokenizer(real_model):
+    """Returns a function: family -> its tokenizer (tests/real_models.py), loaded once per module
+    (a real vocabulary costs ~1.5 CPU-s to load); the tests here only read it."""
+    from transformers import AutoTokenizer
+
+    loaded: dict = {}
+
+    def get(family: str):
+        if family not in loaded:
+            loaded[family] = AutoTokenizer.from_pretrained(real_model(family))
+        return loaded[family]
+
+    return get
+
+
 # -- the Go template interpreter ------------------------------------------------------------------
 
 def test_go_interpreter_follows_text_template_rules():
@@ -62,10 +78,10 @@ def test_go_interpreter_follows_text_template_rules():
 # -- Modelfile TEMPLATE == the model's own template, tools included (no llama.cpp) ----------------
 
 @pytest.mark.parametrize("family", ["qwen2", "llama"])
-def test_modelfile_template_matches_the_real_template_with_and_without_tools(real_model, family):
-    from transformers import AutoTokenizer
+def test_modelfile_template_matches_the_real_template_with_and_without_tools(real_tokenizer,
+                                                                               family):
 
-    tok = AutoTokenizer.from_pretrained(real_model(family))
+    tok = real_tokenizer(family)
     go_family = resolve_family("chatml" if family == "qwen2" else "llama3", tok.chat_template)
     assert go_family == FAMILIES[family]
     check = check_template(_render(tok), go_family, bos_token=tok.bos_token)
@@ -112,10 +128,9 @@ def test_llama_go_template_puts_tools_in_the_first_user_turn():
     assert '<|start_header_id|>ipython<|end_header_id|>\n\n"{\\"id\\": 7' in got
 
 
-def test_a_template_of_another_family_is_caught(real_model):
-    from transformers import AutoTokenizer
+def test_a_template_of_another_family_is_caught(real_tokenizer):
 
-    tok = AutoTokenizer.from_pretrained(real_model("qwen2"))
+    tok = real_tokenizer("qwen2")
     # The generic ChatML template misses Qwen2.5's default system turn and its tool syntax.
     check = check_template(_render(tok), "chatml")
     assert not check["equivalent"] and check["mismatches"][0]["index"] == 0
@@ -124,12 +139,12 @@ def test_a_template_of_another_family_is_caught(real_model):
 
 # -- tool calls read back with the template's own syntax (no llama.cpp) ---------------------------
 
-def test_completions_become_openai_tool_calls_in_the_templates_syntax(real_model, chat_template):
-    from transformers import AutoTokenizer
+def test_completions_become_openai_tool_calls_in_the_templates_syntax(real_tokenizer,
+                                                                       chat_template):
 
     from llmops.serving.tool_calls import calls_from_text
 
-    qwen = AutoTokenizer.from_pretrained(real_model("qwen2")).chat_template
+    qwen = real_tokenizer("qwen2").chat_template
     text = ('Sure.\n<tool_call>\n{"name": "create_task", "arguments": {"title": "buy milk", '
             '"due": "2025-03-14"}}\n</tool_call>')
     content, calls = calls_from_text(text, qwen)
@@ -312,17 +327,15 @@ def test_gguf_f16_of_a_real_family_keeps_tokens_template_and_answers(
 # -- deploy for a real family: Modelfile and integration_config.json (no llama.cpp) ---------------
 
 def test_deploy_ollama_for_qwen_writes_its_template_and_the_datas_tools(
-        tmp_path, real_model, sft_data, stage_params):
+        tmp_path, real_tokenizer, sft_data, stage_params):
     import socket
-
-    from transformers import AutoTokenizer
 
     from llmops.core.context import StageContext
     from llmops.data.task_api import TOOL_SCHEMAS
     from llmops.stages import deploy
 
     export = tmp_path / "export"
-    AutoTokenizer.from_pretrained(real_model("qwen2")).save_pretrained(export / "merged")
+    real_tokenizer("qwen2").save_pretrained(export / "merged")
     gguf_dir = tmp_path / "gguf"
     gguf_dir.mkdir()
     (gguf_dir / "model-f16.gguf").write_bytes(b"GGUF" + bytes(64))

@@ -86,9 +86,11 @@ FAMILIES = {
 DOUBLE = re.compile(r'"(arguments|parameters)": ?"\{')
 
 
-@pytest.fixture(params=list(FAMILIES))
+@pytest.fixture(scope="module", params=list(FAMILIES))
 def family(request, tiny_base, real_model) -> dict:
-    """Returns {name, folder, overrides, inputs (the data stage's), tokenizer} for a family."""
+    """Returns {name, folder, overrides, inputs (the data stage's), tokenizer} for a family, once
+    per module (a real vocabulary's tokenizer costs ~1.5 CPU-s to load; a test that patches it
+    undoes that at its end)."""
     from llmops.backends.generation import load_tokenizer
 
     name = request.param
@@ -146,26 +148,41 @@ def _data(tmp_path, stage_params, fam, max_length: int, preview: int = 0) -> tup
     return data.run(p, fam["inputs"], out, ctx), out
 
 
-def _sft_rows(stage_params, fam, data_dir: Path, max_length: int):
+def _sft_loader(stage_params, fam, run_dir: Path):
+    """Returns a function: (data folder, max_length) -> sft's (train, val, info), tokenizer: the
+    hf backend's own model load (once) and its dataset load at that train.max_length."""
     from llmops.backends import hf
 
-    params = stage_params("sft", *fam["overrides"], f"train.max_length={max_length}")
-    ctx = StageContext(run_dir=data_dir, show_progress=False, logger=logging.getLogger("test"))
-    model, tok = hf.load_model(params, str(fam["folder"]), ctx)
-    return hf.load_datasets(data_dir, tok, params), tok
+    params = stage_params("sft", *fam["overrides"])
+    ctx = StageContext(run_dir=run_dir, show_progress=False, logger=logging.getLogger("test"))
+    _, tok = hf.load_model(params, str(fam["folder"]), ctx)
+
+    def load(data_dir: Path, max_length: int):
+        at = copy.deepcopy(params)
+        at["train"]["max_length"] = max_length
+        return hf.load_datasets(data_dir, tok, at), tok
+
+    return load
+
+
+def _longest(tok) -> int:
+    """The longest of ROWS in the data stage's own measure (data/lengths.py) of the tokenizer."""
+    from llmops.data.lengths import TOKENS, TokenCounter
+
+    batch = {"messages": [r["messages"] for r in ROWS],
+             "tools": [json.dumps(r["tools"]) for r in ROWS]}
+    return max(TokenCounter(tok)(batch, list(range(len(ROWS))))[TOKENS])
 
 
 def test_a_row_the_data_stage_keeps_at_the_limit_is_what_sft_trains_on(
         tmp_path, stage_params, family, capsys):
     from llmops.errors import StageError
 
-    first, _ = _data(tmp_path, stage_params, family, 4096)
-    limit = first["token_lengths"]["max"]
-    assert first["counts"]["rejected"] == 0 and first["token_lengths"]["method"] == \
-        "chat_template"
+    limit = _longest(family["tokenizer"])
     capsys.readouterr()
     at_limit, out = _data(tmp_path, stage_params, family, limit, preview=len(ROWS))
     assert at_limit["counts"]["rejected"] == 0 and at_limit["token_lengths"]["max"] == limit
+    assert at_limit["token_lengths"]["method"] == "chat_template"
     # The run prints the first preview row, the trained call marked (« » outside a terminal).
     printed = capsys.readouterr().out
     assert "as the model trains on it" in printed
@@ -176,10 +193,11 @@ def test_a_row_the_data_stage_keeps_at_the_limit_is_what_sft_trains_on(
     lines = [ln for n in ("train", "val", "test")
              for ln in (out / f"{n}.jsonl").read_text("utf-8").splitlines()]
     (whole / "train.jsonl").write_text("\n".join(lines) + "\n", "utf-8")
-    (train, _, info), tok = _sft_rows(stage_params, family, whole, limit)
+    sft_rows = _sft_loader(stage_params, family, tmp_path)
+    (train, _, info), tok = sft_rows(whole, limit)
     assert max(len(ids) for ids in train["input_ids"]) == limit
     # The preview (data stage) shows sft's tokens and loss mask exactly, row by row.
-    (own, _, _), _ = _sft_rows(stage_params, family, out, limit)
+    (own, _, _), _ = sft_rows(out, limit)
     preview = at_limit["preview"]
     assert preview["mask"] == info["mask"] and len(preview["rows"]) == len(own)
     for shown, ids, mask in zip(preview["rows"], own["input_ids"], own["assistant_masks"],
@@ -193,7 +211,7 @@ def test_a_row_the_data_stage_keeps_at_the_limit_is_what_sft_trains_on(
     over, _ = _data(tmp_path, stage_params, family, limit - 1)
     assert over["counts"]["rejected"] >= 1 and over["token_lengths"]["max"] <= limit - 1
     with pytest.raises(StageError, match=f"longer than train.max_length={limit - 1}"):
-        _sft_rows(stage_params, family, whole, limit - 1)
+        sft_rows(whole, limit - 1)
 
 
 def test_no_stage_hands_a_template_a_string_argument(family, monkeypatch, tmp_path):
