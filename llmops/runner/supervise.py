@@ -3,12 +3,13 @@
 `StageProcess` starts `python -m llmops.runner.child` once per job, at the first stage that runs
 (a run whose stages are all cached starts none), and runs every stage there. A package no stage
 of the plan uses that costs seconds to import as a side effect of another (`unused_packages`:
-bitsandbytes, which peft imports whenever it is installed) is kept out of that process. While a
-stage runs it samples the memory of the stage's process tree (psutil); when the process dies (the
-kernel's out-of-memory killer sends SIGKILL, native code segfaults) it raises a StageError that
-names the stage, the signal, the peak and what the compute plan planned, so the runner's manifest
-says `failed` with that reason. A stop of the runner (Ctrl-C, SIGTERM, submitit's requeue) stops
-the stage process first (SIGTERM; SIGKILL after a grace period), then goes on as before.
+bitsandbytes, which peft imports whenever it is installed, and wandb, which TRL imports) is kept
+out of that process. While a stage runs it samples the memory of the stage's process tree
+(psutil); when the process dies (the kernel's out-of-memory killer sends SIGKILL, native code
+segfaults) it raises a StageError that names the stage, the signal, the peak and what the
+compute plan planned, so the runner's manifest says `failed` with that reason. A stop of the
+runner (Ctrl-C, SIGTERM, submitit's requeue) stops the stage process first (SIGTERM; SIGKILL
+after a grace period), then goes on as before.
 """
 
 from __future__ import annotations
@@ -65,10 +66,17 @@ def unused_packages(stage_params: Iterable[Mapping[str, Any]]) -> tuple[str, ...
 
     bitsandbytes when no stage needs it (`needs_bitsandbytes`): peft imports it whenever it is
     installed (peft.helpers), and its import compiles kernels with torch.compile and asks the
-    Hugging Face hub for a CPU kernel, ~2 CPU-s in every process that imports peft. Kept out,
-    peft and transformers see it as not installed, as they do where it is not.
+    Hugging Face hub for a CPU kernel, ~2 CPU-s in every process that imports peft.
+
+    wandb always: TRL's trainers import it whenever it is installed (~0.4 CPU-s), but no stage
+    logs to W&B (the trainers' report_to is "none"); tracking=wandb's sink runs in the runner
+    (llmops.tracking.wandb_sink), which this does not touch.
+
+    Kept out, peft, transformers and TRL see a package as not installed, as they do where it is
+    not.
     """
-    return () if any(needs_bitsandbytes(p) for p in stage_params) else ("bitsandbytes",)
+    bnb = () if any(needs_bitsandbytes(p) for p in stage_params) else ("bitsandbytes",)
+    return (*bnb, "wandb")
 
 
 class StageProcess:
