@@ -22,6 +22,7 @@ rest; ``data.reasoning=context`` takes its rendered block out of the mask
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -33,6 +34,7 @@ from llmops.config.templates import (
     reasoning_problem,
     renders_reasoning,
     template_text,
+    trl_templates_dir,
 )
 from llmops.data.chat import render, template_messages, template_tools, training_text
 from llmops.data.reasoning import has_reasoning
@@ -364,6 +366,23 @@ def rendered_mask(tokenizer: Any, messages: list[dict[str, Any]],
     return {"input_ids": list(enc["input_ids"]), "assistant_masks": mask}
 
 
+def trl_may_know(template: Any) -> bool:
+    """Tells, without importing TRL, whether TRL's ``add_response_schema`` may recognise this
+    chat template: it recognises only the text of a template it ships (a file of
+    ``trl/chat_templates/``), so any other template (a dict of named templates, the tiny model's,
+    a user's own) is one it refuses."""
+    return isinstance(template, str) and template in _trl_templates()
+
+
+@functools.cache
+def _trl_templates() -> frozenset[str]:
+    """The texts of the chat templates TRL ships (none when TRL is not installed)."""
+    folder = trl_templates_dir()
+    if folder is None:
+        return frozenset()
+    return frozenset(p.read_text(encoding="utf-8") for p in folder.glob("*.jinja"))
+
+
 def answer_parser(tokenizer: Any) -> Callable[[str], ParsedAnswer]:
     """Returns the parser of the answers a model writes through its tokenizer's template.
 
@@ -374,15 +393,21 @@ def answer_parser(tokenizer: Any) -> Callable[[str], ParsedAnswer]:
     answer after its reasoning (``split_reasoning``: a ``<think>`` block is no answer). A call whose
     arguments are a JSON string (double-encoded) is the family parser's syntax error, never a
     call, whatever TRL's schema would decode.
+
+    TRL is imported only for a template it may know (``trl_may_know``): its import loads
+    ``datasets`` and more of transformers (~1 CPU-s), which an eval of another template (the tiny
+    model's) never uses.
     """
     import copy
-
-    from trl.chat_template_utils import add_response_schema, parse_response
 
     family = parser_for(tokenizer.chat_template)
 
     def own(text: str) -> ParsedAnswer:
         return family(split_reasoning(text)[1])
+
+    if not trl_may_know(tokenizer.chat_template):
+        return own
+    from trl.chat_template_utils import add_response_schema, parse_response
 
     reader = copy.copy(tokenizer)
     try:

@@ -33,6 +33,13 @@ class StageKind:
             built by the old code is reused. The stages that render rows through the model's
             template carry ``MESSAGE_FORM`` (issue 19: call arguments reach the template as
             objects, and the data stage measures what sft trains on).
+        resumable: The runner gives the stage a stable work folder per fingerprint and, when an
+            interrupted attempt left a checkpoint there, sets params["train"]["resume_dir"] to
+            it (the training stages).
+        work_keeps: What the runner keeps in a resumable stage's work folder when no checkpoint
+            was left (sft: train.backend=openai's job file, so a rerun follows the paid job).
+        always_run: The runner never serves the stage from the store: its effects live outside
+            its folder (deploy), or it reads what another stage just did (monitor, release).
     """
 
     kind: str
@@ -41,6 +48,9 @@ class StageKind:
     tunes: bool = False
     module: str = ""
     recipe: int = 0
+    resumable: bool = False
+    work_keeps: tuple[str, ...] = ()
+    always_run: bool = False
 
 
 # The stage table: every layer (compiler, runner, stages, compare) reads kinds, report names and
@@ -50,21 +60,27 @@ STAGE_KINDS: tuple[StageKind, ...] = (
     StageKind("compute", "compute_plan.json"),
     StageKind("base", "base_report.json", module="tiny_base"),
     StageKind("data", "data_report.json", recipe=MESSAGE_FORM),
-    StageKind("sft", "training_report.json", trains=True, tunes=True, recipe=MESSAGE_FORM),
-    StageKind("dpo", "dpo_report.json", trains=True, tunes=True, recipe=MESSAGE_FORM),
-    StageKind("orpo", "orpo_report.json", trains=True, tunes=True, recipe=MESSAGE_FORM),
-    StageKind("simpo", "simpo_report.json", trains=True, tunes=True, recipe=MESSAGE_FORM),
-    StageKind("kto", "kto_report.json", trains=True, tunes=True, recipe=MESSAGE_FORM),
-    StageKind("grpo", "grpo_report.json", trains=True, tunes=True, recipe=MESSAGE_FORM),
+    StageKind("sft", "training_report.json", trains=True, tunes=True, recipe=MESSAGE_FORM,
+              resumable=True, work_keeps=("openai_job.json",)),
+    StageKind("dpo", "dpo_report.json", trains=True, tunes=True, recipe=MESSAGE_FORM,
+              resumable=True),
+    StageKind("orpo", "orpo_report.json", trains=True, tunes=True, recipe=MESSAGE_FORM,
+              resumable=True),
+    StageKind("simpo", "simpo_report.json", trains=True, tunes=True, recipe=MESSAGE_FORM,
+              resumable=True),
+    StageKind("kto", "kto_report.json", trains=True, tunes=True, recipe=MESSAGE_FORM,
+              resumable=True),
+    StageKind("grpo", "grpo_report.json", trains=True, tunes=True, recipe=MESSAGE_FORM,
+              resumable=True),
     StageKind("merge", "merge_report.json", tunes=True),
     StageKind("eval_base", "base_eval.json", recipe=MESSAGE_FORM),
     StageKind("lm_eval", "lm_eval_report.json"),
     StageKind("eval", "eval_report.json", recipe=MESSAGE_FORM),
     StageKind("export", "export_report.json"),
     StageKind("gguf", "gguf_report.json"),
-    StageKind("deploy", "deploy_report.json"),
-    StageKind("monitor", "baseline.json"),
-    StageKind("release", "release_report.json"),
+    StageKind("deploy", "deploy_report.json", always_run=True),
+    StageKind("monitor", "baseline.json", always_run=True),
+    StageKind("release", "release_report.json", always_run=True),
 )
 STAGE_ORDER: tuple[str, ...] = tuple(k.kind for k in STAGE_KINDS)
 # Where the model to evaluate and export comes from, first match wins: merge, then the
@@ -103,6 +119,16 @@ def report_name(kind: str) -> str:
         KeyError: When kind is not in the stage table.
     """
     return _BY_KIND[kind].report
+
+
+def stage_kind(kind: str) -> StageKind:
+    """Returns a stage kind's row of the stage table (the runner reads `resumable`,
+    `work_keeps` and `always_run` there, without importing the stage's code).
+
+    Raises:
+        KeyError: When kind is not in the stage table.
+    """
+    return _BY_KIND[kind]
 
 
 def stage_module(kind: str) -> str:

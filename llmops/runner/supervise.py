@@ -3,12 +3,13 @@
 `StageProcess` starts `python -m llmops.runner.child` once per job, at the first stage that runs
 (a run whose stages are all cached starts none), and runs every stage there. A package no stage
 of the plan uses that costs seconds to import as a side effect of another (`unused_packages`:
-bitsandbytes, which peft imports whenever it is installed) is kept out of that process. While a
-stage runs it samples the memory of the stage's process tree (psutil); when the process dies (the
-kernel's out-of-memory killer sends SIGKILL, native code segfaults) it raises a StageError that
-names the stage, the signal, the peak and what the compute plan planned, so the runner's manifest
-says `failed` with that reason. A stop of the runner (Ctrl-C, SIGTERM, submitit's requeue) stops
-the stage process first (SIGTERM; SIGKILL after a grace period), then goes on as before.
+bitsandbytes, which peft imports whenever it is installed, and wandb, which TRL imports) is kept
+out of that process. While a stage runs it samples the memory of the stage's process tree
+(psutil); when the process dies (the kernel's out-of-memory killer sends SIGKILL, native code
+segfaults) it raises a StageError that names the stage, the signal, the peak and what the
+compute plan planned, so the runner's manifest says `failed` with that reason. A stop of the
+runner (Ctrl-C, SIGTERM, submitit's requeue) stops the stage process first (SIGTERM; SIGKILL
+after a grace period), then goes on as before.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ log = logging.getLogger("llmops")
 #: What starts the stage process (tests may wrap it to inject faults into the real process).
 CHILD_MODULE = "llmops.runner.child"
 SAMPLE_S = 0.2  # how often the memory of the stage's process tree is sampled
+#: How often the stage process's descendants are looked for (psutil reads every process's
+#: /proc/PID/stat to find them, ~3 ms on a busy host); the ones found are sampled every SAMPLE_S.
+TREE_EVERY_S = 1.0
 STOP_WAIT_S = 30  # how long a stopped stage may take to end before it is killed
 
 
@@ -65,10 +69,17 @@ def unused_packages(stage_params: Iterable[Mapping[str, Any]]) -> tuple[str, ...
 
     bitsandbytes when no stage needs it (`needs_bitsandbytes`): peft imports it whenever it is
     installed (peft.helpers), and its import compiles kernels with torch.compile and asks the
-    Hugging Face hub for a CPU kernel, ~2 CPU-s in every process that imports peft. Kept out,
-    peft and transformers see it as not installed, as they do where it is not.
+    Hugging Face hub for a CPU kernel, ~2 CPU-s in every process that imports peft.
+
+    wandb always: TRL's trainers import it whenever it is installed (~0.4 CPU-s), but no stage
+    logs to W&B (the trainers' report_to is "none"); tracking=wandb's sink runs in the runner
+    (llmops.tracking.wandb_sink), which this does not touch.
+
+    Kept out, peft, transformers and TRL see a package as not installed, as they do where it is
+    not.
     """
-    return () if any(needs_bitsandbytes(p) for p in stage_params) else ("bitsandbytes",)
+    bnb = () if any(needs_bitsandbytes(p) for p in stage_params) else ("bitsandbytes",)
+    return (*bnb, "wandb")
 
 
 class StageProcess:
@@ -145,10 +156,11 @@ class StageProcess:
               device: str) -> tuple:
         """Relays log records until the stage's reply; samples memory; notices a death."""
         sampled = 0.0
+        tree = _Tree(self.proc.pid)
         while True:
             if time.monotonic() - sampled >= SAMPLE_S:
                 sampled = time.monotonic()
-                self.peak = max(self.peak, _tree_rss(self.proc.pid))
+                self.peak = max(self.peak, tree.rss())
                 pid, status, usage = os.wait4(self.proc.pid, os.WNOHANG)
                 if pid:
                     self._reaped(status, usage)
@@ -228,20 +240,36 @@ def _signal(number: int) -> str:
     return signal_name(number)
 
 
-def _tree_rss(pid: int) -> int:
-    """Returns the summed resident memory of a process and its descendants (0 when gone)."""
-    import psutil
+class _Tree:
+    """The stage process and its descendants, for sampling their summed resident memory.
 
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return 0
-    total = 0
-    for p in procs:
-        with contextlib.suppress(psutil.Error):
-            total += p.memory_info().rss
-    return total
+    Its descendants (a llama.cpp server, a converter) are looked for every `TREE_EVERY_S`, not
+    at every sample: finding them reads the stat file of every process on the host. A child
+    started since is counted from the next look.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.procs: list[Any] = []
+        self.looked = -TREE_EVERY_S
+
+    def rss(self) -> int:
+        """Returns the summed resident memory of the tree now (0 when the process is gone)."""
+        import psutil
+
+        now = time.monotonic()
+        if now - self.looked >= TREE_EVERY_S:
+            self.looked = now
+            try:
+                root = psutil.Process(self.pid)
+                self.procs = [root, *root.children(recursive=True)]
+            except psutil.Error:
+                self.procs = []
+        total = 0
+        for p in self.procs:
+            with contextlib.suppress(psutil.Error):
+                total += p.memory_info().rss
+        return total
 
 
 def _reset_peak(pid: int) -> None:

@@ -12,7 +12,7 @@ snippets). The endpoint runs chat format llmops-tools (llmops.serving.tool_calls
 template renders `tools`, and the calls the model writes come back as structured `tool_calls`;
 smoke chats from data rows carry their tools.
 Deploy refuses a model whose eval did not pass its gates unless deploy.allow_failed_gates=true.
-Always runs (ALWAYS_RUN): its effects live outside its folder.
+Always runs (the stage table's `always_run`): its effects live outside its folder.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ from llmops.errors import StageError
 from llmops.serving.tool_calls import HANDLER_NAME, TOOL_CHOICE
 
 REPORT_NAME = report_name("deploy")
-ALWAYS_RUN = True
 DEFAULT_SMOKE = ("Add a task to buy milk due 2025-03-14.", "List my open tasks.",
                  "Tell me the weather in Paris.")
 

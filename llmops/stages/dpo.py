@@ -17,9 +17,9 @@ from llmops.core.context import StageContext
 from llmops.core.plan import report_name
 
 REPORT_NAME = report_name("dpo")
-# Like sft: the runner gives this stage a stable work folder per fingerprint and, when an
-# interrupted attempt left a checkpoint there, sets params["train"]["resume_dir"] to it.
-RESUMABLE = True
+# Like sft (the stage table's `resumable`): the runner gives this stage a stable work folder per
+# fingerprint and, when an interrupted attempt left a checkpoint there, sets
+# params["train"]["resume_dir"] to it.
 
 
 def run(params: DpoParams, inputs: dict[str, Path], out_dir: Path, ctx: StageContext

@@ -17,8 +17,8 @@ from llmops.core.context import StageContext
 from llmops.core.plan import report_name
 
 REPORT_NAME = report_name("kto")
-# Like sft: the runner resumes an interrupted attempt from its checkpoint (resume_dir).
-RESUMABLE = True
+# Like sft (the stage table's `resumable`): the runner resumes an interrupted attempt from its
+# checkpoint (resume_dir).
 
 
 def run(params: KtoParams, inputs: dict[str, Path], out_dir: Path, ctx: StageContext

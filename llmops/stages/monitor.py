@@ -7,8 +7,8 @@ alert_rules.yml (Prometheus rule file, parsed back and checked against its schem
 (scrapes the monitor's metrics, evaluates those rules) and grafana_dashboard.json (a panel per
 figure and alert, thresholds drawn).
 `python -m llmops.monitor RUN_DIR` probes the live endpoint against them. Like deploy, it refuses
-a model whose eval did not pass unless deploy.allow_failed_gates=true. Always runs (ALWAYS_RUN):
-it reads the deploy stage's fresh smoke-test latencies.
+a model whose eval did not pass unless deploy.allow_failed_gates=true. Always runs (the stage
+table's `always_run`): it reads the deploy stage's fresh smoke-test latencies.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from llmops.core.plan import report_name
 from llmops.errors import StageError
 
 REPORT_NAME = report_name("monitor")
-ALWAYS_RUN = True
 PROBES_FILE = "probes.jsonl"
 RULES_FILE = "alert_rules.yml"
 PROMETHEUS_FILE = "prometheus.yml"

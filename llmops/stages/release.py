@@ -9,7 +9,8 @@ Writes into its folder:
 - <name>-<version>.tar.gz of release/ (release.tarball), written to a temp name and renamed;
 - release_report.json.
 A model whose eval did not pass its gates is never released (there is no override). Always runs
-(ALWAYS_RUN): the bundle carries this run's manifest and deploy's integration config.
+(the stage table's `always_run`): the bundle carries this run's manifest and deploy's
+integration config.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from llmops.stages.release_bundle import SUMS, files_of, place, place_tree, writ
 from llmops.stages.release_card import CardFacts, build_card, metrics
 
 REPORT_NAME = report_name("release")
-ALWAYS_RUN = True
 MONITOR_FILES = ("baseline.json", "alert_rules.yml")
 
 

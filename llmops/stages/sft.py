@@ -13,12 +13,11 @@ from llmops.core.context import StageContext
 from llmops.core.plan import report_name
 
 REPORT_NAME = report_name("sft")
-# The runner gives this stage a stable work folder per fingerprint and, when an interrupted
-# attempt left a checkpoint there, sets params["train"]["resume_dir"] to it.
-RESUMABLE = True
-# What the runner keeps in the work folder when no checkpoint was left: train.backend=openai's
-# job file (llmops.backends.openai_ft.JOB_FILE), so a rerun follows the job and pays once.
-WORK_KEEPS = ("openai_job.json",)
+# Resumable (the stage table's `resumable`): the runner gives this stage a stable work folder per
+# fingerprint and, when an interrupted attempt left a checkpoint there, sets
+# params["train"]["resume_dir"] to it. Without a checkpoint it keeps train.backend=openai's job
+# file there (`work_keeps`: llmops.backends.openai_ft.JOB_FILE), so a rerun follows the job and
+# pays once.
 
 
 def run(

@@ -223,16 +223,44 @@ def test_a_template_file_is_part_of_the_fingerprint(tmp_path, compose_plan, real
 
 def test_a_template_with_generation_marks_is_masked_without_importing_trl(tmp_path):
     """The data stage's preview asks mask_method of the tiny template (it has {% generation %}
-    marks): that answer must not import TRL, which loads transformers' model stack (~3 CPU-s a
-    data job)."""
+    marks), and eval reads the tiny model's answers with answer_parser (a template TRL does not
+    ship): neither may import TRL, which loads transformers' model stack and datasets (~3 CPU-s a
+    data job, ~1 an eval stage process)."""
     from llmops.backends.tiny import build_tokenizer
 
     build_tokenizer(["call a tool", "answer"], 300, model_max_length=64).save_pretrained(
         str(tmp_path))
     code = ("import sys; from transformers import PreTrainedTokenizerFast as T; "
-            "from llmops.backends.templates import mask_method; "
-            f"print(mask_method(T.from_pretrained({str(tmp_path)!r})), 'trl' in sys.modules, "
+            "from llmops.backends.templates import answer_parser, mask_method; "
+            f"tok = T.from_pretrained({str(tmp_path)!r}); "
+            "print(mask_method(tok), answer_parser(tok)('hi').text, 'trl' in sys.modules, "
             "'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=300, check=True).stdout.split("\n")[-2]
-    assert out == "('generation_marks', None) False False", out
+    assert out == "('generation_marks', None) hi False False", out
+
+
+def test_trl_recognises_only_the_templates_it_ships():
+    """answer_parser imports TRL only for a template TRL may recognise (trl_may_know): every
+    template TRL's add_response_schema accepts is the text of a file it ships; another text
+    (edited by one character, or a dict of named templates) is one it refuses."""
+    from types import SimpleNamespace
+
+    import trl.chat_template_utils as utils
+
+    from llmops.backends.templates import trl_may_know
+
+    accepted = []
+    for name, text in vars(utils).items():
+        if not (name.endswith("_chat_template") and isinstance(text, str)):
+            continue
+        try:
+            utils.add_response_schema(SimpleNamespace(chat_template=text))
+        except ValueError:
+            continue
+        accepted.append(name)
+        assert trl_may_know(text), name
+        with pytest.raises(ValueError):
+            utils.add_response_schema(SimpleNamespace(chat_template=text + "\n"))
+        assert not trl_may_know(text + "\n") and not trl_may_know({"default": text})
+    assert {"qwen2_5_chat_template", "llama3_1_chat_template"} <= set(accepted)

@@ -1,6 +1,7 @@
-"""The stage process keeps out bitsandbytes when no stage of the plan uses it
-(llmops.runner.supervise.unused_packages, llmops.runner.child.keep_out): peft imports it whenever
-it is installed, ~2 CPU-s of torch.compile and a hub lookup in every job that trains or evaluates.
+"""The stage process keeps out bitsandbytes when no stage of the plan uses it, and wandb, which no
+stage uses (llmops.runner.supervise.unused_packages, llmops.runner.child.keep_out): peft imports
+bitsandbytes whenever it is installed, ~2 CPU-s of torch.compile and a hub lookup in every job that
+trains or evaluates; TRL's trainers import wandb, ~0.4 CPU-s.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ from llmops.runner.supervise import unused_packages
 
 
 @pytest.mark.parametrize(("overrides", "kept_out"), [
-    ([], ("bitsandbytes",)),
-    (["train=sft_dpo"], ("bitsandbytes",)),
-    (["quant=nf4"], ()),
-    (["quant=int8"], ()),
-    (["train.optimizer=adamw_8bit"], ()),
-    (["train.optimizer=paged_adamw_8bit"], ()),
+    ([], ("bitsandbytes", "wandb")),
+    (["train=sft_dpo"], ("bitsandbytes", "wandb")),
+    (["tracking=wandb"], ("bitsandbytes", "wandb")),  # its sink runs in the runner
+    (["quant=nf4"], ("wandb",)),
+    (["quant=int8"], ("wandb",)),
+    (["train.optimizer=adamw_8bit"], ("wandb",)),
+    (["train.optimizer=paged_adamw_8bit"], ("wandb",)),
 ])
 def test_bitsandbytes_is_kept_out_only_of_plans_that_do_not_use_it(compose_plan, overrides,
                                                                    kept_out):
@@ -29,10 +31,11 @@ def test_bitsandbytes_is_kept_out_only_of_plans_that_do_not_use_it(compose_plan,
 
 
 def test_merge_of_an_adapter_trained_on_a_quantized_base_keeps_bitsandbytes():
-    assert unused_packages([{"quant_trained": "nf4"}]) == ()
-    assert unused_packages([{"train": {"backend": "unsloth", "optimizer": "adamw_torch"}}]) == ()
+    assert unused_packages([{"quant_trained": "nf4"}]) == ("wandb",)
+    assert unused_packages([{"train": {"backend": "unsloth", "optimizer": "adamw_torch"}}]) == (
+        "wandb",)
     assert unused_packages([{"quant_trained": "none"}, {"train": {"backend": "hf"}}]) == (
-        "bitsandbytes",)
+        "bitsandbytes", "wandb")
 
 
 _PROBE = r"""

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing as mp
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,12 +25,30 @@ def _plan(compose_plan, store: Path, *extra: str):
     return plan
 
 
+#: The second run, in a fresh process: what it imported to serve the stage from the store.
+_CACHED_RUN = """
+import json, sys
+from llmops.core.plan import Plan
+from llmops.runner.run import run_plan
+manifest = run_plan(Plan.read(sys.argv[1]), sys.argv[2])
+print(json.dumps({"manifest": manifest, "imported": [m for m in ("llmops.stages.data", "numpy")
+                                                     if m in sys.modules]}))
+"""
+
+
 def test_second_run_reuses_the_store_entry(compose_plan, tmp_path):
+    """The second run serves the stage from the store without importing its code (the stage
+    table says whether it may: `always_run`), so a cached stage costs the runner no imports."""
     from llmops.runner.run import run_plan
 
     plan = _plan(compose_plan, tmp_path / "store")
     first = run_plan(plan, tmp_path / "run1")
-    second = run_plan(plan, tmp_path / "run2")
+    rerun = subprocess.run([sys.executable, "-c", _CACHED_RUN, str(tmp_path / "run1" / "plan.json"),
+                            str(tmp_path / "run2")], capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    out = json.loads(rerun.stdout.strip().splitlines()[-1])
+    second = out["manifest"]
+    assert out["imported"] == []
     assert first["stages"]["data"]["status"] == "ran"
     assert second["stages"]["data"]["status"] == "cached"
     assert first["stages"]["data"]["path"] == second["stages"]["data"]["path"]
@@ -40,6 +60,19 @@ def test_second_run_reuses_the_store_entry(compose_plan, tmp_path):
         assert set(manifest["data_hashes"]) == {"train.jsonl", "val.jsonl", "test.jsonl"}
         assert manifest["libraries"]["hydra-core"]
         assert (folder / "stages" / "data" / "train.jsonl").is_file()
+
+
+def test_the_stage_table_says_which_stages_resume_and_which_always_run():
+    """The runner reads these from the stage table, not from the stage's module: every training
+    stage resumes from its checkpoint; deploy, monitor and release never come from the store;
+    sft keeps the OpenAI backend's job file (its name is the backend's) in its work folder."""
+    from llmops.backends.openai_ft import JOB_FILE
+    from llmops.core.plan import STAGE_KINDS, TRAINING_STAGES, stage_kind
+
+    assert {k.kind for k in STAGE_KINDS if k.resumable} == set(TRAINING_STAGES)
+    assert {k.kind for k in STAGE_KINDS if k.always_run} == {"deploy", "monitor", "release"}
+    assert stage_kind("sft").work_keeps == (JOB_FILE,)
+    assert {k.kind for k in STAGE_KINDS if k.work_keeps} == {"sft"}
 
 
 def test_failed_stage_publishes_nothing_and_says_so(compose_plan, tmp_path):

@@ -46,7 +46,7 @@ class OpenAIServeParams(TypedDict):
 
 class DeployParams(TypedDict):
     """Params of the deploy stage (deploy=ollama, openai; after gguf). The stage always runs
-    (ALWAYS_RUN): its effects live outside its folder."""
+    (the stage table's `always_run`): its effects live outside its folder."""
 
     target: str
     """ollama or openai."""
