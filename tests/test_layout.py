@@ -11,6 +11,7 @@ package is exempt. This is the check of `../shared/tools/layers.py`, kept inside
 from __future__ import annotations
 
 import ast
+import functools
 import graphlib
 import sys
 from pathlib import Path
@@ -48,8 +49,10 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+@functools.cache
 def _imports(path: Path) -> list[tuple[int, str]]:
-    """Returns (line, imported name) for each llmops import in path, wherever it stands."""
+    """Returns (line, imported name) for each llmops import in path, wherever it stands (parsed
+    once per session: every check reads the same modules)."""
     name = _module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     return _imports_in(path.read_text(encoding="utf-8"), package)
@@ -108,6 +111,7 @@ def _module(name: str) -> str:
     return name
 
 
+@functools.cache
 def _edges() -> dict[str, dict[str, int]]:
     """Returns, for each module, the llmops modules it imports (with the first line of each).
 

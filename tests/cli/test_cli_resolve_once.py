@@ -61,7 +61,11 @@ def test_a_sweep_run_in_one_process_validates_each_point_once(tmp_path):
 
 
 def test_a_job_in_another_process_resolves_there_once(tmp_path):
+    """Also the joblib launcher's real sweep for test_hardening_config's
+    test_a_multirun_on_a_launcher_plugin_runs_without_the_bad_parts: its plugin's targets pass
+    the pre-flight and each point writes its plan."""
     pid, calls = _calls(tmp_path, "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                        "lora=r8,r16", "dry_run=true")
+                        "lora=r8,r16", "dry_run=true", "hydra.sweep.dir=sweep")
     assert calls.pop(pid) == 2  # the pre-flight checks both points
     assert sum(calls.values()) == 2  # each job once, in the worker that runs it
+    assert len(list((tmp_path / "sweep").glob("*/plan.json"))) == 2

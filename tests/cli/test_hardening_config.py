@@ -1,7 +1,9 @@
 """Hardening: config runs no code, every command goes through the pre-flight, secrets stay out of
 files, and hints name what users paste. The exit-code promises run `python -m llmops` as README
-writes it, in a subprocess whose working folder is tmp_path; "nothing written" means no file
-appears there besides the ones the test put there itself."""
+writes it with tmp_path as the working folder: in a subprocess (`llmops`) where the command runs or
+the test is the issue's own command, else as llmops.cli.main in this process (`llmops_here`, see
+cli_here.py). "Nothing written" means no file appears there besides the ones the test put there
+itself."""
 
 from __future__ import annotations
 
@@ -12,14 +14,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_here import llmops_here
 
 from llmops.errors import ConfigError
 
 VICTIM_TEXT = "precious data\n"
 FAKE_KEY = "llmopsfakekey0123456789abcdefghijklmnopqrstuv"  # 45 chars: passes wandb's format check
 FAKE_TOKEN = "tok-fake-9f8e7d6c5b4a"
-CHEAP = ["model.pretrain.steps=1", "model.pretrain.n_examples=16", "train=none", "eval=none",
-         "deploy=none", "usecase=none"]
+# A real run of the data stage alone (a hub model has no base stage to build; nothing loads it).
+CHEAP = ["model=qwen0.5b", "train=none", "eval=none", "deploy=none", "usecase=none"]
 
 
 def llmops(*args: str, cwd: Path, env: dict[str, str] | None = None,
@@ -82,14 +85,14 @@ def test_config_file_from_the_search_path_cannot_truncate_a_file(tmp_path, how):
     before = files_under(tmp_path)
     where = ([f"hydra.searchpath=[file://{folder}]"] if how == "searchpath"
              else ["--config-dir", str(folder)])
-    r = llmops(*where, "model=evil", "dry_run=true", cwd=tmp_path)
+    r = llmops_here(*where, "model=evil", "dry_run=true", cwd=tmp_path)
     assert_refused(r, tmp_path, before, "hydra.callbacks.evil._target_")
 
 
 def test_logging_factories_and_non_logging_classes_are_refused(tmp_path):
     folder = evil_config_dir(tmp_path, LOGGING_YAML)
     before = files_under(tmp_path)
-    r = llmops("--config-dir", str(folder), "model=evil", "dry_run=true", cwd=tmp_path)
+    r = llmops_here("--config-dir", str(folder), "model=evil", "dry_run=true", cwd=tmp_path)
     assert_refused(r, tmp_path, before, "hydra.job_logging.formatters.evil.()",
                    "hydra.job_logging.handlers.evil.class")
     assert "'builtins.open' is not a handler, formatter or filter class" in r.stderr
@@ -107,29 +110,40 @@ def test_logging_ext_imports_only_sys_streams():
         "hydra.job_logging.handlers.console.stream", "hydra.job_logging.handlers.file.class"}
 
 
-@pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
-def test_multirun_refuses_targets_in_its_config_and_in_a_point_and_runs_without(tmp_path,
-                                                                                launcher):
+def _multirun(tmp_path: Path, launcher: str) -> list[str]:
+    """Returns the flags of a dry-run sweep on `launcher` with a config folder whose model=evil
+    option sets the job's logging config (tmp_path/user_conf)."""
     folder = evil_config_dir(tmp_path, LOGGING_YAML)
+    return ["-m", "--config-dir", str(folder), f"hydra/launcher={launcher}", "dry_run=true",
+            "hydra.sweep.dir=sweep"]
+
+
+@pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
+def test_multirun_refuses_targets_in_its_config_and_in_a_point(tmp_path, launcher):
+    base = _multirun(tmp_path, launcher)
     before = files_under(tmp_path)
-    flags = ["-m", "--config-dir", str(folder)]
-    base = [*flags, f"hydra/launcher={launcher}", "dry_run=true", "hydra.sweep.dir=sweep"]
-    r = llmops(*base, "lora=r8,r16", "+hydra.callbacks.e._target_=builtins.open",
-               "+hydra.callbacks.e.file=pwned.txt", "+hydra.callbacks.e.mode=w", cwd=tmp_path)
+    r = llmops_here(*base, "lora=r8,r16", "+hydra.callbacks.e._target_=builtins.open",
+                    "+hydra.callbacks.e.file=pwned.txt", "+hydra.callbacks.e.mode=w",
+                    cwd=tmp_path)
     assert_refused(r, tmp_path, before, "hydra.callbacks.e._target_")
     # Only one point's option sets the logging config: that point alone is named.
-    r = llmops(*base, "model=tiny,evil", cwd=tmp_path)
+    r = llmops_here(*base, "model=tiny,evil", cwd=tmp_path)
     assert_refused(r, tmp_path, before, "hydra.job_logging.formatters.evil.()")
     assert "[sweep point: model=evil]" in r.stderr and "model=tiny]" not in r.stderr
-    # The launcher plugin itself is allowed: the same sweep without the bad parts runs.
-    r = llmops(*base, "lora=r8,r16", cwd=tmp_path, timeout=300)
+
+
+def test_a_multirun_on_a_launcher_plugin_runs_without_the_bad_parts(tmp_path):
+    """The launcher plugin itself is allowed: the sweep of the test above, without the bad
+    parts, runs (submitit_local here; the joblib launcher's real sweep runs in
+    test_cli_resolve_once.test_a_job_in_another_process_resolves_there_once)."""
+    r = llmops(*_multirun(tmp_path, "submitit_local"), "lora=r8,r16", cwd=tmp_path, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert len(list((tmp_path / "sweep").glob("*/plan.json"))) == 2
 
 
 def test_optuna_sampler_target_is_refused_before_the_study_starts(tmp_path):
-    r = llmops("sweeps=optuna_rank_lr", "hydra.sweeper.sampler._target_=builtins.open",
-               "dry_run=true", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    r = llmops_here("sweeps=optuna_rank_lr", "hydra.sweeper.sampler._target_=builtins.open",
+                    "dry_run=true", "hydra.sweep.dir=sweep", cwd=tmp_path)
     assert_refused(r, tmp_path, set(), "hydra.sweeper.sampler._target_")
     assert "optuna.samplers.TPESampler" in r.stderr  # the allowed samplers are listed
 
@@ -166,13 +180,13 @@ def test_installed_plugin_targets_are_allowed_only_where_hydra_expects_them():
 @pytest.mark.parametrize("flags", [["--cfg", "job"], ["--cfg", "job", "--resolve"],
                                    ["--cfg", "job", "--package", "lora"], ["-c", "all"]])
 def test_cfg_with_a_typo_exits_2_with_the_hint(tmp_path, flags):
-    r = llmops(*flags, "lora.rr=3", cwd=tmp_path)
+    r = llmops_here(*flags, "lora.rr=3", cwd=tmp_path)
     assert_refused(r, tmp_path, set(), "lora.rr")
     assert "Did you mean 'lora.r'?" in r.stderr
 
 
 def test_cfg_refuses_a_target_and_still_prints_a_good_config(tmp_path):
-    r = llmops("--cfg", "hydra", "+hydra.callbacks.e._target_=builtins.open", cwd=tmp_path)
+    r = llmops_here("--cfg", "hydra", "+hydra.callbacks.e._target_=builtins.open", cwd=tmp_path)
     assert_refused(r, tmp_path, set(), "hydra.callbacks.e._target_")
     r = llmops("--cfg", "job", "--resolve", "lora=r8", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
@@ -186,7 +200,8 @@ def test_config_dir_run_is_checked_first_and_uses_the_folder(tmp_path):
         "# LoRA rank 4, from the user's own folder.\nr: 4\nalpha: 8\ndropout: 0.0\n"
         "target_modules: all-linear\nenabled: true\n")
     before = files_under(tmp_path)
-    r = llmops("--config-dir", str(folder), "lora=r4", "lora.r=0", "dry_run=true", cwd=tmp_path)
+    r = llmops_here("--config-dir", str(folder), "lora=r4", "lora.r=0", "dry_run=true",
+                    cwd=tmp_path)
     assert_refused(r, tmp_path, before, "lora.r")  # no .hydra/, no llmops.log
     r = llmops("-cd", str(folder), "lora=r4", "dry_run=true", "hydra.run.dir=run", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
@@ -203,12 +218,12 @@ def test_config_dir_run_is_checked_first_and_uses_the_folder(tmp_path):
     (["--experimental-rerun", "config.pickle"], "--experimental-rerun"),
 ])
 def test_bad_config_source_flags_exit_2_naming_the_flag(tmp_path, flags, key):
-    r = llmops(*flags, "dry_run=true", cwd=tmp_path)
+    r = llmops_here(*flags, "dry_run=true", cwd=tmp_path)
     assert_refused(r, tmp_path, set(), key)
 
 
 def test_chdir_true_exits_2_before_the_run_folder_exists(tmp_path):
-    r = llmops("hydra.job.chdir=true", "dry_run=true", "hydra.run.dir=run", cwd=tmp_path)
+    r = llmops_here("hydra.job.chdir=true", "dry_run=true", "hydra.run.dir=run", cwd=tmp_path)
     assert_refused(r, tmp_path, set(), "hydra.job.chdir")
     assert "must be false (got true)" in r.stderr
 
@@ -223,7 +238,7 @@ def test_unusable_output_folder_exits_2_naming_the_key(tmp_path, value, why, mod
     (tmp_path / "a_file").write_text("not a folder\n")
     key = f"hydra.{mode}.dir"
     multirun = ["-m", "lora=r8,r16"] if mode == "sweep" else []
-    r = llmops(*multirun, f"{key}={value}", "dry_run=true", cwd=tmp_path)
+    r = llmops_here(*multirun, f"{key}={value}", "dry_run=true", cwd=tmp_path)
     assert_refused(r, tmp_path, {"a_file"}, key)
     assert why in r.stderr and f"e.g. {key}=outputs/" in r.stderr
     assert (tmp_path / "a_file").read_text() == "not a folder\n"
@@ -262,8 +277,8 @@ def test_secret_names_and_oc_env_masking(monkeypatch):
 
 
 def test_env_copy_of_a_secret_exits_2(tmp_path):
-    r = llmops("hydra.job.env_copy=[WANDB_API_KEY]", "dry_run=true", cwd=tmp_path,
-               env={"WANDB_API_KEY": FAKE_KEY})
+    r = llmops_here("hydra.job.env_copy=[WANDB_API_KEY]", "dry_run=true", cwd=tmp_path,
+                    env={"WANDB_API_KEY": FAKE_KEY})
     assert_refused(r, tmp_path, set(), "hydra.job.env_copy")
     assert FAKE_KEY not in r.stderr
 
@@ -334,7 +349,7 @@ def test_a_rightly_spelled_key_of_another_option_gets_no_did_you_mean_itself():
 
 
 def test_did_you_mean_names_the_full_key(tmp_path):
-    r = llmops("lora.rr=3", "train.lrr=1e-3", cwd=tmp_path)
+    r = llmops_here("lora.rr=3", "train.lrr=1e-3", cwd=tmp_path)
     assert r.returncode == 2
     assert "  - lora.rr: unknown key. Did you mean 'lora.r'?" in r.stderr
     assert "  - train.lrr: unknown key. Did you mean 'train.learning_rate'?" in r.stderr

@@ -1,13 +1,16 @@
 """Hardening, the last ways a config could run code or clobber files: a `pkg://` search path
 entry (Hydra imports it while composing), `hydra.job.env_set` of LD_PRELOAD/PYTHONPATH, a log
 handler's filename outside the run folder, and a secret read by a key that leaves llmops. Each
-runs `python -m llmops` in a subprocess whose working folder is tmp_path."""
+runs `python -m llmops` with tmp_path as its working folder: in a subprocess where the process
+matters (a search path entry is looked up on its import path; a command that runs), else as
+llmops.cli.main in this process (cli_here.llmops_here)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from cli_here import llmops_here
 from test_hardening_config import (
     FAKE_KEY,
     FAKE_TOKEN,
@@ -85,7 +88,7 @@ def test_searchpath_allows_folders_and_installed_packages_and_names_the_primary_
 @pytest.mark.parametrize("name", ["LD_PRELOAD", "LD_LIBRARY_PATH", "DYLD_INSERT_LIBRARIES",
                                   "PYTHONPATH", "PYTHONSTARTUP", "BASH_ENV", "PATH"])
 def test_env_set_of_a_variable_that_changes_code_exits_2(tmp_path, name):
-    r = llmops(f"+hydra.job.env_set.{name}=/tmp/evil", "dry_run=true", cwd=tmp_path)
+    r = llmops_here(f"+hydra.job.env_set.{name}=/tmp/evil", "dry_run=true", cwd=tmp_path)
     assert_refused(r, tmp_path, set(), f"hydra.job.env_set.{name}")
     assert (f"'/tmp/evil': {name} changes what code runs in the job and its torchrun "
             f"subprocesses, so a config may not set it. Remove it; if you really mean it, set "
@@ -93,8 +96,8 @@ def test_env_set_of_a_variable_that_changes_code_exits_2(tmp_path, name):
 
 
 def test_env_set_is_checked_in_a_multirun_and_plain_names_still_run(tmp_path):
-    r = llmops("-m", "lora=r8,r16", "+hydra.job.env_set.LD_PRELOAD=/tmp/evil.so",
-               "dry_run=true", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    r = llmops_here("-m", "lora=r8,r16", "+hydra.job.env_set.LD_PRELOAD=/tmp/evil.so",
+                    "dry_run=true", "hydra.sweep.dir=sweep", cwd=tmp_path)
     assert_refused(r, tmp_path, set(), "hydra.job.env_set.LD_PRELOAD")
     r = llmops("+hydra.job.env_set.TOKENIZERS_PARALLELISM=false", "dry_run=true",
                "hydra.run.dir=run", cwd=tmp_path)
@@ -117,7 +120,7 @@ def test_log_file_outside_the_run_folder_exits_2_and_leaves_the_file(tmp_path, a
                                                                        key):
     (tmp_path / victim).write_text(VICTIM_TEXT)
     before = files_under(tmp_path)
-    r = llmops(*args, "dry_run=true", "hydra.run.dir=run", cwd=tmp_path)
+    r = llmops_here(*args, "dry_run=true", "hydra.run.dir=run", cwd=tmp_path)
     assert_refused(r, tmp_path, before, key)
     assert f"is {tmp_path / victim}, not a file inside the run folder" in r.stderr
     assert (tmp_path / victim).read_text() == VICTIM_TEXT
@@ -133,8 +136,8 @@ def test_log_file_from_a_config_file_is_refused_and_one_inside_the_run_folder_is
         "      file:\n        filename: ${oc.env:HOME}/.bashrc\n        mode: w\n")
     (tmp_path / ".bashrc").write_text(VICTIM_TEXT)
     before = files_under(tmp_path)
-    r = llmops("-cd", "user_conf", "model=evil", "dry_run=true", cwd=tmp_path,
-               env={"HOME": str(tmp_path)})
+    r = llmops_here("-cd", "user_conf", "model=evil", "dry_run=true", cwd=tmp_path,
+                    env={"HOME": str(tmp_path)})
     assert_refused(r, tmp_path, before, LOG_FILE)
     assert f"'${{oc.env:HOME}}/.bashrc' is {tmp_path / '.bashrc'}, not a file inside" in r.stderr
     assert (tmp_path / ".bashrc").read_text() == VICTIM_TEXT
@@ -170,8 +173,9 @@ def test_the_log_file_check_leaves_the_composition_as_it_was():
 
 def test_secret_in_a_key_that_leaves_llmops_exits_2(tmp_path):
     env = {"WANDB_API_KEY": FAKE_KEY, "MY_SERVICE_TOKEN": FAKE_TOKEN}
-    r = llmops("tracking=wandb", "tracking.mode=offline", "tracking.entity=${oc.env:WANDB_API_KEY}",
-               f"tracking.tags=[ok,{FAKE_TOKEN}]", "dry_run=true", cwd=tmp_path, env=env)
+    r = llmops_here("tracking=wandb", "tracking.mode=offline",
+                    "tracking.entity=${oc.env:WANDB_API_KEY}",
+                    f"tracking.tags=[ok,{FAKE_TOKEN}]", "dry_run=true", cwd=tmp_path, env=env)
     assert_refused(r, tmp_path, set(), "tracking.entity", "tracking.tags")
     assert ("  - tracking.entity: reads WANDB_API_KEY, a secret: W&B would receive it as the "
             "entity name. llmops never resolves a secret, so it would send the text "

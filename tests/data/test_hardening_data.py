@@ -334,10 +334,14 @@ def _llmops(cwd: Path, *args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=900, preexec_fn=lambda: os.umask(0o022))
 
 
+# The run of test_good_run..., which is also job 0 of test_sweep...'s sweep: on the same store,
+# that job finds every stage of it cached.
+GOOD = ["data=jsonl", "data.path=chat.jsonl", "train.max_steps=10", *REACHABLE]
+
+
 @pytest.mark.slow
 def test_good_run_on_chat_rows_without_refusals_ends_cleanly(user_data):
-    r = _llmops(user_data, "data=jsonl", "data.path=chat.jsonl", "train.max_steps=30",
-                *REACHABLE, "hydra.run.dir=run")
+    r = _llmops(user_data, *GOOD, "hydra.run.dir=run")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert "Traceback" not in r.stderr
     run = user_data / "run"
@@ -354,8 +358,7 @@ def test_good_run_on_chat_rows_without_refusals_ends_cleanly(user_data):
 
 @pytest.mark.slow
 def test_sweep_of_such_points_succeeds_with_a_metric_or_an_explicit_null(user_data):
-    r = _llmops(user_data, "-m", "data=jsonl", "data.path=chat.jsonl", "train.max_steps=30",
-                "eval=default,none", "eval.enforce=false", "hydra.sweep.dir=sweep")
+    r = _llmops(user_data, "-m", *GOOD, "eval=default,none", "hydra.sweep.dir=sweep")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     jobs = [json.loads((user_data / "sweep" / str(n) / "sweep_job.json").read_text())
             for n in (0, 1)]

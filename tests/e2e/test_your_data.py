@@ -1,7 +1,7 @@
 """A user's own data, end to end: every format's fixture under tests/data/ is read, checked,
 counted and written in the OpenAI form; dirty rows are rejected line by line in data_report.json;
 ``data.on_error=fail`` stops a real run before training; mixtures take weights and samples; the
-rows' ``tools`` reach the chat template TRL trains through; real runs train on the tiny default.
+rows' ``tools`` reach the chat template TRL trains through; real plans train on the tiny default.
 """
 
 from __future__ import annotations
@@ -274,10 +274,34 @@ def _cli(args: list[str], cwd: Path, store: Path) -> subprocess.CompletedProcess
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
+    """The store the real runs of this module share (the first one builds the tiny base)."""
     return tmp_path_factory.mktemp("store")
 
 
+@pytest.mark.parametrize("data_args", [
+    [sources_override([{"path": str(DATA / "alpaca.json")},
+                       {"path": str(DATA / "completion.jsonl")}])],
+    [f"data.path={DATA / 'text.jsonl'}", "data.test_fraction=0.01"],
+], ids=["alpaca+completion", "text"])
+def test_a_users_files_train_on_the_tiny_default(tmp_path, store, compose_plan, data_args):
+    """The plan `python -m llmops data=files ...` compiles, run by the runner in this process
+    (its stages too): what reaches training is the test, not the command line (which
+    test_on_error_fail... runs)."""
+    from llmops.runner.run import run_plan
+
+    _, plan = compose_plan(["data=files", *data_args, "train.max_steps=2", "eval=none",
+                            "deploy=none", *QUICK, f"store_dir={store}", "progress=false"])
+    manifest = run_plan(plan, tmp_path / "run", stage_process=False)
+    assert manifest["status"] == "succeeded"
+    stages = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]
+    assert stages["sft"]["status"] == "ran"
+    report = json.loads((tmp_path / "run" / "training_report.json").read_text())
+    assert report["steps"] == 2 and report["tokens_seen"] > 0 and report["final_loss"] > 0
+
+
 def test_on_error_fail_exits_5_before_sft_runs(tmp_path, store):
+    """A real run (on the store whose tiny base the runs above built, when they ran first)."""
+    trained = set(store.rglob("adapter_model.safetensors"))
     r = _cli(["data=files", f"data.path={DATA / 'dirty_tools.jsonl'}", "data.on_error=fail",
               "data.max_length=4096", "hydra.run.dir=run"], tmp_path, store)
     assert r.returncode == 5, r.stderr[-3000:]
@@ -289,19 +313,4 @@ def test_on_error_fail_exits_5_before_sft_runs(tmp_path, store):
     status = {name: s["status"] for name, s in manifest["stages"].items()}
     assert manifest["failed_stage"] == "data" and status["data"] == "failed"
     assert status.get("sft") != "ran"
-    assert not list(store.rglob("adapter_model.safetensors"))
-
-
-@pytest.mark.parametrize("data_args", [
-    [sources_override([{"path": str(DATA / "alpaca.json")},
-                       {"path": str(DATA / "completion.jsonl")}])],
-    [f"data.path={DATA / 'text.jsonl'}", "data.test_fraction=0.01"],
-], ids=["alpaca+completion", "text"])
-def test_a_users_files_train_on_the_tiny_default(tmp_path, store, data_args):
-    r = _cli(["data=files", *data_args, "train.max_steps=2", "eval=none", "deploy=none",
-              "hydra.run.dir=run"], tmp_path, store)
-    assert r.returncode == 0, r.stderr[-3000:]
-    stages = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]
-    assert stages["sft"]["status"] == "ran"
-    report = json.loads((tmp_path / "run" / "training_report.json").read_text())
-    assert report["steps"] == 2 and report["tokens_seen"] > 0 and report["final_loss"] > 0
+    assert set(store.rglob("adapter_model.safetensors")) == trained  # this run trained nothing

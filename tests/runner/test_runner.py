@@ -1,6 +1,9 @@
 """The runner: store reuse, atomic publish, failures that leave nothing trusted, concurrency.
 
-Uses the real data stage (pure Python, fast) as the workload.
+Uses the real data stage (pure Python, fast) as the workload. The first test runs it in the job's
+stage process, as `python -m llmops` does; the others run it in the runner's own process
+(`stage_process=False`): what they check (lookup, locks, checks, publish, move aside) is the
+runner's, and a stage process would only add its ~4 CPU-s of imports to each run.
 """
 
 from __future__ import annotations
@@ -34,6 +37,13 @@ manifest = run_plan(Plan.read(sys.argv[1]), sys.argv[2])
 print(json.dumps({"manifest": manifest, "imported": [m for m in ("llmops.stages.data", "numpy")
                                                      if m in sys.modules]}))
 """
+
+
+def _run(plan, run_dir: Path) -> dict:
+    """run_plan with the stage in this process; returns the manifest."""
+    from llmops.runner.run import run_plan
+
+    return run_plan(plan, run_dir, stage_process=False)
 
 
 def test_second_run_reuses_the_store_entry(compose_plan, tmp_path):
@@ -76,13 +86,12 @@ def test_the_stage_table_says_which_stages_resume_and_which_always_run():
 
 
 def test_failed_stage_publishes_nothing_and_says_so(compose_plan, tmp_path):
-    from llmops.runner.run import run_plan
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"messages": "not a list"}\n{"oops": 1}\n')
     plan = _plan(compose_plan, tmp_path / "store", "data=jsonl", f"data.path={bad}")
     with pytest.raises(StageError):
-        run_plan(plan, tmp_path / "run")
+        _run(plan, tmp_path / "run")
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["status"] == "failed" and manifest["failed_stage"] == "data"
     assert manifest["stages"]["data"]["status"] == "failed"
@@ -90,31 +99,31 @@ def test_failed_stage_publishes_nothing_and_says_so(compose_plan, tmp_path):
     assert list((tmp_path / "store" / ".tmp").iterdir()) == []
 
 
-def _run_in_process(plan_dict: dict, run_dir: str, queue) -> None:
+def _run_in_process(plan_dict: dict, run_dir: str, queue, start) -> None:
     from llmops.core.plan import Plan
     from llmops.runner.run import run_plan
 
-    manifest = run_plan(Plan.from_dict(plan_dict), Path(run_dir))
+    plan = Plan.from_dict(plan_dict)
+    start.wait(120)  # every job is up: they all ask for the entry at once
+    manifest = run_plan(plan, Path(run_dir), stage_process=False)
     queue.put(manifest["stages"]["data"]["status"])
 
 
-def test_concurrent_jobs_do_the_work_once(compose_plan, tmp_path):
-    plan = _plan(compose_plan, tmp_path / "store", "data.n_examples=20000")
+def _concurrent_jobs(plan, tmp_path: Path, runs: range) -> list[str]:
+    """Runs the plan in one job (a process) per run, started together once all are up; returns
+    their data statuses. The job that takes the lock first imports the data stage's libraries and
+    writes the rows under it, seconds in which the others wait on the lock."""
     ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
+    queue, start = ctx.Queue(), ctx.Barrier(len(runs))
     procs = [ctx.Process(target=_run_in_process,
-                         args=(plan.to_dict(), str(tmp_path / f"run{i}"), queue))
-             for i in range(3)]
+                         args=(plan.to_dict(), str(tmp_path / f"run{i}"), queue, start))
+             for i in runs]
     for p in procs:
         p.start()
     for p in procs:
         p.join(120)
         assert p.exitcode == 0
-    statuses = sorted(queue.get(timeout=5) for _ in procs)
-    assert statuses == ["cached", "cached", "ran"]
-    entries = list((tmp_path / "store" / "data").iterdir())
-    assert len(entries) == 1
-    assert (entries[0] / "_stage.json").is_file()
+    return sorted(queue.get(timeout=5) for _ in procs)
 
 
 def _damage(entry: Path, how: str) -> None:
@@ -133,15 +142,14 @@ def _damage(entry: Path, how: str) -> None:
     ("meta", "_stage.json: unreadable"),
 ])
 def test_damaged_entry_is_moved_aside_and_rebuilt(compose_plan, tmp_path, caplog, how, problem):
-    from llmops.runner.run import run_plan
 
     plan = _plan(compose_plan, tmp_path / "store")
-    first = run_plan(plan, tmp_path / "run1")
+    first = _run(plan, tmp_path / "run1")
     entry = Path(first["stages"]["data"]["path"])
     n_rows = len((entry / "train.jsonl").read_text().splitlines())
     _damage(entry, how)
     with caplog.at_level(logging.WARNING, logger="llmops"):
-        second = run_plan(plan, tmp_path / "run2")
+        second = _run(plan, tmp_path / "run2")
     data = second["stages"]["data"]
     assert data["status"] == "ran" and problem in data["rebuilt"]
     assert f"store entry {entry} is damaged ({problem}" in caplog.text
@@ -149,55 +157,47 @@ def test_damaged_entry_is_moved_aside_and_rebuilt(compose_plan, tmp_path, caplog
     assert aside.parent == tmp_path / "store" / ".corrupt" and aside.name.startswith("data-")
     assert (aside / "_moved_aside.json").is_file(), "kept for inspection, with the reason"
     assert len((entry / "train.jsonl").read_text().splitlines()) == n_rows
-    assert run_plan(plan, tmp_path / "run3")["stages"]["data"]["status"] == "cached"
+    assert _run(plan, tmp_path / "run3")["stages"]["data"]["status"] == "cached"
 
 
 def test_full_verify_catches_a_same_size_change_the_size_check_lets_through(compose_plan,
                                                                             tmp_path):
-    from llmops.runner.run import run_plan
 
     plan = _plan(compose_plan, tmp_path / "store")
-    entry = Path(run_plan(plan, tmp_path / "run1")["stages"]["data"]["path"])
+    entry = Path(_run(plan, tmp_path / "run1")["stages"]["data"]["path"])
     text = (entry / "val.jsonl").read_text()
     (entry / "val.jsonl").write_text(text.replace('"user"', '"usex"', 1))
-    assert run_plan(plan, tmp_path / "run2")["stages"]["data"]["status"] == "cached"
+    assert _run(plan, tmp_path / "run2")["stages"]["data"]["status"] == "cached"
     full = _plan(compose_plan, tmp_path / "store", "store.verify=full")
     assert full.run["store_verify"] == "full"
-    data = run_plan(full, tmp_path / "run3")["stages"]["data"]
+    data = _run(full, tmp_path / "run3")["stages"]["data"]
     assert data["status"] == "ran"
     assert "val.jsonl: content hash differs from the one recorded at publish" in data["rebuilt"]
 
 
 def test_entry_published_without_hashes_is_used_with_a_warning(compose_plan, tmp_path, caplog):
-    from llmops.runner.run import run_plan
 
     plan = _plan(compose_plan, tmp_path / "store")
-    entry = Path(run_plan(plan, tmp_path / "run1")["stages"]["data"]["path"])
+    entry = Path(_run(plan, tmp_path / "run1")["stages"]["data"]["path"])
     meta = json.loads((entry / "_stage.json").read_text())
     assert set(meta["files"]) == {"train.jsonl", "val.jsonl", "test.jsonl", "data_report.json"}
     del meta["files"], meta["hash"]  # what llmops wrote before it recorded hashes
     (entry / "_stage.json").write_text(json.dumps(meta))
     with caplog.at_level(logging.WARNING, logger="llmops"):
-        second = run_plan(plan, tmp_path / "run2")
+        second = _run(plan, tmp_path / "run2")
     assert second["stages"]["data"]["status"] == "cached"
     assert f"store entry {entry} has no content hashes" in caplog.text
 
 
-def test_concurrent_jobs_move_a_damaged_entry_aside_once_and_rebuild_it_once(compose_plan,
+def test_concurrent_jobs_do_the_work_once_and_move_a_damaged_entry_aside_once(compose_plan,
                                                                               tmp_path):
-    from llmops.runner.run import run_plan
-
-    plan = _plan(compose_plan, tmp_path / "store", "data.n_examples=20000")
-    _damage(Path(run_plan(plan, tmp_path / "run0")["stages"]["data"]["path"]), "truncate")
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_run_in_process,
-                         args=(plan.to_dict(), str(tmp_path / f"run{i}"), queue))
-             for i in range(1, 4)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-        assert p.exitcode == 0
-    assert sorted(queue.get(timeout=5) for _ in procs) == ["cached", "cached", "ran"]
+    """Three jobs at once on an empty store: one runs, two wait and take its entry. Three more at
+    once after the entry is damaged: one moves it aside and rebuilds it, two take the rebuild."""
+    plan = _plan(compose_plan, tmp_path / "store", "data.n_examples=4000")
+    assert _concurrent_jobs(plan, tmp_path, range(3)) == ["cached", "cached", "ran"]
+    entries = list((tmp_path / "store" / "data").iterdir())
+    assert len(entries) == 1
+    assert (entries[0] / "_stage.json").is_file()
+    _damage(entries[0], "truncate")
+    assert _concurrent_jobs(plan, tmp_path, range(3, 6)) == ["cached", "cached", "ran"]
     assert len(list((tmp_path / "store" / ".corrupt").iterdir())) == 1

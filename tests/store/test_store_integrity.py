@@ -23,11 +23,12 @@ DATA_ONLY = ["model=qwen0.5b", "train=none", "eval=none", "deploy=none", "usecas
 
 
 def _data_run(compose_plan, store: Path, run_dir: Path, n: int) -> Path:
-    """Runs the data stage into run_dir; returns its store entry."""
+    """Runs the data stage into run_dir (in this process: the entries and run records are the
+    runner's either way); returns its store entry."""
     from llmops.runner.run import run_plan
 
     _, plan = compose_plan([*DATA_ONLY, f"store_dir={store}", f"data.n_examples={n}"])
-    return Path(run_plan(plan, run_dir)["stages"]["data"]["path"])
+    return Path(run_plan(plan, run_dir, stage_process=False)["stages"]["data"]["path"])
 
 
 def _gc(capsys, store: Path, *args: str) -> str:
