@@ -234,7 +234,7 @@ def report(name: str, overrides: list[str], work: Path, status: str = "") -> Non
 
 
 def main() -> None:
-    if os.environ.get(_OUT_ENV) and len(sys.argv) == 3 and sys.argv[1].isdigit():
+    if os.environ.get(_OUT_ENV) and len(sys.argv) >= 3 and sys.argv[1].isdigit():
         sys.exit(_measure_stages(Path(os.environ[_OUT_ENV]), sys.argv[1:]))
     if len(sys.argv) > 2 and sys.argv[1] == "--child":
         _measure_child(Path(sys.argv[2]), sys.argv[3:])
