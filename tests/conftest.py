@@ -230,6 +230,22 @@ def real_model(request, tmp_path_factory) -> Callable[[str], Path]:
     return _get
 
 
+@pytest.fixture(scope="session")
+def real_tokenizer(real_model) -> Callable[[str], Any]:
+    """Returns a function: family -> its tokenizer (the `real_model` folder's), loaded once per
+    worker (a real vocabulary costs ~1.5 CPU-s to load); tests only read it."""
+    from transformers import AutoTokenizer
+
+    loaded: dict[str, Any] = {}
+
+    def get(family: str) -> Any:
+        if family not in loaded:
+            loaded[family] = AutoTokenizer.from_pretrained(real_model(family))
+        return loaded[family]
+
+    return get
+
+
 # What a seed job runs besides the test's overrides: the base (and data) only.
 SEED_ONLY = ("train=none", "eval=none", "deploy=none", "usecase=none", "progress=false")
 

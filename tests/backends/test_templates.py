@@ -50,22 +50,6 @@ EXPECTED = {
 }
 
 
-@pytest.fixture(scope="module")
-def real_tokenizer(real_model):
-    """Returns a function: family -> its tokenizer (tests/real_models.py), loaded once per module
-    (a real vocabulary costs ~1.5 CPU-s to load); the tests here only read it."""
-    from transformers import AutoTokenizer
-
-    loaded: dict = {}
-
-    def get(family: str):
-        if family not in loaded:
-            loaded[family] = AutoTokenizer.from_pretrained(real_model(family))
-        return loaded[family]
-
-    return get
-
-
 def _runs(tok, ids, mask):
     """Decodes each run of consecutive masked-in tokens."""
     pairs = zip(ids, mask, strict=True)

@@ -39,22 +39,6 @@ def _render(tokenizer):
         m, tools=tools, tokenize=False, add_generation_prompt=True)
 
 
-@pytest.fixture(scope="module")
-def real_tokenizer(real_model):
-    """Returns a function: family -> its tokenizer (tests/real_models.py), loaded once per module
-    (a real vocabulary costs ~1.5 CPU-s to load); the tests here only read it."""
-    from transformers import AutoTokenizer
-
-    loaded: dict = {}
-
-    def get(family: str):
-        if family not in loaded:
-            loaded[family] = AutoTokenizer.from_pretrained(real_model(family))
-        return loaded[family]
-
-    return get
-
-
 # -- the Go template interpreter ------------------------------------------------------------------
 
 def test_go_interpreter_follows_text_template_rules():
