@@ -33,9 +33,6 @@ class StageKind:
             built by the old code is reused. The stages that render rows through the model's
             template carry ``MESSAGE_FORM`` (issue 19: call arguments reach the template as
             objects, and the data stage measures what sft trains on).
-        resumable: The runner gives the stage a stable work folder per fingerprint and, when an
-            interrupted attempt left a checkpoint there, sets params["train"]["resume_dir"] to
-            it (the training stages).
         work_keeps: What the runner keeps in a resumable stage's work folder when no checkpoint
             was left (sft: train.backend=openai's job file, so a rerun follows the paid job).
         always_run: The runner never serves the stage from the store: its effects live outside
@@ -48,9 +45,15 @@ class StageKind:
     tunes: bool = False
     module: str = ""
     recipe: int = 0
-    resumable: bool = False
     work_keeps: tuple[str, ...] = ()
     always_run: bool = False
+
+    @property
+    def resumable(self) -> bool:
+        """Whether the runner gives the stage a stable work folder per fingerprint and, when an
+        interrupted attempt left a checkpoint there, sets params["train"]["resume_dir"] to it:
+        every training stage (`trains`)."""
+        return self.trains
 
 
 # The stage table: every layer (compiler, runner, stages, compare) reads kinds, report names and
@@ -61,17 +64,12 @@ STAGE_KINDS: tuple[StageKind, ...] = (
     StageKind("base", "base_report.json", module="tiny_base"),
     StageKind("data", "data_report.json", recipe=MESSAGE_FORM),
     StageKind("sft", "training_report.json", trains=True, tunes=True, recipe=MESSAGE_FORM,
-              resumable=True, work_keeps=("openai_job.json",)),
-    StageKind("dpo", "dpo_report.json", trains=True, tunes=True, recipe=MESSAGE_FORM,
-              resumable=True),
-    StageKind("orpo", "orpo_report.json", trains=True, tunes=True, recipe=MESSAGE_FORM,
-              resumable=True),
-    StageKind("simpo", "simpo_report.json", trains=True, tunes=True, recipe=MESSAGE_FORM,
-              resumable=True),
-    StageKind("kto", "kto_report.json", trains=True, tunes=True, recipe=MESSAGE_FORM,
-              resumable=True),
-    StageKind("grpo", "grpo_report.json", trains=True, tunes=True, recipe=MESSAGE_FORM,
-              resumable=True),
+              work_keeps=("openai_job.json",)),
+    StageKind("dpo", "dpo_report.json", trains=True, tunes=True, recipe=MESSAGE_FORM),
+    StageKind("orpo", "orpo_report.json", trains=True, tunes=True, recipe=MESSAGE_FORM),
+    StageKind("simpo", "simpo_report.json", trains=True, tunes=True, recipe=MESSAGE_FORM),
+    StageKind("kto", "kto_report.json", trains=True, tunes=True, recipe=MESSAGE_FORM),
+    StageKind("grpo", "grpo_report.json", trains=True, tunes=True, recipe=MESSAGE_FORM),
     StageKind("merge", "merge_report.json", tunes=True),
     StageKind("eval_base", "base_eval.json", recipe=MESSAGE_FORM),
     StageKind("lm_eval", "lm_eval_report.json"),
