@@ -97,7 +97,8 @@ def print_table(rows: list[dict[str, Any]], swept: list[str], metric: str) -> No
                       _fmt(metric_of(r, metric)), _fmt(r.get(f"base.{name}")),
                       _fmt(r.get(f"deltas.{name}")), _fmt(r.get("final_loss")),
                       _fmt(r.get("train_seconds")), _gates(r), str(r.get("status")))
-    Console(highlight=False, width=None if sys.stdout.isatty() else 160).print(table)
+    Console(highlight=False, markup=False, emoji=False,  # overrides like q=[f16] as typed
+            width=None if sys.stdout.isatty() else 160).print(table)
 
 
 def write_csv(rows: list[dict[str, Any]], swept: list[str], metric: str, path: Path) -> None:

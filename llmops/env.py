@@ -6,7 +6,6 @@ import functools
 import importlib.util
 import os
 import shutil
-import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -50,6 +49,8 @@ def _nvidia_gpus() -> tuple[Gpu, ...]:
     exe = shutil.which("nvidia-smi")
     if exe is None:
         return ()
+    import subprocess  # only where a driver is installed
+
     try:
         out = subprocess.run(
             [exe, "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],

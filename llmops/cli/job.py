@@ -78,7 +78,9 @@ def execute(cfg: Any, run_dir: Path | None = None, overrides: list[str] | None =
         overrides = overrides if overrides is not None else task_overrides(hc)
     checked = checked or resolve_point(cfg, handed=_HANDED)
     app, plan = checked.app, checked.plan
-    console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+    # Plain text: a plan names data like alpaca[train], which rich markup would take for a style.
+    console = Console(highlight=False, markup=False, emoji=False,
+                      width=None if sys.stdout.isatty() else 120)
     console.print(plan_table(plan))
     if app.dry_run:
         plan.write(Path(run_dir) / "plan.json")

@@ -7,7 +7,6 @@ rules (formats the plan must produce, eval on) live in rules/release.py.
 # Annotations are evaluated as the classes are made (no postponed annotations): see schema.py.
 from typing import Annotated, Literal
 
-from packaging.licenses import InvalidLicenseExpression, canonicalize_license_expression
 from pydantic import AfterValidator, BaseModel, BeforeValidator, Field
 from pydantic_core import PydanticCustomError
 
@@ -28,6 +27,8 @@ def _license(value: str) -> str:
     """Returns the Hub's form of a license id (lowercase): an SPDX id or one of HUB_LICENSES."""
     if value.lower() in HUB_LICENSES:
         return value.lower()
+    from packaging.licenses import InvalidLicenseExpression, canonicalize_license_expression
+
     try:
         canonical = canonicalize_license_expression(value)
     except InvalidLicenseExpression:

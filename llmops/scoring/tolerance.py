@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from statistics import NormalDist, stdev
 from typing import Any
 
 
@@ -60,12 +59,16 @@ def mean_sample(values: Sequence[float]) -> Sample | None:
     """Returns the mean of per-row values as a Sample (sd 0 for one row), None without values."""
     if not values:
         return None
+    from statistics import stdev  # here: the pre-flight compiles gates without it
+
     sd = stdev(values) if len(values) > 1 else 0.0
     return Sample(sum(values) / len(values), len(values), sd, "mean")
 
 
 def z_value(confidence: float) -> float:
     """Returns the one-sided normal quantile of a confidence in (0, 1), e.g. 0.95 -> 1.645."""
+    from statistics import NormalDist
+
     return NormalDist().inv_cdf(confidence)
 
 

@@ -156,7 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = _parser().parse_args(argv)
     # Piped output keeps each row on one line (paths in `why` can be long), so grep finds them.
-    console = Console(highlight=False, width=None if sys.stdout.isatty() else 1000)
+    console = Console(highlight=False, markup=False, emoji=False,  # names as they are
+                      width=None if sys.stdout.isatty() else 1000)
     if not args.store.is_dir():
         print(f"no store at {args.store}: nothing to {args.command}. Pass --store DIR "
               "(or set LLMOPS_STORE) to point at another one.", file=sys.stderr)

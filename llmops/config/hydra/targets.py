@@ -154,11 +154,13 @@ def target_problems(cfg: Any) -> list[Problem]:
 
 def _allowed_logging_class(name: Any) -> bool:
     import logging
-    import pydoc
+    import logging.handlers  # the file, rotating, socket ... handlers a config may name
 
     if not isinstance(name, str) or name.split(".")[0] != "logging":
         return False
-    obj = pydoc.locate(name)  # only the standard library's logging package is imported here
+    obj: Any = logging  # looked up, never imported: only the logging package is searched
+    for part in name.split(".")[1:]:
+        obj = getattr(obj, part, None)
     return isinstance(obj, type) and issubclass(obj, logging.Handler | logging.Formatter |
                                                 logging.Filter)
 
