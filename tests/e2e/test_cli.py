@@ -145,18 +145,13 @@ def test_default_pipeline_end_to_end(default_run):
     assert training["loss_curve"][-1]["loss"] < training["loss_curve"][0]["loss"]
     assert training["resumed_from_step"] == 0
 
-    # The merged model is a plain transformers model that carries the chat template.
-    code = (
-        "import sys\n"
-        "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
-        "m = AutoModelForCausalLM.from_pretrained(sys.argv[1])\n"
-        "t = AutoTokenizer.from_pretrained(sys.argv[1])\n"
-        "print(type(m).__name__, bool(t.chat_template))\n"
-    )
+    # The merged model is a plain transformers model that carries the chat template (loaded in
+    # this process: the chain's worker has transformers imported already).
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     merged = run / "stages" / "export" / "merged"
-    out = subprocess.run([sys.executable, "-c", code, str(merged)], capture_output=True,
-                         text=True, timeout=120)
-    assert out.stdout.split() == ["LlamaForCausalLM", "True"], out.stderr[-2000:]
+    assert type(AutoModelForCausalLM.from_pretrained(merged)).__name__ == "LlamaForCausalLM"
+    assert AutoTokenizer.from_pretrained(merged).chat_template
 
     # The same command again reuses every finished stage from the store.
     again = llmops(cwd=tmp_path, timeout=300)
