@@ -323,7 +323,9 @@ def chain_run(tmp_path_factory, default_run) -> dict[str, Path]:
     """Runs issue 15's whole chain once, `python -m llmops deploy=openai monitor=default
     release=default` on the tiny default in a fresh folder, on the default run's store (its base
     to export are reused: the chain runs compute, gguf, deploy, monitor and release); returns its
-    folders (root, store, run). The deploy, monitor and release tests share it."""
+    folders (root, store, run). The deploy, monitor and release tests share it. Its gguf stage
+    writes q8_0 besides the served f16 (deploy.gguf.quantization=[f16,q8_0]), so test_deploy's
+    conversion test checks both files' parity here instead of converting a model of its own."""
     import subprocess
     import sys
 
@@ -331,8 +333,8 @@ def chain_run(tmp_path_factory, default_run) -> dict[str, Path]:
     store = default_run["store"]
     env = _llmops_env(OMP_NUM_THREADS="1", LLMOPS_STORE=str(store))
     r = subprocess.run([sys.executable, "-m", "llmops", "deploy=openai", "monitor=default",
-                        "release=default"], cwd=root, env=env, capture_output=True, text=True,
-                       timeout=1800)
+                        "release=default", "deploy.gguf.quantization=[f16,q8_0]"], cwd=root,
+                       env=env, capture_output=True, text=True, timeout=1800)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     return {"root": root, "store": store, "run": next(root.glob("outputs/runs/*/*"))}
 

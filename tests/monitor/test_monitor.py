@@ -460,19 +460,21 @@ def _metrics_while_running(proc: subprocess.Popen, port: int, probes: int) -> st
 
 
 def _base_gguf(run: Path, tmp_path: Path) -> Path:
-    """Converts the run's tiny *base* model with the gguf stage (the same params as the run)."""
+    """Converts the run's tiny *base* model to GGUF as the gguf stage does (its converter, its
+    overlay and the base's declared pre-tokenizer, the run's serving quantization), without the
+    stage's parity checks: the chain's gguf stage checked them on the tuned model, and this file
+    is only served."""
     from llmops.core.plan import Plan
     from llmops.stages import gguf
 
     params = Plan.read(run / "plan.json").stage("gguf").params
-    export = tmp_path / "base_export"
-    export.mkdir()
-    (export / "merged").symlink_to((run / "stages" / "base").resolve(), target_is_directory=True)
-    out = tmp_path / "base_gguf"
-    out.mkdir()
-    report = gguf.run(params, {"export": export, "data": run / "stages" / "data",
-                               "base": run / "stages" / "base"}, out, _ctx(tmp_path))
-    return out / report["files"][params["quantization"][0]]["path"]
+    base = (run / "stages" / "base").resolve()
+    quant = params["quantization"][0]
+    out = tmp_path / f"base-{quant}.gguf"
+    pre = gguf._pre_tokenizer({"base": base})
+    src = gguf._overlay(base, tmp_path / "base_overlay")
+    gguf.convert(src, out, quant, pre, logging.getLogger("test.monitor"))
+    return out
 
 
 @needs_gguf

@@ -279,21 +279,15 @@ def test_setup_unpacks_only_the_converter_and_stages_name_the_command(tmp_path, 
 # -- with the gguf extra --------------------------------------------------------------------------
 
 @needs_gguf
-def test_gguf_f16_and_q8_conversion_of_the_tiny_model_matches_hf(
-        tmp_path, tiny_base, sft_data, stage_params):
-    from llmops.stages import gguf
-
-    export = tmp_path / "export"
-    export.mkdir()
-    (export / "merged").symlink_to(tiny_base, target_is_directory=True)
-    out = tmp_path / "out"
-    out.mkdir()
-    ctx = StageContext(run_dir=tmp_path, show_progress=False, logger=logging.getLogger("test"))
-    params = {**stage_params("gguf", "deploy.gguf.quantization=[f16,q8_0]"),
-              "parity_prompts": 4, "max_new_tokens": 24}
-    report = gguf.run(params,
-                      {"export": export, "data": sft_data, "base": tiny_base}, out, ctx)
+@pytest.mark.slow
+def test_gguf_f16_and_q8_conversion_of_the_tiny_model_matches_hf(chain_run):
+    """The gguf stage of the session's chain run (deploy.gguf.quantization=[f16,q8_0] on the
+    tuned tiny model): both files keep the HF tokenizer and chat template, f16 answers alike."""
+    run = chain_run["run"]
+    out = run / "stages" / "gguf"
+    report = json.loads((run / "gguf_report.json").read_text())
     assert report["passed"] and report["pre_tokenizer"] == "gpt-2"
+    assert set(report["files"]) == {"f16", "q8_0"}
     for q in ("f16", "q8_0"):
         parity = report["files"][q]["parity"]
         assert parity["tokenizer"]["passed"], parity["tokenizer"]["mismatches"]
