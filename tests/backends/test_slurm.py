@@ -77,9 +77,9 @@ def slurm(tmp_path_factory, tiny_base, stage_params) -> dict[str, str]:
     env.update(SLURM_CONF=str(folder / "slurm.conf"), WANDB_MODE="disabled",
                HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1",
                LLMOPS_STORE=str(tmp_path_factory.mktemp("slurm_store")))
-    _seed_base_and_data(Path(env["LLMOPS_STORE"]), list(TRAIN_ONLY), tiny_base, _compile,
-                        stage_params)
     try:
+        _seed_base_and_data(Path(env["LLMOPS_STORE"]), list(TRAIN_ONLY), tiny_base, _compile,
+                            stage_params)
         yield env
     finally:
         subprocess.run(["scancel", "--full", "--user", "root"], env=env, capture_output=True)
