@@ -98,6 +98,11 @@ def execute(cfg: Any, run_dir: Path | None = None, overrides: list[str] | None =
     from llmops.compiler.render import print_summary
     from llmops.runner.run import run_plan
 
+    if not stage_process:  # task 0 of a multi-task submitit job: one rank of its training
+        from llmops.runner.child import keep_out
+        from llmops.runner.rank import unused_in_runner
+
+        keep_out(list(unused_in_runner(plan)))
     try:
         manifest = run_plan(plan, Path(run_dir), overrides, meta, stage_process)
     finally:  # however the run ends: a failed or interrupted run's report shows why first

@@ -8,6 +8,7 @@ import glob
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -25,6 +26,8 @@ TRAIN_ONLY = ["data.n_examples=200", "model.pretrain.steps=20", "eval=none", "de
               "usecase=none", "progress=false"]
 CHECKPOINT = "outputs/store/.work/sft-*/checkpoints/checkpoint-*/trainer_state.json"
 RANK_MARKERS = ("llmops.runner.rank", "torch.distributed.run")
+# What the stage process keeps out (llmops.runner.supervise.unused_packages), the ranks too.
+KEPT_OUT = ("bitsandbytes", "wandb")
 
 
 def _ctx(tmp_path: Path):
@@ -52,6 +55,20 @@ def _ranks_left(tmp_path: Path) -> list[str]:
     return left
 
 
+def _imported(profile: str) -> set[str]:
+    """The modules a `PYTHONPROFILEIMPORTTIME=1` output names (each import that was tried)."""
+    return set(re.findall(r"^import time:.*\|\s*([\w.]+)\s*$", profile, re.M))
+
+
+def _assert_kept_out(profile: str) -> None:
+    """The training processes of this output imported peft and TRL but loaded none of KEPT_OUT
+    (peft imports bitsandbytes, TRL wandb, whenever they are installed). A kept-out package's
+    import is tried (its line) but fails at once; a loaded one imports its submodules."""
+    imported = _imported(profile)
+    assert {"peft", "trl"} <= {m.split(".")[0] for m in imported}, "no rank's imports are here"
+    assert not {m for m in imported if "." in m and m.split(".")[0] in KEPT_OUT}
+
+
 def _wait_no_ranks(tmp_path: Path, seconds: float = 20) -> list[str]:
     deadline = time.time() + seconds
     while _ranks_left(tmp_path) and time.time() < deadline:
@@ -60,7 +77,9 @@ def _wait_no_ranks(tmp_path: Path, seconds: float = 20) -> list[str]:
 
 
 def test_two_process_dpo_continues_the_sft_adapter_and_rank_0_scores_held_out_pairs(
-        tiny_base, sft_data, tmp_path, stage_params):
+        tiny_base, sft_data, tmp_path, stage_params, monkeypatch, capsys):
+    """Also: the ranks keep out what the stage process does (their imports, profiled, reach
+    this process's stderr through the launcher's relay)."""
     from llmops.data import preferences
     from llmops.files import write_jsonl
     from llmops.stages import dpo, sft
@@ -78,12 +97,15 @@ def test_two_process_dpo_continues_the_sft_adapter_and_rank_0_scores_held_out_pa
             _ctx(tmp_path))
     out = tmp_path / "dpo"
     out.mkdir()
+    capsys.readouterr()
+    monkeypatch.setenv("PYTHONPROFILEIMPORTTIME", "1")  # the launched processes' imports
     report = dpo.run(stage_params("dpo", *short, *DDP2), {"data": data, "sft": tmp_path / "sft",
                                                          "base": tiny_base}, out, _ctx(tmp_path))
     assert report["world_size"] == 2 and report["steps"] == 2
     assert report["held_out"]["start"] == "sft" and report["held_out"]["dpo"]["n"] == 8
     assert json.loads((out / "dpo_report.json").read_text()) == report
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    _assert_kept_out(capsys.readouterr().err)
 
 
 def test_a_failing_rank_fails_the_stage_with_the_tail_of_its_output(
@@ -247,12 +269,15 @@ def test_sigterm_and_kill_9_stop_every_rank_and_the_rerun_trains_one_sft_on_two_
 @pytest.mark.slow
 def test_two_submitit_tasks_train_as_two_ranks_and_task_0_reports(tmp_path, compose_plan,
                                                                   stage_params, tiny_base):
+    """Both tasks keep out what a stage process does: task 0, which runs the stages itself, and
+    task 1, which trains what task 0 hands it (their imports profiled into their logs)."""
     args = [*DDP2, "train.max_steps=6", "data.n_examples=200", *QUICK_PRETRAIN, *TRAIN_ONLY[2:]]
     _seed_base_and_data(tmp_path / "outputs/store", args, tiny_base, compose_plan, stage_params)
     r = subprocess.run(
         [sys.executable, "-m", "llmops", "-m", "hydra/launcher=submitit_local",
          "hydra.launcher.tasks_per_node=2", *args],
-        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
+        cwd=tmp_path, env={**_env(), "PYTHONPROFILEIMPORTTIME": "1"}, capture_output=True,
+        text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     (manifest_path,) = glob.glob(str(tmp_path / "outputs/multirun/*/*/0/manifest.json"))
     manifest = json.loads(Path(manifest_path).read_text())
@@ -266,4 +291,7 @@ def test_two_submitit_tasks_train_as_two_ranks_and_task_0_reports(tmp_path, comp
     logs = "\n".join(Path(f).read_text() for f in
                      glob.glob(str(tmp_path / "outputs/multirun/*/*/.submitit/*/*_1_log.*")))
     assert "submitit task 1 of 2" in logs
+    for task in (0, 1):
+        (err,) = glob.glob(str(tmp_path / f"outputs/multirun/*/*/.submitit/*/*_{task}_log.err"))
+        _assert_kept_out(Path(err).read_text())
     assert _ranks_left(tmp_path) == []

@@ -4,7 +4,8 @@ module, in its own folder and ports, and stops them at the end): a 2-point sweep
 that is requeued mid-training twice, by `scontrol requeue` and by its time limit (SLURM's warning
 signal, on which submitit requeues the job itself), resumes from its checkpoint each time and
 ends where one process does. The sweep runs beside that job, so its work fills the job's waits on
-SLURM (a requeued job's end, slurmctld's time-limit checks every 30 s).
+SLURM (a requeued job's end, slurmctld's time-limit checks every 30 s). The store they share starts
+with the session's tiny base and the data stage's output, so the jobs run only sft.
 
 Skips with the reason where the cluster cannot start (no slurm-wlm/munge, not root); fails
 instead under LLMOPS_REQUIRE_SLURM=1 (CI). What this does not test: GPUs and several nodes.
@@ -24,6 +25,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from conftest import QUICK_PRETRAIN, _compile
+from test_distributed_launch import _seed_base_and_data
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +35,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / ".ci" / "slurm.sh"
 LAUNCHER = ("hydra/launcher=slurm", "hydra.launcher.partition=debug",
             "hydra.launcher.gpus_per_node=0", "hydra.launcher.setup=[]",
             "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=4")
-TRAIN_ONLY = ("data.n_examples=200", "model.pretrain.steps=20", "eval=none", "deploy=none",
+TRAIN_ONLY = ("data.n_examples=200", *QUICK_PRETRAIN, "eval=none", "deploy=none",
               "usecase=none", "progress=false")
 # The ddp job's time limit: short enough that submitit counts a requeue on its warning as a time
 # limit (not a preemption), long enough that only the test brings it on.
@@ -59,9 +62,9 @@ def _free_port_pair() -> int:
 
 
 @pytest.fixture(scope="module")
-def slurm(tmp_path_factory) -> dict[str, str]:
+def slurm(tmp_path_factory, tiny_base, stage_params) -> dict[str, str]:
     """Starts the cluster; returns the environment its commands and llmops runs use (SLURM_CONF,
-    a store every job of this module shares)."""
+    a store every job of this module shares, seeded with the plans' base and data)."""
     folder = tmp_path_factory.mktemp("slurm")
     r = subprocess.run(["bash", str(SCRIPT), "up", str(folder), str(_free_port_pair())],
                        capture_output=True, text=True, timeout=120)
@@ -75,6 +78,8 @@ def slurm(tmp_path_factory) -> dict[str, str]:
                HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1",
                LLMOPS_STORE=str(tmp_path_factory.mktemp("slurm_store")))
     try:
+        _seed_base_and_data(Path(env["LLMOPS_STORE"]), list(TRAIN_ONLY), tiny_base, _compile,
+                            stage_params)
         yield env
     finally:
         subprocess.run(["scancel", "--full", "--user", "root"], env=env, capture_output=True)
@@ -125,14 +130,16 @@ def _report(manifest: dict) -> dict:
 
 
 class _Sweep:
-    """A 2-point sweep (train.max_steps=2,STEPS) through hydra/launcher=slurm, started once."""
+    """A 2-point sweep (train=none,sft with train.max_steps=STEPS) through hydra/launcher=slurm,
+    started once: point 0 finds every stage of its plan in the store (no stage process), point 1
+    trains sft on one process."""
 
     def __init__(self, root: Path, env: dict[str, str]) -> None:
         self.root, self.env, self.proc = root, env, None
 
     def start(self) -> None:
         if self.proc is None:
-            self.proc = _llmops(self.root, self.env, f"train.max_steps=2,{STEPS}")
+            self.proc = _llmops(self.root, self.env, "train=none,sft", f"train.max_steps={STEPS}")
 
     def finish(self) -> Path:
         """Waits for the sweep (started if it was not); returns its folder."""
@@ -263,7 +270,7 @@ def test_two_slurm_tasks_train_as_two_ranks_survive_a_requeue_and_a_time_limit(
     assert job["NumTasks"] == "2"
     (manifest,) = _points(tmp_path)
     sft = manifest["stages"]["sft"]
-    assert manifest["status"] == "succeeded"
+    assert manifest["status"] == "succeeded" and manifest["stages"]["base"]["status"] == "cached"
     assert sft["status"] == "resumed"
     report = _report(manifest)
     assert report["world_size"] == 2 and report["launcher"] == "submitit"
@@ -290,7 +297,11 @@ def test_two_slurm_tasks_train_as_two_ranks_survive_a_requeue_and_a_time_limit(
 def test_a_two_point_sweep_runs_as_a_slurm_array_of_two_jobs(slurm, sweep):
     points = _points(sweep)
     assert [m["status"] for m in points] == ["succeeded", "succeeded"]
-    assert [_report(m)["steps"] for m in points] == [2, STEPS]
+    # Each point got its own value: point 0 (train=none) trains nothing, point 1 STEPS of sft.
+    assert [list(m["stages"]) for m in points] == [["base", "data"],
+                                                   ["compute", "base", "data", "sft"]]
+    assert {s["status"] for s in points[0]["stages"].values()} == {"cached"}
+    assert _report(points[1])["steps"] == STEPS
     (array,) = [Path(p).name for p in glob.glob(str(sweep / "outputs/multirun/*/*/.submitit/*"))
                 if "_" not in Path(p).name]
     # SLURM itself ran them: two tasks of one array job, completed on this node.
@@ -299,5 +310,6 @@ def test_a_two_point_sweep_runs_as_a_slurm_array_of_two_jobs(slurm, sweep):
         assert job["JobState"] == "COMPLETED" and job["ArrayJobId"] == array
         assert job["BatchHost"] == socket.gethostname().split(".")[0]
         assert job["Partition"] == "debug"
-    # Both points share the store: the second trained on the first's data and base.
+    # Both points share the store: the second trained on the first's data and base (the seeded
+    # ones, which the ddp job found there too).
     assert {m["stages"]["base"]["path"] for m in points} == {points[0]["stages"]["base"]["path"]}

@@ -1,7 +1,10 @@
 """The stage process keeps out bitsandbytes when no stage of the plan uses it, and wandb, which no
 stage uses (llmops.runner.supervise.unused_packages, llmops.runner.child.keep_out): peft imports
 bitsandbytes whenever it is installed, ~2 CPU-s of torch.compile and a hub lookup in every job that
-trains or evaluates; TRL's trainers import wandb, ~0.4 CPU-s.
+trains or evaluates; TRL's trainers import wandb, ~0.4 CPU-s. The ranks of a launched training job
+keep out the same (llmops.runner.rank; tests/backends/test_distributed_launch.py checks their
+imports), and so does task 0 of a multi-task submitit job, which runs its stages itself (but not
+wandb under tracking=wandb: its sink runs there).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import sys
 
 import pytest
 
+from llmops.runner.rank import unused_in_runner
 from llmops.runner.supervise import unused_packages
 
 
@@ -36,6 +40,17 @@ def test_merge_of_an_adapter_trained_on_a_quantized_base_keeps_bitsandbytes():
         "wandb",)
     assert unused_packages([{"quant_trained": "none"}, {"train": {"backend": "hf"}}]) == (
         "bitsandbytes", "wandb")
+
+
+@pytest.mark.parametrize(("overrides", "kept_out"), [
+    ([], ("bitsandbytes", "wandb")),
+    (["tracking=wandb"], ("bitsandbytes",)),
+    (["quant=nf4", "tracking=wandb"], ()),
+])
+def test_a_runner_that_runs_its_stages_keeps_out_wandb_only_without_its_sink(compose_plan,
+                                                                             overrides, kept_out):
+    _, plan = compose_plan(["hardware=cpu", *overrides])
+    assert unused_in_runner(plan) == kept_out
 
 
 _PROBE = r"""
