@@ -201,3 +201,27 @@ def test_concurrent_jobs_do_the_work_once_and_move_a_damaged_entry_aside_once(co
     _damage(entries[0], "truncate")
     assert _concurrent_jobs(plan, tmp_path, range(3, 6)) == ["cached", "cached", "ran"]
     assert len(list((tmp_path / "store" / ".corrupt").iterdir())) == 1
+
+
+def test_jobs_of_a_sweep_share_a_stage_process_only_where_it_would_start_the_same(monkeypatch):
+    """Inside shared_stage_process (the CLI around the jobs Hydra runs in its process) a job takes
+    over the last job's stage process when it would start one with the same kept-out packages and
+    environment; otherwise it gets its own and the last one ends. Outside, each job has its own.
+    (The real takeover in a sweep: test_sweeps' rank_lr sweep.)"""
+    from llmops.runner.shared import job_stage_process, shared_stage_process
+
+    alone, shared = job_stage_process(("wandb",))
+    assert not shared and job_stage_process(("wandb",))[0] is not alone
+    with shared_stage_process():
+        first, shared = job_stage_process(("wandb",))
+        assert shared and job_stage_process(("wandb",)) == (first, True)
+        closed = []
+        monkeypatch.setattr(first, "close", lambda: closed.append(first))
+        other, _ = job_stage_process(("bitsandbytes", "wandb"))
+        assert other is not first and closed == [first]
+        monkeypatch.setenv("LLMOPS_SHARED_TEST", "1")  # a job's hydra.job.env_set
+        third, _ = job_stage_process(("bitsandbytes", "wandb"))
+        assert third is not other
+        monkeypatch.setattr(third, "close", lambda: closed.append(third))
+    assert closed == [first, third]  # the block's end ends the kept one
+    assert job_stage_process(("wandb",))[1] is False

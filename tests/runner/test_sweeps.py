@@ -31,10 +31,10 @@ def llmops(*args: str, cwd: Path, module: str = "llmops", timeout: int = 300,
                           capture_output=True, text=True, timeout=timeout)
 
 
-def _jobs(tmp_path: Path) -> list[dict]:
+def _jobs(tmp_path: Path, pattern: str = "outputs/multirun/*/*/*/manifest.json") -> list[dict]:
     """Returns each job's manifest (with its sweep_job.json as 'job'), in job order."""
     out = []
-    for m in sorted(glob.glob(str(tmp_path / "outputs/multirun/*/*/*/manifest.json"))):
+    for m in sorted(glob.glob(str(tmp_path / pattern))):
         manifest = json.loads(Path(m).read_text())
         manifest["job"] = json.loads((Path(m).parent / "sweep_job.json").read_text())
         out.append(manifest)
@@ -143,7 +143,7 @@ def test_failing_point_does_not_stop_the_sweep_under_submitit(tmp_path):
 def test_named_sweep_runs_without_m_and_prepares_shared_stages_once(rank_lr_sweep):
     r = rank_lr_sweep["result"]  # conftest: sweeps=rank_lr lora=r8 on TINY, eval.enforce=false
     assert r.returncode == 0, r.stderr[-3000:]
-    jobs = _jobs(rank_lr_sweep["root"])
+    jobs = _jobs(rank_lr_sweep["sweep"], "*/manifest.json")
     assert len(jobs) == 2
     for stage in ("base", "data", "eval_base"):
         assert _statuses(jobs, stage) == ["cached", "ran"], stage
@@ -155,6 +155,10 @@ def test_named_sweep_runs_without_m_and_prepares_shared_stages_once(rank_lr_swee
     assert all(j["job"]["status"] == "succeeded" for j in jobs)
     assert all(isinstance(j["job"]["metric"], float) for j in jobs)
     assert "sweep finished: 2 of 2 points succeeded" in r.stdout
+    # Both jobs ran in this process, one after the other: the second took over the first's stage
+    # process (llmops.runner.shared) instead of starting its own.
+    assert r.stdout.count("stage process: the last job's (pid") == 1
+    assert "goes on with this job" in (rank_lr_sweep["sweep"] / "1" / "llmops.log").read_text()
 
 
 @pytest.mark.slow
