@@ -390,10 +390,11 @@ SWEEP_TINY = ["train.max_steps=10", "data.n_examples=200", "model.pretrain.steps
 
 @pytest.fixture(scope="session")
 def rank_lr_sweep(tmp_path_factory) -> dict[str, Any]:
-    """`python -m llmops sweeps=rank_lr lora=r8 ...` (2 points) once per session; returns {root,
-    result, sweep (its multirun folder)}. test_sweeps checks it; the report test opens its
-    report."""
+    """`python -m llmops sweeps=rank_lr lora=r8 ... hydra.sweep.dir=ROOT/sweep` (2 points: the
+    learning rate 0.002, 0.005) once per session; returns {root, result, sweep (its multirun
+    folder)}. test_sweeps checks the run, tests/compare compares (copies of) it, the report test
+    opens its report. Tests that write into the sweep folder work on a copy."""
     out = _llmops_once(tmp_path_factory, "rank_lr_sweep", {
-        "result": ["sweeps=rank_lr", "lora=r8", *SWEEP_TINY, "eval.enforce=false"]}, timeout=300)
-    found = sorted(out["root"].glob("outputs/multirun/*/*"))
-    return {**out, "sweep": found[-1] if found else None}
+        "result": ["sweeps=rank_lr", "lora=r8", *SWEEP_TINY, "eval.enforce=false",
+                   "hydra.sweep.dir={root}/sweep"]}, timeout=300)
+    return {**out, "sweep": out["root"] / "sweep"}
