@@ -340,16 +340,20 @@ def chain_run(tmp_path_factory, default_run) -> dict[str, Path]:
 
 
 def _llmops_once(tmp_path_factory: pytest.TempPathFactory, name: str,
-                 runs: dict[str, list[str]], timeout: int = 600) -> dict[str, Any]:
+                 runs: dict[str, list[str]], timeout: int = 600,
+                 before: Callable[[Path], Any] | None = None) -> dict[str, Any]:
     """Runs `python -m llmops ARGS` for each named run, in order, once per session for every
     xdist worker (in the session's shared folder, under a file lock); "{root}" in an argument is
-    that folder. Returns {"root": the folder, NAME: its CompletedProcess}."""
+    that folder; `before(folder)` runs first (e.g. seeds a store). Returns {"root": the folder,
+    NAME: its CompletedProcess}."""
     import subprocess
     import sys
 
     env = {k: v for k, v in _llmops_env(TRANSFORMERS_OFFLINE="1").items() if k != "LLMOPS_STORE"}
 
     def build(root: Path) -> None:
+        if before is not None:
+            before(root)
         results = {}
         for run, args in runs.items():
             r = subprocess.run([sys.executable, "-m", "llmops",
@@ -364,38 +368,46 @@ def _llmops_once(tmp_path_factory: pytest.TempPathFactory, name: str,
                              for run, r in results.items()}}
 
 
-# test_gates' small tiny-default run: quick pre-training, few SFT steps, a small dataset. Only the
-# accuracy gate differs between its runs; the other gates are made reachable.
-GATE_SMALL = ["usecase=none", "progress=false", "model.pretrain.steps=30",
-              "model.pretrain.n_examples=200", "data.n_examples=120", "train.max_steps=8",
-              "eval.gates.format.threshold=0", "eval.gates.safety.threshold=0",
-              "eval.gates.no_regression.tolerance=1", "store_dir={root}/store"]
-
-
-@pytest.fixture(scope="session")
-def gate_runs(tmp_path_factory) -> dict[str, Any]:
-    """Three small runs on one store, once per session: `fail` (accuracy gate 0.99: exit 3 before
-    export), `pass` (threshold 0) and `record` (0.99 with eval.enforce=false); each run folder is
-    root/NAME. test_gates checks them; the report test opens fail's report."""
-    return _llmops_once(tmp_path_factory, "gate_runs", {
-        "fail": [*GATE_SMALL, "hydra.run.dir={root}/fail", "eval.gates.accuracy.threshold=0.99"],
-        "pass": [*GATE_SMALL, "hydra.run.dir={root}/pass", "eval.gates.accuracy.threshold=0.0"],
-        "record": [*GATE_SMALL, "hydra.run.dir={root}/record",
-                   "eval.gates.accuracy.threshold=0.99", "eval.enforce=false"],
-    })
-
-
 # A tiny sweep point: 10 SFT steps, 200 rows, 20 eval rows (test_sweeps' TINY).
 SWEEP_TINY = ["train.max_steps=10", "data.n_examples=200", "model.pretrain.steps=20",
               "eval.limit=20", "progress=false"]
 
 
+# test_gates' small tiny-default run: a sweep point of rank_lr_sweep's (lora r8, the learning rate
+# 0.005) whose gates are set. Only the accuracy gate differs between its runs; the other gates
+# are made reachable.
+GATE_SMALL = ["usecase=none", "lora=r8", *SWEEP_TINY, "eval.gates.format.threshold=0",
+              "eval.gates.safety.threshold=0", "eval.gates.no_regression.tolerance=1"]
+
+
+@pytest.fixture(scope="session")
+def gate_runs(tmp_path_factory, seed_store, rank_lr_sweep) -> dict[str, Any]:
+    """Three small runs on one store, once per session: `fail` (accuracy gate 0.99: exit 3 before
+    export), `pass` (threshold 0) and `record` (0.99 with eval.enforce=false); each run folder is
+    root/NAME. The store starts with rank_lr_sweep's base, data, eval_base and sft entries (the
+    same fingerprints), so the runs evaluate (and export) only. test_gates checks them; the report
+    test opens fail's report."""
+    small = [*GATE_SMALL, "store_dir={root}/store"]
+
+    def seed(root: Path) -> None:
+        seed_store(root / "store", *GATE_SMALL, stages=("base", "data", "eval_base", "sft"),
+                   source=rank_lr_sweep["root"] / "outputs" / "store")
+
+    return _llmops_once(tmp_path_factory, "gate_runs", {
+        "fail": [*small, "hydra.run.dir={root}/fail", "eval.gates.accuracy.threshold=0.99"],
+        "pass": [*small, "hydra.run.dir={root}/pass", "eval.gates.accuracy.threshold=0.0"],
+        "record": [*small, "hydra.run.dir={root}/record",
+                   "eval.gates.accuracy.threshold=0.99", "eval.enforce=false"],
+    }, before=seed)
+
+
 @pytest.fixture(scope="session")
 def rank_lr_sweep(tmp_path_factory) -> dict[str, Any]:
-    """`python -m llmops sweeps=rank_lr lora=r8 ...` (2 points) once per session; returns {root,
-    result, sweep (its multirun folder)}. test_sweeps checks it; the report test opens its
-    report."""
+    """`python -m llmops sweeps=rank_lr lora=r8 ... hydra.sweep.dir=ROOT/sweep` (2 points: the
+    learning rate 0.002, 0.005) once per session; returns {root, result, sweep (its multirun
+    folder)}. test_sweeps checks the run, tests/compare compares (copies of) it, the report test
+    opens its report. Tests that write into the sweep folder work on a copy."""
     out = _llmops_once(tmp_path_factory, "rank_lr_sweep", {
-        "result": ["sweeps=rank_lr", "lora=r8", *SWEEP_TINY, "eval.enforce=false"]}, timeout=300)
-    found = sorted(out["root"].glob("outputs/multirun/*/*"))
-    return {**out, "sweep": found[-1] if found else None}
+        "result": ["sweeps=rank_lr", "lora=r8", *SWEEP_TINY, "eval.enforce=false",
+                   "hydra.sweep.dir={root}/sweep"]}, timeout=300)
+    return {**out, "sweep": out["root"] / "sweep"}

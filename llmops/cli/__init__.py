@@ -190,7 +190,11 @@ def main(argv: list[str] | None = None) -> None:
 
         args.append(pin_override(sweep.sweep_dir))  # jobs and the summary share one folder
     sys.argv = [sys.argv[0], *args]
-    with handed_over(checked):  # to the jobs Hydra's launcher runs in this process, if any
+    from llmops.runner.shared import shared_stage_process
+
+    # To the jobs Hydra's launcher runs in this process, if any: the checked points, and one
+    # stage process for all of them (the next job takes over the last one's).
+    with handed_over(checked), shared_stage_process():
         _hydra_app()
     if sweep.sweep_dir:
         from llmops.cli.sweep import print_summary

@@ -16,6 +16,7 @@ from llmops.errors import GateFailed, LlmopsError, NoGo, StageError, StoreError
 from llmops.runner import dispatch
 from llmops.runner.manifest import Manifest
 from llmops.runner.memory import fix_for, planned
+from llmops.runner.shared import job_stage_process
 from llmops.runner.supervise import StageProcess, unused_packages
 from llmops.store.cas import Store
 from llmops.tracking.metrics import start_tracking
@@ -86,10 +87,11 @@ def run_plan(plan: Plan, run_dir: Path, overrides: list[str] | None = None,
     store = Store(Path(plan.run["store_dir"]))
     manifest = Manifest(plan, run_dir, overrides, meta)
     try:
-        process = None
+        process, shared = (None, False)
         if stage_process:
-            process = StageProcess(unused_packages(spec.params for spec in plan.stages))
-        _run_stages(plan, run_dir, store, manifest, process)
+            process, shared = job_stage_process(
+                unused_packages(spec.params for spec in plan.stages))
+        _run_stages(plan, run_dir, store, manifest, process, shared)
     except BaseException as exc:
         error = _stop(manifest, store, exc)
         if error is exc:
@@ -122,14 +124,15 @@ def _stop(manifest: Manifest, store: Store, exc: BaseException,
 
 
 def _run_stages(plan: Plan, run_dir: Path, store: Store, manifest: Manifest,
-                stage_process: StageProcess | None) -> None:
-    """Runs the stages in order, recording each; run_plan records why they stopped, if they did."""
+                stage_process: StageProcess | None, shared: bool = False) -> None:
+    """Runs the stages in order, recording each; run_plan records why they stopped, if they did.
+    The stage process ends with the job unless it is shared (`shared_stage_process`)."""
     store.register_run(run_dir)
     tracking = start_tracking(plan, run_dir, manifest)  # metrics.json (+ W&B); finishes with it
     try:
         _run_each(plan, run_dir, store, manifest, tracking, stage_process)
     finally:
-        if stage_process is not None:
+        if stage_process is not None and not shared:
             stage_process.close()
 
 

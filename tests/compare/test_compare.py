@@ -1,5 +1,7 @@
 """`python -m llmops.compare` on a real 2-point tiny sweep, on edited copies of it, and on W&B rows.
 
+The sweep is conftest's `rank_lr_sweep` (`sweeps=rank_lr lora=r8`: the learning rate 0.002 and
+0.005, run once per session); a test that writes into a sweep folder works on a copy of it.
 The W&B path cannot be run against a server here: its row building is tested on a fake run object
 shaped like `wandb.Api()` runs as the W&B sink logs them.
 """
@@ -16,11 +18,7 @@ from pathlib import Path
 
 import pytest
 
-# A sweep small enough for a test (nothing here checks what a model learned): quick
-# pre-training, 4 steps, 4 test rows.
-BUDGET = ["model.pretrain.steps=10", "model.pretrain.n_examples=200", "data.n_examples=200",
-          "train.max_steps=4", "eval.limit=4", "eval.enforce=false", "progress=false",
-          "usecase=none", "deploy=none"]
+LRS = {"0": "0.002", "1": "0.005"}  # each job's learning rate
 
 
 def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -29,14 +27,11 @@ def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           text=True, timeout=600)
 
 
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory) -> Path:
-    """Runs `python -m llmops -m lora=r8,r16 ...` once; returns its multirun folder."""
-    root = tmp_path_factory.mktemp("compare")
-    r = _run("llmops", "-m", "lora=r8,r16", *BUDGET, f"store_dir={root / 'store'}",
-             f"hydra.sweep.dir={root / 'sweep'}", cwd=root)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return root / "sweep"
+@pytest.fixture
+def sweep(rank_lr_sweep) -> Path:
+    """Returns the shared rank_lr sweep's multirun folder (read it; copy it to write)."""
+    assert rank_lr_sweep["result"].returncode == 0, rank_lr_sweep["result"].stderr[-3000:]
+    return rank_lr_sweep["sweep"]
 
 
 def _copy(sweep: Path, dest: Path, exact_match: dict[str, float]) -> Path:
@@ -50,23 +45,25 @@ def _copy(sweep: Path, dest: Path, exact_match: dict[str, float]) -> Path:
 
 
 def test_every_job_writes_metrics_json(sweep):
-    for job, r in (("0", "r8"), ("1", "r16")):
+    for job, lr in LRS.items():
         m = json.loads((sweep / job / "metrics.json").read_text())
-        assert m["status"] == "succeeded" and m["swept"] == ["lora"]
-        assert m["params"]["lora"] == r and m["sweep"]["job"] == int(job)
-        assert set(m["tuned"]) >= {"exact_match", "json_valid_rate"} and m["steps"] == 4
-        assert m["command"].startswith(f"python -m llmops lora={r} ")
+        assert m["status"] == "succeeded" and m["swept"] == ["lora", "train.learning_rate"]
+        assert m["params"]["train.learning_rate"] == lr and m["sweep"]["job"] == int(job)
+        assert set(m["tuned"]) >= {"exact_match", "json_valid_rate"} and m["steps"] == 10
+        assert m["command"].startswith(f"python -m llmops lora=r8 train.learning_rate={lr} ")
     assert json.loads((sweep / "1" / "metrics.json").read_text())["stages"]["data"] == "cached"
 
 
-def test_compare_command_writes_table_csv_png_and_best_line(sweep):
+def test_compare_command_writes_table_csv_png_and_best_line(sweep, tmp_path):
+    sweep = shutil.copytree(sweep, tmp_path / "sweep", symlinks=True)
     r = _run("llmops.compare", str(sweep), cwd=sweep)
     assert r.returncode == 0, r.stderr
     assert "leaderboard: 2 runs, best first by exact_match" in r.stdout
     assert (sweep / "comparison.png").stat().st_size > 10_000
     with open(sweep / "comparison.csv") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0])[:6] == ["rank", "run", "status", "method", "lora", "exact_match"]
+    assert list(rows[0])[:7] == ["rank", "run", "status", "method", "lora",
+                                 "train.learning_rate", "exact_match"]  # the sweep's keys
     assert {r["method"] for r in rows} == {"sft"}
     assert {"tuned.json_valid_rate", "base.exact_match", "gates_passed", "final_loss",
             "command"} <= set(rows[0])
@@ -81,11 +78,12 @@ def test_leaderboard_is_best_first_and_names_the_best_override_line(sweep, tmp_p
     d = _copy(sweep, tmp_path / "sw", {"0": 0.5, "1": 0.9})
     best = compare(find_runs(d), d)
     out = capsys.readouterr().out
-    assert best["run"] == "1" and best["params"]["lora"] == "r16"
+    assert best["run"] == "1" and best["params"]["train.learning_rate"] == "0.005"
     assert out.index("│ 1 │ 1 ") < out.index("│ 2 │ 0 ")
     line = out.split("Reproduce it with:\n")[1].strip()
-    assert line.startswith("python -m llmops lora=r16 model.pretrain.steps=10 ")
-    assert "hydra" not in line
+    assert line.startswith("python -m llmops lora=r8 train.learning_rate=0.005 sweeps=rank_lr ")
+    # Where the sweep ran (hydra.sweep.dir) is not part of the point; its one point reruns alone.
+    assert "hydra.sweep" not in line and line.endswith(" hydra.mode=RUN")
     with open(d / "comparison.csv") as f:
         assert [(r["run"], r["exact_match"]) for r in csv.DictReader(f)] == [("1", "0.9"),
                                                                            ("0", "0.5")]
@@ -97,12 +95,13 @@ def test_compare_without_metrics_json_reads_the_reports(sweep, tmp_path):
     from llmops.compare import find_runs, swept_columns
 
     d = _copy(sweep, tmp_path / "old", {})
-    for job in ("0", "1"):
+    for job in LRS:
         (d / job / "metrics.json").unlink()
     rows = find_runs(d)
-    assert [r["run"] for r in rows] == ["0", "1"] and swept_columns(rows) == ["lora"]
+    assert [r["run"] for r in rows] == ["0", "1"]
+    assert swept_columns(rows) == ["lora", "train.learning_rate"]
     assert rows[0]["loss_curve"] and rows[0]["tuned.exact_match"] is not None
-    assert rows[0]["command"].startswith("python -m llmops lora=r8 ")
+    assert rows[0]["command"].startswith("python -m llmops lora=r8 train.learning_rate=0.002 ")
 
 
 def test_compare_on_a_folder_of_single_runs_uses_what_differs(sweep, tmp_path):
@@ -116,7 +115,7 @@ def test_compare_on_a_folder_of_single_runs_uses_what_differs(sweep, tmp_path):
         (runs / day / "metrics.json").write_text(json.dumps(m))
     rows = find_runs(runs)
     assert [r["run"] for r in rows] == ["2026-01-01/10-00-00", "2026-01-02/09-00-00"]
-    assert swept_columns(rows) == ["lora"]
+    assert swept_columns(rows) == ["train.learning_rate"]
 
 
 def test_compare_on_an_empty_folder_exits_2(tmp_path):

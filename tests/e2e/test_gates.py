@@ -1,6 +1,7 @@
 """Quality gates end to end: a failed gate stops the plan before export with exit code 3.
 
-The runs are conftest's `gate_runs` (shared with the report test, run once per session).
+The runs are conftest's `gate_runs` (shared with the report test, run once per session); they
+start from rank_lr_sweep's trained entries, so what runs is the evaluation and what follows it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ def test_unreachable_gate_exits_3_before_export_and_reachable_one_exports(gate_r
     assert "accuracy: tool.exact_match" in r.stderr and "needs ≥ 0.990" in r.stderr
     assert "short by" in r.stderr
     manifest = json.loads((root / "fail" / "manifest.json").read_text())
+    assert manifest["stages"]["sft"]["status"] == "cached"  # seeded
+    assert manifest["stages"]["eval"]["status"] == "ran"
     assert manifest["stages"]["export"]["status"] == "skipped"
     assert not (root / "fail" / "export_report.json").exists()
     report = json.loads((root / "fail" / "eval_report.json").read_text())

@@ -236,7 +236,7 @@ def test_run_and_sweep_reports_open_offline_in_chromium(browser, shots, default_
     assert "No export or GGUF report: stage export is skipped" in seen["text"]
 
     # The rank_lr sweep: compare writes its report; the leaderboard sorts by a click.
-    sweep = rank_lr_sweep["sweep"]
+    sweep = shutil.copytree(rank_lr_sweep["sweep"], tmp_path / "sweep", symlinks=True)
     r = _report(str(sweep), cwd=tmp_path, module="llmops.compare")
     assert r.returncode == 0, r.stderr[-3000:]
     page = sweep / "report.html"

@@ -99,31 +99,46 @@ def test_failed_stage_publishes_nothing_and_says_so(compose_plan, tmp_path):
     assert list((tmp_path / "store" / ".tmp").iterdir()) == []
 
 
-def _run_in_process(plan_dict: dict, run_dir: str, queue, start) -> None:
+def _run_in_process(plan_dict: dict, run_dirs: list[str], queue, start, between) -> None:
+    """One job process: runs the plan once per run folder; before each run it waits until every
+    job is up (`start`: they all ask for the entry at once), and between two runs until the test
+    says go on (`between`)."""
     from llmops.core.plan import Plan
     from llmops.runner.run import run_plan
 
     plan = Plan.from_dict(plan_dict)
-    start.wait(120)  # every job is up: they all ask for the entry at once
-    manifest = run_plan(plan, Path(run_dir), stage_process=False)
-    queue.put(manifest["stages"]["data"]["status"])
+    for n, run_dir in enumerate(run_dirs):
+        if n:
+            between.wait(120)
+        start.wait(120)
+        manifest = run_plan(plan, Path(run_dir), stage_process=False)
+        queue.put(manifest["stages"]["data"]["status"])
 
 
-def _concurrent_jobs(plan, tmp_path: Path, runs: range) -> list[str]:
-    """Runs the plan in one job (a process) per run, started together once all are up; returns
-    their data statuses. The job that takes the lock first imports the data stage's libraries and
-    writes the rows under it, seconds in which the others wait on the lock."""
+def _concurrent_jobs(plan, tmp_path: Path, jobs: int, rounds: int):
+    """Starts `jobs` processes; yields, for each of `rounds` rounds, the sorted data statuses of
+    the plan run in each process at once (all started together once all are up). The test does
+    what it must between two rounds before asking for the next. The job that takes the lock first
+    imports the data stage's libraries and writes the rows under it, seconds in which the others
+    wait on the lock."""
     ctx = mp.get_context("spawn")
-    queue, start = ctx.Queue(), ctx.Barrier(len(runs))
-    procs = [ctx.Process(target=_run_in_process,
-                         args=(plan.to_dict(), str(tmp_path / f"run{i}"), queue, start))
-             for i in runs]
+    queue, start, between = ctx.Queue(), ctx.Barrier(jobs), ctx.Event()
+    procs = [ctx.Process(target=_run_in_process, args=(
+        plan.to_dict(), [str(tmp_path / f"run{i}-{n}") for n in range(rounds)], queue, start,
+        between)) for i in range(jobs)]
     for p in procs:
         p.start()
-    for p in procs:
-        p.join(120)
-        assert p.exitcode == 0
-    return sorted(queue.get(timeout=5) for _ in procs)
+    try:
+        for n in range(rounds):
+            if n:
+                between.set()
+            yield sorted(queue.get(timeout=240) for _ in procs)
+    finally:
+        for p in procs:
+            p.join(120)
+            if p.exitcode is None:
+                p.kill()
+    assert [p.exitcode for p in procs] == [0] * jobs
 
 
 def _damage(entry: Path, how: str) -> None:
@@ -194,10 +209,36 @@ def test_concurrent_jobs_do_the_work_once_and_move_a_damaged_entry_aside_once(co
     """Three jobs at once on an empty store: one runs, two wait and take its entry. Three more at
     once after the entry is damaged: one moves it aside and rebuilds it, two take the rebuild."""
     plan = _plan(compose_plan, tmp_path / "store", "data.n_examples=4000")
-    assert _concurrent_jobs(plan, tmp_path, range(3)) == ["cached", "cached", "ran"]
+    rounds = _concurrent_jobs(plan, tmp_path, jobs=3, rounds=2)  # the same three processes
+    assert next(rounds) == ["cached", "cached", "ran"]
     entries = list((tmp_path / "store" / "data").iterdir())
     assert len(entries) == 1
     assert (entries[0] / "_stage.json").is_file()
     _damage(entries[0], "truncate")
-    assert _concurrent_jobs(plan, tmp_path, range(3, 6)) == ["cached", "cached", "ran"]
+    assert next(rounds) == ["cached", "cached", "ran"]
+    assert next(rounds, None) is None  # the processes ended well
     assert len(list((tmp_path / "store" / ".corrupt").iterdir())) == 1
+
+
+def test_jobs_of_a_sweep_share_a_stage_process_only_where_it_would_start_the_same(monkeypatch):
+    """Inside shared_stage_process (the CLI around the jobs Hydra runs in its process) a job takes
+    over the last job's stage process when it would start one with the same kept-out packages and
+    environment; otherwise it gets its own and the last one ends. Outside, each job has its own.
+    (The real takeover in a sweep: test_sweeps' rank_lr sweep.)"""
+    from llmops.runner.shared import job_stage_process, shared_stage_process
+
+    alone, shared = job_stage_process(("wandb",))
+    assert not shared and job_stage_process(("wandb",))[0] is not alone
+    with shared_stage_process():
+        first, shared = job_stage_process(("wandb",))
+        assert shared and job_stage_process(("wandb",)) == (first, True)
+        closed = []
+        monkeypatch.setattr(first, "close", lambda: closed.append(first))
+        other, _ = job_stage_process(("bitsandbytes", "wandb"))
+        assert other is not first and closed == [first]
+        monkeypatch.setenv("LLMOPS_SHARED_TEST", "1")  # a job's hydra.job.env_set
+        third, _ = job_stage_process(("bitsandbytes", "wandb"))
+        assert third is not other
+        monkeypatch.setattr(third, "close", lambda: closed.append(third))
+    assert closed == [first, third]  # the block's end ends the kept one
+    assert job_stage_process(("wandb",))[1] is False

@@ -31,10 +31,10 @@ def llmops(*args: str, cwd: Path, module: str = "llmops", timeout: int = 300,
                           capture_output=True, text=True, timeout=timeout)
 
 
-def _jobs(tmp_path: Path) -> list[dict]:
+def _jobs(tmp_path: Path, pattern: str = "outputs/multirun/*/*/*/manifest.json") -> list[dict]:
     """Returns each job's manifest (with its sweep_job.json as 'job'), in job order."""
     out = []
-    for m in sorted(glob.glob(str(tmp_path / "outputs/multirun/*/*/*/manifest.json"))):
+    for m in sorted(glob.glob(str(tmp_path / pattern))):
         manifest = json.loads(Path(m).read_text())
         manifest["job"] = json.loads((Path(m).parent / "sweep_job.json").read_text())
         out.append(manifest)
@@ -43,6 +43,14 @@ def _jobs(tmp_path: Path) -> list[dict]:
 
 def _statuses(jobs: list[dict], stage: str) -> list[str]:
     return sorted(j["stages"][stage]["status"] for j in jobs)
+
+
+def _seed(tmp_path: Path, seed_store, rank_lr_sweep, *stages: str) -> None:
+    """Copies these stages' entries of a TINY plan from the rank_lr sweep's store (the same base,
+    data and base evaluation: none of them depends on what a sweep here varies) into the store
+    `python -m llmops` uses in tmp_path, so that only the stages under test run there."""
+    seed_store(tmp_path / "outputs" / "store", *TINY, stages=stages,
+               source=rank_lr_sweep["root"] / "outputs" / "store")
 
 
 @pytest.mark.parametrize("name", SWEEPS)
@@ -143,7 +151,7 @@ def test_failing_point_does_not_stop_the_sweep_under_submitit(tmp_path):
 def test_named_sweep_runs_without_m_and_prepares_shared_stages_once(rank_lr_sweep):
     r = rank_lr_sweep["result"]  # conftest: sweeps=rank_lr lora=r8 on TINY, eval.enforce=false
     assert r.returncode == 0, r.stderr[-3000:]
-    jobs = _jobs(rank_lr_sweep["root"])
+    jobs = _jobs(rank_lr_sweep["sweep"], "*/manifest.json")
     assert len(jobs) == 2
     for stage in ("base", "data", "eval_base"):
         assert _statuses(jobs, stage) == ["cached", "ran"], stage
@@ -155,15 +163,27 @@ def test_named_sweep_runs_without_m_and_prepares_shared_stages_once(rank_lr_swee
     assert all(j["job"]["status"] == "succeeded" for j in jobs)
     assert all(isinstance(j["job"]["metric"], float) for j in jobs)
     assert "sweep finished: 2 of 2 points succeeded" in r.stdout
+    # Both jobs ran in this process, one after the other: the second took over the first's stage
+    # process (llmops.runner.shared) instead of starting its own.
+    assert r.stdout.count("stage process: the last job's (pid") == 1
+    assert "goes on with this job" in (rank_lr_sweep["sweep"] / "1" / "llmops.log").read_text()
 
 
 @pytest.mark.slow
-def test_optuna_sweep_runs_by_name_and_reports_the_best_point(tmp_path):
+def test_optuna_sweep_runs_by_name_and_reports_the_best_point(tmp_path, seed_store,
+                                                               rank_lr_sweep):
+    # The trials train and evaluate; what they share comes from the store (seeded: the rank_lr
+    # sweep checks a sweep prepares it once).
+    _seed(tmp_path, seed_store, rank_lr_sweep, "base", "data", "eval_base")
     r = llmops("sweeps=optuna_rank_lr", "hydra.sweeper.n_trials=2", *TINY, "eval.enforce=false",
                cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     jobs = _jobs(tmp_path)
-    assert len(jobs) == 2 and _statuses(jobs, "base") == ["cached", "ran"]
+    assert len(jobs) == 2 and _statuses(jobs, "sft") == ["ran", "ran"]
+    for stage in ("base", "data", "eval_base"):
+        assert _statuses(jobs, stage) == ["cached", "cached"], stage
+    # The sweeper runs its trials in this process: the second takes over the first's stage process.
+    assert r.stdout.count("stage process: the last job's (pid") == 1
     lrs = [float(j["config"]["train"]["learning_rate"]) for j in jobs]
     assert all(1e-3 <= lr <= 1e-2 for lr in lrs)
     results = next((tmp_path / "outputs/multirun").glob("*/*/optimization_results.yaml"))
@@ -174,7 +194,9 @@ def test_optuna_sweep_runs_by_name_and_reports_the_best_point(tmp_path):
 
 
 @pytest.mark.slow
-def test_joblib_points_share_the_store_and_a_gate_failure_exits_3_at_the_end(tmp_path):
+def test_joblib_points_share_the_store_and_a_gate_failure_exits_3_at_the_end(
+        tmp_path, seed_store, rank_lr_sweep):
+    _seed(tmp_path, seed_store, rank_lr_sweep, "base")  # the jobs start at the data stage
     r = llmops("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *TINY,
                "eval.enforce=true,false", cwd=tmp_path)
     assert r.returncode == 3, r.stderr[-3000:]
@@ -183,8 +205,11 @@ def test_joblib_points_share_the_store_and_a_gate_failure_exits_3_at_the_end(tmp
     assert jobs[0]["stages"]["export"]["status"] == "skipped"
     assert jobs[1]["stages"]["export"]["status"] == "ran"
     # The two jobs ran at once; everything but the gated eval is the same work, done once.
-    for stage in ("base", "data", "sft", "eval_base"):
+    assert _statuses(jobs, "base") == ["cached", "cached"]
+    for stage in ("data", "sft", "eval_base"):
         assert _statuses(jobs, stage) == ["cached", "ran"], stage
+    # Each job ran in its own joblib worker process, with a stage process of its own.
+    assert "stage process: the last job's" not in r.stdout + r.stderr
     store = tmp_path / "outputs" / "store"
     assert list((store / ".tmp").iterdir()) == [] and list((store / ".work").iterdir()) == []
     assert "job 0 [eval.enforce=True]: gate_failed" in r.stderr
@@ -232,13 +257,16 @@ def _stderr(tmp_path: Path) -> str:
 
 
 @pytest.mark.slow
-def test_preempted_submitit_job_is_requeued_and_resumes_from_its_checkpoint(tmp_path):
+def test_preempted_submitit_job_is_requeued_and_resumes_from_its_checkpoint(
+        tmp_path, seed_store, rank_lr_sweep):
     """What SLURM does to a point at its time limit, through submitit's local executor.
 
     submitit signals the job (SIGUSR2); the launcher checkpoints the job, submitit requeues it
     (here: restarts it locally, on SLURM: scontrol requeue) and the rerun resumes training.
     """
     import psutil
+
+    _seed(tmp_path, seed_store, rank_lr_sweep, "base", "data")  # the job starts at sft
 
     proc = _start_until_checkpoint(tmp_path, ["-m", "hydra/launcher=submitit_local",
                                               "train.max_steps=25", "train.save_steps=5",
@@ -258,6 +286,7 @@ def test_preempted_submitit_job_is_requeued_and_resumes_from_its_checkpoint(tmp_
                      glob.glob(str(tmp_path / "outputs/multirun/*/*/.submitit/*/*_log.*")))
     assert "this job is preempted" in logs and "Requeued job" in logs
     (job,) = _jobs(tmp_path)
+    assert job["stages"]["data"]["status"] == "cached"  # seeded
     sft = job["stages"]["sft"]
     assert sft["status"] == "resumed" and sft["resumed_from_step"] >= 5
     assert job["job"]["status"] == "succeeded"
@@ -266,10 +295,11 @@ def test_preempted_submitit_job_is_requeued_and_resumes_from_its_checkpoint(tmp_
 
 
 def _data_run(compose_plan, store: Path, run_dir: Path, n: int) -> dict:
+    """Runs a data-only plan with its stage in this process (what is checked is the store's)."""
     from llmops.runner.run import run_plan
 
     _, plan = compose_plan([*DATA_ONLY, f"store_dir={store}", f"data.n_examples={n}"])
-    return run_plan(plan, run_dir)
+    return run_plan(plan, run_dir, stage_process=False)
 
 
 def test_store_list_and_gc(compose_plan, tmp_path, capsys):
