@@ -7,12 +7,11 @@ LoRA SFT (hf backend, 1-2 steps) -> eval with structural tool-call scoring -> me
 endpoint (deploy=openai, server kept). The Modelfile (deploy=ollama, no Ollama server here: the
 Modelfile is written) comes from the deploy stage run in the test process on that run's own store
 entries, as a rerun with deploy=ollama would run it (a second job would pay ~9 CPU-s to start a
-CLI and a stage process). QLoRA nf4 runs once on CPU (Qwen2), its compiled plan through the
-runner in the test process. The weights are random (the family runs' embeddings scaled x30 so
-that greedy picks are decisive and the f16 GGUF must answer as the merged model does), so
-accuracy is ~0: `eval.enforce=false` records the gates without stopping the plan and
-`deploy.allow_failed_gates=true` lets deploy run; the tests check the mechanics (templates,
-masks, parsers, conversion, serving), not quality.
+CLI and a stage process). QLoRA nf4 runs once on CPU (Qwen2). The weights are random (the
+family runs' embeddings scaled x30 so that greedy picks are decisive and the f16 GGUF must answer
+as the merged model does), so accuracy is ~0: `eval.enforce=false` records the gates without
+stopping the plan and `deploy.allow_failed_gates=true` lets deploy run; the tests check the
+mechanics (templates, masks, parsers, conversion, serving), not quality.
 
 Qwen2 runs on long tool-calling rows (tests/long_tool_rows.py: ~900-1,400 tokens each, 44 rows,
 33 of them the test split) with the default eval.batch_size (32) over one full batch of test rows
@@ -128,6 +127,15 @@ def _rows() -> list[dict]:
                 "function": {"name": "list_tasks", "arguments": json.dumps({"status": status})}}]},
         ], "tools": TOOLS})
     return rows
+
+
+def _llmops(root: Path, run_dir: Path, *overrides: str) -> None:
+    """Runs `python -m llmops ...` in root with the shared store; fails with its output's tail."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1",
+           "LLMOPS_STORE": str(root / "store")}
+    r = subprocess.run([sys.executable, "-m", "llmops", *overrides, f"hydra.run.dir={run_dir}"],
+                       cwd=root, env=env, capture_output=True, text=True, timeout=1500)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
 
 
 def _memory_cgroup(cap_bytes: int) -> Path | None:
@@ -462,23 +470,10 @@ def test_endpoint_answers_with_structured_tool_calls_through_the_openai_client(h
 
 @pytest.fixture(scope="module")
 def qlora_run(real_model, e2e_root) -> Path:
-    """Runs QLoRA nf4 on CPU for Qwen2 (bitsandbytes 4-bit on CPU; slow, so no deploy): the plan
-    `python -m llmops` compiles from these overrides, through the runner in this process (the
-    CLI and the stage process are the family runs' to check; a job would pay ~10 CPU-s more to
-    start them, bitsandbytes' import included)."""
-    from llmops.cli import to_plain
-    from llmops.compiler.compile import compile_plan
-    from llmops.config.hydra.compose import compose
-    from llmops.config.validate import validate_and_resolve
-    from llmops.runner.run import run_plan
-
+    """Runs QLoRA nf4 on CPU for Qwen2 (bitsandbytes 4-bit on CPU; slow, so no deploy)."""
     run = e2e_root / "qwen2-nf4"
-    overrides = ["model=hub", f"model.hub_id={real_model('qwen2')}", *QUICK, *ON_CPU,
-                 f"data.path={e2e_root / 'tasks.jsonl'}", "quant=nf4", "eval.limit=2",
-                 "deploy=none", f"store_dir={e2e_root / 'store'}"]
-    plan = compile_plan(*validate_and_resolve(to_plain(compose(overrides))))
-    manifest = run_plan(plan, run, overrides, stage_process=False)
-    assert manifest["status"] == "succeeded", manifest
+    _llmops(e2e_root, run, "model=hub", f"model.hub_id={real_model('qwen2')}", *QUICK, *ON_CPU,
+            f"data.path={e2e_root / 'tasks.jsonl'}", "quant=nf4", "eval.limit=2", "deploy=none")
     return run
 
 
