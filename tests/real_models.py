@@ -202,3 +202,32 @@ def build_real_model(family: str, cache_dir: Path, hidden: int = 64, layers: int
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest
+
+
+def peaked_model(src: Path, dest: Path, scale: float = 30.0) -> Path:
+    """Returns dest, a copy of the random-weight model folder src whose logits are peaked (its
+    embeddings times `scale`, tied to the head), saved once.
+
+    Random weights give near-tied logits, so f16 rounding alone flips greedy picks; scaled
+    embeddings make every greedy step decisive, so greedy agreement measures a conversion."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dest = Path(dest)
+    if (dest / "llmops_test_model.json").is_file():
+        return dest
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.mul_(scale)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    try:
+        model.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(src).save_pretrained(tmp)
+        info = json.loads((Path(src) / "llmops_test_model.json").read_text("utf-8"))
+        (tmp / "llmops_test_model.json").write_text(json.dumps({**info, "peaked": scale}))
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest

@@ -7,10 +7,11 @@ LoRA SFT (hf backend, 1-2 steps) -> eval with structural tool-call scoring -> me
 endpoint (deploy=openai, server kept). The Modelfile (deploy=ollama, no Ollama server here: the
 Modelfile is written) comes from the deploy stage run in the test process on that run's own store
 entries, as a rerun with deploy=ollama would run it (a second job would pay ~9 CPU-s to start a
-CLI and a stage process). QLoRA nf4 runs once on CPU (Qwen2). The weights are random, so
-accuracy is ~0: `eval.enforce=false` records the gates without stopping the plan and
-`deploy.allow_failed_gates=true` lets deploy run; the tests check the mechanics (templates,
-masks, parsers, conversion, serving), not quality.
+CLI and a stage process). QLoRA nf4 runs once on CPU (Qwen2). The weights are random (the
+family runs' embeddings scaled x30 so that greedy picks are decisive and the f16 GGUF must answer
+as the merged model does), so accuracy is ~0: `eval.enforce=false` records the gates without
+stopping the plan and `deploy.allow_failed_gates=true` lets deploy run; the tests check the
+mechanics (templates, masks, parsers, conversion, serving), not quality.
 
 Qwen2 runs on long tool-calling rows (tests/long_tool_rows.py: ~900-1,400 tokens each, 44 rows,
 33 of them the test split) with the default eval.batch_size (32) over one full batch of test rows
@@ -321,10 +322,13 @@ def hub_run(request, real_model, e2e_root) -> dict:
 
     The server is stopped when this family's tests are done.
     """
+    from real_models import peaked_model
+
     family, variant = request.param
     if variant == "gpu" and importlib.util.find_spec("unsloth") is None:
         pytest.skip(UNSLOTH_SETUP)
-    folder = real_model(family)
+    # Peaked logits: the GGUF's greedy answers must then agree with the merged model's.
+    folder = peaked_model(real_model(family), e2e_root / f"{family}-peaked")
     quick = _quick(family, e2e_root)
     common = ("model=hub", f"model.hub_id={folder}", *quick,
               *(ON_GPU if variant == "gpu" else ON_CPU), *DEPLOY)
@@ -404,8 +408,11 @@ def test_eval_scores_tool_calls_with_the_familys_parser(hub_run):
     assert any(g["name"] == "accuracy" and g["passed"] is False for g in report["gates"])
 
 
-def test_merge_and_gguf_keep_the_tokenizer_and_template(hub_run):
+def test_merge_and_gguf_keep_the_tokenizer_tokens_template_and_answers(hub_run):
     from transformers import AutoTokenizer
+
+    from llmops.serving.modelfile import TOOL_CONVERSATIONS
+    from llmops.stages.gguf import EXTRA_PROBES
 
     export = _read(hub_run["run"] / "manifest.json")["stages"]["export"]
     merged = Path(export["path"]) / "merged"
@@ -414,9 +421,17 @@ def test_merge_and_gguf_keep_the_tokenizer_and_template(hub_run):
     assert tok.chat_template == source.chat_template and len(tok) == len(source)
     gguf = _read(hub_run["run"] / "gguf_report.json")
     assert gguf["passed"] and gguf["quantization"] == ["f16"]
+    assert gguf["pre_tokenizer"] == "identified by the converter"
+    assert gguf["tool_probes"] == len(TOOL_CONVERSATIONS)
     parity = gguf["files"]["f16"]["parity"]
+    # Held-out prompts (rendered with the rows' tools), their answers, the tool conversations
+    # and the fixed probes: every one tokenized identically by the GGUF.
     assert parity["tokenizer"]["passed"], parity["tokenizer"]["mismatches"]
+    assert gguf["held_out_prompts"] == 2
+    assert parity["tokenizer"]["probes"] == 2 + 2 + len(TOOL_CONVERSATIONS) + len(EXTRA_PROBES)
     assert parity["chat_template"] == {"identical": True, "present": True}
+    if hub_run["variant"] == "cpu":  # f16 of the fp32 merge of a peaked model: decisive picks
+        assert gguf["f16_greedy_agreement"] == 1.0, parity["greedy"]
 
 
 def test_modelfile_template_is_the_models_own_with_tools(hub_run):

@@ -3,8 +3,9 @@ templates (tests/real_models.py), tools included.
 
 - the Ollama Modelfile TEMPLATE (Go) renders what the tokenizer's own template renders, with and
   without tools (no llama.cpp needed);
-- GGUF conversion of both families keeps tokens (tool-call text included), the template and the
-  greedy answers (needs the gguf extra);
+- the GGUF parity probes hold each family's tool calls (the conversion of both families, keeping
+  tokens, template and greedy answers, is checked on the family runs of
+  tests/e2e/test_real_family_e2e.py);
 - the OpenAI-compatible endpoint answers `tools=` with structured `tool_calls`, parsed with the
   template's own call syntax (needs the gguf extra).
 """
@@ -258,54 +259,17 @@ def test_endpoint_answers_tools_with_structured_tool_calls(tmp_path, demo_base, 
         proc.wait(timeout=30)
 
 
-def _peaked(src: Path, dest: Path) -> Path:
-    """Saves a child of a random-weight model whose logits are peaked (embeddings x 30, tied).
-
-    Random weights give near-tied logits, so f16 rounding alone flips greedy picks; scaled
-    embeddings make every greedy step decisive, so agreement measures the conversion."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
-    with torch.no_grad():
-        model.get_input_embeddings().weight.mul_(30.0)
-    model.save_pretrained(dest)
-    AutoTokenizer.from_pretrained(src).save_pretrained(dest)
-    return dest
-
-
-@needs_gguf
 @pytest.mark.parametrize("family", ["qwen2", "llama"])
-def test_gguf_f16_of_a_real_family_keeps_tokens_template_and_answers(
-        tmp_path, real_model, sft_data, stage_params, family):
-    from transformers import AutoTokenizer
-
-    from llmops.core.context import StageContext
+def test_gguf_parity_probes_hold_the_familys_tool_calls(real_tokenizer, family):
+    """The gguf stage's probes render the tool conversations in the family's own call syntax.
+    (Conversion of both families, tokens, template and greedy answers identical: the family runs
+    of tests/e2e/test_real_family_e2e.py, test_merge_and_gguf_keep_...)"""
     from llmops.stages import gguf
 
-    folder = _peaked(real_model(family), tmp_path / "model")
-    probes = gguf.template_probes(AutoTokenizer.from_pretrained(folder))
+    probes = gguf.template_probes(real_tokenizer(family))
     needle = {"qwen2": '<tool_call>\n{"name": "create_task", "arguments": {"title": "buy milk"',
               "llama": '{"name": "create_task", "parameters": {"title": "buy milk"'}[family]
     assert len(probes) == len(TOOL_CONVERSATIONS) and needle in probes[1]
-    export = tmp_path / "export"
-    export.mkdir()
-    (export / "merged").symlink_to(folder, target_is_directory=True)
-    out = tmp_path / "out"
-    out.mkdir()
-    ctx = StageContext(run_dir=tmp_path, show_progress=False, logger=logging.getLogger("test"))
-    params = {**stage_params("gguf", "deploy.gguf.quantization=[f16]"),
-              "parity_prompts": 3, "max_new_tokens": 12}
-    report = gguf.run(params, {"export": export, "data": sft_data}, out, ctx)
-    assert report["passed"] and report["pre_tokenizer"] == "identified by the converter"
-    assert report["tool_probes"] == len(TOOL_CONVERSATIONS)
-    parity = report["files"]["f16"]["parity"]
-    # Held-out prompts (rendered with the rows' tools), their answers, the tool conversations
-    # and the fixed probes: every one tokenized identically by the GGUF.
-    assert parity["tokenizer"]["passed"], parity["tokenizer"]["mismatches"]
-    assert parity["tokenizer"]["probes"] == 3 + 3 + len(probes) + len(gguf.EXTRA_PROBES)
-    assert parity["chat_template"] == {"identical": True, "present": True}
-    assert report["f16_greedy_agreement"] == 1.0, parity["greedy"]
 
 
 # -- deploy for a real family: Modelfile and integration_config.json (no llama.cpp) ---------------
