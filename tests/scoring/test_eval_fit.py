@@ -283,16 +283,6 @@ def test_held_out_loss_is_the_models_loss_on_the_answer_tokens(tiny_base):
 FREE_TEXT = ("data=jsonl", f"data.path={INSTRUCT}", "data.test_fraction=0.3")
 
 
-def _llmops(cwd: Path, run: str, *args: str, data: tuple[str, ...] = FREE_TEXT
-            ) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "LLMOPS_STORE"}
-    env.update(WANDB_MODE="disabled", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    return subprocess.run(
-        [sys.executable, "-m", "llmops", "usecase=none", "progress=false", *data,
-         f"store_dir={cwd / 'store'}", f"hydra.run.dir={cwd / run}", *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-
-
 @pytest.mark.slow
 def test_free_text_passes_auto_gates_and_a_destroyed_model_is_caught(tmp_path, seed_store,
                                                                     default_run, compose_plan):
