@@ -291,8 +291,7 @@ def test_free_text_passes_auto_gates_and_a_destroyed_model_is_caught(tmp_path, s
 
     # The default tiny base (pre-trained as README's run does it) comes from default_run's store.
     seed_store(tmp_path / "store", *FREE_TEXT, source=default_run["store"])
-    # The passing run goes through the runner in this process (what it checks is the reports;
-    # the CLI's exit code and message are the destroyed run's below).
+    # The passing run goes through the runner in this process (what it checks is the reports).
     overrides = ["usecase=none", "progress=false", *FREE_TEXT, f"store_dir={tmp_path / 'store'}",
                  "train.max_steps=100"]
     manifest = run_plan(compose_plan(overrides)[1], tmp_path / "good", overrides,
