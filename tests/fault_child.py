@@ -15,11 +15,10 @@ import os
 import sys
 
 
-def _inject() -> None:
+def raising_step(fault: str):
+    """Returns a Trainer.training_step that raises the fault (tests/runner/test_supervise.py also
+    patches it into the trainer of a stage it runs in its own process)."""
     import torch
-    import transformers
-
-    fault = os.environ["LLMOPS_TEST_FAULT"]
 
     def training_step(self, *args, **kwargs):
         if fault == "alloc":
@@ -30,7 +29,13 @@ def _inject() -> None:
                 "15.77 GiB of which 1.02 GiB is free.")
         raise MemoryError()
 
-    transformers.Trainer.training_step = training_step
+    return training_step
+
+
+def _inject() -> None:
+    import transformers
+
+    transformers.Trainer.training_step = raising_step(os.environ["LLMOPS_TEST_FAULT"])
 
 
 if __name__ == "__main__":

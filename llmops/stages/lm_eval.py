@@ -131,15 +131,27 @@ def harness_batch(params: dict[str, Any], longest: int, vocab_size: int) -> int:
     return bounded(vocab_size, float(params["logits_mb"]), longest, int(params["batch_size"]))
 
 
-def evaluate(model_args: dict[str, Any], tasks: list[str], task_dir: Path | None,
+def task_manager(tasks: list[str], task_dir: Path | None) -> Any:
+    """Returns the harness's TaskManager for these tasks, built once per stage (both models).
+
+    Its index of the harness's own ~15K task configs costs ~12 CPU-s to build: it is built only
+    when a task is not local (the local tasks' YAMLs in task_dir need nothing from it)."""
+    from lm_eval.tasks import TaskManager
+
+    if task_dir is None:
+        return TaskManager()
+    return TaskManager(include_path=str(task_dir),
+                       include_defaults=not all(t in LOCAL_TASKS for t in tasks))
+
+
+def evaluate(model_args: dict[str, Any], tasks: list[str], manager: Any,
              params: dict[str, Any], device: str) -> dict[str, Any]:
-    """Runs lm_eval.simple_evaluate(model="hf") and returns its raw results.
+    """Runs lm_eval.simple_evaluate(model="hf") with the stage's TaskManager (``task_manager``)
+    and returns its raw results.
 
     params["batch_size"] is the bounded harness batch (``harness_batch``)."""
     import lm_eval
-    from lm_eval.tasks import TaskManager
 
-    manager = TaskManager(include_path=str(task_dir)) if task_dir else TaskManager()
     return lm_eval.simple_evaluate(
         model="hf", model_args={**model_args, "device": device,
                                 "dtype": "float32" if device == "cpu" else "auto"},
@@ -207,13 +219,14 @@ def run(params: LmEvalParams, inputs: dict[str, Path], out_dir: Path, ctx: Stage
                               "task_dir": "tasks" if task_dir else None,
                               "harness_batch_size": batch, "longest_request": longest,
                               "model_args": {"base": model_args, "tuned": tuned_args}}
+    manager = task_manager(tasks, task_dir)
     ctx.logger.info("lm_eval: %s on the base model", ", ".join(tasks))
-    raw_base = evaluate(model_args, tasks, task_dir, params, ctx.device)
+    raw_base = evaluate(model_args, tasks, manager, params, ctx.device)
     report["base"] = _scores(raw_base, tasks)
     report["versions"] = raw_base.get("versions")
     if tuned_args is not None:
         ctx.logger.info("lm_eval: %s on the tuned model (%s)", ", ".join(tasks), tuned_in[0])
-        report["tuned"] = _scores(evaluate(tuned_args, tasks, task_dir, params, ctx.device), tasks)
+        report["tuned"] = _scores(evaluate(tuned_args, tasks, manager, params, ctx.device), tasks)
         report["deltas"] = {
             task: {m: round(v - report["base"].get(task, {}).get(m, float("nan")), 10)
                    for m, v in metrics.items()}

@@ -22,11 +22,10 @@ MULTI = {"messages": [
     {"role": "assistant", "content": "It is 5.", "reasoning_content": "Count on: five."}]}
 
 
-@pytest.fixture(scope="module")
-def qwen3(real_model):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(real_model("qwen3"))
+@pytest.fixture
+def qwen3(real_tokenizer):
+    """Qwen3's real tokenizer (conftest's real_tokenizer: loaded once per worker; read only)."""
+    return real_tokenizer("qwen3")
 
 
 def _ids(tok, text: str) -> list[int]:
@@ -127,13 +126,12 @@ def test_qwen3_renders_only_the_last_turns_reasoning_and_masks_each_turn(qwen3):
     assert _masked(context) == [_ids(tok, "Hello!<|im_end|>"), _ids(tok, "It is 5.<|im_end|>")]
 
 
-def test_a_template_that_cannot_render_reasoning_is_refused_before_training(qwen3, real_model):
-    from transformers import AutoTokenizer
-
+def test_a_template_that_cannot_render_reasoning_is_refused_before_training(qwen3,
+                                                                             real_tokenizer):
     from llmops.backends.templates import check_reasoning
 
     check_reasoning(qwen3, [ROW], "auto", "sft")  # Qwen3's renders it
-    qwen25 = AutoTokenizer.from_pretrained(real_model("qwen2"))
+    qwen25 = real_tokenizer("qwen2")
     check_reasoning(qwen25, [{"messages": ROW["messages"][:1]}], "auto", "sft")  # no reasoning
     with pytest.raises(ConfigError) as err:
         check_reasoning(qwen25, [{"messages": ROW["messages"][:1]}, ROW], "auto", "sft")

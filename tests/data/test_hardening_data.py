@@ -319,11 +319,10 @@ REACHABLE = ["eval.gates.accuracy.threshold=0", "eval.gates.format.threshold=0",
              "eval.gates.no_regression.tolerance=1"]
 
 
-@pytest.fixture(scope="module")
-def user_data(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("user")
-    _write_rows(folder / "chat.jsonl", _chat_rows(120), {})
-    return folder
+@pytest.fixture
+def user_data(tmp_path) -> Path:
+    _write_rows(tmp_path / "chat.jsonl", _chat_rows(120), {})
+    return tmp_path
 
 
 def _llmops(cwd: Path, *args: str) -> subprocess.CompletedProcess:
@@ -334,17 +333,19 @@ def _llmops(cwd: Path, *args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=900, preexec_fn=lambda: os.umask(0o022))
 
 
-# The run of test_good_run..., which is also job 0 of test_sweep...'s sweep: on the same store,
-# that job finds every stage of it cached.
+# A good run: job 0 of the sweep below (job 1 is the same without eval).
 GOOD = ["data=jsonl", "data.path=chat.jsonl", "train.max_steps=10", *REACHABLE]
 
 
 @pytest.mark.slow
-def test_good_run_on_chat_rows_without_refusals_ends_cleanly(user_data):
-    r = _llmops(user_data, *GOOD, "hydra.run.dir=run")
+def test_good_run_on_chat_rows_without_refusals_ends_cleanly_and_so_does_a_sweep_of_such_points(
+        user_data):
+    """A sweep whose job 0 is the good run (a sweep job runs and reports as a run does) and job 1
+    the same without eval: the sweep succeeds, with a metric or an explicit null."""
+    r = _llmops(user_data, "-m", *GOOD, "eval=default,none", "hydra.sweep.dir=sweep")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert "Traceback" not in r.stderr
-    run = user_data / "run"
+    run = user_data / "sweep" / "0"
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["status"] == "succeeded"
     assert manifest["stages"]["export"]["status"] == "ran"
@@ -355,11 +356,6 @@ def test_good_run_on_chat_rows_without_refusals_ends_cleanly(user_data):
     for name in ("manifest.json", "metrics.json", "plan.json", "data_report.json"):
         assert stat.S_IMODE((run / name).stat().st_mode) == 0o644, name
 
-
-@pytest.mark.slow
-def test_sweep_of_such_points_succeeds_with_a_metric_or_an_explicit_null(user_data):
-    r = _llmops(user_data, "-m", *GOOD, "eval=default,none", "hydra.sweep.dir=sweep")
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     jobs = [json.loads((user_data / "sweep" / str(n) / "sweep_job.json").read_text())
             for n in (0, 1)]
     assert [j["status"] for j in jobs] == ["succeeded", "succeeded"]

@@ -42,41 +42,72 @@ def _stage_process(runner: int) -> psutil.Process:
 # gone, the manifest interrupted with KeyboardInterrupt, no .tmp left, the checkpoint kept.
 
 
-@pytest.fixture(scope="module")
-def fault_store(tmp_path_factory) -> Path:
-    """One store for the fault runs: base and data are built once."""
-    return tmp_path_factory.mktemp("fault_store")
+# The other kinds of out of memory (the unit below tells them apart), each raised from the trainer
+# of the real sft stage.
+OOM_KINDS = [
+    ("cuda_oom", "out of GPU (OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"),
+    ("memory", "out of memory (MemoryError: no detail)"),
+]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fault, error", [
-    ("alloc", "out of memory (RuntimeError: [enforce fail at alloc_cpu.cpp"),
-    ("cuda_oom", "out of GPU (OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"),
-    ("memory", "out of memory (MemoryError: no detail)"),
-])
 def test_out_of_memory_in_training_stops_the_stage_with_peak_plan_and_fix(
-        compose_plan, tmp_path, fault_store, monkeypatch, fault, error):
+        compose_plan, tmp_path, monkeypatch):
+    """A real allocation failure (torch asks the CPU allocator for 4 EiB) in the trainer of the
+    real stage process of a real run: the runner's error and manifest say it, with the peak,
+    the compute plan's figure and the fix; nothing is half-written or published."""
     from llmops.runner import supervise
     from llmops.runner.run import run_plan
 
+    store = tmp_path / "store"
     monkeypatch.setattr(supervise, "CHILD_MODULE", "fault_child")
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parents[1]))
-    monkeypatch.setenv("LLMOPS_TEST_FAULT", fault)
-    _, plan = compose_plan([*TRAIN_ONLY, "train.max_steps=3", f"store_dir={fault_store}",
+    monkeypatch.setenv("LLMOPS_TEST_FAULT", "alloc")
+    _, plan = compose_plan([*TRAIN_ONLY, "train.max_steps=3", f"store_dir={store}",
                             "hardware=cpu"])
     t0 = time.perf_counter()
     with pytest.raises(StageError) as failed:
         run_plan(plan, tmp_path / "run")
     assert time.perf_counter() - t0 < 300
     text = str(failed.value)
-    assert text.startswith(f"sft: {error}"), text
+    assert text.startswith("sft: out of memory (RuntimeError: [enforce fail at alloc_cpu.cpp"), \
+        text
     assert "peak RSS " in text and " GB for this stage; fix: train.batch_size=8" in text, text
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["status"] == "failed" and manifest["failed_stage"] == "sft"
     assert manifest["stages"]["sft"] == {**manifest["stages"]["sft"], "status": "failed",
                                          "error": text}
-    assert list((fault_store / ".tmp").glob("*")) == []
-    assert not (fault_store / "sft").exists()
+    assert list((store / ".tmp").glob("*")) == []
+    assert not (store / "sft").exists()
+
+
+@pytest.mark.parametrize("fault, error", OOM_KINDS)
+def test_each_kind_of_out_of_memory_in_training_is_named_with_peak_plan_and_fix(
+        tiny_base, sft_data, stage_params, tmp_path, monkeypatch, fault, error):
+    """What the stage process does with the error (llmops.runner.child.run_stage), run here: the
+    stage process, the runner and the manifest treat every kind alike (the test above)."""
+    import transformers
+    from fault_child import raising_step
+
+    from llmops.runner.child import run_stage
+    from llmops.runner.memory import fix_for
+
+    monkeypatch.setattr(transformers.Trainer, "training_step", raising_step(fault))
+    params = stage_params("sft", "train.max_steps=3")
+    (tmp_path / "sft").mkdir()
+    request = {"name": "sft", "kind": "sft", "params": params,
+               "inputs": {"base": str(tiny_base), "data": str(sft_data)},
+               "out_dir": str(tmp_path / "sft"),
+               "ctx": {"run_dir": str(tmp_path), "device": "cpu", "seed": 0,
+                       "show_progress": False, "threads": 1},
+               "plan": {"host_gb": 1.5, "device_gb": None, "what": "for this stage"},
+               "fix": fix_for("sft", params, "cpu")}
+    with pytest.raises(StageError) as failed:
+        run_stage(request)
+    text = str(failed.value)
+    assert text.startswith(f"sft: {error}"), text
+    assert "peak RSS " in text, text
+    assert "planned 1.5 GB for this stage; fix: train.batch_size=8" in text, text
 
 
 def test_out_of_memory_is_recognised_by_kind_not_by_import():

@@ -283,25 +283,15 @@ def test_held_out_loss_is_the_models_loss_on_the_answer_tokens(tiny_base):
 FREE_TEXT = ("data=jsonl", f"data.path={INSTRUCT}", "data.test_fraction=0.3")
 
 
-def _llmops(cwd: Path, run: str, *args: str, data: tuple[str, ...] = FREE_TEXT
-            ) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "LLMOPS_STORE"}
-    env.update(WANDB_MODE="disabled", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    return subprocess.run(
-        [sys.executable, "-m", "llmops", "usecase=none", "progress=false", *data,
-         f"store_dir={cwd / 'store'}", f"hydra.run.dir={cwd / run}", *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-
-
 @pytest.mark.slow
 def test_free_text_passes_auto_gates_and_a_destroyed_model_is_caught(tmp_path, seed_store,
                                                                     default_run, compose_plan):
+    from llmops.errors import GateFailed
     from llmops.runner.run import run_plan
 
     # The default tiny base (pre-trained as README's run does it) comes from default_run's store.
     seed_store(tmp_path / "store", *FREE_TEXT, source=default_run["store"])
-    # The passing run goes through the runner in this process (what it checks is the reports;
-    # the CLI's exit code and message are the destroyed run's below).
+    # The passing run goes through the runner in this process (what it checks is the reports).
     overrides = ["usecase=none", "progress=false", *FREE_TEXT, f"store_dir={tmp_path / 'store'}",
                  "train.max_steps=100"]
     manifest = run_plan(compose_plan(overrides)[1], tmp_path / "good", overrides,
@@ -329,11 +319,16 @@ def test_free_text_passes_auto_gates_and_a_destroyed_model_is_caught(tmp_path, s
     # base is good: on the bundled tool calls (base exact match ~0.5), by the no-regression gate.
     # Its base and data are the default run's (seeded); 10 steps at learning rate 0.9 and the
     # first 16 test rows are enough to show it.
+    # Through the runner here too: the CLI's exit code 3 and its message on stderr for a failed
+    # gate are test_gates' `fail` run's (conftest's gate_runs); the message is the error's.
     seed_store(tmp_path / "store", stages=("base", "data"), source=default_run["store"])
-    r = _llmops(tmp_path, "destroyed", "train.max_steps=10", "train.learning_rate=0.9",
-                "eval.limit=16", data=())
-    assert r.returncode == 3, r.stdout[-2000:] + r.stderr[-3000:]
-    assert "no_regression: tool.exact_match" in r.stderr
+    overrides = ["usecase=none", "progress=false", f"store_dir={tmp_path / 'store'}",
+                 "train.max_steps=10", "train.learning_rate=0.9", "eval.limit=16"]
+    with pytest.raises(GateFailed) as failed:
+        run_plan(compose_plan(overrides)[1], tmp_path / "destroyed", overrides,
+                 stage_process=False)
+    assert failed.value.exit_code == 3
+    assert "no_regression: tool.exact_match" in str(failed.value)
     report = json.loads((tmp_path / "destroyed" / "eval_report.json").read_text())
     gate = next(g for g in report["gates"] if g["name"] == "no_regression")
     assert gate["passed"] is False and gate["value"] < gate["threshold"] < gate["base"]

@@ -63,18 +63,18 @@ def _written(out: Path) -> list[dict]:
             for line in (out / f"{name}.jsonl").read_text("utf-8").splitlines()]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def qwen3_overrides(real_model) -> tuple:
     return ("model=hub", "model.chat_template=auto", f"model.hub_id={real_model('qwen3')}")
 
 
-def test_the_data_report_counts_reasoning_and_what_the_template_renders(
-        tmp_path, stage_params, qwen3_overrides, real_model, caplog):
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(real_model("qwen3"))
+def test_the_data_report_counts_reasoning_context_keeps_it_out_of_the_loss_and_drop_leaves_it_out(
+        tmp_path, stage_params, qwen3_overrides, real_tokenizer, caplog):
+    """One data stage per mode (train, context, drop) on the same rows."""
+    tok = real_tokenizer("qwen3")
     with caplog.at_level(logging.WARNING):
-        report, out = _data(tmp_path, stage_params, qwen3_overrides, {})
+        train, out = _data(tmp_path, stage_params, qwen3_overrides, {})
+    report = train
     assert report["counts"]["rejected"] == 0 and report["counts"]["valid"] == 12
     r = report["reasoning"]
     assert (r["mode"], r["rows"], r["traces"]) == ("train", 11, 12)
@@ -94,10 +94,7 @@ def test_the_data_report_counts_reasoning_and_what_the_template_renders(
     learned = "".join(s["text"] for s in shown["segments"] if s["loss"])
     assert learned.startswith("<think>\n") and "</think>\n\nThe sum is" in learned
 
-
-def test_context_keeps_reasoning_out_of_the_loss_and_drop_leaves_it_out(
-        tmp_path, stage_params, qwen3_overrides):
-    train, _ = _data(tmp_path, stage_params, qwen3_overrides, {})
+    # context: the same tokens seen, the reasoning out of the loss spans
     context, _ = _data(tmp_path, stage_params, qwen3_overrides, {}, "data.reasoning=context")
     assert context["reasoning"]["mode"] == "context" and context["reasoning"]["traces"] == 12
     for shown, full in zip(context["preview"]["rows"], train["preview"]["rows"], strict=True):
@@ -106,6 +103,7 @@ def test_context_keeps_reasoning_out_of_the_loss_and_drop_leaves_it_out(
         learned = "".join(s["text"] for s in shown["segments"] if s["loss"])
         assert "<think>" not in learned and "</think>" not in learned
         assert shown["loss_tokens"] < full["loss_tokens"]  # Qwen3's empty block out too
+    # drop: the rows are written without it
     drop, out = _data(tmp_path, stage_params, qwen3_overrides, {}, "data.reasoning=drop")
     assert (drop["reasoning"]["mode"], drop["reasoning"]["traces"]) == ("drop", 12)
     assert "note" not in drop["reasoning"]
