@@ -39,7 +39,8 @@ def _inject() -> None:
 
 
 if __name__ == "__main__":
-    from llmops.runner.child import main
+    from llmops.runner.child import keep_out, main
 
+    keep_out(sys.argv[3:])  # what main keeps out (FD PID PACKAGE...), before the trainer loads
     _inject()
     sys.exit(main())

@@ -346,15 +346,19 @@ def make_callbacks(ctx: Any, label: str = "sft") -> tuple[list[Any], dict[str, f
 
 
 def plot_loss_curve(curve: list[dict], path: Path, title: str) -> bool:
-    """Saves the loss curve as a PNG (matplotlib, Agg); returns False if matplotlib is missing."""
+    """Saves the loss curve as a PNG (matplotlib, Agg); returns False if matplotlib is missing.
+
+    Through matplotlib's object API (a Figure on an Agg canvas), not pyplot: no global figure
+    manager or backend switch in the stage process, and none of pyplot's imports.
+    """
     if not curve or importlib_missing("matplotlib"):
         return False
-    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     ax.plot([p["step"] for p in curve], [p["loss"] for p in curve], marker=".")
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")
@@ -362,7 +366,6 @@ def plot_loss_curve(curve: list[dict], path: Path, title: str) -> bool:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return True
 
 

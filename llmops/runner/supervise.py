@@ -3,8 +3,9 @@
 `StageProcess` starts `python -m llmops.runner.child` once per job, at the first stage that runs
 (a run whose stages are all cached starts none), and runs every stage there. A package no stage
 of the plan uses that costs seconds to import as a side effect of another (`unused_packages`:
-bitsandbytes, which peft imports whenever it is installed, and wandb, which TRL imports) is kept
-out of that process. While a stage runs it samples the memory of the stage's process tree
+bitsandbytes, which peft imports whenever it is installed; scipy, which transformers imports for
+object detection losses; trio, which the hub's HTTP client imports; wandb, which TRL imports) is
+kept out of that process. While a stage runs it samples the memory of the stage's process tree
 (psutil); when the process dies (the kernel's out-of-memory killer sends SIGKILL, native code
 segfaults) it raises a StageError that names the stage, the signal, the peak and what the
 compute plan planned, so the runner's manifest says `failed` with that reason. A stop of the
@@ -64,6 +65,12 @@ def needs_bitsandbytes(params: Mapping[str, Any]) -> bool:
         "8bit" in str(train.get("optimizer", "")) or train.get("backend") == "unsloth")
 
 
+def needs_scipy(params: Mapping[str, Any]) -> bool:
+    """Tells whether a stage with these params may load scipy: an lm-evaluation-harness stage
+    (its harness `tasks`), whose task metrics (f1, mcc) compute through scikit-learn on scipy."""
+    return "tasks" in params
+
+
 def unused_packages(stage_params: Iterable[Mapping[str, Any]]) -> tuple[str, ...]:
     """Returns the packages the stage process of a plan with these stages keeps out.
 
@@ -71,15 +78,25 @@ def unused_packages(stage_params: Iterable[Mapping[str, Any]]) -> tuple[str, ...
     installed (peft.helpers), and its import compiles kernels with torch.compile and asks the
     Hugging Face hub for a CPU kernel, ~2 CPU-s in every process that imports peft.
 
+    scipy when no stage needs it (`needs_scipy`): transformers' model loading imports its
+    object-detection losses, which import scipy.optimize whenever scipy is installed (~0.4 CPU-s
+    in every process that loads a model); no language-model stage uses them.
+
+    trio always: the hub's HTTP client (httpcore2, through transformers.utils.hub) imports it
+    whenever it is installed, for its trio backend (~0.1 CPU-s); every stage's HTTP (the hub,
+    a served model, OpenAI's API) is synchronous or runs on asyncio.
+
     wandb always: TRL's trainers import it whenever it is installed (~0.4 CPU-s), but no stage
     logs to W&B (the trainers' report_to is "none"); tracking=wandb's sink runs in the runner
     (llmops.tracking.wandb_sink), which this does not touch.
 
-    Kept out, peft, transformers and TRL see a package as not installed, as they do where it is
-    not.
+    Kept out, peft, transformers, TRL and httpcore2 see a package as not installed, as they do
+    where it is not.
     """
-    bnb = () if any(needs_bitsandbytes(p) for p in stage_params) else ("bitsandbytes",)
-    return (*bnb, "wandb")
+    params = list(stage_params)
+    bnb = () if any(needs_bitsandbytes(p) for p in params) else ("bitsandbytes",)
+    scipy = () if any(needs_scipy(p) for p in params) else ("scipy",)
+    return (*bnb, *scipy, "trio", "wandb")
 
 
 class StageProcess:

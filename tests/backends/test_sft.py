@@ -208,3 +208,42 @@ def test_sft_trains_only_desirable_rows_and_counts_the_undesirable_it_leaves_out
     assert info["left_out_undesirable"] == 2
     texts = [tok.decode(ids) for ids in train["input_ids"]]
     assert not any("Answer 1." in t or "Answer 3." in t for t in texts)
+
+
+# The loss curve drawn in a fresh interpreter (the test worker may hold pyplot already): the
+# stage's way (a Figure on an Agg canvas) imports no pyplot and draws the PNG pyplot draws.
+_PLOT_PROBE = r"""
+import json, sys
+from pathlib import Path
+from llmops.backends.hf import plot_loss_curve
+
+out = Path(sys.argv[1])
+curve = [{"step": s, "loss": 3.0 / s} for s in range(1, 21)]
+drawn = plot_loss_curve(curve, out / "stage.png", "sft (hf, adapter)")
+pyplot_loaded = "matplotlib.pyplot" in sys.modules
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+fig, ax = plt.subplots(figsize=(6, 3.5))
+ax.plot([p["step"] for p in curve], [p["loss"] for p in curve], marker=".")
+ax.set_xlabel("step")
+ax.set_ylabel("training loss")
+ax.set_title("sft (hf, adapter)")
+ax.grid(alpha=0.3)
+fig.tight_layout()
+fig.savefig(out / "pyplot.png", dpi=100)
+print(json.dumps({"drawn": drawn, "pyplot_loaded": pyplot_loaded,
+                  "same": (out / "stage.png").read_bytes() == (out / "pyplot.png").read_bytes()}))
+"""
+
+
+def test_the_loss_curve_is_drawn_without_pyplot_as_pyplot_draws_it(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", _PLOT_PROBE, str(tmp_path)], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == {
+        "drawn": True, "pyplot_loaded": False, "same": True}
+    assert (tmp_path / "stage.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

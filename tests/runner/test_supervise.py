@@ -9,6 +9,7 @@ out-of-memory errors are real exceptions raised inside the real trainer of the r
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -52,10 +53,13 @@ OOM_KINDS = [
 
 @pytest.mark.slow
 def test_out_of_memory_in_training_stops_the_stage_with_peak_plan_and_fix(
-        compose_plan, tmp_path, monkeypatch):
+        compose_plan, tmp_path, monkeypatch, capfd):
     """A real allocation failure (torch asks the CPU allocator for 4 EiB) in the trainer of the
     real stage process of a real run: the runner's error and manifest say it, with the peak,
-    the compute plan's figure and the fix; nothing is half-written or published."""
+    the compute plan's figure and the fix; nothing is half-written or published. Also: the stage
+    process loaded the model and built the trainer without importing what its plan keeps out
+    (llmops.runner.supervise.unused_packages; its imports, profiled, reach this process's
+    stderr)."""
     from llmops.runner import supervise
     from llmops.runner.run import run_plan
 
@@ -63,12 +67,25 @@ def test_out_of_memory_in_training_stops_the_stage_with_peak_plan_and_fix(
     monkeypatch.setattr(supervise, "CHILD_MODULE", "fault_child")
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parents[1]))
     monkeypatch.setenv("LLMOPS_TEST_FAULT", "alloc")
+    monkeypatch.setenv("PYTHONPROFILEIMPORTTIME", "1")  # the stage process's imports
     _, plan = compose_plan([*TRAIN_ONLY, "train.max_steps=3", f"store_dir={store}",
                             "hardware=cpu"])
+    kept_out = supervise.unused_packages(spec.params for spec in plan.stages)
+    assert {"bitsandbytes", "scipy", "trio", "wandb"} <= set(kept_out)
+    capfd.readouterr()
     t0 = time.perf_counter()
     with pytest.raises(StageError) as failed:
         run_plan(plan, tmp_path / "run")
     assert time.perf_counter() - t0 < 300
+    # What imports each kept-out package when it is installed ran (transformers' object-detection
+    # losses: scipy; the hub's HTTP client: trio; peft: bitsandbytes; TRL's trainers: wandb), but
+    # none of them loaded (a loaded package imports its submodules). A module imported through
+    # importlib.import_module (transformers' and TRL's lazy modules) has no line of its own.
+    imported = set(re.findall(r"^import time:.*\|\s*([\w.]+)\s*$", capfd.readouterr().err,
+                              re.M))
+    assert {"transformers.loss.loss_for_object_detection", "httpcore2", "peft",
+            "trl.trainer.base_trainer"} <= imported
+    assert not {m for m in imported if "." in m and m.split(".")[0] in kept_out}
     text = str(failed.value)
     assert text.startswith("sft: out of memory (RuntimeError: [enforce fail at alloc_cpu.cpp"), \
         text
