@@ -180,7 +180,8 @@ class _Server:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        # polled every 0.05 s, so shutdown() returns at once (serve_forever's default: 0.5 s)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
 
     def __enter__(self) -> _Server:
         self.thread.start()
@@ -239,17 +240,18 @@ def test_a_trickling_endpoint_is_cut_at_http_total_seconds(run_dir):
     with _Server(_trickle) as server:
         t0 = time.monotonic()
         r = _monitor(str(run_dir), "--endpoint", server.url, "--probes", "2", "--no-metrics",
-                     "--http-total-seconds", "1.5")
+                     "--http-total-seconds", "0.8")
         took = time.monotonic() - t0
     assert r.returncode == EXIT_STAGE_FAILED, r.stdout + r.stderr
-    assert "no complete reply within limits.http_total_seconds=1.5 s" in r.stderr
-    assert took < 40, took  # 2 x 1.5 s and the start-up; unbounded it waits 2 x 60 s
+    assert "every probe to" in r.stderr and "(2 requests; last: " in r.stderr
+    assert "no complete reply within limits.http_total_seconds=0.8 s" in r.stderr
+    assert took < 40, took  # 2 x 0.8 s and the start-up; unbounded it waits 2 x 60 s
 
 
 def test_duration_bounds_the_whole_probing_even_mid_request(run_dir):
     with _Server(_trickle) as server:
         t0 = time.monotonic()
-        r = _monitor(str(run_dir), "--endpoint", server.url, "--duration", "2", "--no-metrics",
+        r = _monitor(str(run_dir), "--endpoint", server.url, "--duration", "1", "--no-metrics",
                      "--http-total-seconds", "500")
         took = time.monotonic() - t0
     assert r.returncode == EXIT_STAGE_FAILED, r.stdout + r.stderr
