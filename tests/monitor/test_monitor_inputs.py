@@ -185,10 +185,15 @@ class _Server:
 
     def __enter__(self) -> _Server:
         self.thread.start()
-        threading.Timer(90, self.httpd.shutdown).start()  # never outlives the test by much
+        # never outlives the test by much; a daemon, cancelled on exit, so that no pending timer
+        # keeps the process alive for its 90 s once the tests are done
+        self.timer = threading.Timer(90, self.httpd.shutdown)
+        self.timer.daemon = True
+        self.timer.start()
         return self
 
     def __exit__(self, *exc) -> None:
+        self.timer.cancel()
         self.stop_event.set()
         self.httpd.shutdown()
         self.httpd.server_close()
