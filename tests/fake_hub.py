@@ -16,11 +16,11 @@ from typing import Any
 
 
 class FakeHub:
-    """Serves repos {id: {"files": {name: bytes}, "gated": bool}} or a fixed failure status."""
+    """Serves repos {id: {"files": {name: bytes}, "gated": bool}}; a repo {"fail_status": 503}
+    answers every request about it with that status (a hub that is down for it)."""
 
-    def __init__(self, repos: dict[str, dict[str, Any]], fail_status: int | None = None):
+    def __init__(self, repos: dict[str, dict[str, Any]]):
         self.repos = repos
-        self.fail_status = fail_status
         self.requests: Counter[str] = Counter()
         hub = self
 
@@ -42,7 +42,9 @@ class FakeHub:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # polled every 0.05 s, so shutdown() returns at once (serve_forever's default: 0.5 s)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,),
+                                       daemon=True)
 
     def __enter__(self) -> FakeHub:
         self.thread.start()
@@ -54,8 +56,6 @@ class FakeHub:
 
     def answer(self, path: str) -> tuple[int, dict[str, str], bytes]:
         """Returns (status, headers, body) for a request path, as the hub would."""
-        if self.fail_status:
-            return self.fail_status, {}, b"unavailable"
         path = path.split("?")[0]
         api = path.startswith("/api/models/")
         parts = path.removeprefix("/api/models/" if api else "/").split("/")
@@ -63,6 +63,8 @@ class FakeHub:
         repo = self.repos.get(repo_id)
         if repo is None:
             return 404, {"X-Error-Code": "RepoNotFound"}, b'{"error": "Repository not found"}'
+        if repo.get("fail_status"):
+            return repo["fail_status"], {}, b"unavailable"
         if repo.get("gated"):
             return 403, {"X-Error-Code": "GatedRepo"}, b'{"error": "gated"}'
         if api:

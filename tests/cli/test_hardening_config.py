@@ -155,15 +155,20 @@ def test_installed_plugin_targets_are_allowed_only_where_hydra_expects_them():
     from llmops.config.hydra.compose import compose
     from llmops.config.hydra.hydra_checks import hydra_problems
 
+    # Hydra's first composition in a process registers the installed plugins' configs
+    assert hydra_problems(compose([], return_hydra_config=True), None) == []
     repo = ConfigStore.instance().repo["hydra"]
     launchers = [n.removesuffix(".yaml") for n in repo["launcher"] if n.endswith(".yaml")]
     samplers = [n.removesuffix(".yaml") for n in repo["sweeper"]["sampler"]]
     assert {"basic", "joblib", "submitit_local", "submitit_slurm"} <= set(launchers)
     assert {"tpe", "random", "grid"} <= set(samplers)
-    for overrides in ([f"hydra/launcher={n}" for n in [*launchers, "slurm"]]
-                      + [f"hydra/sweeper/sampler={n}" for n in samplers]):
-        extra = ["hydra/sweeper=optuna"] if "sampler" in overrides else []
-        cfg = compose([*extra, overrides], return_hydra_config=True)
+    # each launcher and each sampler in one composition of a few (an optuna sweep on a launcher)
+    launchers, width = [*launchers, "slurm"], max(len(launchers) + 1, len(samplers))
+    for i in range(width):
+        overrides = ["hydra/sweeper=optuna",
+                     *[f"hydra/launcher={n}" for n in launchers[i:i + 1]],
+                     *[f"hydra/sweeper/sampler={n}" for n in samplers[i:i + 1]]]
+        cfg = compose(overrides, return_hydra_config=True)
         assert hydra_problems(cfg, None) == [], overrides
     assert len(preflight(["sweeps=optuna_rank_lr"]).points) == 6
     joblib = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
@@ -188,7 +193,7 @@ def test_cfg_with_a_typo_exits_2_with_the_hint(tmp_path, flags):
 def test_cfg_refuses_a_target_and_still_prints_a_good_config(tmp_path):
     r = llmops_here("--cfg", "hydra", "+hydra.callbacks.e._target_=builtins.open", cwd=tmp_path)
     assert_refused(r, tmp_path, set(), "hydra.callbacks.e._target_")
-    r = llmops("--cfg", "job", "--resolve", "lora=r8", cwd=tmp_path)
+    r = llmops_here("--cfg", "job", "--resolve", "lora=r8", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "r: 8" in r.stdout and files_under(tmp_path) == set()
 

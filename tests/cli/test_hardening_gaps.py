@@ -198,10 +198,14 @@ def test_every_key_that_leaves_llmops_refuses_a_secret_and_others_keep_the_mask(
     from llmops.config.validate import validate
     from llmops.errors import ConfigError
 
+    # every such key reads the secret in one composition: validate lists each key's problem
+    with pytest.raises(ConfigError) as info:
+        validate(to_plain(compose([
+            "tracking=wandb", "deploy=ollama",
+            *[f"++{key}=[${{oc.env:HF_TOKEN}}]" if key == "tracking.tags"
+              else f"++{key}=${{oc.env:HF_TOKEN}}" for key in OUTBOUND]])))
+    assert {p.key for p in info.value.problems} == set(OUTBOUND)
     for key in OUTBOUND:
-        value = "[${oc.env:HF_TOKEN}]" if key == "tracking.tags" else "${oc.env:HF_TOKEN}"
-        with pytest.raises(ConfigError) as info:
-            validate(to_plain(compose(["tracking=wandb", "deploy=ollama", f"++{key}={value}"])))
         messages = [p.message for p in info.value.problems if p.key == key]
         if key in NAME_KEYS:  # refused earlier by the name's own pattern, the text unresolved
             assert len(messages) == 1 and "(got '${oc.env:HF_TOKEN}')" in messages[0], messages

@@ -71,15 +71,18 @@ def test_an_unreachable_hub_is_asked_once_and_a_dry_run_not_at_all(tmp_path):
 
 
 def test_a_failing_hub_gets_one_request_and_its_answer_is_named(tmp_path):
+    """One sweep over four repositories the hub cannot give (its pre-flight checks every point
+    and lists every problem, as four runs of one point each would)."""
     small = {"config.json": b"{}", "tokenizer.json": b"{}"}  # no weights
-    repos = {"acme/small": {"files": small}, "acme/gated": {"files": small, "gated": True}}
-    with FakeHub(repos) as hub, FakeHub({}, fail_status=503) as down:
-        runs = {repo: _llmops("model=qwen0.5b", f"model.hub_id={repo}", cwd=tmp_path,
-                              HF_ENDPOINT=url, HF_HUB_OFFLINE="", TRANSFORMERS_OFFLINE="")[0]
-                for repo, url in (("acme/small", hub.url), ("acme/gated", hub.url),
-                                  ("acme/missing", hub.url), ("acme/down", down.url))}
-    assert {repo: r.returncode for repo, r in runs.items()} == dict.fromkeys(runs, 2)
-    err = {repo: r.stderr.strip().splitlines()[-1] for repo, r in runs.items()}
+    repos = {"acme/small": {"files": small}, "acme/gated": {"files": small, "gated": True},
+             "acme/down": {"fail_status": 503}}
+    with FakeHub(repos) as hub:
+        r, _ = _llmops("-m", "model=qwen0.5b",
+                       "model.hub_id=acme/small,acme/gated,acme/missing,acme/down", cwd=tmp_path,
+                       HF_ENDPOINT=hub.url, HF_HUB_OFFLINE="", TRANSFORMERS_OFFLINE="")
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.startswith("Config is invalid (4 problems):\n"), r.stderr[-2000:]
+    err = {line.split("'")[1]: line for line in r.stderr.strip().splitlines()[1:]}
     assert err["acme/small"] == (
         f"  - model.hub_id: 'acme/small' on {hub.url} has no weights, so it cannot be loaded as "
         "a causal LM. Pick a model repository with config.json, a tokenizer and weights.")
@@ -91,9 +94,9 @@ def test_a_failing_hub_gets_one_request_and_its_answer_is_named(tmp_path):
         "token is set).")
     assert err["acme/down"].startswith(
         f"  - model.hub_id: 'acme/down' is not in the Hugging Face cache (missing: config.json, "
-        f"tokenizer, weights) and the hub at {down.url} could not be asked (HfHubHTTPError: "
-        f"Server error '503 Service Unavailable' for url '{down.url}/api/models/acme/down'). ")
-    assert down.requests["/api/models/acme/down"] == 1, "a 503 is not retried"
+        f"tokenizer, weights) and the hub at {hub.url} could not be asked (HfHubHTTPError: "
+        f"Server error '503 Service Unavailable' for url '{hub.url}/api/models/acme/down'). ")
+    assert hub.requests["/api/models/acme/down"] == 1, "a 503 is not retried"
     assert _written(tmp_path) == []
 
 

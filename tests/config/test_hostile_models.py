@@ -1,6 +1,10 @@
 """Hostile model folders and chat templates at compile time (issue 20): a config.json with facts of
 the wrong type, nested 100,000 deep or huge; custom code (auto_map); a template that raises or
-loops. Each is exit 2 naming the key and the file or the bound, never a traceback."""
+loops. Each is exit 2 naming the key and the file or the bound, never a traceback.
+
+The command-line checks of a local folder or template run `python -m llmops` as llmops.cli.main in
+this process (cli_here.llmops_here: a pre-flight verdict, no process of its own needed); those
+that ask a hub (HF_ENDPOINT, read when huggingface_hub is imported) start a process."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_here import llmops_here
 
 from llmops.errors import ConfigError
 
@@ -107,10 +112,7 @@ def test_a_huge_config_json_is_refused_without_reading_it(compose_plan, tmp_path
 def test_a_bad_config_json_exits_2_without_a_traceback(tmp_path):
     folder = _folder(tmp_path, {**SMALL, "num_key_value_heads": "two",
                                 "rope_scaling": json.loads("[" * 60 + "]" * 60)})
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
-    r = subprocess.run([sys.executable, "-m", "llmops", "model=hub", f"model.hub_id={folder}",
-                        "dry_run=true"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                       timeout=300)
+    r = llmops_here("model=hub", f"model.hub_id={folder}", "dry_run=true", cwd=tmp_path)
     assert r.returncode == 2, r.stderr[-2000:]
     assert "Traceback" not in r.stderr + r.stdout
     assert (f"model.num_kv_heads: cannot be derived from {folder / 'config.json'}: it has no "
@@ -215,12 +217,9 @@ def test_a_template_that_loops_is_bounded_at_compile_time(compose_plan, tmp_path
 def test_a_dry_run_with_a_looping_template_exits_2_within_the_bound(tmp_path):
     path = tmp_path / "chat.jinja"
     path.write_text(LOOPS[0])
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
     start = time.monotonic()
-    r = subprocess.run([sys.executable, "-m", "llmops", "model=qwen0.5b",
-                        f"model.chat_template={path}", "limits.template_seconds=1",
-                        "dry_run=true"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                       timeout=300)
+    r = llmops_here("model=qwen0.5b", f"model.chat_template={path}", "limits.template_seconds=1",
+                    "dry_run=true", cwd=tmp_path)
     assert r.returncode == 2, r.stderr[-2000:]
     assert time.monotonic() - start < 120
     assert "took longer than limits.template_seconds=1 " in r.stderr
@@ -235,22 +234,32 @@ def test_a_template_file_that_is_not_text_is_a_config_error(compose_plan, tmp_pa
         f"'{path}' cannot be read (UnicodeDecodeError: 'utf-8' codec can't decode byte 0xff")
 
 
-@pytest.mark.parametrize("body", [
-    b'{"model_type": "qwen2", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
-    json.dumps({**SMALL, "num_key_value_heads": "two"}).encode(),
-])
-def test_a_hostile_config_json_from_the_hub_exits_2(tmp_path, body):
+HOSTILE_HUB_CONFIGS = {  # repository: (its config.json, what the problem says)
+    "acme/deep": (b'{"model_type": "qwen2", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+                  "nested deeper than limits.json_depth=64"),
+    "acme/kv": (json.dumps({**SMALL, "num_key_value_heads": "two"}).encode(),
+                "it has no positive integer 'num_key_value_heads' (got 'two')"),
+}
+
+
+def test_a_hostile_config_json_from_the_hub_exits_2(tmp_path):
+    """One sweep over both repositories: its pre-flight reads each point's config.json from the
+    hub and lists every problem, as a run of each would."""
     from fake_hub import FakeHub
 
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "WANDB_MODE": "disabled"}
     for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         env.pop(key, None)
-    with FakeHub({"acme/evil": {"files": {"config.json": body}}}) as hub:
-        r = subprocess.run([sys.executable, "-m", "llmops", "model=hub", "model.hub_id=acme/evil",
-                            "dry_run=true"], cwd=tmp_path, env={**env, "HF_ENDPOINT": hub.url},
-                           capture_output=True, text=True, timeout=300)
+    repos = {repo: {"files": {"config.json": body}}
+             for repo, (body, _) in HOSTILE_HUB_CONFIGS.items()}
+    with FakeHub(repos) as hub:
+        r = subprocess.run([sys.executable, "-m", "llmops", "-m", "model=hub",
+                            f"model.hub_id={','.join(repos)}", "dry_run=true"], cwd=tmp_path,
+                           env={**env, "HF_ENDPOINT": hub.url}, capture_output=True, text=True,
+                           timeout=300)
     assert r.returncode == 2, r.stderr[-2000:]
     assert "Traceback" not in r.stderr + r.stdout
-    expected = ("nested deeper than limits.json_depth=64" if b"[[[" in body else
-                "it has no positive integer 'num_key_value_heads' (got 'two')")
-    assert expected in r.stderr
+    assert r.stderr.startswith("Config is invalid ("), r.stderr[-2000:]
+    for repo, (_, expected) in HOSTILE_HUB_CONFIGS.items():  # each point's own problem
+        assert any(expected in line for line in r.stderr.splitlines()
+                   if line.endswith(f"[sweep point: model.hub_id={repo}]")), (repo, r.stderr)

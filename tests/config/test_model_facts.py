@@ -192,23 +192,31 @@ def _llmops(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("family", ["qwen2", "llama"])
-def test_dry_run_plans_a_local_folder_of_each_family(real_model, tmp_path, family):
-    folder = real_model(family)
-    r = _llmops("model=hub", f"model.hub_id={folder}", "dry_run=true", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert f"model facts from {folder}/config.json:" in r.stdout.replace("\n", "")
-    (report,) = tmp_path.glob("outputs/runs/*/*/compute_plan.json")
-    read = json.loads(report.read_text())["facts_read"]
-    config = json.loads((folder / "config.json").read_text())
+def test_dry_run_plans_a_local_folder_of_each_family(real_model, tmp_path):
+    """One dry-run sweep (one process) over a local folder of each family."""
     from transformers import AutoModelForCausalLM
 
-    weights = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(folder).parameters())
-    assert read["params"] == {"value": weights,
-                              "from": f"{folder}/config.json ({config['model_type']} arithmetic)"}
-    assert read["num_layers"]["value"] == config["num_hidden_layers"]
-    assert read["vocab_size"]["value"] == config["vocab_size"]
-    assert read["chat_template"] == {"value": "auto", "from": str(folder / "chat_template.jinja")}
+    folders = [real_model(family) for family in ("qwen2", "llama")]
+    r = _llmops("-m", "model=hub", f"model.hub_id={','.join(map(str, folders))}", "dry_run=true",
+                "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    reports = {}
+    for report in (tmp_path / "sweep").glob("*/compute_plan.json"):
+        read = json.loads(report.read_text())["facts_read"]
+        reports[read["chat_template"]["from"]] = read
+    assert len(reports) == 2
+    for folder in folders:
+        assert f"model facts from {folder}/config.json:" in r.stdout.replace("\n", "")
+        read = reports[str(folder / "chat_template.jinja")]
+        config = json.loads((folder / "config.json").read_text())
+        weights = sum(p.numel()
+                      for p in AutoModelForCausalLM.from_pretrained(folder).parameters())
+        assert read["params"] == {
+            "value": weights, "from": f"{folder}/config.json ({config['model_type']} arithmetic)"}
+        assert read["num_layers"]["value"] == config["num_hidden_layers"]
+        assert read["vocab_size"]["value"] == config["vocab_size"]
+        assert read["chat_template"] == {"value": "auto",
+                                         "from": str(folder / "chat_template.jinja")}
 
 
 def test_a_hub_id_reads_config_json_from_the_cache_or_one_hub_request(tmp_path):

@@ -118,7 +118,8 @@ class _Recorder(http.server.BaseHTTPRequestHandler):
 def recording_server():
     _Recorder.requests = []
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # polled every 0.05 s, so shutdown() returns at once (serve_forever's default: 0.5 s)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}", _Recorder.requests
     server.shutdown()

@@ -57,7 +57,8 @@ class Trickle:
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
 
     def __enter__(self) -> Trickle:
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        # polled every 0.05 s, so shutdown() returns at once (serve_forever's default: 0.5 s)
+        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -82,9 +83,9 @@ def test_a_trickling_answer_to_a_get_is_cut_at_the_total():
 
     with Trickle() as server:
         t0 = time.monotonic()
-        assert _get(server.url + "/v1/models", 2.0, 1.5) is None  # each read is quick
+        assert _get(server.url + "/v1/models", 2.0, 0.8) is None  # each read is quick
         took = time.monotonic() - t0
-    assert 1.4 < took < 10, took
+    assert 0.7 < took < 10, took
 
 
 def test_deploy_ollama_against_a_trickling_server_ends_at_the_bound(tmp_path, chat_tokenizer,  # noqa: F811
@@ -100,8 +101,8 @@ def test_deploy_ollama_against_a_trickling_server_ends_at_the_bound(tmp_path, ch
         "quantization": ["q8_0"], "files": {"q8_0": {"path": "model-q8_0.gguf", "parity": {}}}}))
     out = tmp_path / "out"
     out.mkdir()
-    params = stage_params("deploy", "deploy=ollama", "limits.http_total_seconds=1.5")
-    assert params["http_total_seconds"] == 1.5
+    params = stage_params("deploy", "deploy=ollama", "limits.http_total_seconds=0.8")
+    assert params["http_total_seconds"] == 0.8
     params.update(serve_quantization="q8_0")
     ctx = StageContext(run_dir=tmp_path / "run", show_progress=False,
                        logger=logging.getLogger("test"))
@@ -120,10 +121,10 @@ def test_deploy_ollama_against_a_trickling_server_ends_at_the_bound(tmp_path, ch
 def test_the_reachability_hub_request_ends_at_limits_http_total_seconds(tmp_path):
     with Trickle() as hub:
         online = {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "", "TRANSFORMERS_OFFLINE": ""}
-        r, seconds = _llmops("model=qwen0.5b", "lora=r16", "limits.http_total_seconds=2",
+        r, seconds = _llmops("model=qwen0.5b", "lora=r16", "limits.http_total_seconds=1",
                              cwd=tmp_path, **online)
     assert r.returncode == 2, r.stderr[-2000:]
-    assert f"the hub at {hub.url} gave no complete answer within limits.http_total_seconds=2 s" \
+    assert f"the hub at {hub.url} gave no complete answer within limits.http_total_seconds=1 s" \
         in r.stderr
     assert "Traceback" not in r.stderr and hub.requests == 1
     assert seconds < 60, seconds  # the trickle lasts 60 s per request
