@@ -1,8 +1,9 @@
 """The stage process: `python -m llmops.runner.child FD PARENT_PID [PACKAGE ...]` runs the stages
 the runner hands it; the PACKAGEs (llmops.runner.supervise.unused_packages) stay out of it.
 
-The runner (llmops.runner.supervise) starts one such process per job, at the first stage that
-is not cached, and sends it one stage at a time over the connection on file descriptor FD. A
+The runner (llmops.runner.supervise) starts one such process per job (or per sweep whose points
+run one after another in its process, llmops.runner.shared), at the first stage that is not
+cached, and sends it one stage at a time over the connection on file descriptor FD. A
 stage's log records go back over the same connection into the runner's logging; its progress
 bars and warnings reach the inherited stderr. When this process dies (the kernel's out-of-memory
 killer, a crash in native code), the runner, which outlives it, records which stage and why. It

@@ -1,7 +1,8 @@
 """The runner's side of the stage process: it outlives the stage, so a killed stage is recorded.
 
 `StageProcess` starts `python -m llmops.runner.child` once per job, at the first stage that runs
-(a run whose stages are all cached starts none), and runs every stage there. A package no stage
+(a run whose stages are all cached starts none), and runs every stage there (sweep points run one
+after another in the CLI's process share one: llmops.runner.shared). A package no stage
 of the plan uses that costs seconds to import as a side effect of another (`unused_packages`:
 bitsandbytes, which peft imports whenever it is installed; scipy, which transformers imports for
 object detection losses; trio, which the hub's HTTP client imports; wandb, which TRL imports) is
