@@ -26,9 +26,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("llmops")
 
-#: While the block is open: [(how the kept process was started, the process)], else None.
-_KEPT: list[tuple[tuple[Any, ...], StageProcess]] | None = None
-_OWNER = 0  # the pid that opened the block (a forked child does not share its processes)
+#: The pid that opened the block, None while it is closed (a forked child shares nothing).
+_OWNER: int | None = None
+#: The kept stage process and how it was started (`_start_key`), once a job started one.
+_KEPT: tuple[tuple[Any, ...], StageProcess] | None = None
 
 
 @contextlib.contextmanager
@@ -36,16 +37,16 @@ def shared_stage_process() -> Iterator[None]:
     """Lets the jobs run meanwhile in this process share their stage process (module doc);
     leaving the block ends the kept process. A nested block changes nothing."""
     global _KEPT, _OWNER
-    if _KEPT is not None and _OWNER == os.getpid():
+    if _OWNER == os.getpid():
         yield
         return
-    _KEPT, _OWNER = [], os.getpid()
+    _OWNER, _KEPT = os.getpid(), None
     try:
         yield
     finally:
-        kept, _KEPT = _KEPT, None
-        for _, process in kept:
-            process.close()
+        kept, _OWNER, _KEPT = _KEPT, None, None
+        if kept is not None:
+            kept[1].close()
 
 
 def _start_key(without: tuple[str, ...]) -> tuple[Any, ...]:
@@ -56,18 +57,19 @@ def _start_key(without: tuple[str, ...]) -> tuple[Any, ...]:
 def job_stage_process(without: tuple[str, ...]) -> tuple[StageProcess, bool]:
     """Returns (the stage process of a job that keeps out `without`, whether it is shared: the
     job must leave it open for the next one)."""
+    global _KEPT
     from llmops.runner.supervise import StageProcess
 
-    if _KEPT is None or _OWNER != os.getpid():
+    if _OWNER != os.getpid():
         return StageProcess(without), False
     key = _start_key(without)
-    if _KEPT and _KEPT[0][0] == key:
-        process = _KEPT[0][1]
+    if _KEPT is not None and _KEPT[0] == key:
+        process = _KEPT[1]
         if process.proc is not None and process.proc.returncode is None:
             log.info("stage process: the last job's (pid %d) goes on with this job",
                      process.proc.pid)
         return process, True
-    for _, other in _KEPT:  # started differently: this job gets its own, kept for the next
-        other.close()
-    _KEPT[:] = [(key, StageProcess(without))]
-    return _KEPT[0][1], True
+    if _KEPT is not None:  # started differently: this job gets its own, kept for the next
+        _KEPT[1].close()
+    _KEPT = (key, StageProcess(without))
+    return _KEPT[1], True
