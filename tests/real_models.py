@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -193,9 +194,15 @@ def build_real_model(family: str, cache_dir: Path, hidden: int = 64, layers: int
     if (dest / "llmops_test_model.json").is_file():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{family}-", dir=dest.parent))
+    return _publish(dest, lambda tmp: _build(fam, tmp, hidden, layers, seed))
+
+
+def _publish(dest: Path, fill: Callable[[Path], None]) -> Path:
+    """Returns dest after `fill` wrote it in a temporary sibling folder that replaces it whole,
+    so a build that fails or is interrupted leaves no half-written model."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
     try:
-        _build(fam, tmp, hidden, layers, seed)
+        fill(tmp)
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(tmp, dest)
@@ -219,15 +226,11 @@ def peaked_model(src: Path, dest: Path, scale: float = 30.0) -> Path:
     model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
     with torch.no_grad():
         model.get_input_embeddings().weight.mul_(scale)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
-    try:
+
+    def fill(tmp: Path) -> None:
         model.save_pretrained(tmp)
         AutoTokenizer.from_pretrained(src).save_pretrained(tmp)
         info = json.loads((Path(src) / "llmops_test_model.json").read_text("utf-8"))
         (tmp / "llmops_test_model.json").write_text(json.dumps({**info, "peaked": scale}))
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dest
+
+    return _publish(dest, fill)
