@@ -101,23 +101,67 @@ def _loader() -> type:
     return Loader
 
 
+def yaml_dumper() -> type:
+    """Returns OmegaConf's YAML dumper, writing with libyaml where PyYAML has it (cached).
+
+    A drop-in for omegaconf._utils.get_omega_conf_dumper: OmegaConf's representers (text that
+    would read back as a bool or a number is quoted) on libyaml's emitter, about three times
+    faster than PyYAML's own, which OmegaConf uses; the text written is the same.
+    """
+    return _dumper()
+
+
+@functools.cache
+def _dumper() -> type:
+    from omegaconf._utils import get_omega_conf_dumper
+
+    rules = get_omega_conf_dumper()
+    try:
+        from yaml.cyaml import CEmitter
+    except ImportError:  # PyYAML built without libyaml
+        return rules  # type: ignore[no-any-return]
+    from yaml.representer import Representer
+    from yaml.resolver import Resolver
+
+    class Dumper(CEmitter, rules):  # type: ignore[misc,valid-type]
+        def __init__(self, stream: Any, default_style: Any = None,
+                     default_flow_style: Any = False, canonical: Any = None, indent: Any = None,
+                     width: Any = None, allow_unicode: Any = None, line_break: Any = None,
+                     encoding: Any = None, explicit_start: Any = None, explicit_end: Any = None,
+                     version: Any = None, tags: Any = None, sort_keys: bool = True) -> None:
+            # as yaml.CDumper's, with OmegaConf's representers
+            CEmitter.__init__(self, stream, canonical=canonical, indent=indent, width=width,
+                              encoding=encoding, allow_unicode=allow_unicode,
+                              line_break=line_break, explicit_start=explicit_start,
+                              explicit_end=explicit_end, version=version, tags=tags)
+            Representer.__init__(self, default_style=default_style,
+                                 default_flow_style=default_flow_style, sort_keys=sort_keys)
+            Resolver.__init__(self)
+
+    return Dumper
+
+
 @contextlib.contextmanager
 def libyaml() -> Iterator[None]:
-    """Has OmegaConf, and so Hydra, read YAML with yaml_loader inside the block.
+    """Has OmegaConf, and so Hydra, read and write YAML through libyaml inside the block.
 
     OmegaConf.load (Hydra's reader of every config file) asks omegaconf._utils for its YAML
     loader at every call: here it gets the same rules parsed by libyaml (a fifth less time for a
-    composition), and a bad file's error stays OmegaConf's own, word for word.
+    composition), and a bad file's error stays OmegaConf's own, word for word. OmegaConf.to_yaml
+    (and so Hydra's .hydra/*.yaml) gets yaml_dumper: the same text, written about three times
+    faster.
     """
     import omegaconf._utils
+    import omegaconf.omegaconf
 
-    loader = yaml_loader()  # built on OmegaConf's own before the swap
-    exact = omegaconf._utils.get_yaml_loader
+    loader, dumper = yaml_loader(), yaml_dumper()  # built on OmegaConf's own before the swap
+    exact = omegaconf._utils.get_yaml_loader, omegaconf.omegaconf.get_omega_conf_dumper
     omegaconf._utils.get_yaml_loader = lambda: loader
+    omegaconf.omegaconf.get_omega_conf_dumper = lambda: dumper
     try:
         yield
     finally:
-        omegaconf._utils.get_yaml_loader = exact
+        omegaconf._utils.get_yaml_loader, omegaconf.omegaconf.get_omega_conf_dumper = exact
 
 
 def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
@@ -140,6 +184,4 @@ def groups() -> list[str]:
 
 def load_primary() -> dict[str, Any]:
     """Returns the primary config (config.yaml) as plain data, interpolations unresolved."""
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(OmegaConf.load(FOLDER / "config.yaml"), resolve=False)
+    return copy.deepcopy(_read(FOLDER / "config.yaml"))

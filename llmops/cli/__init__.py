@@ -15,7 +15,8 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from llmops.cli.job import _task, execute, handed_over, run_job
 from llmops.cli.preflight import _preflight, check, preflight, show_cfg_check, to_plain
@@ -42,6 +43,7 @@ def _run_single(overrides: list[str], source: Source | None = None,
     run reuses the composition the pre-flight checked and hands it to Hydra's own run_job (output
     folder, .hydra/ files, logging, HydraConfig), so the job sees exactly what Hydra would give it,
     and hands the job the point the pre-flight validated, resolved and compiled (`checked`).
+    OmegaConf reads and writes YAML through libyaml meanwhile (llmops.conf.libyaml).
     """
     import functools
 
@@ -51,6 +53,7 @@ def _run_single(overrides: list[str], source: Source | None = None,
     from hydra.types import HydraContext, RunMode
     from omegaconf import open_dict
 
+    from llmops.conf import libyaml
     from llmops.config.hydra.compose import compose_to_keep
     from llmops.config.hydra.source import DEFAULT, config_loader
 
@@ -63,11 +66,12 @@ def _run_single(overrides: list[str], source: Source | None = None,
     callbacks = Callbacks(cfg)
     callbacks.on_run_start(config=cfg, config_name=source.config_name)
     try:
-        ret = run_job(hydra_context=HydraContext(config_loader=config_loader(source),
-                                                 callbacks=callbacks),
-                      task_function=functools.partial(_task, checked=checked), config=cfg,
-                      job_dir_key="hydra.run.dir",
-                      job_subdir_key=None, configure_logging=True)
+        with libyaml():  # .hydra/*.yaml written by libyaml: the same text, faster
+            ret = run_job(hydra_context=HydraContext(config_loader=config_loader(source),
+                                                     callbacks=callbacks),
+                          task_function=functools.partial(_task, checked=checked), config=cfg,
+                          job_dir_key="hydra.run.dir",
+                          job_subdir_key=None, configure_logging=True)
         callbacks.on_run_end(config=cfg, config_name=source.config_name, job_return=ret)
         _ = ret.return_value  # re-raises the task's exception
     finally:
@@ -116,6 +120,35 @@ def _gc_settle(thresholds: tuple[int, int, int], points: int) -> None:
 
 #: pydantic's switch for its plugins (entry points of the group `pydantic`).
 _PLUGINS_ENV = "PYDANTIC_DISABLE_PLUGINS"
+#: pydantic's module that finds its plugins: it imports importlib.metadata to read entry points.
+_PLUGIN_LOADER = "pydantic.plugin._loader"
+
+
+def _no_plugin_loader() -> ModuleType:
+    """Returns a stand-in for pydantic's plugin loader while its switch says `__all__`.
+
+    Under that switch pydantic's own `get_plugins` returns no plugin before it reads any entry
+    point, but importing its module imports importlib.metadata (with email, zipfile, csv): about
+    a twenty-fifth of a dry run, for nothing. The stand-in's `get_plugins` returns none, as
+    pydantic's does; any other name loads pydantic's own module, which then replaces it.
+    """
+    loader = ModuleType(_PLUGIN_LOADER)
+
+    def get_plugins() -> tuple[()]:
+        return ()
+
+    def __getattr__(name: str) -> Any:  # a name a later pydantic may import from its loader
+        if name.startswith("__"):  # e.g. __path__, which every `from ._loader import` asks for
+            raise AttributeError(name)
+        if sys.modules.get(_PLUGIN_LOADER) is loader:
+            del sys.modules[_PLUGIN_LOADER]
+        from pydantic.plugin import _loader  # pydantic's own, in the stand-in's place from now
+
+        return getattr(_loader, name)
+
+    loader.get_plugins = get_plugins  # type: ignore[attr-defined]
+    loader.__getattr__ = __getattr__  # type: ignore[method-assign]
+    return loader
 
 
 @contextlib.contextmanager
@@ -125,16 +158,22 @@ def _pydantic_plugins_off() -> Iterator[None]:
     pydantic looks its plugins up in the entry points of every installed distribution when it
     builds its first validator: about a fiftieth of a dry run, for observers of validation that
     llmops's own config schema has no use for. Set only while the pre-flight builds the models,
-    so the stages and any library they use start with the environment as it was.
+    so the stages and any library they use start with the environment as it was; meanwhile its
+    loader module is a stand-in (_no_plugin_loader), put back to pydantic's own on leaving.
     """
     if _PLUGINS_ENV in os.environ:
         yield
         return
     os.environ[_PLUGINS_ENV] = "__all__"
+    loader = _no_plugin_loader() if _PLUGIN_LOADER not in sys.modules else None
+    if loader is not None:
+        sys.modules[_PLUGIN_LOADER] = loader
     try:
         yield
     finally:
         os.environ.pop(_PLUGINS_ENV, None)
+        if loader is not None and sys.modules.get(_PLUGIN_LOADER) is loader:
+            del sys.modules[_PLUGIN_LOADER]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -55,7 +55,7 @@ from llmops.config.types import (
 )
 from llmops.config.usecase import UsecaseConfig
 from llmops.data import formats
-from llmops.data.convert import DEFAULT_COLUMNS, DEFAULT_TAGS
+from llmops.data.names import DEFAULT_COLUMNS, DEFAULT_TAGS
 from llmops.planning.stage_memory import GGUF_TYPES
 
 

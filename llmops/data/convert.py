@@ -30,7 +30,8 @@ import orjson
 from llmops.data import canonical as c
 from llmops.data import hermes, jsontext, parts, xlam
 from llmops.data.limits import Limits
-from llmops.data.sharegpt import TAG_ROLES, sharegpt_preference, sharegpt_to_messages
+from llmops.data.names import DEFAULT_COLUMNS, DEFAULT_TAGS, FORMATS, KIND
+from llmops.data.sharegpt import sharegpt_preference, sharegpt_to_messages
 from llmops.errors import LlmopsError
 
 RAW, ERROR, LINE, FILE = "__raw__", "__error__", "__line__", "__file__"
@@ -45,28 +46,6 @@ def reader_error(code: str, message: str) -> str:
     error text rejects it as ``invalid_json``)."""
     return f"[{code}] {message}"
 
-FORMATS: tuple[str, ...] = (
-    "openai", "sharegpt", "hermes", "xlam", "alpaca", "completion", "text", "preference",
-    "sharegpt_preference",
-)
-KIND: dict[str, str] = {
-    "openai": "chat", "sharegpt": "chat", "hermes": "chat", "xlam": "chat", "alpaca": "chat",
-    "completion": "chat",
-    "text": "text", "preference": "preference", "sharegpt_preference": "preference",
-}
-#: Source column of each canonical field; ShareGPT reads ``messages`` from "conversations" first.
-DEFAULT_COLUMNS: dict[str, str] = {
-    "messages": "messages", "system": "system", "tools": "tools", "instruction": "instruction",
-    "input": "input", "output": "output", "history": "history", "prompt": "prompt",
-    "completion": "completion", "text": "text", "chosen": "chosen", "rejected": "rejected",
-    "label": "label", "query": "query", "answers": "answers", "images": "images",
-    "videos": "videos", "audios": "audios",
-}
-#: ShareGPT's turn keys and role names.
-DEFAULT_TAGS: dict[str, str] = {
-    "role": "from", "content": "value", **{tag: tag for tag in TAG_ROLES},
-}
-DEFAULT_TAGS.update(user="human", assistant="gpt")
 
 
 class FormatError(LlmopsError):

@@ -13,8 +13,8 @@ import os
 import stat
 from pathlib import Path
 
-from llmops.data.convert import FORMATS as READER_FORMATS
-from llmops.data.convert import KIND
+from llmops.data.names import FORMATS as READER_FORMATS
+from llmops.data.names import KIND
 
 #: Earlier names of formats, kept so that existing configs keep working.
 ALIASES: dict[str, str] = {"chat": "openai", "instruct": "alpaca"}

@@ -17,16 +17,8 @@ import json
 from typing import Any
 
 from llmops.data import canonical as c
+from llmops.data.names import TAG_ROLES
 from llmops.data.parts import assistant_parts, note_unused
-
-#: ShareGPT role tag → canonical role (function_call turns become assistant calls).
-TAG_ROLES: dict[str, str] = {
-    "user": "user",
-    "assistant": "assistant",
-    "system": "system",
-    "function_call": "assistant",
-    "observation": "tool",
-}
 
 
 def _calls(value: Any, where: str, turn: int) -> list[dict[str, Any]]:

@@ -7,7 +7,6 @@ by importing the package.
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,6 +19,8 @@ FSDP2_TORCH = Version("2.6.0")
 
 
 def _version(package: str) -> Version | None:
+    import importlib.metadata  # only where FSDP is planned: a plan without it never reads it
+
     try:
         return Version(importlib.metadata.version(package).split("+")[0])
     except (importlib.metadata.PackageNotFoundError, InvalidVersion):

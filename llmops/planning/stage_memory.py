@@ -26,8 +26,9 @@ What each stage holds at its peak, on the device it runs its model on and on the
 On a CPU the device is the host: device_gb == host_gb. Units: GB = GiB.
 """
 
-from __future__ import annotations
 
+# No `from __future__ import annotations`: a TypedDict made from annotation text compiles each
+# into a ForwardRef (see llmops.compiler.builders).
 from typing import Any
 
 from typing_extensions import NotRequired, TypedDict
@@ -120,7 +121,7 @@ class DeployKnobs(TypedDict):
     """The first of deploy.gguf.quantization (f16 when none)."""
 
 
-def gguf_types(inputs: StageMemoryInputs) -> list[str]:
+def gguf_types(inputs: "StageMemoryInputs") -> list[str]:
     """Returns the GGUF types the gguf stage writes (GGUF_KEY), from a stage's memory inputs."""
     return list(inputs["gguf"]["quantization"])
 

@@ -85,6 +85,28 @@ def test_searchpath_allows_folders_and_installed_packages_and_names_the_primary_
     assert (tmp_path / "run" / "plan.json").is_file() and not (tmp_path / "pwned.txt").exists()
 
 
+def test_llmops_own_primary_config_has_its_searchpath_checked_without_a_repository(
+        tmp_path, monkeypatch):
+    """Without -cp/-cn/-cd the primary config is llmops.conf's config.yaml, read from the package
+    (the file Hydra's search path finds first) instead of through a repository of the search
+    path: the same entries, and one the packaged file named would be refused as the user's."""
+    import llmops.conf
+
+    from llmops.config.hydra import searchpath
+    from llmops.config.hydra.source import DEFAULT, Source
+
+    through_hydra = Source(config_dir=str(tmp_path))  # an empty folder first: the same primary
+    assert searchpath._primary_entries(DEFAULT) == searchpath._primary_entries(through_hydra)
+    assert searchpath._primary_entries(DEFAULT) == ([], "")
+    primary = llmops.conf.load_primary()
+    primary["hydra"]["searchpath"] = ["pkg://pwnpkg", "file://ok"]
+    monkeypatch.setattr(llmops.conf, "load_primary", lambda: primary)
+    problems = searchpath.search_path_problems([], DEFAULT)
+    assert [p.key for p in problems] == ["hydra.searchpath"]
+    assert problems[0].message.startswith(
+        "'pkg://pwnpkg' (in pkg://llmops.conf/config.yaml): no package 'pwnpkg' is installed")
+
+
 @pytest.mark.parametrize("name", ["LD_PRELOAD", "LD_LIBRARY_PATH", "DYLD_INSERT_LIBRARIES",
                                   "PYTHONPATH", "PYTHONSTARTUP", "BASH_ENV", "PATH"])
 def test_env_set_of_a_variable_that_changes_code_exits_2(tmp_path, name):

@@ -106,6 +106,37 @@ def test_hydra_composes_with_libyaml_as_with_omegaconfs_parser(tmp_path, monkeyp
     assert OmegaConf.to_yaml(composing.compose_to_keep(overrides)) == fast
 
 
+def test_libyaml_writes_what_omegaconfs_dumper_writes():
+    """Inside llmops.conf.libyaml, OmegaConf.to_yaml (Hydra's .hydra/*.yaml) writes through
+    libyaml the very text PyYAML's emitter writes: compositions, and values whose quoting or
+    folding is delicate (text that reads as a bool or a number, long, multi-line, unicode)."""
+    import omegaconf.omegaconf
+    from omegaconf import OmegaConf
+
+    from llmops.config.hydra.compose import compose_to_keep
+
+    tricky = OmegaConf.create({
+        "yes": "yes", "off": "off", "int": "12", "float": "1e-3", "dot": ".5", "null": "null",
+        "empty": "", "space": " lead and trail ", "colon": "a: b", "hash": "x # y",
+        "long": "word " * 60, "lines": "one\ntwo\n\nthree\n", "tab": "a\tb",
+        "unicode": "ünïcödé ✓ 日本語", "quote": "it's \"quoted\"", "star": "*", "dash": "- x",
+        "list": [1, 2.5, True, None, "x"], "nested": {"a": {"b": [{"c": "${oc.env:HOME}"}]}},
+        "missing": "???", "interp": "${seed}", "bigint": 2**70, "neg": -0.0, "sci": 1e-30,
+    })
+    configs = [tricky] + [compose_to_keep(ov) for ov in
+                          ([], ["deploy=openai", "train=sft_dpo", "eval=lm_eval"],
+                           ["model=qwen3b", "quant=nf4", "monitor=default", "release=default"])]
+    exact = omegaconf.omegaconf.get_omega_conf_dumper
+    for cfg in configs:
+        want = OmegaConf.to_yaml(cfg)
+        with llmops.conf.libyaml():
+            assert omegaconf.omegaconf.get_omega_conf_dumper is not exact
+            got = OmegaConf.to_yaml(cfg)
+        assert got == want
+    assert omegaconf.omegaconf.get_omega_conf_dumper is exact
+    assert OmegaConf.to_container(OmegaConf.create(got)) == OmegaConf.to_container(cfg)
+
+
 def test_option_files_read_as_omegaconf_reads_them(tmp_path):
     """llmops.conf parses with libyaml where it can, under OmegaConf's YAML rules."""
     import yaml

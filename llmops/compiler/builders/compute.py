@@ -7,7 +7,6 @@ The stage writes compute_plan.json: the training estimate, "facts_read" ({fact: 
 "capacity_from".
 """
 
-from __future__ import annotations
 
 from typing import Any, cast
 

@@ -7,7 +7,6 @@ from the rows or read from data.preference_path are the preference stages' own (
 ``llmops.stages.pairs``).
 """
 
-from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, cast
@@ -121,7 +120,7 @@ class PairsParams(TypedDict):
     limits: DataLimits
 
 
-def pairs_params(d: DataConfig, limits: DataLimits, files: dict[str, str]) -> PairsParams:
+def pairs_params(d: "DataConfig", limits: DataLimits, files: dict[str, str]) -> PairsParams:
     """Returns a preference stage's pairs params (and adds the pairs file's hash to files)."""
     path = None
     if d.preference_path:
@@ -138,7 +137,7 @@ def data_limits(cfg_limits: object) -> DataLimits:
     return cast(DataLimits, {k: getattr(cfg_limits, k) for k in DATA_LIMITS})
 
 
-def data_sources(d: DataConfig) -> list[SourceParams]:
+def data_sources(d: "DataConfig") -> list[SourceParams]:
     """Returns the sources of a files config as the data stage reads them: ``data.path`` as a
     one-source list, paths made absolute, aliases resolved, only the mappings set."""
     from llmops.config.schema import DataSource
@@ -156,7 +155,7 @@ def data_sources(d: DataConfig) -> list[SourceParams]:
     return out
 
 
-def registry_source(d: DataConfig) -> DataSource:
+def registry_source(d: "DataConfig") -> "DataSource":
     """Returns the source a LLaMA-Factory registry entry names (``data.registry``, ``data.name``;
     see ``llmops.data.registry``); data.columns / data.tags set by the user override its own."""
     from llmops.config.schema import DataColumns, DataSource, DataTags

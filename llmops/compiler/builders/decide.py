@@ -1,6 +1,5 @@
 """The decide stage's params and builder: the go/no-go assessment of the use case. Pure."""
 
-from __future__ import annotations
 
 from typing import Any
 

@@ -7,7 +7,6 @@ The stage's inputs are {"data", the tuned stage (merge, else dpo, else sft), "ev
 [from, to]}], ...}.
 """
 
-from __future__ import annotations
 
 from typing import Literal, cast
 

@@ -9,7 +9,6 @@ pairs/, adapter/, checkpoints/, kto_report.json (feedback counts, train_metrics,
 sft|base, kto, improved}) and kto_loss_curve.png.
 """
 
-from __future__ import annotations
 
 from typing_extensions import NotRequired, TypedDict
 

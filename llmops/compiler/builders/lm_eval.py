@@ -6,7 +6,6 @@ writes tasks/ (local YAMLs + data, absolute paths) and lm_eval_report.json {task
 deltas, model_args, harness_batch_size, longest_request}.
 """
 
-from __future__ import annotations
 
 from typing_extensions import TypedDict
 

@@ -5,7 +5,6 @@ model/ (merged, float32 base), adapter/ (combined) and merge_report.json {artifa
 parity, note}.
 """
 
-from __future__ import annotations
 
 from pathlib import Path
 

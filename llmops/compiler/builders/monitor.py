@@ -9,7 +9,6 @@ tokenizer: the call syntax)}; it writes baseline.json (the report), probes.jsonl
 alert_rules.yml. Figures and metric names: llmops/serving/alerts.py.
 """
 
-from __future__ import annotations
 
 from typing import Any
 

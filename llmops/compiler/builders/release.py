@@ -7,7 +7,6 @@ release/ (formats, Modelfile, integration_config.json, reports/, manifest.json, 
 README.md = model_card.md, SHA256SUMS), NAME-VERSION.tar.gz and release_report.json.
 """
 
-from __future__ import annotations
 
 from typing_extensions import TypedDict
 

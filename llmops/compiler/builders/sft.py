@@ -4,7 +4,6 @@ The stage writes adapter/ (LoRA) or model/ (full), checkpoints/, training_report
 loss_curve.png; its inputs are {"data"} plus {"base"} for the tiny model.
 """
 
-from __future__ import annotations
 
 from typing import Literal, cast
 

@@ -130,12 +130,21 @@ def _override_entries(overrides: Sequence[str]) -> Iterator[str]:
 
 
 def _primary_entries(source: Source) -> tuple[list[str], str]:
-    """Reads the primary config's own hydra.searchpath, as Hydra does before composing."""
+    """Reads the primary config's own hydra.searchpath, as Hydra does before composing.
+
+    llmops's own configs (no -cp, -cn, -cd) are read from llmops.conf's config.yaml, the file
+    Hydra's search path finds first for them, without building a repository of the search path.
+    """
     from hydra._internal.config_repository import ConfigRepository
     from omegaconf import ListConfig, OmegaConf
 
-    from llmops.conf import libyaml
+    from llmops.conf import libyaml, load_primary
+    from llmops.config.hydra.source import CONFIG_MODULE, DEFAULT
 
+    if source == DEFAULT:
+        own = (load_primary().get("hydra") or {}).get("searchpath")
+        where = f" (in pkg://{CONFIG_MODULE}/{source.config_name}.yaml)"
+        return ([str(v) for v in own], where) if isinstance(own, list) else ([], "")
     try:
         with libyaml():
             found = ConfigRepository(source.search_path()).load_config(source.config_name)
