@@ -101,6 +101,7 @@ def _loader() -> type:
     return Loader
 
 
+@functools.cache
 def yaml_dumper() -> type:
     """Returns OmegaConf's YAML dumper, writing with libyaml where PyYAML has it (cached).
 
@@ -108,35 +109,15 @@ def yaml_dumper() -> type:
     would read back as a bool or a number is quoted) on libyaml's emitter, about three times
     faster than PyYAML's own, which OmegaConf uses; the text written is the same.
     """
-    return _dumper()
-
-
-@functools.cache
-def _dumper() -> type:
+    import yaml
     from omegaconf._utils import get_omega_conf_dumper
 
     rules = get_omega_conf_dumper()
-    try:
-        from yaml.cyaml import CEmitter
-    except ImportError:  # PyYAML built without libyaml
+    if not hasattr(yaml, "CDumper"):  # PyYAML built without libyaml
         return rules  # type: ignore[no-any-return]
-    from yaml.representer import Representer
-    from yaml.resolver import Resolver
 
-    class Dumper(CEmitter, rules):  # type: ignore[misc,valid-type]
-        def __init__(self, stream: Any, default_style: Any = None,
-                     default_flow_style: Any = False, canonical: Any = None, indent: Any = None,
-                     width: Any = None, allow_unicode: Any = None, line_break: Any = None,
-                     encoding: Any = None, explicit_start: Any = None, explicit_end: Any = None,
-                     version: Any = None, tags: Any = None, sort_keys: bool = True) -> None:
-            # as yaml.CDumper's, with OmegaConf's representers
-            CEmitter.__init__(self, stream, canonical=canonical, indent=indent, width=width,
-                              encoding=encoding, allow_unicode=allow_unicode,
-                              line_break=line_break, explicit_start=explicit_start,
-                              explicit_end=explicit_end, version=version, tags=tags)
-            Representer.__init__(self, default_style=default_style,
-                                 default_flow_style=default_flow_style, sort_keys=sort_keys)
-            Resolver.__init__(self)
+    class Dumper(yaml.cyaml.CEmitter, rules):  # type: ignore[misc,valid-type,name-defined]
+        __init__ = yaml.CDumper.__init__  # libyaml's emitter, OmegaConf's representers
 
     return Dumper
 
