@@ -47,7 +47,6 @@ def reader_error(code: str, message: str) -> str:
     return f"[{code}] {message}"
 
 
-
 class FormatError(LlmopsError):
     """A format, a column mapping or a file's rows cannot be understood."""
 

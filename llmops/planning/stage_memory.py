@@ -26,7 +26,6 @@ What each stage holds at its peak, on the device it runs its model on and on the
 On a CPU the device is the host: device_gb == host_gb. Units: GB = GiB.
 """
 
-
 # No `from __future__ import annotations`: a TypedDict made from annotation text compiles each
 # into a ForwardRef (see llmops.compiler.builders).
 from typing import Any

@@ -4,7 +4,6 @@ Its params come from conf/model/tiny.yaml (model.pretrain) and the run's seed; h
 base stage.
 """
 
-
 from typing_extensions import TypedDict
 
 from llmops.compiler.inputs import PlanBuilder, StageInputs

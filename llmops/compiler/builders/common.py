@@ -8,7 +8,6 @@ limits to a few names is typed ``str`` here. "auto" never reaches a stage: the v
 resolved are resolved once (llmops.config.resolve) before the compiler runs.
 """
 
-
 from pathlib import Path
 from typing import Literal
 

@@ -7,7 +7,6 @@ The stage writes compute_plan.json: the training estimate, "facts_read" ({fact: 
 "capacity_from".
 """
 
-
 from typing import Any, cast
 
 from typing_extensions import NotRequired, TypedDict

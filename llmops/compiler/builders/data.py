@@ -7,7 +7,6 @@ from the rows or read from data.preference_path are the preference stages' own (
 ``llmops.stages.pairs``).
 """
 
-
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, cast
 

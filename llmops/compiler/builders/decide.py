@@ -1,6 +1,5 @@
 """The decide stage's params and builder: the go/no-go assessment of the use case. Pure."""
 
-
 from typing import Any
 
 from typing_extensions import NotRequired, TypedDict

@@ -5,7 +5,6 @@ its fingerprints stay as they were. Its inputs are {"gguf", "export", "eval" (wh
 "data"}; it writes integration_config.json, smoke_test.json and deploy_report.json.
 """
 
-
 from typing_extensions import NotRequired, TypedDict
 
 from llmops.compiler.builders.common import ApiModelParams, ModelParams

@@ -7,7 +7,6 @@ for sft_dpo and {"base"} for the tiny model. It writes adapter/, checkpoints/, d
 A plan without dpo keeps its fingerprints: the stage is added only when the config asks for it.
 """
 
-
 from pathlib import Path
 
 from typing_extensions import NotRequired, TypedDict

@@ -7,7 +7,6 @@ The stage's inputs are {"data", the tuned stage (merge, else dpo, else sft), "ev
 [from, to]}], ...}.
 """
 
-
 from typing import Literal, cast
 
 from typing_extensions import NotRequired, TypedDict

@@ -6,7 +6,6 @@ base_eval.json {"metrics", "by_kind", "stats", "n", "samples", "predictions", "a
 "worst_examples", "seconds", "oom_retries"}.
 """
 
-
 from typing import Literal
 
 from typing_extensions import NotRequired, TypedDict

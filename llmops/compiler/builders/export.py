@@ -5,7 +5,6 @@ The stage's inputs are the tuned stage (merge, else dpo, else sft), "eval" when 
 "base" for the tiny model; it writes adapter/, merged/ and export_report.json.
 """
 
-
 from typing_extensions import NotRequired, TypedDict
 
 from llmops.compiler.builders.common import ModelParams

@@ -6,7 +6,6 @@ tokenizer.gguf_pre_tokenizer)}; it writes the GGUF files and gguf_report.json. A
 deploy.gguf.quantization is empty gets no gguf stage, so its fingerprints stay as they were.
 """
 
-
 from typing_extensions import TypedDict
 
 from llmops.compiler.builders.common import ModelParams

@@ -7,7 +7,6 @@ completions that parse, held_out {start, sft, grpo, improved}: the mean weighted
 test split's checkable rows answered greedily) and grpo_reward_curve.png.
 """
 
-
 from typing import Literal
 
 from typing_extensions import NotRequired, TypedDict

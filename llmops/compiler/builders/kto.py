@@ -9,7 +9,6 @@ pairs/, adapter/, checkpoints/, kto_report.json (feedback counts, train_metrics,
 sft|base, kto, improved}) and kto_loss_curve.png.
 """
 
-
 from typing_extensions import NotRequired, TypedDict
 
 from llmops.compiler.builders.common import (

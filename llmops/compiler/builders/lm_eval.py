@@ -6,7 +6,6 @@ writes tasks/ (local YAMLs + data, absolute paths) and lm_eval_report.json {task
 deltas, model_args, harness_batch_size, longest_request}.
 """
 
-
 from typing_extensions import TypedDict
 
 from llmops.compiler.builders.common import ModelParams

@@ -5,7 +5,6 @@ model/ (merged, float32 base), adapter/ (combined) and merge_report.json {artifa
 parity, note}.
 """
 
-
 from pathlib import Path
 
 from typing_extensions import NotRequired, TypedDict

@@ -9,7 +9,6 @@ tokenizer: the call syntax)}; it writes baseline.json (the report), probes.jsonl
 alert_rules.yml. Figures and metric names: llmops/serving/alerts.py.
 """
 
-
 from typing import Any
 
 from typing_extensions import NotRequired, TypedDict

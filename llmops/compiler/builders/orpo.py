@@ -7,7 +7,6 @@ read pairs), adapter/, checkpoints/, orpo_report.json (train_metrics rewards/*, 
 sft|base, orpo, improved}) and orpo_loss_curve.png.
 """
 
-
 from typing_extensions import NotRequired, TypedDict
 
 from llmops.compiler.builders.common import (

@@ -7,7 +7,6 @@ release/ (formats, Modelfile, integration_config.json, reports/, manifest.json, 
 README.md = model_card.md, SHA256SUMS), NAME-VERSION.tar.gz and release_report.json.
 """
 
-
 from typing_extensions import TypedDict
 
 from llmops.compiler.builders.common import LoraParams, ModelFacts

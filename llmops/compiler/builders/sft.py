@@ -4,7 +4,6 @@ The stage writes adapter/ (LoRA) or model/ (full), checkpoints/, training_report
 loss_curve.png; its inputs are {"data"} plus {"base"} for the tiny model.
 """
 
-
 from typing import Literal, cast
 
 from typing_extensions import NotRequired, TypedDict

@@ -7,7 +7,6 @@ or read pairs), adapter/, checkpoints/, simpo_report.json (train_metrics rewards
 {start, sft|base, simpo, improved}) and simpo_loss_curve.png.
 """
 
-
 from typing_extensions import NotRequired, TypedDict
 
 from llmops.compiler.builders.common import (
