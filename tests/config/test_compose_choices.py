@@ -1,12 +1,15 @@
 """Hydra builds the group-choices map of a defaults list only where the list interpolates one
-(llmops.config.hydra.compose._choices_on_demand): the compositions are Hydra's own."""
+(llmops.config.hydra.compose._choices_on_demand), and its copy of the config repository shares
+the ConfigStore (_store_not_copied): the compositions are Hydra's own."""
 
 from __future__ import annotations
 
 import contextlib
+import copy
 from pathlib import Path
 
 import pytest
+from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 from llmops.config.hydra import compose as compose_module
@@ -30,6 +33,44 @@ def test_the_composition_is_the_one_hydra_makes_with_every_map(monkeypatch, over
     ours = _yaml(overrides)
     monkeypatch.setattr(compose_module, "_choices_on_demand", contextlib.nullcontext)
     assert ours == _yaml(overrides)
+
+
+@pytest.mark.parametrize("overrides", POINTS, ids=lambda o: " ".join(o) or "default")
+def test_the_composition_is_the_one_hydra_makes_with_its_own_copy_of_the_store(monkeypatch,
+                                                                               overrides):
+    ours = _yaml(overrides)
+    monkeypatch.setattr(compose_module, "_store_not_copied", contextlib.nullcontext)
+    assert ours == _yaml(overrides)
+
+
+def _store_yaml() -> dict[str, str]:
+    """Every config the ConfigStore holds, as YAML, by its path."""
+    found: dict[str, str] = {}
+
+    def walk(node: dict, path: str) -> None:
+        for name, value in node.items():
+            if isinstance(value, dict):
+                walk(value, f"{path}{name}/")
+            else:
+                found[f"{path}{name}"] = OmegaConf.to_yaml(value.node)
+
+    walk(ConfigStore.instance().repo, "")
+    return found
+
+
+def test_composing_shares_the_store_only_while_it_composes_and_leaves_it_as_it_was():
+    store = ConfigStore.instance()
+    before = _store_yaml()
+    with compose_module._store_not_copied():
+        assert copy.deepcopy(store) is store
+        with compose_module._store_not_copied():  # within a composition: left as it is
+            assert copy.deepcopy(store) is store
+        assert copy.deepcopy(store) is store
+    for overrides in POINTS:  # a composition reads the store, and changes nothing in it
+        compose_module._hydra_compose(list(overrides), DEFAULT)
+    assert "__deepcopy__" not in vars(type(store))
+    assert copy.deepcopy(store) is not store
+    assert _store_yaml() == before
 
 
 def _write(folder: Path, files: dict[str, str]) -> None:
