@@ -83,8 +83,9 @@ def _fmt(v: Any) -> str:
 
 def print_table(rows: list[dict[str, Any]], swept: list[str], metric: str) -> None:
     """Prints the leaderboard with rich."""
-    from rich.console import Console
     from rich.table import Table
+
+    from llmops.compiler.render import plain_console
 
     table = Table(title=f"leaderboard: {len(rows)} runs, best first by {metric}")
     for col in ("#", "run", "method", *swept, metric, "base", "Δ", "final loss", "train s",
@@ -97,8 +98,7 @@ def print_table(rows: list[dict[str, Any]], swept: list[str], metric: str) -> No
                       _fmt(metric_of(r, metric)), _fmt(r.get(f"base.{name}")),
                       _fmt(r.get(f"deltas.{name}")), _fmt(r.get("final_loss")),
                       _fmt(r.get("train_seconds")), _gates(r), str(r.get("status")))
-    Console(highlight=False, markup=False, emoji=False,  # overrides like q=[f16] as typed
-            width=None if sys.stdout.isatty() else 160).print(table)
+    plain_console(160).print(table)  # overrides like q=[f16] as typed
 
 
 def write_csv(rows: list[dict[str, Any]], swept: list[str], metric: str, path: Path) -> None:

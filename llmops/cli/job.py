@@ -66,9 +66,7 @@ def execute(cfg: Any, run_dir: Path | None = None, overrides: list[str] | None =
         The tuned model's exact match (the metric sweepers optimise) as a finite float, or None
         when nothing ran or it was not measured.
     """
-    from rich.console import Console
-
-    from llmops.compiler.render import plan_table
+    from llmops.compiler.render import plain_console, plan_table
 
     if run_dir is None or overrides is None:
         from hydra.core.hydra_config import HydraConfig
@@ -78,9 +76,7 @@ def execute(cfg: Any, run_dir: Path | None = None, overrides: list[str] | None =
         overrides = overrides if overrides is not None else task_overrides(hc)
     checked = checked or resolve_point(cfg, handed=_HANDED)
     app, plan = checked.app, checked.plan
-    # Plain text: a plan names data like alpaca[train], which rich markup would take for a style.
-    console = Console(highlight=False, markup=False, emoji=False,
-                      width=None if sys.stdout.isatty() else 120)
+    console = plain_console(120)
     console.print(plan_table(plan))
     if app.dry_run:
         plan.write(Path(run_dir) / "plan.json")

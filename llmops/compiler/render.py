@@ -14,6 +14,18 @@ log = logging.getLogger("llmops")
 _KIND_ROWS = {"tool": "tool rows", "refusal": "refusal rows", "text": "free-text rows"}
 
 
+def plain_console(piped_width: int) -> Any:
+    """Returns a rich Console that prints text as it is: no markup, emoji codes or highlighting
+    (a plan names data like alpaca[train], an override q=[f16], which markup would take for a
+    style), as wide as the terminal, or piped_width columns when stdout is not one."""
+    import sys
+
+    from rich.console import Console
+
+    return Console(highlight=False, markup=False, emoji=False,
+                   width=None if sys.stdout.isatty() else piped_width)
+
+
 def known_kinds(data_source: str) -> tuple[str, ...] | None:
     """Returns the row kinds the test split will hold when the plan knows them: the bundled
     Task-API set holds tool calls and refusals; a user's data is known only at eval time (None)."""

@@ -152,12 +152,11 @@ def _age(text: str) -> float:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `python -m llmops.store`."""
-    from rich.console import Console
+    from llmops.compiler.render import plain_console
 
     args = _parser().parse_args(argv)
     # Piped output keeps each row on one line (paths in `why` can be long), so grep finds them.
-    console = Console(highlight=False, markup=False, emoji=False,  # names as they are
-                      width=None if sys.stdout.isatty() else 1000)
+    console = plain_console(1000)  # names as they are
     if not args.store.is_dir():
         print(f"no store at {args.store}: nothing to {args.command}. Pass --store DIR "
               "(or set LLMOPS_STORE) to point at another one.", file=sys.stderr)
