@@ -29,18 +29,13 @@ def _yaml(overrides: list[str], source: Source = DEFAULT) -> str:
 
 
 @pytest.mark.parametrize("overrides", POINTS, ids=lambda o: " ".join(o) or "default")
-def test_the_composition_is_the_one_hydra_makes_with_every_map(monkeypatch, overrides):
+def test_the_composition_is_the_one_hydra_makes_with_every_map_and_its_own_store(monkeypatch,
+                                                                                 overrides):
     ours = _yaml(overrides)
-    monkeypatch.setattr(compose_module, "_choices_on_demand", contextlib.nullcontext)
-    assert ours == _yaml(overrides)
-
-
-@pytest.mark.parametrize("overrides", POINTS, ids=lambda o: " ".join(o) or "default")
-def test_the_composition_is_the_one_hydra_makes_with_its_own_copy_of_the_store(monkeypatch,
-                                                                               overrides):
-    ours = _yaml(overrides)
-    monkeypatch.setattr(compose_module, "_store_not_copied", contextlib.nullcontext)
-    assert ours == _yaml(overrides)
+    for shortcut in ("_choices_on_demand", "_store_not_copied"):  # each one left out
+        with monkeypatch.context() as m:
+            m.setattr(compose_module, shortcut, contextlib.nullcontext)
+            assert ours == _yaml(overrides), shortcut
 
 
 def _store_yaml() -> dict[str, str]:
