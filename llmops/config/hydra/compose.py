@@ -112,6 +112,59 @@ def _store_not_copied() -> Iterator[None]:
         del ConfigStore.__deepcopy__  # type: ignore[attr-defined]
 
 
+@contextlib.contextmanager
+def _roots_reparented_once() -> Iterator[None]:
+    """Re-parents each config that Hydra merges into as a whole once, when composing ends,
+    instead of after every merge into it.
+
+    OmegaConf 2.3 ends every merge by walking the whole tree merged into and setting each
+    node's parent, whatever the merge changed. Hydra merges each of the ~35 configs that make
+    llmops's config into one growing tree, so each merge walks everything merged before it:
+    about a fifth of composing. A merge into a mapping already sets the parent of every node it
+    moves or makes in it (`_set_item_impl`), and a mapping or list within it is re-parented by
+    its own merge as before. So, while Hydra composes, the closing walk of a merge into a
+    mapping at the root of a tree is left out, and each such tree is walked once when composing
+    ends (a list at the root is re-parented as before: OmegaConf's list merge leaves its items'
+    parents to that walk). The composition is the same, parents included
+    (tests/config/test_compose_choices).
+    """
+    from omegaconf import DictConfig
+    from omegaconf.basecontainer import BaseContainer
+
+    merge_with, re_parent = BaseContainer._merge_with, BaseContainer._re_parent
+    if getattr(merge_with, "_llmops_roots", False):  # a composition within one: as it is
+        yield
+        return
+    merging: list[Any] = []  # the roots whose merge is running, innermost last
+    deferred: dict[int, Any] = {}  # the roots whose closing walk was left out, by id
+
+    def _merge_with(self: Any, *others: Any) -> None:
+        if not isinstance(self, DictConfig) or self._get_parent() is not None:
+            return merge_with(self, *others)
+        merging.append(self)
+        try:
+            return merge_with(self, *others)
+        finally:
+            merging.pop()
+
+    def _re_parent(self: Any) -> None:
+        if merging and merging[-1] is self:
+            deferred[id(self)] = self
+            return
+        re_parent(self)
+
+    _merge_with._llmops_roots = True  # type: ignore[attr-defined]
+    BaseContainer._merge_with = _merge_with  # type: ignore[method-assign]
+    BaseContainer._re_parent = _re_parent  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        BaseContainer._merge_with = merge_with  # type: ignore[method-assign]
+        BaseContainer._re_parent = re_parent  # type: ignore[method-assign]
+        for root in deferred.values():
+            re_parent(root)
+
+
 def _hydra_compose(overrides: list[str], source: Source) -> Any:
     """Composes once with Hydra, as its app does for a run; returns the config with `hydra`."""
     from hydra import version
@@ -126,7 +179,7 @@ def _hydra_compose(overrides: list[str], source: Source) -> Any:
     try:
         hydra = Hydra.create_main_hydra2(task_name=detect_task_name(None, APP_MODULE),
                                          config_search_path=search_path)
-        with libyaml(), _choices_on_demand(), _store_not_copied():
+        with libyaml(), _choices_on_demand(), _store_not_copied(), _roots_reparented_once():
             return hydra.compose_config(config_name=source.config_name, overrides=overrides,
                                         run_mode=RunMode.RUN, from_shell=False,
                                         with_log_configuration=False)
