@@ -25,7 +25,8 @@ POINTS = [
 ]
 
 
-SHORTCUTS = ("_choices_on_demand", "_store_not_copied", "_roots_reparented_once")
+SHORTCUTS = ("_choices_on_demand", "_store_not_copied", "_roots_reparented_once",
+             "_configs_embedded_uncopied")
 
 
 def _nodes(cfg: DictConfig) -> list[tuple]:

@@ -8,6 +8,7 @@ The search path is the app's, `-cp`/`-cn`/`-cd` included (Source).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -165,6 +166,72 @@ def _roots_reparented_once() -> Iterator[None]:
             re_parent(root)
 
 
+@contextlib.contextmanager
+def _configs_embedded_uncopied() -> Iterator[None]:
+    """Lets Hydra embed a config that the defaults list holds once at its package without
+    copying it.
+
+    Hydra 1.3 loads each config of a composition into a cache of that composition, then embeds
+    it at its package (`model:` for model/tiny.yaml) in a fresh mapping, which deep-copies it so
+    that the cached config stays as loaded for a second use, and merges that into the
+    composition. A config the defaults list holds once has no second use: it is moved into the
+    fresh mapping instead (about a tenth of composing llmops's config). A config it holds twice
+    (one option under two packages) is copied as before; so is everything Hydra embeds outside
+    a composition's defaults list. The composition is the same, node for node
+    (tests/config/test_compose_choices).
+    """
+    from collections import Counter
+
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from omegaconf import OmegaConf
+
+    compose_from = ConfigLoaderImpl._compose_config_from_defaults_list
+    load_single = ConfigLoaderImpl._load_single_config
+    embed = ConfigLoaderImpl._embed_result_config
+    if getattr(compose_from, "_llmops_uncopied", False):  # a composition within one: as it is
+        yield
+        return
+    once: set[str] = set()  # the config paths the defaults list being composed holds once
+    loading: list[bool] = [False]  # whether the config being loaded is one of them
+
+    def _compose_from(self: Any, defaults: list[Any], repo: Any) -> Any:
+        counts = Counter(d.config_path for d in defaults)
+        once.clear()
+        once.update(path for path, n in counts.items() if n == 1 and path is not None)
+        try:
+            return compose_from(self, defaults, repo)
+        finally:
+            once.clear()
+
+    def _load_single(self: Any, default: Any, repo: Any) -> Any:
+        loading.append(default.config_path in once)
+        try:
+            return load_single(self, default, repo)
+        finally:
+            loading.pop()
+
+    def _embed(ret: Any, package_override: str | None) -> Any:
+        package = ret.header["package"] if package_override is None else package_override
+        if not (loading[-1] and package):
+            return embed(ret, package_override)
+        # Hydra's own embedding (ConfigLoaderImpl._embed_result_config), less the copy
+        cfg = OmegaConf.create(flags={"no_deepcopy_set_nodes": True})
+        OmegaConf.update(cfg, package, ret.config, merge=False)
+        cfg._set_flag("no_deepcopy_set_nodes", None)
+        return dataclasses.replace(ret, config=cfg)
+
+    _compose_from._llmops_uncopied = True  # type: ignore[attr-defined]
+    ConfigLoaderImpl._compose_config_from_defaults_list = _compose_from  # type: ignore[method-assign]
+    ConfigLoaderImpl._load_single_config = _load_single  # type: ignore[method-assign]
+    ConfigLoaderImpl._embed_result_config = staticmethod(_embed)  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        ConfigLoaderImpl._compose_config_from_defaults_list = compose_from  # type: ignore[method-assign]
+        ConfigLoaderImpl._load_single_config = load_single  # type: ignore[method-assign]
+        ConfigLoaderImpl._embed_result_config = staticmethod(embed)  # type: ignore[method-assign]
+
+
 def _hydra_compose(overrides: list[str], source: Source) -> Any:
     """Composes once with Hydra, as its app does for a run; returns the config with `hydra`."""
     from hydra import version
@@ -179,7 +246,8 @@ def _hydra_compose(overrides: list[str], source: Source) -> Any:
     try:
         hydra = Hydra.create_main_hydra2(task_name=detect_task_name(None, APP_MODULE),
                                          config_search_path=search_path)
-        with libyaml(), _choices_on_demand(), _store_not_copied(), _roots_reparented_once():
+        with libyaml(), _choices_on_demand(), _store_not_copied(), _roots_reparented_once(), \
+                _configs_embedded_uncopied():
             return hydra.compose_config(config_name=source.config_name, overrides=overrides,
                                         run_mode=RunMode.RUN, from_shell=False,
                                         with_log_configuration=False)
