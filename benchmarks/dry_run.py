@@ -1,19 +1,24 @@
 """`python -m llmops dry_run=true` against a bare one-key Hydra app, timed side by side.
 
-    python benchmarks/dry_run.py [--reps 7] [--preset]
+    python benchmarks/dry_run.py [--reps 7] [--preset] [--instructions]
 
 Each command runs in a fresh subprocess (so every import is paid), in a temporary folder (so the
 run folders land there), interleaved round by round so that load on a shared machine hits both
 alike. Prints the median wall time and the median CPU time (user + system, which load on a shared
-machine distorts less) of each, and their ratios to the bare app; the target is a dry run within
-1.5x the bare app. `--preset` also times `model=qwen3b hardware=a100_40g dry_run=true`.
+machine distorts less) of each, the best CPU time of the rounds (the least disturbed), and their
+ratios to the bare app; the target is a dry run within 1.5x the bare app. `--preset` also times
+`model=qwen3b hardware=a100_40g dry_run=true`. `--instructions` also counts the instructions each
+command executes, once, under valgrind's callgrind (when valgrind is installed): a figure that
+load does not move at all.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -51,12 +56,27 @@ def _time(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float]
     return took, _cpu() - cpu
 
 
+def _instructions(cmd: list[str], cwd: Path, env: dict[str, str]) -> int:
+    """Runs cmd once under callgrind; returns the instructions it executed (its `Collected`)."""
+    done = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *cmd],
+                          cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True)
+    found = re.search(r"Collected : (\d+)", done.stderr)
+    if done.returncode != 0 or found is None:
+        raise SystemExit(f"valgrind {' '.join(cmd)} exited {done.returncode}:\n{done.stderr}")
+    return int(found.group(1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=7, help="runs of each command (median taken)")
     ap.add_argument("--preset", action="store_true",
                     help="also time model=qwen3b hardware=a100_40g dry_run=true")
+    ap.add_argument("--instructions", action="store_true",
+                    help="also count each command's instructions under valgrind's callgrind")
     args = ap.parse_args()
+    if args.instructions and shutil.which("valgrind") is None:
+        raise SystemExit("--instructions needs valgrind (apt-get install valgrind)")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         (work / "app").mkdir()
@@ -78,17 +98,27 @@ def main() -> None:
         for _ in range(args.reps):
             for name, cmd in commands.items():
                 times[name].append(_time(cmd, work, env))
+        counts = ({name: _instructions(cmd, work, env) for name, cmd in commands.items()}
+                  if args.instructions else {})
     bare = times["bare hydra app (one key)"]
     bare_wall = statistics.median(t[0] for t in bare)
     bare_cpu = statistics.median(t[1] for t in bare)
+    bare_best = min(t[1] for t in bare)
     width = max(len(n) for n in commands)
-    print(f"{args.reps} runs each, medians; wall and CPU (user+system) seconds, ratio to bare")
-    print(f"{'command':<{width}}   wall s   ratio    cpu s   ratio")
+    print(f"{args.reps} runs each: median wall and CPU (user+system) seconds, the best CPU "
+          "seconds; ratio to bare")
+    print(f"{'command':<{width}}   wall s   ratio    cpu s   ratio   best s   ratio"
+          + ("   instructions   ratio" if counts else ""))
     for name, runs in times.items():
         wall = statistics.median(t[0] for t in runs)
         cpu = statistics.median(t[1] for t in runs)
-        print(f"{name:<{width}}  {wall:7.3f}  {wall / bare_wall:5.2f}x  {cpu:7.3f}  "
-              f"{cpu / bare_cpu:5.2f}x")
+        best = min(t[1] for t in runs)
+        line = (f"{name:<{width}}  {wall:7.3f}  {wall / bare_wall:5.2f}x  {cpu:7.3f}  "
+                f"{cpu / bare_cpu:5.2f}x  {best:7.3f}  {best / bare_best:5.2f}x")
+        if counts:
+            ratio = counts[name] / counts["bare hydra app (one key)"]
+            line += f"  {counts[name] / 1e6:11,.0f}M  {ratio:5.2f}x"
+        print(line)
 
 
 if __name__ == "__main__":
