@@ -111,6 +111,19 @@ def test_merges_reparent_once_only_while_composing_and_a_list_at_the_root_as_bef
     _nodes(root)
 
 
+def test_configs_are_embedded_uncopied_only_while_composing():
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+    names = ("_compose_config_from_defaults_list", "_load_single_config", "_embed_result_config")
+    before = {name: vars(ConfigLoaderImpl)[name] for name in names}
+    with compose_module._configs_embedded_uncopied():
+        during = {name: vars(ConfigLoaderImpl)[name] for name in names}
+        assert all(during[name] is not before[name] for name in names)
+        with compose_module._configs_embedded_uncopied():  # within a composition: as it is
+            assert {name: vars(ConfigLoaderImpl)[name] for name in names} == during
+    assert all(vars(ConfigLoaderImpl)[name] is before[name] for name in names)
+
+
 def _store_yaml() -> dict[str, str]:
     """Every config the ConfigStore holds, as YAML, by its path."""
     found: dict[str, str] = {}

@@ -185,6 +185,8 @@ def _configs_embedded_uncopied() -> Iterator[None]:
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
     from omegaconf import OmegaConf
 
+    names = ("_compose_config_from_defaults_list", "_load_single_config", "_embed_result_config")
+    own = {name: vars(ConfigLoaderImpl)[name] for name in names}  # put back as they were
     compose_from = ConfigLoaderImpl._compose_config_from_defaults_list
     load_single = ConfigLoaderImpl._load_single_config
     embed = ConfigLoaderImpl._embed_result_config
@@ -221,15 +223,14 @@ def _configs_embedded_uncopied() -> Iterator[None]:
         return dataclasses.replace(ret, config=cfg)
 
     _compose_from._llmops_uncopied = True  # type: ignore[attr-defined]
-    ConfigLoaderImpl._compose_config_from_defaults_list = _compose_from  # type: ignore[method-assign]
-    ConfigLoaderImpl._load_single_config = _load_single  # type: ignore[method-assign]
-    ConfigLoaderImpl._embed_result_config = staticmethod(_embed)  # type: ignore[method-assign]
+    for name, value in zip(names, (_compose_from, _load_single, staticmethod(_embed)),
+                           strict=True):
+        setattr(ConfigLoaderImpl, name, value)
     try:
         yield
     finally:
-        ConfigLoaderImpl._compose_config_from_defaults_list = compose_from  # type: ignore[method-assign]
-        ConfigLoaderImpl._load_single_config = load_single  # type: ignore[method-assign]
-        ConfigLoaderImpl._embed_result_config = staticmethod(embed)  # type: ignore[method-assign]
+        for name, value in own.items():
+            setattr(ConfigLoaderImpl, name, value)
 
 
 def _hydra_compose(overrides: list[str], source: Source) -> Any:
