@@ -187,9 +187,7 @@ def _configs_embedded_uncopied() -> Iterator[None]:
 
     names = ("_compose_config_from_defaults_list", "_load_single_config", "_embed_result_config")
     own = {name: vars(ConfigLoaderImpl)[name] for name in names}  # put back as they were
-    compose_from = ConfigLoaderImpl._compose_config_from_defaults_list
-    load_single = ConfigLoaderImpl._load_single_config
-    embed = ConfigLoaderImpl._embed_result_config
+    compose_from, load_single, embed = (getattr(ConfigLoaderImpl, name) for name in names)
     if getattr(compose_from, "_llmops_uncopied", False):  # a composition within one: as it is
         yield
         return
